@@ -18,7 +18,10 @@ def generate(out: Path) -> None:
     """Run protoc (grpcio-tools) with the mypy-protobuf plugin into ``out``."""
     from grpc_tools import protoc
 
-    plugin = shutil.which("protoc-gen-mypy", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    plugin = shutil.which(
+        "protoc-gen-mypy",
+        path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    )
     if plugin is None:
         raise SystemExit("protoc-gen-mypy not found: install the dev extra (mypy-protobuf)")
     out.mkdir(parents=True, exist_ok=True)

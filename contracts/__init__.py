@@ -1,0 +1,29 @@
+"""Contracts: the rules about Leyline messages (envelope, signing, keys, nonces, kinds, config)."""
+
+from contracts.config import KasminaConfig
+from contracts.envelope import Envelope, Signer, Verifier, mac_input, unpack
+from contracts.errors import ContractError, Reason, Refused
+from contracts.ids import new_id
+from contracts.keys import Key, KeyRing, KeyRingError
+from contracts.nonce import MemoryNonceGuard, NonceGuard
+from contracts.registry import REGISTRY, Registry
+
+__all__ = [
+    "REGISTRY",
+    "ContractError",
+    "Envelope",
+    "KasminaConfig",
+    "Key",
+    "KeyRing",
+    "KeyRingError",
+    "MemoryNonceGuard",
+    "NonceGuard",
+    "Reason",
+    "Refused",
+    "Registry",
+    "Signer",
+    "Verifier",
+    "mac_input",
+    "new_id",
+    "unpack",
+]

@@ -1,0 +1,177 @@
+"""KasminaConfig: every threshold the design names, loadable from TOML and the environment.
+
+Precedence (highest first): explicit keyword overrides, environment variables
+``KASMINA__SECTION__FIELD`` (e.g. ``KASMINA__GATES__MIN_TRAINING_STEPS=50``), the TOML file, defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class GateThresholds(BaseModel):
+    """Thresholds of gates G0-G5 (DESIGN §3)."""
+
+    model_config = _STRICT
+
+    # G0 sanity
+    max_seed_params: int = Field(1_000_000, ge=1)
+    max_seed_memory_bytes: int = Field(64 * 2**20, ge=1)
+    germination_max_abs_delta: float = Field(0.0, ge=0.0)
+    # G1 gradient health
+    min_training_steps: int = Field(100, ge=0)
+    grad_norm_vanishing: float = Field(1e-7, ge=0.0)
+    grad_norm_exploding: float = Field(1e3, gt=0.0)
+    max_isolation_violations: int = Field(0, ge=0)
+    min_seed_loss_improvement: float = 0.0  # seed loss must drop by more than this (relative)
+    # G2 stability
+    alpha_complete: float = Field(1.0, gt=0.0, le=1.0)
+    loss_spike_sigma: float = Field(4.0, gt=0.0)
+    # G3 interface
+    seed_host_norm_ratio_min: float = Field(0.0, ge=0.0)
+    seed_host_norm_ratio_max: float = Field(10.0, gt=0.0)
+    max_latency_overhead: float = Field(0.5, ge=0.0)  # relative slot overhead
+    counterfactual_loss_tolerance: float = Field(0.02, ge=0.0)
+    # G4 system impact
+    min_improvement: float = 0.0  # counterfactual val-accuracy gain (alpha=1 minus alpha=0)
+    max_regression: float = Field(0.01, ge=0.0)  # vs the pre-germination baseline
+    max_open_strikes: int = Field(0, ge=0)
+    # G5 reset
+    reset_max_abs_delta: float = Field(0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> GateThresholds:
+        if self.grad_norm_vanishing >= self.grad_norm_exploding:
+            raise ValueError("grad_norm_vanishing must be below grad_norm_exploding")
+        if self.seed_host_norm_ratio_min > self.seed_host_norm_ratio_max:
+            raise ValueError("seed_host_norm_ratio_min must not exceed seed_host_norm_ratio_max")
+        return self
+
+
+class LifecycleConfig(BaseModel):
+    """Stage budgets (in training steps) and the blend schedule."""
+
+    model_config = _STRICT
+
+    training_steps: int = Field(200, ge=1)  # TRAINING budget before G1 is requested
+    blend_steps: int = Field(200, ge=1)  # alpha ramp 0 -> 1
+    shadowing_steps: int = Field(50, ge=1)
+    probationary_steps: int = Field(100, ge=1)
+    embargo_steps: int = Field(200, ge=0)
+    alpha_schedule: Literal["linear", "cosine", "sigmoid"] = "linear"
+    blend_mode: Literal["residual", "convex"] = "residual"
+
+
+class SafetyConfig(BaseModel):
+    """Circuit breakers and emergency stop."""
+
+    model_config = _STRICT
+
+    strikes_to_open: int = Field(3, ge=1)
+    strike_window_steps: int = Field(100, ge=1)
+    cooldown_steps: int = Field(200, ge=1)
+    emergency_stop_open_fraction: float = Field(0.5, gt=0.0, le=1.0)
+    emergency_stop_min_open: int = Field(2, ge=1)
+    reject_storm_count: int = Field(100, ge=1)  # rejects inside the window raise a signal
+    reject_storm_window_s: float = Field(10.0, gt=0.0)
+
+
+class TelemetryConfig(BaseModel):
+    """Three-tier aggregation."""
+
+    model_config = _STRICT
+
+    region_ratio: int = Field(32, ge=32)  # raw metrics per region summary (at least 32:1)
+    global_ratio: int = Field(32, ge=2)  # region summaries per global summary
+    rate_per_s: float = Field(50_000.0, gt=0.0)  # token bucket per region
+    burst: int = Field(100_000, ge=1)
+    prometheus_port: int | None = None
+
+
+class BarrierConfig(BaseModel):
+    """Epoch-aligned barriers across ranks."""
+
+    model_config = _STRICT
+
+    frequency: int = Field(10, ge=1)  # barrier every N steps; orders apply on these boundaries
+    world_size: int = Field(1, ge=1)
+    timeout_steps: int = Field(20, ge=1)  # a rank missing this many steps after the barrier
+
+
+class SecurityConfig(BaseModel):
+    """Envelope checks."""
+
+    model_config = _STRICT
+
+    clock_tolerance_s: float = Field(60.0, gt=0.0)
+    nonce_ttl_s: float = Field(300.0, gt=0.0)
+    max_message_bytes: int = Field(1 << 20, ge=256)
+    key_grace_s: float = Field(3600.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _ttl(self) -> SecurityConfig:
+        if self.nonce_ttl_s < 2 * self.clock_tolerance_s:
+            raise ValueError(
+                "nonce_ttl_s must be at least twice clock_tolerance_s (no replay window)"
+            )
+        return self
+
+
+class BusConfig(BaseModel):
+    """Delivery parameters."""
+
+    model_config = _STRICT
+
+    batch: int = Field(256, ge=1)
+    block_ms: int = Field(1000, ge=1)
+    lease_ms: int = Field(30_000, ge=1)
+    max_deliveries: int = Field(5, ge=1)
+    telemetry_maxlen: int = Field(100_000, ge=1000)
+
+
+class KasminaConfig(BaseModel):
+    """All of Kasmina's tunables."""
+
+    model_config = _STRICT
+
+    gates: GateThresholds = Field(default_factory=GateThresholds)
+    lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    barrier: BarrierConfig = Field(default_factory=BarrierConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
+    bus: BusConfig = Field(default_factory=BusConfig)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> KasminaConfig:
+        """Load from an optional TOML file, then ``KASMINA__SECTION__FIELD`` variables, then overrides."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            with Path(path).open("rb") as fh:
+                data = tomllib.load(fh)
+        env = os.environ if env is None else env
+        for name, raw in env.items():
+            if not name.startswith("KASMINA__"):
+                continue
+            parts = name[len("KASMINA__") :].lower().split("__")
+            if len(parts) != 2:
+                raise ValueError(f"{name}: expected KASMINA__SECTION__FIELD")
+            data.setdefault(parts[0], {})[parts[1]] = raw
+        for dotted, value in (overrides or {}).items():
+            section, _, field = dotted.partition(".")
+            data.setdefault(section, {})[field] = value
+        return cls.model_validate(data)

@@ -1,0 +1,255 @@
+"""The signed envelope: msgpack framing, HMAC-SHA256 over a length-prefixed header + sha256(body).
+
+Wire frame: a msgpack array ``[v, kind, id, sender, key_id, ts_ns, causation_id, body, sig]``.
+MAC input: ``DOMAIN`` then, for each of v, kind, id, sender, key_id, ts_ns, causation_id and
+sha256(body), a 4-byte big-endian length followed by the bytes (ts_ns as 8 bytes big-endian).
+The exact bytes received are verified (``hmac.compare_digest``) before the body is parsed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgpack
+from google.protobuf.message import Message
+
+from contracts.errors import (
+    BadFrame,
+    BadSignature,
+    ExpiredKey,
+    FromFuture,
+    Replayed,
+    Stale,
+    TooLarge,
+    UnknownKey,
+    UnknownKind,
+)
+from contracts.ids import new_id
+from contracts.keys import KeyRing
+from contracts.nonce import NonceGuard
+from contracts.registry import REGISTRY, Registry
+
+VERSION = 1
+DOMAIN = b"kasmina.leyline.v1\x00"
+SIG_BYTES = 32
+DEFAULT_MAX_BYTES = 1 << 20
+_LEN = struct.Struct(">I")
+_TS = struct.Struct(">Q")
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A verified (or about-to-be-signed) message; ``body`` is opaque protobuf bytes."""
+
+    v: int
+    kind: str
+    id: str
+    sender: str
+    key_id: str
+    ts_ns: int
+    causation_id: str
+    body: bytes
+    sig: bytes
+
+
+def _field(data: bytes) -> bytes:
+    return _LEN.pack(len(data)) + data
+
+
+def mac_input(
+    v: int,
+    kind: str,
+    msg_id: str,
+    sender: str,
+    key_id: str,
+    ts_ns: int,
+    causation: str,
+    body: bytes,
+) -> bytes:
+    """The exact bytes the MAC covers."""
+    return b"".join(
+        (
+            DOMAIN,
+            _field(str(v).encode()),
+            _field(kind.encode()),
+            _field(msg_id.encode()),
+            _field(sender.encode()),
+            _field(key_id.encode()),
+            _field(_TS.pack(ts_ns)),
+            _field(causation.encode()),
+            _field(hashlib.sha256(body).digest()),
+        )
+    )
+
+
+class Signer:
+    """Signs and frames messages with the ring's active key."""
+
+    __slots__ = ("_clock", "_ring", "_sender")
+
+    def __init__(
+        self, ring: KeyRing, sender: str, *, clock: Callable[[], int] = time.time_ns
+    ) -> None:
+        if not sender:
+            raise ValueError("sender must not be empty")
+        self._ring = ring
+        self._sender = sender
+        self._clock = clock
+
+    @property
+    def sender(self) -> str:
+        """Who signs."""
+        return self._sender
+
+    def seal(
+        self,
+        kind: str,
+        body: bytes | Message,
+        *,
+        causation_id: str = "",
+        msg_id: str | None = None,
+        ts_ns: int | None = None,
+    ) -> bytes:
+        """Return the signed wire frame."""
+        raw = body.SerializeToString() if isinstance(body, Message) else body
+        now = self._clock() if ts_ns is None else ts_ns
+        mid = new_id(now) if msg_id is None else msg_id
+        key = self._ring.active
+        mac = hmac.digest(
+            key.secret,
+            mac_input(VERSION, kind, mid, self._sender, key.id, now, causation_id, raw),
+            "sha256",
+        )
+        packed: bytes = msgpack.packb(
+            [VERSION, kind, mid, self._sender, key.id, now, causation_id, raw, mac],
+            use_bin_type=True,
+        )
+        return packed
+
+
+def unpack(frame: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
+    """Parse the frame structure only (no signature check); raises TooLarge/BadFrame."""
+    if not isinstance(frame, (bytes, bytearray, memoryview)):
+        raise BadFrame("frame is not bytes")
+    if len(frame) > max_bytes:
+        raise TooLarge(f"{len(frame)} bytes > limit {max_bytes}")
+    try:
+        items = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:  # msgpack raises a zoo of types on garbage
+        raise BadFrame(f"not msgpack: {type(exc).__name__}") from None
+    if not isinstance(items, list) or len(items) != 9:
+        raise BadFrame("expected a 9-element array")
+    v, kind, mid, sender, key_id, ts_ns, causation, body, sig = items
+    if type(v) is not int or v != VERSION:
+        raise BadFrame(f"unsupported envelope version {v!r}")
+    for name, value in (("kind", kind), ("id", mid), ("sender", sender), ("key_id", key_id)):
+        if not isinstance(value, str) or not value or len(value) > 256:
+            raise BadFrame(f"bad {name}")
+    if not isinstance(causation, str) or len(causation) > 256:
+        raise BadFrame("bad causation_id")
+    if type(ts_ns) is not int or not 0 <= ts_ns < 2**63:
+        raise BadFrame("bad ts_ns")
+    if not isinstance(body, bytes) or not isinstance(sig, bytes) or len(sig) != SIG_BYTES:
+        raise BadFrame("bad body or signature field")
+    return Envelope(v, kind, mid, sender, key_id, ts_ns, causation, body, sig)
+
+
+class Verifier:
+    """Verifies frames: size, structure, key, MAC (before any parse), freshness, kind, nonce."""
+
+    __slots__ = (
+        "_clock",
+        "_max_bytes",
+        "_nonce",
+        "_nonce_ttl_ms",
+        "_registry",
+        "_replay",
+        "_ring",
+        "_tolerance_ns",
+    )
+
+    def __init__(
+        self,
+        ring: KeyRing,
+        *,
+        nonce_guard: NonceGuard | None = None,
+        clock: Callable[[], int] = time.time_ns,
+        tolerance_s: float = 60.0,
+        nonce_ttl_s: float = 300.0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        replay: bool = False,
+        registry: Registry = REGISTRY,
+    ) -> None:
+        self._ring = ring
+        self._nonce = nonce_guard
+        self._clock = clock
+        self._tolerance_ns = int(tolerance_s * 1e9)
+        self._nonce_ttl_ms = int(nonce_ttl_s * 1000)
+        self._max_bytes = max_bytes
+        self._replay = replay
+        self._registry = registry
+
+    @property
+    def ring(self) -> KeyRing:
+        """The key ring in use."""
+        return self._ring
+
+    def with_ring(self, ring: KeyRing) -> Verifier:
+        """The same verifier over another key ring (after a rotation)."""
+        twin = Verifier.__new__(Verifier)
+        for name in Verifier.__slots__:
+            setattr(twin, name, getattr(self, name))
+        twin._ring = ring
+        return twin
+
+    def open(self, frame: bytes) -> Envelope:
+        """Check everything but the nonce; return the envelope or raise a ContractError."""
+        env = unpack(frame, max_bytes=self._max_bytes)
+        key = self._ring.get(env.key_id)
+        if key is None:
+            raise UnknownKey(f"key id {env.key_id!r}")
+        now = self._clock()
+        if not self._replay and not key.valid_at(now):
+            raise ExpiredKey(f"key id {env.key_id!r} retired")
+        expected = hmac.digest(
+            key.secret,
+            mac_input(
+                env.v,
+                env.kind,
+                env.id,
+                env.sender,
+                env.key_id,
+                env.ts_ns,
+                env.causation_id,
+                env.body,
+            ),
+            "sha256",
+        )
+        if not hmac.compare_digest(expected, env.sig):
+            raise BadSignature(f"message {env.id}")
+        if not self._replay:
+            if env.ts_ns < now - self._tolerance_ns:
+                raise Stale(f"{(now - env.ts_ns) / 1e9:.1f} s old")
+            if env.ts_ns > now + self._tolerance_ns:
+                raise FromFuture(f"{(env.ts_ns - now) / 1e9:.1f} s ahead")
+        if env.kind not in self._registry:
+            raise UnknownKind(env.kind)
+        return env
+
+    async def verify(self, frame: bytes, *, token: str = "") -> Envelope:
+        """``open`` plus the nonce check (live mode only).
+
+        ``token`` identifies this delivery's stream entry: seeing the same message id again with the
+        same token is a redelivery (allowed; dedupe handles effects), with another token a replay.
+        """
+        env = self.open(frame)
+        if not self._replay and self._nonce is not None:
+            admitted = await self._nonce.admit(env.id, token or env.id, self._nonce_ttl_ms)
+            if not admitted:
+                raise Replayed(f"message id {env.id} already seen")
+        return env

@@ -1,0 +1,111 @@
+"""The contract error tree. Every rejection carries a stable reason code."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Stable reason codes recorded on the rejected stream and counted in ``kasmina status``."""
+
+    BAD_FRAME = "bad_frame"
+    UNKNOWN_KEY = "unknown_key"
+    EXPIRED_KEY = "expired_key"
+    BAD_SIGNATURE = "bad_signature"
+    STALE = "stale"
+    FROM_FUTURE = "from_future"
+    REPLAYED = "replayed"
+    TOO_LARGE = "too_large"
+    UNKNOWN_KIND = "unknown_kind"
+    BAD_BODY = "bad_body"
+    OVERLOADED = "overloaded"
+    # raised by actors after a message verified and parsed
+    UNEXPECTED_KIND = "unexpected_kind"
+    UNKNOWN_SLOT = "unknown_slot"
+    ILLEGAL_TRANSITION = "illegal_transition"
+    NON_FINITE = "non_finite"
+    INVALID = "invalid"
+
+
+class ContractError(Exception):
+    """A message broke the contract; ``code`` says how."""
+
+    code: Reason = Reason.BAD_FRAME
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(f"{self.code.value}: {detail}" if detail else self.code.value)
+        self.detail = detail
+
+
+class BadFrame(ContractError):
+    """The bytes are not a well-formed envelope."""
+
+    code = Reason.BAD_FRAME
+
+
+class UnknownKey(ContractError):
+    """The key id is not in the key ring."""
+
+    code = Reason.UNKNOWN_KEY
+
+
+class ExpiredKey(ContractError):
+    """The key id was retired and its grace period is over."""
+
+    code = Reason.EXPIRED_KEY
+
+
+class BadSignature(ContractError):
+    """The MAC does not match the header and body."""
+
+    code = Reason.BAD_SIGNATURE
+
+
+class Stale(ContractError):
+    """The timestamp is older than the freshness window."""
+
+    code = Reason.STALE
+
+
+class FromFuture(ContractError):
+    """The timestamp is further ahead than the clock tolerance."""
+
+    code = Reason.FROM_FUTURE
+
+
+class Replayed(ContractError):
+    """The message id was already seen inside the nonce window."""
+
+    code = Reason.REPLAYED
+
+
+class TooLarge(ContractError):
+    """The frame exceeds the size limit."""
+
+    code = Reason.TOO_LARGE
+
+
+class UnknownKind(ContractError):
+    """No protobuf type is registered for the kind."""
+
+    code = Reason.UNKNOWN_KIND
+
+
+class BadBody(ContractError):
+    """The body does not parse as the kind's protobuf type."""
+
+    code = Reason.BAD_BODY
+
+
+class Overloaded(ContractError):
+    """The nonce store is full of unexpired entries: fail closed."""
+
+    code = Reason.OVERLOADED
+
+
+class Refused(ContractError):
+    """A verified message that an actor refuses (code given at construction)."""
+
+    def __init__(self, code: Reason, detail: str = "") -> None:
+        self.code = code
+        super().__init__(detail)

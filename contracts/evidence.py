@@ -1,0 +1,57 @@
+"""Names of the evidence metrics gates read (``Evidence.metrics`` keys).
+
+Execution measures them, the SeedActor forwards them in a GateRequest, the GateActor judges them.
+Booleans are encoded as 1.0 (true) / 0.0 (false). A metric that is absent fails its check.
+"""
+
+from __future__ import annotations
+
+# G0 sanity (execution measures a probe seed built off the forward; the SeedActor adds slot facts)
+BLUEPRINT_KNOWN = "blueprint_known"
+BLUEPRINT_SIGNED_OFF = "blueprint_signed_off"
+SLOT_FREE = "slot_free"
+SLOT_EMBARGOED = "slot_embargoed"
+PARAMS_FINITE = "params_finite"
+SHAPE_MATCH = "shape_match"
+DTYPE_MATCH = "dtype_match"
+GERMINATION_MAX_ABS_DELTA = "germination_max_abs_delta"
+SEED_PARAMS = "seed_params"
+SEED_MEMORY_BYTES = "seed_memory_bytes"
+
+# G1 gradient health (cumulative over the TRAINING stage)
+TRAINING_STEPS = "training_steps"
+GRAD_NORM_MIN = "grad_norm_min"
+GRAD_NORM_MAX = "grad_norm_max"
+GRAD_FINITE = "grad_finite"
+ISOLATION_VIOLATIONS = "isolation_violations"
+SEED_LOSS_INITIAL = "seed_loss_initial"
+SEED_LOSS_FINAL = "seed_loss_final"
+
+# G2 stability (over the BLENDING stage)
+ALPHA = "alpha"
+LOSS_SPIKE_SIGMA = "loss_spike_sigma"  # largest z-score of the loss inside the window
+NONFINITE_COUNT = "nonfinite_count"
+
+# G3 interface (SHADOWING; cf_* are counterfactual validation measurements)
+OUTPUT_FINITE = "output_finite"
+SEED_HOST_NORM_RATIO = "seed_host_norm_ratio"
+LATENCY_OVERHEAD = "latency_overhead"
+CF_LOSS_ON = "cf_loss_on"  # validation loss at alpha = 1
+CF_LOSS_OFF = "cf_loss_off"  # validation loss at alpha = 0
+
+# G4 system impact (PROBATIONARY)
+CF_ACC_ON = "cf_acc_on"
+CF_ACC_OFF = "cf_acc_off"
+BASELINE_ACC = "baseline_acc"  # validation accuracy before germination
+VAL_ACC = "val_acc"
+OPEN_STRIKES = "open_strikes"
+
+# G5 reset
+MODULE_RELEASED = "module_released"
+HOOKS_RELEASED = "hooks_released"
+OPTIMIZER_RELEASED = "optimizer_released"
+RESET_MAX_ABS_DELTA = "reset_max_abs_delta"
+
+ALL = tuple(
+    value for name, value in sorted(globals().items()) if name.isupper() and isinstance(value, str)
+)

@@ -1,0 +1,196 @@
+"""The key ring: HMAC keys with ids, several active at once, rotation with a grace period.
+
+Key file format (JSON, written with mode 0600 by ``kasmina keys generate``)::
+
+    {"format": "kasmina-keys", "version": 1, "active": "k-…",
+     "keys": [{"id": "k-…", "secret": "<base64, 32 bytes>", "created_ns": 0, "expires_ns": null}]}
+
+``active`` names the key that signs; every key that has not expired verifies. A rotated-out key gets
+``expires_ns`` = rotation time + grace and stops verifying after it (replay mode ignores expiry, so an
+old recording still verifies).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+MIN_SECRET_BYTES = 32
+ENV_FILE = "KASMINA_KEYS"
+ENV_INLINE = "KASMINA_KEY"  # "key_id:base64secret[,key_id:base64secret…]", first one signs
+
+
+class KeyRingError(ValueError):
+    """A key file or key specification is unusable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One HMAC key."""
+
+    id: str
+    secret: bytes
+    created_ns: int = 0
+    expires_ns: int | None = None
+
+    def valid_at(self, now_ns: int) -> bool:
+        """True if the key still verifies at ``now_ns``."""
+        return self.expires_ns is None or now_ns < self.expires_ns
+
+
+def _new_key(now_ns: int) -> Key:
+    return Key(id=f"k-{secrets.token_hex(6)}", secret=secrets.token_bytes(32), created_ns=now_ns)
+
+
+class KeyRing:
+    """An immutable set of keys with one active (signing) key."""
+
+    __slots__ = ("_active", "_keys")
+
+    def __init__(self, keys: Iterable[Key], active: str) -> None:
+        table: dict[str, Key] = {}
+        for key in keys:
+            if not key.id or len(key.id) > 64:
+                raise KeyRingError("key ids must be 1-64 characters")
+            if len(key.secret) < MIN_SECRET_BYTES:
+                raise KeyRingError(f"key {key.id!r}: secret shorter than {MIN_SECRET_BYTES} bytes")
+            if key.id in table:
+                raise KeyRingError(f"duplicate key id {key.id!r}")
+            table[key.id] = key
+        if active not in table:
+            raise KeyRingError(f"active key {active!r} is not in the ring")
+        if table[active].expires_ns is not None:
+            raise KeyRingError(f"active key {active!r} must not expire")
+        self._keys = table
+        self._active = active
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def generate(cls, now_ns: int | None = None) -> KeyRing:
+        """A ring with one fresh random key."""
+        key = _new_key(time.time_ns() if now_ns is None else now_ns)
+        return cls([key], key.id)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> KeyRing:
+        """Parse the key file structure."""
+        if data.get("format") != "kasmina-keys" or data.get("version") != 1:
+            raise KeyRingError("not a kasmina key file (format/version)")
+        try:
+            keys = [
+                Key(
+                    id=str(item["id"]),
+                    secret=base64.b64decode(item["secret"], validate=True),
+                    created_ns=int(item.get("created_ns", 0)),
+                    expires_ns=None if item.get("expires_ns") is None else int(item["expires_ns"]),
+                )
+                for item in data["keys"]
+            ]
+            return cls(keys, str(data["active"]))
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            if isinstance(exc, KeyRingError):
+                raise
+            raise KeyRingError(f"malformed key file: {exc}") from exc
+
+    @classmethod
+    def load(cls, path: str | Path) -> KeyRing:
+        """Read a key file."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise KeyRingError(f"cannot read key file {path}: {exc.strerror}") from exc
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise KeyRingError(f"key file {path} is not JSON: {exc}") from exc
+        return cls.from_json(data)
+
+    @classmethod
+    def from_inline(cls, spec: str) -> KeyRing:
+        """Parse ``id:base64secret[,id:base64secret…]``; the first key signs."""
+        keys = []
+        for part in spec.split(","):
+            kid, sep, secret = part.strip().partition(":")
+            if not sep:
+                raise KeyRingError("inline keys look like id:base64secret")
+            try:
+                keys.append(Key(id=kid, secret=base64.b64decode(secret, validate=True)))
+            except (ValueError, binascii.Error) as exc:
+                raise KeyRingError(f"inline key {kid!r}: bad base64") from exc
+        if not keys:
+            raise KeyRingError("no keys given")
+        return cls(keys, keys[0].id)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> KeyRing:
+        """Load from ``$KASMINA_KEYS`` (a file) or ``$KASMINA_KEY`` (inline)."""
+        env = os.environ if env is None else env
+        if env.get(ENV_FILE):
+            return cls.load(env[ENV_FILE])
+        if env.get(ENV_INLINE):
+            return cls.from_inline(env[ENV_INLINE])
+        raise KeyRingError(
+            f"no keys: pass --keys FILE or set ${ENV_FILE} (kasmina keys generate -o FILE)"
+        )
+
+    # -- use ----------------------------------------------------------------------------------
+    @property
+    def active(self) -> Key:
+        """The signing key."""
+        return self._keys[self._active]
+
+    def get(self, key_id: str) -> Key | None:
+        """The key with this id, or None."""
+        return self._keys.get(key_id)
+
+    def ids(self) -> list[str]:
+        """All key ids (sorted)."""
+        return sorted(self._keys)
+
+    def rotate(self, grace_s: float, now_ns: int | None = None) -> KeyRing:
+        """A new ring whose new key signs; the old active key verifies for ``grace_s`` more."""
+        now = time.time_ns() if now_ns is None else now_ns
+        fresh = _new_key(now)
+        old = [
+            replace(k, expires_ns=now + int(grace_s * 1e9)) if k.id == self._active else k
+            for k in self._keys.values()
+        ]
+        kept = [k for k in old if k.valid_at(now)]
+        return KeyRing([*kept, fresh], fresh.id)
+
+    def to_json(self) -> dict[str, Any]:
+        """The key file structure."""
+        return {
+            "format": "kasmina-keys",
+            "version": 1,
+            "active": self._active,
+            "keys": [
+                {
+                    "id": k.id,
+                    "secret": base64.b64encode(k.secret).decode("ascii"),
+                    "created_ns": k.created_ns,
+                    "expires_ns": k.expires_ns,
+                }
+                for k in self._keys.values()
+            ],
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write the key file atomically with mode 0600."""
+        target = Path(path)
+        tmp = target.with_name(f".{target.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(self.to_json(), fh, indent=2)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)

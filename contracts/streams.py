@@ -1,0 +1,66 @@
+"""Stream and key names of a run. Every key carries the run id as a Redis Cluster hash tag."""
+
+from __future__ import annotations
+
+import re
+
+SLOT_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+RUN_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+ACTOR_KINDS = ("seed", "gate", "safety", "telemetry", "barrier", "execution")
+
+
+def _check_run(run: str) -> str:
+    if not RUN_RE.match(run):
+        raise ValueError(f"invalid run id {run!r}: use 1-64 characters of [A-Za-z0-9_.-]")
+    return run
+
+
+def check_slot(slot: str) -> str:
+    """Return ``slot`` if it is a valid slot id, else raise ValueError."""
+    if not SLOT_RE.match(slot):
+        raise ValueError(f"invalid slot id {slot!r}: use 1-128 characters of [A-Za-z0-9_.:-]")
+    return slot
+
+
+def prefix(run: str) -> str:
+    """The key prefix of a run: ``kasmina:{run}:``."""
+    return f"kasmina:{{{_check_run(run)}}}:"
+
+
+def inbox(run: str, actor: str, key: str | None = None) -> str:
+    """The inbox stream of an actor (per slot for SeedActors, per rank for ExecutionActors)."""
+    if actor not in ACTOR_KINDS:
+        raise ValueError(f"unknown actor kind {actor!r}")
+    name = f"{prefix(run)}inbox:{actor}"
+    return f"{name}:{key}" if key is not None else name
+
+
+def events(run: str) -> str:
+    """The append-only event stream of a run (every state change)."""
+    return f"{prefix(run)}events"
+
+
+def telemetry(run: str) -> str:
+    """Region/global telemetry summaries and critical events."""
+    return f"{prefix(run)}telemetry"
+
+
+def dead_letter(run: str) -> str:
+    """Entries moved aside after too many deliveries."""
+    return f"{prefix(run)}dead"
+
+
+def rejected(run: str) -> str:
+    """Bad input, with its reason code."""
+    return f"{prefix(run)}rejected"
+
+
+def outcomes(run: str) -> str:
+    """Outcomes published for clients waiting on a command (``--wait``)."""
+    return f"{prefix(run)}outcomes"
+
+
+def nonce_key(run: str, message_id: str) -> str:
+    """Key of the nonce guard entry for a message id."""
+    return f"{prefix(run)}nonce:{message_id}"
