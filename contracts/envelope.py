@@ -1,8 +1,8 @@
 """The signed envelope: msgpack framing, HMAC-SHA256 over a length-prefixed header + sha256(body).
 
 Wire frame: a msgpack array ``[v, kind, id, sender, key_id, ts_ns, causation_id, body, sig]``.
-MAC input: ``DOMAIN`` then, for each of v, kind, id, sender, key_id, ts_ns, causation_id and
-sha256(body), a 4-byte big-endian length followed by the bytes (ts_ns as 8 bytes big-endian).
+MAC input: ``DOMAIN``, then the 4-byte big-endian lengths of v, kind, id, sender, key_id, ts_ns,
+causation_id and sha256(body), then those eight fields (v as decimal text, ts_ns as 8 bytes big-endian).
 The exact bytes received are verified (``hmac.compare_digest``) before the body is parsed.
 """
 
@@ -38,7 +38,7 @@ VERSION = 1
 DOMAIN = b"kasmina.leyline.v1\x00"
 SIG_BYTES = 32
 DEFAULT_MAX_BYTES = 1 << 20
-_LEN = struct.Struct(">I")
+_LENS = struct.Struct(">8I")
 _TS = struct.Struct(">Q")
 
 
@@ -57,10 +57,6 @@ class Envelope:
     sig: bytes
 
 
-def _field(data: bytes) -> bytes:
-    return _LEN.pack(len(data)) + data
-
-
 def mac_input(
     v: int,
     kind: str,
@@ -71,20 +67,18 @@ def mac_input(
     causation: str,
     body: bytes,
 ) -> bytes:
-    """The exact bytes the MAC covers."""
-    return b"".join(
-        (
-            DOMAIN,
-            _field(str(v).encode()),
-            _field(kind.encode()),
-            _field(msg_id.encode()),
-            _field(sender.encode()),
-            _field(key_id.encode()),
-            _field(_TS.pack(ts_ns)),
-            _field(causation.encode()),
-            _field(hashlib.sha256(body).digest()),
-        )
+    """The exact bytes the MAC covers: DOMAIN, eight 4-byte lengths, then the eight fields."""
+    fields = (
+        str(v).encode(),
+        kind.encode(),
+        msg_id.encode(),
+        sender.encode(),
+        key_id.encode(),
+        _TS.pack(ts_ns),
+        causation.encode(),
+        hashlib.sha256(body).digest(),
     )
+    return DOMAIN + _LENS.pack(*map(len, fields)) + b"".join(fields)
 
 
 class Signer:

@@ -10,15 +10,16 @@ import uuid
 def new_id(now_ns: int | None = None, rand: bytes | None = None) -> str:
     """Return a UUIDv7 string for ``now_ns`` (default: the wall clock) and 10 random bytes."""
     ms = (time.time_ns() if now_ns is None else now_ns) // 1_000_000
-    tail = os.urandom(10) if rand is None else rand
-    if len(tail) != 10:
+    t = os.urandom(10) if rand is None else rand
+    if len(t) != 10:
         raise ValueError("rand must be 10 bytes")
-    value = (ms & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76
-    value |= (int.from_bytes(tail[:2], "big") & 0x0FFF) << 64
-    value |= 0b10 << 62
-    value |= int.from_bytes(tail[2:], "big") & ((1 << 62) - 1)
-    return str(uuid.UUID(int=value))
+    raw = (
+        (ms & 0xFFFFFFFFFFFF).to_bytes(6, "big")
+        + bytes((0x70 | (t[0] & 0x0F), t[1], 0x80 | (t[2] & 0x3F)))
+        + t[3:]
+    )
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def is_valid_id(text: str) -> bool:

@@ -445,6 +445,7 @@ class LifecycleTransition(_message.Message):
     GATE_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
     BLUEPRINT_FIELD_NUMBER: _builtins.int
+    COMMAND_ID_FIELD_NUMBER: _builtins.int
     slot: _builtins.str
     from_stage: Global___SeedLifecycleStage.ValueType
     to_stage: Global___SeedLifecycleStage.ValueType
@@ -459,6 +460,8 @@ class LifecycleTransition(_message.Message):
     seq: _builtins.int
     """per-slot event sequence number (1, 2, ...)"""
     blueprint: _builtins.str
+    command_id: _builtins.str
+    """the command whose chain led here (for clients that --wait)"""
     def __init__(
         self,
         *,
@@ -472,10 +475,11 @@ class LifecycleTransition(_message.Message):
         gate: Global___SeedLifecycleGate.ValueType = ...,
         seq: _builtins.int = ...,
         blueprint: _builtins.str = ...,
+        command_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blueprint", b"blueprint", "causation_id", b"causation_id", "cause", b"cause", "from_stage", b"from_stage", "gate", b"gate", "has_gate", b"has_gate", "seq", b"seq", "slot", b"slot", "step", b"step", "to_stage", b"to_stage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blueprint", b"blueprint", "causation_id", b"causation_id", "cause", b"cause", "command_id", b"command_id", "from_stage", b"from_stage", "gate", b"gate", "has_gate", b"has_gate", "seq", b"seq", "slot", b"slot", "step", b"step", "to_stage", b"to_stage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -494,6 +498,7 @@ class LifecycleRefused(_message.Message):
     CAUSATION_ID_FIELD_NUMBER: _builtins.int
     STEP_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
+    COMMAND_ID_FIELD_NUMBER: _builtins.int
     slot: _builtins.str
     stage: Global___SeedLifecycleStage.ValueType
     """stage at the time"""
@@ -503,6 +508,7 @@ class LifecycleRefused(_message.Message):
     causation_id: _builtins.str
     step: _builtins.int
     seq: _builtins.int
+    command_id: _builtins.str
     def __init__(
         self,
         *,
@@ -513,10 +519,11 @@ class LifecycleRefused(_message.Message):
         causation_id: _builtins.str = ...,
         step: _builtins.int = ...,
         seq: _builtins.int = ...,
+        command_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["causation_id", b"causation_id", "reason", b"reason", "request", b"request", "seq", b"seq", "slot", b"slot", "stage", b"stage", "step", b"step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["causation_id", b"causation_id", "command_id", b"command_id", "reason", b"reason", "request", b"request", "seq", b"seq", "slot", b"slot", "stage", b"stage", "step", b"step"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1449,14 +1456,41 @@ class Heartbeat(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class RejectedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ACTOR_FIELD_NUMBER: _builtins.int
     PROCESS_FIELD_NUMBER: _builtins.int
     STARTED_NS_FIELD_NUMBER: _builtins.int
     PROCESSED_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    TS_NS_FIELD_NUMBER: _builtins.int
     actor: _builtins.str
     process: _builtins.str
     started_ns: _builtins.int
     processed: _builtins.int
+    ts_ns: _builtins.int
+    @_builtins.property
+    def rejected(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """reason code -> count since start"""
+
     def __init__(
         self,
         *,
@@ -1464,10 +1498,12 @@ class Heartbeat(_message.Message):
         process: _builtins.str = ...,
         started_ns: _builtins.int = ...,
         processed: _builtins.int = ...,
+        rejected: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        ts_ns: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "process", b"process", "processed", b"processed", "started_ns", b"started_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "process", b"process", "processed", b"processed", "rejected", b"rejected", "started_ns", b"started_ns", "ts_ns", b"ts_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

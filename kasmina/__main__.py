@@ -1,0 +1,5 @@
+"""``python -m kasmina`` runs the CLI."""
+
+from kasmina.cli import main
+
+main()

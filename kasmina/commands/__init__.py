@@ -1,0 +1,1 @@
+"""One module per ``kasmina`` sub-command; each exposes ``register(subparsers)``."""

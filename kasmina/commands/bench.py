@@ -1,0 +1,56 @@
+"""``kasmina bench``: the benchmarks, one JSON object per figure with its same-run baseline."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+
+from kasmina.common import emit_json, redis_url
+
+PARTS = ("envelope", "bus", "telemetry", "execution")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "bench", help="measure throughput and overheads against same-run baselines"
+    )
+    parser.add_argument("--redis", default=None, metavar="URL")
+    parser.add_argument("--json", action="store_true", help="one JSON object per figure")
+    parser.add_argument("--only", choices=PARTS, action="append", help="run only these parts")
+    parser.add_argument("--quick", action="store_true", help="smaller sample sizes")
+    parser.set_defaults(func=run)
+
+
+def _figures(part: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    if part == "envelope":
+        from benchmarks.envelope_bench import run_envelope_bench
+
+        return run_envelope_bench(n=5_000 if args.quick else 20_000)
+    if part == "bus":
+        module = importlib.import_module("benchmarks.bus_bench")
+        fn: Callable[..., Any] = module.run_bus_bench
+        n = 20_000 if args.quick else 100_000
+        result: list[dict[str, Any]] = anyio.run(lambda: fn(redis_url(args), n=n))
+        return result
+    if part == "telemetry":
+        module = importlib.import_module("benchmarks.telemetry_bench")
+        return list(module.run_telemetry_bench())
+    module = importlib.import_module("benchmarks.execution_bench")
+    return list(module.run_execution_bench())
+
+
+def run(args: argparse.Namespace) -> int:
+    for part in args.only or PARTS:
+        for figure in _figures(part, args):
+            if args.json:
+                emit_json(figure)
+            else:
+                print(
+                    f"{figure['bench']:<40} {figure['value']:>12} {figure['unit']:<10} "
+                    f"baseline {figure['baseline']:>12}  ratio {figure['ratio']}"
+                )
+    return 0

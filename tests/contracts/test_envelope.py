@@ -1,0 +1,210 @@
+"""Envelope signing and verification: every tampering gets its own reason code."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from contracts import REGISTRY, KeyRing, MemoryNonceGuard, Reason, Signer, Verifier, unpack
+from contracts.errors import ContractError
+from leyline import pb
+
+NOW = 1_800_000_000 * 10**9
+BODY = pb.SeedCommand(slot="layer1.s0", germinate=pb.Germinate(blueprint="residual_mlp"))
+
+
+def clock() -> int:
+    return NOW
+
+
+@pytest.fixture
+def ring() -> KeyRing:
+    return KeyRing.generate(now_ns=NOW)
+
+
+def _frame(ring: KeyRing, **kw: object) -> bytes:
+    return Signer(ring, "tamiyo", clock=clock).seal("seed.command", BODY, **kw)  # type: ignore[arg-type]
+
+
+def _reason(verifier: Verifier, frame: bytes) -> Reason:
+    with pytest.raises(ContractError) as info:
+        verifier.open(frame)
+    return info.value.code
+
+
+def _mutate(frame: bytes, index: int, value: object) -> bytes:
+    items = msgpack.unpackb(frame, raw=False)
+    items[index] = value
+    return msgpack.packb(items, use_bin_type=True)
+
+
+def test_round_trip(ring: KeyRing) -> None:
+    """A sealed message opens to the same header and body."""
+    env = Verifier(ring, clock=clock).open(_frame(ring, causation_id="c-1"))
+    assert (env.kind, env.sender, env.causation_id, env.ts_ns) == (
+        "seed.command",
+        "tamiyo",
+        "c-1",
+        NOW,
+    )
+    assert REGISTRY.parse(env.kind, env.body) == BODY
+
+
+@pytest.mark.parametrize(
+    ("index", "value", "reason"),
+    [
+        (1, "gate.request", Reason.BAD_SIGNATURE),  # kind
+        (2, "01890000-0000-7000-8000-000000000000", Reason.BAD_SIGNATURE),  # id
+        (3, "mallory", Reason.BAD_SIGNATURE),  # sender
+        (5, NOW + 1, Reason.BAD_SIGNATURE),  # ts_ns
+        (6, "other-cause", Reason.BAD_SIGNATURE),  # causation_id
+        (7, b"\x0a\x01x", Reason.BAD_SIGNATURE),  # body
+        (8, b"\x00" * 32, Reason.BAD_SIGNATURE),  # signature
+        (8, b"\x00" * 31, Reason.BAD_FRAME),  # truncated signature
+        (4, "k-unknown", Reason.UNKNOWN_KEY),  # key id
+        (0, 2, Reason.BAD_FRAME),  # version
+    ],
+)
+def test_each_tampered_field_is_rejected(
+    ring: KeyRing, index: int, value: object, reason: Reason
+) -> None:
+    """Changing any header field, the body or the signature is rejected with its specific code."""
+    assert _reason(Verifier(ring, clock=clock), _mutate(_frame(ring), index, value)) == reason
+
+
+def test_truncation_and_garbage_are_bad_frames(ring: KeyRing) -> None:
+    """A truncated frame and random bytes are bad frames."""
+    frame = _frame(ring)
+    verifier = Verifier(ring, clock=clock)
+    for cut in (0, 1, len(frame) // 2, len(frame) - 1):
+        assert _reason(verifier, frame[:cut]) == Reason.BAD_FRAME
+    assert _reason(verifier, b"\xc1\xff garbage") == Reason.BAD_FRAME
+
+
+def test_wrong_key_is_bad_signature(ring: KeyRing) -> None:
+    """A message signed by a different secret under the same key id fails the MAC."""
+    other = KeyRing.from_json(
+        {**ring.to_json(), "keys": [{**ring.to_json()["keys"][0], "secret": "A" * 44}]}
+    )
+    assert _reason(Verifier(ring, clock=clock), _frame(other)) == Reason.BAD_SIGNATURE
+
+
+def test_unknown_key_id(ring: KeyRing) -> None:
+    """A message from a ring the verifier does not know is unknown_key."""
+    assert (
+        _reason(Verifier(KeyRing.generate(now_ns=NOW), clock=clock), _frame(ring))
+        == Reason.UNKNOWN_KEY
+    )
+
+
+def test_too_large(ring: KeyRing) -> None:
+    """Frames over the size limit are refused before parsing."""
+    assert _reason(Verifier(ring, clock=clock, max_bytes=64), _frame(ring)) == Reason.TOO_LARGE
+
+
+def test_unknown_kind_after_valid_signature(ring: KeyRing) -> None:
+    """A correctly signed message of an unregistered kind is unknown_kind."""
+    frame = Signer(ring, "x", clock=clock).seal("no.such.kind", b"")
+    assert _reason(Verifier(ring, clock=clock), frame) == Reason.UNKNOWN_KIND
+
+
+def test_bad_body_is_detected_at_parse(ring: KeyRing) -> None:
+    """A signed body that is not the kind's protobuf fails parsing with bad_body."""
+    frame = Signer(ring, "x", clock=clock).seal("seed.command", b"\xff\xff\xff")
+    env = Verifier(ring, clock=clock).open(frame)
+    with pytest.raises(ContractError) as info:
+        REGISTRY.parse(env.kind, env.body)
+    assert info.value.code == Reason.BAD_BODY
+
+
+def test_stale_and_future_rejected_live_accepted_in_replay(ring: KeyRing) -> None:
+    """Timestamps outside ±60 s are stale/from_future live; replay mode accepts them, MAC still checked."""
+    old = _frame(ring, ts_ns=NOW - 61 * 10**9)
+    ahead = _frame(ring, ts_ns=NOW + 61 * 10**9)
+    live = Verifier(ring, clock=clock)
+    assert _reason(live, old) == Reason.STALE
+    assert _reason(live, ahead) == Reason.FROM_FUTURE
+    assert Verifier(ring, clock=clock).open(_frame(ring, ts_ns=NOW - 59 * 10**9))
+    replay = Verifier(ring, clock=clock, replay=True)
+    assert replay.open(old).ts_ns == NOW - 61 * 10**9
+    assert replay.open(ahead).ts_ns == NOW + 61 * 10**9
+    assert _reason(replay, _mutate(old, 3, "mallory")) == Reason.BAD_SIGNATURE
+
+
+def test_rotation_grace_period(ring: KeyRing) -> None:
+    """After rotation the previous key verifies during the grace period and not after."""
+    old_frame = _frame(ring)
+    rotated = ring.rotate(grace_s=10, now_ns=NOW)
+    assert rotated.active.id != ring.active.id
+    assert Verifier(rotated, clock=lambda: NOW + 9 * 10**9, tolerance_s=60).open(old_frame)
+    late = Verifier(rotated, clock=lambda: NOW + 11 * 10**9, tolerance_s=60)
+    assert _reason(late, old_frame) == Reason.EXPIRED_KEY
+    new_frame = Signer(rotated, "tamiyo", clock=clock).seal("seed.command", BODY)
+    assert Verifier(rotated, clock=clock).open(new_frame).key_id == rotated.active.id
+    assert _reason(Verifier(ring, clock=clock), new_frame) == Reason.UNKNOWN_KEY
+
+
+async def test_replayed_message_is_rejected_by_nonce_guard(ring: KeyRing) -> None:
+    """The same message id under a second delivery token is replayed; the same token is a redelivery."""
+    guard = MemoryNonceGuard()
+    verifier = Verifier(ring, clock=clock, nonce_guard=guard)
+    frame = _frame(ring)
+    assert (await verifier.verify(frame, token="s:1-0")).kind == "seed.command"
+    assert (await verifier.verify(frame, token="s:1-0")).kind == "seed.command"
+    with pytest.raises(ContractError) as info:
+        await verifier.verify(frame, token="s:2-0")
+    assert info.value.code == Reason.REPLAYED
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=600))
+def test_arbitrary_bytes_only_raise_contract_errors(data: bytes) -> None:
+    """Any byte string either verifies or raises ContractError: never another exception."""
+    ring = KeyRing.generate(now_ns=NOW)
+    try:
+        env = Verifier(ring, clock=clock).open(data)
+        REGISTRY.parse(env.kind, env.body)
+    except ContractError:
+        pass
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_mutated_valid_envelopes_never_crash_or_half_parse(data: st.DataObject) -> None:
+    """Flipping, inserting or deleting bytes of a valid frame yields a ContractError or an equal message."""
+    ring = KeyRing.generate(now_ns=NOW)
+    frame = bytearray(_frame(ring))
+    op = data.draw(st.sampled_from(["flip", "insert", "delete", "truncate"]))
+    pos = data.draw(st.integers(0, len(frame) - 1))
+    if op == "flip":
+        frame[pos] ^= data.draw(st.integers(1, 255))
+    elif op == "insert":
+        frame[pos:pos] = data.draw(st.binary(min_size=1, max_size=8))
+    elif op == "delete":
+        del frame[pos]
+    else:
+        frame = frame[:pos]
+    try:
+        env = Verifier(ring, clock=clock).open(bytes(frame))
+    except ContractError:
+        return
+    # only a mutation that leaves the signed content intact may verify
+    assert REGISTRY.parse(env.kind, env.body) == BODY
+    assert env == unpack(_frame(ring, msg_id=env.id))
+
+
+def test_memory_nonce_guard_is_bounded_and_fails_closed() -> None:
+    """The in-memory guard never forgets an unexpired id: when full it raises overloaded."""
+    now = [0]
+    guard = MemoryNonceGuard(capacity=3, clock=lambda: now[0])
+    for i in range(3):
+        assert guard.check(f"m{i}", "t", ttl_ms=1000)
+    with pytest.raises(ContractError) as info:
+        guard.check("m3", "t", ttl_ms=1000)
+    assert info.value.code == Reason.OVERLOADED
+    assert not guard.check("m0", "other", ttl_ms=1000)
+    now[0] = 1000 * 1_000_000
+    assert guard.check("m3", "t", ttl_ms=1000)
+    assert len(guard) == 1
