@@ -201,6 +201,12 @@ class Verifier:
         twin._ring = ring
         return twin
 
+    def with_replay(self, replay: bool = True) -> Verifier:
+        """The same verifier in replay mode: MAC checked, freshness, expiry and nonces skipped."""
+        twin = self.with_ring(self._ring)
+        twin._replay = replay
+        return twin
+
     def open(self, frame: bytes) -> Envelope:
         """Check everything but the nonce; return the envelope or raise a ContractError."""
         env = unpack(frame, max_bytes=self._max_bytes)

@@ -61,6 +61,11 @@ def outcomes(run: str) -> str:
     return f"{prefix(run)}outcomes"
 
 
+def heartbeats(run: str) -> str:
+    """Actor heartbeats (capped)."""
+    return f"{prefix(run)}heartbeats"
+
+
 def nonce_key(run: str, message_id: str) -> str:
     """Key of the nonce guard entry for a message id."""
     return f"{prefix(run)}nonce:{message_id}"

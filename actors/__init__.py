@@ -1,0 +1,1 @@
+"""Actors: pure cores (lifecycle, gates, breakers, aggregation, barrier) and their bus shells."""

@@ -1,0 +1,169 @@
+"""KasminaClient: how Tolaria (trainer) and Tamiyo (controller) drive a run from Python.
+
+Commands are signed and published to the slot's SeedActor inbox. ``wait=True`` returns the outcome:
+the first lifecycle transition or refusal caused by the command, or the rejection of the command
+itself (bad signature, replay, …), whichever the run records first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+
+from actors.shell import FRAME
+from bus import Bus
+from contracts import REGISTRY, ContractError, Signer, Verifier, streams
+from leyline import pb
+
+ACTIONS = (
+    "germinate",
+    "cull",
+    "pause",
+    "resume",
+    "terminate",
+    "emergency_stop",
+    "adjust_optimizer",
+)
+
+
+class CommandTimeout(TimeoutError):
+    """No outcome was recorded for a command in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of a command."""
+
+    command_id: str
+    kind: str  # lifecycle.transition | lifecycle.refused | rejection
+    message: Message
+    entry_id: str
+
+    @property
+    def ok(self) -> bool:
+        """True for a transition."""
+        return self.kind == "lifecycle.transition"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        body = MessageToDict(self.message, preserving_proto_field_name=True)
+        return {
+            "command_id": self.command_id,
+            "ok": self.ok,
+            "kind": self.kind,
+            "entry_id": self.entry_id,
+            **body,
+        }
+
+
+def build_command(slot: str, action: str, *, reason: str = "", **params: Any) -> pb.SeedCommand:
+    """A SeedCommand for ``action`` (one of ACTIONS)."""
+    streams.check_slot(slot)
+    command = pb.SeedCommand(slot=slot, reason=reason)
+    if action == "germinate":
+        blueprint = params.get("blueprint") or ""
+        if not blueprint:
+            raise ValueError("germinate needs a blueprint")
+        germ = command.germinate
+        germ.blueprint = blueprint
+        for key, value in (params.get("params") or {}).items():
+            germ.params[key] = float(value)
+        if params.get("blend_mode"):
+            germ.blend_mode = pb.BlendMode.Value(f"BLEND_MODE_{params['blend_mode'].upper()}")
+        if params.get("alpha_schedule"):
+            germ.alpha_schedule = pb.AlphaSchedule.Value(
+                f"ALPHA_SCHEDULE_{params['alpha_schedule'].upper()}"
+            )
+        germ.blend_steps = int(params.get("blend_steps") or 0)
+    elif action == "adjust_optimizer":
+        command.adjust_optimizer.lr_scale = float(params.get("lr_scale", 1.0))
+        command.adjust_optimizer.weight_decay = float(params.get("weight_decay", -1.0))
+    elif action in ACTIONS:
+        getattr(command, action).SetInParent()
+    else:
+        raise ValueError(f"unknown action {action!r}; choose from {', '.join(ACTIONS)}")
+    return command
+
+
+class KasminaClient:
+    """Sign and send commands; optionally wait for their outcome."""
+
+    def __init__(self, bus: Bus, run: str, signer: Signer, verifier: Verifier) -> None:
+        self.bus = bus
+        self.run = run
+        self.signer = signer
+        self.verifier = (
+            verifier.with_replay()
+        )  # reading the run's own log: MAC checked, no freshness
+
+    async def publish(self, stream: str, message: Message, *, causation_id: str = "") -> str:
+        """Sign and publish any Leyline message; returns its message id."""
+        frame = self.signer.seal(REGISTRY.kind_of(message), message, causation_id=causation_id)
+        env = self.verifier.open(frame)
+        await self.bus.publish(stream, {FRAME: frame, "kind": env.kind.encode()})
+        return env.id
+
+    async def command(
+        self,
+        slot: str,
+        action: str,
+        *,
+        wait: bool = False,
+        timeout_s: float = 30.0,
+        reason: str = "",
+        **params: Any,
+    ) -> str | Outcome:
+        """Send a command to a slot's SeedActor; with ``wait`` return its :class:`Outcome`."""
+        message = build_command(slot, action, reason=reason, **params)
+        mark = await self._marks()
+        command_id = await self.publish(streams.inbox(self.run, "seed", slot), message)
+        if not wait:
+            return command_id
+        return await self.wait(command_id, after=mark, timeout_s=timeout_s)
+
+    async def _marks(self) -> Mapping[str, str]:
+        marks = {}
+        for stream in (streams.events(self.run), streams.rejected(self.run)):
+            info = await self.bus.info(stream)
+            marks[stream] = info.last_id if info.length else "0-0"
+        return marks
+
+    async def wait(
+        self, command_id: str, *, after: Mapping[str, str] | None = None, timeout_s: float = 30.0
+    ) -> Outcome:
+        """Poll the event and rejected streams for the command's outcome."""
+        cursors = dict(
+            after or {streams.events(self.run): "0-0", streams.rejected(self.run): "0-0"}
+        )
+        with anyio.move_on_after(timeout_s):
+            while True:
+                for stream, cursor in list(cursors.items()):
+                    for entry in await self.bus.range(stream, f"({cursor}", "+", count=500):
+                        cursors[stream] = entry.id
+                        found = self._match(entry.fields.get(FRAME), command_id, entry.id)
+                        if found is not None:
+                            return found
+                await anyio.sleep(0.05)
+        raise CommandTimeout(f"no outcome for command {command_id} within {timeout_s:g} s")
+
+    def _match(self, frame: bytes | None, command_id: str, entry_id: str) -> Outcome | None:
+        if frame is None:
+            return None
+        try:
+            env = self.verifier.open(frame)
+        except ContractError:
+            return None
+        if env.kind not in ("lifecycle.transition", "lifecycle.refused", "rejection"):
+            return None
+        message = REGISTRY.parse(env.kind, env.body)
+        if env.kind == "rejection":
+            assert isinstance(message, pb.Rejection)
+            hit = message.message_id == command_id
+        else:
+            hit = getattr(message, "command_id", "") == command_id
+        return Outcome(command_id, env.kind, message, entry_id) if hit else None

@@ -1,0 +1,329 @@
+"""The actor shell: read inbox -> verify -> dedupe -> decide -> one atomic commit -> ack.
+
+A shell wraps an :class:`ActorLogic` (a pure core plus its in-memory state) and owns everything
+with I/O: the consumer loop, signatures, the rejected stream, heartbeats and state digests. Bad input
+is rejected onto the rejected stream with its reason code, counted and acked; the state is untouched
+and the actor keeps running. A failure of the bus rebuilds the state from the event stream and
+re-reads this consumer's pending entries, so nothing is lost and nothing is applied twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import anyio
+from anyio.abc import TaskStatus
+from google.protobuf.message import Message
+
+from bus import Append, Bus, BusClosed, BusUnavailable, Consumer, Entry, Handled
+from contracts import REGISTRY, ContractError, Envelope, Reason, Signer, Verifier, streams
+from contracts.config import KasminaConfig
+from leyline import pb
+
+log = logging.getLogger("kasmina.actors")
+
+FRAME = "m"  # the stream field holding the signed frame
+HEARTBEAT_MAXLEN = 2_000
+REJECTED_MAXLEN = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """What the shell knows about an input besides its body."""
+
+    envelope: Envelope
+    entry_id: str
+    stream: str
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What handling one message produced."""
+
+    events: list[Message] = field(default_factory=list)  # appended to the run's event stream
+    outgoing: list[tuple[str, Message]] = field(default_factory=list)  # (stream, message)
+    telemetry: list[Message] = field(default_factory=list)  # to the telemetry stream (capped)
+    reject: Reason | None = None
+    detail: str = ""
+
+
+class ActorLogic(Protocol):
+    """A pure core with its state, as the shell drives it."""
+
+    name: str  # e.g. "seed:layer1.s0" or "gate"
+    accepts: frozenset[str]  # envelope kinds it handles
+
+    def handle(self, kind: str, message: Message, meta: Meta) -> Outcome:
+        """Decide (no state change)."""
+        ...
+
+    def apply(self, outcome: Outcome) -> None:
+        """Fold the outcome's events into the state."""
+        ...
+
+    def reset(self) -> None:
+        """Back to the initial state (before a rebuild)."""
+        ...
+
+    def fold(self, kind: str, message: Message) -> None:
+        """Fold one recorded event of this actor (rebuild); events of others are ignored."""
+        ...
+
+    def digests(self) -> dict[str, bytes]:
+        """State digest per key (slot, or "" for singletons)."""
+        ...
+
+
+def _finite(message: Message) -> bool:
+    """True if every float field (recursively, maps included) is finite."""
+    for desc, value in message.ListFields():
+        if desc.type in (desc.TYPE_DOUBLE, desc.TYPE_FLOAT):
+            values: Iterable[object] = value if desc.is_repeated else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                return False
+        elif desc.message_type is not None:
+            if desc.message_type.GetOptions().map_entry:
+                for v in value.values():
+                    if isinstance(v, float) and not math.isfinite(v):
+                        return False
+                    if isinstance(v, Message) and not _finite(v):
+                        return False
+            elif desc.is_repeated:
+                if not all(_finite(v) for v in value):
+                    return False
+            elif not _finite(value):
+                return False
+    return True
+
+
+class ActorShell:
+    """Runs one :class:`ActorLogic` on its inbox stream."""
+
+    def __init__(
+        self,
+        logic: ActorLogic,
+        *,
+        bus: Bus,
+        run: str,
+        inbox: str,
+        signer: Signer,
+        verifier: Verifier,
+        config: KasminaConfig,
+        consumer_name: str | None = None,
+        process: str = "",
+        heartbeat_s: float = 2.0,
+    ) -> None:
+        self.logic = logic
+        self.bus = bus
+        self.run_id = run
+        self.inbox = inbox
+        self.group = f"actor:{logic.name}"
+        self.consumer_name = consumer_name or logic.name
+        self.signer = signer
+        self.verifier = verifier
+        self.config = config
+        self.process = process
+        self.heartbeat_s = heartbeat_s
+        self.events_stream = streams.events(run)
+        self.rejected_stream = streams.rejected(run)
+        self.processed = 0
+        self.rejected: Counter[str] = Counter()
+        self.rebuilds = 0
+        self._started_ns = time.time_ns()
+        self._consumer: Consumer | None = None
+        self._stopping = False
+
+    # -- state --------------------------------------------------------------------------------
+    async def rebuild(self) -> int:
+        """Re-fold this actor's state from the event stream; returns the events folded."""
+        self.logic.reset()
+        replay = self.verifier.with_replay()
+        count = 0
+        start = "-"
+        while True:
+            page = await self.bus.range(self.events_stream, start, "+", count=1000)
+            for entry in page:
+                frame = entry.fields.get(FRAME)
+                if frame is None:
+                    continue
+                try:
+                    env = replay.open(frame)
+                    message = REGISTRY.parse(env.kind, env.body)
+                except ContractError:
+                    continue
+                self.logic.fold(env.kind, message)
+                count += 1
+            if len(page) < 1000:
+                break
+            start = "(" + page[-1].id
+        self.rebuilds += 1
+        return count
+
+    # -- handling -----------------------------------------------------------------------------
+    def _seal(self, message: Message, causation: str) -> bytes:
+        return self.signer.seal(REGISTRY.kind_of(message), message, causation_id=causation)
+
+    def _event_append(self, message: Message, causation: str) -> Append:
+        return Append(
+            self.events_stream,
+            {FRAME: self._seal(message, causation), "kind": REGISTRY.kind_of(message).encode()},
+        )
+
+    def _reject(self, entry: Entry, code: Reason, detail: str, env: Envelope | None) -> Handled:
+        self.rejected[code.value] += 1
+        record = pb.Rejection(
+            reason_code=code.value,
+            stream=entry.stream,
+            entry_id=entry.id,
+            kind=env.kind if env else "",
+            sender=env.sender if env else "",
+            detail=detail[:500],
+            message_id=env.id if env else "",
+            actor=self.logic.name,
+        )
+        log.info("%s rejected %s: %s %s", self.logic.name, entry.id, code.value, detail)
+        fields = {FRAME: self._seal(record, env.id if env else ""), "reason": code.value.encode()}
+        return Handled(
+            entry, self.group, [Append(self.rejected_stream, fields, maxlen=REJECTED_MAXLEN)]
+        )
+
+    async def _handle(self, entry: Entry) -> tuple[Handled, Outcome | None]:
+        env: Envelope | None = None
+        try:
+            frame = entry.fields.get(FRAME)
+            if frame is None:
+                return self._reject(entry, Reason.BAD_FRAME, "no frame field", None), None
+            env = await self.verifier.verify(frame, token=f"{entry.stream}/{entry.id}")
+            message = REGISTRY.parse(env.kind, env.body)
+        except ContractError as exc:
+            return self._reject(entry, exc.code, exc.detail, env), None
+        if env.kind not in self.logic.accepts:
+            return self._reject(entry, Reason.UNEXPECTED_KIND, env.kind, env), None
+        if not _finite(message):
+            return self._reject(entry, Reason.NON_FINITE, "non-finite value in message", env), None
+        try:
+            outcome = self.logic.handle(env.kind, message, Meta(env, entry.id, entry.stream))
+        except ContractError as exc:
+            return self._reject(entry, exc.code, exc.detail, env), None
+        if outcome.reject is not None:
+            handled = self._reject(entry, outcome.reject, outcome.detail, env)
+            if outcome.events:  # explicit refusal events keep the per-key sequence in step
+                self.logic.apply(outcome)
+            extra = [self._event_append(e, env.id) for e in outcome.events]
+            return Handled(
+                entry, self.group, [*handled.appends, *extra], dedupe_key=env.id
+            ), outcome
+        self.logic.apply(outcome)
+        appends = [self._event_append(e, env.id) for e in outcome.events]
+        appends += [
+            Append(stream, {FRAME: self._seal(m, env.id), "kind": REGISTRY.kind_of(m).encode()})
+            for stream, m in outcome.outgoing
+        ]
+        appends += [
+            Append(
+                streams.telemetry(self.run_id),
+                {FRAME: self._seal(m, env.id), "kind": REGISTRY.kind_of(m).encode()},
+                maxlen=self.config.bus.telemetry_maxlen,
+            )
+            for m in outcome.telemetry
+        ]
+        if outcome.events:
+            for key, digest in self.logic.digests().items():
+                record = pb.StateDigest(
+                    actor=self.logic.name, key=key, digest=digest, after_event_id=env.id
+                )
+                appends.append(self._event_append(record, env.id))
+        return Handled(entry, self.group, appends, dedupe_key=env.id), outcome
+
+    async def _process(self, batch: Sequence[Entry]) -> None:
+        handled: list[Handled] = []
+        for entry in batch:
+            item, _ = await self._handle(entry)
+            handled.append(item)
+        results = await self.bus.commit(handled)
+        self.processed += len(handled)
+        if any(
+            not ok and item.dedupe_key is not None
+            for ok, item in zip(results, handled, strict=True)
+        ):
+            # a redelivered message was already committed: our tentative state double-counted it
+            await self.rebuild()
+
+    # -- loop ---------------------------------------------------------------------------------
+    async def _heartbeats(self) -> None:
+        stream = streams.heartbeats(self.run_id)
+        while not self._stopping:
+            beat = pb.Heartbeat(
+                actor=self.logic.name,
+                process=self.process,
+                started_ns=self._started_ns,
+                processed=self.processed,
+                rejected=dict(self.rejected),
+                ts_ns=time.time_ns(),
+            )
+            try:
+                await self.bus.publish(
+                    stream, {FRAME: self._seal(beat, "")}, maxlen=HEARTBEAT_MAXLEN
+                )
+            except BusUnavailable:
+                pass
+            except BusClosed:
+                return
+            await anyio.sleep(self.heartbeat_s)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve the inbox until :meth:`stop`; ``task_status.started()`` once the state is rebuilt."""
+        cfg = self.config.bus
+        failures = 0
+        while True:
+            try:
+                await self.rebuild()
+                break
+            except BusUnavailable:
+                failures += 1
+                await anyio.sleep(min(2.0, 0.05 * 2**failures) * random.uniform(0.5, 1.0))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._heartbeats)
+            task_status.started()
+            while not self._stopping:
+                self._consumer = Consumer(
+                    self.bus,
+                    self.inbox,
+                    self.group,
+                    self.consumer_name,
+                    batch=cfg.batch,
+                    block_ms=cfg.block_ms,
+                    lease_ms=cfg.lease_ms,
+                    max_deliveries=cfg.max_deliveries,
+                    dead_stream=streams.dead_letter(self.run_id),
+                )
+                try:
+                    async for batch in self._consumer.batches():
+                        await self._process(batch)
+                except BusUnavailable:
+                    failures += 1
+                    await anyio.sleep(
+                        min(2.0, 0.05 * 2 ** min(failures, 6)) * random.uniform(0.5, 1.0)
+                    )
+                    try:
+                        await self.rebuild()
+                    except BusUnavailable:
+                        continue
+                except BusClosed:
+                    break
+                else:
+                    failures = 0
+            tg.cancel_scope.cancel()
+
+    async def stop(self) -> None:
+        """Stop after the batch in progress."""
+        self._stopping = True
+        if self._consumer is not None:
+            await self._consumer.close()

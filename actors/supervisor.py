@@ -1,0 +1,80 @@
+"""Run a set of actor shells in one process under one task group; stop cleanly on SIGTERM/SIGINT.
+
+A shell that crashes with a bug of ours is logged and restarted (its state is rebuilt from the
+event stream and its pending entries are re-read), with capped exponential backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Sequence
+
+import anyio
+from anyio.abc import TaskStatus
+
+from actors.shell import ActorShell
+
+log = logging.getLogger("kasmina.supervisor")
+
+
+class Supervisor:
+    """Owns shells; ``run`` returns after ``stop`` or a termination signal."""
+
+    def __init__(self, shells: Sequence[ActorShell], *, max_backoff_s: float = 5.0) -> None:
+        self.shells = list(shells)
+        self.max_backoff_s = max_backoff_s
+        self.restarts = 0
+        self._stopping = False
+        self._stopped = anyio.Event()
+
+    async def _keep(self, shell: ActorShell, *, task_status: TaskStatus[None]) -> None:
+        delay = 0.1
+        first = True
+        while not self._stopping:
+            try:
+                if first:
+                    await shell.run(task_status=task_status)
+                else:
+                    await shell.run()
+                return
+            except Exception:
+                if first:
+                    task_status.started()
+                log.exception("actor %s crashed; restarting in %.1f s", shell.logic.name, delay)
+                self.restarts += 1
+                await anyio.sleep(delay)
+                delay = min(self.max_backoff_s, delay * 2)
+            finally:
+                first = False
+
+    async def _signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+            async for signum in received:
+                log.info("received %s: stopping", signal.Signals(signum).name)
+                await self.stop()
+                return
+
+    async def run(
+        self,
+        *,
+        handle_signals: bool = True,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Start every shell (``started`` once all have rebuilt state), run until stopped."""
+        async with anyio.create_task_group() as tg:
+            if handle_signals:
+                tg.start_soon(self._signals)
+            for shell in self.shells:
+                await tg.start(self._keep, shell)
+            task_status.started()
+            await self._stopped.wait()
+            tg.cancel_scope.cancel()
+
+    async def stop(self) -> None:
+        """Ask every shell to stop; ``run`` returns."""
+        self._stopping = True
+        with anyio.CancelScope(shield=True):
+            for shell in self.shells:
+                await shell.stop()
+        self._stopped.set()

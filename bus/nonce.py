@@ -1,0 +1,31 @@
+"""Redis-backed nonce guard: ``SET key token NX PX ttl``, shared across processes, kept by the server.
+
+It satisfies the ``NonceGuard`` protocol of ``contracts`` structurally (bus imports no other project
+package). Seeing a message id again with the same token (the stream entry it was delivered as) is a
+redelivery and admitted; with another token it is a replay and refused.
+"""
+
+from __future__ import annotations
+
+from .api import Bus
+
+__all__ = ["RedisNonceGuard"]
+
+
+class RedisNonceGuard:
+    """Nonce guard over a :class:`Bus` (any adapter: Redis, fakeredis or memory)."""
+
+    __slots__ = ("_bus", "_prefix")
+
+    def __init__(self, bus: Bus, prefix: str) -> None:
+        self._bus = bus
+        self._prefix = prefix
+
+    def key(self, message_id: str) -> str:
+        """The key holding a message id's token."""
+        return f"{self._prefix}nonce:{message_id}"
+
+    async def admit(self, message_id: str, token: str, ttl_ms: int) -> bool:
+        """True if unseen (now recorded for ``ttl_ms``) or seen with the same token."""
+        existing = await self._bus.claim_key(self.key(message_id), token, ttl_ms)
+        return existing is None or existing == token
