@@ -66,6 +66,7 @@ class LifecycleConfig(BaseModel):
     shadowing_steps: int = Field(50, ge=1)
     probationary_steps: int = Field(100, ge=1)
     embargo_steps: int = Field(200, ge=0)
+    reset_retry_steps: int = Field(10, ge=1)  # a failed G5 / reset is retried after this many steps
     alpha_schedule: Literal["linear", "cosine", "sigmoid"] = "linear"
     blend_mode: Literal["residual", "convex"] = "residual"
 

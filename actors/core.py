@@ -1,0 +1,193 @@
+"""What every pure actor core shares: Context, Decision, fold, replay errors, canonical digests.
+
+A core is four functions over an immutable state::
+
+    initial_state(...) -> S
+    decide(state: S, msg: Message, ctx: Context) -> Decision
+    evolve(state: S, event: Message) -> S          # folds ONE event
+    digest(state: S) -> bytes                      # sha256 of a canonical encoding
+
+``decide`` never mutates and never reads a clock, a random source or the network: the training
+step, the id of the message being handled and any fresh ids arrive in ``ctx``. The events of a
+decision are appended to the run's event stream and folded with ``evolve``; the outgoing messages
+go to other actors' inboxes (a message may be both).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+
+from contracts.config import KasminaConfig
+from contracts.registry import REGISTRY
+
+__all__ = [
+    "Context",
+    "Decision",
+    "IllegalTransition",
+    "Message",
+    "Outgoing",
+    "ReplayError",
+    "SeqDuplicate",
+    "SeqGap",
+    "UnknownEvent",
+    "canonical_bytes",
+    "check_seq",
+    "digest_plain",
+    "fold",
+    "kind_of",
+    "next_boundary",
+]
+
+S = TypeVar("S")
+
+_DEFAULT_CONFIG = KasminaConfig()
+
+
+class ReplayError(Exception):
+    """An event stream that cannot be folded: a gap, a duplicate, or an impossible event."""
+
+
+class SeqGap(ReplayError):
+    """An event's ``seq`` skips ahead of the next expected number (events are missing)."""
+
+
+class SeqDuplicate(ReplayError):
+    """An event's ``seq`` was already folded (an event is repeated or out of order)."""
+
+
+class IllegalTransition(ReplayError):
+    """A lifecycle transition that the DESIGN §2 table does not allow, or from the wrong stage."""
+
+
+class UnknownEvent(ReplayError):
+    """An event type that this core does not fold."""
+
+
+def check_seq(key: str, current: int, seq: int) -> None:
+    """Raise SeqGap / SeqDuplicate unless ``seq == current + 1``."""
+    if seq == current + 1:
+        return
+    if seq <= current:
+        raise SeqDuplicate(f"{key}: event seq {seq} already folded (state is at seq {current})")
+    raise SeqGap(f"{key}: event seq {seq} skips {current + 1}..{seq - 1}")
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Everything a decision may depend on besides state and message.
+
+    ``now_step``: the latest training step the shell knows of (cores also track steps they
+    folded, and use the larger); ``message_id``: id of the message being decided (becomes the
+    ``causation_id`` of the events); ``ids``: fresh ids for new orders/requests, consumed in order
+    (when exhausted, ids are derived deterministically from ``message_id``); ``config``: the
+    thresholds; ``now_s``: wall time in seconds, only for rate limits that are not replayed.
+    """
+
+    now_step: int = 0
+    message_id: str = ""
+    ids: tuple[str, ...] = ()
+    config: KasminaConfig = field(default_factory=lambda: _DEFAULT_CONFIG)
+    now_s: float = 0.0
+
+    def new_id(self, index: int) -> str:
+        """The ``index``-th fresh id of this decision (deterministic)."""
+        if index < len(self.ids):
+            return self.ids[index]
+        return f"{self.message_id or 'msg'}.{index}"
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message for another actor's inbox.
+
+    ``to`` is an actor kind (``contracts.streams.ACTOR_KINDS``); ``key`` the slot (SeedActor) or
+    rank (ExecutionActor) of that inbox, or None: the single inbox of a singleton actor (gate,
+    safety, telemetry, barrier), or every instance of a keyed one (the shell fans out: an
+    ExecutionOrder to every rank's inbox, a run-wide emergency-stop verdict to every slot's).
+    """
+
+    to: str
+    key: str | None
+    message: Message
+
+    @property
+    def kind(self) -> str:
+        """The envelope kind of the message."""
+        return kind_of(self.message)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of ``decide``: events to append and fold, messages to send.
+
+    ``rejected`` is set when the input was refused without an event (e.g. a barrier vote from a
+    rank outside the world): the shell records it on the rejected stream with that reason.
+    """
+
+    events: tuple[Message, ...] = ()
+    outgoing: tuple[Outgoing, ...] = ()
+    rejected: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        """True when nothing is appended or sent."""
+        return not self.events and not self.outgoing
+
+
+def kind_of(message: Message) -> str:
+    """The envelope kind of a Leyline message (``contracts.registry``)."""
+    return REGISTRY.kind_of(message)
+
+
+def fold(evolve: Callable[[S, Message], S], state: S, events: Iterable[Message]) -> S:
+    """``reduce(evolve, events, state)``."""
+    for event in events:
+        state = evolve(state, event)
+    return state
+
+
+def next_boundary(now_step: int, frequency: int) -> int:
+    """The first multiple of ``frequency`` strictly after ``now_step + frequency``.
+
+    Orders that change the forward apply there, so every rank has a full barrier period of lead.
+    """
+    if frequency < 1:
+        raise ValueError("frequency must be >= 1")
+    return ((now_step + frequency) // frequency + 1) * frequency
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"$b": value.hex()}
+    if isinstance(value, Message):
+        return {
+            "$pb": value.DESCRIPTOR.full_name,
+            "v": value.SerializeToString(deterministic=True).hex(),
+        }
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and value != value:  # NaN has no JSON form
+        return {"$f": "nan"}
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return {"$f": "inf" if value > 0 else "-inf"}
+    return value
+
+
+def canonical_bytes(plain: Any) -> bytes:
+    """A canonical encoding of plain data (sorted keys, no whitespace, bytes as hex)."""
+    return json.dumps(
+        _plain(plain), sort_keys=True, separators=(",", ":"), allow_nan=False
+    ).encode()
+
+
+def digest_plain(plain: Any) -> bytes:
+    """sha256 of ``canonical_bytes(plain)``."""
+    return hashlib.sha256(canonical_bytes(plain)).digest()

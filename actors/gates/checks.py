@@ -1,0 +1,226 @@
+"""Gates G0-G5 as pure functions of evidence and thresholds (DESIGN §3).
+
+``evaluate`` lists every check of the gate with its measured value, threshold and comparator, so
+a replay shows exactly why a gate passed or failed. A check whose evidence is absent fails with
+``missing=True``; a non-finite measurement fails; a gate with no checks (unknown number) never
+passes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+from contracts import evidence as ev
+from contracts.config import GateThresholds
+from leyline import pb
+
+__all__ = ["GATE_CHECKS", "describe_failures", "evaluate"]
+
+G = pb.SeedLifecycleGate
+_EPS = 1e-12
+
+_COMPARE: dict[str, Callable[[float, float], bool]] = {
+    ">=": lambda v, t: v >= t,
+    "<=": lambda v, t: v <= t,
+    ">": lambda v, t: v > t,
+    "==": lambda v, t: v == t,
+}
+
+# A check spec: (check name, how to measure from the metrics, comparator, threshold getter).
+# A measure returns None when its evidence is missing, with the names of the missing metrics.
+Measure = Callable[[Mapping[str, float]], tuple[float | None, tuple[str, ...]]]
+Spec = tuple[str, Measure, str, Callable[[GateThresholds], float]]
+
+
+def _metric(name: str) -> Measure:
+    def measure(m: Mapping[str, float]) -> tuple[float | None, tuple[str, ...]]:
+        return (m[name], ()) if name in m else (None, (name,))
+
+    return measure
+
+
+def _derived(names: tuple[str, ...], fn: Callable[..., float]) -> Measure:
+    def measure(m: Mapping[str, float]) -> tuple[float | None, tuple[str, ...]]:
+        missing = tuple(n for n in names if n not in m)
+        if missing:
+            return None, missing
+        return fn(*(m[n] for n in names)), ()
+
+    return measure
+
+
+def _flag(name: str) -> Spec:
+    return (name, _metric(name), "==", lambda t: 1.0)
+
+
+def _relative_drop(initial: float, final: float) -> float:
+    return (initial - final) / max(abs(initial), _EPS)
+
+
+def _relative_rise(off: float, on: float) -> float:
+    return (on - off) / max(abs(off), _EPS)
+
+
+GATE_CHECKS: dict[int, tuple[Spec, ...]] = {
+    G.SEED_GATE_G0_SANITY: (
+        _flag(ev.BLUEPRINT_KNOWN),
+        _flag(ev.BLUEPRINT_SIGNED_OFF),
+        _flag(ev.SLOT_FREE),
+        (ev.SLOT_EMBARGOED, _metric(ev.SLOT_EMBARGOED), "==", lambda t: 0.0),
+        _flag(ev.PARAMS_FINITE),
+        _flag(ev.SHAPE_MATCH),
+        _flag(ev.DTYPE_MATCH),
+        (
+            ev.GERMINATION_MAX_ABS_DELTA,
+            _metric(ev.GERMINATION_MAX_ABS_DELTA),
+            "<=",
+            lambda t: t.germination_max_abs_delta,
+        ),
+        (ev.SEED_PARAMS, _metric(ev.SEED_PARAMS), "<=", lambda t: float(t.max_seed_params)),
+        (
+            ev.SEED_MEMORY_BYTES,
+            _metric(ev.SEED_MEMORY_BYTES),
+            "<=",
+            lambda t: float(t.max_seed_memory_bytes),
+        ),
+    ),
+    G.SEED_GATE_G1_GRADIENT_HEALTH: (
+        (
+            ev.TRAINING_STEPS,
+            _metric(ev.TRAINING_STEPS),
+            ">=",
+            lambda t: float(t.min_training_steps),
+        ),
+        _flag(ev.GRAD_FINITE),
+        (ev.GRAD_NORM_MIN, _metric(ev.GRAD_NORM_MIN), ">=", lambda t: t.grad_norm_vanishing),
+        (ev.GRAD_NORM_MAX, _metric(ev.GRAD_NORM_MAX), "<=", lambda t: t.grad_norm_exploding),
+        (
+            ev.ISOLATION_VIOLATIONS,
+            _metric(ev.ISOLATION_VIOLATIONS),
+            "<=",
+            lambda t: float(t.max_isolation_violations),
+        ),
+        (
+            "seed_loss_improvement",
+            _derived((ev.SEED_LOSS_INITIAL, ev.SEED_LOSS_FINAL), _relative_drop),
+            ">",
+            lambda t: t.min_seed_loss_improvement,
+        ),
+    ),
+    G.SEED_GATE_G2_STABILITY: (
+        (ev.ALPHA, _metric(ev.ALPHA), ">=", lambda t: t.alpha_complete),
+        (ev.LOSS_SPIKE_SIGMA, _metric(ev.LOSS_SPIKE_SIGMA), "<=", lambda t: t.loss_spike_sigma),
+        (ev.NONFINITE_COUNT, _metric(ev.NONFINITE_COUNT), "<=", lambda t: 0.0),
+    ),
+    G.SEED_GATE_G3_INTERFACE: (
+        _flag(ev.OUTPUT_FINITE),
+        (
+            "seed_host_norm_ratio_min",
+            _metric(ev.SEED_HOST_NORM_RATIO),
+            ">=",
+            lambda t: t.seed_host_norm_ratio_min,
+        ),
+        (
+            "seed_host_norm_ratio_max",
+            _metric(ev.SEED_HOST_NORM_RATIO),
+            "<=",
+            lambda t: t.seed_host_norm_ratio_max,
+        ),
+        (ev.LATENCY_OVERHEAD, _metric(ev.LATENCY_OVERHEAD), "<=", lambda t: t.max_latency_overhead),
+        (
+            "cf_loss_worsening",
+            _derived((ev.CF_LOSS_OFF, ev.CF_LOSS_ON), _relative_rise),
+            "<=",
+            lambda t: t.counterfactual_loss_tolerance,
+        ),
+    ),
+    G.SEED_GATE_G4_SYSTEM_IMPACT: (
+        (
+            "cf_acc_improvement",
+            _derived((ev.CF_ACC_ON, ev.CF_ACC_OFF), lambda on, off: on - off),
+            ">=",
+            lambda t: t.min_improvement,
+        ),
+        (
+            "baseline_regression",
+            _derived((ev.BASELINE_ACC, ev.VAL_ACC), lambda base, acc: base - acc),
+            "<=",
+            lambda t: t.max_regression,
+        ),
+        (ev.OPEN_STRIKES, _metric(ev.OPEN_STRIKES), "<=", lambda t: float(t.max_open_strikes)),
+    ),
+    G.SEED_GATE_G5_RESET: (
+        _flag(ev.MODULE_RELEASED),
+        _flag(ev.HOOKS_RELEASED),
+        _flag(ev.OPTIMIZER_RELEASED),
+        (
+            ev.RESET_MAX_ABS_DELTA,
+            _metric(ev.RESET_MAX_ABS_DELTA),
+            "<=",
+            lambda t: t.reset_max_abs_delta,
+        ),
+    ),
+}
+"""Gate number -> its checks, in the order they are listed in a result.
+
+Derived checks: ``seed_loss_improvement`` = (initial - final) / |initial| must exceed
+``min_seed_loss_improvement``; ``cf_loss_worsening`` = (loss at α=1 - loss at α=0) / |loss at α=0|
+must stay within ``counterfactual_loss_tolerance``; ``cf_acc_improvement`` = acc at α=1 - acc at
+α=0 must reach ``min_improvement``; ``baseline_regression`` = baseline acc - current val acc must
+stay within ``max_regression``.
+"""
+
+
+def _check(spec: Spec, metrics: Mapping[str, float], thresholds: GateThresholds) -> pb.GateCheck:
+    name, measure, comparator, threshold_of = spec
+    threshold = threshold_of(thresholds)
+    value, missing = measure(metrics)
+    check = pb.GateCheck(name=name, threshold=threshold, comparator=comparator)
+    if value is None:
+        check.missing = True
+        check.detail = "missing evidence: " + ", ".join(missing)
+        return check
+    check.value = value
+    if not math.isfinite(value):
+        check.detail = "non-finite measurement"
+        return check
+    check.passed = _COMPARE[comparator](value, threshold)
+    return check
+
+
+def evaluate(gate: int, evidence: pb.Evidence, thresholds: GateThresholds) -> pb.GateResult:
+    """Judge ``evidence`` for ``gate``; the result lists every check (request id/slot/step unset)."""
+    result = pb.GateResult(gate=pb.SeedLifecycleGate.ValueType(gate))
+    specs = GATE_CHECKS.get(gate)
+    if specs is None:
+        result.checks.append(
+            pb.GateCheck(
+                name="gate_known",
+                value=float(gate),
+                comparator="in",
+                detail=f"unknown gate number {gate}",
+            )
+        )
+        result.reason = f"unknown gate {gate}"
+        return result
+    metrics = dict(evidence.metrics)
+    result.checks.extend(_check(spec, metrics, thresholds) for spec in specs)
+    result.passed = bool(result.checks) and all(c.passed for c in result.checks)
+    result.reason = "all checks passed" if result.passed else describe_failures(result)
+    return result
+
+
+def describe_failures(result: pb.GateResult) -> str:
+    """One line naming every failing check with its value and threshold."""
+    parts = []
+    for c in result.checks:
+        if c.passed:
+            continue
+        if c.missing:
+            parts.append(f"{c.name} missing")
+        elif c.detail:
+            parts.append(f"{c.name}={c.value:g} ({c.detail})")
+        else:
+            parts.append(f"{c.name}={c.value:g} (needs {c.comparator} {c.threshold:g})")
+    return "; ".join(parts) if parts else result.reason or "no checks"

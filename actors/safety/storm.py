@@ -1,0 +1,40 @@
+"""Reject-storm detection: too many rejected messages inside a wall-clock window.
+
+Rejections are already recorded on the rejected stream, so this tracker is live-only state (like
+a rate limiter): it is not folded from events. Time comes in as an argument.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from contracts.config import SafetyConfig
+from leyline import pb
+
+__all__ = ["RejectStorm", "note_reject"]
+
+
+@dataclass(frozen=True, slots=True)
+class RejectStorm:
+    """Times (seconds) of the rejections inside the current window."""
+
+    times: tuple[float, ...] = ()
+    storms: int = 0
+
+
+def note_reject(
+    tracker: RejectStorm, now_s: float, config: SafetyConfig, *, step: int = 0, detail: str = ""
+) -> tuple[RejectStorm, pb.SafetySignal | None]:
+    """Record one rejection at ``now_s``; a signal when more than ``reject_storm_count`` fall
+    inside ``reject_storm_window_s`` (the window then starts afresh, so one storm = one signal)."""
+    horizon = now_s - config.reject_storm_window_s
+    times = (*tuple(t for t in tracker.times if t > horizon), now_s)
+    if len(times) <= config.reject_storm_count:
+        return RejectStorm(times, tracker.storms), None
+    signal = pb.SafetySignal(
+        kind=pb.SafetySignalKind.SAFETY_SIGNAL_REJECT_STORM,
+        step=step,
+        value=float(len(times)),
+        detail=detail or f"{len(times)} rejections in {config.reject_storm_window_s:g} s",
+    )
+    return RejectStorm((), tracker.storms + 1), signal

@@ -1,0 +1,138 @@
+"""A decision under construction: each event is numbered and folded as it is emitted.
+
+Folding while building keeps later steps of one decision (e.g. the bootstrap before the
+command, the cull before the embargo) consistent with the state they produce, and guarantees
+that the live state equals the fold of the emitted events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from actors.core import Context, Decision, Message, Outgoing, next_boundary
+from actors.seed.lifecycle import Gate, Stage, gate_name, stage_name
+from actors.seed.state import BK_AWAITING, BK_PENDING, SeedState, evolve
+from leyline import pb
+
+__all__ = ["Builder"]
+
+
+class Builder:
+    """Collects events (numbered and folded on emit) and outgoing messages for one decision."""
+
+    def __init__(self, state: SeedState, ctx: Context) -> None:
+        self.state = state
+        self.ctx = ctx
+        self.events: list[Message] = []
+        self.outgoing: list[Outgoing] = []
+        self._ids = 0
+
+    @property
+    def now(self) -> int:
+        """The decision's training step: the larger of the context's and the folded one."""
+        return max(self.ctx.now_step, self.state.last_step)
+
+    def new_id(self) -> str:
+        """A fresh id for an order or a gate request."""
+        value = self.ctx.new_id(self._ids)
+        self._ids += 1
+        return value
+
+    def _emit(
+        self, event: pb.LifecycleTransition | pb.LifecycleRefused | pb.LifecycleProgress
+    ) -> None:
+        event.slot = self.state.slot
+        event.seq = self.state.seq + 1
+        self.state = evolve(self.state, event)
+        self.events.append(event)
+
+    def transition(
+        self, to: Stage, cause: str, *, gate: Gate | None = None, blueprint: str = ""
+    ) -> None:
+        """Emit ``current -> to`` (the fold raises if the table does not allow it)."""
+        event = pb.LifecycleTransition(
+            from_stage=self.state.stage,
+            to_stage=to,
+            step=self.now,
+            cause=cause,
+            causation_id=self.ctx.message_id,
+            blueprint=blueprint or self.state.blueprint,
+        )
+        if gate is not None:
+            event.has_gate = True
+            event.gate = gate
+        self._emit(event)
+
+    def refuse(self, request: str, reason: str) -> None:
+        """Emit an explicit refusal (the stage does not change, seq does)."""
+        self._emit(
+            pb.LifecycleRefused(
+                stage=self.state.stage,
+                request=request,
+                reason=reason,
+                causation_id=self.ctx.message_id,
+                step=self.now,
+            )
+        )
+
+    def progress(
+        self,
+        texts: Mapping[str, str] | None = None,
+        numbers: Mapping[str, float] | None = None,
+        *,
+        step: int | None = None,
+        alpha: float = 0.0,
+    ) -> None:
+        """Emit a bookkeeping event (see ``actors.seed.state`` for the ``@`` keys)."""
+        metrics = {f"{k}={v}": 1.0 for k, v in (texts or {}).items()}
+        metrics.update(numbers or {})
+        self._emit(
+            pb.LifecycleProgress(
+                step=self.now if step is None else step, metrics=metrics, alpha=alpha
+            )
+        )
+
+    def order(self, stage: Stage, order_id: str, **fields: object) -> pb.ExecutionOrder:
+        """Send an ExecutionOrder to every rank, applied on the next barrier boundary."""
+        freq = self.ctx.config.barrier.frequency
+        order = pb.ExecutionOrder(
+            order_id=order_id,
+            slot=self.state.slot,
+            stage=stage,
+            apply_at_step=next_boundary(self.now, freq),
+            paused=self.state.paused,
+        )
+        for name, value in fields.items():
+            if isinstance(value, Message):
+                getattr(order, name).CopyFrom(value)
+            else:
+                setattr(order, name, value)
+        self.outgoing.append(Outgoing("execution", None, order))
+        return order
+
+    def await_order(self, stage: Stage, what: str = "", **fields: object) -> pb.ExecutionOrder:
+        """Record that the slot awaits the ack of a new order, and send it."""
+        order_id = self.new_id()
+        label = f"ack:{stage_name(stage)}" + (f":{what}" if what else "")
+        self.progress({BK_AWAITING: label, BK_PENDING: order_id})
+        return self.order(stage, order_id, **fields)
+
+    def request_gate(self, gate: Gate, metrics: Mapping[str, float], blueprint: str = "") -> None:
+        """Record that the slot awaits a gate result, and send the GateRequest."""
+        request_id = self.new_id()
+        self.progress({BK_AWAITING: f"gate:{gate_name(gate)}", BK_PENDING: request_id})
+        request = pb.GateRequest(
+            request_id=request_id,
+            slot=self.state.slot,
+            gate=gate,
+            step=self.now,
+            stage=self.state.stage,
+            evidence=pb.Evidence(
+                metrics=dict(metrics), blueprint=blueprint or self.state.blueprint
+            ),
+        )
+        self.outgoing.append(Outgoing("gate", None, request))
+
+    def decision(self) -> Decision:
+        """The finished decision."""
+        return Decision(events=tuple(self.events), outgoing=tuple(self.outgoing))

@@ -1,0 +1,369 @@
+"""SeedActor core: ``decide`` for one slot's lifecycle (DESIGN §2).
+
+Inputs: ``pb.SeedCommand``, ``pb.StepReport``, ``pb.GateResult``, ``pb.ExecutionAck``,
+``pb.SafetyVerdict``. Every transition is one of the table's; every request that cannot be
+honoured becomes an explicit ``pb.LifecycleRefused`` event. Choices made here:
+
+- CULLED -> EMBARGOED at once, in the same decision as the cull; the embargo counts from the cull
+  step, and EMBARGOED -> RESETTING waits for execution's ack of the cull order as well.
+- Commands that need an order while the slot is in a stage (pause, resume, adjust_optimizer)
+  are refused while the slot awaits another order or a gate result ("busy"); cull, emergency
+  stop and terminate always act (a late result or ack is then refused as stale).
+- A repeated ack of one of the last ``RECENT_ACKS`` acknowledged orders (another rank acking the
+  same order; the first ack decides) and a step report not newer than the last one are no-ops; any other unexpected ack or gate result is
+  refused.
+- A paused slot does not advance on budgets; on resume its stage clock is shifted by the paused
+  duration.
+"""
+
+from __future__ import annotations
+
+from actors.core import Context, Decision, Message
+from actors.gates.checks import describe_failures
+from actors.seed.builder import Builder
+from actors.seed.lifecycle import ACTIVE, EXIT_GATE, gate_name, stage_budget, stage_name
+from actors.seed.state import (
+    BK_ACKED,
+    BK_ALPHA_SCHEDULE,
+    BK_AWAITING,
+    BK_BASELINE_ACC,
+    BK_BLEND_MODE,
+    BK_BLEND_STEPS,
+    BK_BLUEPRINT,
+    BK_ENTERED,
+    BK_PARAM,
+    BK_PAUSED,
+    BK_PAUSED_AT,
+    BK_PENDING,
+    BK_REPORT,
+    BK_RETRY_AT,
+    BK_STRIKES,
+    BK_VAL_ACC,
+    SeedState,
+)
+from contracts import evidence as ev
+from leyline import pb
+
+__all__ = ["decide"]
+
+S = pb.SeedLifecycleStage
+G = pb.SeedLifecycleGate
+V = pb.VerdictAction
+
+_IN_STAGE_ORDERS = frozenset(
+    {
+        S.SEED_STAGE_TRAINING,
+        S.SEED_STAGE_BLENDING,
+        S.SEED_STAGE_SHADOWING,
+        S.SEED_STAGE_PROBATIONARY,
+    }
+)
+_PAUSABLE = ACTIVE | {S.SEED_STAGE_DORMANT}
+
+
+def decide(state: SeedState, msg: Message, ctx: Context) -> Decision:
+    """Decide what one message means for this slot."""
+    b = Builder(state, ctx)
+    if b.state.stage == S.SEED_STAGE_UNKNOWN:
+        b.transition(S.SEED_STAGE_DORMANT, "bootstrap")
+    slot = getattr(msg, "slot", None)
+    request = _request_name(msg)
+    if isinstance(msg, pb.StepReport):
+        if b.state.stage != S.SEED_STAGE_TERMINATED:
+            _on_report(b, msg)
+        return b.decision()
+    if slot is None:
+        b.refuse(request, f"unsupported message {type(msg).__name__}")
+    elif slot != b.state.slot and not (isinstance(msg, pb.SafetyVerdict) and slot == ""):
+        b.refuse(request, "unknown_slot")
+    elif b.state.stage == S.SEED_STAGE_TERMINATED:
+        b.refuse(request, "slot terminated")
+    elif isinstance(msg, pb.SeedCommand):
+        _on_command(b, msg)
+    elif isinstance(msg, pb.GateResult):
+        _on_gate_result(b, msg)
+    elif isinstance(msg, pb.ExecutionAck):
+        if msg.order_id and msg.order_id in b.state.recent_acks:
+            return b.decision()  # an order acked again (another rank): idempotent
+        _on_ack(b, msg)
+    elif isinstance(msg, pb.SafetyVerdict):
+        _on_verdict(b, msg)
+    else:
+        b.refuse(request, f"unsupported message {type(msg).__name__}")
+    return b.decision()
+
+
+def _request_name(msg: Message) -> str:
+    if isinstance(msg, pb.SeedCommand):
+        return msg.WhichOneof("action") or "empty command"
+    if isinstance(msg, pb.GateResult):
+        return f"gate {gate_name(msg.gate)} result"
+    if isinstance(msg, pb.ExecutionAck):
+        return f"ack of {stage_name(msg.stage)} order"
+    if isinstance(msg, pb.SafetyVerdict):
+        return f"safety verdict {pb.VerdictAction.Name(msg.action)}"
+    return type(msg).__name__
+
+
+def _cull(b: Builder, cause: str, *, gate: pb.SeedLifecycleGate.ValueType | None = None) -> None:
+    """X -> CULLED -> EMBARGOED, and order execution to drop the seed."""
+    b.transition(S.SEED_STAGE_CULLED, cause, gate=gate)
+    b.transition(S.SEED_STAGE_EMBARGOED, "embargo after cull")
+    b.await_order(S.SEED_STAGE_CULLED)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _on_command(b: Builder, cmd: pb.SeedCommand) -> None:
+    action = cmd.WhichOneof("action")
+    stage = b.state.stage
+    why = f" ({cmd.reason})" if cmd.reason else ""
+    if action is None:
+        b.refuse("empty command", "command names no action")
+    elif action == "germinate":
+        _germinate(b, cmd.germinate)
+    elif action in ("cull", "emergency_stop"):
+        if stage in ACTIVE:
+            _cull(b, ("command cull" if action == "cull" else "emergency stop") + why)
+        else:
+            b.refuse(action, f"nothing to cull in stage {stage_name(stage)}")
+    elif action == "terminate":
+        if stage in (S.SEED_STAGE_DORMANT, S.SEED_STAGE_FOSSILIZED):
+            b.transition(S.SEED_STAGE_TERMINATED, "command terminate" + why)
+            b.order(S.SEED_STAGE_TERMINATED, b.new_id())
+        else:
+            b.refuse(action, f"terminate not allowed in stage {stage_name(stage)}")
+    elif action in ("pause", "resume"):
+        _pause(b, action == "pause")
+    else:  # adjust_optimizer
+        if stage not in _IN_STAGE_ORDERS:
+            b.refuse(action, f"no seed optimizer in stage {stage_name(stage)}")
+        elif b.state.awaiting is not None:
+            b.refuse(action, f"busy: awaiting {b.state.awaiting}")
+        else:
+            b.await_order(stage, "adjust", adjust_optimizer=cmd.adjust_optimizer)
+
+
+def _germinate(b: Builder, g: pb.Germinate) -> None:
+    st = b.state
+    if st.stage == S.SEED_STAGE_EMBARGOED:
+        b.refuse("germinate", "slot embargoed")
+    elif st.stage != S.SEED_STAGE_DORMANT:
+        b.refuse("germinate", f"germinate not allowed in stage {stage_name(st.stage)}")
+    elif st.paused:
+        b.refuse("germinate", "slot paused")
+    elif st.awaiting is not None:
+        b.refuse("germinate", f"busy: awaiting {st.awaiting}")
+    elif not g.blueprint:
+        b.refuse("germinate", "germinate names no blueprint")
+    else:
+        order_id = b.new_id()
+        numbers = {f"{BK_PARAM}{k}": v for k, v in g.params.items()}
+        numbers.update(
+            {
+                BK_BLEND_MODE: float(g.blend_mode),
+                BK_ALPHA_SCHEDULE: float(g.alpha_schedule),
+                BK_BLEND_STEPS: float(g.blend_steps),
+                BK_BASELINE_ACC: st.val_acc,
+            }
+        )
+        texts = {BK_AWAITING: "g0_evidence", BK_PENDING: order_id, BK_BLUEPRINT: g.blueprint}
+        b.progress(texts, numbers)
+        b.order(
+            S.SEED_STAGE_GERMINATED,
+            order_id,
+            germinate=g,
+            wants_evidence=True,
+            evidence_for=G.SEED_GATE_G0_SANITY,
+        )
+
+
+def _pause(b: Builder, pause: bool) -> None:
+    st, action = b.state, "pause" if pause else "resume"
+    if st.stage not in _PAUSABLE:
+        b.refuse(action, f"{action} not allowed in stage {stage_name(st.stage)}")
+    elif st.paused == pause:
+        b.refuse(action, "already paused" if pause else "not paused")
+    elif st.awaiting is not None:
+        b.refuse(action, f"busy: awaiting {st.awaiting}")
+    elif st.stage == S.SEED_STAGE_DORMANT:
+        b.progress(numbers=_pause_numbers(b, pause))  # no seed: nothing to tell execution
+    else:
+        order_id = b.new_id()
+        label = f"ack:{stage_name(st.stage)}:{action}"
+        b.progress({BK_AWAITING: label, BK_PENDING: order_id})
+        order = b.order(st.stage, order_id)
+        order.paused = pause
+
+
+def _pause_numbers(b: Builder, pause: bool) -> dict[str, float]:
+    if pause:
+        return {BK_PAUSED: 1.0, BK_PAUSED_AT: float(b.now)}
+    shifted = b.state.stage_entered_step + max(0, b.now - b.state.paused_at)
+    return {BK_PAUSED: 0.0, BK_PAUSED_AT: 0.0, BK_ENTERED: float(shifted)}
+
+
+# --------------------------------------------------------------------------- step reports
+
+
+def _on_report(b: Builder, report: pb.StepReport) -> None:
+    if report.step <= b.state.last_step and b.state.seq > 1:
+        return  # stale or repeated (another rank's copy): nothing new
+    mine = next((s for s in report.slots if s.slot == b.state.slot), None)
+    numbers: dict[str, float] = {BK_REPORT: 1.0}
+    if report.val_accuracy > 0.0:
+        numbers[BK_VAL_ACC] = report.val_accuracy
+    b.progress(numbers=numbers, step=report.step, alpha=mine.alpha if mine else b.state.alpha)
+    st = b.state
+    if st.paused or st.awaiting is not None:
+        return
+    elapsed = report.step - st.stage_entered_step
+    if st.stage == S.SEED_STAGE_EMBARGOED:
+        if elapsed >= b.ctx.config.lifecycle.embargo_steps:
+            b.transition(S.SEED_STAGE_RESETTING, "embargo over")
+            _order_reset(b)
+        return
+    if st.stage == S.SEED_STAGE_RESETTING:
+        if st.retry_at and report.step >= st.retry_at:
+            _order_reset(b)
+        return
+    budget = stage_budget(st.stage, b.ctx.config, st.blend_steps)
+    if budget is None or elapsed < budget or mine is None:
+        return
+    gate, _ = EXIT_GATE[st.stage]
+    metrics = dict(mine.metrics)
+    if gate == G.SEED_GATE_G4_SYSTEM_IMPACT:
+        if st.baseline_acc > 0.0:
+            metrics.setdefault(ev.BASELINE_ACC, st.baseline_acc)
+        if report.val_accuracy > 0.0:
+            metrics.setdefault(ev.VAL_ACC, report.val_accuracy)
+        metrics.setdefault(ev.OPEN_STRIKES, float(st.strikes))
+    b.request_gate(gate, metrics)
+
+
+def _order_reset(b: Builder) -> None:
+    b.progress(numbers={BK_RETRY_AT: 0.0})
+    b.await_order(S.SEED_STAGE_RESETTING, wants_evidence=True, evidence_for=G.SEED_GATE_G5_RESET)
+
+
+# --------------------------------------------------------------------------- gate results
+
+
+def _on_gate_result(b: Builder, res: pb.GateResult) -> None:
+    st = b.state
+    request = f"gate {gate_name(res.gate)} result"
+    expected = f"gate:{gate_name(res.gate)}"
+    if st.awaiting != expected or res.request_id != st.pending_id:
+        b.refuse(
+            request, f"unexpected (awaiting {st.awaiting or 'nothing'}, request {res.request_id!r})"
+        )
+        return
+    gate = res.gate
+    exit_gate, to = EXIT_GATE.get(st.stage, (None, st.stage))
+    if exit_gate != gate:
+        b.refuse(request, f"gate {gate_name(gate)} does not guard stage {stage_name(st.stage)}")
+        return
+    if res.passed:
+        b.transition(to, f"gate {gate_name(gate)} passed", gate=gate)
+        if to == S.SEED_STAGE_GERMINATED:
+            b.await_order(S.SEED_STAGE_TRAINING)
+        elif to in (S.SEED_STAGE_SHADOWING, S.SEED_STAGE_PROBATIONARY):
+            b.await_order(to, counterfactual=True, evidence_for=EXIT_GATE[to][0])
+        elif to == S.SEED_STAGE_BLENDING:
+            b.await_order(to, evidence_for=EXIT_GATE[to][0])
+        else:  # FOSSILIZED, or DORMANT after a reset
+            b.await_order(to)
+        return
+    failure = f"gate {gate_name(gate)} failed: {describe_failures(res)}"
+    if gate == G.SEED_GATE_G0_SANITY:
+        b.refuse("germinate", failure)
+        b.await_order(S.SEED_STAGE_DORMANT, "drop_probe")  # execution drops the probe seed
+    elif gate == G.SEED_GATE_G5_RESET:
+        retry = b.now + b.ctx.config.lifecycle.reset_retry_steps
+        b.progress({BK_AWAITING: ""}, {BK_RETRY_AT: float(retry)})
+        b.refuse("reset", failure)
+    else:
+        _cull(b, failure, gate=gate)
+
+
+# --------------------------------------------------------------------------- acks
+
+
+def _on_ack(b: Builder, ack: pb.ExecutionAck) -> None:
+    st = b.state
+    request = f"ack of {stage_name(ack.stage)} order"
+    awaits_ack = st.awaiting is not None and (
+        st.awaiting == "g0_evidence" or st.awaiting.startswith("ack:")
+    )
+    if not awaits_ack or ack.order_id != st.pending_id:
+        b.refuse(
+            request, f"unexpected (awaiting {st.awaiting or 'nothing'}, order {ack.order_id!r})"
+        )
+        return
+    label = st.awaiting or ""
+    failed = "" if ack.ok else f"execution failed: {ack.error or 'no reason given'}"
+    if label == "g0_evidence":
+        if failed:
+            b.progress({BK_ACKED: ack.order_id})
+            b.refuse("germinate", failed)
+            b.await_order(S.SEED_STAGE_DORMANT, "drop_probe")
+            return
+        b.progress({BK_ACKED: ack.order_id})
+        metrics = dict(ack.evidence.metrics)
+        metrics[ev.SLOT_FREE] = 1.0
+        metrics[ev.SLOT_EMBARGOED] = 0.0
+        b.request_gate(G.SEED_GATE_G0_SANITY, metrics, ack.evidence.blueprint or st.blueprint)
+        return
+    _, _, what = label.partition(":")
+    stage_label, _, sub = what.partition(":")
+    if sub:  # an in-stage order: pause / resume / adjust / drop_probe
+        numbers: dict[str, float] = {}
+        if not failed and sub in ("pause", "resume"):
+            numbers = _pause_numbers(b, sub == "pause")
+        b.progress({BK_ACKED: ack.order_id}, numbers)
+        if failed:
+            b.refuse(sub, failed)
+        return
+    if stage_label == "TRAINING" and st.stage == S.SEED_STAGE_GERMINATED:
+        if failed:
+            b.progress({BK_ACKED: ack.order_id})
+            _cull(b, failed)
+            return
+        b.transition(S.SEED_STAGE_TRAINING, "execution confirmed the seed is attached")
+    numbers = {}
+    if not failed and stage_label == stage_name(b.state.stage):
+        numbers[BK_ENTERED] = float(max(b.state.stage_entered_step, ack.applied_at_step))
+    b.progress({BK_ACKED: ack.order_id}, numbers)
+    if stage_label == "RESETTING":
+        if failed:
+            retry = b.now + b.ctx.config.lifecycle.reset_retry_steps
+            b.progress(numbers={BK_RETRY_AT: float(retry)})
+            b.refuse("reset", failed)
+        else:
+            b.request_gate(G.SEED_GATE_G5_RESET, dict(ack.evidence.metrics), ack.evidence.blueprint)
+    elif failed:
+        if st.stage in ACTIVE:
+            _cull(b, failed)
+        else:
+            b.refuse(request, failed)
+
+
+# --------------------------------------------------------------------------- safety
+
+
+def _on_verdict(b: Builder, verdict: pb.SafetyVerdict) -> None:
+    request = f"safety verdict {pb.VerdictAction.Name(verdict.action)}"
+    stopping = verdict.action in (V.VERDICT_CULL, V.VERDICT_EMERGENCY_STOP)
+    if not verdict.slot and verdict.action != V.VERDICT_EMERGENCY_STOP:
+        b.refuse(request, "unknown_slot")
+        return
+    if not stopping or (verdict.slot and verdict.strikes != b.state.strikes):
+        b.progress(numbers={BK_STRIKES: float(verdict.strikes)})
+    if not stopping:
+        return
+    cause = "circuit breaker open" if verdict.action == V.VERDICT_CULL else "emergency stop"
+    if b.state.stage in ACTIVE:
+        _cull(b, cause + (f": {verdict.reason}" if verdict.reason else ""))
+    else:
+        b.refuse(request, f"nothing to cull in stage {stage_name(b.state.stage)}")

@@ -1,0 +1,112 @@
+"""The lifecycle table of DESIGN §2: which stage may follow which, and which gate guards it."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import TypeAlias
+
+from contracts.config import KasminaConfig
+from leyline import pb
+
+__all__ = [
+    "ACTIVE",
+    "ALLOWED",
+    "EXIT_GATE",
+    "GUARD",
+    "Gate",
+    "Stage",
+    "gate_name",
+    "is_allowed",
+    "stage_budget",
+    "stage_name",
+]
+
+Stage: TypeAlias = pb.SeedLifecycleStage.ValueType
+Gate: TypeAlias = pb.SeedLifecycleGate.ValueType
+
+S = pb.SeedLifecycleStage
+G = pb.SeedLifecycleGate
+
+ALLOWED: MappingProxyType[Stage, frozenset[Stage]] = MappingProxyType(
+    {
+        S.SEED_STAGE_UNKNOWN: frozenset({S.SEED_STAGE_DORMANT}),
+        S.SEED_STAGE_DORMANT: frozenset({S.SEED_STAGE_GERMINATED, S.SEED_STAGE_TERMINATED}),
+        S.SEED_STAGE_GERMINATED: frozenset({S.SEED_STAGE_TRAINING, S.SEED_STAGE_CULLED}),
+        S.SEED_STAGE_TRAINING: frozenset({S.SEED_STAGE_BLENDING, S.SEED_STAGE_CULLED}),
+        S.SEED_STAGE_BLENDING: frozenset({S.SEED_STAGE_SHADOWING, S.SEED_STAGE_CULLED}),
+        S.SEED_STAGE_SHADOWING: frozenset({S.SEED_STAGE_PROBATIONARY, S.SEED_STAGE_CULLED}),
+        S.SEED_STAGE_PROBATIONARY: frozenset({S.SEED_STAGE_FOSSILIZED, S.SEED_STAGE_CULLED}),
+        S.SEED_STAGE_FOSSILIZED: frozenset({S.SEED_STAGE_TERMINATED}),
+        S.SEED_STAGE_CULLED: frozenset({S.SEED_STAGE_EMBARGOED}),
+        S.SEED_STAGE_EMBARGOED: frozenset({S.SEED_STAGE_RESETTING}),
+        S.SEED_STAGE_RESETTING: frozenset({S.SEED_STAGE_DORMANT}),
+        S.SEED_STAGE_TERMINATED: frozenset(),
+    }
+)
+"""DESIGN §2: from-stage -> the stages it may move to."""
+
+GUARD: MappingProxyType[tuple[Stage, Stage], Gate] = MappingProxyType(
+    {
+        (S.SEED_STAGE_DORMANT, S.SEED_STAGE_GERMINATED): G.SEED_GATE_G0_SANITY,
+        (S.SEED_STAGE_TRAINING, S.SEED_STAGE_BLENDING): G.SEED_GATE_G1_GRADIENT_HEALTH,
+        (S.SEED_STAGE_BLENDING, S.SEED_STAGE_SHADOWING): G.SEED_GATE_G2_STABILITY,
+        (S.SEED_STAGE_SHADOWING, S.SEED_STAGE_PROBATIONARY): G.SEED_GATE_G3_INTERFACE,
+        (S.SEED_STAGE_PROBATIONARY, S.SEED_STAGE_FOSSILIZED): G.SEED_GATE_G4_SYSTEM_IMPACT,
+        (S.SEED_STAGE_RESETTING, S.SEED_STAGE_DORMANT): G.SEED_GATE_G5_RESET,
+    }
+)
+"""The gate whose pass is required for a transition."""
+
+EXIT_GATE: MappingProxyType[Stage, tuple[Gate, Stage]] = MappingProxyType(
+    {frm: (gate, to) for (frm, to), gate in GUARD.items()}
+)
+"""Stage -> (the gate that guards its exit, the stage that gate leads to)."""
+
+ACTIVE: frozenset[Stage] = frozenset(
+    {
+        S.SEED_STAGE_GERMINATED,
+        S.SEED_STAGE_TRAINING,
+        S.SEED_STAGE_BLENDING,
+        S.SEED_STAGE_SHADOWING,
+        S.SEED_STAGE_PROBATIONARY,
+    }
+)
+"""Stages with a live, not yet permanent seed: these can be culled."""
+
+
+def is_allowed(frm: Stage, to: Stage) -> bool:
+    """True when the table allows ``frm -> to``."""
+    return to in ALLOWED.get(frm, frozenset())
+
+
+def stage_name(stage: int) -> str:
+    """``SEED_STAGE_TRAINING`` -> ``TRAINING`` (``STAGE_<n>`` for unknown numbers)."""
+    try:
+        return S.Name(S.ValueType(stage)).removeprefix("SEED_STAGE_")
+    except ValueError:
+        return f"STAGE_{stage}"
+
+
+def gate_name(gate: int) -> str:
+    """``SEED_GATE_G1_GRADIENT_HEALTH`` -> ``G1_GRADIENT_HEALTH`` (``G<n>`` if unknown)."""
+    try:
+        return G.Name(G.ValueType(gate)).removeprefix("SEED_GATE_")
+    except ValueError:
+        return f"G{gate}"
+
+
+def stage_budget(stage: Stage, config: KasminaConfig, blend_steps: int = 0) -> int | None:
+    """Steps a stage runs before its exit gate is requested (None: no step budget).
+
+    ``blend_steps`` is the germination's override of the blend ramp (0 = configured default).
+    """
+    lc = config.lifecycle
+    if stage == S.SEED_STAGE_TRAINING:
+        return lc.training_steps
+    if stage == S.SEED_STAGE_BLENDING:
+        return blend_steps or lc.blend_steps
+    if stage == S.SEED_STAGE_SHADOWING:
+        return lc.shadowing_steps
+    if stage == S.SEED_STAGE_PROBATIONARY:
+        return lc.probationary_steps
+    return None

@@ -1,0 +1,148 @@
+"""Gates G0-G5: each check just met passes, just missed fails, missing evidence fails."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+from cores_harness import PASSING
+
+from actors import gates
+from actors.core import Context
+from actors.gates import GATE_CHECKS, evaluate
+from contracts import evidence as ev
+from contracts.config import GateThresholds
+from leyline import pb
+
+# Thresholds that are exact binary fractions, so derived values compare exactly.
+T = GateThresholds(
+    min_seed_loss_improvement=0.25,
+    counterfactual_loss_tolerance=0.25,
+    min_improvement=0.125,
+    max_regression=0.25,
+)
+D = 2.0**-10
+
+BASE = {gate: dict(metrics) for gate, metrics in PASSING.items()}
+BASE[pb.SEED_GATE_G0_SANITY].update({ev.SLOT_FREE: 1.0, ev.SLOT_EMBARGOED: 0.0})
+BASE[pb.SEED_GATE_G4_SYSTEM_IMPACT] = {
+    ev.CF_ACC_ON: 0.75,
+    ev.CF_ACC_OFF: 0.5,
+    ev.BASELINE_ACC: 0.5,
+    ev.VAL_ACC: 0.75,
+    ev.OPEN_STRIKES: 0.0,
+}
+
+Setter = Callable[[float], dict[str, float]]
+SETTERS: dict[str, Setter] = {
+    "seed_loss_improvement": lambda v: {ev.SEED_LOSS_INITIAL: 1.0, ev.SEED_LOSS_FINAL: 1.0 - v},
+    "seed_host_norm_ratio_min": lambda v: {ev.SEED_HOST_NORM_RATIO: v},
+    "seed_host_norm_ratio_max": lambda v: {ev.SEED_HOST_NORM_RATIO: v},
+    "cf_loss_worsening": lambda v: {ev.CF_LOSS_OFF: 1.0, ev.CF_LOSS_ON: 1.0 + v},
+    "cf_acc_improvement": lambda v: {ev.CF_ACC_OFF: 0.5, ev.CF_ACC_ON: 0.5 + v},
+    "baseline_regression": lambda v: {ev.VAL_ACC: 0.5, ev.BASELINE_ACC: 0.5 + v},
+}
+INPUTS: dict[str, tuple[str, ...]] = {
+    "seed_loss_improvement": (ev.SEED_LOSS_INITIAL, ev.SEED_LOSS_FINAL),
+    "seed_host_norm_ratio_min": (ev.SEED_HOST_NORM_RATIO,),
+    "seed_host_norm_ratio_max": (ev.SEED_HOST_NORM_RATIO,),
+    "cf_loss_worsening": (ev.CF_LOSS_OFF, ev.CF_LOSS_ON),
+    "cf_acc_improvement": (ev.CF_ACC_OFF, ev.CF_ACC_ON),
+    "baseline_regression": (ev.VAL_ACC, ev.BASELINE_ACC),
+}
+
+CASES = [
+    pytest.param(gate, spec[0], spec[2], spec[3](T), id=f"G{gate}-{spec[0]}")
+    for gate, specs in GATE_CHECKS.items()
+    for spec in specs
+]
+
+
+def _judge(gate: int, name: str, value: float) -> tuple[pb.GateResult, pb.GateCheck]:
+    metrics = dict(BASE[gate])
+    setter = SETTERS.get(name)
+    metrics.update(setter(value) if setter is not None else {name: value})
+    result = evaluate(gate, pb.Evidence(metrics=metrics), T)
+    return result, next(c for c in result.checks if c.name == name)
+
+
+def test_base_evidence_passes_every_gate() -> None:
+    """The reference evidence passes each gate, and every check is listed."""
+    for gate, specs in GATE_CHECKS.items():
+        result = evaluate(gate, pb.Evidence(metrics=BASE[gate]), T)
+        assert result.passed, result.reason
+        assert [c.name for c in result.checks] == [s[0] for s in specs]
+
+
+@pytest.mark.parametrize(("gate", "name", "comparator", "threshold"), CASES)
+def test_threshold_just_met_passes(gate: int, name: str, comparator: str, threshold: float) -> None:
+    """A measurement exactly at the threshold (just above it for '>') passes its check."""
+    value = threshold + D if comparator == ">" else threshold
+    result, check = _judge(gate, name, value)
+    assert check.passed and result.passed
+    assert (check.value, check.threshold, check.comparator) == (value, threshold, comparator)
+
+
+@pytest.mark.parametrize(("gate", "name", "comparator", "threshold"), CASES)
+def test_threshold_just_missed_fails(
+    gate: int, name: str, comparator: str, threshold: float
+) -> None:
+    """A measurement just on the wrong side of the threshold fails its check and the gate."""
+    value = {
+        ">=": threshold - D,
+        "<=": threshold + D,
+        ">": threshold,
+        "==": 0.0 if threshold == 1.0 else 1.0,
+    }[comparator]
+    result, check = _judge(gate, name, value)
+    assert not check.passed and not check.missing and not result.passed
+    assert (check.value, check.threshold) == (value, threshold)
+    assert name in result.reason
+
+
+@pytest.mark.parametrize(("gate", "name", "comparator", "threshold"), CASES)
+def test_missing_evidence_fails_with_reason(
+    gate: int, name: str, comparator: str, threshold: float
+) -> None:
+    """Absent evidence fails the check with missing=True and names the absent metric."""
+    metrics = {k: v for k, v in BASE[gate].items() if k not in INPUTS.get(name, (name,))}
+    result = evaluate(gate, pb.Evidence(metrics=metrics), T)
+    check = next(c for c in result.checks if c.name == name)
+    assert check.missing and not check.passed and not result.passed
+    assert INPUTS.get(name, (name,))[0] in check.detail
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_measurement_fails(bad: float) -> None:
+    """NaN or infinite measurements fail, whatever the comparator."""
+    for name in (ev.TRAINING_STEPS, ev.GRAD_NORM_MAX):
+        result, check = _judge(pb.SEED_GATE_G1_GRADIENT_HEALTH, name, bad)
+        assert not check.passed and not result.passed
+
+
+@pytest.mark.parametrize("gate", [6, 7, 42])
+def test_unknown_gate_never_passes(gate: int) -> None:
+    """An unknown gate number fails, even with every known metric present."""
+    everything = {k: v for metrics in BASE.values() for k, v in metrics.items()}
+    result = evaluate(gate, pb.Evidence(metrics=everything), T)
+    assert not result.passed and result.gate == gate and "unknown gate" in result.reason
+
+
+def test_gate_actor_decide_answers_the_slot() -> None:
+    """decide(GateRequest) -> a GateResult event, also sent to the requesting slot's inbox."""
+    request = pb.GateRequest(
+        request_id="r1",
+        slot="s",
+        gate=pb.SEED_GATE_G2_STABILITY,
+        step=9,
+        evidence=pb.Evidence(metrics=BASE[pb.SEED_GATE_G2_STABILITY]),
+    )
+    d = gates.decide(gates.initial_state(), request, Context())
+    (result,) = d.events
+    assert isinstance(result, pb.GateResult)
+    assert (result.request_id, result.slot, result.step, result.passed) == ("r1", "s", 9, True)
+    assert d.outgoing[0].to == "seed" and d.outgoing[0].key == "s"
+    state = gates.evolve(gates.initial_state(), result)
+    assert (state.evaluated, state.passed) == (1, 1)
+    assert gates.decide(state, pb.Heartbeat(), Context()).rejected

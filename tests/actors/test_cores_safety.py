@@ -1,0 +1,211 @@
+"""SafetyActor core: breakers, emergency stop, reject storms."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from actors import safety
+from actors.core import Context, Decision, Message, fold
+from actors.safety import SafetyState
+from contracts.config import KasminaConfig
+from leyline import pb
+
+B = pb.BreakerState
+V = pb.VerdictAction
+K = pb.SafetySignalKind
+CFG = KasminaConfig()
+
+
+class Driver:
+    """Feeds a SafetyActor core and keeps its events."""
+
+    def __init__(self, config: KasminaConfig = CFG) -> None:
+        self.state: SafetyState = safety.initial_state()
+        self.events: list[Message] = []
+        self.config = config
+
+    def send(self, msg: Message) -> Decision:
+        d = safety.decide(self.state, msg, Context(message_id="m", config=self.config))
+        self.state = fold(safety.evolve, self.state, d.events)
+        self.events.extend(d.events)
+        return d
+
+    def signal(
+        self,
+        slot: str,
+        step: int,
+        kind: pb.SafetySignalKind.ValueType = K.SAFETY_SIGNAL_NON_FINITE_GRAD,
+    ) -> Decision:
+        return self.send(pb.SafetySignal(slot=slot, kind=kind, step=step))
+
+    def tick(self, step: int, slots: tuple[str, ...] = ()) -> Decision:
+        return self.send(pb.StepReport(step=step, slots=[pb.SlotReport(slot=s) for s in slots]))
+
+
+def _actions(d: Decision) -> list[int]:
+    return [e.action for e in d.events if isinstance(e, pb.SafetyVerdict)]
+
+
+def test_every_signal_kind_is_a_strike() -> None:
+    """Isolation violations, non-finite loss/grad/output and spikes each yield a STRIKE verdict."""
+    drv = Driver()
+    kinds = [
+        K.SAFETY_SIGNAL_ISOLATION_VIOLATION,
+        K.SAFETY_SIGNAL_NON_FINITE_LOSS,
+        K.SAFETY_SIGNAL_NON_FINITE_GRAD,
+        K.SAFETY_SIGNAL_LOSS_SPIKE,
+        K.SAFETY_SIGNAL_NON_FINITE_OUTPUT,
+    ]
+    for i, kind in enumerate(kinds):
+        d = drv.signal(f"s{i}", 10, kind)
+        assert V.VERDICT_STRIKE in _actions(d)
+        strike = next(
+            o.message
+            for o in d.outgoing
+            if isinstance(o.message, pb.SafetyVerdict) and o.message.action == V.VERDICT_STRIKE
+        )
+        assert isinstance(strike, pb.SafetyVerdict)
+        assert strike.strikes == 1 and pb.SafetySignalKind.Name(kind) in strike.reason
+
+
+def test_three_strikes_in_window_open_the_breaker() -> None:
+    """strikes_to_open strikes inside the window: CULL verdict, breaker OPEN."""
+    drv = Driver()
+    assert _actions(drv.signal("a", 1))[-1] == V.VERDICT_STRIKE
+    assert _actions(drv.signal("a", 2)) == [V.VERDICT_STRIKE]
+    d = drv.signal("a", 3)
+    assert _actions(d) == [V.VERDICT_STRIKE, V.VERDICT_CULL]
+    cull = d.outgoing[-1]
+    assert cull.to == "seed" and cull.key == "a"
+    assert drv.state.breakers["a"].state == B.BREAKER_OPEN
+
+
+def test_strikes_outside_window_do_not_open() -> None:
+    """Strikes spread wider than strike_window_steps never reach the threshold."""
+    drv = Driver()
+    w = CFG.safety.strike_window_steps
+    for i in range(6):
+        d = drv.signal("a", 1 + i * w)
+        assert V.VERDICT_CULL not in _actions(d)
+    assert drv.state.breakers["a"].state == B.BREAKER_CLOSED
+
+
+def test_cooldown_half_open_clean_window_closes() -> None:
+    """OPEN -> HALF_OPEN after cooldown_steps -> CLOSED after a clean window."""
+    drv = Driver()
+    for s in (1, 2, 3):
+        drv.signal("a", s)
+    cool, win = CFG.safety.cooldown_steps, CFG.safety.strike_window_steps
+    assert _actions(drv.tick(3 + cool - 1)) == []
+    assert _actions(drv.tick(3 + cool)) == [V.VERDICT_HALF_OPEN]
+    assert drv.state.breakers["a"].state == B.BREAKER_HALF_OPEN
+    assert _actions(drv.tick(3 + cool + win)) == [V.VERDICT_CLOSE]
+    assert drv.state.breakers["a"].state == B.BREAKER_CLOSED
+    assert drv.state.breakers["a"].strike_steps == ()
+
+
+def test_strike_in_half_open_reopens() -> None:
+    """A single strike while HALF_OPEN reopens the breaker (CULL)."""
+    drv = Driver()
+    for s in (1, 2, 3):
+        drv.signal("a", s)
+    drv.tick(3 + CFG.safety.cooldown_steps)
+    d = drv.signal("a", 4 + CFG.safety.cooldown_steps)
+    assert _actions(d) == [V.VERDICT_STRIKE, V.VERDICT_CULL]
+    assert drv.state.breakers["a"].state == B.BREAKER_OPEN
+
+
+def test_emergency_stop_when_enough_breakers_open() -> None:
+    """Open breakers >= max(min_open, fraction * known) -> EMERGENCY_STOP + CheckpointRequest, once."""
+    drv = Driver()
+    drv.tick(1, ("a", "b", "c", "d"))
+    for s in (1, 2, 3):
+        drv.signal("a", s)
+    assert not drv.state.emergency
+    d = None
+    for s in (1, 2, 3):
+        d = drv.signal("b", s)
+    assert d is not None
+    assert V.VERDICT_EMERGENCY_STOP in _actions(d)
+    stop = next(
+        o for o in d.outgoing if o.message.DESCRIPTOR.name == "SafetyVerdict" and o.key is None
+    )
+    assert stop.to == "seed"
+    ckpt = next(e for e in d.events if isinstance(e, pb.CheckpointRequest))
+    assert list(ckpt.slots) == ["a", "b"] and "emergency stop" in ckpt.reason
+    assert drv.state.emergency
+    for s in (1, 2, 3):
+        assert V.VERDICT_EMERGENCY_STOP not in _actions(drv.signal("c", s))
+
+
+def test_emergency_threshold_scales_with_known_slots() -> None:
+    """With 10 known slots and fraction 0.5, two open breakers do not stop the run."""
+    drv = Driver()
+    drv.tick(1, tuple(f"s{i}" for i in range(10)))
+    for slot in ("s0", "s1"):
+        for s in (1, 2, 3):
+            drv.signal(slot, s)
+    assert not drv.state.emergency
+
+
+def test_fold_of_events_equals_live_state_and_roundtrips() -> None:
+    """Replaying the verdict events rebuilds the state; plain form round-trips; digest stable."""
+    drv = Driver()
+    drv.tick(1, ("a", "b"))
+    for s in (1, 2, 3, 250, 400):
+        drv.signal("a", s)
+    drv.signal("", 5, K.SAFETY_SIGNAL_REJECT_STORM)
+    assert fold(safety.evolve, safety.initial_state(), drv.events) == drv.state
+    from actors.safety.core import from_plain, to_plain
+
+    assert from_plain(to_plain(drv.state)) == drv.state
+    assert safety.digest(from_plain(to_plain(drv.state))) == safety.digest(drv.state)
+    assert drv.state.run_strikes == 1
+
+
+def test_reject_storm_signal_once_per_window() -> None:
+    """More than reject_storm_count rejects inside the window raise one REJECT_STORM signal."""
+    cfg = KasminaConfig.load(env={}, overrides={"safety.reject_storm_count": 3}).safety
+    tracker = safety.RejectStorm()
+    signals = []
+    for i in range(8):
+        tracker, sig = safety.note_reject(tracker, 100.0 + i * 0.1, cfg)
+        signals.append(sig)
+    fired = [s for s in signals if s is not None]
+    assert len(fired) == 2 and fired[0].kind == K.SAFETY_SIGNAL_REJECT_STORM
+    assert signals.index(fired[0]) == 3
+    tracker = safety.RejectStorm()
+    for i in range(20):  # one every 5 s: never more than 2 inside a 10 s window
+        tracker, sig = safety.note_reject(tracker, i * 5.0, cfg)
+        assert sig is None
+
+
+_signals = st.lists(
+    st.tuples(
+        st.sampled_from(["", "a", "b", "c"]),
+        st.integers(0, 40),
+        st.sampled_from(list(K.values())),
+        st.booleans(),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_signals)
+def test_random_signals_fold_to_live_state(items: list[tuple[str, int, int, bool]]) -> None:
+    """Random signals and ticks: the fold of the verdicts equals the live state, breakers legal."""
+    drv = Driver(KasminaConfig.load(env={}, overrides={"safety.cooldown_steps": 30}))
+    step = 0
+    for slot, delta, kind, tick in items:
+        step += delta
+        if tick:
+            drv.tick(step, ("a", "b", "c"))
+        else:
+            drv.signal(slot, step, pb.SafetySignalKind.ValueType(kind))
+    assert fold(safety.evolve, safety.initial_state(), drv.events) == drv.state
+    for br in drv.state.breakers.values():
+        assert len(br.strike_steps) <= 100
+    if drv.state.emergency:
+        assert sum(isinstance(e, pb.CheckpointRequest) for e in drv.events) == 1
