@@ -1,0 +1,189 @@
+"""ExecutionActor: the bus side of an :class:`ExecutionRuntime`.
+
+The training loop runs on its own thread and never awaits Redis. This actor runs on an event loop:
+it reads the rank's inbox (orders), hands each verified order to the runtime's non-blocking inbox
+and acks it; and it flushes the runtime's outbox (acks, step reports, telemetry, safety signals,
+barrier votes) to the actors' inboxes in one pipeline per flush, signed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+from google.protobuf.message import Message
+
+from actors.shell import FRAME
+from bus import Append, Bus, BusClosed, BusUnavailable, Consumer, Entry, Handled
+from contracts import REGISTRY, ContractError, Reason, Signer, Verifier, streams
+from contracts.config import KasminaConfig
+from leyline import pb
+
+log = logging.getLogger("kasmina.execution")
+
+
+class ExecutionActor:
+    """Connects one rank's runtime to the bus."""
+
+    def __init__(
+        self,
+        runtime: Any,  # ExecutionRuntime (kept loose: only submit/drain_outbox/slots are used)
+        *,
+        bus: Bus,
+        run: str,
+        signer: Signer,
+        verifier: Verifier,
+        config: KasminaConfig,
+        rank: int = 0,
+        flush_interval_s: float = 0.02,
+    ) -> None:
+        self.runtime = runtime
+        self.bus = bus
+        self.run_id = run
+        self.signer = signer
+        self.verifier = verifier
+        self.config = config
+        self.rank = rank
+        self.flush_interval_s = flush_interval_s
+        self.inbox = streams.inbox(run, "execution", str(rank))
+        self.group = f"actor:execution:{rank}"
+        self.slots: Sequence[str] = sorted(runtime.slots)
+        self.sent: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self._seen_orders: set[str] = set()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._stopped = anyio.Event()
+        self._consumer: Consumer | None = None
+
+    def notify(self) -> None:
+        """Called (from the training thread) when the outbox has something."""
+        self._wake.set()
+
+    # -- outgoing -----------------------------------------------------------------------------
+    def _route(self, kind: str, message: Message) -> list[str]:
+        run = self.run_id
+        if kind == "exec.ack":
+            assert isinstance(message, pb.ExecutionAck)
+            return [streams.inbox(run, "seed", message.slot)]
+        if kind == "step.report":
+            return [streams.inbox(run, "seed", slot) for slot in self.slots]
+        if kind in ("telemetry.raw", "telemetry.batch"):
+            return [streams.inbox(run, "telemetry")]
+        if kind == "safety.signal":
+            return [streams.inbox(run, "safety")]
+        if kind == "barrier.vote":
+            return [streams.inbox(run, "barrier")]
+        log.warning("execution outbox: no route for %s", kind)
+        return []
+
+    async def flush(self) -> int:
+        """Publish everything queued in the runtime's outbox (one round trip)."""
+        items = self.runtime.drain_outbox()
+        if not items:
+            return 0
+        appends = []
+        for kind, message in items:
+            frame = self.signer.seal(kind, message)
+            for stream in self._route(kind, message):
+                appends.append(Append(stream, {FRAME: frame, "kind": kind.encode()}))
+            self.sent[kind] += 1
+        failures = 0
+        while True:
+            try:
+                await self.bus.publish_many(appends)
+                return len(appends)
+            except BusUnavailable:
+                failures += 1
+                await anyio.sleep(min(2.0, 0.05 * 2 ** min(failures, 6)))
+
+    async def _flusher(self) -> None:
+        while not self._stopping:
+            await anyio.to_thread.run_sync(
+                self._wake.wait, self.flush_interval_s, abandon_on_cancel=True
+            )
+            self._wake.clear()
+            try:
+                await self.flush()
+            except BusClosed:
+                return
+
+    # -- incoming -----------------------------------------------------------------------------
+    def _reject(self, entry: Entry, code: Reason, detail: str) -> Handled:
+        self.rejected[code.value] += 1
+        record = pb.Rejection(
+            reason_code=code.value,
+            stream=entry.stream,
+            entry_id=entry.id,
+            detail=detail[:500],
+            actor=f"execution:{self.rank}",
+        )
+        fields = {FRAME: self.signer.seal("rejection", record), "reason": code.value.encode()}
+        return Handled(
+            entry, self.group, [Append(streams.rejected(self.run_id), fields, maxlen=200_000)]
+        )
+
+    async def _take(self, entry: Entry) -> Handled:
+        frame = entry.fields.get(FRAME)
+        if frame is None:
+            return self._reject(entry, Reason.BAD_FRAME, "no frame field")
+        try:
+            env = await self.verifier.verify(frame, token=f"{entry.stream}/{entry.id}")
+            message = REGISTRY.parse(env.kind, env.body)
+        except ContractError as exc:
+            return self._reject(entry, exc.code, exc.detail)
+        if not isinstance(message, pb.ExecutionOrder):
+            return self._reject(entry, Reason.UNEXPECTED_KIND, env.kind)
+        if message.slot not in self.runtime.slots:
+            return self._reject(entry, Reason.UNKNOWN_SLOT, message.slot)
+        if message.order_id not in self._seen_orders:  # a redelivery must not apply twice
+            self._seen_orders.add(message.order_id)
+            self.runtime.submit(message)
+        return Handled(entry, self.group, dedupe_key=env.id)
+
+    async def _orders(self) -> None:
+        cfg = self.config.bus
+        while not self._stopping:
+            self._consumer = Consumer(
+                self.bus,
+                self.inbox,
+                self.group,
+                f"execution:{self.rank}",
+                batch=cfg.batch,
+                block_ms=cfg.block_ms,
+                lease_ms=cfg.lease_ms,
+                max_deliveries=cfg.max_deliveries,
+                dead_stream=streams.dead_letter(self.run_id),
+            )
+            try:
+                async for batch in self._consumer.batches():
+                    await self.bus.commit([await self._take(e) for e in batch])
+            except BusUnavailable:
+                await anyio.sleep(0.2)
+            except BusClosed:
+                return
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve until :meth:`stop`; flushes what is left in the outbox on the way out."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._orders)
+            tg.start_soon(self._flusher)
+            task_status.started()
+            await self._stopped.wait()
+            tg.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True), contextlib.suppress(BusClosed, BusUnavailable):
+            await self.flush()
+
+    async def stop(self) -> None:
+        """Stop reading orders and flushing."""
+        self._stopping = True
+        self._wake.set()
+        self._stopped.set()
+        if self._consumer is not None:
+            await self._consumer.close()

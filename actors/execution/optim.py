@@ -1,0 +1,96 @@
+"""Seed optimisers, adaptive clipping and the knowledge-distillation loss.
+
+Two-optimizer pattern: the trainer owns the host optimizer; execution owns one optimizer per seed.
+Seed parameters receive gradients from the user's own backward (straight-through or blend term);
+execution steps the seed optimizers at the step boundary (``ExecutionRuntime.on_step``, called
+after the host optimizer's step) and clears their gradients. On fossilization the seed parameters
+join the host optimizer as a new param group, carrying their optimizer state when both optimizers
+are of the same type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def seed_optimizer(
+    params: Sequence[nn.Parameter], hp: Mapping[str, float]
+) -> torch.optim.Optimizer:
+    """A fresh Adam for one seed (``lr`` and ``weight_decay`` from the germinate params)."""
+    return torch.optim.Adam(
+        list(params),
+        lr=float(hp.get("lr", 1e-3)),
+        weight_decay=float(hp.get("weight_decay", 0.0)),
+    )
+
+
+def join_host_optimizer(
+    host: torch.optim.Optimizer,
+    params: Sequence[nn.Parameter],
+    seed_opt: torch.optim.Optimizer | None,
+    *,
+    lr: float | None = None,
+) -> None:
+    """Add the seed's parameters to the host optimizer as a new param group (state carried over)."""
+    group: dict[str, object] = {"params": list(params)}
+    if lr is not None:
+        group["lr"] = lr
+    host.add_param_group(group)
+    if seed_opt is not None and type(seed_opt) is type(host):
+        for p in params:
+            if p in seed_opt.state:
+                host.state[p] = seed_opt.state[p]
+
+
+def scale_lr(opt: torch.optim.Optimizer, factor: float, weight_decay: float = -1.0) -> None:
+    """Multiply every group's learning rate; set weight decay when ``weight_decay >= 0``."""
+    for group in opt.param_groups:
+        group["lr"] = float(group["lr"]) * factor
+        if weight_decay >= 0 and "weight_decay" in group:
+            group["weight_decay"] = weight_decay
+
+
+def grad_norm(params: Sequence[nn.Parameter]) -> Tensor:
+    """L2 norm of the gradients present (a 0-dim tensor; 0 when no gradient)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norms = torch.stack([torch.linalg.vector_norm(g) for g in grads])
+    total: Tensor = torch.linalg.vector_norm(norms)
+    return total
+
+
+def kd_loss(
+    student_logits: Tensor,
+    targets: Tensor,
+    teacher_logits: Tensor,
+    *,
+    temperature: float = 4.0,
+    weight: float = 0.3,
+) -> Tensor:
+    """``(1-w) CE(z_s, y) + w T^2 KL(softmax(z_t/T) || softmax(z_s/T))`` with batchmean KL."""
+    t = temperature
+    ce = F.cross_entropy(student_logits, targets)
+    kl = F.kl_div(
+        F.log_softmax(student_logits / t, dim=-1),
+        F.softmax(teacher_logits.detach() / t, dim=-1),
+        reduction="batchmean",
+    )
+    loss: Tensor = (1.0 - weight) * ce + weight * t * t * kl
+    return loss
+
+
+def teacher_logits(teacher: nn.Module, inputs: Tensor) -> Tensor:
+    """Teacher logits in eval mode under ``no_grad`` (the teacher's mode is restored)."""
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        with torch.no_grad():
+            out: Tensor = teacher(inputs)
+    finally:
+        teacher.train(was_training)
+    return out

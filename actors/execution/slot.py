@@ -1,0 +1,235 @@
+"""SeedSlot: the point in a host network where a seed can grow, and the helper that inserts slots.
+
+A slot wraps the output ``h`` of a host submodule (its input ``x`` is kept at hand for seeds that
+read the slot input, such as width seeds). Its forward depends only on a small Python value, the
+mode, so a compiled model holds one graph per lifecycle mode; alpha is a 0-dim buffer updated in
+place, so alpha ramps never recompile and the forward never reads a tensor value back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from actors.execution.stages import DORMANT, FOSSILIZED, TERMINATED, Mode, mode_for
+from contracts.streams import check_slot
+from leyline import pb
+
+
+@dataclass
+class SlotTap:
+    """What a probe forward saw at one slot: input, host output, seed output (None if no seed)."""
+
+    x: Tensor | None
+    h: Tensor
+    z: Tensor | None
+    out: Tensor
+
+
+class SeedSlot(nn.Module):
+    """A seed slot; identity (a plain ``return h``) unless a seed is in the forward."""
+
+    alpha: Tensor
+    nonfinite: Tensor
+    seed: nn.Module | None
+
+    def __init__(self, slot_id: str) -> None:
+        super().__init__()
+        self.slot_id = check_slot(slot_id)
+        self.stage: int = DORMANT
+        self.mode: Mode = Mode.IDENTITY
+        self.blend_mode: int = pb.BLEND_MODE_RESIDUAL
+        self.reads_input = False
+        self.fossil = False
+        self.blueprint = ""
+        self.register_module("seed", None)
+        self.register_buffer("alpha", torch.zeros(()))
+        self.register_buffer("nonfinite", torch.zeros(()), persistent=False)
+        self.hook_handles: list[RemovableHandle] = []
+        self._tap: list[SlotTap] | None = None
+
+    # -- forward -------------------------------------------------------------------------------
+    def forward(self, h: Tensor, x: Tensor | None = None) -> Tensor:
+        """Blend the seed into the host activation ``h`` according to the current mode."""
+        mode = self.mode
+        if mode is Mode.IDENTITY and self._tap is None:
+            return h
+        out = self._blend(mode, h, x)
+        if self._tap is not None:
+            self._record(h, x, out)
+        return out
+
+    def _seed_input(self, h: Tensor, x: Tensor | None) -> Tensor:
+        if not self.reads_input:
+            return h
+        if x is None:
+            raise RuntimeError(f"slot {self.slot_id}: seed reads the slot input, none was given")
+        return x
+
+    def _blend(self, mode: Mode, h: Tensor, x: Tensor | None) -> Tensor:
+        seed = self.seed
+        if mode is Mode.IDENTITY or seed is None:
+            return h
+        src = self._seed_input(h, x)
+        if mode is Mode.FOSSIL:
+            fossil_out: Tensor = h + seed(src)
+            return fossil_out
+        z: Tensor = seed(src.detach())
+        ok = torch.isfinite(z).all()
+        self.nonfinite.add_((~ok).to(self.nonfinite.dtype))
+        z = torch.where(ok, z, torch.zeros_like(z))
+        if mode is Mode.TRAINING:
+            return h + (z - z.detach())
+        if mode is Mode.CONVEX:
+            return torch.lerp(h, h.detach() + z, self.alpha.to(h.dtype))
+        return h + self.alpha.to(h.dtype) * z
+
+    def _record(self, h: Tensor, x: Tensor | None, out: Tensor) -> None:
+        assert self._tap is not None
+        z = None
+        if self.seed is not None:
+            z = self.seed(self._seed_input(h, x).detach())
+        self._tap.append(SlotTap(x=x, h=h, z=z, out=out))
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def attach(
+        self, seed: nn.Module, *, blueprint: str, reads_input: bool, blend_mode: int
+    ) -> None:
+        """Put a (zero-output) seed into the slot; it stays out of the forward until TRAINING."""
+        if self.seed is not None:
+            raise RuntimeError(f"slot {self.slot_id} already holds a seed")
+        self.seed = seed
+        self.blueprint = blueprint
+        self.reads_input = reads_input
+        self.blend_mode = blend_mode
+        self.fossil = False
+        self.alpha.zero_()
+        self.nonfinite.zero_()
+
+    def set_stage(self, stage: int) -> None:
+        """Enter ``stage``; FOSSILIZED makes the seed permanent (the detach is removed)."""
+        if stage == FOSSILIZED:
+            self.fossil = True
+            self.alpha.fill_(1.0)
+        self.stage = stage
+        self.mode = mode_for(stage, self.blend_mode, self.fossil and self.seed is not None)
+        if stage == TERMINATED and not self.fossil:
+            self.mode = Mode.IDENTITY
+
+    def release(self) -> None:
+        """Drop the seed module and every hook; the slot is exactly the identity afterwards."""
+        seed = self.seed
+        if seed is not None:
+            for module in seed.modules():
+                rel = getattr(module, "release", None)
+                if callable(rel):
+                    rel()
+        for handle in self.hook_handles:
+            handle.remove()
+        self.hook_handles.clear()
+        self.seed = None
+        self.blueprint = ""
+        self.reads_input = False
+        self.fossil = False
+        self.blend_mode = pb.BLEND_MODE_RESIDUAL
+        self.mode = Mode.IDENTITY
+        self.alpha.zero_()
+        self.nonfinite.zero_()
+
+    @contextmanager
+    def forced(self, mode: Mode, alpha: float | None = None) -> Iterator[None]:
+        """Temporarily run the forward in ``mode`` (probes, counterfactuals); restored on exit."""
+        saved_mode, saved_alpha = self.mode, self.alpha.clone()
+        self.mode = mode if self.seed is not None else Mode.IDENTITY
+        if alpha is not None:
+            self.alpha.fill_(alpha)
+        try:
+            yield
+        finally:
+            self.mode = saved_mode
+            self.alpha.copy_(saved_alpha)
+
+    @contextmanager
+    def tapped(self) -> Iterator[list[SlotTap]]:
+        """Record what each forward sees at this slot (eager probe forwards only)."""
+        taps: list[SlotTap] = []
+        self._tap = taps
+        try:
+            yield taps
+        finally:
+            self._tap = None
+
+    def seed_parameters(self) -> list[nn.Parameter]:
+        """The seed's parameters (empty when the slot holds no seed)."""
+        return [] if self.seed is None else list(self.seed.parameters())
+
+    def extra_repr(self) -> str:
+        return f"slot_id={self.slot_id!r}, mode={self.mode.value}, blueprint={self.blueprint!r}"
+
+
+class SlottedModule(nn.Module):
+    """A host submodule followed by its slot (``slot(host(x), x)``)."""
+
+    def __init__(self, host: nn.Module, slot: SeedSlot) -> None:
+        super().__init__()
+        self.host = host
+        self.slot = slot
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the host submodule, then the slot (skipped outright while it is the identity)."""
+        h = self.host(*args, **kwargs)
+        slot = self.slot
+        if slot.mode is Mode.IDENTITY and slot._tap is None:
+            return h
+        x = args[0] if args and isinstance(args[0], Tensor) else None
+        return slot(h, x)
+
+
+def insert_slots(model: nn.Module, points: Mapping[str, str]) -> dict[str, SeedSlot]:
+    """Wrap the output of each named submodule (``{slot_id: "dotted.module.path"}``) with a slot.
+
+    The wrapped submodule moves to ``<path>.host`` (state-dict keys gain ``.host``); the slot lives
+    at ``<path>.slot``. Deeper paths are wrapped first so nested points keep their names.
+    """
+    if len(set(points.values())) != len(points):
+        raise ValueError("two slots point at the same submodule")
+    slots: dict[str, SeedSlot] = {}
+    for slot_id, path in sorted(points.items(), key=lambda kv: -kv[1].count(".")):
+        if not path:
+            raise ValueError(f"slot {slot_id}: the root module cannot be wrapped")
+        parent_path, _, name = path.rpartition(".")
+        parent = _resolve(model, parent_path)
+        child = _resolve(parent, name)
+        slot = SeedSlot(slot_id)
+        p = next(iter(child.parameters()), None)
+        b = next(iter(child.buffers()), None)
+        ref = p if p is not None else b
+        if ref is not None:
+            slot.to(device=ref.device)
+        setattr(parent, name, SlottedModule(child, slot))
+        slots[slot_id] = slot
+    return {k: slots[k] for k in points}
+
+
+def _resolve(root: nn.Module, path: str) -> nn.Module:
+    module = root
+    for part in filter(None, path.split(".")):
+        nxt = getattr(module, part, None)
+        if isinstance(nxt, SlottedModule):
+            nxt = nxt.host
+        if not isinstance(nxt, nn.Module):
+            raise ValueError(f"no submodule {path!r}")
+        module = nxt
+    return module
+
+
+def host_parameters(model: nn.Module, slots: Mapping[str, SeedSlot]) -> list[nn.Parameter]:
+    """Every parameter of ``model`` that does not belong to a slot (i.e. to a seed)."""
+    seed_ids = {id(p) for s in slots.values() for p in s.parameters()}
+    return [p for p in model.parameters() if id(p) not in seed_ids]

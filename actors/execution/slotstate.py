@@ -1,0 +1,116 @@
+"""Execution-side bookkeeping of one slot: seed optimizer, blend ramp, and gate evidence."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from actors.execution.blueprints import SlotShape, param_count
+from actors.execution.slot import SeedSlot
+from contracts import evidence as ev
+from leyline import pb
+
+_EVIDENCE = (
+    "grad_steps",
+    "training_steps",
+    "grad_sum",
+    "grad_min",
+    "grad_max",
+    "grad_last",
+    "grad_nonfinite",
+    "output_nonfinite",
+    "isolation_violations",
+    "isolation_probes",
+    "seed_loss_first",
+    "seed_loss_last",
+    "host_probe_loss",
+    "norm_ratio",
+)
+
+
+@dataclass
+class SlotState:
+    """What execution tracks for a slot besides the module itself."""
+
+    slot: SeedSlot
+    optimizer: torch.optim.Optimizer | None = None
+    shape: SlotShape | None = None
+    params: dict[str, float] = field(default_factory=dict)
+    stage_since: int = 0
+    blend_start: int = 0
+    blend_steps: int = 0
+    schedule: int = pb.ALPHA_SCHEDULE_LINEAR
+    paused: bool = False
+    # evidence, reset when a new seed is attached
+    grad_steps: int = 0
+    training_steps: int = 0
+    grad_sum: float = 0.0
+    grad_min: float = math.inf
+    grad_max: float = 0.0
+    grad_last: float = 0.0
+    grad_nonfinite: int = 0
+    output_nonfinite: int = 0
+    isolation_violations: int = 0
+    isolation_probes: int = 0
+    seed_loss_first: float = math.nan
+    seed_loss_last: float = math.nan
+    host_probe_loss: float = math.nan
+    norm_ratio: float = math.nan
+    attach_evidence: dict[str, float] = field(default_factory=dict)
+
+    def reset_evidence(self) -> None:
+        """Forget every measurement (a new seed starts from scratch)."""
+        fresh = SlotState(self.slot)
+        for name in _EVIDENCE:
+            setattr(self, name, getattr(fresh, name))
+        self.attach_evidence = {}
+
+    def record_grad(self, norm: float, *, training: bool) -> None:
+        """Fold one seed gradient norm into the running statistics."""
+        if not math.isfinite(norm):
+            self.grad_nonfinite += 1
+            return
+        self.grad_steps += 1
+        self.training_steps += int(training)
+        self.grad_sum += norm
+        self.grad_last = norm
+        self.grad_min = min(self.grad_min, norm)
+        self.grad_max = max(self.grad_max, norm)
+
+    def metrics(self, step: int) -> dict[str, float]:
+        """Named measurements for reports and gate evidence (booleans as 0.0/1.0); the gate
+        metrics carry the names of :mod:`contracts.evidence`."""
+        slot = self.slot
+        seed = slot.seed
+        m = {
+            "stage_steps": float(max(0, step - self.stage_since)),
+            ev.ALPHA: float(slot.alpha),
+            ev.SEED_PARAMS: float(param_count(seed)) if seed is not None else 0.0,
+            "has_seed": float(seed is not None),
+            "paused": float(self.paused),
+            "grad_steps": float(self.grad_steps),
+            ev.TRAINING_STEPS: float(self.training_steps),
+            "grad_norm_last": self.grad_last,
+            "grad_norm_mean": self.grad_sum / self.grad_steps if self.grad_steps else 0.0,
+            ev.GRAD_NORM_MIN: self.grad_min if self.grad_steps else 0.0,
+            ev.GRAD_NORM_MAX: self.grad_max,
+            "grad_nonfinite": float(self.grad_nonfinite),
+            ev.GRAD_FINITE: float(self.grad_nonfinite == 0),
+            "output_nonfinite": float(self.output_nonfinite),
+            ev.OUTPUT_FINITE: float(self.output_nonfinite == 0),
+            ev.NONFINITE_COUNT: float(self.output_nonfinite + self.grad_nonfinite),
+            ev.ISOLATION_VIOLATIONS: float(self.isolation_violations),
+            "isolation_probes": float(self.isolation_probes),
+        }
+        for name, value in (
+            (ev.SEED_LOSS_INITIAL, self.seed_loss_first),
+            (ev.SEED_LOSS_FINAL, self.seed_loss_last),
+            ("host_probe_loss", self.host_probe_loss),
+            (ev.SEED_HOST_NORM_RATIO, self.norm_ratio),
+        ):
+            if not math.isnan(value):
+                m[name] = value
+        m.update(self.attach_evidence)
+        return m

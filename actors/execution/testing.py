@@ -1,0 +1,80 @@
+"""Test doubles for the execution side: a planted leaking blueprint and a tiny host network."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from actors.execution.blueprints import (
+    Blueprint,
+    ResidualMLP,
+    SlotShape,
+    register_blueprint,
+    unregister_blueprint,
+)
+
+LEAKY = "leaky"
+
+
+class LeakySeed(nn.Module):
+    """A zero-output seed that reads the *undetached* host activation through a side channel
+    (a forward hook on the host submodule) and adds ``t - t.detach()``: the forward value is
+    unchanged, but gradient flows into the host. Isolation checks must catch it."""
+
+    def __init__(self, features: int, host: nn.Module) -> None:
+        super().__init__()
+        self.inner = ResidualMLP(features, features, features)
+        self._side: list[Tensor] = []
+        self._handle: RemovableHandle | None = host.register_forward_hook(self._capture)
+
+    def _capture(self, module: nn.Module, args: object, out: object) -> None:
+        if isinstance(out, Tensor):
+            self._side[:] = [out]
+
+    def forward(self, h: Tensor) -> Tensor:
+        """The (leaking) delta."""
+        z: Tensor = self.inner(h)
+        if self._side:
+            leak = self._side[0]
+            z = z + (leak - leak.detach())
+        return z
+
+    def release(self) -> None:
+        """Remove the side-channel hook."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        self._side.clear()
+
+
+def _build_leaky(shape: SlotShape, params: Mapping[str, float], host: nn.Module) -> nn.Module:
+    return LeakySeed(shape.out_shape[-1], host)
+
+
+def register_leaky() -> Blueprint:
+    """Register the planted leaking blueprint (``"leaky"``); pair with :func:`unregister_leaky`."""
+    bp = Blueprint(LEAKY, _build_leaky, lambda s: len(s.out_shape) >= 2, description="planted leak")
+    return register_blueprint(bp, replace=True)
+
+
+def unregister_leaky() -> None:
+    """Remove the planted leaking blueprint."""
+    unregister_blueprint(LEAKY)
+
+
+class TinyMLP(nn.Module):
+    """``in -> hidden -> hidden -> out`` MLP with ReLU, for fast tests and benchmarks."""
+
+    def __init__(self, d_in: int = 8, hidden: int = 16, d_out: int = 4) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.head = nn.Linear(hidden, d_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits."""
+        out: Tensor = self.head(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+        return out

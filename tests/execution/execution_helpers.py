@@ -1,0 +1,93 @@
+"""Helpers shared by the execution tests (orders, data, a training loop)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from actors.execution import ExecutionRuntime, insert_slots
+from actors.execution.testing import TinyMLP
+from leyline import pb
+
+
+def order(slot: str, stage: int, at: int, **kw: Any) -> pb.ExecutionOrder:
+    """An execution order moving ``slot`` to ``stage`` at step ``at``."""
+    value = pb.SeedLifecycleStage.ValueType(stage)
+    return pb.ExecutionOrder(
+        order_id=f"{slot}-{stage}-{at}", slot=slot, stage=value, apply_at_step=at, **kw
+    )
+
+
+def germinate(slot: str, at: int, blueprint: str = "residual_mlp", **kw: Any) -> pb.ExecutionOrder:
+    """A germination order for ``blueprint``."""
+    return order(
+        slot, pb.SEED_STAGE_GERMINATED, at, germinate=pb.Germinate(blueprint=blueprint, **kw)
+    )
+
+
+def data(
+    n: int = 8, batch: int = 16, d_in: int = 8, classes: int = 4, seed: int = 0
+) -> list[tuple[Tensor, Tensor]]:
+    """A few fixed random batches."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(batch, d_in, generator=g), torch.randint(0, classes, (batch,), generator=g))
+        for _ in range(n)
+    ]
+
+
+def tiny(seed: int = 0, points: dict[str, str] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """A TinyMLP with slots (default: ``a`` after fc1, ``b`` after fc2)."""
+    torch.manual_seed(seed)
+    model = TinyMLP()
+    slots = insert_slots(model, points if points is not None else {"a": "fc1", "b": "fc2"})
+    return model, slots
+
+
+def runtime(
+    model: nn.Module, slots: dict[str, Any], opt: torch.optim.Optimizer, **kw: Any
+) -> ExecutionRuntime:
+    """A CPU runtime with a fixed probe batch and no periodic messages unless asked."""
+    kw.setdefault("probe_every", 0)
+    kw.setdefault("report_every", 0)
+    kw.setdefault("barrier_frequency", 0)
+    kw.setdefault("probe_batch", data(1, seed=99)[0])
+    return ExecutionRuntime(model, slots, opt, device="cpu", **kw)
+
+
+def train(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    rt: ExecutionRuntime | None,
+    batches: list[tuple[Tensor, Tensor]],
+    steps: range,
+) -> None:
+    """The user's loop: zero, forward, backward, host step, then one runtime call."""
+    for step in steps:
+        x, y = batches[step % len(batches)]
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        backward(loss)
+        opt.step()
+        if rt is not None:
+            rt.on_step(step, loss)
+
+
+def backward(loss: Tensor) -> None:
+    """``loss.backward()`` (typed)."""
+    loss.backward()  # type: ignore[no-untyped-call]
+
+
+def host_state(model: nn.Module, slots: dict[str, Any]) -> list[Tensor]:
+    """Copies of every host parameter (slot parameters excluded)."""
+    from actors.execution import host_parameters
+
+    return [p.detach().clone() for p in host_parameters(model, slots)]
+
+
+def kinds(messages: list[tuple[str, Any]], kind: str) -> list[Any]:
+    """The messages of one kind from a drained outbox."""
+    return [m for k, m in messages if k == kind]

@@ -1,0 +1,45 @@
+"""The execution benchmark runs end to end and returns well-formed figures."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from actors.execution import ExecutionRuntime
+from benchmarks.execution_bench import run_execution_bench
+
+
+@contextmanager
+def _draining_bridge(rt: ExecutionRuntime) -> Iterator[None]:
+    stop = threading.Event()
+
+    def flush() -> None:
+        while not stop.is_set():
+            rt.drain_outbox()
+            stop.wait(0.001)
+
+    t = threading.Thread(target=flush)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_bench_figures_are_well_formed() -> None:
+    """Every figure has bench/value/unit/baseline/ratio, ratio = value / baseline."""
+    figures = run_execution_bench(
+        "cpu", steps=2, rounds=1, width=16, batch=8, bridge=_draining_bridge
+    )
+    names = [f["bench"] for f in figures]
+    assert names == [
+        "execution.dormant_step",
+        "execution.training_step",
+        "execution.probe_cost",
+        "execution.bus_step",
+    ]
+    for f in figures:
+        assert f["value"] > 0 and f["baseline"] > 0 and f["unit"] == "ms/step"
+        assert abs(f["ratio"] - f["value"] / f["baseline"]) < 1e-3 * f["ratio"] + 1e-3

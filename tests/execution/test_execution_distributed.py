@@ -1,0 +1,109 @@
+"""Data-parallel (gloo, 2 CPU processes): orders apply at the same step on every rank, replicas
+stay identical, and barrier digests agree."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import threading
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from execution_helpers import backward, data, germinate, order
+from torch.nn.parallel import DistributedDataParallel
+
+from actors.execution import ExecutionRuntime, host_parameters, insert_slots
+from actors.execution.mailbox import state_digest
+from actors.execution.testing import TinyMLP
+from leyline import pb
+
+WORLD = 2
+STEPS = 13
+ORDERS = [
+    germinate("a", 2, params={"lr": 0.05}),
+    germinate("b", 2, blueprint="lowrank"),
+    order("a", pb.SEED_STAGE_TRAINING, 3),
+    order("b", pb.SEED_STAGE_TRAINING, 3),
+    order("a", pb.SEED_STAGE_BLENDING, 5),
+    order("b", pb.SEED_STAGE_CULLED, 7),
+    order("a", pb.SEED_STAGE_SHADOWING, 8),
+    order("a", pb.SEED_STAGE_PROBATIONARY, 9),
+    order("a", pb.SEED_STAGE_FOSSILIZED, 10),
+]
+
+
+def _submit_all(rt: ExecutionRuntime, orders: list[pb.ExecutionOrder]) -> None:
+    for o in orders:
+        rt.submit(o)
+
+
+def _worker(rank: int, root: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{root}/rendezvous", rank=rank, world_size=WORLD
+    )
+    try:
+        torch.manual_seed(0)
+        model = TinyMLP()
+        slots = insert_slots(model, {"a": "fc1", "b": "fc2"})
+        ddp = DistributedDataParallel(model)
+        opt = torch.optim.SGD(host_parameters(model, slots), lr=0.1)
+        rt = ExecutionRuntime(
+            model,
+            slots,
+            opt,
+            device="cpu",
+            rank=rank,
+            world_size=WORLD,
+            probe_every=3,
+            report_every=0,
+            barrier_frequency=4,
+            blend_steps=3,
+            probe_batch=data(1, seed=99)[0],
+        )
+        if rank == 0:
+            for o in ORDERS:
+                rt.submit(o)
+        batches = data(4, seed=10 + rank)  # each rank sees different data
+        history: list[dict[str, int]] = []
+        for step in range(STEPS):
+            if rank == 1:  # this rank hears of each order only just in time, from another thread
+                due = [o for o in ORDERS if o.apply_at_step == step]
+                t = threading.Thread(target=_submit_all, args=(rt, due))
+                t.start()
+                t.join()
+            x, y = batches[step % len(batches)]
+            opt.zero_grad(set_to_none=True)
+            backward(F.cross_entropy(ddp(x), y))
+            opt.step()
+            rt.on_step(step)
+            history.append({k: int(s.stage) for k, s in slots.items()})
+        out = rt.drain_outbox()
+        result = {
+            "history": history,
+            "acks": [[m.order_id, m.applied_at_step, m.ok] for k, m in out if k == "exec.ack"],
+            "votes": [[m.barrier_step, m.digest.hex()] for k, m in out if k == "barrier.vote"],
+            "signals": [m.kind for k, m in out if k == "safety.signal"],
+            "digest": state_digest(model, slots).hex(),
+            "fossil_params": sum(p.numel() for p in slots["a"].seed_parameters()),
+        }
+        pathlib.Path(root, f"rank{rank}.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_apply_orders_at_the_same_step_and_stay_identical(tmp_path: pathlib.Path) -> None:
+    """Germinate, blend, fossilize and cull land at the same step on both ranks; params agree."""
+    mp.spawn(_worker, args=(str(tmp_path),), nprocs=WORLD, join=True)  # type: ignore[attr-defined,no-untyped-call]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD))
+    assert r0["history"] == r1["history"]
+    assert r0["history"][2] == {"a": pb.SEED_STAGE_GERMINATED, "b": pb.SEED_STAGE_GERMINATED}
+    assert r0["history"][7]["b"] == pb.SEED_STAGE_CULLED
+    assert r0["history"][-1]["a"] == pb.SEED_STAGE_FOSSILIZED
+    expected = [[o.order_id, o.apply_at_step, True] for o in ORDERS]
+    assert sorted(r0["acks"]) == sorted(r1["acks"]) == sorted(expected)
+    assert r0["votes"] == r1["votes"] and [v[0] for v in r0["votes"]] == [0, 4, 8, 12]
+    assert r0["digest"] == r1["digest"]
+    assert r0["fossil_params"] > 0 and not r0["signals"] and not r1["signals"]
