@@ -5,7 +5,8 @@ verified and parsed) and builds a ``RunState``; ``fold_events(tail, start=snapsh
 from a snapshot (``RunState.to_bytes`` / ``RunState.from_bytes``) and equals the full fold when
 ``tail`` is the entries after ``snapshot.last_entry_id``. ``verify_digests`` checks recorded
 ``state.digest`` entries against the re-fold; ``timeline`` is the projection behind
-``kasmina replay --json``.
+``kasmina replay --json`` (lifecycle rows also carry ``seq`` and ``command_id``, the command
+whose chain led to the event, "" for none).
 """
 
 from __future__ import annotations
@@ -210,6 +211,10 @@ def timeline(events: Iterable[Entry], stream: str = "") -> Iterator[dict[str, An
             row["seq"] = message.seq
         elif isinstance(message, pb.LifecycleProgress):
             row["seq"] = message.seq
+            if message.HasField("awaiting"):
+                row["awaiting"] = message.awaiting
+        if isinstance(message, pb.LifecycleTransition | pb.LifecycleRefused | pb.LifecycleProgress):
+            row["command_id"] = message.command_id
         elif isinstance(message, pb.GateResult):
             row.update(gate=gate_name(message.gate), passed=message.passed, reason=message.reason)
             row["checks"] = [_check(c) for c in message.checks if not c.passed]

@@ -509,6 +509,7 @@ class LifecycleRefused(_message.Message):
     step: _builtins.int
     seq: _builtins.int
     command_id: _builtins.str
+    """the command whose chain led here (for clients that --wait)"""
     def __init__(
         self,
         *,
@@ -531,7 +532,9 @@ Global___LifecycleRefused: _TypeAlias = LifecycleRefused  # noqa: Y015
 
 @_typing.final
 class LifecycleProgress(_message.Message):
-    """kind: "lifecycle.progress" -- step/evidence bookkeeping the SeedActor folds (replayable)."""
+    """kind: "lifecycle.progress" -- step/evidence bookkeeping the SeedActor folds (replayable).
+    A field changes the slot's state only when it is set (optional fields: when present).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -560,12 +563,57 @@ class LifecycleProgress(_message.Message):
     METRICS_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
     ALPHA_FIELD_NUMBER: _builtins.int
+    STEP_REPORT_FIELD_NUMBER: _builtins.int
+    VAL_ACC_FIELD_NUMBER: _builtins.int
+    ACKED_ID_FIELD_NUMBER: _builtins.int
+    AWAITING_FIELD_NUMBER: _builtins.int
+    PENDING_ID_FIELD_NUMBER: _builtins.int
+    GERMINATE_FIELD_NUMBER: _builtins.int
+    BASELINE_ACC_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    PAUSED_AT_FIELD_NUMBER: _builtins.int
+    STAGE_ENTERED_STEP_FIELD_NUMBER: _builtins.int
+    STRIKES_FIELD_NUMBER: _builtins.int
+    RETRY_AT_FIELD_NUMBER: _builtins.int
+    COMMAND_ID_FIELD_NUMBER: _builtins.int
     slot: _builtins.str
     step: _builtins.int
     seq: _builtins.int
     alpha: _builtins.float
+    """the slot's alpha in a step report (with step_report)"""
+    step_report: _builtins.bool
+    """records a step report: alpha and val_acc are its values"""
+    val_acc: _builtins.float
+    """that report's validation accuracy (0 = not measured)"""
+    acked_id: _builtins.str
+    """an awaited order was acknowledged: the wait ends (applied first)"""
+    awaiting: _builtins.str
+    """what the slot now awaits: "g0_evidence", "gate:<G>","""
+    pending_id: _builtins.str
+    """"ack:<STAGE>[:<what>]"; "" = nothing
+    id of the awaited order / gate request (with awaiting)
+    """
+    baseline_acc: _builtins.float
+    """with germinate: validation accuracy at germination"""
+    paused: _builtins.bool
+    paused_at: _builtins.int
+    """with paused: the step the pause began (0 on resume)"""
+    stage_entered_step: _builtins.int
+    """the stage clock (order applied, resume shift)"""
+    strikes: _builtins.int
+    """safety strikes counted against the slot"""
+    retry_at: _builtins.int
+    """step of the next reset attempt (0 = none)"""
+    command_id: _builtins.str
+    """the command whose chain led here ("" = none)"""
     @_builtins.property
-    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """measured numbers only; never bookkeeping"""
+
+    @_builtins.property
+    def germinate(self) -> Global___Germinate:
+        """germination being probed (blueprint, params, blending)"""
+
     def __init__(
         self,
         *,
@@ -574,12 +622,44 @@ class LifecycleProgress(_message.Message):
         metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         seq: _builtins.int = ...,
         alpha: _builtins.float = ...,
+        step_report: _builtins.bool = ...,
+        val_acc: _builtins.float = ...,
+        acked_id: _builtins.str = ...,
+        awaiting: _builtins.str | None = ...,
+        pending_id: _builtins.str = ...,
+        germinate: Global___Germinate | None = ...,
+        baseline_acc: _builtins.float = ...,
+        paused: _builtins.bool | None = ...,
+        paused_at: _builtins.int = ...,
+        stage_entered_step: _builtins.int | None = ...,
+        strikes: _builtins.int | None = ...,
+        retry_at: _builtins.int | None = ...,
+        command_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_awaiting", b"_awaiting", "_paused", b"_paused", "_retry_at", b"_retry_at", "_stage_entered_step", b"_stage_entered_step", "_strikes", b"_strikes", "awaiting", b"awaiting", "germinate", b"germinate", "paused", b"paused", "retry_at", b"retry_at", "stage_entered_step", b"stage_entered_step", "strikes", b"strikes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "metrics", b"metrics", "seq", b"seq", "slot", b"slot", "step", b"step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_awaiting", b"_awaiting", "_paused", b"_paused", "_retry_at", b"_retry_at", "_stage_entered_step", b"_stage_entered_step", "_strikes", b"_strikes", "acked_id", b"acked_id", "alpha", b"alpha", "awaiting", b"awaiting", "baseline_acc", b"baseline_acc", "command_id", b"command_id", "germinate", b"germinate", "metrics", b"metrics", "paused", b"paused", "paused_at", b"paused_at", "pending_id", b"pending_id", "retry_at", b"retry_at", "seq", b"seq", "slot", b"slot", "stage_entered_step", b"stage_entered_step", "step", b"step", "step_report", b"step_report", "strikes", b"strikes", "val_acc", b"val_acc"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__awaiting: _TypeAlias = _typing.Literal["awaiting"]  # noqa: Y015
+    _WhichOneofArgType__awaiting: _TypeAlias = _typing.Literal["_awaiting", b"_awaiting"]  # noqa: Y015
+    _WhichOneofReturnType__paused: _TypeAlias = _typing.Literal["paused"]  # noqa: Y015
+    _WhichOneofArgType__paused: _TypeAlias = _typing.Literal["_paused", b"_paused"]  # noqa: Y015
+    _WhichOneofReturnType__retry_at: _TypeAlias = _typing.Literal["retry_at"]  # noqa: Y015
+    _WhichOneofArgType__retry_at: _TypeAlias = _typing.Literal["_retry_at", b"_retry_at"]  # noqa: Y015
+    _WhichOneofReturnType__stage_entered_step: _TypeAlias = _typing.Literal["stage_entered_step"]  # noqa: Y015
+    _WhichOneofArgType__stage_entered_step: _TypeAlias = _typing.Literal["_stage_entered_step", b"_stage_entered_step"]  # noqa: Y015
+    _WhichOneofReturnType__strikes: _TypeAlias = _typing.Literal["strikes"]  # noqa: Y015
+    _WhichOneofArgType__strikes: _TypeAlias = _typing.Literal["_strikes", b"_strikes"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__awaiting) -> _WhichOneofReturnType__awaiting | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__paused) -> _WhichOneofReturnType__paused | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__retry_at) -> _WhichOneofReturnType__retry_at | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stage_entered_step) -> _WhichOneofReturnType__stage_entered_step | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__strikes) -> _WhichOneofReturnType__strikes | None: ...
 
 Global___LifecycleProgress: _TypeAlias = LifecycleProgress  # noqa: Y015
 

@@ -3,15 +3,21 @@
 Folding while building keeps later steps of one decision (e.g. the bootstrap before the
 command, the cull before the embargo) consistent with the state they produce, and guarantees
 that the live state equals the fold of the emitted events.
+
+Every event carries ``command_id = Builder.chain``: the command whose chain the decision belongs
+to. It starts as "" (so the bootstrap never carries a command) and ``decide`` sets it once it
+knows: the command's own id for a command, the awaited chain's id for the gate result or ack
+that answers the slot's wait, "" for anything else (budgets, safety verdicts, stale replies).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from actors.core import Context, Decision, Message, Outgoing, next_boundary
 from actors.seed.lifecycle import Gate, Stage, gate_name, stage_name
-from actors.seed.state import BK_AWAITING, BK_PENDING, SeedState, evolve
+from actors.seed.state import SeedState, evolve
 from leyline import pb
 
 __all__ = ["Builder"]
@@ -25,6 +31,7 @@ class Builder:
         self.ctx = ctx
         self.events: list[Message] = []
         self.outgoing: list[Outgoing] = []
+        self.chain = ""  # command_id of every event emitted from now on
         self._ids = 0
 
     @property
@@ -43,6 +50,7 @@ class Builder:
     ) -> None:
         event.slot = self.state.slot
         event.seq = self.state.seq + 1
+        event.command_id = self.chain
         self.state = evolve(self.state, event)
         self.events.append(event)
 
@@ -75,22 +83,9 @@ class Builder:
             )
         )
 
-    def progress(
-        self,
-        texts: Mapping[str, str] | None = None,
-        numbers: Mapping[str, float] | None = None,
-        *,
-        step: int | None = None,
-        alpha: float = 0.0,
-    ) -> None:
-        """Emit a bookkeeping event (see ``actors.seed.state`` for the ``@`` keys)."""
-        metrics = {f"{k}={v}": 1.0 for k, v in (texts or {}).items()}
-        metrics.update(numbers or {})
-        self._emit(
-            pb.LifecycleProgress(
-                step=self.now if step is None else step, metrics=metrics, alpha=alpha
-            )
-        )
+    def progress(self, *, step: int | None = None, **fields: Any) -> None:
+        """Emit a bookkeeping event: ``fields`` are ``pb.LifecycleProgress`` fields."""
+        self._emit(pb.LifecycleProgress(step=self.now if step is None else step, **fields))
 
     def order(self, stage: Stage, order_id: str, **fields: object) -> pb.ExecutionOrder:
         """Send an ExecutionOrder to every rank, applied on the next barrier boundary."""
@@ -114,13 +109,13 @@ class Builder:
         """Record that the slot awaits the ack of a new order, and send it."""
         order_id = self.new_id()
         label = f"ack:{stage_name(stage)}" + (f":{what}" if what else "")
-        self.progress({BK_AWAITING: label, BK_PENDING: order_id})
+        self.progress(awaiting=label, pending_id=order_id)
         return self.order(stage, order_id, **fields)
 
     def request_gate(self, gate: Gate, metrics: Mapping[str, float], blueprint: str = "") -> None:
         """Record that the slot awaits a gate result, and send the GateRequest."""
         request_id = self.new_id()
-        self.progress({BK_AWAITING: f"gate:{gate_name(gate)}", BK_PENDING: request_id})
+        self.progress(awaiting=f"gate:{gate_name(gate)}", pending_id=request_id)
         request = pb.GateRequest(
             request_id=request_id,
             slot=self.state.slot,

@@ -14,33 +14,28 @@ honoured becomes an explicit ``pb.LifecycleRefused`` event. Choices made here:
   refused.
 - A paused slot does not advance on budgets; on resume its stage clock is shifted by the paused
   duration.
+
+Command correlation (``command_id`` of every event): a command's own events (refusals included)
+carry its message id; the events of its chain carry it too: the decisions on the gate result or
+ack that answers a wait the chain started (germinate: the G0 request, DORMANT->GERMINATED or the
+G0 refusal, GERMINATED->TRAINING; cull: the cull ack; ...). The chain id lives in
+``SeedState.command_id``, folded from the progress event that starts each wait. Everything with
+no command behind it carries "": the bootstrap UNKNOWN->DORMANT (even when a command triggered
+it), step-budget gate requests and the transitions they lead to, safety verdicts, and the refusal
+of a stale or mismatched result or ack. A client that sent a command therefore sees, as the first
+LifecycleTransition / LifecycleRefused with its id, the command's outcome: for germinate
+DORMANT->GERMINATED or the refusal (G0 failure, execution failure, or the command refused).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from actors.core import Context, Decision, Message
 from actors.gates.checks import describe_failures
 from actors.seed.builder import Builder
 from actors.seed.lifecycle import ACTIVE, EXIT_GATE, gate_name, stage_budget, stage_name
-from actors.seed.state import (
-    BK_ACKED,
-    BK_ALPHA_SCHEDULE,
-    BK_AWAITING,
-    BK_BASELINE_ACC,
-    BK_BLEND_MODE,
-    BK_BLEND_STEPS,
-    BK_BLUEPRINT,
-    BK_ENTERED,
-    BK_PARAM,
-    BK_PAUSED,
-    BK_PAUSED_AT,
-    BK_PENDING,
-    BK_REPORT,
-    BK_RETRY_AT,
-    BK_STRIKES,
-    BK_VAL_ACC,
-    SeedState,
-)
+from actors.seed.state import SeedState
 from contracts import evidence as ev
 from leyline import pb
 
@@ -72,6 +67,8 @@ def decide(state: SeedState, msg: Message, ctx: Context) -> Decision:
         if b.state.stage != S.SEED_STAGE_TERMINATED:
             _on_report(b, msg)
         return b.decision()
+    if isinstance(msg, pb.SeedCommand):
+        b.chain = ctx.message_id  # a command's own events, refusals included, carry its id
     if slot is None:
         b.refuse(request, f"unsupported message {type(msg).__name__}")
     elif slot != b.state.slot and not (isinstance(msg, pb.SafetyVerdict) and slot == ""):
@@ -159,17 +156,9 @@ def _germinate(b: Builder, g: pb.Germinate) -> None:
         b.refuse("germinate", "germinate names no blueprint")
     else:
         order_id = b.new_id()
-        numbers = {f"{BK_PARAM}{k}": v for k, v in g.params.items()}
-        numbers.update(
-            {
-                BK_BLEND_MODE: float(g.blend_mode),
-                BK_ALPHA_SCHEDULE: float(g.alpha_schedule),
-                BK_BLEND_STEPS: float(g.blend_steps),
-                BK_BASELINE_ACC: st.val_acc,
-            }
+        b.progress(
+            awaiting="g0_evidence", pending_id=order_id, germinate=g, baseline_acc=st.val_acc
         )
-        texts = {BK_AWAITING: "g0_evidence", BK_PENDING: order_id, BK_BLUEPRINT: g.blueprint}
-        b.progress(texts, numbers)
         b.order(
             S.SEED_STAGE_GERMINATED,
             order_id,
@@ -188,20 +177,20 @@ def _pause(b: Builder, pause: bool) -> None:
     elif st.awaiting is not None:
         b.refuse(action, f"busy: awaiting {st.awaiting}")
     elif st.stage == S.SEED_STAGE_DORMANT:
-        b.progress(numbers=_pause_numbers(b, pause))  # no seed: nothing to tell execution
+        b.progress(**_pause_fields(b, pause))  # no seed: nothing to tell execution
     else:
         order_id = b.new_id()
         label = f"ack:{stage_name(st.stage)}:{action}"
-        b.progress({BK_AWAITING: label, BK_PENDING: order_id})
+        b.progress(awaiting=label, pending_id=order_id)
         order = b.order(st.stage, order_id)
         order.paused = pause
 
 
-def _pause_numbers(b: Builder, pause: bool) -> dict[str, float]:
+def _pause_fields(b: Builder, pause: bool) -> dict[str, Any]:
     if pause:
-        return {BK_PAUSED: 1.0, BK_PAUSED_AT: float(b.now)}
+        return {"paused": True, "paused_at": b.now}
     shifted = b.state.stage_entered_step + max(0, b.now - b.state.paused_at)
-    return {BK_PAUSED: 0.0, BK_PAUSED_AT: 0.0, BK_ENTERED: float(shifted)}
+    return {"paused": False, "stage_entered_step": shifted}
 
 
 # --------------------------------------------------------------------------- step reports
@@ -211,10 +200,12 @@ def _on_report(b: Builder, report: pb.StepReport) -> None:
     if report.step <= b.state.last_step and b.state.seq > 1:
         return  # stale or repeated (another rank's copy): nothing new
     mine = next((s for s in report.slots if s.slot == b.state.slot), None)
-    numbers: dict[str, float] = {BK_REPORT: 1.0}
-    if report.val_accuracy > 0.0:
-        numbers[BK_VAL_ACC] = report.val_accuracy
-    b.progress(numbers=numbers, step=report.step, alpha=mine.alpha if mine else b.state.alpha)
+    b.progress(
+        step=report.step,
+        step_report=True,
+        alpha=mine.alpha if mine else b.state.alpha,
+        val_acc=max(0.0, report.val_accuracy),
+    )
     st = b.state
     if st.paused or st.awaiting is not None:
         return
@@ -243,7 +234,7 @@ def _on_report(b: Builder, report: pb.StepReport) -> None:
 
 
 def _order_reset(b: Builder) -> None:
-    b.progress(numbers={BK_RETRY_AT: 0.0})
+    b.progress(retry_at=0)
     b.await_order(S.SEED_STAGE_RESETTING, wants_evidence=True, evidence_for=G.SEED_GATE_G5_RESET)
 
 
@@ -264,6 +255,7 @@ def _on_gate_result(b: Builder, res: pb.GateResult) -> None:
     if exit_gate != gate:
         b.refuse(request, f"gate {gate_name(gate)} does not guard stage {stage_name(st.stage)}")
         return
+    b.chain = st.command_id  # the awaited result: its outcome belongs to the waiting chain
     if res.passed:
         b.transition(to, f"gate {gate_name(gate)} passed", gate=gate)
         if to == S.SEED_STAGE_GERMINATED:
@@ -281,7 +273,7 @@ def _on_gate_result(b: Builder, res: pb.GateResult) -> None:
         b.await_order(S.SEED_STAGE_DORMANT, "drop_probe")  # execution drops the probe seed
     elif gate == G.SEED_GATE_G5_RESET:
         retry = b.now + b.ctx.config.lifecycle.reset_retry_steps
-        b.progress({BK_AWAITING: ""}, {BK_RETRY_AT: float(retry)})
+        b.progress(awaiting="", retry_at=retry)
         b.refuse("reset", failure)
     else:
         _cull(b, failure, gate=gate)
@@ -301,15 +293,16 @@ def _on_ack(b: Builder, ack: pb.ExecutionAck) -> None:
             request, f"unexpected (awaiting {st.awaiting or 'nothing'}, order {ack.order_id!r})"
         )
         return
+    b.chain = st.command_id  # the awaited ack: its outcome belongs to the waiting chain
     label = st.awaiting or ""
     failed = "" if ack.ok else f"execution failed: {ack.error or 'no reason given'}"
     if label == "g0_evidence":
         if failed:
-            b.progress({BK_ACKED: ack.order_id})
+            b.progress(acked_id=ack.order_id)
             b.refuse("germinate", failed)
             b.await_order(S.SEED_STAGE_DORMANT, "drop_probe")
             return
-        b.progress({BK_ACKED: ack.order_id})
+        b.progress(acked_id=ack.order_id)
         metrics = dict(ack.evidence.metrics)
         metrics[ev.SLOT_FREE] = 1.0
         metrics[ev.SLOT_EMBARGOED] = 0.0
@@ -318,27 +311,27 @@ def _on_ack(b: Builder, ack: pb.ExecutionAck) -> None:
     _, _, what = label.partition(":")
     stage_label, _, sub = what.partition(":")
     if sub:  # an in-stage order: pause / resume / adjust / drop_probe
-        numbers: dict[str, float] = {}
+        fields: dict[str, Any] = {}
         if not failed and sub in ("pause", "resume"):
-            numbers = _pause_numbers(b, sub == "pause")
-        b.progress({BK_ACKED: ack.order_id}, numbers)
+            fields = _pause_fields(b, sub == "pause")
+        b.progress(acked_id=ack.order_id, **fields)
         if failed:
             b.refuse(sub, failed)
         return
     if stage_label == "TRAINING" and st.stage == S.SEED_STAGE_GERMINATED:
         if failed:
-            b.progress({BK_ACKED: ack.order_id})
+            b.progress(acked_id=ack.order_id)
             _cull(b, failed)
             return
         b.transition(S.SEED_STAGE_TRAINING, "execution confirmed the seed is attached")
-    numbers = {}
+    fields = {}
     if not failed and stage_label == stage_name(b.state.stage):
-        numbers[BK_ENTERED] = float(max(b.state.stage_entered_step, ack.applied_at_step))
-    b.progress({BK_ACKED: ack.order_id}, numbers)
+        fields["stage_entered_step"] = max(b.state.stage_entered_step, ack.applied_at_step)
+    b.progress(acked_id=ack.order_id, **fields)
     if stage_label == "RESETTING":
         if failed:
             retry = b.now + b.ctx.config.lifecycle.reset_retry_steps
-            b.progress(numbers={BK_RETRY_AT: float(retry)})
+            b.progress(retry_at=retry)
             b.refuse("reset", failed)
         else:
             b.request_gate(G.SEED_GATE_G5_RESET, dict(ack.evidence.metrics), ack.evidence.blueprint)
@@ -359,7 +352,7 @@ def _on_verdict(b: Builder, verdict: pb.SafetyVerdict) -> None:
         b.refuse(request, "unknown_slot")
         return
     if not stopping or (verdict.slot and verdict.strikes != b.state.strikes):
-        b.progress(numbers={BK_STRIKES: float(verdict.strikes)})
+        b.progress(strikes=verdict.strikes)
     if not stopping:
         return
     cause = "circuit breaker open" if verdict.action == V.VERDICT_CULL else "emergency stop"

@@ -7,10 +7,16 @@ Every SeedActor event carries ``seq = previous + 1``; folding a gap or a duplica
 Events:
 - ``pb.LifecycleTransition`` — a stage change (``from_stage != to_stage``, always in the table).
 - ``pb.LifecycleRefused`` — an explicit refusal; only ``seq`` (and ``last_step``) change.
-- ``pb.LifecycleProgress`` — bookkeeping without a stage change: the step a report reached, what
-  the slot now awaits, germination parameters, pause state, strikes. Its ``metrics`` map carries
-  this bookkeeping under reserved ``@`` keys (``BK_*`` below); a text value travels in the key
-  itself, ``"@blueprint=residual_mlp": 1.0``, so the event stays a plain Leyline message.
+- ``pb.LifecycleProgress`` — bookkeeping without a stage change, in its own schema fields: the
+  step a report reached (``step_report``, ``alpha``, ``val_acc``), an acknowledged order
+  (``acked_id``), what the slot now awaits (``awaiting`` with ``pending_id`` and ``command_id``),
+  the germination being probed (``germinate``, ``baseline_acc``), pause state, the stage clock,
+  strikes, the next reset attempt. A field changes the state only when set (optional ones: when
+  present). ``metrics`` carries measured numbers only and is never folded.
+
+Command correlation: ``SeedState.command_id`` is the command whose chain the current wait belongs
+to. It is set together with ``awaiting`` (from the progress event that starts the wait) and cleared
+whenever the wait ends, so it is non-empty only while the slot awaits a reply to that chain.
 """
 
 from __future__ import annotations
@@ -30,22 +36,6 @@ from actors.seed.lifecycle import Stage, is_allowed, stage_name
 from leyline import pb
 
 __all__ = [
-    "BK_ACKED",
-    "BK_ALPHA_SCHEDULE",
-    "BK_AWAITING",
-    "BK_BASELINE_ACC",
-    "BK_BLEND_MODE",
-    "BK_BLEND_STEPS",
-    "BK_BLUEPRINT",
-    "BK_ENTERED",
-    "BK_PARAM",
-    "BK_PAUSED",
-    "BK_PAUSED_AT",
-    "BK_PENDING",
-    "BK_REPORT",
-    "BK_RETRY_AT",
-    "BK_STRIKES",
-    "BK_VAL_ACC",
     "RECENT_ACKS",
     "SeedState",
     "digest",
@@ -54,25 +44,6 @@ __all__ = [
     "initial_state",
     "to_plain",
 ]
-
-# Text-valued keys: "<key>=<text>" with value 1.0.
-BK_AWAITING = "@awaiting"  # "@awaiting=" (empty text) clears awaiting and the pending id
-BK_PENDING = "@pending"  # id of the order / gate request being awaited
-BK_ACKED = "@acked"  # an awaited order was acknowledged: clears awaiting, remembers the id
-BK_BLUEPRINT = "@blueprint"
-# Number-valued keys.
-BK_PARAM = "@param:"  # prefix: germination blueprint parameters
-BK_BLEND_MODE = "@blend_mode"
-BK_ALPHA_SCHEDULE = "@alpha_schedule"
-BK_BLEND_STEPS = "@blend_steps"
-BK_BASELINE_ACC = "@baseline_acc"
-BK_VAL_ACC = "@val_acc"
-BK_PAUSED = "@paused"
-BK_PAUSED_AT = "@paused_at"
-BK_ENTERED = "@entered"
-BK_STRIKES = "@strikes"
-BK_RETRY_AT = "@retry_at"
-BK_REPORT = "@report"  # marks the progress of a step report (its ``alpha`` is the slot's alpha)
 
 _S = pb.SeedLifecycleStage
 
@@ -91,6 +62,7 @@ class SeedState:
     last_step: int = 0
     awaiting: str | None = None  # None | "g0_evidence" | "gate:<G>" | "ack:<STAGE>[:<what>]"
     pending_id: str = ""
+    command_id: str = ""  # the command whose chain the current wait belongs to ("" = none)
     recent_acks: tuple[str, ...] = ()  # ids of the last RECENT_ACKS acknowledged orders
     blueprint: str = ""
     params: tuple[tuple[str, float], ...] = ()
@@ -150,6 +122,7 @@ def _transition(state: SeedState, ev: pb.LifecycleTransition) -> SeedState:
         last_step=max(state.last_step, ev.step),
         awaiting=None,
         pending_id="",
+        command_id="",
         retry_at=0,
     )
     if ev.to_stage == _S.SEED_STAGE_GERMINATED and ev.blueprint:
@@ -172,56 +145,39 @@ def _transition(state: SeedState, ev: pb.LifecycleTransition) -> SeedState:
 
 def _progress(state: SeedState, ev: pb.LifecycleProgress) -> SeedState:
     changes: dict[str, Any] = {"seq": ev.seq, "last_step": max(state.last_step, ev.step)}
-    metrics = dict(ev.metrics)
-    if BK_REPORT in metrics:
+    if ev.step_report:
         changes["alpha"] = ev.alpha
-    texts: dict[str, str] = {}
-    numbers: dict[str, float] = {}
-    params: dict[str, float] = {}
-    for key, value in metrics.items():
-        if not key.startswith("@"):
-            continue
-        name, eq, text = key.partition("=")
-        if eq:
-            texts[name] = text
-        elif name.startswith(BK_PARAM):
-            params[name[len(BK_PARAM) :]] = value
-        else:
-            numbers[name] = value
-    if BK_ACKED in texts:  # applied first: an ack ends the wait, later keys may start another
-        acks = (*state.recent_acks, texts[BK_ACKED])[-RECENT_ACKS:]
-        changes.update(awaiting=None, pending_id="", recent_acks=acks)
-    if BK_AWAITING in texts:
-        changes["awaiting"] = texts[BK_AWAITING] or None
-        if not texts[BK_AWAITING]:
-            changes["pending_id"] = ""
-    if BK_PENDING in texts:
-        changes["pending_id"] = texts[BK_PENDING]
-    if BK_BLUEPRINT in texts:
-        changes["blueprint"] = texts[BK_BLUEPRINT]
-    if params:
-        changes["params"] = tuple(sorted(params.items()))
-    for key, attr in _INT_KEYS.items():
-        if key in numbers:
-            changes[attr] = int(numbers[key])
-    for key, attr in _FLOAT_KEYS.items():
-        if key in numbers:
-            changes[attr] = numbers[key]
-    if BK_PAUSED in numbers:
-        changes["paused"] = numbers[BK_PAUSED] != 0.0
+    if ev.val_acc > 0.0:
+        changes["val_acc"] = ev.val_acc
+    if ev.acked_id:  # applied first: an ack ends the wait, later fields may start another
+        acks = (*state.recent_acks, ev.acked_id)[-RECENT_ACKS:]
+        changes.update(awaiting=None, pending_id="", command_id="", recent_acks=acks)
+    if ev.HasField("awaiting"):
+        waiting = bool(ev.awaiting)
+        changes.update(
+            awaiting=ev.awaiting or None,
+            pending_id=ev.pending_id if waiting else "",
+            command_id=ev.command_id if waiting else "",
+        )
+    if ev.HasField("germinate"):
+        g = ev.germinate
+        changes.update(
+            blueprint=g.blueprint,
+            params=tuple(sorted(g.params.items())),
+            blend_mode=int(g.blend_mode),
+            alpha_schedule=int(g.alpha_schedule),
+            blend_steps=g.blend_steps,
+            baseline_acc=ev.baseline_acc,
+        )
+    if ev.HasField("paused"):
+        changes.update(paused=ev.paused, paused_at=ev.paused_at if ev.paused else 0)
+    if ev.HasField("stage_entered_step"):
+        changes["stage_entered_step"] = ev.stage_entered_step
+    if ev.HasField("strikes"):
+        changes["strikes"] = ev.strikes
+    if ev.HasField("retry_at"):
+        changes["retry_at"] = ev.retry_at
     return replace(state, **changes)
-
-
-_INT_KEYS = {
-    BK_BLEND_MODE: "blend_mode",
-    BK_ALPHA_SCHEDULE: "alpha_schedule",
-    BK_BLEND_STEPS: "blend_steps",
-    BK_PAUSED_AT: "paused_at",
-    BK_ENTERED: "stage_entered_step",
-    BK_STRIKES: "strikes",
-    BK_RETRY_AT: "retry_at",
-}
-_FLOAT_KEYS = {BK_BASELINE_ACC: "baseline_acc", BK_VAL_ACC: "val_acc"}
 
 
 def to_plain(state: SeedState) -> dict[str, Any]:

@@ -90,6 +90,7 @@ class SeedSim:
     outbox: list[Message] = field(default_factory=list)
     orders: list[pb.ExecutionOrder] = field(default_factory=list)
     results: list[pb.GateResult] = field(default_factory=list)
+    log: list[tuple[str, Message, Decision]] = field(default_factory=list)  # (message id, in, out)
     _n: int = 0
 
     def __post_init__(self) -> None:
@@ -101,7 +102,9 @@ class SeedSim:
 
     def send(self, msg: Message) -> Decision:
         """Decide, fold, and (when auto) answer gate requests and orders."""
-        decision = seed.decide(self.state, msg, self.ctx())
+        ctx = self.ctx()
+        decision = seed.decide(self.state, msg, ctx)
+        self.log.append((ctx.message_id, msg, decision))
         folded = self.state
         for event in decision.events:
             folded = seed.evolve(folded, event)
@@ -151,6 +154,22 @@ class SeedSim:
                 val_accuracy=self.val_acc,
                 slots=[pb.SlotReport(slot=self.slot, stage=self.state.stage, metrics=slot_metrics)],
             )
+        )
+
+    def id_of(self, msg: Message) -> str:
+        """The message id ``msg`` was decided under (the last time it was sent)."""
+        return next(mid for mid, sent, _ in reversed(self.log) if sent is msg)
+
+    def outcome(self, command_id: str) -> Message | None:
+        """What a waiting client sees: the first transition or refusal carrying ``command_id``."""
+        return next(
+            (
+                e
+                for e in self.events
+                if isinstance(e, pb.LifecycleTransition | pb.LifecycleRefused)
+                and e.command_id == command_id
+            ),
+            None,
         )
 
     def advance(self, steps: int) -> Decision:

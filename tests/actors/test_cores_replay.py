@@ -150,3 +150,13 @@ def test_timeline_fields() -> None:
     ]
     cull = next(r for r in rows if r.get("to") == "CULLED")
     assert "grad_finite=0" in cull["cause"]
+
+
+def test_timeline_lifecycle_rows_carry_command_id() -> None:
+    """Lifecycle rows carry command_id: "" for the bootstrap, the germinate's id for G0's result."""
+    rows = [r for r in timeline(STREAM) if r["kind"].startswith("lifecycle.")]
+    assert rows and all("command_id" in r for r in rows)
+    boot = next(r for r in rows if r.get("to") == "DORMANT")
+    germinated = next(r for r in rows if r.get("to") == "GERMINATED")
+    assert boot["command_id"] == "" and germinated["command_id"]
+    assert any(r.get("awaiting") == "g0_evidence" for r in rows)

@@ -148,3 +148,29 @@ def test_gap_or_duplicate_seq_raises(program: list[tuple[Any, ...]], at: int) ->
         fold(seed.evolve, seed.initial_state(sim.slot), events[:i] + events[i + 1 :])
     with pytest.raises(SeqDuplicate):
         fold(seed.evolve, seed.initial_state(sim.slot), events[: i + 1] + events[i:])
+
+
+@SETTINGS
+@given(programs)
+def test_command_ids_follow_chains_and_no_reserved_keys(program: list[tuple[Any, ...]]) -> None:
+    """Random inputs: command_id is "", the command's own id, or the awaited chain's; no "@" keys."""
+    sim = _run(program)
+    commands: set[str] = set()
+    state = seed.initial_state(sim.slot)
+    for message_id, msg, decision in sim.log:
+        chain = state.command_id
+        for event in decision.events:
+            cid = event.command_id  # type: ignore[attr-defined]
+            bootstrap = isinstance(event, pb.LifecycleTransition) and event.from_stage == 0
+            if bootstrap or not isinstance(msg, pb.SeedCommand | pb.GateResult | pb.ExecutionAck):
+                assert cid == ""
+            elif isinstance(msg, pb.SeedCommand):
+                assert cid == message_id
+            else:
+                assert cid in ("", chain) and (cid == "" or cid in commands)
+            if isinstance(event, pb.LifecycleProgress):
+                assert not any(key.startswith("@") for key in event.metrics)
+            state = seed.evolve(state, event)
+            assert state.command_id == "" or state.awaiting is not None
+        if isinstance(msg, pb.SeedCommand):
+            commands.add(message_id)
