@@ -48,7 +48,9 @@ class Outcome:
     """What handling one message produced."""
 
     events: list[Message] = field(default_factory=list)  # appended to the run's event stream
-    outgoing: list[tuple[str, Message]] = field(default_factory=list)  # (stream, message)
+    outgoing: list[tuple[str, str | None, Message]] = field(
+        default_factory=list
+    )  # (actor, key, msg)
     telemetry: list[Message] = field(default_factory=list)  # to the telemetry stream (capped)
     reject: Reason | None = None
     detail: str = ""
@@ -76,8 +78,8 @@ class ActorLogic(Protocol):
         """Fold one recorded event of this actor (rebuild); events of others are ignored."""
         ...
 
-    def digests(self) -> dict[str, bytes]:
-        """State digest per key (slot, or "" for singletons)."""
+    def digests(self) -> dict[tuple[str, str], bytes]:
+        """State digest per (actor, key) (key: the slot, or "" for singletons)."""
         ...
 
 
@@ -166,6 +168,17 @@ class ActorShell:
         self.rebuilds += 1
         return count
 
+    # -- routing ------------------------------------------------------------------------------
+    async def _route(self, actor: str, key: str | None) -> list[str]:
+        """Inbox streams for (actor, key); key None fans out to every existing instance."""
+        if key is not None or actor not in ("seed", "execution"):
+            return [streams.inbox(self.run_id, actor, key)]
+        pattern = streams.inbox(self.run_id, actor, "*")
+        found = await self.bus.streams(pattern)
+        if not found and actor == "execution":
+            return [streams.inbox(self.run_id, "execution", "0")]
+        return found
+
     # -- handling -----------------------------------------------------------------------------
     def _seal(self, message: Message, causation: str) -> bytes:
         return self.signer.seal(REGISTRY.kind_of(message), message, causation_id=causation)
@@ -222,10 +235,10 @@ class ActorShell:
             ), outcome
         self.logic.apply(outcome)
         appends = [self._event_append(e, env.id) for e in outcome.events]
-        appends += [
-            Append(stream, {FRAME: self._seal(m, env.id), "kind": REGISTRY.kind_of(m).encode()})
-            for stream, m in outcome.outgoing
-        ]
+        for target, target_key, m in outcome.outgoing:
+            frame = self._seal(m, env.id)
+            for stream in await self._route(target, target_key):
+                appends.append(Append(stream, {FRAME: frame, "kind": REGISTRY.kind_of(m).encode()}))
         appends += [
             Append(
                 streams.telemetry(self.run_id),
@@ -235,10 +248,8 @@ class ActorShell:
             for m in outcome.telemetry
         ]
         if outcome.events:
-            for key, digest in self.logic.digests().items():
-                record = pb.StateDigest(
-                    actor=self.logic.name, key=key, digest=digest, after_event_id=env.id
-                )
+            for (actor, key), digest in self.logic.digests().items():
+                record = pb.StateDigest(actor=actor, key=key, digest=digest, after_event_id=env.id)
                 appends.append(self._event_append(record, env.id))
         return Handled(entry, self.group, appends, dedupe_key=env.id), outcome
 

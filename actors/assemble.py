@@ -1,0 +1,72 @@
+"""Build actor shells for a run: which actors, which slots, on which bus, with which keys."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+
+from actors.logic import build_logic
+from actors.shell import ActorShell
+from bus import Bus
+from contracts import KasminaConfig, Signer, Verifier, streams
+
+ACTORS = ("seed", "gate", "safety", "telemetry", "barrier")
+
+
+def process_name() -> str:
+    """host:pid, for heartbeats."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def build_shells(
+    *,
+    bus: Bus,
+    run: str,
+    config: KasminaConfig,
+    signer: Signer,
+    verifier: Verifier,
+    actors: Sequence[str] = ACTORS,
+    slots: Sequence[str] = (),
+    heartbeat_s: float = 2.0,
+) -> list[ActorShell]:
+    """One shell per singleton actor and one SeedActor shell per slot."""
+    unknown = sorted(set(actors) - set(ACTORS))
+    if unknown:
+        raise ValueError(f"unknown actors {', '.join(unknown)}: choose from {', '.join(ACTORS)}")
+    if "seed" in actors and not slots:
+        raise ValueError("seed actors need --slots")
+    proc = process_name()
+    shells = []
+    for actor in actors:
+        if actor == "seed":
+            for slot in slots:
+                streams.check_slot(slot)
+                shells.append(
+                    ActorShell(
+                        build_logic("seed", config, slot),
+                        bus=bus,
+                        run=run,
+                        inbox=streams.inbox(run, "seed", slot),
+                        signer=signer,
+                        verifier=verifier,
+                        config=config,
+                        process=proc,
+                        heartbeat_s=heartbeat_s,
+                    )
+                )
+        else:
+            shells.append(
+                ActorShell(
+                    build_logic(actor, config),
+                    bus=bus,
+                    run=run,
+                    inbox=streams.inbox(run, actor),
+                    signer=signer,
+                    verifier=verifier,
+                    config=config,
+                    process=proc,
+                    heartbeat_s=heartbeat_s,
+                )
+            )
+    return shells

@@ -1,0 +1,35 @@
+"""``kasmina record --redis URL --run RUN -o FILE``: write every stream of a run to a recording."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import anyio
+
+from bus import open_bus, record
+from contracts import streams
+from kasmina.common import add_redis, emit_json, redis_url, run_id
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("record", help="write a run's streams to a recording file")
+    add_redis(parser)
+    parser.add_argument("-o", "--output", required=True, metavar="FILE")
+    parser.set_defaults(func=run)
+
+
+async def _record(args: argparse.Namespace) -> dict[str, Any]:
+    bus = open_bus(redis_url(args))
+    run = run_id(args)
+    try:
+        names = await bus.streams(streams.prefix(run) + "*")
+        count = await record(bus, names, args.output, {"run": run})
+    finally:
+        await bus.close()
+    return {"recording": args.output, "run": run, "streams": len(names), "entries": count}
+
+
+def run(args: argparse.Namespace) -> int:
+    emit_json(anyio.run(_record, args))
+    return 0

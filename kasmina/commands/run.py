@@ -1,0 +1,76 @@
+"""``kasmina run``: serve a run's actors in this process until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import anyio
+
+from actors.assemble import ACTORS, build_shells
+from actors.supervisor import Supervisor
+from kasmina.common import CliError, add_keys, add_redis, load_keys, redis_url, run_id
+from kasmina.wiring import connect, load_config
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "run", help="serve actors of a run (several processes may serve one run)"
+    )
+    add_redis(parser)
+    add_keys(parser)
+    parser.add_argument(
+        "--actors",
+        default=",".join(ACTORS),
+        help="comma-separated: seed,gate,safety,telemetry,barrier",
+    )
+    parser.add_argument(
+        "--slots", default="", help="comma-separated slot ids served by this process's seed actors"
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="KasminaConfig TOML (default: $KASMINA_CONFIG)",
+    )
+    parser.add_argument("--log-level", default="INFO")
+    parser.set_defaults(func=run)
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    config = load_config(args.config)
+    wiring = connect(redis_url(args), run_id(args), load_keys(args), config)
+    try:
+        shells = build_shells(
+            bus=wiring.bus,
+            run=wiring.run,
+            config=config,
+            signer=wiring.signer(f"kasmina-run:{wiring.run}"),
+            verifier=wiring.verifier(),
+            actors=_split(args.actors),
+            slots=_split(args.slots),
+        )
+    except ValueError as exc:
+        await wiring.bus.close()
+        raise CliError(str(exc)) from exc
+    supervisor = Supervisor(shells)
+    logging.getLogger("kasmina").info(
+        "serving run %s: %s", wiring.run, ", ".join(s.logic.name for s in shells)
+    )
+    try:
+        await supervisor.run()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await wiring.bus.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    anyio.run(_serve, args)
+    return 0
