@@ -144,9 +144,9 @@ class SimRuntime:
             if order.paused != slot.paused:
                 slot.paused = order.paused
             if target != slot.stage:
-                slot.stage, slot.entered = target, step
+                slot.stage, slot.entered = int(target), step
                 slot.applied.append((step, target))
-            ack.stage = slot.stage
+            ack.stage = pb.SeedLifecycleStage.ValueType(slot.stage)
             if target == S.SEED_STAGE_RESETTING:
                 ack.evidence.metrics.update(self.evidence(G.SEED_GATE_G5_RESET))
         self.applied_orders.append((order.order_id, step))
