@@ -180,6 +180,7 @@ def _step(message: Message) -> int:
 def _check(c: pb.GateCheck) -> dict[str, Any]:
     return {
         "name": c.name,
+        "passed": c.passed,
         "value": c.value,
         "threshold": c.threshold,
         "comparator": c.comparator,
@@ -217,7 +218,7 @@ def timeline(events: Iterable[Entry], stream: str = "") -> Iterator[dict[str, An
             row["command_id"] = message.command_id
         elif isinstance(message, pb.GateResult):
             row.update(gate=gate_name(message.gate), passed=message.passed, reason=message.reason)
-            row["checks"] = [_check(c) for c in message.checks if not c.passed]
+            row["checks"] = [_check(c) for c in message.checks]
         elif isinstance(message, pb.SafetyVerdict):
             row.update(
                 action=pb.VerdictAction.Name(message.action),

@@ -213,7 +213,9 @@ class ActorShell:
             frame = entry.fields.get(FRAME)
             if frame is None:
                 return self._reject(entry, Reason.BAD_FRAME, "no frame field", None), None
-            env = await self.verifier.verify(frame, token=f"{entry.stream}/{entry.id}")
+            env = await self.verifier.verify(
+                frame, token=f"{entry.stream}/{entry.id}", scope=self.group
+            )
             message = REGISTRY.parse(env.kind, env.body)
         except ContractError as exc:
             return self._reject(entry, exc.code, exc.detail, env), None

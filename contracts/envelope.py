@@ -241,15 +241,18 @@ class Verifier:
             raise UnknownKind(env.kind)
         return env
 
-    async def verify(self, frame: bytes, *, token: str = "") -> Envelope:
+    async def verify(self, frame: bytes, *, token: str = "", scope: str = "") -> Envelope:
         """``open`` plus the nonce check (live mode only).
 
         ``token`` identifies this delivery's stream entry: seeing the same message id again with the
         same token is a redelivery (allowed; dedupe handles effects), with another token a replay.
+        ``scope`` names the receiver (its consumer group): one message may be fanned out to several
+        inboxes, and a replay is judged per receiver.
         """
         env = self.open(frame)
         if not self._replay and self._nonce is not None:
-            admitted = await self._nonce.admit(env.id, token or env.id, self._nonce_ttl_ms)
+            nonce = f"{scope}|{env.id}" if scope else env.id
+            admitted = await self._nonce.admit(nonce, token or env.id, self._nonce_ttl_ms)
             if not admitted:
                 raise Replayed(f"message id {env.id} already seen")
         return env

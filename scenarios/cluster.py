@@ -61,19 +61,9 @@ class Cluster:
 
     async def quiet(self) -> bool:
         """True if no inbox of the run has unread or pending entries right now."""
-        for name in await self.bus.streams(streams.prefix(self.run) + "inbox:*"):
-            info = await self.bus.info(name)
-            for group in info.groups:
-                if group.pending:
-                    return False
-                if group.lag is None:
-                    if group.last_delivered != info.last_id:
-                        return False
-                elif group.lag:
-                    return False
-            if not info.groups and info.length:
-                return False  # nobody consumed this inbox yet
-        return all(not rt.outbox_pending() for rt in self.runtimes if hasattr(rt, "outbox_pending"))
+        if any(rt.outbox_pending() for rt in self.runtimes if hasattr(rt, "outbox_pending")):
+            return False
+        return await run_is_quiet(self.bus, self.run)
 
     async def settle(self, timeout_s: float = 20.0, poll_s: float = 0.005) -> None:
         """Wait until the run is quiet twice in a row with the event log unchanged."""
@@ -112,6 +102,23 @@ class Cluster:
         """The slot's current stage (from the event log)."""
         seeds = (await self.state()).seeds
         return int(seeds[slot].stage) if slot in seeds else pb.SEED_STAGE_UNKNOWN
+
+
+async def run_is_quiet(bus: Bus, run: str) -> bool:
+    """True if every inbox stream of ``run`` is fully read and acked by its consumer group."""
+    for name in await bus.streams(streams.prefix(run) + "inbox:*"):
+        info = await bus.info(name)
+        if not info.groups and info.length:
+            return False  # nobody consumes this inbox yet
+        for group in info.groups:
+            if group.pending:
+                return False
+            if group.lag is None:
+                if group.last_delivered != info.last_id:
+                    return False
+            elif group.lag:
+                return False
+    return True
 
 
 def make_verifier(

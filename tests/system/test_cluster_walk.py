@@ -11,10 +11,11 @@ from actors.client import Outcome
 from actors.replay import verify_digests
 from bus import Bus, open_bus
 from bus.testing import purge_prefix, real_redis_url
-from contracts import KasminaConfig, streams
+from contracts import streams
 from leyline import pb
 from scenarios.cluster import Cluster, running_cluster
 from scenarios.sim import SimRuntime
+from tests_system_helpers import small_config
 
 S = pb.SeedLifecycleStage
 G = pb.SeedLifecycleGate
@@ -28,22 +29,6 @@ HAPPY = [
     S.SEED_STAGE_PROBATIONARY,
     S.SEED_STAGE_FOSSILIZED,
 ]
-
-
-def small_config() -> KasminaConfig:
-    """Short stage budgets so a walk takes a few hundred steps."""
-    return KasminaConfig.load(
-        env={},
-        overrides={
-            "lifecycle.training_steps": 20,
-            "lifecycle.blend_steps": 20,
-            "lifecycle.shadowing_steps": 10,
-            "lifecycle.probationary_steps": 10,
-            "lifecycle.embargo_steps": 20,
-            "barrier.frequency": 5,
-            "gates.min_training_steps": 10,
-        },
-    )
 
 
 @pytest.fixture(params=["memory", "fakeredis", pytest.param("redis", marks=pytest.mark.redis)])
