@@ -6,6 +6,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from tests_system_helpers import small_config
 
 from actors.client import Outcome
 from actors.replay import verify_digests
@@ -15,7 +16,6 @@ from contracts import streams
 from leyline import pb
 from scenarios.cluster import Cluster, running_cluster
 from scenarios.sim import SimRuntime
-from tests_system_helpers import small_config
 
 S = pb.SeedLifecycleStage
 G = pb.SeedLifecycleGate

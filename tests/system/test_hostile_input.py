@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import msgpack
 import pytest
+from tests_system_helpers import small_config
 
 from actors.shell import FRAME
 from bus import Bus, open_bus
@@ -17,7 +18,6 @@ from kasmina.commands.status import collect
 from leyline import pb
 from scenarios.cluster import Cluster, running_cluster
 from scenarios.sim import SimRuntime
-from tests_system_helpers import small_config
 
 SLOT = "l1.s0"
 
