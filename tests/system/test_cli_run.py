@@ -226,4 +226,4 @@ def test_run_publish_replay_status(cli_env: dict[str, str]) -> None:
         except subprocess.TimeoutExpired:
             server.kill()
             raise
-    assert code == 0, server.stderr.read() if server.stderr else ""
+    assert code == 0, log.read_text()

@@ -1,0 +1,58 @@
+"""Transport of opaque entries over Redis Streams (or in memory). Knows nothing of Leyline."""
+
+from __future__ import annotations
+
+from .api import (
+    DEAD_FIELDS,
+    Append,
+    Bus,
+    Entry,
+    EntrySource,
+    Fields,
+    GroupInfo,
+    Handled,
+    StreamInfo,
+    aiter_entries,
+    next_id,
+    parse_id,
+    processed_key,
+    watermark_key,
+)
+from .consumer import Consumer
+from .errors import BusClosed, BusError, BusProtocolError, BusUnavailable
+from .factory import open_bus
+from .memory import MemoryBus, MemoryStore
+from .recording import Recording, RecordingError, record
+from .redis_bus import RedisStreamBus
+from .retention import safe_trim_id, set_watermark
+
+__all__ = [
+    "DEAD_FIELDS",
+    "Append",
+    "Bus",
+    "BusClosed",
+    "BusError",
+    "BusProtocolError",
+    "BusUnavailable",
+    "Consumer",
+    "Entry",
+    "EntrySource",
+    "Fields",
+    "GroupInfo",
+    "Handled",
+    "MemoryBus",
+    "MemoryStore",
+    "Recording",
+    "RecordingError",
+    "RedisStreamBus",
+    "StreamInfo",
+    "aiter_entries",
+    "next_id",
+    "open_bus",
+    "parse_id",
+    "processed_key",
+    "record",
+    "safe_trim_id",
+    "set_watermark",
+    "watermark_key",
+]

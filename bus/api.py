@@ -1,0 +1,224 @@
+"""The Bus port: value types and the Protocol every adapter implements.
+
+The bus transports opaque entries (a mapping of field names to bytes) over streams with
+consumer groups. It knows nothing of what the bytes mean.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+__all__ = [
+    "DEAD_FIELDS",
+    "Append",
+    "Bus",
+    "Entry",
+    "EntrySource",
+    "Fields",
+    "GroupInfo",
+    "Handled",
+    "StreamInfo",
+    "aiter_entries",
+    "check_append",
+    "format_id",
+    "next_id",
+    "parse_id",
+    "processed_key",
+    "select_range",
+    "watermark_key",
+]
+
+Fields = Mapping[str, bytes]
+
+#: Field names a dead-lettered copy carries besides the original fields.
+DEAD_FIELDS = ("dead.stream", "dead.id", "dead.group", "dead.deliveries", "dead.reason")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stream entry as delivered (or ranged)."""
+
+    stream: str
+    id: str
+    fields: dict[str, bytes] = field(default_factory=dict)
+    deliveries: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """An entry to add to a stream; ``maxlen`` is an approximate cap (telemetry only)."""
+
+    stream: str
+    fields: Mapping[str, bytes]
+    maxlen: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Handled:
+    """One input entry finished by a consumer: its effects and its ack, committed atomically."""
+
+    entry: Entry
+    group: str
+    appends: Sequence[Append] = ()
+    dedupe_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """A consumer group of a stream. ``oldest_pending`` is None when nothing is pending."""
+
+    name: str
+    consumers: int
+    pending: int
+    lag: int | None
+    last_delivered: str
+    oldest_pending: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """A stream's length, last generated id and groups (length 0 / no groups if missing)."""
+
+    name: str
+    length: int
+    last_id: str
+    groups: tuple[GroupInfo, ...]
+
+
+def check_append(append: Append) -> None:
+    """Refuse an append that the server would reject half-way through an atomic commit."""
+    if not append.fields:
+        raise ValueError(f"an entry needs at least one field (stream {append.stream!r})")
+    if append.maxlen is not None and append.maxlen < 0:
+        raise ValueError(f"maxlen must be >= 0, got {append.maxlen}")
+
+
+def parse_id(entry_id: str) -> tuple[int, int]:
+    """``"1700000000000-3"`` -> ``(1700000000000, 3)``; a bare ``"5"`` means ``(5, 0)``."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _bound(bound: str, *, low: bool) -> tuple[tuple[int, int], bool]:
+    """An XRANGE bound (``-``, ``+``, ``id``, ``ms``, ``(id``) -> (id, exclusive)."""
+    if bound == "-":
+        return (0, 0), False
+    if bound == "+":
+        return (2**64, 0), False
+    exclusive = bound.startswith("(")
+    text = bound[1:] if exclusive else bound
+    if "-" not in text:
+        return ((int(text), 0) if low else (int(text), 2**64)), exclusive
+    return parse_id(text), exclusive
+
+
+def select_range(ids: Sequence[tuple[int, int]], start: str, end: str, count: int | None) -> slice:
+    """The slice of sorted ``ids`` that ``XRANGE start end COUNT count`` would return."""
+    low, low_ex = _bound(start, low=True)
+    high, high_ex = _bound(end, low=False)
+    lo = (bisect.bisect_right if low_ex else bisect.bisect_left)(ids, low)
+    hi = (bisect.bisect_left if high_ex else bisect.bisect_right)(ids, high)
+    if count is not None:
+        hi = min(hi, lo + count)
+    return slice(lo, max(lo, hi))
+
+
+def format_id(parts: tuple[int, int]) -> str:
+    """Inverse of :func:`parse_id`."""
+    return f"{parts[0]}-{parts[1]}"
+
+
+def next_id(entry_id: str) -> str:
+    """The smallest id strictly greater than ``entry_id``."""
+    ms, seq = parse_id(entry_id)
+    return format_id((ms, seq + 1))
+
+
+def processed_key(stream: str, group: str, dedupe_key: str) -> str:
+    """Key marking ``dedupe_key`` as processed by ``group`` on ``stream`` (same hash tag)."""
+    return f"{stream}:processed:{group}:{dedupe_key}"
+
+
+def watermark_key(stream: str) -> str:
+    """Key holding a stream's retention watermark (entries at or after it are kept)."""
+    return f"{stream}:watermark"
+
+
+@runtime_checkable
+class EntrySource(Protocol):
+    """Something entries can be ranged from: a live bus or a recording file."""
+
+    async def streams(self, pattern: str) -> list[str]: ...
+
+    async def range(
+        self, stream: str, start: str = "-", end: str = "+", count: int | None = None
+    ) -> list[Entry]: ...
+
+
+class Bus(Protocol):
+    """Streams with consumer groups, atomic commit (effects + ack), dedupe and dead-lettering."""
+
+    async def publish(self, stream: str, fields: Fields, *, maxlen: int | None = None) -> str: ...
+
+    async def publish_many(self, appends: Sequence[Append]) -> list[str]: ...
+
+    async def ensure_group(self, stream: str, group: str, *, start: str = "0") -> None: ...
+
+    async def read(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        *,
+        count: int = 256,
+        block_ms: int = 1000,
+        pending_first: bool = False,
+        pending_after: str = "0",
+    ) -> list[Entry]: ...
+
+    async def claim_stale(
+        self, stream: str, group: str, consumer: str, *, min_idle_ms: int, count: int = 256
+    ) -> list[Entry]: ...
+
+    async def commit(self, handled: Sequence[Handled]) -> list[bool]: ...
+
+    async def dead_letter(
+        self, entry: Entry, group: str, *, dead_stream: str, reason: str
+    ) -> None: ...
+
+    async def claim_key(self, key: str, value: str, ttl_ms: int) -> str | None: ...
+
+    async def get_value(self, key: str) -> bytes | None: ...
+
+    async def set_value(self, key: str, value: bytes, *, ttl_ms: int | None = None) -> None: ...
+
+    async def range(
+        self, stream: str, start: str = "-", end: str = "+", count: int | None = None
+    ) -> list[Entry]: ...
+
+    async def streams(self, pattern: str) -> list[str]: ...
+
+    async def info(self, stream: str) -> StreamInfo: ...
+
+    async def trim(self, stream: str, *, min_id: str) -> int: ...
+
+    async def delete(self, *keys: str) -> None: ...
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+async def aiter_entries(source: EntrySource, stream: str, page: int = 1000) -> AsyncIterator[Entry]:
+    """Iterate a whole stream of ``source`` in pages (exclusive ``(id`` starts)."""
+    start = "-"
+    while True:
+        batch = await source.range(stream, start, "+", page)
+        for entry in batch:
+            yield entry
+        if len(batch) < page:
+            return
+        start = "(" + batch[-1].id

@@ -1,0 +1,25 @@
+"""The bus error tree. Transport errors (redis, sockets) never leave the bus raw."""
+
+from __future__ import annotations
+
+__all__ = ["BusClosed", "BusError", "BusProtocolError", "BusUnavailable"]
+
+
+class BusError(Exception):
+    """Base class of every error the bus raises."""
+
+
+class BusClosed(BusError):
+    """The bus object was closed; no further calls are possible."""
+
+
+class BusUnavailable(BusError):
+    """The server cannot be reached right now (connection lost, server down, timeout).
+
+    Retryable: back off and try again. Whether a write that raised this took effect is unknown,
+    which is why consumers dedupe by message id and re-read their own pending entries.
+    """
+
+
+class BusProtocolError(BusError):
+    """The server refused a command (wrong type, bad id, unsupported feature...). Not retryable."""

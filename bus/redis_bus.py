@@ -1,0 +1,421 @@
+"""RedisStreamBus: the Bus protocol over redis.asyncio (a real server or fakeredis).
+
+- Blocking reads use ``BLOCK`` on a real server (keep it well under ``socket_timeout``); fakeredis
+  answers a BLOCK at once, so there the read polls without BLOCK and sleeps ``poll_interval_s``
+  between tries until the block time is spent (never a busy spin).
+- redis-py's own retries are switched off (a retried XADD would duplicate); idempotent calls are
+  retried here with exponential backoff and jitter, the others raise :class:`BusUnavailable`.
+- ``NOGROUP`` (stream deleted, group destroyed) is healed by recreating the group.
+- Features are detected once from the server version (INFO; fakeredis: its emulated version).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import anyio
+import redis.asyncio as aioredis
+import redis.exceptions as rex
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from ._scripts import CLAIM_KEY, COMMIT, DEAD_LETTER
+from .api import (
+    Append,
+    Entry,
+    Fields,
+    GroupInfo,
+    Handled,
+    StreamInfo,
+    check_append,
+    processed_key,
+)
+from .errors import BusClosed, BusError, BusProtocolError, BusUnavailable
+from .retention import clamp_trim_id, safe_trim_id
+
+__all__ = ["RedisStreamBus"]
+
+T = TypeVar("T")
+DAY_MS = 24 * 3600 * 1000
+_GONE = ("NOGROUP", "UNBLOCKED", "The XGROUP subcommand requires the key to exist")
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _fields(raw: Any) -> dict[str, bytes]:
+    if not raw:
+        return {}
+    return {_s(k): v if isinstance(v, bytes) else str(v).encode() for k, v in raw.items()}
+
+
+def _stream_entries(reply: Any) -> list[tuple[str, Any]]:
+    """XREADGROUP reply (RESP2 list or RESP3 dict) -> [(id, fields or None)]."""
+    if not reply:
+        return []
+    groups = reply.items() if isinstance(reply, dict) else reply
+    out: list[tuple[str, Any]] = []
+    for _, entries in groups:
+        for item in entries:
+            out.append((_s(item[0]), item[1]))
+    return out
+
+
+class RedisStreamBus:
+    """Bus over a ``redis.asyncio.Redis`` or ``fakeredis.FakeAsyncRedis`` client."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        processed_ttl_ms: int = DAY_MS,
+        server_version: tuple[int, ...] | None = None,
+        poll_interval_s: float = 0.02,
+        retries: int = 3,
+        backoff_base_s: float = 0.05,
+        backoff_cap_s: float = 2.0,
+        close_client: bool = True,
+        max_block_ms: int | None = None,
+    ) -> None:
+        self.client: Any = client  # redis-py's stubs disagree with its runtime types
+        self.max_block_ms = max_block_ms
+        self.processed_ttl_ms = processed_ttl_ms
+        self.server_version = server_version
+        self.poll_interval_s = poll_interval_s
+        self.retries = retries
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self.is_fake = type(client).__module__.startswith("fakeredis")
+        self._close_client = close_client
+        self._closed = False
+        self._commit = client.register_script(COMMIT)
+        self._dead = client.register_script(DEAD_LETTER)
+        self._claim = client.register_script(CLAIM_KEY)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        socket_timeout: float = 10.0,
+        socket_connect_timeout: float = 5.0,
+        **opts: Any,
+    ) -> RedisStreamBus:
+        """Connect lazily to ``redis://`` / ``rediss://`` ``url``; ``opts`` go to the constructor.
+
+        Reads block at most ``socket_timeout / 2`` (see :meth:`read`), so a BLOCK never trips the
+        socket timeout.
+        """
+        client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_connect_timeout,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=30,
+        )
+        opts.setdefault("max_block_ms", int(socket_timeout * 500))
+        return cls(client, **opts)
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def _translate(self, exc: BaseException) -> BusError:
+        if self._closed:
+            return BusClosed("the bus is closed")
+        if isinstance(exc, rex.ConnectionError | rex.TimeoutError | OSError):
+            return BusUnavailable(f"redis unavailable: {exc}")
+        return BusProtocolError(str(exc))
+
+    async def _call(self, op: Callable[[], Awaitable[T]], *, idempotent: bool = True) -> T:
+        if self._closed:
+            raise BusClosed("the bus is closed")
+        attempt = 0
+        while True:
+            try:
+                return await op()
+            except (rex.RedisError, OSError) as exc:
+                err = self._translate(exc)
+                if not isinstance(err, BusUnavailable) or not idempotent:
+                    raise err from exc
+                if attempt >= self.retries:
+                    raise err from exc
+            delay = min(self.backoff_cap_s, self.backoff_base_s * 2**attempt)
+            await anyio.sleep(delay / 2 + random.uniform(0, delay / 2))
+            attempt += 1
+
+    async def version(self) -> tuple[int, ...]:
+        """The server version (detected once; fakeredis reports its emulated version)."""
+        if self.server_version is None:
+            if self.is_fake:
+                self.server_version = (7, 0)
+            else:
+                info = await self._call(lambda: self.client.info("server"))
+                text = str(info.get("redis_version", "0"))
+                self.server_version = tuple(int(p) for p in text.split(".") if p.isdigit())
+        return self.server_version
+
+    # -- writes -------------------------------------------------------------------------------
+    async def publish(self, stream: str, fields: Fields, *, maxlen: int | None = None) -> str:
+        check_append(Append(stream, fields, maxlen))
+        raw = await self._call(
+            lambda: self.client.xadd(stream, dict(fields), maxlen=maxlen, approximate=True),
+            idempotent=False,
+        )
+        return _s(raw)
+
+    async def publish_many(self, appends: Sequence[Append]) -> list[str]:
+        for a in appends:
+            check_append(a)
+
+        async def run() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for a in appends:
+                pipe.xadd(a.stream, dict(a.fields), maxlen=a.maxlen, approximate=True)
+            out: list[Any] = await pipe.execute()
+            return out
+
+        return [_s(r) for r in await self._call(run, idempotent=False)]
+
+    async def ensure_group(self, stream: str, group: str, *, start: str = "0") -> None:
+        async def run() -> None:
+            try:
+                await self.client.xgroup_create(stream, group, id=start, mkstream=True)
+            except rex.ResponseError as exc:
+                if not str(exc).startswith("BUSYGROUP"):
+                    raise
+
+        await self._call(run)
+
+    async def commit(self, handled: Sequence[Handled]) -> list[bool]:
+        if not handled:
+            return []
+        keys: dict[str, int] = {}
+
+        def key(name: str) -> int:
+            return keys.setdefault(name, len(keys) + 1)
+
+        groups: dict[str, int] = {}
+        body: list[Any] = []
+        for h in handled:
+            dedupe = 0
+            if h.dedupe_key is not None:
+                dedupe = key(processed_key(h.entry.stream, h.group, h.dedupe_key))
+            g = groups.setdefault(h.group, len(groups) + 1)
+            body += [f"{key(h.entry.stream)},{g},{dedupe},{len(h.appends)}", h.entry.id]
+            for a in h.appends:
+                check_append(a)
+                body += [key(a.stream), "" if a.maxlen is None else a.maxlen, len(a.fields)]
+                for name, value in a.fields.items():
+                    body += [name, value]
+        args: list[Any] = [self.processed_ttl_ms, len(handled), len(groups), *groups, *body]
+        names = list(keys)
+        # Safe to resend only when every item is deduped: a lost reply then costs nothing.
+        retry = all(h.dedupe_key is not None for h in handled)
+        raw = await self._call(lambda: self._commit(keys=names, args=args), idempotent=retry)
+        return [bool(int(r)) for r in raw]
+
+    async def dead_letter(self, entry: Entry, group: str, *, dead_stream: str, reason: str) -> None:
+        args: list[Any] = [group, entry.id]
+        for name, value in entry.fields.items():
+            args += [name, value]
+        args += [
+            "dead.stream", entry.stream, "dead.id", entry.id, "dead.group", group,
+            "dead.deliveries", entry.deliveries, "dead.reason", reason,
+        ]  # fmt: skip
+        await self._call(lambda: self._dead(keys=[dead_stream, entry.stream], args=args))
+
+    async def claim_key(self, key: str, value: str, ttl_ms: int) -> str | None:
+        raw = await self._call(
+            lambda: self._claim(keys=[key], args=[value, ttl_ms]), idempotent=False
+        )
+        return None if raw is None else _s(raw)
+
+    async def get_value(self, key: str) -> bytes | None:
+        raw = await self._call(lambda: self.client.get(key))
+        return None if raw is None else bytes(raw)
+
+    async def set_value(self, key: str, value: bytes, *, ttl_ms: int | None = None) -> None:
+        await self._call(lambda: self.client.set(key, value, px=ttl_ms))
+
+    # -- reads --------------------------------------------------------------------------------
+    async def _deliveries(
+        self, stream: str, group: str, consumer: str, ids: list[str]
+    ) -> dict[str, int]:
+        if not ids:
+            return {}
+        rows = await self._call(
+            lambda: self.client.xpending_range(
+                stream, group, min=ids[0], max=ids[-1], count=len(ids) + 10_000,
+                consumername=consumer,
+            )
+        )  # fmt: skip
+        return {_s(r["message_id"]): int(r["times_delivered"]) for r in rows}
+
+    async def _xreadgroup(
+        self, stream: str, group: str, consumer: str, start: str, count: int, block: int | None
+    ) -> list[tuple[str, Any]] | None:
+        """One XREADGROUP; None if the group/stream was gone (and has been recreated)."""
+        try:
+            reply = await self._call(
+                lambda: self.client.xreadgroup(group, consumer, {stream: start}, count, block)
+            )
+        except BusProtocolError as exc:
+            if not any(mark in str(exc) for mark in _GONE):
+                raise
+            await self.ensure_group(stream, group, start="0")
+            return None
+        return _stream_entries(reply)
+
+    async def read(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        *,
+        count: int = 256,
+        block_ms: int = 1000,
+        pending_first: bool = False,
+        pending_after: str = "0",
+    ) -> list[Entry]:
+        if pending_first:
+            rows = await self._xreadgroup(stream, group, consumer, pending_after, count, None)
+            if not rows:
+                return []
+            counts = await self._deliveries(stream, group, consumer, [r[0] for r in rows])
+            return [Entry(stream, i, _fields(f), counts.get(i, 1)) for i, f in rows]
+        if self.max_block_ms is not None:
+            block_ms = min(block_ms, self.max_block_ms)
+        if self.is_fake:
+            deadline = anyio.current_time() + block_ms / 1000
+            while True:
+                rows = await self._xreadgroup(stream, group, consumer, ">", count, None)
+                remaining = deadline - anyio.current_time()
+                if rows is None or rows or remaining <= 0:
+                    break
+                await anyio.sleep(min(self.poll_interval_s, remaining))
+        else:
+            block = block_ms if block_ms > 0 else None
+            rows = await self._xreadgroup(stream, group, consumer, ">", count, block)
+        return [Entry(stream, i, _fields(f), 1) for i, f in rows or ()]
+
+    async def claim_stale(
+        self, stream: str, group: str, consumer: str, *, min_idle_ms: int, count: int = 256
+    ) -> list[Entry]:
+        if await self.version() < (6, 2):
+            return await self._claim_stale_xclaim(stream, group, consumer, min_idle_ms, count)
+        claimed: list[tuple[str, Any]] = []
+        deleted: list[str] = []
+        cursor = "0-0"
+        while len(claimed) + len(deleted) < count:
+            want = count - len(claimed) - len(deleted)
+            try:
+                reply = await self._call(
+                    lambda c=cursor, n=want: self.client.xautoclaim(  # type: ignore[misc]
+                        stream, group, consumer, min_idle_ms, c, count=n
+                    )
+                )
+            except BusProtocolError as exc:
+                if any(mark in str(exc) for mark in _GONE):
+                    return []
+                raise
+            cursor = _s(reply[0])
+            for item in reply[1]:
+                if item is None:
+                    continue
+                claimed.append((_s(item[0]), item[1]))
+            if len(reply) > 2:
+                deleted += [_s(i) for i in reply[2]]
+            if cursor == "0-0":
+                break
+        counts = await self._deliveries(
+            stream, group, consumer, sorted_ids([i for i, _ in claimed])
+        )
+        out = [Entry(stream, i, _fields(f), counts.get(i, 1)) for i, f in claimed]
+        return out + [Entry(stream, i, {}, 0) for i in deleted]
+
+    async def _claim_stale_xclaim(
+        self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int
+    ) -> list[Entry]:
+        """Pre-6.2 path: XPENDING then XCLAIM (no XAUTOCLAIM)."""
+        rows = await self._call(lambda: self.client.xpending_range(stream, group, "-", "+", count))
+        ids = [_s(r["message_id"]) for r in rows if int(r["time_since_delivered"]) >= min_idle_ms]
+        if not ids:
+            return []
+        got = await self._call(
+            lambda: self.client.xclaim(stream, group, consumer, min_idle_ms, ids)
+        )
+        claimed = [(_s(i), f) for i, f in got if i is not None]
+        counts = await self._deliveries(
+            stream, group, consumer, sorted_ids([i for i, _ in claimed])
+        )
+        return [Entry(stream, i, _fields(f), counts.get(i, 1)) for i, f in claimed]
+
+    async def range(
+        self, stream: str, start: str = "-", end: str = "+", count: int | None = None
+    ) -> list[Entry]:
+        rows = await self._call(lambda: self.client.xrange(stream, start, end, count))
+        return [Entry(stream, _s(i), _fields(f)) for i, f in rows]
+
+    async def streams(self, pattern: str) -> list[str]:
+        async def run() -> list[str]:
+            return [_s(k) async for k in self.client.scan_iter(match=pattern, _type="stream")]
+
+        return sorted(set(await self._call(run)))
+
+    async def info(self, stream: str) -> StreamInfo:
+        try:
+            raw = await self._call(lambda: self.client.xinfo_stream(stream))
+        except BusProtocolError as exc:
+            if "no such key" in str(exc).lower():
+                return StreamInfo(stream, 0, "0-0", ())
+            raise
+        rows = await self._call(lambda: self.client.xinfo_groups(stream))
+        groups: list[GroupInfo] = []
+        for g in rows:
+            name = _s(g["name"])
+            oldest: str | None = None
+            if int(g["pending"]):
+                summary = await self._call(lambda n=name: self.client.xpending(stream, n))  # type: ignore[misc]
+                oldest = _s(summary["min"]) if summary.get("min") else None
+            lag = g.get("lag")
+            groups.append(
+                GroupInfo(
+                    name=name,
+                    consumers=int(g["consumers"]),
+                    pending=int(g["pending"]),
+                    lag=None if lag is None else int(lag),
+                    last_delivered=_s(g["last-delivered-id"]),
+                    oldest_pending=oldest,
+                )
+            )
+        return StreamInfo(stream, int(raw["length"]), _s(raw["last-generated-id"]), tuple(groups))
+
+    async def trim(self, stream: str, *, min_id: str) -> int:
+        bound = clamp_trim_id(min_id, await safe_trim_id(self, stream))
+        removed = await self._call(
+            lambda: self.client.xtrim(stream, minid=bound, approximate=False)
+        )
+        return int(removed)
+
+    async def delete(self, *keys: str) -> None:
+        if keys:
+            await self._call(lambda: self.client.delete(*keys))
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._call(lambda: self.client.ping(), idempotent=False))
+        except BusUnavailable:
+            return False
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._close_client:
+            await self.client.aclose()
+
+
+def sorted_ids(ids: list[str]) -> list[str]:
+    """Stream ids in numeric order."""
+    return sorted(ids, key=lambda i: tuple(int(p) for p in i.split("-")))

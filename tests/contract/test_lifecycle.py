@@ -1,0 +1,205 @@
+"""Lifecycle contract: close, trim safety, recordings, atomic commit, info, on every backend."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import anyio
+import pytest
+
+from bus import (
+    Append,
+    Bus,
+    BusClosed,
+    BusError,
+    Consumer,
+    Entry,
+    EntrySource,
+    Handled,
+    Recording,
+    RecordingError,
+    processed_key,
+    record,
+    safe_trim_id,
+    set_watermark,
+)
+from bus.testing import eventually
+
+pytestmark = pytest.mark.anyio
+
+
+def f(i: int) -> dict[str, bytes]:
+    return {"n": str(i).encode(), "raw": bytes(range(i % 7, 256, 37))}
+
+
+async def test_close_is_idempotent_and_final(bus: Bus, prefix: str) -> None:
+    """After close every call raises BusClosed; closing twice is fine."""
+    await bus.publish(prefix + "s", f(1))
+    await bus.close()
+    await bus.close()
+    with pytest.raises(BusClosed):
+        await bus.publish(prefix + "s", f(2))
+    with pytest.raises(BusClosed):
+        await bus.read(prefix + "s", "g", "c", block_ms=0)
+    with pytest.raises(BusClosed):
+        await bus.ping()
+
+
+async def test_consumer_close_stops_a_blocked_loop(bus: Bus, prefix: str) -> None:
+    """Consumer.close() ends batches() promptly even while it waits in a blocking read."""
+    consumer = Consumer(bus, prefix + "s", "g", "c", block_ms=30_000, dead_stream=prefix + "d")
+    ended = anyio.Event()
+
+    async def run() -> None:
+        async for _ in consumer.batches():
+            pass
+        ended.set()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+
+            async def started() -> bool:
+                return bool((await bus.info(prefix + "s")).groups)
+
+            await eventually(started)
+            await consumer.close()
+            await ended.wait()
+    assert await bus.ping()
+
+
+async def test_trim_never_passes_pending_or_undelivered(bus: Bus, prefix: str) -> None:
+    """Trim is clamped to the oldest pending / last delivered id of every group."""
+    s = prefix + "s"
+    await bus.ensure_group(s, "fast")
+    await bus.ensure_group(s, "slow")
+    ids = await bus.publish_many([Append(s, f(i)) for i in range(10)])
+    fast = await bus.read(s, "fast", "c", block_ms=0)
+    await bus.commit([Handled(e, "fast") for e in fast if e.id != ids[6]])
+    slow = await bus.read(s, "slow", "c", count=4, block_ms=0)
+    await bus.commit([Handled(e, "slow") for e in slow])
+    assert await safe_trim_id(bus, s) == ids[3]  # slow's last delivered
+    assert await bus.trim(s, min_id="9999999999999-0") == 3
+    assert [e.id for e in await bus.range(s)] == ids[3:]
+    rest = await bus.read(s, "slow", "c", block_ms=0)
+    await bus.commit([Handled(e, "slow") for e in rest])
+    assert await safe_trim_id(bus, s) == ids[6]  # fast's oldest pending
+    await set_watermark(bus, s, ids[5])
+    assert await bus.trim(s, min_id="9999999999999-0") == 2
+    assert [e.id for e in await bus.range(s)] == ids[5:]
+
+
+async def test_trim_without_groups_honours_min_id(bus: Bus, prefix: str) -> None:
+    """With no group and no watermark, trim removes exactly the entries below min_id."""
+    s = prefix + "s"
+    ids = await bus.publish_many([Append(s, f(i)) for i in range(5)])
+    assert await bus.trim(s, min_id=ids[2]) == 2
+    assert [e.id for e in await bus.range(s)] == ids[2:]
+    assert await bus.trim(prefix + "missing", min_id=ids[2]) == 0
+
+
+async def test_recording_round_trip(bus: Bus, prefix: str, tmp_path: Path) -> None:
+    """A recording yields exactly the entries (ids, binary fields) a live range yields."""
+    a, b = prefix + "a", prefix + "b"
+    await bus.publish_many([Append(a, f(i)) for i in range(1500)])
+    await bus.publish_many([Append(b, {"x": b"\x00\xff"}), Append(b, {"y": b""})])
+    path = tmp_path / "run.rec.gz"
+    assert await record(bus, [a, b], path, {"run": "r1"}) == 1502
+    rec = Recording.open(path)
+    assert isinstance(rec, EntrySource) and isinstance(bus, EntrySource)
+    assert rec.meta == {"run": "r1"} and rec.created_ns > 0
+    assert await rec.streams() == sorted([a, b])
+    assert await rec.streams(prefix + "b*") == [b]
+    for s in (a, b):
+        assert await rec.range(s) == await bus.range(s)
+    live = await bus.range(a)
+    for start, end, count in [(live[10].id, live[20].id, None), ("(" + live[10].id, "+", 5),
+                              ("-", live[3].id, 2)]:  # fmt: skip
+        assert await rec.range(a, start, end, count) == await bus.range(a, start, end, count)
+
+
+def test_recording_rejects_foreign_files(tmp_path: Path) -> None:
+    """Opening a non-recording, a wrong format or a future version fails with a clear error."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("hello")
+    with pytest.raises(RecordingError, match="gzip"):
+        Recording.open(plain)
+    for header, message in [({"format": "other", "version": 1}, "not a kasmina-recording"),
+                            ({"format": "kasmina-recording", "version": 2}, "version 2")]:  # fmt: skip
+        path = tmp_path / "x.gz"
+        with gzip.open(path, "wt") as out:
+            out.write(json.dumps(header) + "\n")
+        with pytest.raises(RecordingError, match=message):
+            Recording.open(path)
+    path = tmp_path / "bad.gz"
+    with gzip.open(path, "wt") as out:
+        out.write(json.dumps({"format": "kasmina-recording", "version": 1}) + "\n{oops\n")
+    with pytest.raises(RecordingError, match=":2: bad entry"):
+        Recording.open(path)
+
+
+async def test_commit_is_all_or_nothing(bus: Bus, prefix: str) -> None:
+    """A commit the server refuses leaves no effect, no dedupe mark and no ack behind."""
+    s, out, blocker = prefix + "in", prefix + "out", prefix + "value"
+    await bus.set_value(blocker, b"not a stream")
+    await bus.ensure_group(s, "g")
+    await bus.publish_many([Append(s, f(i)) for i in range(2)])
+    a, b = await bus.read(s, "g", "c", block_ms=0)
+    bad = [
+        Handled(a, "g", [Append(out, {"e": b"1"})], "k-a"),
+        Handled(b, "g", [Append(out, {"e": b"2"}), Append(blocker, {"e": b"3"})], "k-b"),
+    ]
+    with pytest.raises(BusError):
+        await bus.commit(bad)
+    assert await bus.range(out) == []
+    assert await bus.get_value(processed_key(s, "g", "k-a")) is None
+    assert (await bus.info(s)).groups[0].pending == 2
+    with pytest.raises(ValueError):
+        await bus.commit([Handled(a, "g", [Append(out, {})])])
+    assert await bus.commit(bad[:1]) == [True]
+
+
+async def test_no_non_atomic_ack_path(bus: Bus) -> None:
+    """The only ways to ack are the atomic commit and dead_letter: no separate ack/append."""
+    for name in ("ack", "xack", "append", "acknowledge"):
+        assert not hasattr(bus, name)
+
+
+async def test_dead_letter_copies_and_acks(bus: Bus, prefix: str) -> None:
+    """dead_letter copies origin, id, group, count, reason and fields, and acks the entry."""
+    s, dead = prefix + "in", prefix + "dead"
+    await bus.ensure_group(s, "g")
+    await bus.publish(s, f(3))
+    (e,) = await bus.read(s, "g", "c", block_ms=0)
+    await bus.dead_letter(e, "g", dead_stream=dead, reason="bad_signature")
+    (d,) = await bus.range(dead)
+    assert d.fields == {**f(3), "dead.stream": s.encode(), "dead.id": e.id.encode(),
+                        "dead.group": b"g", "dead.deliveries": b"1",
+                        "dead.reason": b"bad_signature"}  # fmt: skip
+    assert (await bus.info(s)).groups[0].pending == 0
+
+
+async def test_info_and_streams(bus: Bus, prefix: str) -> None:
+    """info reports length, last id, consumers, pending, lag; streams lists only streams."""
+    s = prefix + "s"
+    assert (await bus.info(s)).length == 0 and (await bus.info(s)).groups == ()
+    await bus.ensure_group(s, "g")
+    ids = await bus.publish_many([Append(s, f(i)) for i in range(4)])
+    await bus.read(s, "g", "c", count=1, block_ms=0)
+    info = await bus.info(s)
+    assert (info.name, info.length, info.last_id) == (s, 4, ids[-1])
+    (g,) = info.groups
+    assert (g.name, g.consumers, g.pending, g.lag, g.last_delivered) == ("g", 1, 1, 3, ids[0])
+    await bus.publish(prefix + "t", f(0))
+    await bus.set_value(prefix + "v", b"1")
+    assert await bus.streams(prefix + "*") == [s, prefix + "t"]
+    await bus.delete(s, prefix + "t")
+    assert await bus.streams(prefix + "*") == []
+
+
+async def test_entries_are_plain_values(bus: Bus, prefix: str) -> None:
+    """Entries compare by value and carry str field names with bytes values."""
+    e_id = await bus.publish(prefix + "s", {"k": b"v"})
+    assert await bus.range(prefix + "s") == [Entry(prefix + "s", e_id, {"k": b"v"})]
