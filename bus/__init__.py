@@ -22,6 +22,7 @@ from .consumer import Consumer
 from .errors import BusClosed, BusError, BusProtocolError, BusUnavailable
 from .factory import open_bus
 from .memory import MemoryBus, MemoryStore
+from .nonce import RedisNonceGuard
 from .recording import Recording, RecordingError, record
 from .redis_bus import RedisStreamBus
 from .retention import safe_trim_id, set_watermark
@@ -44,6 +45,7 @@ __all__ = [
     "MemoryStore",
     "Recording",
     "RecordingError",
+    "RedisNonceGuard",
     "RedisStreamBus",
     "StreamInfo",
     "aiter_entries",

@@ -1,0 +1,395 @@
+"""The chaos harness: real redis-server (AOF), ``kasmina run`` processes, a trainer process.
+
+``run_plan`` executes one plan on a run id of a throwaway server: it starts the actor processes
+and the trainer, fires the plan's kills (SIGKILL, restart after a pause) and Redis restarts at the
+steps they are anchored to, optionally lets a :class:`Hostile` client flood the inboxes for a
+window of steps, and returns what the run left behind. ``chaos_seed`` runs a plan and its
+fault-free twin and compares them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.streams.text import TextReceiveStream
+
+from actors.shell import FRAME
+from bus import Bus, BusUnavailable, open_bus
+from bus.testing import RedisServer, redis_server
+from contracts import REGISTRY, ContractError, KeyRing, Verifier, streams
+from leyline import pb
+from scenarios.chaos.check import LogEntry, RunRecord, compare, record_of
+from scenarios.chaos.hostile import Hostile
+from scenarios.chaos.pacing import wait_drained
+from scenarios.chaos.plan import ChaosPlan, make_plan
+from scenarios.chaos.procs import ActorProcess, config_toml
+
+ATTACK_ON, ATTACK_OFF, END = -1, -2, -3  # marks besides steps
+
+__all__ = ["ChaosResult", "RunOutput", "chaos_seed", "read_log", "read_rejections", "run_plan"]
+
+
+@dataclass
+class RunOutput:
+    """What one executed plan left behind, and what happened to it."""
+
+    run: str
+    record: RunRecord
+    kills: int = 0
+    redis_restarts: int = 0
+    redeliveries: int = 0
+    dead_letters: int = 0
+    rejects: dict[str, int] = field(default_factory=dict)
+    reject_examples: dict[str, str] = field(default_factory=dict)  # reason -> "actor: kind detail"
+    pace_timeouts: list[int] = field(default_factory=list)
+    step_durations: list[float] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    peak_rss_kib: dict[str, int] = field(default_factory=dict)
+    streams: dict[str, dict[str, int]] = field(default_factory=dict)
+    marks: dict[int, tuple[float, int]] = field(default_factory=dict)  # mark -> (time, events)
+    hostile: dict[str, Any] = field(default_factory=dict)
+    exit_codes: list[int | None] = field(default_factory=list)
+
+
+@dataclass
+class ChaosResult:
+    """A chaos run compared with its fault-free twin."""
+
+    seed: int
+    commands: int
+    reference: RunOutput
+    chaos: RunOutput
+    problems: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> dict[str, Any]:
+        """The numbers, JSON-ready."""
+        c = self.chaos
+        outcomes = Counter(o.split(" ")[0] for o in c.record.outcomes.values())
+        return {
+            "seed": self.seed,
+            "passed": self.passed,
+            "commands": self.commands,
+            "command_outcomes": dict(outcomes),
+            "transitions": c.record.transitions,
+            "events": c.record.events,
+            "kills": c.kills,
+            "redis_restarts": c.redis_restarts,
+            "redeliveries": c.redeliveries,
+            "dead_letters": c.dead_letters,
+            "rejects": c.rejects,
+            "pace_timeouts": len(c.pace_timeouts),
+            "final": c.record.final,
+            "digest_mismatches": len(c.record.digest_mismatches),
+            "elapsed_s": round(c.elapsed_s, 1),
+            "reference_elapsed_s": round(self.reference.elapsed_s, 1),
+            "problems": self.problems,
+        }
+
+
+async def read_log(bus: Bus, run: str, ring: KeyRing) -> list[LogEntry]:
+    """The run's event stream, MAC-checked and parsed, with each event's causation id."""
+    verifier = Verifier(ring, replay=True)
+    out: list[LogEntry] = []
+    start = "-"
+    while True:
+        page = await bus.range(streams.events(run), start, "+", count=2000)
+        for entry in page:
+            try:
+                env = verifier.open(entry.fields[FRAME])
+                out.append(
+                    (entry.id, env.kind, REGISTRY.parse(env.kind, env.body), env.causation_id)
+                )
+            except (KeyError, ContractError):
+                continue
+        if len(page) < 2000:
+            return out
+        start = "(" + page[-1].id
+
+
+async def read_rejections(bus: Bus, run: str, ring: KeyRing) -> list[pb.Rejection]:
+    """Every rejection record of the run (what ``kasmina status`` counts by reason)."""
+    verifier = Verifier(ring, replay=True)
+    out = []
+    start = "-"
+    while True:
+        page = await bus.range(streams.rejected(run), start, "+", count=5000)
+        for entry in page:
+            try:
+                env = verifier.open(entry.fields[FRAME])
+            except (KeyError, ContractError):
+                continue
+            message = REGISTRY.parse(env.kind, env.body)
+            if isinstance(message, pb.Rejection):
+                out.append(message)
+        if len(page) < 5000:
+            return out
+        start = "(" + page[-1].id
+
+
+async def stream_table(bus: Bus, run: str) -> dict[str, dict[str, int]]:
+    """Length and pending entries of every stream of the run."""
+    table = {}
+    for name in await bus.streams(streams.prefix(run) + "*"):
+        info = await bus.info(name)
+        short = name[len(streams.prefix(run)) :]
+        table[short] = {"length": info.length, "pending": sum(g.pending for g in info.groups)}
+    return table
+
+
+def _groups(proc: ActorProcess, run: str) -> list[tuple[str, str]]:
+    out = []
+    for actor in proc.spec.actors:
+        if actor == "seed":
+            out += [(streams.inbox(run, "seed", s), f"actor:seed:{s}") for s in proc.spec.slots]
+        else:
+            out.append((streams.inbox(run, actor), f"actor:{actor}"))
+    return out
+
+
+async def _pending(bus: Bus, pairs: list[tuple[str, str]]) -> int:
+    total = 0
+    for stream, group in pairs:
+        try:
+            info = await bus.info(stream)
+        except BusUnavailable:
+            continue
+        total += sum(g.pending for g in info.groups if g.name == group)
+    return total
+
+
+class _Faults:
+    """Fires a plan's faults as the trainer reaches their steps."""
+
+    def __init__(
+        self, plan: ChaosPlan, procs: list[ActorProcess], server: RedisServer, bus: Bus, run: str
+    ):
+        self.plan, self.procs, self.server, self.bus, self.run = plan, procs, server, bus, run
+        self.out_kills = 0
+        self.out_restarts = 0
+        self.redeliveries = 0
+
+    async def kill(self, index: int, delay_s: float, down_s: float) -> None:
+        await anyio.sleep(delay_s)
+        victim = self.procs[index]
+        victim.kill()
+        self.out_kills += 1
+        self.redeliveries += await _pending(self.bus, _groups(victim, self.run))
+        await anyio.sleep(down_s)
+        victim.start()
+
+    async def restart_redis(self, delay_s: float) -> None:
+        await anyio.sleep(delay_s)
+        self.server.kill()
+        await anyio.sleep(0.3)
+        await anyio.to_thread.run_sync(self.server.start)
+        self.out_restarts += 1
+        pairs = [pair for proc in self.procs for pair in _groups(proc, self.run)]
+        self.redeliveries += await _pending(self.bus, pairs)
+
+    def due(self, step: int, tg: Any) -> None:
+        for k in self.plan.kills:
+            if k.step == step:
+                tg.start_soon(self.kill, k.process, k.delay_s, k.down_s)
+        for s, delay in self.plan.redis_restarts:
+            if s == step:
+                tg.start_soon(self.restart_redis, delay)
+
+
+async def run_plan(
+    plan: ChaosPlan,
+    server: RedisServer,
+    workdir: Path,
+    run: str,
+    ring: KeyRing,
+    *,
+    hostile_steps: tuple[int, int] | None = None,
+    hostile_rate: float = 5000.0,
+    hostile_seconds: float = 15.0,
+) -> RunOutput:
+    """Execute ``plan`` on ``run`` (see module docstring)."""
+    await anyio.Path(workdir).mkdir(parents=True, exist_ok=True)
+    keys, config = workdir / "keys.json", workdir / "config.toml"
+    ring.save(keys)
+    config.write_text(config_toml(plan.config))
+    (workdir / "plan.json").write_text(plan.to_json())
+    bus = open_bus(server.url)
+    procs = [
+        ActorProcess(spec, server.url, run, keys, config, workdir, i)
+        for i, spec in enumerate(plan.processes)
+    ]
+    for proc in procs:
+        proc.start()
+    faults = _Faults(plan, procs, server, bus, run)
+    out = RunOutput(run=run, record=RunRecord())
+    stop_hostile = anyio.Event()
+    attacker = Hostile(
+        bus, run, plan.slots, rate_per_s=hostile_rate, max_seconds=hostile_seconds, seed=plan.seed
+    )
+    summary_path = workdir / "trainer.json"
+    argv = [
+        sys.executable, "-m", "scenarios.chaos.trainer", "--redis", server.url, "--run", run,
+        "--keys", str(keys), "--plan", str(workdir / "plan.json"), "--out", str(summary_path),
+    ]  # fmt: skip
+    started = time.monotonic()
+
+    async def mark(step: int) -> None:
+        with contextlib.suppress(BusUnavailable):
+            out.marks[step] = (time.monotonic(), (await bus.info(streams.events(run))).length)
+
+    async def attack() -> None:
+        await mark(ATTACK_ON)
+        await attacker.run(stop_hostile)
+        await mark(ATTACK_OFF)
+
+    async def sample() -> None:
+        while True:
+            for proc in procs:
+                proc.sample_rss()
+            await anyio.sleep(0.5)
+
+    trainer_log = (workdir / "trainer.log").open("wb")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sample)
+        async with await anyio.open_process(argv, stderr=trainer_log) as trainer:
+            assert trainer.stdout is not None
+            faults.due(0, tg)
+            buffer = ""
+            async for chunk in TextReceiveStream(trainer.stdout):
+                buffer += chunk
+                *lines, buffer = buffer.split("\n")
+                for line in lines:
+                    done = int(line.split()[1])
+                    if done == 0:
+                        await mark(0)
+                    if hostile_steps is not None and done + 1 == hostile_steps[0]:
+                        await attacker.capture()
+                        tg.start_soon(attack)
+                    elif hostile_steps is not None and done + 1 == hostile_steps[1]:
+                        stop_hostile.set()
+                    faults.due(done + 1, tg)
+            await trainer.wait()
+        trainer_log.close()
+        out.elapsed_s = time.monotonic() - started
+        stop_hostile.set()
+        if trainer.returncode != 0:
+            tg.cancel_scope.cancel()
+            for proc in procs:
+                proc.stop()
+            raise RuntimeError(f"trainer failed: {(workdir / 'trainer.log').read_text()[-3000:]}")
+        await mark(END)
+        await wait_drained(bus, run, timeout_s=30.0)
+        tg.cancel_scope.cancel()
+    summary = json.loads(summary_path.read_text())
+    ids = {int(k): v for k, v in summary["command_ids"].items()}
+    rejections = await read_rejections(bus, run, ring)
+    out.record = record_of(await read_log(bus, run, ring), rejections, ids)
+    out.rejects = dict(Counter(r.reason_code for r in rejections))
+    for r in rejections:
+        out.reject_examples.setdefault(r.reason_code, f"{r.actor}: {r.kind} {r.detail[:80]}")
+    out.streams = await stream_table(bus, run)
+    out.dead_letters = out.streams.get("dead", {}).get("length", 0)
+    out.kills, out.redis_restarts, out.redeliveries = (
+        faults.out_kills, faults.out_restarts, faults.redeliveries,
+    )  # fmt: skip
+    out.pace_timeouts = summary["pace_timeouts"]
+    out.step_durations = summary["step_durations"]
+    out.peak_rss_kib = {f"proc{p.index}:{'+'.join(p.spec.actors)}": p.peak_rss_kib for p in procs}
+    out.exit_codes = [p.stop() for p in procs]
+    if hostile_steps is not None:
+        out.hostile = {"sent": dict(attacker.sent), "seconds": attacker.seconds}
+    await bus.close()
+    return out
+
+
+def phase_rates(out: RunOutput) -> dict[str, float]:
+    """Legitimate throughput (event-log entries per second) before, during and after the attack."""
+
+    def rate(a: int, b: int) -> float:
+        (t0, e0), (t1, e1) = out.marks[a], out.marks[b]
+        return (e1 - e0) / max(1e-9, t1 - t0)
+
+    before, during = rate(0, ATTACK_ON), rate(ATTACK_ON, ATTACK_OFF)
+    return {
+        "events_per_s_without": before,
+        "events_per_s_with": during,
+        "ratio": during / before if before else 0.0,
+        "events_per_s_after": rate(ATTACK_OFF, END),
+        "attack_s": out.marks[ATTACK_OFF][0] - out.marks[ATTACK_ON][0],
+        "step_p50_ms": 1000 * statistics.median(out.step_durations),
+        "step_max_ms": 1000 * max(out.step_durations),
+    }
+
+
+async def chaos_seed(
+    seed: int, *, workdir: Path | None = None, aof_fsync: str = "always", **plan_kw: Any
+) -> ChaosResult:
+    """Run the plan of ``seed`` fault-free, then with its faults; compare."""
+    plan = make_plan(seed, **plan_kw)
+    ring = KeyRing.generate()
+    base = workdir or Path(tempfile.mkdtemp(prefix="kasmina-chaos-"))
+    with redis_server(aof=True, appendfsync=aof_fsync) as server:
+        reference = await run_plan(plan.fault_free(), server, base / "ref", f"ref-{seed}", ring)
+        chaos = await run_plan(plan, server, base / "chaos", f"chaos-{seed}", ring)
+    problems = compare(reference.record, chaos.record)
+    if chaos.pace_timeouts:
+        problems.append(f"pacing deadline passed at steps {chaos.pace_timeouts}")
+    return ChaosResult(seed, len(plan.commands), reference, chaos, problems)
+
+
+async def hostile_run(
+    seed: int,
+    *,
+    window: tuple[int, int] = (60, 150),
+    rate_per_s: float = 1500.0,
+    seconds: float = 15.0,
+    workdir: Path | None = None,
+    **plan_kw: Any,
+) -> dict[str, Any]:
+    """A fault-free plan with a hostile client flooding steps ``window``; compared with the same
+    plan without it. Returns the rejects by reason, the throughput figures and the problems."""
+    plan_kw.setdefault("steps", 180)
+    plan_kw.setdefault("kills", 0)
+    plan_kw.setdefault("redis_restarts", 0)
+    plan = make_plan(seed, **plan_kw)
+    plan = ChaosPlan(
+        plan.seed, plan.steps, plan.slots, plan.processes, plan.commands,
+        leak_slots=plan.leak_slots, report_every=1, config=plan.config,
+    )  # fmt: skip
+    ring = KeyRing.generate()
+    base = workdir or Path(tempfile.mkdtemp(prefix="kasmina-hostile-"))
+    with redis_server(aof=True, appendfsync="always") as server:
+        reference = await run_plan(plan, server, base / "ref", f"ref-{seed}", ring)
+        attacked = await run_plan(
+            plan, server, base / "hostile", f"hostile-{seed}", ring,
+            hostile_steps=window, hostile_rate=rate_per_s, hostile_seconds=seconds,
+        )  # fmt: skip
+    problems = compare(reference.record, attacked.record)
+    sent = attacked.hostile["sent"]
+    legit = Counter(reference.rejects)
+    extra = {k: v - legit.get(k, 0) for k, v in attacked.rejects.items() if v != legit.get(k, 0)}
+    return {
+        "seed": seed,
+        "passed": not problems,
+        "problems": problems,
+        "hostile_sent": sent,
+        "hostile_seconds": round(attacked.hostile["seconds"], 1),
+        "hostile_rate_per_s": round(sum(sent.values()) / max(1e-9, attacked.hostile["seconds"])),
+        "rejects": attacked.rejects,
+        "rejects_added_by_attack": extra,
+        "throughput": {k: round(v, 2) for k, v in phase_rates(attacked).items()},
+        "final": attacked.record.final,
+    }

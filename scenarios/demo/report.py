@@ -1,0 +1,224 @@
+"""The demo's outputs: summary (JSON-able), report.md, plot.png and model.pt."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from actors.execution.stages import stage_name
+from actors.seed.lifecycle import gate_name
+from leyline import pb
+from scenarios.demo.runner import DemoRun
+
+S = pb.SeedLifecycleStage
+_COLOURS = {
+    "GERMINATED": "#c7e9c0",
+    "TRAINING": "#fdd0a2",
+    "BLENDING": "#9ecae1",
+    "SHADOWING": "#bcbddc",
+    "PROBATIONARY": "#dadaeb",
+    "FOSSILIZED": "#74c476",
+    "CULLED": "#fb6a4a",
+    "EMBARGOED": "#fcbba1",
+    "RESETTING": "#fee0d2",
+}
+
+
+def transitions(run: DemoRun) -> list[pb.LifecycleTransition]:
+    """Every recorded lifecycle transition, in order."""
+    return [m for _, k, m in run.events if k == "lifecycle.transition"]
+
+
+def gate_results(run: DemoRun) -> list[pb.GateResult]:
+    """Every recorded gate result, in order."""
+    return [m for _, k, m in run.events if k == "gate.result"]
+
+
+def seeds_by_final_stage(run: DemoRun) -> dict[str, int]:
+    """Final stage of every seed germinated (a seed ends culled, fossilized, or where it is)."""
+    final: list[str] = []
+    current: dict[str, str] = {}
+    for t in transitions(run):
+        to = stage_name(t.to_stage)
+        if t.to_stage == S.SEED_STAGE_GERMINATED:
+            current[t.slot] = to
+        elif t.slot in current:
+            if t.to_stage == S.SEED_STAGE_CULLED:
+                final.append("CULLED")
+                del current[t.slot]
+            else:
+                current[t.slot] = to
+    final.extend(current.values())
+    return dict(Counter(final))
+
+
+def summary(run: DemoRun, paths: dict[str, Path]) -> dict[str, Any]:
+    """The ``--json`` object (DESIGN §7 fields first)."""
+    results = gate_results(run)
+    first = run.germinations[0] if run.germinations else None
+    return {
+        "task": run.options.task,
+        "accuracy_before": first[2] if first else None,
+        "accuracy_after": run.accuracy_after,
+        "host_params": run.host_params,
+        "final_params": run.final_params,
+        "seeds": seeds_by_final_stage(run),
+        "report": str(paths["report"]),
+        "plot": str(paths["plot"]),
+        "recording": str(paths["recording"]),
+        "accuracy_static_host": run.accuracy_static,
+        "gates": {
+            "passed": sum(r.passed for r in results),
+            "failed": sum(not r.passed for r in results),
+            "failures": [
+                {"slot": r.slot, "gate": gate_name(r.gate), "step": r.step, "reason": r.reason}
+                for r in results
+                if not r.passed
+            ],
+        },
+        "germinations": [
+            {"step": s, "slot": p.slot, "blueprint": p.blueprint, "why": p.why}
+            for s, p, _ in run.germinations
+        ],
+        "model": str(paths["model"]),
+        "keys": str(paths["keys"]) if "keys" in paths else None,
+        "run": run.run_id,
+        "bus": run.bus_url,
+        "steps": run.options.steps,
+        "seed": run.options.seed,
+        "events": len(run.events),
+        "elapsed_s": round(run.elapsed_s, 2),
+    }
+
+
+def write_model(run: DemoRun, path: Path) -> None:
+    """Final state dict (seeds included) and slot stages; loads with ``weights_only=True``."""
+    torch.save(
+        {
+            "task": run.options.task,
+            "state_dict": run.model_state,
+            "slots": {
+                sid: {
+                    "stage": stage_name(v["stage"]),
+                    "blueprint": v["blueprint"],
+                    "alpha": v["alpha"],
+                }
+                for sid, v in run.slots.items()
+            },
+        },
+        path,
+    )
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def write_report(run: DemoRun, info: dict[str, Any], path: Path) -> None:
+    """report.md: summary, germinations, timeline of transitions with causes, gate results."""
+    b = run.budgets
+    lines = [
+        f"# Kasmina demo: {run.options.task}",
+        "",
+        f"Run `{run.run_id}` on `{run.bus_url}`, {run.options.steps} steps, seed "
+        f"{run.options.seed}, {run.elapsed_s:.1f} s.",
+        "",
+        "| | test accuracy |",
+        "|---|---|",
+        f"| host at the first germination (before growth) | {_pct(info['accuracy_before'])} |",
+        f"| grown, final (after) | {_pct(info['accuracy_after'])} |",
+        f"| static host, same seed and steps | {_pct(info['accuracy_static_host'])} |",
+        "",
+        f"Parameters: host {run.host_params} -> final {run.final_params}. "
+        f"Seeds by final stage: {info['seeds'] or 'none'}. "
+        f"Gates: {info['gates']['passed']} passed, {info['gates']['failed']} failed.",
+        "",
+        f"Budgets: barrier every {b.barrier} steps; earliest germination {b.earliest}; "
+        f"TRAINING {b.training}, BLENDING {b.blend}, SHADOWING {b.shadowing}, "
+        f"PROBATIONARY {b.probationary}, embargo {b.embargo} steps.",
+        "",
+        "## Germinations (Tamiyo stand-in)",
+        "",
+    ]
+    lines += [
+        f"- step {s}: `{p.blueprint}` at `{p.slot}` — {p.why}; host test accuracy then {_pct(a)}"
+        for s, p, a in run.germinations
+    ] or ["- none"]
+    lines += ["", "## Timeline", "", "| step | slot | from | to | cause |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {t.step} | {t.slot} | {stage_name(t.from_stage)} | {stage_name(t.to_stage)} | "
+        f"{t.cause.replace('|', '/')} |"
+        for t in transitions(run)
+    ]
+    lines += [
+        "",
+        "## Gate results",
+        "",
+        "| step | slot | gate | passed | checks |",
+        "|---|---|---|---|---|",
+    ]
+    for r in gate_results(run):
+        checks = "; ".join(
+            f"{'✓' if c.passed else '✗'} {c.name}="
+            + ("missing" if c.missing else f"{c.value:.4g} ({c.comparator} {c.threshold:g})")
+            for c in r.checks
+        )
+        lines.append(f"| {r.step} | {r.slot} | {gate_name(r.gate)} | {r.passed} | {checks} |")
+    lines += ["", f"Replay: `kasmina replay {run.recording} --verify`", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def write_plot(run: DemoRun, path: Path) -> None:
+    """Loss and accuracy curves, each slot's stages as coloured bands, alpha curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h = run.history
+    slots = list(h.stages)
+    fig, axes = plt.subplots(
+        2 + len(slots),
+        1,
+        figsize=(9, 6 + 1.2 * len(slots)),
+        sharex=True,
+        gridspec_kw={"height_ratios": [3, 2] + [1] * len(slots)},
+    )
+    ax = axes[0]
+    ax.plot(h.steps, h.train_loss, label="train loss", lw=1)
+    ax.plot(h.steps, h.val_loss, label="val loss", lw=1)
+    ax.set_ylabel("loss")
+    ax.legend(loc="upper right")
+    ax.set_title(f"Kasmina demo: {run.options.task}")
+    axes[1].plot(h.steps, h.val_acc, color="tab:green", lw=1)
+    axes[1].axhline(run.accuracy_static, color="grey", ls="--", lw=1, label="static host (test)")
+    axes[1].set_ylabel("val acc")
+    axes[1].legend(loc="lower right")
+    for ax, sid in zip(axes[2:], slots, strict=True):
+        stages = [stage_name(s) for s in h.stages[sid]]
+        start = 0
+        for i in range(1, len(stages) + 1):
+            if i == len(stages) or stages[i] != stages[start]:
+                colour = _COLOURS.get(stages[start])
+                if colour is not None:
+                    end = h.steps[i] if i < len(stages) else h.steps[-1]
+                    ax.axvspan(h.steps[start], end, color=colour, lw=0)
+                    ax.text(
+                        (h.steps[start] + end) / 2,
+                        0.5,
+                        stages[start][:5],
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                    )
+                start = i
+        ax.plot(h.steps, h.alphas[sid], color="black", lw=1)
+        ax.set_ylim(-0.05, 1.1)
+        ax.set_ylabel(f"{sid}\nα", fontsize=8)
+    axes[-1].set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
