@@ -138,9 +138,11 @@ def test_timeline_fields() -> None:
     assert fossil["from"] == "PROBATIONARY" and fossil["gate"] == "G4_SYSTEM_IMPACT"
     failed = next(r for r in rows if r["kind"] == "gate.result" and not r["passed"])
     assert failed["gate"] == "G1_GRADIENT_HEALTH" and failed["slot"] == "b"
-    assert failed["checks"] == [
+    assert all("passed" in c for c in failed["checks"])
+    assert [c for c in failed["checks"] if not c["passed"]] == [
         {
             "name": "grad_finite",
+            "passed": False,
             "value": 0.0,
             "threshold": 1.0,
             "comparator": "==",
