@@ -1,0 +1,264 @@
+"""Growth benchmark (growth-anchors §3.2): does germinating seeds beat the static host?
+
+Four arms per task and seed, every arm 3000 steps of Adam (lr 1e-2, batch 128) on the same split
+and batch order:
+
+1. ``host``: the too-small host alone;
+2. ``grown``: Kasmina slots and an ExecutionRuntime; orders at the protocol's steps: GERMINATED
+   and TRAINING at 1000 (zero-init output side; the seed learns from a shadow loss, its input
+   detached, the host bit-identical), BLENDING at 1500 (α 0 -> 1 over 500 steps), then at 2000 a
+   counterfactual gate (val accuracy α=1 vs α=0): FOSSILIZED if not worse, else CULLED;
+3. ``big``: the final architecture trained from step 0 (default init);
+4. ``abrupt``: the same seed randomly initialised (no zero output side) inserted at α=1 at step
+   1000, no isolation, joined to the host optimizer at once; its accuracy drop at insertion is
+   reported.
+
+The bus is not involved: this measures growth, not transport. Tasks: digits (64->8->10 host,
+``width`` seed adding 8 units) and spirals (2->16->2 host, ``residual_mlp`` seed on the hidden
+layer). Run: ``python benchmarks/growth.py [--seeds 5] [--steps 3000] [--json] [--markdown]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from actors.execution import ExecutionRuntime, get_blueprint, insert_slots, param_count
+from actors.execution.blueprints import SlotShape
+from leyline import pb
+from scenarios.demo.execution import shadow_backward
+from scenarios.demo.tasks import SLOT_POINTS, SPECS, Split, batches, build_host, evaluate, load_task
+
+LR, BATCH = 1e-2, 128
+PLAN = {"digits": ("units", "width"), "spirals": ("hidden", "residual_mlp")}
+S = pb.SeedLifecycleStage
+
+
+def _step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor) -> Tensor:
+    opt.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()  # type: ignore[no-untyped-call]
+    opt.step()
+    return loss
+
+
+class Extended(nn.Module):
+    """The host plus a seed module at the plan's place, always in the forward (``big``, ``abrupt``)."""
+
+    def __init__(self, host: nn.Module, task: str) -> None:
+        super().__init__()
+        self.host = host
+        self.task = task
+        self.extra: nn.Module | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits."""
+        mlp = self.host.get_submodule("mlp")
+        assert isinstance(mlp, nn.Sequential)
+        if self.extra is None:
+            out: Tensor = mlp(x)
+        elif PLAN[self.task][0] == "units":
+            out = mlp(x) + self.extra(x)
+        else:
+            h = mlp[1](mlp[0](x))
+            out = mlp[2](h + self.extra(h))
+        return out
+
+
+def _seed_module(task: str, split: Split) -> nn.Module:
+    """The plan's seed with default (random, nonzero) init on its output side."""
+    slot, blueprint = PLAN[task]
+    hidden = SPECS[task].hidden
+    shape = (
+        SlotShape((1, split.classes), torch.float32, (1, split.features))
+        if slot == "units"
+        else SlotShape((1, hidden), torch.float32)
+    )
+    module = get_blueprint(blueprint).build(shape, {"hidden": float(hidden)}, nn.Identity())
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            m.reset_parameters()
+    return module
+
+
+def arm_static(task: str, split: Split, seed: int, steps: int, big: bool) -> dict[str, float]:
+    """``host`` or ``big``: one architecture from step 0."""
+    model = Extended(build_host(task, split, seed), task)
+    if big:
+        model.extra = _seed_module(task, split)
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    order = batches(len(split.y_train), BATCH, steps, seed)
+    for step in range(steps):
+        _step(model, opt, split.x_train[order[step]], split.y_train[order[step]])
+    return {"acc": evaluate(model, split.x_test, split.y_test)[1], "params": param_count(model)}
+
+
+def arm_abrupt(task: str, split: Split, seed: int, steps: int, at: int) -> dict[str, float]:
+    """Random-init seed at α=1 from ``at``, no isolation; returns the accuracy drop at insertion."""
+    model = Extended(build_host(task, split, seed), task)
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    order = batches(len(split.y_train), BATCH, steps, seed)
+    drop = 0.0
+    for step in range(steps):
+        if step == at:
+            before = evaluate(model, split.x_test, split.y_test)[1]
+            model.extra = _seed_module(task, split)
+            opt.add_param_group({"params": list(model.extra.parameters())})
+            drop = evaluate(model, split.x_test, split.y_test)[1] - before
+        _step(model, opt, split.x_train[order[step]], split.y_train[order[step]])
+    return {"acc": evaluate(model, split.x_test, split.y_test)[1], "drop": drop}
+
+
+def _order(slot: str, stage: int, at: int, **kw: Any) -> pb.ExecutionOrder:
+    return pb.ExecutionOrder(
+        order_id=f"{slot}-{stage}-{at}",
+        slot=slot,
+        stage=pb.SeedLifecycleStage.ValueType(stage),
+        apply_at_step=at,
+        **kw,
+    )
+
+
+def arm_grown(task: str, split: Split, seed: int, steps: int, at: int) -> dict[str, float]:
+    """Kasmina slots + ExecutionRuntime, orders at the protocol's steps (no bus)."""
+    model = build_host(task, split, seed)
+    slots = insert_slots(model, SLOT_POINTS)
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    stage_len = (steps - at) // 4  # 500 of 3000 steps after germination at 1000
+    rt = ExecutionRuntime(
+        model,
+        slots,
+        opt,
+        device="cpu",
+        probe_every=0,
+        report_every=0,
+        barrier_frequency=0,
+        blend_steps=stage_len,
+        probe_batch=(split.x_train[:256], split.y_train[:256]),
+        evaluate=lambda m: evaluate(m, split.x_val, split.y_val),
+        seed_salt=seed,
+    )
+    slot, blueprint = PLAN[task]
+    hp = {"hidden": float(SPECS[task].hidden), "lr": LR, "weight_decay": 1e-2}
+    germ = pb.Germinate(blueprint=blueprint, params=hp)
+    rt.submit(_order(slot, S.SEED_STAGE_GERMINATED, at, germinate=germ))
+    rt.submit(_order(slot, S.SEED_STAGE_TRAINING, at))
+    rt.submit(_order(slot, S.SEED_STAGE_BLENDING, at + stage_len))
+    gate_at = at + 2 * stage_len
+    order = batches(len(split.y_train), BATCH, steps, seed)
+    fossilized = 0.0
+    for step in range(steps):
+        x, y = split.x_train[order[step]], split.y_train[order[step]]
+        loss = _step(model, opt, x, y)
+        shadow_backward(model, slots, x, y)
+        if step == gate_at:
+            cf = rt.counterfactual(slot)
+            keep = cf["cf_acc_on"] >= cf["cf_acc_off"]
+            fossilized = float(keep)
+            target = S.SEED_STAGE_FOSSILIZED if keep else S.SEED_STAGE_CULLED
+            rt.submit(_order(slot, target, step))
+        rt.on_step(step, loss.detach())
+    return {
+        "acc": evaluate(model, split.x_test, split.y_test)[1],
+        "params": param_count(model),
+        "fossilized": fossilized,
+    }
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def run_task(task: str, seeds: int, steps: int) -> dict[str, Any]:
+    """Every arm on ``seeds`` seeds; figures in percentage points."""
+    at = steps // 3
+    rows: dict[str, list[float]] = {"host": [], "grown": [], "big": [], "abrupt": [], "drop": []}
+    params: dict[str, float] = {}
+    fossilized = 0.0
+    for seed in range(seeds):
+        split = load_task(task, seed)
+        host = arm_static(task, split, seed, steps, big=False)
+        grown = arm_grown(task, split, seed, steps, at)
+        big = arm_static(task, split, seed, steps, big=True)
+        abrupt = arm_abrupt(task, split, seed, steps, at)
+        rows["host"].append(100 * host["acc"])
+        rows["grown"].append(100 * grown["acc"])
+        rows["big"].append(100 * big["acc"])
+        rows["abrupt"].append(100 * abrupt["acc"])
+        rows["drop"].append(100 * abrupt["drop"])
+        fossilized += grown["fossilized"]
+        params = {"host": host["params"], "grown": grown["params"], "big": big["params"]}
+    diff = [g - h for g, h in zip(rows["grown"], rows["host"], strict=True)]
+    gap = [g - b for g, b in zip(rows["grown"], rows["big"], strict=True)]
+    out: dict[str, Any] = {"task": task, "seeds": seeds, "steps": steps, "params": params}
+    for arm in ("host", "grown", "big", "abrupt", "drop"):
+        out[arm] = dict(zip(("mean", "std"), _mean_std(rows[arm]), strict=True))
+    out["grown_minus_host"] = dict(zip(("mean", "std"), _mean_std(diff), strict=True))
+    out["wins"] = sum(d > 0 for d in diff)
+    out["ties"] = sum(d == 0 for d in diff)
+    out["grown_minus_big"] = dict(zip(("mean", "std"), _mean_std(gap), strict=True))
+    out["worst_drop"] = min(rows["drop"])
+    out["fossilized"] = int(fossilized)
+    return out
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    """The results as a markdown table."""
+
+    def ms(d: dict[str, float]) -> str:
+        return f"{d['mean']:.1f} ± {d['std']:.1f}"
+
+    lines = [
+        "| task | params host → grown (big) | host | grown | big | abrupt | grown − host (wins) "
+        "| grown − big | abrupt drop at insertion (worst) | fossilized |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        p = r["params"]
+        lines.append(
+            f"| {r['task']} | {p['host']} → {p['grown']} ({p['big']}) | {ms(r['host'])} | "
+            f"{ms(r['grown'])} | {ms(r['big'])} | {ms(r['abrupt'])} | "
+            f"{r['grown_minus_host']['mean']:+.1f} ± {r['grown_minus_host']['std']:.1f} pp "
+            f"({r['wins']}/{r['seeds']}) | {r['grown_minus_big']['mean']:+.1f} ± "
+            f"{r['grown_minus_big']['std']:.1f} pp | {ms(r['drop'])} pp ({r['worst_drop']:.1f}) | "
+            f"{r['fossilized']}/{r['seeds']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print JSON lines and/or a markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--tasks", default="digits,spirals")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    results = [run_task(t, args.seeds, args.steps) for t in args.tasks.split(",")]
+    elapsed = time.perf_counter() - started
+    if args.json or not args.markdown:
+        for r in results:
+            print(json.dumps({**r, "elapsed_s": round(elapsed, 1)}))
+    if args.markdown:
+        print(markdown(results))
+        print(f"\n{args.seeds} seeds x 4 arms x {len(results)} tasks in {elapsed:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
