@@ -32,6 +32,7 @@ log = logging.getLogger("kasmina.actors")
 FRAME = "m"  # the stream field holding the signed frame
 HEARTBEAT_MAXLEN = 2_000
 REJECTED_MAXLEN = 200_000
+ROUTE_TTL_S = 2.0  # fan-out targets (every slot's or rank's inbox) are re-discovered this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +142,7 @@ class ActorShell:
         self._started_ns = time.time_ns()
         self._consumer: Consumer | None = None
         self._stopping = False
+        self._routes: dict[str, tuple[float, list[str]]] = {}
 
     # -- state --------------------------------------------------------------------------------
     async def rebuild(self) -> int:
@@ -173,8 +175,14 @@ class ActorShell:
         """Inbox streams for (actor, key); key None fans out to every existing instance."""
         if key is not None or actor not in ("seed", "execution"):
             return [streams.inbox(self.run_id, actor, key)]
+        now = time.monotonic()
+        cached = self._routes.get(actor)
+        if cached is not None and now - cached[0] < ROUTE_TTL_S:
+            return cached[1]
         pattern = streams.inbox(self.run_id, actor, "*")
         found = await self.bus.streams(pattern)
+        if found:
+            self._routes[actor] = (now, found)
         if not found and actor == "execution":
             return [streams.inbox(self.run_id, "execution", "0")]
         return found
@@ -207,15 +215,16 @@ class ActorShell:
             entry, self.group, [Append(self.rejected_stream, fields, maxlen=REJECTED_MAXLEN)]
         )
 
-    async def _handle(self, entry: Entry) -> tuple[Handled, Outcome | None]:
+    async def _handle(
+        self, entry: Entry, checked: Envelope | ContractError | None
+    ) -> tuple[Handled, Outcome | None]:
         env: Envelope | None = None
         try:
-            frame = entry.fields.get(FRAME)
-            if frame is None:
+            if checked is None:
                 return self._reject(entry, Reason.BAD_FRAME, "no frame field", None), None
-            env = await self.verifier.verify(
-                frame, token=f"{entry.stream}/{entry.id}", scope=self.group
-            )
+            if isinstance(checked, ContractError):
+                raise checked
+            env = checked
             message = REGISTRY.parse(env.kind, env.body)
         except ContractError as exc:
             return self._reject(entry, exc.code, exc.detail, env), None
@@ -256,9 +265,15 @@ class ActorShell:
         return Handled(entry, self.group, appends, dedupe_key=env.id), outcome
 
     async def _process(self, batch: Sequence[Entry]) -> None:
+        framed = [(e, e.fields.get(FRAME)) for e in batch]
+        checks = iter(
+            await self.verifier.verify_many(
+                [(f, f"{e.stream}/{e.id}") for e, f in framed if f is not None], scope=self.group
+            )
+        )
         handled: list[Handled] = []
-        for entry in batch:
-            item, _ = await self._handle(entry)
+        for entry, frame in framed:
+            item, _ = await self._handle(entry, next(checks) if frame is not None else None)
             handled.append(item)
         results = await self.bus.commit(handled)
         self.processed += len(handled)

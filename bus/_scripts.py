@@ -3,7 +3,7 @@ so an error leaves nothing half-done."""
 
 from __future__ import annotations
 
-__all__ = ["CLAIM_KEY", "COMMIT", "DEAD_LETTER"]
+__all__ = ["CLAIM_KEY", "CLAIM_KEYS", "COMMIT", "DEAD_LETTER"]
 
 # ARGV: ttl_ms, n_items, n_groups, group1..groupN, then per item two arguments:
 #   "input_key_index,group_index,dedupe_key_index (0 = none),n_appends", entry_id,
@@ -88,4 +88,17 @@ return id
 CLAIM_KEY = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
 return redis.call('GET', KEYS[1])
+"""
+
+# KEYS: the keys; ARGV: ttl_ms, value1..valueN. Returns per key: false if set now, else the existing value.
+CLAIM_KEYS = """
+local out = {}
+for i = 1, #KEYS do
+  if redis.call('SET', KEYS[i], ARGV[i + 1], 'NX', 'PX', ARGV[1]) then
+    out[i] = false
+  else
+    out[i] = redis.call('GET', KEYS[i])
+  end
+end
+return out
 """

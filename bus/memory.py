@@ -274,6 +274,9 @@ class MemoryBus:
         store.set(key, value.encode(), ttl_ms)
         return None
 
+    async def claim_keys(self, items: Sequence[tuple[str, str]], ttl_ms: int) -> list[str | None]:
+        return [await self.claim_key(key, value, ttl_ms) for key, value in items]
+
     async def get_value(self, key: str) -> bytes | None:
         return self._open().get(key)
 

@@ -7,6 +7,8 @@ redelivery and admitted; with another token it is a replay and refused.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .api import Bus
 
 __all__ = ["RedisNonceGuard"]
@@ -29,3 +31,8 @@ class RedisNonceGuard:
         """True if unseen (now recorded for ``ttl_ms``) or seen with the same token."""
         existing = await self._bus.claim_key(self.key(message_id), token, ttl_ms)
         return existing is None or existing == token
+
+    async def admit_many(self, items: Sequence[tuple[str, str]], ttl_ms: int) -> list[bool]:
+        """``admit`` for a batch of ``(message_id, token)`` in one round trip."""
+        found = await self._bus.claim_keys([(self.key(m), t) for m, t in items], ttl_ms)
+        return [f is None or f == t for f, (_, t) in zip(found, items, strict=True)]

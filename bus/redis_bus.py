@@ -21,7 +21,7 @@ import redis.exceptions as rex
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ._scripts import CLAIM_KEY, COMMIT, DEAD_LETTER
+from ._scripts import CLAIM_KEY, CLAIM_KEYS, COMMIT, DEAD_LETTER
 from .api import (
     Append,
     Entry,
@@ -94,6 +94,7 @@ class RedisStreamBus:
         self._commit = client.register_script(COMMIT)
         self._dead = client.register_script(DEAD_LETTER)
         self._claim = client.register_script(CLAIM_KEY)
+        self._claim_many = client.register_script(CLAIM_KEYS)
 
     @classmethod
     def from_url(
@@ -230,6 +231,14 @@ class RedisStreamBus:
             lambda: self._claim(keys=[key], args=[value, ttl_ms]), idempotent=False
         )
         return None if raw is None else _s(raw)
+
+    async def claim_keys(self, items: Sequence[tuple[str, str]], ttl_ms: int) -> list[str | None]:
+        if not items:
+            return []
+        keys = [k for k, _ in items]
+        args: list[str | int] = [ttl_ms, *(v for _, v in items)]
+        raw = await self._call(lambda: self._claim_many(keys=keys, args=args), idempotent=False)
+        return [None if r is None else _s(r) for r in raw]
 
     async def get_value(self, key: str) -> bytes | None:
         raw = await self._call(lambda: self.client.get(key))

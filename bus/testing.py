@@ -277,6 +277,10 @@ class FaultyBus:
         out: str | None = await self._run("claim_key", self.inner.claim_key(key, value, ttl_ms))
         return out
 
+    async def claim_keys(self, items: Sequence[tuple[str, str]], ttl_ms: int) -> list[str | None]:
+        out: list[str | None] = await self._run("claim_keys", self.inner.claim_keys(items, ttl_ms))
+        return out
+
     async def get_value(self, key: str) -> bytes | None:
         out: bytes | None = await self._run("get_value", self.inner.get_value(key))
         return out

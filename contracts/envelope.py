@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import msgpack
@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 
 from contracts.errors import (
     BadFrame,
+    ContractError,
     BadSignature,
     ExpiredKey,
     FromFuture,
@@ -240,6 +241,38 @@ class Verifier:
         if env.kind not in self._registry:
             raise UnknownKind(env.kind)
         return env
+
+    async def verify_many(
+        self, frames: Sequence[tuple[bytes, str]], *, scope: str = ""
+    ) -> list[Envelope | ContractError]:
+        """``verify`` for a batch of ``(frame, token)``: one nonce round trip for the whole batch.
+
+        Returns, per frame, the envelope or the ContractError that rejected it (never raises one).
+        """
+        results: list[Envelope | ContractError] = []
+        admit: list[tuple[int, str, str]] = []
+        for index, (frame, token) in enumerate(frames):
+            try:
+                env = self.open(frame)
+            except ContractError as exc:
+                results.append(exc)
+                continue
+            results.append(env)
+            if not self._replay and self._nonce is not None:
+                admit.append((index, f"{scope}|{env.id}" if scope else env.id, token or env.id))
+        if admit and self._nonce is not None:
+            try:
+                verdicts = await self._nonce.admit_many([(n, t) for _, n, t in admit], self._nonce_ttl_ms)
+            except ContractError as exc:
+                verdicts = [exc] * len(admit)  # type: ignore[list-item]
+            for (index, _, _), ok in zip(admit, verdicts, strict=True):
+                if isinstance(ok, ContractError):
+                    results[index] = ok
+                elif not ok:
+                    seen = results[index]
+                    assert isinstance(seen, Envelope)
+                    results[index] = Replayed(f"message id {seen.id} already seen")
+        return results
 
     async def verify(self, frame: bytes, *, token: str = "", scope: str = "") -> Envelope:
         """``open`` plus the nonce check (live mode only).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from contracts.errors import Overloaded
@@ -21,6 +21,10 @@ class NonceGuard(Protocol):
 
     async def admit(self, message_id: str, token: str, ttl_ms: int) -> bool:
         """True if unseen (now recorded) or seen with the same token; False for a replay."""
+        ...
+
+    async def admit_many(self, items: Sequence[tuple[str, str]], ttl_ms: int) -> list[bool]:
+        """``admit`` for a batch of ``(message_id, token)`` pairs (one round trip where remote)."""
         ...
 
 
@@ -72,3 +76,7 @@ class MemoryNonceGuard:
     async def admit(self, message_id: str, token: str, ttl_ms: int) -> bool:
         """See ``NonceGuard.admit``."""
         return self.check(message_id, token, ttl_ms)
+
+    async def admit_many(self, items: Sequence[tuple[str, str]], ttl_ms: int) -> list[bool]:
+        """See ``NonceGuard.admit_many``."""
+        return [self.check(m, t, ttl_ms) for m, t in items]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +26,8 @@ from contracts.config import KasminaConfig
 from leyline import pb
 
 log = logging.getLogger("kasmina.execution")
+
+SEEN_ORDERS = 10_000  # order ids remembered against redelivery (far more than are ever in flight)
 
 
 class ExecutionActor:
@@ -56,7 +58,10 @@ class ExecutionActor:
         self.slots: Sequence[str] = sorted(runtime.slots)
         self.sent: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
-        self._seen_orders: set[str] = set()
+        self._seen_orders: OrderedDict[str, None] = OrderedDict()
+        self.commits = 0
+        self.last_commit = -1
+        self.checkpoint_requests = 0
         self._wake = threading.Event()
         self._stopping = False
         self._stopped = anyio.Event()
@@ -140,12 +145,24 @@ class ExecutionActor:
             message = REGISTRY.parse(env.kind, env.body)
         except ContractError as exc:
             return self._reject(entry, exc.code, exc.detail)
+        if isinstance(message, pb.BarrierCommit):
+            self.commits += 1  # the barrier agreed; nothing to change in the forward
+            self.last_commit = int(message.barrier_step)
+            return Handled(entry, self.group, dedupe_key=env.id)
+        if isinstance(message, pb.CheckpointRequest):
+            request = getattr(self.runtime, "request_checkpoint", None)
+            if request is not None:
+                request(message.reason, int(message.step))
+            self.checkpoint_requests += 1
+            return Handled(entry, self.group, dedupe_key=env.id)
         if not isinstance(message, pb.ExecutionOrder):
             return self._reject(entry, Reason.UNEXPECTED_KIND, env.kind)
         if message.slot not in self.runtime.slots:
             return self._reject(entry, Reason.UNKNOWN_SLOT, message.slot)
         if message.order_id not in self._seen_orders:  # a redelivery must not apply twice
-            self._seen_orders.add(message.order_id)
+            self._seen_orders[message.order_id] = None
+            if len(self._seen_orders) > SEEN_ORDERS:
+                self._seen_orders.popitem(last=False)
             self.runtime.submit(message)
         return Handled(entry, self.group, dedupe_key=env.id)
 

@@ -56,7 +56,13 @@ from actors.execution.mailbox import (
     Outbox,
     state_digest,
 )
-from actors.execution.optim import grad_norm, join_host_optimizer, scale_lr, seed_optimizer
+from actors.execution.optim import (
+    grad_norm,
+    grad_sync_hooks,
+    join_host_optimizer,
+    scale_lr,
+    seed_optimizer,
+)
 from actors.execution.probing import (
     LossFn,
     ProbeBatch,
@@ -390,15 +396,7 @@ class ExecutionRuntime:
         return evidence
 
     def _sync_grads(self, slot: SeedSlot) -> None:
-        world = self.world_size
-
-        def hook(p: torch.Tensor) -> None:
-            if p.grad is not None:
-                dist.all_reduce(p.grad)
-                p.grad.div_(world)
-
-        for p in slot.seed_parameters():
-            slot.hook_handles.append(p.register_post_accumulate_grad_hook(hook))  # type: ignore[no-untyped-call]
+        slot.hook_handles.extend(grad_sync_hooks(slot.seed_parameters(), self.world_size))
 
     def _release(self, state: SlotState) -> None:
         state.slot.release()
