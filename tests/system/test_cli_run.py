@@ -155,25 +155,26 @@ async def _session(env: dict[str, str], ring: KeyRing) -> dict[str, object]:
     return out
 
 
-def test_run_publish_replay_status(cli_env: dict[str, str]) -> None:
+def test_run_publish_replay_status(cli_env: dict[str, str], tmp_path: Path) -> None:
     """A background `kasmina run` walks one slot to FOSSILIZED and one through cull and reset; replay shows why."""
     ring = KeyRing.load(cli_env["KASMINA_KEYS"])
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kasmina",
-            "run",
-            "--slots",
-            "l1.s0,l2.s0",
-            "--log-level",
-            "WARNING",
-        ],
-        env=cli_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log = tmp_path / "run.log"
+    with log.open("wb") as sink:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kasmina",
+                "run",
+                "--slots",
+                "l1.s0,l2.s0",
+                "--log-level",
+                "WARNING",
+            ],
+            env=cli_env,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
     try:
         out = anyio.run(_session, cli_env, ring)
         published = out["publish"]
