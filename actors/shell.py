@@ -139,6 +139,7 @@ class ActorShell:
         self.processed = 0
         self.rejected: Counter[str] = Counter()
         self.rebuilds = 0
+        self.trimmed = 0
         self._started_ns = time.time_ns()
         self._consumer: Consumer | None = None
         self._stopping = False
@@ -306,6 +307,23 @@ class ActorShell:
                 return
             await anyio.sleep(self.heartbeat_s)
 
+    async def trim_inbox(self, now_ms: int | None = None) -> int:
+        """Trim acked inbox entries older than the retention (never a pending or unread one)."""
+        retention_ms = int(self.config.bus.inbox_retention_s * 1000)
+        now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        cutoff = f"{max(0, now - retention_ms)}-0"
+        return await self.bus.trim(self.inbox, min_id=cutoff)
+
+    async def _retention(self) -> None:
+        while not self._stopping:
+            await anyio.sleep(self.config.bus.trim_every_s)
+            try:
+                self.trimmed += await self.trim_inbox()
+            except BusUnavailable:
+                continue
+            except BusClosed:
+                return
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve the inbox until :meth:`stop`; ``task_status.started()`` once the state is rebuilt."""
         cfg = self.config.bus
@@ -319,6 +337,7 @@ class ActorShell:
                 await anyio.sleep(min(2.0, 0.05 * 2**failures) * random.uniform(0.5, 1.0))
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._heartbeats)
+            tg.start_soon(self._retention)
             task_status.started()
             while not self._stopping:
                 self._consumer = Consumer(

@@ -136,6 +136,11 @@ class BusConfig(BaseModel):
     lease_ms: int = Field(30_000, ge=1)
     max_deliveries: int = Field(5, ge=1)
     telemetry_maxlen: int = Field(100_000, ge=1000)
+    processed_ttl_s: float = Field(3600.0, gt=0.0)  # exactly-once markers outlive any redelivery
+    inbox_retention_s: float = Field(
+        3600.0, ge=0.0
+    )  # acked inbox entries older than this are trimmed
+    trim_every_s: float = Field(60.0, gt=0.0)
 
 
 class KasminaConfig(BaseModel):

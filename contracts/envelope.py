@@ -262,7 +262,9 @@ class Verifier:
                 admit.append((index, f"{scope}|{env.id}" if scope else env.id, token or env.id))
         if admit and self._nonce is not None:
             try:
-                verdicts = await self._nonce.admit_many([(n, t) for _, n, t in admit], self._nonce_ttl_ms)
+                verdicts = await self._nonce.admit_many(
+                    [(n, t) for _, n, t in admit], self._nonce_ttl_ms
+                )
             except ContractError as exc:
                 verdicts = [exc] * len(admit)  # type: ignore[list-item]
             for (index, _, _), ok in zip(admit, verdicts, strict=True):

@@ -6,8 +6,8 @@ Key file format (JSON, written with mode 0600 by ``kasmina keys generate``)::
      "keys": [{"id": "k-…", "secret": "<base64, 32 bytes>", "created_ns": 0, "expires_ns": null}]}
 
 ``active`` names the key that signs; every key that has not expired verifies. A rotated-out key gets
-``expires_ns`` = rotation time + grace and stops verifying after it (replay mode ignores expiry, so an
-old recording still verifies).
+``expires_ns`` = rotation time + grace and stops verifying live messages after it; it stays in the
+ring so replay mode (which ignores expiry) still verifies old logs, until ``prune`` drops it.
 """
 
 from __future__ import annotations
@@ -163,8 +163,13 @@ class KeyRing:
             replace(k, expires_ns=now + int(grace_s * 1e9)) if k.id == self._active else k
             for k in self._keys.values()
         ]
-        kept = [k for k in old if k.valid_at(now)]
-        return KeyRing([*kept, fresh], fresh.id)
+        # expired keys stay in the ring: they never verify live, but replay of old logs needs them
+        return KeyRing([*old, fresh], fresh.id)
+
+    def prune(self, before_ns: int) -> KeyRing:
+        """A ring without the keys that expired before ``before_ns`` (old logs stop verifying)."""
+        kept = [k for k in self._keys.values() if k.expires_ns is None or k.expires_ns >= before_ns]
+        return KeyRing(kept, self._active)
 
     def to_json(self) -> dict[str, Any]:
         """The key file structure."""

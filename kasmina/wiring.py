@@ -46,4 +46,6 @@ def load_config(path: str | Path | None = None) -> KasminaConfig:
 def connect(url: str, run: str, ring: KeyRing, config: KasminaConfig | None = None) -> Wiring:
     """Open the bus at ``url`` for ``run``."""
     streams.prefix(run)  # validates the run id
-    return Wiring(bus=open_bus(url), run=run, ring=ring, config=config or load_config())
+    config = config or load_config()
+    bus = open_bus(url, processed_ttl_ms=int(config.bus.processed_ttl_s * 1000))
+    return Wiring(bus=bus, run=run, ring=ring, config=config)
