@@ -20,8 +20,8 @@ from google.protobuf.message import Message
 
 from contracts.errors import (
     BadFrame,
-    ContractError,
     BadSignature,
+    ContractError,
     ExpiredKey,
     FromFuture,
     Replayed,

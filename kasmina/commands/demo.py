@@ -30,9 +30,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scenarios.demo import DemoOptions, demo
-
     import torch  # imported here: other commands start without torch
+
+    from scenarios.demo import DemoOptions, demo
 
     torch.set_num_threads(1)  # tiny networks: one thread is fastest and leaves a core to the actors
     keys = load_keys(args) if (args.keys or os.environ.get("KASMINA_KEYS")) else None
