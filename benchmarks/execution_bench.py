@@ -22,7 +22,7 @@ import copy
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -193,12 +193,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--bus", default=None, help="also measure with all actors on this bus (e.g. fakeredis://)")
     args = parser.parse_args(argv)
     with contextlib.suppress(Exception):
         torch.set_num_threads(min(2, torch.get_num_threads()))
-    for fig in run_execution_bench(args.device, steps=args.steps, rounds=args.rounds):
+    bridge = bus_bridge(args.bus) if args.bus else None
+    for fig in run_execution_bench(args.device, steps=args.steps, rounds=args.rounds, bridge=bridge):
         print(json.dumps(fig))
     return 0
+
+
+@contextlib.contextmanager
+def bus_bridge_for(runtime: Any, url: str = "fakeredis://", *, actors: bool = True) -> Iterator[None]:
+    """While inside: every actor of a run and an ExecutionActor for ``runtime`` run on ``url`` in a
+    background thread (their own event loop), flushing the runtime's outbox as it trains."""
+    import threading
+    import uuid
+
+    import anyio
+
+    from bus import open_bus
+    from scenarios.cluster import running_cluster
+
+    stop = threading.Event()
+    ready = threading.Event()
+
+    async def serve() -> None:
+        bus = open_bus(url)
+        run = f"bench-{uuid.uuid4().hex[:8]}"
+        slots = sorted(runtime.slots) if actors else []
+        names = ("seed", "gate", "safety", "telemetry", "barrier") if actors else ("gate",)
+        async with running_cluster(bus, run=run, slots=slots, runtimes=[runtime], actors=names):
+            ready.set()
+            while not stop.is_set():
+                await anyio.sleep(0.05)
+        await bus.close()
+
+    thread = threading.Thread(target=lambda: anyio.run(serve), daemon=True)
+    thread.start()
+    ready.wait(30)
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def bus_bridge(url: str = "fakeredis://") -> Bridge:
+    """A ``bridge=`` for :func:`run_execution_bench` over ``url`` (see :func:`bus_bridge_for`)."""
+    return lambda runtime: bus_bridge_for(runtime, url)
 
 
 if __name__ == "__main__":

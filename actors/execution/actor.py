@@ -66,6 +66,9 @@ class ExecutionActor:
         self._stopping = False
         self._stopped = anyio.Event()
         self._consumer: Consumer | None = None
+        outbox = getattr(runtime, "outbox", None)
+        if outbox is not None and getattr(outbox, "notify", None) is None:
+            outbox.notify = self.notify  # wake the flusher when the training thread queues
 
     def notify(self) -> None:
         """Called (from the training thread) when the outbox has something."""

@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per figure")
     parser.add_argument("--only", choices=PARTS, action="append", help="run only these parts")
     parser.add_argument("--quick", action="store_true", help="smaller sample sizes")
+    parser.add_argument(
+        "--bus", default="fakeredis://", metavar="URL", help="bus for the execution part's traffic figure"
+    )
     parser.set_defaults(func=run)
 
 
@@ -40,7 +43,8 @@ def _figures(part: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         module = importlib.import_module("benchmarks.telemetry_bench")
         return list(module.run_telemetry_bench())
     module = importlib.import_module("benchmarks.execution_bench")
-    return list(module.run_execution_bench())
+    bridge = module.bus_bridge(args.bus)  # all actors on the bus while the trainer steps
+    return list(module.run_execution_bench(rounds=5 if args.quick else 9, bridge=bridge))
 
 
 def run(args: argparse.Namespace) -> int:
