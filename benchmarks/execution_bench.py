@@ -193,18 +193,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--bus", default=None, help="also measure with all actors on this bus (e.g. fakeredis://)")
+    parser.add_argument(
+        "--bus", default=None, help="also measure with all actors on this bus (e.g. fakeredis://)"
+    )
     args = parser.parse_args(argv)
     with contextlib.suppress(Exception):
         torch.set_num_threads(min(2, torch.get_num_threads()))
     bridge = bus_bridge(args.bus) if args.bus else None
-    for fig in run_execution_bench(args.device, steps=args.steps, rounds=args.rounds, bridge=bridge):
+    for fig in run_execution_bench(
+        args.device, steps=args.steps, rounds=args.rounds, bridge=bridge
+    ):
         print(json.dumps(fig))
     return 0
 
 
 @contextlib.contextmanager
-def bus_bridge_for(runtime: Any, url: str = "fakeredis://", *, actors: bool = True) -> Iterator[None]:
+def bus_bridge_for(
+    runtime: Any, url: str = "fakeredis://", *, actors: bool = True
+) -> Iterator[None]:
     """While inside: every actor of a run and an ExecutionActor for ``runtime`` run on ``url`` in a
     background thread (their own event loop), flushing the runtime's outbox as it trains."""
     import threading

@@ -38,7 +38,6 @@ from torch import Tensor, nn
 from actors.execution import ExecutionRuntime, get_blueprint, insert_slots, param_count
 from actors.execution.blueprints import SlotShape
 from leyline import pb
-from scenarios.demo.execution import shadow_backward
 from scenarios.demo.tasks import SLOT_POINTS, SPECS, Split, batches, build_host, evaluate, load_task
 
 LR, BATCH = 1e-2, 128
@@ -162,14 +161,13 @@ def arm_grown(task: str, split: Split, seed: int, steps: int, at: int) -> dict[s
     for step in range(steps):
         x, y = split.x_train[order[step]], split.y_train[order[step]]
         loss = _step(model, opt, x, y)
-        shadow_backward(model, slots, x, y)
         if step == gate_at:
             cf = rt.counterfactual(slot)
             keep = cf["cf_acc_on"] >= cf["cf_acc_off"]
             fossilized = float(keep)
             target = S.SEED_STAGE_FOSSILIZED if keep else S.SEED_STAGE_CULLED
             rt.submit(_order(slot, target, step))
-        rt.on_step(step, loss.detach())
+        rt.on_step(step, loss.detach(), batch=(x, y))
     return {
         "acc": evaluate(model, split.x_test, split.y_test)[1],
         "params": param_count(model),

@@ -10,40 +10,11 @@ are of the same type.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
-
-
-def grad_sync_hooks(params: Sequence[nn.Parameter], world_size: int) -> list[RemovableHandle]:
-    """Average each parameter's gradient over the default process group as soon as autograd
-    has accumulated it (every rank registers the same parameters in the same order).
-
-    The all-reduce runs on a buffer that the hook owns for the parameter's lifetime, never on
-    ``p.grad`` itself: optimizers drop gradients right after stepping (``set_to_none``), so a
-    gradient handed to the backend could be freed last by a gloo worker thread, which needs the
-    GIL to free a tensor Python has seen; if that happens while the interpreter shuts down, the
-    thread is torn down mid-destructor and the process aborts (SIGABRT)."""
-    return [
-        p.register_post_accumulate_grad_hook(  # type: ignore[no-untyped-call]
-            _averaging_hook(torch.empty_like(p.detach()), world_size)
-        )
-        for p in params
-    ]
-
-
-def _averaging_hook(buf: Tensor, world_size: int) -> Callable[[Tensor], None]:
-    def hook(p: Tensor) -> None:
-        if p.grad is not None:
-            buf.copy_(p.grad)
-            dist.all_reduce(buf)
-            p.grad.copy_(buf).div_(world_size)
-
-    return hook
 
 
 def seed_optimizer(

@@ -22,12 +22,14 @@ from __future__ import annotations
 import gc
 import hashlib
 import math
+import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from actors.execution import stages as st
@@ -56,16 +58,11 @@ from actors.execution.mailbox import (
     Outbox,
     state_digest,
 )
-from actors.execution.optim import (
-    grad_norm,
-    grad_sync_hooks,
-    join_host_optimizer,
-    scale_lr,
-    seed_optimizer,
-)
+from actors.execution.optim import grad_norm, join_host_optimizer, scale_lr, seed_optimizer
 from actors.execution.probing import (
     LossFn,
     ProbeBatch,
+    first_tensor,
     probe_mode,
     run_probe,
     split_batch,
@@ -117,6 +114,7 @@ class ExecutionRuntime:
         region: str = "",
         seed_salt: int = 0,
         notify: Callable[[], None] | None = None,
+        checkpoint_dir: str | None = None,
     ) -> None:
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device)
@@ -134,6 +132,10 @@ class ExecutionRuntime:
         self.hosts = {
             m.slot.slot_id: m.host for m in self.model.modules() if isinstance(m, SlottedModule)
         }
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoints: list[str] = []
+        self._checkpoint_wanted = threading.Event()
+        self._checkpoint_reason = ""
         self.inbox = Inbox()
         self.outbox = Outbox(notify)
         self.pending: list[pb.ExecutionOrder] = []
@@ -163,10 +165,20 @@ class ExecutionRuntime:
         *,
         val_loss: float = math.nan,
         val_accuracy: float = math.nan,
+        batch: ProbeBatch | None = None,
     ) -> None:
         """Close training step ``step``: train seeds, apply due orders, advance alpha, probe,
-        report and vote. Call once per step, after the host optimizer's step."""
+        report and vote. Call once per step, after the host optimizer's step.
+
+        ``batch`` (the step's ``(inputs, targets)``) lets seeds in TRAINING learn from a shadow loss:
+        the task loss with the seed fully on (alpha 1, input still detached), differentiated with
+        respect to the seed's parameters only. Without it they learn from the straight-through term
+        of the user's backward. Either way the host's parameters and gradients are untouched."""
         self.step = step
+        if batch is not None:
+            self.shadow_backward(batch)
+        if self._checkpoint_wanted.is_set():
+            self._emergency_checkpoint(step)
         if loss is not None:
             self.last_loss = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
             self.losses.append((step, self.last_loss))
@@ -194,6 +206,31 @@ class ExecutionRuntime:
             )
 
     # -- seed training -------------------------------------------------------------------------
+    def shadow_backward(self, batch: ProbeBatch) -> int:
+        """Set the gradient of every TRAINING seed to that of its shadow loss; returns how many.
+
+        Runs with the model in eval mode and a forked RNG (no dropout draw, no BatchNorm update)
+        and ``torch.autograd.grad`` on seed parameters, so the host is bit-identical to a run
+        without seeds."""
+        inputs, targets = split_batch(batch)
+        if targets is None:
+            return 0
+        served = 0
+        for state in self.states.values():
+            slot = state.slot
+            if slot.seed is None or slot.fossil or slot.stage != st.TRAINING or state.paused:
+                continue
+            params = [p for p in slot.seed_parameters() if p.requires_grad]
+            on = Mode.CONVEX if slot.blend_mode == pb.BLEND_MODE_CONVEX else Mode.RESIDUAL
+            with probe_mode(self.model, self.device), slot.forced(on, 1.0):
+                out = first_tensor(self.model(inputs.to(self.device)))
+                loss = (self.loss_fn or F.cross_entropy)(out, targets.to(self.device))
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+            for p, g in zip(params, grads, strict=True):
+                p.grad = None if g is None else g.detach()
+            served += 1
+        return served
+
     def _train_seeds(self, step: int) -> None:
         for sid, state in self.states.items():
             slot = state.slot
@@ -396,7 +433,15 @@ class ExecutionRuntime:
         return evidence
 
     def _sync_grads(self, slot: SeedSlot) -> None:
-        slot.hook_handles.extend(grad_sync_hooks(slot.seed_parameters(), self.world_size))
+        world = self.world_size
+
+        def hook(p: torch.Tensor) -> None:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad.div_(world)
+
+        for p in slot.seed_parameters():
+            slot.hook_handles.append(p.register_post_accumulate_grad_hook(hook))  # type: ignore[no-untyped-call]
 
     def _release(self, state: SlotState) -> None:
         state.slot.release()
@@ -459,18 +504,39 @@ class ExecutionRuntime:
         )
         self.outbox.put(KIND_SAFETY, signal)
 
+    def stage_evidence(self, sid: str) -> dict[str, float]:
+        """What the exit gate of the slot's stage reads that per-step bookkeeping does not hold:
+        the loss-spike z-score of the stage, and while SHADOWING/PROBATIONARY the counterfactual
+        (alpha 1 vs 0 on validation) and the slot's latency overhead."""
+        state = self.states[sid]
+        slot = state.slot
+        if slot.seed is None or slot.fossil:
+            return {}
+        out = {ev.LOSS_SPIKE_SIGMA: self._loss_spike(state.stage_since)}
+        if slot.stage in (st.SHADOWING, st.PROBATIONARY):
+            out.update(self.counterfactual(sid))
+            if self.probe_batch is not None:
+                out[ev.LATENCY_OVERHEAD] = latency_overhead(
+                    self.model, slot, self.device, self.probe_batch
+                )
+        return out
+
     def _report(self, step: int, val_loss: float, val_accuracy: float) -> None:
-        report = pb.StepReport(
-            rank=self.rank,
-            step=step,
-            loss=self.last_loss,
-            val_loss=val_loss,
-            val_accuracy=val_accuracy,
-        )
+        report = pb.StepReport(rank=self.rank, step=step)
+        # unmeasured values stay unset (a report never carries NaN: actors reject non-finite input)
+        for name, value in (
+            ("loss", self.last_loss),
+            ("val_loss", val_loss),
+            ("val_accuracy", val_accuracy),
+        ):
+            if math.isfinite(value):
+                setattr(report, name, value)
         for sid, state in self.states.items():
             metrics = state.metrics(step)
+            metrics.update(self.stage_evidence(sid))
+            metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
             report.slots.add(
-                slot=sid, stage=state.slot.stage, alpha=metrics["alpha"], metrics=metrics
+                slot=sid, stage=state.slot.stage, alpha=metrics.get("alpha", 0.0), metrics=metrics
             )
             if state.slot.seed is not None:
                 self.outbox.put(
@@ -480,6 +546,29 @@ class ExecutionRuntime:
         self.outbox.put(KIND_STEP_REPORT, report)
 
     # -- emergency checkpoint ------------------------------------------------------------------
+    def request_checkpoint(self, reason: str, step: int = 0) -> None:
+        """Ask for an emergency checkpoint at the next step boundary (thread-safe, never blocks)."""
+        self._checkpoint_reason = reason
+        self._checkpoint_wanted.set()
+
+    def _emergency_checkpoint(self, step: int) -> None:
+        self._checkpoint_wanted.clear()
+        if self.checkpoint_dir is None:
+            detail = (
+                f"checkpoint requested ({self._checkpoint_reason}) but no checkpoint_dir is set"
+            )
+        else:
+            path = f"{self.checkpoint_dir}/emergency-rank{self.rank}-step{step}.pt"
+            self.checkpoint(path)
+            self.checkpoints.append(path)
+            detail = f"emergency checkpoint written to {path} ({self._checkpoint_reason})"
+        self.outbox.put(
+            KIND_TELEMETRY,
+            pb.TelemetryRaw(
+                region=self.region, step=step, severity=pb.SEVERITY_CRITICAL, message=detail
+            ),
+        )
+
     def checkpoint(self, path: str) -> None:
         """Write seeds, stages, alpha and optimizer states atomically to ``path``."""
         slots: dict[str, Any] = {}

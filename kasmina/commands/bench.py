@@ -23,7 +23,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--only", choices=PARTS, action="append", help="run only these parts")
     parser.add_argument("--quick", action="store_true", help="smaller sample sizes")
     parser.add_argument(
-        "--bus", default="fakeredis://", metavar="URL", help="bus for the execution part's traffic figure"
+        "--bus",
+        default="fakeredis://",
+        metavar="URL",
+        help="bus for the execution part's traffic figure",
     )
     parser.set_defaults(func=run)
 

@@ -46,7 +46,12 @@ def _wanted(row: dict[str, Any], args: argparse.Namespace) -> bool:
             row["kind"] == k or (k.endswith("*") and row["kind"].startswith(k[:-1]))
             for k in args.kind
         )
-    return args.all or row["kind"] not in ("lifecycle.progress", "state.digest", "barrier.vote")
+    return args.all or row["kind"] not in (
+        "lifecycle.progress",
+        "state.digest",
+        "barrier.vote",
+        "barrier.commit",
+    )
 
 
 def _line(row: dict[str, Any]) -> str:

@@ -22,12 +22,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from actors.execution import insert_slots, param_count
+from actors.execution import ExecutionRuntime, insert_slots, param_count
 from bus import open_bus, record
 from contracts import KeyRing, streams
 from scenarios.cluster import Cluster, running_cluster
 from scenarios.demo.budgets import Budgets
-from scenarios.demo.execution import DemoRuntime, shadow_backward
 from scenarios.demo.policy import Plan, Tamiyo, plans_for
 from scenarios.demo.tasks import SLOT_POINTS, SPECS, Split, batches, build_host, evaluate, load_task
 
@@ -116,7 +115,7 @@ async def run_demo(opts: DemoOptions, progress: Progress | None = None) -> DemoR
     host_params = param_count(model)
     slots = insert_slots(model, SLOT_POINTS)
     opt = torch.optim.Adam(model.parameters(), lr=LR)
-    runtime = DemoRuntime(
+    runtime = ExecutionRuntime(
         model,
         slots,
         opt,
@@ -157,13 +156,14 @@ async def run_demo(opts: DemoOptions, progress: Progress | None = None) -> DemoR
                 loss = F.cross_entropy(model(x), y)
                 loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
-                shadow_backward(model, slots, x, y)
                 window.append(float(loss.detach()))
                 if step % budgets.barrier:
-                    await cl.step(step, loss=loss)
+                    await cl.step(step, loss=loss, batch=(x, y))
                     continue
                 val_loss, val_acc = evaluate(model, split.x_val, split.y_val)
-                await cl.step(step, loss=loss, val_loss=val_loss, val_accuracy=val_acc)
+                await cl.step(
+                    step, loss=loss, val_loss=val_loss, val_accuracy=val_acc, batch=(x, y)
+                )
                 await cl.settle()
                 _sample(history, step, sum(window) / len(window), val_loss, val_acc, slots)
                 window.clear()
