@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import Message
@@ -12,7 +14,7 @@ from google.protobuf.message import Message
 from actors import barrier, gates, safety, seed
 from actors.core import Context, Decision
 from actors.shell import Meta, Outcome
-from actors.telemetry import TelemetryAggregator
+from actors.telemetry import CONTENT_TYPE, TelemetryAggregator, render
 from contracts import KasminaConfig, Reason
 from leyline import pb
 
@@ -168,6 +170,45 @@ class TelemetryLogic:
     def __init__(self, config: KasminaConfig) -> None:
         self.config = config
         self.aggregator = TelemetryAggregator(config.telemetry)
+        self.server: ThreadingHTTPServer | None = None
+        if config.telemetry.prometheus_port is not None:
+            self.serve_metrics(config.telemetry.prometheus_port)
+
+    def metrics_text(self) -> bytes:
+        """The Prometheus text exposition of the latest global summary and the counters."""
+        return render(self.aggregator.latest_global, self.aggregator.stats)
+
+    def serve_metrics(self, port: int, host: str = "127.0.0.1") -> int:
+        """Serve ``GET /metrics`` on ``host:port`` from a daemon thread; returns the bound port."""
+        logic = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404)
+                    return
+                body = logic.metrics_text()
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Quiet: scrapes are not worth a log line."""
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        threading.Thread(
+            target=self.server.serve_forever, daemon=True, name="kasmina-metrics"
+        ).start()
+        return int(self.server.server_address[1])
+
+    def close(self) -> None:
+        """Stop the metrics server, if any."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
 
     def handle(self, kind: str, message: Message, meta: Meta) -> Outcome:
         decision = self.aggregator.decide(message, time.time())

@@ -22,6 +22,7 @@ import anyio
 from anyio.abc import TaskStatus
 from google.protobuf.message import Message
 
+from actors.safety import RejectStorm, note_reject
 from bus import Append, Bus, BusClosed, BusUnavailable, Consumer, Entry, Handled
 from contracts import REGISTRY, ContractError, Envelope, Reason, Signer, Verifier, streams
 from contracts.config import KasminaConfig
@@ -144,6 +145,7 @@ class ActorShell:
         self._consumer: Consumer | None = None
         self._stopping = False
         self._routes: dict[str, tuple[float, list[str]]] = {}
+        self._storm = RejectStorm()
 
     # -- state --------------------------------------------------------------------------------
     async def rebuild(self) -> int:
@@ -200,6 +202,12 @@ class ActorShell:
 
     def _reject(self, entry: Entry, code: Reason, detail: str, env: Envelope | None) -> Handled:
         self.rejected[code.value] += 1
+        self._storm, storm = note_reject(
+            self._storm,
+            time.monotonic(),
+            self.config.safety,
+            detail=f"{self.logic.name}: rejection storm",
+        )
         record = pb.Rejection(
             reason_code=code.value,
             stream=entry.stream,
@@ -210,11 +218,15 @@ class ActorShell:
             message_id=env.id if env else "",
             actor=self.logic.name,
         )
-        log.info("%s rejected %s: %s %s", self.logic.name, entry.id, code.value, detail)
+        log.debug("%s rejected %s: %s %s", self.logic.name, entry.id, code.value, detail)
         fields = {FRAME: self._seal(record, env.id if env else ""), "reason": code.value.encode()}
-        return Handled(
-            entry, self.group, [Append(self.rejected_stream, fields, maxlen=REJECTED_MAXLEN)]
-        )
+        appends = [Append(self.rejected_stream, fields, maxlen=REJECTED_MAXLEN)]
+        if storm is not None:  # too many rejections in the window: tell the SafetyActor
+            log.warning("%s: %s", self.logic.name, storm.detail)
+            frame = self._seal(storm, env.id if env else "")
+            safety = streams.inbox(self.run_id, "safety")
+            appends.append(Append(safety, {FRAME: frame, "kind": b"safety.signal"}))
+        return Handled(entry, self.group, appends)
 
     async def _handle(
         self, entry: Entry, checked: Envelope | ContractError | None

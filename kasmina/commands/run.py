@@ -33,6 +33,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="FILE",
         help="KasminaConfig TOML (default: $KASMINA_CONFIG)",
     )
+    parser.add_argument(
+        "--prometheus-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve /metrics (telemetry actor)",
+    )
     parser.add_argument("--log-level", default="INFO")
     parser.set_defaults(func=run)
 
@@ -43,6 +50,14 @@ def _split(text: str) -> list[str]:
 
 async def _serve(args: argparse.Namespace) -> None:
     config = load_config(args.config)
+    if args.prometheus_port is not None:
+        config = config.model_copy(
+            update={
+                "telemetry": config.telemetry.model_copy(
+                    update={"prometheus_port": args.prometheus_port}
+                )
+            }
+        )
     wiring = connect(redis_url(args), run_id(args), load_keys(args), config)
     try:
         shells = build_shells(
