@@ -20,7 +20,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "rotate", help="add a new signing key; the old one verifies for --grace seconds"
     )
     rot.add_argument("file", metavar="FILE")
-    rot.add_argument("--grace", type=float, default=3600.0, metavar="SECONDS")
+    rot.add_argument(
+        "--grace",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="default: security.key_grace_s of the config",
+    )
     rot.set_defaults(func=rotate)
 
 
@@ -35,8 +41,11 @@ def generate(args: argparse.Namespace) -> int:
 
 
 def rotate(args: argparse.Namespace) -> int:
+    from kasmina.wiring import load_config
+
+    grace = args.grace if args.grace is not None else load_config().security.key_grace_s
     path = Path(args.file)
-    ring = KeyRing.load(path).rotate(grace_s=args.grace)
+    ring = KeyRing.load(path).rotate(grace_s=grace)
     ring.save(path)
     emit_json({"keys": str(path), "active": ring.active.id, "verifying": ring.ids()})
     return 0
