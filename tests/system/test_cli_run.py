@@ -210,6 +210,16 @@ def test_run_publish_replay_status(cli_env: dict[str, str], tmp_path: Path) -> N
         assert [r["gate"] for r in failed] == ["G3_INTERFACE"]
         assert any(not c["passed"] and c["name"] == "output_finite" for c in failed[0]["checks"])
 
+        recording = tmp_path / "run.kasrec"
+        recorded = kasmina("record", "-o", str(recording), env=cli_env)
+        assert recorded.returncode == 0, recorded.stderr
+        assert json.loads(recorded.stdout)["entries"] > len(rows)
+        offline = kasmina("replay", str(recording), "--json", "--verify", env=cli_env)
+        assert offline.returncode == 0, offline.stderr
+        assert (
+            offline.stdout.splitlines()[:-1] == replay.stdout.splitlines()[:-1]
+        )  # same timeline offline
+
         status = kasmina("status", "--json", env=cli_env)
         assert status.returncode == 0, status.stderr
         report = json.loads(status.stdout)
