@@ -4,6 +4,7 @@ stay identical, and barrier digests agree."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import threading
 
@@ -40,6 +41,17 @@ def _submit_all(rt: ExecutionRuntime, orders: list[pb.ExecutionOrder]) -> None:
 
 
 def _worker(rank: int, root: str) -> None:
+    _train(rank, root)
+    # Leave without interpreter finalization. DDP keeps the gloo process group, and so its
+    # worker threads, alive past destroy_process_group; every gloo work holds a Python object
+    # (the captured contextvars context, the reduced tensors), and a worker thread that frees
+    # its last finished work after finalization has begun is killed while taking the GIL inside
+    # a noexcept destructor: std::terminate, SIGABRT. The results are on disk; a failure above
+    # still raises into mp.spawn's error reporting.
+    os._exit(0)
+
+
+def _train(rank: int, root: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo", init_method=f"file://{root}/rendezvous", rank=rank, world_size=WORLD
