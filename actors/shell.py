@@ -163,7 +163,8 @@ class ActorShell:
                 try:
                     env = replay.open(frame)
                     message = REGISTRY.parse(env.kind, env.body)
-                except ContractError:
+                except ContractError as exc:  # a tampered or foreign entry is no part of the state
+                    log.warning("%s: event %s skipped in rebuild: %s", self.logic.name, entry.id, exc)
                     continue
                 self.logic.fold(env.kind, message)
                 count += 1
