@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 from actors.logic import build_logic
 from actors.shell import ActorShell
-from bus import Bus
-from contracts import KasminaConfig, Signer, Verifier, streams
+from bus import Bus, RedisNonceGuard
+from contracts import KasminaConfig, KeyRing, Signer, Verifier, streams
 
 ACTORS = ("seed", "gate", "safety", "telemetry", "barrier")
 
@@ -17,6 +17,21 @@ ACTORS = ("seed", "gate", "safety", "telemetry", "barrier")
 def process_name() -> str:
     """host:pid, for heartbeats."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def live_verifier(
+    bus: Bus, run: str, ring: KeyRing, config: KasminaConfig, *, replay: bool = False
+) -> Verifier:
+    """A verifier with the config's limits whose nonce guard is the run's, shared through the bus."""
+    sec = config.security
+    return Verifier(
+        ring,
+        nonce_guard=RedisNonceGuard(bus, streams.prefix(run)),
+        tolerance_s=sec.clock_tolerance_s,
+        nonce_ttl_s=sec.nonce_ttl_s,
+        max_bytes=sec.max_message_bytes,
+        replay=replay,
+    )
 
 
 def build_shells(

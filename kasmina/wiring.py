@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from actors.assemble import live_verifier
 from bus import Bus, open_bus
-from bus.nonce import RedisNonceGuard
 from contracts import KasminaConfig, KeyRing, Signer, Verifier, streams
 
 
@@ -26,15 +26,7 @@ class Wiring:
 
     def verifier(self, *, replay: bool = False) -> Verifier:
         """A live verifier whose nonce guard is shared through the bus (or a replay verifier)."""
-        sec = self.config.security
-        return Verifier(
-            self.ring,
-            nonce_guard=RedisNonceGuard(self.bus, streams.prefix(self.run)),
-            tolerance_s=sec.clock_tolerance_s,
-            nonce_ttl_s=sec.nonce_ttl_s,
-            max_bytes=sec.max_message_bytes,
-            replay=replay,
-        )
+        return live_verifier(self.bus, self.run, self.ring, self.config, replay=replay)
 
 
 def load_config(path: str | Path | None = None) -> KasminaConfig:

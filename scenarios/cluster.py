@@ -14,16 +14,16 @@ from typing import Any
 
 import anyio
 
-from actors.assemble import ACTORS, build_shells
+from actors.assemble import ACTORS, build_shells, live_verifier
 from actors.client import KasminaClient
 from actors.execution.actor import ExecutionActor
 from actors.replay import RunState, fold_events
 from actors.shell import FRAME, ActorShell
 from actors.supervisor import Supervisor
 from bus import Bus
-from bus.nonce import RedisNonceGuard
 from contracts import REGISTRY, ContractError, KasminaConfig, KeyRing, Signer, Verifier, streams
 from leyline import pb
+from scenarios.pacing import inbox_backlog
 
 
 class SettleTimeout(TimeoutError):
@@ -50,7 +50,7 @@ class Cluster:
 
     def verifier(self, *, replay: bool = False) -> Verifier:
         """A verifier on this run's keys (live: with the shared nonce guard)."""
-        return make_verifier(self.bus, self.run, self.ring, self.config, replay=replay)
+        return live_verifier(self.bus, self.run, self.ring, self.config, replay=replay)
 
     async def step(self, step: int, **kwargs: Any) -> None:
         """Close ``step`` on every runtime and flush what they queued."""
@@ -106,34 +106,7 @@ class Cluster:
 
 async def run_is_quiet(bus: Bus, run: str) -> bool:
     """True if every inbox stream of ``run`` is fully read and acked by its consumer group."""
-    for name in await bus.streams(streams.prefix(run) + "inbox:*"):
-        info = await bus.info(name)
-        if not info.groups and info.length:
-            return False  # nobody consumes this inbox yet
-        for group in info.groups:
-            if group.pending:
-                return False
-            if group.lag is None:
-                if group.last_delivered != info.last_id:
-                    return False
-            elif group.lag:
-                return False
-    return True
-
-
-def make_verifier(
-    bus: Bus, run: str, ring: KeyRing, config: KasminaConfig, *, replay: bool = False
-) -> Verifier:
-    """A verifier with the run's shared nonce guard."""
-    sec = config.security
-    return Verifier(
-        ring,
-        nonce_guard=RedisNonceGuard(bus, streams.prefix(run)),
-        tolerance_s=sec.clock_tolerance_s,
-        nonce_ttl_s=sec.nonce_ttl_s,
-        max_bytes=sec.max_message_bytes,
-        replay=replay,
-    )
+    return await inbox_backlog(bus, run) == 0
 
 
 async def read_events(bus: Bus, run: str, ring: KeyRing) -> list[tuple[str, str, Any]]:
@@ -177,7 +150,7 @@ async def running_cluster(
         run=run,
         config=config,
         signer=signer,
-        verifier=make_verifier(bus, run, ring, config),
+        verifier=live_verifier(bus, run, ring, config),
         actors=actors,
         slots=slots,
     )
@@ -188,13 +161,13 @@ async def running_cluster(
             bus=bus,
             run=run,
             signer=Signer(ring, f"execution:{rank}"),
-            verifier=make_verifier(bus, run, ring, config),
+            verifier=live_verifier(bus, run, ring, config),
             config=config,
             rank=rank,
         )
         for rank, rt in enumerate(runtimes)
     ]
-    client = KasminaClient(bus, run, Signer(ring, "tamiyo"), make_verifier(bus, run, ring, config))
+    client = KasminaClient(bus, run, Signer(ring, "tamiyo"), live_verifier(bus, run, ring, config))
     cluster = Cluster(bus, run, ring, config, supervisor, executions, client, list(runtimes))
     async with anyio.create_task_group() as tg:
         await tg.start(

@@ -37,6 +37,7 @@ from scenarios.model import (
     SkewClock,
     gate_number,
 )
+from scenarios.pacing import inbox_backlog
 from scenarios.sim import SimRuntime
 
 __all__ = ["Harness", "ScenarioFault", "inbox_of"]
@@ -55,21 +56,7 @@ def inbox_of(run: str, actor: str) -> str:
 
 
 async def _quiet(bus: Bus, run: str, exclude: Collection[str]) -> bool:
-    for name in await bus.streams(streams.prefix(run) + "inbox:*"):
-        if name in exclude:
-            continue
-        info = await bus.info(name)
-        if not info.groups and info.length:
-            return False
-        for group in info.groups:
-            if group.pending:
-                return False
-            if group.lag is None:
-                if group.last_delivered != info.last_id:
-                    return False
-            elif group.lag:
-                return False
-    return True
+    return await inbox_backlog(bus, run, exclude) == 0
 
 
 @dataclass

@@ -30,9 +30,9 @@ from contracts import REGISTRY, ContractError, KeyRing, Verifier, streams
 from leyline import pb
 from scenarios.chaos.check import LogEntry, RunRecord, compare, record_of
 from scenarios.chaos.hostile import Hostile
-from scenarios.chaos.pacing import wait_drained
 from scenarios.chaos.plan import ChaosPlan, make_plan
 from scenarios.chaos.procs import ActorProcess, config_toml
+from scenarios.pacing import wait_drained
 
 ATTACK_ON, ATTACK_OFF, END = -1, -2, -3  # marks besides steps
 

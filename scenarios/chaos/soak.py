@@ -25,9 +25,9 @@ from bus import Append, open_bus
 from bus.testing import redis_server
 from contracts import KeyRing, Signer, streams
 from leyline import pb
-from scenarios.chaos.pacing import inbox_backlog
 from scenarios.chaos.plan import ProcessSpec
 from scenarios.chaos.procs import ActorProcess, config_toml
+from scenarios.pacing import inbox_backlog
 
 __all__ = ["SoakResult", "soak"]
 

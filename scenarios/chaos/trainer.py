@@ -20,27 +20,16 @@ from typing import Any
 
 import anyio
 
+from actors.assemble import live_verifier
 from actors.client import KasminaClient
 from actors.execution.actor import ExecutionActor
 from bus import BusUnavailable, open_bus
-from bus.nonce import RedisNonceGuard
-from contracts import KasminaConfig, KeyRing, Signer, Verifier, streams
-from scenarios.chaos.pacing import wait_drained
+from contracts import KasminaConfig, KeyRing, Signer
 from scenarios.chaos.plan import ChaosPlan, PlannedCommand
+from scenarios.pacing import wait_drained
 from scenarios.sim import SimRuntime
 
 __all__ = ["main", "train"]
-
-
-def _verifier(bus: Any, run: str, ring: KeyRing, config: KasminaConfig) -> Verifier:
-    sec = config.security
-    return Verifier(
-        ring,
-        nonce_guard=RedisNonceGuard(bus, streams.prefix(run)),
-        tolerance_s=sec.clock_tolerance_s,
-        nonce_ttl_s=sec.nonce_ttl_s,
-        max_bytes=sec.max_message_bytes,
-    )
 
 
 async def _send(client: KasminaClient, command: PlannedCommand) -> str:
@@ -76,10 +65,10 @@ async def train(
         bus=bus,
         run=run,
         signer=Signer(ring, "execution:0"),
-        verifier=_verifier(bus, run, ring, config),
+        verifier=live_verifier(bus, run, ring, config),
         config=config,
     )
-    client = KasminaClient(bus, run, Signer(ring, "tamiyo"), _verifier(bus, run, ring, config))
+    client = KasminaClient(bus, run, Signer(ring, "tamiyo"), live_verifier(bus, run, ring, config))
     ids: dict[int, str] = {}
     durations: list[float] = []
     timeouts: list[int] = []

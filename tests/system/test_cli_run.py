@@ -14,12 +14,13 @@ from pathlib import Path
 import anyio
 import pytest
 
+from actors.assemble import live_verifier
 from actors.execution.actor import ExecutionActor
 from bus import open_bus
 from bus.testing import purge_prefix, real_redis_url
 from contracts import KasminaConfig, KeyRing, Signer, streams
 from leyline import pb
-from scenarios.cluster import make_verifier, read_events, run_is_quiet
+from scenarios.cluster import read_events, run_is_quiet
 from scenarios.sim import SimRuntime
 
 pytestmark = pytest.mark.redis
@@ -112,7 +113,7 @@ async def _session(env: dict[str, str], ring: KeyRing) -> dict[str, object]:
         bus=bus,
         run=run,
         signer=Signer(ring, "trainer"),
-        verifier=make_verifier(bus, run, ring, config),
+        verifier=live_verifier(bus, run, ring, config),
         config=config,
     )
     out: dict[str, object] = {}

@@ -1,9 +1,9 @@
-"""Pacing without in-process actors: is a run's inbox traffic drained? (bus reads only)."""
+"""Pacing: is a run's inbox traffic drained? (bus reads only, so it works across processes)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 import anyio
 
@@ -13,10 +13,12 @@ from contracts import streams
 __all__ = ["drained", "inbox_backlog", "wait_drained"]
 
 
-async def inbox_backlog(bus: Bus, run: str) -> int:
+async def inbox_backlog(bus: Bus, run: str, exclude: Collection[str] = ()) -> int:
     """Entries of the run's inboxes that are unread or read but not acked (0 = drained)."""
     backlog = 0
     for name in await bus.streams(streams.prefix(run) + "inbox:*"):
+        if name in exclude:
+            continue
         info = await bus.info(name)
         if not info.groups:
             backlog += info.length  # nobody consumed this inbox yet
