@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actors.shell import FRAME
 from bus import EntrySource, Recording, open_bus
-from contracts import REGISTRY, ContractError, KeyRing, KeyRingError, Verifier, streams
+from contracts import KeyRing, KeyRingError, streams
 from kasmina.common import CliError, default_run
 
 URL_SCHEMES = ("redis://", "rediss://", "unix://", "fakeredis://", "memory://")
@@ -57,40 +56,6 @@ def keys_for(source: str, keys: str | None) -> KeyRing:
             raise
     except KeyRingError as exc:
         raise CliError(str(exc)) from exc
-
-
-async def read_verified(
-    entries: EntrySource, stream: str, ring: KeyRing, *, until: str | None = None
-) -> tuple[list[tuple[str, str, Any]], list[dict[str, str]]]:
-    """Every entry of ``stream`` verified in replay mode (MAC checked, freshness skipped).
-
-    Returns the parsed ``(entry_id, kind, message)`` triples and a list of entries that failed.
-    """
-    verifier = Verifier(ring, replay=True)
-    good: list[tuple[str, str, Any]] = []
-    bad: list[dict[str, str]] = []
-    start = "-"
-    while True:
-        page = await entries.range(stream, start, until or "+", count=2000)
-        for entry in page:
-            frame = entry.fields.get(FRAME)
-            try:
-                if frame is None:
-                    raise ContractError("no frame field")
-                env = verifier.open(frame)
-                good.append((entry.id, env.kind, REGISTRY.parse(env.kind, env.body)))
-            except ContractError as exc:
-                bad.append(
-                    {
-                        "entry_id": entry.id,
-                        "stream": stream,
-                        "reason": exc.code.value,
-                        "detail": exc.detail,
-                    }
-                )
-        if len(page) < 2000:
-            return good, bad
-        start = "(" + page[-1].id
 
 
 def events_stream(run: str) -> str:

@@ -16,12 +16,13 @@ import anyio
 
 from actors.assemble import ACTORS, build_shells, live_verifier
 from actors.client import KasminaClient
+from actors.eventlog import read_verified
 from actors.execution.actor import ExecutionActor
 from actors.replay import RunState, fold_events
-from actors.shell import FRAME, ActorShell
+from actors.shell import ActorShell
 from actors.supervisor import Supervisor
 from bus import Bus
-from contracts import REGISTRY, ContractError, KasminaConfig, KeyRing, Signer, Verifier, streams
+from contracts import KasminaConfig, KeyRing, Signer, Verifier, streams
 from leyline import pb
 from scenarios.pacing import inbox_backlog
 
@@ -111,23 +112,8 @@ async def run_is_quiet(bus: Bus, run: str) -> bool:
 
 async def read_events(bus: Bus, run: str, ring: KeyRing) -> list[tuple[str, str, Any]]:
     """Verified (replay mode) and parsed entries of the run's event stream."""
-    verifier = Verifier(ring, replay=True)
-    out = []
-    start = "-"
-    while True:
-        page = await bus.range(streams.events(run), start, "+", count=2000)
-        for entry in page:
-            frame = entry.fields.get(FRAME)
-            if frame is None:
-                continue
-            try:
-                env = verifier.open(frame)
-                out.append((entry.id, env.kind, REGISTRY.parse(env.kind, env.body)))
-            except ContractError:
-                continue
-        if len(page) < 2000:
-            return out
-        start = "(" + page[-1].id
+    events, _ = await read_verified(bus, streams.events(run), ring)
+    return events
 
 
 @asynccontextmanager

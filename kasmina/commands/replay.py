@@ -8,10 +8,11 @@ from typing import Any
 
 import anyio
 
+from actors.eventlog import read_verified
 from actors.replay import fold_events, timeline, verify_digests
 from actors.seed import stage_name
 from kasmina.common import emit_json
-from kasmina.sources import events_stream, keys_for, open_source, read_verified
+from kasmina.sources import events_stream, keys_for, open_source
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
