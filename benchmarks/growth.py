@@ -41,6 +41,7 @@ from leyline import pb
 from scenarios.demo.tasks import SLOT_POINTS, SPECS, Split, batches, build_host, evaluate, load_task
 
 LR, BATCH = 1e-2, 128
+SEED_WEIGHT_DECAY = 0.0  # the protocol: a fresh Adam for the seed, no decay (--seed-weight-decay)
 PLAN = {"digits": ("units", "width"), "spirals": ("hidden", "residual_mlp")}
 S = pb.SeedLifecycleStage
 
@@ -150,7 +151,7 @@ def arm_grown(task: str, split: Split, seed: int, steps: int, at: int) -> dict[s
         seed_salt=seed,
     )
     slot, blueprint = PLAN[task]
-    hp = {"hidden": float(SPECS[task].hidden), "lr": LR, "weight_decay": 1e-2}
+    hp = {"hidden": float(SPECS[task].hidden), "lr": LR, "weight_decay": SEED_WEIGHT_DECAY}
     germ = pb.Germinate(blueprint=blueprint, params=hp)
     rt.submit(_order(slot, S.SEED_STAGE_GERMINATED, at, germinate=germ))
     rt.submit(_order(slot, S.SEED_STAGE_TRAINING, at))
@@ -244,9 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default="digits,spirals")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--seed-weight-decay", type=float, default=0.0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     started = time.perf_counter()
+    global SEED_WEIGHT_DECAY
+    SEED_WEIGHT_DECAY = args.seed_weight_decay
     results = [run_task(t, args.seeds, args.steps) for t in args.tasks.split(",")]
     elapsed = time.perf_counter() - started
     if args.json or not args.markdown:
