@@ -164,7 +164,9 @@ class ActorShell:
                     env = replay.open(frame)
                     message = REGISTRY.parse(env.kind, env.body)
                 except ContractError as exc:  # a tampered or foreign entry is no part of the state
-                    log.warning("%s: event %s skipped in rebuild: %s", self.logic.name, entry.id, exc)
+                    log.warning(
+                        "%s: event %s skipped in rebuild: %s", self.logic.name, entry.id, exc
+                    )
                     continue
                 self.logic.fold(env.kind, message)
                 count += 1
@@ -196,10 +198,9 @@ class ActorShell:
         return self.signer.seal(REGISTRY.kind_of(message), message, causation_id=causation)
 
     def _event_append(self, message: Message, causation: str) -> Append:
-        return Append(
-            self.events_stream,
-            {FRAME: self._seal(message, causation), "kind": REGISTRY.kind_of(message).encode()},
-        )
+        kind = REGISTRY.kind_of(message)
+        frame = self.signer.seal(kind, message, causation_id=causation)
+        return Append(self.events_stream, {FRAME: frame, "kind": kind.encode()})
 
     def _reject(self, entry: Entry, code: Reason, detail: str, env: Envelope | None) -> Handled:
         self.rejected[code.value] += 1
@@ -272,11 +273,18 @@ class ActorShell:
             )
             for m in outcome.telemetry
         ]
-        if outcome.events:
-            for (actor, key), digest in self.logic.digests().items():
-                record = pb.StateDigest(actor=actor, key=key, digest=digest, after_event_id=env.id)
-                appends.append(self._event_append(record, env.id))
         return Handled(entry, self.group, appends, dedupe_key=env.id), outcome
+
+    def _with_digests(self, item: Handled) -> Handled:
+        """``item`` plus the state digests as they stand now (after the batch's last change)."""
+        env_id = item.dedupe_key or ""
+        records = [
+            self._event_append(
+                pb.StateDigest(actor=actor, key=key, digest=digest, after_event_id=env_id), env_id
+            )
+            for (actor, key), digest in self.logic.digests().items()
+        ]
+        return Handled(item.entry, item.group, [*item.appends, *records], item.dedupe_key)
 
     async def _process(self, batch: Sequence[Entry]) -> None:
         framed = [(e, e.fields.get(FRAME)) for e in batch]
@@ -286,9 +294,14 @@ class ActorShell:
             )
         )
         handled: list[Handled] = []
+        last_change = -1
         for entry, frame in framed:
-            item, _ = await self._handle(entry, next(checks) if frame is not None else None)
+            item, outcome = await self._handle(entry, next(checks) if frame is not None else None)
+            if outcome is not None and outcome.events:
+                last_change = len(handled)
             handled.append(item)
+        if last_change >= 0:  # one digest per batch, after the last event that changed the state
+            handled[last_change] = self._with_digests(handled[last_change])
         results = await self.bus.commit(handled)
         self.processed += len(handled)
         if any(

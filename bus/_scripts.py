@@ -3,20 +3,17 @@ so an error leaves nothing half-done."""
 
 from __future__ import annotations
 
-__all__ = ["CLAIM_KEY", "CLAIM_KEYS", "COMMIT", "DEAD_LETTER"]
+__all__ = ["CLAIM_KEY", "CLAIM_KEYS", "COMMIT", "DEAD_LETTER", "PUBLISH_MANY"]
 
-# ARGV: ttl_ms, n_items, n_groups, group1..groupN, then per item two arguments:
-#   "input_key_index,group_index,dedupe_key_index (0 = none),n_appends", entry_id,
-#   then per append: stream_key_index, maxlen ("" = none), n_fields, name1, value1, ...
-# Returns one integer per item: 1 = effects written and acked, 0 = duplicate, only acked.
-COMMIT = """
-local ttl = ARGV[1]
-local n = tonumber(ARGV[2])
-local ng = tonumber(ARGV[3])
-local pos = 4 + ng
+# Shared by COMMIT and PUBLISH_MANY. An append is the arguments
+#   stream_key_index, maxlen ("" = none), n_fields, name1, value1, ..., nameN, valueN
+# scan_append(p) checks the one starting at ARGV[p] and returns the position after it (or nil and
+# an error); xadd(p) writes it and returns the new id. Validation never writes, so a script that
+# scans everything first is all or nothing.
+_PARSE = """
 local checked = {}
-local items = {}
 local function check(k)
+  if not k then return 'ERR bad key index' end
   if not checked[k] then
     local t = redis.call('TYPE', k)['ok']
     if t ~= 'stream' and t ~= 'none' then
@@ -26,48 +23,116 @@ local function check(k)
   end
   return nil
 end
-for i = 1, n do
-  local ki, gi, di, na = string.match(ARGV[pos], '^(%d+),(%d+),(%d+),(%d+)$')
-  local item = {KEYS[tonumber(ki)], ARGV[3 + tonumber(gi)], ARGV[pos + 1], tonumber(di), {}}
-  local err = check(item[1])
-  if err then return redis.error_reply(err) end
-  na = tonumber(na)
-  pos = pos + 2
-  for j = 1, na do
-    local k = KEYS[tonumber(ARGV[pos])]
-    err = check(k)
-    if err then return redis.error_reply(err) end
-    local nf = tonumber(ARGV[pos + 2])
-    item[5][j] = {k, ARGV[pos + 1], pos + 3, nf}
-    pos = pos + 3 + 2 * nf
+local function scan_append(p)
+  local err = check(KEYS[tonumber(ARGV[p])])
+  if err then return nil, err end
+  local nf = tonumber(ARGV[p + 2])
+  if not nf or nf < 1 or p + 2 + 2 * nf > #ARGV then return nil, 'ERR malformed append' end
+  return p + 3 + 2 * nf
+end
+local function xadd(p)
+  local args = {'XADD', KEYS[tonumber(ARGV[p])]}
+  if ARGV[p + 1] ~= '' then
+    args[3] = 'MAXLEN'
+    args[4] = '~'
+    args[5] = ARGV[p + 1]
   end
-  items[i] = item
+  args[#args + 1] = '*'
+  local n = #args
+  for f = p + 3, p + 2 + 2 * tonumber(ARGV[p + 2]) do
+    n = n + 1
+    args[n] = ARGV[f]
+  end
+  return redis.call(unpack(args))
+end
+"""
+
+# KEYS: every stream the appends go to. ARGV: the appends (see _PARSE), one after the other.
+# Validates everything before the first write; returns the new entry ids in order.
+PUBLISH_MANY = (
+    _PARSE
+    + """
+local starts = {}
+local p = 1
+while p <= #ARGV do
+  starts[#starts + 1] = p
+  local q, err = scan_append(p)
+  if not q then return redis.error_reply(err) end
+  p = q
 end
 local out = {}
-for i = 1, n do
-  local it = items[i]
-  local fresh = 1
-  if it[4] > 0 then
-    if not redis.call('SET', KEYS[it[4]], '1', 'NX', 'PX', ttl) then fresh = 0 end
-  end
-  if fresh == 1 then
-    for _, a in ipairs(it[5]) do
-      local args = {'XADD', a[1]}
-      if a[2] ~= '' then
-        args[#args + 1] = 'MAXLEN'
-        args[#args + 1] = '~'
-        args[#args + 1] = a[2]
-      end
-      args[#args + 1] = '*'
-      for f = a[3], a[3] + 2 * a[4] - 1 do args[#args + 1] = ARGV[f] end
-      redis.call(unpack(args))
-    end
-  end
-  redis.call('XACK', it[1], it[2], it[3])
-  out[i] = fresh
-end
+for i, start in ipairs(starts) do out[i] = xadd(start) end
 return out
 """
+)
+
+# KEYS: every stream and processed-marker key the commit touches (one hash tag).
+# ARGV: ttl_ms, n_groups, group1..groupN, then per item:
+#   input_key_index, group_index, dedupe_key_index (0 = none), n_appends, entry_id, its appends.
+# Every item is scanned and every key type-checked before the first write. Acks are issued once
+# per (stream, group) with all their ids. Returns a string with one character per item:
+# "1" = effects written and acked, "0" = duplicate, only acked.
+COMMIT = (
+    _PARSE
+    + """
+local ttl = ARGV[1]
+local ng = tonumber(ARGV[2])
+local items = {}
+local p = 3 + ng
+while p <= #ARGV do
+  local k = KEYS[tonumber(ARGV[p])]
+  local group = ARGV[2 + tonumber(ARGV[p + 1])]
+  local di = tonumber(ARGV[p + 2])
+  local na = tonumber(ARGV[p + 3])
+  local err = check(k)
+  if err then return redis.error_reply(err) end
+  if not group or (di > 0 and not KEYS[di]) or not ARGV[p + 4] then
+    return redis.error_reply('ERR commit: malformed item ' .. (#items + 1))
+  end
+  local item = {k, group, ARGV[p + 4], di, p + 5, na}
+  p = p + 5
+  for _ = 1, na do
+    local q
+    q, err = scan_append(p)
+    if not q then return redis.error_reply(err) end
+    p = q
+  end
+  items[#items + 1] = item
+end
+local out = {}
+local acks = {}
+local order = {}
+for i, it in ipairs(items) do
+  local fresh = '1'
+  if it[4] > 0 and not redis.call('SET', KEYS[it[4]], '1', 'NX', 'PX', ttl) then
+    fresh = '0'
+  end
+  if fresh == '1' and it[6] > 0 then
+    local q = it[5]
+    for _ = 1, it[6] do
+      xadd(q)
+      q = q + 3 + 2 * tonumber(ARGV[q + 2])
+    end
+  end
+  local slot = it[1] .. '\\0' .. it[2]
+  local ack = acks[slot]
+  if not ack then
+    ack = {it[1], it[2]}
+    acks[slot] = ack
+    order[#order + 1] = ack
+  end
+  ack[#ack + 1] = it[3]
+  out[i] = fresh
+end
+for _, ack in ipairs(order) do
+  for first = 3, #ack, 1000 do
+    local last = math.min(#ack, first + 999)
+    redis.call('XACK', ack[1], ack[2], unpack(ack, first, last))
+  end
+end
+return table.concat(out)
+"""
+)
 
 # KEYS: dead_stream, source_stream. ARGV: group, entry_id, name1, value1, ...
 DEAD_LETTER = """

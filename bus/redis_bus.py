@@ -16,12 +16,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import anyio
+import hiredis
 import redis.asyncio as aioredis
 import redis.exceptions as rex
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ._scripts import CLAIM_KEY, CLAIM_KEYS, COMMIT, DEAD_LETTER
+from ._scripts import CLAIM_KEY, CLAIM_KEYS, COMMIT, DEAD_LETTER, PUBLISH_MANY
 from .api import (
     Append,
     Entry,
@@ -39,17 +40,66 @@ __all__ = ["RedisStreamBus"]
 
 T = TypeVar("T")
 DAY_MS = 24 * 3600 * 1000
+_PLAIN = frozenset((str, bytes, int))
+_SCAN_COUNT = 5_000
 _GONE = ("NOGROUP", "UNBLOCKED", "The XGROUP subcommand requires the key to exist")
+
+
+def _fast_packing(cls: type[Any]) -> type[Any]:
+    """``cls`` (an asyncio connection class) packing commands with hiredis when it can.
+
+    redis-py's asyncio connections pack every argument in Python; hiredis packs the whole command
+    in C. Anything but str/bytes/int arguments (floats, bools, memoryviews) takes the original
+    path, so the bytes on the wire and the errors raised stay the same.
+    """
+    if getattr(cls, "_kasmina_fast", False):
+        return cls
+
+    def pack_command(self: Any, *args: Any) -> list[bytes]:
+        if _PLAIN.issuperset(map(type, args)):
+            head = args[0]
+            if " " in head if type(head) is str else b" " in head:
+                args = (*head.split(), *args[1:])
+            return [hiredis.pack_command(args)]
+        packed: list[bytes] = slow(self, *args)
+        return packed
+
+    slow = cls.pack_command
+    return type(cls.__name__, (cls,), {"pack_command": pack_command, "_kasmina_fast": True})
 
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _b(value: Any) -> bytes:
+    """A field value as bytes (what redis-py's encoder would send)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, bool):
+        raise BusProtocolError(f"invalid field value of type bool: {value!r}")
+    if isinstance(value, int | float):
+        return repr(value).encode()
+    if isinstance(value, str):
+        return value.encode()
+    raise BusProtocolError(f"invalid field value of type {type(value).__name__}")
+
+
+def _encode_append(args: list[Any], key_index: int, append: Append) -> None:
+    """Add ``append`` to a script's ``args`` (see bus/_scripts.py): key index, maxlen, fields."""
+    args += (key_index, "" if append.maxlen is None else append.maxlen, len(append.fields))
+    for name, value in append.fields.items():
+        args += (name, value if type(value) is bytes else _b(value))
+
+
 def _fields(raw: Any) -> dict[str, bytes]:
     if not raw:
         return {}
-    return {_s(k): v if isinstance(v, bytes) else str(v).encode() for k, v in raw.items()}
+    out = {k.decode() if type(k) is bytes else str(k): v for k, v in raw.items()}
+    for name, value in out.items():  # bytes unless the client decodes responses
+        if type(value) is not bytes:
+            out[name] = value.encode() if isinstance(value, str) else str(value).encode()
+    return out
 
 
 def _stream_entries(reply: Any) -> list[tuple[str, Any]]:
@@ -59,8 +109,7 @@ def _stream_entries(reply: Any) -> list[tuple[str, Any]]:
     groups = reply.items() if isinstance(reply, dict) else reply
     out: list[tuple[str, Any]] = []
     for _, entries in groups:
-        for item in entries:
-            out.append((_s(item[0]), item[1]))
+        out += [(i.decode() if type(i) is bytes else str(i), f) for i, f in entries]
     return out
 
 
@@ -95,6 +144,7 @@ class RedisStreamBus:
         self._dead = client.register_script(DEAD_LETTER)
         self._claim = client.register_script(CLAIM_KEY)
         self._claim_many = client.register_script(CLAIM_KEYS)
+        self._publish_many = client.register_script(PUBLISH_MANY)
 
     @classmethod
     def from_url(
@@ -117,6 +167,8 @@ class RedisStreamBus:
             retry=Retry(NoBackoff(), 0),
             health_check_interval=30,
         )
+        pool = client.connection_pool
+        pool.connection_class = _fast_packing(pool.connection_class)
         opts.setdefault("max_block_ms", int(socket_timeout * 500))
         return cls(client, **opts)
 
@@ -166,17 +218,17 @@ class RedisStreamBus:
         return _s(raw)
 
     async def publish_many(self, appends: Sequence[Append]) -> list[str]:
+        """All ``appends`` in one script call: one round trip, all or nothing, ids in order."""
+        if not appends:
+            return []
+        keys: dict[str, int] = {}
+        args: list[Any] = []
         for a in appends:
             check_append(a)
-
-        async def run() -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
-            for a in appends:
-                pipe.xadd(a.stream, dict(a.fields), maxlen=a.maxlen, approximate=True)
-            out: list[Any] = await pipe.execute()
-            return out
-
-        return [_s(r) for r in await self._call(run, idempotent=False)]
+            _encode_append(args, keys.get(a.stream) or keys.setdefault(a.stream, len(keys) + 1), a)
+        names = list(keys)
+        raw = await self._call(lambda: self._publish_many(keys=names, args=args), idempotent=False)
+        return [_s(r) for r in raw]
 
     async def ensure_group(self, stream: str, group: str, *, start: str = "0") -> None:
         async def run() -> None:
@@ -192,29 +244,31 @@ class RedisStreamBus:
         if not handled:
             return []
         keys: dict[str, int] = {}
-
-        def key(name: str) -> int:
-            return keys.setdefault(name, len(keys) + 1)
-
         groups: dict[str, int] = {}
-        body: list[Any] = []
+        items: list[Any] = []
+        retry = True
         for h in handled:
-            dedupe = 0
+            stream = h.entry.stream
+            ki = keys.get(stream) or keys.setdefault(stream, len(keys) + 1)
+            gi = groups.get(h.group) or groups.setdefault(h.group, len(groups) + 1)
+            di = 0
             if h.dedupe_key is not None:
-                dedupe = key(processed_key(h.entry.stream, h.group, h.dedupe_key))
-            g = groups.setdefault(h.group, len(groups) + 1)
-            body += [f"{key(h.entry.stream)},{g},{dedupe},{len(h.appends)}", h.entry.id]
+                di = keys.setdefault(processed_key(stream, h.group, h.dedupe_key), len(keys) + 1)
+            else:
+                retry = False
+            items += (ki, gi, di, len(h.appends), h.entry.id)
             for a in h.appends:
                 check_append(a)
-                body += [key(a.stream), "" if a.maxlen is None else a.maxlen, len(a.fields)]
-                for name, value in a.fields.items():
-                    body += [name, value]
-        args: list[Any] = [self.processed_ttl_ms, len(handled), len(groups), *groups, *body]
+                _encode_append(
+                    items, keys.get(a.stream) or keys.setdefault(a.stream, len(keys) + 1), a
+                )
+        args: list[Any] = [self.processed_ttl_ms, len(groups), *groups, *items]
         names = list(keys)
-        # Safe to resend only when every item is deduped: a lost reply then costs nothing.
-        retry = all(h.dedupe_key is not None for h in handled)
+        # Safe to resend only when every item is deduped (``retry``): a lost reply costs nothing.
         raw = await self._call(lambda: self._commit(keys=names, args=args), idempotent=retry)
-        return [bool(int(r)) for r in raw]
+        if isinstance(raw, str):
+            raw = raw.encode()
+        return [c == 49 for c in raw]  # b"1"
 
     async def dead_letter(self, entry: Entry, group: str, *, dead_stream: str, reason: str) -> None:
         args: list[Any] = [group, entry.id]
@@ -368,7 +422,9 @@ class RedisStreamBus:
 
     async def streams(self, pattern: str) -> list[str]:
         async def run() -> list[str]:
-            return [_s(k) async for k in self.client.scan_iter(match=pattern, _type="stream")]
+            # SCAN's default COUNT (10) costs one round trip per 10 keys of the whole keyspace
+            keys = self.client.scan_iter(match=pattern, _type="stream", count=_SCAN_COUNT)
+            return [_s(k) async for k in keys]
 
         return sorted(set(await self._call(run)))
 

@@ -11,7 +11,7 @@ import anyio
 
 from kasmina.common import emit_json, redis_url
 
-PARTS = ("envelope", "bus", "telemetry", "execution")
+PARTS = ("envelope", "bus", "actors", "telemetry", "execution")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -42,6 +42,13 @@ def _figures(part: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         n = 20_000 if args.quick else 100_000
         result: list[dict[str, Any]] = anyio.run(lambda: fn(redis_url(args), n=n))
         return result
+    if part == "actors":
+        from benchmarks.actor_bench import run_actor_bench
+
+        quick = args.quick
+        return run_actor_bench(
+            redis_url(args), n=2_000 if quick else 10_000, fake_n=500 if quick else 2_000
+        )
     if part == "telemetry":
         module = importlib.import_module("benchmarks.telemetry_bench")
         return list(module.run_telemetry_bench())

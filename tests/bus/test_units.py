@@ -8,6 +8,7 @@ from typing import Any
 import fakeredis
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 
 import bus
 from bus import (
@@ -163,6 +164,29 @@ async def test_real_server_blocking_semantics(redis_url: str, prefix: str) -> No
     finally:
         await client.delete(s)
         await client.aclose()
+
+
+def test_fast_packing_matches_redis_py() -> None:
+    """The hiredis command packer of from_url() sends the same bytes redis-py's own packer does."""
+    from redis.asyncio.connection import Connection
+
+    from bus.redis_bus import _fast_packing
+
+    fast_cls = _fast_packing(Connection)
+    assert _fast_packing(fast_cls) is fast_cls
+    fast, slow = fast_cls(), Connection()
+    for args in (
+        ("XADD", "s", "MAXLEN", "~", 10, "*", "k", b"\x00\xff", "\u00e9", -(2**70)),
+        ("XINFO STREAM", "s"),
+        (b"CONFIG GET", b"x"),
+        ("SET", "k", 0.1),
+        ("SET", "k", memoryview(b"ab")),
+    ):
+        assert b"".join(fast.pack_command(*args)) == b"".join(slow.pack_command(*args))
+    with pytest.raises(redis.exceptions.DataError):
+        fast.pack_command("SET", "k", True)
+    pool = RedisStreamBus.from_url("redis://127.0.0.1:1/0").client.connection_pool
+    assert getattr(pool.connection_class, "_kasmina_fast", False)
 
 
 @pytest.mark.redis
