@@ -224,7 +224,7 @@ class ActorShell:
         fields = {FRAME: self._seal(record, env.id if env else ""), "reason": code.value.encode()}
         appends = [Append(self.rejected_stream, fields, maxlen=REJECTED_MAXLEN)]
         if storm is not None:  # too many rejections in the window: tell the SafetyActor
-            log.warning("%s: %s", self.logic.name, storm.detail)
+            log.warning("%s", storm.detail)
             frame = self._seal(storm, env.id if env else "")
             safety = streams.inbox(self.run_id, "safety")
             appends.append(Append(safety, {FRAME: frame, "kind": b"safety.signal"}))

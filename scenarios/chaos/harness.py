@@ -185,6 +185,10 @@ class _Faults:
     async def kill(self, index: int, delay_s: float, down_s: float) -> None:
         await anyio.sleep(delay_s)
         victim = self.procs[index]
+        if (
+            not victim.alive()
+        ):  # still down from an earlier kill: that kill's restart brings it back
+            return
         victim.kill()
         self.out_kills += 1
         self.redeliveries += await _pending(self.bus, _groups(victim, self.run))

@@ -66,7 +66,10 @@ class ActorProcess:
         return argv
 
     def start(self) -> None:
-        """Start (or start again after a kill)."""
+        """Start (or start again after a kill); a process that is running is left alone (one
+        process per slot at a time: two would compete for the same consumer names)."""
+        if self.alive():
+            return
         log = self.logdir / f"proc{self.index}-{self.starts}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("KASMINA")}
         with log.open("wb") as out:
