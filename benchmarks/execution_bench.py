@@ -119,7 +119,7 @@ def run_execution_bench(
     batch: int = 128,
     probe_every: int = 50,
     seed_hidden: int = 64,
-    bridge: Bridge | None = None,
+    bridge: Bridge | dict[str, Bridge] | None = None,
 ) -> list[dict[str, Any]]:
     """Measure the figures above in one run and return them (milliseconds per step; each time is
     the best of ``rounds`` interleaved blocks of ``steps`` steps)."""
@@ -169,16 +169,23 @@ def run_execution_bench(
         _figure("execution.training_step", med["seeded"], med["dormant"]),
         _figure("execution.probe_cost", probe_ms / probe_every, med["seeded"]),
     ]
-    if bridge is not None and dormant.rt is not None:
+    bridges = (
+        bridge if isinstance(bridge, dict) else ({"execution.bus_step": bridge} if bridge else {})
+    )
+    for name, make in bridges.items():
+        if dormant.rt is None:
+            break
         quiet = min(_timed(dormant, x, y, steps, dev) for _ in range(rounds))
-        with bridge(dormant.rt):
+        with make(dormant.rt):
             busy = min(_timed(dormant, x, y, steps, dev) for _ in range(rounds))
-        figures.append(_figure("execution.bus_step", 1e3 * busy, 1e3 * quiet))
+        figures.append(_figure(name, 1e3 * busy, 1e3 * quiet))
     details = {
         "execution.dormant_step": f"{len(SLOT_POINTS)} dormant slots, runtime called every step",
         "execution.training_step": f"one residual_mlp seed (hidden {seed_hidden}) in TRAINING",
         "execution.probe_cost": f"one probe every {probe_every} steps, {1e3 * probe_ms:.0f} us each",
         "execution.bus_step": "bridge draining the outbox vs none",
+        "execution.bus_step_executor": "the ExecutionActor publishing on the bus (actors elsewhere) vs no bus",
+        "execution.bus_step_all_actors": "every actor in this process (2 cores, one GIL) vs no bus",
     }
     for f in figures:
         f["device"] = dev.type
@@ -199,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with contextlib.suppress(Exception):
         torch.set_num_threads(min(2, torch.get_num_threads()))
-    bridge = bus_bridge(args.bus) if args.bus else None
+    bridge = bus_bridges(args.bus) if args.bus else None
     for fig in run_execution_bench(
         args.device, steps=args.steps, rounds=args.rounds, bridge=bridge
     ):
@@ -219,6 +226,8 @@ def bus_bridge_for(
     import anyio
 
     from bus import open_bus
+    from bus.testing import purge_prefix
+    from contracts import streams
     from scenarios.cluster import running_cluster
 
     stop = threading.Event()
@@ -233,6 +242,7 @@ def bus_bridge_for(
             ready.set()
             while not stop.is_set():
                 await anyio.sleep(0.05)
+        await purge_prefix(bus, streams.prefix(run))  # leave nothing behind on a shared server
         await bus.close()
 
     thread = threading.Thread(target=lambda: anyio.run(serve), daemon=True)
@@ -245,9 +255,17 @@ def bus_bridge_for(
         thread.join(30)
 
 
-def bus_bridge(url: str = "fakeredis://") -> Bridge:
+def bus_bridge(url: str = "fakeredis://", *, actors: bool = True) -> Bridge:
     """A ``bridge=`` for :func:`run_execution_bench` over ``url`` (see :func:`bus_bridge_for`)."""
-    return lambda runtime: bus_bridge_for(runtime, url)
+    return lambda runtime: bus_bridge_for(runtime, url, actors=actors)
+
+
+def bus_bridges(url: str = "fakeredis://") -> dict[str, Bridge]:
+    """Both traffic figures: the ExecutionActor alone on the bus, and every actor in-process."""
+    return {
+        "execution.bus_step_executor": bus_bridge(url, actors=False),
+        "execution.bus_step_all_actors": bus_bridge(url, actors=True),
+    }
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def _figures(part: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         module = importlib.import_module("benchmarks.telemetry_bench")
         return list(module.run_telemetry_bench())
     module = importlib.import_module("benchmarks.execution_bench")
-    bridge = module.bus_bridge(args.bus)  # all actors on the bus while the trainer steps
+    bridge = module.bus_bridges(args.bus)  # bus traffic while the trainer steps
     return list(module.run_execution_bench(rounds=5 if args.quick else 9, bridge=bridge))
 
 
