@@ -85,6 +85,24 @@ class ActorLogic(Protocol):
         ...
 
 
+def inbox_consumer(
+    bus: Bus, config: KasminaConfig, run: str, inbox: str, group: str, name: str
+) -> Consumer:
+    """The consumer loop of an actor's inbox with the config's delivery parameters."""
+    cfg = config.bus
+    return Consumer(
+        bus,
+        inbox,
+        group,
+        name,
+        batch=cfg.batch,
+        block_ms=cfg.block_ms,
+        lease_ms=cfg.lease_ms,
+        max_deliveries=cfg.max_deliveries,
+        dead_stream=streams.dead_letter(run),
+    )
+
+
 def _finite(message: Message) -> bool:
     """True if every float field (recursively, maps included) is finite."""
     for desc, value in message.ListFields():
@@ -352,7 +370,6 @@ class ActorShell:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve the inbox until :meth:`stop`; ``task_status.started()`` once the state is rebuilt."""
-        cfg = self.config.bus
         failures = 0
         while True:
             try:
@@ -366,16 +383,8 @@ class ActorShell:
             tg.start_soon(self._retention)
             task_status.started()
             while not self._stopping:
-                self._consumer = Consumer(
-                    self.bus,
-                    self.inbox,
-                    self.group,
-                    self.consumer_name,
-                    batch=cfg.batch,
-                    block_ms=cfg.block_ms,
-                    lease_ms=cfg.lease_ms,
-                    max_deliveries=cfg.max_deliveries,
-                    dead_stream=streams.dead_letter(self.run_id),
+                self._consumer = inbox_consumer(
+                    self.bus, self.config, self.run_id, self.inbox, self.group, self.consumer_name
                 )
                 try:
                     async for batch in self._consumer.batches():

@@ -19,7 +19,7 @@ import anyio
 from anyio.abc import TaskStatus
 from google.protobuf.message import Message
 
-from actors.shell import FRAME
+from actors.shell import FRAME, inbox_consumer
 from bus import Append, Bus, BusClosed, BusUnavailable, Consumer, Entry, Handled
 from contracts import REGISTRY, ContractError, Reason, Signer, Verifier, streams
 from contracts.config import KasminaConfig
@@ -170,18 +170,9 @@ class ExecutionActor:
         return Handled(entry, self.group, dedupe_key=env.id)
 
     async def _orders(self) -> None:
-        cfg = self.config.bus
         while not self._stopping:
-            self._consumer = Consumer(
-                self.bus,
-                self.inbox,
-                self.group,
-                f"execution:{self.rank}",
-                batch=cfg.batch,
-                block_ms=cfg.block_ms,
-                lease_ms=cfg.lease_ms,
-                max_deliveries=cfg.max_deliveries,
-                dead_stream=streams.dead_letter(self.run_id),
+            self._consumer = inbox_consumer(
+                self.bus, self.config, self.run_id, self.inbox, self.group, f"execution:{self.rank}"
             )
             try:
                 async for batch in self._consumer.batches():
