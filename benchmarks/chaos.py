@@ -59,7 +59,11 @@ async def _hostile(args: argparse.Namespace) -> int:
 
 async def _soak(args: argparse.Namespace) -> int:
     result = await soak(
-        args.messages, sample_s=args.sample_s, trim=not args.no_trim, on_sample=_emit
+        args.messages,
+        sample_s=args.sample_s,
+        trim=not args.no_trim,
+        nonce_ttl_s=args.nonce_ttl_s,
+        on_sample=_emit,
     )
     _emit(result.summary())
     return 0
@@ -89,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--messages", type=int, default=1_000_000)
     k.add_argument("--sample-s", type=float, default=10.0)
     k.add_argument("--no-trim", action="store_true")
+    k.add_argument(
+        "--nonce-ttl-s", type=float, default=60.0, help="also the exactly-once marker TTL"
+    )
     k.set_defaults(func=_soak)
     args = parser.parse_args(argv)
     code: int = anyio.run(args.func, args)

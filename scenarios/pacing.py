@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterable
 
 import anyio
 
 from bus import Bus, BusUnavailable
 from contracts import streams
 
-__all__ = ["drained", "inbox_backlog", "wait_drained"]
+__all__ = ["backlog_of", "drained", "inbox_backlog", "wait_drained"]
 
 
-async def inbox_backlog(bus: Bus, run: str, exclude: Collection[str] = ()) -> int:
-    """Entries of the run's inboxes that are unread or read but not acked (0 = drained)."""
+async def backlog_of(bus: Bus, inboxes: Iterable[str]) -> int:
+    """Entries of ``inboxes`` that are unread or read but not acked (0 = drained)."""
     backlog = 0
-    for name in await bus.streams(streams.prefix(run) + "inbox:*"):
-        if name in exclude:
-            continue
+    for name in inboxes:
         info = await bus.info(name)
         if not info.groups:
             backlog += info.length  # nobody consumed this inbox yet
@@ -29,6 +27,12 @@ async def inbox_backlog(bus: Bus, run: str, exclude: Collection[str] = ()) -> in
             elif group.last_delivered != info.last_id:
                 backlog += 1
     return backlog
+
+
+async def inbox_backlog(bus: Bus, run: str, exclude: Collection[str] = ()) -> int:
+    """Backlog of every inbox of the run (found by a keyspace scan; see :func:`backlog_of`)."""
+    names = await bus.streams(streams.prefix(run) + "inbox:*")
+    return await backlog_of(bus, [n for n in names if n not in exclude])
 
 
 async def drained(bus: Bus, run: str) -> bool:
