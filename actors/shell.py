@@ -163,11 +163,16 @@ class ActorShell:
         self._consumer: Consumer | None = None
         self._stopping = False
         self._routes: dict[str, tuple[float, list[str]]] = {}
+        self._stale = True  # no state until the first rebuild
         self._storm = RejectStorm()
 
     # -- state --------------------------------------------------------------------------------
     async def rebuild(self) -> int:
-        """Re-fold this actor's state from the event stream; returns the events folded."""
+        """Re-fold this actor's state from the event stream; returns the events folded.
+
+        Until it completes the state is marked stale, and no input is decided on a stale state: a
+        rebuild cut short by a bus failure is redone before the next batch."""
+        self._stale = True
         self.logic.reset()
         replay = self.verifier.with_replay()
         count = 0
@@ -192,6 +197,7 @@ class ActorShell:
                 break
             start = "(" + page[-1].id
         self.rebuilds += 1
+        self._stale = False
         return count
 
     # -- routing ------------------------------------------------------------------------------
@@ -305,6 +311,8 @@ class ActorShell:
         return Handled(item.entry, item.group, [*item.appends, *records], item.dedupe_key)
 
     async def _process(self, batch: Sequence[Entry]) -> None:
+        if self._stale:  # an earlier rebuild was cut short: never decide on a partial state
+            await self.rebuild()
         framed = [(e, e.fields.get(FRAME)) for e in batch]
         checks = iter(
             await self.verifier.verify_many(

@@ -185,24 +185,26 @@ class _Faults:
     async def kill(self, index: int, delay_s: float, down_s: float) -> None:
         await anyio.sleep(delay_s)
         victim = self.procs[index]
-        if (
-            not victim.alive()
-        ):  # still down from an earlier kill: that kill's restart brings it back
-            return
-        victim.kill()
-        self.out_kills += 1
-        self.redeliveries += await _pending(self.bus, _groups(victim, self.run))
-        await anyio.sleep(down_s)
-        victim.start()
+        if not victim.alive():
+            return  # still down from an earlier kill: that kill's restart brings it back
+        with anyio.CancelScope(shield=True):  # a fault once begun always ends with the restart
+            victim.kill()
+            self.out_kills += 1
+            with contextlib.suppress(BusUnavailable):
+                self.redeliveries += await _pending(self.bus, _groups(victim, self.run))
+            await anyio.sleep(down_s)
+            victim.start()
 
     async def restart_redis(self, delay_s: float) -> None:
         await anyio.sleep(delay_s)
-        self.server.kill()
-        await anyio.sleep(0.3)
-        await anyio.to_thread.run_sync(self.server.start)
-        self.out_restarts += 1
-        pairs = [pair for proc in self.procs for pair in _groups(proc, self.run)]
-        self.redeliveries += await _pending(self.bus, pairs)
+        with anyio.CancelScope(shield=True):  # never leave the server down
+            self.server.kill()
+            await anyio.sleep(0.3)
+            await anyio.to_thread.run_sync(self.server.start)
+            self.out_restarts += 1
+            pairs = [pair for proc in self.procs for pair in _groups(proc, self.run)]
+            with contextlib.suppress(BusUnavailable):
+                self.redeliveries += await _pending(self.bus, pairs)
 
     def due(self, step: int, tg: Any) -> None:
         for k in self.plan.kills:
@@ -265,38 +267,47 @@ async def run_plan(
                 proc.sample_rss()
             await anyio.sleep(0.5)
 
-    trainer_log = (workdir / "trainer.log").open("wb")
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(sample)
-        async with await anyio.open_process(argv, stderr=trainer_log) as trainer:
-            assert trainer.stdout is not None
-            faults.due(0, tg)
-            buffer = ""
-            async for chunk in TextReceiveStream(trainer.stdout):
-                buffer += chunk
-                *lines, buffer = buffer.split("\n")
-                for line in lines:
-                    done = int(line.split()[1])
-                    if done == 0:
-                        await mark(0)
-                    if hostile_steps is not None and done + 1 == hostile_steps[0]:
-                        await attacker.capture()
-                        tg.start_soon(attack)
-                    elif hostile_steps is not None and done + 1 == hostile_steps[1]:
-                        stop_hostile.set()
-                    faults.due(done + 1, tg)
-            await trainer.wait()
-        trainer_log.close()
-        out.elapsed_s = time.monotonic() - started
-        stop_hostile.set()
-        if trainer.returncode != 0:
+    try:
+        trainer_log = (workdir / "trainer.log").open("wb")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sample)
+            async with await anyio.open_process(argv, stderr=trainer_log) as trainer:
+                assert trainer.stdout is not None
+                faults.due(0, tg)
+                buffer = ""
+                async for chunk in TextReceiveStream(trainer.stdout):
+                    buffer += chunk
+                    *lines, buffer = buffer.split("\n")
+                    for line in lines:
+                        done = int(line.split()[1])
+                        if done == 0:
+                            await mark(0)
+                        if hostile_steps is not None and done + 1 == hostile_steps[0]:
+                            await attacker.capture()
+                            tg.start_soon(attack)
+                        elif hostile_steps is not None and done + 1 == hostile_steps[1]:
+                            stop_hostile.set()
+                        faults.due(done + 1, tg)
+                await trainer.wait()
+            trainer_log.close()
+            out.elapsed_s = time.monotonic() - started
+            stop_hostile.set()
+            if trainer.returncode != 0:
+                tg.cancel_scope.cancel()
+                for proc in procs:
+                    proc.stop()
+                raise RuntimeError(
+                    f"trainer failed: {(workdir / 'trainer.log').read_text()[-3000:]}"
+                )
+            await mark(END)
+            await wait_drained(bus, run, timeout_s=30.0)
             tg.cancel_scope.cancel()
+    except BaseException:
+        with anyio.CancelScope(shield=True):  # never leave actor processes or connections behind
             for proc in procs:
                 proc.stop()
-            raise RuntimeError(f"trainer failed: {(workdir / 'trainer.log').read_text()[-3000:]}")
-        await mark(END)
-        await wait_drained(bus, run, timeout_s=30.0)
-        tg.cancel_scope.cancel()
+            await bus.close()
+        raise
     summary = json.loads(summary_path.read_text())
     ids = {int(k): v for k, v in summary["command_ids"].items()}
     rejections = await read_rejections(bus, run, ring)
