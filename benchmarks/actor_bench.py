@@ -26,6 +26,7 @@ import anyio
 from actors.assemble import live_verifier
 from actors.logic import seed_logic
 from actors.shell import FRAME, ActorShell
+from benchmarks import figure
 from bus import Append, Bus, Consumer, Handled, open_bus
 from bus.testing import purge_prefix
 from contracts import KasminaConfig, KeyRing, Signer, streams
@@ -33,16 +34,6 @@ from leyline import pb
 
 SLOT = "layer1.s0"
 CHUNK = 500
-
-
-def _figure(bench: str, value: float, unit: str, baseline: float) -> dict[str, Any]:
-    return {
-        "bench": bench,
-        "value": round(value, 3),
-        "unit": unit,
-        "baseline": round(baseline, 3),
-        "ratio": round(value / baseline, 3) if baseline else None,
-    }
 
 
 def _reports(signer: Signer, n: int) -> list[bytes]:
@@ -123,8 +114,8 @@ async def _measure(url: str, name: str, n: int) -> list[dict[str, Any]]:
             await purge_prefix(bus, streams.prefix(run))
         await bus.close()
     return [
-        _figure(f"actors.seed_reports_rate.{name}", handled, "msg/s", base),
-        _figure(f"actors.rejects_rate.{name}", rejected, "msg/s", base),
+        figure(f"actors.seed_reports_rate.{name}", handled, "msg/s", base),
+        figure(f"actors.rejects_rate.{name}", rejected, "msg/s", base),
     ]
 
 

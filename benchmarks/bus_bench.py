@@ -19,6 +19,7 @@ import anyio.to_process
 import redis
 import redis.asyncio as aioredis
 
+from benchmarks import figure
 from bus import Append, Consumer, Handled, RedisStreamBus
 from contracts import KeyRing, Signer, Verifier
 from contracts.registry import KINDS
@@ -26,16 +27,6 @@ from contracts.registry import KINDS
 BODY = bytes(range(200))
 CHUNK = 512
 BATCH = 1024
-
-
-def _figure(bench: str, value: float, unit: str, baseline: float) -> dict[str, Any]:
-    return {
-        "bench": bench,
-        "value": round(value, 3),
-        "unit": unit,
-        "baseline": round(baseline, 3),
-        "ratio": round(value / baseline, 3) if baseline else None,
-    }
 
 
 def _produce_signed(url: str, stream: str, n: int, ring_json: dict[str, Any]) -> None:
@@ -217,9 +208,9 @@ async def run_bus_bench(url: str, n: int = 100_000, latency_s: float = 3.0) -> l
     raw_lat = await _latency(url, prefix, latency_s, 1000, _raw_latency)
     lat = await _latency(url, prefix, latency_s, 1000, _signed_latency)
     return [
-        _figure("bus.signed_e2e_rate", signed, "msg/s", raw),
-        _figure("bus.latency_p50_at_1k", _pct(lat, 0.50), "ms", _pct(raw_lat, 0.50)),
-        _figure("bus.latency_p99_at_1k", _pct(lat, 0.99), "ms", _pct(raw_lat, 0.99)),
+        figure("bus.signed_e2e_rate", signed, "msg/s", raw),
+        figure("bus.latency_p50_at_1k", _pct(lat, 0.50), "ms", _pct(raw_lat, 0.50)),
+        figure("bus.latency_p99_at_1k", _pct(lat, 0.99), "ms", _pct(raw_lat, 0.99)),
     ]
 
 
