@@ -3,22 +3,29 @@
 Commands are signed and published to the slot's SeedActor inbox. ``wait=True`` returns the outcome:
 the first lifecycle transition or refusal caused by the command, or the rejection of the command
 itself (bad signature, replay, …), whichever the run records first.
+
+Publishing rides out a Redis outage for up to ``retry_s`` seconds without ever sending a command
+twice: the envelope is sealed once, and after a failed try the client first looks for it in the
+target stream (the reply may have been lost after the entry was written) and resends the same
+bytes only if it is not there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from actors.shell import FRAME
-from bus import Bus
+from bus import Bus, BusUnavailable
 from contracts import REGISTRY, ContractError, Signer, Verifier, streams
 from leyline import pb
+
+T = TypeVar("T")
 
 ACTIONS = (
     "germinate",
@@ -93,20 +100,52 @@ def build_command(slot: str, action: str, *, reason: str = "", **params: Any) ->
 class KasminaClient:
     """Sign and send commands; optionally wait for their outcome."""
 
-    def __init__(self, bus: Bus, run: str, signer: Signer, verifier: Verifier) -> None:
+    def __init__(
+        self, bus: Bus, run: str, signer: Signer, verifier: Verifier, *, retry_s: float = 30.0
+    ) -> None:
         self.bus = bus
         self.run = run
         self.signer = signer
         self.verifier = (
             verifier.with_replay()
         )  # reading the run's own log: MAC checked, no freshness
+        self.retry_s = retry_s
+        self.retries = 0  # tries that failed and were retried (or found already written)
 
     async def publish(self, stream: str, message: Message, *, causation_id: str = "") -> str:
-        """Sign and publish any Leyline message; returns its message id."""
+        """Sign and publish any Leyline message exactly once; returns its message id.
+
+        While Redis is unavailable it retries for up to ``retry_s`` (then raises
+        :class:`~bus.BusUnavailable`), never writing the envelope twice (see module docstring).
+        """
         frame = self.signer.seal(REGISTRY.kind_of(message), message, causation_id=causation_id)
         env = self.verifier.open(frame)
-        await self.bus.publish(stream, {FRAME: frame, "kind": env.kind.encode()})
+        await self._publish_once(stream, {FRAME: frame, "kind": env.kind.encode()})
         return env.id
+
+    async def _publish_once(self, stream: str, fields: dict[str, bytes]) -> None:
+        mark: str | None = None  # the stream's last id before the first try that may have landed
+
+        async def attempt() -> None:
+            nonlocal mark
+            if mark is None:
+                info = await self.bus.info(stream)
+                mark = info.last_id if info.length else "0-0"
+            elif await self._landed(stream, fields[FRAME], mark):
+                return  # an earlier try was written; only its reply was lost
+            await self.bus.publish(stream, fields)
+
+        await self._retrying(attempt)
+
+    async def _landed(self, stream: str, frame: bytes, mark: str) -> bool:
+        cursor = mark
+        while True:
+            page = await self.bus.range(stream, f"({cursor}", "+", count=500)
+            if any(e.fields.get(FRAME) == frame for e in page):
+                return True
+            if len(page) < 500:
+                return False
+            cursor = page[-1].id
 
     async def command(
         self,
@@ -120,11 +159,25 @@ class KasminaClient:
     ) -> str | Outcome:
         """Send a command to a slot's SeedActor; with ``wait`` return its :class:`Outcome`."""
         message = build_command(slot, action, reason=reason, **params)
-        mark = await self._marks()
-        command_id = await self.publish(streams.inbox(self.run, "seed", slot), message)
         if not wait:
-            return command_id
+            return await self.publish(streams.inbox(self.run, "seed", slot), message)
+        mark = await self._retrying(self._marks)
+        command_id = await self.publish(streams.inbox(self.run, "seed", slot), message)
         return await self.wait(command_id, after=mark, timeout_s=timeout_s)
+
+    async def _retrying(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run ``op`` (safe to repeat), retrying while Redis is unavailable for up to ``retry_s``."""
+        deadline = anyio.current_time() + self.retry_s
+        failures = 0
+        while True:
+            try:
+                return await op()
+            except BusUnavailable:
+                failures += 1
+                self.retries += 1
+                if anyio.current_time() >= deadline:
+                    raise
+                await anyio.sleep(min(1.0, 0.05 * 2 ** min(failures, 5)))
 
     async def _marks(self) -> Mapping[str, str]:
         marks = {}

@@ -280,9 +280,7 @@ class ActorShell:
             if outcome.events:  # explicit refusal events keep the per-key sequence in step
                 self.logic.apply(outcome)
             extra = [self._event_append(e, env.id) for e in outcome.events]
-            return Handled(
-                entry, self.group, [*handled.appends, *extra], dedupe_key=env.id
-            ), outcome
+            return Handled(entry, self.group, [*handled.appends, *extra]), outcome
         self.logic.apply(outcome)
         appends = [self._event_append(e, env.id) for e in outcome.events]
         for target, target_key, m in outcome.outgoing:
@@ -297,18 +295,17 @@ class ActorShell:
             )
             for m in outcome.telemetry
         ]
-        return Handled(entry, self.group, appends, dedupe_key=env.id), outcome
+        return Handled(entry, self.group, appends), outcome
 
-    def _with_digests(self, item: Handled) -> Handled:
+    def _with_digests(self, item: Handled, env_id: str) -> Handled:
         """``item`` plus the state digests as they stand now (after the batch's last change)."""
-        env_id = item.dedupe_key or ""
         records = [
             self._event_append(
                 pb.StateDigest(actor=actor, key=key, digest=digest, after_event_id=env_id), env_id
             )
             for (actor, key), digest in self.logic.digests().items()
         ]
-        return Handled(item.entry, item.group, [*item.appends, *records], item.dedupe_key)
+        return Handled(item.entry, item.group, [*item.appends, *records])
 
     async def _process(self, batch: Sequence[Entry]) -> None:
         if self._stale:  # an earlier rebuild was cut short: never decide on a partial state
@@ -320,20 +317,23 @@ class ActorShell:
             )
         )
         handled: list[Handled] = []
-        last_change = -1
+        decided: list[bool] = []  # the item went through decide (and may have changed the state)
+        last_change, last_cause = -1, ""
         for entry, frame in framed:
-            item, outcome = await self._handle(entry, next(checks) if frame is not None else None)
+            checked = next(checks) if frame is not None else None
+            item, outcome = await self._handle(entry, checked)
             if outcome is not None and outcome.events:
                 last_change = len(handled)
+                last_cause = checked.id if isinstance(checked, Envelope) else ""
             handled.append(item)
+            decided.append(outcome is not None)
         if last_change >= 0:  # one digest per batch, after the last event that changed the state
-            handled[last_change] = self._with_digests(handled[last_change])
+            handled[last_change] = self._with_digests(handled[last_change], last_cause)
+        # Exactly once by the ack: an entry a rival (or an earlier try of this commit) already
+        # committed is no longer pending, and its item comes back False with nothing written.
         results = await self.bus.commit(handled)
         self.processed += len(handled)
-        if any(
-            not ok and item.dedupe_key is not None
-            for ok, item in zip(results, handled, strict=True)
-        ):
+        if any(not ok and d for ok, d in zip(results, decided, strict=True)):
             # a redelivered message was already committed: our tentative state double-counted it
             await self.rebuild()
 

@@ -69,9 +69,11 @@ return out
 # KEYS: every stream and processed-marker key the commit touches (one hash tag).
 # ARGV: ttl_ms, n_groups, group1..groupN, then per item:
 #   input_key_index, group_index, dedupe_key_index (0 = none), n_appends, entry_id, its appends.
-# Every item is scanned and every key type-checked before the first write. Acks are issued once
-# per (stream, group) with all their ids. Returns a string with one character per item:
-# "1" = effects written and acked, "0" = duplicate, only acked.
+# Every item is scanned and every key type-checked before the first write. Each item's entry is
+# acked first: an entry no longer pending in its group was already committed (or dead-lettered)
+# by some consumer, so the item is a duplicate; so is one whose dedupe key is already marked.
+# Returns a string with one character per item: "1" = effects written and acked, "0" = duplicate
+# (nothing written).
 COMMIT = (
     _PARSE
     + """
@@ -100,11 +102,11 @@ while p <= #ARGV do
   items[#items + 1] = item
 end
 local out = {}
-local acks = {}
-local order = {}
 for i, it in ipairs(items) do
   local fresh = '1'
-  if it[4] > 0 and not redis.call('SET', KEYS[it[4]], '1', 'NX', 'PX', ttl) then
+  if redis.call('XACK', it[1], it[2], it[3]) == 0 then
+    fresh = '0'
+  elseif it[4] > 0 and not redis.call('SET', KEYS[it[4]], '1', 'NX', 'PX', ttl) then
     fresh = '0'
   end
   if fresh == '1' and it[6] > 0 then
@@ -114,21 +116,7 @@ for i, it in ipairs(items) do
       q = q + 3 + 2 * tonumber(ARGV[q + 2])
     end
   end
-  local slot = it[1] .. '\\0' .. it[2]
-  local ack = acks[slot]
-  if not ack then
-    ack = {it[1], it[2]}
-    acks[slot] = ack
-    order[#order + 1] = ack
-  end
-  ack[#ack + 1] = it[3]
   out[i] = fresh
-end
-for _, ack in ipairs(order) do
-  for first = 3, #ack, 1000 do
-    local last = math.min(#ack, first + 999)
-    redis.call('XACK', ack[1], ack[2], unpack(ack, first, last))
-  end
 end
 return table.concat(out)
 """

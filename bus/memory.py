@@ -113,11 +113,11 @@ class MemoryStore:
         self.waiters.clear()
         return format_id(entry_id)
 
-    def ack(self, name: str, group: str, entry_id: str) -> None:
+    def ack(self, name: str, group: str, entry_id: str) -> bool:
+        """Remove ``entry_id`` from the group's PEL; whether it was pending (as XACK's reply)."""
         s = self.streams.get(name)
         g = s.groups.get(group) if s is not None else None
-        if g is not None:
-            g.pel.pop(parse_id(entry_id), None)
+        return g is not None and g.pel.pop(parse_id(entry_id), None) is not None
 
 
 class MemoryBus:
@@ -241,8 +241,9 @@ class MemoryBus:
                 store.stream(a.stream)
         results: list[bool] = []
         for h in handled:
-            fresh = True
-            if h.dedupe_key is not None:
+            # acked first: an entry no longer pending was already committed or dead-lettered
+            fresh = store.ack(h.entry.stream, h.group, h.entry.id)
+            if fresh and h.dedupe_key is not None:
                 key = processed_key(h.entry.stream, h.group, h.dedupe_key)
                 fresh = store.get(key) is None
                 if fresh:
@@ -250,7 +251,6 @@ class MemoryBus:
             if fresh:
                 for a in h.appends:
                     store.add(a.stream, a.fields, a.maxlen)
-            store.ack(h.entry.stream, h.group, h.entry.id)
             results.append(fresh)
         return results
 

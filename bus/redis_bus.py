@@ -246,7 +246,6 @@ class RedisStreamBus:
         keys: dict[str, int] = {}
         groups: dict[str, int] = {}
         items: list[Any] = []
-        retry = True
         for h in handled:
             stream = h.entry.stream
             ki = keys.get(stream) or keys.setdefault(stream, len(keys) + 1)
@@ -254,8 +253,6 @@ class RedisStreamBus:
             di = 0
             if h.dedupe_key is not None:
                 di = keys.setdefault(processed_key(stream, h.group, h.dedupe_key), len(keys) + 1)
-            else:
-                retry = False
             items += (ki, gi, di, len(h.appends), h.entry.id)
             for a in h.appends:
                 check_append(a)
@@ -264,8 +261,9 @@ class RedisStreamBus:
                 )
         args: list[Any] = [self.processed_ttl_ms, len(groups), *groups, *items]
         names = list(keys)
-        # Safe to resend only when every item is deduped (``retry``): a lost reply costs nothing.
-        raw = await self._call(lambda: self._commit(keys=names, args=args), idempotent=retry)
+        # Always safe to resend: a commit whose reply was lost acked its entries, so the resent
+        # one finds them no longer pending and writes nothing (it reports duplicates).
+        raw = await self._call(lambda: self._commit(keys=names, args=args))
         if isinstance(raw, str):
             raw = raw.encode()
         return [c == 49 for c in raw]  # b"1"

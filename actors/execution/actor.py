@@ -151,13 +151,13 @@ class ExecutionActor:
         if isinstance(message, pb.BarrierCommit):
             self.commits += 1  # the barrier agreed; nothing to change in the forward
             self.last_commit = int(message.barrier_step)
-            return Handled(entry, self.group, dedupe_key=env.id)
+            return Handled(entry, self.group)
         if isinstance(message, pb.CheckpointRequest):
             request = getattr(self.runtime, "request_checkpoint", None)
             if request is not None:
                 request(message.reason, int(message.step))
             self.checkpoint_requests += 1
-            return Handled(entry, self.group, dedupe_key=env.id)
+            return Handled(entry, self.group)
         if not isinstance(message, pb.ExecutionOrder):
             return self._reject(entry, Reason.UNEXPECTED_KIND, env.kind)
         if message.slot not in self.runtime.slots:
@@ -167,7 +167,7 @@ class ExecutionActor:
             if len(self._seen_orders) > SEEN_ORDERS:
                 self._seen_orders.popitem(last=False)
             self.runtime.submit(message)
-        return Handled(entry, self.group, dedupe_key=env.id)
+        return Handled(entry, self.group)
 
     async def _orders(self) -> None:
         while not self._stopping:

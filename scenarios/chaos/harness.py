@@ -48,6 +48,7 @@ class RunOutput:
     kills: int = 0
     redis_restarts: int = 0
     redeliveries: int = 0
+    command_retries: int = 0  # the trainer's tries that Redis refused (each resent at most once)
     dead_letters: int = 0
     rejects: dict[str, int] = field(default_factory=dict)
     reject_examples: dict[str, str] = field(default_factory=dict)  # reason -> "actor: kind detail"
@@ -89,6 +90,7 @@ class ChaosResult:
             "kills": c.kills,
             "redis_restarts": c.redis_restarts,
             "redeliveries": c.redeliveries,
+            "command_retries": c.command_retries,
             "dead_letters": c.dead_letters,
             "rejects": c.rejects,
             "pace_timeouts": len(c.pace_timeouts),
@@ -321,6 +323,7 @@ async def run_plan(
         faults.out_kills, faults.out_restarts, faults.redeliveries,
     )  # fmt: skip
     out.pace_timeouts = summary["pace_timeouts"]
+    out.command_retries = summary.get("command_retries", 0)
     out.step_durations = summary["step_durations"]
     out.peak_rss_kib = {f"proc{p.index}:{'+'.join(p.spec.actors)}": p.peak_rss_kib for p in procs}
     out.exit_codes = [p.stop() for p in procs]

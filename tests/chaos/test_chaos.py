@@ -64,10 +64,6 @@ def test_compare_flags_a_broken_log() -> None:
     assert any("replay failed" in p for p in problems)
 
 
-# Kept out of the default run until the ordering flake below is fixed: about 1 run in 5-10, two
-# commands sent to one slot around a Redis restart are refused in the other order (and one
-# extra lifecycle entry appears) compared with the fault-free twin. Run with --slow.
-@pytest.mark.slow
 @pytest.mark.redis
 @pytest.mark.skipif(not Path(REDIS_SERVER).exists(), reason="needs redis-server")
 async def test_small_chaos_run_matches_the_fault_free_run(tmp_path: Path) -> None:

@@ -73,6 +73,38 @@ async def test_reclaim_after_lease(bus: Bus, prefix: str) -> None:
     ]
 
 
+async def test_stale_owner_commit_after_reclaim_writes_nothing(bus: Bus, prefix: str) -> None:
+    """A rival that reclaimed and committed an entry wins; the old owner's late commit (no
+    dedupe key) writes nothing and reports a duplicate; the reverse order holds too."""
+    s, out = prefix + "in", prefix + "out"
+    await bus.ensure_group(s, "g")
+    await bus.publish_many([Append(s, f(i)) for i in range(2)])
+    first, second = await bus.read(s, "g", "slow", block_ms=0)
+    for e in (first, second):
+        await backdate(bus, s, "g", "slow", e.id, 120_000)
+    claimed = await bus.claim_stale(s, "g", "rival", min_idle_ms=60_000)
+    assert [e.id for e in claimed] == [first.id, second.id]
+    eff = [Append(out, {"e": b"rival"})]
+    assert await bus.commit([Handled(claimed[0], "g", eff)]) == [True]  # rival first
+    assert await bus.commit([Handled(first, "g", [Append(out, {"e": b"slow"})])]) == [False]
+    assert await bus.commit([Handled(second, "g", [Append(out, {"e": b"slow"})])]) == [True]
+    assert await bus.commit([Handled(claimed[1], "g", eff)]) == [False]  # old owner first
+    assert [x.fields["e"] for x in await bus.range(out)] == [b"rival", b"slow"]
+    assert (await bus.info(s)).groups[0].pending == 0
+
+
+async def test_commit_resent_after_a_lost_reply_writes_nothing(bus: Bus, prefix: str) -> None:
+    """Resending a whole commit (as after a lost reply) acks nothing new and writes nothing."""
+    s, out = prefix + "in", prefix + "out"
+    await bus.ensure_group(s, "g")
+    await bus.publish_many([Append(s, f(i)) for i in range(3)])
+    handled = [Handled(e, "g", [Append(out, f(i))]) for i, e in
+               enumerate(await bus.read(s, "g", "c", block_ms=0))]  # fmt: skip
+    assert await bus.commit(handled) == [True] * 3
+    assert await bus.commit(handled) == [False] * 3
+    assert [x.fields for x in await bus.range(out)] == [f(i) for i in range(3)]
+
+
 async def test_claim_of_trimmed_entry_yields_empty_fields(bus: Bus, prefix: str) -> None:
     """A stale pending id whose payload is gone comes back with empty fields (for the DLQ)."""
     s = prefix + "in"

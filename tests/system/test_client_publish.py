@@ -1,0 +1,85 @@
+"""KasminaClient publishes a command exactly once through lost replies and a Redis restart."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import anyio
+import pytest
+
+from actors.client import KasminaClient
+from actors.shell import FRAME
+from bus import Bus, BusUnavailable, RedisStreamBus, open_bus
+from bus.testing import REDIS_SERVER, FaultyBus, eventually, redis_server
+from contracts import KeyRing, Signer, Verifier, streams
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Run the async tests on asyncio."""
+    return "asyncio"
+
+
+def _client(bus: Bus, run: str, *, retry_s: float = 10.0) -> KasminaClient:
+    ring = KeyRing.generate()
+    return KasminaClient(bus, run, Signer(ring, "tamiyo"), Verifier(ring), retry_s=retry_s)
+
+
+@pytest.mark.parametrize("backend", ["memory", "fakeredis"])
+@pytest.mark.parametrize("fault", ["publish:after", "publish:before", "info:before"])
+async def test_a_failed_try_never_sends_the_command_twice(backend: str, fault: str) -> None:
+    """A lost reply (the entry was written), a refused publish or a failed look-up before it:
+    the inbox ends with exactly one copy of the command, under the id the client returned."""
+    run = "r" + uuid.uuid4().hex[:8]
+    inner = open_bus(f"{backend}://{run}")
+    bus = FaultyBus(inner, {fault}, times=2 if fault != "publish:after" else 1)
+    client = _client(bus, run)
+    command_id = await client.command("l0.s0", "cull")
+    entries = await inner.range(streams.inbox(run, "seed", "l0.s0"))
+    assert len(entries) == 1 and bus.failures == client.retries >= 1
+    assert client.verifier.open(entries[0].fields[FRAME]).id == command_id
+    await inner.close()
+
+
+async def test_publishing_gives_up_after_retry_s() -> None:
+    """When Redis stays away the client raises BusUnavailable once ``retry_s`` has passed."""
+    inner = open_bus("memory://giveup")
+    bus = FaultyBus(inner, {"publish"})
+    client = _client(bus, "giveup", retry_s=0.3)
+    with anyio.fail_after(5), pytest.raises(BusUnavailable):
+        await client.command("l0.s0", "pause")
+    assert await inner.range(streams.inbox("giveup", "seed", "l0.s0")) == []
+    assert client.retries >= 2
+    await inner.close()
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(not Path(REDIS_SERVER).exists(), reason="needs redis-server")
+async def test_command_sent_across_a_redis_restart_lands_once() -> None:
+    """redis-server (AOF) killed before the command and restarted while the client retries:
+    the command lands exactly once, with nothing lost that was published before."""
+    with redis_server(aof=True, appendfsync="always") as server:
+        bus = RedisStreamBus.from_url(server.url, retries=0)
+        client = _client(bus, "restart")
+        inbox = streams.inbox("restart", "seed", "l0.s1")
+        first = await client.command("l0.s1", "pause")
+        await anyio.to_thread.run_sync(server.kill)
+        async with anyio.create_task_group() as tg:
+            ids: list[str] = []
+
+            async def send() -> None:
+                ids.append(str(await client.command("l0.s1", "resume")))
+
+            tg.start_soon(send)
+
+            async def retrying() -> bool:  # the client is trying against the dead server
+                return client.retries >= 2
+
+            await eventually(retrying, timeout_s=30)
+            await anyio.to_thread.run_sync(server.start)
+        frames = [e.fields[FRAME] for e in await bus.range(inbox)]
+        assert [client.verifier.open(f).id for f in frames] == [first, ids[0]]
+        await bus.close()
