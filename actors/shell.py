@@ -5,14 +5,21 @@ with I/O: the consumer loop, signatures, the rejected stream, heartbeats and sta
 is rejected onto the rejected stream with its reason code, counted and acked; the state is untouched
 and the actor keeps running. A failure of the bus rebuilds the state from the event stream and
 re-reads this consumer's pending entries, so nothing is lost and nothing is applied twice.
+
+One process serves an actor at a time: a shell first takes the actor's ownership lease
+(``streams.lease``, TTL ``bus.owner_ttl_s``, renewed while it serves) and every commit is fenced on
+it, so a second process started for the same actor stands by until the lease is free, and a
+process that lost its lease (paused past the TTL) can no longer write.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +30,18 @@ from anyio.abc import TaskStatus
 from google.protobuf.message import Message
 
 from actors.safety import RejectStorm, note_reject
-from bus import Append, Bus, BusClosed, BusUnavailable, Consumer, Entry, Handled
+from bus import (
+    Append,
+    Bus,
+    BusClosed,
+    BusError,
+    BusUnavailable,
+    Consumer,
+    Entry,
+    Fence,
+    Fenced,
+    Handled,
+)
 from contracts import REGISTRY, ContractError, Envelope, Reason, Signer, Verifier, streams
 from contracts.config import KasminaConfig
 from leyline import pb
@@ -165,6 +183,13 @@ class ActorShell:
         self._routes: dict[str, tuple[float, list[str]]] = {}
         self._stale = True  # no state until the first rebuild
         self._storm = RejectStorm()
+        self.lease_key = streams.lease(run, self.group)
+        self.token = f"{process or 'shell'}:{uuid.uuid4().hex[:12]}"
+        self.owner = False  # holds the ownership lease and serves the inbox
+        self.standing_by = ""  # the holder this shell waits on ("" when not standing by)
+        self._fence = Fence(self.lease_key, self.token, int(config.bus.owner_ttl_s * 1000))
+        self._wake: anyio.Event | None = None  # set by stop(): cuts waits short
+        self._finished: anyio.Event | None = None  # set when run() has returned
 
     # -- state --------------------------------------------------------------------------------
     async def rebuild(self) -> int:
@@ -331,7 +356,7 @@ class ActorShell:
             handled[last_change] = self._with_digests(handled[last_change], last_cause)
         # Exactly once by the ack: an entry a rival (or an earlier try of this commit) already
         # committed is no longer pending, and its item comes back False with nothing written.
-        results = await self.bus.commit(handled)
+        results = await self.bus.commit(handled, fence=self._fence)
         self.processed += len(handled)
         if any(not ok and d for ok, d in zip(results, decided, strict=True)):
             # a redelivered message was already committed: our tentative state double-counted it
@@ -341,6 +366,9 @@ class ActorShell:
     async def _heartbeats(self) -> None:
         stream = streams.heartbeats(self.run_id)
         while not self._stopping:
+            if not self.owner:  # a standby is not the actor: the holder's beats say who serves
+                await anyio.sleep(self.heartbeat_s)
+                continue
             beat = pb.Heartbeat(
                 actor=self.logic.name,
                 process=self.process,
@@ -377,29 +405,118 @@ class ActorShell:
                 return
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Serve the inbox until :meth:`stop`; ``task_status.started()`` once the state is rebuilt."""
+        """Serve the inbox until :meth:`stop`. ``task_status.started()`` once the state is rebuilt
+        (or once it stands by because another process holds the actor's lease)."""
+        started = False
+        self._wake, self._finished = anyio.Event(), anyio.Event()
+        if self._stopping:
+            self._wake.set()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._heartbeats)
+                tg.start_soon(self._retention)
+                while not self._stopping:
+                    if not await self._take_lease():
+                        if not started:
+                            task_status.started()
+                            started = True
+                        await self._pause(self.config.bus.owner_ttl_s / 3)
+                        continue
+                    if not await self._rebuild_retrying():
+                        break
+                    if not started:
+                        task_status.started()
+                        started = True
+                    await self._serve()
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._release()
+                self._finished.set()
+                self._finished = None
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds`` or until :meth:`stop`."""
+        with anyio.move_on_after(seconds):
+            if self._wake is None:
+                await anyio.sleep(seconds)
+            else:
+                await self._wake.wait()
+
+    async def _take_lease(self) -> bool:
+        """Try to take (or keep) the actor's ownership lease; False while another holds it."""
+        try:
+            holder = await self.bus.claim_key(self.lease_key, self.token, self._fence.ttl_ms)
+        except BusUnavailable:
+            return False
+        except BusClosed:
+            self._stopping = True
+            return False
+        if holder is not None and holder != self.token:
+            if self.standing_by != holder:
+                log.warning(
+                    "%s is served by %s: standing by until its lease (%g s) is free",
+                    self.logic.name, holder, self.config.bus.owner_ttl_s,
+                )  # fmt: skip
+            self.standing_by = holder
+            return False
+        if self.standing_by:
+            log.warning("%s: took over from %s", self.logic.name, self.standing_by)
+        self.standing_by = ""
+        self.owner = True
+        return True
+
+    async def _rebuild_retrying(self) -> bool:
+        """Rebuild the state, retrying while Redis is unavailable; False if stopped first."""
         failures = 0
-        while True:
+        while not self._stopping:
             try:
                 await self.rebuild()
-                break
+                return True
             except BusUnavailable:
                 failures += 1
-                await anyio.sleep(min(2.0, 0.05 * 2**failures) * random.uniform(0.5, 1.0))
+                await self._pause(min(2.0, 0.05 * 2 ** min(failures, 6)) * random.uniform(0.5, 1))
+            except BusClosed:
+                return False
+        return False
+
+    async def _keep_lease(self) -> None:
+        """Renew the lease while serving; on losing it, stop serving (the next commit would be
+        fenced anyway)."""
+        while self.owner and not self._stopping:
+            await self._pause(self.config.bus.owner_ttl_s / 3)
+            try:
+                held = await self.bus.renew_key(self.lease_key, self.token, self._fence.ttl_ms)
+            except BusUnavailable:
+                continue  # commits stay fenced; retry at the next period
+            except BusClosed:
+                return
+            if not held and not self._stopping:
+                await self._lose("lease expired or taken over")
+
+    async def _lose(self, why: str) -> None:
+        log.warning("%s: lost ownership (%s); standing by", self.logic.name, why)
+        self.owner = False
+        self._stale = True  # whatever this shell decided since may never have been committed
+        if self._consumer is not None:
+            await self._consumer.close()
+
+    async def _serve(self) -> None:
+        failures = 0
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._heartbeats)
-            tg.start_soon(self._retention)
-            task_status.started()
-            while not self._stopping:
+            tg.start_soon(self._keep_lease)
+            while self.owner and not self._stopping:
                 self._consumer = inbox_consumer(
                     self.bus, self.config, self.run_id, self.inbox, self.group, self.consumer_name
                 )
                 try:
                     async for batch in self._consumer.batches():
                         await self._process(batch)
+                except Fenced:
+                    await self._lose("a commit was fenced off")
                 except BusUnavailable:
                     failures += 1
-                    await anyio.sleep(
+                    await self._pause(
                         min(2.0, 0.05 * 2 ** min(failures, 6)) * random.uniform(0.5, 1.0)
                     )
                     try:
@@ -407,13 +524,25 @@ class ActorShell:
                     except BusUnavailable:
                         continue
                 except BusClosed:
-                    break
+                    self._stopping = True
                 else:
                     failures = 0
             tg.cancel_scope.cancel()
 
+    async def _release(self) -> None:
+        self.owner = False
+        with anyio.move_on_after(2.0), contextlib.suppress(BusError):  # else it expires by itself
+            await self.bus.release_key(self.lease_key, self.token)
+
     async def stop(self) -> None:
-        """Stop after the batch in progress."""
+        """Stop after the batch in progress and hand the actor's lease back."""
         self._stopping = True
+        if self._wake is not None:
+            self._wake.set()
         if self._consumer is not None:
             await self._consumer.close()
+        finished = self._finished
+        if finished is not None:  # run() is serving: let it finish its batch first
+            with anyio.move_on_after(10.0):
+                await finished.wait()
+        await self._release()

@@ -18,6 +18,19 @@ from actors.shell import ActorShell
 log = logging.getLogger("kasmina.supervisor")
 
 
+class _Once:
+    """A task status whose ``started`` passes through the first time only (a restarted shell
+    reports started again)."""
+
+    def __init__(self, inner: TaskStatus[None]) -> None:
+        self._inner: TaskStatus[None] | None = inner
+
+    def started(self, value: None = None) -> None:
+        inner, self._inner = self._inner, None
+        if inner is not None:
+            inner.started(value)
+
+
 class Supervisor:
     """Owns shells; ``run`` returns after ``stop`` or a termination signal."""
 
@@ -30,23 +43,17 @@ class Supervisor:
 
     async def _keep(self, shell: ActorShell, *, task_status: TaskStatus[None]) -> None:
         delay = 0.1
-        first = True
+        started = _Once(task_status)
         while not self._stopping:
             try:
-                if first:
-                    await shell.run(task_status=task_status)
-                else:
-                    await shell.run()
+                await shell.run(task_status=started)
                 return
             except Exception:
-                if first:
-                    task_status.started()
+                started.started()  # a crash before (or after) the first start: do not hold up others
                 log.exception("actor %s crashed; restarting in %.1f s", shell.logic.name, delay)
                 self.restarts += 1
                 await anyio.sleep(delay)
                 delay = min(self.max_backoff_s, delay * 2)
-            finally:
-                first = False
 
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:

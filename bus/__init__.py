@@ -8,6 +8,7 @@ from .api import (
     Bus,
     Entry,
     EntrySource,
+    Fence,
     Fields,
     GroupInfo,
     Handled,
@@ -19,7 +20,7 @@ from .api import (
     watermark_key,
 )
 from .consumer import Consumer
-from .errors import BusClosed, BusError, BusProtocolError, BusUnavailable
+from .errors import BusClosed, BusError, BusProtocolError, BusUnavailable, Fenced
 from .factory import open_bus
 from .memory import MemoryBus, MemoryStore
 from .nonce import RedisNonceGuard
@@ -38,6 +39,8 @@ __all__ = [
     "Consumer",
     "Entry",
     "EntrySource",
+    "Fence",
+    "Fenced",
     "Fields",
     "GroupInfo",
     "Handled",

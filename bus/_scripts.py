@@ -3,7 +3,15 @@ so an error leaves nothing half-done."""
 
 from __future__ import annotations
 
-__all__ = ["CLAIM_KEY", "CLAIM_KEYS", "COMMIT", "DEAD_LETTER", "PUBLISH_MANY"]
+__all__ = [
+    "CLAIM_KEY",
+    "CLAIM_KEYS",
+    "COMMIT",
+    "DEAD_LETTER",
+    "PUBLISH_MANY",
+    "RELEASE_KEY",
+    "RENEW_KEY",
+]
 
 # Shared by COMMIT and PUBLISH_MANY. An append is the arguments
 #   stream_key_index, maxlen ("" = none), n_fields, name1, value1, ..., nameN, valueN
@@ -66,24 +74,27 @@ return out
 """
 )
 
-# KEYS: every stream and processed-marker key the commit touches (one hash tag).
-# ARGV: ttl_ms, n_groups, group1..groupN, then per item:
+# KEYS: every stream and processed-marker key the commit touches, and the fence key (one hash tag).
+# ARGV: ttl_ms, fence_key_index (0 = none), fence_token, fence_ttl_ms, n_groups, group1..groupN,
+# then per item:
 #   input_key_index, group_index, dedupe_key_index (0 = none), n_appends, entry_id, its appends.
 # Every item is scanned and every key type-checked before the first write. Each item's entry is
 # acked first: an entry no longer pending in its group was already committed (or dead-lettered)
 # by some consumer, so the item is a duplicate; so is one whose dedupe key is already marked.
 # Returns a string with one character per item: "1" = effects written and acked, "0" = duplicate
-# (nothing written).
+# (nothing written). With a fence, nothing is written unless the fence key holds the token (error
+# "FENCED ..."), and the fence key is renewed for fence_ttl_ms.
 COMMIT = (
     _PARSE
     + """
 local ttl = ARGV[1]
-local ng = tonumber(ARGV[2])
+local fence = tonumber(ARGV[2])
+local ng = tonumber(ARGV[5])
 local items = {}
-local p = 3 + ng
+local p = 6 + ng
 while p <= #ARGV do
   local k = KEYS[tonumber(ARGV[p])]
-  local group = ARGV[2 + tonumber(ARGV[p + 1])]
+  local group = ARGV[5 + tonumber(ARGV[p + 1])]
   local di = tonumber(ARGV[p + 2])
   local na = tonumber(ARGV[p + 3])
   local err = check(k)
@@ -100,6 +111,12 @@ while p <= #ARGV do
     p = q
   end
   items[#items + 1] = item
+end
+if fence > 0 then
+  if redis.call('GET', KEYS[fence]) ~= ARGV[3] then
+    return redis.error_reply('FENCED ' .. KEYS[fence] .. ' is not held by this owner')
+  end
+  redis.call('PEXPIRE', KEYS[fence], ARGV[4])
 end
 local out = {}
 for i, it in ipairs(items) do
@@ -154,4 +171,22 @@ for i = 1, #KEYS do
   end
 end
 return out
+"""
+
+# KEYS: key. ARGV: value, ttl_ms. Renews the key's TTL if it holds value; returns 1, else 0.
+RENEW_KEY = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS: key. ARGV: value. Deletes the key if it holds value; returns 1, else 0.
+RELEASE_KEY = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
 """

@@ -17,6 +17,7 @@ __all__ = [
     "Bus",
     "Entry",
     "EntrySource",
+    "Fence",
     "Fields",
     "GroupInfo",
     "Handled",
@@ -64,6 +65,16 @@ class Handled:
     group: str
     appends: Sequence[Append] = ()
     dedupe_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """An ownership lease a commit is conditional on: it writes only while ``key`` holds
+    ``token`` (else :class:`~bus.errors.Fenced`, nothing written), and renews it for ``ttl_ms``."""
+
+    key: str
+    token: str
+    ttl_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +194,9 @@ class Bus(Protocol):
         self, stream: str, group: str, consumer: str, *, min_idle_ms: int, count: int = 256
     ) -> list[Entry]: ...
 
-    async def commit(self, handled: Sequence[Handled]) -> list[bool]: ...
+    async def commit(
+        self, handled: Sequence[Handled], *, fence: Fence | None = None
+    ) -> list[bool]: ...
 
     async def dead_letter(
         self, entry: Entry, group: str, *, dead_stream: str, reason: str
@@ -194,6 +207,10 @@ class Bus(Protocol):
     async def claim_keys(
         self, items: Sequence[tuple[str, str]], ttl_ms: int
     ) -> list[str | None]: ...
+
+    async def renew_key(self, key: str, value: str, ttl_ms: int) -> bool: ...
+
+    async def release_key(self, key: str, value: str) -> bool: ...
 
     async def get_value(self, key: str) -> bytes | None: ...
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["BusClosed", "BusError", "BusProtocolError", "BusUnavailable"]
+__all__ = ["BusClosed", "BusError", "BusProtocolError", "BusUnavailable", "Fenced"]
 
 
 class BusError(Exception):
@@ -23,3 +23,8 @@ class BusUnavailable(BusError):
 
 class BusProtocolError(BusError):
     """The server refused a command (wrong type, bad id, unsupported feature...). Not retryable."""
+
+
+class Fenced(BusError):
+    """A fenced commit found its ownership lease held by someone else (or expired): nothing was
+    written or acked. The caller no longer owns what it was committing for."""

@@ -18,6 +18,7 @@ import anyio
 from .api import (
     Append,
     Entry,
+    Fence,
     Fields,
     GroupInfo,
     Handled,
@@ -28,7 +29,7 @@ from .api import (
     processed_key,
     select_range,
 )
-from .errors import BusClosed, BusProtocolError
+from .errors import BusClosed, BusProtocolError, Fenced
 from .retention import clamp_trim_id, safe_trim_id
 
 __all__ = ["MemoryBus", "MemoryStore"]
@@ -233,12 +234,18 @@ class MemoryBus:
                 break
         return out
 
-    async def commit(self, handled: Sequence[Handled]) -> list[bool]:
+    async def commit(self, handled: Sequence[Handled], *, fence: Fence | None = None) -> list[bool]:
         store = self._open()
         for h in handled:  # validate everything first: all or nothing
             for a in h.appends:
                 check_append(a)
                 store.stream(a.stream)
+        if not handled:
+            return []
+        if fence is not None:
+            if store.get(fence.key) != fence.token.encode():
+                raise Fenced(f"FENCED {fence.key} is not held by this owner")
+            store.set(fence.key, fence.token.encode(), fence.ttl_ms)
         results: list[bool] = []
         for h in handled:
             # acked first: an entry no longer pending was already committed or dead-lettered
@@ -276,6 +283,20 @@ class MemoryBus:
 
     async def claim_keys(self, items: Sequence[tuple[str, str]], ttl_ms: int) -> list[str | None]:
         return [await self.claim_key(key, value, ttl_ms) for key, value in items]
+
+    async def renew_key(self, key: str, value: str, ttl_ms: int) -> bool:
+        store = self._open()
+        if store.get(key) != value.encode():
+            return False
+        store.set(key, value.encode(), ttl_ms)
+        return True
+
+    async def release_key(self, key: str, value: str) -> bool:
+        store = self._open()
+        if store.get(key) != value.encode():
+            return False
+        del store.values[key]
+        return True
 
     async def get_value(self, key: str) -> bytes | None:
         return self._open().get(key)

@@ -22,10 +22,19 @@ import redis.exceptions as rex
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ._scripts import CLAIM_KEY, CLAIM_KEYS, COMMIT, DEAD_LETTER, PUBLISH_MANY
+from ._scripts import (
+    CLAIM_KEY,
+    CLAIM_KEYS,
+    COMMIT,
+    DEAD_LETTER,
+    PUBLISH_MANY,
+    RELEASE_KEY,
+    RENEW_KEY,
+)
 from .api import (
     Append,
     Entry,
+    Fence,
     Fields,
     GroupInfo,
     Handled,
@@ -33,7 +42,7 @@ from .api import (
     check_append,
     processed_key,
 )
-from .errors import BusClosed, BusError, BusProtocolError, BusUnavailable
+from .errors import BusClosed, BusError, BusProtocolError, BusUnavailable, Fenced
 from .retention import clamp_trim_id, safe_trim_id
 
 __all__ = ["RedisStreamBus"]
@@ -145,6 +154,8 @@ class RedisStreamBus:
         self._claim = client.register_script(CLAIM_KEY)
         self._claim_many = client.register_script(CLAIM_KEYS)
         self._publish_many = client.register_script(PUBLISH_MANY)
+        self._renew = client.register_script(RENEW_KEY)
+        self._release = client.register_script(RELEASE_KEY)
 
     @classmethod
     def from_url(
@@ -240,7 +251,7 @@ class RedisStreamBus:
 
         await self._call(run)
 
-    async def commit(self, handled: Sequence[Handled]) -> list[bool]:
+    async def commit(self, handled: Sequence[Handled], *, fence: Fence | None = None) -> list[bool]:
         if not handled:
             return []
         keys: dict[str, int] = {}
@@ -259,11 +270,20 @@ class RedisStreamBus:
                 _encode_append(
                     items, keys.get(a.stream) or keys.setdefault(a.stream, len(keys) + 1), a
                 )
-        args: list[Any] = [self.processed_ttl_ms, len(groups), *groups, *items]
+        head: list[Any] = [self.processed_ttl_ms, 0, "", 0]
+        if fence is not None:
+            head = [self.processed_ttl_ms, keys.setdefault(fence.key, len(keys) + 1),
+                    fence.token, fence.ttl_ms]  # fmt: skip
+        args: list[Any] = [*head, len(groups), *groups, *items]
         names = list(keys)
         # Always safe to resend: a commit whose reply was lost acked its entries, so the resent
         # one finds them no longer pending and writes nothing (it reports duplicates).
-        raw = await self._call(lambda: self._commit(keys=names, args=args))
+        try:
+            raw = await self._call(lambda: self._commit(keys=names, args=args))
+        except BusProtocolError as exc:
+            if str(exc).startswith("FENCED"):
+                raise Fenced(str(exc)) from None
+            raise
         if isinstance(raw, str):
             raw = raw.encode()
         return [c == 49 for c in raw]  # b"1"
@@ -291,6 +311,12 @@ class RedisStreamBus:
         args: list[str | int] = [ttl_ms, *(v for _, v in items)]
         raw = await self._call(lambda: self._claim_many(keys=keys, args=args), idempotent=False)
         return [None if r is None else _s(r) for r in raw]
+
+    async def renew_key(self, key: str, value: str, ttl_ms: int) -> bool:
+        return bool(await self._call(lambda: self._renew(keys=[key], args=[value, ttl_ms])))
+
+    async def release_key(self, key: str, value: str) -> bool:
+        return bool(await self._call(lambda: self._release(keys=[key], args=[value])))
 
     async def get_value(self, key: str) -> bytes | None:
         raw = await self._call(lambda: self.client.get(key))

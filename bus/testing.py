@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 
-from .api import Append, Bus, Entry, Fields, Handled, StreamInfo
+from .api import Append, Bus, Entry, Fence, Fields, Handled, StreamInfo
 from .errors import BusUnavailable
 from .memory import MemoryBus
 from .redis_bus import RedisStreamBus
@@ -265,9 +265,15 @@ class FaultyBus:
         out: list[Entry] = await self._run("claim_stale", call)
         return out
 
-    async def commit(self, handled: Sequence[Handled]) -> list[bool]:
-        out: list[bool] = await self._run("commit", self.inner.commit(handled))
+    async def commit(self, handled: Sequence[Handled], *, fence: Fence | None = None) -> list[bool]:
+        out: list[bool] = await self._run("commit", self.inner.commit(handled, fence=fence))
         return out
+
+    async def renew_key(self, key: str, value: str, ttl_ms: int) -> bool:
+        return bool(await self._run("renew_key", self.inner.renew_key(key, value, ttl_ms)))
+
+    async def release_key(self, key: str, value: str) -> bool:
+        return bool(await self._run("release_key", self.inner.release_key(key, value)))
 
     async def dead_letter(self, entry: Entry, group: str, *, dead_stream: str, reason: str) -> None:
         call = self.inner.dead_letter(entry, group, dead_stream=dead_stream, reason=reason)

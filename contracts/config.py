@@ -136,10 +136,12 @@ class BusConfig(BaseModel):
     lease_ms: int = Field(30_000, ge=1)
     max_deliveries: int = Field(5, ge=1)
     telemetry_maxlen: int = Field(100_000, ge=1000)
-    # exactly-once markers: a committed entry is acked in the same step, so a marker only has to
-    # outlive a lease-expired rival still working on it (and duplicates in other entries are
-    # refused by the nonce guard), hence the nonce TTL by default
+    # markers of application dedupe keys (Handled.dedupe_key; the actors pass none: their commits
+    # are exactly once by the ack)
     processed_ttl_s: float = Field(300.0, gt=0.0)
+    # ownership lease of each actor: one process serves it, others stand by; after a crash a
+    # standby (or the restarted process) takes over once the lease expires
+    owner_ttl_s: float = Field(10.0, gt=0.0)
     inbox_retention_s: float = Field(
         3600.0, ge=0.0
     )  # acked inbox entries older than this are trimmed

@@ -66,6 +66,11 @@ def heartbeats(run: str) -> str:
     return f"{prefix(run)}heartbeats"
 
 
+def lease(run: str, group: str) -> str:
+    """Ownership lease of an actor (by its consumer group): the one process serving it."""
+    return f"{prefix(run)}lease:{group}"
+
+
 def nonce_key(run: str, message_id: str) -> str:
     """Key of the nonce guard entry for a message id."""
     return f"{prefix(run)}nonce:{message_id}"

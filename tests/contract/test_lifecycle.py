@@ -17,6 +17,8 @@ from bus import (
     Consumer,
     Entry,
     EntrySource,
+    Fence,
+    Fenced,
     Handled,
     Recording,
     RecordingError,
@@ -203,3 +205,38 @@ async def test_entries_are_plain_values(bus: Bus, prefix: str) -> None:
     """Entries compare by value and carry str field names with bytes values."""
     e_id = await bus.publish(prefix + "s", {"k": b"v"})
     assert await bus.range(prefix + "s") == [Entry(prefix + "s", e_id, {"k": b"v"})]
+
+
+async def test_fenced_commit_writes_only_for_the_lease_holder(bus: Bus, prefix: str) -> None:
+    """A commit fenced on a lease writes and renews it while the token holds the key; for any
+    other token (or an expired lease) it raises Fenced and writes, acks and renews nothing."""
+    s, out, lease = prefix + "in", prefix + "out", prefix + "lease"
+    await bus.ensure_group(s, "g")
+    await bus.publish_many([Append(s, f(i)) for i in range(2)])
+    a, b = await bus.read(s, "g", "c", block_ms=0)
+    assert await bus.claim_key(lease, "owner-1", 60_000) is None
+    eff = [Append(out, {"e": b"1"})]
+    assert await bus.commit([Handled(a, "g", eff)], fence=Fence(lease, "owner-1", 90_000)) == [True]
+    for token in ("owner-2", "owner-1"):
+        if token == "owner-1":
+            await bus.delete(lease)  # the lease expired: its holder is fenced off too
+        with pytest.raises(Fenced):
+            await bus.commit([Handled(b, "g", eff)], fence=Fence(lease, token, 90_000))
+    assert len(await bus.range(out)) == 1
+    info = await bus.info(s)
+    assert info.groups[0].pending == 1 and info.groups[0].oldest_pending == b.id
+    assert await bus.get_value(lease) is None
+
+
+async def test_lease_renew_and_release_only_by_the_holder(bus: Bus, prefix: str) -> None:
+    """renew_key and release_key act only for the value the key holds."""
+    lease = prefix + "lease"
+    assert await bus.claim_key(lease, "a", 60_000) is None
+    assert await bus.claim_key(lease, "b", 60_000) == "a"
+    assert not await bus.renew_key(lease, "b", 60_000)
+    assert not await bus.release_key(lease, "b")
+    assert await bus.renew_key(lease, "a", 60_000)
+    assert await bus.release_key(lease, "a")
+    assert await bus.get_value(lease) is None
+    assert not await bus.renew_key(lease, "a", 60_000)
+    assert await bus.claim_key(lease, "b", 60_000) is None

@@ -1,0 +1,136 @@
+"""One process serves an actor: a second one stands by, takes over on release, and a shell whose
+lease was taken can no longer write. The supervisor restarts a shell that crashed mid-run."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+
+from actors.assemble import build_shells, live_verifier
+from actors.client import Outcome
+from actors.replay import fold_events
+from actors.shell import ActorShell
+from actors.supervisor import Supervisor
+from bus import Bus, BusProtocolError, open_bus
+from bus.testing import FaultyBus, eventually, purge_prefix, real_redis_url
+from contracts import KasminaConfig, KeyRing, Signer, streams
+from scenarios.chaos.harness import read_log
+from scenarios.cluster import Cluster, running_cluster
+
+SLOT = "l0.s0"
+
+
+@pytest.fixture(params=["memory", "fakeredis", pytest.param("redis", marks=pytest.mark.redis)])
+async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
+    """A fresh bus of each backend."""
+    url = real_redis_url() if request.param == "redis" else f"{request.param}://{uuid.uuid4().hex}"
+    bus = open_bus(url)
+    yield bus
+    if request.param == "redis":
+        await purge_prefix(bus, "kasmina:{own-")
+    await bus.close()
+
+
+def _config() -> KasminaConfig:
+    return KasminaConfig.load(env={}, overrides={"bus.owner_ttl_s": 0.6})
+
+
+def _seed_shell(cl: Cluster) -> ActorShell:
+    (shell,) = [s for s in cl.supervisor.shells if s.logic.name == f"seed:{SLOT}"]
+    return shell
+
+
+async def _cull(cl: Cluster) -> Outcome:
+    outcome = await cl.client.command(SLOT, "cull", wait=True, timeout_s=20)
+    assert isinstance(outcome, Outcome)
+    return outcome
+
+
+async def _log_folds(cl: Cluster, bus: Bus) -> int:
+    """The run's log re-folds (no seq gap or duplicate); returns the slot's refusals."""
+    log = await read_log(bus, cl.run, cl.ring)
+    fold_events([(e, k, m) for e, k, m, _ in log])
+    return sum(1 for _, k, m, _ in log if k == "lifecycle.refused" and m.slot == SLOT)
+
+
+async def test_a_second_process_stands_by_and_takes_over(bus: Bus) -> None:
+    """Two processes for one slot: one serves, the other stands by; commands are decided once
+    each (the log re-folds); when the first stops, the second serves on from the same state."""
+    run = f"own-{uuid.uuid4().hex[:8]}"
+    ring, config = KeyRing.generate(), _config()
+    async with running_cluster(bus, run=run, slots=[SLOT], ring=ring, config=config) as cl:
+        first = _seed_shell(cl)
+        (second,) = build_shells(
+            bus=bus, run=run, config=config, signer=Signer(ring, "second"),
+            verifier=live_verifier(bus, run, ring, config), actors=["seed"], slots=[SLOT],
+        )  # fmt: skip
+        other = Supervisor([second])
+        async with anyio.create_task_group() as tg:
+            await tg.start(lambda task_status: other.run(handle_signals=False,
+                                                         task_status=task_status))  # fmt: skip
+            assert first.owner and not second.owner
+            assert second.standing_by == first.token
+            outcomes = [await _cull(cl) for _ in range(6)]
+            assert [o.kind for o in outcomes] == ["lifecycle.refused"] * 6
+            assert second.processed == 0
+            await first.stop()
+
+            async def took_over() -> bool:
+                return second.owner
+
+            await eventually(took_over, timeout_s=10)
+            assert (await _cull(cl)).kind == "lifecycle.refused"
+            assert second.processed == 1
+            await other.stop()
+        assert await _log_folds(cl, bus) == 7
+
+
+async def test_a_shell_whose_lease_was_taken_writes_nothing(bus: Bus) -> None:
+    """A shell that lost its lease (another holder) is fenced off and stands by; the command it
+    was handling stays pending and is decided exactly once after it takes the lease back."""
+    run = f"own-{uuid.uuid4().hex[:8]}"
+    async with running_cluster(bus, run=run, slots=[SLOT], config=_config()) as cl:
+        shell = _seed_shell(cl)
+        assert (await _cull(cl)).kind == "lifecycle.refused"
+        await bus.delete(shell.lease_key)
+        assert await bus.claim_key(shell.lease_key, "intruder", 60_000) is None
+        events = streams.events(run)
+        before = (await bus.info(events)).length
+        command_id = str(await cl.client.command(SLOT, "cull"))
+
+        async def fenced_off() -> bool:
+            return shell.standing_by == "intruder"
+
+        await eventually(fenced_off, timeout_s=10)
+        assert not shell.owner and (await bus.info(events)).length == before
+        await bus.delete(shell.lease_key)  # the intruder's lease ends
+        outcome = await cl.client.wait(command_id, timeout_s=20)
+        assert outcome.kind == "lifecycle.refused" and shell.owner
+        assert await _log_folds(cl, bus) == 2
+
+
+async def test_supervisor_restarts_a_shell_that_crashed_while_serving() -> None:
+    """A shell crashing on an unexpected bus error after it started is restarted; the command
+    it was handling is decided once by the restarted shell."""
+    run = f"own-{uuid.uuid4().hex[:8]}"
+    inner = open_bus(f"memory://{run}")
+    faulty = FaultyBus(inner)
+    async with running_cluster(faulty, run=run, slots=[SLOT], config=_config()) as cl:
+        assert (await _cull(cl)).kind == "lifecycle.refused"
+        original = faulty._run
+
+        async def crash_once(op: str, call: object) -> object:
+            if op == "commit" and not faulty.failures:
+                faulty.failures += 1
+                call.close()  # type: ignore[attr-defined]
+                raise BusProtocolError("injected: the server refused the script")
+            return await original(op, call)
+
+        faulty._run = crash_once  # type: ignore[method-assign]
+        assert (await _cull(cl)).kind == "lifecycle.refused"
+        assert cl.supervisor.restarts == 1
+        assert await _log_folds(cl, inner) == 2
+    await inner.close()
