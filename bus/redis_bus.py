@@ -101,10 +101,37 @@ def _encode_append(args: list[Any], key_index: int, append: Append) -> None:
         args += (name, value if type(value) is bytes else _b(value))
 
 
+_NEW = object.__new__
+_SET_STREAM, _SET_ID, _SET_FIELDS, _SET_DELIVERIES = (
+    getattr(Entry, name).__set__ for name in ("stream", "id", "fields", "deliveries")
+)
+
+
+def _entry(stream: str, entry_id: str, fields: dict[str, bytes], deliveries: int) -> Entry:
+    """``Entry(...)`` without the frozen dataclass's ``object.__setattr__`` per field (hot path)."""
+    entry: Entry = _NEW(Entry)
+    _SET_STREAM(entry, stream)
+    _SET_ID(entry, entry_id)
+    _SET_FIELDS(entry, fields)
+    _SET_DELIVERIES(entry, deliveries)
+    return entry
+
+
+def _raw_reply(response: Any, **_: Any) -> Any:
+    """Response callback that keeps a reply as the server sent it (see :func:`_fields`)."""
+    return response
+
+
 def _fields(raw: Any) -> dict[str, bytes]:
+    """An entry's fields as ``{name: bytes}``, from redis-py's parsed dict or, for XREADGROUP on a
+    client of our own, the flat ``[name1, value1, ...]`` list the server sent."""
     if not raw:
         return {}
-    out = {k.decode() if type(k) is bytes else str(k): v for k, v in raw.items()}
+    if type(raw) is list:
+        it = iter(raw)
+        out = {k.decode() if type(k) is bytes else str(k): v for k, v in zip(it, it, strict=True)}
+    else:
+        out = {k.decode() if type(k) is bytes else str(k): v for k, v in raw.items()}
     for name, value in out.items():  # bytes unless the client decodes responses
         if type(value) is not bytes:
             out[name] = value.encode() if isinstance(value, str) else str(value).encode()
@@ -180,6 +207,8 @@ class RedisStreamBus:
         )
         pool = client.connection_pool
         pool.connection_class = _fast_packing(pool.connection_class)
+        # our own client: entries arrive as flat lists, turned into dicts once (in _fields)
+        client.set_response_callback("XREADGROUP", _raw_reply)
         opts.setdefault("max_block_ms", int(socket_timeout * 500))
         return cls(client, **opts)
 
@@ -384,7 +413,7 @@ class RedisStreamBus:
         else:
             block = block_ms if block_ms > 0 else None
             rows = await self._xreadgroup(stream, group, consumer, ">", count, block)
-        return [Entry(stream, i, _fields(f), 1) for i, f in rows or ()]
+        return [_entry(stream, i, _fields(f), 1) for i, f in rows or ()]
 
     async def claim_stale(
         self, stream: str, group: str, consumer: str, *, min_idle_ms: int, count: int = 256
