@@ -422,12 +422,14 @@ class ActorShell:
                             started = True
                         await self._pause(self.config.bus.owner_ttl_s / 3)
                         continue
-                    if not await self._rebuild_retrying():
-                        break
-                    if not started:
-                        task_status.started()
-                        started = True
-                    await self._serve()
+                    async with anyio.create_task_group() as owned:
+                        owned.start_soon(self._keep_lease)  # renewed from the rebuild on
+                        if await self._rebuild_retrying():
+                            if not started:
+                                task_status.started()
+                                started = True
+                            await self._serve()
+                        owned.cancel_scope.cancel()
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
@@ -503,31 +505,26 @@ class ActorShell:
 
     async def _serve(self) -> None:
         failures = 0
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._keep_lease)
-            while self.owner and not self._stopping:
-                self._consumer = inbox_consumer(
-                    self.bus, self.config, self.run_id, self.inbox, self.group, self.consumer_name
-                )
+        while self.owner and not self._stopping:
+            self._consumer = inbox_consumer(
+                self.bus, self.config, self.run_id, self.inbox, self.group, self.consumer_name
+            )
+            try:
+                async for batch in self._consumer.batches():
+                    await self._process(batch)
+            except Fenced:
+                await self._lose("a commit was fenced off")
+            except BusUnavailable:
+                failures += 1
+                await self._pause(min(2.0, 0.05 * 2 ** min(failures, 6)) * random.uniform(0.5, 1.0))
                 try:
-                    async for batch in self._consumer.batches():
-                        await self._process(batch)
-                except Fenced:
-                    await self._lose("a commit was fenced off")
+                    await self.rebuild()
                 except BusUnavailable:
-                    failures += 1
-                    await self._pause(
-                        min(2.0, 0.05 * 2 ** min(failures, 6)) * random.uniform(0.5, 1.0)
-                    )
-                    try:
-                        await self.rebuild()
-                    except BusUnavailable:
-                        continue
-                except BusClosed:
-                    self._stopping = True
-                else:
-                    failures = 0
-            tg.cancel_scope.cancel()
+                    continue
+            except BusClosed:
+                self._stopping = True
+            else:
+                failures = 0
 
     async def _release(self) -> None:
         self.owner = False

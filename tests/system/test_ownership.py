@@ -14,7 +14,7 @@ from actors.client import Outcome
 from actors.replay import fold_events
 from actors.shell import ActorShell
 from actors.supervisor import Supervisor
-from bus import Bus, BusProtocolError, open_bus
+from bus import Bus, BusProtocolError, Entry, open_bus
 from bus.testing import FaultyBus, eventually, purge_prefix, real_redis_url
 from contracts import KasminaConfig, KeyRing, Signer, streams
 from scenarios.chaos.harness import read_log
@@ -132,5 +132,57 @@ async def test_supervisor_restarts_a_shell_that_crashed_while_serving() -> None:
         faulty._run = crash_once  # type: ignore[method-assign]
         assert (await _cull(cl)).kind == "lifecycle.refused"
         assert cl.supervisor.restarts == 1
+        assert await _log_folds(cl, inner) == 2
+    await inner.close()
+
+
+class _SlowRebuilds(FaultyBus):
+    """Ranges of the event stream take ``delay_s`` (a long event log to re-fold)."""
+
+    delay_s = 0.0
+
+    async def range(self, stream: str, start: str = "-", end: str = "+",
+                    count: int | None = None) -> list[Entry]:  # fmt: skip
+        if stream.endswith(":events"):
+            await anyio.sleep(self.delay_s)
+        return await super().range(stream, start, end, count)
+
+
+async def test_the_lease_is_kept_through_a_rebuild_longer_than_its_ttl() -> None:
+    """A shell whose rebuild outlasts the lease TTL keeps its lease (renewed from the start), so a
+    standby does not take over and the two never trade the actor back and forth."""
+    run = f"own-{uuid.uuid4().hex[:8]}"
+    inner = open_bus(f"memory://{run}")
+    slow = _SlowRebuilds(inner)
+    ring, config = (
+        KeyRing.generate(),
+        KasminaConfig.load(env={}, overrides={"bus.owner_ttl_s": 0.3}),
+    )
+    async with running_cluster(inner, run=run, slots=[SLOT], ring=ring, config=config) as cl:
+        assert (await _cull(cl)).kind == "lifecycle.refused"
+        first = _seed_shell(cl)
+        await first.stop()  # hand the slot to a process whose rebuild is slow
+        slow.delay_s = 1.0
+        (late,) = build_shells(
+            bus=slow, run=run, config=config, signer=Signer(ring, "late"),
+            verifier=live_verifier(inner, run, ring, config), actors=["seed"], slots=[SLOT],
+        )  # fmt: skip
+        (standby,) = build_shells(
+            bus=inner, run=run, config=config, signer=Signer(ring, "standby"),
+            verifier=live_verifier(inner, run, ring, config), actors=["seed"], slots=[SLOT],
+        )  # fmt: skip
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(late.run)
+
+            async def late_owns() -> bool:
+                return late.owner
+
+            await eventually(late_owns, timeout_s=5)
+            await tg.start(standby.run)  # returns once it stands by
+            assert (await _cull(cl)).kind == "lifecycle.refused"
+            assert late.owner and late.processed == 1 and standby.processed == 0
+            assert standby.standing_by == late.token
+            await standby.stop()
+            await late.stop()
         assert await _log_folds(cl, inner) == 2
     await inner.close()
