@@ -190,19 +190,33 @@ class KasminaClient:
         self, command_id: str, *, after: Mapping[str, str] | None = None, timeout_s: float = 30.0
     ) -> Outcome:
         """Poll the event and rejected streams for the command's outcome."""
-        cursors = dict(
-            after or {streams.events(self.run): "0-0", streams.rejected(self.run): "0-0"}
-        )
+        events, rejected = streams.events(self.run), streams.rejected(self.run)
+        cursors = {events: "0-0", rejected: "0-0", **(after or {})}
         with anyio.move_on_after(timeout_s):
             while True:
-                for stream, cursor in list(cursors.items()):
-                    for entry in await self.bus.range(stream, f"({cursor}", "+", count=500):
-                        cursors[stream] = entry.id
-                        found = self._match(entry.fields.get(FRAME), command_id, entry.id)
-                        if found is not None:
-                            return found
+                found = await self._scan(events, cursors, command_id)
+                if found is None:
+                    found = await self._scan(rejected, cursors, command_id)
+                    if found is not None:
+                        # A refusal writes its lifecycle event and its rejection record in one
+                        # commit: once the record is visible so is the event, which is the outcome.
+                        found = await self._scan(events, cursors, command_id) or found
+                if found is not None:
+                    return found
                 await anyio.sleep(0.05)
         raise CommandTimeout(f"no outcome for command {command_id} within {timeout_s:g} s")
+
+    async def _scan(self, stream: str, cursors: dict[str, str], command_id: str) -> Outcome | None:
+        """The command's outcome among ``stream``'s entries after its cursor (advanced)."""
+        while True:
+            page = await self.bus.range(stream, f"({cursors[stream]}", "+", count=500)
+            for entry in page:
+                cursors[stream] = entry.id
+                found = self._match(entry.fields.get(FRAME), command_id, entry.id)
+                if found is not None:
+                    return found
+            if len(page) < 500:
+                return None
 
     def _match(self, frame: bytes | None, command_id: str, entry_id: str) -> Outcome | None:
         if frame is None:

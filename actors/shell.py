@@ -188,6 +188,7 @@ class ActorShell:
         self.owner = False  # holds the ownership lease and serves the inbox
         self.standing_by = ""  # the holder this shell waits on ("" when not standing by)
         self._fence = Fence(self.lease_key, self.token, int(config.bus.owner_ttl_s * 1000))
+        self._registered = False
         self._wake: anyio.Event | None = None  # set by stop(): cuts waits short
         self._finished: anyio.Event | None = None  # set when run() has returned
 
@@ -234,8 +235,9 @@ class ActorShell:
         cached = self._routes.get(actor)
         if cached is not None and now - cached[0] < ROUTE_TTL_S:
             return cached[1]
-        pattern = streams.inbox(self.run_id, actor, "*")
-        found = await self.bus.streams(pattern)
+        found = await self.bus.members(streams.registry(self.run_id, actor))
+        if not found:  # instances that predate the registry: find their inboxes by name
+            found = await self.bus.streams(streams.inbox(self.run_id, actor, "*"))
         if found:
             self._routes[actor] = (now, found)
         if not found and actor == "execution":
@@ -422,6 +424,7 @@ class ActorShell:
                             started = True
                         await self._pause(self.config.bus.owner_ttl_s / 3)
                         continue
+                    await self._register()
                     async with anyio.create_task_group() as owned:
                         owned.start_soon(self._keep_lease)  # renewed from the rebuild on
                         if await self._rebuild_retrying():
@@ -436,6 +439,19 @@ class ActorShell:
                 await self._release()
                 self._finished.set()
                 self._finished = None
+
+    async def _register(self) -> None:
+        """Add a keyed instance's inbox (a slot's) to its kind's registry, for fan-out routing."""
+        kind, _, key = (
+            self.inbox[len(streams.prefix(self.run_id)) :].partition(":")[2].partition(":")
+        )
+        if self._registered or not key:
+            return
+        try:
+            await self.bus.register(streams.registry(self.run_id, kind), self.inbox)
+            self._registered = True
+        except BusUnavailable:
+            pass  # registered on the next take-over; routing falls back to a scan meanwhile
 
     async def _pause(self, seconds: float) -> None:
         """Sleep ``seconds`` or until :meth:`stop`."""

@@ -72,6 +72,7 @@ class MemoryStore:
         self.clock: Clock = clock or wall_clock_ms
         self.streams: dict[str, _Stream] = {}
         self.values: dict[str, tuple[bytes, int | None]] = {}
+        self.sets: dict[str, set[str]] = {}
         self.waiters: list[anyio.Event] = []
 
     # -- values -------------------------------------------------------------------------------
@@ -316,6 +317,15 @@ class MemoryBus:
     async def streams(self, pattern: str) -> list[str]:
         return sorted(n for n in self._open().streams if fnmatch.fnmatchcase(n, pattern))
 
+    async def register(self, key: str, *members: str) -> None:
+        store = self._open()
+        if key in store.streams or store.get(key) is not None:
+            raise BusProtocolError(f"WRONGTYPE {key!r} is not a set")
+        store.sets.setdefault(key, set()).update(members)
+
+    async def members(self, key: str) -> list[str]:
+        return sorted(self._open().sets.get(key, ()))
+
     async def info(self, stream: str) -> StreamInfo:
         s = self._open().streams.get(stream)
         if s is None:
@@ -350,6 +360,7 @@ class MemoryBus:
         for key in keys:
             store.streams.pop(key, None)
             store.values.pop(key, None)
+            store.sets.pop(key, None)
 
     async def ping(self) -> bool:
         self._open()

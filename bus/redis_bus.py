@@ -481,6 +481,13 @@ class RedisStreamBus:
 
         return sorted(set(await self._call(run)))
 
+    async def register(self, key: str, *members: str) -> None:
+        if members:
+            await self._call(lambda: self.client.sadd(key, *members))
+
+    async def members(self, key: str) -> list[str]:
+        return sorted(_s(m) for m in await self._call(lambda: self.client.smembers(key)))
+
     async def info(self, stream: str) -> StreamInfo:
         try:
             raw = await self._call(lambda: self.client.xinfo_stream(stream))

@@ -195,7 +195,7 @@ async def purge_prefix(bus: Bus, prefix: str) -> None:
     """Delete every key starting with ``prefix`` (clean-up after a test on a shared server)."""
     inner = _unwrap(bus)
     if isinstance(inner, MemoryBus):
-        for name in [*inner.store.streams, *inner.store.values]:
+        for name in [*inner.store.streams, *inner.store.values, *inner.store.sets]:
             if name.startswith(prefix):
                 await inner.delete(name)
     elif isinstance(inner, RedisStreamBus):
@@ -301,6 +301,13 @@ class FaultyBus:
 
     async def streams(self, pattern: str) -> list[str]:
         out: list[str] = await self._run("streams", self.inner.streams(pattern))
+        return out
+
+    async def register(self, key: str, *members: str) -> None:
+        await self._run("register", self.inner.register(key, *members))
+
+    async def members(self, key: str) -> list[str]:
+        out: list[str] = await self._run("members", self.inner.members(key))
         return out
 
     async def info(self, stream: str) -> StreamInfo:

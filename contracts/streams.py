@@ -66,6 +66,14 @@ def heartbeats(run: str) -> str:
     return f"{prefix(run)}heartbeats"
 
 
+def registry(run: str, actor: str) -> str:
+    """Set of the inbox streams of an actor kind's instances (every slot's, every rank's), which
+    fan-out routes to; each instance adds its inbox when it starts serving."""
+    if actor not in ACTOR_KINDS:
+        raise ValueError(f"unknown actor kind {actor!r}")
+    return f"{prefix(run)}registry:{actor}"
+
+
 def lease(run: str, group: str) -> str:
     """Ownership lease of an actor (by its consumer group): the one process serving it."""
     return f"{prefix(run)}lease:{group}"

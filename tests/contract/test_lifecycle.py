@@ -240,3 +240,15 @@ async def test_lease_renew_and_release_only_by_the_holder(bus: Bus, prefix: str)
     assert await bus.get_value(lease) is None
     assert not await bus.renew_key(lease, "a", 60_000)
     assert await bus.claim_key(lease, "b", 60_000) is None
+
+
+async def test_registry_members_are_a_sorted_set(bus: Bus, prefix: str) -> None:
+    """register adds members once (idempotent); members lists them sorted; a missing key is empty."""
+    reg = prefix + "registry"
+    assert await bus.members(reg) == []
+    await bus.register(reg, "b", "a")
+    await bus.register(reg, "a")
+    await bus.register(reg)
+    assert await bus.members(reg) == ["a", "b"]
+    await bus.delete(reg)
+    assert await bus.members(reg) == []

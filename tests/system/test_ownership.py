@@ -19,6 +19,7 @@ from bus.testing import FaultyBus, eventually, purge_prefix, real_redis_url
 from contracts import KasminaConfig, KeyRing, Signer, streams
 from scenarios.chaos.harness import read_log
 from scenarios.cluster import Cluster, running_cluster
+from scenarios.sim import SimRuntime
 
 SLOT = "l0.s0"
 
@@ -185,4 +186,24 @@ async def test_the_lease_is_kept_through_a_rebuild_longer_than_its_ttl() -> None
             await standby.stop()
             await late.stop()
         assert await _log_folds(cl, inner) == 2
+    await inner.close()
+
+
+async def test_fan_out_routes_by_the_registry_without_scanning() -> None:
+    """Serving seed shells and execution actors register their inboxes; a fan-out (an emergency
+    stop to every slot) is routed from the registry, with no keyspace scan."""
+    run = f"own-{uuid.uuid4().hex[:8]}"
+    inner = open_bus(f"memory://{run}")
+    counting = FaultyBus(inner)
+    slots = ["l0.s0", "l0.s1"]
+    async with running_cluster(counting, run=run, slots=slots, runtimes=[SimRuntime(slots)]) as cl:
+        assert await inner.members(streams.registry(run, "seed")) == [
+            streams.inbox(run, "seed", s) for s in slots
+        ]
+        assert await inner.members(streams.registry(run, "execution")) == [
+            streams.inbox(run, "execution", "0")
+        ]
+        (safety,) = [s for s in cl.supervisor.shells if s.logic.name == "safety"]
+        assert await safety._route("seed", None) == [streams.inbox(run, "seed", s) for s in slots]
+        assert counting.calls["streams"] == 0
     await inner.close()
