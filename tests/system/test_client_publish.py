@@ -9,11 +9,13 @@ import anyio
 import pytest
 
 from actors.client import KasminaClient
+from actors.execution.actor import ExecutionActor
 from actors.shell import FRAME
 from bus import Bus, BusUnavailable, Entry, RedisStreamBus, open_bus
 from bus.testing import REDIS_SERVER, FaultyBus, eventually, redis_server
-from contracts import KeyRing, Signer, Verifier, streams
+from contracts import KasminaConfig, KeyRing, Signer, Verifier, streams
 from leyline import pb
+from scenarios.sim import SimRuntime
 
 pytestmark = pytest.mark.anyio
 
@@ -113,4 +115,24 @@ async def test_a_refusal_is_reported_as_the_lifecycle_event_not_its_rejection_re
     client = KasminaClient(_LateEvents(inner), run, Signer(ring, "tamiyo"), Verifier(ring))
     outcome = await client.wait("c-1", timeout_s=5)
     assert outcome.kind == "lifecycle.refused" and not outcome.ok
+    await inner.close()
+
+
+@pytest.mark.parametrize("fault", ["publish_many:after", "publish_many:before"])
+async def test_the_execution_outbox_is_flushed_once_through_a_failed_try(fault: str) -> None:
+    """A flush whose reply was lost (or that Redis refused) is retried without a second copy,
+    so the actors see no replays after a Redis restart."""
+    run = "flush" + uuid.uuid4().hex[:8]
+    inner = open_bus(f"memory://{run}")
+    bus = FaultyBus(inner, {fault}, times=1)
+    ring = KeyRing.generate()
+    sim = SimRuntime(["l0.s0", "l0.s1"], report_every=1, barrier_frequency=1)
+    actor = ExecutionActor(sim, bus=bus, run=run, signer=Signer(ring, "execution:0"),
+                           verifier=Verifier(ring), config=KasminaConfig())  # fmt: skip
+    sim.on_step(0)
+    sent = await actor.flush()
+    assert sent > 0 and bus.failures == 1
+    copies = [(name, e.fields[FRAME]) for name in await inner.streams("*")
+              for e in await inner.range(name)]  # fmt: skip
+    assert len(copies) == sent and len(set(copies)) == sent  # one copy per (stream, message)
     await inner.close()
