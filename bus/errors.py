@@ -17,7 +17,8 @@ class BusUnavailable(BusError):
     """The server cannot be reached right now (connection lost, server down, timeout).
 
     Retryable: back off and try again. Whether a write that raised this took effect is unknown,
-    which is why consumers dedupe by message id and re-read their own pending entries.
+    which is why a commit acks its input atomically (a resent commit of an entry no longer pending
+    writes nothing) and consumers re-read their own pending entries.
     """
 
 

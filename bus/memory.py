@@ -1,7 +1,8 @@
 """MemoryBus: an in-process bus with the same semantics as RedisStreamBus.
 
 Groups, pending entries lists, delivery counts, idle time from an injectable clock,
-dead-lettering and dedupe markers. Blocking reads wait on an anyio event with a timeout.
+dead-lettering, dedupe markers, fenced commits and registry sets. Blocking reads wait on an anyio
+event with a timeout.
 Several MemoryBus objects may share one :class:`MemoryStore` (``memory://name``).
 """
 
