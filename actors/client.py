@@ -7,7 +7,7 @@ itself (bad signature, replay, …), whichever the run records first.
 Publishing rides out a Redis outage for up to ``retry_s`` seconds without ever sending a command
 twice: the envelope is sealed once, and after a failed try the client first looks for it in the
 target stream (the reply may have been lost after the entry was written) and resends the same
-bytes only if it is not there.
+bytes only if it is not there (:mod:`actors.delivery`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import anyio
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
+from actors.delivery import since, written
 from actors.shell import FRAME
 from bus import Bus, BusUnavailable
 from contracts import REGISTRY, ContractError, Signer, Verifier, streams
@@ -124,28 +125,17 @@ class KasminaClient:
         return env.id
 
     async def _publish_once(self, stream: str, fields: dict[str, bytes]) -> None:
-        mark: str | None = None  # the stream's last id before the first try that may have landed
+        start = since(self.verifier.tolerance_s)
+        tried = False
 
         async def attempt() -> None:
-            nonlocal mark
-            if mark is None:
-                info = await self.bus.info(stream)
-                mark = info.last_id if info.length else "0-0"
-            elif await self._landed(stream, fields[FRAME], mark):
+            nonlocal tried
+            if tried and await written(self.bus, stream, fields[FRAME], start):
                 return  # an earlier try was written; only its reply was lost
+            tried = True
             await self.bus.publish(stream, fields)
 
         await self._retrying(attempt)
-
-    async def _landed(self, stream: str, frame: bytes, mark: str) -> bool:
-        cursor = mark
-        while True:
-            page = await self.bus.range(stream, f"({cursor}", "+", count=500)
-            if any(e.fields.get(FRAME) == frame for e in page):
-                return True
-            if len(page) < 500:
-                return False
-            cursor = page[-1].id
 
     async def command(
         self,

@@ -399,6 +399,8 @@ class ActorShell:
     async def _retention(self) -> None:
         while not self._stopping:
             await anyio.sleep(self.config.bus.trim_every_s)
+            if not self.owner:  # the serving process trims; a standby does not repeat it
+                continue
             try:
                 self.trimmed += await self.trim_inbox()
             except BusUnavailable:
@@ -419,12 +421,11 @@ class ActorShell:
                 tg.start_soon(self._retention)
                 while not self._stopping:
                     if not await self._take_lease():
-                        if not started:
+                        if not started and self.standing_by:  # not while Redis is away
                             task_status.started()
                             started = True
                         await self._pause(self.config.bus.owner_ttl_s / 3)
                         continue
-                    await self._register()
                     async with anyio.create_task_group() as owned:
                         owned.start_soon(self._keep_lease)  # renewed from the rebuild on
                         if await self._rebuild_retrying():
@@ -445,13 +446,9 @@ class ActorShell:
         kind, _, key = (
             self.inbox[len(streams.prefix(self.run_id)) :].partition(":")[2].partition(":")
         )
-        if self._registered or not key:
-            return
-        try:
+        if not self._registered and key:
             await self.bus.register(streams.registry(self.run_id, kind), self.inbox)
             self._registered = True
-        except BusUnavailable:
-            pass  # registered on the next take-over; routing falls back to a scan meanwhile
 
     async def _pause(self, seconds: float) -> None:
         """Sleep ``seconds`` or until :meth:`stop`."""
@@ -485,10 +482,12 @@ class ActorShell:
         return True
 
     async def _rebuild_retrying(self) -> bool:
-        """Rebuild the state, retrying while Redis is unavailable; False if stopped first."""
+        """Register the inbox and rebuild the state, retrying while Redis is unavailable (no
+        input is decided before both are done); False if stopped first."""
         failures = 0
         while not self._stopping:
             try:
+                await self._register()
                 await self.rebuild()
                 return True
             except BusUnavailable:

@@ -101,22 +101,6 @@ def _encode_append(args: list[Any], key_index: int, append: Append) -> None:
         args += (name, value if type(value) is bytes else _b(value))
 
 
-_NEW = object.__new__
-_SET_STREAM, _SET_ID, _SET_FIELDS, _SET_DELIVERIES = (
-    getattr(Entry, name).__set__ for name in ("stream", "id", "fields", "deliveries")
-)
-
-
-def _entry(stream: str, entry_id: str, fields: dict[str, bytes], deliveries: int) -> Entry:
-    """``Entry(...)`` without the frozen dataclass's ``object.__setattr__`` per field (hot path)."""
-    entry: Entry = _NEW(Entry)
-    _SET_STREAM(entry, stream)
-    _SET_ID(entry, entry_id)
-    _SET_FIELDS(entry, fields)
-    _SET_DELIVERIES(entry, deliveries)
-    return entry
-
-
 def _raw_reply(response: Any, **_: Any) -> Any:
     """Response callback that keeps a reply as the server sent it (see :func:`_fields`)."""
     return response
@@ -413,7 +397,7 @@ class RedisStreamBus:
         else:
             block = block_ms if block_ms > 0 else None
             rows = await self._xreadgroup(stream, group, consumer, ">", count, block)
-        return [_entry(stream, i, _fields(f), 1) for i, f in rows or ()]
+        return [Entry(stream, i, _fields(f), 1) for i, f in rows or ()]
 
     async def claim_stale(
         self, stream: str, group: str, consumer: str, *, min_idle_ms: int, count: int = 256

@@ -288,6 +288,11 @@ class Verifier:
         """The key ring in use."""
         return self._ring
 
+    @property
+    def tolerance_s(self) -> float:
+        """How far a live message's timestamp may be from this clock."""
+        return self._tolerance_ns / 1e9
+
     def with_ring(self, ring: KeyRing) -> Verifier:
         """The same verifier over another key ring (after a rotation)."""
         twin = Verifier.__new__(Verifier)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +19,7 @@ import anyio
 from anyio.abc import TaskStatus
 from google.protobuf.message import Message
 
+from actors.delivery import since, written
 from actors.shell import FRAME, inbox_consumer
 from bus import Append, Bus, BusClosed, BusUnavailable, Consumer, Entry, Handled
 from contracts import REGISTRY, ContractError, Reason, Signer, Verifier, streams
@@ -52,7 +52,6 @@ class ExecutionActor:
         self.signer = signer
         self.verifier = verifier
         self.config = config
-        self._tolerance_ms = int(config.security.clock_tolerance_s * 1000)
         self.rank = rank
         self.flush_interval_s = flush_interval_s
         self.inbox = streams.inbox(run, "execution", str(rank))
@@ -104,31 +103,19 @@ class ExecutionActor:
             for stream in self._route(kind, message):
                 appends.append(Append(stream, {FRAME: frame, "kind": kind.encode()}))
             self.sent[kind] += 1
-        # Entry ids are server milliseconds; a clock further off than the tolerance would make
-        # every message stale anyway. Looked at only after a failed try.
-        since = f"{max(0, time.time_ns() // 1_000_000 - self._tolerance_ms)}-0"
+        start = since(self.config.security.clock_tolerance_s)
+        first = appends[0]
         failures = 0
         while True:
             try:
                 # publish_many is all or nothing: if the first append is there, so is the batch
-                if failures and await self._landed(appends[0], since):
+                if failures and await written(self.bus, first.stream, first.fields[FRAME], start):
                     return len(appends)
                 await self.bus.publish_many(appends)
                 return len(appends)
             except BusUnavailable:
                 failures += 1
                 await anyio.sleep(min(2.0, 0.05 * 2 ** min(failures, 6)))
-
-    async def _landed(self, append: Append, since: str) -> bool:
-        """Whether ``append``'s frame is already in its stream (a try whose reply was lost)."""
-        frame, start = append.fields[FRAME], since
-        while True:
-            page = await self.bus.range(append.stream, start, "+", count=1000)
-            if any(e.fields.get(FRAME) == frame for e in page):
-                return True
-            if len(page) < 1000:
-                return False
-            start = "(" + page[-1].id
 
     async def _flusher(self) -> None:
         while not self._stopping:

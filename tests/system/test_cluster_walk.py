@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
-
-import pytest
 from tests_system_helpers import small_config
 
 from actors.client import Outcome
 from actors.replay import verify_digests
-from bus import Bus, open_bus
-from bus.testing import purge_prefix, real_redis_url
+from bus import Bus
 from contracts import streams
 from leyline import pb
 from scenarios.cluster import Cluster, running_cluster
@@ -29,17 +24,6 @@ HAPPY = [
     S.SEED_STAGE_PROBATIONARY,
     S.SEED_STAGE_FOSSILIZED,
 ]
-
-
-@pytest.fixture(params=["memory", "fakeredis", pytest.param("redis", marks=pytest.mark.redis)])
-async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
-    """A fresh bus of each backend (the real one on the shared server, cleaned afterwards)."""
-    url = real_redis_url() if request.param == "redis" else f"{request.param}://{uuid.uuid4().hex}"
-    bus = open_bus(url)
-    yield bus
-    if request.param == "redis":
-        await purge_prefix(bus, "kasmina:{walk-")
-    await bus.close()
 
 
 async def walk_until(cl: Cluster, stage: int, *, start: int = 0, limit: int = 400) -> int:
@@ -61,10 +45,10 @@ async def transitions(cl: Cluster) -> list[tuple[int, int, str]]:
     ]
 
 
-async def test_germinate_walks_to_fossilized(bus: Bus) -> None:
+async def test_germinate_walks_to_fossilized(bus: Bus, run_id: str) -> None:
     """A germinate command and step reports walk DORMANT -> ... -> FOSSILIZED through G0-G4."""
     sim = SimRuntime([SLOT], report_every=5, barrier_frequency=5, blend_steps=20)
-    run = f"walk-{uuid.uuid4().hex[:8]}"
+    run = run_id
     async with running_cluster(
         bus, run=run, slots=[SLOT], runtimes=[sim], config=small_config()
     ) as cl:
@@ -80,12 +64,12 @@ async def test_germinate_walks_to_fossilized(bus: Bus) -> None:
         assert verify_digests(await cl.events()) == []
 
 
-async def test_wait_returns_the_germination_outcome(bus: Bus) -> None:
+async def test_wait_returns_the_germination_outcome(bus: Bus, run_id: str) -> None:
     """``command(..., wait=True)`` returns DORMANT->GERMINATED once execution and G0 have answered."""
     import anyio
 
     sim = SimRuntime([SLOT], report_every=5, barrier_frequency=5)
-    run = f"walk-{uuid.uuid4().hex[:8]}"
+    run = run_id
     async with running_cluster(
         bus, run=run, slots=[SLOT], runtimes=[sim], config=small_config()
     ) as cl:
@@ -110,7 +94,7 @@ async def test_wait_returns_the_germination_outcome(bus: Bus) -> None:
         assert outcome.message.to_stage == S.SEED_STAGE_GERMINATED
 
 
-async def test_forced_gate_failure_culls_embargoes_and_resets(bus: Bus) -> None:
+async def test_forced_gate_failure_culls_embargoes_and_resets(bus: Bus, run_id: str) -> None:
     """A failing G2 walks CULLED -> EMBARGOED -> RESETTING -> DORMANT, the cause naming the failed check."""
     sim = SimRuntime(
         [SLOT],
@@ -119,7 +103,7 @@ async def test_forced_gate_failure_culls_embargoes_and_resets(bus: Bus) -> None:
         blend_steps=20,
         fail_gates=[G.SEED_GATE_G2_STABILITY],
     )
-    run = f"walk-{uuid.uuid4().hex[:8]}"
+    run = run_id
     async with running_cluster(
         bus, run=run, slots=[SLOT], runtimes=[sim], config=small_config()
     ) as cl:
@@ -141,10 +125,10 @@ async def test_forced_gate_failure_culls_embargoes_and_resets(bus: Bus) -> None:
         assert verify_digests(await cl.events()) == []
 
 
-async def test_illegal_command_is_refused_and_recorded(bus: Bus) -> None:
+async def test_illegal_command_is_refused_and_recorded(bus: Bus, run_id: str) -> None:
     """Culling a DORMANT slot is refused explicitly, counted as illegal_transition, stage unchanged."""
     sim = SimRuntime([SLOT], report_every=5, barrier_frequency=5)
-    run = f"walk-{uuid.uuid4().hex[:8]}"
+    run = run_id
     async with running_cluster(
         bus, run=run, slots=[SLOT], runtimes=[sim], config=small_config()
     ) as cl:

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import math
-import uuid
-from collections.abc import AsyncIterator
 
 import msgpack
-import pytest
 from tests_system_helpers import small_config
 
 from actors.shell import FRAME
-from bus import Bus, open_bus
-from bus.testing import purge_prefix, real_redis_url
+from bus import Bus
 from contracts import KeyRing, Signer, streams
 from kasmina.commands.status import collect
 from leyline import pb
@@ -22,25 +18,14 @@ from scenarios.sim import SimRuntime
 SLOT = "l1.s0"
 
 
-@pytest.fixture(params=["memory", "fakeredis", pytest.param("redis", marks=pytest.mark.redis)])
-async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
-    """A fresh bus of each backend."""
-    url = real_redis_url() if request.param == "redis" else f"{request.param}://{uuid.uuid4().hex}"
-    bus = open_bus(url)
-    yield bus
-    if request.param == "redis":
-        await purge_prefix(bus, "kasmina:{hostile-")
-    await bus.close()
-
-
 async def _digests(cl: Cluster) -> dict[tuple[str, str], bytes]:
     state = await cl.state()
     return {k: v for k, v in state.digests().items() if k[0] != "telemetry"}
 
 
-async def test_hostile_inputs_change_nothing_and_are_counted(bus: Bus) -> None:
+async def test_hostile_inputs_change_nothing_and_are_counted(bus: Bus, run_id: str) -> None:
     """Garbage, a re-sent envelope, forgery, staleness, NaN, unknown slot and an illegal command are rejected."""
-    run = f"hostile-{uuid.uuid4().hex[:8]}"
+    run = run_id
     ring = KeyRing.generate()
     sim = SimRuntime([SLOT], report_every=5, barrier_frequency=5)
     async with running_cluster(

@@ -3,11 +3,7 @@ lease was taken can no longer write. The supervisor restarts a shell that crashe
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
-
 import anyio
-import pytest
 
 from actors.assemble import build_shells, live_verifier
 from actors.client import Outcome
@@ -15,24 +11,13 @@ from actors.replay import fold_events
 from actors.shell import ActorShell
 from actors.supervisor import Supervisor
 from bus import Bus, BusProtocolError, Entry, open_bus
-from bus.testing import FaultyBus, eventually, purge_prefix, real_redis_url
+from bus.testing import FaultyBus, eventually
 from contracts import KasminaConfig, KeyRing, Signer, streams
 from scenarios.chaos.harness import read_log
 from scenarios.cluster import Cluster, running_cluster
 from scenarios.sim import SimRuntime
 
 SLOT = "l0.s0"
-
-
-@pytest.fixture(params=["memory", "fakeredis", pytest.param("redis", marks=pytest.mark.redis)])
-async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
-    """A fresh bus of each backend."""
-    url = real_redis_url() if request.param == "redis" else f"{request.param}://{uuid.uuid4().hex}"
-    bus = open_bus(url)
-    yield bus
-    if request.param == "redis":
-        await purge_prefix(bus, "kasmina:{own-")
-    await bus.close()
 
 
 def _config() -> KasminaConfig:
@@ -57,10 +42,10 @@ async def _log_folds(cl: Cluster, bus: Bus) -> int:
     return sum(1 for _, k, m, _ in log if k == "lifecycle.refused" and m.slot == SLOT)
 
 
-async def test_a_second_process_stands_by_and_takes_over(bus: Bus) -> None:
+async def test_a_second_process_stands_by_and_takes_over(bus: Bus, run_id: str) -> None:
     """Two processes for one slot: one serves, the other stands by; commands are decided once
     each (the log re-folds); when the first stops, the second serves on from the same state."""
-    run = f"own-{uuid.uuid4().hex[:8]}"
+    run = run_id
     ring, config = KeyRing.generate(), _config()
     async with running_cluster(bus, run=run, slots=[SLOT], ring=ring, config=config) as cl:
         first = _seed_shell(cl)
@@ -89,10 +74,10 @@ async def test_a_second_process_stands_by_and_takes_over(bus: Bus) -> None:
         assert await _log_folds(cl, bus) == 7
 
 
-async def test_a_shell_whose_lease_was_taken_writes_nothing(bus: Bus) -> None:
+async def test_a_shell_whose_lease_was_taken_writes_nothing(bus: Bus, run_id: str) -> None:
     """A shell that lost its lease (another holder) is fenced off and stands by; the command it
     was handling stays pending and is decided exactly once after it takes the lease back."""
-    run = f"own-{uuid.uuid4().hex[:8]}"
+    run = run_id
     async with running_cluster(bus, run=run, slots=[SLOT], config=_config()) as cl:
         shell = _seed_shell(cl)
         assert (await _cull(cl)).kind == "lifecycle.refused"
@@ -113,10 +98,10 @@ async def test_a_shell_whose_lease_was_taken_writes_nothing(bus: Bus) -> None:
         assert await _log_folds(cl, bus) == 2
 
 
-async def test_supervisor_restarts_a_shell_that_crashed_while_serving() -> None:
+async def test_supervisor_restarts_a_shell_that_crashed_while_serving(run_id: str) -> None:
     """A shell crashing on an unexpected bus error after it started is restarted; the command
     it was handling is decided once by the restarted shell."""
-    run = f"own-{uuid.uuid4().hex[:8]}"
+    run = run_id
     inner = open_bus(f"memory://{run}")
     faulty = FaultyBus(inner)
     async with running_cluster(faulty, run=run, slots=[SLOT], config=_config()) as cl:
@@ -149,10 +134,10 @@ class _SlowRebuilds(FaultyBus):
         return await super().range(stream, start, end, count)
 
 
-async def test_the_lease_is_kept_through_a_rebuild_longer_than_its_ttl() -> None:
+async def test_the_lease_is_kept_through_a_rebuild_longer_than_its_ttl(run_id: str) -> None:
     """A shell whose rebuild outlasts the lease TTL keeps its lease (renewed from the start), so a
     standby does not take over and the two never trade the actor back and forth."""
-    run = f"own-{uuid.uuid4().hex[:8]}"
+    run = run_id
     inner = open_bus(f"memory://{run}")
     slow = _SlowRebuilds(inner)
     ring, config = (
@@ -189,21 +174,25 @@ async def test_the_lease_is_kept_through_a_rebuild_longer_than_its_ttl() -> None
     await inner.close()
 
 
-async def test_fan_out_routes_by_the_registry_without_scanning() -> None:
-    """Serving seed shells and execution actors register their inboxes; a fan-out (an emergency
-    stop to every slot) is routed from the registry, with no keyspace scan."""
-    run = f"own-{uuid.uuid4().hex[:8]}"
+async def test_fan_out_routes_by_the_registry_without_scanning(run_id: str) -> None:
+    """Serving seed shells and execution actors register their inboxes (a registration Redis
+    refused is retried before serving); a fan-out to every slot is routed from the registry,
+    with no keyspace scan."""
+    run = run_id
     inner = open_bus(f"memory://{run}")
-    counting = FaultyBus(inner)
+    counting = FaultyBus(inner, {"register"}, times=1)
     slots = ["l0.s0", "l0.s1"]
     async with running_cluster(counting, run=run, slots=slots, runtimes=[SimRuntime(slots)]) as cl:
         assert await inner.members(streams.registry(run, "seed")) == [
             streams.inbox(run, "seed", s) for s in slots
         ]
-        assert await inner.members(streams.registry(run, "execution")) == [
-            streams.inbox(run, "execution", "0")
-        ]
+
+        async def rank_registered() -> bool:  # the ExecutionActor registers once it reads orders
+            registered = await inner.members(streams.registry(run, "execution"))
+            return registered == [streams.inbox(run, "execution", "0")]
+
+        await eventually(rank_registered)
         (safety,) = [s for s in cl.supervisor.shells if s.logic.name == "safety"]
         assert await safety._route("seed", None) == [streams.inbox(run, "seed", s) for s in slots]
-        assert counting.calls["streams"] == 0
+        assert counting.calls["streams"] == 0 and counting.failures == 1
     await inner.close()
