@@ -21,8 +21,8 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from actors.delivery import since, written
-from actors.shell import FRAME
-from bus import Bus, BusUnavailable
+from actors.hosting import FRAME
+from bus import Bus, BusUnavailable, backoff_s
 from contracts import REGISTRY, ContractError, Signer, Verifier, streams
 from leyline import pb
 
@@ -167,7 +167,7 @@ class KasminaClient:
                 self.retries += 1
                 if anyio.current_time() >= deadline:
                     raise
-                await anyio.sleep(min(1.0, 0.05 * 2 ** min(failures, 5)))
+                await anyio.sleep(backoff_s(failures, cap_s=1.0, jitter=False))
 
     async def _marks(self) -> Mapping[str, str]:
         marks = {}

@@ -19,15 +19,17 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import Message
 
 from contracts.config import KasminaConfig
+from contracts.errors import Reason
 from contracts.registry import REGISTRY
 
 __all__ = [
     "Context",
+    "CoreSpec",
     "Decision",
     "IllegalTransition",
     "Message",
@@ -126,18 +128,44 @@ class Outgoing:
 class Decision:
     """The outcome of ``decide``: events to append and fold, messages to send.
 
-    ``rejected`` is set when the input was refused without an event (e.g. a barrier vote from a
-    rank outside the world): the shell records it on the rejected stream with that reason.
+    ``rejected`` is set when the input was refused (e.g. a barrier vote from a rank outside the
+    world): the shell records that reason code, with ``detail``, on the rejected stream. A refusal
+    may still carry events (an illegal seed command's ``lifecycle.refused``), which are appended
+    and folded like any others. ``telemetry`` goes to the run's capped telemetry stream, not the
+    event log.
     """
 
     events: tuple[Message, ...] = ()
     outgoing: tuple[Outgoing, ...] = ()
-    rejected: str | None = None
+    rejected: Reason | None = None
+    detail: str = ""
+    telemetry: tuple[Message, ...] = ()
 
     @property
     def empty(self) -> bool:
         """True when nothing is appended or sent."""
         return not self.events and not self.outgoing
+
+    @classmethod
+    def refuse(cls, reason: Reason, detail: str = "") -> Decision:
+        """A refusal without events: recorded on the rejected stream as ``reason``."""
+        return cls(rejected=reason, detail=detail)
+
+
+@dataclass(frozen=True, slots=True)
+class CoreSpec(Generic[S]):
+    """A core as its hosts see it: the kinds it accepts, the events that are its own, and its
+    four functions. The shell (``actors.logic``) and replay (``actors.replay``) read the same
+    spec, so a kind is declared once. ``decide`` is None for a core whose live decisions are not
+    a function of its folded state (the TelemetryActor's rate-limited aggregator)."""
+
+    actor: str  # digest name: "seed", "gate", "safety", "barrier", "telemetry"
+    accepts: frozenset[str]
+    own_events: frozenset[str]
+    initial: Callable[[str], S]  # the key (slot, or "" for a singleton) -> the initial state
+    decide: Callable[[S, Message, Context], Decision] | None
+    evolve: Callable[[S, Message], S]
+    digest: Callable[[S], bytes]
 
 
 def kind_of(message: Message) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from actors.shell import FRAME
+from actors.hosting import FRAME
 from bus import Bus
 
 __all__ = ["since", "written"]

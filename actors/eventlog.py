@@ -1,46 +1,99 @@
-"""Reading a stream of signed entries back: verified in replay mode, parsed, paged."""
+"""Reading a stream of signed entries back: paged, verified, parsed, typed.
+
+:func:`read_log` is the one reader of the run's streams (the event log, the rejected stream,
+heartbeats, a client's outcomes): a shell's rebuild, replay, ``kasmina status``, the client and
+the harnesses all use it. It is built on the bus's entry iterator (:func:`bus.aiter_entries`) and
+yields a :class:`LogRecord` per entry that verifies and parses, a :class:`BadEntry` per entry
+that does not (tampered, foreign, or no frame at all), in stream order.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
-from actors.shell import FRAME
-from bus import EntrySource
-from contracts import REGISTRY, ContractError, KeyRing, Verifier
+from google.protobuf.message import Message
 
-PAGE = 2000
+from actors.hosting.inbox import FRAME
+from bus import EntrySource, aiter_entries
+from contracts import REGISTRY, ContractError, Envelope, KeyRing, Reason, Verifier
+
+__all__ = ["PAGE", "BadEntry", "LogRecord", "read_log", "read_verified"]
+
+PAGE = 2000  # entries per range call
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One verified, parsed entry of a stream."""
+
+    entry_id: str
+    stream: str
+    kind: str
+    message: Message
+    envelope: Envelope
+
+    @property
+    def event(self) -> tuple[str, str, Any]:
+        """``(entry_id, kind, message)``: what :func:`actors.replay.fold_events` folds."""
+        return (self.entry_id, self.kind, self.message)
+
+
+@dataclass(frozen=True, slots=True)
+class BadEntry:
+    """An entry that failed verification or parsing, with the reason code."""
+
+    entry_id: str
+    stream: str
+    reason: Reason
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        """JSON-able form (``kasmina replay --json``)."""
+        return {
+            "entry_id": self.entry_id,
+            "stream": self.stream,
+            "reason": self.reason.value,
+            "detail": self.detail,
+        }
+
+
+async def read_log(
+    source: EntrySource,
+    stream: str,
+    verifier: Verifier,
+    *,
+    start: str = "-",
+    until: str = "+",
+    page: int = PAGE,
+) -> AsyncIterator[LogRecord | BadEntry]:
+    """Every entry of ``stream`` from ``start`` to ``until`` (range ids, ``(id`` for "after id"),
+    verified with ``verifier`` (in replay mode for a recorded log: MAC checked, freshness and
+    nonces not) and parsed."""
+    async for entry in aiter_entries(source, stream, page, start=start, end=until):
+        frame = entry.fields.get(FRAME)
+        try:
+            if frame is None:
+                raise ContractError("no frame field")
+            env = verifier.open(frame)
+            message = REGISTRY.parse(env.kind, env.body)
+        except ContractError as exc:
+            yield BadEntry(entry.id, stream, exc.code, exc.detail)
+            continue
+        yield LogRecord(entry.id, stream, env.kind, message, env)
 
 
 async def read_verified(
-    entries: EntrySource, stream: str, ring: KeyRing, *, until: str | None = None
+    source: EntrySource, stream: str, ring: KeyRing, *, until: str | None = None
 ) -> tuple[list[tuple[str, str, Any]], list[dict[str, str]]]:
-    """Every entry of ``stream`` verified in replay mode (MAC checked, freshness skipped).
-
-    Returns the parsed ``(entry_id, kind, message)`` triples and the entries that failed (with
-    their reason code), in stream order up to ``until`` (inclusive).
-    """
-    verifier = Verifier(ring, replay=True)
+    """:func:`read_log` of a whole recorded stream collected: the ``(entry_id, kind, message)``
+    events and the bad entries as dicts (with their reason code), in stream order."""
     good: list[tuple[str, str, Any]] = []
     bad: list[dict[str, str]] = []
-    start = "-"
-    while True:
-        page = await entries.range(stream, start, until or "+", count=PAGE)
-        for entry in page:
-            frame = entry.fields.get(FRAME)
-            try:
-                if frame is None:
-                    raise ContractError("no frame field")
-                env = verifier.open(frame)
-                good.append((entry.id, env.kind, REGISTRY.parse(env.kind, env.body)))
-            except ContractError as exc:
-                bad.append(
-                    {
-                        "entry_id": entry.id,
-                        "stream": stream,
-                        "reason": exc.code.value,
-                        "detail": exc.detail,
-                    }
-                )
-        if len(page) < PAGE:
-            return good, bad
-        start = "(" + page[-1].id
+    async for record in read_log(source, stream, Verifier(ring, replay=True), until=until or "+"):
+        if isinstance(record, BadEntry):
+            bad.append(record.as_dict())
+        else:
+            good.append(record.event)
+    return good, bad

@@ -5,69 +5,47 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import Message
 
-from actors import barrier, gates, safety, seed
-from actors.core import Context, Decision
-from actors.shell import Meta, Outcome
+from actors.barrier import spec as barrier_spec
+from actors.core import Context, CoreSpec, Decision
+from actors.gates import spec as gates_spec
+from actors.hosting import Meta
+from actors.safety import spec as safety_spec
+from actors.seed import spec as seed_spec
 from actors.telemetry import CONTENT_TYPE, TelemetryAggregator, render
-from contracts import KasminaConfig, Reason
+from actors.telemetry.spec import SPEC as TELEMETRY_SPEC
+from contracts import KasminaConfig, Reason, kinds
 from leyline import pb
 
 S = TypeVar("S")
 
-_REASONS = {r.value: r for r in Reason}
-
-
-def _reason(text: str) -> Reason:
-    return _REASONS.get(text, Reason.INVALID)
-
-
-@dataclass(frozen=True, slots=True)
-class CoreSpec(Generic[S]):
-    """The four functions of a core plus what it consumes and which events are its own."""
-
-    actor: str  # digest name: "seed", "gate", "safety", "barrier"
-    accepts: frozenset[str]
-    own_events: frozenset[str]
-    initial: Callable[[], S]
-    decide: Callable[[S, Message, Context], Decision]
-    evolve: Callable[[S, Message], S]
-    digest: Callable[[S], bytes]
-
-
-def to_outcome(decision: Decision) -> Outcome:
-    """Translate a core's Decision into the shell's Outcome."""
-    outcome = Outcome(events=list(decision.events))
-    outcome.outgoing = [(o.to, o.key, o.message) for o in decision.outgoing]
-    if decision.rejected is not None:
-        outcome.reject = _reason(decision.rejected)
-        outcome.detail = decision.rejected
-    return outcome
-
 
 class PureLogic(Generic[S]):
-    """An ActorLogic over a four-function core."""
+    """An ActorLogic over a four-function core (its :class:`~actors.core.CoreSpec`)."""
 
     def __init__(self, name: str, key: str, spec: CoreSpec[S], config: KasminaConfig) -> None:
+        if spec.decide is None:
+            raise ValueError(f"the {spec.actor} core has no pure decide")
         self.name = name
         self.key = key
         self.spec = spec
         self.accepts = spec.accepts
         self.config = config
-        self.state: S = spec.initial()
+        self._decide = spec.decide
+        self.state: S = spec.initial(key)
         self.now_step = 0
 
     def _mine(self, message: Message) -> bool:
         return not self.key or getattr(message, "slot", self.key) == self.key
 
-    def handle(self, kind: str, message: Message, meta: Meta) -> Outcome:
+    def handle(self, kind: str, message: Message, meta: Meta) -> Decision:
         if self.key and hasattr(message, "slot") and message.slot != self.key:
-            return Outcome(reject=Reason.UNKNOWN_SLOT, detail=f"{message.slot} sent to {self.key}")
+            return Decision.refuse(Reason.UNKNOWN_SLOT, f"{message.slot} sent to {self.key}")
         if isinstance(message, pb.StepReport):
             self.now_step = max(self.now_step, int(message.step))
         ctx = Context(
@@ -76,22 +54,23 @@ class PureLogic(Generic[S]):
             config=self.config,
             now_s=time.time(),
         )
-        outcome = to_outcome(self.spec.decide(self.state, message, ctx))
-        if kind == "seed.command" and outcome.reject is None:
-            refused = [e for e in outcome.events if isinstance(e, pb.LifecycleRefused)]
+        decision = self._decide(self.state, message, ctx)
+        if kind == kinds.SEED_COMMAND and decision.rejected is None:
+            refused = [e for e in decision.events if isinstance(e, pb.LifecycleRefused)]
             if refused:  # an illegal command: explicit event and a counted rejection
-                outcome.reject = Reason.ILLEGAL_TRANSITION
-                outcome.detail = refused[0].reason
-        return outcome
+                return replace(
+                    decision, rejected=Reason.ILLEGAL_TRANSITION, detail=refused[0].reason
+                )
+        return decision
 
-    def apply(self, outcome: Outcome) -> None:
+    def apply(self, decision: Decision) -> None:
         state = self.state
-        for event in outcome.events:
+        for event in decision.events:
             state = self.spec.evolve(state, event)
         self.state = state
 
     def reset(self) -> None:
-        self.state = self.spec.initial()
+        self.state = self.spec.initial(self.key)
 
     def fold(self, kind: str, message: Message) -> None:
         if kind in self.spec.own_events and self._mine(message):
@@ -103,69 +82,29 @@ class PureLogic(Generic[S]):
 
 def seed_logic(slot: str, config: KasminaConfig) -> PureLogic[Any]:
     """The SeedActor of ``slot``."""
-    spec: CoreSpec[Any] = CoreSpec(
-        actor="seed",
-        accepts=frozenset(
-            {"seed.command", "step.report", "gate.result", "exec.ack", "safety.verdict"}
-        ),
-        own_events=frozenset({"lifecycle.transition", "lifecycle.refused", "lifecycle.progress"}),
-        initial=lambda: seed.initial_state(slot),
-        decide=seed.decide,
-        evolve=seed.evolve,
-        digest=seed.digest,
-    )
-    return PureLogic(f"seed:{slot}", slot, spec, config)
+    return PureLogic(f"seed:{slot}", slot, seed_spec.SPEC, config)
 
 
 def gate_logic(config: KasminaConfig) -> PureLogic[Any]:
     """The GateActor."""
-    spec: CoreSpec[Any] = CoreSpec(
-        actor="gate",
-        accepts=frozenset({"gate.request"}),
-        own_events=frozenset({"gate.result"}),
-        initial=gates.initial_state,
-        decide=gates.decide,
-        evolve=gates.evolve,
-        digest=gates.digest,
-    )
-    return PureLogic("gate", "", spec, config)
+    return PureLogic("gate", "", gates_spec.SPEC, config)
 
 
 def safety_logic(config: KasminaConfig) -> PureLogic[Any]:
     """The SafetyActor."""
-    spec: CoreSpec[Any] = CoreSpec(
-        actor="safety",
-        accepts=frozenset({"safety.signal", "step.report"}),
-        own_events=frozenset({"safety.verdict", "checkpoint.request"}),
-        initial=safety.initial_state,
-        decide=safety.decide,
-        evolve=safety.evolve,
-        digest=safety.digest,
-    )
-    return PureLogic("safety", "", spec, config)
+    return PureLogic("safety", "", safety_spec.SPEC, config)
 
 
 def barrier_logic(config: KasminaConfig) -> PureLogic[Any]:
     """The BarrierActor."""
-    spec: CoreSpec[Any] = CoreSpec(
-        actor="barrier",
-        accepts=frozenset({"barrier.vote"}),
-        own_events=frozenset(
-            {"barrier.vote", "barrier.commit", "barrier.byzantine", "barrier.timeout"}
-        ),
-        initial=barrier.initial_state,
-        decide=barrier.decide,
-        evolve=barrier.evolve,
-        digest=barrier.digest,
-    )
-    return PureLogic("barrier", "", spec, config)
+    return PureLogic("barrier", "", barrier_spec.SPEC, config)
 
 
 class TelemetryLogic:
     """The TelemetryActor: summaries go to the capped telemetry stream, not the event log."""
 
     name = "telemetry"
-    accepts = frozenset({"telemetry.raw", "telemetry.batch"})
+    accepts = TELEMETRY_SPEC.accepts
 
     def __init__(self, config: KasminaConfig) -> None:
         self.config = config
@@ -210,11 +149,13 @@ class TelemetryLogic:
             self.server.server_close()
             self.server = None
 
-    def handle(self, kind: str, message: Message, meta: Meta) -> Outcome:
+    def handle(self, kind: str, message: Message, meta: Meta) -> Decision:
         decision = self.aggregator.decide(message, time.time())
-        return Outcome(telemetry=list(decision.events) + [o.message for o in decision.outgoing])
+        if decision.rejected is not None:
+            return decision
+        return Decision(telemetry=decision.events + tuple(o.message for o in decision.outgoing))
 
-    def apply(self, outcome: Outcome) -> None:
+    def apply(self, decision: Decision) -> None:
         """The aggregator already advanced in ``handle`` (it is not replayed from the log)."""
 
     def reset(self) -> None:

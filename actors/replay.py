@@ -19,26 +19,25 @@ from typing import Any
 from actors import barrier, gates, safety, seed
 from actors.barrier.core import from_plain as barrier_from
 from actors.barrier.core import to_plain as barrier_plain
+from actors.barrier.spec import SPEC as BARRIER
 from actors.core import Message, ReplayError
 from actors.gates.core import from_plain as gates_from
 from actors.gates.core import to_plain as gates_plain
+from actors.gates.spec import SPEC as GATES
 from actors.safety.core import from_plain as safety_from
 from actors.safety.core import to_plain as safety_plain
+from actors.safety.spec import SPEC as SAFETY
 from actors.seed.lifecycle import gate_name, stage_name
+from actors.seed.spec import SPEC as SEED
 from actors.telemetry import counters as telemetry
+from actors.telemetry.spec import SPEC as TELEMETRY
+from contracts import kinds
 from leyline import pb
 
 __all__ = ["FORMAT_VERSION", "RunState", "fold_events", "timeline", "verify_digests"]
 
 FORMAT_VERSION = 1
-Entry = tuple[str, str, Message]
-
-_SEED_KINDS = frozenset({"lifecycle.transition", "lifecycle.refused", "lifecycle.progress"})
-_SAFETY_KINDS = frozenset({"safety.verdict", "checkpoint.request"})
-_BARRIER_KINDS = frozenset(
-    {"barrier.vote", "barrier.commit", "barrier.byzantine", "barrier.timeout"}
-)
-_TELEMETRY_KINDS = frozenset({"telemetry.region", "telemetry.global", "telemetry.critical"})
+Event = tuple[str, str, Message]  # (entry id, kind, message): a LogRecord's ``event``
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,28 +113,28 @@ class RunState:
 
 
 def _fold_one(state: RunState, entry_id: str, kind: str, message: Message) -> RunState:
-    if kind in _SEED_KINDS:
+    if kind in SEED.own_events:
         slot = str(getattr(message, "slot", ""))
-        current = state.seeds.get(slot) or seed.initial_state(slot)
-        return replace(state, seeds={**state.seeds, slot: seed.evolve(current, message)})
-    if kind == "gate.result":
+        current = state.seeds.get(slot) or SEED.initial(slot)
+        return replace(state, seeds={**state.seeds, slot: SEED.evolve(current, message)})
+    if kind in GATES.own_events:
         assert isinstance(message, pb.GateResult)
         return replace(
             state,
-            gates=gates.evolve(state.gates, message),
+            gates=GATES.evolve(state.gates, message),
             gate_results=(*state.gate_results, message),
         )
-    if kind in _SAFETY_KINDS:
-        return replace(state, safety=safety.evolve(state.safety, message))
-    if kind in _BARRIER_KINDS:
-        return replace(state, barrier=barrier.evolve(state.barrier, message))
-    if kind in _TELEMETRY_KINDS:
-        return replace(state, telemetry=telemetry.evolve(state.telemetry, message))
+    if kind in SAFETY.own_events:
+        return replace(state, safety=SAFETY.evolve(state.safety, message))
+    if kind in BARRIER.own_events:
+        return replace(state, barrier=BARRIER.evolve(state.barrier, message))
+    if kind in TELEMETRY.own_events:
+        return replace(state, telemetry=TELEMETRY.evolve(state.telemetry, message))
     return replace(state, unfolded=state.unfolded + 1)
 
 
-def fold_events(events: Iterable[Entry], start: RunState | None = None) -> RunState:
-    """Fold ``(entry_id, kind, message)`` entries, from scratch or from a snapshot."""
+def fold_events(events: Iterable[Event], start: RunState | None = None) -> RunState:
+    """Fold ``(entry_id, kind, message)`` events, from scratch or from a snapshot."""
     state = start if start is not None else RunState()
     for entry_id, kind, message in events:
         try:
@@ -146,12 +145,12 @@ def fold_events(events: Iterable[Entry], start: RunState | None = None) -> RunSt
     return state
 
 
-def verify_digests(events: Iterable[Entry]) -> list[dict[str, Any]]:
+def verify_digests(events: Iterable[Event]) -> list[dict[str, Any]]:
     """Re-fold and compare every recorded ``state.digest`` entry; one dict per mismatch."""
     state = RunState()
     mismatches: list[dict[str, Any]] = []
     for entry_id, kind, message in events:
-        if kind == "state.digest":
+        if kind == kinds.STATE_DIGEST:
             assert isinstance(message, pb.StateDigest)
             computed = state.digest_of(message.actor, message.key)
             if computed != message.digest:
@@ -189,7 +188,7 @@ def _check(c: pb.GateCheck) -> dict[str, Any]:
     }
 
 
-def timeline(events: Iterable[Entry], stream: str = "") -> Iterator[dict[str, Any]]:
+def timeline(events: Iterable[Event], stream: str = "") -> Iterator[dict[str, Any]]:
     """One JSON-able dict per entry (DESIGN §7 ``replay --json`` field names)."""
     for entry_id, kind, message in events:
         row: dict[str, Any] = {

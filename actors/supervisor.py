@@ -14,6 +14,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from actors.shell import ActorShell
+from bus import backoff_s
 
 log = logging.getLogger("kasmina.supervisor")
 
@@ -42,7 +43,7 @@ class Supervisor:
         self._stopped = anyio.Event()
 
     async def _keep(self, shell: ActorShell, *, task_status: TaskStatus[None]) -> None:
-        delay = 0.1
+        crashes = 0
         started = _Once(task_status)
         while not self._stopping:
             try:
@@ -50,10 +51,11 @@ class Supervisor:
                 return
             except Exception:
                 started.started()  # a crash before (or after) the first start: do not hold up others
+                delay = backoff_s(crashes, base_s=0.1, cap_s=self.max_backoff_s, jitter=False)
                 log.exception("actor %s crashed; restarting in %.1f s", shell.logic.name, delay)
                 self.restarts += 1
+                crashes += 1
                 await anyio.sleep(delay)
-                delay = min(self.max_backoff_s, delay * 2)
 
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:

@@ -19,6 +19,7 @@ from .api import (
     processed_key,
     watermark_key,
 )
+from .backoff import backoff_s
 from .consumer import Consumer
 from .errors import BusClosed, BusError, BusProtocolError, BusUnavailable, Fenced
 from .factory import open_bus
@@ -52,6 +53,7 @@ __all__ = [
     "RedisStreamBus",
     "StreamInfo",
     "aiter_entries",
+    "backoff_s",
     "next_id",
     "open_bus",
     "parse_id",

@@ -237,11 +237,13 @@ class Bus(Protocol):
     async def close(self) -> None: ...
 
 
-async def aiter_entries(source: EntrySource, stream: str, page: int = 1000) -> AsyncIterator[Entry]:
-    """Iterate a whole stream of ``source`` in pages (exclusive ``(id`` starts)."""
-    start = "-"
+async def aiter_entries(
+    source: EntrySource, stream: str, page: int = 1000, *, start: str = "-", end: str = "+"
+) -> AsyncIterator[Entry]:
+    """Iterate a stream of ``source`` from ``start`` to ``end`` (range ids: ``-``, ``+``, an id,
+    or ``(id`` for after it) in pages of ``page`` entries."""
     while True:
-        batch = await source.range(stream, start, "+", page)
+        batch = await source.range(stream, start, end, page)
         for entry in batch:
             yield entry
         if len(batch) < page:

@@ -8,12 +8,12 @@ dead-letter stream instead of the caller. The caller commits each batch (effects
 
 from __future__ import annotations
 
-import random
 from collections.abc import AsyncIterator
 
 import anyio
 
 from .api import Bus, Entry
+from .backoff import backoff_s
 from .errors import BusClosed, BusUnavailable
 
 __all__ = ["Consumer"]
@@ -130,8 +130,9 @@ class Consumer:
                 self.errors += 1
                 failures += 1
                 state.update(ensured=False, pending="0")
-                delay = min(self.backoff_cap_s, self.backoff_base_s * 2 ** (failures - 1))
-                await anyio.sleep(random.uniform(delay / 2, delay))
+                await anyio.sleep(
+                    backoff_s(failures - 1, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s)
+                )
                 continue
             except BusClosed:
                 return

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -42,6 +41,7 @@ from .api import (
     check_append,
     processed_key,
 )
+from .backoff import backoff_s
 from .errors import BusClosed, BusError, BusProtocolError, BusUnavailable, Fenced
 from .retention import clamp_trim_id, safe_trim_id
 
@@ -217,8 +217,9 @@ class RedisStreamBus:
                     raise err from exc
                 if attempt >= self.retries:
                     raise err from exc
-            delay = min(self.backoff_cap_s, self.backoff_base_s * 2**attempt)
-            await anyio.sleep(delay / 2 + random.uniform(0, delay / 2))
+            await anyio.sleep(
+                backoff_s(attempt, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s)
+            )
             attempt += 1
 
     async def version(self) -> tuple[int, ...]:

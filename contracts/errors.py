@@ -24,6 +24,10 @@ class Reason(StrEnum):
     UNKNOWN_SLOT = "unknown_slot"
     ILLEGAL_TRANSITION = "illegal_transition"
     NON_FINITE = "non_finite"
+    # raised by the BarrierActor's core
+    UNKNOWN_RANK = "unknown_rank"
+    NOT_A_BARRIER_STEP = "not_a_barrier_step"
+    BARRIER_TIMED_OUT = "barrier_timed_out"
     INVALID = "invalid"
 
 

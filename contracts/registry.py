@@ -6,34 +6,35 @@ from collections.abc import Iterator, Mapping
 
 from google.protobuf.message import DecodeError, Message
 
+from contracts import kinds
 from contracts.errors import BadBody, UnknownKind
 from leyline import pb
 
 KINDS: dict[str, type[Message]] = {
-    "seed.command": pb.SeedCommand,
-    "lifecycle.transition": pb.LifecycleTransition,
-    "lifecycle.refused": pb.LifecycleRefused,
-    "lifecycle.progress": pb.LifecycleProgress,
-    "gate.request": pb.GateRequest,
-    "gate.result": pb.GateResult,
-    "exec.order": pb.ExecutionOrder,
-    "exec.ack": pb.ExecutionAck,
-    "step.report": pb.StepReport,
-    "telemetry.raw": pb.TelemetryRaw,
-    "telemetry.batch": pb.TelemetryBatch,
-    "telemetry.region": pb.RegionSummary,
-    "telemetry.global": pb.GlobalSummary,
-    "telemetry.critical": pb.CriticalEvent,
-    "safety.signal": pb.SafetySignal,
-    "safety.verdict": pb.SafetyVerdict,
-    "checkpoint.request": pb.CheckpointRequest,
-    "barrier.vote": pb.BarrierVote,
-    "barrier.commit": pb.BarrierCommit,
-    "barrier.byzantine": pb.ByzantineReport,
-    "barrier.timeout": pb.BarrierTimeout,
-    "rejection": pb.Rejection,
-    "state.digest": pb.StateDigest,
-    "actor.heartbeat": pb.Heartbeat,
+    kinds.SEED_COMMAND: pb.SeedCommand,
+    kinds.LIFECYCLE_TRANSITION: pb.LifecycleTransition,
+    kinds.LIFECYCLE_REFUSED: pb.LifecycleRefused,
+    kinds.LIFECYCLE_PROGRESS: pb.LifecycleProgress,
+    kinds.GATE_REQUEST: pb.GateRequest,
+    kinds.GATE_RESULT: pb.GateResult,
+    kinds.EXEC_ORDER: pb.ExecutionOrder,
+    kinds.EXEC_ACK: pb.ExecutionAck,
+    kinds.STEP_REPORT: pb.StepReport,
+    kinds.TELEMETRY_RAW: pb.TelemetryRaw,
+    kinds.TELEMETRY_BATCH: pb.TelemetryBatch,
+    kinds.TELEMETRY_REGION: pb.RegionSummary,
+    kinds.TELEMETRY_GLOBAL: pb.GlobalSummary,
+    kinds.TELEMETRY_CRITICAL: pb.CriticalEvent,
+    kinds.SAFETY_SIGNAL: pb.SafetySignal,
+    kinds.SAFETY_VERDICT: pb.SafetyVerdict,
+    kinds.CHECKPOINT_REQUEST: pb.CheckpointRequest,
+    kinds.BARRIER_VOTE: pb.BarrierVote,
+    kinds.BARRIER_COMMIT: pb.BarrierCommit,
+    kinds.BARRIER_BYZANTINE: pb.ByzantineReport,
+    kinds.BARRIER_TIMEOUT: pb.BarrierTimeout,
+    kinds.REJECTION: pb.Rejection,
+    kinds.STATE_DIGEST: pb.StateDigest,
+    kinds.HEARTBEAT: pb.Heartbeat,
 }
 
 

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from actors.hosting import FRAME
 from actors.replay import RunState, fold_events
-from actors.shell import FRAME
 from bus import Bus, open_bus
 from bus.testing import purge_prefix
 from contracts import REGISTRY, ContractError, KeyRing, Verifier, streams

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from actors.core import Context, Decision, Message, Outgoing, UnknownEvent, digest_plain
+from contracts.errors import Reason
 from leyline import pb
 
 __all__ = [
@@ -56,16 +57,20 @@ def initial_state() -> BarrierState:
 def decide(state: BarrierState, msg: Message, ctx: Context) -> Decision:
     """Handle one BarrierVote."""
     if not isinstance(msg, pb.BarrierVote):
-        return Decision(rejected=f"BarrierActor does not handle {type(msg).__name__}")
+        return Decision.refuse(
+            Reason.UNEXPECTED_KIND, f"BarrierActor does not handle {type(msg).__name__}"
+        )
     cfg = ctx.config.barrier
     world = msg.world_size or cfg.world_size
     step, rank = msg.barrier_step, msg.rank
     if rank >= world:
-        return Decision(rejected=f"rank {rank} outside a world of {world}")
+        return Decision.refuse(Reason.UNKNOWN_RANK, f"rank {rank} outside a world of {world}")
     if step % cfg.frequency:
-        return Decision(rejected=f"step {step} is not a barrier step (every {cfg.frequency})")
+        return Decision.refuse(
+            Reason.NOT_A_BARRIER_STEP, f"step {step} is not a barrier step (every {cfg.frequency})"
+        )
     if step in state.timed_out:
-        return Decision(rejected=f"barrier {step} already timed out")
+        return Decision.refuse(Reason.BARRIER_TIMED_OUT, f"barrier {step} already timed out")
     seen = state.committed_votes.get(step) or state.pending.get(step, {})
     if rank in seen:
         if seen[rank] == msg.digest:

@@ -17,12 +17,11 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
-from google.protobuf.message import Message
 
 from actors.delivery import since, written
-from actors.shell import FRAME, inbox_consumer
-from bus import Append, Bus, BusClosed, BusUnavailable, Consumer, Entry, Handled
-from contracts import REGISTRY, ContractError, Reason, Signer, Verifier, streams
+from actors.hosting import FRAME, Rejections, Router, inbox_consumer
+from bus import Append, Bus, BusClosed, BusUnavailable, Consumer, Entry, Handled, backoff_s
+from contracts import REGISTRY, ContractError, Envelope, Reason, Signer, Verifier, streams
 from contracts.config import KasminaConfig
 from leyline import pb
 
@@ -58,7 +57,9 @@ class ExecutionActor:
         self.group = f"actor:execution:{rank}"
         self.slots: Sequence[str] = sorted(runtime.slots)
         self.sent: Counter[str] = Counter()
-        self.rejected: Counter[str] = Counter()
+        self.router = Router(bus, run)
+        self.rejections = Rejections(run, f"execution:{rank}", signer)
+        self.rejected = self.rejections.counts
         self._seen_orders: OrderedDict[str, None] = OrderedDict()
         self.commits = 0
         self.last_commit = -1
@@ -76,22 +77,6 @@ class ExecutionActor:
         self._wake.set()
 
     # -- outgoing -----------------------------------------------------------------------------
-    def _route(self, kind: str, message: Message) -> list[str]:
-        run = self.run_id
-        if kind == "exec.ack":
-            assert isinstance(message, pb.ExecutionAck)
-            return [streams.inbox(run, "seed", message.slot)]
-        if kind == "step.report":
-            return [streams.inbox(run, "seed", slot) for slot in self.slots]
-        if kind in ("telemetry.raw", "telemetry.batch"):
-            return [streams.inbox(run, "telemetry")]
-        if kind == "safety.signal":
-            return [streams.inbox(run, "safety")]
-        if kind == "barrier.vote":
-            return [streams.inbox(run, "barrier")]
-        log.warning("execution outbox: no route for %s", kind)
-        return []
-
     async def flush(self) -> int:
         """Publish everything queued in the runtime's outbox (one round trip)."""
         items = self.runtime.drain_outbox()
@@ -100,7 +85,7 @@ class ExecutionActor:
         appends = []
         for kind, message in items:
             frame = self.signer.seal(kind, message)
-            for stream in self._route(kind, message):
+            for stream in self.router.outbox(kind, message, self.slots):
                 appends.append(Append(stream, {FRAME: frame, "kind": kind.encode()}))
             self.sent[kind] += 1
         start = since(self.config.security.clock_tolerance_s)
@@ -115,7 +100,7 @@ class ExecutionActor:
                 return len(appends)
             except BusUnavailable:
                 failures += 1
-                await anyio.sleep(min(2.0, 0.05 * 2 ** min(failures, 6)))
+                await anyio.sleep(backoff_s(failures))
 
     async def _flusher(self) -> None:
         while not self._stopping:
@@ -129,31 +114,21 @@ class ExecutionActor:
                 return
 
     # -- incoming -----------------------------------------------------------------------------
-    def _reject(self, entry: Entry, code: Reason, detail: str) -> Handled:
-        self.rejected[code.value] += 1
-        record = pb.Rejection(
-            reason_code=code.value,
-            stream=entry.stream,
-            entry_id=entry.id,
-            detail=detail[:500],
-            actor=f"execution:{self.rank}",
-        )
-        fields = {FRAME: self.signer.seal("rejection", record), "reason": code.value.encode()}
-        return Handled(
-            entry, self.group, [Append(streams.rejected(self.run_id), fields, maxlen=200_000)]
-        )
+    def _reject(self, entry: Entry, code: Reason, detail: str, env: Envelope | None) -> Handled:
+        return Handled(entry, self.group, self.rejections.record(entry, code, detail, env))
 
     async def _take(self, entry: Entry) -> Handled:
         frame = entry.fields.get(FRAME)
         if frame is None:
-            return self._reject(entry, Reason.BAD_FRAME, "no frame field")
+            return self._reject(entry, Reason.BAD_FRAME, "no frame field", None)
+        env: Envelope | None = None
         try:
             env = await self.verifier.verify(
                 frame, token=f"{entry.stream}/{entry.id}", scope=self.group
             )
             message = REGISTRY.parse(env.kind, env.body)
         except ContractError as exc:
-            return self._reject(entry, exc.code, exc.detail)
+            return self._reject(entry, exc.code, exc.detail, env)
         if isinstance(message, pb.BarrierCommit):
             self.commits += 1  # the barrier agreed; nothing to change in the forward
             self.last_commit = int(message.barrier_step)
@@ -165,9 +140,9 @@ class ExecutionActor:
             self.checkpoint_requests += 1
             return Handled(entry, self.group)
         if not isinstance(message, pb.ExecutionOrder):
-            return self._reject(entry, Reason.UNEXPECTED_KIND, env.kind)
+            return self._reject(entry, Reason.UNEXPECTED_KIND, env.kind, env)
         if message.slot not in self.runtime.slots:
-            return self._reject(entry, Reason.UNKNOWN_SLOT, message.slot)
+            return self._reject(entry, Reason.UNKNOWN_SLOT, message.slot, env)
         if message.order_id not in self._seen_orders:  # a redelivery must not apply twice
             self._seen_orders[message.order_id] = None
             if len(self._seen_orders) > SEEN_ORDERS:

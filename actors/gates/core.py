@@ -7,6 +7,7 @@ from typing import Any
 
 from actors.core import Context, Decision, Message, Outgoing, UnknownEvent, digest_plain
 from actors.gates.checks import evaluate
+from contracts.errors import Reason
 from leyline import pb
 
 __all__ = ["GateState", "decide", "digest", "evolve", "from_plain", "initial_state", "to_plain"]
@@ -29,7 +30,9 @@ def initial_state() -> GateState:
 def decide(state: GateState, msg: Message, ctx: Context) -> Decision:
     """Evaluate a GateRequest with ``ctx.config.gates``; anything else is rejected."""
     if not isinstance(msg, pb.GateRequest):
-        return Decision(rejected=f"GateActor does not handle {type(msg).__name__}")
+        return Decision.refuse(
+            Reason.UNEXPECTED_KIND, f"GateActor does not handle {type(msg).__name__}"
+        )
     result = evaluate(msg.gate, msg.evidence, ctx.config.gates)
     result.request_id = msg.request_id
     result.slot = msg.slot

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from actors.core import Context, Decision, Message, Outgoing, UnknownEvent, digest_plain
+from contracts.errors import Reason
 from leyline import pb
 
 __all__ = [
@@ -113,7 +114,9 @@ def decide(state: SafetyState, msg: Message, ctx: Context) -> Decision:
         _strike(out, msg)
         _emergency(out, msg.step)
     else:
-        return Decision(rejected=f"SafetyActor does not handle {type(msg).__name__}")
+        return Decision.refuse(
+            Reason.UNEXPECTED_KIND, f"SafetyActor does not handle {type(msg).__name__}"
+        )
     return Decision(events=tuple(out.events), outgoing=tuple(out.outgoing))
 
 

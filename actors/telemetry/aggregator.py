@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 
 from actors.core import Decision
 from contracts.config import TelemetryConfig
+from contracts.errors import Reason
 from leyline import pb
 
 __all__ = ["TelemetryAggregator", "TelemetryStats"]
@@ -78,7 +79,9 @@ class TelemetryAggregator:
             return Decision(events=tuple(self.ingest(msg, now_s)))
         if isinstance(msg, pb.TelemetryBatch):
             return Decision(events=tuple(self.ingest_many(msg.items, now_s)))
-        return Decision(rejected=f"TelemetryActor does not handle {type(msg).__name__}")
+        return Decision.refuse(
+            Reason.UNEXPECTED_KIND, f"TelemetryActor does not handle {type(msg).__name__}"
+        )
 
     def ingest(self, raw: pb.TelemetryRaw, now_s: float) -> list[Message]:
         """Take one raw item observed at ``now_s`` (seconds, any monotonic origin)."""

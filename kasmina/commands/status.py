@@ -10,9 +10,9 @@ from typing import Any
 import anyio
 
 from actors.eventlog import read_verified
+from actors.hosting import FRAME
 from actors.replay import fold_events
 from actors.seed import stage_name
-from actors.shell import FRAME
 from bus import Bus, aiter_entries, open_bus
 from contracts import REGISTRY, ContractError, KeyRing, Verifier, streams
 from kasmina.common import add_keys, add_redis, emit_json, load_keys, redis_url, run_id

@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 from anyio.streams.text import TextReceiveStream
 
-from actors.shell import FRAME
+from actors.hosting import FRAME
 from bus import Bus, BusUnavailable, open_bus
 from bus.testing import RedisServer, redis_server
 from contracts import REGISTRY, ContractError, KeyRing, Verifier, streams

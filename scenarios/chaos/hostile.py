@@ -18,7 +18,7 @@ import anyio
 import msgpack
 
 from actors.client import build_command
-from actors.shell import FRAME
+from actors.hosting import FRAME
 from bus import Append, Bus, BusUnavailable
 from contracts import KeyRing, Signer, streams
 

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import redis.asyncio as aioredis
 
-from actors.shell import FRAME
+from actors.hosting import FRAME
 from bus import Append, open_bus
 from bus.testing import redis_server
 from contracts import KeyRing, Signer, streams

@@ -81,8 +81,8 @@ async def test_a_shell_whose_lease_was_taken_writes_nothing(bus: Bus, run_id: st
     async with running_cluster(bus, run=run, slots=[SLOT], config=_config()) as cl:
         shell = _seed_shell(cl)
         assert (await _cull(cl)).kind == "lifecycle.refused"
-        await bus.delete(shell.lease_key)
-        assert await bus.claim_key(shell.lease_key, "intruder", 60_000) is None
+        await bus.delete(shell.lease.key)
+        assert await bus.claim_key(shell.lease.key, "intruder", 60_000) is None
         events = streams.events(run)
         before = (await bus.info(events)).length
         command_id = str(await cl.client.command(SLOT, "cull"))
@@ -92,7 +92,7 @@ async def test_a_shell_whose_lease_was_taken_writes_nothing(bus: Bus, run_id: st
 
         await eventually(fenced_off, timeout_s=10)
         assert not shell.owner and (await bus.info(events)).length == before
-        await bus.delete(shell.lease_key)  # the intruder's lease ends
+        await bus.delete(shell.lease.key)  # the intruder's lease ends
         outcome = await cl.client.wait(command_id, timeout_s=20)
         assert outcome.kind == "lifecycle.refused" and shell.owner
         assert await _log_folds(cl, bus) == 2
@@ -193,6 +193,8 @@ async def test_fan_out_routes_by_the_registry_without_scanning(run_id: str) -> N
 
         await eventually(rank_registered)
         (safety,) = [s for s in cl.supervisor.shells if s.logic.name == "safety"]
-        assert await safety._route("seed", None) == [streams.inbox(run, "seed", s) for s in slots]
+        assert await safety.router.inboxes("seed", None) == [
+            streams.inbox(run, "seed", s) for s in slots
+        ]
         assert counting.calls["streams"] == 0 and counting.failures == 1
     await inner.close()

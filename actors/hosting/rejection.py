@@ -1,0 +1,73 @@
+"""Rejections: bad input is recorded on the run's rejected stream with its reason code, counted,
+and (past a rate) raised to the SafetyActor as a rejection storm. Nothing else changes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+from actors.hosting.inbox import FRAME
+from actors.safety import RejectStorm, note_reject
+from bus import Append, Entry
+from contracts import Envelope, Reason, Signer, kinds, streams
+from contracts.config import SafetyConfig
+from leyline import pb
+
+__all__ = ["REJECTED_MAXLEN", "Rejections"]
+
+log = logging.getLogger("kasmina.actors")
+
+REJECTED_MAXLEN = 200_000
+
+
+class Rejections:
+    """The rejections of one actor: ``counts`` by reason code, and the appends that record one.
+
+    ``storm`` (the safety thresholds) enables rejection-storm signals; None records only."""
+
+    def __init__(
+        self, run: str, actor: str, signer: Signer, storm: SafetyConfig | None = None
+    ) -> None:
+        self.actor = actor
+        self.signer = signer
+        self.stream = streams.rejected(run)
+        self.safety_inbox = streams.inbox(run, "safety")
+        self.counts: Counter[str] = Counter()
+        self._storm_config = storm
+        self._storm = RejectStorm()
+
+    def record(
+        self, entry: Entry, code: Reason, detail: str, env: Envelope | None = None
+    ) -> list[Append]:
+        """Count one rejection of ``entry``; the appends that record it (and any storm signal)."""
+        self.counts[code.value] += 1
+        cause = env.id if env else ""
+        record = pb.Rejection(
+            reason_code=code.value,
+            stream=entry.stream,
+            entry_id=entry.id,
+            kind=env.kind if env else "",
+            sender=env.sender if env else "",
+            detail=detail[:500],
+            message_id=cause,
+            actor=self.actor,
+        )
+        log.debug("%s rejected %s: %s %s", self.actor, entry.id, code.value, detail)
+        frame = self.signer.seal(kinds.REJECTION, record, causation_id=cause)
+        fields = {FRAME: frame, "reason": code.value.encode()}
+        appends = [Append(self.stream, fields, maxlen=REJECTED_MAXLEN)]
+        if self._storm_config is not None:
+            self._storm, storm = note_reject(
+                self._storm,
+                time.monotonic(),
+                self._storm_config,
+                detail=f"{self.actor}: rejection storm",
+            )
+            if storm is not None:  # too many rejections in the window: tell the SafetyActor
+                log.warning("%s", storm.detail)
+                frame = self.signer.seal(kinds.SAFETY_SIGNAL, storm, causation_id=cause)
+                appends.append(
+                    Append(self.safety_inbox, {FRAME: frame, "kind": kinds.SAFETY_SIGNAL.encode()})
+                )
+        return appends

@@ -1,0 +1,74 @@
+"""Routing: which inbox streams a message for another actor goes to.
+
+A message for a keyed actor kind (``seed``, ``execution``) with no key fans out to every instance:
+the inboxes in the kind's registry (each instance registers its inbox when it starts serving),
+cached for :data:`ROUTE_TTL_S`. The ExecutionActor's outbox routes by kind (:data:`OUTBOX`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from google.protobuf.message import Message
+
+from bus import Bus
+from contracts import kinds, streams
+
+__all__ = ["OUTBOX", "ROUTE_TTL_S", "Router"]
+
+log = logging.getLogger("kasmina.actors")
+
+ROUTE_TTL_S = 2.0  # fan-out targets (every slot's or rank's inbox) are re-discovered this often
+KEYED = frozenset({"seed", "execution"})
+
+#: where the ExecutionActor's outbox sends each kind: (actor kind, whose key) with key "slot" for
+#: the slot the message names, "slots" for every slot of the rank, "" for a singleton's inbox
+OUTBOX: dict[str, tuple[str, str]] = {
+    kinds.EXEC_ACK: ("seed", "slot"),
+    kinds.STEP_REPORT: ("seed", "slots"),
+    kinds.TELEMETRY_RAW: ("telemetry", ""),
+    kinds.TELEMETRY_BATCH: ("telemetry", ""),
+    kinds.SAFETY_SIGNAL: ("safety", ""),
+    kinds.BARRIER_VOTE: ("barrier", ""),
+}
+
+
+class Router:
+    """Resolves (actor kind, key) to inbox streams of one run."""
+
+    def __init__(self, bus: Bus, run: str) -> None:
+        self.bus = bus
+        self.run = run
+        self._cache: dict[str, tuple[float, list[str]]] = {}
+
+    async def inboxes(self, actor: str, key: str | None) -> list[str]:
+        """Inbox streams for (actor, key); key None fans out to every existing instance."""
+        if key is not None or actor not in KEYED:
+            return [streams.inbox(self.run, actor, key)]
+        now = time.monotonic()
+        cached = self._cache.get(actor)
+        if cached is not None and now - cached[0] < ROUTE_TTL_S:
+            return cached[1]
+        found = await self.bus.members(streams.registry(self.run, actor))
+        if not found:  # instances that predate the registry: find their inboxes by name
+            found = await self.bus.streams(streams.inbox(self.run, actor, "*"))
+        if found:
+            self._cache[actor] = (now, found)
+        if not found and actor == "execution":
+            return [streams.inbox(self.run, "execution", "0")]
+        return found
+
+    def outbox(self, kind: str, message: Message, slots: Sequence[str]) -> list[str]:
+        """Inbox streams for a message of the ExecutionActor's outbox (``slots``: the rank's)."""
+        route = OUTBOX.get(kind)
+        if route is None:
+            log.warning("execution outbox: no route for %s", kind)
+            return []
+        actor, key = route
+        if key == "slot":
+            return [streams.inbox(self.run, actor, str(getattr(message, "slot", "")))]
+        if key == "slots":
+            return [streams.inbox(self.run, actor, slot) for slot in slots]
+        return [streams.inbox(self.run, actor)]
