@@ -22,7 +22,7 @@ from .api import (
 from .backoff import backoff_s
 from .consumer import Consumer
 from .errors import BusClosed, BusError, BusProtocolError, BusUnavailable, Fenced
-from .factory import open_bus
+from .factory import REDIS_SCHEMES, is_redis_url, open_bus
 from .memory import MemoryBus, MemoryStore
 from .nonce import RedisNonceGuard
 from .recording import Recording, RecordingError, record
@@ -31,6 +31,7 @@ from .retention import safe_trim_id, set_watermark
 
 __all__ = [
     "DEAD_FIELDS",
+    "REDIS_SCHEMES",
     "Append",
     "Bus",
     "BusClosed",
@@ -54,6 +55,7 @@ __all__ = [
     "StreamInfo",
     "aiter_entries",
     "backoff_s",
+    "is_redis_url",
     "next_id",
     "open_bus",
     "parse_id",

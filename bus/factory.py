@@ -9,8 +9,12 @@ from .api import Bus
 from .memory import MemoryBus, MemoryStore
 from .redis_bus import RedisStreamBus
 
-__all__ = ["open_bus"]
+__all__ = ["REDIS_SCHEMES", "is_redis_url", "open_bus"]
 
+REDIS_SCHEMES = frozenset(
+    {"redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel",
+     "rediss+sentinel"}
+)  # fmt: skip
 _FAKE_SERVERS: dict[str, Any] = {}
 _MEMORY_STORES: dict[str, MemoryStore] = {}
 
@@ -20,12 +24,18 @@ def _name(url: str) -> str:
     return (parts.netloc + parts.path).strip("/")
 
 
+def is_redis_url(url: str) -> bool:
+    """Whether ``url`` names a Redis server, cluster or sentinel service (not fake or memory)."""
+    return urlsplit(url).scheme.lower() in REDIS_SCHEMES
+
+
 def open_bus(url: str, **opts: Any) -> Bus:
-    """``redis://`` / ``rediss://`` -> RedisStreamBus; ``fakeredis://[name]`` -> RedisStreamBus over
+    """``redis://`` / ``rediss://`` / ``unix://``, ``redis+cluster://`` and ``redis+sentinel://``
+    (see :mod:`bus.connect`) -> RedisStreamBus; ``fakeredis://[name]`` -> RedisStreamBus over
     FakeAsyncRedis (version 7.0; one in-process server per name, shared); ``memory://[name]`` ->
     MemoryBus (a named store is shared). Unnamed fake/memory URLs get a fresh private server."""
-    scheme = urlsplit(url).scheme
-    if scheme in ("redis", "rediss", "unix"):
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in REDIS_SCHEMES:
         return RedisStreamBus.from_url(url, **opts)
     if scheme == "fakeredis":
         import fakeredis
@@ -45,5 +55,6 @@ def open_bus(url: str, **opts: Any) -> Bus:
         store = _MEMORY_STORES.setdefault(name, MemoryStore())
         return MemoryBus(store, **opts)
     raise ValueError(
-        f"unsupported bus url {url!r}: use redis://, rediss://, fakeredis:// or memory://"
+        f"unsupported bus url {url!r}: use redis://, rediss://, redis+cluster://, "
+        "redis+sentinel://, fakeredis:// or memory://"
     )

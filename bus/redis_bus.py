@@ -18,8 +18,7 @@ import anyio
 import hiredis
 import redis.asyncio as aioredis
 import redis.exceptions as rex
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.cluster import RedisCluster
 
 from ._scripts import (
     CLAIM_KEY,
@@ -42,6 +41,7 @@ from .api import (
     processed_key,
 )
 from .backoff import backoff_s
+from .connect import Closer, open_client, parse_bus_url
 from .errors import BusClosed, BusError, BusProtocolError, BusUnavailable, Fenced
 from .retention import clamp_trim_id, safe_trim_id
 
@@ -77,6 +77,22 @@ def _fast_packing(cls: type[Any]) -> type[Any]:
     return type(cls.__name__, (cls,), {"pack_command": pack_command, "_kasmina_fast": True})
 
 
+# Errors meaning the server did not run the command (a redirection or a refusal while the
+# topology changes): safe to send again even when the command is not idempotent.
+_REFUSALS = ("TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK", "READONLY", "NOREPLICAS", "MASTERDOWN",
+             "LOADING")  # fmt: skip
+
+
+def _not_applied(exc: BaseException) -> bool:
+    # ClusterError includes CLUSTERDOWN/MASTERDOWN and "TTL exhausted" (redirected until redis-py
+    # gave up); AskError includes MOVED. Errors raised inside a script keep their code as text.
+    refusals = (rex.ClusterError, rex.SlotNotCoveredError, rex.AskError, rex.TryAgainError,
+                rex.ReadOnlyError)  # fmt: skip
+    if isinstance(exc, refusals):
+        return True
+    return isinstance(exc, rex.ResponseError) and str(exc).startswith(_REFUSALS)
+
+
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -92,6 +108,17 @@ def _b(value: Any) -> bytes:
     if isinstance(value, str):
         return value.encode()
     raise BusProtocolError(f"invalid field value of type {type(value).__name__}")
+
+
+def _xadd(stream: str, fields: Fields, maxlen: int | None) -> list[Any]:
+    """The XADD command for one entry (``MAXLEN ~`` when capped)."""
+    command: list[Any] = ["XADD", stream]
+    if maxlen is not None:
+        command += ["MAXLEN", "~", maxlen]
+    command.append("*")
+    for name, value in fields.items():
+        command += (name, value if type(value) is bytes else _b(value))
+    return command
 
 
 def _encode_append(args: list[Any], key_index: int, append: Append) -> None:
@@ -148,8 +175,17 @@ class RedisStreamBus:
         backoff_cap_s: float = 2.0,
         close_client: bool = True,
         max_block_ms: int | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
+        closers: Sequence[Closer] = (),
     ) -> None:
         self.client: Any = client  # redis-py's stubs disagree with its runtime types
+        self.is_cluster = isinstance(client, RedisCluster)
+        if wait_replicas < 0 or wait_timeout_ms < 1:
+            raise ValueError("wait_replicas must be >= 0 and wait_timeout_ms >= 1")
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        self._closers = list(closers)
         self.max_block_ms = max_block_ms
         self.processed_ttl_ms = processed_ttl_ms
         self.server_version = server_version
@@ -177,30 +213,31 @@ class RedisStreamBus:
         socket_connect_timeout: float = 5.0,
         **opts: Any,
     ) -> RedisStreamBus:
-        """Connect lazily to ``redis://`` / ``rediss://`` ``url``; ``opts`` go to the constructor.
+        """Connect lazily to ``url`` (one server, ``redis+cluster://`` or ``redis+sentinel://``,
+        see :mod:`bus.connect`); ``opts`` go to the constructor.
 
         Reads block at most ``socket_timeout / 2`` (see :meth:`read`), so a BLOCK never trips the
         socket timeout.
         """
-        client = aioredis.Redis.from_url(
-            url,
+        target = parse_bus_url(url)
+        client, closers = open_client(
+            target,
             socket_timeout=socket_timeout,
             socket_connect_timeout=socket_connect_timeout,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=30,
+            connection_class=_fast_packing,
         )
-        pool = client.connection_pool
-        pool.connection_class = _fast_packing(pool.connection_class)
         # our own client: entries arrive as flat lists, turned into dicts once (in _fields)
         client.set_response_callback("XREADGROUP", _raw_reply)
         opts.setdefault("max_block_ms", int(socket_timeout * 500))
-        return cls(client, **opts)
+        opts.setdefault("wait_replicas", target.wait)
+        opts.setdefault("wait_timeout_ms", target.wait_timeout_ms)
+        return cls(client, closers=closers, **opts)
 
     # -- plumbing -----------------------------------------------------------------------------
     def _translate(self, exc: BaseException) -> BusError:
         if self._closed:
             return BusClosed("the bus is closed")
-        if isinstance(exc, rex.ConnectionError | rex.TimeoutError | OSError):
+        if isinstance(exc, rex.ConnectionError | rex.TimeoutError | OSError) or _not_applied(exc):
             return BusUnavailable(f"redis unavailable: {exc}")
         return BusProtocolError(str(exc))
 
@@ -213,7 +250,7 @@ class RedisStreamBus:
                 return await op()
             except (rex.RedisError, OSError) as exc:
                 err = self._translate(exc)
-                if not isinstance(err, BusUnavailable) or not idempotent:
+                if not isinstance(err, BusUnavailable) or not (idempotent or _not_applied(exc)):
                     raise err from exc
                 if attempt >= self.retries:
                     raise err from exc
@@ -221,6 +258,68 @@ class RedisStreamBus:
                 backoff_s(attempt, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s)
             )
             attempt += 1
+
+    async def _durable(self, command: list[Any], script: Any = None) -> Any:
+        """Run one write ``command`` (EVALSHA of ``script`` when given: ``[keys, args]``).
+
+        With ``wait_replicas`` the command is followed by ``WAIT`` on the same connection (one
+        round trip); fewer replicas than asked within ``wait_timeout_ms`` raises BusUnavailable:
+        the write may be on the primary only, so its outcome is unknown, like a lost reply.
+        """
+        if script is not None:
+            keys, args = command
+            if not self.wait_replicas:
+                return await script(keys=keys, args=args)
+            command = ["EVALSHA", script.sha, len(keys), *keys, *args]
+        elif not self.wait_replicas:
+            return await self.client.execute_command(*command)
+        if self.is_cluster:
+            return await self._durable_on_shard(command, script)
+        for _ in range(2):
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.execute_command(*command)
+                pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+                reply, acked = await pipe.execute(raise_on_error=False)
+            if isinstance(reply, rex.NoScriptError) and script is not None:
+                await self.client.script_load(script.script)  # not run: load, then send again
+                continue
+            return self._confirmed(reply, acked)
+        raise BusProtocolError("script could not be loaded")  # pragma: no cover
+
+    async def _durable_on_shard(self, command: list[Any], script: Any) -> Any:
+        """:meth:`_durable` on a cluster: the write and its WAIT go to the shard that owns the
+        command's first key, on one connection of that node."""
+        from redis.asyncio.cluster import PipelineCommand
+
+        key_at = 3 if command[0] == "EVALSHA" else 1
+        for _ in range(2):
+            node = self.client.get_node_from_key(command[key_at])
+            cmds = [PipelineCommand(0, *command),
+                    PipelineCommand(1, "WAIT", self.wait_replicas, self.wait_timeout_ms)]  # fmt: skip
+            try:
+                await node.execute_pipeline(cmds)
+            except (rex.ConnectionError, rex.TimeoutError, OSError):
+                self.client._initialize = True  # rediscover the topology on the next command
+                raise
+            reply, acked = cmds[0].result, cmds[1].result
+            if isinstance(reply, rex.NoScriptError) and script is not None:
+                await node.execute_command("SCRIPT", "LOAD", script.script)
+                continue
+            if isinstance(reply, rex.AskError | rex.ClusterDownError):
+                self.client._initialize = True  # the slot moved: refresh the slot map
+            return self._confirmed(reply, acked)
+        raise BusProtocolError("script could not be loaded")  # pragma: no cover
+
+    def _confirmed(self, reply: Any, acked: Any) -> Any:
+        if isinstance(reply, BaseException):
+            raise reply
+        if isinstance(acked, BaseException) or int(acked) < self.wait_replicas:
+            got = acked if not isinstance(acked, BaseException) else f"error: {acked}"
+            raise BusUnavailable(
+                f"write not confirmed by {self.wait_replicas} replica(s) within "
+                f"{self.wait_timeout_ms} ms ({got}): its outcome is unknown"
+            )
+        return reply
 
     async def version(self) -> tuple[int, ...]:
         """The server version (detected once; fakeredis reports its emulated version)."""
@@ -237,7 +336,7 @@ class RedisStreamBus:
     async def publish(self, stream: str, fields: Fields, *, maxlen: int | None = None) -> str:
         check_append(Append(stream, fields, maxlen))
         raw = await self._call(
-            lambda: self.client.xadd(stream, dict(fields), maxlen=maxlen, approximate=True),
+            lambda: self._durable(_xadd(stream, fields, maxlen)),
             idempotent=False,
         )
         return _s(raw)
@@ -252,13 +351,15 @@ class RedisStreamBus:
             check_append(a)
             _encode_append(args, keys.get(a.stream) or keys.setdefault(a.stream, len(keys) + 1), a)
         names = list(keys)
-        raw = await self._call(lambda: self._publish_many(keys=names, args=args), idempotent=False)
+        raw = await self._call(
+            lambda: self._durable([names, args], self._publish_many), idempotent=False
+        )
         return [_s(r) for r in raw]
 
     async def ensure_group(self, stream: str, group: str, *, start: str = "0") -> None:
         async def run() -> None:
             try:
-                await self.client.xgroup_create(stream, group, id=start, mkstream=True)
+                await self._durable(["XGROUP CREATE", stream, group, start, "MKSTREAM"])
             except rex.ResponseError as exc:
                 if not str(exc).startswith("BUSYGROUP"):
                     raise
@@ -293,7 +394,7 @@ class RedisStreamBus:
         # Always safe to resend: a commit whose reply was lost acked its entries, so the resent
         # one finds them no longer pending and writes nothing (it reports duplicates).
         try:
-            raw = await self._call(lambda: self._commit(keys=names, args=args))
+            raw = await self._call(lambda: self._durable([names, args], self._commit))
         except BusProtocolError as exc:
             if str(exc).startswith("FENCED"):
                 raise Fenced(str(exc)) from None
@@ -310,7 +411,7 @@ class RedisStreamBus:
             "dead.stream", entry.stream, "dead.id", entry.id, "dead.group", group,
             "dead.deliveries", entry.deliveries, "dead.reason", reason,
         ]  # fmt: skip
-        await self._call(lambda: self._dead(keys=[dead_stream, entry.stream], args=args))
+        await self._call(lambda: self._durable([[dead_stream, entry.stream], args], self._dead))
 
     async def claim_key(self, key: str, value: str, ttl_ms: int) -> str | None:
         raw = await self._call(
@@ -337,7 +438,8 @@ class RedisStreamBus:
         return None if raw is None else bytes(raw)
 
     async def set_value(self, key: str, value: bytes, *, ttl_ms: int | None = None) -> None:
-        await self._call(lambda: self.client.set(key, value, px=ttl_ms))
+        command: list[Any] = ["SET", key, value] + ([] if ttl_ms is None else ["PX", ttl_ms])
+        await self._call(lambda: self._durable(command))
 
     # -- reads --------------------------------------------------------------------------------
     async def _deliveries(
@@ -468,7 +570,7 @@ class RedisStreamBus:
 
     async def register(self, key: str, *members: str) -> None:
         if members:
-            await self._call(lambda: self.client.sadd(key, *members))
+            await self._call(lambda: self._durable(["SADD", key, *members]))
 
     async def members(self, key: str) -> list[str]:
         return sorted(_s(m) for m in await self._call(lambda: self.client.smembers(key)))
@@ -524,6 +626,8 @@ class RedisStreamBus:
         self._closed = True
         if self._close_client:
             await self.client.aclose()
+            for close in self._closers:
+                await close()
 
 
 def sorted_ids(ids: list[str]) -> list[str]:

@@ -7,11 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bus import EntrySource, Recording, open_bus
+from bus import EntrySource, Recording, is_redis_url, open_bus
 from contracts import KeyRing, KeyRingError, streams
 from kasmina.common import CliError, default_run
 
-URL_SCHEMES = ("redis://", "rediss://", "unix://", "fakeredis://", "memory://")
+OTHER_BUSES = ("fakeredis://", "memory://")
+
+
+def is_url(source: str) -> bool:
+    """Whether ``source`` is a bus URL (else a recording file)."""
+    return is_redis_url(source) or source.startswith(OTHER_BUSES)
 
 
 @dataclass(slots=True)
@@ -30,7 +35,7 @@ class Source:
 
 def open_source(source: str, run: str | None) -> Source:
     """A recording file path or a bus URL."""
-    if source.startswith(URL_SCHEMES):
+    if is_url(source):
         bus = open_bus(source)
         return Source(bus, run or default_run(), bus)
     path = Path(source)
@@ -50,7 +55,7 @@ def keys_for(source: str, keys: str | None) -> KeyRing:
             return KeyRing.from_env()
         except KeyRingError:
             beside = Path(source).with_name("keys.json")
-            if not source.startswith(URL_SCHEMES) and beside.exists():
+            if not is_url(source) and beside.exists():
                 print(f"kasmina: using keys from {beside}", file=sys.stderr)
                 return KeyRing.load(beside)
             raise

@@ -16,13 +16,12 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 
 from actors.hosting import FRAME
 from actors.replay import RunState, fold_events
-from bus import Bus, open_bus
+from bus import Bus, is_redis_url, open_bus
 from bus.testing import purge_prefix
 from contracts import REGISTRY, ContractError, KeyRing, Verifier, streams
 from scenarios.cluster import read_events, running_cluster
@@ -60,7 +59,7 @@ def open_scenario_bus(url: str) -> tuple[Bus, bool]:
     """The bus for ``url`` and whether it is a shared server (its keys must be cleaned)."""
     if url in ("fakeredis", "memory"):
         url = f"{url}://"
-    shared = urlsplit(url).scheme in ("redis", "rediss", "unix")
+    shared = is_redis_url(url)
     return open_bus(url), shared
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from actors.execution import ExecutionRuntime, insert_slots, param_count
-from bus import open_bus, record
+from bus import is_redis_url, open_bus, record
 from contracts import KeyRing, streams
 from scenarios.cluster import Cluster, running_cluster
 from scenarios.demo.budgets import Budgets
@@ -86,9 +86,9 @@ def bus_url(choice: str, run: str) -> str:
     """``memory``/``fakeredis`` -> an in-process bus named after the run; URLs pass through."""
     if choice in ("memory", "fakeredis"):
         return f"{choice}://{run}"
-    if choice.startswith(("redis://", "rediss://", "unix://")):
+    if is_redis_url(choice):
         return choice
-    raise ValueError(f"--bus must be memory, fakeredis or a redis:// URL, not {choice!r}")
+    raise ValueError(f"--bus must be memory, fakeredis or a Redis URL, not {choice!r}")
 
 
 def static_host(task: str, split: Split, steps: int, seed: int) -> float:

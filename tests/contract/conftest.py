@@ -1,14 +1,17 @@
-"""One bus contract, every backend: memory, fakeredis and a real redis-server."""
+"""One bus contract, every backend: memory, fakeredis, a real redis-server, a 3-primary Redis
+Cluster, and a Sentinel-managed primary with writes waiting for one replica (``wait=1``)."""
 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
 from bus import Bus, open_bus
-from bus.testing import purge_prefix, shared_redis
+from bus.servers import redis_cluster, redis_sentinel
+from bus.testing import REDIS_SERVER, purge_prefix, shared_redis
 
 BusFactory = Callable[[], Awaitable[Bus]]
 
@@ -26,7 +29,36 @@ def redis_url() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(params=["memory", "fakeredis", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(scope="session")
+def cluster_url() -> Iterator[str]:
+    """A throwaway 3-primary Redis Cluster for the session."""
+    if not Path(REDIS_SERVER).exists():
+        pytest.skip(f"no {REDIS_SERVER}")
+    with redis_cluster(primaries=3) as cluster:
+        yield cluster.url
+
+
+@pytest.fixture(scope="session")
+def sentinel_url() -> Iterator[str]:
+    """A throwaway primary + replica + 3 sentinels; writes wait for the replica."""
+    if not Path(REDIS_SERVER).exists():
+        pytest.skip(f"no {REDIS_SERVER}")
+    with redis_sentinel(replicas=1, aof=False) as setup:
+        yield setup.url + "?wait=1"
+
+
+URLS = {"redis": "redis_url", "cluster": "cluster_url", "sentinel": "sentinel_url"}
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        "fakeredis",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("cluster", marks=pytest.mark.redis),
+        pytest.param("sentinel", marks=pytest.mark.redis),
+    ]
+)
 def backend(request: pytest.FixtureRequest) -> str:
     """The backend under test."""
     return str(request.param)
@@ -43,8 +75,8 @@ async def make_bus(
     backend: str, prefix: str, request: pytest.FixtureRequest, anyio_backend: str
 ) -> AsyncIterator[BusFactory]:
     """Opens bus objects that share one server (or store) for this test; cleans up after."""
-    if backend == "redis":
-        url = request.getfixturevalue("redis_url")
+    if backend in URLS:
+        url = request.getfixturevalue(URLS[backend])
     else:
         url = f"{backend}://{prefix.replace('{', '').replace('}', '').replace(':', '-')}"
     opened: list[Bus] = []

@@ -1,0 +1,192 @@
+"""Redis URLs of the bus and the redis-py clients they open: one server, a Cluster, or Sentinel.
+
+Schemes (``rediss`` instead of ``redis`` for TLS):
+
+- ``redis://[[user]:password@]host:port[/db]`` and ``unix://…``: one server;
+- ``redis+cluster://[[user]:password@]host:port[,host:port…]``: a Redis Cluster, the listed nodes
+  used to discover it (redis-py's cluster client: MOVED/ASK followed, slots refreshed);
+- ``redis+sentinel://[[user]:password@]host:port[,host:port…]/service[/db]``: the primary of
+  ``service`` as the listed sentinels name it, rediscovered after a failover.
+
+Query parameters the bus reads (and removes before the URL reaches redis-py):
+
+- ``wait=N``: every acknowledged write has reached ``N`` replicas (``WAIT N``), else the write
+  raises :class:`~bus.errors.BusUnavailable` (outcome unknown; see docs/operations.md);
+- ``wait_timeout_ms=T``: how long a write waits for its replicas (default 1000);
+- ``sentinel_password=…``: password of the sentinels (Sentinel URLs only).
+
+The bus's own retry policy stays in charge: redis-py's retries are switched off everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+__all__ = ["BusUrl", "Closer", "open_client", "parse_bus_url"]
+
+Topology = Literal["single", "cluster", "sentinel"]
+Closer = Callable[[], Awaitable[None]]
+
+BUS_PARAMS = ("wait", "wait_timeout_ms", "sentinel_password")
+DEFAULT_WAIT_TIMEOUT_MS = 1000
+_PORT = 6379
+_SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True, slots=True)
+class BusUrl:
+    """A parsed bus URL (see the module docstring)."""
+
+    topology: Topology
+    url: str  # single server: the URL redis-py gets (bus parameters removed)
+    nodes: tuple[tuple[str, int], ...] = ()
+    service: str = ""
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    wait: int = 0
+    wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS
+    sentinel_password: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
+
+
+def _int(name: str, value: str, *, low: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"bus url: {name} must be an integer, got {value!r}") from None
+    if number < low:
+        raise ValueError(f"bus url: {name} must be >= {low}, got {number}")
+    return number
+
+
+def _nodes(netloc: str, default_port: int, url: str) -> tuple[tuple[str, int], ...]:
+    hosts = netloc.rpartition("@")[2]
+    out: list[tuple[str, int]] = []
+    for part in hosts.split(","):
+        if not part:
+            continue
+        if part.startswith("["):  # [ipv6]:port
+            host, _, rest = part[1:].partition("]")
+            port = rest.removeprefix(":")
+        else:
+            host, _, port = part.rpartition(":") if ":" in part else (part, "", "")
+        out.append((host, _int("port", port, low=1) if port else default_port))
+    if not out:
+        raise ValueError(f"bus url {url!r} names no host")
+    return tuple(out)
+
+
+def parse_bus_url(url: str) -> BusUrl:
+    """Parse a ``redis://``, ``redis+cluster://`` or ``redis+sentinel://`` URL (``rediss`` too)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    base, _, flavour = scheme.partition("+")
+    if base not in ("redis", "rediss", "unix") or flavour not in ("", "cluster", "sentinel"):
+        raise ValueError(f"unsupported redis url {url!r}")
+    if base == "unix" and flavour:
+        raise ValueError(f"{scheme}:// is not supported: use redis+{flavour}:// with host:port")
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    ours = {k: query.pop(k) for k in BUS_PARAMS if k in query}
+    wait = _int("wait", ours["wait"], low=0) if "wait" in ours else 0
+    timeout = (
+        _int("wait_timeout_ms", ours["wait_timeout_ms"], low=1)
+        if "wait_timeout_ms" in ours
+        else DEFAULT_WAIT_TIMEOUT_MS
+    )
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    common: dict[str, Any] = {
+        "username": username,
+        "password": password,
+        "tls": base == "rediss",
+        "wait": wait,
+        "wait_timeout_ms": timeout,
+        "options": query,
+    }
+    if not flavour:
+        plain = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+        return BusUrl("single", plain, **common)
+    path = [p for p in parts.path.split("/") if p]
+    if flavour == "cluster":
+        if "sentinel_password" in ours:
+            raise ValueError("bus url: sentinel_password is for redis+sentinel:// only")
+        if path and path != ["0"]:
+            raise ValueError(f"bus url {url!r}: a cluster has database 0 only")
+        return BusUrl("cluster", url, _nodes(parts.netloc, _PORT, url), **common)
+    if not path:
+        raise ValueError(
+            f"bus url {url!r}: name the service, e.g. redis+sentinel://host:26379/mymaster"
+        )
+    if len(path) > 2:
+        raise ValueError(f"bus url {url!r}: expected /service[/db]")
+    db = _int("db", path[1], low=0) if len(path) == 2 else 0
+    return BusUrl(
+        "sentinel",
+        url,
+        _nodes(parts.netloc, _SENTINEL_PORT, url),
+        service=unquote(path[0]),
+        db=db,
+        sentinel_password=ours.get("sentinel_password"),
+        **common,
+    )
+
+
+def open_client(
+    target: BusUrl,
+    *,
+    socket_timeout: float,
+    socket_connect_timeout: float,
+    connection_class: Callable[[type[Any]], type[Any]] | None = None,
+) -> tuple[Any, list[Closer]]:
+    """A redis.asyncio client for ``target`` (lazy: nothing connects yet) and what to close
+    besides it. ``connection_class`` may wrap a plain connection class (a faster packer)."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    no_retry = Retry(NoBackoff(), 0)
+    timeouts: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_connect_timeout,
+    }
+    if target.topology == "single":
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(
+            target.url, retry=no_retry, health_check_interval=30, **timeouts
+        )
+        if connection_class is not None:
+            pool = client.connection_pool
+            pool.connection_class = connection_class(pool.connection_class)
+        return client, []
+    auth: dict[str, Any] = {"username": target.username, "password": target.password}
+    if target.topology == "cluster":
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        cluster = RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],
+            retry=no_retry,
+            ssl=target.tls,
+            **auth,
+            **timeouts,
+        )
+        return cluster, []
+    from redis.asyncio.sentinel import Sentinel
+
+    sentinel_kwargs: dict[str, Any] = dict(timeouts)
+    if target.sentinel_password is not None:
+        sentinel_kwargs["password"] = target.sentinel_password
+    if target.tls:
+        sentinel_kwargs["ssl"] = True
+    sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    extra: dict[str, Any] = {"ssl": True} if target.tls else {}
+    client = sentinel.master_for(
+        target.service, db=target.db, retry=no_retry, health_check_interval=30,
+        **auth, **timeouts, **extra,
+    )  # fmt: skip
+    closers: list[Closer] = [s.aclose for s in sentinel.sentinels]
+    return client, closers
