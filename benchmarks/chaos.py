@@ -1,7 +1,7 @@
 """Chaos harness runs from the command line: seeds with kills and Redis restarts, hostile
 traffic, and the bounded-memory soak. Needs ``redis-server`` (a throwaway one is started).
 
-    python -m benchmarks.chaos seeds 11 22 33 [--steps 300] [--kills 6] [--restarts 2]
+    python -m benchmarks.chaos seeds 11 22 33 [--steps 300] [--kills 6] [--restarts 2] [--failovers 1]
     python -m benchmarks.chaos hostile [--seed 5] [--rate 5000]
     python -m benchmarks.chaos soak [--messages 1000000]
 
@@ -35,6 +35,7 @@ async def _seeds(args: argparse.Namespace) -> int:
             steps=args.steps,
             kills=args.kills,
             redis_restarts=args.restarts,
+            failovers=args.failovers,
             commands=args.commands,
         )
         out = result.summary()
@@ -79,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--kills", type=int, default=6)
     s.add_argument("--restarts", type=int, default=2)
     s.add_argument("--commands", type=int, default=60)
+    s.add_argument(
+        "--failovers", type=int, default=0,
+        help="SIGKILLs of the primary of a Sentinel-managed setup (primary + 2 replicas)",
+    )  # fmt: skip
     s.add_argument("--workdir", default=None)
     s.set_defaults(func=_seeds)
     h = sub.add_parser("hostile", help="forged/replayed/malformed flood during a window of steps")

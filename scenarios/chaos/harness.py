@@ -1,10 +1,14 @@
 """The chaos harness: real redis-server (AOF), ``kasmina run`` processes, a trainer process.
 
 ``run_plan`` executes one plan on a run id of a throwaway server: it starts the actor processes
-and the trainer, fires the plan's kills (SIGKILL, restart after a pause) and Redis restarts at the
-steps they are anchored to, optionally lets a :class:`Hostile` client flood the inboxes for a
-window of steps, and returns what the run left behind. ``chaos_seed`` runs a plan and its
-fault-free twin and compares them.
+and the trainer, fires the plan's kills (SIGKILL, restart after a pause), Redis restarts and
+failovers at the steps they are anchored to, optionally lets a :class:`Hostile` client flood the
+inboxes for a window of steps, and returns what the run left behind. ``chaos_seed`` runs a plan
+and its fault-free twin and compares them.
+
+A plan with failovers runs on a Sentinel-managed primary with two replicas, every process
+connected through ``redis+sentinel://…?wait=1``: a failover SIGKILLs the primary, the sentinels
+promote a replica, and the old primary is started again (the sentinels make it a replica).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from anyio.streams.text import TextReceiveStream
 
 from actors.hosting import FRAME
 from bus import Bus, BusUnavailable, open_bus
+from bus.servers import LocalSentinel, redis_sentinel
 from bus.testing import RedisServer, redis_server
 from contracts import REGISTRY, ContractError, KeyRing, Verifier, streams
 from leyline import pb
@@ -36,7 +41,16 @@ from scenarios.pacing import wait_drained
 
 ATTACK_ON, ATTACK_OFF, END = -1, -2, -3  # marks besides steps
 
-__all__ = ["ChaosResult", "RunOutput", "chaos_seed", "read_log", "read_rejections", "run_plan"]
+__all__ = [
+    "ChaosResult",
+    "RunOutput",
+    "bus_url",
+    "chaos_seed",
+    "commit_gaps",
+    "read_log",
+    "read_rejections",
+    "run_plan",
+]
 
 
 @dataclass
@@ -60,6 +74,9 @@ class RunOutput:
     marks: dict[int, tuple[float, int]] = field(default_factory=dict)  # mark -> (time, events)
     hostile: dict[str, Any] = field(default_factory=dict)
     exit_codes: list[int | None] = field(default_factory=list)
+    failovers: int = 0
+    promotion_s: list[float] = field(default_factory=list)  # SIGKILL -> sentinels name a new one
+    kill_to_commit_s: list[float] = field(default_factory=list)  # SIGKILL -> next event committed
 
 
 @dataclass
@@ -89,6 +106,9 @@ class ChaosResult:
             "events": c.record.events,
             "kills": c.kills,
             "redis_restarts": c.redis_restarts,
+            "failovers": c.failovers,
+            "promotion_s": [round(x, 2) for x in c.promotion_s],
+            "kill_to_commit_s": [round(x, 2) for x in c.kill_to_commit_s],
             "redeliveries": c.redeliveries,
             "command_retries": c.command_retries,
             "dead_letters": c.dead_letters,
@@ -173,16 +193,41 @@ async def _pending(bus: Bus, pairs: list[tuple[str, str]]) -> int:
     return total
 
 
+Servers = RedisServer | LocalSentinel
+
+
 class _Faults:
     """Fires a plan's faults as the trainer reaches their steps."""
 
     def __init__(
-        self, plan: ChaosPlan, procs: list[ActorProcess], server: RedisServer, bus: Bus, run: str
+        self, plan: ChaosPlan, procs: list[ActorProcess], servers: Servers, bus: Bus, run: str
     ):
-        self.plan, self.procs, self.server, self.bus, self.run = plan, procs, server, bus, run
+        self.plan, self.procs, self.servers, self.bus, self.run = plan, procs, servers, bus, run
         self.out_kills = 0
         self.out_restarts = 0
         self.redeliveries = 0
+        self.killed_ms: list[int] = []  # server clock = this machine's: entry ids are comparable
+        self.promotion_s: list[float] = []
+
+    def primary(self) -> RedisServer:
+        """The server the run writes to now."""
+        if isinstance(self.servers, LocalSentinel):
+            return self.servers.primary()
+        return self.servers
+
+    async def failover(self, delay_s: float) -> None:
+        """SIGKILL the primary, wait for the sentinels to promote a replica, start the old one
+        again (the sentinels turn it into a replica of the new primary)."""
+        await anyio.sleep(delay_s)
+        sentinel = self.servers
+        if not isinstance(sentinel, LocalSentinel):
+            raise RuntimeError("a failover fault needs a Sentinel-managed server")
+        with anyio.CancelScope(shield=True):  # never leave the old primary down
+            old = sentinel.primary()
+            old.kill()
+            self.killed_ms.append(time.time_ns() // 1_000_000)
+            self.promotion_s.append(await anyio.to_thread.run_sync(sentinel.wait_failover, old))
+            await anyio.to_thread.run_sync(old.start)
 
     async def kill(self, index: int, delay_s: float, down_s: float) -> None:
         await anyio.sleep(delay_s)
@@ -200,9 +245,10 @@ class _Faults:
     async def restart_redis(self, delay_s: float) -> None:
         await anyio.sleep(delay_s)
         with anyio.CancelScope(shield=True):  # never leave the server down
-            self.server.kill()
+            server = self.primary()
+            server.kill()
             await anyio.sleep(0.3)
-            await anyio.to_thread.run_sync(self.server.start)
+            await anyio.to_thread.run_sync(server.start)
             self.out_restarts += 1
             pairs = [pair for proc in self.procs for pair in _groups(proc, self.run)]
             with contextlib.suppress(BusUnavailable):
@@ -215,11 +261,32 @@ class _Faults:
         for s, delay in self.plan.redis_restarts:
             if s == step:
                 tg.start_soon(self.restart_redis, delay)
+        for s, delay in self.plan.failovers:
+            if s == step:
+                tg.start_soon(self.failover, delay)
+
+
+def bus_url(servers: Servers) -> str:
+    """The URL every process of a chaos run connects with (a Sentinel setup: writes wait for
+    one replica, so a failover loses no acknowledged write)."""
+    return servers.url + "?wait=1" if isinstance(servers, LocalSentinel) else servers.url
+
+
+async def commit_gaps(bus: Bus, run: str, killed_ms: list[int]) -> list[float]:
+    """Per kill time: seconds until the first event-log entry committed after it (entry ids
+    carry the server's clock in ms)."""
+    ids = [int(e.id.split("-")[0]) for e in await bus.range(streams.events(run))]
+    out = []
+    for ms in killed_ms:
+        after = [i for i in ids if i > ms]
+        if after:
+            out.append((min(after) - ms) / 1000)
+    return out
 
 
 async def run_plan(
     plan: ChaosPlan,
-    server: RedisServer,
+    server: Servers,
     workdir: Path,
     run: str,
     ring: KeyRing,
@@ -234,9 +301,10 @@ async def run_plan(
     ring.save(keys)
     config.write_text(config_toml(plan.config))
     (workdir / "plan.json").write_text(plan.to_json())
-    bus = open_bus(server.url)
+    url = bus_url(server)
+    bus = open_bus(url)
     procs = [
-        ActorProcess(spec, server.url, run, keys, config, workdir, i)
+        ActorProcess(spec, url, run, keys, config, workdir, i)
         for i, spec in enumerate(plan.processes)
     ]
     for proc in procs:
@@ -249,7 +317,7 @@ async def run_plan(
     )
     summary_path = workdir / "trainer.json"
     argv = [
-        sys.executable, "-m", "scenarios.chaos.trainer", "--redis", server.url, "--run", run,
+        sys.executable, "-m", "scenarios.chaos.trainer", "--redis", url, "--run", run,
         "--keys", str(keys), "--plan", str(workdir / "plan.json"), "--out", str(summary_path),
     ]  # fmt: skip
     started = time.monotonic()
@@ -322,6 +390,9 @@ async def run_plan(
     out.kills, out.redis_restarts, out.redeliveries = (
         faults.out_kills, faults.out_restarts, faults.redeliveries,
     )  # fmt: skip
+    out.failovers = len(faults.promotion_s)
+    out.promotion_s = faults.promotion_s
+    out.kill_to_commit_s = await commit_gaps(bus, run, faults.killed_ms)
     out.pace_timeouts = summary["pace_timeouts"]
     out.command_retries = summary.get("command_retries", 0)
     out.step_durations = summary["step_durations"]
@@ -359,7 +430,12 @@ async def chaos_seed(
     plan = make_plan(seed, **plan_kw)
     ring = KeyRing.generate()
     base = workdir or Path(tempfile.mkdtemp(prefix="kasmina-chaos-"))
-    with redis_server(aof=True, appendfsync=aof_fsync) as server:
+    servers: contextlib.AbstractContextManager[Servers] = (
+        redis_sentinel(replicas=2)
+        if plan.failovers
+        else redis_server(aof=True, appendfsync=aof_fsync)
+    )
+    with servers as server:
         reference = await run_plan(plan.fault_free(), server, base / "ref", f"ref-{seed}", ring)
         chaos = await run_plan(plan, server, base / "chaos", f"chaos-{seed}", ring)
     problems = compare(reference.record, chaos.record)

@@ -76,12 +76,13 @@ class ChaosPlan:
     commands: tuple[PlannedCommand, ...]
     kills: tuple[Kill, ...] = ()
     redis_restarts: tuple[tuple[int, float], ...] = ()  # (step, delay_s)
+    failovers: tuple[tuple[int, float], ...] = ()  # (step, delay_s): SIGKILL the primary
     leak_slots: tuple[str, ...] = ()
     report_every: int = 5
     config: dict[str, Any] = field(default_factory=dict)
 
     def fault_free(self) -> ChaosPlan:
-        """The same plan without kills and restarts (the reference run)."""
+        """The same plan without kills, restarts and failovers (the reference run)."""
         return ChaosPlan(
             self.seed, self.steps, self.slots, self.processes, self.commands,
             leak_slots=self.leak_slots, report_every=self.report_every, config=self.config,
@@ -109,6 +110,7 @@ class ChaosPlan:
             commands=tuple(PlannedCommand(**c) for c in raw["commands"]),
             kills=tuple(Kill(**k) for k in raw["kills"]),
             redis_restarts=tuple((int(s), float(d)) for s, d in raw["redis_restarts"]),
+            failovers=tuple((int(s), float(d)) for s, d in raw.get("failovers", ())),
             leak_slots=tuple(raw["leak_slots"]),
             report_every=int(raw["report_every"]),
             config=dict(raw["config"]),
@@ -147,8 +149,10 @@ def make_plan(
     commands: int = 60,
     kills: int = 6,
     redis_restarts: int = 1,
+    failovers: int = 0,
 ) -> ChaosPlan:
-    """Draw a plan from ``seed`` (same seed, same plan)."""
+    """Draw a plan from ``seed`` (same seed, same plan). Failovers need a Sentinel-managed
+    server (the harness starts one when the plan has any)."""
     rng = random.Random(seed)
     names = tuple(f"l{i // 2}.s{i % 2}" for i in range(slots))
     layout = process_layout(names, seed_processes)
@@ -185,6 +189,10 @@ def make_plan(
     restarts = sorted(
         (rng.randrange(5, late), round(rng.uniform(0.0, 0.05), 4)) for _ in range(redis_restarts)
     )
+    # drawn after everything else, so adding failovers leaves the rest of a seed's plan as it was
+    failover_list = sorted(
+        (rng.randrange(5, late), round(rng.uniform(0.0, 0.05), 4)) for _ in range(failovers)
+    )
     return ChaosPlan(
         seed=seed,
         steps=steps,
@@ -193,6 +201,7 @@ def make_plan(
         commands=tuple(planned),
         kills=tuple(kill_list),
         redis_restarts=tuple(restarts),
+        failovers=tuple(failover_list),
         leak_slots=(names[-1],),
         config=small_config(),
     )

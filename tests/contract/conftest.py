@@ -4,8 +4,8 @@ Cluster, and a Sentinel-managed primary with writes waiting for one replica (``w
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
