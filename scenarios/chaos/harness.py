@@ -424,16 +424,22 @@ def phase_rates(out: RunOutput) -> dict[str, float]:
 
 
 async def chaos_seed(
-    seed: int, *, workdir: Path | None = None, aof_fsync: str = "always", **plan_kw: Any
+    seed: int,
+    *,
+    workdir: Path | None = None,
+    aof_fsync: str = "always",
+    aof: bool = True,
+    **plan_kw: Any,
 ) -> ChaosResult:
-    """Run the plan of ``seed`` fault-free, then with its faults; compare."""
+    """Run the plan of ``seed`` fault-free, then with its faults; compare. A plan with failovers
+    runs on a Sentinel-managed primary with two replicas."""
     plan = make_plan(seed, **plan_kw)
     ring = KeyRing.generate()
     base = workdir or Path(tempfile.mkdtemp(prefix="kasmina-chaos-"))
     servers: contextlib.AbstractContextManager[Servers] = (
-        redis_sentinel(replicas=2)
+        redis_sentinel(replicas=2, aof=aof)
         if plan.failovers
-        else redis_server(aof=True, appendfsync=aof_fsync)
+        else redis_server(aof=aof, appendfsync=aof_fsync)
     )
     with servers as server:
         reference = await run_plan(plan.fault_free(), server, base / "ref", f"ref-{seed}", ring)

@@ -1,0 +1,186 @@
+"""The bus beyond one server: a resharding Redis Cluster, a Sentinel failover, WAIT durability."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import redis
+
+from bus import Append, BusUnavailable, Entry, Handled, RedisStreamBus
+from bus.servers import LocalCluster, LocalSentinel, redis_cluster, redis_sentinel
+from bus.testing import REDIS_SERVER, eventually
+
+pytestmark = [
+    pytest.mark.redis,
+    pytest.mark.skipif(not Path(REDIS_SERVER).exists(), reason="needs redis-server"),
+]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    """A 3-primary cluster for this module."""
+    with redis_cluster(primaries=3) as local:
+        yield local
+
+
+def _errorstat(port: int, code: str) -> int:
+    client = redis.Redis(port=port)
+    try:
+        stats: dict[str, Any] = client.info("errorstats")
+    finally:
+        client.close()
+    return int(stats.get(f"errorstat_{code}", {}).get("count", 0))
+
+
+async def _read_all(bus: RedisStreamBus, stream: str, group: str, n: int) -> list[Entry]:
+    await bus.ensure_group(stream, group)
+    for i in range(n):
+        await bus.publish(stream, {"n": str(i).encode()})
+    return await bus.read(stream, group, "c", count=n, block_ms=100)
+
+
+async def test_version_and_scan_work_on_a_cluster(cluster: LocalCluster) -> None:
+    """Feature detection reads the server version; ``streams`` finds keys on every shard."""
+    bus = RedisStreamBus.from_url(cluster.url)
+    try:
+        assert await bus.version() >= (7, 0)
+        tags = [uuid.uuid4().hex[:8] for _ in range(12)]
+        for tag in tags:
+            await bus.publish(f"scan:{{{tag}}}:s", {"f": b"1"})
+        found = await bus.streams("scan:*")
+        assert found == sorted(f"scan:{{{t}}}:s" for t in tags)
+        owners = {cluster.owner(cluster.keyslot(n)).port for n in found}
+        assert len(owners) > 1  # the scan really crossed shards
+    finally:
+        await bus.close()
+
+
+async def test_commit_during_a_resharding_lands_once(cluster: LocalCluster) -> None:
+    """While a run's hash slot migrates: reads follow ASK, a commit whose keys are split between
+    the nodes is refused (TRYAGAIN) and retried until the slot has moved, then lands exactly
+    once; a client with the old slot map follows MOVED."""
+    tag = uuid.uuid4().hex[:8]
+    inbox, events, group = f"kasmina:{{{tag}}}:inbox", f"kasmina:{{{tag}}}:events", "g"
+    bus = RedisStreamBus.from_url(cluster.url, retries=40, backoff_cap_s=0.1)
+    try:
+        entries = await _read_all(bus, inbox, group, 5)
+        await bus.publish(events, {"e": b"0"})
+        slot = cluster.keyslot(inbox)
+        source = cluster.owner(slot)
+        target = next(p for p in cluster.primaries if p is not source)
+        cluster.begin_migration(slot, target)
+        client = redis.Redis(port=source.port)
+        try:  # move the inbox only: the run's keys are now split between source and target
+            client.execute_command("MIGRATE", "127.0.0.1", target.port, inbox, 0, 5000)
+        finally:
+            client.close()
+        assert [e.id for e in await bus.range(inbox)] == [e.id for e in entries]  # via ASK
+        handled = [Handled(e, group, [Append(events, {"e": e.id.encode()})]) for e in entries]
+        refused_before = _errorstat(target.port, "TRYAGAIN") + _errorstat(source.port, "TRYAGAIN")
+        results: list[list[bool]] = []
+
+        async def commit() -> None:
+            results.append(await bus.commit(handled))
+
+        async def refused() -> bool:
+            now = _errorstat(target.port, "TRYAGAIN") + _errorstat(source.port, "TRYAGAIN")
+            return now > refused_before
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(commit)
+            await eventually(refused, timeout_s=10)
+            assert not results  # still refused while the slot is split
+            cluster.migrate_some(slot, target, 100, source=source)
+            cluster.finish_migration(slot, target)
+        assert results == [[True] * 5]
+        assert cluster.owner(slot) is target
+        logged = [e.fields["e"] for e in await bus.range(events)]
+        assert logged == [b"0"] + [e.id.encode() for e in entries]
+        assert await bus.commit(handled) == [False] * 5  # resent: nothing written twice
+        assert (await bus.info(inbox)).groups[0].pending == 0
+        stale = RedisStreamBus.from_url(cluster.url)  # learns the map, then it changes again
+        try:
+            await stale.publish(inbox, {"n": b"x"})
+            cluster.migrate_slot(slot, source)
+            await stale.publish(inbox, {"n": b"y"})  # MOVED followed
+            assert [e.fields["n"] for e in await stale.range(inbox)][-2:] == [b"x", b"y"]
+        finally:
+            await stale.close()
+    finally:
+        await bus.close()
+
+
+@pytest.fixture
+def sentinel() -> Iterator[LocalSentinel]:
+    """A primary with two replicas (one left to confirm writes after a failover), 3 sentinels."""
+    with redis_sentinel(replicas=2, aof=False) as setup:
+        yield setup
+
+
+async def test_bus_follows_a_sentinel_failover_without_losing_a_write(
+    sentinel: LocalSentinel,
+) -> None:
+    """With ``wait=1`` every acknowledged entry survives a SIGKILL of the primary; the same bus
+    object reconnects to the promoted replica and reads, commits and publishes there."""
+    bus = RedisStreamBus.from_url(sentinel.url + "?wait=1", retries=1)
+    stream, group = "kasmina:{fo}:inbox", "g"
+    try:
+        entries = await _read_all(bus, stream, group, 20)
+        await bus.commit([Handled(e, group) for e in entries[:10]])
+        old = sentinel.kill_primary()
+        sentinel.wait_failover(old)
+
+        async def publish() -> bool:
+            try:
+                await bus.publish(stream, {"n": b"after"})
+            except BusUnavailable:
+                return False
+            return True
+
+        await eventually(publish, timeout_s=30, interval_s=0.05)
+        assert sentinel.primary() is not old
+        kept = await bus.range(stream)
+        assert [e.fields["n"] for e in kept] == [str(i).encode() for i in range(20)] + [b"after"]
+        info = (await bus.info(stream)).groups[0]
+        assert info.pending == 10  # the acks of the first ten survived too
+        redelivered = await bus.read(stream, group, "c", pending_first=True)
+        assert [e.id for e in redelivered] == [e.id for e in entries[10:]]
+        assert await bus.commit([Handled(e, group) for e in redelivered]) == [True] * 10
+    finally:
+        await bus.close()
+
+
+async def test_a_write_no_replica_confirms_is_not_acknowledged() -> None:
+    """With ``wait=1`` and the only replica down, publish and commit raise BusUnavailable (the
+    outcome is unknown) instead of acknowledging; once the replica is back, the resent commit
+    writes nothing twice."""
+    with redis_sentinel(replicas=1, aof=False) as setup:
+        bus = RedisStreamBus.from_url(setup.url + "?wait=1&wait_timeout_ms=200", retries=0)
+        stream, group = "kasmina:{w}:inbox", "g"
+        try:
+            entries = await _read_all(bus, stream, group, 3)
+            replica = next(s for s in setup.servers if s is not setup.primary())
+            replica.kill()
+            with pytest.raises(BusUnavailable, match="not confirmed by 1 replica"):
+                await bus.publish(stream, {"n": b"lonely"})
+            handled = [
+                Handled(e, group, [Append("kasmina:{w}:events", {"e": b"x"})]) for e in entries
+            ]
+            with pytest.raises(BusUnavailable, match="not confirmed"):
+                await bus.commit(handled)
+            await anyio.to_thread.run_sync(replica.start)
+            await eventually(lambda: _replicas(setup), timeout_s=30)
+            assert await bus.commit(handled) == [False] * 3  # it had landed on the primary
+            assert len(await bus.range("kasmina:{w}:events")) == 3
+            await bus.publish(stream, {"n": b"confirmed"})
+        finally:
+            await bus.close()
+
+
+async def _replicas(setup: LocalSentinel) -> bool:
+    return setup.replicas_of_primary() >= 1
