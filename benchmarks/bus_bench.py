@@ -209,19 +209,28 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def run_bus_bench(url: str, n: int = 100_000, latency_s: float = 3.0) -> list[dict[str, Any]]:
-    """Run every bus benchmark against ``url``; returns the figures."""
+async def run_bus_bench(
+    url: str, n: int = 100_000, latency_s: float = 3.0, *, topologies: bool = True
+) -> list[dict[str, Any]]:
+    """Run every bus benchmark against ``url``, then (``topologies``) the e2e rate on a
+    cluster and with ``WAIT 1`` against one server on throwaway local servers; the figures."""
     prefix = f"bench:{{{uuid.uuid4().hex[:8]}}}:"
     raw = await _raw_rate(url, n, prefix)
     signed = await _signed_rate(url, n, prefix)
     guarded = await _signed_rate(url, n, prefix, guarded=True)
     raw_lat = await _latency(url, prefix, latency_s, 1000, _raw_latency)
     lat = await _latency(url, prefix, latency_s, 1000, _signed_latency)
+    extra: list[dict[str, Any]] = []
+    if topologies:
+        from benchmarks.topology_bench import run_topology_bench
+
+        extra = await run_topology_bench(max(2_000, n // 5))
     return [
         figure("bus.signed_e2e_rate", signed, "msg/s", raw),
         figure("bus.signed_e2e_rate_replay_guarded", guarded, "msg/s", raw),
         figure("bus.latency_p50_at_1k", _pct(lat, 0.50), "ms", _pct(raw_lat, 0.50)),
         figure("bus.latency_p99_at_1k", _pct(lat, 0.99), "ms", _pct(raw_lat, 0.99)),
+        *extra,
     ]
 
 

@@ -174,6 +174,11 @@ def open_client(
             **auth,
             **timeouts,
         )
+        if connection_class is not None:  # for the nodes discovered from now on
+            kwargs = cluster.nodes_manager.connection_kwargs
+            kwargs["connection_class"] = connection_class(kwargs["connection_class"])
+            for node in cluster.nodes_manager.startup_nodes.values():
+                node.connection_class = kwargs["connection_class"]
         return cluster, []
     from redis.asyncio.sentinel import Sentinel
 
@@ -188,5 +193,8 @@ def open_client(
         target.service, db=target.db, retry=no_retry, health_check_interval=30,
         **auth, **timeouts, **extra,
     )  # fmt: skip
+    if connection_class is not None:
+        pool = client.connection_pool
+        pool.connection_class = connection_class(pool.connection_class)
     closers: list[Closer] = [s.aclose for s in sentinel.sentinels]
     return client, closers

@@ -293,6 +293,7 @@ class RedisStreamBus:
 
         key_at = 3 if command[0] == "EVALSHA" else 1
         for _ in range(2):
+            await self.client.initialize()  # a no-op unless the topology must be (re)discovered
             node = self.client.get_node_from_key(command[key_at])
             cmds = [PipelineCommand(0, *command),
                     PipelineCommand(1, "WAIT", self.wait_replicas, self.wait_timeout_ms)]  # fmt: skip

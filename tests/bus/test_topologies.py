@@ -184,3 +184,37 @@ async def test_a_write_no_replica_confirms_is_not_acknowledged() -> None:
 
 async def _replicas(setup: LocalSentinel) -> bool:
     return setup.replicas_of_primary() >= 1
+
+
+async def test_wait_on_a_cluster_asks_the_shard_that_took_the_write() -> None:
+    """With ``wait=1`` on a cluster with a replica per primary, every kind of write of runs on
+    different shards is confirmed by its own shard's replica; with one shard's replica down,
+    that shard's writes raise BusUnavailable and the others' still succeed."""
+    with redis_cluster(primaries=3, replicas=1) as cl:
+        bus = RedisStreamBus.from_url(cl.url + "?wait=1&wait_timeout_ms=200", retries=0)
+        try:
+            tags: dict[int, str] = {}
+            i = 0
+            while len(tags) < 3:
+                port = cl.owner(cl.keyslot(f"kasmina:{{t{i}}}:x")).port
+                tags.setdefault(port, f"t{i}")
+                i += 1
+            for tag in tags.values():
+                inbox, group = f"kasmina:{{{tag}}}:inbox", "g"
+                entries = await _read_all(bus, inbox, group, 3)
+                await bus.publish_many([Append(f"kasmina:{{{tag}}}:events", {"e": b"1"})])
+                assert await bus.commit([Handled(entries[0], group)]) == [True]
+                await bus.dead_letter(
+                    entries[1], group, dead_stream=f"kasmina:{{{tag}}}:dead", reason="r"
+                )
+                await bus.set_value(f"kasmina:{{{tag}}}:v", b"v")
+                await bus.register(f"kasmina:{{{tag}}}:reg", "m")
+                assert (await bus.info(inbox)).groups[0].pending == 1
+            first, second = list(tags.items())[:2]
+            primary = next(p for p in cl.primaries if p.port == first[0])
+            cl.replicas[cl.primaries.index(primary)].kill()
+            with pytest.raises(BusUnavailable, match="not confirmed by 1 replica"):
+                await bus.publish(f"kasmina:{{{first[1]}}}:inbox", {"n": b"x"})
+            await bus.publish(f"kasmina:{{{second[1]}}}:inbox", {"n": b"x"})
+        finally:
+            await bus.close()
