@@ -32,6 +32,8 @@ Closer = Callable[[], Awaitable[None]]
 
 BUS_PARAMS = ("wait", "wait_timeout_ms", "sentinel_password")
 DEFAULT_WAIT_TIMEOUT_MS = 1000
+# per node; every blocked read holds one (redis-py's default of 100 would starve many actors)
+CLUSTER_MAX_CONNECTIONS = 4096
 _PORT = 6379
 _SENTINEL_PORT = 26379
 
@@ -169,6 +171,7 @@ def open_client(
 
         cluster = RedisCluster(
             startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],
+            max_connections=CLUSTER_MAX_CONNECTIONS,
             retry=no_retry,
             ssl=target.tls,
             **auth,

@@ -218,3 +218,22 @@ async def test_wait_on_a_cluster_asks_the_shard_that_took_the_write() -> None:
             await bus.publish(f"kasmina:{{{second[1]}}}:inbox", {"n": b"x"})
         finally:
             await bus.close()
+
+
+@pytest.mark.slow
+async def test_topology_bench_reports_ratios_against_one_server() -> None:
+    """The topology figures name each arm, carry the one-server rate of the same sitting as their
+    baseline, and measured a positive rate on every arm."""
+    from benchmarks.topology_bench import run_topology_bench
+
+    figures = await run_topology_bench(n=500, rounds=1)
+    names = [f["bench"] for f in figures]
+    assert names == [
+        "bus.topology.single_e2e_rate",
+        "bus.topology.cluster3_e2e_rate",
+        "bus.topology.replica_nowait_e2e_rate",
+        "bus.topology.replica_wait1_e2e_rate",
+    ]
+    base = figures[0]["value"]
+    assert base > 0 and all(f["baseline"] == base and f["value"] > 0 for f in figures)
+    assert all(f["ratio"] == round(f["value"] / base, 3) for f in figures)
