@@ -38,6 +38,7 @@ from .api import (
     Handled,
     StreamInfo,
     check_append,
+    parse_id,
     processed_key,
 )
 from .backoff import backoff_s
@@ -591,14 +592,14 @@ class RedisStreamBus:
             if int(g["pending"]):
                 summary = await self._call(lambda n=name: self.client.xpending(stream, n))  # type: ignore[misc]
                 oldest = _s(summary["min"]) if summary.get("min") else None
-            lag = g.get("lag")
+            last_id, delivered = _s(raw["last-generated-id"]), _s(g["last-delivered-id"])
             groups.append(
                 GroupInfo(
                     name=name,
                     consumers=int(g["consumers"]),
                     pending=int(g["pending"]),
-                    lag=None if lag is None else int(lag),
-                    last_delivered=_s(g["last-delivered-id"]),
+                    lag=group_lag(g.get("lag"), delivered, last_id, counted="lag" in g),
+                    last_delivered=delivered,
                     oldest_pending=oldest,
                 )
             )
@@ -629,6 +630,25 @@ class RedisStreamBus:
             await self.client.aclose()
             for close in self._closers:
                 await close()
+
+
+def group_lag(
+    reported: Any, last_delivered: str, last_id: str, *, counted: bool = True
+) -> int | None:
+    """A group's lag (entries not delivered yet), checked against the ids the server reports.
+
+    ``XINFO GROUPS`` derives lag from the group's entries-read counter, which a replica does not
+    keep: right after a promotion it is unknown (lag nil), and after failovers and restarts on
+    Redis 7.0.15 a group was seen reporting lag 25 with its last-delivered id equal to the
+    stream's last id. The ids decide: nothing after the last-delivered id is lag 0; something
+    after it is at least 1 (the reported figure when there is one). ``counted`` is False for a
+    server that has no lag field at all (before 7.0): then None, unless the ids say 0.
+    """
+    if parse_id(last_delivered) >= parse_id(last_id):
+        return 0
+    if not counted:
+        return None
+    return max(1, int(reported or 0))
 
 
 def sorted_ids(ids: list[str]) -> list[str]:
