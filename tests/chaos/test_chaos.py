@@ -93,7 +93,25 @@ async def test_failover_mid_run_matches_the_fault_free_run(tmp_path: Path) -> No
     summary = result.summary()
     assert result.problems == [], summary
     assert summary["failovers"] == 1 and len(summary["kill_to_commit_s"]) == 1
+    assert summary["kills"] == 0  # no process was restarted: each reconnected on its own
     assert summary["kill_to_commit_s"][0] >= summary["promotion_s"][0] > 0
     assert summary["digest_mismatches"] == 0 and summary["pace_timeouts"] == 0
     assert sum(summary["command_outcomes"].values()) == summary["commands"]
     assert "missing" not in summary["command_outcomes"]
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+@pytest.mark.skipif(not Path(REDIS_SERVER).exists(), reason="needs redis-server")
+async def test_failovers_kills_and_restarts_together_match_the_fault_free_run(
+    tmp_path: Path,
+) -> None:
+    """Two failovers among SIGKILLs of actor processes and restarts of the primary: the run still
+    ends exactly like its fault-free twin."""
+    result = await chaos_seed(
+        11, workdir=tmp_path, steps=150, kills=3, redis_restarts=1, failovers=2, commands=30
+    )
+    summary = result.summary()
+    assert result.problems == [], summary
+    assert summary["failovers"] == 2 and len(summary["kill_to_commit_s"]) == 2
+    assert summary["digest_mismatches"] == 0 and summary["pace_timeouts"] == 0
