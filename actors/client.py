@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 
 from actors.delivery import since, written
 from actors.hosting import FRAME
-from bus import Bus, BusUnavailable, backoff_s
+from bus import Bus, BusUnavailable, Entry, backoff_s
 from contracts import REGISTRY, ContractError, Signer, Verifier, streams
 from leyline import pb
 
@@ -119,9 +119,10 @@ class KasminaClient:
         While Redis is unavailable it retries for up to ``retry_s`` (then raises
         :class:`~bus.BusUnavailable`), never writing the envelope twice (see module docstring).
         """
-        frame = self.signer.seal(REGISTRY.kind_of(message), message, causation_id=causation_id)
-        env = self.verifier.open(frame)
-        await self._publish_once(stream, {FRAME: frame, "kind": env.kind.encode()})
+        kind = REGISTRY.kind_of(message)
+        frame = self.signer.seal(kind, message, stream=stream, causation_id=causation_id)
+        env = self.verifier.open(frame, stream=stream)
+        await self._publish_once(stream, {FRAME: frame, "kind": kind.encode()})
         return env.id
 
     async def _publish_once(self, stream: str, fields: dict[str, bytes]) -> None:
@@ -202,17 +203,18 @@ class KasminaClient:
             page = await self.bus.range(stream, f"({cursors[stream]}", "+", count=500)
             for entry in page:
                 cursors[stream] = entry.id
-                found = self._match(entry.fields.get(FRAME), command_id, entry.id)
+                found = self._match(entry, command_id)
                 if found is not None:
                     return found
             if len(page) < 500:
                 return None
 
-    def _match(self, frame: bytes | None, command_id: str, entry_id: str) -> Outcome | None:
+    def _match(self, entry: Entry, command_id: str) -> Outcome | None:
+        frame, entry_id = entry.fields.get(FRAME), entry.id
         if frame is None:
             return None
         try:
-            env = self.verifier.open(frame)
+            env = self.verifier.open(frame, stream=entry.stream)
         except ContractError:
             return None
         if env.kind not in ("lifecycle.transition", "lifecycle.refused", "rejection"):

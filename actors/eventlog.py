@@ -76,7 +76,7 @@ async def read_log(
         try:
             if frame is None:
                 raise ContractError("no frame field")
-            env = verifier.open(frame)
+            env = verifier.open(frame, stream=entry.stream)
             message = REGISTRY.parse(env.kind, env.body)
         except ContractError as exc:
             yield BadEntry(entry.id, stream, exc.code, exc.detail)

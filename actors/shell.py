@@ -173,22 +173,31 @@ class ActorShell:
         return count
 
     # -- handling -----------------------------------------------------------------------------
-    def _frame(self, message: Message, causation: str) -> dict[str, bytes]:
+    def _append(
+        self, stream: str, message: Message, causation: str, maxlen: int | None = None
+    ) -> Append:
+        """``message`` signed for ``stream`` (envelope v2 binds each frame to its stream)."""
         kind = REGISTRY.kind_of(message)
-        return {
-            FRAME: self.signer.seal(kind, message, causation_id=causation),
-            "kind": kind.encode(),
-        }
+        frame = self.signer.seal(kind, message, stream=stream, causation_id=causation)
+        return Append(stream, {FRAME: frame, "kind": kind.encode()}, maxlen=maxlen)
 
-    def _reject(self, entry: Entry, code: Reason, detail: str, env: Envelope | None) -> Handled:
-        return Handled(entry, self.group, self.rejections.record(entry, code, detail, env))
+    def _reject(
+        self,
+        entry: Entry,
+        code: Reason,
+        detail: str,
+        env: Envelope | None,
+        claimed: ContractError | None = None,
+    ) -> Handled:
+        appends = self.rejections.record(entry, code, detail, env, claimed)
+        return Handled(entry, self.group, appends)
 
     def _check(self, entry: Entry, checked: Envelope | ContractError | None) -> Handled | Message:
         """The parsed message of a verified entry, or its rejection."""
         if checked is None:
             return self._reject(entry, Reason.BAD_FRAME, "no frame field", None)
         if isinstance(checked, ContractError):
-            return self._reject(entry, checked.code, checked.detail, None)
+            return self._reject(entry, checked.code, checked.detail, None, checked)
         try:
             message = REGISTRY.parse(checked.kind, checked.body)
         except ContractError as exc:
@@ -215,16 +224,14 @@ class ActorShell:
         if decision.rejected is not None:
             appends += self.rejections.record(entry, decision.rejected, decision.detail, env)
         self.logic.apply(decision)  # a refusal's events keep the per-key sequence in step
-        appends += [Append(self.events_stream, self._frame(e, env.id)) for e in decision.events]
+        appends += [self._append(self.events_stream, e, env.id) for e in decision.events]
         if decision.rejected is not None:
             return Handled(entry, self.group, appends), decision
-        for out in decision.outgoing:
-            fields = self._frame(out.message, env.id)
-            appends += [Append(s, fields) for s in await self.router.inboxes(out.to, out.key)]
+        for out in decision.outgoing:  # one frame per destination
+            targets = await self.router.inboxes(out.to, out.key)
+            appends += [self._append(s, out.message, env.id) for s in targets]
         telemetry, maxlen = streams.telemetry(self.run_id), self.config.bus.telemetry_maxlen
-        appends += [
-            Append(telemetry, self._frame(m, env.id), maxlen=maxlen) for m in decision.telemetry
-        ]
+        appends += [self._append(telemetry, m, env.id, maxlen) for m in decision.telemetry]
         return Handled(entry, self.group, appends), decision
 
     def _with_digests(self, item: Handled, env_id: str) -> Handled:
@@ -238,7 +245,8 @@ class ActorShell:
         framed = [(e, e.fields.get(FRAME)) for e in batch]
         checks = iter(
             await self.verifier.verify_many(
-                [(f, f"{e.stream}/{e.id}") for e, f in framed if f is not None], scope=self.group
+                [(f, e.stream, f"{e.stream}/{e.id}") for e, f in framed if f is not None],
+                scope=self.group,
             )
         )
         handled: list[Handled] = []

@@ -36,18 +36,18 @@ SLOT = "layer1.s0"
 CHUNK = 500
 
 
-def _reports(signer: Signer, n: int) -> list[bytes]:
+def _reports(signer: Signer, n: int, stream: str) -> list[bytes]:
     frames = []
     for step in range(1, n + 1):
         report = pb.StepReport(rank=0, step=step, loss=1.0 / step, val_accuracy=0.5)
         report.slots.add(slot=SLOT, alpha=0.0)
-        frames.append(signer.seal("step.report", report))
+        frames.append(signer.seal("step.report", report, stream=stream))
     return frames
 
 
-def _garbage(signer: Signer, forger: Signer, n: int) -> list[bytes]:
+def _garbage(forger: Signer, n: int, stream: str) -> list[bytes]:
     """Alternately: bytes that are no frame at all, and step reports signed with a foreign key."""
-    forged = _reports(forger, (n + 1) // 2)
+    forged = _reports(forger, (n + 1) // 2, stream)
     return [b"\x93garbage" + i.to_bytes(4, "big") if i % 2 else forged[i // 2] for i in range(n)]
 
 
@@ -102,11 +102,12 @@ async def _measure(url: str, name: str, n: int) -> list[dict[str, Any]]:
     ring = KeyRing.generate()
     signer = Signer(ring, "bench.trainer")
     forger = Signer(KeyRing.generate(), "bench.forger")
-    reports, garbage = _reports(signer, n), _garbage(signer, forger, n)
     runs = [f"bench-actor-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    reports = _reports(signer, n, streams.inbox(runs[1], "seed", SLOT))
+    garbage = _garbage(forger, n, streams.inbox(runs[2], "seed", SLOT))
     bus = open_bus(url)
     try:
-        base = await _bus_rate(bus, runs[0], reports)
+        base = await _bus_rate(bus, runs[0], reports)  # never verified: any frames do
         handled = await _shell_rate(bus, runs[1], ring, reports)
         rejected = await _shell_rate(bus, runs[2], ring, garbage)
     finally:

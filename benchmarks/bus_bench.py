@@ -37,7 +37,7 @@ def _produce_signed(url: str, stream: str, n: int, ring_json: dict[str, Any]) ->
         kind = next(iter(KINDS))
         bus = RedisStreamBus.from_url(url)
         for start in range(0, n, CHUNK):
-            frames = [signer.seal(kind, BODY) for _ in range(min(CHUNK, n - start))]
+            frames = [signer.seal(kind, BODY, stream=stream) for _ in range(min(CHUNK, n - start))]
             await bus.publish_many([Append(stream, {"f": fr}) for fr in frames])
         await bus.close()
 
@@ -78,12 +78,12 @@ async def _signed_rate(url: str, n: int, prefix: str, *, guarded: bool = False) 
         async for batch in consumer.batches():
             if guard is not None:
                 checked = await verifier.verify_many(
-                    [(e.fields["f"], f"{e.stream}/{e.id}") for e in batch], scope=group
+                    [(e.fields["f"], e.stream, f"{e.stream}/{e.id}") for e in batch], scope=group
                 )
                 assert not any(isinstance(c, Exception) for c in checked)
             else:
                 for entry in batch:
-                    verifier.open(entry.fields["f"])
+                    verifier.open(entry.fields["f"], stream=entry.stream)
             # exactly once by the ack, as the actor shells commit
             await bus.commit([Handled(entry, group) for entry in batch])
             done += len(batch)
@@ -146,7 +146,7 @@ async def _signed_latency(url: str, prefix: str, count: int, period: float) -> l
         start = time.perf_counter()
         for i in range(count):
             await anyio.sleep(max(0.0, start + i * period - time.perf_counter()))
-            frame = signer.seal(kind, BODY)
+            frame = signer.seal(kind, BODY, stream=stream)
             sent[str(i)] = time.perf_counter_ns()
             await bus.publish(stream, {"f": frame, "i": str(i).encode()})
 
@@ -155,7 +155,7 @@ async def _signed_latency(url: str, prefix: str, count: int, period: float) -> l
         async for batch in consumer.batches():
             handled = []
             for e in batch:
-                verifier.open(e.fields["f"])
+                verifier.open(e.fields["f"], stream=e.stream)
                 handled.append(Handled(e, group))
             await bus.commit(handled)
             now = time.perf_counter_ns()
@@ -214,7 +214,7 @@ async def run_bus_bench(
 ) -> list[dict[str, Any]]:
     """Run every bus benchmark against ``url``, then (``topologies``) the e2e rate on a
     cluster and with ``WAIT 1`` against one server on throwaway local servers; the figures."""
-    prefix = f"bench:{{{uuid.uuid4().hex[:8]}}}:"
+    prefix = f"kasmina:{{bench-{uuid.uuid4().hex[:8]}}}:"  # a run's key space
     raw = await _raw_rate(url, n, prefix)
     signed = await _signed_rate(url, n, prefix)
     guarded = await _signed_rate(url, n, prefix, guarded=True)

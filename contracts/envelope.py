@@ -1,9 +1,15 @@
-"""The signed envelope: msgpack framing, HMAC-SHA256 over a length-prefixed header + sha256(body).
+"""The signed envelope v2 (``docs/wire.md`` is the normative spec; this module follows it).
 
-Wire frame: a msgpack array ``[v, kind, id, sender, key_id, ts_ns, causation_id, body, sig]``.
-MAC input: ``DOMAIN``, then the 4-byte big-endian lengths of v, kind, id, sender, key_id, ts_ns,
-causation_id and sha256(body), then those eight fields (v as decimal text, ts_ns as 8 bytes big-endian).
-The exact bytes received are verified (``hmac.compare_digest``) before the body is parsed.
+Wire frame: a msgpack array of 11 scalars
+``[v, kind, id, sender, key_id, ts_ns, causation_id, run, to, body, sig]`` with ``v == 2``.
+MAC (HMAC-SHA256) input: ``DOMAIN``, then the 4-byte big-endian lengths of v, kind, id, sender,
+key_id, ts_ns, causation_id, run, to and sha256(body), then those ten fields (v as decimal text,
+ts_ns as 8 bytes big-endian, the strings as UTF-8). ``run`` and ``to`` bind the frame to the run and
+the stream (``kasmina:{run}:<to>``) it is meant for: a frame found elsewhere is refused.
+
+A frame is screened before it is parsed (size, then shape: exactly 11 scalar elements, msgpack
+length limits), its MAC is checked before anything else about it is trusted, and the body is
+never parsed here (the receiver parses it after ``open``).
 """
 
 from __future__ import annotations
@@ -30,26 +36,35 @@ from contracts.errors import (
     TooLarge,
     UnknownKey,
     UnknownKind,
+    UnsupportedVersion,
+    WrongDestination,
+    WrongRun,
 )
 from contracts.ids import new_id
 from contracts.keys import KeyRing
 from contracts.nonce import NonceGuard
 from contracts.registry import REGISTRY, Registry
+from contracts.streams import RUN_RE, address
 
-VERSION = 1
-DOMAIN = b"kasmina.leyline.v1\x00"
+VERSION = 2
+DOMAIN = b"kasmina.leyline.v2\x00"
+FIELDS = 11  # elements of a v2 frame
 SIG_BYTES = 32
-DEFAULT_MAX_BYTES = 1 << 20
-_LENS = struct.Struct(">8I")
+MAX_FIELD_BYTES = 256  # UTF-8 bytes of each header string (kind, id, sender, key_id, cause, to)
+MAX_RUN_CHARS = 64
+DEFAULT_MAX_BYTES = 1 << 20  # whole frame
+WALK_ABOVE = 1024  # frames larger than this are shape-checked byte by byte before msgpack parses
+_LENS = struct.Struct(">10I")
 _TS = struct.Struct(">Q")
 _TS_LIMIT = 2**63
-_V1 = b"1"
+_V2 = b"2"
 _sha256 = hashlib.sha256
 _unpackb = msgpack.unpackb
 _compare_digest = hmac.compare_digest
 _IPAD = bytes(x ^ 0x36 for x in range(256))
 _OPAD = bytes(x ^ 0x5C for x in range(256))
 _PADS: dict[bytes, tuple[Any, Any]] = {}  # secret -> (inner, outer) sha256 states
+_ADDRESSES: dict[str, tuple[str, str]] = {}  # stream key -> (run, to), bounded cache
 
 
 def _hmac_sha256(secret: bytes, msg: bytes) -> bytes:
@@ -84,6 +99,8 @@ class Envelope:
     key_id: str
     ts_ns: int
     causation_id: str
+    run: str
+    to: str
     body: bytes
     sig: bytes
 
@@ -96,19 +113,25 @@ def mac_input(
     key_id: str,
     ts_ns: int,
     causation: str,
+    run: str,
+    to: str,
     body: bytes,
 ) -> bytes:
-    """The exact bytes the MAC covers: DOMAIN, eight 4-byte lengths, then the eight fields."""
-    vb = _V1 if v == 1 and type(v) is int else str(v).encode()
+    """The exact bytes the MAC covers: DOMAIN, ten 4-byte lengths, then the ten fields."""
+    vb = _V2 if v == 2 and type(v) is int else str(v).encode()
     kb = kind.encode()
     ib = msg_id.encode()
     sb = sender.encode()
     keyb = key_id.encode()
     cb = causation.encode()
+    rb = run.encode()
+    tb = to.encode()
     return b"".join(
         (
             DOMAIN,
-            _LENS.pack(len(vb), len(kb), len(ib), len(sb), len(keyb), 8, len(cb), 32),
+            _LENS.pack(
+                len(vb), len(kb), len(ib), len(sb), len(keyb), 8, len(cb), len(rb), len(tb), 32
+            ),
             vb,
             kb,
             ib,
@@ -116,9 +139,22 @@ def mac_input(
             keyb,
             _TS.pack(ts_ns),
             cb,
+            rb,
+            tb,
             _sha256(body).digest(),
         )
     )
+
+
+def stream_address(stream: str) -> tuple[str, str]:
+    """``(run, to)`` of a stream key, cached (a process writes to a few hundred streams at most)."""
+    found = _ADDRESSES.get(stream)
+    if found is None:
+        found = address(stream)
+        if len(_ADDRESSES) >= 4096:
+            _ADDRESSES.clear()
+        _ADDRESSES[stream] = found
+    return found
 
 
 class Signer:
@@ -145,64 +181,135 @@ class Signer:
         kind: str,
         body: bytes | Message,
         *,
+        stream: str,
         causation_id: str = "",
         msg_id: str | None = None,
         ts_ns: int | None = None,
     ) -> bytes:
-        """Return the signed wire frame."""
+        """Return the signed wire frame for the stream key ``stream`` (which fixes run and to)."""
         raw = body.SerializeToString() if isinstance(body, Message) else body
+        run, to = stream_address(stream)
         now = self._clock() if ts_ns is None else ts_ns
         mid = new_id(now) if msg_id is None else msg_id
         key = self._ring.active
         mac = _hmac_sha256(
-            key.secret, mac_input(VERSION, kind, mid, self._sender, key.id, now, causation_id, raw)
+            key.secret,
+            mac_input(VERSION, kind, mid, self._sender, key.id, now, causation_id, run, to, raw),
         )
         packed: bytes = msgpack.packb(
-            [VERSION, kind, mid, self._sender, key.id, now, causation_id, raw, mac],
+            [VERSION, kind, mid, self._sender, key.id, now, causation_id, run, to, raw, mac],
             use_bin_type=True,
         )
         return packed
 
 
+# msgpack header byte -> bytes a scalar element of a frame takes when its size is in the header
+# byte itself (positive fixint, fixstr, uint 8..64); None for a header that announces a length.
+_FIXED: list[int | None] = [None] * 256
+for _b in range(0x80):
+    _FIXED[_b] = 1
+for _b in range(0xA0, 0xC0):
+    _FIXED[_b] = 1 + (_b & 0x1F)
+for _b, _n in ((0xCC, 2), (0xCD, 3), (0xCE, 5), (0xCF, 9)):
+    _FIXED[_b] = _n
+_WIDTH = [0] * 256  # str 8/16/32 and bin 8/16/32: bytes of the length that follows the header
+for _b, _n in ((0xD9, 1), (0xDA, 2), (0xDB, 4), (0xC4, 1), (0xC5, 2), (0xC6, 4)):
+    _WIDTH[_b] = _n
+_from_bytes = int.from_bytes
+
+
+def _flat(frame: bytes) -> bool:
+    """True if ``frame`` is one fixarray of scalars (ints, str, bin) and nothing else.
+
+    Walks the element headers only (never the payload bytes), so a frame built to make a parser
+    allocate (nested arrays, maps, ext) costs a few steps to refuse whatever its size.
+    """
+    size = len(frame)
+    head = frame[0]
+    if not 0x90 <= head <= 0x9F:
+        return False
+    pos = 1
+    for _ in range(head & 0x0F):
+        if pos >= size:
+            return False
+        b = frame[pos]
+        step = _FIXED[b]
+        if step is None:
+            width = _WIDTH[b]
+            if not width:
+                return False
+            step = 1 + width + _from_bytes(frame[pos + 1 : pos + 1 + width], "big")
+        pos += step
+    return pos == size
+
+
+def _claimed(items: object) -> tuple[str, str, str]:
+    """(id, kind, sender) a malformed frame claims, where it can be read (else "")."""
+    if type(items) is tuple and len(items) >= 4:
+        mid, kind, sender = items[2], items[1], items[3]
+        return (
+            mid if type(mid) is str else "",
+            kind if type(kind) is str else "",
+            sender if type(sender) is str else "",
+        )
+    return "", "", ""
+
+
 def unpack(frame: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
-    """Parse the frame structure only (no signature check); raises TooLarge/BadFrame."""
+    """Parse the frame structure only (no signature check), within the limits of docs/wire.md.
+
+    Raises TooLarge, BadFrame or UnsupportedVersion (carrying the claimed id where readable)."""
     if not isinstance(frame, (bytes, bytearray, memoryview)):
         raise BadFrame("frame is not bytes")
-    if len(frame) > max_bytes:
-        raise TooLarge(f"{len(frame)} bytes > limit {max_bytes}")
+    size = len(frame)
+    if size > max_bytes:
+        raise TooLarge(f"{size} bytes > limit {max_bytes}")
+    if size > WALK_ABOVE and not _flat(bytes(frame)):
+        raise BadFrame("not an array of scalar fields")
     try:
-        items = _unpackb(frame, raw=False, use_list=True, strict_map_key=True)
+        items = _unpackb(
+            frame,
+            raw=False,
+            use_list=False,
+            max_str_len=MAX_FIELD_BYTES,
+            max_bin_len=max_bytes,
+            max_array_len=FIELDS,
+            max_map_len=0,
+            max_ext_len=0,
+        )
     except Exception as exc:  # msgpack raises a zoo of types on garbage
-        raise BadFrame(f"not msgpack: {type(exc).__name__}") from None
-    if type(items) is not list or len(items) != 9:
-        raise BadFrame("expected a 9-element array")
-    v, kind, mid, sender, key_id, ts_ns, causation, body, sig = items
+        raise BadFrame(f"not msgpack within limits: {type(exc).__name__}") from None
+    if type(items) is not tuple or len(items) != FIELDS or items[0] != VERSION:
+        _refuse_shape(items)
+    v, kind, mid, sender, key_id, ts_ns, causation, run, to, body, sig = items
     if not (  # fast path: every field well-formed (msgpack gives exact str/bytes/int types)
         type(v) is int
-        and v == VERSION
         and type(kind) is str
-        and 0 < len(kind) <= 256
+        and kind
         and type(mid) is str
-        and 0 < len(mid) <= 256
+        and mid
         and type(sender) is str
-        and 0 < len(sender) <= 256
+        and sender
         and type(key_id) is str
-        and 0 < len(key_id) <= 256
+        and key_id
         and type(causation) is str
-        and len(causation) <= 256
         and type(ts_ns) is int
         and 0 <= ts_ns < _TS_LIMIT
+        and type(run) is str
+        and RUN_RE.match(run)
+        and type(to) is str
+        and to
         and type(body) is bytes
         and type(sig) is bytes
         and len(sig) == SIG_BYTES
     ):
-        _refuse(v, kind, mid, sender, key_id, ts_ns, causation, body, sig)
-    return _envelope(v, kind, mid, sender, key_id, ts_ns, causation, body, sig)
+        _refuse(items)
+    return _envelope(v, kind, mid, sender, key_id, ts_ns, causation, run, to, body, sig)
 
 
 _SET = [getattr(Envelope, name).__set__ for name in Envelope.__slots__]
-assert len(_SET) == 9
-_S0, _S1, _S2, _S3, _S4, _S5, _S6, _S7, _S8 = _SET
+assert len(_SET) == FIELDS
+_S0, _S1, _S2, _S3, _S4, _S5, _S6, _S7, _S8, _S9, _S10 = _SET
 _new = object.__new__
 
 
@@ -214,10 +321,12 @@ def _envelope(
     key_id: str,
     ts: int,
     cause: str,
+    run: str,
+    to: str,
     body: bytes,
     sig: bytes,
 ) -> Envelope:
-    """``Envelope(...)`` without the frozen dataclass's nine ``object.__setattr__`` calls."""
+    """``Envelope(...)`` without the frozen dataclass's eleven ``object.__setattr__`` calls."""
     env: Envelope = _new(Envelope)
     _S0(env, v)
     _S1(env, kind)
@@ -226,30 +335,51 @@ def _envelope(
     _S4(env, key_id)
     _S5(env, ts)
     _S6(env, cause)
-    _S7(env, body)
-    _S8(env, sig)
+    _S7(env, run)
+    _S8(env, to)
+    _S9(env, body)
+    _S10(env, sig)
     return env
 
 
-def _refuse(*items: object) -> None:
-    """Raise the BadFrame naming the first malformed field of a 9-element frame."""
-    v, kind, mid, sender, key_id, ts_ns, causation, body, sig = items
-    if type(v) is not int or v != VERSION:
-        raise BadFrame(f"unsupported envelope version {v!r}")
-    for name, value in (("kind", kind), ("id", mid), ("sender", sender), ("key_id", key_id)):
-        if not isinstance(value, str) or not value or len(value) > 256:
-            raise BadFrame(f"bad {name}")
-    if not isinstance(causation, str) or len(causation) > 256:
-        raise BadFrame("bad causation_id")
-    if type(ts_ns) is not int or not 0 <= ts_ns < _TS_LIMIT:
-        raise BadFrame("bad ts_ns")
-    if not isinstance(body, bytes) or not isinstance(sig, bytes) or len(sig) != SIG_BYTES:
-        raise BadFrame("bad body or signature field")
-    raise BadFrame("malformed frame")  # unreachable: the fast path accepted nothing less
+def _refuse_shape(items: object) -> None:
+    """Raise for a frame that is not an 11-element v2 array."""
+    claim = _claimed(items)
+    if type(items) is tuple and items and type(items[0]) is int and items[0] != VERSION:
+        raise UnsupportedVersion(
+            f"envelope v{items[0]} is not accepted (this receiver speaks v{VERSION})"
+        ).claim(*claim, verified=False)
+    raise BadFrame(f"expected an array of {FIELDS} fields").claim(*claim, verified=False)
+
+
+def _refuse(items: tuple[Any, ...]) -> None:
+    """Raise the BadFrame naming the first malformed field of an 11-element frame."""
+    v, kind, mid, sender, key_id, ts_ns, causation, run, to, body, sig = items
+    claim = _claimed(items)
+    problem = "malformed frame"
+    if type(v) is not int:
+        problem = "bad v"
+    else:
+        for name, value in (("kind", kind), ("id", mid), ("sender", sender), ("key_id", key_id)):
+            if type(value) is not str or not value:
+                problem = f"bad {name}"
+                break
+        else:
+            if type(causation) is not str:
+                problem = "bad causation_id"
+            elif type(ts_ns) is not int or not 0 <= ts_ns < _TS_LIMIT:
+                problem = "bad ts_ns"
+            elif type(run) is not str or not RUN_RE.match(run):
+                problem = "bad run"
+            elif type(to) is not str or not to:
+                problem = "bad to"
+            elif type(body) is not bytes or type(sig) is not bytes or len(sig) != SIG_BYTES:
+                problem = "bad body or signature field"
+    raise BadFrame(problem).claim(*claim, verified=False)
 
 
 class Verifier:
-    """Verifies frames: size, structure, key, MAC (before any parse), freshness, kind, nonce."""
+    """Verifies frames: size, shape, key, MAC (before any parse), binding, freshness, kind, nonce."""
 
     __slots__ = (
         "_clock",
@@ -302,20 +432,26 @@ class Verifier:
         return twin
 
     def with_replay(self, replay: bool = True) -> Verifier:
-        """The same verifier in replay mode: MAC checked, freshness, expiry and nonces skipped."""
+        """The same verifier in replay mode: MAC and binding checked; freshness, expiry and nonces
+        skipped."""
         twin = self.with_ring(self._ring)
         twin._replay = replay
         return twin
 
-    def open(self, frame: bytes) -> Envelope:
-        """Check everything but the nonce; return the envelope or raise a ContractError."""
+    def open(self, frame: bytes, *, stream: str) -> Envelope:
+        """Check everything but the nonce for a frame read from the stream key ``stream``; return
+        the envelope or raise a ContractError (which carries the claimed id)."""
         env = unpack(frame, max_bytes=self._max_bytes)
         key = self._ring.get(env.key_id)
         if key is None:
-            raise UnknownKey(f"key id {env.key_id!r}")
+            raise UnknownKey(f"key id {env.key_id!r}").claim(
+                env.id, env.kind, env.sender, verified=False
+            )
         now = self._clock()
         if not self._replay and not key.valid_at(now):
-            raise ExpiredKey(f"key id {env.key_id!r} retired")
+            raise ExpiredKey(f"key id {env.key_id!r} retired").claim(
+                env.id, env.kind, env.sender, verified=False
+            )
         expected = _hmac_sha256(
             key.secret,
             mac_input(
@@ -326,32 +462,49 @@ class Verifier:
                 env.key_id,
                 env.ts_ns,
                 env.causation_id,
+                env.run,
+                env.to,
                 env.body,
             ),
         )
         if not _compare_digest(expected, env.sig):
-            raise BadSignature(f"message {env.id}")
+            raise BadSignature(f"message {env.id}").claim(
+                env.id, env.kind, env.sender, verified=False
+            )
+        run, to = stream_address(stream)
+        if env.run != run:
+            raise WrongRun(f"signed for run {env.run!r}, read in run {run!r}").claim(
+                env.id, env.kind, env.sender, verified=True
+            )
+        if env.to != to:
+            raise WrongDestination(f"signed for {env.to!r}, read from {to!r}").claim(
+                env.id, env.kind, env.sender, verified=True
+            )
         if not self._replay:
             if env.ts_ns < now - self._tolerance_ns:
-                raise Stale(f"{(now - env.ts_ns) / 1e9:.1f} s old")
+                raise Stale(f"{(now - env.ts_ns) / 1e9:.1f} s old").claim(
+                    env.id, env.kind, env.sender, verified=True
+                )
             if env.ts_ns > now + self._tolerance_ns:
-                raise FromFuture(f"{(env.ts_ns - now) / 1e9:.1f} s ahead")
+                raise FromFuture(f"{(env.ts_ns - now) / 1e9:.1f} s ahead").claim(
+                    env.id, env.kind, env.sender, verified=True
+                )
         if env.kind not in self._registry:
-            raise UnknownKind(env.kind)
+            raise UnknownKind(env.kind).claim(env.id, env.kind, env.sender, verified=True)
         return env
 
     async def verify_many(
-        self, frames: Sequence[tuple[bytes, str]], *, scope: str = ""
+        self, frames: Sequence[tuple[bytes, str, str]], *, scope: str = ""
     ) -> list[Envelope | ContractError]:
-        """``verify`` for a batch of ``(frame, token)``: one nonce round trip for the whole batch.
+        """``verify`` for a batch of ``(frame, stream, token)``: one nonce round trip for all.
 
         Returns, per frame, the envelope or the ContractError that rejected it (never raises one).
         """
         results: list[Envelope | ContractError] = []
         admit: list[tuple[int, str, str]] = []
-        for index, (frame, token) in enumerate(frames):
+        for index, (frame, stream, token) in enumerate(frames):
             try:
-                env = self.open(frame)
+                env = self.open(frame, stream=stream)
             except ContractError as exc:
                 results.append(exc)
                 continue
@@ -366,15 +519,19 @@ class Verifier:
             except ContractError as exc:
                 verdicts = [exc] * len(admit)  # type: ignore[list-item]
             for (index, _, _), ok in zip(admit, verdicts, strict=True):
+                seen = results[index]
+                assert isinstance(seen, Envelope)
                 if isinstance(ok, ContractError):
                     results[index] = ok
                 elif not ok:
-                    seen = results[index]
-                    assert isinstance(seen, Envelope)
-                    results[index] = Replayed(f"message id {seen.id} already seen")
+                    results[index] = Replayed(f"message id {seen.id} already seen").claim(
+                        seen.id, seen.kind, seen.sender, verified=True
+                    )
         return results
 
-    async def verify(self, frame: bytes, *, token: str = "", scope: str = "") -> Envelope:
+    async def verify(
+        self, frame: bytes, *, stream: str, token: str = "", scope: str = ""
+    ) -> Envelope:
         """``open`` plus the nonce check (live mode only).
 
         ``token`` identifies this delivery's stream entry: seeing the same message id again with the
@@ -382,10 +539,12 @@ class Verifier:
         ``scope`` names the receiver (its consumer group): one message may be fanned out to several
         inboxes, and a replay is judged per receiver.
         """
-        env = self.open(frame)
+        env = self.open(frame, stream=stream)
         if not self._replay and self._nonce is not None:
             nonce = f"{scope}|{env.id}" if scope else env.id
             admitted = await self._nonce.admit(nonce, token or env.id, self._nonce_ttl_ms)
             if not admitted:
-                raise Replayed(f"message id {env.id} already seen")
+                raise Replayed(f"message id {env.id} already seen").claim(
+                    env.id, env.kind, env.sender, verified=True
+                )
         return env

@@ -9,12 +9,15 @@ class Reason(StrEnum):
     """Stable reason codes recorded on the rejected stream and counted in ``kasmina status``."""
 
     BAD_FRAME = "bad_frame"
+    UNSUPPORTED_VERSION = "unsupported_version"
     UNKNOWN_KEY = "unknown_key"
     EXPIRED_KEY = "expired_key"
     BAD_SIGNATURE = "bad_signature"
     STALE = "stale"
     FROM_FUTURE = "from_future"
     REPLAYED = "replayed"
+    WRONG_RUN = "wrong_run"
+    WRONG_DESTINATION = "wrong_destination"
     TOO_LARGE = "too_large"
     UNKNOWN_KIND = "unknown_kind"
     BAD_BODY = "bad_body"
@@ -32,19 +35,51 @@ class Reason(StrEnum):
 
 
 class ContractError(Exception):
-    """A message broke the contract; ``code`` says how."""
+    """A message broke the contract; ``code`` says how.
+
+    ``message_id``, ``kind`` and ``sender`` are what the frame said about itself ("" when it could
+    not be read that far); ``verified`` is True only when its MAC checked out, so that they are
+    authentic rather than merely claimed.
+    """
 
     code: Reason = Reason.BAD_FRAME
 
     def __init__(self, detail: str = "") -> None:
         super().__init__(f"{self.code.value}: {detail}" if detail else self.code.value)
         self.detail = detail
+        self.message_id = ""
+        self.kind = ""
+        self.sender = ""
+        self.verified = False
+
+    def claim(self, message_id: str, kind: str, sender: str, *, verified: bool) -> ContractError:
+        """Attach what the rejected frame said about itself; returns ``self``."""
+        self.message_id, self.kind, self.sender, self.verified = message_id, kind, sender, verified
+        return self
 
 
 class BadFrame(ContractError):
     """The bytes are not a well-formed envelope."""
 
     code = Reason.BAD_FRAME
+
+
+class UnsupportedVersion(ContractError):
+    """The frame is of an envelope version this receiver does not accept (v1 included)."""
+
+    code = Reason.UNSUPPORTED_VERSION
+
+
+class WrongRun(ContractError):
+    """A genuine frame signed for another run than the one whose stream holds it."""
+
+    code = Reason.WRONG_RUN
+
+
+class WrongDestination(ContractError):
+    """A genuine frame signed for another stream (inbox) of the run than the one holding it."""
+
+    code = Reason.WRONG_DESTINATION
 
 
 class UnknownKey(ContractError):

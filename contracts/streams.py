@@ -28,6 +28,21 @@ def prefix(run: str) -> str:
     return f"kasmina:{{{_check_run(run)}}}:"
 
 
+def address(stream: str) -> tuple[str, str]:
+    """``(run, destination)`` of a stream key ``kasmina:{RUN}:DEST`` (the envelope v2 binding).
+
+    The destination is the key without the run prefix: ``inbox:seed:layer1.s0``, ``events``…
+    Raises ValueError for a key that is not a Kasmina stream of a valid run.
+    """
+    if stream.startswith("kasmina:{"):
+        end = stream.find("}:", 9)
+        if end > 0:
+            run, dest = stream[9:end], stream[end + 2 :]
+            if dest and RUN_RE.match(run):
+                return run, dest
+    raise ValueError(f"not a Kasmina stream key: {stream!r}")
+
+
 def inbox(run: str, actor: str, key: str | None = None) -> str:
     """The inbox stream of an actor (per slot for SeedActors, per rank for ExecutionActors)."""
     if actor not in ACTOR_KINDS:
@@ -80,5 +95,5 @@ def lease(run: str, group: str) -> str:
 
 
 def nonce_key(run: str, message_id: str) -> str:
-    """Key of the nonce guard entry for a message id."""
+    """Key of the nonce guard entry for a message id (``message_id`` is ``<group>|<id>``)."""
     return f"{prefix(run)}nonce:{message_id}"

@@ -127,8 +127,8 @@ class Harness:
     async def _send(self, item: Command | Forge | SkewClock, signer: Signer) -> None:
         for slot in self._slots(item.slot):
             message = build_command(slot, item.action, reason=item.reason, blueprint=item.blueprint)
-            frame = signer.seal("seed.command", message)
             stream = streams.inbox(self.run, "seed", slot)
+            frame = signer.seal("seed.command", message, stream=stream)
             fields = {FRAME: frame, "kind": b"seed.command"}
             await self.cluster.bus.publish(stream, fields)
             if item.label:

@@ -114,7 +114,7 @@ class _Tail:
                 self.cursor = entry.id
                 frame = entry.fields.get(FRAME)
                 try:
-                    env = verifier.open(frame) if frame is not None else None
+                    env = verifier.open(frame, stream=stream) if frame is not None else None
                 except ContractError:
                     env = None
                 if env is not None:

@@ -84,10 +84,13 @@ class ExecutionActor:
             return 0
         appends = []
         for kind, message in items:
-            frame = self.signer.seal(kind, message)
-            for stream in self.router.outbox(kind, message, self.slots):
+            raw = message.SerializeToString()
+            for stream in self.router.outbox(kind, message, self.slots):  # a frame per stream
+                frame = self.signer.seal(kind, raw, stream=stream)
                 appends.append(Append(stream, {FRAME: frame, "kind": kind.encode()}))
             self.sent[kind] += 1
+        if not appends:
+            return 0
         start = since(self.config.security.clock_tolerance_s)
         first = appends[0]
         failures = 0
@@ -114,8 +117,16 @@ class ExecutionActor:
                 return
 
     # -- incoming -----------------------------------------------------------------------------
-    def _reject(self, entry: Entry, code: Reason, detail: str, env: Envelope | None) -> Handled:
-        return Handled(entry, self.group, self.rejections.record(entry, code, detail, env))
+    def _reject(
+        self,
+        entry: Entry,
+        code: Reason,
+        detail: str,
+        env: Envelope | None,
+        claimed: ContractError | None = None,
+    ) -> Handled:
+        appends = self.rejections.record(entry, code, detail, env, claimed)
+        return Handled(entry, self.group, appends)
 
     async def _take(self, entry: Entry) -> Handled:
         frame = entry.fields.get(FRAME)
@@ -124,11 +135,11 @@ class ExecutionActor:
         env: Envelope | None = None
         try:
             env = await self.verifier.verify(
-                frame, token=f"{entry.stream}/{entry.id}", scope=self.group
+                frame, stream=entry.stream, token=f"{entry.stream}/{entry.id}", scope=self.group
             )
             message = REGISTRY.parse(env.kind, env.body)
         except ContractError as exc:
-            return self._reject(entry, exc.code, exc.detail, env)
+            return self._reject(entry, exc.code, exc.detail, env, exc)
         if isinstance(message, pb.BarrierCommit):
             self.commits += 1  # the barrier agreed; nothing to change in the forward
             self.last_commit = int(message.barrier_step)

@@ -46,8 +46,10 @@ async def every(
 
 async def publish_heartbeat(bus: Bus, run: str, signer: Signer, beat: pb.Heartbeat) -> None:
     """One beat onto the run's capped heartbeat stream."""
-    frame = signer.seal(kinds.HEARTBEAT, beat)
-    await bus.publish(streams.heartbeats(run), {FRAME: frame}, maxlen=HEARTBEAT_MAXLEN)
+    stream = streams.heartbeats(run)
+    frame = signer.seal(kinds.HEARTBEAT, beat, stream=stream)
+    fields = {FRAME: frame, "kind": kinds.HEARTBEAT.encode()}
+    await bus.publish(stream, fields, maxlen=HEARTBEAT_MAXLEN)
 
 
 async def trim_inbox(bus: Bus, inbox: str, retention_s: float, now_ms: int | None = None) -> int:
@@ -64,6 +66,6 @@ def digest_appends(
     out = []
     for (actor, key), digest in digests.items():
         record = pb.StateDigest(actor=actor, key=key, digest=digest, after_event_id=cause)
-        frame = signer.seal(kinds.STATE_DIGEST, record, causation_id=cause)
+        frame = signer.seal(kinds.STATE_DIGEST, record, stream=events_stream, causation_id=cause)
         out.append(Append(events_stream, {FRAME: frame, "kind": kinds.STATE_DIGEST.encode()}))
     return out

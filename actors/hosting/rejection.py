@@ -10,7 +10,7 @@ from collections import Counter
 from actors.hosting.inbox import FRAME
 from actors.safety import RejectStorm, note_reject
 from bus import Append, Entry
-from contracts import Envelope, Reason, Signer, kinds, streams
+from contracts import ContractError, Envelope, Reason, Signer, kinds, streams
 from contracts.config import SafetyConfig
 from leyline import pb
 
@@ -38,24 +38,38 @@ class Rejections:
         self._storm = RejectStorm()
 
     def record(
-        self, entry: Entry, code: Reason, detail: str, env: Envelope | None = None
+        self,
+        entry: Entry,
+        code: Reason,
+        detail: str,
+        env: Envelope | None = None,
+        claimed: ContractError | None = None,
     ) -> list[Append]:
-        """Count one rejection of ``entry``; the appends that record it (and any storm signal)."""
+        """Count one rejection of ``entry``; the appends that record it (and any storm signal).
+
+        ``env`` is the verified envelope; without one, ``claimed`` (the verifier's error) carries
+        what the frame said about itself: recorded so its sender can find it (docs/wire.md §5)."""
         self.counts[code.value] += 1
-        cause = env.id if env else ""
+        if env is not None:
+            mid, kind, sender = env.id, env.kind, env.sender
+        elif claimed is not None:
+            mid, kind, sender = claimed.message_id, claimed.kind, claimed.sender
+        else:
+            mid, kind, sender = "", "", ""
+        cause = mid
         record = pb.Rejection(
             reason_code=code.value,
             stream=entry.stream,
             entry_id=entry.id,
-            kind=env.kind if env else "",
-            sender=env.sender if env else "",
+            kind=kind,
+            sender=sender,
             detail=detail[:500],
-            message_id=cause,
+            message_id=mid,
             actor=self.actor,
         )
         log.debug("%s rejected %s: %s %s", self.actor, entry.id, code.value, detail)
-        frame = self.signer.seal(kinds.REJECTION, record, causation_id=cause)
-        fields = {FRAME: frame, "reason": code.value.encode()}
+        frame = self.signer.seal(kinds.REJECTION, record, stream=self.stream, causation_id=cause)
+        fields = {FRAME: frame, "kind": kinds.REJECTION.encode(), "reason": code.value.encode()}
         appends = [Append(self.stream, fields, maxlen=REJECTED_MAXLEN)]
         if self._storm_config is not None:
             self._storm, storm = note_reject(
@@ -66,7 +80,9 @@ class Rejections:
             )
             if storm is not None:  # too many rejections in the window: tell the SafetyActor
                 log.warning("%s", storm.detail)
-                frame = self.signer.seal(kinds.SAFETY_SIGNAL, storm, causation_id=cause)
+                frame = self.signer.seal(
+                    kinds.SAFETY_SIGNAL, storm, stream=self.safety_inbox, causation_id=cause
+                )
                 appends.append(
                     Append(self.safety_inbox, {FRAME: frame, "kind": kinds.SAFETY_SIGNAL.encode()})
                 )

@@ -34,7 +34,7 @@ async def _actors(bus: Bus, run: str, ring: KeyRing) -> list[dict[str, Any]]:
     latest: dict[str, pb.Heartbeat] = {}
     for entry in await bus.range(streams.heartbeats(run)):
         try:
-            env = verifier.open(entry.fields.get(FRAME, b""))
+            env = verifier.open(entry.fields.get(FRAME, b""), stream=entry.stream)
             beat = REGISTRY.parse(env.kind, env.body)
         except ContractError:
             continue

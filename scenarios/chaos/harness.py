@@ -131,7 +131,7 @@ async def read_log(bus: Bus, run: str, ring: KeyRing) -> list[LogEntry]:
         page = await bus.range(streams.events(run), start, "+", count=2000)
         for entry in page:
             try:
-                env = verifier.open(entry.fields[FRAME])
+                env = verifier.open(entry.fields[FRAME], stream=entry.stream)
                 out.append(
                     (entry.id, env.kind, REGISTRY.parse(env.kind, env.body), env.causation_id)
                 )
@@ -151,7 +151,7 @@ async def read_rejections(bus: Bus, run: str, ring: KeyRing) -> list[pb.Rejectio
         page = await bus.range(streams.rejected(run), start, "+", count=5000)
         for entry in page:
             try:
-                env = verifier.open(entry.fields[FRAME])
+                env = verifier.open(entry.fields[FRAME], stream=entry.stream)
             except (KeyError, ContractError):
                 continue
             message = REGISTRY.parse(env.kind, env.body)

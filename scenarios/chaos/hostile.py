@@ -78,7 +78,7 @@ class Hostile:
                     self._captured.append(entry.fields[FRAME])
         return len(self._captured)
 
-    def _entry(self, rng: random.Random, own: Signer) -> tuple[str, dict[str, bytes]]:
+    def _entry(self, rng: random.Random, own: Signer, target: str) -> tuple[str, dict[str, bytes]]:
         roll = rng.random()
         captured = self._captured
         if captured and roll < 0.35:
@@ -90,7 +90,7 @@ class Hostile:
         if roll < 0.7:
             self.sent["forged"] += 1
             cmd = build_command(rng.choice(self.slots), "germinate", blueprint="residual_mlp")
-            return "forged", {FRAME: own.seal("seed.command", cmd)}
+            return "forged", {FRAME: own.seal("seed.command", cmd, stream=target)}
         self.sent["malformed"] += 1
         pick = rng.randrange(4)
         if pick == 0:
@@ -112,8 +112,9 @@ class Hostile:
             t0 = time.monotonic()
             appends = []
             for _ in range(self.batch):
-                _, fields = self._entry(rng, own)
-                appends.append(Append(rng.choice(targets), fields))
+                target = rng.choice(targets)
+                _, fields = self._entry(rng, own, target)
+                appends.append(Append(target, fields))
             try:
                 await self.bus.publish_many(appends)
             except BusUnavailable:

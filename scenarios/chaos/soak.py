@@ -152,11 +152,15 @@ async def soak(
                 if sent % report_every == 0:
                     step += 1
                     report = pb.StepReport(rank=0, step=step, loss=1.0, val_accuracy=0.9)
-                    frame = signer.seal("step.report", report)
-                    appends += [Append(s, {FRAME: frame}) for s in seed_inboxes]
+                    appends += [
+                        Append(s, {FRAME: signer.seal("step.report", report, stream=s)})
+                        for s in seed_inboxes
+                    ]
                     sent += len(seed_inboxes)
                 raw = pb.TelemetryRaw(region="rank0", step=step, metrics={"loss": 1.0})
-                appends.append(Append(tele, {FRAME: signer.seal("telemetry.raw", raw)}))
+                appends.append(
+                    Append(tele, {FRAME: signer.seal("telemetry.raw", raw, stream=tele)})
+                )
                 sent += 1
             await bus.publish_many(appends)
         while await backlog_of(bus, inboxes) > 0:

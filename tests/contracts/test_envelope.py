@@ -7,11 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts import REGISTRY, KeyRing, MemoryNonceGuard, Reason, Signer, Verifier, unpack
+from contracts import REGISTRY, KeyRing, MemoryNonceGuard, Reason, Signer, Verifier, streams, unpack
 from contracts.errors import ContractError
 from leyline import pb
 
 NOW = 1_800_000_000 * 10**9
+INBOX = streams.inbox("r1", "seed", "layer1.s0")
 BODY = pb.SeedCommand(slot="layer1.s0", germinate=pb.Germinate(blueprint="residual_mlp"))
 
 
@@ -25,12 +26,13 @@ def ring() -> KeyRing:
 
 
 def _frame(ring: KeyRing, **kw: object) -> bytes:
+    kw.setdefault("stream", INBOX)
     return Signer(ring, "tamiyo", clock=clock).seal("seed.command", BODY, **kw)  # type: ignore[arg-type]
 
 
-def _reason(verifier: Verifier, frame: bytes) -> Reason:
+def _reason(verifier: Verifier, frame: bytes, stream: str = INBOX) -> Reason:
     with pytest.raises(ContractError) as info:
-        verifier.open(frame)
+        verifier.open(frame, stream=stream)
     return info.value.code
 
 
@@ -42,12 +44,14 @@ def _mutate(frame: bytes, index: int, value: object) -> bytes:
 
 def test_round_trip(ring: KeyRing) -> None:
     """A sealed message opens to the same header and body."""
-    env = Verifier(ring, clock=clock).open(_frame(ring, causation_id="c-1"))
-    assert (env.kind, env.sender, env.causation_id, env.ts_ns) == (
+    env = Verifier(ring, clock=clock).open(_frame(ring, causation_id="c-1"), stream=INBOX)
+    assert (env.kind, env.sender, env.causation_id, env.ts_ns, env.run, env.to) == (
         "seed.command",
         "tamiyo",
         "c-1",
         NOW,
+        "r1",
+        "inbox:seed:layer1.s0",
     )
     assert REGISTRY.parse(env.kind, env.body) == BODY
 
@@ -60,11 +64,17 @@ def test_round_trip(ring: KeyRing) -> None:
         (3, "mallory", Reason.BAD_SIGNATURE),  # sender
         (5, NOW + 1, Reason.BAD_SIGNATURE),  # ts_ns
         (6, "other-cause", Reason.BAD_SIGNATURE),  # causation_id
-        (7, b"\x0a\x01x", Reason.BAD_SIGNATURE),  # body
-        (8, b"\x00" * 32, Reason.BAD_SIGNATURE),  # signature
-        (8, b"\x00" * 31, Reason.BAD_FRAME),  # truncated signature
+        (7, "r2", Reason.BAD_SIGNATURE),  # run: rewritten to match another run, the MAC fails
+        (8, "inbox:seed:layer2.s0", Reason.BAD_SIGNATURE),  # destination rewritten
+        (9, b"\x0a\x01x", Reason.BAD_SIGNATURE),  # body
+        (10, b"\x00" * 32, Reason.BAD_SIGNATURE),  # signature
+        (10, b"\x00" * 31, Reason.BAD_FRAME),  # truncated signature
         (4, "k-unknown", Reason.UNKNOWN_KEY),  # key id
-        (0, 2, Reason.BAD_FRAME),  # version
+        (0, 1, Reason.UNSUPPORTED_VERSION),  # version
+        (0, 3, Reason.UNSUPPORTED_VERSION),
+        (0, "2", Reason.BAD_FRAME),
+        (7, "bad run!", Reason.BAD_FRAME),
+        (8, "", Reason.BAD_FRAME),
     ],
 )
 def test_each_tampered_field_is_rejected(
@@ -106,14 +116,14 @@ def test_too_large(ring: KeyRing) -> None:
 
 def test_unknown_kind_after_valid_signature(ring: KeyRing) -> None:
     """A correctly signed message of an unregistered kind is unknown_kind."""
-    frame = Signer(ring, "x", clock=clock).seal("no.such.kind", b"")
+    frame = Signer(ring, "x", clock=clock).seal("no.such.kind", b"", stream=INBOX)
     assert _reason(Verifier(ring, clock=clock), frame) == Reason.UNKNOWN_KIND
 
 
 def test_bad_body_is_detected_at_parse(ring: KeyRing) -> None:
     """A signed body that is not the kind's protobuf fails parsing with bad_body."""
-    frame = Signer(ring, "x", clock=clock).seal("seed.command", b"\xff\xff\xff")
-    env = Verifier(ring, clock=clock).open(frame)
+    frame = Signer(ring, "x", clock=clock).seal("seed.command", b"\xff\xff\xff", stream=INBOX)
+    env = Verifier(ring, clock=clock).open(frame, stream=INBOX)
     with pytest.raises(ContractError) as info:
         REGISTRY.parse(env.kind, env.body)
     assert info.value.code == Reason.BAD_BODY
@@ -126,10 +136,10 @@ def test_stale_and_future_rejected_live_accepted_in_replay(ring: KeyRing) -> Non
     live = Verifier(ring, clock=clock)
     assert _reason(live, old) == Reason.STALE
     assert _reason(live, ahead) == Reason.FROM_FUTURE
-    assert Verifier(ring, clock=clock).open(_frame(ring, ts_ns=NOW - 59 * 10**9))
+    assert Verifier(ring, clock=clock).open(_frame(ring, ts_ns=NOW - 59 * 10**9), stream=INBOX)
     replay = Verifier(ring, clock=clock, replay=True)
-    assert replay.open(old).ts_ns == NOW - 61 * 10**9
-    assert replay.open(ahead).ts_ns == NOW + 61 * 10**9
+    assert replay.open(old, stream=INBOX).ts_ns == NOW - 61 * 10**9
+    assert replay.open(ahead, stream=INBOX).ts_ns == NOW + 61 * 10**9
     assert _reason(replay, _mutate(old, 3, "mallory")) == Reason.BAD_SIGNATURE
 
 
@@ -138,11 +148,13 @@ def test_rotation_grace_period(ring: KeyRing) -> None:
     old_frame = _frame(ring)
     rotated = ring.rotate(grace_s=10, now_ns=NOW)
     assert rotated.active.id != ring.active.id
-    assert Verifier(rotated, clock=lambda: NOW + 9 * 10**9, tolerance_s=60).open(old_frame)
+    assert Verifier(rotated, clock=lambda: NOW + 9 * 10**9, tolerance_s=60).open(
+        old_frame, stream=INBOX
+    )
     late = Verifier(rotated, clock=lambda: NOW + 11 * 10**9, tolerance_s=60)
     assert _reason(late, old_frame) == Reason.EXPIRED_KEY
-    new_frame = Signer(rotated, "tamiyo", clock=clock).seal("seed.command", BODY)
-    assert Verifier(rotated, clock=clock).open(new_frame).key_id == rotated.active.id
+    new_frame = Signer(rotated, "tamiyo", clock=clock).seal("seed.command", BODY, stream=INBOX)
+    assert Verifier(rotated, clock=clock).open(new_frame, stream=INBOX).key_id == rotated.active.id
     assert _reason(Verifier(ring, clock=clock), new_frame) == Reason.UNKNOWN_KEY
 
 
@@ -151,11 +163,12 @@ async def test_replayed_message_is_rejected_by_nonce_guard(ring: KeyRing) -> Non
     guard = MemoryNonceGuard()
     verifier = Verifier(ring, clock=clock, nonce_guard=guard)
     frame = _frame(ring)
-    assert (await verifier.verify(frame, token="s:1-0")).kind == "seed.command"
-    assert (await verifier.verify(frame, token="s:1-0")).kind == "seed.command"
+    assert (await verifier.verify(frame, stream=INBOX, token="s:1-0")).kind == "seed.command"
+    assert (await verifier.verify(frame, stream=INBOX, token="s:1-0")).kind == "seed.command"
     with pytest.raises(ContractError) as info:
-        await verifier.verify(frame, token="s:2-0")
+        await verifier.verify(frame, stream=INBOX, token="s:2-0")
     assert info.value.code == Reason.REPLAYED
+    assert (info.value.message_id, info.value.verified) == (unpack(frame).id, True)
 
 
 @settings(max_examples=400, deadline=None)
@@ -164,7 +177,7 @@ def test_arbitrary_bytes_only_raise_contract_errors(data: bytes) -> None:
     """Any byte string either verifies or raises ContractError: never another exception."""
     ring = KeyRing.generate(now_ns=NOW)
     try:
-        env = Verifier(ring, clock=clock).open(data)
+        env = Verifier(ring, clock=clock).open(data, stream=INBOX)
         REGISTRY.parse(env.kind, env.body)
     except ContractError:
         pass
@@ -187,7 +200,7 @@ def test_mutated_valid_envelopes_never_crash_or_half_parse(data: st.DataObject) 
     else:
         frame = frame[:pos]
     try:
-        env = Verifier(ring, clock=clock).open(bytes(frame))
+        env = Verifier(ring, clock=clock).open(bytes(frame), stream=INBOX)
     except ContractError:
         return
     # only a mutation that leaves the signed content intact may verify
@@ -208,3 +221,75 @@ def test_memory_nonce_guard_is_bounded_and_fails_closed() -> None:
     now[0] = 1000 * 1_000_000
     assert guard.check("m3", "t", ttl_ms=1000)
     assert len(guard) == 1
+
+
+def test_frame_moved_to_another_run_or_inbox_is_refused_with_its_own_code(ring: KeyRing) -> None:
+    """A genuine frame read from another run's stream is wrong_run, from another inbox wrong_destination."""
+    frame = _frame(ring)
+    verifier = Verifier(ring, clock=clock)
+    assert verifier.open(frame, stream=INBOX).to == "inbox:seed:layer1.s0"
+    other_run = streams.inbox("r2", "seed", "layer1.s0")
+    assert _reason(verifier, frame, other_run) == Reason.WRONG_RUN
+    assert _reason(verifier, frame, streams.inbox("r1", "seed", "layer2.s0")) == (
+        Reason.WRONG_DESTINATION
+    )
+    assert _reason(verifier, frame, streams.events("r1")) == Reason.WRONG_DESTINATION
+    replay = verifier.with_replay()  # replay mode checks the binding too
+    assert _reason(replay, frame, other_run) == Reason.WRONG_RUN
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason", "verified"),
+    [
+        (lambda f: _mutate(f, 4, "k-unknown"), Reason.UNKNOWN_KEY, False),
+        (lambda f: _mutate(f, 3, "mallory"), Reason.BAD_SIGNATURE, False),
+        (lambda f: _mutate(f, 0, 1), Reason.UNSUPPORTED_VERSION, False),
+        (lambda f: _mutate(f, 10, b"x"), Reason.BAD_FRAME, False),
+    ],
+)
+def test_rejections_before_the_mac_carry_the_claimed_id_unverified(
+    ring: KeyRing, mutate: object, reason: Reason, verified: bool
+) -> None:
+    """A frame refused before (or at) the MAC check still names the id it claims, marked unverified."""
+    frame = _frame(ring)
+    claimed = unpack(frame).id
+    with pytest.raises(ContractError) as info:
+        Verifier(ring, clock=clock).open(mutate(frame), stream=INBOX)  # type: ignore[operator]
+    assert (info.value.code, info.value.message_id, info.value.verified) == (
+        reason,
+        claimed,
+        verified,
+    )
+    assert info.value.kind == "seed.command"
+
+
+def test_v1_frames_are_refused_as_unsupported_version(ring: KeyRing) -> None:
+    """A 9-element v1 frame is refused with unsupported_version and its claimed id."""
+    v1 = msgpack.packb(
+        [1, "seed.command", "id-1", "tamiyo", ring.active.id, NOW, "", b"", b"\0" * 32],
+        use_bin_type=True,
+    )
+    with pytest.raises(ContractError) as info:
+        Verifier(ring, clock=clock).open(v1, stream=INBOX)
+    assert (info.value.code, info.value.message_id) == (Reason.UNSUPPORTED_VERSION, "id-1")
+
+
+@pytest.mark.parametrize(
+    "bomb",
+    [
+        b"\xdc\xff\xff" + b"\x90" * 65535,  # one array of 65535 empty arrays
+        b"\x9b" + b"\x9b" * 5000 + b"\x90" * 11,  # nested far past any parser stack
+        b"\x9b\x02" + b"\x9a" + b"\x90" * 10 + b"\x90" * 9 + b"\xc4\x00" * 3000,  # nested field
+        b"\x9b\x02" + b"\xdf\x00\x01\x00\x00" + b"\x00\x00" * 65536,  # a map where a field is
+    ],
+)
+def test_shape_bombs_are_refused_before_any_allocation(ring: KeyRing, bomb: bytes) -> None:
+    """Frames built to make msgpack allocate (nesting, huge arrays, maps) are bad frames."""
+    assert _reason(Verifier(ring, clock=clock), bomb) == Reason.BAD_FRAME
+
+
+def test_header_strings_longer_than_256_bytes_are_refused(ring: KeyRing) -> None:
+    """Each header string is at most 256 UTF-8 bytes (multi-byte characters count as bytes)."""
+    long_sender = "é" * 129  # 258 bytes
+    frame = Signer(ring, long_sender, clock=clock).seal("seed.command", BODY, stream=INBOX)
+    assert _reason(Verifier(ring, clock=clock), frame) == Reason.BAD_FRAME

@@ -9,11 +9,12 @@ import pytest
 from bus import open_bus
 from bus.nonce import RedisNonceGuard
 from bus.testing import real_redis_url, redis_server
-from contracts import KeyRing, Reason, Signer, Verifier
+from contracts import KeyRing, Reason, Signer, Verifier, streams
 from contracts.errors import ContractError
 from leyline import pb
 
 BODY = pb.SeedCommand(slot="s", cull=pb.Cull())
+INBOX = streams.inbox("nonce", "seed", "s")
 
 
 @pytest.mark.redis
@@ -23,17 +24,19 @@ async def test_message_replayed_to_a_second_verifier_is_rejected() -> None:
     prefix = f"kasmina:{{nonce-{uuid.uuid4().hex[:8]}}}:"
     first, second = open_bus(real_redis_url()), open_bus(real_redis_url())
     try:
-        frame = Signer(ring, "tamiyo").seal("seed.command", BODY)
+        frame = Signer(ring, "tamiyo").seal("seed.command", BODY, stream=INBOX)
         a = Verifier(ring, nonce_guard=RedisNonceGuard(first, prefix))
         b = Verifier(ring, nonce_guard=RedisNonceGuard(second, prefix))
-        assert (await a.verify(frame, token="inbox/1-0")).kind == "seed.command"
-        assert (await a.verify(frame, token="inbox/1-0")).kind == "seed.command"  # a redelivery
+        assert (await a.verify(frame, stream=INBOX, token="inbox/1-0")).kind == "seed.command"
+        assert (
+            await a.verify(frame, stream=INBOX, token="inbox/1-0")
+        ).kind == "seed.command"  # a redelivery
         with pytest.raises(ContractError) as info:
-            await b.verify(frame, token="inbox/2-0")
+            await b.verify(frame, stream=INBOX, token="inbox/2-0")
         assert info.value.code == Reason.REPLAYED
         # another receiver (scope) may see the same fanned-out message once
         assert (
-            await b.verify(frame, token="other/1-0", scope="actor:seed:t")
+            await b.verify(frame, stream=INBOX, token="other/1-0", scope="actor:seed:t")
         ).kind == "seed.command"
     finally:
         from bus.testing import purge_prefix
@@ -47,12 +50,12 @@ async def test_message_replayed_to_a_second_verifier_is_rejected() -> None:
 async def test_nonces_survive_a_server_restart() -> None:
     """With AOF (appendfsync always) the nonce store survives a kill -9 and restart of redis-server."""
     ring = KeyRing.generate()
-    frame = Signer(ring, "tamiyo").seal("seed.command", BODY)
+    frame = Signer(ring, "tamiyo").seal("seed.command", BODY, stream=INBOX)
     with redis_server(aof=True, appendfsync="always") as server:
         bus = open_bus(server.url)
         guard = RedisNonceGuard(bus, "kasmina:{restart}:")
         assert (
-            await Verifier(ring, nonce_guard=guard).verify(frame, token="t1")
+            await Verifier(ring, nonce_guard=guard).verify(frame, stream=INBOX, token="t1")
         ).kind == "seed.command"
         await bus.close()
         server.kill()
@@ -61,7 +64,7 @@ async def test_nonces_survive_a_server_restart() -> None:
         try:
             with pytest.raises(ContractError) as info:
                 await Verifier(ring, nonce_guard=RedisNonceGuard(bus, "kasmina:{restart}:")).verify(
-                    frame, token="t2"
+                    frame, stream=INBOX, token="t2"
                 )
             assert info.value.code == Reason.REPLAYED
         finally:

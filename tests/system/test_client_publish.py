@@ -42,7 +42,7 @@ async def test_a_failed_try_never_sends_the_command_twice(
     command_id = await client.command("l0.s0", "cull")
     entries = await inner.range(streams.inbox(run, "seed", "l0.s0"))
     assert len(entries) == 1 and bus.failures == client.retries == times
-    assert client.verifier.open(entries[0].fields[FRAME]).id == command_id
+    assert client.verifier.open(entries[0].fields[FRAME], stream=entries[0].stream).id == command_id
     await inner.close()
 
 
@@ -83,7 +83,7 @@ async def test_command_sent_across_a_redis_restart_lands_once() -> None:
             await eventually(retrying, timeout_s=30)
             await anyio.to_thread.run_sync(server.start)
         frames = [e.fields[FRAME] for e in await bus.range(inbox)]
-        assert [client.verifier.open(f).id for f in frames] == [first, ids[0]]
+        assert [client.verifier.open(f, stream=inbox).id for f in frames] == [first, ids[0]]
         await bus.close()
 
 
@@ -109,8 +109,14 @@ async def test_a_refusal_is_reported_as_the_lifecycle_event_not_its_rejection_re
     actor = Signer(ring, "seed")
     refused = pb.LifecycleRefused(slot="l0.s0", request="cull", command_id="c-1")
     record = pb.Rejection(reason_code="illegal_transition", message_id="c-1")
-    await inner.publish(streams.events(run), {FRAME: actor.seal("lifecycle.refused", refused)})
-    await inner.publish(streams.rejected(run), {FRAME: actor.seal("rejection", record)})
+    await inner.publish(
+        streams.events(run),
+        {FRAME: actor.seal("lifecycle.refused", refused, stream=streams.events(run))},
+    )
+    await inner.publish(
+        streams.rejected(run),
+        {FRAME: actor.seal("rejection", record, stream=streams.rejected(run))},
+    )
     client = KasminaClient(_LateEvents(inner), run, Signer(ring, "tamiyo"), Verifier(ring))
     outcome = await client.wait("c-1", timeout_s=5)
     assert outcome.kind == "lifecycle.refused" and not outcome.ok

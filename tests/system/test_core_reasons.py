@@ -49,7 +49,9 @@ async def test_a_barrier_refusal_is_recorded_with_the_barrier_cores_reason(
     async with running_cluster(
         bus, run=run_id, slots=[], ring=ring, config=config, actors=["barrier"]
     ) as cl:
-        frame = Signer(ring, "trainer").seal(kinds.BARRIER_VOTE, vote)
+        frame = Signer(ring, "trainer").seal(
+            kinds.BARRIER_VOTE, vote, stream=streams.inbox(run_id, "barrier")
+        )
         await bus.publish(streams.inbox(run_id, "barrier"), {FRAME: frame})
         await cl.settle()
         (shell,) = cl.shells
@@ -100,7 +102,9 @@ async def test_the_shell_records_exactly_the_reason_a_decision_carries(reason: R
         verifier=live_verifier(bus, run, ring, config),
         config=config,
     )
-    frame = Signer(ring, "trainer").seal(kinds.GATE_REQUEST, pb.GateRequest(slot="a"))
+    frame = Signer(ring, "trainer").seal(
+        kinds.GATE_REQUEST, pb.GateRequest(slot="a"), stream=streams.inbox(run, "gate")
+    )
     await bus.publish(streams.inbox(run, "gate"), {FRAME: frame})
     async with anyio.create_task_group() as tg:
         await tg.start(shell.run)

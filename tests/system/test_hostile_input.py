@@ -37,7 +37,9 @@ async def test_hostile_inputs_change_nothing_and_are_counted(bus: Bus, run_id: s
         before = await _digests(cl)
         seed_inbox = streams.inbox(run, "seed", SLOT)
         signer = Signer(ring, "tamiyo")
-        good = signer.seal("seed.command", pb.SeedCommand(slot=SLOT, cull=pb.Cull()))
+        good = signer.seal(
+            "seed.command", pb.SeedCommand(slot=SLOT, cull=pb.Cull()), stream=seed_inbox
+        )
 
         # 1 garbage bytes, 2 a missing frame field
         await bus.publish(seed_inbox, {FRAME: b"\x00garbage\xff"})
@@ -50,28 +52,42 @@ async def test_hostile_inputs_change_nothing_and_are_counted(bus: Bus, run_id: s
             seed_inbox,
             {
                 FRAME: Signer(forged_ring, "mallory").seal(
-                    "seed.command", pb.SeedCommand(slot=SLOT, cull=pb.Cull())
+                    "seed.command", pb.SeedCommand(slot=SLOT, cull=pb.Cull()), stream=seed_inbox
                 )
             },
         )
         # 4 stale: signed two minutes ago
         stale = Signer(ring, "tamiyo", clock=lambda: 0).seal(
-            "seed.command", pb.SeedCommand(slot=SLOT, cull=pb.Cull()), ts_ns=10**18
+            "seed.command",
+            pb.SeedCommand(slot=SLOT, cull=pb.Cull()),
+            ts_ns=10**18,
+            stream=seed_inbox,
         )
         await bus.publish(seed_inbox, {FRAME: stale})
         # 5 NaN metrics in a step report
         report = pb.StepReport(rank=0, step=3, loss=math.nan)
-        await bus.publish(seed_inbox, {FRAME: signer.seal("step.report", report)})
+        await bus.publish(
+            seed_inbox, {FRAME: signer.seal("step.report", report, stream=seed_inbox)}
+        )
         # 6 a command for another slot sent to this slot's inbox
         await bus.publish(
             seed_inbox,
-            {FRAME: signer.seal("seed.command", pb.SeedCommand(slot="elsewhere", cull=pb.Cull()))},
+            {
+                FRAME: signer.seal(
+                    "seed.command",
+                    pb.SeedCommand(slot="elsewhere", cull=pb.Cull()),
+                    stream=seed_inbox,
+                )
+            },
         )
         # 7 an illegal transition (cull of a DORMANT slot), then 8 the same envelope re-sent
         await bus.publish(seed_inbox, {FRAME: good})
         await bus.publish(seed_inbox, {FRAME: good})
         # 9 a message of a kind the seed actor does not take
-        await bus.publish(seed_inbox, {FRAME: signer.seal("barrier.vote", pb.BarrierVote(rank=0))})
+        await bus.publish(
+            seed_inbox,
+            {FRAME: signer.seal("barrier.vote", pb.BarrierVote(rank=0), stream=seed_inbox)},
+        )
         # 10 truncated msgpack
         await bus.publish(seed_inbox, {FRAME: msgpack.packb([1, "seed.command"])})
         await cl.settle()

@@ -39,19 +39,25 @@ async def test_inbox_trim_keeps_pending_and_unread_entries() -> None:
     await bus.close()
 
 
+INBOX = streams.inbox("keys", "seed", "s")
+
+
 def test_rotated_out_key_verifies_old_logs_in_replay_until_pruned() -> None:
     """An expired key no longer verifies live traffic but still verifies a recording, until pruned."""
     ring = KeyRing.generate(now_ns=0)
     old = Signer(ring, "t", clock=lambda: 0).seal(
-        "seed.command", pb.SeedCommand(slot="s", cull=pb.Cull())
+        "seed.command", pb.SeedCommand(slot="s", cull=pb.Cull()), stream=INBOX
     )
     rotated = ring.rotate(grace_s=1, now_ns=0)
     later = 10 * 10**9
     with pytest.raises(ContractError) as info:
-        Verifier(rotated, clock=lambda: later, tolerance_s=3600).open(old)
+        Verifier(rotated, clock=lambda: later, tolerance_s=3600).open(old, stream=INBOX)
     assert info.value.code == Reason.EXPIRED_KEY
-    assert Verifier(rotated, clock=lambda: later, replay=True).open(old).key_id == ring.active.id
+    assert (
+        Verifier(rotated, clock=lambda: later, replay=True).open(old, stream=INBOX).key_id
+        == ring.active.id
+    )
     pruned = rotated.prune(before_ns=later)
     with pytest.raises(ContractError) as info:
-        Verifier(pruned, replay=True).open(old)
+        Verifier(pruned, replay=True).open(old, stream=INBOX)
     assert info.value.code == Reason.UNKNOWN_KEY

@@ -1,0 +1,281 @@
+"""Write (or check) docs/wire-vectors.json: the envelope v2 test vectors of docs/wire.md.
+
+Usage: python scripts/wire_vectors.py [--check]
+
+Every vector is deterministic (fixed keys, ids, timestamps); ``--check`` exits non-zero when the
+file differs from what the code produces now (a change of the signed format is a breaking change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from contracts import Key, KeyRing, Signer, mac_input, streams, unpack  # noqa: E402
+from contracts.envelope import VERSION  # noqa: E402
+from leyline import pb  # noqa: E402
+
+OUT = ROOT / "docs" / "wire-vectors.json"
+K1 = Key(id="k-vector-0001", secret=bytes(range(32)), created_ns=1_800_000_000_000_000_000)
+K2 = Key(id="k-vector-0002", secret=bytes(range(32, 80)), created_ns=1_800_000_000_000_000_000)
+TS = 1_800_000_000_123_456_789
+S = 10**9
+
+
+def _ring(active: str) -> KeyRing:
+    return KeyRing([K1, K2], active)
+
+
+def _valid(
+    name: str,
+    *,
+    kind: str,
+    body: bytes,
+    stream: str,
+    sender: str,
+    msg_id: str,
+    causation: str = "",
+    key: str = K1.id,
+    ts: int = TS,
+) -> dict[str, Any]:
+    frame = Signer(_ring(key), sender).seal(
+        kind, body, stream=stream, causation_id=causation, msg_id=msg_id, ts_ns=ts
+    )
+    env = unpack(frame)
+    data = mac_input(VERSION, kind, msg_id, sender, key, ts, causation, env.run, env.to, body)
+    return {
+        "name": name,
+        "fields": {
+            "v": VERSION,
+            "kind": kind,
+            "id": msg_id,
+            "sender": sender,
+            "key_id": key,
+            "ts_ns": ts,
+            "causation_id": causation,
+            "run": env.run,
+            "to": env.to,
+        },
+        "body_hex": body.hex(),
+        "stream": stream,
+        "now_ns": ts,
+        "mac_input_hex": data.hex(),
+        "sig_hex": env.sig.hex(),
+        "frame_hex": frame.hex(),
+    }
+
+
+def _invalid(
+    name: str,
+    frame: bytes,
+    stream: str,
+    reason: str,
+    *,
+    claimed_id: str | None = "",
+    verified: bool = False,
+    now_ns: int = TS,
+    max_bytes: int = 1 << 20,
+) -> dict[str, Any]:
+    if reason in ("bad_frame", "too_large"):
+        claimed_id = None  # how far a malformed frame can be read depends on the decoder
+    return {
+        "name": name,
+        "frame_hex": frame.hex(),
+        "stream": stream,
+        "now_ns": now_ns,
+        "max_bytes": max_bytes,
+        "reason": reason,
+        "claimed_id": claimed_id,
+        "verified": verified,
+    }
+
+
+def _reencode(frame: bytes, index: int, value: object) -> bytes:
+    items = msgpack.unpackb(frame, raw=False)
+    items[index] = value
+    packed: bytes = msgpack.packb(items, use_bin_type=True)
+    return packed
+
+
+def build() -> dict[str, Any]:
+    """The vectors document."""
+    inbox = streams.inbox("t2", "seed", "layer1.s0")
+    command = pb.SeedCommand(
+        slot="layer1.s0", reason="grow", germinate=pb.Germinate(blueprint="residual_mlp")
+    ).SerializeToString()
+    transition = pb.LifecycleTransition(
+        slot="layer1.s0", from_stage=1, to_stage=2, step=40, cause="gate G0_SANITY passed", seq=3
+    ).SerializeToString()
+    big = bytes((i * 7) % 251 for i in range(3000))  # a body past 1 KiB: the shape walk runs
+    valid = [
+        _valid(
+            "command to a slot inbox",
+            kind="seed.command",
+            body=command,
+            stream=inbox,
+            sender="tamiyo",
+            msg_id="01890000-0000-7000-8000-000000000001",
+        ),
+        _valid(
+            "event with a causation id",
+            kind="lifecycle.transition",
+            body=transition,
+            stream=streams.events("t2"),
+            sender="seed:layer1.s0",
+            msg_id="01890000-0000-7000-8000-000000000002",
+            causation="01890000-0000-7000-8000-000000000001",
+        ),
+        _valid(
+            "second key, non-ASCII sender, empty body",
+            kind="seed.command",
+            body=b"",
+            stream=streams.inbox("run_2.b-c", "gate"),
+            sender="opérateur",
+            msg_id="01890000-0000-7000-8000-000000000003",
+            key=K2.id,
+        ),
+        _valid(
+            "large opaque body",
+            kind="telemetry.raw",
+            body=big,
+            stream=streams.inbox("t2", "telemetry"),
+            sender="execution:0",
+            msg_id="01890000-0000-7000-8000-000000000004",
+        ),
+    ]
+    good = bytes.fromhex(valid[0]["frame_hex"])
+    gid = valid[0]["fields"]["id"]
+    signer = Signer(_ring(K1.id), "tamiyo")
+    stranger = Signer(KeyRing([Key(id="k-stranger", secret=b"\x07" * 32)], "k-stranger"), "x")
+    v1 = msgpack.packb(
+        [1, "seed.command", "v1-id", "tamiyo", K1.id, TS, "", command, b"\x00" * 32],
+        use_bin_type=True,
+    )
+    invalid = [
+        _invalid(
+            "moved to another run's inbox",
+            good,
+            streams.inbox("t3", "seed", "layer1.s0"),
+            "wrong_run",
+            claimed_id=gid,
+            verified=True,
+        ),
+        _invalid(
+            "moved to another slot's inbox",
+            good,
+            streams.inbox("t2", "seed", "layer2.s0"),
+            "wrong_destination",
+            claimed_id=gid,
+            verified=True,
+        ),
+        _invalid(
+            "run field rewritten to the new run",
+            _reencode(good, 7, "t3"),
+            streams.inbox("t3", "seed", "layer1.s0"),
+            "bad_signature",
+            claimed_id=gid,
+        ),
+        _invalid(
+            "sender rewritten",
+            _reencode(good, 3, "mallory"),
+            inbox,
+            "bad_signature",
+            claimed_id=gid,
+        ),
+        _invalid(
+            "body rewritten",
+            _reencode(good, 9, b"\x0a\x01x"),
+            inbox,
+            "bad_signature",
+            claimed_id=gid,
+        ),
+        _invalid(
+            "signed by a key the receiver does not have",
+            stranger.seal("seed.command", command, stream=inbox, msg_id="stranger-1", ts_ns=TS),
+            inbox,
+            "unknown_key",
+            claimed_id="stranger-1",
+        ),
+        _invalid(
+            "61 s old", good, inbox, "stale", claimed_id=gid, verified=True, now_ns=TS + 61 * S
+        ),
+        _invalid(
+            "61 s ahead",
+            good,
+            inbox,
+            "from_future",
+            claimed_id=gid,
+            verified=True,
+            now_ns=TS - 61 * S,
+        ),
+        _invalid(
+            "kind without a type",
+            signer.seal("no.such.kind", b"", stream=inbox, msg_id="nokind-1", ts_ns=TS),
+            inbox,
+            "unknown_kind",
+            claimed_id="nokind-1",
+            verified=True,
+        ),
+        _invalid("a v1 frame", v1, inbox, "unsupported_version", claimed_id="v1-id"),
+        _invalid("truncated", good[:-5], inbox, "bad_frame"),
+        _invalid(
+            "31-byte signature",
+            _reencode(good, 10, b"\x00" * 31),
+            inbox,
+            "bad_frame",
+            claimed_id=gid,
+        ),
+        _invalid(
+            "nested array in a header field",
+            _reencode(good, 6, [[], [], []]),
+            inbox,
+            "bad_frame",
+            claimed_id=gid,
+        ),
+        _invalid(
+            "one array of 2000 empty arrays", b"\xdc\x07\xd0" + b"\x90" * 2000, inbox, "bad_frame"
+        ),
+        _invalid(
+            "nested arrays in a frame past 1 KiB",
+            _reencode(bytes.fromhex(valid[3]["frame_hex"]), 6, [[[]] * 11] * 11),
+            streams.inbox("t2", "telemetry"),
+            "bad_frame",
+            claimed_id=valid[3]["fields"]["id"],
+        ),
+        _invalid("over the frame limit", good, inbox, "too_large", max_bytes=64),
+    ]
+    return {
+        "format": "kasmina-wire-vectors",
+        "version": VERSION,
+        "spec": "docs/wire.md",
+        "keys": _ring(K1.id).to_json(),
+        "valid": valid,
+        "invalid": invalid,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--check", action="store_true", help="compare, do not write")
+    args = parser.parse_args()
+    text = json.dumps(build(), indent=1, ensure_ascii=False) + "\n"
+    if args.check:
+        if OUT.read_text(encoding="utf-8") != text:
+            print(f"{OUT} is out of date: run python scripts/wire_vectors.py", file=sys.stderr)
+            return 1
+        return 0
+    OUT.write_text(text, encoding="utf-8")
+    print(f"wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
