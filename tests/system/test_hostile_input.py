@@ -89,7 +89,7 @@ async def test_hostile_inputs_change_nothing_and_are_counted(bus: Bus, run_id: s
             {FRAME: signer.seal("barrier.vote", pb.BarrierVote(rank=0), stream=seed_inbox)},
         )
         # 10 truncated msgpack
-        await bus.publish(seed_inbox, {FRAME: msgpack.packb([1, "seed.command"])})
+        await bus.publish(seed_inbox, {FRAME: msgpack.packb([2, "seed.command"])})
         await cl.settle()
 
         assert await cl.stage(SLOT) == before_stage
