@@ -429,15 +429,17 @@ async def chaos_seed(
     workdir: Path | None = None,
     aof_fsync: str = "always",
     aof: bool = True,
+    replicas: int = 2,
     **plan_kw: Any,
 ) -> ChaosResult:
     """Run the plan of ``seed`` fault-free, then with its faults; compare. A plan with failovers
-    runs on a Sentinel-managed primary with two replicas."""
+    runs on a Sentinel-managed primary with ``replicas`` replicas (with one, writes wait after a
+    failover until the killed server is back as a replica)."""
     plan = make_plan(seed, **plan_kw)
     ring = KeyRing.generate()
     base = workdir or Path(tempfile.mkdtemp(prefix="kasmina-chaos-"))
     servers: contextlib.AbstractContextManager[Servers] = (
-        redis_sentinel(replicas=2, aof=aof)
+        redis_sentinel(replicas=replicas, aof=aof)
         if plan.failovers
         else redis_server(aof=aof, appendfsync=aof_fsync)
     )

@@ -83,12 +83,13 @@ async def test_small_chaos_run_matches_the_fault_free_run(tmp_path: Path) -> Non
 @pytest.mark.redis
 @pytest.mark.skipif(not Path(REDIS_SERVER).exists(), reason="needs redis-server")
 async def test_failover_mid_run_matches_the_fault_free_run(tmp_path: Path) -> None:
-    """The primary of a Sentinel-managed setup is SIGKILLed mid-run and a replica promoted: the
-    ``kasmina run`` processes and the trainer carry on without a restart; every command has
-    exactly one outcome, no transition is lost or doubled, the log re-folds and verifies."""
+    """The primary of a Sentinel-managed pair is SIGKILLed mid-run and its replica promoted
+    (writes wait for the killed server to return as a replica, ``wait=1``): the ``kasmina run``
+    processes and the trainer carry on without a restart; every command has exactly one
+    outcome, no transition is lost or doubled, the log re-folds and verifies."""
     result = await chaos_seed(
         5, workdir=tmp_path, steps=40, slots=4, seed_processes=2, commands=10,
-        kills=0, redis_restarts=0, failovers=1, aof=False,
+        kills=0, redis_restarts=0, failovers=1, aof=False, replicas=1,
     )  # fmt: skip
     summary = result.summary()
     assert result.problems == [], summary
