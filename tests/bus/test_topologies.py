@@ -237,3 +237,59 @@ async def test_topology_bench_reports_ratios_against_one_server() -> None:
     base = figures[0]["value"]
     assert base > 0 and all(f["baseline"] == base and f["value"] > 0 for f in figures)
     assert all(f["ratio"] == round(f["value"] / base, 3) for f in figures)
+
+
+@pytest.mark.slow
+async def test_a_consumer_keeps_committing_while_its_slot_migrates(cluster: LocalCluster) -> None:
+    """A producer and a consumer (Consumer loop, commit with appends) run while the run's slot
+    moves key by key to another primary and back: every entry is committed exactly once."""
+    from bus import Consumer
+
+    tag = uuid.uuid4().hex[:8]
+    inbox, events, group = f"kasmina:{{{tag}}}:inbox", f"kasmina:{{{tag}}}:events", "g"
+    bus = RedisStreamBus.from_url(cluster.url, retries=40, backoff_cap_s=0.1)
+    total = 400
+    try:
+        await bus.ensure_group(inbox, group)
+        consumer = Consumer(bus, inbox, group, "c", batch=16, block_ms=50,
+                            dead_stream=f"kasmina:{{{tag}}}:dead")  # fmt: skip
+        slot = cluster.keyslot(inbox)
+        home = cluster.owner(slot)
+        away = next(p for p in cluster.primaries if p is not home)
+        done = 0
+
+        async def produce() -> None:
+            for i in range(total):
+                n = str(i).encode()
+                while True:  # a lost reply: look before sending again, as publishers do
+                    try:
+                        await bus.publish(inbox, {"n": n})
+                        break
+                    except BusUnavailable:
+                        if any(e.fields["n"] == n for e in await bus.range(inbox, count=None)):
+                            break
+                await anyio.sleep(0.002)
+
+        async def move() -> None:
+            for target in (away, home):
+                await anyio.to_thread.run_sync(
+                    lambda t=target: cluster.migrate_slot(slot, t, batch=1)
+                )
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce)
+            tg.start_soon(move)
+            async for batch in consumer.batches():
+                appends = [[Append(events, {"n": e.fields["n"]})] for e in batch]
+                await bus.commit(
+                    [Handled(e, group, a) for e, a in zip(batch, appends, strict=True)]
+                )
+                done += len(batch)
+                if done >= total:
+                    await consumer.close()
+        logged = sorted(int(e.fields["n"]) for e in await bus.range(events))
+        assert logged == list(range(total))
+        assert (await bus.info(inbox)).groups[0].pending == 0
+        assert cluster.owner(slot) is home
+    finally:
+        await bus.close()
