@@ -233,10 +233,13 @@ async def test_topology_bench_reports_ratios_against_one_server() -> None:
         "bus.topology.cluster3_e2e_rate",
         "bus.topology.replica_nowait_e2e_rate",
         "bus.topology.replica_wait1_e2e_rate",
+        "bus.topology.wait1_publish_round_trip",
     ]
-    base = figures[0]["value"]
-    assert base > 0 and all(f["baseline"] == base and f["value"] > 0 for f in figures)
-    assert all(f["ratio"] == round(f["value"] / base, 3) for f in figures)
+    rates, (round_trip,) = figures[:4], figures[4:]
+    base = rates[0]["value"]
+    assert base > 0 and all(f["baseline"] == base and f["value"] > 0 for f in rates)
+    assert all(f["ratio"] == round(f["value"] / base, 3) for f in rates)
+    assert round_trip["unit"] == "ms" and round_trip["value"] > 0 and round_trip["baseline"] > 0
 
 
 @pytest.mark.slow
