@@ -21,9 +21,10 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from actors.delivery import since, written
+from actors.eventlog import LogRecord, read_log
 from actors.hosting import FRAME
-from bus import Bus, BusUnavailable, Entry, backoff_s
-from contracts import REGISTRY, ContractError, Signer, Verifier, streams
+from bus import Bus, BusUnavailable, backoff_s
+from contracts import REGISTRY, Signer, Verifier, kinds, streams
 from leyline import pb
 
 T = TypeVar("T")
@@ -199,30 +200,19 @@ class KasminaClient:
 
     async def _scan(self, stream: str, cursors: dict[str, str], command_id: str) -> Outcome | None:
         """The command's outcome among ``stream``'s entries after its cursor (advanced)."""
-        while True:
-            page = await self.bus.range(stream, f"({cursors[stream]}", "+", count=500)
-            for entry in page:
-                cursors[stream] = entry.id
-                found = self._match(entry, command_id)
-                if found is not None:
-                    return found
-            if len(page) < 500:
-                return None
+        start = f"({cursors[stream]}"
+        async for record in read_log(self.bus, stream, self.verifier, start=start, page=500):
+            cursors[stream] = record.entry_id
+            if isinstance(record, LogRecord) and _answers(record, command_id):
+                return Outcome(command_id, record.kind, record.message, record.entry_id)
+        return None
 
-    def _match(self, entry: Entry, command_id: str) -> Outcome | None:
-        frame, entry_id = entry.fields.get(FRAME), entry.id
-        if frame is None:
-            return None
-        try:
-            env = self.verifier.open(frame, stream=entry.stream)
-        except ContractError:
-            return None
-        if env.kind not in ("lifecycle.transition", "lifecycle.refused", "rejection"):
-            return None
-        message = REGISTRY.parse(env.kind, env.body)
-        if env.kind == "rejection":
-            assert isinstance(message, pb.Rejection)
-            hit = message.message_id == command_id
-        else:
-            hit = getattr(message, "command_id", "") == command_id
-        return Outcome(command_id, env.kind, message, entry_id) if hit else None
+
+def _answers(record: LogRecord, command_id: str) -> bool:
+    """Whether ``record`` is the outcome of the command ``command_id``."""
+    if record.kind == kinds.REJECTION:
+        assert isinstance(record.message, pb.Rejection)
+        return bool(record.message.message_id == command_id)
+    if record.kind in (kinds.LIFECYCLE_TRANSITION, kinds.LIFECYCLE_REFUSED):
+        return bool(getattr(record.message, "command_id", "") == command_id)
+    return False

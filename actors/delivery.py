@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from actors.hosting import FRAME
-from bus import Bus
+from bus import Bus, aiter_entries
 
 __all__ = ["since", "written"]
 
@@ -23,10 +23,7 @@ def since(window_s: float) -> str:
 
 async def written(bus: Bus, stream: str, frame: bytes, start: str) -> bool:
     """Whether ``frame`` is in ``stream`` at or after id ``start``."""
-    while True:
-        page = await bus.range(stream, start, "+", count=1000)
-        if any(e.fields.get(FRAME) == frame for e in page):
+    async for entry in aiter_entries(bus, stream, start=start):
+        if entry.fields.get(FRAME) == frame:
             return True
-        if len(page) < 1000:
-            return False
-        start = "(" + page[-1].id
+    return False

@@ -19,11 +19,11 @@ from typing import Any
 
 import anyio
 
-from actors.hosting import FRAME
+from actors.eventlog import LogRecord, read_log
 from actors.replay import RunState, fold_events
 from bus import Bus, is_redis_url, open_bus
 from bus.testing import purge_prefix
-from contracts import REGISTRY, ContractError, KeyRing, Verifier, streams
+from contracts import KeyRing, Verifier, streams
 from scenarios.cluster import read_events, running_cluster
 from scenarios.expect import check, observe, stage_of
 from scenarios.faults import Harness, ScenarioFault
@@ -105,22 +105,12 @@ class _Tail:
     async def refresh(self, ring: KeyRing) -> RunState:
         """Read and fold the entries appended since the last call."""
         verifier = Verifier(ring, replay=True)
-        stream = streams.events(self.run)
+        start = f"({self.cursor}" if self.cursor else "-"
         tail: list[tuple[str, str, Any]] = []
-        while True:
-            start = f"({self.cursor}" if self.cursor else "-"
-            page = await self.bus.range(stream, start, "+", count=1000)
-            for entry in page:
-                self.cursor = entry.id
-                frame = entry.fields.get(FRAME)
-                try:
-                    env = verifier.open(frame, stream=stream) if frame is not None else None
-                except ContractError:
-                    env = None
-                if env is not None:
-                    tail.append((entry.id, env.kind, REGISTRY.parse(env.kind, env.body)))
-            if len(page) < 1000:
-                break
+        async for record in read_log(self.bus, streams.events(self.run), verifier, start=start):
+            self.cursor = record.entry_id
+            if isinstance(record, LogRecord):
+                tail.append(record.event)
         self.events += tail
         self.state = fold_events(tail, start=self.state)
         return self.state

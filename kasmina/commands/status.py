@@ -9,12 +9,11 @@ from typing import Any
 
 import anyio
 
-from actors.eventlog import read_verified
-from actors.hosting import FRAME
+from actors.eventlog import LogRecord, read_log, read_verified
 from actors.replay import fold_events
 from actors.seed import stage_name
 from bus import Bus, aiter_entries, open_bus
-from contracts import REGISTRY, ContractError, KeyRing, Verifier, streams
+from contracts import KeyRing, Verifier, streams
 from kasmina.common import add_keys, add_redis, emit_json, load_keys, redis_url, run_id
 from leyline import pb
 
@@ -32,14 +31,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 async def _actors(bus: Bus, run: str, ring: KeyRing) -> list[dict[str, Any]]:
     verifier = Verifier(ring, replay=True)
     latest: dict[str, pb.Heartbeat] = {}
-    for entry in await bus.range(streams.heartbeats(run)):
-        try:
-            env = verifier.open(entry.fields.get(FRAME, b""), stream=entry.stream)
-            beat = REGISTRY.parse(env.kind, env.body)
-        except ContractError:
-            continue
-        if isinstance(beat, pb.Heartbeat):
-            latest[beat.actor] = beat
+    async for record in read_log(bus, streams.heartbeats(run), verifier):
+        if isinstance(record, LogRecord) and isinstance(record.message, pb.Heartbeat):
+            latest[record.message.actor] = record.message
     now = time.time_ns()
     return [
         {

@@ -27,11 +27,11 @@ from typing import Any
 import anyio
 from anyio.streams.text import TextReceiveStream
 
-from actors.hosting import FRAME
+from actors import eventlog
 from bus import Bus, BusUnavailable, open_bus
 from bus.servers import LocalSentinel, redis_sentinel
 from bus.testing import RedisServer, redis_server
-from contracts import REGISTRY, ContractError, KeyRing, Verifier, streams
+from contracts import KeyRing, Verifier, streams
 from leyline import pb
 from scenarios.chaos.check import LogEntry, RunRecord, compare, record_of
 from scenarios.chaos.hostile import Hostile
@@ -125,41 +125,21 @@ class ChaosResult:
 async def read_log(bus: Bus, run: str, ring: KeyRing) -> list[LogEntry]:
     """The run's event stream, MAC-checked and parsed, with each event's causation id."""
     verifier = Verifier(ring, replay=True)
-    out: list[LogEntry] = []
-    start = "-"
-    while True:
-        page = await bus.range(streams.events(run), start, "+", count=2000)
-        for entry in page:
-            try:
-                env = verifier.open(entry.fields[FRAME], stream=entry.stream)
-                out.append(
-                    (entry.id, env.kind, REGISTRY.parse(env.kind, env.body), env.causation_id)
-                )
-            except (KeyError, ContractError):
-                continue
-        if len(page) < 2000:
-            return out
-        start = "(" + page[-1].id
+    return [
+        (r.entry_id, r.kind, r.message, r.envelope.causation_id)
+        async for r in eventlog.read_log(bus, streams.events(run), verifier)
+        if isinstance(r, eventlog.LogRecord)
+    ]
 
 
 async def read_rejections(bus: Bus, run: str, ring: KeyRing) -> list[pb.Rejection]:
     """Every rejection record of the run (what ``kasmina status`` counts by reason)."""
     verifier = Verifier(ring, replay=True)
-    out = []
-    start = "-"
-    while True:
-        page = await bus.range(streams.rejected(run), start, "+", count=5000)
-        for entry in page:
-            try:
-                env = verifier.open(entry.fields[FRAME], stream=entry.stream)
-            except (KeyError, ContractError):
-                continue
-            message = REGISTRY.parse(env.kind, env.body)
-            if isinstance(message, pb.Rejection):
-                out.append(message)
-        if len(page) < 5000:
-            return out
-        start = "(" + page[-1].id
+    return [
+        r.message
+        async for r in eventlog.read_log(bus, streams.rejected(run), verifier)
+        if isinstance(r, eventlog.LogRecord) and isinstance(r.message, pb.Rejection)
+    ]
 
 
 async def stream_table(bus: Bus, run: str) -> dict[str, dict[str, int]]:
