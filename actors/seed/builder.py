@@ -18,6 +18,7 @@ from typing import Any
 from actors.core import Context, Decision, Message, Outgoing, next_boundary
 from actors.seed.lifecycle import Gate, Stage, gate_name, stage_name
 from actors.seed.state import SeedState, evolve
+from actors.seed.wait import Wait
 from leyline import pb
 
 __all__ = ["Builder"]
@@ -108,14 +109,13 @@ class Builder:
     def await_order(self, stage: Stage, what: str = "", **fields: object) -> pb.ExecutionOrder:
         """Record that the slot awaits the ack of a new order, and send it."""
         order_id = self.new_id()
-        label = f"ack:{stage_name(stage)}" + (f":{what}" if what else "")
-        self.progress(awaiting=label, pending_id=order_id)
+        self.progress(awaiting=str(Wait.ack(stage_name(stage), what)), pending_id=order_id)
         return self.order(stage, order_id, **fields)
 
     def request_gate(self, gate: Gate, metrics: Mapping[str, float], blueprint: str = "") -> None:
         """Record that the slot awaits a gate result, and send the GateRequest."""
         request_id = self.new_id()
-        self.progress(awaiting=f"gate:{gate_name(gate)}", pending_id=request_id)
+        self.progress(awaiting=str(Wait.gate(gate_name(gate))), pending_id=request_id)
         request = pb.GateRequest(
             request_id=request_id,
             slot=self.state.slot,

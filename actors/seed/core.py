@@ -36,6 +36,7 @@ from actors.gates.checks import describe_failures
 from actors.seed.builder import Builder
 from actors.seed.lifecycle import ACTIVE, EXIT_GATE, gate_name, stage_budget, stage_name
 from actors.seed.state import SeedState
+from actors.seed.wait import Wait
 from contracts import evidence as ev
 from leyline import pb
 
@@ -157,7 +158,10 @@ def _germinate(b: Builder, g: pb.Germinate) -> None:
     else:
         order_id = b.new_id()
         b.progress(
-            awaiting="g0_evidence", pending_id=order_id, germinate=g, baseline_acc=st.val_acc
+            awaiting=str(Wait.evidence()),
+            pending_id=order_id,
+            germinate=g,
+            baseline_acc=st.val_acc,
         )
         b.order(
             S.SEED_STAGE_GERMINATED,
@@ -180,8 +184,7 @@ def _pause(b: Builder, pause: bool) -> None:
         b.progress(**_pause_fields(b, pause))  # no seed: nothing to tell execution
     else:
         order_id = b.new_id()
-        label = f"ack:{stage_name(st.stage)}:{action}"
-        b.progress(awaiting=label, pending_id=order_id)
+        b.progress(awaiting=str(Wait.ack(stage_name(st.stage), action)), pending_id=order_id)
         order = b.order(st.stage, order_id)
         order.paused = pause
 
@@ -244,8 +247,7 @@ def _order_reset(b: Builder) -> None:
 def _on_gate_result(b: Builder, res: pb.GateResult) -> None:
     st = b.state
     request = f"gate {gate_name(res.gate)} result"
-    expected = f"gate:{gate_name(res.gate)}"
-    if st.awaiting != expected or res.request_id != st.pending_id:
+    if st.awaiting != Wait.gate(gate_name(res.gate)) or res.request_id != st.pending_id:
         b.refuse(
             request, f"unexpected (awaiting {st.awaiting or 'nothing'}, request {res.request_id!r})"
         )
@@ -285,18 +287,15 @@ def _on_gate_result(b: Builder, res: pb.GateResult) -> None:
 def _on_ack(b: Builder, ack: pb.ExecutionAck) -> None:
     st = b.state
     request = f"ack of {stage_name(ack.stage)} order"
-    awaits_ack = st.awaiting is not None and (
-        st.awaiting == "g0_evidence" or st.awaiting.startswith("ack:")
-    )
-    if not awaits_ack or ack.order_id != st.pending_id:
+    wait = st.awaiting
+    if wait is None or not wait.acked or ack.order_id != st.pending_id:
         b.refuse(
             request, f"unexpected (awaiting {st.awaiting or 'nothing'}, order {ack.order_id!r})"
         )
         return
     b.chain = st.command_id  # the awaited ack: its outcome belongs to the waiting chain
-    label = st.awaiting or ""
     failed = "" if ack.ok else f"execution failed: {ack.error or 'no reason given'}"
-    if label == "g0_evidence":
+    if wait.kind == "evidence":
         if failed:
             b.progress(acked_id=ack.order_id)
             b.refuse("germinate", failed)
@@ -308,8 +307,7 @@ def _on_ack(b: Builder, ack: pb.ExecutionAck) -> None:
         metrics[ev.SLOT_EMBARGOED] = 0.0
         b.request_gate(G.SEED_GATE_G0_SANITY, metrics, ack.evidence.blueprint or st.blueprint)
         return
-    _, _, what = label.partition(":")
-    stage_label, _, sub = what.partition(":")
+    stage_label, sub = wait.name, wait.what
     if sub:  # an in-stage order: pause / resume / adjust / drop_probe
         fields: dict[str, Any] = {}
         if not failed and sub in ("pause", "resume"):

@@ -33,6 +33,7 @@ from actors.core import (
     digest_plain,
 )
 from actors.seed.lifecycle import Stage, is_allowed, stage_name
+from actors.seed.wait import Wait
 from leyline import pb
 
 __all__ = [
@@ -60,7 +61,7 @@ class SeedState:
     seq: int = 0
     stage_entered_step: int = 0
     last_step: int = 0
-    awaiting: str | None = None  # None | "g0_evidence" | "gate:<G>" | "ack:<STAGE>[:<what>]"
+    awaiting: Wait | None = None  # what the slot waits for (text only on the wire)
     pending_id: str = ""
     command_id: str = ""  # the command whose chain the current wait belongs to ("" = none)
     recent_acks: tuple[str, ...] = ()  # ids of the last RECENT_ACKS acknowledged orders
@@ -155,7 +156,7 @@ def _progress(state: SeedState, ev: pb.LifecycleProgress) -> SeedState:
     if ev.HasField("awaiting"):
         waiting = bool(ev.awaiting)
         changes.update(
-            awaiting=ev.awaiting or None,
+            awaiting=Wait.parse(ev.awaiting),
             pending_id=ev.pending_id if waiting else "",
             command_id=ev.command_id if waiting else "",
         )
@@ -186,6 +187,7 @@ def to_plain(state: SeedState) -> dict[str, Any]:
     plain["stage"] = int(state.stage)
     plain["params"] = [[k, v] for k, v in state.params]
     plain["recent_acks"] = list(state.recent_acks)
+    plain["awaiting"] = None if state.awaiting is None else str(state.awaiting)
     return plain
 
 
@@ -195,6 +197,7 @@ def from_plain(plain: dict[str, Any]) -> SeedState:
     data["stage"] = _S.ValueType(int(data["stage"]))
     data["params"] = tuple((str(k), float(v)) for k, v in data["params"])
     data["recent_acks"] = tuple(str(x) for x in data["recent_acks"])
+    data["awaiting"] = Wait.parse(data["awaiting"] or "")
     return SeedState(**data)
 
 

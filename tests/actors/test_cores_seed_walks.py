@@ -155,9 +155,11 @@ def test_stale_or_mismatched_result_and_ack_refused() -> None:
     wrong = sim.ack_for(order)
     wrong.order_id = "other"
     d = sim.send(wrong)
-    assert isinstance(d.events[-1], pb.LifecycleRefused) and sim.state.awaiting == "g0_evidence"
+    assert (
+        isinstance(d.events[-1], pb.LifecycleRefused) and str(sim.state.awaiting) == "g0_evidence"
+    )
     sim.send(sim.ack_for(order))
-    assert sim.state.awaiting == "gate:G0_SANITY"
+    assert str(sim.state.awaiting) == "gate:G0_SANITY"
     d = sim.send(
         pb.GateResult(request_id="stale", slot=sim.slot, gate=G.SEED_GATE_G0_SANITY, passed=True)
     )
