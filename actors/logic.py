@@ -64,6 +64,9 @@ class PureLogic(Generic[S]):
         return decision
 
     def apply(self, decision: Decision) -> None:
+        if decision.folded is not None:  # the core folded its events while deciding
+            self.state = decision.folded
+            return
         state = self.state
         for event in decision.events:
             state = self.spec.evolve(state, event)

@@ -104,6 +104,7 @@ class ActorShell:
         self.process = process
         self.heartbeat_s = heartbeat_s
         self.events_stream = streams.events(run)
+        self.telemetry_stream = streams.telemetry(run)
         self.lease = OwnershipLease(
             bus, run, self.group, process=process, ttl_s=config.bus.owner_ttl_s, name=logic.name
         )
@@ -230,8 +231,10 @@ class ActorShell:
         for out in decision.outgoing:  # one frame per destination
             targets = await self.router.inboxes(out.to, out.key)
             appends += [self._append(s, out.message, env.id) for s in targets]
-        telemetry, maxlen = streams.telemetry(self.run_id), self.config.bus.telemetry_maxlen
-        appends += [self._append(telemetry, m, env.id, maxlen) for m in decision.telemetry]
+        maxlen = self.config.bus.telemetry_maxlen
+        appends += [
+            self._append(self.telemetry_stream, m, env.id, maxlen) for m in decision.telemetry
+        ]
         return Handled(entry, self.group, appends), decision
 
     def _with_digests(self, item: Handled, env_id: str) -> Handled:

@@ -3,10 +3,11 @@ passes before a core sees it."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from math import isfinite
 
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from bus import Bus, Consumer
@@ -45,25 +46,49 @@ def inbox_consumer(
     )
 
 
-def _finite_value(value: object) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, Message):
-        return finite(value)
+_DOUBLE, _FLOAT, _MESSAGE = (
+    FieldDescriptor.TYPE_DOUBLE,
+    FieldDescriptor.TYPE_FLOAT,
+    FieldDescriptor.TYPE_MESSAGE,
+)
+_MAP_ENTRY: dict[FieldDescriptor, bool] = {}  # field -> whether it is a map (cached)
+
+
+def _is_map(desc: FieldDescriptor) -> bool:
+    known = _MAP_ENTRY.get(desc)
+    if known is None:
+        entry = desc.message_type
+        known = _MAP_ENTRY[desc] = entry is not None and bool(entry.GetOptions().map_entry)
+    return known
+
+
+def _all_finite(values: Iterable[object]) -> bool:
+    for v in values:
+        if isinstance(v, float):
+            if not isfinite(v):
+                return False
+        elif isinstance(v, Message) and not finite(v):
+            return False
     return True
 
 
 def finite(message: Message) -> bool:
     """True if every float field (recursively, maps included) is finite."""
     for desc, value in message.ListFields():
-        if desc.type in (desc.TYPE_DOUBLE, desc.TYPE_FLOAT):
-            values: Iterable[object] = value if desc.is_repeated else [value]
-        elif desc.message_type is None:
-            continue
-        elif desc.message_type.GetOptions().map_entry:
-            values = value.values()
-        else:
-            values = value if desc.is_repeated else [value]
-        if not all(_finite_value(v) for v in values):
-            return False
+        kind = desc.type
+        if kind in (_DOUBLE, _FLOAT):
+            if desc.is_repeated:
+                if not _all_finite(value):
+                    return False
+            elif not isfinite(value):
+                return False
+        elif kind == _MESSAGE:
+            if _is_map(desc):
+                if not _all_finite(value.values()):
+                    return False
+            elif desc.is_repeated:
+                if not _all_finite(value):
+                    return False
+            elif not finite(value):
+                return False
     return True

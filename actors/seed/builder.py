@@ -130,4 +130,4 @@ class Builder:
 
     def decision(self) -> Decision:
         """The finished decision."""
-        return Decision(events=tuple(self.events), outgoing=tuple(self.outgoing))
+        return Decision(events=tuple(self.events), outgoing=tuple(self.outgoing), folded=self.state)

@@ -178,7 +178,23 @@ def _progress(state: SeedState, ev: pb.LifecycleProgress) -> SeedState:
         changes["strikes"] = ev.strikes
     if ev.HasField("retry_at"):
         changes["retry_at"] = ev.retry_at
-    return replace(state, **changes)
+    return _replace(state, changes)
+
+
+_FIELDS = SeedState.__slots__
+_FIELD_SET = frozenset(_FIELDS)
+_new, _set = object.__new__, object.__setattr__
+
+
+def _replace(state: SeedState, changes: dict[str, Any]) -> SeedState:
+    """``dataclasses.replace`` for the hot path (one per step report): the same result, half
+    the cost (no ``__init__`` call over every field)."""
+    if not changes.keys() <= _FIELD_SET:
+        raise TypeError(f"not SeedState fields: {sorted(changes.keys() - _FIELD_SET)}")
+    new: SeedState = _new(SeedState)
+    for name in _FIELDS:
+        _set(new, name, changes[name] if name in changes else getattr(state, name))
+    return new
 
 
 def to_plain(state: SeedState) -> dict[str, Any]:
