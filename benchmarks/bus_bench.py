@@ -1,13 +1,18 @@
 """Bus benchmark: end-to-end signed message rate and latency against a raw redis-py loop.
 
 Figures: ``{"bench", "value", "unit", "baseline", "ratio"}``; ``baseline`` is measured in the
-same run (raw redis-py: pipelined XADD, XREADGROUP, XACK, no signing, no dedupe).
+same run: the warm raw loop (raw redis-py: pipelined XADD, XREADGROUP, XACK, no signing, no
+dedupe). Every arm is warm: its producer process is started (and has imported everything) before
+its clock starts, and one untimed round runs first. The arms are interleaved over ``ROUNDS``
+rounds (their order rotating) and each figure is the median of its rounds, so a load change on a
+shared machine hits every arm alike.
 Usage: python -m benchmarks.bus_bench [URL] [N]
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 import uuid
@@ -27,6 +32,16 @@ from contracts.registry import KINDS
 BODY = bytes(range(200))
 CHUNK = 512
 BATCH = 1024
+ROUNDS = 3
+
+
+def _ready() -> None:
+    """Run in the producer process before an arm's clock: the process is up, its imports done."""
+
+
+async def warm_producer() -> None:
+    """Start (or keep) the producer process, so no arm's clock pays for starting it."""
+    await anyio.to_process.run_sync(_ready)
 
 
 def _produce_signed(url: str, stream: str, n: int, ring_json: dict[str, Any]) -> None:
@@ -72,6 +87,7 @@ async def _signed_rate(url: str, n: int, prefix: str, *, guarded: bool = False) 
     async def produce() -> None:
         await anyio.to_process.run_sync(_produce_signed, url, stream, n, ring.to_json())
 
+    await warm_producer()
     t0 = time.perf_counter()
     async with anyio.create_task_group() as tg:
         tg.start_soon(produce)
@@ -96,7 +112,7 @@ async def _signed_rate(url: str, n: int, prefix: str, *, guarded: bool = False) 
     return n / elapsed
 
 
-async def _raw_rate(url: str, n: int, prefix: str) -> float:
+async def raw_rate(url: str, n: int, prefix: str) -> float:
     """Raw redis-py: pipelined XADD, XREADGROUP COUNT, one XACK per batch, msg/s."""
     client = aioredis.Redis.from_url(url)
     stream, group = prefix + "raw", "g"
@@ -107,6 +123,7 @@ async def _raw_rate(url: str, n: int, prefix: str) -> float:
     async def produce() -> None:
         await anyio.to_process.run_sync(_produce_raw, url, stream, n, payload)
 
+    await warm_producer()
     t0 = time.perf_counter()
     async with anyio.create_task_group() as tg:
         tg.start_soon(produce)
@@ -204,6 +221,21 @@ async def _purge(client: Any, prefix: str) -> None:
         await client.delete(*keys[i : i + 1000])
 
 
+async def interleaved(
+    arms: dict[str, Callable[[int], Awaitable[float]]], n: int, rounds: int = ROUNDS
+) -> dict[str, float]:
+    """Each arm's median rate over ``rounds`` interleaved rounds of ``n`` messages (the order
+    rotating each round), after one untimed warm-up round of a tenth of that."""
+    for arm in arms.values():
+        await arm(max(1_000, n // 10))
+    names = list(arms)
+    seen: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            seen[name].append(await arms[name](n))
+    return {name: statistics.median(values) for name, values in seen.items()}
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -215,9 +247,13 @@ async def run_bus_bench(
     """Run every bus benchmark against ``url``, then (``topologies``) the e2e rate on a
     cluster and with ``WAIT 1`` against one server on throwaway local servers; the figures."""
     prefix = f"kasmina:{{bench-{uuid.uuid4().hex[:8]}}}:"  # a run's key space
-    raw = await _raw_rate(url, n, prefix)
-    signed = await _signed_rate(url, n, prefix)
-    guarded = await _signed_rate(url, n, prefix, guarded=True)
+    arms: dict[str, Callable[[int], Awaitable[float]]] = {
+        "raw": lambda k: raw_rate(url, k, prefix),
+        "signed": lambda k: _signed_rate(url, k, prefix),
+        "guarded": lambda k: _signed_rate(url, k, prefix, guarded=True),
+    }
+    rates = await interleaved(arms, n)
+    raw, signed, guarded = rates["raw"], rates["signed"], rates["guarded"]
     raw_lat = await _latency(url, prefix, latency_s, 1000, _raw_latency)
     lat = await _latency(url, prefix, latency_s, 1000, _signed_latency)
     extra: list[dict[str, Any]] = []
