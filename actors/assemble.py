@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
-from actors.logic import build_logic
+from actors.logic import TelemetryLogic, build_logic
 from actors.shell import ActorShell
 from bus import Bus, RedisNonceGuard
 from contracts import KasminaConfig, KeyRing, Signer, Verifier, streams
@@ -85,3 +86,16 @@ def build_shells(
                 )
             )
     return shells
+
+
+def services(
+    shells: Sequence[ActorShell], config: KasminaConfig
+) -> list[Callable[..., Coroutine[Any, Any, Any]]]:
+    """What runs beside the shells in the supervisor's task group: the TelemetryActor's metrics
+    server, when ``telemetry.prometheus_port`` is set and this process hosts that actor."""
+    port = config.telemetry.prometheus_port
+    return [
+        shell.logic.metrics_server(port).serve
+        for shell in shells
+        if port is not None and isinstance(shell.logic, TelemetryLogic)
+    ]

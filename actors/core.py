@@ -64,7 +64,7 @@ class SeqDuplicate(ReplayError):
 
 
 class IllegalTransition(ReplayError):
-    """A lifecycle transition that the DESIGN §2 table does not allow, or from the wrong stage."""
+    """A lifecycle transition that the docs/design.md §2 table does not allow, or from the wrong stage."""
 
 
 class UnknownEvent(ReplayError):

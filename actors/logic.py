@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import Message
@@ -17,7 +15,8 @@ from actors.gates import spec as gates_spec
 from actors.hosting import Meta
 from actors.safety import spec as safety_spec
 from actors.seed import spec as seed_spec
-from actors.telemetry import CONTENT_TYPE, TelemetryAggregator, render
+from actors.telemetry import TelemetryAggregator, render
+from actors.telemetry.server import MetricsServer
 from actors.telemetry.spec import SPEC as TELEMETRY_SPEC
 from contracts import KasminaConfig, Reason, kinds
 from leyline import pb
@@ -112,45 +111,14 @@ class TelemetryLogic:
     def __init__(self, config: KasminaConfig) -> None:
         self.config = config
         self.aggregator = TelemetryAggregator(config.telemetry)
-        self.server: ThreadingHTTPServer | None = None
-        if config.telemetry.prometheus_port is not None:
-            self.serve_metrics(config.telemetry.prometheus_port)
 
     def metrics_text(self) -> bytes:
         """The Prometheus text exposition of the latest global summary and the counters."""
         return render(self.aggregator.latest_global, self.aggregator.stats)
 
-    def serve_metrics(self, port: int, host: str = "127.0.0.1") -> int:
-        """Serve ``GET /metrics`` on ``host:port`` from a daemon thread; returns the bound port."""
-        logic = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.split("?")[0] != "/metrics":
-                    self.send_error(404)
-                    return
-                body = logic.metrics_text()
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                """Quiet: scrapes are not worth a log line."""
-
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        threading.Thread(
-            target=self.server.serve_forever, daemon=True, name="kasmina-metrics"
-        ).start()
-        return int(self.server.server_address[1])
-
-    def close(self) -> None:
-        """Stop the metrics server, if any."""
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
+    def metrics_server(self, port: int, host: str = "127.0.0.1") -> MetricsServer:
+        """The ``GET /metrics`` server of this actor (run it in a task group: ``serve``)."""
+        return MetricsServer(self.metrics_text, port, host)
 
     def handle(self, kind: str, message: Message, meta: Meta) -> Decision:
         decision = self.aggregator.decide(message, time.time())

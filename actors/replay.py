@@ -189,7 +189,7 @@ def _check(c: pb.GateCheck) -> dict[str, Any]:
 
 
 def timeline(events: Iterable[Event], stream: str = "") -> Iterator[dict[str, Any]]:
-    """One JSON-able dict per entry (DESIGN §7 ``replay --json`` field names)."""
+    """One JSON-able dict per entry (docs/design.md §7 ``replay --json`` field names)."""
     for entry_id, kind, message in events:
         row: dict[str, Any] = {
             "entry_id": entry_id,

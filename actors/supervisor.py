@@ -1,5 +1,8 @@
 """Run a set of actor shells in one process under one task group; stop cleanly on SIGTERM/SIGINT.
 
+Services (such as the TelemetryActor's metrics server) run in the same task group: they start
+before the shells and stop with them.
+
 A shell that crashes with a bug of ours is logged and restarted (its state is rebuilt from the
 event stream and its pending entries are re-read), with capped exponential backoff.
 """
@@ -8,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -35,8 +39,15 @@ class _Once:
 class Supervisor:
     """Owns shells; ``run`` returns after ``stop`` or a termination signal."""
 
-    def __init__(self, shells: Sequence[ActorShell], *, max_backoff_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        shells: Sequence[ActorShell],
+        *,
+        services: Sequence[Callable[..., Coroutine[Any, Any, Any]]] = (),
+        max_backoff_s: float = 5.0,
+    ) -> None:
         self.shells = list(shells)
+        self.services = list(services)  # each takes task_status and runs until cancelled
         self.max_backoff_s = max_backoff_s
         self.restarts = 0
         self._stopping = False
@@ -74,6 +85,8 @@ class Supervisor:
         async with anyio.create_task_group() as tg:
             if handle_signals:
                 tg.start_soon(self._signals)
+            for service in self.services:
+                await tg.start(service)
             for shell in self.shells:
                 await tg.start(self._keep, shell)
             task_status.started()

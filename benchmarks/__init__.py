@@ -6,7 +6,7 @@ from typing import Any
 
 
 def figure(bench: str, value: float, unit: str, baseline: float) -> dict[str, Any]:
-    """One figure in the ``kasmina bench --json`` format (DESIGN §7)."""
+    """One figure in the ``kasmina bench --json`` format (docs/design.md §7)."""
     return {
         "bench": bench,
         "value": round(value, 3),

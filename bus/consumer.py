@@ -1,4 +1,4 @@
-"""The consumer loop every actor shell runs (DESIGN §5).
+"""The consumer loop every actor shell runs (docs/design.md §5).
 
 ensure group -> own pending entries (id 0, paged) after start and after every error -> new entries
 with COUNT and BLOCK -> every ``claim_every_s`` claim entries idle longer than ``lease_ms`` ->

@@ -18,7 +18,7 @@ _STRICT = ConfigDict(extra="forbid", frozen=True)
 
 
 class GateThresholds(BaseModel):
-    """Thresholds of gates G0-G5 (DESIGN §3)."""
+    """Thresholds of gates G0-G5 (docs/design.md §3)."""
 
     model_config = _STRICT
 

@@ -1,4 +1,4 @@
-"""The ``kasmina`` command line (DESIGN §7)."""
+"""The ``kasmina`` command line (docs/design.md §7)."""
 
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ class ScenarioResult:
     run: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        """``scenario run --json`` (DESIGN §7): scenario, passed, failures (+ steps, seconds)."""
+        """``scenario run --json`` (docs/design.md §7): scenario, passed, failures (+ steps, seconds)."""
         return {
             "scenario": self.name,
             "passed": self.passed,

@@ -1,4 +1,4 @@
-"""Gates G0-G5 as pure functions of evidence and thresholds (DESIGN §3).
+"""Gates G0-G5 as pure functions of evidence and thresholds (docs/design.md §3).
 
 ``evaluate`` lists every check of the gate with its measured value, threshold and comparator, so
 a replay shows exactly why a gate passed or failed. A check whose evidence is absent fails with

@@ -1,4 +1,4 @@
-"""SeedActor: the lifecycle of one slot as a pure core (DESIGN §2)."""
+"""SeedActor: the lifecycle of one slot as a pure core (docs/design.md §2)."""
 
 from actors.seed.core import decide
 from actors.seed.lifecycle import (

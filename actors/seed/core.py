@@ -1,4 +1,4 @@
-"""SeedActor core: ``decide`` for one slot's lifecycle (DESIGN §2).
+"""SeedActor core: ``decide`` for one slot's lifecycle (docs/design.md §2).
 
 Inputs: ``pb.SeedCommand``, ``pb.StepReport``, ``pb.GateResult``, ``pb.ExecutionAck``,
 ``pb.SafetyVerdict``. Every transition is one of the table's; every request that cannot be

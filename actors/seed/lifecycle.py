@@ -1,4 +1,4 @@
-"""The lifecycle table of DESIGN §2: which stage may follow which, and which gate guards it."""
+"""The lifecycle table of docs/design.md §2: which stage may follow which, and which gate guards it."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ ALLOWED: MappingProxyType[Stage, frozenset[Stage]] = MappingProxyType(
         S.SEED_STAGE_TERMINATED: frozenset(),
     }
 )
-"""DESIGN §2: from-stage -> the stages it may move to."""
+"""docs/design.md §2: from-stage -> the stages it may move to."""
 
 GUARD: MappingProxyType[tuple[Stage, Stage], Gate] = MappingProxyType(
     {

@@ -1,7 +1,7 @@
 """SeedState and its fold: ``evolve(state, event)`` for the three lifecycle event kinds.
 
 Every SeedActor event carries ``seq = previous + 1``; folding a gap or a duplicate raises
-(``actors.core.SeqGap`` / ``SeqDuplicate``), a transition outside the DESIGN §2 table raises
+(``actors.core.SeqGap`` / ``SeqDuplicate``), a transition outside the docs/design.md §2 table raises
 ``IllegalTransition``.
 
 Events:

@@ -7,7 +7,7 @@ import logging
 
 import anyio
 
-from actors.assemble import ACTORS, build_shells
+from actors.assemble import ACTORS, build_shells, services
 from actors.supervisor import Supervisor
 from kasmina.common import CliError, add_keys, add_redis, load_keys, redis_url, run_id
 from kasmina.wiring import connect, load_config
@@ -72,7 +72,7 @@ async def _serve(args: argparse.Namespace) -> None:
     except ValueError as exc:
         await wiring.bus.close()
         raise CliError(str(exc)) from exc
-    supervisor = Supervisor(shells)
+    supervisor = Supervisor(shells, services=services(shells, config))
     logging.getLogger("kasmina").info(
         "serving run %s: %s", wiring.run, ", ".join(s.logic.name for s in shells)
     )

@@ -68,7 +68,7 @@ async def _streams(bus: Bus, run: str) -> list[dict[str, Any]]:
 
 
 async def collect(bus: Bus, run: str, ring: KeyRing) -> dict[str, Any]:
-    """The status object of DESIGN §7."""
+    """The status object of docs/design.md §7."""
     events, _ = await read_verified(bus, streams.events(run), ring)
     state = fold_events(events)
     rejected: Counter[str] = Counter()

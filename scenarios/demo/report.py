@@ -56,7 +56,7 @@ def seeds_by_final_stage(run: DemoRun) -> dict[str, int]:
 
 
 def summary(run: DemoRun, paths: dict[str, Path]) -> dict[str, Any]:
-    """The ``--json`` object (DESIGN §7 fields first)."""
+    """The ``--json`` object (docs/design.md §7 fields first)."""
     results = gate_results(run)
     first = run.germinations[0] if run.germinations else None
     return {

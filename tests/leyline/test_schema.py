@@ -35,12 +35,12 @@ GATES = [
 
 
 def test_stage_enum_matches_design_exactly() -> None:
-    """SeedLifecycleStage has exactly DESIGN §2's names and numbers, in order."""
+    """SeedLifecycleStage has exactly docs/design.md §2's names and numbers, in order."""
     assert [(v.name, v.number) for v in pb.SeedLifecycleStage.DESCRIPTOR.values] == STAGES
 
 
 def test_gate_enum_matches_design_exactly() -> None:
-    """SeedLifecycleGate has exactly DESIGN §3's names and numbers, in order."""
+    """SeedLifecycleGate has exactly docs/design.md §3's names and numbers, in order."""
     assert [(v.name, v.number) for v in pb.SeedLifecycleGate.DESCRIPTOR.values] == GATES
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ["leyline", "contracts", "bus", "actors", "scenarios", "kasmina"]
-# what each package may import from the project (DESIGN §1)
+# what each package may import from the project (docs/design.md §1)
 ALLOWED = {
     "leyline": set(),
     "bus": set(),
@@ -33,7 +33,7 @@ def _project_imports(path: Path) -> set[str]:
 
 
 def test_imports_only_point_down() -> None:
-    """No package imports a package above it in DESIGN §1's list; bus and leyline import none."""
+    """No package imports a package above it in docs/design.md §1's list; bus and leyline import none."""
     bad = []
     for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
