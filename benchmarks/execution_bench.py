@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from actors.execution import ExecutionRuntime, host_parameters, insert_slots
+from actors.execution import ExecutionRuntime, RuntimeConfig, host_parameters, insert_slots
 from leyline import pb
 
 Bridge = Callable[[ExecutionRuntime], AbstractContextManager[Any]]
@@ -69,10 +69,9 @@ class _Arm:
                 self.model,
                 self.slots,
                 self.opt,
-                device=device,
-                probe_every=probe_every,
-                report_every=10,
-                barrier_frequency=1000,
+                RuntimeConfig(
+                    device=device, probe_every=probe_every, report_every=10, barrier_frequency=1000
+                ),
             )
 
     def run(self, x: torch.Tensor, y: torch.Tensor, n: int) -> None:

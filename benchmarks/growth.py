@@ -35,7 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from actors.execution import ExecutionRuntime, get_blueprint, insert_slots, param_count
+from actors.execution import (
+    ExecutionRuntime,
+    RuntimeConfig,
+    get_blueprint,
+    insert_slots,
+    param_count,
+)
 from actors.execution.blueprints import SlotShape
 from leyline import pb
 from scenarios.demo.tasks import SLOT_POINTS, SPECS, Split, batches, build_host, evaluate, load_task
@@ -141,14 +147,16 @@ def arm_grown(task: str, split: Split, seed: int, steps: int, at: int) -> dict[s
         model,
         slots,
         opt,
-        device="cpu",
-        probe_every=0,
-        report_every=0,
-        barrier_frequency=0,
-        blend_steps=stage_len,
+        RuntimeConfig(
+            device="cpu",
+            probe_every=0,
+            report_every=0,
+            barrier_frequency=0,
+            blend_steps=stage_len,
+            seed_salt=seed,
+        ),
         probe_batch=(split.x_train[:256], split.y_train[:256]),
         evaluate=lambda m: evaluate(m, split.x_val, split.y_val),
-        seed_salt=seed,
     )
     slot, blueprint = PLAN[task]
     hp = {"hidden": float(SPECS[task].hidden), "lr": LR, "weight_decay": SEED_WEIGHT_DECAY}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from contracts import evidence as ev
@@ -107,6 +107,8 @@ class SimRuntime:
         self._pending: list[pb.ExecutionOrder] = []
         self._outbox: list[tuple[str, object]] = []
         self.applied_orders: list[tuple[str, int]] = []  # (order_id, step)
+        self.checkpoint_requests: list[tuple[str, int]] = []  # (reason, step)
+        self._notify: Callable[[], None] | None = None
 
     def submit(self, order: pb.ExecutionOrder) -> None:
         with self._lock:
@@ -117,9 +119,19 @@ class SimRuntime:
             out, self._outbox = self._outbox, []
         return out
 
+    def connect(self, notify: Callable[[], None]) -> None:
+        """Call ``notify`` whenever a message is queued."""
+        self._notify = notify
+
+    def request_checkpoint(self, reason: str, step: int = 0) -> None:
+        """Record the request (a simulated runtime has nothing to write)."""
+        self.checkpoint_requests.append((reason, step))
+
     def _put(self, kind: str, message: object) -> None:
         with self._lock:
             self._outbox.append((kind, message))
+        if self._notify is not None:
+            self._notify()
 
     def evidence(self, gate: int | None = None) -> dict[str, float]:
         """Metrics as measured now: passing, with the configured failures."""

@@ -15,9 +15,12 @@ from actors.execution.blueprints import (
     signed_off,
     unregister_blueprint,
 )
+from actors.execution.config import RuntimeConfig, default_device
+from actors.execution.errors import OrderError
 from actors.execution.isolation import IsolationReport, autograd_probe, graph_walk, isolation_signal
 from actors.execution.optim import kd_loss, teacher_logits
-from actors.execution.runtime import ExecutionRuntime, OrderError, default_device
+from actors.execution.protocol import Runtime
+from actors.execution.runtime import ExecutionRuntime
 from actors.execution.slot import SeedSlot, SlottedModule, host_parameters, insert_slots
 from actors.execution.stages import Mode, adaptive_clip, alpha_at
 
@@ -29,6 +32,8 @@ __all__ = [
     "Mode",
     "OrderError",
     "ProbeResult",
+    "Runtime",
+    "RuntimeConfig",
     "SeedSlot",
     "SlotShape",
     "SlottedModule",

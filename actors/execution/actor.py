@@ -13,12 +13,12 @@ import logging
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
-from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
 
 from actors.delivery import since, written
+from actors.execution.protocol import Runtime
 from actors.hosting import FRAME, Rejections, Router, inbox_consumer
 from bus import Append, Bus, BusClosed, BusUnavailable, Consumer, Entry, Handled, backoff_s
 from contracts import REGISTRY, ContractError, Envelope, Reason, Signer, Verifier, streams
@@ -35,7 +35,7 @@ class ExecutionActor:
 
     def __init__(
         self,
-        runtime: Any,  # ExecutionRuntime (kept loose: only submit/drain_outbox/slots are used)
+        runtime: Runtime,
         *,
         bus: Bus,
         run: str,
@@ -68,9 +68,7 @@ class ExecutionActor:
         self._stopping = False
         self._stopped = anyio.Event()
         self._consumer: Consumer | None = None
-        outbox = getattr(runtime, "outbox", None)
-        if outbox is not None and getattr(outbox, "notify", None) is None:
-            outbox.notify = self.notify  # wake the flusher when the training thread queues
+        runtime.connect(self.notify)  # wake the flusher when the training thread queues
 
     def notify(self) -> None:
         """Called (from the training thread) when the outbox has something."""
@@ -145,9 +143,7 @@ class ExecutionActor:
             self.last_commit = int(message.barrier_step)
             return Handled(entry, self.group)
         if isinstance(message, pb.CheckpointRequest):
-            request = getattr(self.runtime, "request_checkpoint", None)
-            if request is not None:
-                request(message.reason, int(message.step))
+            self.runtime.request_checkpoint(message.reason, int(message.step))
             self.checkpoint_requests += 1
             return Handled(entry, self.group)
         if not isinstance(message, pb.ExecutionOrder):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 from dataclasses import dataclass, field
 
@@ -66,6 +67,16 @@ class SlotState:
         for name in _EVIDENCE:
             setattr(self, name, getattr(fresh, name))
         self.attach_evidence = {}
+
+    def release(self, device: torch.device) -> None:
+        """Drop the slot's seed, optimizer and hooks (and give cached device memory back)."""
+        self.slot.release()
+        self.optimizer = None
+        self.shape = None
+        self.paused = False
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def record_grad(self, norm: float, *, training: bool) -> None:
         """Fold one seed gradient norm into the running statistics."""

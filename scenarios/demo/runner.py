@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from actors.execution import ExecutionRuntime, insert_slots, param_count
+from actors.execution import ExecutionRuntime, RuntimeConfig, insert_slots, param_count
 from bus import is_redis_url, open_bus, record
 from contracts import KeyRing, streams
 from scenarios.cluster import Cluster, running_cluster
@@ -119,14 +119,16 @@ async def run_demo(opts: DemoOptions, progress: Progress | None = None) -> DemoR
         model,
         slots,
         opt,
-        device="cpu",
-        probe_every=5 * budgets.barrier,
-        report_every=budgets.barrier,
-        barrier_frequency=budgets.barrier,
-        blend_steps=budgets.blend,
+        RuntimeConfig(
+            device="cpu",
+            probe_every=5 * budgets.barrier,
+            report_every=budgets.barrier,
+            barrier_frequency=budgets.barrier,
+            blend_steps=budgets.blend,
+            seed_salt=opts.seed,
+        ),
         probe_batch=(split.x_train[:256], split.y_train[:256]),
         evaluate=lambda m: evaluate(m, split.x_val, split.y_val),
-        seed_salt=opts.seed,
     )
     spec = SPECS[opts.task]
     tamiyo = Tamiyo(

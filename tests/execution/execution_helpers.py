@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from actors.execution import ExecutionRuntime, insert_slots
+from actors.execution import ExecutionRuntime, RuntimeConfig, insert_slots
 from actors.execution.testing import TinyMLP
 from leyline import pb
 
@@ -50,12 +51,14 @@ def tiny(seed: int = 0, points: dict[str, str] | None = None) -> tuple[nn.Module
 def runtime(
     model: nn.Module, slots: dict[str, Any], opt: torch.optim.Optimizer, **kw: Any
 ) -> ExecutionRuntime:
-    """A CPU runtime with a fixed probe batch and no periodic messages unless asked."""
-    kw.setdefault("probe_every", 0)
-    kw.setdefault("report_every", 0)
-    kw.setdefault("barrier_frequency", 0)
-    kw.setdefault("probe_batch", data(1, seed=99)[0])
-    return ExecutionRuntime(model, slots, opt, device="cpu", **kw)
+    """A CPU runtime with a fixed probe batch and no periodic messages unless asked (``kw``
+    holds :class:`RuntimeConfig` fields and the runtime's own keyword arguments)."""
+    names = {f.name for f in dataclasses.fields(RuntimeConfig)}
+    settings = {"probe_every": 0, "report_every": 0, "barrier_frequency": 0, "device": "cpu"}
+    settings.update({k: v for k, v in kw.items() if k in names})
+    rest = {k: v for k, v in kw.items() if k not in names}
+    rest.setdefault("probe_batch", data(1, seed=99)[0])
+    return ExecutionRuntime(model, slots, opt, RuntimeConfig(**settings), **rest)
 
 
 def train(

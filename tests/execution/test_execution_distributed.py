@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from execution_helpers import backward, data, germinate, order
 from torch.nn.parallel import DistributedDataParallel
 
-from actors.execution import ExecutionRuntime, host_parameters, insert_slots
+from actors.execution import ExecutionRuntime, RuntimeConfig, host_parameters, insert_slots
 from actors.execution.mailbox import state_digest
 from actors.execution.testing import TinyMLP
 from leyline import pb
@@ -66,13 +66,15 @@ def _train(rank: int, root: str) -> None:
             model,
             slots,
             opt,
-            device="cpu",
-            rank=rank,
-            world_size=WORLD,
-            probe_every=3,
-            report_every=0,
-            barrier_frequency=4,
-            blend_steps=3,
+            RuntimeConfig(
+                device="cpu",
+                rank=rank,
+                world_size=WORLD,
+                probe_every=3,
+                report_every=0,
+                barrier_frequency=4,
+                blend_steps=3,
+            ),
             probe_batch=data(1, seed=99)[0],
         )
         if rank == 0:

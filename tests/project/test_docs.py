@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from actors.assemble import build_shells
-from actors.execution import ExecutionRuntime, insert_slots
+from actors.execution import ExecutionRuntime, RuntimeConfig, insert_slots
 from actors.supervisor import Supervisor
 from bus.testing import purge_prefix
 from contracts import KasminaConfig, KeyRing, streams
@@ -128,7 +128,7 @@ async def test_bus_bridge_snippet_feeds_the_actors() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     config = KasminaConfig.load(env={}, overrides={"barrier.frequency": 5})
     runtime = ExecutionRuntime(
-        model, slots, optimizer, device="cpu", barrier_frequency=5, report_every=5
+        model, slots, optimizer, RuntimeConfig(device="cpu", barrier_frequency=5, report_every=5)
     )
     ring, run, url = KeyRing.generate(), "docs-bridge", "memory://docs-bridge"
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from actors.execution import ExecutionRuntime, host_parameters, insert_slots
+from actors.execution import ExecutionRuntime, RuntimeConfig, host_parameters, insert_slots
 from actors.execution.testing import TinyMLP, register_leaky, unregister_leaky
 from bus import open_bus
 from contracts import KasminaConfig
@@ -50,12 +50,14 @@ async def test_leaking_seed_is_struck_three_times_and_culled_while_the_host_trai
         model,
         slots,
         opt,
-        device="cpu",
-        probe_every=5,
-        report_every=5,
-        barrier_frequency=5,
+        RuntimeConfig(
+            device="cpu",
+            probe_every=5,
+            report_every=5,
+            barrier_frequency=5,
+            strict_attach=False,  # let the leak run so the runtime probes must catch it
+        ),
         probe_batch=(x[:64], y[:64]),
-        strict_attach=False,  # let the leak run so the runtime probes must catch it
     )
     bus = open_bus(f"memory://{uuid.uuid4().hex}")
     host_before = [p.detach().clone() for p in host_parameters(model, slots)]

@@ -1,0 +1,44 @@
+"""RuntimeConfig: the settings of one :class:`~actors.execution.runtime.ExecutionRuntime`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def default_device() -> torch.device:
+    """``cuda`` (the current device) when available, else ``cpu``."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where the runtime runs, how often it probes, reports and votes, and how it attaches seeds.
+
+    Cadences are in training steps; 0 turns the periodic action off."""
+
+    device: str | torch.device | None = None  # None: cuda when available, else cpu
+    rank: int = 0
+    world_size: int = 1
+    probe_every: int = 50  # sampled isolation probe
+    report_every: int = 10  # step report + telemetry
+    barrier_frequency: int = 100  # barrier vote (state digest)
+    blend_steps: int = 100  # default blend ramp when an order names none
+    strict_attach: bool = True  # refuse a germination whose graph walk reaches the host
+    region: str = ""  # telemetry region label
+    seed_salt: int = 0  # mixed into every seed's initialisation seed
+    checkpoint_dir: str | None = None  # where emergency checkpoints go
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is not in a world of {self.world_size}")
+        for name in ("probe_every", "report_every", "barrier_frequency", "blend_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def resolved_device(self) -> torch.device:
+        """The configured device, or the default one."""
+        return torch.device(self.device) if self.device is not None else default_device()

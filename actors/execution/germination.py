@@ -1,0 +1,176 @@
+"""Germination: build a seed for a slot, check it on the probe batch, attach it or refuse.
+
+The seed is built on a forked RNG seeded from the slot, step and blueprint (every rank builds the
+same seed), shape-probed (its delta must be exactly zero), attached, and its output's autograd
+graph walked: a seed that reaches a host parameter is refused (``strict_attach``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from actors.execution.blueprints import (
+    Blueprint,
+    SlotShape,
+    get_blueprint,
+    param_count,
+    shape_probe,
+    signed_off,
+)
+from actors.execution.errors import OrderError
+from actors.execution.isolation import IsolationReport, graph_walk, isolation_signal
+from actors.execution.mailbox import KIND_SAFETY
+from actors.execution.optim import seed_optimizer
+from actors.execution.probing import probe_mode, run_probe, split_batch
+from actors.execution.slot import SeedSlot, SlotTap, host_parameters
+from actors.execution.slotstate import SlotState
+from actors.execution.stages import Mode
+from contracts import evidence as ev
+from leyline import pb
+
+if TYPE_CHECKING:
+    from actors.execution.runtime import ExecutionRuntime
+
+_FLAGS = (ev.PARAMS_FINITE, ev.SHAPE_MATCH, ev.DTYPE_MATCH, ev.OUTPUT_FINITE)
+
+
+@dataclass(frozen=True)
+class Site:
+    """What the probe batch shows at the slot before anything is attached."""
+
+    inputs: Tensor
+    base: Tensor  # model output with the slot as it is
+    tap: SlotTap
+    shape: SlotShape
+
+
+def germinate(
+    rt: ExecutionRuntime, state: SlotState, order: pb.ExecutionOrder, step: int
+) -> dict[str, float]:
+    """Build, check and attach the seed the order asks for; returns the G0 evidence."""
+    slot, g = state.slot, order.germinate
+    bp = _blueprint(g.blueprint)
+    site = _site(rt, slot)
+    _check_fit(bp, site.shape, g.blend_mode)
+    params = dict(g.params)
+    seed = build_seed(rt, bp, site, params, slot, order.apply_at_step)
+    evidence, probe_ok = _seed_evidence(seed, bp, site)
+    slot.attach(seed, blueprint=bp.name, reads_input=bp.reads_input, blend_mode=g.blend_mode)
+    walk = _attached_checks(rt, slot, site, g.blend_mode, evidence)
+    state.reset_evidence()
+    state.attach_evidence = dict(evidence)
+    if walk is not None and walk.violated:
+        state.isolation_violations += 1
+        rt.outbox.put(KIND_SAFETY, isolation_signal(slot.slot_id, step, walk, rank=rt.rank))
+    failed = [k for k in _FLAGS if evidence[k] != 1.0]
+    if not probe_ok or failed or (rt.config.strict_attach and walk is not None and walk.violated):
+        state.release(rt.device)
+        raise OrderError(
+            f"germination checks failed: {failed or 'isolation/zero output'}", evidence
+        )
+    state.shape, state.params = site.shape, params
+    state.blend_steps = int(g.blend_steps) or rt.config.blend_steps
+    state.schedule = g.alpha_schedule
+    state.optimizer = seed_optimizer(list(seed.parameters()), params)
+    if rt.world_size > 1 and dist.is_available() and dist.is_initialized():
+        sync_grads(slot, rt.world_size)
+    return evidence
+
+
+def _blueprint(name: str) -> Blueprint:
+    try:
+        return get_blueprint(name)
+    except KeyError as exc:
+        raise OrderError(str(exc), {ev.BLUEPRINT_KNOWN: 0.0}) from None
+
+
+def _site(rt: ExecutionRuntime, slot: SeedSlot) -> Site:
+    if rt.probe_batch is None:
+        raise OrderError("no probe batch: pass probe_batch= before germinating")
+    inputs, _ = split_batch(rt.probe_batch)
+    with probe_mode(rt.model, rt.device):
+        base, taps = run_probe(rt.model, inputs, {}, [slot], grad=False)
+    tap = taps.get(slot.slot_id)
+    if tap is None:
+        raise OrderError(f"slot {slot.slot_id} is not on the probe batch's forward path")
+    return Site(inputs, base, tap, SlotShape.of(tap.h, tap.x))
+
+
+def _check_fit(bp: Blueprint, shape: SlotShape, blend_mode: int) -> None:
+    if not signed_off(bp, shape):
+        raise OrderError(
+            f"blueprint {bp.name!r} is not signed off for shape {shape}",
+            {ev.BLUEPRINT_KNOWN: 1.0, ev.BLUEPRINT_SIGNED_OFF: 0.0},
+        )
+    if blend_mode == pb.BLEND_MODE_CONVEX and not bp.convex_ok:
+        raise OrderError(f"blueprint {bp.name!r} does not support convex blending")
+
+
+def build_seed(
+    rt: ExecutionRuntime,
+    bp: Blueprint,
+    site: Site,
+    params: dict[str, float],
+    slot: SeedSlot,
+    at_step: int,
+) -> nn.Module:
+    """The seed, built on a forked RNG seeded from the slot, the step and the blueprint."""
+    salt = f"{rt.config.seed_salt}:{slot.slot_id}:{at_step}:{bp.name}".encode()
+    with torch.random.fork_rng(devices=[rt.device] if rt.device.type == "cuda" else []):
+        torch.manual_seed(int.from_bytes(hashlib.sha256(salt).digest()[:7], "big"))
+        seed: nn.Module = bp.build(site.shape, params, rt.hosts.get(slot.slot_id, slot))
+        return seed.to(device=rt.device, dtype=site.tap.h.dtype)
+
+
+def _seed_evidence(seed: nn.Module, bp: Blueprint, site: Site) -> tuple[dict[str, float], bool]:
+    probe = shape_probe(seed, bp, site.tap.h, site.tap.x)
+    finite = all(bool(torch.isfinite(p).all()) for p in seed.parameters())
+    memory = sum(t.numel() * t.element_size() for t in (*seed.parameters(), *seed.buffers()))
+    evidence = {
+        ev.BLUEPRINT_KNOWN: 1.0,
+        ev.BLUEPRINT_SIGNED_OFF: 1.0,
+        ev.SLOT_FREE: 1.0,
+        ev.SLOT_EMBARGOED: 0.0,
+        ev.PARAMS_FINITE: float(finite),
+        ev.SHAPE_MATCH: float(probe.shape_ok),
+        ev.DTYPE_MATCH: float(probe.dtype_ok),
+        ev.OUTPUT_FINITE: float(probe.finite),
+        ev.SEED_PARAMS: float(param_count(seed)),
+        ev.SEED_MEMORY_BYTES: float(memory),
+    }
+    return evidence, probe.ok
+
+
+def _attached_checks(
+    rt: ExecutionRuntime, slot: SeedSlot, site: Site, blend_mode: int, evidence: dict[str, float]
+) -> IsolationReport | None:
+    """With the seed attached and fully on: output delta, graph walk, baseline accuracy."""
+    on = Mode.CONVEX if blend_mode == pb.BLEND_MODE_CONVEX else Mode.RESIDUAL
+    with probe_mode(rt.model, rt.device):
+        full, taps = run_probe(rt.model, site.inputs, {slot: (on, 1.0)}, [slot], grad=True)
+        z = taps[slot.slot_id].z
+        walk = graph_walk(z, host_parameters(rt.model, rt.slots)) if z is not None else None
+    evidence[ev.GERMINATION_MAX_ABS_DELTA] = float((full.detach() - site.base).abs().max())
+    evidence["attach_isolation_violation"] = float(walk is not None and walk.violated)
+    if rt.evaluate is not None:
+        with probe_mode(rt.model, rt.device), slot.forced(Mode.IDENTITY):
+            evidence[ev.BASELINE_ACC] = float(rt.evaluate(rt.model)[1])
+    return walk
+
+
+def sync_grads(slot: SeedSlot, world: int) -> None:
+    """All-reduce (average) each seed gradient across ranks as it is accumulated."""
+
+    def hook(p: Tensor) -> None:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad.div_(world)
+
+    for p in slot.seed_parameters():
+        slot.hook_handles.append(p.register_post_accumulate_grad_hook(hook))  # type: ignore[no-untyped-call]

@@ -1,0 +1,89 @@
+"""What the runtime measures on its own cadence: sampled isolation probes, the loss-spike score,
+the evidence each stage's exit gate reads, and the periodic step report with its telemetry."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from actors.execution import stages as st
+from actors.execution.evidence import isolation_probe, latency_overhead
+from actors.execution.isolation import isolation_signal
+from actors.execution.mailbox import KIND_SAFETY, KIND_STEP_REPORT, KIND_TELEMETRY
+from contracts import evidence as ev
+from leyline import pb
+
+if TYPE_CHECKING:
+    from actors.execution.runtime import ExecutionRuntime
+
+
+def probe(rt: ExecutionRuntime, step: int) -> dict[str, bool]:
+    """Run the sampled isolation probe now; returns slot -> violated (signals are queued)."""
+    active = [
+        s
+        for s in rt.states.values()
+        if s.slot.seed is not None and s.slot.stage in st.ISOLATED_STAGES and not s.slot.fossil
+    ]
+    if not active or rt.probe_batch is None:
+        return {}
+    reports = isolation_probe(rt.model, rt.slots, active, rt.device, rt.probe_batch, rt.loss_fn)
+    for sid, rep in reports.items():
+        state = rt.states[sid]
+        state.isolation_probes += 1
+        if rep.violated:
+            state.isolation_violations += 1
+            rt.outbox.put(KIND_SAFETY, isolation_signal(sid, step, rep, rank=rt.rank))
+    return {sid: rep.violated for sid, rep in reports.items()}
+
+
+def loss_spike(losses: Iterable[tuple[int, float]], since: int) -> float:
+    """Largest z-score of the training loss since step ``since`` (0 with < 3 losses)."""
+    values = [v for s, v in losses if s >= since and math.isfinite(v)]
+    if len(values) < 3:
+        return 0.0
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return max((v - mean) / std for v in values) if std > 0 else 0.0
+
+
+def stage_evidence(rt: ExecutionRuntime, sid: str) -> dict[str, float]:
+    """What the exit gate of the slot's stage reads that per-step bookkeeping does not hold:
+    the loss-spike z-score of the stage, and while SHADOWING/PROBATIONARY the counterfactual
+    (alpha 1 vs 0 on validation) and the slot's latency overhead."""
+    state = rt.states[sid]
+    slot = state.slot
+    if slot.seed is None or slot.fossil:
+        return {}
+    out = {ev.LOSS_SPIKE_SIGMA: loss_spike(rt.losses, state.stage_since)}
+    if slot.stage in (st.SHADOWING, st.PROBATIONARY):
+        out.update(rt.counterfactual(sid))
+        if rt.probe_batch is not None:
+            out[ev.LATENCY_OVERHEAD] = latency_overhead(rt.model, slot, rt.device, rt.probe_batch)
+    return out
+
+
+def report(rt: ExecutionRuntime, step: int, val_loss: float, val_accuracy: float) -> None:
+    """Queue the step report (every slot) and one telemetry record per slot holding a seed."""
+    message = pb.StepReport(rank=rt.rank, step=step)
+    # unmeasured values stay unset (a report never carries NaN: actors reject non-finite input)
+    for name, value in (
+        ("loss", rt.last_loss),
+        ("val_loss", val_loss),
+        ("val_accuracy", val_accuracy),
+    ):
+        if math.isfinite(value):
+            setattr(message, name, value)
+    for sid, state in rt.states.items():
+        metrics = state.metrics(step)
+        metrics.update(stage_evidence(rt, sid))
+        metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
+        message.slots.add(
+            slot=sid, stage=state.slot.stage, alpha=metrics.get("alpha", 0.0), metrics=metrics
+        )
+        if state.slot.seed is not None:
+            rt.outbox.put(
+                KIND_TELEMETRY,
+                pb.TelemetryRaw(slot=sid, region=rt.config.region, step=step, metrics=metrics),
+            )
+    rt.outbox.put(KIND_STEP_REPORT, message)

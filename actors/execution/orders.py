@@ -1,0 +1,137 @@
+"""Applying execution orders at a step boundary: one ack per order, stage transitions, release.
+
+Every order due at step ``S`` is applied inside ``on_step(S)`` in ``apply_at_step`` order and
+answered with exactly one :class:`pb.ExecutionAck` (ok, or refused with its reason).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from actors.execution import stages as st
+from actors.execution.errors import OrderError
+from actors.execution.evidence import latency_overhead
+from actors.execution.germination import germinate
+from actors.execution.mailbox import KIND_ACK
+from actors.execution.optim import join_host_optimizer, scale_lr
+from actors.execution.slotstate import SlotState
+from contracts import evidence as ev
+from leyline import pb
+
+if TYPE_CHECKING:
+    from actors.execution.runtime import ExecutionRuntime
+
+
+def apply_due(rt: ExecutionRuntime, step: int) -> None:
+    """Apply every pending order due at or before ``step`` (oldest due step first)."""
+    due = sorted((o for o in rt.pending if o.apply_at_step <= step), key=lambda o: o.apply_at_step)
+    if not due:
+        return
+    rt.pending = [o for o in rt.pending if o.apply_at_step > step]
+    for order in due:
+        apply(rt, order, step)
+
+
+def apply(rt: ExecutionRuntime, order: pb.ExecutionOrder, step: int) -> None:
+    """Apply one order and queue its ack."""
+    ack = pb.ExecutionAck(
+        order_id=order.order_id, slot=order.slot, applied_at_step=step, rank=rt.rank
+    )
+    try:
+        evidence = _execute(rt, order, step)
+        ack.ok = True
+        ack.evidence.metrics.update(evidence)
+        ack.evidence.blueprint = rt.slots[order.slot].blueprint
+    except OrderError as exc:
+        ack.ok = False
+        ack.error = str(exc)
+        ack.evidence.metrics.update(exc.evidence)
+    stage = rt.slots[order.slot].stage if order.slot in rt.slots else order.stage
+    ack.stage = pb.SeedLifecycleStage.ValueType(stage)
+    late = step - order.apply_at_step
+    if late > 0:
+        ack.error = f"late: due at step {order.apply_at_step}, applied at {step}" + (
+            f"; {ack.error}" if ack.error else ""
+        )
+        ack.evidence.metrics["late_steps"] = float(late)
+    rt.outbox.put(KIND_ACK, ack)
+
+
+def _execute(rt: ExecutionRuntime, order: pb.ExecutionOrder, step: int) -> dict[str, float]:
+    state = rt.states.get(order.slot)
+    if state is None:
+        raise OrderError(f"unknown slot {order.slot!r}")
+    evidence = transition(rt, state, order, step)
+    state.paused = order.paused
+    if order.HasField("adjust_optimizer") and state.optimizer is not None:
+        adj = order.adjust_optimizer
+        scale_lr(state.optimizer, adj.lr_scale or 1.0, adj.weight_decay)
+    if order.counterfactual:
+        evidence.update(rt.counterfactual(order.slot))
+    if order.wants_evidence and state.slot.seed is not None and rt.probe_batch is not None:
+        evidence[ev.LATENCY_OVERHEAD] = latency_overhead(
+            rt.model, state.slot, rt.device, rt.probe_batch
+        )
+    evidence.update(state.metrics(step))
+    evidence[ev.LOSS_SPIKE_SIGMA] = rt.loss_spike(state.stage_since)
+    return evidence
+
+
+def transition(
+    rt: ExecutionRuntime, state: SlotState, order: pb.ExecutionOrder, step: int
+) -> dict[str, float]:
+    """Move the slot to the order's stage; returns the evidence the move produced."""
+    slot, target = state.slot, order.stage
+    if target == slot.stage:
+        return {}
+    evidence: dict[str, float] = {}
+    if target == st.GERMINATED:
+        evidence = _germinate(rt, state, order, step)
+    elif slot.fossil and target != st.TERMINATED:
+        raise OrderError(f"slot {slot.slot_id} is fossilized; only TERMINATED may follow")
+    elif target in st.ISOLATED_STAGES or target == st.FOSSILIZED:
+        _advance(rt, state, target, step)
+    elif target in (st.CULLED, st.EMBARGOED, st.RESETTING, st.DORMANT, st.TERMINATED):
+        evidence = _clear(rt, state, target)
+    else:
+        raise OrderError(f"stage {st.stage_name(target)} cannot be ordered")
+    slot.set_stage(target)
+    state.stage_since = step
+    return evidence
+
+
+def _germinate(
+    rt: ExecutionRuntime, state: SlotState, order: pb.ExecutionOrder, step: int
+) -> dict[str, float]:
+    slot = state.slot
+    if slot.seed is not None or slot.stage in (st.EMBARGOED, st.TERMINATED):
+        raise OrderError(
+            f"slot {slot.slot_id} is not free ({st.stage_name(slot.stage)})",
+            {ev.SLOT_FREE: 0.0, ev.SLOT_EMBARGOED: float(slot.stage == st.EMBARGOED)},
+        )
+    return germinate(rt, state, order, step)
+
+
+def _advance(rt: ExecutionRuntime, state: SlotState, target: int, step: int) -> None:
+    slot = state.slot
+    if slot.seed is None:
+        raise OrderError(f"slot {slot.slot_id} holds no seed")
+    if target == st.BLENDING:
+        state.blend_start = step
+        state.blend_steps = state.blend_steps or rt.config.blend_steps
+        slot.alpha.zero_()
+    elif target in (st.SHADOWING, st.PROBATIONARY):
+        slot.alpha.fill_(1.0)
+    elif target == st.FOSSILIZED:
+        join_host_optimizer(rt.host_optimizer, slot.seed_parameters(), state.optimizer)
+        state.optimizer = None
+
+
+def _clear(rt: ExecutionRuntime, state: SlotState, target: int) -> dict[str, float]:
+    slot = state.slot
+    if not (target == st.TERMINATED and slot.fossil):
+        state.release(rt.device)
+    if target in (st.RESETTING, st.DORMANT):
+        slot.set_stage(target)
+        return rt.reset_evidence(state)
+    return {}
