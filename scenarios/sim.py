@@ -108,7 +108,6 @@ class SimRuntime:
         self._outbox: list[tuple[str, object]] = []
         self.applied_orders: list[tuple[str, int]] = []  # (order_id, step)
         self.checkpoint_requests: list[tuple[str, int]] = []  # (reason, step)
-        self._notify: Callable[[], None] | None = None
 
     def submit(self, order: pb.ExecutionOrder) -> None:
         with self._lock:
@@ -120,8 +119,7 @@ class SimRuntime:
         return out
 
     def connect(self, notify: Callable[[], None]) -> None:
-        """Call ``notify`` whenever a message is queued."""
-        self._notify = notify
+        """Nothing to connect: the simulated runtime is flushed on the actor's interval."""
 
     def request_checkpoint(self, reason: str, step: int = 0) -> None:
         """Record the request (a simulated runtime has nothing to write)."""
@@ -130,8 +128,6 @@ class SimRuntime:
     def _put(self, kind: str, message: object) -> None:
         with self._lock:
             self._outbox.append((kind, message))
-        if self._notify is not None:
-            self._notify()
 
     def evidence(self, gate: int | None = None) -> dict[str, float]:
         """Metrics as measured now: passing, with the configured failures."""
