@@ -198,37 +198,50 @@ def timeline(events: Iterable[Event], stream: str = "") -> Iterator[dict[str, An
             "slot": str(getattr(message, "slot", "")),
             "step": _step(message),
         }
-        if isinstance(message, pb.LifecycleTransition):
-            row.update({"from": stage_name(message.from_stage), "to": stage_name(message.to_stage)})
-            row["cause"] = message.cause
-            row["seq"] = message.seq
-            if message.has_gate:
-                row["gate"] = gate_name(message.gate)
-        elif isinstance(message, pb.LifecycleRefused):
-            row.update(
-                stage=stage_name(message.stage), request=message.request, reason=message.reason
-            )
-            row["seq"] = message.seq
-        elif isinstance(message, pb.LifecycleProgress):
-            row["seq"] = message.seq
-            if message.HasField("awaiting"):
-                row["awaiting"] = message.awaiting
         if isinstance(message, pb.LifecycleTransition | pb.LifecycleRefused | pb.LifecycleProgress):
-            row["command_id"] = message.command_id
-        elif isinstance(message, pb.GateResult):
-            row.update(gate=gate_name(message.gate), passed=message.passed, reason=message.reason)
-            row["checks"] = [_check(c) for c in message.checks]
-        elif isinstance(message, pb.SafetyVerdict):
-            row.update(
-                action=pb.VerdictAction.Name(message.action),
-                breaker=pb.BreakerState.Name(message.breaker),
-                strikes=message.strikes,
-                reason=message.reason,
-            )
-        elif isinstance(message, pb.BarrierTimeout):
-            row["missing_ranks"] = list(message.missing_ranks)
-        elif isinstance(message, pb.ByzantineReport):
-            row["rank"] = message.rank
-        elif isinstance(message, pb.ExecutionOrder | pb.GateRequest):
-            row["stage"] = stage_name(message.stage)
+            row.update(_lifecycle_fields(message))
+        else:
+            row.update(_other_fields(message))
         yield row
+
+
+def _lifecycle_fields(
+    message: pb.LifecycleTransition | pb.LifecycleRefused | pb.LifecycleProgress,
+) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    if isinstance(message, pb.LifecycleTransition):
+        row.update({"from": stage_name(message.from_stage), "to": stage_name(message.to_stage)})
+        row["cause"] = message.cause
+        if message.has_gate:
+            row["gate"] = gate_name(message.gate)
+    elif isinstance(message, pb.LifecycleRefused):
+        row.update(stage=stage_name(message.stage), request=message.request, reason=message.reason)
+    elif message.HasField("awaiting"):
+        row["awaiting"] = message.awaiting
+    row["seq"] = message.seq
+    row["command_id"] = message.command_id
+    return row
+
+
+def _other_fields(message: Message) -> dict[str, Any]:
+    if isinstance(message, pb.GateResult):
+        return {
+            "gate": gate_name(message.gate),
+            "passed": message.passed,
+            "reason": message.reason,
+            "checks": [_check(c) for c in message.checks],
+        }
+    if isinstance(message, pb.SafetyVerdict):
+        return {
+            "action": pb.VerdictAction.Name(message.action),
+            "breaker": pb.BreakerState.Name(message.breaker),
+            "strikes": message.strikes,
+            "reason": message.reason,
+        }
+    if isinstance(message, pb.BarrierTimeout):
+        return {"missing_ranks": list(message.missing_ranks)}
+    if isinstance(message, pb.ByzantineReport):
+        return {"rank": message.rank}
+    if isinstance(message, pb.ExecutionOrder | pb.GateRequest):
+        return {"stage": stage_name(message.stage)}
+    return {}

@@ -1,25 +1,19 @@
 """The actor shell: read inbox -> verify -> dedupe -> decide -> one atomic commit -> ack.
 
-A shell hosts an :class:`ActorLogic` (a pure core plus its in-memory state) and owns everything
-with I/O: the consumer loop, signatures, the ownership lease, rejections, heartbeats and state
-digests (the parts in :mod:`actors.hosting`). It consumes the core's :class:`~actors.core.Decision`
-as it is: the events are appended and folded, the outgoing messages routed, a refusal recorded
-with the core's own reason code. Bad input is rejected onto the rejected stream, counted and
-acked; the state is untouched and the actor keeps running. A failure of the bus rebuilds the
-state from the event stream and re-reads this consumer's pending entries, so nothing is lost and
-nothing is applied twice.
-
-One process serves an actor at a time (:mod:`actors.hosting.lease`); where a shell stands is its
-:class:`~actors.hosting.Lifecycle`.
+A shell hosts an :class:`ActorLogic` (a pure core plus its state) and does all the I/O with the
+parts in :mod:`actors.hosting`: consumer loop, signatures, ownership lease, rejections,
+housekeeping. It takes the core's :class:`~actors.core.Decision` as it is: events appended and
+folded, outgoing messages routed, a refusal recorded with the core's own reason code. Bad input
+is rejected, counted and acked; the state is untouched and the actor keeps running. A bus failure
+rebuilds the state from the event stream and re-reads the pending entries: nothing is lost,
+nothing applied twice. Where a shell stands is its :class:`~actors.hosting.Lifecycle`.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import Protocol
 
 import anyio
 from anyio.abc import TaskStatus
@@ -29,6 +23,7 @@ from actors.core import Decision
 from actors.eventlog import BadEntry, read_log
 from actors.hosting import (
     FRAME,
+    ActorLogic,
     Lifecycle,
     Meta,
     OwnershipLease,
@@ -37,42 +32,14 @@ from actors.hosting import (
     finite,
     inbox_consumer,
 )
-from actors.hosting.housekeeping import digest_appends, every, publish_heartbeat, trim_inbox
+from actors.hosting.housekeeping import Housekeeping, digest_appends
 from bus import Append, Bus, BusClosed, BusUnavailable, Consumer, Entry, Fenced, Handled, backoff_s
 from contracts import REGISTRY, ContractError, Envelope, Reason, Signer, Verifier, streams
 from contracts.config import KasminaConfig
-from leyline import pb
 
 __all__ = ["FRAME", "ActorLogic", "ActorShell", "Meta", "inbox_consumer"]
 
 log = logging.getLogger("kasmina.actors")
-
-
-class ActorLogic(Protocol):
-    """A pure core with its state, as the shell drives it."""
-
-    name: str  # e.g. "seed:layer1.s0" or "gate"
-    accepts: frozenset[str]  # envelope kinds it handles
-
-    def handle(self, kind: str, message: Message, meta: Meta) -> Decision:
-        """Decide (no state change)."""
-        ...
-
-    def apply(self, decision: Decision) -> None:
-        """Fold the decision's events into the state."""
-        ...
-
-    def reset(self) -> None:
-        """Back to the initial state (before a rebuild)."""
-        ...
-
-    def fold(self, kind: str, message: Message) -> None:
-        """Fold one recorded event of this actor (rebuild); events of others are ignored."""
-        ...
-
-    def digests(self) -> dict[tuple[str, str], bytes]:
-        """State digest per (actor, key) (key: the slot, or "" for singletons)."""
-        ...
 
 
 class ActorShell:
@@ -113,11 +80,12 @@ class ActorShell:
         self.lifecycle = Lifecycle.STARTING
         self.processed = 0
         self.rebuilds = 0
-        self.trimmed = 0
-        self._started_ns = time.time_ns()
+        self.housekeeping = Housekeeping(
+            bus, run, inbox, signer, config, name=logic.name, process=process,
+            heartbeat_s=heartbeat_s, counters=lambda: (self.processed, dict(self.rejected)),
+        )  # fmt: skip
         self._consumer: Consumer | None = None
         self._stale = True  # no state until the first rebuild (or one a bus failure cut short)
-        self._registered = False
         self._wake: anyio.Event | None = None  # set by stop(): cuts waits short
         self._finished: anyio.Event | None = None  # set when run() has returned
 
@@ -245,6 +213,18 @@ class ActorShell:
     async def _process(self, batch: Sequence[Entry]) -> None:
         if self._stale:  # an earlier rebuild was cut short: never decide on a partial state
             await self.rebuild()
+        handled, decided = await self._decide_batch(batch)
+        # Exactly once by the ack: an entry a rival (or an earlier try of this commit) already
+        # committed is no longer pending, and its item comes back False with nothing written.
+        results = await self.bus.commit(handled, fence=self.lease.fence)
+        self.processed += len(handled)
+        if any(not ok and d for ok, d in zip(results, decided, strict=True)):
+            # a redelivered message was already committed: our tentative state double-counted it
+            await self.rebuild()
+
+    async def _decide_batch(self, batch: Sequence[Entry]) -> tuple[list[Handled], list[bool]]:
+        """Each entry verified, decided and turned into its commit item (plus whether it went
+        through decide), with the state digests after the batch's last change."""
         framed = [(e, e.fields.get(FRAME)) for e in batch]
         checks = iter(
             await self.verifier.verify_many(
@@ -265,32 +245,17 @@ class ActorShell:
             decided.append(decision is not None)
         if last_change >= 0:  # one digest per batch, after the last event that changed the state
             handled[last_change] = self._with_digests(handled[last_change], last_cause)
-        # Exactly once by the ack: an entry a rival (or an earlier try of this commit) already
-        # committed is no longer pending, and its item comes back False with nothing written.
-        results = await self.bus.commit(handled, fence=self.lease.fence)
-        self.processed += len(handled)
-        if any(not ok and d for ok, d in zip(results, decided, strict=True)):
-            # a redelivered message was already committed: our tentative state double-counted it
-            await self.rebuild()
+        return handled, decided
 
     # -- housekeeping -------------------------------------------------------------------------
-    async def _beat(self) -> None:
-        beat = pb.Heartbeat(
-            actor=self.logic.name,
-            process=self.process,
-            started_ns=self._started_ns,
-            processed=self.processed,
-            rejected=dict(self.rejected),
-            ts_ns=time.time_ns(),
-        )
-        await publish_heartbeat(self.bus, self.run_id, self.signer, beat)
-
     async def trim_inbox(self, now_ms: int | None = None) -> int:
         """Trim acked inbox entries older than the retention (never a pending or unread one)."""
-        return await trim_inbox(self.bus, self.inbox, self.config.bus.inbox_retention_s, now_ms)
+        return await self.housekeeping.trim_inbox(now_ms)
 
-    async def _trim(self) -> None:
-        self.trimmed += await self.trim_inbox()
+    @property
+    def trimmed(self) -> int:
+        """Inbox entries trimmed so far."""
+        return self.housekeeping.trimmed
 
     def _running(self) -> bool:
         return not self.lifecycle.ending
@@ -308,11 +273,7 @@ class ActorShell:
             self._wake.set()
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(lambda: every(self.heartbeat_s, self._beat, active=self._owns,
-                                            running=self._running))  # fmt: skip
-                tg.start_soon(lambda: every(self.config.bus.trim_every_s, self._trim,
-                                            active=self._owns, running=self._running,
-                                            first_wait=True))  # fmt: skip
+                tg.start_soon(self.housekeeping.run, self._owns, self._running)
                 while self._running():
                     if not await self._take_lease():
                         if not started and self.standing_by:  # not while Redis is away
@@ -336,15 +297,6 @@ class ActorShell:
                 self.lifecycle = Lifecycle.STOPPED if self.lifecycle.ending else Lifecycle.STARTING
                 self._finished.set()
                 self._finished = None
-
-    async def _register(self) -> None:
-        """Add a keyed instance's inbox (a slot's) to its kind's registry, for fan-out routing."""
-        kind, _, key = (
-            self.inbox[len(streams.prefix(self.run_id)) :].partition(":")[2].partition(":")
-        )
-        if not self._registered and key:
-            await self.bus.register(streams.registry(self.run_id, kind), self.inbox)
-            self._registered = True
 
     async def _pause(self, seconds: float) -> None:
         """Sleep ``seconds`` or until :meth:`stop`."""
@@ -372,7 +324,7 @@ class ActorShell:
         failures = 0
         while self._running():
             try:
-                await self._register()
+                await self.router.register(self.inbox)
                 await self.rebuild()
                 return True
             except BusUnavailable:

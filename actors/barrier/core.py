@@ -62,54 +62,70 @@ def decide(state: BarrierState, msg: Message, ctx: Context) -> Decision:
         )
     cfg = ctx.config.barrier
     world = msg.world_size or cfg.world_size
+    refused = _refusal(state, msg, world, cfg.frequency)
+    if refused is not None:
+        return refused
     step, rank = msg.barrier_step, msg.rank
-    if rank >= world:
-        return Decision.refuse(Reason.UNKNOWN_RANK, f"rank {rank} outside a world of {world}")
-    if step % cfg.frequency:
-        return Decision.refuse(
-            Reason.NOT_A_BARRIER_STEP, f"step {step} is not a barrier step (every {cfg.frequency})"
-        )
-    if step in state.timed_out:
-        return Decision.refuse(Reason.BARRIER_TIMED_OUT, f"barrier {step} already timed out")
     seen = state.committed_votes.get(step) or state.pending.get(step, {})
-    if rank in seen:
-        if seen[rank] == msg.digest:
+    earlier = seen.get(rank, state.committed.get(step))
+    if earlier is not None:  # a vote again, or one after the commit
+        if rank in seen and earlier == msg.digest:
             return Decision()  # the same vote again: idempotent
         report = pb.ByzantineReport(
-            barrier_step=step, rank=rank, digest=msg.digest, majority_digest=seen[rank]
-        )
-        return Decision(events=(report,))
-    if step in state.committed:
-        report = pb.ByzantineReport(
-            barrier_step=step, rank=rank, digest=msg.digest, majority_digest=state.committed[step]
+            barrier_step=step, rank=rank, digest=msg.digest, majority_digest=earlier
         )
         return Decision(events=(report,))
     vote = pb.BarrierVote()
     vote.CopyFrom(msg)
     vote.world_size = world
-    events: list[Message] = [vote]
     new = evolve(state, vote)
-    for other in sorted(new.pending):
-        if other != step and other + cfg.timeout_steps <= step:
-            missing = sorted(set(range(world)) - set(new.pending[other]))
-            events.append(
-                pb.BarrierTimeout(barrier_step=other, missing_ranks=missing, observed_step=step)
-            )
-    outgoing: list[Outgoing] = []
+    events: list[Message] = [vote, *_timeouts(new, step, world, cfg.timeout_steps)]
     votes = new.pending.get(step, {})
-    if len(votes) >= world:
-        majority = _majority(votes)
-        for r in sorted(votes):
-            if votes[r] != majority:
-                events.append(
-                    pb.ByzantineReport(
-                        barrier_step=step, rank=r, digest=votes[r], majority_digest=majority
-                    )
-                )
-        commit = pb.BarrierCommit(barrier_step=step, digest=majority, ranks=sorted(votes))
-        events.append(commit)
-        outgoing.append(Outgoing("execution", None, commit))
-    return Decision(events=tuple(events), outgoing=tuple(outgoing))
+    if len(votes) < world:
+        return Decision(events=tuple(events))
+    commit = _commit(step, votes, events)
+    return Decision(events=tuple(events), outgoing=(Outgoing("execution", None, commit),))
+
+
+def _refusal(state: BarrierState, msg: pb.BarrierVote, world: int, every: int) -> Decision | None:
+    """The refusal of a vote no barrier can take (None: it can be counted)."""
+    step, rank = msg.barrier_step, msg.rank
+    if rank >= world:
+        return Decision.refuse(Reason.UNKNOWN_RANK, f"rank {rank} outside a world of {world}")
+    if step % every:
+        return Decision.refuse(
+            Reason.NOT_A_BARRIER_STEP, f"step {step} is not a barrier step (every {every})"
+        )
+    if step in state.timed_out:
+        return Decision.refuse(Reason.BARRIER_TIMED_OUT, f"barrier {step} already timed out")
+    return None
+
+
+def _timeouts(state: BarrierState, step: int, world: int, timeout_steps: int) -> list[Message]:
+    """Timeouts of the open barriers that a vote for ``step`` shows are overdue."""
+    return [
+        pb.BarrierTimeout(
+            barrier_step=other,
+            missing_ranks=sorted(set(range(world)) - set(state.pending[other])),
+            observed_step=step,
+        )
+        for other in sorted(state.pending)
+        if other != step and other + timeout_steps <= step
+    ]
+
+
+def _commit(step: int, votes: dict[int, bytes], events: list[Message]) -> pb.BarrierCommit:
+    """The commit of a full barrier, after a Byzantine report per vote off the majority (both
+    appended to ``events``)."""
+    majority = _majority(votes)
+    events += [
+        pb.ByzantineReport(barrier_step=step, rank=r, digest=votes[r], majority_digest=majority)
+        for r in sorted(votes)
+        if votes[r] != majority
+    ]
+    commit = pb.BarrierCommit(barrier_step=step, digest=majority, ranks=sorted(votes))
+    events.append(commit)
+    return commit
 
 
 def _majority(votes: dict[int, bytes]) -> bytes:

@@ -158,15 +158,13 @@ class ExecutionActor:
         return Handled(entry, self.group)
 
     async def _orders(self) -> None:
-        registered = False
         while not self._stopping:
             self._consumer = inbox_consumer(
                 self.bus, self.config, self.run_id, self.inbox, self.group, f"execution:{self.rank}"
             )
             try:
-                if not registered:  # barrier commits and orders for every rank route by it
-                    await self.bus.register(streams.registry(self.run_id, "execution"), self.inbox)
-                    registered = True
+                # barrier commits and orders for every rank route by the registry
+                await self.router.register(self.inbox)
                 async for batch in self._consumer.batches():
                     await self.bus.commit([await self._take(e) for e in batch])
             except BusUnavailable:

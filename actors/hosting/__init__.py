@@ -9,6 +9,7 @@ these parts; neither keeps a copy of its own.
 from actors.hosting.inbox import FRAME, Meta, finite, inbox_consumer
 from actors.hosting.lease import OwnershipLease
 from actors.hosting.lifecycle import Lifecycle
+from actors.hosting.logic import ActorLogic
 from actors.hosting.rejection import REJECTED_MAXLEN, Rejections
 from actors.hosting.routing import ROUTE_TTL_S, Router
 
@@ -16,6 +17,7 @@ __all__ = [
     "FRAME",
     "REJECTED_MAXLEN",
     "ROUTE_TTL_S",
+    "ActorLogic",
     "Lifecycle",
     "Meta",
     "OwnershipLease",

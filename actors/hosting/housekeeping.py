@@ -14,9 +14,10 @@ import anyio
 from actors.hosting.inbox import FRAME
 from bus import Append, Bus, BusClosed, BusUnavailable
 from contracts import Signer, kinds, streams
+from contracts.config import KasminaConfig
 from leyline import pb
 
-__all__ = ["HEARTBEAT_MAXLEN", "digest_appends", "every", "trim_inbox"]
+__all__ = ["HEARTBEAT_MAXLEN", "Housekeeping", "digest_appends", "every", "trim_inbox"]
 
 HEARTBEAT_MAXLEN = 2_000
 
@@ -69,3 +70,58 @@ def digest_appends(
         frame = signer.seal(kinds.STATE_DIGEST, record, stream=events_stream, causation_id=cause)
         out.append(Append(events_stream, {FRAME: frame, "kind": kinds.STATE_DIGEST.encode()}))
     return out
+
+
+class Housekeeping:
+    """Heartbeats and inbox retention of one actor, as two tasks that act only while its host
+    owns the actor. ``counters`` gives (processed, rejected by reason) for the beats."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        run: str,
+        inbox: str,
+        signer: Signer,
+        config: KasminaConfig,
+        *,
+        name: str,
+        process: str,
+        heartbeat_s: float,
+        counters: Callable[[], tuple[int, dict[str, int]]],
+    ) -> None:
+        self.bus, self.run_id, self.inbox, self.signer = bus, run, inbox, signer
+        self.config = config
+        self.name, self.process, self.heartbeat_s = name, process, heartbeat_s
+        self.counters = counters
+        self.started_ns = time.time_ns()
+        self.trimmed = 0
+
+    async def beat(self) -> None:
+        """One heartbeat with the actor's counters."""
+        processed, rejected = self.counters()
+        beat = pb.Heartbeat(
+            actor=self.name,
+            process=self.process,
+            started_ns=self.started_ns,
+            processed=processed,
+            rejected=rejected,
+            ts_ns=time.time_ns(),
+        )
+        await publish_heartbeat(self.bus, self.run_id, self.signer, beat)
+
+    async def trim_inbox(self, now_ms: int | None = None) -> int:
+        """Trim acked inbox entries older than the retention (never a pending or unread one)."""
+        return await trim_inbox(self.bus, self.inbox, self.config.bus.inbox_retention_s, now_ms)
+
+    async def _trim(self) -> None:
+        self.trimmed += await self.trim_inbox()
+
+    async def run(self, active: Callable[[], bool], running: Callable[[], bool]) -> None:
+        """Beat every ``heartbeat_s`` and trim every ``bus.trim_every_s`` while ``running()``,
+        skipping turns while not ``active()`` (a standby)."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                lambda: every(self.heartbeat_s, self.beat, active=active, running=running)
+            )
+            tg.start_soon(lambda: every(self.config.bus.trim_every_s, self._trim, active=active,
+                                        running=running, first_wait=True))  # fmt: skip

@@ -42,6 +42,15 @@ class Router:
         self.bus = bus
         self.run = run
         self._cache: dict[str, tuple[float, list[str]]] = {}
+        self._registered: set[str] = set()
+
+    async def register(self, inbox: str) -> None:
+        """Add a keyed instance's inbox (a slot's, a rank's) to its kind's registry, once, so
+        fan-out reaches it; a singleton's inbox needs none."""
+        kind, _, key = inbox[len(streams.prefix(self.run)) :].partition(":")[2].partition(":")
+        if key and inbox not in self._registered:
+            await self.bus.register(streams.registry(self.run, kind), inbox)
+            self._registered.add(inbox)
 
     async def inboxes(self, actor: str, key: str | None) -> list[str]:
         """Inbox streams for (actor, key); key None fans out to every existing instance."""

@@ -62,20 +62,15 @@ def decide(state: SeedState, msg: Message, ctx: Context) -> Decision:
     b = Builder(state, ctx)
     if b.state.stage == S.SEED_STAGE_UNKNOWN:
         b.transition(S.SEED_STAGE_DORMANT, "bootstrap")
-    slot = getattr(msg, "slot", None)
-    request = _request_name(msg)
     if isinstance(msg, pb.StepReport):
         if b.state.stage != S.SEED_STAGE_TERMINATED:
             _on_report(b, msg)
         return b.decision()
     if isinstance(msg, pb.SeedCommand):
         b.chain = ctx.message_id  # a command's own events, refusals included, carry its id
-    if slot is None:
-        b.refuse(request, f"unsupported message {type(msg).__name__}")
-    elif slot != b.state.slot and not (isinstance(msg, pb.SafetyVerdict) and slot == ""):
-        b.refuse(request, "unknown_slot")
-    elif b.state.stage == S.SEED_STAGE_TERMINATED:
-        b.refuse(request, "slot terminated")
+    refusal = _misaddressed(b.state, msg)
+    if refusal:
+        b.refuse(_request_name(msg), refusal)
     elif isinstance(msg, pb.SeedCommand):
         _on_command(b, msg)
     elif isinstance(msg, pb.GateResult):
@@ -87,8 +82,20 @@ def decide(state: SeedState, msg: Message, ctx: Context) -> Decision:
     elif isinstance(msg, pb.SafetyVerdict):
         _on_verdict(b, msg)
     else:
-        b.refuse(request, f"unsupported message {type(msg).__name__}")
+        b.refuse(_request_name(msg), f"unsupported message {type(msg).__name__}")
     return b.decision()
+
+
+def _misaddressed(state: SeedState, msg: Message) -> str:
+    """Why this slot refuses ``msg`` whatever it says ("" when it does not)."""
+    slot = getattr(msg, "slot", None)
+    if slot is None:
+        return f"unsupported message {type(msg).__name__}"
+    if slot != state.slot and not (isinstance(msg, pb.SafetyVerdict) and slot == ""):
+        return "unknown_slot"
+    if state.stage == S.SEED_STAGE_TERMINATED:
+        return "slot terminated"
+    return ""
 
 
 def _request_name(msg: Message) -> str:
@@ -223,8 +230,13 @@ def _on_report(b: Builder, report: pb.StepReport) -> None:
             _order_reset(b)
         return
     budget = stage_budget(st.stage, b.ctx.config, st.blend_steps)
-    if budget is None or elapsed < budget or mine is None:
-        return
+    if budget is not None and elapsed >= budget and mine is not None:
+        _request_exit_gate(b, report, mine)
+
+
+def _request_exit_gate(b: Builder, report: pb.StepReport, mine: pb.SlotReport) -> None:
+    """The stage used its budget: request its exit gate with the slot's measured evidence."""
+    st = b.state
     gate, _ = EXIT_GATE[st.stage]
     metrics = dict(mine.metrics)
     if gate == G.SEED_GATE_G4_SYSTEM_IMPACT:
@@ -296,27 +308,37 @@ def _on_ack(b: Builder, ack: pb.ExecutionAck) -> None:
     b.chain = st.command_id  # the awaited ack: its outcome belongs to the waiting chain
     failed = "" if ack.ok else f"execution failed: {ack.error or 'no reason given'}"
     if wait.kind == "evidence":
-        if failed:
-            b.progress(acked_id=ack.order_id)
-            b.refuse("germinate", failed)
-            b.await_order(S.SEED_STAGE_DORMANT, "drop_probe")
-            return
-        b.progress(acked_id=ack.order_id)
-        metrics = dict(ack.evidence.metrics)
-        metrics[ev.SLOT_FREE] = 1.0
-        metrics[ev.SLOT_EMBARGOED] = 0.0
-        b.request_gate(G.SEED_GATE_G0_SANITY, metrics, ack.evidence.blueprint or st.blueprint)
-        return
-    stage_label, sub = wait.name, wait.what
-    if sub:  # an in-stage order: pause / resume / adjust / drop_probe
+        _ack_probe(b, ack, failed)
+    elif wait.what:  # an in-stage order: pause / resume / adjust / drop_probe
         fields: dict[str, Any] = {}
-        if not failed and sub in ("pause", "resume"):
-            fields = _pause_fields(b, sub == "pause")
+        if not failed and wait.what in ("pause", "resume"):
+            fields = _pause_fields(b, wait.what == "pause")
         b.progress(acked_id=ack.order_id, **fields)
         if failed:
-            b.refuse(sub, failed)
+            b.refuse(wait.what, failed)
+    else:
+        _ack_stage(b, ack, wait.name, failed, request)
+
+
+def _ack_probe(b: Builder, ack: pb.ExecutionAck, failed: str) -> None:
+    """The ack of a germination probe: its G0 evidence goes to the GateActor."""
+    b.progress(acked_id=ack.order_id)
+    if failed:
+        b.refuse("germinate", failed)
+        b.await_order(S.SEED_STAGE_DORMANT, "drop_probe")
         return
-    if stage_label == "TRAINING" and st.stage == S.SEED_STAGE_GERMINATED:
+    metrics = dict(ack.evidence.metrics)
+    metrics[ev.SLOT_FREE] = 1.0
+    metrics[ev.SLOT_EMBARGOED] = 0.0
+    b.request_gate(G.SEED_GATE_G0_SANITY, metrics, ack.evidence.blueprint or b.state.blueprint)
+
+
+def _ack_stage(
+    b: Builder, ack: pb.ExecutionAck, stage_label: str, failed: str, request: str
+) -> None:
+    """The ack of the order that starts stage ``stage_label`` (its name)."""
+    before = b.state.stage
+    if stage_label == "TRAINING" and before == S.SEED_STAGE_GERMINATED:
         if failed:
             b.progress(acked_id=ack.order_id)
             _cull(b, failed)
@@ -328,13 +350,12 @@ def _on_ack(b: Builder, ack: pb.ExecutionAck) -> None:
     b.progress(acked_id=ack.order_id, **fields)
     if stage_label == "RESETTING":
         if failed:
-            retry = b.now + b.ctx.config.lifecycle.reset_retry_steps
-            b.progress(retry_at=retry)
+            b.progress(retry_at=b.now + b.ctx.config.lifecycle.reset_retry_steps)
             b.refuse("reset", failed)
         else:
             b.request_gate(G.SEED_GATE_G5_RESET, dict(ack.evidence.metrics), ack.evidence.blueprint)
     elif failed:
-        if st.stage in ACTIVE:
+        if before in ACTIVE:
             _cull(b, failed)
         else:
             b.refuse(request, failed)

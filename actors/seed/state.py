@@ -150,16 +150,7 @@ def _progress(state: SeedState, ev: pb.LifecycleProgress) -> SeedState:
         changes["alpha"] = ev.alpha
     if ev.val_acc > 0.0:
         changes["val_acc"] = ev.val_acc
-    if ev.acked_id:  # applied first: an ack ends the wait, later fields may start another
-        acks = (*state.recent_acks, ev.acked_id)[-RECENT_ACKS:]
-        changes.update(awaiting=None, pending_id="", command_id="", recent_acks=acks)
-    if ev.HasField("awaiting"):
-        waiting = bool(ev.awaiting)
-        changes.update(
-            awaiting=Wait.parse(ev.awaiting),
-            pending_id=ev.pending_id if waiting else "",
-            command_id=ev.command_id if waiting else "",
-        )
+    _wait_changes(state, ev, changes)
     if ev.HasField("germinate"):
         g = ev.germinate
         changes.update(
@@ -179,6 +170,21 @@ def _progress(state: SeedState, ev: pb.LifecycleProgress) -> SeedState:
     if ev.HasField("retry_at"):
         changes["retry_at"] = ev.retry_at
     return _replace(state, changes)
+
+
+def _wait_changes(state: SeedState, ev: pb.LifecycleProgress, changes: dict[str, Any]) -> None:
+    """What ``ev`` changes in the slot's wait (into ``changes``): an ack ends the wait (applied
+    first), and a set ``awaiting`` starts the next one or ends it when empty."""
+    if ev.acked_id:
+        acks = (*state.recent_acks, ev.acked_id)[-RECENT_ACKS:]
+        changes.update(awaiting=None, pending_id="", command_id="", recent_acks=acks)
+    if ev.HasField("awaiting"):
+        waiting = bool(ev.awaiting)
+        changes.update(
+            awaiting=Wait.parse(ev.awaiting),
+            pending_id=ev.pending_id if waiting else "",
+            command_id=ev.command_id if waiting else "",
+        )
 
 
 _FIELDS = SeedState.__slots__
