@@ -81,6 +81,7 @@ async def test_small_chaos_run_matches_the_fault_free_run(tmp_path: Path) -> Non
 
 
 @pytest.mark.redis
+@pytest.mark.timeout(600)  # two runs of 6 processes each; about 110 s at a load average of 20
 @pytest.mark.skipif(not Path(REDIS_SERVER).exists(), reason="needs redis-server")
 async def test_failover_mid_run_matches_the_fault_free_run(tmp_path: Path) -> None:
     """The primary of a Sentinel-managed pair is SIGKILLed mid-run and its replica promoted
@@ -103,6 +104,7 @@ async def test_failover_mid_run_matches_the_fault_free_run(tmp_path: Path) -> No
 
 @pytest.mark.slow
 @pytest.mark.redis
+@pytest.mark.timeout(1800)
 @pytest.mark.skipif(not Path(REDIS_SERVER).exists(), reason="needs redis-server")
 async def test_failovers_kills_and_restarts_together_match_the_fault_free_run(
     tmp_path: Path,
