@@ -9,7 +9,7 @@ from cores_harness import command, germinate
 
 from actors import seed
 from actors.core import Context
-from actors.seed import ACTIVE, SeedState, is_allowed
+from actors.seed import SeedState, is_allowed
 from actors.seed.lifecycle import Stage
 from leyline import pb
 
@@ -26,6 +26,14 @@ ACTIONS = [
     "adjust_optimizer",
 ]
 SLOT = "blk.s0"
+# DESIGN §2: the stages that may move to CULLED (a live seed that is not permanent yet).
+CULLABLE = {
+    S.SEED_STAGE_GERMINATED,
+    S.SEED_STAGE_TRAINING,
+    S.SEED_STAGE_BLENDING,
+    S.SEED_STAGE_SHADOWING,
+    S.SEED_STAGE_PROBATIONARY,
+}
 IN_STAGE = {
     S.SEED_STAGE_TRAINING,
     S.SEED_STAGE_BLENDING,
@@ -46,16 +54,16 @@ def _expected(stage: Stage, action: str, paused: bool) -> list[Stage] | None:
     eff = S.SEED_STAGE_DORMANT if stage == S.SEED_STAGE_UNKNOWN else stage
     boot = [S.SEED_STAGE_DORMANT] if stage == S.SEED_STAGE_UNKNOWN else []
     if action in ("cull", "emergency_stop"):
-        return [*boot, S.SEED_STAGE_CULLED, S.SEED_STAGE_EMBARGOED] if eff in ACTIVE else None
+        return [*boot, S.SEED_STAGE_CULLED, S.SEED_STAGE_EMBARGOED] if eff in CULLABLE else None
     if action == "terminate":
         ok = eff in (S.SEED_STAGE_DORMANT, S.SEED_STAGE_FOSSILIZED)
         return [*boot, S.SEED_STAGE_TERMINATED] if ok else None
     if action == "germinate":
         return boot if eff == S.SEED_STAGE_DORMANT and not paused else None
     if action == "pause":
-        return boot if (eff in ACTIVE or eff == S.SEED_STAGE_DORMANT) and not paused else None
+        return boot if (eff in CULLABLE or eff == S.SEED_STAGE_DORMANT) and not paused else None
     if action == "resume":
-        return boot if (eff in ACTIVE or eff == S.SEED_STAGE_DORMANT) and paused else None
+        return boot if (eff in CULLABLE or eff == S.SEED_STAGE_DORMANT) and paused else None
     return boot if eff in IN_STAGE else None  # adjust_optimizer
 
 
@@ -112,7 +120,7 @@ def test_stage_verdict_pair(stage: Stage, action: pb.VerdictAction.ValueType) ->
     state = _state(stage)
     eff = S.SEED_STAGE_DORMANT if stage == S.SEED_STAGE_UNKNOWN else stage
     boot = [S.SEED_STAGE_DORMANT] if stage == S.SEED_STAGE_UNKNOWN else []
-    expected = [*boot, S.SEED_STAGE_CULLED, S.SEED_STAGE_EMBARGOED] if eff in ACTIVE else None
+    expected = [*boot, S.SEED_STAGE_CULLED, S.SEED_STAGE_EMBARGOED] if eff in CULLABLE else None
     verdict = pb.SafetyVerdict(slot=SLOT, action=action, strikes=state.strikes)
     _check_outcome(state, verdict, expected)
 
@@ -132,11 +140,23 @@ def test_unawaited_results_and_acks_refused(stage: Stage) -> None:
 
 @pytest.mark.parametrize("stage", STAGES, ids=S.Name)
 def test_other_slot_refused_as_unknown_slot(stage: Stage) -> None:
-    """Commands for another slot are refused with reason unknown_slot (or terminated)."""
+    """Commands, verdicts, results and acks for another slot are refused as unknown_slot and
+    change nothing (a cull verdict for another slot never culls this one)."""
     state = _state(stage)
-    decision = seed.decide(state, command("other", "cull"), Context(message_id="m"))
-    refused = [e for e in decision.events if isinstance(e, pb.LifecycleRefused)]
-    assert [r.reason for r in refused] == ["unknown_slot"]
+    for msg in (
+        command("other", "cull"),
+        command("other", "emergency_stop"),
+        pb.SafetyVerdict(slot="other", action=V.VERDICT_CULL, strikes=3),
+        pb.SafetyVerdict(slot="other", action=V.VERDICT_EMERGENCY_STOP),
+        pb.GateResult(request_id="r", slot="other", gate=pb.SEED_GATE_G1_GRADIENT_HEALTH),
+        pb.ExecutionAck(order_id="o", slot="other", ok=True),
+    ):
+        decision = seed.decide(state, msg, Context(message_id="m"))
+        refused = [e for e in decision.events if isinstance(e, pb.LifecycleRefused)]
+        assert [r.reason for r in refused] == ["unknown_slot"]
+        moved = [e.to_stage for e in decision.events if isinstance(e, pb.LifecycleTransition)]
+        assert moved == ([S.SEED_STAGE_DORMANT] if stage == S.SEED_STAGE_UNKNOWN else [])
+        assert not decision.outgoing
 
 
 def test_every_table_pair_is_checked_by_the_fold() -> None:

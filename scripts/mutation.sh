@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Mutation score of the pure cores and the envelope (a developer tool and a benchmark, not CI).
+#
+#   scripts/mutation.sh                       # every module below, one after the other
+#   scripts/mutation.sh actors/seed/core.py   # one module
+#
+# Each module runs in its own throwaway copy of the tree with its own test selection, niced, one
+# test process at a time (MUTATION_JOBS to change); the table is printed at the end and written
+# to MUTATION_OUT (default mutation-table.md). Needs mutmut 3.8 (`pip install mutmut==3.8.1`).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PY="${PYTHON:-$ROOT/.venv/bin/python}"
+MUTMUT="${MUTMUT:-$(dirname "$PY")/mutmut}"
+JOBS="${MUTATION_JOBS:-1}"
+WORK="${MUTATION_WORK:-$(mktemp -d /tmp/kasmina-mutation.XXXXXX)}"
+OUT="${MUTATION_OUT:-$ROOT/mutation-table.md}"
+
+# module -> the tests that pin it (space separated)
+declare -A TESTS=(
+  [actors/seed/lifecycle.py]="tests/actors tests/contract/test_lifecycle.py"
+  [actors/seed/core.py]="tests/actors"
+  [actors/gates/checks.py]="tests/actors"
+  [contracts/envelope.py]="tests/contracts"
+)
+DEFAULT=(actors/seed/lifecycle.py actors/seed/core.py actors/gates/checks.py contracts/envelope.py)
+MODULES=("$@")
+[ ${#MODULES[@]} -eq 0 ] && MODULES=("${DEFAULT[@]}")
+
+[ -x "$MUTMUT" ] || { echo "mutmut not found at $MUTMUT (pip install mutmut==3.8.1)" >&2; exit 2; }
+export KASMINA_TEST_REDIS="${KASMINA_TEST_REDIS:-redis://127.0.0.1:6379/0}"
+
+results=()
+for module in "${MODULES[@]}"; do
+  tests="${TESTS[$module]:-}"
+  [ -n "$tests" ] || { echo "no test selection for $module" >&2; exit 2; }
+  dir="$WORK/$(echo "$module" | tr '/.' '__')"
+  rm -rf "$dir" && mkdir -p "$dir"
+  (cd "$ROOT" && git ls-files -co --exclude-standard | grep -v '^mutants/' | tar -cf - -T -) \
+    | tar -xf - -C "$dir"
+  top="${module%%/*}"
+  {
+    echo "[mutmut]"
+    echo "source_paths=$top"
+    echo "only_mutate=$module"
+    echo "also_copy="
+    for pkg in leyline contracts bus actors scenarios kasmina benchmarks; do
+      [ "$pkg" != "$top" ] && echo "    $pkg"
+    done
+    echo "pytest_add_cli_args_test_selection="
+    for t in $tests; do [ -e "$dir/$t" ] && echo "    $t"; done
+    echo "pytest_add_cli_args=-q"
+    echo "    -p"
+    echo "    no:cacheprovider"
+  } > "$dir/setup.cfg"
+  echo "== $module ($tests) in $dir" >&2
+  (cd "$dir" && nice -n 10 "$MUTMUT" run --max-children "$JOBS" > run.log 2>&1) \
+    || { echo "mutmut failed for $module, see $dir/run.log" >&2; tail -c 2000 "$dir/run.log" >&2; exit 1; }
+  results+=("$module=$dir")
+done
+
+"$PY" "$ROOT/scripts/mutation_table.py" --mutmut "$MUTMUT" "${results[@]}" | tee "$OUT"
