@@ -49,7 +49,9 @@ def _show(mutmut: str, workdir: Path, name: str) -> str:
 
 def _tests(workdir: Path) -> list[str]:
     cfg = (workdir / "setup.cfg").read_text().splitlines()
-    start = next(i for i, ln in enumerate(cfg) if ln.startswith("pytest_add_cli_args_test_selection"))
+    start = next(
+        i for i, ln in enumerate(cfg) if ln.startswith("pytest_add_cli_args_test_selection")
+    )
     out = []
     for ln in cfg[start + 1 :]:
         if not ln.startswith("    "):
