@@ -19,7 +19,7 @@ OUT="${MUTATION_OUT:-$ROOT/mutation-table.md}"
 # module -> the tests that pin it (space separated)
 declare -A TESTS=(
   [actors/seed/lifecycle.py]="tests/actors tests/contract/test_lifecycle.py"
-  [actors/seed/core.py]="tests/actors"
+  [actors/seed/core.py]="tests/actors/test_cores_seed_commands.py tests/actors/test_cores_seed_table.py tests/actors/test_cores_seed_walks.py tests/actors/test_cores_seed_pins.py tests/actors/test_cores_seed_props.py tests/actors/test_cores_replay.py"
   [actors/gates/checks.py]="tests/actors"
   [contracts/envelope.py]="tests/contracts"
 )

@@ -317,8 +317,8 @@ async def run_plan(
                 proc.sample_rss()
             await anyio.sleep(0.5)
 
+    trainer_log = (workdir / "trainer.log").open("wb")
     try:
-        trainer_log = (workdir / "trainer.log").open("wb")
         async with anyio.create_task_group() as tg:
             tg.start_soon(sample)
             async with await anyio.open_process(argv, stderr=trainer_log) as trainer:
@@ -358,6 +358,8 @@ async def run_plan(
                 proc.stop()
             await bus.close()
         raise
+    finally:
+        trainer_log.close()  # closed on every path (a cancelled or timed-out run included)
     summary = json.loads(summary_path.read_text())
     ids = {int(k): v for k, v in summary["command_ids"].items()}
     rejections = await read_rejections(bus, run, ring)

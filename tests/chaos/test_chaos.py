@@ -65,6 +65,7 @@ def test_compare_flags_a_broken_log() -> None:
 
 
 @pytest.mark.redis
+@pytest.mark.timeout(360)  # two runs of 5 processes each: minutes on a loaded 2-core machine
 @pytest.mark.skipif(not Path(REDIS_SERVER).exists(), reason="needs redis-server")
 async def test_small_chaos_run_matches_the_fault_free_run(tmp_path: Path) -> None:
     """One SIGKILL of an actor process and one Redis restart: same lifecycle, replay verifies."""
