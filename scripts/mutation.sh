@@ -6,7 +6,9 @@
 #
 # Each module runs in its own throwaway copy of the tree with its own test selection, niced, one
 # test process at a time (MUTATION_JOBS to change); the table is printed at the end and written
-# to MUTATION_OUT (default mutation-table.md). Needs mutmut 3.8 (`pip install mutmut==3.8.1`).
+# to MUTATION_OUT (default mutation-table.md) with every survivor's diff. Survivors are re-run in
+# a fresh process first (MUTATION_RECHECK=0 to skip; see scripts/mutation_table.py).
+# Needs mutmut 3.8 (`pip install mutmut==3.8.1`).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -73,4 +75,7 @@ for module in "${MODULES[@]}"; do
   results+=("$module=$dir")
 done
 
-"$PY" "$ROOT/scripts/mutation_table.py" --mutmut "$MUTMUT" "${results[@]}" | tee "$OUT"
+recheck=(--recheck)
+[ "${MUTATION_RECHECK:-1}" = 1 ] || recheck=()
+"$PY" "$ROOT/scripts/mutation_table.py" --mutmut "$MUTMUT" --show "${recheck[@]}" "${results[@]}" \
+  | tee "$OUT"

@@ -1,9 +1,13 @@
 """Print the mutation table of ``scripts/mutation.sh`` runs (one mutmut work directory per module).
 
 A mutant counts as killed when its tests failed or timed out; anything else (survived, no tests,
-suspicious) counts against the score. A survivor is *text-only* when the mutation changed nothing
-but the contents of string literals (a message, a docstring); the last column leaves those out.
-With ``--recheck`` each survivor is run again in a fresh pytest process before it is counted.
+suspicious) counts against the score. mutmut activates a mutant when its function is called, so a
+mutant of code that runs only at import (the helpers that build a module-level table) cannot be
+activated in its forked runs; ``--recheck`` runs each survivor again in a fresh pytest process
+with the mutant chosen before import (``MUTANT_UNDER_TEST``), which settles those.
+
+A survivor is *text-only* when the mutation changed nothing but the contents of string literals
+(a message, a docstring); the last column leaves those out.
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ def _tests(workdir: Path) -> list[str]:
 def _recheck(workdir: Path, name: str) -> bool:
     """Run the module's tests on one mutant in a fresh process: True when they fail (killed)."""
     env = dict(os.environ, MUTANT_UNDER_TEST=name)
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *_tests(workdir)]
+    cmd = [sys.executable, "-m", "pytest", "-x", *_tests(workdir)]
     proc = subprocess.run(cmd, cwd=workdir / "mutants", env=env, capture_output=True, check=False)
     return proc.returncode != 0
 
