@@ -176,14 +176,19 @@ def gate_mutants(src: str) -> Iterator[Mutant]:
 
 
 ENVELOPE_EDITS = [
-    ("VERSION = 1", "VERSION = 2"),
-    ('DOMAIN = b"kasmina.leyline.v1\\x00"', 'DOMAIN = b"kasmina.leyline.v1"'),
+    ("VERSION = 2", "VERSION = 3"),
+    ('DOMAIN = b"kasmina.leyline.v2\\x00"', 'DOMAIN = b"kasmina.leyline.v2"'),
+    ("FIELDS = 11", "FIELDS = 12"),
     ("SIG_BYTES = 32", "SIG_BYTES = 31"),
+    ("MAX_FIELD_BYTES = 256", "MAX_FIELD_BYTES = 257"),
+    ("MAX_FIELD_BYTES = 256", "MAX_FIELD_BYTES = 255"),
     ("DEFAULT_MAX_BYTES = 1 << 20", "DEFAULT_MAX_BYTES = (1 << 20) + 1"),
     ("DEFAULT_MAX_BYTES = 1 << 20", "DEFAULT_MAX_BYTES = (1 << 20) - 1"),
-    ("_TS_LIMIT = 2**63", "_TS_LIMIT = 2**64"),
-    ('_LENS = struct.Struct(">8I")', '_LENS = struct.Struct("<8I")'),
+    ("WALK_ABOVE = 1024", "WALK_ABOVE = 1 << 20"),
+    ('_LENS = struct.Struct(">10I")', '_LENS = struct.Struct("<10I")'),
     ('_TS = struct.Struct(">Q")', '_TS = struct.Struct("<Q")'),
+    ("_TS_LIMIT = 2**63", "_TS_LIMIT = 2**64"),
+    ('_V2 = b"2"', '_V2 = b"02"'),
     ("_IPAD = bytes(x ^ 0x36 for x in range(256))", "_IPAD = bytes(x ^ 0x5C for x in range(256))"),
     ("if len(_PADS) >= 256:", "if len(_PADS) >= 257:"),
     ("tolerance_s: float = 60.0", "tolerance_s: float = 61.0"),
