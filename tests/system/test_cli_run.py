@@ -237,5 +237,6 @@ def test_run_publish_replay_status(cli_env: dict[str, str], tmp_path: Path) -> N
             code = server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+            server.wait()  # reaped: a Popen dropped while its process runs is a ResourceWarning
             raise
     assert code == 0, log.read_text()
