@@ -56,7 +56,7 @@ for module in "${MODULES[@]}"; do
     echo "source_paths=$top"
     echo "only_mutate=$module"
     echo "also_copy="
-    for pkg in leyline contracts bus actors scenarios kasmina benchmarks docs; do
+    for pkg in leyline contracts bus actors scenarios kasmina benchmarks docs scripts; do
       [ "$pkg" != "$top" ] && echo "    $pkg"
     done
     echo "pytest_add_cli_args_test_selection="
