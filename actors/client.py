@@ -1,8 +1,10 @@
 """KasminaClient: how Tolaria (trainer) and Tamiyo (controller) drive a run from Python.
 
-Commands are signed and published to the slot's SeedActor inbox. ``wait=True`` returns the outcome:
-the first lifecycle transition or refusal caused by the command, or the rejection of the command
-itself (bad signature, replay, …), whichever the run records first.
+Commands are signed and published to the slot's SeedActor inbox. ``wait=True`` follows the run's
+outcomes stream (docs/wire.md §9) and returns the command's outcome: its transition, its refusal,
+its acceptance (pause, resume, adjust_optimizer) or its rejection (bad signature, replay, …, matched
+by the id the frame claimed). Records before it (accepted, awaiting execution evidence) are
+progress.
 
 Publishing rides out a Redis outage for up to ``retry_s`` seconds without ever sending a command
 twice: the envelope is sealed once, and after a failed try the client first looks for it in the
@@ -12,7 +14,7 @@ bytes only if it is not there (:mod:`actors.delivery`).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -21,10 +23,10 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from actors.delivery import since, written
-from actors.eventlog import LogRecord, read_log
+from actors.eventlog import BadEntry, read_log
 from actors.hosting import FRAME
 from bus import Bus, BusUnavailable, backoff_s
-from contracts import REGISTRY, Signer, Verifier, kinds, streams
+from contracts import REGISTRY, Signer, Verifier, streams
 from leyline import pb
 
 T = TypeVar("T")
@@ -41,32 +43,67 @@ ACTIONS = (
 
 
 class CommandTimeout(TimeoutError):
-    """No outcome was recorded for a command in time."""
+    """No outcome was recorded for a command in time; ``last`` is its last progress record."""
+
+    def __init__(self, message: str, *, last: Outcome | None = None) -> None:
+        super().__init__(message)
+        self.last = last
+
+
+_RESULTS = {
+    pb.OUTCOME_ACCEPTED: "accepted",
+    pb.OUTCOME_TRANSITION: "transition",
+    pb.OUTCOME_REFUSED: "refused",
+    pb.OUTCOME_REJECTED: "rejected",
+}
+_LEGACY_KIND = {  # the record kinds ``kind`` named before the outcomes stream
+    "transition": "lifecycle.transition",
+    "refused": "lifecycle.refused",
+    "rejected": "rejection",
+    "accepted": "accepted",
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What became of a command."""
+    """One ``command.outcome`` record of a command (docs/wire.md §9)."""
 
     command_id: str
-    kind: str  # lifecycle.transition | lifecycle.refused | rejection
-    message: Message
+    result: str  # accepted | transition | refused | rejected
+    message: pb.CommandOutcome
     entry_id: str
+
+    @classmethod
+    def of(cls, message: pb.CommandOutcome, entry_id: str) -> Outcome:
+        """The client's view of a record."""
+        result = _RESULTS.get(message.result, "rejected")
+        return cls(message.command_id, result, message, entry_id)
+
+    @property
+    def kind(self) -> str:
+        """``lifecycle.transition``, ``lifecycle.refused``, ``rejection`` or ``accepted``."""
+        return _LEGACY_KIND[self.result]
 
     @property
     def ok(self) -> bool:
-        """True for a transition."""
-        return self.kind == "lifecycle.transition"
+        """True for a transition or an acceptance."""
+        return self.result in ("transition", "accepted")
+
+    @property
+    def final(self) -> bool:
+        """True when this record is the command's outcome (not progress: accepted and awaiting)."""
+        return self.result != "accepted" or not self.message.awaiting
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         body = MessageToDict(self.message, preserving_proto_field_name=True)
         return {
+            **body,
             "command_id": self.command_id,
             "ok": self.ok,
+            "result": self.result,
             "kind": self.kind,
             "entry_id": self.entry_id,
-            **body,
         }
 
 
@@ -147,15 +184,22 @@ class KasminaClient:
         wait: bool = False,
         timeout_s: float = 30.0,
         reason: str = "",
+        on_progress: Callable[[Outcome], None] | None = None,
         **params: Any,
     ) -> str | Outcome:
-        """Send a command to a slot's SeedActor; with ``wait`` return its :class:`Outcome`."""
+        """Send a command to a slot's SeedActor; with ``wait`` return its :class:`Outcome`
+        (``on_progress`` sees the records before it: accepted, awaiting …)."""
         message = build_command(slot, action, reason=reason, **params)
         if not wait:
             return await self.publish(streams.inbox(self.run, "seed", slot), message)
-        mark = await self._retrying(self._marks)
+        mark = await self.outcomes_mark()
         command_id = await self.publish(streams.inbox(self.run, "seed", slot), message)
-        return await self.wait(command_id, after=mark, timeout_s=timeout_s)
+        return await self.wait(command_id, after=mark, timeout_s=timeout_s, on_progress=on_progress)
+
+    async def outcomes_mark(self) -> str:
+        """The outcomes stream's last entry id now: a wait started after it misses nothing
+        recorded later."""
+        return await self._retrying(self._marks)
 
     async def _retrying(self, op: Callable[[], Awaitable[T]]) -> T:
         """Run ``op`` (safe to repeat), retrying while Redis is unavailable for up to ``retry_s``."""
@@ -171,48 +215,43 @@ class KasminaClient:
                     raise
                 await anyio.sleep(backoff_s(failures, cap_s=1.0, jitter=False))
 
-    async def _marks(self) -> Mapping[str, str]:
-        marks = {}
-        for stream in (streams.events(self.run), streams.rejected(self.run)):
-            info = await self.bus.info(stream)
-            marks[stream] = info.last_id if info.length else "0-0"
-        return marks
+    async def _marks(self) -> str:
+        info = await self.bus.info(streams.outcomes(self.run))
+        return info.last_id if info.length else "0-0"
 
     async def wait(
-        self, command_id: str, *, after: Mapping[str, str] | None = None, timeout_s: float = 30.0
+        self,
+        command_id: str,
+        *,
+        after: str | None = None,
+        timeout_s: float = 30.0,
+        on_progress: Callable[[Outcome], None] | None = None,
     ) -> Outcome:
-        """Poll the event and rejected streams for the command's outcome."""
-        events, rejected = streams.events(self.run), streams.rejected(self.run)
-        cursors = {events: "0-0", rejected: "0-0", **(after or {})}
+        """Follow the run's outcomes stream (entries after ``after``) to the command's outcome.
+
+        Records before it (accepted, still awaiting something) go to ``on_progress``; on timeout
+        :class:`CommandTimeout` carries the last of them (what the command still awaits)."""
+        stream = streams.outcomes(self.run)
+        cursor = after or "0-0"
+        last: Outcome | None = None
         with anyio.move_on_after(timeout_s):
             while True:
-                found = await self._scan(events, cursors, command_id)
-                if found is None:
-                    found = await self._scan(rejected, cursors, command_id)
-                    if found is not None:
-                        # A refusal writes its lifecycle event and its rejection record in one
-                        # commit: once the record is visible so is the event, which is the outcome.
-                        found = await self._scan(events, cursors, command_id) or found
-                if found is not None:
-                    return found
+                async for record in read_log(self.bus, stream, self.verifier, start=f"({cursor}"):
+                    cursor = record.entry_id
+                    if isinstance(record, BadEntry):
+                        continue
+                    message = record.message
+                    if not isinstance(message, pb.CommandOutcome):
+                        continue
+                    if message.command_id != command_id:
+                        continue
+                    outcome = Outcome.of(message, record.entry_id)
+                    if outcome.final:
+                        return outcome
+                    last = outcome
+                    if on_progress is not None:
+                        on_progress(outcome)
                 await anyio.sleep(0.05)
-        raise CommandTimeout(f"no outcome for command {command_id} within {timeout_s:g} s")
-
-    async def _scan(self, stream: str, cursors: dict[str, str], command_id: str) -> Outcome | None:
-        """The command's outcome among ``stream``'s entries after its cursor (advanced)."""
-        start = f"({cursors[stream]}"
-        async for record in read_log(self.bus, stream, self.verifier, start=start, page=500):
-            cursors[stream] = record.entry_id
-            if isinstance(record, LogRecord) and _answers(record, command_id):
-                return Outcome(command_id, record.kind, record.message, record.entry_id)
-        return None
-
-
-def _answers(record: LogRecord, command_id: str) -> bool:
-    """Whether ``record`` is the outcome of the command ``command_id``."""
-    if record.kind == kinds.REJECTION:
-        assert isinstance(record.message, pb.Rejection)
-        return bool(record.message.message_id == command_id)
-    if record.kind in (kinds.LIFECYCLE_TRANSITION, kinds.LIFECYCLE_REFUSED):
-        return bool(getattr(record.message, "command_id", "") == command_id)
-    return False
+        raise CommandTimeout(
+            f"no outcome for command {command_id} within {timeout_s:g} s", last=last
+        )

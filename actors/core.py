@@ -132,8 +132,10 @@ class Decision:
     world): the shell records that reason code, with ``detail``, on the rejected stream. A refusal
     may still carry events (an illegal seed command's ``lifecycle.refused``), which are appended
     and folded like any others. ``telemetry`` goes to the run's capped telemetry stream, not the
-    event log. ``folded`` (optional) is the state the events fold to, for a core that folds while
-    it decides (the SeedActor's builder): its host takes it instead of folding them a second time.
+    event log; ``outcomes`` (``command.outcome`` records) to the run's outcomes stream, where a
+    sender finds what became of its command. ``folded`` (optional) is the state the events fold
+    to, for a core that folds while it decides (the SeedActor's builder): its host takes it
+    instead of folding them a second time.
     """
 
     events: tuple[Message, ...] = ()
@@ -142,6 +144,7 @@ class Decision:
     detail: str = ""
     telemetry: tuple[Message, ...] = ()
     folded: Any = None  # the state ``events`` fold to, when the core folded them while deciding
+    outcomes: tuple[Message, ...] = ()
 
     @property
     def empty(self) -> bool:

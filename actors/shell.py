@@ -33,6 +33,7 @@ from actors.hosting import (
     inbox_consumer,
 )
 from actors.hosting.housekeeping import Housekeeping, digest_appends
+from actors.hosting.rejection import OUTCOMES_MAXLEN
 from bus import Append, Bus, BusClosed, BusUnavailable, Consumer, Entry, Fenced, Handled, backoff_s
 from contracts import REGISTRY, ContractError, Envelope, Reason, Signer, Verifier, streams
 from contracts.config import KasminaConfig
@@ -72,6 +73,7 @@ class ActorShell:
         self.heartbeat_s = heartbeat_s
         self.events_stream = streams.events(run)
         self.telemetry_stream = streams.telemetry(run)
+        self.outcomes_stream = streams.outcomes(run)
         self.lease = OwnershipLease(
             bus, run, self.group, process=process, ttl_s=config.bus.owner_ttl_s, name=logic.name
         )
@@ -190,10 +192,16 @@ class ActorShell:
         except ContractError as exc:
             return self._reject(entry, exc.code, exc.detail, env), None
         appends: list[Append] = []
-        if decision.rejected is not None:
-            appends += self.rejections.record(entry, decision.rejected, decision.detail, env)
+        if decision.rejected is not None:  # the decision's own outcome records say it, if any
+            appends += self.rejections.record(
+                entry, decision.rejected, decision.detail, env, outcome=not decision.outcomes
+            )
         self.logic.apply(decision)  # a refusal's events keep the per-key sequence in step
         appends += [self._append(self.events_stream, e, env.id) for e in decision.events]
+        appends += [
+            self._append(self.outcomes_stream, m, env.id, OUTCOMES_MAXLEN)
+            for m in decision.outcomes
+        ]
         if decision.rejected is not None:
             return Handled(entry, self.group, appends), decision
         for out in decision.outgoing:  # one frame per destination

@@ -30,6 +30,7 @@ BARRIER_TIMEOUT = "barrier.timeout"
 REJECTION = "rejection"
 STATE_DIGEST = "state.digest"
 HEARTBEAT = "actor.heartbeat"
+COMMAND_OUTCOME = "command.outcome"
 
 #: the events of one slot's lifecycle (the SeedActor's own)
 LIFECYCLE_EVENTS = frozenset({LIFECYCLE_TRANSITION, LIFECYCLE_REFUSED, LIFECYCLE_PROGRESS})

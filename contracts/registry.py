@@ -35,6 +35,7 @@ KINDS: dict[str, type[Message]] = {
     kinds.REJECTION: pb.Rejection,
     kinds.STATE_DIGEST: pb.StateDigest,
     kinds.HEARTBEAT: pb.Heartbeat,
+    kinds.COMMAND_OUTCOME: pb.CommandOutcome,
 }
 
 

@@ -72,7 +72,7 @@ def rejected(run: str) -> str:
 
 
 def outcomes(run: str) -> str:
-    """Outcomes published for clients waiting on a command (``--wait``)."""
+    """What became of each command, by its id (``command.outcome`` records; docs/wire.md §9)."""
     return f"{prefix(run)}outcomes"
 
 

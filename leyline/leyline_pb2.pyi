@@ -213,6 +213,39 @@ VERDICT_EMERGENCY_STOP: VerdictAction.ValueType  # 4
 """run-wide stop"""
 Global___VerdictAction: _TypeAlias = VerdictAction  # noqa: Y015
 
+class _OutcomeResult:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OutcomeResultEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OutcomeResult.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OUTCOME_RESULT_UNSPECIFIED: _OutcomeResult.ValueType  # 0
+    OUTCOME_ACCEPTED: _OutcomeResult.ValueType  # 1
+    """decided without a stage change: applied, or waiting (see awaiting)"""
+    OUTCOME_TRANSITION: _OutcomeResult.ValueType  # 2
+    """the slot changed stage (from_stage -> to_stage)"""
+    OUTCOME_REFUSED: _OutcomeResult.ValueType  # 3
+    """the lifecycle refused it (reason)"""
+    OUTCOME_REJECTED: _OutcomeResult.ValueType  # 4
+    """never decided: the frame or message was rejected (reason = code)"""
+
+class OutcomeResult(_OutcomeResult, metaclass=_OutcomeResultEnumTypeWrapper):
+    """---------------------------------------------------------------------------
+    Command outcomes (docs/wire.md §9): what became of each command, by its id.
+    ---------------------------------------------------------------------------
+    """
+
+OUTCOME_RESULT_UNSPECIFIED: OutcomeResult.ValueType  # 0
+OUTCOME_ACCEPTED: OutcomeResult.ValueType  # 1
+"""decided without a stage change: applied, or waiting (see awaiting)"""
+OUTCOME_TRANSITION: OutcomeResult.ValueType  # 2
+"""the slot changed stage (from_stage -> to_stage)"""
+OUTCOME_REFUSED: OutcomeResult.ValueType  # 3
+"""the lifecycle refused it (reason)"""
+OUTCOME_REJECTED: OutcomeResult.ValueType  # 4
+"""never decided: the frame or message was rejected (reason = code)"""
+Global___OutcomeResult: _TypeAlias = OutcomeResult  # noqa: Y015
+
 @_typing.final
 class Germinate(_message.Message):
     """---------------------------------------------------------------------------
@@ -1468,6 +1501,7 @@ class Rejection(_message.Message):
     DETAIL_FIELD_NUMBER: _builtins.int
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
+    VERIFIED_FIELD_NUMBER: _builtins.int
     reason_code: _builtins.str
     stream: _builtins.str
     entry_id: _builtins.str
@@ -1476,6 +1510,8 @@ class Rejection(_message.Message):
     detail: _builtins.str
     message_id: _builtins.str
     actor: _builtins.str
+    verified: _builtins.bool
+    """false: message_id, kind and sender are only what the frame claimed"""
     def __init__(
         self,
         *,
@@ -1487,10 +1523,11 @@ class Rejection(_message.Message):
         detail: _builtins.str = ...,
         message_id: _builtins.str = ...,
         actor: _builtins.str = ...,
+        verified: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "detail", b"detail", "entry_id", b"entry_id", "kind", b"kind", "message_id", b"message_id", "reason_code", b"reason_code", "sender", b"sender", "stream", b"stream"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "detail", b"detail", "entry_id", b"entry_id", "kind", b"kind", "message_id", b"message_id", "reason_code", b"reason_code", "sender", b"sender", "stream", b"stream", "verified", b"verified"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1562,11 +1599,14 @@ class Heartbeat(_message.Message):
     PROCESSED_FIELD_NUMBER: _builtins.int
     REJECTED_FIELD_NUMBER: _builtins.int
     TS_NS_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
     actor: _builtins.str
     process: _builtins.str
     started_ns: _builtins.int
     processed: _builtins.int
     ts_ns: _builtins.int
+    step: _builtins.int
+    """an ExecutionActor's: the training step its runtime reached"""
     @_builtins.property
     def rejected(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """reason code -> count since start"""
@@ -1580,11 +1620,81 @@ class Heartbeat(_message.Message):
         processed: _builtins.int = ...,
         rejected: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         ts_ns: _builtins.int = ...,
+        step: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "process", b"process", "processed", b"processed", "rejected", b"rejected", "started_ns", b"started_ns", "ts_ns", b"ts_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "process", b"process", "processed", b"processed", "rejected", b"rejected", "started_ns", b"started_ns", "step", b"step", "ts_ns", b"ts_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
+
+@_typing.final
+class CommandOutcome(_message.Message):
+    """kind: "command.outcome" -- on the run's outcomes stream, one or more per command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_ID_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    SLOT_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    FROM_STAGE_FIELD_NUMBER: _builtins.int
+    TO_STAGE_FIELD_NUMBER: _builtins.int
+    AWAITING_FIELD_NUMBER: _builtins.int
+    AWAITING_TEXT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    VERIFIED_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    command_id: _builtins.str
+    """the command's message id (claimed, if not verified)"""
+    result: Global___OutcomeResult.ValueType
+    slot: _builtins.str
+    action: _builtins.str
+    """germinate, cull, pause, ... ("" for a later record of the chain)"""
+    from_stage: Global___SeedLifecycleStage.ValueType
+    to_stage: Global___SeedLifecycleStage.ValueType
+    awaiting: _builtins.str
+    """what the slot now awaits for this command ("" = nothing):"""
+    awaiting_text: _builtins.str
+    """"g0_evidence", "gate:<G>", "ack:<STAGE>[:<what>]"
+    the same for people
+    """
+    reason: _builtins.str
+    """refusal reason, or the rejection's reason code"""
+    detail: _builtins.str
+    verified: _builtins.bool
+    """false: the id, kind and sender were only claimed by a frame"""
+    step: _builtins.int
+    """rejected before its MAC checked out
+    training step of the decision
+    """
+    actor: _builtins.str
+    """who decided or rejected"""
+    def __init__(
+        self,
+        *,
+        command_id: _builtins.str = ...,
+        result: Global___OutcomeResult.ValueType = ...,
+        slot: _builtins.str = ...,
+        action: _builtins.str = ...,
+        from_stage: Global___SeedLifecycleStage.ValueType = ...,
+        to_stage: Global___SeedLifecycleStage.ValueType = ...,
+        awaiting: _builtins.str = ...,
+        awaiting_text: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        verified: _builtins.bool = ...,
+        step: _builtins.int = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "awaiting", b"awaiting", "awaiting_text", b"awaiting_text", "command_id", b"command_id", "detail", b"detail", "from_stage", b"from_stage", "reason", b"reason", "result", b"result", "slot", b"slot", "step", b"step", "to_stage", b"to_stage", "verified", b"verified"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommandOutcome: _TypeAlias = CommandOutcome  # noqa: Y015

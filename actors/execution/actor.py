@@ -3,14 +3,19 @@
 The training loop runs on its own thread and never awaits Redis. This actor runs on an event loop:
 it reads the rank's inbox (orders), hands each verified order to the runtime's non-blocking inbox
 and acks it; and it flushes the runtime's outbox (acks, step reports, telemetry, safety signals,
-barrier votes) to the actors' inboxes in one pipeline per flush, signed.
+barrier votes) to the actors' inboxes in one pipeline per flush, signed. Every ``heartbeat_s`` it
+beats on the run's heartbeat stream with the step its runtime reached (``kasmina status`` lists
+the attached trainers from these beats, ``kasmina publish --wait`` says when there are none).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import threading
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 
@@ -20,6 +25,7 @@ from anyio.abc import TaskStatus
 from actors.delivery import since, written
 from actors.execution.protocol import Runtime
 from actors.hosting import FRAME, Rejections, Router, inbox_consumer
+from actors.hosting.housekeeping import every, publish_heartbeat
 from bus import Append, Bus, BusClosed, BusUnavailable, Consumer, Entry, Handled, backoff_s
 from contracts import REGISTRY, ContractError, Envelope, Reason, Signer, Verifier, streams
 from contracts.config import KasminaConfig
@@ -44,6 +50,7 @@ class ExecutionActor:
         config: KasminaConfig,
         rank: int = 0,
         flush_interval_s: float = 0.02,
+        heartbeat_s: float = 2.0,
     ) -> None:
         self.runtime = runtime
         self.bus = bus
@@ -53,6 +60,10 @@ class ExecutionActor:
         self.config = config
         self.rank = rank
         self.flush_interval_s = flush_interval_s
+        self.heartbeat_s = heartbeat_s
+        self.process = f"{socket.gethostname()}:{os.getpid()}"
+        self._started_ns = time.time_ns()
+        self.taken = 0  # inbox entries handled
         self.inbox = streams.inbox(run, "execution", str(rank))
         self.group = f"actor:execution:{rank}"
         self.slots: Sequence[str] = sorted(runtime.slots)
@@ -167,16 +178,32 @@ class ExecutionActor:
                 await self.router.register(self.inbox)
                 async for batch in self._consumer.batches():
                     await self.bus.commit([await self._take(e) for e in batch])
+                    self.taken += len(batch)
             except BusUnavailable:
                 await anyio.sleep(0.2)
             except BusClosed:
                 return
+
+    async def _beat(self) -> None:
+        """A heartbeat: this rank is attached, at the step its runtime reached."""
+        beat = pb.Heartbeat(
+            actor=f"execution:{self.rank}",
+            process=self.process,
+            started_ns=self._started_ns,
+            processed=self.taken,
+            rejected=dict(self.rejected),
+            ts_ns=time.time_ns(),
+            step=max(0, int(getattr(self.runtime, "step", 0))),
+        )
+        await publish_heartbeat(self.bus, self.run_id, self.signer, beat)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until :meth:`stop`; flushes what is left in the outbox on the way out."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._orders)
             tg.start_soon(self._flusher)
+            tg.start_soon(lambda: every(self.heartbeat_s, self._beat, active=lambda: True,
+                                        running=lambda: not self._stopping))  # fmt: skip
             task_status.started()
             await self._stopped.wait()
             tg.cancel_scope.cancel()

@@ -14,11 +14,12 @@ from contracts import ContractError, Envelope, Reason, Signer, kinds, streams
 from contracts.config import SafetyConfig
 from leyline import pb
 
-__all__ = ["REJECTED_MAXLEN", "Rejections"]
+__all__ = ["OUTCOMES_MAXLEN", "REJECTED_MAXLEN", "Rejections"]
 
 log = logging.getLogger("kasmina.actors")
 
 REJECTED_MAXLEN = 200_000
+OUTCOMES_MAXLEN = 100_000
 
 
 class Rejections:
@@ -32,6 +33,7 @@ class Rejections:
         self.actor = actor
         self.signer = signer
         self.stream = streams.rejected(run)
+        self.outcomes = streams.outcomes(run)
         self.safety_inbox = streams.inbox(run, "safety")
         self.counts: Counter[str] = Counter()
         self._storm_config = storm
@@ -44,18 +46,22 @@ class Rejections:
         detail: str,
         env: Envelope | None = None,
         claimed: ContractError | None = None,
+        *,
+        outcome: bool = True,
     ) -> list[Append]:
         """Count one rejection of ``entry``; the appends that record it (and any storm signal).
 
         ``env`` is the verified envelope; without one, ``claimed`` (the verifier's error) carries
-        what the frame said about itself: recorded so its sender can find it (docs/wire.md §5)."""
+        what the frame said about itself: recorded so its sender can find it (docs/wire.md §5). A
+        rejected command (``outcome``) also gets its REJECTED record on the outcomes stream."""
         self.counts[code.value] += 1
         if env is not None:
-            mid, kind, sender = env.id, env.kind, env.sender
+            mid, kind, sender, verified = env.id, env.kind, env.sender, True
         elif claimed is not None:
             mid, kind, sender = claimed.message_id, claimed.kind, claimed.sender
+            verified = claimed.verified
         else:
-            mid, kind, sender = "", "", ""
+            mid, kind, sender, verified = "", "", "", False
         cause = mid
         record = pb.Rejection(
             reason_code=code.value,
@@ -66,11 +72,14 @@ class Rejections:
             detail=detail[:500],
             message_id=mid,
             actor=self.actor,
+            verified=verified,
         )
         log.debug("%s rejected %s: %s %s", self.actor, entry.id, code.value, detail)
         frame = self.signer.seal(kinds.REJECTION, record, stream=self.stream, causation_id=cause)
         fields = {FRAME: frame, "kind": kinds.REJECTION.encode(), "reason": code.value.encode()}
         appends = [Append(self.stream, fields, maxlen=REJECTED_MAXLEN)]
+        if outcome and mid and kind == kinds.SEED_COMMAND:
+            appends.append(self._outcome(record, cause))
         if self._storm_config is not None:
             self._storm, storm = note_reject(
                 self._storm,
@@ -87,3 +96,19 @@ class Rejections:
                     Append(self.safety_inbox, {FRAME: frame, "kind": kinds.SAFETY_SIGNAL.encode()})
                 )
         return appends
+
+    def _outcome(self, rejection: pb.Rejection, cause: str) -> Append:
+        """The REJECTED ``command.outcome`` record of a rejected command."""
+        record = pb.CommandOutcome(
+            command_id=rejection.message_id,
+            result=pb.OUTCOME_REJECTED,
+            reason=rejection.reason_code,
+            detail=rejection.detail,
+            verified=rejection.verified,
+            actor=self.actor,
+        )
+        frame = self.signer.seal(
+            kinds.COMMAND_OUTCOME, record, stream=self.outcomes, causation_id=cause
+        )
+        fields = {FRAME: frame, "kind": kinds.COMMAND_OUTCOME.encode()}
+        return Append(self.outcomes, fields, maxlen=OUTCOMES_MAXLEN)

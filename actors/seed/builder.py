@@ -17,6 +17,7 @@ from typing import Any
 
 from actors.core import Context, Decision, Message, Outgoing, next_boundary
 from actors.seed.lifecycle import Gate, Stage, gate_name, stage_name
+from actors.seed.outcomes import outcomes_of
 from actors.seed.state import SeedState, evolve
 from actors.seed.wait import Wait
 from leyline import pb
@@ -33,6 +34,7 @@ class Builder:
         self.events: list[Message] = []
         self.outgoing: list[Outgoing] = []
         self.chain = ""  # command_id of every event emitted from now on
+        self.command = ("", "")  # (id, action) of the command being decided, if the input is one
         self._ids = 0
 
     @property
@@ -129,5 +131,12 @@ class Builder:
         self.outgoing.append(Outgoing("gate", None, request))
 
     def decision(self) -> Decision:
-        """The finished decision."""
-        return Decision(events=tuple(self.events), outgoing=tuple(self.outgoing), folded=self.state)
+        """The finished decision, with a ``command.outcome`` record per command it concerns."""
+        command_id, action = self.command
+        outcomes = outcomes_of(self.events, command_id=command_id, action=action)
+        return Decision(
+            events=tuple(self.events),
+            outgoing=tuple(self.outgoing),
+            folded=self.state,
+            outcomes=tuple(outcomes),
+        )

@@ -68,6 +68,7 @@ def decide(state: SeedState, msg: Message, ctx: Context) -> Decision:
         return b.decision()
     if isinstance(msg, pb.SeedCommand):
         b.chain = ctx.message_id  # a command's own events, refusals included, carry its id
+        b.command = (ctx.message_id, msg.WhichOneof("action") or "")
     refusal = _misaddressed(b.state, msg)
     if refusal:
         b.refuse(_request_name(msg), refusal)

@@ -1,21 +1,38 @@
-"""``kasmina publish ACTION --slot SLOT``: sign and send a command to a slot's SeedActor."""
+"""``kasmina publish ACTION --slot SLOT``: sign and send a command to a slot's SeedActor.
+
+With ``--wait`` it follows the run's outcomes stream and never waits silently: each progress
+record is printed to stderr (accepted; awaiting execution evidence; no trainer attached to run R
+since T), and the exit code says how the command ended (:data:`EXIT_CODES`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from typing import Any
 
 import anyio
 
+from actors.attached import Trainer, trainers
 from actors.client import CommandTimeout, KasminaClient, Outcome
 from kasmina.common import CliError, add_keys, add_redis, emit_json, load_keys, redis_url, run_id
-from kasmina.wiring import connect
+from kasmina.wiring import Wiring, connect
 
 CLI_ACTIONS = ("germinate", "cull", "pause", "resume", "terminate", "emergency-stop")
 
+#: exit code of ``publish --wait`` per result (2 stays the CLI's code for a usage or setup error)
+EXIT_CODES = {"transition": 0, "accepted": 0, "refused": 1, "rejected": 3, "timed_out": 4}
+TRAINER_CHECK_S = 2.0  # how often a wait on execution looks for attached trainers
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("publish", help="send a signed command to a slot")
+    parser = sub.add_parser(
+        "publish",
+        help="send a signed command to a slot",
+        description="Exit codes with --wait: 0 transition or accepted, 1 refused, "
+        "3 rejected, 4 timed out (2: usage or setup error).",
+    )
     parser.add_argument("action", choices=CLI_ACTIONS)
     parser.add_argument("--slot", required=True)
     parser.add_argument("--blueprint", default=None, help="germinate: the blueprint to grow")
@@ -45,6 +62,52 @@ def _params(items: list[str]) -> dict[str, float]:
     return params
 
 
+def _say(text: str) -> None:
+    print(f"kasmina publish: {text}", file=sys.stderr, flush=True)
+
+
+def _when(ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / 1e9))
+
+
+def _progress_line(outcome: Outcome) -> str:
+    m = outcome.message
+    return f"{outcome.result} (command {outcome.command_id}); awaiting {m.awaiting_text}"
+
+
+def _no_trainer(run: str, seen: list[Trainer]) -> str:
+    if not seen:
+        return f"no trainer attached to run {run} (none has sent a heartbeat)"
+    last = max(t.ts_ns for t in seen)
+    return f"no trainer attached to run {run} since {_when(last)}"
+
+
+class _Watch:
+    """What a waiting publish has said so far (each line once)."""
+
+    def __init__(self, wiring: Wiring) -> None:
+        self.wiring = wiring
+        self.awaiting: Outcome | None = None
+        self.trainer_line = ""
+
+    def progress(self, outcome: Outcome) -> None:
+        self.awaiting = outcome
+        _say(_progress_line(outcome))
+
+    def needs_trainer(self) -> bool:
+        label = self.awaiting.message.awaiting if self.awaiting is not None else ""
+        return label.startswith(("g0_evidence", "ack:"))
+
+    async def check_trainers(self) -> None:
+        if not self.needs_trainer():
+            return
+        seen = await trainers(self.wiring.bus, self.wiring.run, self.wiring.ring)
+        line = "" if any(t.alive for t in seen) else _no_trainer(self.wiring.run, seen)
+        if line and line != self.trainer_line:
+            _say(line)
+        self.trainer_line = line
+
+
 async def _publish(args: argparse.Namespace) -> dict[str, Any]:
     wiring = connect(redis_url(args), run_id(args), load_keys(args))
     try:
@@ -60,25 +123,56 @@ async def _publish(args: argparse.Namespace) -> dict[str, Any]:
                 "params": _params(args.param),
                 "blend_steps": args.blend_steps,
             }
-        result = await client.command(
-            args.slot,
-            args.action.replace("-", "_"),
-            wait=args.wait,
-            timeout_s=args.timeout,
-            reason=args.reason,
-            **extra,
-        )
-        if isinstance(result, Outcome):
-            return result.to_dict()
-        return {"command_id": result, "slot": args.slot, "action": args.action}
+        action = args.action.replace("-", "_")
+        if not args.wait:
+            command_id = await client.command(args.slot, action, reason=args.reason, **extra)
+            return {"command_id": command_id, "slot": args.slot, "action": args.action}
+        watch = _Watch(wiring)
+        result: dict[str, Any] = {}
+
+        async def follow() -> None:
+            mark = await client.outcomes_mark()
+            command_id = await client.command(args.slot, action, reason=args.reason, **extra)
+            try:
+                outcome = await client.wait(
+                    str(command_id), after=mark, timeout_s=args.timeout, on_progress=watch.progress
+                )
+            except CommandTimeout as exc:
+                awaiting = exc.last.message if exc.last is not None else None
+                result.update(
+                    command_id=command_id,
+                    slot=args.slot,
+                    action=args.action,
+                    ok=False,
+                    result="timed_out",
+                    awaiting=awaiting.awaiting if awaiting else "",
+                    awaiting_text=awaiting.awaiting_text if awaiting else "",
+                    trainers=watch.trainer_line or "",
+                )
+                why = f"; awaiting {awaiting.awaiting_text}" if awaiting else ""
+                _say(f"no outcome within {args.timeout:g} s{why}")
+            else:
+                result.update(outcome.to_dict())
+            tg.cancel_scope.cancel()
+
+        async def trainers_loop() -> None:
+            while True:
+                await watch.check_trainers()
+                await anyio.sleep(TRAINER_CHECK_S)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow)
+            tg.start_soon(trainers_loop)
+        if watch.trainer_line and result.get("result") == "timed_out":
+            _say(watch.trainer_line)
+        return result
     finally:
         await wiring.bus.close()
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        out = anyio.run(_publish, args)
-    except CommandTimeout as exc:
-        raise CliError(str(exc)) from exc
+    out = anyio.run(_publish, args)
     emit_json(out)
-    return 0 if out.get("ok", True) else 1
+    if not args.wait:
+        return 0
+    return EXIT_CODES.get(str(out.get("result")), 1)

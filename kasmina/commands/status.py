@@ -1,4 +1,5 @@
-"""``kasmina status``: actors alive, per-slot stage and α, stream lengths/pending/lag, rejects by reason."""
+"""``kasmina status``: actors alive, attached trainers, per-slot stage, α and what each slot awaits
+(since when), stream lengths/pending/lag, rejects by reason."""
 
 from __future__ import annotations
 
@@ -9,15 +10,14 @@ from typing import Any
 
 import anyio
 
-from actors.eventlog import LogRecord, read_log, read_verified
+from actors.attached import ALIVE_S, heartbeats, trainers
+from actors.eventlog import read_verified
 from actors.replay import fold_events
 from actors.seed import stage_name
+from actors.seed.outcomes import awaiting_text
 from bus import Bus, aiter_entries, open_bus
-from contracts import KeyRing, Verifier, streams
+from contracts import KeyRing, kinds, streams
 from kasmina.common import add_keys, add_redis, emit_json, load_keys, redis_url, run_id
-from leyline import pb
-
-ALIVE_S = 10.0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,11 +29,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 async def _actors(bus: Bus, run: str, ring: KeyRing) -> list[dict[str, Any]]:
-    verifier = Verifier(ring, replay=True)
-    latest: dict[str, pb.Heartbeat] = {}
-    async for record in read_log(bus, streams.heartbeats(run), verifier):
-        if isinstance(record, LogRecord) and isinstance(record.message, pb.Heartbeat):
-            latest[record.message.actor] = record.message
+    latest = await heartbeats(bus, run, ring)
     now = time.time_ns()
     return [
         {
@@ -67,24 +63,47 @@ async def _streams(bus: Bus, run: str) -> list[dict[str, Any]]:
     return out
 
 
+def _waits(events: list[tuple[str, str, Any]]) -> dict[str, tuple[int, int]]:
+    """Per slot: (entry time in ms, step) of the progress event that started its current wait."""
+    since: dict[str, tuple[int, int]] = {}
+    for entry_id, kind, message in events:
+        if kind == kinds.LIFECYCLE_PROGRESS and message.HasField("awaiting"):
+            since[message.slot] = (int(entry_id.split("-")[0]), int(message.step))
+    return since
+
+
+def _slot(slot: str, s: Any, since: tuple[int, int] | None, now_ms: int) -> dict[str, Any]:
+    waiting = "" if s.awaiting is None else str(s.awaiting)
+    started_ms, started_step = since if since is not None and waiting else (0, 0)
+    return {
+        "slot": slot,
+        "stage": stage_name(s.stage),
+        "alpha": s.alpha,
+        "paused": s.paused,
+        "strikes": s.strikes,
+        "awaiting": waiting,
+        "awaiting_text": awaiting_text(waiting),
+        "awaiting_command": s.command_id if waiting else "",
+        "awaiting_since_step": started_step if waiting else None,
+        "awaiting_for_s": round((now_ms - started_ms) / 1000, 1) if waiting else None,
+    }
+
+
 async def collect(bus: Bus, run: str, ring: KeyRing) -> dict[str, Any]:
-    """The status object of docs/design.md §7."""
+    """The status object of docs/design.md §7 (plus ``trainers`` and each slot's ``awaiting_*``)."""
     events, _ = await read_verified(bus, streams.events(run), ring)
     state = fold_events(events)
+    since = _waits(events)
+    now_ns = time.time_ns()
     rejected: Counter[str] = Counter()
     async for entry in aiter_entries(bus, streams.rejected(run)):
         rejected[entry.fields.get("reason", b"unknown").decode(errors="replace")] += 1
     return {
         "run": run,
         "actors": await _actors(bus, run, ring),
+        "trainers": [t.as_dict(now_ns) for t in await trainers(bus, run, ring, now_ns=now_ns)],
         "slots": [
-            {
-                "slot": slot,
-                "stage": stage_name(s.stage),
-                "alpha": s.alpha,
-                "paused": s.paused,
-                "strikes": s.strikes,
-            }
+            _slot(slot, s, since.get(slot), now_ns // 1_000_000)
             for slot, s in sorted(state.seeds.items())
         ],
         "rejected": dict(sorted(rejected.items())),
@@ -102,11 +121,26 @@ def _print(status: dict[str, Any]) -> None:
         print(
             f"  {a['name']:<24} {'alive' if a['alive'] else 'DOWN':<6} {a['process']:<24} processed {a['processed']}"
         )
+    print("trainers:")
+    for t in status["trainers"] or [None]:
+        if t is None:
+            print("  (none attached: no execution heartbeat)")
+            continue
+        state = "attached" if t["alive"] else "GONE"
+        print(
+            f"  rank {t['rank']:<6} {state:<9} step {t['last_step']:<8} "
+            f"last heartbeat {t['last_heartbeat_s']} s ago  {t['process']}"
+        )
     print("slots:")
     for s in status["slots"]:
         print(
             f"  {s['slot']:<24} {s['stage']:<14} alpha {s['alpha']:.2f}{'  (paused)' if s['paused'] else ''}"
         )
+        if s["awaiting"]:
+            print(
+                f"    awaiting {s['awaiting_text']} since step {s['awaiting_since_step']} "
+                f"({s['awaiting_for_s']} s)"
+            )
     print("rejected:", ", ".join(f"{k}={v}" for k, v in status["rejected"].items()) or "none")
     print("streams:")
     for s in status["streams"]:

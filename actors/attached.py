@@ -1,0 +1,68 @@
+"""Who is attached to a run: the latest heartbeat of every actor, trainers (ranks) included.
+
+Every actor shell and every ExecutionActor (one per trainer rank, ``execution:RANK``) appends a
+signed ``actor.heartbeat`` to the run's heartbeat stream every couple of seconds; an ExecutionActor's
+beat carries the training step its runtime last reached. An actor is alive while its latest beat is
+younger than :data:`ALIVE_S`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from actors.eventlog import read_log
+from bus import Bus
+from contracts import KeyRing, Verifier, streams
+from leyline import pb
+
+__all__ = ["ALIVE_S", "Trainer", "heartbeats", "trainers"]
+
+ALIVE_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Trainer:
+    """One trainer rank as its heartbeats show it."""
+
+    rank: str
+    process: str
+    step: int
+    ts_ns: int
+    alive: bool
+
+    def as_dict(self, now_ns: int) -> dict[str, object]:
+        """The ``status --json`` form."""
+        return {
+            "rank": self.rank,
+            "process": self.process,
+            "alive": self.alive,
+            "last_step": self.step,
+            "last_heartbeat_s": round((now_ns - self.ts_ns) / 1e9, 1),
+        }
+
+
+async def heartbeats(bus: Bus, run: str, ring: KeyRing) -> dict[str, pb.Heartbeat]:
+    """The latest verified heartbeat per actor name."""
+    latest: dict[str, pb.Heartbeat] = {}
+    verifier = Verifier(ring, replay=True)
+    async for record in read_log(bus, streams.heartbeats(run), verifier):
+        message = getattr(record, "message", None)
+        if isinstance(message, pb.Heartbeat):
+            latest[message.actor] = message
+    return latest
+
+
+async def trainers(
+    bus: Bus, run: str, ring: KeyRing, *, now_ns: int | None = None
+) -> list[Trainer]:
+    """Every trainer rank that ever beat on the run, latest beat first per rank, by rank."""
+    now = time.time_ns() if now_ns is None else now_ns
+    out = []
+    for name, beat in sorted((await heartbeats(bus, run, ring)).items()):
+        kind, _, rank = name.partition(":")
+        if kind != "execution":
+            continue
+        alive = (now - beat.ts_ns) / 1e9 < ALIVE_S
+        out.append(Trainer(rank, beat.process, int(beat.step), int(beat.ts_ns), alive))
+    return out

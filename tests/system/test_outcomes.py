@@ -1,0 +1,180 @@
+"""Every command gets an outcome on the run's outcomes stream, findable by its id (wire.md §9)."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from actors.client import Outcome
+from actors.eventlog import read_log
+from actors.hosting import FRAME
+from bus import Bus
+from contracts import KasminaConfig, KeyRing, Signer, streams, unpack
+from leyline import pb
+from scenarios.cluster import Cluster, running_cluster
+from scenarios.sim import SimRuntime
+
+A, B = "l1.s0", "l1.s1"
+R = pb.OutcomeResult
+
+
+def _config() -> KasminaConfig:
+    """A seed that stays in TRAINING (pause, resume, adjust need a seed in a stage)."""
+    return KasminaConfig.load(
+        env={}, overrides={"lifecycle.training_steps": 10_000, "barrier.frequency": 5}
+    )
+
+
+async def _records(cl: Cluster, command_id: str) -> list[pb.CommandOutcome]:
+    out = []
+    verifier = cl.verifier(replay=True)
+    async for record in read_log(cl.bus, streams.outcomes(cl.run), verifier):
+        message = getattr(record, "message", None)
+        if isinstance(message, pb.CommandOutcome) and message.command_id == command_id:
+            out.append(message)
+    return out
+
+
+async def _walk(cl: Cluster, start: int, steps: int) -> int:
+    for step in range(start, start + steps):
+        await cl.step(step)
+        await cl.settle()
+    return start + steps
+
+
+async def _send(cl: Cluster, slot: str, action: str, **params: object) -> str:
+    sent = await cl.client.command(slot, action, **params)  # type: ignore[arg-type]
+    assert isinstance(sent, str)
+    return sent
+
+
+def _shape(records: list[pb.CommandOutcome]) -> list[tuple[str, str]]:
+    return [(R.Name(r.result), r.awaiting) for r in records]
+
+
+async def test_every_command_kind_has_its_outcome(bus: Bus, run_id: str) -> None:
+    """germinate (to TRAINING), pause, resume, adjust_optimizer, cull, terminate, emergency_stop
+    and an illegal command each get the records the spec lists, under the command's id."""
+    sim = SimRuntime([A, B], report_every=5, barrier_frequency=5)
+    async with running_cluster(
+        bus, run=run_id, slots=[A, B], runtimes=[sim], config=_config()
+    ) as cl:
+        step = await _walk(cl, 0, 1)
+        pause_dormant = await _send(cl, B, "pause")
+        illegal = await _send(cl, B, "germinate", blueprint="residual_mlp")  # B is paused
+        germ = await _send(cl, A, "germinate", blueprint="residual_mlp")
+        step = await _walk(cl, step, 25)
+        assert await cl.stage(A) == pb.SEED_STAGE_TRAINING
+        records = await _records(cl, germ)
+        assert _shape(records)[:2] == [
+            ("OUTCOME_ACCEPTED", "g0_evidence"),
+            ("OUTCOME_ACCEPTED", "gate:G0_SANITY"),
+        ]
+        moved = [(r.from_stage, r.to_stage) for r in records if r.result == R.OUTCOME_TRANSITION]
+        assert moved == [
+            (pb.SEED_STAGE_DORMANT, pb.SEED_STAGE_GERMINATED),
+            (pb.SEED_STAGE_GERMINATED, pb.SEED_STAGE_TRAINING),
+        ]
+        assert records[0].action == "germinate" and records[0].awaiting_text
+        assert _shape(await _records(cl, pause_dormant)) == [("OUTCOME_ACCEPTED", "")]
+        refused = await _records(cl, illegal)
+        assert _shape(refused) == [("OUTCOME_REFUSED", "")] and refused[0].reason == "slot paused"
+        for action, params in (
+            ("pause", {}),
+            ("resume", {}),
+            ("adjust_optimizer", {"lr_scale": 0.5}),
+        ):
+            command_id = await _send(cl, A, action, **params)
+            step = await _walk(cl, step, 12)
+            shape = _shape(await _records(cl, command_id))
+            assert shape[0][0] == "OUTCOME_ACCEPTED" and shape[0][1].startswith("ack:TRAINING")
+            assert shape[-1] == ("OUTCOME_ACCEPTED", ""), (action, shape)
+        cull = await _send(cl, A, "cull")
+        stop = await _send(cl, A, "emergency_stop")  # nothing left to stop once culled
+        resume = await _send(cl, B, "resume")
+        terminate = await _send(cl, B, "terminate")
+        step = await _walk(cl, step, 12)
+        (culled, *_) = await _records(cl, cull)
+        assert (culled.result, culled.to_stage) == (R.OUTCOME_TRANSITION, pb.SEED_STAGE_CULLED)
+        assert _shape(await _records(cl, stop)) == [("OUTCOME_REFUSED", "")]
+        assert _shape(await _records(cl, resume)) == [("OUTCOME_ACCEPTED", "")]
+        (ended,) = await _records(cl, terminate)
+        assert (ended.result, ended.to_stage) == (R.OUTCOME_TRANSITION, pb.SEED_STAGE_TERMINATED)
+
+
+def _forged(ring: KeyRing) -> KeyRing:
+    """Another secret under the ring's key id: its frames fail the MAC."""
+    data = ring.to_json()
+    return KeyRing.from_json({**data, "keys": [{**data["keys"][0], "secret": "QUFB" * 11}]})
+
+
+def _reframe(frame: bytes, index: int, value: object) -> bytes:
+    items = msgpack.unpackb(frame, raw=False)
+    items[index] = value
+    packed: bytes = msgpack.packb(items, use_bin_type=True)
+    return packed
+
+
+@pytest.mark.parametrize(
+    ("case", "reason", "verified"),
+    [
+        ("forged", "bad_signature", False),
+        ("unknown key", "unknown_key", False),
+        ("v1 frame", "unsupported_version", False),
+        ("short signature", "bad_frame", False),
+        ("stale", "stale", True),
+        ("other run", "wrong_run", True),
+        ("other slot", "wrong_destination", True),
+        ("replayed", "replayed", True),
+    ],
+)
+async def test_a_rejected_command_is_found_by_the_id_it_claims(
+    bus: Bus, run_id: str, case: str, reason: str, verified: bool
+) -> None:
+    """Each rejection, before or after the MAC check, writes one REJECTED record under the
+    command's (claimed) id, marked verified only when the MAC checked out; nothing changes."""
+    ring = KeyRing.generate()
+    sim = SimRuntime([A, B], report_every=5, barrier_frequency=5)
+    async with running_cluster(
+        bus, run=run_id, slots=[A, B], runtimes=[sim], ring=ring, config=_config()
+    ) as cl:
+        await _walk(cl, 0, 1)
+        before = (await cl.state()).digests()
+        inbox = streams.inbox(run_id, "seed", A)
+        body = pb.SeedCommand(slot=A, cull=pb.Cull())
+        target, signer, extra = inbox, Signer(ring, "tamiyo"), {}
+        if case == "forged":
+            signer = Signer(_forged(ring), "tamiyo")
+        elif case == "unknown key":
+            signer = Signer(KeyRing.generate(), "tamiyo")
+        elif case == "stale":
+            extra = {"ts_ns": 10**18}
+        elif case == "other run":
+            target = streams.inbox("another-run", "seed", A)
+        elif case == "other slot":
+            body = pb.SeedCommand(slot=B, cull=pb.Cull())
+            target = streams.inbox(run_id, "seed", B)
+        frame = signer.seal("seed.command", body, stream=target, **extra)  # type: ignore[arg-type]
+        claimed = unpack(frame).id
+        if case == "v1 frame":
+            frame = msgpack.packb(
+                [1, "seed.command", claimed, "tamiyo", ring.active.id, 0, "", b"", b"\0" * 32],
+                use_bin_type=True,
+            )
+        elif case == "short signature":
+            frame = _reframe(frame, 10, b"\0" * 31)
+        await bus.publish(inbox, {FRAME: frame, "kind": b"seed.command"})
+        if case == "replayed":  # the same envelope again under a new entry
+            await cl.settle()
+            await bus.publish(inbox, {FRAME: frame, "kind": b"seed.command"})
+        await cl.settle()
+        records = await _records(cl, claimed)
+        rejected = [r for r in records if r.result == R.OUTCOME_REJECTED]
+        assert [(r.reason, r.verified) for r in rejected] == [(reason, verified)]
+        if case != "replayed":  # the replay's first copy culled nothing (A is dormant): refused
+            assert records == rejected
+            assert (await cl.state()).digests() == before
+        outcome = await cl.client.wait(claimed, timeout_s=5)
+        assert isinstance(outcome, Outcome) and outcome.final
+        if case != "replayed":
+            assert (outcome.result, outcome.message.verified) == ("rejected", verified)
