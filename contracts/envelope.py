@@ -65,6 +65,18 @@ _IPAD = bytes(x ^ 0x36 for x in range(256))
 _OPAD = bytes(x ^ 0x5C for x in range(256))
 _PADS: dict[bytes, tuple[Any, Any]] = {}  # secret -> (inner, outer) sha256 states
 _ADDRESSES: dict[str, tuple[str, str]] = {}  # stream key -> (run, to), bounded cache
+_RUNS: set[str] = set()  # run ids already checked against RUN_RE, bounded
+_TYPES = (int, str, str, str, str, int, str, str, str, bytes, bytes)  # of the 11 elements
+
+
+def _valid_run(run: str) -> bool:
+    """True if ``run`` is a valid run id (remembered, so the pattern runs once per run)."""
+    if not RUN_RE.fullmatch(run):
+        return False
+    if len(_RUNS) >= 4096:
+        _RUNS.clear()
+    _RUNS.add(run)
+    return True
 
 
 def _hmac_sha256(secret: bytes, msg: bytes) -> bytes:
@@ -282,26 +294,16 @@ def unpack(frame: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
     if type(items) is not tuple or len(items) != FIELDS or items[0] != VERSION:
         _refuse_shape(items)
     v, kind, mid, sender, key_id, ts_ns, causation, run, to, body, sig = items
-    if not (  # fast path: every field well-formed (msgpack gives exact str/bytes/int types)
-        type(v) is int
-        and type(kind) is str
+    if not (  # fast path: the types in one comparison (msgpack gives exact str/bytes/int types)
+        tuple(map(type, items)) == _TYPES
         and kind
-        and type(mid) is str
         and mid
-        and type(sender) is str
         and sender
-        and type(key_id) is str
         and key_id
-        and type(causation) is str
-        and type(ts_ns) is int
-        and 0 <= ts_ns < _TS_LIMIT
-        and type(run) is str
-        and RUN_RE.match(run)
-        and type(to) is str
         and to
-        and type(body) is bytes
-        and type(sig) is bytes
+        and 0 <= ts_ns < _TS_LIMIT
         and len(sig) == SIG_BYTES
+        and (run in _RUNS or _valid_run(run))
     ):
         _refuse(items)
     return _envelope(v, kind, mid, sender, key_id, ts_ns, causation, run, to, body, sig)
@@ -369,7 +371,7 @@ def _refuse(items: tuple[Any, ...]) -> None:
                 problem = "bad causation_id"
             elif type(ts_ns) is not int or not 0 <= ts_ns < _TS_LIMIT:
                 problem = "bad ts_ns"
-            elif type(run) is not str or not RUN_RE.match(run):
+            elif type(run) is not str or not RUN_RE.fullmatch(run):
                 problem = "bad run"
             elif type(to) is not str or not to:
                 problem = "bad to"

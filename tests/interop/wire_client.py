@@ -138,7 +138,7 @@ def _decode(raw: bytes, max_bytes: int) -> Frame:
         and type(ts) is int
         and 0 <= ts < 2**63
         and type(run) is str
-        and RUN.match(run)
+        and RUN.fullmatch(run)
         and type(body) is bytes
         and type(sig) is bytes
         and len(sig) == 32
