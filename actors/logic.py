@@ -17,6 +17,7 @@ from actors.safety import spec as safety_spec
 from actors.seed import spec as seed_spec
 from actors.telemetry import TelemetryAggregator, render
 from actors.telemetry.server import MetricsServer
+from actors.telemetry.slots import SlotBoard
 from actors.telemetry.spec import SPEC as TELEMETRY_SPEC
 from contracts import KasminaConfig, Reason, kinds
 from leyline import pb
@@ -111,16 +112,21 @@ class TelemetryLogic:
     def __init__(self, config: KasminaConfig) -> None:
         self.config = config
         self.aggregator = TelemetryAggregator(config.telemetry)
+        self.board = SlotBoard()
 
     def metrics_text(self) -> bytes:
         """The Prometheus text exposition of the latest global summary and the counters."""
-        return render(self.aggregator.latest_global, self.aggregator.stats)
+        return render(self.aggregator.latest_global, self.aggregator.stats, self.board.views())
 
     def metrics_server(self, port: int, host: str = "127.0.0.1") -> MetricsServer:
         """The ``GET /metrics`` server of this actor (run it in a task group: ``serve``)."""
         return MetricsServer(self.metrics_text, port, host)
 
     def handle(self, kind: str, message: Message, meta: Meta) -> Decision:
+        if isinstance(message, pb.TelemetryRaw):
+            self.board.note(message)
+        elif isinstance(message, pb.TelemetryBatch):
+            self.board.note_many(message.items)
         decision = self.aggregator.decide(message, time.time())
         if decision.rejected is not None:
             return decision

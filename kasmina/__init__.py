@@ -1,3 +1,21 @@
-"""Kasmina's composition root: wiring (actors, bus, keys) and the ``kasmina`` CLI."""
+"""Kasmina's composition root: wiring (actors, bus, keys), ``kasmina.attach`` and the CLI."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+__all__ = ["Attached", "attach"]
+
+if TYPE_CHECKING:
+    from kasmina.integration import Attached, attach
+
+
+def __getattr__(name: str) -> Any:
+    """``attach`` and ``Attached`` load torch, so they are imported on first use (the CLI's other
+    commands start without torch)."""
+    if name in __all__:
+        from kasmina import integration as module
+
+        return getattr(module, name)
+    raise AttributeError(f"module 'kasmina' has no attribute {name!r}")

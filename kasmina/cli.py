@@ -10,7 +10,18 @@ from collections.abc import Sequence
 from contracts import ContractError, KeyRingError
 from kasmina.common import CliError
 
-COMMANDS = ("demo", "run", "publish", "replay", "record", "scenario", "status", "bench", "keys")
+COMMANDS = (
+    "demo",
+    "run",
+    "train",
+    "publish",
+    "replay",
+    "record",
+    "scenario",
+    "status",
+    "bench",
+    "keys",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -84,6 +84,11 @@ def report(rt: ExecutionRuntime, step: int, val_loss: float, val_accuracy: float
         if state.slot.seed is not None:
             rt.outbox.put(
                 KIND_TELEMETRY,
-                pb.TelemetryRaw(slot=sid, region=rt.config.region, step=step, metrics=metrics),
+                pb.TelemetryRaw(
+                    slot=sid,
+                    region=rt.config.region,
+                    step=step,
+                    metrics={**metrics, "stage": float(state.slot.stage)},
+                ),
             )
     rt.outbox.put(KIND_STEP_REPORT, message)

@@ -1,0 +1,127 @@
+"""``kasmina train``: a trainer process attached to a run served by ``kasmina run``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+
+from kasmina.common import CliError, add_keys, add_redis, emit_json, load_keys, redis_url, run_id
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "train", help="train a model attached to a run (the run's ExecutionActor for one rank)"
+    )
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument(
+        "--task", choices=("digits", "spirals"), default=None, help="a demo task (default digits)"
+    )
+    what.add_argument(
+        "--model",
+        default=None,
+        metavar="PKG.MODULE:FACTORY",
+        help="factory(seed=, rank=, world_size=) returning a kasmina.training.TrainSpec",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=0, metavar="N", help="stop after N steps (0: until SIGTERM)"
+    )
+    parser.add_argument("--seed", type=int, default=0, metavar="S")
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="KasminaConfig TOML (default: $KASMINA_CONFIG)",
+    )
+    parser.add_argument(
+        "--no-lockstep",
+        dest="lockstep",
+        action="store_false",
+        help="never wait for the run (default: on barrier boundaries, wait until the run has "
+        "handled what was sent, so orders always arrive before their step)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--json", action="store_true", help="one JSON object at the end")
+    parser.add_argument("--log-level", default="INFO")
+    add_redis(parser)
+    add_keys(parser)
+    parser.set_defaults(func=run)
+
+
+def _process_group() -> tuple[int, int]:
+    """Join the torchrun-style process group named by ``RANK``/``WORLD_SIZE`` (gloo)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    rank = int(os.environ.get("RANK", "0"))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    return rank, world
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    import torch
+
+    from kasmina.training import load_factory, train
+
+    torch.set_num_threads(1)  # small models: one thread each leaves cores to the actors
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        factory = load_factory(args.model or args.task or "digits")
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    rank, world = _process_group()
+    log = logging.getLogger("kasmina.train")
+
+    def progress(step: int, loss: float, val_acc: float, stages: dict[str, str]) -> None:
+        if step % 500 == 0:
+            shown = " ".join(f"{k}={v}" for k, v in stages.items())
+            log.info("rank %d step %d loss %.3f val acc %.3f %s", rank, step, loss, val_acc, shown)
+
+    try:
+        spec = factory(seed=args.seed, rank=rank, world_size=world)
+        result = train(
+            spec,
+            steps=args.steps,
+            stop=stop,
+            progress=progress,
+            redis=redis_url(args),
+            run=run_id(args),
+            keys=load_keys(args),
+            config=args.config,
+            lockstep=args.lockstep,
+            device=args.device,
+        )
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    info = dataclasses.asdict(result)
+    if args.json:
+        emit_json(info)
+    else:
+        stages = ", ".join(f"{k} {v}" for k, v in result.stages.items())
+        print(f"run {result.run} rank {result.rank}: {result.steps} steps; {stages}")
+    if world > 1:
+        # gloo worker threads can outlive destroy_process_group and abort the interpreter's
+        # shutdown (docs/integration.md); everything is flushed and printed by now
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return 0

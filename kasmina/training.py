@@ -1,0 +1,170 @@
+"""The trainer behind ``kasmina train``: a model factory, a plain loop, :func:`kasmina.attach`.
+
+A factory (``package.module:factory``, or the demo's tasks ``digits``/``spirals``) is called as
+``factory(seed=S, rank=R, world_size=W)`` and returns a :class:`TrainSpec`. The loop is the one a
+user writes: forward, backward, ``optimizer.step()``, ``kas.on_step(...)``; with a process group
+of several ranks (``torchrun``-style ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``) the
+model is wrapped in DDP after the slots are inserted. SIGTERM/SIGINT end the loop at a step every
+rank agrees on; the outbox is then flushed and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from actors.execution.stages import stage_name
+from kasmina.integration import attach
+
+__all__ = ["TrainResult", "TrainSpec", "load_factory", "task_factory", "train"]
+
+log = logging.getLogger("kasmina.train")
+
+Batch = tuple[Tensor, Tensor]
+
+
+@dataclass
+class TrainSpec:
+    """What a trainer needs from a model factory."""
+
+    model: nn.Module
+    slots: Mapping[str, str]  # slot id -> dotted path of the submodule whose output it wraps
+    optimizer: torch.optim.Optimizer
+    batch: Callable[[int], Batch]  # step -> this rank's (inputs, targets)
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
+    evaluate: Callable[[nn.Module], tuple[float, float]] | None = None  # model -> (loss, acc)
+    probe_batch: Batch | None = None  # G0's shape probe and the isolation probes
+    options: dict[str, Any] = field(default_factory=dict)  # more ExecutionRuntime options
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """How a training process ended."""
+
+    run: str
+    rank: int
+    steps: int  # steps completed
+    stopped: bool  # ended by a signal before ``--steps``
+    stages: dict[str, str]
+    val_loss: float
+    val_accuracy: float
+
+
+def task_factory(task: str) -> Callable[..., TrainSpec]:
+    """The demo's task ``digits`` or ``spirals`` as a factory (its too-small host, batch 128)."""
+    from scenarios.demo.tasks import SLOT_POINTS, TASKS, batches, build_host, evaluate, load_task
+
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
+
+    def factory(*, seed: int = 0, rank: int = 0, world_size: int = 1) -> TrainSpec:
+        split = load_task(task, seed)
+        model = build_host(task, split, seed)
+        n = len(split.y_train)
+        order = batches(n, 128, 1000, seed + 1000 * rank)  # per-rank order, reshuffled per epoch
+
+        def batch(step: int) -> Batch:
+            idx = order[step % len(order)]
+            return split.x_train[idx], split.y_train[idx]
+
+        return TrainSpec(
+            model=model,
+            slots=SLOT_POINTS,
+            optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
+            batch=batch,
+            evaluate=lambda m: evaluate(m, split.x_val, split.y_val),
+            probe_batch=(split.x_train[:256], split.y_train[:256]),
+        )
+
+    return factory
+
+
+def load_factory(target: str) -> Callable[..., TrainSpec]:
+    """``package.module:factory`` (importable from the current directory) or a demo task name."""
+    if ":" not in target:
+        return task_factory(target)
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name!r} for --model {target}: {exc}") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"--model {target}: {module_name} has no callable {attr!r}")
+    return factory  # type: ignore[no-any-return]
+
+
+def _agreed_stop(local: bool, world_size: int) -> bool:
+    """True on every rank if any rank was asked to stop (one tiny all-reduce per step)."""
+    if world_size <= 1:
+        return local
+    flag = torch.tensor([1.0 if local else 0.0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item() > 0)
+
+
+def train(
+    spec: TrainSpec,
+    *,
+    steps: int,
+    stop: threading.Event,
+    progress: Callable[[int, float, float, dict[str, str]], None] | None = None,
+    **attach_options: Any,
+) -> TrainResult:
+    """Train ``spec`` attached to a run until ``steps`` (0: until ``stop``) or ``stop``."""
+    world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    val_loss = val_acc = math.nan
+    done, stopped = 0, False
+    options = {"probe_batch": spec.probe_batch, "evaluate": spec.evaluate, **spec.options}
+    with attach(
+        spec.model, spec.slots, spec.optimizer, **attach_options, **options, world_size=world_size
+    ) as kas:
+        net: nn.Module = spec.model
+        if world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(spec.model)
+        report_every = kas.runtime.report_every or 1
+        step = 0
+        while steps <= 0 or step < steps:
+            if _agreed_stop(stop.is_set(), world_size):
+                stopped = True
+                break
+            x, y = spec.batch(step)
+            spec.optimizer.zero_grad(set_to_none=True)
+            loss = spec.loss_fn(net(x), y)
+            loss.backward()  # type: ignore[no-untyped-call]
+            spec.optimizer.step()
+            measured = {}
+            if step % report_every == 0 and spec.evaluate is not None:
+                val_loss, val_acc = spec.evaluate(spec.model)
+                measured = {"val_loss": val_loss, "val_accuracy": val_acc}
+            kas.on_step(step, loss, batch=(x, y), **measured)
+            if progress is not None and step % report_every == 0:
+                progress(step, float(loss.detach()), val_acc, _stages(kas.runtime.slots))
+            step += 1
+            done = step
+        result = TrainResult(
+            run=kas.run,
+            rank=kas.rank,
+            steps=done,
+            stopped=stopped,
+            stages=_stages(kas.runtime.slots),
+            val_loss=val_loss,
+            val_accuracy=val_acc,
+        )
+    return result
+
+
+def _stages(slots: Mapping[str, Any]) -> dict[str, str]:
+    return {sid: stage_name(int(slot.stage)) for sid, slot in sorted(slots.items())}
