@@ -226,7 +226,7 @@ def attach(
     - ``runtime_options``: passed to :class:`~actors.execution.ExecutionRuntime`
       (``probe_batch=``, ``evaluate=``, ``loss_fn=``, ``device=``, ``probe_every=``,
       ``checkpoint_dir=``, …). ``barrier_frequency``, ``report_every`` and ``blend_steps``
-      default to the config's.
+      default to the config's, ``probe_every`` to a fifth of the TRAINING budget (at most 50).
 
     The model that trains is ``model`` itself (eager, with the slots inside); wrap it in DDP or
     ``torch.compile`` after this call, never before."""
@@ -254,6 +254,8 @@ def attach(
         "barrier_frequency": cfg.barrier.frequency,
         "report_every": cfg.barrier.frequency,
         "blend_steps": cfg.lifecycle.blend_steps,
+        # G1 compares the seed's loss between isolation probes: several per TRAINING budget
+        "probe_every": max(1, min(50, cfg.lifecycle.training_steps // 5)),
         **runtime_options,
     }
     runtime = ExecutionRuntime(
@@ -279,6 +281,9 @@ def attach(
             config=cfg,
             rank=rank,
         )
+        # registered before the first step: orders fan out to the ranks registered when they
+        # are sent, so every rank of a data-parallel trainer is registered before any trains
+        portal.call(bus.register, streams.registry(run, "execution"), actor.inbox)
         served, _ = portal.start_task(actor.run)
         stack.callback(_stop, portal, actor, served)
         yield Attached(

@@ -1,0 +1,327 @@
+"""The production shape on a real Redis: `kasmina run` processes serve the actors, `kasmina train`
+attaches a real training loop (digits), `kasmina publish --wait` grows a seed to FOSSILIZED."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from actors.shell import FRAME
+from bus import open_bus
+from bus.testing import purge_prefix, real_redis_url
+from contracts import REGISTRY, KeyRing, Verifier, streams
+from leyline import pb
+from scenarios.cluster import read_events
+
+pytestmark = pytest.mark.redis
+
+CONFIG = """
+[lifecycle]
+training_steps = 30
+blend_steps = 20
+shadowing_steps = 10
+probationary_steps = 10
+embargo_steps = 20
+
+[barrier]
+frequency = 5
+world_size = {world}
+
+[gates]
+min_training_steps = 15
+loss_spike_sigma = 6.0
+max_latency_overhead = 5.0
+"""
+
+GERMINATE = (
+    "publish", "germinate", "--slot", "units", "--blueprint", "width",
+    "--param", "hidden=8", "--param", "lr=0.01", "--wait", "--timeout", "120",
+)  # fmt: skip
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def kasmina(
+    *args: str, env: dict[str, str], timeout: float = 150
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "kasmina", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+class Procs:
+    """Background CLI processes, each with its own log; SIGTERM in order, exit codes collected."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, *args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        with (
+            (self.tmp / f"{name}.out").open("wb") as out,
+            (self.tmp / f"{name}.log").open("wb") as err,
+        ):
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "kasmina", *args], env=env, stdout=out, stderr=err
+            )
+        self.procs.append((name, proc))
+        return proc
+
+    def stop(self, name: str) -> int:
+        """SIGTERM ``name`` and wait for its exit code."""
+        proc = dict(self.procs)[name]
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")
+
+    def out(self, name: str) -> str:
+        return (self.tmp / f"{name}.out").read_text(errors="replace")
+
+    def kill_all(self) -> None:
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _env(tmp: Path, world: int) -> dict[str, str]:
+    keys = tmp / "keys.json"
+    KeyRing.generate().save(keys)
+    (tmp / "kasmina.toml").write_text(CONFIG.format(world=world))
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KASMINA")},
+        "KASMINA_KEYS": str(keys),
+        "KASMINA_REDIS": real_redis_url(),
+        "KASMINA_RUN": f"train-{uuid.uuid4().hex[:8]}",
+        "KASMINA_CONFIG": str(tmp / "kasmina.toml"),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    """Background processes, killed if a test leaves any running."""
+    p = Procs(tmp_path)
+    yield p
+    p.kill_all()
+
+
+def _purge(env: dict[str, str]) -> None:
+    async def clean() -> None:
+        bus = open_bus(env["KASMINA_REDIS"])
+        await purge_prefix(bus, streams.prefix(env["KASMINA_RUN"]))
+        await bus.close()
+
+    anyio.run(clean)
+
+
+async def _inbox_messages(url: str, stream: str, ring: KeyRing) -> list[object]:
+    """Every verified message on ``stream`` (replay mode: no freshness)."""
+    bus = open_bus(url)
+    verifier = Verifier(ring, replay=True)
+    out = []
+    try:
+        for entry in await bus.range(stream):
+            env = verifier.open(entry.fields[FRAME])
+            out.append(REGISTRY.parse(env.kind, env.body))
+    finally:
+        await bus.close()
+    return out
+
+
+async def _wait_stage(
+    env: dict[str, str], ring: KeyRing, slot: str, stage: int
+) -> tuple[list[int], list[str]]:
+    """The slot's transitions (stages, causes) once it reached ``stage`` or was culled (fails
+    after a deadline)."""
+    bus = open_bus(env["KASMINA_REDIS"])
+    try:
+        with anyio.fail_after(240):
+            while True:
+                events = await read_events(bus, env["KASMINA_RUN"], ring)
+                moves = [m for _, k, m in events if k == "lifecycle.transition" and m.slot == slot]
+                walk = [int(m.to_stage) for m in moves]
+                if stage in walk or pb.SEED_STAGE_CULLED in walk:
+                    return walk, [m.cause for m in moves]
+                await anyio.sleep(0.5)
+    finally:
+        await bus.close()
+
+
+async def _wait_ranks(env: dict[str, str], world: int) -> None:
+    """Until ``world`` ranks registered their order inboxes."""
+    bus = open_bus(env["KASMINA_REDIS"])
+    try:
+        with anyio.fail_after(120):
+            registry = streams.registry(env["KASMINA_RUN"], "execution")
+            while len(await bus.members(registry)) < world:
+                await anyio.sleep(0.1)
+    finally:
+        await bus.close()
+
+
+def _scrape(port: int, slot: str) -> dict[str, float]:
+    """``kasmina_slot_*{slot=...}`` samples of one scrape."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("kasmina_slot_") and f'slot="{slot}"' in line:
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def _walk_to_fossil(procs: Procs, env: dict[str, str], ring: KeyRing, world: int) -> None:
+    port = free_port()
+    procs.start(
+        "actors",
+        "run",
+        "--actors",
+        "gate,safety,telemetry,barrier",
+        "--prometheus-port",
+        str(port),
+        env=env,
+    )
+    procs.start("seeds", "run", "--actors", "seed", "--slots", "hidden,units", env=env)
+    if world == 1:
+        procs.start("train", "train", "--task", "digits", "--json", env=env)
+    else:
+        master = str(free_port())
+        for rank in range(world):
+            ddp = {"RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1"}
+            procs.start(
+                f"train{rank}",
+                "train",
+                "--task",
+                "digits",
+                "--json",
+                env={**env, **ddp, "MASTER_PORT": master},
+            )
+
+    # commands fan out to the ranks registered when they are sent: wait for every rank
+    anyio.run(_wait_ranks, env, world)
+    published = kasmina(*GERMINATE, env=env)
+    assert published.returncode == 0, published.stderr + procs.log("seeds")
+    outcome = json.loads(published.stdout)
+    assert outcome["ok"] and outcome["to_stage"] == "SEED_STAGE_GERMINATED", outcome
+
+    walk, causes = anyio.run(_wait_stage, env, ring, "units", pb.SEED_STAGE_FOSSILIZED)
+    assert walk == [
+        pb.SEED_STAGE_DORMANT, pb.SEED_STAGE_GERMINATED, pb.SEED_STAGE_TRAINING,
+        pb.SEED_STAGE_BLENDING, pb.SEED_STAGE_SHADOWING, pb.SEED_STAGE_PROBATIONARY,
+        pb.SEED_STAGE_FOSSILIZED,
+    ], causes  # fmt: skip
+
+    # the slot's own gauges (a global summary needs 1,024 raw items); the execution's next report
+    # after the transition carries the new stage
+    key = 'kasmina_slot_stage{slot="units"}'
+    deadline = time.monotonic() + 60
+    while (seen := _scrape(port, "units")).get(key) != pb.SEED_STAGE_FOSSILIZED:
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.2)
+    assert seen['kasmina_slot_stage{slot="units"}'] == pb.SEED_STAGE_FOSSILIZED
+    assert seen['kasmina_slot_alpha{slot="units"}'] == 1.0
+    assert seen['kasmina_slot_stage_info{slot="units",stage="FOSSILIZED"}'] == 1.0
+
+    trainers = [n for n, _ in procs.procs if n.startswith("train")]
+    for name in trainers:  # SIGTERM: every rank stops at one agreed step, flushes, exits 0
+        assert procs.stop(name) == 0, procs.log(name)
+    results = [json.loads(procs.out(n).splitlines()[-1]) for n in trainers]
+    assert all(r["stopped"] and r["stages"]["units"] == "FOSSILIZED" for r in results)
+    assert len({r["steps"] for r in results}) == 1, results
+    last = results[0]["steps"] - 1
+    reports = [
+        m
+        for m in anyio.run(
+            _inbox_messages,
+            env["KASMINA_REDIS"],
+            streams.inbox(env["KASMINA_RUN"], "seed", "units"),
+            ring,
+        )
+        if isinstance(m, pb.StepReport)
+    ]
+    for rank in range(world):  # the last report of each rank was flushed before it exited
+        assert max(r.step for r in reports if r.rank == rank) == last - last % 5
+
+    acks = [
+        m
+        for m in anyio.run(
+            _inbox_messages,
+            env["KASMINA_REDIS"],
+            streams.inbox(env["KASMINA_RUN"], "seed", "units"),
+            ring,
+        )
+        if isinstance(m, pb.ExecutionAck)
+    ]
+    by_order: dict[str, set[tuple[int, int]]] = {}
+    for ack in acks:
+        by_order.setdefault(ack.order_id, set()).add((ack.rank, ack.applied_at_step))
+    assert len(by_order) >= 5  # probe/germinate, TRAINING, BLENDING, SHADOWING, ...
+    for order, applied in by_order.items():  # every rank applied every order at the same step
+        assert {rank for rank, _ in applied} == set(range(world)), (order, applied)
+        assert len({step for _, step in applied}) == 1, (order, applied)
+    assert all(ack.ok and "late" not in ack.error for ack in acks)
+
+    for name in ("seeds", "actors"):
+        assert procs.stop(name) == 0, procs.log(name)
+    replay = kasmina("replay", env["KASMINA_REDIS"], "--verify", "--json", env=env)
+    assert replay.returncode == 0, replay.stderr
+    assert json.loads(replay.stdout.splitlines()[-1])["slots"]["units"] == "FOSSILIZED"
+
+
+def test_run_processes_and_a_trainer_grow_a_seed(procs: Procs, tmp_path: Path) -> None:
+    """Two `kasmina run` processes and one `kasmina train`: publish --wait, FOSSILIZED, per-slot
+    Prometheus gauges, SIGTERM exits 0 after flushing, replay --verify passes."""
+    env = _env(tmp_path, world=1)
+    try:
+        _walk_to_fossil(procs, env, KeyRing.load(env["KASMINA_KEYS"]), world=1)
+    finally:
+        _purge(env)
+
+
+@pytest.mark.slow
+def test_two_rank_gloo_trainer(procs: Procs, tmp_path: Path) -> None:
+    """A two-rank gloo `kasmina train`: both ranks attach and apply every order at the same step."""
+    env = _env(tmp_path, world=2)
+    try:
+        _walk_to_fossil(procs, env, KeyRing.load(env["KASMINA_KEYS"]), world=2)
+    finally:
+        _purge(env)
+
+
+def test_train_rejects_a_mismatched_world_size(tmp_path: Path) -> None:
+    """A trainer whose world size differs from the run's barrier.world_size exits 2 with a reason."""
+    env = _env(tmp_path, world=2)
+    done = kasmina("train", "--task", "digits", "--steps", "5", env=env, timeout=120)
+    assert done.returncode == 2
+    assert "KASMINA__BARRIER__WORLD_SIZE=1" in done.stderr
