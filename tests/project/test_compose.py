@@ -98,6 +98,30 @@ def test_demo_service_uses_the_compose_redis() -> None:
     assert _option(demos[0], "--bus") == "redis://redis:6379/0"
 
 
+def test_trainer_service_trains_the_run_the_actor_services_serve() -> None:
+    """The trainer is a `kasmina train` on the actor services' Redis, run id and keys, and every
+    slot of its model is served by a seed service."""
+    services = _kasmina_services()
+    trainers = [s for s in services.values() if str(s["command"][1]) == "train"]
+    assert len(trainers) == 1
+    trainer = trainers[0]
+    args = build_parser().parse_args([str(p) for p in trainer["command"][1:]])
+    runs = [s for s in services.values() if str(s["command"][1]) == "run"]
+    for svc in runs:
+        for var in ("KASMINA_REDIS", "KASMINA_RUN", "KASMINA_KEYS"):
+            assert svc["environment"][var] == trainer["environment"][var]
+    assert args.redis is None and args.run is None and args.keys is None  # from the environment
+    from kasmina.training import load_factory  # the trainer's model and slots, as it builds them
+
+    spec = load_factory(args.model or args.task or "digits")(seed=args.seed, rank=0, world_size=1)
+    served = set()
+    for svc in runs:
+        run_args = build_parser().parse_args([str(p) for p in svc["command"][1:]])
+        if "seed" in run_args.actors.split(","):
+            served |= set(run_args.slots.split(","))
+    assert set(spec.slots) == served
+
+
 def test_dockerfile_is_minimal_and_holds_no_keys() -> None:
     """The image is python:3.11-slim with the package pip-installed and no key file copied in."""
     text = (ROOT / "Dockerfile").read_text(encoding="utf-8")

@@ -1,0 +1,159 @@
+"""kasmina.attach: one call serves a plain loop's ExecutionActor (in-process actors here), per-slot
+Prometheus gauges from the first report, and the guards a user hits first."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kasmina
+from actors.seed import stage_name
+from contracts import KasminaConfig
+from leyline import pb
+
+CONFIG = KasminaConfig.load(
+    env={},
+    overrides={
+        "lifecycle.training_steps": 30,
+        "lifecycle.blend_steps": 20,
+        "lifecycle.shadowing_steps": 10,
+        "lifecycle.probationary_steps": 10,
+        "barrier.frequency": 5,
+        "gates.min_training_steps": 15,
+        "gates.max_latency_overhead": 5.0,
+        "gates.loss_spike_sigma": 6.0,
+    },
+)
+
+
+def _task() -> tuple[nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    x = torch.randn(256, 8)
+    y = (x[:, :4].sum(1) * x[:, 4:].sum(1) > 0).long()
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    return model, torch.optim.Adam(model.parameters(), lr=1e-2), x, y
+
+
+def _step(
+    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    opt.zero_grad()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()  # type: ignore[no-untyped-call]
+    opt.step()
+    return loss
+
+
+def _telemetry_text(kas: kasmina.Attached) -> str:
+    assert kas.cluster is not None
+    (shell,) = [s for s in kas.cluster.shells if s.logic.name == "telemetry"]
+    text: bytes = shell.logic.metrics_text()  # type: ignore[attr-defined]
+    return text.decode()
+
+
+def _gauge(text: str, name: str, slot: str) -> float:
+    match = re.search(rf'^{name}{{slot="{slot}"}} (\S+)$', text, re.M)
+    assert match is not None, f"{name} for {slot} not in the scrape"
+    return float(match.group(1))
+
+
+def test_in_process_attach_grows_a_seed() -> None:
+    """A plain loop with one attach call (and every actor in-process) walks a slot to FOSSILIZED."""
+    model, opt, x, y = _task()
+
+    def evaluate(m: nn.Module) -> tuple[float, float]:
+        with torch.no_grad():
+            logits = m(x[:64])
+        return F.cross_entropy(logits, y[:64]).item(), (
+            logits.argmax(1) == y[:64]
+        ).float().mean().item()
+
+    with kasmina.attach(
+        model,
+        {"h": "1"},
+        opt,
+        config=CONFIG,
+        device="cpu",
+        probe_batch=(x[:64], y[:64]),
+        evaluate=evaluate,
+    ) as kas:
+        for step in range(160):
+            idx = torch.randint(0, 256, (32,))
+            loss = _step(model, opt, x[idx], y[idx])
+            val_loss, val_acc = evaluate(model)
+            kas.on_step(step, loss, val_loss=val_loss, val_accuracy=val_acc, batch=(x[idx], y[idx]))
+            if step == 2:
+                kas.germinate("h", "residual_mlp", params={"hidden": 8, "lr": 0.01})
+        walk = [
+            stage_name(m.to_stage)
+            for _, k, m in kas.events()
+            if k == "lifecycle.transition" and m.slot == "h"
+        ]
+        assert walk == [
+            "DORMANT",
+            "GERMINATED",
+            "TRAINING",
+            "BLENDING",
+            "SHADOWING",
+            "PROBATIONARY",
+            "FOSSILIZED",
+        ]
+        assert kas.stage("h") == "FOSSILIZED"
+        kas.on_step(160, 0.5)  # a report step, left in the outbox at exit
+    assert len(kas.runtime.outbox) == 0  # flushed on exit
+
+
+def test_scrape_after_20_seeded_steps_shows_stage_and_alpha() -> None:
+    """Prometheus shows a seeded slot's stage and alpha after 20 steps (no global summary yet)."""
+    model, opt, x, y = _task()
+    with kasmina.attach(
+        model, {"h": "1"}, opt, config=CONFIG, device="cpu", probe_batch=(x[:64], y[:64])
+    ) as kas:
+        kas.germinate("h", "residual_mlp", params={"hidden": 8})
+        for step in range(21):
+            kas.on_step(step, _step(model, opt, x, y))
+        kas.settle()
+        text = _telemetry_text(kas)
+        slot = kas.runtime.slots["h"]
+        assert int(slot.stage) in (pb.SEED_STAGE_GERMINATED, pb.SEED_STAGE_TRAINING)
+        assert _gauge(text, "kasmina_slot_stage", "h") == int(slot.stage)
+        assert _gauge(text, "kasmina_slot_alpha", "h") == float(slot.alpha)
+        assert _gauge(text, "kasmina_slot_last_step", "h") == 20
+        assert f'kasmina_slot_stage_info{{slot="h",stage="{kas.stage("h")}"}} 1.0' in text
+        assert "kasmina_metric_mean{" not in text  # far from the first global summary
+
+
+def test_waiting_from_the_training_thread_is_refused() -> None:
+    """command(wait=True) from the thread that calls on_step raises instead of deadlocking."""
+    model, opt, x, y = _task()
+    with kasmina.attach(
+        model, {"h": "1"}, opt, config=CONFIG, device="cpu", probe_batch=(x, y)
+    ) as kas:
+        kas.on_step(0, _step(model, opt, x, y))
+        with pytest.raises(RuntimeError, match="training thread"):
+            kas.command("h", "germinate", blueprint="residual_mlp", wait=True)
+        assert kas.events()  # nothing was sent: only the bootstrap transitions
+        assert all(k != "lifecycle.refused" for _, k, _ in kas.events())
+
+
+def test_world_size_must_match_the_barrier() -> None:
+    """A rank count that differs from barrier.world_size is refused before anything starts."""
+    model, opt, _, _ = _task()
+    with pytest.raises(ValueError, match="KASMINA__BARRIER__WORLD_SIZE=2"):
+        with kasmina.attach(model, {"h": "1"}, opt, config=CONFIG, world_size=2):
+            pass
+    assert isinstance(model[1], nn.ReLU)  # no slot was inserted
+
+
+def test_a_run_on_redis_needs_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attaching to a bus without a key file says which key is missing."""
+    monkeypatch.delenv("KASMINA_KEYS", raising=False)
+    model, opt, _, _ = _task()
+    with pytest.raises(ValueError, match="keys="):
+        with kasmina.attach(model, {"h": "1"}, opt, redis="memory://nokeys", config=CONFIG):
+            pass
+    assert isinstance(model[1], nn.ReLU)
