@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -11,7 +12,8 @@ import anyio
 from actors.eventlog import read_verified
 from actors.replay import fold_events, timeline, verify_digests
 from actors.seed import stage_name
-from kasmina.common import emit_json
+from contracts import streams
+from kasmina.common import CliError, emit_json
 from kasmina.sources import events_stream, keys_for, open_source
 
 
@@ -36,6 +38,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--keys", default=None, metavar="FILE")
     parser.add_argument("--all", action="store_true", help="also show progress and digest entries")
+    parser.add_argument(
+        "--plot",
+        default=None,
+        metavar="FILE",
+        help="also write the demo's plot (losses, accuracy, stages, alpha) of the run to FILE",
+    )
     parser.set_defaults(func=run)
 
 
@@ -80,11 +88,22 @@ def _line(row: dict[str, Any]) -> str:
 async def _replay(args: argparse.Namespace) -> int:
     source = open_source(args.source, args.run)
     ring = keys_for(args.source, args.keys)
+    reports: list[Any] = []
     try:
         stream = events_stream(source.run)
         events, bad = await read_verified(source.entries, stream, ring, until=args.until)
+        if args.plot:
+            reports = await _step_reports(source, events, ring)
     finally:
         await source.close()
+    if args.plot:
+        from kasmina.plotting import write_run_plot
+
+        try:
+            sampled = write_run_plot(events, reports, source.run, Path(args.plot))
+        except ValueError as exc:
+            raise CliError(str(exc)) from exc
+        print(f"kasmina replay: plot of {sampled} steps written to {args.plot}", file=sys.stderr)
     state = fold_events(events)
     for row in timeline(events, stream):
         if _wanted(row, args):
@@ -118,6 +137,16 @@ async def _replay(args: argparse.Namespace) -> int:
         print(f"kasmina replay: no events for run {source.run!r}", file=sys.stderr)
         return 1
     return 0 if not args.verify or summary["verified"] else 1
+
+
+async def _step_reports(source: Any, events: list[Any], ring: Any) -> list[Any]:
+    """The step reports still in one slot's inbox (the losses of the plot)."""
+    slots = sorted({m.slot for _, k, m in events if k == "lifecycle.transition"})
+    if not slots:
+        return []
+    inbox = streams.inbox(source.run, "seed", slots[0])
+    found, _ = await read_verified(source.entries, inbox, ring)
+    return [m for _, kind, m in found if kind == "step.report"]
 
 
 def run(args: argparse.Namespace) -> int:

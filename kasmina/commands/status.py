@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 import time
 from collections import Counter
 from typing import Any
@@ -15,16 +17,31 @@ from actors.eventlog import read_verified
 from actors.replay import fold_events
 from actors.seed import stage_name
 from actors.seed.outcomes import awaiting_text
-from bus import Bus, aiter_entries, open_bus
+from bus import Bus, BusUnavailable, aiter_entries, open_bus
 from contracts import KeyRing, kinds, streams
-from kasmina.common import add_keys, add_redis, emit_json, load_keys, redis_url, run_id
+from kasmina.common import (
+    CliError,
+    add_keys,
+    add_redis,
+    emit_json,
+    load_keys,
+    redis_url,
+    run_id,
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("status", help="what a run's actors, slots and streams are doing")
     add_redis(parser)
     add_keys(parser)
-    parser.add_argument("--json", action="store_true", help="one JSON object")
+    parser.add_argument("--json", action="store_true", help="one JSON object (per view)")
+    parser.add_argument(
+        "--watch", action="store_true", help="a live view, refreshed until Ctrl-C or SIGTERM"
+    )
+    parser.add_argument("--interval", type=float, default=2.0, metavar="SECONDS")
+    parser.add_argument(
+        "--count", type=int, default=0, metavar="N", help="with --watch: stop after N views"
+    )
     parser.set_defaults(func=run)
 
 
@@ -157,7 +174,40 @@ async def _status(args: argparse.Namespace) -> dict[str, Any]:
         await bus.close()
 
 
+async def _watch(args: argparse.Namespace) -> None:
+    """Collect and show the status every ``--interval`` seconds (``--count`` views, or forever)."""
+    if args.interval <= 0:
+        raise CliError("--interval must be positive")
+    bus = open_bus(redis_url(args))
+    ring, run = load_keys(args), run_id(args)
+    clear = sys.stdout.isatty() and not args.json
+    shown = 0
+    try:
+        while True:
+            try:
+                status = await collect(bus, run, ring)
+            except BusUnavailable as exc:
+                print(f"kasmina status: Redis unavailable ({exc}); retrying", file=sys.stderr)
+            else:
+                if clear:
+                    sys.stdout.write("\x1b[H\x1b[2J")  # home, clear: redraw in place
+                emit_json(status) if args.json else _print(status)
+                if not args.json:
+                    print(f"(every {args.interval:g} s; Ctrl-C to stop)", flush=True)
+                shown += 1
+            if args.count and shown >= args.count:
+                return
+            await anyio.sleep(args.interval)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await bus.close()
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.watch:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends a watch normally
+            anyio.run(_watch, args)
+        return 0
     status = anyio.run(_status, args)
     emit_json(status) if args.json else _print(status)
     return 0

@@ -11,7 +11,7 @@ import torch
 from actors.execution.stages import stage_name
 from actors.seed.lifecycle import gate_name
 from leyline import pb
-from scenarios.demo.runner import DemoRun
+from scenarios.demo.runner import DemoRun, History
 
 S = pb.SeedLifecycleStage
 _COLOURS = {
@@ -173,12 +173,19 @@ def write_report(run: DemoRun, info: dict[str, Any], path: Path) -> None:
 
 def write_plot(run: DemoRun, path: Path) -> None:
     """Loss and accuracy curves, each slot's stages as coloured bands, alpha curves."""
+    plot_history(run.history, f"Kasmina demo: {run.options.task}", path, run.accuracy_static)
+
+
+def plot_history(
+    h: History, title: str, path: Path, reference_accuracy: float | None = None
+) -> None:
+    """The demo's plot of any run's curves: losses, validation accuracy (with a dashed static-host
+    reference when given), and per slot its stages as coloured bands under its alpha curve."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    h = run.history
     slots = list(h.stages)
     fig, axes = plt.subplots(
         2 + len(slots),
@@ -192,11 +199,12 @@ def write_plot(run: DemoRun, path: Path) -> None:
     ax.plot(h.steps, h.val_loss, label="val loss", lw=1)
     ax.set_ylabel("loss")
     ax.legend(loc="upper right")
-    ax.set_title(f"Kasmina demo: {run.options.task}")
+    ax.set_title(title)
     axes[1].plot(h.steps, h.val_acc, color="tab:green", lw=1)
-    axes[1].axhline(run.accuracy_static, color="grey", ls="--", lw=1, label="static host (test)")
+    if reference_accuracy is not None:
+        axes[1].axhline(reference_accuracy, color="grey", ls="--", lw=1, label="static host (test)")
+        axes[1].legend(loc="lower right")
     axes[1].set_ylabel("val acc")
-    axes[1].legend(loc="lower right")
     for ax, sid in zip(axes[2:], slots, strict=True):
         stages = [stage_name(s) for s in h.stages[sid]]
         start = 0

@@ -143,9 +143,11 @@ def test_waiting_from_the_training_thread_is_refused() -> None:
 def test_world_size_must_match_the_barrier() -> None:
     """A rank count that differs from barrier.world_size is refused before anything starts."""
     model, opt, _, _ = _task()
-    with pytest.raises(ValueError, match="KASMINA__BARRIER__WORLD_SIZE=2"):
-        with kasmina.attach(model, {"h": "1"}, opt, config=CONFIG, world_size=2):
-            pass
+    with (
+        pytest.raises(ValueError, match="KASMINA__BARRIER__WORLD_SIZE=2"),
+        kasmina.attach(model, {"h": "1"}, opt, config=CONFIG, world_size=2),
+    ):
+        pass
     assert isinstance(model[1], nn.ReLU)  # no slot was inserted
 
 
@@ -153,7 +155,9 @@ def test_a_run_on_redis_needs_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     """Attaching to a bus without a key file says which key is missing."""
     monkeypatch.delenv("KASMINA_KEYS", raising=False)
     model, opt, _, _ = _task()
-    with pytest.raises(ValueError, match="keys="):
-        with kasmina.attach(model, {"h": "1"}, opt, redis="memory://nokeys", config=CONFIG):
-            pass
+    with (
+        pytest.raises(ValueError, match="keys="),
+        kasmina.attach(model, {"h": "1"}, opt, redis="memory://nokeys", config=CONFIG),
+    ):
+        pass
     assert isinstance(model[1], nn.ReLU)
