@@ -16,6 +16,8 @@ import anyio
 
 from actors.attached import Trainer, trainers
 from actors.client import CommandTimeout, KasminaClient, Outcome
+from bus import Bus
+from contracts import streams
 from kasmina.common import CliError, add_keys, add_redis, emit_json, load_keys, redis_url, run_id
 from kasmina.wiring import Wiring, connect
 
@@ -108,9 +110,28 @@ class _Watch:
         self.trainer_line = line
 
 
+async def _await_trainer(bus: Bus, run: str, timeout_s: float) -> None:
+    """Until a trainer (an ExecutionActor) has attached to ``run``: a germination's outcome needs
+    its evidence, and an order sent long before a trainer reads it would be refused as stale."""
+    registry = streams.registry(run, "execution")
+    if await bus.members(registry):
+        return
+    print(f"kasmina publish: waiting for a trainer to attach to run {run}", file=sys.stderr)
+    with anyio.move_on_after(timeout_s):
+        while not await bus.members(registry):
+            await anyio.sleep(0.1)
+        return
+    raise CliError(
+        f"no trainer attached to run {run} within {timeout_s:g} s "
+        "(start `kasmina train`, or attach your loop with kasmina.attach)"
+    )
+
+
 async def _publish(args: argparse.Namespace) -> dict[str, Any]:
     wiring = connect(redis_url(args), run_id(args), load_keys(args))
     try:
+        if args.wait and args.action == "germinate":
+            await _await_trainer(wiring.bus, wiring.run, args.timeout)
         client = KasminaClient(
             wiring.bus, wiring.run, wiring.signer(args.sender), wiring.verifier()
         )

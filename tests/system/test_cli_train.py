@@ -299,6 +299,7 @@ def _walk_to_fossil(procs: Procs, env: dict[str, str], ring: KeyRing, world: int
     assert json.loads(replay.stdout.splitlines()[-1])["slots"]["units"] == "FOSSILIZED"
 
 
+@pytest.mark.timeout(600)
 def test_run_processes_and_a_trainer_grow_a_seed(procs: Procs, tmp_path: Path) -> None:
     """Two `kasmina run` processes and one `kasmina train`: publish --wait, FOSSILIZED, per-slot
     Prometheus gauges, SIGTERM exits 0 after flushing, replay --verify passes."""
@@ -310,6 +311,7 @@ def test_run_processes_and_a_trainer_grow_a_seed(procs: Procs, tmp_path: Path) -
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_two_rank_gloo_trainer(procs: Procs, tmp_path: Path) -> None:
     """A two-rank gloo `kasmina train`: both ranks attach and apply every order at the same step."""
     env = _env(tmp_path, world=2)
@@ -319,6 +321,7 @@ def test_two_rank_gloo_trainer(procs: Procs, tmp_path: Path) -> None:
         _purge(env)
 
 
+@pytest.mark.timeout(300)
 def test_train_rejects_a_mismatched_world_size(tmp_path: Path) -> None:
     """A trainer whose world size differs from the run's barrier.world_size exits 2 with a reason."""
     env = _env(tmp_path, world=2)
