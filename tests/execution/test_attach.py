@@ -161,3 +161,40 @@ def test_a_run_on_redis_needs_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     ):
         pass
     assert isinstance(model[1], nn.ReLU)
+
+
+def test_germination_on_a_transformer_block_is_exact() -> None:
+    """A host whose modules take a no-grad fast path (nn.TransformerEncoderLayer) germinates with
+    a zero output delta: the base forward of G0 runs the same (grad) path as the probe."""
+    from actors.execution import ExecutionRuntime, insert_slots
+    from actors.execution.mailbox import KIND_ACK
+    from contracts import evidence as ev
+
+    torch.manual_seed(0)
+    block = nn.TransformerEncoderLayer(
+        16, nhead=2, dim_feedforward=32, dropout=0.0, batch_first=True
+    )
+    model = nn.Sequential(nn.Linear(8, 16), block, nn.Flatten(), nn.Linear(16 * 4, 3))
+    slots = insert_slots(model, {"b": "1"})
+    x, y = torch.randn(32, 4, 8), torch.randint(0, 3, (32,))
+    rt = ExecutionRuntime(
+        model,
+        slots,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        device="cpu",
+        probe_batch=(x, y),
+        barrier_frequency=1,
+    )
+    rt.submit(
+        pb.ExecutionOrder(
+            order_id="g",
+            slot="b",
+            stage=pb.SEED_STAGE_GERMINATED,
+            apply_at_step=0,
+            germinate=pb.Germinate(blueprint="residual_mlp"),
+        )
+    )
+    rt.on_step(0, 1.0)
+    (ack,) = [m for kind, m in rt.drain_outbox() if kind == KIND_ACK]
+    assert ack.ok, ack.error
+    assert ack.evidence.metrics[ev.GERMINATION_MAX_ABS_DELTA] == 0.0

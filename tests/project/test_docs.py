@@ -169,3 +169,41 @@ async def test_bus_bridge_snippet_feeds_the_actors() -> None:
     finally:
         await purge_prefix(actors.bus, streams.prefix(run))
         await actors.bus.close()
+
+
+EXAMPLES = {
+    "cnn_digits.py": "features.s1: DORMANT -> GERMINATED -> TRAINING -> BLENDING -> SHADOWING -> PROBATIONARY -> FOSSILIZED",
+    "transformer_block.py": "block.s0: DORMANT -> GERMINATED -> TRAINING -> BLENDING -> SHADOWING -> PROBATIONARY -> FOSSILIZED",
+}
+
+
+@pytest.mark.timeout(600)
+def test_one_call_examples_grow_a_seed_to_fossilized() -> None:
+    """docs/examples (a CNN with BatchNorm on digits images, a transformer block) each walk their
+    seed through the full lifecycle with kasmina.attach (run side by side)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KASMINA")}
+    env["PYTHONPATH"] = str(ROOT)
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, str(ROOT / "docs" / "examples" / name)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in EXAMPLES
+    }
+    outputs = {}
+    try:
+        for name, proc in procs.items():
+            outputs[name] = proc.communicate(timeout=500)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for name, (out, err) in outputs.items():
+        assert procs[name].returncode == 0, err[-3000:]
+        assert EXAMPLES[name] in out, out + err[-2000:]
+        assert "failed gate checks: []" in out
