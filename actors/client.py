@@ -14,7 +14,7 @@ bytes only if it is not there (:mod:`actors.delivery`).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -136,8 +136,28 @@ def build_command(slot: str, action: str, *, reason: str = "", **params: Any) ->
     return command
 
 
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One verified entry of a run's event log, parsed: ``message`` is the Leyline message of
+    ``kind`` (``pb.LifecycleTransition`` for ``lifecycle.transition``, ``pb.GateResult`` for
+    ``gate.result``, ``pb.LifecycleRefused`` for ``lifecycle.refused``, …)."""
+
+    entry_id: str
+    kind: str
+    message: Message
+
+    @property
+    def slot(self) -> str:
+        """The slot the event is about ("" for run-wide events)."""
+        return str(getattr(self.message, "slot", ""))
+
+
+#: what a controller usually follows: lifecycle moves, refusals and gate verdicts
+LIFECYCLE_KINDS = ("lifecycle.transition", "lifecycle.refused", "gate.result")
+
+
 class KasminaClient:
-    """Sign and send commands; optionally wait for their outcome."""
+    """Sign and send commands; optionally wait for their outcome; follow the event log."""
 
     def __init__(
         self, bus: Bus, run: str, signer: Signer, verifier: Verifier, *, retry_s: float = 30.0
@@ -255,3 +275,43 @@ class KasminaClient:
         raise CommandTimeout(
             f"no outcome for command {command_id} within {timeout_s:g} s", last=last
         )
+
+    async def subscribe(
+        self,
+        kinds: Collection[str] = LIFECYCLE_KINDS,
+        *,
+        slot: str | None = None,
+        since: str = "$",
+        poll_s: float = 0.05,
+    ) -> AsyncIterator[Event]:
+        """Yield the run's events of ``kinds`` (all kinds if empty), of one ``slot`` if given, as
+        typed :class:`Event` objects in log order, until the caller stops iterating.
+
+        ``since`` is an entry id: ``"$"`` (the default) follows only events recorded from now on,
+        ``"0-0"`` replays the whole log first. Entries that fail verification are skipped; while
+        Redis is unavailable the subscription waits and resumes where it was."""
+        stream = streams.events(self.run)
+        cursor = since
+        if since == "$":
+            info = await self._retrying(lambda: self.bus.info(stream))
+            cursor = info.last_id if info.length else "0-0"
+        wanted = frozenset(kinds)
+        while True:
+            read = 0
+            try:
+                async for record in read_log(
+                    self.bus, stream, self.verifier, start=f"({cursor}", page=500
+                ):
+                    cursor, read = record.entry_id, read + 1
+                    if isinstance(record, BadEntry):
+                        continue  # failed verification: no part of the run's history
+                    if wanted and record.kind not in wanted:
+                        continue
+                    event = Event(record.entry_id, record.kind, record.message)
+                    if slot is None or event.slot == slot:
+                        yield event
+            except BusUnavailable:
+                await anyio.sleep(min(1.0, poll_s * 10))
+                continue
+            if not read:
+                await anyio.sleep(poll_s)
