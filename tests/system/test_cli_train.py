@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from actors.shell import FRAME
+from actors.hosting import FRAME
 from bus import open_bus
 from bus.testing import purge_prefix, real_redis_url
 from contracts import REGISTRY, KeyRing, Verifier, streams
@@ -151,7 +151,7 @@ async def _inbox_messages(url: str, stream: str, ring: KeyRing) -> list[object]:
     out = []
     try:
         for entry in await bus.range(stream):
-            env = verifier.open(entry.fields[FRAME])
+            env = verifier.open(entry.fields[FRAME], stream=entry.stream)
             out.append(REGISTRY.parse(env.kind, env.body))
     finally:
         await bus.close()
