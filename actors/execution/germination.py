@@ -95,10 +95,10 @@ def _site(rt: ExecutionRuntime, slot: SeedSlot) -> Site:
         raise OrderError("no probe batch: pass probe_batch= before germinating")
     inputs, _ = split_batch(rt.probe_batch)
     with probe_mode(rt.model, rt.device):
-# with grad, like the forward it is compared with below: modules with a no-grad fast
-# path (nn.TransformerEncoderLayer, nn.MultiheadAttention) differ in the last bits
-base, taps = run_probe(rt.model, inputs, {}, [slot], grad=True)
-base = base.detach()
+        # with grad, like the forward it is compared with below: modules with a no-grad fast
+        # path (nn.TransformerEncoderLayer, nn.MultiheadAttention) differ in the last bits
+        base, taps = run_probe(rt.model, inputs, {}, [slot], grad=True)
+        base = base.detach()
     tap = taps.get(slot.slot_id)
     if tap is None:
         raise OrderError(f"slot {slot.slot_id} is not on the probe batch's forward path")

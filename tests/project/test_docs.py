@@ -207,3 +207,14 @@ def test_one_call_examples_grow_a_seed_to_fossilized() -> None:
         assert procs[name].returncode == 0, err[-3000:]
         assert EXAMPLES[name] in out, out + err[-2000:]
         assert "failed gate checks: []" in out
+
+
+def test_controller_example_compiles_against_the_client() -> None:
+    """The KasminaClient example is valid Python and uses the client's real methods."""
+    from actors.client import KasminaClient
+
+    code = _python_block(ROOT / "docs" / "integration.md", "async def controller")
+    compile(code, "integration.md", "exec")
+    for method in ("command", "subscribe", "wait"):
+        assert callable(getattr(KasminaClient, method))
+    assert "client.subscribe(" in code and "client.command(" in code
