@@ -71,7 +71,7 @@ def _run_block(lines: list[str], tmp_path: Path) -> tuple[subprocess.CompletedPr
     return done, run
 
 
-def _check_run_part(done: subprocess.CompletedProcess[str], run: str) -> None:
+def _check_run_part(done: subprocess.CompletedProcess[str], run: str, where: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     outcome = next(r for r in rows if "command_id" in r)
@@ -81,6 +81,7 @@ def _check_run_part(done: subprocess.CompletedProcess[str], run: str) -> None:
     assert {"seed:units", "seed:hidden", "gate", "barrier"} <= {a["name"] for a in status["actors"]}
     summary = next(r for r in rows if r.get("summary"))
     assert summary["verified"] and summary["slots"]["units"] != "DORMANT"
+    assert (where / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # replay --plot
 
 
 @pytest.mark.timeout(600)
@@ -90,7 +91,7 @@ def test_readme_usage_runs_a_trainer_and_every_command_returns(tmp_path: Path) -
     lines = usage_block()
     cut = next(i for i, line in enumerate(lines) if line.startswith("kill "))
     done, run = _run_block(lines[: cut + 1], tmp_path)
-    _check_run_part(done, run)
+    _check_run_part(done, run, tmp_path)
 
 
 @pytest.mark.slow
@@ -98,4 +99,4 @@ def test_readme_usage_runs_a_trainer_and_every_command_returns(tmp_path: Path) -
 def test_readme_usage_block_runs_top_to_bottom(tmp_path: Path) -> None:
     """The whole block, scripted runs and benchmarks included, returns with exit code 0."""
     done, run = _run_block(usage_block(), tmp_path)
-    _check_run_part(done, run)
+    _check_run_part(done, run, tmp_path)

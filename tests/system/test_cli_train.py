@@ -328,3 +328,15 @@ def test_train_rejects_a_mismatched_world_size(tmp_path: Path) -> None:
     done = kasmina("train", "--task", "digits", "--steps", "5", env=env, timeout=120)
     assert done.returncode == 2
     assert "KASMINA__BARRIER__WORLD_SIZE=1" in done.stderr
+
+
+def test_status_watch_redraws_until_its_count(tmp_path: Path) -> None:
+    """`kasmina status --watch --count 3 --json` prints three views of the run, then exits 0."""
+    env = _env(tmp_path, world=1)
+    done = kasmina(
+        "status", "--watch", "--count", "3", "--interval", "0.05", "--json", env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    views = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(views) == 3 and all(v["run"] == env["KASMINA_RUN"] for v in views)
+    assert all({"actors", "slots", "streams", "rejected"} <= set(v) for v in views)
