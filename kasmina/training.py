@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import os
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -94,6 +96,8 @@ def load_factory(target: str) -> Callable[..., TrainSpec]:
     if ":" not in target:
         return task_factory(target)
     module_name, _, attr = target.partition(":")
+    if os.getcwd() not in sys.path:  # like `python -m`: modules of the current directory
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

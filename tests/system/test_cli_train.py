@@ -340,3 +340,62 @@ def test_status_watch_redraws_until_its_count(tmp_path: Path) -> None:
     views = [json.loads(line) for line in done.stdout.splitlines()]
     assert len(views) == 3 and all(v["run"] == env["KASMINA_RUN"] for v in views)
     assert all({"actors", "slots", "streams", "rejected"} <= set(v) for v in views)
+
+
+FAST = ("--no-lockstep", "--json")
+FACTORY = """
+import torch
+from torch import nn
+
+from kasmina.training import TrainSpec
+
+
+def factory(*, seed, rank, world_size):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    return TrainSpec(
+        model=model,
+        slots={"mid": "1"},
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        batch=lambda step: (x, y),
+        probe_batch=(x, y),
+    )
+"""
+
+
+@pytest.mark.timeout(300)
+def test_train_runs_a_users_factory_from_the_current_directory(tmp_path: Path) -> None:
+    """`kasmina train --model module:factory` imports the factory from the working directory,
+    trains its model for --steps and reports the slots it inserted."""
+    env = _env(tmp_path, world=1)
+    (tmp_path / "mygrowth.py").write_text(FACTORY)
+    script = str(Path(sys.executable).parent / "kasmina")  # a console script: cwd not on its path
+    try:
+        done = subprocess.run(
+            [script, "train", "--model", "mygrowth:factory", "--steps", "12", *FAST],
+            env={k: v for k, v in env.items() if k != "PYTHONPATH"},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout.splitlines()[-1])
+        assert result["steps"] == 12 and not result["stopped"]
+        assert result["stages"] == {"mid": "DORMANT"} and result["run"] == env["KASMINA_RUN"]
+        reports = [
+            m
+            for m in anyio.run(
+                _inbox_messages,
+                env["KASMINA_REDIS"],
+                streams.inbox(env["KASMINA_RUN"], "seed", "mid"),
+                KeyRing.load(env["KASMINA_KEYS"]),
+            )
+            if isinstance(m, pb.StepReport)
+        ]
+        assert [r.step for r in reports] == [0, 5, 10]  # every report flushed before the exit
+        missing = kasmina("train", "--model", "nosuchmodule:factory", env=env, timeout=120)
+        assert missing.returncode == 2 and "nosuchmodule" in missing.stderr
+    finally:
+        _purge(env)
