@@ -177,6 +177,17 @@ async def _wait_stage(
         await bus.close()
 
 
+async def _pending(env: dict[str, str]) -> dict[str, int]:
+    """Inboxes of the run with entries delivered but not acked."""
+    bus = open_bus(env["KASMINA_REDIS"])
+    try:
+        names = await bus.streams(streams.prefix(env["KASMINA_RUN"]) + "inbox:*")
+        found = {name: sum(g.pending for g in (await bus.info(name)).groups) for name in names}
+    finally:
+        await bus.close()
+    return {name: n for name, n in found.items() if n}
+
+
 async def _wait_ranks(env: dict[str, str], world: int) -> None:
     """Until ``world`` ranks registered their order inboxes."""
     bus = open_bus(env["KASMINA_REDIS"])
@@ -294,6 +305,7 @@ def _walk_to_fossil(procs: Procs, env: dict[str, str], ring: KeyRing, world: int
 
     for name in ("seeds", "actors"):
         assert procs.stop(name) == 0, procs.log(name)
+    assert anyio.run(_pending, env) == {}  # every entry they took was handled and acked
     replay = kasmina("replay", env["KASMINA_REDIS"], "--verify", "--json", env=env)
     assert replay.returncode == 0, replay.stderr
     assert json.loads(replay.stdout.splitlines()[-1])["slots"]["units"] == "FOSSILIZED"
