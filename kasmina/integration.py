@@ -20,6 +20,7 @@ barrier) runs on the same background loop over an in-memory bus, for notebooks a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -37,7 +38,7 @@ from torch import nn
 
 from actors.assemble import live_verifier
 from actors.client import KasminaClient, Outcome
-from actors.execution import ExecutionRuntime, insert_slots
+from actors.execution import ExecutionRuntime, RuntimeConfig, insert_slots
 from actors.execution.actor import ExecutionActor
 from actors.execution.slot import SeedSlot
 from bus import Bus, BusClosed, BusUnavailable, open_bus
@@ -139,7 +140,7 @@ class Attached:
         also waits, on barrier boundaries, until the run has handled everything sent so far."""
         self._trainer = threading.get_ident()
         self.runtime.on_step(step, loss, val_loss=val_loss, val_accuracy=val_accuracy, batch=batch)
-        if self.lockstep and step % self.runtime.barrier_frequency == 0:
+        if self.lockstep and step % max(1, self.runtime.config.barrier_frequency) == 0:
             self.settle()
 
     def settle(self, timeout_s: float = SETTLE_TIMEOUT_S) -> bool:
@@ -223,9 +224,9 @@ def attach(
     - ``actors``: serve the run's actors in this process too (default: only in-process runs).
     - ``lockstep``: on barrier boundaries wait for the run to settle (default: in-process runs),
       which makes a run reproducible step for step; a production trainer leaves it off.
-    - ``runtime_options``: passed to :class:`~actors.execution.ExecutionRuntime`
-      (``probe_batch=``, ``evaluate=``, ``loss_fn=``, ``device=``, ``probe_every=``,
-      ``checkpoint_dir=``, …). ``barrier_frequency``, ``report_every`` and ``blend_steps``
+    - ``runtime_options``: :class:`~actors.execution.RuntimeConfig` fields (``device=``,
+      ``probe_every=``, ``checkpoint_dir=``, …) and the runtime's keyword arguments
+      (``probe_batch=``, ``evaluate=``, ``loss_fn=``). ``barrier_frequency``, ``report_every`` and ``blend_steps``
       default to the config's, ``probe_every`` to a fifth of the TRAINING budget (at most 50).
 
     The model that trains is ``model`` itself (eager, with the slots inside); wrap it in DDP or
@@ -250,16 +251,22 @@ def attach(
         inserted = {k: v for k, v in slots.items() if isinstance(v, SeedSlot)}
         if len(inserted) != len(slots):
             raise TypeError("slots: give {slot_id: 'module.path'} or inserted SeedSlots")
-    options: dict[str, Any] = {
+    settings: dict[str, Any] = {
         "barrier_frequency": cfg.barrier.frequency,
         "report_every": cfg.barrier.frequency,
         "blend_steps": cfg.lifecycle.blend_steps,
         # G1 compares the seed's loss between isolation probes: several per TRAINING budget
         "probe_every": max(1, min(50, cfg.lifecycle.training_steps // 5)),
-        **runtime_options,
     }
+    fields = {f.name for f in dataclasses.fields(RuntimeConfig)}
+    settings.update({k: v for k, v in runtime_options.items() if k in fields})
+    extra = {k: v for k, v in runtime_options.items() if k not in fields}
     runtime = ExecutionRuntime(
-        model, inserted, optimizer, rank=rank, world_size=world_size, **options
+        model,
+        inserted,
+        optimizer,
+        RuntimeConfig(**{**settings, "rank": rank, "world_size": world_size}),
+        **extra,
     )
     with ExitStack() as stack:
         portal = stack.enter_context(start_blocking_portal())

@@ -138,7 +138,7 @@ def train(
             from torch.nn.parallel import DistributedDataParallel
 
             net = DistributedDataParallel(spec.model)
-        report_every = kas.runtime.report_every or 1
+        report_every = kas.runtime.config.report_every or 1
         step = 0
         while steps <= 0 or step < steps:
             if _agreed_stop(stop.is_set(), world_size):
