@@ -78,11 +78,26 @@ class SafetyConfig(BaseModel):
 
     strikes_to_open: int = Field(3, ge=1)
     strike_window_steps: int = Field(100, ge=1)
+    # the runtime's sampled isolation probe: a leaking seed strikes once per probe
+    probe_every_steps: int = Field(25, ge=1)
     cooldown_steps: int = Field(200, ge=1)
     emergency_stop_open_fraction: float = Field(0.5, gt=0.0, le=1.0)
-    emergency_stop_min_open: int = Field(2, ge=1)
+    emergency_stop_min_open: int = Field(2, ge=1)  # capped at the number of known slots
+    rollback_on_isolation: bool = True  # a breaker opened by a leak rolls the host back
     reject_storm_count: int = Field(100, ge=1)  # rejects inside the window raise a signal
     reject_storm_window_s: float = Field(10.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _breaker_can_open(self) -> SafetyConfig:
+        span = (self.strikes_to_open - 1) * self.probe_every_steps
+        if span >= self.strike_window_steps:
+            raise ValueError(
+                f"a leaking seed probed every {self.probe_every_steps} steps strikes"
+                f" {self.strikes_to_open} times only over {span + 1} steps, more than"
+                f" strike_window_steps={self.strike_window_steps}: the breaker could never open"
+                " (lower probe_every_steps or strikes_to_open, or widen the window)"
+            )
+        return self
 
 
 class TelemetryConfig(BaseModel):

@@ -1335,15 +1335,21 @@ Global___SafetyVerdict: _TypeAlias = SafetyVerdict  # noqa: Y015
 
 @_typing.final
 class CheckpointRequest(_message.Message):
-    """kind: "checkpoint.request" """
+    """kind: "checkpoint.request"
+    rollback = false: write an emergency checkpoint at the next step boundary.
+    rollback = true: once the seeds of `slots` have left the forward, load the host (parameters,
+    buffers, optimizer) from the newest checkpoint taken before any of them entered it.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     REASON_FIELD_NUMBER: _builtins.int
     STEP_FIELD_NUMBER: _builtins.int
     SLOTS_FIELD_NUMBER: _builtins.int
+    ROLLBACK_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
     step: _builtins.int
+    rollback: _builtins.bool
     @_builtins.property
     def slots(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -1352,10 +1358,11 @@ class CheckpointRequest(_message.Message):
         reason: _builtins.str = ...,
         step: _builtins.int = ...,
         slots: _abc.Iterable[_builtins.str] | None = ...,
+        rollback: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "slots", b"slots", "step", b"step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "rollback", b"rollback", "slots", b"slots", "step", b"step"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

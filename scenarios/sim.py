@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from contracts import evidence as ev
@@ -108,6 +108,7 @@ class SimRuntime:
         self._outbox: list[tuple[str, object]] = []
         self.applied_orders: list[tuple[str, int]] = []  # (order_id, step)
         self.checkpoint_requests: list[tuple[str, int]] = []  # (reason, step)
+        self.rollback_requests: list[tuple[str, tuple[str, ...], int]] = []
 
     def submit(self, order: pb.ExecutionOrder) -> None:
         with self._lock:
@@ -124,6 +125,10 @@ class SimRuntime:
     def request_checkpoint(self, reason: str, step: int = 0) -> None:
         """Record the request (a simulated runtime has nothing to write)."""
         self.checkpoint_requests.append((reason, step))
+
+    def request_rollback(self, reason: str, slots: Sequence[str] = (), step: int = 0) -> None:
+        """Record the request (a simulated runtime has no host to roll back)."""
+        self.rollback_requests.append((reason, tuple(slots), step))
 
     def _put(self, kind: str, message: object) -> None:
         with self._lock:

@@ -154,7 +154,12 @@ class ExecutionActor:
             self.last_commit = int(message.barrier_step)
             return Handled(entry, self.group)
         if isinstance(message, pb.CheckpointRequest):
-            self.runtime.request_checkpoint(message.reason, int(message.step))
+            if message.rollback:
+                self.runtime.request_rollback(
+                    message.reason, list(message.slots), int(message.step)
+                )
+            else:
+                self.runtime.request_checkpoint(message.reason, int(message.step))
             self.checkpoint_requests += 1
             return Handled(entry, self.group)
         if not isinstance(message, pb.ExecutionOrder):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from contracts.config import KasminaConfig
 
 
 def default_device() -> torch.device:
@@ -23,7 +26,7 @@ class RuntimeConfig:
     device: str | torch.device | None = None  # None: cuda when available, else cpu
     rank: int = 0
     world_size: int = 1
-    probe_every: int = 50  # sampled isolation probe
+    probe_every: int = 25  # sampled isolation probe (KasminaConfig safety.probe_every_steps)
     report_every: int = 10  # step report + telemetry
     barrier_frequency: int = 100  # barrier vote (state digest)
     blend_steps: int = 100  # default blend ramp when an order names none
@@ -31,6 +34,7 @@ class RuntimeConfig:
     region: str = ""  # telemetry region label
     seed_salt: int = 0  # mixed into every seed's initialisation seed
     checkpoint_dir: str | None = None  # where emergency checkpoints go
+    max_seed_params: int | None = None  # largest seed (elements); None: the host's size, >= 1M
 
     def __post_init__(self) -> None:
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
@@ -38,6 +42,20 @@ class RuntimeConfig:
         for name in ("probe_every", "report_every", "barrier_frequency", "blend_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def from_config(cls, config: KasminaConfig, **settings: Any) -> RuntimeConfig:
+        """The settings a run's :class:`KasminaConfig` fixes (probe cadence, barrier and report
+        cadence, blend ramp, world size), with ``settings`` for the rest or to override."""
+        derived: dict[str, Any] = {
+            "probe_every": config.safety.probe_every_steps,
+            "report_every": config.barrier.frequency,
+            "barrier_frequency": config.barrier.frequency,
+            "blend_steps": config.lifecycle.blend_steps,
+            "world_size": config.barrier.world_size,
+        }
+        derived.update(settings)
+        return cls(**derived)
 
     def resolved_device(self) -> torch.device:
         """The configured device, or the default one."""

@@ -8,6 +8,7 @@ graph walked: a seed that reaches a host parameter is refused (``strict_attach``
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from actors.execution.runtime import ExecutionRuntime
 
 _FLAGS = (ev.PARAMS_FINITE, ev.SHAPE_MATCH, ev.DTYPE_MATCH, ev.OUTPUT_FINITE)
+MAX_PARAM_MAGNITUDE = 1e9  # no germinate parameter (sizes, rates, scales) is larger than this
+MIN_SEED_LIMIT = 1_000_000  # default seed size limit: the host's parameter count, at least this
 
 
 @dataclass(frozen=True)
@@ -56,12 +59,21 @@ def germinate(
     """Build, check and attach the seed the order asks for; returns the G0 evidence."""
     slot, g = state.slot, order.germinate
     bp = _blueprint(g.blueprint)
+    params = check_params(dict(g.params))
     site = _site(rt, slot)
     _check_fit(bp, site.shape, g.blend_mode)
-    params = dict(g.params)
+    check_size(rt, bp, site, params, slot)
     seed = build_seed(rt, bp, site, params, slot, order.apply_at_step)
+    try:
+        check_shares_nothing(rt, seed)
+        rng_seed, writes_input = dry_run(seed, bp, site)
+    except OrderError:
+        _discard(seed)
+        raise
     evidence, probe_ok = _seed_evidence(seed, bp, site)
+    evidence[ev.SEED_WRITES_INPUT] = float(writes_input)
     slot.attach(seed, blueprint=bp.name, reads_input=bp.reads_input, blend_mode=g.blend_mode)
+    slot.seed_rng(_rng_seed(rt, slot, order.apply_at_step, bp) if rng_seed else None)
     walk = _attached_checks(rt, slot, site, g.blend_mode, evidence)
     state.reset_evidence()
     state.attach_evidence = dict(evidence)
@@ -69,7 +81,8 @@ def germinate(
         state.isolation_violations += 1
         rt.outbox.put(KIND_SAFETY, isolation_signal(slot.slot_id, step, walk, rank=rt.rank))
     failed = [k for k in _FLAGS if evidence[k] != 1.0]
-    if not probe_ok or failed or (rt.config.strict_attach and walk is not None and walk.violated):
+    leaks = (walk is not None and walk.violated) or writes_input
+    if not probe_ok or failed or (rt.config.strict_attach and leaks):
         state.release(rt.device)
         raise OrderError(
             f"germination checks failed: {failed or 'isolation/zero output'}", evidence
@@ -124,15 +137,118 @@ def build_seed(
     at_step: int,
 ) -> nn.Module:
     """The seed, built on a forked RNG seeded from the slot, the step and the blueprint."""
-    salt = f"{rt.config.seed_salt}:{slot.slot_id}:{at_step}:{bp.name}".encode()
     with torch.random.fork_rng(devices=[rt.device] if rt.device.type == "cuda" else []):
-        torch.manual_seed(int.from_bytes(hashlib.sha256(salt).digest()[:7], "big"))
+        torch.manual_seed(_rng_seed(rt, slot, at_step, bp, ""))
         seed: nn.Module = bp.build(site.shape, params, rt.hosts.get(slot.slot_id, slot))
         return seed.to(device=rt.device, dtype=site.tap.h.dtype)
 
 
+def _rng_seed(
+    rt: ExecutionRuntime, slot: SeedSlot, at_step: int, bp: Blueprint, stream: str = ":forward"
+) -> int:
+    """A seed for torch's RNG, the same on every rank (``stream`` tells the uses apart)."""
+    salt = f"{rt.config.seed_salt}:{slot.slot_id}:{at_step}:{bp.name}{stream}".encode()
+    return int.from_bytes(hashlib.sha256(salt).digest()[:7], "big")
+
+
+def check_params(params: dict[str, float]) -> dict[str, float]:
+    """Germinate parameters must be finite and of a sane magnitude (refused before any build)."""
+    for name, value in sorted(params.items()):
+        if not math.isfinite(value) or abs(value) > MAX_PARAM_MAGNITUDE:
+            raise OrderError(
+                f"germinate parameter {name}={value!r} is out of bounds"
+                f" (finite, |value| <= {MAX_PARAM_MAGNITUDE:g})",
+                {ev.PARAMS_FINITE: float(math.isfinite(value))},
+            )
+    return params
+
+
+def check_size(
+    rt: ExecutionRuntime, bp: Blueprint, site: Site, params: dict[str, float], slot: SeedSlot
+) -> None:
+    """Build the seed on the meta device (no memory) and refuse it when it is too large."""
+    try:
+        with torch.device("meta"), torch.random.fork_rng(devices=[]):
+            ghost = bp.build(site.shape, params, rt.hosts.get(slot.slot_id, slot))
+    except Exception as exc:
+        raise OrderError(f"blueprint {bp.name!r} cannot build with {params}: {exc}") from None
+    n = param_count(ghost)
+    size = sum(t.numel() for t in ghost.buffers()) + n
+    _discard(ghost)
+    limit = rt.config.max_seed_params or max(param_count(rt.model), MIN_SEED_LIMIT)
+    if size > limit:
+        raise OrderError(
+            f"seed of blueprint {bp.name!r} would hold {size:,} elements"
+            f" (limit {limit:,}: RuntimeConfig.max_seed_params)",
+            {ev.SEED_PARAMS: float(n)},
+        )
+
+
+def check_shares_nothing(rt: ExecutionRuntime, seed: nn.Module) -> None:
+    """Refuse a seed that holds a host module, parameter or buffer (by identity or storage)."""
+    in_slots = {id(m) for slot in rt.slots.values() for m in slot.modules()}
+    host = [m for m in rt.model.modules() if id(m) not in in_slots]
+    host_ids = {id(m) for m in host}
+    tensors = [t for m in host for t in (*m.parameters(False), *m.buffers(False))]
+    host_ids.update(id(t) for t in tensors)
+    storages = {_storage(t) for t in tensors} - {0}
+    shared = [
+        name
+        for name, obj in (*seed.named_modules(), *seed.named_parameters(), *seed.named_buffers())
+        if id(obj) in host_ids or (isinstance(obj, Tensor) and _storage(obj) in storages)
+    ]
+    if shared:
+        raise OrderError(
+            f"seed shares {len(shared)} module(s)/tensor(s) with the host: {shared[:5]}",
+            {ev.SEED_SHARES_HOST: float(len(shared))},
+        )
+
+
+def _storage(t: Tensor) -> int:
+    if t.device.type == "meta":
+        return 0
+    return int(t.untyped_storage().data_ptr())
+
+
+def dry_run(seed: nn.Module, bp: Blueprint, site: Site) -> tuple[bool, bool]:
+    """Run the seed once in train mode on a copy of the slot activation: does it draw random
+    numbers (it then gets its own RNG stream) and does it write its input in place?"""
+    src = site.tap.x if bp.reads_input else site.tap.h
+    if src is None:
+        return False, False
+    view = src.detach().clone()
+    version = view._version
+    was = seed.training
+    devices = [src.device] if src.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        before = _rng_states(devices)
+        seed.train()
+        try:
+            seed(view)
+        except Exception as exc:
+            raise OrderError(f"seed forward fails on the slot activation: {exc}") from None
+        finally:
+            seed.train(was)
+        after = _rng_states(devices)
+    draws = any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    return draws, view._version != version
+
+
+def _rng_states(devices: list[torch.device]) -> list[Tensor]:
+    return [torch.get_rng_state(), *(torch.cuda.get_rng_state(d) for d in devices)]
+
+
+def _discard(module: nn.Module) -> None:
+    """Undo what a factory attached elsewhere (hooks on the host): call every ``release()``."""
+    for m in module.modules():
+        rel = getattr(m, "release", None)
+        if callable(rel):
+            rel()
+
+
 def _seed_evidence(seed: nn.Module, bp: Blueprint, site: Site) -> tuple[dict[str, float], bool]:
-    probe = shape_probe(seed, bp, site.tap.h, site.tap.x)
+    with torch.random.fork_rng(devices=[site.inputs.device] if site.inputs.is_cuda else []):
+        probe = shape_probe(seed, bp, site.tap.h, site.tap.x)
     finite = all(bool(torch.isfinite(p).all()) for p in seed.parameters())
     memory = sum(t.numel() * t.element_size() for t in (*seed.parameters(), *seed.buffers()))
     evidence = {

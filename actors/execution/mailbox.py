@@ -70,14 +70,34 @@ class Outbox:
         return len(self._items)
 
 
+FINGERPRINT_SAMPLES = 64  # host elements sampled per parameter tensor for the barrier digest
+
+
 def state_digest(model: nn.Module, slots: Mapping[str, SeedSlot]) -> bytes:
-    """sha256 over every parameter (name and bytes) and every slot's stage and alpha."""
+    """sha256 over every seed parameter, a fingerprint of the host's parameters and every slot's
+    stage and alpha. Cost: O(seed parameters) + O(host tensors): the host fingerprint reads
+    ``FINGERPRINT_SAMPLES`` evenly strided elements of each host tensor (replicas that diverge do
+    so everywhere, so sampled elements differ too), not every byte."""
     h = hashlib.sha256()
+    in_slots = {id(p) for slot in slots.values() for p in slot.parameters()}
+    samples: list[torch.Tensor] = []
     for name, p in model.named_parameters():
+        if id(p) in in_slots:
+            continue
         h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        flat = p.detach().reshape(-1)
+        samples.append(flat[:: max(1, flat.numel() // FINGERPRINT_SAMPLES)].float())
+    if samples:
+        h.update(_bytes(torch.cat(samples)))
     for slot_id in sorted(slots):
         slot = slots[slot_id]
         h.update(slot_id.encode())
         h.update(struct.pack("<id", slot.stage, float(slot.alpha)))
+        for name, p in slot.named_parameters():
+            h.update(name.encode())
+            h.update(_bytes(p.detach()))
     return h.digest()
+
+
+def _bytes(t: torch.Tensor) -> bytes:
+    return bytes(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

@@ -8,9 +8,12 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from actors.execution import stages as st
-from actors.execution.evidence import isolation_probe, latency_overhead
-from actors.execution.isolation import isolation_signal
+from actors.execution.evidence import isolation_probe, latency_overhead, on_mode
+from actors.execution.isolation import IsolationReport, autograd_probe, isolation_signal
 from actors.execution.mailbox import KIND_SAFETY, KIND_STEP_REPORT, KIND_TELEMETRY
+from actors.execution.probing import probe_mode, run_probe, split_batch
+from actors.execution.slot import host_parameters
+from actors.execution.slotstate import SlotState
 from contracts import evidence as ev
 from leyline import pb
 
@@ -28,6 +31,9 @@ def probe(rt: ExecutionRuntime, step: int) -> dict[str, bool]:
     if not active or rt.probe_batch is None:
         return {}
     reports = isolation_probe(rt.model, rt.slots, active, rt.device, rt.probe_batch, rt.loss_fn)
+    for sid, rep in train_mode_probe(rt, active).items():  # leaks that only train mode shows
+        if rep.violated and not (sid in reports and reports[sid].violated):
+            reports[sid] = rep
     for sid, rep in reports.items():
         state = rt.states[sid]
         state.isolation_probes += 1
@@ -35,6 +41,18 @@ def probe(rt: ExecutionRuntime, step: int) -> dict[str, bool]:
             state.isolation_violations += 1
             rt.outbox.put(KIND_SAFETY, isolation_signal(sid, step, rep, rank=rt.rank))
     return {sid: rep.violated for sid, rep in reports.items()}
+
+
+def train_mode_probe(rt: ExecutionRuntime, active: list[SlotState]) -> dict[str, IsolationReport]:
+    """The autograd isolation check with the model in train mode: RNG forked, every buffer
+    (BatchNorm statistics) restored afterwards, so the host is as if it had not run."""
+    assert rt.probe_batch is not None
+    inputs, _ = split_batch(rt.probe_batch)
+    host = host_parameters(rt.model, rt.slots)
+    modes = {s.slot: (on_mode(s.slot), 1.0) for s in active}
+    with probe_mode(rt.model, rt.device, train=True):
+        _, taps = run_probe(rt.model, inputs, modes, [s.slot for s in active], grad=True)
+        return {sid: autograd_probe(t.z, host) for sid, t in taps.items() if t.z is not None}
 
 
 def loss_spike(losses: Iterable[tuple[int, float]], since: int) -> float:

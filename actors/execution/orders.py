@@ -22,21 +22,50 @@ if TYPE_CHECKING:
     from actors.execution.runtime import ExecutionRuntime
 
 
-def apply_due(rt: ExecutionRuntime, step: int) -> None:
-    """Apply every pending order due at or before ``step`` (oldest due step first)."""
-    due = sorted((o for o in rt.pending if o.apply_at_step <= step), key=lambda o: o.apply_at_step)
-    if not due:
-        return
+def due(rt: ExecutionRuntime, step: int) -> list[pb.ExecutionOrder]:
+    """The pending orders due at or before ``step`` (oldest due step first)."""
+    return sorted((o for o in rt.pending if o.apply_at_step <= step), key=lambda o: o.apply_at_step)
+
+
+def apply_due(rt: ExecutionRuntime, step: int, agreed: set[str] | None = None) -> list[str]:
+    """Apply every pending order due at or before ``step``; with ``agreed`` (a data-parallel
+    run) only those every rank holds, refusing the others. Returns the slots whose seed entered
+    the forward (moved to TRAINING)."""
+    orders = due(rt, step)
+    if not orders:
+        return []
     rt.pending = [o for o in rt.pending if o.apply_at_step > step]
-    for order in due:
-        apply(rt, order, step)
+    entering = []
+    for order in orders:
+        if agreed is not None and order.order_id not in agreed:
+            refuse(rt, order, step, f"not held by every rank at step {step}")
+        elif apply(rt, order, step) and order.stage == st.TRAINING:
+            entering.append(order.slot)
+    return entering
 
 
-def apply(rt: ExecutionRuntime, order: pb.ExecutionOrder, step: int) -> None:
-    """Apply one order and queue its ack."""
+def refuse(rt: ExecutionRuntime, order: pb.ExecutionOrder, step: int, reason: str) -> None:
+    """Answer an order with a refusal and change nothing."""
+    stage = rt.slots[order.slot].stage if order.slot in rt.slots else order.stage
+    ack = pb.ExecutionAck(
+        order_id=order.order_id,
+        slot=order.slot,
+        applied_at_step=step,
+        rank=rt.rank,
+        ok=False,
+        error=reason,
+        stage=pb.SeedLifecycleStage.ValueType(stage),
+    )
+    rt.outbox.put(KIND_ACK, ack)
+
+
+def apply(rt: ExecutionRuntime, order: pb.ExecutionOrder, step: int) -> bool:
+    """Apply one order and queue its ack; True when it was applied."""
     ack = pb.ExecutionAck(
         order_id=order.order_id, slot=order.slot, applied_at_step=step, rank=rt.rank
     )
+    state = rt.states.get(order.slot)
+    before = (state.slot.stage, state.slot.seed) if state is not None else None
     try:
         evidence = _execute(rt, order, step)
         ack.ok = True
@@ -46,6 +75,11 @@ def apply(rt: ExecutionRuntime, order: pb.ExecutionOrder, step: int) -> None:
         ack.ok = False
         ack.error = str(exc)
         ack.evidence.metrics.update(exc.evidence)
+    except Exception as exc:  # nothing an order does may reach the training loop
+        ack.ok = False
+        ack.error = f"order failed: {type(exc).__name__}: {exc}"[:500]
+        if state is not None and before is not None:
+            _back_to_safety(rt, state, before)
     stage = rt.slots[order.slot].stage if order.slot in rt.slots else order.stage
     ack.stage = pb.SeedLifecycleStage.ValueType(stage)
     late = step - order.apply_at_step
@@ -55,6 +89,17 @@ def apply(rt: ExecutionRuntime, order: pb.ExecutionOrder, step: int) -> None:
         )
         ack.evidence.metrics["late_steps"] = float(late)
     rt.outbox.put(KIND_ACK, ack)
+    return ack.ok
+
+
+def _back_to_safety(rt: ExecutionRuntime, state: SlotState, before: tuple[int, object]) -> None:
+    """After an order failed half way: drop a seed it attached, return to the stage it left."""
+    stage, seed = before
+    slot = state.slot
+    if slot.seed is not None and slot.seed is not seed:
+        state.release(rt.device)
+    if slot.stage != stage or slot.seed is None:
+        slot.set_stage(stage if slot.seed is not None or stage in st.EMPTY_STAGES else st.DORMANT)
 
 
 def _execute(rt: ExecutionRuntime, order: pb.ExecutionOrder, step: int) -> dict[str, float]:

@@ -1,8 +1,9 @@
 """Probe forwards: side-effect-free eager forwards used for shape probes, isolation probes,
 shadow losses, germination evidence and counterfactual evaluation.
 
-A probe forward runs in eval mode with the RNG forked, and restores every module's training flag,
-so it changes neither host buffers (BatchNorm statistics) nor the random stream: a run with probes
+A probe forward runs in eval mode (or, for train-mode probes, with every buffer restored afterwards)
+with the RNG forked, the seeds' own RNG streams saved and every module's training flag restored, so
+it changes neither host buffers (BatchNorm statistics) nor any random stream: a run with probes
 stays bit-identical to one without.
 """
 
@@ -24,17 +25,26 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 @contextmanager
-def probe_mode(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Eval mode and a forked RNG for the duration; training flags restored exactly."""
+def probe_mode(model: nn.Module, device: torch.device, *, train: bool = False) -> Iterator[None]:
+    """Eval mode (``train``: train mode, buffers restored on exit) and a forked RNG for the
+    duration; training flags and the seeds' RNG streams restored exactly."""
     flags = [(m, m.training) for m in model.modules()]
+    streams = [(s, s.rng) for s in model.modules() if isinstance(s, SeedSlot)]
+    counters = {id(b) for slot, _ in streams for b in slot.buffers(recurse=False)}
+    buffers = [(b, b.clone()) for b in model.buffers() if id(b) not in counters] if train else []
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        model.eval()
+        model.train(train)
         try:
             yield
         finally:
             for m, flag in flags:
                 m.training = flag
+            for slot, rng in streams:
+                slot.rng = rng
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
 
 
 def split_batch(batch: ProbeBatch) -> tuple[Tensor, Tensor | None]:

@@ -7,7 +7,7 @@ at once (the training thread picks the work up at its next step boundary).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Protocol
 
 from leyline import pb
@@ -35,4 +35,8 @@ class Runtime(Protocol):
 
     def request_checkpoint(self, reason: str, step: int = 0) -> None:
         """Write an emergency checkpoint at the next step boundary (never blocks)."""
+        ...
+
+    def request_rollback(self, reason: str, slots: Sequence[str] = (), step: int = 0) -> None:
+        """Roll the host back from what the seeds of ``slots`` may have done (never blocks)."""
         ...

@@ -1,29 +1,64 @@
-"""Checkpoint and restore of the runtime's seeds, and the emergency checkpoint the SafetyActor
-asks for (written at the next step boundary, on the training thread)."""
+"""Checkpoints, restore and rollback of one rank: what the SafetyActor's requests do.
+
+A checkpoint holds the host (parameters and buffers), the host optimizer, and every slot (seed
+weights, seed optimizer, RNG stream, stage, alpha), all as they are at the end of the step it is
+labelled with. Written at a step boundary (the end of ``on_step``):
+
+- emergency checkpoints, when the SafetyActor asks (``request_checkpoint``);
+- guard checkpoints (with ``checkpoint_dir`` set), at every boundary where a seed enters the
+  forward: the last state the seed cannot have touched.
+
+A rollback (``request_rollback``) waits until the named slots' seeds have left the forward (the
+breaker culls them), then loads the host from the newest checkpoint taken no later than the step
+those seeds entered it: the host is bit-identical to that checkpoint again. Slots keep their
+current lifecycle (the seed actors own it).
+"""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.distributed as dist
-
-from actors.execution.blueprints import SlotShape, get_blueprint
+from actors.execution import restore as rs
 from actors.execution.checkpoint import read_checkpoint, write_atomic
-from actors.execution.germination import sync_grads
 from actors.execution.mailbox import KIND_TELEMETRY
-from actors.execution.optim import seed_optimizer
 from actors.execution.slotstate import SlotState
+from actors.execution.stages import Mode
 from leyline import pb
 
 if TYPE_CHECKING:
     from actors.execution.runtime import ExecutionRuntime
 
+VERSION = 2
+KEEP_GUARDS = 2  # guard checkpoints kept on disk per rank (older ones are deleted)
 
+
+@dataclass(frozen=True)
+class Rollback:
+    """A request to roll the host back from the damage the seeds of ``slots`` may have done."""
+
+    reason: str
+    slots: tuple[str, ...]
+    step: int
+
+    @property
+    def key(self) -> str:
+        """The same on every rank that received the same request."""
+        return f"rollback:{self.step}:{','.join(self.slots)}"
+
+
+# -- writing ---------------------------------------------------------------------------------------
 def checkpoint(rt: ExecutionRuntime, path: str) -> None:
-    """Write seeds, stages, alpha and optimizer states atomically to ``path``."""
-    slots = {sid: _slot_entry(state) for sid, state in rt.states.items()}
-    write_atomic({"version": 1, "step": rt.step, "slots": slots}, path)
+    """Write host, host optimizer and every slot atomically to ``path`` (labelled ``rt.step``)."""
+    payload = {
+        "version": VERSION,
+        "step": rt.step,
+        "slots": {sid: _slot_entry(state) for sid, state in rt.states.items()},
+        "host": {k: v.detach() for k, v in rs.host_state(rt.model).items()},
+        "host_optimizer": rt.host_optimizer.state_dict(),
+    }
+    write_atomic(payload, path)
 
 
 def _slot_entry(state: SlotState) -> dict[str, Any]:
@@ -40,6 +75,7 @@ def _slot_entry(state: SlotState) -> dict[str, Any]:
         "blend_start": state.blend_start,
         "blend_steps": state.blend_steps,
         "schedule": int(state.schedule),
+        "rng": None if slot.rng is None else [t.cpu() for t in slot.rng],
     }
     if slot.seed is not None and state.shape is not None:
         entry["out_shape"] = list(state.shape.out_shape)
@@ -51,49 +87,77 @@ def _slot_entry(state: SlotState) -> dict[str, Any]:
     return entry
 
 
-def restore(rt: ExecutionRuntime, path: str) -> int:
-    """Rebuild seeds, stages, alpha and seed optimizers from a checkpoint; returns its step.
-
-    Fossilized seeds are restored into the slot; their parameters must already be in the
-    host optimizer's state being restored by the trainer (they are part of the model)."""
+def restore(rt: ExecutionRuntime, path: str, *, host: bool = True) -> int:
+    """Load a checkpoint (validated whole before anything changes); returns its step."""
     payload = read_checkpoint(path, device=str(rt.device))
-    for sid, entry in payload["slots"].items():
-        state = rt.states[sid]
-        state.release(rt.device)
-        if "seed" in entry:
-            _restore_seed(rt, state, entry)
-        slot = state.slot
-        slot.set_stage(int(entry["stage"]))
-        slot.alpha.fill_(float(entry["alpha"]))
-        state.paused = bool(entry["paused"])
-        state.stage_since = int(entry["stage_since"])
-        state.blend_start = int(entry["blend_start"])
-        state.blend_steps = int(entry["blend_steps"])
-        state.schedule = int(entry["schedule"])
-    return int(payload["step"])
+    plan = rs.plan(rt, payload, host=host)
+    rs.apply(rt, plan)
+    return plan.step
 
 
-def _restore_seed(rt: ExecutionRuntime, state: SlotState, entry: dict[str, Any]) -> None:
-    slot = state.slot
-    bp = get_blueprint(entry["blueprint"])
-    shape = SlotShape(
-        tuple(entry["out_shape"]),
-        getattr(torch, entry["dtype"]),
-        None if entry["in_shape"] is None else tuple(entry["in_shape"]),
-    )
-    seed = bp.build(shape, entry["params"], rt.hosts.get(slot.slot_id, slot)).to(
-        rt.device, shape.dtype
-    )
-    seed.load_state_dict(entry["seed"])
-    slot.attach(seed, blueprint=bp.name, reads_input=bp.reads_input, blend_mode=entry["blend_mode"])
-    state.shape, state.params = shape, dict(entry["params"])
-    slot.fossil = bool(entry["fossil"])
-    if not slot.fossil:
-        state.optimizer = seed_optimizer(list(seed.parameters()), state.params)
-        if "optimizer" in entry:
-            state.optimizer.load_state_dict(entry["optimizer"])
-    if rt.world_size > 1 and dist.is_available() and dist.is_initialized():
-        sync_grads(slot, rt.world_size)
+# -- at each step boundary -------------------------------------------------------------------------
+def ready(rt: ExecutionRuntime) -> list[str]:
+    """Keys of the rollbacks that can run now (their seeds are out of the forward)."""
+    while not rt.rollbacks.empty():
+        rt.pending_rollbacks.append(rt.rollbacks.get_nowait())
+    return [r.key for r in rt.pending_rollbacks if _out_of_forward(rt, r)]
+
+
+def _out_of_forward(rt: ExecutionRuntime, r: Rollback) -> bool:
+    return all(rt.slots[s].mode is Mode.IDENTITY for s in r.slots if s in rt.slots)
+
+
+def at_boundary(
+    rt: ExecutionRuntime, step: int, entering: list[str], agreed: set[str] | None
+) -> None:
+    """End of ``on_step(step)``: emergency and guard checkpoints, then due rollbacks."""
+    if rt._checkpoint_wanted.is_set():
+        rt._checkpoint_wanted.clear()
+        emergency_checkpoint(rt, step, rt._checkpoint_reason)
+    for sid in entering:
+        rt.states[sid].forward_since = step
+    if entering and rt.config.checkpoint_dir is not None:
+        _guard(rt, step, rt.config.checkpoint_dir)
+    keys = set(ready(rt)) if agreed is None else agreed
+    for r in [r for r in rt.pending_rollbacks if r.key in keys]:
+        rt.pending_rollbacks.remove(r)
+        _telemetry(rt, step, rollback(rt, r))
+
+
+def _guard(rt: ExecutionRuntime, step: int, directory: str) -> None:
+    path = os.path.join(directory, f"guard-rank{rt.rank}-step{step}.pt")
+    checkpoint(rt, path)
+    rt.checkpoints.append((step, path))
+    guards = [c for c in rt.checkpoints if os.path.basename(c[1]).startswith("guard-")]
+    for old in guards[:-KEEP_GUARDS]:
+        rt.checkpoints.remove(old)
+        if os.path.exists(old[1]):
+            os.remove(old[1])
+
+
+def rollback(rt: ExecutionRuntime, r: Rollback) -> str:
+    """Load the host from the newest checkpoint no later than the step the seeds of ``r.slots``
+    entered the forward; returns what was done (for telemetry)."""
+    entered = [
+        rt.states[s].forward_since
+        for s in r.slots
+        if s in rt.states and rt.states[s].forward_since is not None
+    ]
+    if not entered:
+        return (
+            f"rollback ({r.reason}): no seed of {list(r.slots)} was in the forward; nothing to undo"
+        )
+    since = min(e for e in entered if e is not None)
+    candidates = [c for c in rt.checkpoints if c[0] <= since]
+    if not candidates:
+        return f"rollback ({r.reason}) impossible: no checkpoint at or before step {since}"
+    step, path = max(candidates)
+    try:
+        payload = read_checkpoint(path, device=str(rt.device))
+        rs.apply(rt, rs.plan(rt, payload, host=True, slots=False))
+    except (OSError, rs.RestoreError) as exc:
+        return f"rollback ({r.reason}) failed, nothing changed: {exc}"
+    return f"rolled the host back to {path} (step {step}) ({r.reason})"
 
 
 def emergency_checkpoint(rt: ExecutionRuntime, step: int, reason: str) -> None:
@@ -102,10 +166,14 @@ def emergency_checkpoint(rt: ExecutionRuntime, step: int, reason: str) -> None:
     if directory is None:
         detail = f"checkpoint requested ({reason}) but no checkpoint_dir is set"
     else:
-        path = f"{directory}/emergency-rank{rt.rank}-step{step}.pt"
+        path = os.path.join(directory, f"emergency-rank{rt.rank}-step{step}.pt")
         checkpoint(rt, path)
-        rt.checkpoints.append(path)
+        rt.checkpoints.append((step, path))
         detail = f"emergency checkpoint written to {path} ({reason})"
+    _telemetry(rt, step, detail)
+
+
+def _telemetry(rt: ExecutionRuntime, step: int, detail: str) -> None:
     rt.outbox.put(
         KIND_TELEMETRY,
         pb.TelemetryRaw(

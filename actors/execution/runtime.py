@@ -20,16 +20,18 @@ same step. Outgoing messages queue in an outbox that a bus bridge drains off the
 from __future__ import annotations
 
 import math
+import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from google.protobuf.message import Message
 from torch import nn
 
-from actors.execution import monitor, orders, recovery
+from actors.execution import monitor, orders, ranks, recovery
 from actors.execution import stages as st
 from actors.execution.config import RuntimeConfig, default_device
 from actors.execution.errors import OrderError
@@ -64,7 +66,7 @@ class ExecutionRuntime:
     ) -> None:
         self.config = config if config is not None else RuntimeConfig()
         self.device = self.config.resolved_device()
-        self.model = model.to(self.device)
+        self.model = eager_module(model).to(self.device)
         self.slots = dict(slots)
         self.host_optimizer = host_optimizer
         self.loss_fn, self.evaluate = loss_fn, evaluate
@@ -75,9 +77,11 @@ class ExecutionRuntime:
         self.hosts = {
             m.slot.slot_id: m.host for m in self.model.modules() if isinstance(m, SlottedModule)
         }
-        self.checkpoints: list[str] = []
+        self.checkpoints: list[tuple[int, str]] = []  # (step, path), oldest first
         self._checkpoint_wanted = threading.Event()
         self._checkpoint_reason = ""
+        self.rollbacks: queue.SimpleQueue[recovery.Rollback] = queue.SimpleQueue()
+        self.pending_rollbacks: list[recovery.Rollback] = []
         self.inbox = Inbox()
         self.outbox = Outbox(notify)
         self.pending: list[pb.ExecutionOrder] = []
@@ -134,18 +138,24 @@ class ExecutionRuntime:
         self.step = step
         if batch is not None:
             self.shadow_backward(batch)
-        if self._checkpoint_wanted.is_set():
-            self._checkpoint_wanted.clear()
-            recovery.emergency_checkpoint(self, step, self._checkpoint_reason)
         if loss is not None:
             self._record_loss(loss)
         if any(s.slot.seed is not None for s in self.states.values()):
             self._train_seeds(step)
         self.pending.extend(self.inbox.drain())
-        if self.pending:
-            orders.apply_due(self, step)
+        agreed = None
+        if self.distributed:  # every rank applies an order at the same step, or none does
+            due = [o.order_id for o in orders.due(self, step)] + recovery.ready(self)
+            agreed = ranks.agree(due, self.device)
+        entering = orders.apply_due(self, step, agreed) if self.pending else []
         self._advance_alpha(step)
         self._periodic(step, val_loss, val_accuracy)
+        recovery.at_boundary(self, step, entering, agreed)
+
+    @property
+    def distributed(self) -> bool:
+        """True when ranks must agree (world_size > 1 and a process group is up)."""
+        return self.world_size > 1 and dist.is_available() and dist.is_initialized()
 
     def _record_loss(self, loss: float | torch.Tensor) -> None:
         self.last_loss = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
@@ -191,6 +201,8 @@ class ExecutionRuntime:
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
             for p, g in zip(params, grads, strict=True):
                 p.grad = None if g is None else g.detach()
+            if self.distributed:
+                average_grads(params, self.world_size)
             served += 1
         return served
 
@@ -199,6 +211,8 @@ class ExecutionRuntime:
             slot = state.slot
             if slot.seed is None or slot.stage not in st.ISOLATED_STAGES or slot.fossil:
                 continue
+            if float(slot.inplace):
+                self._inplace_violation(state, step)
             nonfinite = float(slot.nonfinite)
             if nonfinite:
                 state.output_nonfinite += int(nonfinite)
@@ -249,6 +263,13 @@ class ExecutionRuntime:
         """What the exit gate of the slot's stage reads (see :func:`monitor.stage_evidence`)."""
         return monitor.stage_evidence(self, sid)
 
+    def _inplace_violation(self, state: SlotState, step: int) -> None:
+        writes = float(state.slot.inplace)
+        state.slot.inplace.zero_()
+        state.isolation_violations += 1
+        detail = f"seed wrote its input (the host activation) in place {writes:g} time(s)"
+        self._safety(state.slot.slot_id, pb.SAFETY_SIGNAL_ISOLATION_VIOLATION, writes, detail)
+
     def _safety(self, slot: str, kind: int, value: float, detail: str) -> None:
         signal = pb.SafetySignal(
             slot=slot,
@@ -266,10 +287,33 @@ class ExecutionRuntime:
         self._checkpoint_reason = reason
         self._checkpoint_wanted.set()
 
+    def request_rollback(self, reason: str, slots: Sequence[str] = (), step: int = 0) -> None:
+        """Ask to roll the host back to the newest checkpoint taken before any of ``slots``'
+        seeds entered the forward, once they have left it (thread-safe, never blocks)."""
+        self.rollbacks.put(recovery.Rollback(reason, tuple(slots), step))
+
     def checkpoint(self, path: str) -> None:
-        """Write seeds, stages, alpha and optimizer states atomically to ``path``."""
+        """Write host, seeds, stages, alpha and optimizer states atomically to ``path``."""
         recovery.checkpoint(self, path)
 
-    def restore(self, path: str) -> int:
-        """Rebuild seeds, stages, alpha and seed optimizers from a checkpoint; returns its step."""
-        return recovery.restore(self, path)
+    def restore(self, path: str, *, host: bool = True) -> int:
+        """Rebuild seeds, stages, alpha and optimizers from a checkpoint; returns its step.
+
+        Everything is validated before anything changes. ``host``: also load the host's
+        parameters, buffers and optimizer state the checkpoint holds."""
+        return recovery.restore(self, path, host=host)
+
+
+def eager_module(model: nn.Module) -> nn.Module:
+    """The eager module behind a ``torch.compile`` wrapper (the module itself otherwise)."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, nn.Module) else model
+
+
+def average_grads(params: Sequence[torch.Tensor], world: int) -> None:
+    """Average the gradients of ``params`` across ranks (absent gradients count as zero)."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad.div_(world)

@@ -37,6 +37,7 @@ class SeedSlot(nn.Module):
 
     alpha: Tensor
     nonfinite: Tensor
+    inplace: Tensor
     seed: nn.Module | None
 
     def __init__(self, slot_id: str) -> None:
@@ -51,6 +52,10 @@ class SeedSlot(nn.Module):
         self.register_module("seed", None)
         self.register_buffer("alpha", torch.zeros(()))
         self.register_buffer("nonfinite", torch.zeros(()), persistent=False)
+        self.register_buffer("inplace", torch.zeros(()), persistent=False)
+        self.rng: list[Tensor] | None = (
+            None  # the seed's own RNG stream (cpu [, device]) if it draws
+        )
         self.hook_handles: list[RemovableHandle] = []
         self._tap: list[SlotTap] | None = None
 
@@ -80,7 +85,7 @@ class SeedSlot(nn.Module):
         if mode is Mode.FOSSIL:
             fossil_out: Tensor = h + seed(src)
             return fossil_out
-        z: Tensor = seed(src.detach())
+        z = self._seed_out(seed, src)
         ok = torch.isfinite(z).all()
         self.nonfinite.add_((~ok).to(self.nonfinite.dtype))
         z = torch.where(ok, z, torch.zeros_like(z))
@@ -90,11 +95,23 @@ class SeedSlot(nn.Module):
             return torch.lerp(h, h.detach() + z, self.alpha.to(h.dtype))
         return h + self.alpha.to(h.dtype) * z
 
+    def _seed_out(self, seed: nn.Module, src: Tensor) -> Tensor:
+        """The seed's output on a detached view of ``src``, drawn on the seed's own RNG stream when
+        it has one; a write into that view (it shares the host activation's storage) is counted."""
+        view = src.detach()
+        if torch.compiler.is_compiling():  # compiled forwards: the (eager) probes count writes
+            return _own_stream(self, seed, view) if self.rng is not None else seed(view)
+        version = view._version
+        z: Tensor = _own_stream(self, seed, view) if self.rng is not None else seed(view)
+        if view._version != version:
+            self.inplace.add_(1.0)
+        return z
+
     def _record(self, h: Tensor, x: Tensor | None, out: Tensor) -> None:
         assert self._tap is not None
         z = None
         if self.seed is not None:
-            z = self.seed(self._seed_input(h, x).detach())
+            z = self._seed_out(self.seed, self._seed_input(h, x))
         self._tap.append(SlotTap(x=x, h=h, z=z, out=out))
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -111,6 +128,18 @@ class SeedSlot(nn.Module):
         self.fossil = False
         self.alpha.zero_()
         self.nonfinite.zero_()
+        self.inplace.zero_()
+
+    def seed_rng(self, seed: int | None) -> None:
+        """Give the seed its own RNG stream starting from ``seed`` (None: the global stream)."""
+        if seed is None:
+            self.rng = None
+            return
+        device = self.alpha.device
+        states = [torch.Generator().manual_seed(seed).get_state()]
+        if device.type == "cuda":
+            states.append(torch.Generator(device=device).manual_seed(seed).get_state())
+        self.rng = states
 
     def set_stage(self, stage: int) -> None:
         """Enter ``stage``; FOSSILIZED makes the seed permanent (the detach is removed)."""
@@ -134,6 +163,7 @@ class SeedSlot(nn.Module):
             handle.remove()
         self.hook_handles.clear()
         self.seed = None
+        self.rng = None
         self.blueprint = ""
         self.reads_input = False
         self.fossil = False
@@ -141,6 +171,7 @@ class SeedSlot(nn.Module):
         self.mode = Mode.IDENTITY
         self.alpha.zero_()
         self.nonfinite.zero_()
+        self.inplace.zero_()
 
     @contextmanager
     def forced(self, mode: Mode, alpha: float | None = None) -> Iterator[None]:
@@ -171,6 +202,22 @@ class SeedSlot(nn.Module):
 
     def extra_repr(self) -> str:
         return f"slot_id={self.slot_id!r}, mode={self.mode.value}, blueprint={self.blueprint!r}"
+
+
+@torch.compiler.disable  # type: ignore[untyped-decorator]
+def _own_stream(slot: SeedSlot, seed: nn.Module, src: Tensor) -> Tensor:
+    """Run ``seed`` on the slot's RNG stream; the global stream is left exactly as it was."""
+    assert slot.rng is not None
+    cuda = src.device if src.device.type == "cuda" else None
+    with torch.random.fork_rng(devices=[cuda] if cuda is not None else []):
+        torch.set_rng_state(slot.rng[0])
+        if cuda is not None:
+            torch.cuda.set_rng_state(slot.rng[1], cuda)
+        out: Tensor = seed(src)
+        slot.rng = [torch.get_rng_state()]
+        if cuda is not None:
+            slot.rng.append(torch.cuda.get_rng_state(cuda))
+    return out
 
 
 class SlottedModule(nn.Module):

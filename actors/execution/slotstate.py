@@ -44,6 +44,7 @@ class SlotState:
     blend_steps: int = 0
     schedule: int = pb.ALPHA_SCHEDULE_LINEAR
     paused: bool = False
+    forward_since: int | None = None  # last step at whose end a seed entered the forward
     # evidence, reset when a new seed is attached
     grad_steps: int = 0
     training_steps: int = 0

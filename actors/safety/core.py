@@ -3,7 +3,9 @@
 Per slot: CLOSED --(``strikes_to_open`` strikes inside ``strike_window_steps``)--> OPEN (verdict
 CULL; the seed lifecycle culls and embargoes) --(``cooldown_steps``)--> HALF_OPEN --(a clean
 ``strike_window_steps``)--> CLOSED; a strike while HALF_OPEN reopens. Every signal is a STRIKE
-verdict. When the open breakers reach ``max(emergency_stop_min_open,
+verdict. A breaker opened by an isolation violation also asks execution for a rollback (a
+CheckpointRequest with ``rollback``: the host goes back to before the seed entered the forward).
+When the open breakers reach ``max(min(emergency_stop_min_open, known slots),
 ceil(emergency_stop_open_fraction * known slots))`` the run is stopped once: a run-wide
 EMERGENCY_STOP verdict and a CheckpointRequest.
 
@@ -162,6 +164,17 @@ def _strike(out: _Out, sig: pb.SafetySignal) -> None:
         out.verdict(
             sig.slot, V.VERDICT_CULL, B.BREAKER_OPEN, n, sig.step, f"breaker open: {reason}"
         )
+        if sig.kind == pb.SAFETY_SIGNAL_ISOLATION_VIOLATION and cfg.rollback_on_isolation:
+            _rollback(out, sig.slot, sig.step, reason)
+
+
+def _rollback(out: _Out, slot: str, step: int, reason: str) -> None:
+    """A leak may have moved the host: roll it back to before the seed entered the forward."""
+    request = pb.CheckpointRequest(
+        reason=f"rollback: {reason}", step=step, slots=[slot], rollback=True
+    )
+    out.events.append(request)
+    out.outgoing.append(Outgoing("execution", None, request))
 
 
 def _emergency(out: _Out, step: int) -> None:
@@ -170,7 +183,9 @@ def _emergency(out: _Out, step: int) -> None:
     cfg = out.ctx.config.safety
     opened = out.state.open_slots()
     known = len(out.state.breakers)
-    needed = max(cfg.emergency_stop_min_open, math.ceil(cfg.emergency_stop_open_fraction * known))
+    # a run with fewer slots than emergency_stop_min_open stops when all of them are open
+    floor = min(cfg.emergency_stop_min_open, known)
+    needed = max(floor, math.ceil(cfg.emergency_stop_open_fraction * known), 1)
     if len(opened) < needed:
         return
     reason = f"{len(opened)} of {known} breakers open"

@@ -129,6 +129,7 @@ def small_config() -> dict[str, Any]:
         "barrier.frequency": 5,
         "gates.min_training_steps": 5,
         "safety.strike_window_steps": 50,
+        "safety.probe_every_steps": 5,  # the simulated runtime strikes every step
         # a SIGKILLed process keeps its actors' leases until they expire; its restart waits that long
         "bus.owner_ttl_s": 2.0,
     }

@@ -72,6 +72,7 @@ def test_every_signal_kind_is_a_strike() -> None:
 def test_three_strikes_in_window_open_the_breaker() -> None:
     """strikes_to_open strikes inside the window: CULL verdict, breaker OPEN."""
     drv = Driver()
+    drv.tick(0, ("a", "b", "c"))  # one open breaker of three: no emergency stop
     assert _actions(drv.signal("a", 1))[-1] == V.VERDICT_STRIKE
     assert _actions(drv.signal("a", 2)) == [V.VERDICT_STRIKE]
     d = drv.signal("a", 3)

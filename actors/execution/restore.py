@@ -1,0 +1,188 @@
+"""Restoring a checkpoint in two phases: :func:`plan` builds and checks everything (seeds built
+and loaded, host tensors and host optimizer groups matched) without touching the runtime, then
+:func:`apply` changes it. A checkpoint that does not fit raises :class:`RestoreError` from
+:func:`plan`, and nothing has changed.
+
+Fossilized seeds are part of the host: restored fossils take the place of the current ones in the
+host optimizer's param groups (or join it as a new group), so they keep training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from actors.execution.blueprints import SlotShape, get_blueprint
+from actors.execution.germination import sync_grads
+from actors.execution.optim import seed_optimizer
+from actors.execution.slot import SeedSlot
+
+if TYPE_CHECKING:
+    from actors.execution.runtime import ExecutionRuntime
+
+
+class RestoreError(ValueError):
+    """The checkpoint does not fit this runtime (nothing was changed)."""
+
+
+@dataclass
+class SlotPlan:
+    """One slot as the checkpoint has it, its seed already built and loaded."""
+
+    entry: dict[str, Any]
+    seed: nn.Module | None = None
+    shape: SlotShape | None = None
+    optimizer: torch.optim.Optimizer | None = None
+
+
+@dataclass
+class Plan:
+    """Everything a restore will set, checked."""
+
+    step: int
+    slots: dict[str, SlotPlan] = field(default_factory=dict)
+    host: dict[str, Tensor] | None = None
+    host_optimizer: dict[str, Any] | None = None
+    groups: list[list[Tensor]] | None = None  # host optimizer param lists after the restore
+
+
+def host_state(model: nn.Module) -> dict[str, Tensor]:
+    """The model's state dict without anything inside a slot (seeds, alpha)."""
+    prefixes = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, SeedSlot))
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(prefixes)}
+
+
+def plan(rt: ExecutionRuntime, payload: dict[str, Any], *, host: bool, slots: bool = True) -> Plan:
+    """Check the checkpoint against the runtime and prepare every object it needs."""
+    if payload.get("version") not in (1, 2) or not isinstance(payload.get("slots"), dict):
+        raise RestoreError("not a runtime checkpoint (version 1 or 2 with slots)")
+    out = Plan(step=int(payload["step"]))
+    if slots:
+        unknown = sorted(set(payload["slots"]) - set(rt.states))
+        if unknown:
+            raise RestoreError(f"checkpoint names slots this runtime does not have: {unknown}")
+        out.slots = {sid: _slot_plan(rt, sid, e) for sid, e in payload["slots"].items()}
+        out.groups = _groups_after(rt, out)
+    if host and "host" in payload:
+        out.host = _host_plan(rt.model, payload["host"])
+        out.host_optimizer = payload["host_optimizer"]
+        groups = out.groups or [list(g["params"]) for g in rt.host_optimizer.param_groups]
+        _check_groups(groups, payload["host_optimizer"])
+    return out
+
+
+def _slot_plan(rt: ExecutionRuntime, sid: str, entry: dict[str, Any]) -> SlotPlan:
+    if "seed" not in entry:
+        return SlotPlan(entry)
+    try:
+        bp = get_blueprint(entry["blueprint"])
+        shape = SlotShape(
+            tuple(entry["out_shape"]),
+            getattr(torch, entry["dtype"]),
+            None if entry["in_shape"] is None else tuple(entry["in_shape"]),
+        )
+        slot = rt.slots[sid]
+        seed = bp.build(shape, entry["params"], rt.hosts.get(sid, slot)).to(rt.device, shape.dtype)
+        seed.load_state_dict(entry["seed"])
+        optimizer = None
+        if not entry["fossil"]:
+            optimizer = seed_optimizer(list(seed.parameters()), entry["params"])
+            if "optimizer" in entry:
+                optimizer.load_state_dict(entry["optimizer"])
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:
+        raise RestoreError(f"slot {sid}: cannot rebuild its seed: {exc}") from None
+    return SlotPlan(entry, seed, shape, optimizer)
+
+
+def _host_plan(model: nn.Module, saved: dict[str, Tensor]) -> dict[str, Tensor]:
+    current = host_state(model)
+    if set(saved) != set(current):
+        missing, extra = sorted(set(current) - set(saved)), sorted(set(saved) - set(current))
+        raise RestoreError(f"host tensors differ: missing {missing[:5]}, unexpected {extra[:5]}")
+    for name, t in saved.items():
+        if t.shape != current[name].shape or t.dtype != current[name].dtype:
+            raise RestoreError(f"host tensor {name}: {tuple(t.shape)} {t.dtype} in checkpoint")
+    return saved
+
+
+def _groups_after(rt: ExecutionRuntime, p: Plan) -> list[list[Tensor]]:
+    """The host optimizer's param lists once restored fossils replace the current ones."""
+    groups = [list(g["params"]) for g in rt.host_optimizer.param_groups]
+    for sid, sp in sorted(p.slots.items()):
+        old = {id(t) for t in rt.slots[sid].seed_parameters()} if rt.slots[sid].fossil else set()
+        new = list(sp.seed.parameters()) if sp.seed is not None and sp.entry["fossil"] else []
+        alone = [i for i, g in enumerate(groups) if g and {id(t) for t in g} == old]
+        if old and alone and new:
+            groups[alone[0]] = new
+            continue
+        groups = [[t for t in g if id(t) not in old] for g in groups]
+        groups = [g for g in groups if g]
+        if new:
+            groups.append(new)
+    return groups
+
+
+def _check_groups(groups: list[list[Tensor]], saved: dict[str, Any]) -> None:
+    sizes = [len(g["params"]) for g in saved["param_groups"]]
+    if sizes != [len(g) for g in groups]:
+        raise RestoreError(
+            f"host optimizer param groups {[len(g) for g in groups]} do not match the"
+            f" checkpoint's {sizes} (a seed was fossilized or released since)"
+        )
+
+
+def apply(rt: ExecutionRuntime, p: Plan) -> None:
+    """Set everything the plan holds (call only with a plan from :func:`plan`)."""
+    if p.groups is not None:
+        _set_groups(rt.host_optimizer, p.groups)
+    for sid, sp in p.slots.items():
+        _apply_slot(rt, sid, sp)
+    if p.host is not None:
+        current = host_state(rt.model)
+        with torch.no_grad():
+            for name, t in p.host.items():
+                current[name].copy_(t)
+    if p.host_optimizer is not None:
+        rt.host_optimizer.load_state_dict(p.host_optimizer)
+
+
+def _set_groups(opt: torch.optim.Optimizer, groups: list[list[Tensor]]) -> None:
+    keep = {id(t) for g in groups for t in g}
+    for t in [t for t in opt.state if id(t) not in keep]:
+        del opt.state[t]
+    fresh = []
+    for i, params in enumerate(groups):
+        base = dict(opt.param_groups[i]) if i < len(opt.param_groups) else dict(opt.defaults)
+        base["params"] = params
+        fresh.append(base)
+    opt.param_groups[:] = fresh
+
+
+def _apply_slot(rt: ExecutionRuntime, sid: str, sp: SlotPlan) -> None:
+    state, entry = rt.states[sid], sp.entry
+    state.release(rt.device)
+    slot = state.slot
+    if sp.seed is not None:
+        slot.attach(
+            sp.seed,
+            blueprint=entry["blueprint"],
+            reads_input=get_blueprint(entry["blueprint"]).reads_input,
+            blend_mode=entry["blend_mode"],
+        )
+        state.shape, state.params = sp.shape, dict(entry["params"])
+        slot.fossil = bool(entry["fossil"])
+        state.optimizer = sp.optimizer
+        if rt.distributed:
+            sync_grads(slot, rt.world_size)
+    rng = entry.get("rng")
+    slot.rng = None if rng is None else [t.cpu() for t in rng]
+    slot.set_stage(int(entry["stage"]))
+    slot.alpha.fill_(float(entry["alpha"]))
+    state.paused = bool(entry["paused"])
+    state.stage_since = int(entry["stage_since"])
+    state.blend_start = int(entry["blend_start"])
+    state.blend_steps = int(entry["blend_steps"])
+    state.schedule = int(entry["schedule"])
