@@ -100,7 +100,8 @@ class SeedSlot(nn.Module):
         it has one; a write into that view (it shares the host activation's storage) is counted."""
         view = src.detach()
         if torch.compiler.is_compiling():  # compiled forwards: the (eager) probes count writes
-            return _own_stream(self, seed, view) if self.rng is not None else seed(view)
+            out: Tensor = _own_stream(self, seed, view) if self.rng is not None else seed(view)
+            return out
         version = view._version
         z: Tensor = _own_stream(self, seed, view) if self.rng is not None else seed(view)
         if view._version != version:
