@@ -157,6 +157,7 @@ def rollback(rt: ExecutionRuntime, r: Rollback) -> str:
         rs.apply(rt, rs.plan(rt, payload, host=True, slots=False))
     except (OSError, rs.RestoreError) as exc:
         return f"rollback ({r.reason}) failed, nothing changed: {exc}"
+    rt.rolled_back.append((rt.step, step, path))
     return f"rolled the host back to {path} (step {step}) ({r.reason})"
 
 

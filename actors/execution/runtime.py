@@ -82,6 +82,7 @@ class ExecutionRuntime:
         self._checkpoint_reason = ""
         self.rollbacks: queue.SimpleQueue[recovery.Rollback] = queue.SimpleQueue()
         self.pending_rollbacks: list[recovery.Rollback] = []
+        self.rolled_back: list[tuple[int, int, str]] = []  # (at step, checkpoint step, path)
         self.inbox = Inbox()
         self.outbox = Outbox(notify)
         self.pending: list[pb.ExecutionOrder] = []

@@ -17,6 +17,7 @@ from actors.execution.blueprints import (
 )
 
 LEAKY = "leaky"
+LEAKY_TRAIN = "leaky_train"
 
 
 class LeakySeed(nn.Module):
@@ -50,6 +51,19 @@ class LeakySeed(nn.Module):
         self._side.clear()
 
 
+class TrainModeLeak(LeakySeed):
+    """Like :class:`LeakySeed`, but the leak is only there in train mode: a check that runs the
+    model in eval mode alone never sees it."""
+
+    def forward(self, h: Tensor) -> Tensor:
+        """The delta, leaking while training."""
+        z: Tensor = self.inner(h)
+        if self.training and self._side:
+            leak = self._side[0]
+            z = z + (leak - leak.detach())
+        return z
+
+
 def _build_leaky(shape: SlotShape, params: Mapping[str, float], host: nn.Module) -> nn.Module:
     return LeakySeed(shape.out_shape[-1], host)
 
@@ -63,6 +77,22 @@ def register_leaky() -> Blueprint:
 def unregister_leaky() -> None:
     """Remove the planted leaking blueprint."""
     unregister_blueprint(LEAKY)
+
+
+def register_train_leak() -> Blueprint:
+    """Register ``"leaky_train"`` (:class:`TrainModeLeak`); pair with :func:`unregister_train_leak`."""
+    bp = Blueprint(
+        LEAKY_TRAIN,
+        lambda s, p, host: TrainModeLeak(s.out_shape[-1], host),
+        lambda s: len(s.out_shape) >= 2,
+        description="planted leak, train mode only",
+    )
+    return register_blueprint(bp, replace=True)
+
+
+def unregister_train_leak() -> None:
+    """Remove the planted train-mode leak."""
+    unregister_blueprint(LEAKY_TRAIN)
 
 
 class TinyMLP(nn.Module):

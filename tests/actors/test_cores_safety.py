@@ -210,3 +210,33 @@ def test_random_signals_fold_to_live_state(items: list[tuple[str, int, int, bool
         assert len(br.strike_steps) <= 100
     if drv.state.emergency:
         assert sum(isinstance(e, pb.CheckpointRequest) for e in drv.events) == 1
+
+
+def test_one_slot_run_stops_when_its_only_breaker_opens() -> None:
+    """With one known slot, its breaker opening is all the open breakers there can be: the run
+    stops (emergency_stop_min_open is capped at the number of known slots)."""
+    drv = Driver()
+    d = None
+    for s in (1, 2, 3):
+        d = drv.signal("only", s)
+    assert d is not None and V.VERDICT_EMERGENCY_STOP in _actions(d)
+    assert drv.state.emergency
+
+
+def test_a_breaker_opened_by_a_leak_asks_for_a_rollback() -> None:
+    """Isolation strikes that open a breaker also send execution a rollback request for the slot;
+    other signal kinds do not."""
+    drv = Driver()
+    drv.tick(0, ("a", "b", "c"))
+    iso = K.SAFETY_SIGNAL_ISOLATION_VIOLATION
+    d = None
+    for s in (1, 2, 3):
+        d = drv.signal("a", s, iso)
+    assert d is not None
+    (req,) = [o for o in d.outgoing if isinstance(o.message, pb.CheckpointRequest)]
+    assert req.to == "execution" and req.message.rollback and list(req.message.slots) == ["a"]
+    for s in (1, 2, 3):
+        d = drv.signal("b", s)
+    assert not any(
+        isinstance(o.message, pb.CheckpointRequest) and o.message.rollback for o in d.outgoing
+    )
