@@ -54,7 +54,8 @@ def _figures(part: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         return list(module.run_telemetry_bench())
     module = importlib.import_module("benchmarks.execution_bench")
     bridge = module.bus_bridges(args.bus)  # bus traffic while the trainer steps
-    return list(module.run_execution_bench(rounds=5 if args.quick else 9, bridge=bridge))
+    sizes = ("small",) if args.quick else ("small", "large")
+    return list(module.run_sizes(rounds=5 if args.quick else 9, sizes=sizes, bridge=bridge))
 
 
 def run(args: argparse.Namespace) -> int:
