@@ -19,7 +19,7 @@ every baseline is measured in the same run, with the configurations interleaved)
   (target <= 1 %).
 
 Each figure carries ``size``: ``small`` (a 0.2M-parameter MLP, a step of about a millisecond,
-where fixed Python costs dominate) or ``large`` (a 12.8M-parameter MLP whose step takes
+where fixed Python costs dominate) or ``large`` (a 10.5M-parameter MLP whose step takes
 50 ms or more on two CPU cores), run with :func:`run_sizes`. Targets at the large size: dormant
 slots vs plain host <= 1.01, bus traffic vs none <= 1.02.
 
@@ -224,7 +224,7 @@ FIXED_DETAILS = {
 
 SIZES: dict[str, dict[str, int]] = {
     "small": {"width": 256, "batch": 128, "steps": 40},
-    "large": {"width": 1792, "batch": 64, "steps": 6},
+    "large": {"width": 1856, "batch": 64, "steps": 6},
 }
 
 
