@@ -31,7 +31,9 @@ class GateThresholds(BaseModel):
     grad_norm_vanishing: float = Field(1e-7, ge=0.0)
     grad_norm_exploding: float = Field(1e3, gt=0.0)
     max_isolation_violations: int = Field(0, ge=0)
-    min_seed_loss_improvement: float = 0.0  # seed loss must drop by more than this (relative)
+    # the seed's own shadow-loss gain (alpha 0 minus seed on, same examples): its lower
+    # confidence bound must exceed this (absolute loss units)
+    min_seed_loss_improvement: float = 0.0
     # G2 stability
     alpha_complete: float = Field(1.0, gt=0.0, le=1.0)
     loss_spike_sigma: float = Field(4.0, gt=0.0)
@@ -41,7 +43,13 @@ class GateThresholds(BaseModel):
     max_latency_overhead: float = Field(0.5, ge=0.0)  # relative slot overhead
     counterfactual_loss_tolerance: float = Field(0.02, ge=0.0)
     # G4 system impact
-    min_improvement: float = 0.0  # counterfactual val-accuracy gain (alpha=1 minus alpha=0)
+    # paired per-example validation gain (alpha=1 minus alpha=0): its lower confidence bound
+    # must exceed this (accuracy as a fraction; loss units for non-class targets)
+    min_improvement: float = 0.0
+    param_cost: float = Field(0.002, ge=0.0)  # gain charged per host-sized parameter addition
+    latency_cost: float = Field(0.002, ge=0.0)  # gain charged per unit of relative latency
+    # G1 and G4: one-sided z of the lower confidence bounds (1.645: 95 %)
+    confidence_z: float = Field(1.645, ge=0.0)
     max_regression: float = Field(0.01, ge=0.0)  # vs the pre-germination baseline
     max_open_strikes: int = Field(0, ge=0)
     # G5 reset

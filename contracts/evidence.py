@@ -26,8 +26,13 @@ GRAD_NORM_MIN = "grad_norm_min"
 GRAD_NORM_MAX = "grad_norm_max"
 GRAD_FINITE = "grad_finite"
 ISOLATION_VIOLATIONS = "isolation_violations"
-SEED_LOSS_INITIAL = "seed_loss_initial"
-SEED_LOSS_FINAL = "seed_loss_final"
+SEED_LOSS_INITIAL = "seed_loss_initial"  # informational: shadow loss at the first probe
+SEED_LOSS_FINAL = "seed_loss_final"  # informational: shadow loss at the latest probe
+# the seed's own contribution: paired loss difference (alpha = 0 minus seed on) on the same
+# examples, pooled over the second half of the TRAINING measurements (see docs/gates.md)
+SEED_LOSS_GAIN = "seed_loss_gain"  # mean of the paired differences (> 0: the seed lowers the loss)
+SEED_LOSS_GAIN_SE = "seed_loss_gain_se"  # its standard error
+SEED_LOSS_GAIN_N = "seed_loss_gain_n"  # number of paired differences behind it
 
 # G2 stability (over the BLENDING stage)
 ALPHA = "alpha"
@@ -47,6 +52,12 @@ CF_ACC_OFF = "cf_acc_off"
 BASELINE_ACC = "baseline_acc"  # validation accuracy before germination
 VAL_ACC = "val_acc"
 OPEN_STRIKES = "open_strikes"
+# paired per-example gain on the validation set, alpha = 1 vs alpha = 0 (see docs/gates.md)
+CF_GAIN = "cf_gain"  # mean per-example gain: accuracy for class targets, else loss decrease
+CF_GAIN_SE = "cf_gain_se"  # its standard error
+CF_GAIN_N = "cf_gain_n"  # validation examples behind it
+CF_GAIN_ON_LOSS = "cf_gain_on_loss"  # 1.0 when the gain is a loss decrease (non-class targets)
+HOST_PARAMS = "host_params"  # parameters of the host (seeds excluded), measured at germination
 
 # G5 reset
 MODULE_RELEASED = "module_released"

@@ -1,29 +1,124 @@
-"""Measurements taken with probe forwards: isolation probes with shadow losses, counterfactual
-evaluation (alpha=1 vs alpha=0) and the G5 reset check."""
+"""Measurements taken with probe forwards: isolation probes with shadow losses, the seed's own
+contribution (paired shadow-loss differences, seed on vs alpha = 0 on the same examples),
+counterfactual evaluation (alpha=1 vs alpha=0, with a paired per-example gain on validation) and
+the G5 reset check."""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from actors.execution.isolation import IsolationReport, autograd_probe
 from actors.execution.probing import (
     LossFn,
     ProbeBatch,
+    first_tensor,
     probe_loss,
     probe_mode,
     run_probe,
     split_batch,
 )
 from actors.execution.slot import SeedSlot, host_parameters
-from actors.execution.slotstate import SlotState
-from actors.execution.stages import Mode
+from actors.execution.stages import EMBARGOED, TERMINATED, TRAINING, Mode
 from contracts import evidence as ev
 from leyline import pb
+
+if TYPE_CHECKING:
+    from actors.execution.slotstate import SlotState
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Sums of paired differences ``d`` (count, sum, sum of squares): mean and standard error."""
+
+    n: int = 0
+    total: float = 0.0
+    squares: float = 0.0
+
+    @staticmethod
+    def of(d: Tensor) -> Paired:
+        """The sums of one tensor of paired differences (every element one pair)."""
+        d = d.detach().double().flatten()
+        return Paired(int(d.numel()), float(d.sum()), float((d * d).sum()))
+
+    def __add__(self, other: Paired) -> Paired:
+        return Paired(self.n + other.n, self.total + other.total, self.squares + other.squares)
+
+    @property
+    def mean(self) -> float:
+        """Mean difference (0 with no pair)."""
+        return self.total / self.n if self.n else 0.0
+
+    @property
+    def se(self) -> float:
+        """Standard error of the mean (sample variance, n - 1); infinite (unknown) with fewer
+        than two pairs."""
+        if self.n < 2:
+            return math.inf
+        var = max(0.0, (self.squares - self.n * self.mean**2) / (self.n - 1))
+        return math.sqrt(var / self.n)
+
+
+def pooled_tail(parts: Sequence[Paired]) -> Paired:
+    """The pooled sums of the latest half (rounded up) of ``parts``: the seed's contribution
+    once it has had half its training to learn."""
+    tail = parts[len(parts) // 2 :]
+    total = Paired()
+    for p in tail:
+        total = total + p
+    return total
+
+
+def per_example_loss(out: Tensor, targets: Tensor, loss_fn: LossFn | None) -> Tensor:
+    """Per-example task losses (cross-entropy by default); a custom ``loss_fn`` returns one value
+    per batch, which then counts as one pair."""
+    if loss_fn is None:
+        return F.cross_entropy(out, targets, reduction="none").reshape(-1)
+    return loss_fn(out, targets).reshape(-1)
+
+
+def shadow_step(
+    model: nn.Module,
+    slot: SeedSlot,
+    device: torch.device,
+    inputs: Tensor,
+    targets: Tensor,
+    loss_fn: LossFn | None,
+) -> tuple[list[Tensor | None], Paired]:
+    """The shadow-loss gradient of one seed and its paired gain on the same batch.
+
+    The shadow loss is the task loss with the seed fully on (alpha 1, input detached); the
+    gradient is taken with respect to the seed's parameters only. Before the seed steps, the same
+    batch is run at alpha 0, and ``loss(alpha 0) - loss(seed on)`` per example is the seed's own
+    contribution, free of host learning (both forwards see the same host weights)."""
+    params = [p for p in slot.seed_parameters() if p.requires_grad]
+    inputs, targets = inputs.to(device), targets.to(device)
+    with probe_mode(model, device):
+        with slot.forced(on_mode(slot), 1.0):
+            on = per_example_loss(first_tensor(model(inputs)), targets, loss_fn)
+            grads: list[Tensor | None] = list(
+                torch.autograd.grad(on.mean(), params, allow_unused=True)
+            )
+        with slot.forced(Mode.IDENTITY, 0.0), torch.no_grad():
+            off = per_example_loss(first_tensor(model(inputs)), targets, loss_fn)
+    return grads, Paired.of(off - on.detach())
+
+
+def slot_facts(slot: SeedSlot) -> dict[str, float]:
+    """G0's slot evidence, read from the slot itself: free (no seed, not embargoed, not
+    terminated) and embargoed."""
+    blocked = slot.stage in (EMBARGOED, TERMINATED)
+    return {
+        ev.SLOT_FREE: float(slot.seed is None and not blocked),
+        ev.SLOT_EMBARGOED: float(slot.stage == EMBARGOED),
+    }
 
 
 def on_mode(slot: SeedSlot) -> Mode:
@@ -58,40 +153,111 @@ def isolation_probe(
             zn = float(tap.z.detach().float().norm())
             state.norm_ratio = zn / hn if hn > 0 else math.inf
         shadow = probe_loss(out.detach(), targets, loss_fn)
-        if shadow is not None:
+        if shadow is not None and targets is not None:
             off = {s.slot: (Mode.IDENTITY, None) for s in active}
             base, _ = run_probe(model, inputs, off, [], grad=False)
             host_loss = probe_loss(base, targets, loss_fn)
+            gain = Paired.of(
+                per_example_loss(base, targets, loss_fn)
+                - per_example_loss(out.detach(), targets, loss_fn)
+            )
             for state in active:
                 value = float(shadow)
                 if math.isnan(state.seed_loss_first):
                     state.seed_loss_first = value
                 state.seed_loss_last = value
                 state.host_probe_loss = float(host_loss) if host_loss is not None else math.nan
+                if state.slot.stage == TRAINING:
+                    state.probe_gain = gain
     return reports
+
+
+def _is_classes(out: Tensor, targets: Tensor) -> bool:
+    return (
+        out.dim() == 2
+        and targets.dim() == 1
+        and not targets.is_floating_point()
+        and targets.shape[0] == out.shape[0]
+    )
+
+
+def paired_validation(
+    model: nn.Module,
+    slot: SeedSlot,
+    device: torch.device,
+    validation: ProbeBatch,
+    loss_fn: LossFn | None,
+    chunk: int = 4096,
+) -> dict[str, float]:
+    """Validation metrics at alpha 1 and alpha 0 on the same examples, with the paired gain.
+
+    The gain per example is ``correct(alpha 1) - correct(alpha 0)`` for class-index targets, else
+    ``loss(alpha 0) - loss(alpha 1)`` (``cf_gain_on_loss`` = 1); ``cf_gain`` is its mean over the
+    validation set, ``cf_gain_se`` its standard error, ``cf_gain_n`` the number of examples."""
+    inputs, targets = split_batch(validation)
+    if targets is None:
+        return {}
+    outs: dict[bool, tuple[list[Tensor], list[Tensor]]] = {True: ([], []), False: ([], [])}
+    with probe_mode(model, device), torch.no_grad():
+        for on in (True, False):
+            mode, alpha = (on_mode(slot), 1.0) if on else (Mode.IDENTITY, 0.0)
+            with slot.forced(mode, alpha):
+                for i in range(0, int(inputs.shape[0]), chunk):
+                    x = inputs[i : i + chunk].to(device)
+                    y = targets[i : i + chunk].to(device)
+                    out = first_tensor(model(x))
+                    losses, hits = outs[on]
+                    losses.append(per_example_loss(out, y, loss_fn).float().cpu())
+                    if _is_classes(out, y):
+                        hits.append((out.argmax(dim=1) == y).float().cpu())
+    loss_on, loss_off = torch.cat(outs[True][0]), torch.cat(outs[False][0])
+    m = {ev.CF_LOSS_ON: float(loss_on.mean()), ev.CF_LOSS_OFF: float(loss_off.mean())}
+    if outs[True][1]:
+        hit_on, hit_off = torch.cat(outs[True][1]), torch.cat(outs[False][1])
+        gain = Paired.of(hit_on - hit_off)
+        m[ev.CF_ACC_ON] = float(hit_on.mean())
+        m[ev.CF_ACC_OFF] = float(hit_off.mean())
+        m[ev.VAL_ACC] = m[ev.CF_ACC_ON]
+        m[ev.CF_GAIN_ON_LOSS] = 0.0
+    else:
+        gain = Paired.of(loss_off - loss_on)
+        m[ev.CF_GAIN_ON_LOSS] = 1.0
+    m[ev.CF_GAIN], m[ev.CF_GAIN_SE], m[ev.CF_GAIN_N] = gain.mean, gain.se, float(gain.n)
+    return m
 
 
 def counterfactual(
     model: nn.Module,
     slot: SeedSlot,
     device: torch.device,
-    evaluate: Callable[[nn.Module], tuple[float, float]],
+    evaluate: Callable[[nn.Module], tuple[float, float]] | None,
+    validation: ProbeBatch | None = None,
+    loss_fn: LossFn | None = None,
 ) -> dict[str, float]:
-    """Validation loss/accuracy with the seed at alpha 1 and at alpha 0 (the user's evaluate)."""
+    """Validation loss/accuracy with the seed at alpha 1 and at alpha 0: the paired per-example
+    gain on ``validation`` when given, and the user's ``evaluate`` (which then wins for the
+    ``cf_loss_*``/``cf_acc_*`` values) when given."""
     if slot.seed is None:
         return {}
-    with probe_mode(model, device):
-        with slot.forced(on_mode(slot), 1.0):
-            loss1, acc1 = evaluate(model)
-        with slot.forced(Mode.IDENTITY, 0.0):
-            loss0, acc0 = evaluate(model)
-    return {
-        ev.CF_LOSS_ON: float(loss1),
-        ev.CF_ACC_ON: float(acc1),
-        ev.CF_LOSS_OFF: float(loss0),
-        ev.CF_ACC_OFF: float(acc0),
-        ev.VAL_ACC: float(acc1),
-    }
+    m: dict[str, float] = {}
+    if validation is not None:
+        m.update(paired_validation(model, slot, device, validation, loss_fn))
+    if evaluate is not None:
+        with probe_mode(model, device):
+            with slot.forced(on_mode(slot), 1.0):
+                loss1, acc1 = evaluate(model)
+            with slot.forced(Mode.IDENTITY, 0.0):
+                loss0, acc0 = evaluate(model)
+        m.update(
+            {
+                ev.CF_LOSS_ON: float(loss1),
+                ev.CF_ACC_ON: float(acc1),
+                ev.CF_LOSS_OFF: float(loss0),
+                ev.CF_ACC_OFF: float(acc0),
+                ev.VAL_ACC: float(acc1),
+            }
+        )
+    return m
 
 
 def reset_check(

@@ -25,6 +25,7 @@ from actors.execution.blueprints import (
     signed_off,
 )
 from actors.execution.errors import OrderError
+from actors.execution.evidence import slot_facts
 from actors.execution.isolation import IsolationReport, graph_walk, isolation_signal
 from actors.execution.mailbox import KIND_SAFETY
 from actors.execution.optim import seed_optimizer
@@ -72,6 +73,9 @@ def germinate(
         raise
     evidence, probe_ok = _seed_evidence(seed, bp, site)
     evidence[ev.SEED_WRITES_INPUT] = float(writes_input)
+    evidence.update(slot_facts(slot))
+    host = host_parameters(rt.model, rt.slots)
+    evidence[ev.HOST_PARAMS] = float(sum(p.numel() for p in host))
     slot.attach(seed, blueprint=bp.name, reads_input=bp.reads_input, blend_mode=g.blend_mode)
     slot.seed_rng(_rng_seed(rt, slot, order.apply_at_step, bp) if rng_seed else None)
     walk = _attached_checks(rt, slot, site, g.blend_mode, evidence)
@@ -254,8 +258,6 @@ def _seed_evidence(seed: nn.Module, bp: Blueprint, site: Site) -> tuple[dict[str
     evidence = {
         ev.BLUEPRINT_KNOWN: 1.0,
         ev.BLUEPRINT_SIGNED_OFF: 1.0,
-        ev.SLOT_FREE: 1.0,
-        ev.SLOT_EMBARGOED: 0.0,
         ev.PARAMS_FINITE: float(finite),
         ev.SHAPE_MATCH: float(probe.shape_ok),
         ev.DTYPE_MATCH: float(probe.dtype_ok),
@@ -277,9 +279,10 @@ def _attached_checks(
         walk = graph_walk(z, host_parameters(rt.model, rt.slots)) if z is not None else None
     evidence[ev.GERMINATION_MAX_ABS_DELTA] = float((full.detach() - site.base).abs().max())
     evidence["attach_isolation_violation"] = float(walk is not None and walk.violated)
-    if rt.evaluate is not None:
-        with probe_mode(rt.model, rt.device), slot.forced(Mode.IDENTITY):
-            evidence[ev.BASELINE_ACC] = float(rt.evaluate(rt.model)[1])
+    if rt.evaluate is not None or rt.validation is not None:
+        cf = rt.counterfactual(slot.slot_id)
+        if ev.CF_ACC_OFF in cf:
+            evidence[ev.BASELINE_ACC] = cf[ev.CF_ACC_OFF]
     return walk
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from actors.execution import stages as st
 from actors.execution.errors import OrderError
-from actors.execution.evidence import latency_overhead
+from actors.execution.evidence import latency_overhead, slot_facts
 from actors.execution.germination import germinate
 from actors.execution.mailbox import KIND_ACK
 from actors.execution.optim import join_host_optimizer, scale_lr
@@ -149,11 +149,9 @@ def _germinate(
     rt: ExecutionRuntime, state: SlotState, order: pb.ExecutionOrder, step: int
 ) -> dict[str, float]:
     slot = state.slot
-    if slot.seed is not None or slot.stage in (st.EMBARGOED, st.TERMINATED):
-        raise OrderError(
-            f"slot {slot.slot_id} is not free ({st.stage_name(slot.stage)})",
-            {ev.SLOT_FREE: 0.0, ev.SLOT_EMBARGOED: float(slot.stage == st.EMBARGOED)},
-        )
+    facts = slot_facts(slot)
+    if not facts[ev.SLOT_FREE]:
+        raise OrderError(f"slot {slot.slot_id} is not free ({st.stage_name(slot.stage)})", facts)
     return germinate(rt, state, order, step)
 
 

@@ -27,7 +27,6 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from google.protobuf.message import Message
 from torch import nn
 
@@ -35,13 +34,12 @@ from actors.execution import monitor, orders, ranks, recovery
 from actors.execution import stages as st
 from actors.execution.config import RuntimeConfig, default_device
 from actors.execution.errors import OrderError
-from actors.execution.evidence import counterfactual, reset_check
+from actors.execution.evidence import counterfactual, reset_check, shadow_step
 from actors.execution.mailbox import KIND_BARRIER_VOTE, KIND_SAFETY, Inbox, Outbox, state_digest
 from actors.execution.optim import grad_norm
-from actors.execution.probing import LossFn, ProbeBatch, first_tensor, probe_mode, split_batch
+from actors.execution.probing import LossFn, ProbeBatch, split_batch
 from actors.execution.slot import SeedSlot, SlottedModule
 from actors.execution.slotstate import SlotState
-from actors.execution.stages import Mode
 from leyline import pb
 
 Evaluate = Callable[[nn.Module], tuple[float, float]]
@@ -62,6 +60,7 @@ class ExecutionRuntime:
         probe_batch: ProbeBatch | None = None,
         loss_fn: LossFn | None = None,
         evaluate: Evaluate | None = None,
+        validation: ProbeBatch | None = None,
         notify: Callable[[], None] | None = None,
     ) -> None:
         self.config = config if config is not None else RuntimeConfig()
@@ -70,6 +69,7 @@ class ExecutionRuntime:
         self.slots = dict(slots)
         self.host_optimizer = host_optimizer
         self.loss_fn, self.evaluate = loss_fn, evaluate
+        self.validation = validation
         self.probe_batch: ProbeBatch | None = None
         if probe_batch is not None:
             self.set_probe_batch(probe_batch)
@@ -195,11 +195,8 @@ class ExecutionRuntime:
             if slot.seed is None or slot.fossil or slot.stage != st.TRAINING or state.paused:
                 continue
             params = [p for p in slot.seed_parameters() if p.requires_grad]
-            on = Mode.CONVEX if slot.blend_mode == pb.BLEND_MODE_CONVEX else Mode.RESIDUAL
-            with probe_mode(self.model, self.device), slot.forced(on, 1.0):
-                out = first_tensor(self.model(inputs.to(self.device)))
-                loss = (self.loss_fn or F.cross_entropy)(out, targets.to(self.device))
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
+            grads, gain = shadow_step(self.model, slot, self.device, inputs, targets, self.loss_fn)
+            state.shadow_gains.append(gain)
             for p, g in zip(params, grads, strict=True):
                 p.grad = None if g is None else g.detach()
             if self.distributed:
@@ -247,10 +244,18 @@ class ExecutionRuntime:
         return monitor.probe(self, step)
 
     def counterfactual(self, slot_id: str) -> dict[str, float]:
-        """Validation metrics at alpha 1 vs alpha 0 for one slot (needs ``evaluate=``)."""
-        if self.evaluate is None:
+        """Validation metrics at alpha 1 vs alpha 0 for one slot (needs ``evaluate=`` or
+        ``validation=``; the paired per-example gain G4 judges needs ``validation=``)."""
+        if self.evaluate is None and self.validation is None:
             return {"cf_unavailable": 1.0}
-        return counterfactual(self.model, self.slots[slot_id], self.device, self.evaluate)
+        return counterfactual(
+            self.model,
+            self.slots[slot_id],
+            self.device,
+            self.evaluate,
+            self.validation,
+            self.loss_fn,
+        )
 
     def loss_spike(self, since: int) -> float:
         """Largest z-score of the training loss since step ``since`` (0 with < 3 losses)."""

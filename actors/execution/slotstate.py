@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from actors.execution.blueprints import SlotShape, param_count
+from actors.execution.evidence import Paired, pooled_tail
 from actors.execution.slot import SeedSlot
 from contracts import evidence as ev
 from leyline import pb
@@ -28,6 +29,8 @@ _EVIDENCE = (
     "seed_loss_last",
     "host_probe_loss",
     "norm_ratio",
+    "shadow_gains",
+    "probe_gain",
 )
 
 
@@ -60,6 +63,10 @@ class SlotState:
     seed_loss_last: float = math.nan
     host_probe_loss: float = math.nan
     norm_ratio: float = math.nan
+    # the seed's own contribution in TRAINING: paired shadow-loss gains per step batch, and the
+    # latest probe batch's (used when no step batch was given)
+    shadow_gains: list[Paired] = field(default_factory=list)
+    probe_gain: Paired | None = None
     attach_evidence: dict[str, float] = field(default_factory=dict)
 
     def reset_evidence(self) -> None:
@@ -124,5 +131,17 @@ class SlotState:
         ):
             if not math.isnan(value):
                 m[name] = value
+        gain = self.seed_loss_gain()
+        if gain is not None:
+            m[ev.SEED_LOSS_GAIN] = gain.mean
+            m[ev.SEED_LOSS_GAIN_SE] = gain.se
+            m[ev.SEED_LOSS_GAIN_N] = float(gain.n)
         m.update(self.attach_evidence)
         return m
+
+    def seed_loss_gain(self) -> Paired | None:
+        """G1's statistic: the pooled paired gains of the latest half of the TRAINING step
+        batches, else those of the latest probe batch, else None (no measurement yet)."""
+        if self.shadow_gains:
+            return pooled_tail(self.shadow_gains)
+        return self.probe_gain

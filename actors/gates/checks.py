@@ -29,23 +29,27 @@ _COMPARE: dict[str, Callable[[float, float], bool]] = {
 
 # A check spec: (check name, how to measure from the metrics, comparator, threshold getter).
 # A measure returns None when its evidence is missing, with the names of the missing metrics.
-Measure = Callable[[Mapping[str, float]], tuple[float | None, tuple[str, ...]]]
+Measure = Callable[[Mapping[str, float], GateThresholds], tuple[float | None, tuple[str, ...]]]
 Spec = tuple[str, Measure, str, Callable[[GateThresholds], float]]
 
 
 def _metric(name: str) -> Measure:
-    def measure(m: Mapping[str, float]) -> tuple[float | None, tuple[str, ...]]:
+    def measure(m: Mapping[str, float], t: GateThresholds) -> tuple[float | None, tuple[str, ...]]:
         return (m[name], ()) if name in m else (None, (name,))
 
     return measure
 
 
-def _derived(names: tuple[str, ...], fn: Callable[..., float]) -> Measure:
-    def measure(m: Mapping[str, float]) -> tuple[float | None, tuple[str, ...]]:
+def _derived(names: tuple[str, ...], fn: Callable[..., float], *, config: bool = False) -> Measure:
+    """A value computed from several metrics (and, with ``config``, the thresholds as first
+    argument: confidence z and cost weights)."""
+
+    def measure(m: Mapping[str, float], t: GateThresholds) -> tuple[float | None, tuple[str, ...]]:
         missing = tuple(n for n in names if n not in m)
         if missing:
             return None, missing
-        return fn(*(m[n] for n in names)), ()
+        values = [m[n] for n in names]
+        return (fn(t, *values) if config else fn(*values)), ()
 
     return measure
 
@@ -54,8 +58,21 @@ def _flag(name: str) -> Spec:
     return (name, _metric(name), "==", lambda t: 1.0)
 
 
-def _relative_drop(initial: float, final: float) -> float:
-    return (initial - final) / max(abs(initial), _EPS)
+def _lower_bound(t: GateThresholds, mean: float, se: float) -> float:
+    """One-sided lower confidence bound ``mean - z * se``."""
+    return mean - t.confidence_z * se
+
+
+def _seed_cost(t: GateThresholds, seed_params: float, host_params: float, latency: float) -> float:
+    """What a seed costs, in gain units: ``param_cost * seed_params / host_params +
+    latency_cost * latency_overhead``."""
+    return t.param_cost * seed_params / max(host_params, 1.0) + t.latency_cost * max(latency, 0.0)
+
+
+def _net_gain(
+    t: GateThresholds, gain: float, seed_params: float, host_params: float, latency: float
+) -> float:
+    return gain - _seed_cost(t, seed_params, host_params, latency)
 
 
 def _relative_rise(off: float, on: float) -> float:
@@ -102,8 +119,8 @@ GATE_CHECKS: dict[int, tuple[Spec, ...]] = {
             lambda t: float(t.max_isolation_violations),
         ),
         (
-            "seed_loss_improvement",
-            _derived((ev.SEED_LOSS_INITIAL, ev.SEED_LOSS_FINAL), _relative_drop),
+            "seed_loss_gain_lcb",
+            _derived((ev.SEED_LOSS_GAIN, ev.SEED_LOSS_GAIN_SE), _lower_bound, config=True),
             ">",
             lambda t: t.min_seed_loss_improvement,
         ),
@@ -137,10 +154,20 @@ GATE_CHECKS: dict[int, tuple[Spec, ...]] = {
     ),
     G.SEED_GATE_G4_SYSTEM_IMPACT: (
         (
-            "cf_acc_improvement",
-            _derived((ev.CF_ACC_ON, ev.CF_ACC_OFF), lambda on, off: on - off),
-            ">=",
+            "cf_gain_lcb",
+            _derived((ev.CF_GAIN, ev.CF_GAIN_SE), _lower_bound, config=True),
+            ">",
             lambda t: t.min_improvement,
+        ),
+        (
+            "cf_net_gain",
+            _derived(
+                (ev.CF_GAIN, ev.SEED_PARAMS, ev.HOST_PARAMS, ev.LATENCY_OVERHEAD),
+                _net_gain,
+                config=True,
+            ),
+            ">",
+            lambda t: 0.0,
         ),
         (
             "baseline_regression",
@@ -164,18 +191,21 @@ GATE_CHECKS: dict[int, tuple[Spec, ...]] = {
 }
 """Gate number -> its checks, in the order they are listed in a result.
 
-Derived checks: ``seed_loss_improvement`` = (initial - final) / |initial| must exceed
-``min_seed_loss_improvement``; ``cf_loss_worsening`` = (loss at α=1 - loss at α=0) / |loss at α=0|
-must stay within ``counterfactual_loss_tolerance``; ``cf_acc_improvement`` = acc at α=1 - acc at
-α=0 must reach ``min_improvement``; ``baseline_regression`` = baseline acc - current val acc must
-stay within ``max_regression``.
+Derived checks (docs/gates.md has the full table): ``seed_loss_gain_lcb`` = seed_loss_gain -
+z * seed_loss_gain_se (the seed's paired shadow-loss gain over alpha 0, lower bound at
+``confidence_z``) must exceed ``min_seed_loss_improvement``; ``cf_loss_worsening`` = (loss at α=1 -
+loss at α=0) / |loss at α=0| must stay within ``counterfactual_loss_tolerance``; ``cf_gain_lcb`` =
+cf_gain - z * cf_gain_se (paired per-example validation gain, α=1 vs α=0) must exceed
+``min_improvement``; ``cf_net_gain`` = cf_gain - (param_cost * seed_params / host_params +
+latency_cost * latency_overhead) must be positive; ``baseline_regression`` = baseline acc -
+current val acc must stay within ``max_regression``.
 """
 
 
 def _check(spec: Spec, metrics: Mapping[str, float], thresholds: GateThresholds) -> pb.GateCheck:
     name, measure, comparator, threshold_of = spec
     threshold = threshold_of(thresholds)
-    value, missing = measure(metrics)
+    value, missing = measure(metrics, thresholds)
     check = pb.GateCheck(name=name, threshold=threshold, comparator=comparator)
     if value is None:
         check.missing = True

@@ -324,14 +324,18 @@ def _on_ack(b: Builder, ack: pb.ExecutionAck) -> None:
 def _ack_probe(b: Builder, ack: pb.ExecutionAck, failed: str) -> None:
     """The ack of a germination probe: its G0 evidence goes to the GateActor."""
     b.progress(acked_id=ack.order_id)
-    if failed:
+    metrics = dict(ack.evidence.metrics)
+    if failed and metrics.get(ev.SLOT_FREE) != 0.0:  # a slot not free goes to G0 to fail
         b.refuse("germinate", failed)
         b.await_order(S.SEED_STAGE_DORMANT, "drop_probe")
         return
-    metrics = dict(ack.evidence.metrics)
-    metrics[ev.SLOT_FREE] = 1.0
-    metrics[ev.SLOT_EMBARGOED] = 0.0
-    b.request_gate(G.SEED_GATE_G0_SANITY, metrics, ack.evidence.blueprint or b.state.blueprint)
+    # G0's slot facts: what execution found at the slot, and this actor's own stage
+    st = b.state
+    free = st.stage == S.SEED_STAGE_DORMANT and not st.paused
+    metrics[ev.SLOT_FREE] = float(free and metrics.get(ev.SLOT_FREE, 1.0) == 1.0)
+    embargoed = st.stage == S.SEED_STAGE_EMBARGOED
+    metrics[ev.SLOT_EMBARGOED] = float(embargoed or metrics.get(ev.SLOT_EMBARGOED, 0.0) != 0.0)
+    b.request_gate(G.SEED_GATE_G0_SANITY, metrics, ack.evidence.blueprint or st.blueprint)
 
 
 def _ack_stage(

@@ -32,8 +32,8 @@ PASSING: dict[int, dict[str, float]] = {
         ev.GRAD_NORM_MIN: 1e-3,
         ev.GRAD_NORM_MAX: 1.0,
         ev.ISOLATION_VIOLATIONS: 0.0,
-        ev.SEED_LOSS_INITIAL: 2.0,
-        ev.SEED_LOSS_FINAL: 1.0,
+        ev.SEED_LOSS_GAIN: 0.5,
+        ev.SEED_LOSS_GAIN_SE: 0.0625,
     },
     G.SEED_GATE_G2_STABILITY: {ev.ALPHA: 1.0, ev.LOSS_SPIKE_SIGMA: 1.0, ev.NONFINITE_COUNT: 0.0},
     G.SEED_GATE_G3_INTERFACE: {
@@ -43,7 +43,13 @@ PASSING: dict[int, dict[str, float]] = {
         ev.CF_LOSS_ON: 0.9,
         ev.CF_LOSS_OFF: 1.0,
     },
-    G.SEED_GATE_G4_SYSTEM_IMPACT: {ev.CF_ACC_ON: 0.9, ev.CF_ACC_OFF: 0.8},
+    G.SEED_GATE_G4_SYSTEM_IMPACT: {
+        ev.CF_GAIN: 0.1,
+        ev.CF_GAIN_SE: 0.01,
+        ev.SEED_PARAMS: 1000.0,
+        ev.HOST_PARAMS: 10000.0,
+        ev.LATENCY_OVERHEAD: 0.1,
+    },
     G.SEED_GATE_G5_RESET: {
         ev.MODULE_RELEASED: 1.0,
         ev.HOOKS_RELEASED: 1.0,

@@ -21,14 +21,20 @@ T = GateThresholds(
     counterfactual_loss_tolerance=0.25,
     min_improvement=0.125,
     max_regression=0.25,
+    confidence_z=2.0,
+    param_cost=0.25,
+    latency_cost=0.5,
 )
 D = 2.0**-10
 
 BASE = {gate: dict(metrics) for gate, metrics in PASSING.items()}
 BASE[pb.SEED_GATE_G0_SANITY].update({ev.SLOT_FREE: 1.0, ev.SLOT_EMBARGOED: 0.0})
 BASE[pb.SEED_GATE_G4_SYSTEM_IMPACT] = {
-    ev.CF_ACC_ON: 0.75,
-    ev.CF_ACC_OFF: 0.5,
+    ev.CF_GAIN: 0.5,
+    ev.CF_GAIN_SE: 0.0625,
+    ev.SEED_PARAMS: 100.0,
+    ev.HOST_PARAMS: 400.0,
+    ev.LATENCY_OVERHEAD: 0.25,
     ev.BASELINE_ACC: 0.5,
     ev.VAL_ACC: 0.75,
     ev.OPEN_STRIKES: 0.0,
@@ -36,19 +42,23 @@ BASE[pb.SEED_GATE_G4_SYSTEM_IMPACT] = {
 
 Setter = Callable[[float], dict[str, float]]
 SETTERS: dict[str, Setter] = {
-    "seed_loss_improvement": lambda v: {ev.SEED_LOSS_INITIAL: 1.0, ev.SEED_LOSS_FINAL: 1.0 - v},
+    # lower bound = gain - z * se with z = 2 and se = 1/16
+    "seed_loss_gain_lcb": lambda v: {ev.SEED_LOSS_GAIN: v + 0.125, ev.SEED_LOSS_GAIN_SE: 0.0625},
     "seed_host_norm_ratio_min": lambda v: {ev.SEED_HOST_NORM_RATIO: v},
     "seed_host_norm_ratio_max": lambda v: {ev.SEED_HOST_NORM_RATIO: v},
     "cf_loss_worsening": lambda v: {ev.CF_LOSS_OFF: 1.0, ev.CF_LOSS_ON: 1.0 + v},
-    "cf_acc_improvement": lambda v: {ev.CF_ACC_OFF: 0.5, ev.CF_ACC_ON: 0.5 + v},
+    "cf_gain_lcb": lambda v: {ev.CF_GAIN: v + 0.125, ev.CF_GAIN_SE: 0.0625},
+    # cost = 0.25 * 100 / 400 + 0.5 * 0.25 = 0.1875
+    "cf_net_gain": lambda v: {ev.CF_GAIN: v + 0.1875, ev.CF_GAIN_SE: 0.0},
     "baseline_regression": lambda v: {ev.VAL_ACC: 0.5, ev.BASELINE_ACC: 0.5 + v},
 }
 INPUTS: dict[str, tuple[str, ...]] = {
-    "seed_loss_improvement": (ev.SEED_LOSS_INITIAL, ev.SEED_LOSS_FINAL),
+    "seed_loss_gain_lcb": (ev.SEED_LOSS_GAIN, ev.SEED_LOSS_GAIN_SE),
     "seed_host_norm_ratio_min": (ev.SEED_HOST_NORM_RATIO,),
     "seed_host_norm_ratio_max": (ev.SEED_HOST_NORM_RATIO,),
     "cf_loss_worsening": (ev.CF_LOSS_OFF, ev.CF_LOSS_ON),
-    "cf_acc_improvement": (ev.CF_ACC_OFF, ev.CF_ACC_ON),
+    "cf_gain_lcb": (ev.CF_GAIN, ev.CF_GAIN_SE),
+    "cf_net_gain": (ev.CF_GAIN, ev.SEED_PARAMS, ev.HOST_PARAMS, ev.LATENCY_OVERHEAD),
     "baseline_regression": (ev.VAL_ACC, ev.BASELINE_ACC),
 }
 

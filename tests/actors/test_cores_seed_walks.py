@@ -100,6 +100,30 @@ def test_g0_failure_stays_dormant_and_drops_probe() -> None:
     assert checks[ev.SLOT_FREE].passed and checks[ev.SLOT_EMBARGOED].passed
 
 
+def test_g0_reads_the_slot_state_execution_found() -> None:
+    """Execution finding the slot taken (an ack refused with slot_free = 0) fails G0 on slot_free."""
+    sim = SeedSim(auto=False)
+    sim.report(1)
+    sim.send(germinate(sim.slot))
+    order = sim.orders[-1]
+    ack = sim.ack_for(order, ok=False)
+    ack.error = "slot is not free"
+    ack.evidence.metrics.update({ev.SLOT_FREE: 0.0, ev.SLOT_EMBARGOED: 1.0})
+    d = sim.send(ack)
+    (request,) = [o.message for o in d.outgoing if isinstance(o.message, pb.GateRequest)]
+    assert request.gate == G.SEED_GATE_G0_SANITY
+    result = gates.evaluate(request.gate, request.evidence, sim.config.gates)
+    checks = {c.name: c for c in result.checks}
+    assert not result.passed
+    assert not checks[ev.SLOT_FREE].passed and checks[ev.SLOT_FREE].value == 0.0
+    assert not checks[ev.SLOT_EMBARGOED].passed and checks[ev.SLOT_EMBARGOED].value == 1.0
+    result.request_id, result.slot, result.step = request.request_id, request.slot, request.step
+    sim.send(result)
+    assert sim.state.stage == S.SEED_STAGE_DORMANT
+    refused = [e for e in sim.events if isinstance(e, pb.LifecycleRefused)]
+    assert "slot_free" in refused[-1].reason
+
+
 def test_g5_failure_retries_after_delay() -> None:
     """A failing G5 keeps RESETTING with a refusal, and re-orders the reset after the delay."""
     sim = _germinated(SeedSim())
