@@ -202,6 +202,34 @@ current val acc must stay within ``max_regression``.
 """
 
 
+def _bound_detail(mean: str, se: str, n: str, unit: str) -> Detail:
+    def detail(m: Mapping[str, float], t: GateThresholds) -> str:
+        size = f", n {m[n]:.0f} {unit}" if n in m else ""
+        return f"mean {m[mean]:.4g} - z {t.confidence_z:g} x se {m[se]:.4g}{size}"
+
+    return detail
+
+
+def _cost_detail(m: Mapping[str, float], t: GateThresholds) -> str:
+    params = t.param_cost * m[ev.SEED_PARAMS] / max(m[ev.HOST_PARAMS], 1.0)
+    latency = t.latency_cost * max(m[ev.LATENCY_OVERHEAD], 0.0)
+    return (
+        f"gain {m[ev.CF_GAIN]:.4g} - cost {params + latency:.4g} (parameters {params:.4g}: "
+        f"{m[ev.SEED_PARAMS]:.0f} seed / {m[ev.HOST_PARAMS]:.0f} host; latency {latency:.4g})"
+    )
+
+
+Detail = Callable[[Mapping[str, float], GateThresholds], str]
+_DETAILS: dict[str, Detail] = {
+    "seed_loss_gain_lcb": _bound_detail(
+        ev.SEED_LOSS_GAIN, ev.SEED_LOSS_GAIN_SE, ev.SEED_LOSS_GAIN_N, "pairs"
+    ),
+    "cf_gain_lcb": _bound_detail(ev.CF_GAIN, ev.CF_GAIN_SE, ev.CF_GAIN_N, "examples"),
+    "cf_net_gain": _cost_detail,
+}
+"""Checks whose ``detail`` spells out their statistic (components and sample size)."""
+
+
 def _check(spec: Spec, metrics: Mapping[str, float], thresholds: GateThresholds) -> pb.GateCheck:
     name, measure, comparator, threshold_of = spec
     threshold = threshold_of(thresholds)
@@ -215,6 +243,8 @@ def _check(spec: Spec, metrics: Mapping[str, float], thresholds: GateThresholds)
     if not math.isfinite(value):
         check.detail = "non-finite measurement"
         return check
+    if name in _DETAILS:
+        check.detail = _DETAILS[name](metrics, thresholds)
     check.passed = _COMPARE[comparator](value, threshold)
     return check
 
@@ -249,8 +279,10 @@ def describe_failures(result: pb.GateResult) -> str:
             continue
         if c.missing:
             parts.append(f"{c.name} missing")
-        elif c.detail:
+        elif not math.isfinite(c.value) or c.comparator not in _COMPARE:
             parts.append(f"{c.name}={c.value:g} ({c.detail})")
+        elif c.detail:
+            parts.append(f"{c.name}={c.value:g} (needs {c.comparator} {c.threshold:g}; {c.detail})")
         else:
             parts.append(f"{c.name}={c.value:g} (needs {c.comparator} {c.threshold:g})")
     return "; ".join(parts) if parts else result.reason or "no checks"

@@ -128,7 +128,7 @@ async def run_demo(opts: DemoOptions, progress: Progress | None = None) -> DemoR
             seed_salt=opts.seed,
         ),
         probe_batch=(split.x_train[:256], split.y_train[:256]),
-        evaluate=lambda m: evaluate(m, split.x_val, split.y_val),
+        validation=(split.x_val, split.y_val),
     )
     spec = SPECS[opts.task]
     tamiyo = Tamiyo(

@@ -156,3 +156,22 @@ def test_gate_actor_decide_answers_the_slot() -> None:
     state = gates.evolve(gates.initial_state(), result)
     assert (state.evaluated, state.passed) == (1, 1)
     assert gates.decide(state, pb.Heartbeat(), Context()).rejected
+
+
+def test_statistical_checks_state_their_components_and_sample_size() -> None:
+    """G1/G4 bounds name mean, z, se and n in their detail; the cost check names its parts."""
+    metrics = dict(BASE[pb.SEED_GATE_G4_SYSTEM_IMPACT], **{ev.CF_GAIN: 0.0, ev.CF_GAIN_SE: 0.0})
+    metrics[ev.CF_GAIN_N] = 288.0
+    result = evaluate(pb.SEED_GATE_G4_SYSTEM_IMPACT, pb.Evidence(metrics=metrics), T)
+    checks = {c.name: c for c in result.checks}
+    assert not result.passed and checks["cf_gain_lcb"].value == 0.0
+    assert checks["cf_gain_lcb"].detail == "mean 0 - z 2 x se 0, n 288 examples"
+    assert checks["cf_net_gain"].value == -0.1875
+    assert "cost 0.1875" in checks["cf_net_gain"].detail and "100 seed / 400 host" in (
+        checks["cf_net_gain"].detail
+    )
+    assert "cf_gain_lcb=0 (needs > 0.125; mean 0" in result.reason
+    g1 = dict(BASE[pb.SEED_GATE_G1_GRADIENT_HEALTH], **{ev.SEED_LOSS_GAIN_N: 512.0})
+    r1 = evaluate(pb.SEED_GATE_G1_GRADIENT_HEALTH, pb.Evidence(metrics=g1), T)
+    lcb = next(c for c in r1.checks if c.name == "seed_loss_gain_lcb")
+    assert lcb.detail.endswith("n 512 pairs") and lcb.value == 0.5 - 2.0 * 0.0625
