@@ -9,6 +9,7 @@ passes.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 
 from contracts import evidence as ev
@@ -205,9 +206,27 @@ current val acc must stay within ``max_regression``.
 def _bound_detail(mean: str, se: str, n: str, unit: str) -> Detail:
     def detail(m: Mapping[str, float], t: GateThresholds) -> str:
         size = f", n {m[n]:.0f} {unit}" if n in m else ""
-        return f"mean {m[mean]:.4g} - z {t.confidence_z:g} x se {m[se]:.4g}{size}"
+        return f"mean {m[mean]:.6g} - z {t.confidence_z:g} x se {m[se]:.6g}{size}"
 
     return detail
+
+
+_BOUND = re.compile(r"^mean (?P<mean>\S+) - z (?P<z>\S+) x se (?P<se>\S+)(?:, n (?P<n>\d+) \w+)?$")
+
+
+def bound_parts(detail: str) -> tuple[float, float, float, float | None] | None:
+    """``(mean, z, se, n)`` of a lower-bound check's detail (None if it is not one); the inverse
+    of the detail written for ``seed_loss_gain_lcb`` and ``cf_gain_lcb``."""
+    m = _BOUND.match(detail)
+    if m is None:
+        return None
+    n = m.group("n")
+    return (
+        float(m.group("mean")),
+        float(m.group("z")),
+        float(m.group("se")),
+        None if n is None else float(n),
+    )
 
 
 def _cost_detail(m: Mapping[str, float], t: GateThresholds) -> str:

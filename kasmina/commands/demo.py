@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--steps", type=int, default=3000, metavar="N")
     parser.add_argument("--seed", type=int, default=0, metavar="S")
     parser.add_argument("--out", default="kasmina-out", metavar="DIR")
-    parser.add_argument("--task", choices=("digits", "spirals"), default="digits")
+    parser.add_argument("--task", choices=("digits", "spirals"), default="spirals")
     parser.add_argument("--json", action="store_true", help="print one JSON object, no progress")
     add_keys(parser)
     parser.set_defaults(func=run)

@@ -1,7 +1,9 @@
 """Stage budgets scaled from the run length, exposed as KasminaConfig overrides.
 
-For the default 3000 steps this is growth-anchors §3.2's protocol: host alone until step 1000,
-TRAINING 500 steps, BLENDING 500 steps, then SHADOWING and PROBATIONARY 120 steps each before G4.
+For the default 3000 steps: a warm-up of 300 steps in which no seed germinates (after it, the
+Tamiyo stand-in germinates on evidence: a plateau while the host cannot fit its data), TRAINING 500
+steps, BLENDING 500 steps, then SHADOWING and PROBATIONARY 120 steps each before G4 (the stage
+lengths of growth-anchors §3.2's protocol).
 Short runs (CI's 600 steps, the tests' 400) scale every budget down so a lifecycle still completes.
 """
 
@@ -27,7 +29,7 @@ class Budgets:
 
     steps: int
     barrier: int  # barrier period: orders apply and the demo settles on these boundaries
-    earliest: int  # first step a seed may germinate
+    earliest: int  # warm-up: the first step a plateau may trigger a germination
     patience: int  # plateau: steps without a 1 % validation-loss improvement
     training: int
     blend: int
@@ -43,7 +45,7 @@ class Budgets:
         return Budgets(
             steps=steps,
             barrier=max(2, min(10, steps // 100)),
-            earliest=steps // 3,
+            earliest=steps // 10,
             patience=max(20, steps // 20),
             training=steps // 6,
             blend=steps // 6,

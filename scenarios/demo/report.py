@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from actors.execution.stages import stage_name
+from actors.gates.checks import bound_parts
 from actors.seed.lifecycle import gate_name
 from leyline import pb
 from scenarios.demo.runner import DemoRun, History
@@ -55,6 +56,35 @@ def seeds_by_final_stage(run: DemoRun) -> dict[str, int]:
     return dict(Counter(final))
 
 
+def _check(result: pb.GateResult, name: str) -> pb.GateCheck | None:
+    return next((c for c in result.checks if c.name == name), None)
+
+
+def gated_gains(run: DemoRun) -> list[dict[str, Any]]:
+    """Every G4 verdict with the gain it judged: the paired validation gain (α=1 vs α=0, in
+    accuracy), its standard error, the one-sided lower bound and the net gain after cost."""
+    out: list[dict[str, Any]] = []
+    for r in gate_results(run):
+        if r.gate != pb.SEED_GATE_G4_SYSTEM_IMPACT:
+            continue
+        lcb, net = _check(r, "cf_gain_lcb"), _check(r, "cf_net_gain")
+        parts = bound_parts(lcb.detail) if lcb is not None else None
+        out.append(
+            {
+                "slot": r.slot,
+                "step": r.step,
+                "passed": r.passed,
+                "gain": None if parts is None else parts[0],
+                "gain_se": None if parts is None else parts[2],
+                "n": None if parts is None else parts[3],
+                "lower_bound": None if lcb is None or lcb.missing else lcb.value,
+                "net_gain": None if net is None or net.missing else net.value,
+                "detail": "" if lcb is None else lcb.detail,
+            }
+        )
+    return out
+
+
 def summary(run: DemoRun, paths: dict[str, Path]) -> dict[str, Any]:
     """The ``--json`` object (docs/design.md §7 fields first)."""
     results = gate_results(run)
@@ -79,10 +109,12 @@ def summary(run: DemoRun, paths: dict[str, Path]) -> dict[str, Any]:
                 if not r.passed
             ],
         },
+        "gated_gains": gated_gains(run),
         "germinations": [
             {"step": s, "slot": p.slot, "blueprint": p.blueprint, "why": p.why}
             for s, p, _ in run.germinations
         ],
+        "no_growth": [{"step": s, "why": why} for s, why in run.notes],
         "model": str(paths["model"]),
         "keys": str(paths["keys"]) if "keys" in paths else None,
         "run": run.run_id,
@@ -117,6 +149,10 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f} %"
 
 
+def _pp(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:+.1f} pp"
+
+
 def write_report(run: DemoRun, info: dict[str, Any], path: Path) -> None:
     """report.md: summary, germinations, timeline of transitions with causes, gate results."""
     b = run.budgets
@@ -147,6 +183,21 @@ def write_report(run: DemoRun, info: dict[str, Any], path: Path) -> None:
         f"- step {s}: `{p.blueprint}` at `{p.slot}` — {p.why}; host test accuracy then {_pct(a)}"
         for s, p, a in run.germinations
     ] or ["- none"]
+    lines += [f"- step {s}: {why}" for s, why in run.notes]
+    lines += [
+        "",
+        "## Gated gain (G4: paired validation test, seed at α=1 vs α=0)",
+        "",
+        "| step | slot | gain | se | n | lower bound | net of cost | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    gains = info["gated_gains"]
+    lines += [
+        f"| {g['step']} | {g['slot']} | {_pp(g['gain'])} | {_pp(g['gain_se'])} | "
+        f"{'n/a' if g['n'] is None else int(g['n'])} | {_pp(g['lower_bound'])} | "
+        f"{_pp(g['net_gain'])} | {'FOSSILIZED' if g['passed'] else 'CULLED'} |"
+        for g in gains
+    ] or ["| | | | | | | | no seed reached G4 |"]
     lines += ["", "## Timeline", "", "| step | slot | from | to | cause |", "|---|---|---|---|---|"]
     lines += [
         f"| {t.step} | {t.slot} | {stage_name(t.from_stage)} | {stage_name(t.to_stage)} | "

@@ -27,6 +27,7 @@ from bus import is_redis_url, open_bus, record
 from contracts import KeyRing, streams
 from scenarios.cluster import Cluster, running_cluster
 from scenarios.demo.budgets import Budgets
+from scenarios.demo.capacity import capacity_scores
 from scenarios.demo.policy import Plan, Tamiyo, plans_for
 from scenarios.demo.tasks import SLOT_POINTS, SPECS, Split, batches, build_host, evaluate, load_task
 
@@ -38,7 +39,7 @@ LR = 1e-2
 class DemoOptions:
     """What ``kasmina demo`` was asked for."""
 
-    task: str = "digits"
+    task: str = "spirals"
     steps: int = 3000
     seed: int = 0
     bus: str = "fakeredis"
@@ -68,6 +69,7 @@ class DemoRun:
     budgets: Budgets
     history: History
     germinations: list[tuple[int, Plan, float]]  # (step, plan, test accuracy of the host then)
+    notes: list[tuple[int, str]]  # the Tamiyo stand-in's reasons for not growing
     accuracy_after: float
     accuracy_static: float
     host_params: int
@@ -133,12 +135,13 @@ async def run_demo(opts: DemoOptions, progress: Progress | None = None) -> DemoR
     spec = SPECS[opts.task]
     tamiyo = Tamiyo(
         plans_for(split.features, spec.hidden, LR),
-        earliest=budgets.earliest,
+        warmup=budgets.earliest,
         patience=budgets.patience,
         lifecycle_steps=budgets.lifecycle_steps,
         total_steps=opts.steps,
     )
     order = batches(len(split.y_train), BATCH, opts.steps, opts.seed)
+    probe = (split.x_train[:512], split.y_train[:512])
     run_id = f"demo-{uuid.uuid4().hex[:10]}"
     url = bus_url(opts.bus, run_id)
     history = History(stages={s: [] for s in slots}, alphas={s: [] for s in slots})
@@ -169,8 +172,12 @@ async def run_demo(opts: DemoOptions, progress: Progress | None = None) -> DemoR
                 await cl.settle()
                 _sample(history, step, sum(window) / len(window), val_loss, val_acc, slots)
                 window.clear()
-                tamiyo.observe(step, val_loss)
-                plan = tamiyo.decide(step, {s: slot.stage for s, slot in slots.items()})
+                tamiyo.observe(step, val_loss, history.train_loss[-1])
+                plan = tamiyo.decide(
+                    step,
+                    {s: slot.stage for s, slot in slots.items()},
+                    lambda plans: capacity_scores(model, slots, plans, probe),
+                )
                 if plan is not None:
                     acc = evaluate(model, split.x_test, split.y_test)[1]
                     germinations.append((step, plan, acc))
@@ -193,6 +200,7 @@ async def run_demo(opts: DemoOptions, progress: Progress | None = None) -> DemoR
         budgets=budgets,
         history=history,
         germinations=germinations,
+        notes=list(tamiyo.notes),
         accuracy_after=evaluate(model, split.x_test, split.y_test)[1],
         accuracy_static=static_host(opts.task, split, opts.steps, opts.seed),
         host_params=host_params,

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from actors.execution import insert_slots
 from actors.execution import stages as st
 from actors.replay import verify_digests
 from bus import Recording
@@ -17,6 +18,8 @@ from contracts import KeyRing, streams
 from kasmina.cli import main
 from scenarios.cluster import read_events
 from scenarios.demo import Budgets, Tamiyo, plans_for
+from scenarios.demo.capacity import capacity_scores
+from scenarios.demo.tasks import SLOT_POINTS, batches, build_host, load_task
 
 STEPS = 400
 
@@ -53,7 +56,7 @@ def test_demo_grows_records_and_replays(
         assert key in info
     for key in ("report", "plot", "recording", "model"):
         assert Path(str(info[key])).is_file(), key
-    assert info["task"] == "digits"
+    assert info["task"] == "spirals"
     assert isinstance(info["accuracy_static_host"], float)
     seeds = info["seeds"]
     assert isinstance(seeds, dict) and sum(seeds.values()) >= 1  # a seed left DORMANT
@@ -98,38 +101,71 @@ def test_budgets_scale_and_fit_a_lifecycle() -> None:
         Budgets.for_steps(100)
 
 
-def test_tamiyo_places_width_where_features_are_short_and_depth_elsewhere() -> None:
-    """A bottleneck layer gets a width seed first; a wide layer gets a residual depth seed first."""
-    assert [p.blueprint for p in plans_for(64, 8, 0.01)] == ["width", "residual_mlp"]
-    assert [p.slot for p in plans_for(2, 16, 0.01)] == ["hidden", "units"]
+def test_tamiyo_candidates_are_width_and_depth() -> None:
+    """Two candidate plans: more units on ``units`` (width) or a residual block on ``hidden``."""
+    plans = plans_for(64, 8, 0.01)
+    assert [(p.slot, p.blueprint) for p in plans] == [
+        ("units", "width"),
+        ("hidden", "residual_mlp"),
+    ]
 
 
 def _tamiyo() -> Tamiyo:
     return Tamiyo(
-        plans_for(64, 8, 0.01), earliest=100, patience=50, lifecycle_steps=300, total_steps=1000
+        plans_for(64, 8, 0.01), warmup=100, patience=50, lifecycle_steps=300, total_steps=1000
     )
 
 
-def test_tamiyo_germinates_on_plateau_only_when_slots_are_free() -> None:
-    """No germination before ``earliest`` or while improving; one on plateau; none while busy."""
+FREE = {"units": st.DORMANT, "hidden": st.DORMANT}
+
+
+def test_tamiyo_germinates_on_plateau_where_the_capacity_signal_is_largest() -> None:
+    """No germination in the warm-up or while improving; on a plateau the best-scored slot; none
+    while busy; the reason quotes the evidence."""
     t = _tamiyo()
-    free = {"units": st.DORMANT, "hidden": st.DORMANT}
+    scores = {"units": 0.01, "hidden": 0.3}
     for step, loss in ((0, 1.0), (50, 0.5), (100, 0.4)):
-        t.observe(step, loss)
-        assert t.decide(step, free) is None
-    t.observe(150, 0.4)
-    plan = t.decide(150, free)
-    assert plan is not None and plan.slot == "units"
-    t.observe(300, 0.4)
-    assert t.decide(360, {"units": st.TRAINING, "hidden": st.DORMANT}) is None
-    nxt = t.decide(360, {"units": st.FOSSILIZED, "hidden": st.DORMANT})
-    assert nxt is not None and nxt.slot == "hidden"
+        t.observe(step, loss, train_loss=0.5)
+        assert t.decide(step, FREE, lambda _: scores) is None
+    t.observe(150, 0.4, train_loss=0.5)
+    plan = t.decide(150, FREE, lambda _: scores)
+    assert plan is not None and plan.slot == "hidden"
+    assert "hidden 0.3" in plan.why and "units 0.01" in plan.why and "flat for 50" in plan.why
+    t.observe(300, 0.4, train_loss=0.5)
+    assert t.decide(360, {"units": st.DORMANT, "hidden": st.TRAINING}, lambda _: scores) is None
+    nxt = t.decide(360, {"units": st.DORMANT, "hidden": st.FOSSILIZED}, lambda _: scores)
+    assert nxt is not None and nxt.slot == "units"
 
 
-def test_tamiyo_starts_no_second_seed_that_cannot_finish() -> None:
-    """After the first seed, no germination once less than a lifecycle of steps is left."""
+def test_tamiyo_does_not_grow_a_host_that_fits_its_data() -> None:
+    """A plateau with the training loss near zero (memorised) germinates nothing, and says why."""
     t = _tamiyo()
-    t.observe(0, 1.0)
-    assert t.decide(150, {"units": st.DORMANT, "hidden": st.DORMANT}) is not None
-    t.observe(160, 0.9)
-    assert t.decide(800, {"units": st.FOSSILIZED, "hidden": st.DORMANT}) is None
+    t.observe(0, 1.0, train_loss=0.9)
+    t.observe(200, 1.2, train_loss=0.001)
+    assert t.decide(200, FREE, lambda _: {"units": 1.0, "hidden": 1.0}) is None
+    assert t.notes and "fits its training data" in t.notes[0][1]
+
+
+def test_tamiyo_starts_no_seed_that_cannot_finish() -> None:
+    """No germination once less than a lifecycle of steps is left, plateau or not."""
+    t = _tamiyo()
+    t.observe(0, 1.0, train_loss=0.5)
+    assert t.decide(800, FREE) is None
+    assert t.decide(150, FREE) is not None
+
+
+def test_capacity_signal_prefers_depth_for_spirals() -> None:
+    """On two-spirals the depth seed's output weights would get the larger gradient than new units."""
+    split = load_task("spirals", 0)
+    model = build_host("spirals", split, 0)
+    slots = insert_slots(model, SLOT_POINTS)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for idx in batches(len(split.y_train), 128, 300, 0):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(split.x_train[idx]), split.y_train[idx]).backward()
+        opt.step()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    scores = capacity_scores(model, slots, plans_for(2, 16, 0.01), (split.x_train, split.y_train))
+    assert scores["hidden"] > scores["units"] > 0.0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(s.seed is None for s in slots.values())
