@@ -11,7 +11,14 @@ and batch order:
 3. ``big``: the final architecture trained from step 0 (default init);
 4. ``abrupt``: the same seed randomly initialised (no zero output side) inserted at α=1 at step
    1000, no isolation, joined to the host optimizer at once; its accuracy drop at insertion is
-   reported.
+   reported;
+5. ``fair abrupt``: the same, inserted at the gate step (2000), so its extra capacity trains in
+   the forward for as many steps as the grown seed does at α=1 (1000).
+
+Compute per arm: training FLOPs estimated as ``6 * P * B`` per training step (forward 2PB,
+backward 4PB, ``P`` the parameters in the forward, ``B`` the batch), plus the grown arm's extra
+passes: in TRAINING a shadow forward and backward with the seed on and a forward at α=0 on the
+same batch; reported in GFLOPs and as a ratio to the host arm.
 
 The bus is not involved: this measures growth, not transport. Tasks: digits (64->8->10 host,
 ``width`` seed adding 8 units) and spirals (2->16->2 host, ``residual_mlp`` seed on the hidden
@@ -111,6 +118,19 @@ def arm_static(task: str, split: Split, seed: int, steps: int, big: bool) -> dic
     return {"acc": evaluate(model, split.x_test, split.y_test)[1], "params": param_count(model)}
 
 
+def flops(p_host: int, p_seed: int, steps: int, segments: list[tuple[int, str]]) -> float:
+    """Training FLOPs of a run: ``segments`` are ``(steps, kind)`` with kind ``host`` (host alone),
+    ``full`` (host and seed in the forward) or ``shadow`` (host alone, plus the seed's shadow
+    forward/backward with the seed on and a forward at α=0); the rest of ``steps`` is ``host``."""
+    total, used = 0.0, 0
+    full = p_host + p_seed
+    for n, kind in segments:
+        used += n
+        per = {"host": 6 * p_host, "full": 6 * full, "shadow": 6 * p_host + 6 * full + 2 * p_host}
+        total += n * per[kind] * BATCH
+    return total + (steps - used) * 6 * p_host * BATCH
+
+
 def arm_abrupt(task: str, split: Split, seed: int, steps: int, at: int) -> dict[str, float]:
     """Random-init seed at α=1 from ``at``, no isolation; returns the accuracy drop at insertion."""
     model = Extended(build_host(task, split, seed), task)
@@ -181,6 +201,8 @@ def arm_grown(task: str, split: Split, seed: int, steps: int, at: int) -> dict[s
         "acc": evaluate(model, split.x_test, split.y_test)[1],
         "params": param_count(model),
         "fossilized": fossilized,
+        "gate_at": float(gate_at),
+        "stage_len": float(stage_len),
     }
 
 
@@ -191,7 +213,14 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 def run_task(task: str, seeds: int, steps: int) -> dict[str, Any]:
     """Every arm on ``seeds`` seeds; figures in percentage points."""
     at = steps // 3
-    rows: dict[str, list[float]] = {"host": [], "grown": [], "big": [], "abrupt": [], "drop": []}
+    rows: dict[str, list[float]] = {
+        "host": [],
+        "grown": [],
+        "big": [],
+        "abrupt": [],
+        "fair_abrupt": [],
+        "drop": [],
+    }
     params: dict[str, float] = {}
     fossilized = 0.0
     for seed in range(seeds):
@@ -200,6 +229,9 @@ def run_task(task: str, seeds: int, steps: int) -> dict[str, Any]:
         grown = arm_grown(task, split, seed, steps, at)
         big = arm_static(task, split, seed, steps, big=True)
         abrupt = arm_abrupt(task, split, seed, steps, at)
+        gate_at, stage_len = int(grown["gate_at"]), int(grown["stage_len"])
+        fair = arm_abrupt(task, split, seed, steps, gate_at)
+        rows["fair_abrupt"].append(100 * fair["acc"])
         rows["host"].append(100 * host["acc"])
         rows["grown"].append(100 * grown["acc"])
         rows["big"].append(100 * big["acc"])
@@ -207,10 +239,25 @@ def run_task(task: str, seeds: int, steps: int) -> dict[str, Any]:
         rows["drop"].append(100 * abrupt["drop"])
         fossilized += grown["fossilized"]
         params = {"host": host["params"], "grown": grown["params"], "big": big["params"]}
+    p_host, p_big = int(params["host"]), int(params["big"])
+    p_seed = p_big - p_host
+    kept = fossilized == seeds  # compute of a fossilized seed (a culled one costs less)
+    compute = {
+        "host": flops(p_host, p_seed, steps, []),
+        "big": flops(p_host, p_seed, steps, [(steps, "full")]),
+        "abrupt": flops(p_host, p_seed, steps, [(at, "host"), (steps - at, "full")]),
+        "fair_abrupt": flops(p_host, p_seed, steps, [(gate_at, "host"), (steps - gate_at, "full")]),
+        "grown": flops(
+            p_host,
+            p_seed,
+            steps,
+            [(at, "host"), (stage_len, "shadow"), (steps - at - stage_len, "full")],
+        ),
+    }
     diff = [g - h for g, h in zip(rows["grown"], rows["host"], strict=True)]
     gap = [g - b for g, b in zip(rows["grown"], rows["big"], strict=True)]
     out: dict[str, Any] = {"task": task, "seeds": seeds, "steps": steps, "params": params}
-    for arm in ("host", "grown", "big", "abrupt", "drop"):
+    for arm in ("host", "grown", "big", "abrupt", "fair_abrupt", "drop"):
         out[arm] = dict(zip(("mean", "std"), _mean_std(rows[arm]), strict=True))
     out["grown_minus_host"] = dict(zip(("mean", "std"), _mean_std(diff), strict=True))
     out["wins"] = sum(d > 0 for d in diff)
@@ -218,6 +265,13 @@ def run_task(task: str, seeds: int, steps: int) -> dict[str, Any]:
     out["grown_minus_big"] = dict(zip(("mean", "std"), _mean_std(gap), strict=True))
     out["worst_drop"] = min(rows["drop"])
     out["fossilized"] = int(fossilized)
+    out["gflops"] = {k: round(v / 1e9, 3) for k, v in compute.items()}
+    out["compute_vs_host"] = {k: round(v / compute["host"], 2) for k, v in compute.items()}
+    out["compute_assumes_fossilized"] = kept
+    big_gap = out["big"]["mean"] - out["host"]["mean"]
+    out["gap_recovered"] = (
+        round(out["grown_minus_host"]["mean"] / big_gap, 3) if big_gap > 0 else None
+    )
     return out
 
 
@@ -228,19 +282,24 @@ def markdown(results: list[dict[str, Any]]) -> str:
         return f"{d['mean']:.1f} ± {d['std']:.1f}"
 
     lines = [
-        "| task | params host → grown (big) | host | grown | big | abrupt | grown − host (wins) "
-        "| grown − big | abrupt drop at insertion (worst) | fossilized |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| task | params host → grown (big) | host | grown | big | abrupt | fair abrupt "
+        "| grown − host (wins) | gap recovered | grown − big | abrupt drop at insertion (worst) "
+        "| fossilized | GFLOPs host / grown / big / abrupt / fair abrupt |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        p = r["params"]
+        p, g, c = r["params"], r["gflops"], r["compute_vs_host"]
+        rec = r["gap_recovered"]
+        recovered = "n/a" if rec is None else f"{100 * rec:.0f} %"
         lines.append(
             f"| {r['task']} | {p['host']} → {p['grown']} ({p['big']}) | {ms(r['host'])} | "
-            f"{ms(r['grown'])} | {ms(r['big'])} | {ms(r['abrupt'])} | "
+            f"{ms(r['grown'])} | {ms(r['big'])} | {ms(r['abrupt'])} | {ms(r['fair_abrupt'])} | "
             f"{r['grown_minus_host']['mean']:+.1f} ± {r['grown_minus_host']['std']:.1f} pp "
-            f"({r['wins']}/{r['seeds']}) | {r['grown_minus_big']['mean']:+.1f} ± "
+            f"({r['wins']}/{r['seeds']}) | {recovered} | {r['grown_minus_big']['mean']:+.1f} ± "
             f"{r['grown_minus_big']['std']:.1f} pp | {ms(r['drop'])} pp ({r['worst_drop']:.1f}) | "
-            f"{r['fossilized']}/{r['seeds']} |"
+            f"{r['fossilized']}/{r['seeds']} | {g['host']:.2f} / {g['grown']:.2f} "
+            f"({c['grown']:.2f}×) / {g['big']:.2f} ({c['big']:.2f}×) / {g['abrupt']:.2f} "
+            f"({c['abrupt']:.2f}×) / {g['fair_abrupt']:.2f} ({c['fair_abrupt']:.2f}×) |"
         )
     return "\n".join(lines)
 
@@ -266,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({**r, "elapsed_s": round(elapsed, 1)}))
     if args.markdown:
         print(markdown(results))
-        print(f"\n{args.seeds} seeds x 4 arms x {len(results)} tasks in {elapsed:.0f} s")
+        print(f"\n{args.seeds} seeds x 5 arms x {len(results)} tasks in {elapsed:.0f} s")
     return 0
 
 
