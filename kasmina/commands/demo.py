@@ -13,7 +13,7 @@ from kasmina.common import add_keys, emit_json, load_keys
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("demo", help="grow seeds in a too-small network (digits or spirals)")
+    parser = sub.add_parser("demo", help="grow seeds in a too-small network (spirals or digits)")
     parser.add_argument(
         "--bus",
         default="fakeredis",
@@ -86,6 +86,17 @@ def _print_summary(info: dict[str, Any]) -> None:
     table.add_row("gates passed / failed", f"{gates['passed']} / {gates['failed']}")
     for f in gates["failures"]:
         table.add_row(f"  failed {f['gate']} at {f['slot']}", f["reason"])
+    for g in info.get("gated_gains", []):
+        if g["gain"] is None or g["gain_se"] is None:
+            continue
+        verdict = "fossilized" if g["passed"] else "culled"
+        table.add_row(
+            f"G4 gain at {g['slot']} (α=1 vs 0, validation)",
+            f"{100 * g['gain']:+.1f} ± {100 * g['gain_se']:.1f} pp, lower bound "
+            f"{100 * (g['lower_bound'] or 0.0):+.1f} pp: {verdict}",
+        )
+    for note in info.get("no_growth", []):
+        table.add_row(f"no growth at step {note['step']}", note["why"])
     for key in ("report", "plot", "recording", "model"):
         table.add_row(key, info[key])
     if info.get("keys"):

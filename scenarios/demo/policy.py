@@ -6,7 +6,9 @@ The rule is deliberately simple and explainable:
   steps (a plateau), after a warm-up of ``warmup`` steps, **and** the host cannot fit its own
   training data (training loss at least ``fit_loss``). A host that has driven its training loss
   to about zero is not short of capacity (more of it would only memorise faster), so no seed is
-  germinated however flat the validation loss is;
+  germinated however flat the validation loss is. In a short run whose validation loss is still
+  falling when only a whole lifecycle's worth of steps is left, the capacity evidence alone
+  (training loss at least ``fit_loss``) germinates the first seed;
 - *where*: every candidate plan is scored by a capacity signal (:mod:`scenarios.demo.capacity`:
   the gradient norm a seed's zero output weights would receive at that slot, on a training batch),
   and the plan with the largest signal is germinated; the scores are quoted in the plan's reason;
@@ -111,12 +113,16 @@ class Tamiyo:
     ) -> Plan | None:
         """The plan to germinate at ``step`` given each slot's stage, or None; ``scores`` gives
         the capacity signal of the candidates (without it, the first candidate is taken)."""
-        if len(self.germinated) >= self.max_germinations or not self.plateaued(step):
+        deadline = self.total_steps - self.lifecycle_steps
+        last_chance = not self.germinated and step >= max(deadline, self.warmup)
+        if len(self.germinated) >= self.max_germinations:
+            return None
+        if not (self.plateaued(step) or last_chance):
             return None
         if any(stage in _BUSY for stage in stages.values()):
             return None
-        if step > self.total_steps - self.lifecycle_steps:
-            return None  # a seed would not finish its lifecycle
+        if self.germinated and step > deadline:
+            return None  # another seed would not finish its lifecycle
         if not self.short_of_capacity():
             self._note(
                 step,
@@ -133,8 +139,13 @@ class Tamiyo:
         signal = dict(scores(candidates)) if scores is not None else {}
         best = max(candidates, key=lambda p: signal.get(p.slot, 0.0)) if signal else candidates[0]
         quoted = ", ".join(f"{p.slot} {signal[p.slot]:.3g}" for p in candidates if p.slot in signal)
+        when = (
+            f"validation loss flat for {step - self.best_step} steps"
+            if self.plateaued(step)
+            else "no plateau yet, but only a lifecycle's worth of steps is left"
+        )
         why = (
-            f"validation loss flat for {step - self.best_step} steps and train loss "
+            f"{when} and train loss "
             f"{self.train_loss:.3g} >= {self.fit_loss:g} (the host cannot fit its data)"
             + (f"; capacity signal ||dL/dW_out|| {quoted}" if quoted else "")
             + f": {best.why}"

@@ -146,12 +146,25 @@ def test_tamiyo_does_not_grow_a_host_that_fits_its_data() -> None:
     assert t.notes and "fits its training data" in t.notes[0][1]
 
 
-def test_tamiyo_starts_no_seed_that_cannot_finish() -> None:
-    """No germination once less than a lifecycle of steps is left, plateau or not."""
+def test_tamiyo_starts_no_second_seed_that_cannot_finish() -> None:
+    """After the first seed, no germination once less than a lifecycle of steps is left."""
     t = _tamiyo()
     t.observe(0, 1.0, train_loss=0.5)
-    assert t.decide(800, FREE) is None
     assert t.decide(150, FREE) is not None
+    t.observe(160, 0.9, train_loss=0.5)
+    assert t.decide(800, {"units": st.FOSSILIZED, "hidden": st.DORMANT}) is None
+
+
+def test_tamiyo_last_chance_needs_capacity_evidence() -> None:
+    """Still improving when only a lifecycle is left: germinate if the host cannot fit its data."""
+    short, fits = _tamiyo(), _tamiyo()
+    for step in range(0, 701, 50):
+        short.observe(step, 1.0 - step / 1000, train_loss=0.4)
+        fits.observe(step, 1.0 - step / 1000, train_loss=0.01)
+    assert short.decide(650, FREE) is None and fits.decide(650, FREE) is None
+    plan = short.decide(700, FREE)
+    assert plan is not None and "lifecycle's worth" in plan.why
+    assert fits.decide(700, FREE) is None and "fits its training data" in fits.notes[-1][1]
 
 
 def test_capacity_signal_prefers_depth_for_spirals() -> None:
