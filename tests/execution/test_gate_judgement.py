@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from actors.execution import (
     Blueprint,
     ExecutionRuntime,
+    RuntimeConfig,
     SlotShape,
     get_blueprint,
     insert_slots,
@@ -107,11 +108,9 @@ def run(blueprint: str, params: dict[str, float], data: Any = sphere, seed: int 
         model,
         slots,
         opt,
-        device="cpu",
-        barrier_frequency=5,
-        report_every=5,
-        blend_steps=20,
-        probe_every=10,
+        RuntimeConfig(
+            device="cpu", barrier_frequency=5, report_every=5, blend_steps=20, probe_every=10
+        ),
         probe_batch=(x_val[:256], y_val[:256]),
         validation=(x_val, y_val),
     )
@@ -247,7 +246,8 @@ def test_germination_reports_the_slot_as_it_is() -> None:
     slots = insert_slots(model, {"body.s0": "body"})
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     x, y = sphere(64, 0)
-    rt = ExecutionRuntime(model, slots, opt, device="cpu", probe_batch=(x, y), report_every=0)
+    config = RuntimeConfig(device="cpu", report_every=0)
+    rt = ExecutionRuntime(model, slots, opt, config, probe_batch=(x, y))
     germinate = pb.Germinate(blueprint="width")
     for at, stage in enumerate((pb.SEED_STAGE_GERMINATED, pb.SEED_STAGE_TRAINING) * 2):
         order = pb.ExecutionOrder(order_id=f"o{at}", slot="body.s0", stage=stage, apply_at_step=at)
