@@ -30,8 +30,10 @@ from contracts.errors import (
     BadSignature,
     ContractError,
     ExpiredKey,
+    ForbiddenKind,
     FromFuture,
     Replayed,
+    RevokedKey,
     Stale,
     TooLarge,
     UnknownKey,
@@ -44,6 +46,7 @@ from contracts.ids import new_id
 from contracts.keys import KeyRing
 from contracts.nonce import NonceGuard
 from contracts.registry import REGISTRY, Registry
+from contracts.roles import allowed, valid_sender
 from contracts.streams import RUN_RE, address
 
 VERSION = 2
@@ -434,8 +437,8 @@ class Verifier:
         return twin
 
     def with_replay(self, replay: bool = True) -> Verifier:
-        """The same verifier in replay mode: MAC and binding checked; freshness, expiry and nonces
-        skipped."""
+        """The same verifier in replay mode: MAC, binding, roles and key validity at each
+        message's own timestamp checked; freshness and nonces skipped."""
         twin = self.with_ring(self._ring)
         twin._replay = replay
         return twin
@@ -450,7 +453,13 @@ class Verifier:
                 env.id, env.kind, env.sender, verified=False
             )
         now = self._clock()
-        if not self._replay and not key.valid_at(now):
+        if key.revoked_ns is not None:
+            raise RevokedKey(f"key id {env.key_id!r} revoked").claim(
+                env.id, env.kind, env.sender, verified=False
+            )
+        # a key verifies what was stamped while it was valid (replay too), and live only until
+        # it expires
+        if not key.valid_at(env.ts_ns) or (not self._replay and not key.valid_at(now)):
             raise ExpiredKey(f"key id {env.key_id!r} retired").claim(
                 env.id, env.kind, env.sender, verified=False
             )
@@ -493,6 +502,14 @@ class Verifier:
                 )
         if env.kind not in self._registry:
             raise UnknownKind(env.kind).claim(env.id, env.kind, env.sender, verified=True)
+        if env.kind not in allowed(key.roles):
+            raise ForbiddenKind(
+                f"key {env.key_id!r} ({','.join(sorted(key.roles))}) may not sign {env.kind!r}"
+            ).claim(env.id, env.kind, env.sender, verified=True)
+        if not valid_sender(env.sender):
+            raise ForbiddenKind("sender name is not [A-Za-z0-9_.:-]{1,128}").claim(
+                env.id, env.kind, env.sender, verified=True
+            )
         return env
 
     async def verify_many(

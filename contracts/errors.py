@@ -12,6 +12,8 @@ class Reason(StrEnum):
     UNSUPPORTED_VERSION = "unsupported_version"
     UNKNOWN_KEY = "unknown_key"
     EXPIRED_KEY = "expired_key"
+    REVOKED_KEY = "revoked_key"
+    FORBIDDEN_KIND = "forbidden_kind"
     BAD_SIGNATURE = "bad_signature"
     STALE = "stale"
     FROM_FUTURE = "from_future"
@@ -92,6 +94,18 @@ class ExpiredKey(ContractError):
     """The key id was retired and its grace period is over."""
 
     code = Reason.EXPIRED_KEY
+
+
+class RevokedKey(ContractError):
+    """The key id was revoked: it verifies nothing, whatever the message's timestamp."""
+
+    code = Reason.REVOKED_KEY
+
+
+class ForbiddenKind(ContractError):
+    """The signing key's roles do not allow this kind (or the sender name is not well-formed)."""
+
+    code = Reason.FORBIDDEN_KIND
 
 
 class BadSignature(ContractError):

@@ -3,25 +3,34 @@
 Key file format (JSON, written with mode 0600 by ``kasmina keys generate``)::
 
     {"format": "kasmina-keys", "version": 1, "active": "k-…",
-     "keys": [{"id": "k-…", "secret": "<base64, 32 bytes>", "created_ns": 0, "expires_ns": null}]}
+     "keys": [{"id": "k-…", "secret": "<base64, 32 bytes>", "created_ns": 0, "expires_ns": null,
+               "revoked_ns": null, "roles": ["controller", "trainer", "actor", "operator"]}]}
 
-``active`` names the key that signs; every key that has not expired verifies. A rotated-out key gets
-``expires_ns`` = rotation time + grace and stops verifying live messages after it; it stays in the
-ring so replay mode (which ignores expiry) still verifies old logs, until ``prune`` drops it.
+``active`` names the key that signs. A key verifies a message only if the message was stamped while
+the key was valid: a rotated-out key gets ``expires_ns`` = rotation time + grace and verifies nothing
+stamped at or after it, live or in replay (old logs still verify until ``prune`` drops the key). A
+revoked key (``revoked_ns`` set, by ``kasmina keys revoke``) verifies nothing at all: its secret is
+presumed known to someone else, who can stamp any time. ``roles`` limits what a key may sign
+(``contracts.roles``); a key without the field (older files) holds every role.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import os
 import secrets
+import stat
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from contracts.roles import ROLES
 
 MIN_SECRET_BYTES = 32
 ENV_FILE = "KASMINA_KEYS"
@@ -40,9 +49,13 @@ class Key:
     secret: bytes
     created_ns: int = 0
     expires_ns: int | None = None
+    revoked_ns: int | None = None
+    roles: frozenset[str] = ROLES
 
     def valid_at(self, now_ns: int) -> bool:
-        """True if the key still verifies at ``now_ns``."""
+        """True if the key verifies a message stamped (or checked) at ``now_ns``."""
+        if self.revoked_ns is not None:
+            return False
         return self.expires_ns is None or now_ns < self.expires_ns
 
 
@@ -64,19 +77,26 @@ class KeyRing:
                 raise KeyRingError(f"key {key.id!r}: secret shorter than {MIN_SECRET_BYTES} bytes")
             if key.id in table:
                 raise KeyRingError(f"duplicate key id {key.id!r}")
+            unknown = set(key.roles) - ROLES
+            if unknown or not key.roles:
+                raise KeyRingError(
+                    f"key {key.id!r}: roles must be a non-empty subset of {sorted(ROLES)}"
+                )
             table[key.id] = key
         if active not in table:
             raise KeyRingError(f"active key {active!r} is not in the ring")
-        if table[active].expires_ns is not None:
-            raise KeyRingError(f"active key {active!r} must not expire")
+        if table[active].expires_ns is not None or table[active].revoked_ns is not None:
+            raise KeyRingError(f"active key {active!r} must not expire or be revoked")
         self._keys = table
         self._active = active
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def generate(cls, now_ns: int | None = None) -> KeyRing:
-        """A ring with one fresh random key."""
+    def generate(cls, now_ns: int | None = None, roles: Iterable[str] | None = None) -> KeyRing:
+        """A ring with one fresh random key (every role unless ``roles`` says otherwise)."""
         key = _new_key(time.time_ns() if now_ns is None else now_ns)
+        if roles is not None:
+            key = replace(key, roles=frozenset(roles))
         return cls([key], key.id)
 
     @classmethod
@@ -91,6 +111,8 @@ class KeyRing:
                     secret=base64.b64decode(item["secret"], validate=True),
                     created_ns=int(item.get("created_ns", 0)),
                     expires_ns=None if item.get("expires_ns") is None else int(item["expires_ns"]),
+                    revoked_ns=None if item.get("revoked_ns") is None else int(item["revoked_ns"]),
+                    roles=_roles(item.get("roles")),
                 )
                 for item in data["keys"]
             ]
@@ -158,7 +180,7 @@ class KeyRing:
     def rotate(self, grace_s: float, now_ns: int | None = None) -> KeyRing:
         """A new ring whose new key signs; the old active key verifies for ``grace_s`` more."""
         now = time.time_ns() if now_ns is None else now_ns
-        fresh = _new_key(now)
+        fresh = replace(_new_key(now), roles=self.active.roles)  # signs what the old one did
         old = [
             replace(k, expires_ns=now + int(grace_s * 1e9)) if k.id == self._active else k
             for k in self._keys.values()
@@ -167,9 +189,28 @@ class KeyRing:
         return KeyRing([*old, fresh], fresh.id)
 
     def prune(self, before_ns: int) -> KeyRing:
-        """A ring without the keys that expired before ``before_ns`` (old logs stop verifying)."""
-        kept = [k for k in self._keys.values() if k.expires_ns is None or k.expires_ns >= before_ns]
+        """A ring without the revoked keys and those that expired before ``before_ns`` (logs
+        signed by them stop verifying)."""
+        kept = [
+            k
+            for k in self._keys.values()
+            if k.revoked_ns is None and (k.expires_ns is None or k.expires_ns >= before_ns)
+        ]
         return KeyRing(kept, self._active)
+
+    def revoke(self, key_id: str, now_ns: int | None = None) -> KeyRing:
+        """A ring in which ``key_id`` verifies nothing any more (rotate first if it signs)."""
+        if key_id not in self._keys:
+            raise KeyRingError(f"no key {key_id!r} in the ring")
+        if key_id == self._active:
+            raise KeyRingError(f"{key_id!r} is the signing key: rotate before revoking it")
+        now = time.time_ns() if now_ns is None else now_ns
+        keys = [replace(k, revoked_ns=now) if k.id == key_id else k for k in self._keys.values()]
+        return KeyRing(keys, self._active)
+
+    def members(self) -> list[Key]:
+        """Every key of the ring, sorted by id."""
+        return [self._keys[k] for k in sorted(self._keys)]
 
     def to_json(self) -> dict[str, Any]:
         """The key file structure."""
@@ -183,19 +224,42 @@ class KeyRing:
                     "secret": base64.b64encode(k.secret).decode("ascii"),
                     "created_ns": k.created_ns,
                     "expires_ns": k.expires_ns,
+                    "revoked_ns": k.revoked_ns,
+                    "roles": sorted(k.roles),
                 }
                 for k in self._keys.values()
             ],
         }
 
     def save(self, path: str | Path) -> None:
-        """Write the key file atomically with mode 0600."""
+        """Write the key file atomically with mode 0600.
+
+        The secret goes to a fresh temporary file of the target's directory, created exclusively
+        (``mkstemp``: ``O_CREAT | O_EXCL``, so no file or symlink planted there beforehand is
+        followed or reused) and renamed over the target; a symlink at the target itself is
+        refused rather than followed."""
         target = Path(path)
-        tmp = target.with_name(f".{target.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(self.to_json(), fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        if target.is_symlink():
+            raise KeyRingError(f"{target} is a symbolic link: refusing to write keys through it")
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(self.to_json(), fh, indent=2)
+                fh.write("\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+def _roles(value: object) -> frozenset[str]:
+    """The ``roles`` of a key file entry: absent means every role."""
+    if value is None:
+        return ROLES
+    if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
+        raise KeyRingError("roles must be a list of role names")
+    return frozenset(value)

@@ -1,0 +1,81 @@
+"""Key roles: which kinds of message a key may sign.
+
+A key holds one or more roles. A receiver checks, after the MAC, that the signing key's roles allow
+the message's kind, so a leaked trainer key cannot issue controller commands, nor forge lifecycle
+events, gate results or safety verdicts (The Update Framework's lesson: one role, one set of keys).
+
+- ``controller``: Tamiyo (a policy or a person) commanding slots.
+- ``trainer``: Tolaria's side, the ExecutionActor of each rank: acknowledgements, step reports,
+  raw telemetry, safety signals it observes, barrier votes.
+- ``actor``: the actor processes (``kasmina run``): events, orders, gate traffic, verdicts, records.
+- ``operator``: a person at the CLI: commands (pause, resume, emergency stop, ...) and recordings.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+__all__ = ["KINDS_BY_ROLE", "ROLES", "SENDER_PATTERN", "allowed", "valid_sender"]
+
+ROLES = frozenset({"controller", "trainer", "actor", "operator"})
+
+_TRAINER = frozenset(
+    {
+        "exec.ack",
+        "step.report",
+        "telemetry.raw",
+        "telemetry.batch",
+        "telemetry.critical",
+        "safety.signal",
+        "barrier.vote",
+        "actor.heartbeat",
+    }
+)
+_ACTOR = frozenset(
+    {
+        "lifecycle.transition",
+        "lifecycle.refused",
+        "lifecycle.progress",
+        "gate.request",
+        "gate.result",
+        "exec.order",
+        "telemetry.region",
+        "telemetry.global",
+        "telemetry.critical",
+        "safety.signal",
+        "safety.verdict",
+        "checkpoint.request",
+        "barrier.commit",
+        "barrier.byzantine",
+        "barrier.timeout",
+        "rejection",
+        "state.digest",
+        "actor.heartbeat",
+    }
+)
+
+KINDS_BY_ROLE: dict[str, frozenset[str]] = {
+    "controller": frozenset({"seed.command"}),
+    "trainer": _TRAINER,
+    "actor": _ACTOR,
+    "operator": frozenset({"seed.command"}),
+}
+
+SENDER_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+
+_ALLOWED: dict[frozenset[str], frozenset[str]] = {}
+
+
+def allowed(roles: Iterable[str]) -> frozenset[str]:
+    """The kinds a key with ``roles`` may sign."""
+    key = frozenset(roles)
+    kinds = _ALLOWED.get(key)
+    if kinds is None:
+        kinds = _ALLOWED[key] = frozenset().union(*(KINDS_BY_ROLE[r] for r in key))
+    return kinds
+
+
+def valid_sender(sender: str) -> bool:
+    """A sender name is 1-128 characters of ``[A-Za-z0-9_.:-]`` (no spaces, no control bytes)."""
+    return SENDER_PATTERN.fullmatch(sender) is not None

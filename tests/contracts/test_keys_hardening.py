@@ -1,0 +1,160 @@
+"""Keys: expiry judged at each message's own stamp, revocation, pruning, roles, safe key file writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from contracts import REGISTRY, KeyRing, KeyRingError, Reason, Signer, Verifier
+from contracts.errors import ContractError
+from contracts.roles import KINDS_BY_ROLE, ROLES
+from kasmina.cli import main
+from leyline import pb
+
+NOW = 1_800_000_000 * 10**9
+S = 10**9
+CMD = pb.SeedCommand(slot="layer1.s0", pause=pb.Pause())
+ORDER = pb.ExecutionOrder(slot="layer1.s0")
+
+
+def _seal(ring: KeyRing, ts: int, kind: str = "seed.command", sender: str = "tamiyo") -> bytes:
+    body = CMD if kind == "seed.command" else REGISTRY[kind]()
+    return Signer(ring, sender, clock=lambda: ts).seal(kind, body)
+
+
+def _reason(verifier: Verifier, frame: bytes) -> Reason:
+    with pytest.raises(ContractError) as info:
+        verifier.open(frame)
+    return info.value.code
+
+
+def test_replay_honours_expiry_at_the_event_stamp() -> None:
+    """A retired key verifies in replay what it signed while valid, and nothing stamped after."""
+    ring = KeyRing.generate(now_ns=NOW)
+    old = ring.active
+    rotated = ring.rotate(grace_s=10, now_ns=NOW)  # old key expires at NOW + 10 s
+    before = _seal(ring, NOW + 5 * S)
+    after = _seal(ring, NOW + 11 * S)  # signed with the retired key after its expiry
+    replay = Verifier(rotated, clock=lambda: NOW + 3600 * S, replay=True)
+    assert replay.open(before).key_id == old.id
+    assert _reason(replay, after) is Reason.EXPIRED_KEY
+    live = Verifier(rotated, clock=lambda: NOW + 11 * S, tolerance_s=60)
+    assert _reason(live, after) is Reason.EXPIRED_KEY
+
+
+def test_revoked_key_verifies_nothing() -> None:
+    """After revoke, the key's messages are refused live and in replay, whatever their stamp."""
+    ring = KeyRing.generate(now_ns=NOW)
+    leaked = ring.active
+    frame = _seal(ring, NOW)
+    revoked = ring.rotate(grace_s=3600, now_ns=NOW).revoke(leaked.id, now_ns=NOW + S)
+    assert _reason(Verifier(revoked, clock=lambda: NOW), frame) is Reason.REVOKED_KEY
+    assert _reason(Verifier(revoked, replay=True), frame) is Reason.REVOKED_KEY
+    with pytest.raises(KeyRingError, match="rotate"):
+        revoked.revoke(revoked.active.id)
+    assert KeyRing.from_json(revoked.to_json()).get(leaked.id).revoked_ns == NOW + S  # type: ignore[union-attr]
+    assert revoked.prune(before_ns=0).get(leaked.id) is None
+
+
+def test_roles_limit_what_a_key_may_sign() -> None:
+    """A trainer key cannot command a slot nor forge an order; a controller key can command."""
+    trainer = KeyRing.generate(now_ns=NOW, roles={"trainer"})
+    controller = KeyRing.generate(now_ns=NOW, roles={"controller"})
+    both = KeyRing(
+        [*trainer.members(), *controller.members()], trainer.active.id
+    )  # one receiver trusts both
+    verifier = Verifier(both, clock=lambda: NOW)
+    assert _reason(verifier, _seal(trainer, NOW)) is Reason.FORBIDDEN_KIND
+    assert _reason(verifier, _seal(trainer, NOW, "exec.order")) is Reason.FORBIDDEN_KIND
+    assert verifier.open(_seal(trainer, NOW, "step.report")).kind == "step.report"
+    assert verifier.open(_seal(controller, NOW)).kind == "seed.command"
+    assert _reason(Verifier(both, replay=True), _seal(trainer, NOW)) is Reason.FORBIDDEN_KIND
+
+
+def test_every_kind_has_a_role_and_old_files_hold_every_role() -> None:
+    """Each registered kind is signable by some role; a key file without roles holds them all."""
+    assert set(REGISTRY) == set().union(*KINDS_BY_ROLE.values())
+    data = KeyRing.generate(now_ns=NOW).to_json()
+    for item in data["keys"]:
+        del item["roles"]
+    assert KeyRing.from_json(data).active.roles == ROLES
+    with pytest.raises(KeyRingError, match="roles"):
+        KeyRing.from_json({**data, "keys": [{**data["keys"][0], "roles": ["root"]}]})
+
+
+@pytest.mark.parametrize("sender", ["tamiyo\nforged line", "a b", "", "x" * 129, "é"])
+def test_sender_names_are_not_free_text(sender: str) -> None:
+    """A signed message whose sender is not [A-Za-z0-9_.:-]{1,128} is refused."""
+    ring = KeyRing.generate(now_ns=NOW)
+    if not sender:
+        with pytest.raises(ValueError):
+            Signer(ring, sender)
+        return
+    frame = _seal(ring, NOW, sender=sender)
+    assert _reason(Verifier(ring, clock=lambda: NOW), frame) in (
+        Reason.FORBIDDEN_KIND,
+        Reason.BAD_FRAME,
+    )
+
+
+def test_save_ignores_a_planted_temporary_file(tmp_path: Path) -> None:
+    """A world-readable file or a symlink where the temporary file goes is neither used nor followed."""
+    target = tmp_path / "keys.json"
+    planted = tmp_path / f".{target.name}.tmp"
+    planted.write_text("planted")
+    planted.chmod(0o644)
+    KeyRing.generate().save(target)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert planted.read_text() == "planted"  # not reused
+    planted.unlink()
+    elsewhere = tmp_path / "elsewhere.json"
+    planted.symlink_to(elsewhere)
+    KeyRing.generate().save(target)
+    assert not elsewhere.exists()
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == [planted.name]
+
+
+def test_save_refuses_a_symlinked_target(tmp_path: Path) -> None:
+    """Writing keys through a symlink at the target path is refused; the link's target is untouched."""
+    real = tmp_path / "real.json"
+    real.write_text("{}")
+    link = tmp_path / "keys.json"
+    link.symlink_to(real)
+    with pytest.raises(KeyRingError, match="symbolic link"):
+        KeyRing.generate().save(link)
+    assert real.read_text() == "{}"
+
+
+def _cli(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> tuple[int, list[dict[str, object]]]:
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    out = capsys.readouterr().out
+    return int(done.value.code or 0), [json.loads(line) for line in out.splitlines() if line]
+
+
+def test_cli_revoke_prune_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`keys revoke` stops a key verifying, `keys prune` drops it, `keys list` shows no secret."""
+    path = str(tmp_path / "keys.json")
+    assert _cli(["keys", "generate", "-o", path, "--roles", "controller,operator"], capsys)[0] == 0
+    first = KeyRing.load(path).active
+    assert first.roles == {"controller", "operator"}
+    assert _cli(["keys", "rotate", path, "--grace", "3600"], capsys)[0] == 0
+    assert KeyRing.load(path).active.roles == first.roles  # the new key keeps the roles
+    assert _cli(["keys", "revoke", path, first.id], capsys)[0] == 0
+    assert KeyRing.load(path).get(first.id).revoked_ns is not None  # type: ignore[union-attr]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    code, rows = _cli(["keys", "list", path], capsys)
+    assert code == 0 and {r["id"] for r in rows} == set(KeyRing.load(path).ids())
+    assert all("secret" not in r for r in rows)
+    code, rows = _cli(["keys", "prune", path], capsys)
+    assert code == 0 and rows[0]["dropped"] == [first.id]
+    assert KeyRing.load(path).ids() == [KeyRing.load(path).active.id]
+    active = KeyRing.load(path).active.id
+    assert _cli(["keys", "revoke", path, active], capsys)[0] != 0
