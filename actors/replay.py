@@ -133,20 +133,37 @@ def _fold_one(state: RunState, entry_id: str, kind: str, message: Message) -> Ru
     return replace(state, unfolded=state.unfolded + 1)
 
 
-def fold_events(events: Iterable[Event], start: RunState | None = None) -> RunState:
-    """Fold ``(entry_id, kind, message)`` events, from scratch or from a snapshot."""
+def fold_events(
+    events: Iterable[Event],
+    start: RunState | None = None,
+    *,
+    quarantine: list[dict[str, str]] | None = None,
+) -> RunState:
+    """Fold ``(entry_id, kind, message)`` entries, from scratch or from a snapshot.
+
+    An entry the cores refuse to fold (a duplicate, a gap, an illegal transition: the log was
+    doctored) raises ReplayError, or, with ``quarantine``, is left out of the state and listed
+    there (``entry_id``, ``kind``, ``reason``) so the fold goes on."""
     state = start if start is not None else RunState()
     for entry_id, kind, message in events:
         try:
             state = _fold_one(state, entry_id, kind, message)
         except ReplayError as exc:
-            raise type(exc)(f"at entry {entry_id} ({kind}): {exc}") from None
+            if quarantine is None:
+                raise type(exc)(f"at entry {entry_id} ({kind}): {exc}") from None
+            quarantine.append(
+                {"entry_id": entry_id, "kind": kind, "reason": f"{type(exc).__name__}: {exc}"}
+            )
+            continue
         state = replace(state, events=state.events + 1, last_entry_id=entry_id)
     return state
 
 
-def verify_digests(events: Iterable[Event]) -> list[dict[str, Any]]:
-    """Re-fold and compare every recorded ``state.digest`` entry; one dict per mismatch."""
+def verify_digests(
+    events: Iterable[Event], *, quarantine: list[dict[str, str]] | None = None
+) -> list[dict[str, Any]]:
+    """Re-fold and compare every recorded ``state.digest`` entry; one dict per mismatch.
+    ``quarantine`` as for :func:`fold_events`."""
     state = RunState()
     mismatches: list[dict[str, Any]] = []
     for entry_id, kind, message in events:
@@ -163,7 +180,7 @@ def verify_digests(events: Iterable[Event]) -> list[dict[str, Any]]:
                         "computed": computed.hex() if computed is not None else None,
                     }
                 )
-        state = fold_events([(entry_id, kind, message)], start=state)
+        state = fold_events([(entry_id, kind, message)], start=state, quarantine=quarantine)
     return mismatches
 
 

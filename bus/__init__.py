@@ -22,10 +22,10 @@ from .api import (
 from .backoff import backoff_s
 from .consumer import Consumer
 from .errors import BusClosed, BusError, BusProtocolError, BusUnavailable, Fenced
-from .factory import REDIS_SCHEMES, is_redis_url, open_bus
+from .factory import REDIS_SCHEMES, is_redis_url, open_bus, redact_url
 from .memory import MemoryBus, MemoryStore
 from .nonce import RedisNonceGuard
-from .recording import Recording, RecordingError, record
+from .recording import Integrity, Recording, RecordingError, SealKey, record
 from .redis_bus import RedisStreamBus
 from .retention import safe_trim_id, set_watermark
 
@@ -46,12 +46,14 @@ __all__ = [
     "Fields",
     "GroupInfo",
     "Handled",
+    "Integrity",
     "MemoryBus",
     "MemoryStore",
     "Recording",
     "RecordingError",
     "RedisNonceGuard",
     "RedisStreamBus",
+    "SealKey",
     "StreamInfo",
     "aiter_entries",
     "backoff_s",
@@ -61,6 +63,7 @@ __all__ = [
     "parse_id",
     "processed_key",
     "record",
+    "redact_url",
     "safe_trim_id",
     "set_watermark",
     "watermark_key",

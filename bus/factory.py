@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from .api import Bus
 from .memory import MemoryBus, MemoryStore
 from .redis_bus import RedisStreamBus
 
-__all__ = ["REDIS_SCHEMES", "is_redis_url", "open_bus"]
+__all__ = ["REDIS_SCHEMES", "is_redis_url", "open_bus", "redact_url"]
 
 REDIS_SCHEMES = frozenset(
     {"redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel",
@@ -27,6 +27,26 @@ def _name(url: str) -> str:
 def is_redis_url(url: str) -> bool:
     """Whether ``url`` names a Redis server, cluster or sentinel service (not fake or memory)."""
     return urlsplit(url).scheme.lower() in REDIS_SCHEMES
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its credentials (``redis://user:secret@host`` -> ``redis://user:***@host``),
+    for anything printed, logged or written to a report. Query parameters that carry a password
+    are masked too."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            auth, _, host = netloc.rpartition("@")
+            user, sep, _ = auth.partition(":")
+            netloc = f"{user}:***@{host}" if sep else f"***@{host}"
+        query = "&".join(
+            f"{k}=***" if k.lower() in ("password", "pass", "pwd") else f"{k}{eq}{v}"
+            for k, eq, v in (item.partition("=") for item in parts.query.split("&") if item)
+        )
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return "<unparseable url>"
 
 
 def open_bus(url: str, **opts: Any) -> Bus:

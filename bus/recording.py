@@ -1,19 +1,34 @@
 """Recordings: a stream log written to a file and read back as an EntrySource.
 
-Format (docs/recording-format.md): gzip'd JSON lines. Line 1 is the header
-``{"format": "kasmina-recording", "version": 1, "created_ns": int, "meta": {...},
-"streams": [names]}``; then one line per entry ``{"stream": str, "id": str,
-"fields": {name: base64}}``, stream after stream, each in id order.
+Format (docs/recording-format.md): gzip'd JSON lines, each line canonical JSON (sorted keys, no
+spaces). Line 1 is the header ``{"format": "kasmina-recording", "version": 2, "created_ns": int,
+"meta": {...}, "streams": [names], "key_id": str, "sig": base64}``; then one line per entry
+``{"stream": str, "id": str, "fields": {name: base64}}``, stream after stream, each in id order;
+the last line is the trailer ``{"trailer": true, "count": n, "hash": hex, "run": str,
+"key_id": str, "sig": base64}``.
+
+Tamper evidence: a running hash chain ``h_0 = sha256(0x00 || header line)``,
+``h_i = sha256(0x01 || h_(i-1) || entry line i)`` ends in the trailer's ``hash``; the header and the
+trailer are HMAC-SHA256 signed (each over a domain tag and its canonical JSON without ``sig``). So
+truncation, a deleted, inserted, reordered or rewritten line, lines spliced from another recording
+and a relabelled run all fail :attr:`Recording.integrity`. The keys that check the signatures are
+the reader's (a lookup passed in), never anything stored beside the file.
+
+Version 1 files (unsigned, no chain) are still read, but never pass an integrity check.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import fnmatch
 import gzip
+import hashlib
+import hmac
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +36,71 @@ import anyio
 
 from .api import Entry, EntrySource, aiter_entries, parse_id, select_range
 
-__all__ = ["FORMAT", "VERSION", "Recording", "RecordingError", "record"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "Integrity",
+    "Recording",
+    "RecordingError",
+    "SealKey",
+    "record",
+]
 
 FORMAT = "kasmina-recording"
-VERSION = 1
+VERSION = 2
+_READABLE = (1, 2)
+_DOMAIN = b"kasmina.recording.v2\x00"
 
 
 class RecordingError(ValueError):
     """The file is not a readable recording of a supported version."""
 
 
+@dataclass(frozen=True, slots=True)
+class SealKey:
+    """The HMAC key that signs a recording's header and trailer."""
+
+    key_id: str
+    secret: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Integrity:
+    """What the reader could establish about a recording: ``ok`` only if signed by a trusted key,
+    complete (trailer present, count and chain equal) and unaltered; ``problems`` says why not."""
+
+    ok: bool
+    problems: tuple[str, ...] = ()
+
+
+#: ``(key_id, created_ns) -> secret``: a key the reader trusts for a recording written at
+#: ``created_ns`` (None: not trusted).
+KeyLookup = Callable[[str, int], "bytes | None"]
+
+
+def _canonical(obj: Mapping[str, Any]) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def _mac(secret: bytes, part: bytes, body: Mapping[str, Any]) -> str:
+    data = _DOMAIN + part + b"\x00" + _canonical(body).encode()
+    return base64.b64encode(hmac.digest(secret, data, "sha256")).decode("ascii")
+
+
+def _signed(obj: dict[str, Any], part: bytes, seal: SealKey | None) -> dict[str, Any]:
+    if seal is None:
+        return obj
+    body = {**obj, "key_id": seal.key_id}
+    return {**body, "sig": _mac(seal.secret, part, body)}
+
+
+def _chain(previous: bytes, line: str) -> bytes:
+    return hashlib.sha256(b"\x01" + previous + line.encode()).digest()
+
+
 def _entry_line(entry: Entry) -> str:
     fields = {k: base64.b64encode(v).decode("ascii") for k, v in entry.fields.items()}
-    return json.dumps({"stream": entry.stream, "id": entry.id, "fields": fields}) + "\n"
+    return _canonical({"stream": entry.stream, "id": entry.id, "fields": fields})
 
 
 async def record(
@@ -41,21 +108,41 @@ async def record(
     streams: Sequence[str],
     path: str | Path,
     meta: Mapping[str, Any] | None = None,
+    *,
+    seal: SealKey | None = None,
 ) -> int:
-    """Write ``streams`` of ``bus`` (in that order) to ``path``; returns the number of entries."""
-    header = {
-        "format": FORMAT,
-        "version": VERSION,
-        "created_ns": time.time_ns(),
-        "meta": dict(meta or {}),
-        "streams": list(streams),
-    }
-    lines = [json.dumps(header) + "\n"]
+    """Write ``streams`` of ``bus`` (in that order) to ``path``; returns the number of entries.
+
+    With ``seal`` the header and trailer are signed (an unsigned recording can be replayed but
+    never verified)."""
+    meta = dict(meta or {})
+    header = _signed(
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "created_ns": time.time_ns(),
+            "meta": meta,
+            "streams": list(streams),
+        },
+        b"header",
+        seal,
+    )
+    lines = [_canonical(header)]
+    digest = hashlib.sha256(b"\x00" + lines[0].encode()).digest()
     for stream in streams:
         async for entry in aiter_entries(bus, stream):
-            lines.append(_entry_line(entry))
-    await anyio.to_thread.run_sync(_write, Path(path), lines)
-    return len(lines) - 1
+            line = _entry_line(entry)
+            digest = _chain(digest, line)
+            lines.append(line)
+    trailer = {
+        "trailer": True,
+        "count": len(lines) - 1,
+        "hash": digest.hex(),
+        "run": str(meta.get("run", "")),
+    }
+    lines.append(_canonical(_signed(trailer, b"trailer", seal)))
+    await anyio.to_thread.run_sync(_write, Path(path), [line + "\n" for line in lines])
+    return len(lines) - 2
 
 
 def _write(path: Path, lines: list[str]) -> None:
@@ -82,40 +169,121 @@ def _check_header(path: Path, line: str | None) -> dict[str, Any]:
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise RecordingError(f"{path}: not a {FORMAT} file")
     version = header.get("version")
-    if version != VERSION:
+    if version not in _READABLE:
         raise RecordingError(
             f"{path}: recording format version {version!r} is not supported (expected {VERSION})"
         )
     return header
 
 
+def _check_sig(
+    obj: Mapping[str, Any], part: bytes, keys: KeyLookup | None, at_ns: int, problems: list[str]
+) -> None:
+    """Append a problem unless ``obj`` carries a valid signature by a trusted key."""
+    what = part.decode()
+    sig, key_id = obj.get("sig"), obj.get("key_id")
+    if not isinstance(sig, str) or not isinstance(key_id, str):
+        problems.append(f"{what} is not signed")
+        return
+    if keys is None:
+        problems.append(f"{what} signature not checked: no keys given")
+        return
+    secret = keys(key_id, at_ns)
+    if secret is None:
+        problems.append(f"{what} signed by key {key_id!r}, which is not trusted")
+        return
+    body = {k: v for k, v in obj.items() if k != "sig"}
+    try:
+        given = base64.b64decode(sig, validate=True)
+    except (ValueError, binascii.Error):
+        given = b""
+    expected = base64.b64decode(_mac(secret, part, body))
+    if not hmac.compare_digest(given, expected):
+        problems.append(f"{what} signature does not match (altered {what}?)")
+
+
+def _integrity(
+    header: dict[str, Any],
+    header_line: str,
+    body: list[str],
+    trailer: dict[str, Any] | None,
+    keys: KeyLookup | None,
+) -> Integrity:
+    if header.get("version") == 1:
+        return Integrity(False, ("unsigned recording (format version 1): cannot be verified",))
+    problems: list[str] = []
+    created = header.get("created_ns")
+    at_ns = created if isinstance(created, int) else 0
+    _check_sig(header, b"header", keys, at_ns, problems)
+    if trailer is None:
+        problems.append("no trailer: the recording was truncated")
+        return Integrity(False, tuple(problems))
+    _check_sig(trailer, b"trailer", keys, at_ns, problems)
+    digest = hashlib.sha256(b"\x00" + header_line.encode()).digest()
+    for line in body:
+        digest = _chain(digest, line)
+    if trailer.get("count") != len(body):
+        problems.append(
+            f"trailer counts {trailer.get('count')!r} entries, the file holds {len(body)}"
+        )
+    if trailer.get("hash") != digest.hex():
+        problems.append("hash chain broken: entries deleted, inserted, reordered or altered")
+    run = str((header.get("meta") or {}).get("run", ""))
+    if trailer.get("run") != run:
+        problems.append(f"trailer run {trailer.get('run')!r} differs from header run {run!r}")
+    return Integrity(not problems, tuple(problems))
+
+
 class Recording:
     """A recording opened for reading; ranges yield the same Entry objects a live bus does."""
 
-    def __init__(self, header: dict[str, Any], entries: dict[str, list[Entry]]) -> None:
+    def __init__(
+        self,
+        header: dict[str, Any],
+        entries: dict[str, list[Entry]],
+        integrity: Integrity = Integrity(False, ("not checked",)),
+    ) -> None:
         self.header = header
         self.meta: dict[str, Any] = dict(header.get("meta") or {})
         self.created_ns: int = int(header.get("created_ns") or 0)
+        self.integrity = integrity
         self._entries = entries
         self._ids = {s: [parse_id(e.id) for e in es] for s, es in entries.items()}
 
     @classmethod
-    def open(cls, path: str | Path) -> Recording:
-        """Read and validate a recording (format name, version, every line)."""
+    def open(cls, path: str | Path, *, keys: KeyLookup | None = None) -> Recording:
+        """Read and validate a recording (format name, version, every line) and check its
+        integrity with the reader's ``keys`` (see :attr:`integrity`)."""
         path = Path(path)
         lines = _lines(path)
-        header = _check_header(path, next(lines, None))
+        first = next(lines, None)
+        header = _check_header(path, first)
         entries: dict[str, list[Entry]] = {s: [] for s in header.get("streams") or []}
+        body: list[str] = []
+        trailer: dict[str, Any] | None = None
+        late = 0
         for number, line in enumerate(lines, start=2):
+            text = line.rstrip("\n")
             try:
-                row = json.loads(line)
+                row = json.loads(text)
+                if isinstance(row, dict) and row.get("trailer") is True:
+                    if trailer is not None:
+                        late += 1
+                    trailer = row
+                    continue
                 fields = {k: base64.b64decode(v, validate=True) for k, v in row["fields"].items()}
                 entry = Entry(str(row["stream"]), str(row["id"]), fields)
                 parse_id(entry.id)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise RecordingError(f"{path}:{number}: bad entry line ({exc})") from exc
+            if trailer is not None:
+                late += 1
+            body.append(text)
             entries.setdefault(entry.stream, []).append(entry)
-        return cls(header, entries)
+        integrity = _integrity(header, (first or "").rstrip("\n"), body, trailer, keys)
+        if late:
+            integrity = Integrity(False, (*integrity.problems, "lines after the trailer"))
+        return cls(header, _ordered(entries), integrity)
 
     async def streams(self, pattern: str = "*") -> list[str]:
         """Recorded stream names matching ``pattern`` (glob), sorted."""
@@ -131,3 +299,15 @@ class Recording:
     def entries(self, stream: str) -> list[Entry]:
         """Every recorded entry of ``stream``, in order."""
         return list(self._entries.get(stream, []))
+
+
+def _ordered(entries: dict[str, list[Entry]]) -> dict[str, list[Entry]]:
+    """Each stream's entries sorted by id, without duplicates (a doctored file may hold either;
+    its integrity says so, and ranges still behave like XRANGE)."""
+    out: dict[str, list[Entry]] = {}
+    for stream, items in entries.items():
+        seen: dict[tuple[int, int], Entry] = {}
+        for entry in items:
+            seen.setdefault(parse_id(entry.id), entry)
+        out[stream] = [seen[k] for k in sorted(seen)]
+    return out

@@ -263,3 +263,16 @@ def _roles(value: object) -> frozenset[str]:
     if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
         raise KeyRingError("roles must be a list of role names")
     return frozenset(value)
+
+
+#: Roles whose keys may sign a recording (the actors' processes, or an operator at the CLI).
+RECORDING_ROLES = frozenset({"actor", "operator"})
+
+
+def recording_secret(ring: KeyRing, key_id: str, at_ns: int) -> bytes | None:
+    """The secret that checks a recording signed by ``key_id`` at ``at_ns``, or None when the
+    ring does not trust that key for it (unknown, revoked, expired then, or without the role)."""
+    key = ring.get(key_id)
+    if key is None or not key.valid_at(at_ns) or not key.roles & RECORDING_ROLES:
+        return None
+    return key.secret

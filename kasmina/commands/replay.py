@@ -86,9 +86,9 @@ def _line(row: dict[str, Any]) -> str:
 
 
 async def _replay(args: argparse.Namespace) -> int:
-    source = open_source(args.source, args.run)
     ring = keys_for(args.source, args.keys)
     reports: list[Any] = []
+    source = open_source(args.source, args.run, ring)
     try:
         stream = events_stream(source.run)
         events, bad = await read_verified(source.entries, stream, ring, until=args.until)
@@ -104,22 +104,32 @@ async def _replay(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CliError(str(exc)) from exc
         print(f"kasmina replay: plot of {sampled} steps written to {args.plot}", file=sys.stderr)
-    state = fold_events(events)
-    for row in timeline(events, stream):
+    quarantined: list[dict[str, str]] = []
+    state = fold_events(events, quarantine=quarantined)
+    skipped = {q["entry_id"] for q in quarantined}
+    for row in timeline([e for e in events if e[0] not in skipped], stream):
         if _wanted(row, args):
             emit_json(row) if args.json else print(_line(row))
-    mismatches = verify_digests(events) if args.verify else []
+    mismatches = verify_digests(events, quarantine=[]) if args.verify else []
+    integrity = source.integrity
     summary: dict[str, Any] = {
         "summary": True,
         "run": source.run,
-        "events": len(events),
+        "events": len(events) - len(quarantined),
         "bad_entries": len(bad),
+        "quarantined": len(quarantined),
         "slots": {slot: stage_name(s.stage) for slot, s in sorted(state.seeds.items())},
     }
+    if integrity is not None:
+        summary["recording_ok"] = integrity.ok
+        summary["recording_problems"] = list(integrity.problems)
     if args.verify:
-        summary["verified"] = not mismatches and not bad
+        summary["verified"] = (
+            not mismatches and not bad and not quarantined and (integrity is None or integrity.ok)
+        )
         summary["mismatches"] = mismatches[:20]
         summary["bad"] = bad[:20]
+        summary["quarantine"] = quarantined[:20]
     if args.json:
         emit_json(summary)
     else:
@@ -127,11 +137,18 @@ async def _replay(args: argparse.Namespace) -> int:
         print(f"-- run {source.run}: {len(events)} events, slots: {slots}")
         if bad:
             print(f"-- {len(bad)} entries failed verification: {bad[:3]}")
+        if quarantined:
+            print(f"-- {len(quarantined)} events quarantined (not foldable): {quarantined[:3]}")
+        if integrity is not None and not integrity.ok:
+            print(f"-- recording integrity: {'; '.join(integrity.problems)}")
         if args.verify:
             print(
-                "-- verify: OK, re-fold reproduces every recorded state digest"
+                "-- verify: OK, signed and complete recording; re-fold reproduces every recorded "
+                "state digest"
+                if summary["verified"] and integrity is not None
+                else "-- verify: OK, re-fold reproduces every recorded state digest"
                 if summary["verified"]
-                else f"-- verify: FAILED {mismatches[:3]}"
+                else f"-- verify: FAILED {_failure(summary)}"
             )
     if not events and not bad:
         print(f"kasmina replay: no events for run {source.run!r}", file=sys.stderr)
@@ -147,6 +164,19 @@ async def _step_reports(source: Any, events: list[Any], ring: Any) -> list[Any]:
     inbox = streams.inbox(source.run, "seed", slots[0])
     found, _ = await read_verified(source.entries, inbox, ring)
     return [m for _, kind, m in found if kind == "step.report"]
+
+
+def _failure(summary: dict[str, Any]) -> str:
+    """The first reason ``--verify`` failed, in one line."""
+    if summary.get("recording_problems"):
+        return "recording: " + str(summary["recording_problems"][0])
+    if summary["bad"]:
+        first = summary["bad"][0]
+        return f"{summary['bad_entries']} entries refused, first {first['entry_id']}: {first['reason']}"
+    if summary["quarantine"]:
+        first = summary["quarantine"][0]
+        return f"{summary['quarantined']} events not foldable, first {first['entry_id']}: {first['reason']}"
+    return f"digest mismatches {summary['mismatches'][:3]}"
 
 
 def run(args: argparse.Namespace) -> int:

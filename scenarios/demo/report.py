@@ -218,7 +218,8 @@ def write_report(run: DemoRun, info: dict[str, Any], path: Path) -> None:
             for c in r.checks
         )
         lines.append(f"| {r.step} | {r.slot} | {gate_name(r.gate)} | {r.passed} | {checks} |")
-    lines += ["", f"Replay: `kasmina replay {run.recording} --verify`", ""]
+    keys = info.get("keys") or "$KASMINA_KEYS"
+    lines += ["", f"Replay: `kasmina replay {run.recording} --keys {keys} --verify`", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
 
 

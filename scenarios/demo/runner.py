@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from actors.execution import ExecutionRuntime, RuntimeConfig, insert_slots, param_count
-from bus import is_redis_url, open_bus, record
+from bus import SealKey, is_redis_url, open_bus, record, redact_url
 from contracts import KeyRing, streams
 from scenarios.cluster import Cluster, running_cluster
 from scenarios.demo.budgets import Budgets
@@ -188,7 +188,8 @@ async def run_demo(opts: DemoOptions, progress: Progress | None = None) -> DemoR
             events = await cl.events()
             names = await bus.streams(streams.prefix(run_id) + "*")
             meta = {"run": run_id, "task": opts.task, "steps": opts.steps, "seed": opts.seed}
-            await record(bus, names, recording, meta)
+            seal = SealKey(cl.ring.active.id, cl.ring.active.secret)
+            await record(bus, names, recording, meta, seal=seal)
     finally:
         await bus.close()
     if progress is not None:
@@ -196,7 +197,7 @@ async def run_demo(opts: DemoOptions, progress: Progress | None = None) -> DemoR
     return DemoRun(
         options=opts,
         run_id=run_id,
-        bus_url=url,
+        bus_url=redact_url(url),  # reports and JSON never carry the password
         budgets=budgets,
         history=history,
         germinations=germinations,

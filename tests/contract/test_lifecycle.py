@@ -129,7 +129,7 @@ def test_recording_rejects_foreign_files(tmp_path: Path) -> None:
     with pytest.raises(RecordingError, match="gzip"):
         Recording.open(plain)
     for header, message in [({"format": "other", "version": 1}, "not a kasmina-recording"),
-                            ({"format": "kasmina-recording", "version": 2}, "version 2")]:  # fmt: skip
+                            ({"format": "kasmina-recording", "version": 3}, "version 3")]:  # fmt: skip
         path = tmp_path / "x.gz"
         with gzip.open(path, "wt") as out:
             out.write(json.dumps(header) + "\n")
