@@ -19,8 +19,8 @@ import anyio
 from anyio.abc import TaskStatus
 from google.protobuf.message import Message
 
-from actors.core import Decision
-from actors.eventlog import BadEntry, read_log
+from actors.core import Decision, ReplayError
+from actors.eventlog import BadEntry, LogRecord, read_log
 from actors.hosting import (
     FRAME,
     ActorLogic,
@@ -41,6 +41,8 @@ from contracts.config import KasminaConfig
 __all__ = ["FRAME", "ActorLogic", "ActorShell", "Meta", "inbox_consumer"]
 
 log = logging.getLogger("kasmina.actors")
+
+QUARANTINE_MAXLEN = 10_000
 
 
 class ActorShell:
@@ -86,6 +88,7 @@ class ActorShell:
             bus, run, inbox, signer, config, name=logic.name, process=process,
             heartbeat_s=heartbeat_s, counters=lambda: (self.processed, dict(self.rejected)),
         )  # fmt: skip
+        self.quarantined: set[str] = set()  # event entry ids this actor could not fold
         self._consumer: Consumer | None = None
         self._stale = True  # no state until the first rebuild (or one a bus failure cut short)
         self._wake: anyio.Event | None = None  # set by stop(): cuts waits short
@@ -135,13 +138,38 @@ class ActorShell:
                     self.logic.name, record.entry_id, record.reason.value, record.detail,
                 )  # fmt: skip
                 continue
-            self.logic.fold(record.kind, record.message)
+            try:
+                self.logic.fold(record.kind, record.message)
+            except ReplayError as exc:  # a duplicate or a gap in the log: set it aside
+                await self._quarantine(record, exc)
+                continue
             count += 1
         self.rebuilds += 1
         self._stale = False
         if self.lifecycle is Lifecycle.REBUILDING:
             self._enter(Lifecycle.SERVING)
         return count
+
+    async def _quarantine(self, record: LogRecord, exc: ReplayError) -> None:
+        """Record an event this actor's core refused to fold (once per entry and shell) on the
+        run's quarantine stream; the rebuild goes on without it."""
+        if record.entry_id in self.quarantined:
+            return
+        self.quarantined.add(record.entry_id)
+        log.warning("%s: event %s quarantined: %s", self.logic.name, record.entry_id, exc)
+        env = record.envelope
+        note = pb.Rejection(
+            reason_code="unfoldable",
+            stream=record.stream,
+            entry_id=record.entry_id,
+            kind=env.kind,
+            sender=env.sender,
+            detail=f"{type(exc).__name__}: {exc}"[:500],
+            message_id=env.id,
+            actor=self.logic.name,
+        )
+        fields = self._frame(note, env.id) | {"entry": record.entry_id.encode()}
+        await self.bus.publish(streams.quarantine(self.run_id), fields, maxlen=QUARANTINE_MAXLEN)
 
     # -- handling -----------------------------------------------------------------------------
     def _append(

@@ -71,6 +71,12 @@ def rejected(run: str) -> str:
     return f"{prefix(run)}rejected"
 
 
+def quarantine(run: str) -> str:
+    """Events of the log that verified but could not be folded (a duplicate, a gap: a doctored
+    log), set aside by a rebuild so the actor keeps serving (capped)."""
+    return f"{prefix(run)}quarantine"
+
+
 def outcomes(run: str) -> str:
     """What became of each command, by its id (``command.outcome`` records; docs/wire.md §9)."""
     return f"{prefix(run)}outcomes"

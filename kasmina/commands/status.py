@@ -13,12 +13,12 @@ from typing import Any
 import anyio
 
 from actors.attached import ALIVE_S, heartbeats, trainers
-from actors.eventlog import read_verified
+from actors.eventlog import BadEntry, read_log, read_verified
 from actors.replay import fold_events
 from actors.seed import stage_name
 from actors.seed.outcomes import awaiting_text
-from bus import Bus, BusUnavailable, aiter_entries, open_bus
-from contracts import KeyRing, kinds, streams
+from bus import Bus, BusUnavailable, open_bus
+from contracts import KeyRing, Verifier, kinds, streams
 from kasmina.common import (
     CliError,
     add_keys,
@@ -28,6 +28,7 @@ from kasmina.common import (
     redis_url,
     run_id,
 )
+from leyline import pb
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -80,6 +81,18 @@ async def _streams(bus: Bus, run: str) -> list[dict[str, Any]]:
     return out
 
 
+async def _rejected(bus: Bus, run: str, ring: KeyRing) -> dict[str, int]:
+    """Rejections by reason, read from the signed records (an entry that does not verify is
+    counted as ``unverified_record``, never by a field anyone could have written)."""
+    rejected: Counter[str] = Counter()
+    async for record in read_log(bus, streams.rejected(run), Verifier(ring, replay=True)):
+        if isinstance(record, BadEntry) or not isinstance(record.message, pb.Rejection):
+            rejected["unverified_record"] += 1
+        else:
+            rejected[record.message.reason_code or "unknown"] += 1
+    return dict(sorted(rejected.items()))
+
+
 def _waits(events: list[tuple[str, str, Any]]) -> dict[str, tuple[int, int]]:
     """Per slot: (entry time in ms, step) of the progress event that started its current wait."""
     since: dict[str, tuple[int, int]] = {}
@@ -108,13 +121,11 @@ def _slot(slot: str, s: Any, since: tuple[int, int] | None, now_ms: int) -> dict
 
 async def collect(bus: Bus, run: str, ring: KeyRing) -> dict[str, Any]:
     """The status object of docs/design.md §7 (plus ``trainers`` and each slot's ``awaiting_*``)."""
-    events, _ = await read_verified(bus, streams.events(run), ring)
-    state = fold_events(events)
+    events, bad = await read_verified(bus, streams.events(run), ring)
+    quarantined: list[dict[str, str]] = []
+    state = fold_events(events, quarantine=quarantined)
     since = _waits(events)
     now_ns = time.time_ns()
-    rejected: Counter[str] = Counter()
-    async for entry in aiter_entries(bus, streams.rejected(run)):
-        rejected[entry.fields.get("reason", b"unknown").decode(errors="replace")] += 1
     return {
         "run": run,
         "actors": await _actors(bus, run, ring),
@@ -123,7 +134,9 @@ async def collect(bus: Bus, run: str, ring: KeyRing) -> dict[str, Any]:
             _slot(slot, s, since.get(slot), now_ns // 1_000_000)
             for slot, s in sorted(state.seeds.items())
         ],
-        "rejected": dict(sorted(rejected.items())),
+        "rejected": await _rejected(bus, run, ring),
+        "quarantined": len(quarantined),
+        "unverified_events": len(bad),
         "streams": await _streams(bus, run),
         "dead_letters": (await bus.info(streams.dead_letter(run))).length,
     }
@@ -159,6 +172,11 @@ def _print(status: dict[str, Any]) -> None:
                 f"({s['awaiting_for_s']} s)"
             )
     print("rejected:", ", ".join(f"{k}={v}" for k, v in status["rejected"].items()) or "none")
+    if status["quarantined"] or status["unverified_events"]:
+        print(
+            f"log: {status['quarantined']} events quarantined (not foldable), "
+            f"{status['unverified_events']} entries that do not verify"
+        )
     print("streams:")
     for s in status["streams"]:
         print(

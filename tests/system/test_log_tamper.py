@@ -1,0 +1,57 @@
+"""A Redis writer without keys doctors a live run's streams: actors keep serving, nothing is
+folded twice, and `status` / `replay` report what happened instead of crashing or being fooled."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.client import Outcome
+from actors.shell import FRAME, ActorShell
+from bus import Bus
+from contracts import KeyRing, streams
+from kasmina.commands.status import collect
+from scenarios.cluster import Cluster, running_cluster
+
+SLOT = "l0.s0"
+pytestmark = pytest.mark.anyio
+
+
+def _seed_shell(cl: Cluster) -> ActorShell:
+    (shell,) = [s for s in cl.supervisor.shells if s.logic.name == f"seed:{SLOT}"]
+    return shell
+
+
+async def _cull(cl: Cluster) -> Outcome:
+    outcome = await cl.client.command(SLOT, "cull", wait=True, timeout_s=20)
+    assert isinstance(outcome, Outcome)
+    return outcome
+
+
+async def test_a_duplicated_genuine_event_is_quarantined(bus: Bus, run_id: str) -> None:
+    """A copy of a genuine lifecycle event appended to the log is set aside by the rebuild (its
+    own stream, counted by status); the SeedActor keeps serving and its sequence stays whole."""
+    ring = KeyRing.generate()
+    async with running_cluster(bus, run=run_id, slots=[SLOT], ring=ring) as cl:
+        first = await _cull(cl)
+        log = await bus.range(streams.events(run_id))
+        (genuine,) = [e for e in log if e.fields.get("kind") == b"lifecycle.refused"]
+        await bus.publish(streams.events(run_id), dict(genuine.fields))  # no key needed
+        shell = _seed_shell(cl)
+        await shell.rebuild()  # what a restart or a bus failure does
+        assert len(shell.quarantined) == 1
+        second = await _cull(cl)  # still serving, on a state that folded the event once
+        assert second.kind == "lifecycle.refused"
+        assert second.message.seq == first.message.seq + 1
+        status = await collect(bus, run_id, ring)
+        assert status["quarantined"] == 1
+        assert (await bus.info(streams.quarantine(run_id))).length == 1
+
+
+async def test_status_counts_rejections_from_signed_records_only(bus: Bus, run_id: str) -> None:
+    """Unsigned entries written to the rejected stream are counted as unverified, not under the
+    reason code they claim."""
+    ring = KeyRing.generate()
+    for _ in range(5):
+        await bus.publish(streams.rejected(run_id), {"reason": b"bad_signature", FRAME: b"x"})
+    status = await collect(bus, run_id, ring)
+    assert status["rejected"] == {"unverified_record": 5}
