@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .api import (
     DEAD_FIELDS,
+    DEAD_MAXLEN,
     Append,
     Bus,
     Entry,
@@ -31,6 +32,7 @@ from .retention import safe_trim_id, set_watermark
 
 __all__ = [
     "DEAD_FIELDS",
+    "DEAD_MAXLEN",
     "REDIS_SCHEMES",
     "Append",
     "Bus",

@@ -139,7 +139,9 @@ return table.concat(out)
 """
 )
 
-# KEYS: dead_stream, source_stream. ARGV: group, entry_id, name1, value1, ...
+# KEYS: dead_stream, source_stream. ARGV: group, entry_id, maxlen, name1, value1, ...
+# The caller bounds the fields (bus.api.dead_copy), so the one unpack below stays far below Lua's
+# limit on the number of results ("too many results to unpack") whatever the original entry held.
 DEAD_LETTER = """
 for _, k in ipairs(KEYS) do
   local t = redis.call('TYPE', k)['ok']
@@ -147,8 +149,9 @@ for _, k in ipairs(KEYS) do
     return redis.error_reply('WRONGTYPE ' .. k .. ' holds a ' .. t .. ', not a stream')
   end
 end
-local args = {'XADD', KEYS[1], '*'}
-for i = 3, #ARGV do args[#args + 1] = ARGV[i] end
+if #ARGV > 3 + 2 * 80 then return redis.error_reply('ERR dead letter: too many fields') end
+local args = {'XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*'}
+for i = 4, #ARGV do args[#args + 1] = ARGV[i] end
 local id = redis.call(unpack(args))
 redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
 return id

@@ -13,6 +13,8 @@ from typing import Protocol, runtime_checkable
 
 __all__ = [
     "DEAD_FIELDS",
+    "DEAD_MAXLEN",
+    "DEAD_MAX_FIELDS",
     "Append",
     "Bus",
     "Entry",
@@ -24,6 +26,7 @@ __all__ = [
     "StreamInfo",
     "aiter_entries",
     "check_append",
+    "dead_copy",
     "format_id",
     "next_id",
     "parse_id",
@@ -35,7 +38,36 @@ __all__ = [
 Fields = Mapping[str, bytes]
 
 #: Field names a dead-lettered copy carries besides the original fields.
-DEAD_FIELDS = ("dead.stream", "dead.id", "dead.group", "dead.deliveries", "dead.reason")
+DEAD_FIELDS = (
+    "dead.stream",
+    "dead.id",
+    "dead.group",
+    "dead.deliveries",
+    "dead.reason",
+    "dead.fields",
+)
+#: A dead-lettered copy keeps at most this many of the original fields and bytes (an entry
+#: written by anyone may hold thousands of fields), and the dead-letter stream this many entries.
+DEAD_MAX_FIELDS = 64
+DEAD_MAX_BYTES = 2 << 20
+DEAD_MAXLEN = 10_000
+
+
+def dead_copy(entry: Entry, group: str, reason: str) -> dict[str, bytes]:
+    """The fields of ``entry``'s dead-letter copy: its first fields within the bounds above,
+    then the ``dead.*`` fields (``dead.fields`` = how many the original had)."""
+    out: dict[str, bytes] = {}
+    budget = DEAD_MAX_BYTES
+    for name, value in entry.fields.items():
+        if len(out) >= DEAD_MAX_FIELDS or len(name) + len(value) > budget:
+            break
+        if name.startswith("dead."):
+            continue
+        out[name] = value
+        budget -= len(name) + len(value)
+    meta = (entry.stream, entry.id, group, str(entry.deliveries), reason, str(len(entry.fields)))
+    out.update({name: value.encode() for name, value in zip(DEAD_FIELDS, meta, strict=True)})
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from .api import (
+    DEAD_MAXLEN,
     Append,
     Entry,
     Fence,
@@ -25,6 +26,7 @@ from .api import (
     Handled,
     StreamInfo,
     check_append,
+    dead_copy,
     format_id,
     parse_id,
     processed_key,
@@ -265,14 +267,7 @@ class MemoryBus:
 
     async def dead_letter(self, entry: Entry, group: str, *, dead_stream: str, reason: str) -> None:
         store = self._open()
-        meta = {
-            "dead.stream": entry.stream.encode(),
-            "dead.id": entry.id.encode(),
-            "dead.group": group.encode(),
-            "dead.deliveries": str(entry.deliveries).encode(),
-            "dead.reason": reason.encode(),
-        }
-        store.add(dead_stream, {**entry.fields, **meta}, None)
+        store.add(dead_stream, dead_copy(entry, group, reason), DEAD_MAXLEN)
         store.ack(entry.stream, group, entry.id)
 
     async def claim_key(self, key: str, value: str, ttl_ms: int) -> str | None:

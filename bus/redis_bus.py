@@ -30,6 +30,7 @@ from ._scripts import (
     RENEW_KEY,
 )
 from .api import (
+    DEAD_MAXLEN,
     Append,
     Entry,
     Fence,
@@ -38,6 +39,7 @@ from .api import (
     Handled,
     StreamInfo,
     check_append,
+    dead_copy,
     parse_id,
     processed_key,
 )
@@ -406,13 +408,9 @@ class RedisStreamBus:
         return [c == 49 for c in raw]  # b"1"
 
     async def dead_letter(self, entry: Entry, group: str, *, dead_stream: str, reason: str) -> None:
-        args: list[Any] = [group, entry.id]
-        for name, value in entry.fields.items():
+        args: list[Any] = [group, entry.id, DEAD_MAXLEN]
+        for name, value in dead_copy(entry, group, reason).items():
             args += [name, value]
-        args += [
-            "dead.stream", entry.stream, "dead.id", entry.id, "dead.group", group,
-            "dead.deliveries", entry.deliveries, "dead.reason", reason,
-        ]  # fmt: skip
         await self._call(lambda: self._durable([[dead_stream, entry.stream], args], self._dead))
 
     async def claim_key(self, key: str, value: str, ttl_ms: int) -> str | None:

@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 from bus import (
+    DEAD_FIELDS,
     Append,
     Bus,
     BusClosed,
@@ -27,6 +28,7 @@ from bus import (
     safe_trim_id,
     set_watermark,
 )
+from bus.api import DEAD_MAX_FIELDS
 from bus.testing import eventually
 
 pytestmark = pytest.mark.anyio
@@ -179,7 +181,21 @@ async def test_dead_letter_copies_and_acks(bus: Bus, prefix: str) -> None:
     (d,) = await bus.range(dead)
     assert d.fields == {**f(3), "dead.stream": s.encode(), "dead.id": e.id.encode(),
                         "dead.group": b"g", "dead.deliveries": b"1",
-                        "dead.reason": b"bad_signature"}  # fmt: skip
+                        "dead.reason": b"bad_signature", "dead.fields": b"2"}  # fmt: skip
+    assert (await bus.info(s)).groups[0].pending == 0
+
+
+async def test_dead_letter_of_an_entry_with_thousands_of_fields(bus: Bus, prefix: str) -> None:
+    """An entry of 5000 fields (anyone with write access can add one) is dead-lettered and
+    acked: the copy keeps a bounded number of its fields and says how many it had."""
+    s, dead = prefix + "in", prefix + "dead"
+    await bus.ensure_group(s, "g")
+    await bus.publish(s, {f"x{i}": b"v" for i in range(5000)})
+    (e,) = await bus.read(s, "g", "c", block_ms=0)
+    await bus.dead_letter(e, "g", dead_stream=dead, reason="bad_frame")
+    (d,) = await bus.range(dead)
+    assert d.fields["dead.fields"] == b"5000" and d.fields["dead.reason"] == b"bad_frame"
+    assert len(d.fields) == DEAD_MAX_FIELDS + len(DEAD_FIELDS)
     assert (await bus.info(s)).groups[0].pending == 0
 
 
