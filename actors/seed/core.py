@@ -35,6 +35,7 @@ from actors.core import Context, Decision, Message
 from actors.gates.checks import describe_failures
 from actors.seed.builder import Builder
 from actors.seed.lifecycle import ACTIVE, EXIT_GATE, gate_name, stage_budget, stage_name
+from actors.seed.params import check_adjust, check_germinate
 from actors.seed.state import SeedState
 from actors.seed.wait import Wait
 from contracts import evidence as ev
@@ -147,6 +148,8 @@ def _on_command(b: Builder, cmd: pb.SeedCommand) -> None:
             b.refuse(action, f"no seed optimizer in stage {stage_name(stage)}")
         elif b.state.awaiting is not None:
             b.refuse(action, f"busy: awaiting {b.state.awaiting}")
+        elif (bad := check_adjust(cmd.adjust_optimizer)) is not None:
+            b.refuse(action, bad)
         else:
             b.await_order(stage, "adjust", adjust_optimizer=cmd.adjust_optimizer)
 
@@ -163,6 +166,8 @@ def _germinate(b: Builder, g: pb.Germinate) -> None:
         b.refuse("germinate", f"busy: awaiting {st.awaiting}")
     elif not g.blueprint:
         b.refuse("germinate", "germinate names no blueprint")
+    elif (bad := check_germinate(g)) is not None:
+        b.refuse("germinate", bad)
     else:
         order_id = b.new_id()
         b.progress(
