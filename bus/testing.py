@@ -74,10 +74,11 @@ class RedisServer:
     args: list[str]
     proc: subprocess.Popen[bytes] | None = None
     log: list[Path] = field(default_factory=list)
+    auth: str = ""  # "user:password@" when the server's default user is off
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Start the server and wait until it answers PING (AOF loaded)."""
@@ -113,16 +114,24 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def redis_server(aof: bool = True, appendfsync: str = "always") -> Iterator[RedisServer]:
-    """A redis-server on a free port in a temporary directory, removed afterwards."""
+def redis_server(
+    aof: bool = True,
+    appendfsync: str = "always",
+    *,
+    extra: Sequence[str] = (),
+    auth: str = "",
+) -> Iterator[RedisServer]:
+    """A redis-server on a free port in a temporary directory, removed afterwards. ``extra``:
+    more server arguments; ``auth``: ``user:password@`` for the URL when they require it."""
     tmp = Path(tempfile.mkdtemp(prefix="kasmina-redis-"))
     port = _free_port()
     args = [
         REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp),
         "--save", "", "--appendonly", "yes" if aof else "no", "--appendfsync", appendfsync,
         "--protected-mode", "no", "--daemonize", "no", "--maxmemory-policy", "noeviction",
+        *extra,
     ]  # fmt: skip
-    server = RedisServer(port=port, dir=tmp, args=args)
+    server = RedisServer(port=port, dir=tmp, args=args, auth=auth)
     try:
         server.start()
         yield server

@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio
 
-from kasmina.common import add_keys, emit_json, load_keys
+from kasmina.common import add_keys, emit_json, load_keys, with_password
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)  # tiny networks: one thread is fastest and leaves a core to the actors
     keys = load_keys(args) if (args.keys or os.environ.get("KASMINA_KEYS")) else None
-    opts = DemoOptions(args.task, args.steps, args.seed, args.bus, Path(args.out), keys)
+    bus = with_password(args.bus)  # the report and the JSON carry it redacted
+    opts = DemoOptions(args.task, args.steps, args.seed, bus, Path(args.out), keys)
     if args.json:
         emit_json(anyio.run(demo, opts))
         return 0

@@ -65,7 +65,9 @@ def test_keys_come_from_a_compose_secret(name: str) -> None:
     assert secret.parent == Path("/run/secrets")
     assert secret.name in svc["secrets"]
     assert "file" in compose["secrets"][secret.name]
-    assert env["KASMINA_REDIS"] == "redis://redis:6379/0"
+    assert env["KASMINA_REDIS"] == "redis://kasmina@redis:6379/0"  # password from a secret file
+    password = Path(env["KASMINA_REDIS_PASSWORD_FILE"])
+    assert password.parent == Path("/run/secrets") and password.name in svc["secrets"]
     assert env["KASMINA_RUN"]
     assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
 
@@ -95,7 +97,29 @@ def test_demo_service_uses_the_compose_redis() -> None:
         if str(svc["command"][1]) == "demo"
     ]
     assert len(demos) == 1
-    assert _option(demos[0], "--bus") == "redis://redis:6379/0"
+    assert _option(demos[0], "--bus") == "redis://kasmina@redis:6379/0"
+
+
+def test_redis_requires_a_password_and_the_demo_has_its_own_key() -> None:
+    """Redis loads an ACL from a secret; the demo signs with a key the actor services do not hold."""
+    compose = _compose()
+    redis = compose["services"]["redis"]
+    command = [str(part) for part in redis["command"]]
+    acl = Path(_option(command, "--aclfile"))
+    assert acl.parent == Path("/run/secrets") and acl.name in redis["secrets"]
+    assert "file" in compose["secrets"][acl.name]
+    keys = {name: svc["environment"]["KASMINA_KEYS"] for name, svc in _kasmina_services().items()}
+    assert keys["demo"] != keys["actors"] and keys["actors"] == keys["seeds"]
+    files = {compose["secrets"][Path(k).name]["file"] for k in keys.values()}
+    assert len(files) == 2
+
+
+def test_torch_floor_excludes_the_weights_only_bypass() -> None:
+    """torch >= 2.6: older releases' ``torch.load(weights_only=True)`` can run code (CVE-2025-32434)."""
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    (spec,) = [line.strip().strip('",') for line in text.splitlines() if '"torch' in line]
+    floor = tuple(int(x) for x in spec.split(">=")[1].split(".")[:2])
+    assert floor >= (2, 6)
 
 
 def test_trainer_service_trains_the_run_the_actor_services_serve() -> None:
