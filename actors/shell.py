@@ -34,7 +34,19 @@ from actors.hosting import (
 )
 from actors.hosting.housekeeping import Housekeeping, digest_appends
 from actors.hosting.rejection import OUTCOMES_MAXLEN
-from bus import Append, Bus, BusClosed, BusUnavailable, Consumer, Entry, Fenced, Handled, backoff_s
+from bus import (
+    Append,
+    Bus,
+    BusClosed,
+    BusUnavailable,
+    Consumer,
+    Entry,
+    Fenced,
+    Handled,
+    backoff_s,
+    parse_id,
+    processed_key,
+)
 from contracts import REGISTRY, ContractError, Envelope, Reason, Signer, Verifier, streams
 from contracts.config import KasminaConfig
 
@@ -89,6 +101,8 @@ class ActorShell:
             heartbeat_s=heartbeat_s, counters=lambda: (self.processed, dict(self.rejected)),
         )  # fmt: skip
         self.quarantined: set[str] = set()  # event entry ids this actor could not fold
+        self.duplicates = 0  # deliveries of messages already committed (a rewound group, ...)
+        self._high: tuple[int, int] | None = None  # highest inbox id decided since the rebuild
         self._consumer: Consumer | None = None
         self._stale = True  # no state until the first rebuild (or one a bus failure cut short)
         self._wake: anyio.Event | None = None  # set by stop(): cuts waits short
@@ -146,6 +160,7 @@ class ActorShell:
             count += 1
         self.rebuilds += 1
         self._stale = False
+        self._high = None  # the first batch after a rebuild is checked for committed messages
         if self.lifecycle is Lifecycle.REBUILDING:
             self._enter(Lifecycle.SERVING)
         return count
@@ -244,7 +259,7 @@ class ActorShell:
     def _with_digests(self, item: Handled, env_id: str) -> Handled:
         """``item`` plus the state digests as they stand now (after the batch's last change)."""
         records = digest_appends(self.events_stream, self.signer, self.logic.digests(), env_id)
-        return Handled(item.entry, item.group, [*item.appends, *records])
+        return Handled(item.entry, item.group, [*item.appends, *records], item.dedupe_key)
 
     async def _process(self, batch: Sequence[Entry]) -> None:
         if self._stale:  # an earlier rebuild was cut short: never decide on a partial state
@@ -254,6 +269,8 @@ class ActorShell:
         # committed is no longer pending, and its item comes back False with nothing written.
         results = await self.bus.commit(handled, fence=self.lease.fence)
         self.processed += len(handled)
+        high = max(parse_id(e.id) for e in batch)
+        self._high = high if self._high is None else max(self._high, high)
         if any(not ok and d for ok, d in zip(results, decided, strict=True)):
             # a redelivered message was already committed: our tentative state double-counted it
             await self.rebuild()
@@ -268,12 +285,22 @@ class ActorShell:
                 scope=self.group,
             )
         )
+        checked_all = [next(checks) if frame is not None else None for _, frame in framed]
+        done = await self._committed_before(batch, checked_all)
         handled: list[Handled] = []
         decided: list[bool] = []  # the item went through decide (and may have changed the state)
         last_change, last_cause = -1, ""
-        for entry, frame in framed:
-            checked = next(checks) if frame is not None else None
+        for (entry, _), checked in zip(framed, checked_all, strict=True):
+            if entry.id in done:  # committed before: acked, never decided again
+                self.duplicates += 1
+                assert isinstance(checked, Envelope)
+                handled.append(Handled(entry, self.group, (), dedupe_key=checked.id))
+                decided.append(False)
+                continue
             item, decision = await self._handle(entry, checked)
+            if isinstance(checked, Envelope):  # committed ids are marked with the commit, so a
+                # rewound group (XGROUP SETID) or a re-added entry is never decided twice
+                item = Handled(item.entry, item.group, item.appends, dedupe_key=checked.id)
             if decision is not None and decision.events:
                 last_change = len(handled)
                 last_cause = checked.id if isinstance(checked, Envelope) else ""
@@ -282,6 +309,24 @@ class ActorShell:
         if last_change >= 0:  # one digest per batch, after the last event that changed the state
             handled[last_change] = self._with_digests(handled[last_change], last_cause)
         return handled, decided
+
+    async def _committed_before(
+        self, batch: Sequence[Entry], checked: Sequence[Envelope | ContractError | None]
+    ) -> set[str]:
+        """Entry ids of ``batch`` whose message this actor already committed.
+
+        Only an entry at or below the highest id decided since the rebuild (a rewound group, a
+        pending re-read), or any entry of the first batch after a rebuild, can be one; for those
+        the commit markers (written atomically with each commit) are read, one key each."""
+        found: set[str] = set()
+        for entry, env in zip(batch, checked, strict=True):
+            if not isinstance(env, Envelope):
+                continue
+            if self._high is not None and parse_id(entry.id) > self._high:
+                continue
+            if await self.bus.get_value(processed_key(entry.stream, self.group, env.id)):
+                found.add(entry.id)
+        return found
 
     # -- housekeeping -------------------------------------------------------------------------
     async def trim_inbox(self, now_ms: int | None = None) -> int:

@@ -159,8 +159,9 @@ class BusConfig(BaseModel):
     lease_ms: int = Field(30_000, ge=1)
     max_deliveries: int = Field(5, ge=1)
     telemetry_maxlen: int = Field(100_000, ge=1000)
-    # markers of application dedupe keys (Handled.dedupe_key; the actors pass none: their commits
-    # are exactly once by the ack)
+    # markers of the message ids each actor committed (Handled.dedupe_key, written atomically with
+    # the commit): at least the freshness window (2 x security.clock_tolerance_s), after which
+    # the verifier refuses the message as stale anyway
     processed_ttl_s: float = Field(300.0, gt=0.0)
     # ownership lease of each actor: one process serves it, others stand by; after a crash a
     # standby (or the restarted process) takes over once the lease expires
@@ -183,6 +184,15 @@ class KasminaConfig(BaseModel):
     barrier: BarrierConfig = Field(default_factory=BarrierConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     bus: BusConfig = Field(default_factory=BusConfig)
+
+    @model_validator(mode="after")
+    def _dedupe_window(self) -> KasminaConfig:
+        if self.bus.processed_ttl_s < 2 * self.security.clock_tolerance_s:
+            raise ValueError(
+                "bus.processed_ttl_s must be at least twice security.clock_tolerance_s "
+                "(a committed message must stay marked while it could still verify)"
+            )
+        return self
 
     @classmethod
     def load(

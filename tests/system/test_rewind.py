@@ -1,0 +1,45 @@
+"""Exactly once across rewinds: a Redis writer without keys rewinds an inbox's consumer group
+(XGROUP SETID) and every earlier command is delivered again; none is decided a second time."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.client import Outcome
+from bus import Bus
+from contracts import KeyRing, streams
+from scenarios.chaos.harness import read_log
+from scenarios.cluster import Cluster, running_cluster
+
+SLOT = "l0.s0"
+pytestmark = pytest.mark.anyio
+
+
+async def _cull(cl: Cluster) -> Outcome:
+    outcome = await cl.client.command(SLOT, "cull", wait=True, timeout_s=20)
+    assert isinstance(outcome, Outcome)
+    return outcome
+
+
+async def _refusals(bus: Bus, cl: Cluster) -> list[int]:
+    log = await read_log(bus, cl.run, cl.ring)
+    return [m.seq for _, k, m, _ in log if k == "lifecycle.refused" and m.slot == SLOT]
+
+
+async def test_a_rewound_group_decides_nothing_twice(bus: Bus, run_id: str) -> None:
+    """After XGROUP SETID 0 on the slot's inbox, the three earlier commands come back and are
+    acked without effect; the next command is the only new event."""
+    client = getattr(bus, "client", None)
+    if client is None:
+        pytest.skip("the memory bus has no consumer groups to rewind from outside")
+    async with running_cluster(bus, run=run_id, slots=[SLOT], ring=KeyRing.generate()) as cl:
+        for _ in range(3):
+            await _cull(cl)
+        before = await _refusals(bus, cl)
+        inbox = streams.inbox(run_id, "seed", SLOT)
+        await client.xgroup_setid(inbox, f"actor:seed:{SLOT}", "0")
+        await _cull(cl)  # read after the rewound entries: they were handled first
+        after = await _refusals(bus, cl)
+        assert after == [*before, before[-1] + 1]
+        info = await bus.info(inbox)
+        assert info.groups[0].pending == 0
