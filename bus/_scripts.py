@@ -6,6 +6,7 @@ from __future__ import annotations
 __all__ = [
     "CLAIM_KEY",
     "CLAIM_KEYS",
+    "CLAIM_NONCES",
     "COMMIT",
     "DEAD_LETTER",
     "PUBLISH_MANY",
@@ -168,6 +169,36 @@ CLAIM_KEYS = """
 local out = {}
 for i = 1, #KEYS do
   if redis.call('SET', KEYS[i], ARGV[i + 1], 'NX', 'PX', ARGV[1]) then
+    out[i] = false
+  else
+    out[i] = redis.call('GET', KEYS[i])
+  end
+end
+return out
+"""
+
+# KEYS: since_key, key1..keyN; ARGV: ttl_ms, value1..valueN. CLAIM_KEYS for keys 2..N+1, after
+# reading since_key: the time (ms) from which this server's memory of the keys is complete. When it
+# is missing (a fresh server, or one restarted without persistence) it is set to the server's start
+# (TIME - uptime, less a second: uptime counts whole seconds), or 0 where INFO is unavailable.
+# Returns {since_ms, then per key: false if set now, else the existing value}.
+CLAIM_NONCES = """
+local since = redis.call('GET', KEYS[1])
+if not since then
+  local t = redis.call('TIME')
+  local ok, info = pcall(redis.call, 'INFO', 'server')
+  local up = ok and tonumber(string.match(info, 'uptime_in_seconds:(%d+)'))
+  if up then
+    since = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+                                - (up + 1) * 1000)
+  else
+    since = '0'
+  end
+  redis.call('SET', KEYS[1], since)
+end
+local out = {since}
+for i = 2, #KEYS do
+  if redis.call('SET', KEYS[i], ARGV[i], 'NX', 'PX', ARGV[1]) then
     out[i] = false
   else
     out[i] = redis.call('GET', KEYS[i])

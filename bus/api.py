@@ -240,6 +240,13 @@ class Bus(Protocol):
         self, items: Sequence[tuple[str, str]], ttl_ms: int
     ) -> list[str | None]: ...
 
+    async def claim_nonces(
+        self, since_key: str, items: Sequence[tuple[str, str]], ttl_ms: int
+    ) -> tuple[int, list[str | None]]:
+        """``claim_keys`` plus the time (ms) since which the server's memory of such keys is
+        complete: ``since_key``'s value, set to the server's start when missing (0: unknown)."""
+        ...
+
     async def renew_key(self, key: str, value: str, ttl_ms: int) -> bool: ...
 
     async def release_key(self, key: str, value: str) -> bool: ...

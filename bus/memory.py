@@ -281,6 +281,12 @@ class MemoryBus:
     async def claim_keys(self, items: Sequence[tuple[str, str]], ttl_ms: int) -> list[str | None]:
         return [await self.claim_key(key, value, ttl_ms) for key, value in items]
 
+    async def claim_nonces(
+        self, since_key: str, items: Sequence[tuple[str, str]], ttl_ms: int
+    ) -> tuple[int, list[str | None]]:
+        """In-process memory starts with the store: ``since`` is 0 (nothing to refuse)."""
+        return 0, await self.claim_keys(items, ttl_ms)
+
     async def renew_key(self, key: str, value: str, ttl_ms: int) -> bool:
         store = self._open()
         if store.get(key) != value.encode():

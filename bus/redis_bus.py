@@ -23,6 +23,7 @@ from redis.asyncio.cluster import RedisCluster
 from ._scripts import (
     CLAIM_KEY,
     CLAIM_KEYS,
+    CLAIM_NONCES,
     COMMIT,
     DEAD_LETTER,
     PUBLISH_MANY,
@@ -203,6 +204,7 @@ class RedisStreamBus:
         self._dead = client.register_script(DEAD_LETTER)
         self._claim = client.register_script(CLAIM_KEY)
         self._claim_many = client.register_script(CLAIM_KEYS)
+        self._claim_nonces = client.register_script(CLAIM_NONCES)
         self._publish_many = client.register_script(PUBLISH_MANY)
         self._renew = client.register_script(RENEW_KEY)
         self._release = client.register_script(RELEASE_KEY)
@@ -426,6 +428,14 @@ class RedisStreamBus:
         args: list[str | int] = [ttl_ms, *(v for _, v in items)]
         raw = await self._call(lambda: self._claim_many(keys=keys, args=args), idempotent=False)
         return [None if r is None else _s(r) for r in raw]
+
+    async def claim_nonces(
+        self, since_key: str, items: Sequence[tuple[str, str]], ttl_ms: int
+    ) -> tuple[int, list[str | None]]:
+        keys = [since_key, *(k for k, _ in items)]
+        args: list[str | int] = [ttl_ms, *(v for _, v in items)]
+        raw = await self._call(lambda: self._claim_nonces(keys=keys, args=args), idempotent=False)
+        return int(_s(raw[0])), [None if r is None else _s(r) for r in raw[1:]]
 
     async def renew_key(self, key: str, value: str, ttl_ms: int) -> bool:
         return bool(await self._call(lambda: self._renew(keys=[key], args=[value, ttl_ms])))

@@ -296,6 +296,14 @@ class FaultyBus:
         out: list[str | None] = await self._run("claim_keys", self.inner.claim_keys(items, ttl_ms))
         return out
 
+    async def claim_nonces(
+        self, since_key: str, items: Sequence[tuple[str, str]], ttl_ms: int
+    ) -> tuple[int, list[str | None]]:
+        out: tuple[int, list[str | None]] = await self._run(
+            "claim_nonces", self.inner.claim_nonces(since_key, items, ttl_ms)
+        )
+        return out
+
     async def get_value(self, key: str) -> bytes | None:
         out: bytes | None = await self._run("get_value", self.inner.get_value(key))
         return out

@@ -61,6 +61,7 @@ _LENS = struct.Struct(">10I")
 _TS = struct.Struct(">Q")
 _TS_LIMIT = 2**63
 _V2 = b"2"
+_BEFORE_MEMORY = "stamped before the nonce memory began (Redis restarted without persistence?)"
 _sha256 = hashlib.sha256
 _unpackb = msgpack.unpackb
 _compare_digest = hmac.compare_digest
@@ -537,6 +538,7 @@ class Verifier:
                 )
             except ContractError as exc:
                 verdicts = [exc] * len(admit)  # type: ignore[list-item]
+            since = self._nonce.since_ns
             for (index, _, _), ok in zip(admit, verdicts, strict=True):
                 seen = results[index]
                 assert isinstance(seen, Envelope)
@@ -544,6 +546,10 @@ class Verifier:
                     results[index] = ok
                 elif not ok:
                     results[index] = Replayed(f"message id {seen.id} already seen").claim(
+                        seen.id, seen.kind, seen.sender, verified=True
+                    )
+                elif seen.ts_ns < since:
+                    results[index] = Replayed(_BEFORE_MEMORY).claim(
                         seen.id, seen.kind, seen.sender, verified=True
                     )
         return results
@@ -566,4 +572,6 @@ class Verifier:
                 raise Replayed(f"message id {env.id} already seen").claim(
                     env.id, env.kind, env.sender, verified=True
                 )
+            if env.ts_ns < self._nonce.since_ns:
+                raise Replayed(_BEFORE_MEMORY).claim(env.id, env.kind, env.sender, verified=True)
         return env

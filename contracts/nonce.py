@@ -17,7 +17,12 @@ from contracts.errors import Overloaded
 
 @runtime_checkable
 class NonceGuard(Protocol):
-    """Admits a message id once per TTL (per delivery token)."""
+    """Admits a message id once per TTL (per delivery token).
+
+    ``since_ns``: the guard's memory is complete for messages stamped from then on (0: always);
+    after a restart that lost it, a message stamped earlier cannot be judged and is refused."""
+
+    since_ns: int
 
     async def admit(self, message_id: str, token: str, ttl_ms: int) -> bool:
         """True if unseen (now recorded) or seen with the same token; False for a replay."""
@@ -36,7 +41,7 @@ class MemoryNonceGuard:
     an id early, which would open a replay window.
     """
 
-    __slots__ = ("_capacity", "_clock", "_order", "_seen")
+    __slots__ = ("_capacity", "_clock", "_order", "_seen", "since_ns")
 
     def __init__(
         self, capacity: int = 1_000_000, *, clock: Callable[[], int] = time.monotonic_ns
@@ -46,6 +51,7 @@ class MemoryNonceGuard:
         self._capacity = capacity
         self._clock = clock
         self._seen: dict[str, tuple[str, int]] = {}
+        self.since_ns = 0  # in-process: the verifier's own lifetime is the memory
         self._order: deque[tuple[int, str]] = deque()
 
     def __len__(self) -> int:
