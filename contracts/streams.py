@@ -51,6 +51,16 @@ def inbox(run: str, actor: str, key: str | None = None) -> str:
     return f"{name}:{key}" if key is not None else name
 
 
+def inbox_key(run: str, actor: str, name: str) -> str | None:
+    """The instance key (slot, rank) if ``name`` is the inbox of an ``actor`` instance of ``run``,
+    else None: a name read from Redis (a registry set) is never routed to unchecked."""
+    head = f"{inbox(run, actor)}:"
+    if not name.startswith(head):
+        return None
+    key = name[len(head) :]
+    return key if SLOT_RE.match(key) else None
+
+
 def events(run: str) -> str:
     """The append-only event stream of a run (every state change)."""
     return f"{prefix(run)}events"

@@ -2,7 +2,8 @@
 
 A message for a keyed actor kind (``seed``, ``execution``) with no key fans out to every instance:
 the inboxes in the kind's registry (each instance registers its inbox when it starts serving),
-cached for :data:`ROUTE_TTL_S`. The ExecutionActor's outbox routes by kind (:data:`OUTBOX`).
+cached for :data:`ROUTE_TTL_S`. A registry is a plain Redis set anyone with write access can add
+to, so only names that are inboxes of this run's instances of that kind are routed to. The ExecutionActor's outbox routes by kind (:data:`OUTBOX`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Router:
         self.run = run
         self._cache: dict[str, tuple[float, list[str]]] = {}
         self._registered: set[str] = set()
+        self._foreign: set[str] = set()  # registry members refused as routes (logged once)
 
     async def register(self, inbox: str) -> None:
         """Add a keyed instance's inbox (a slot's, a rank's) to its kind's registry, once, so
@@ -52,6 +54,17 @@ class Router:
             await self.bus.register(streams.registry(self.run, kind), inbox)
             self._registered.add(inbox)
 
+    def _own(self, actor: str, names: Sequence[str]) -> list[str]:
+        """The names that are inboxes of ``actor`` instances of this run; anything else (another
+        run's inbox added to the registry by someone with write access to Redis) is dropped."""
+        own = sorted(n for n in names if streams.inbox_key(self.run, actor, n) is not None)
+        foreign = set(names) - set(own)
+        if foreign - self._foreign:
+            self._foreign |= foreign
+            log.warning("ignoring foreign %s routes of run %s: %s", actor, self.run,
+                        sorted(foreign)[:5])  # fmt: skip
+        return own
+
     async def inboxes(self, actor: str, key: str | None) -> list[str]:
         """Inbox streams for (actor, key); key None fans out to every existing instance."""
         if key is not None or actor not in KEYED:
@@ -60,9 +73,9 @@ class Router:
         cached = self._cache.get(actor)
         if cached is not None and now - cached[0] < ROUTE_TTL_S:
             return cached[1]
-        found = await self.bus.members(streams.registry(self.run, actor))
+        found = self._own(actor, await self.bus.members(streams.registry(self.run, actor)))
         if not found:  # instances that predate the registry: find their inboxes by name
-            found = await self.bus.streams(streams.inbox(self.run, actor, "*"))
+            found = self._own(actor, await self.bus.streams(streams.inbox(self.run, actor, "*")))
         if found:
             self._cache[actor] = (now, found)
         if not found and actor == "execution":

@@ -55,3 +55,16 @@ async def test_status_counts_rejections_from_signed_records_only(bus: Bus, run_i
         await bus.publish(streams.rejected(run_id), {"reason": b"bad_signature", FRAME: b"x"})
     status = await collect(bus, run_id, ring)
     assert status["rejected"] == {"unverified_record": 5}
+
+
+async def test_foreign_inboxes_in_the_registry_are_never_routed_to(bus: Bus, run_id: str) -> None:
+    """A registry member naming another run's inbox (one SADD by anyone who can write to Redis)
+    receives none of this run's fanned-out orders; the run's own instances still do."""
+    ring = KeyRing.generate()
+    async with running_cluster(bus, run=run_id, slots=[SLOT], ring=ring) as cl:
+        registry = streams.registry(run_id, "execution")
+        own = streams.inbox(run_id, "execution", "0")
+        foreign = streams.inbox("someone-else", "execution", "0")
+        await bus.register(registry, own, foreign, "kasmina:{x}:not-an-inbox")
+        routes = await _seed_shell(cl).router.inboxes("execution", None)
+        assert routes == [own]
