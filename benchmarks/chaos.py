@@ -2,7 +2,7 @@
 traffic, and the bounded-memory soak. Needs ``redis-server`` (a throwaway one is started).
 
     python -m benchmarks.chaos seeds 11 22 33 [--steps 300] [--kills 6] [--restarts 2] [--failovers 1]
-    python -m benchmarks.chaos hostile [--seed 5] [--rate 5000]
+    python -m benchmarks.chaos hostile [--seed 5] [--rate 5000] [--catalogue-only] [--attack NAME]
     python -m benchmarks.chaos soak [--messages 1000000]
 
 Every figure is printed as one JSON object per line; the exit code is 1 if any run failed.
@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 
 from scenarios.chaos import chaos_seed, hostile_run, soak
+from scenarios.chaos.catalogue import ATTACKS, catalogue, verdict
 
 
 def _emit(obj: dict[str, Any]) -> None:
@@ -47,15 +48,25 @@ async def _seeds(args: argparse.Namespace) -> int:
 
 
 async def _hostile(args: argparse.Namespace) -> int:
-    out = await hostile_run(
-        args.seed,
-        rate_per_s=args.rate,
-        seconds=args.seconds,
-        window=(args.start, args.stop),
-        steps=args.steps,
-    )
-    _emit(out)
-    return 0 if out["passed"] else 1
+    passed = True
+    if not args.catalogue_only:
+        out = await hostile_run(
+            args.seed,
+            rate_per_s=args.rate,
+            seconds=args.seconds,
+            window=(args.start, args.stop),
+            steps=args.steps,
+        )
+        _emit(out)
+        passed = bool(out["passed"])
+    if not args.flood_only:
+        rows = await catalogue(seed=args.seed, names=args.attack)
+        for row in rows:
+            _emit(row)
+        summary = verdict(rows)
+        _emit(summary)
+        passed = passed and bool(summary["passed"])
+    return 0 if passed else 1
 
 
 async def _soak(args: argparse.Namespace) -> int:
@@ -93,6 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--steps", type=int, default=180)
     h.add_argument("--start", type=int, default=60)
     h.add_argument("--stop", type=int, default=150)
+    h.add_argument("--catalogue-only", action="store_true", help="skip the mixed flood run")
+    h.add_argument("--flood-only", action="store_true", help="skip the attack catalogue")
+    h.add_argument(
+        "--attack",
+        action="append",
+        default=None,
+        choices=[a.name for a in ATTACKS],
+        help="only these attacks of the catalogue (repeatable)",
+    )
     h.set_defaults(func=_hostile)
     k = sub.add_parser("soak", help="bounded memory under many messages")
     k.add_argument("--messages", type=int, default=1_000_000)

@@ -1,0 +1,370 @@
+"""The hostile catalogue: one attack at a time against a live ``kasmina run`` process on a real Redis.
+
+Each attack gets a fresh actor process (so its peak RSS is the attack's) serving two slots, ``a``
+(the target) and ``b`` (a bystander). A legitimate controller sends commands to ``b`` in a loop,
+before the attack (the baseline) and while it is sent and handled; the figure is the ratio of the
+two rates, measured in the same run. After the attack the log is read back: ``state_changed`` is
+true if a slot's stage, pause, blueprint or α moved, or a transition was caused by anything but a
+legitimate command. Attacks without keys come first, then those of a key holder (a trainer key,
+a controller key, a retired key).
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from actors.client import KasminaClient, Outcome, build_command
+from actors.eventlog import BadEntry, read_log
+from actors.replay import fold_events
+from actors.shell import FRAME
+from bus import Append, Bus, open_bus
+from bus.testing import redis_server
+from contracts import KasminaConfig, Key, KeyRing, Signer, Verifier, streams
+from leyline import pb
+from scenarios.chaos.hostile import forge
+from scenarios.chaos.plan import ProcessSpec
+from scenarios.chaos.procs import ActorProcess, config_toml, rss_kib
+
+__all__ = ["ATTACKS", "Attack", "catalogue"]
+
+TARGET, BYSTANDER = "a", "b"
+BASELINE_S = 2.0
+
+
+@dataclass
+class Ctx:
+    """What an attack may use: the bus (a Redis writer), the run, captured frames, and the keys
+    of the key-holder attacks."""
+
+    bus: Bus
+    run: str
+    rings: dict[str, KeyRing]
+    captured: list[bytes]
+    rng: random.Random
+    sent: int = 0
+
+    def inbox(self, slot: str = TARGET) -> str:
+        return streams.inbox(self.run, "seed", slot)
+
+    async def flood(self, frames: list[dict[str, bytes]], stream: str | None = None) -> None:
+        for start in range(0, len(frames), 100):
+            chunk = frames[start : start + 100]
+            await self.bus.publish_many([Append(stream or self.inbox(), f) for f in chunk])
+            self.sent += len(chunk)
+
+
+Step = Callable[[Ctx], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Attack:
+    """One entry of the catalogue; ``before``: done before the actor process starts."""
+
+    name: str
+    holder: str  # "none", "trainer", "controller", "retired"
+    run: Step
+    before: bool = False
+    expect_quarantine: int = 0
+
+
+async def _bomb(ctx: Ctx) -> None:
+    """40 frames of ~1 MiB: one msgpack array of a million empty arrays each."""
+    n = 1_000_000
+    bomb = b"\xdd" + n.to_bytes(4, "big") + b"\x90" * n
+    await ctx.flood([{FRAME: bomb} for _ in range(40)])
+
+
+async def _forged(ctx: Ctx) -> None:
+    await ctx.flood([{FRAME: forge(ctx.rng.choice(ctx.captured), ctx.rng)} for _ in range(2000)])
+
+
+async def _replayed(ctx: Ctx) -> None:
+    await ctx.flood([{FRAME: ctx.rng.choice(ctx.captured)} for _ in range(2000)])
+
+
+async def _malformed(ctx: Ctx) -> None:
+    frames = [{FRAME: ctx.rng.randbytes(ctx.rng.randrange(1, 300))} for _ in range(1500)]
+    frames += [{"junk": b"x"} for _ in range(500)]
+    await ctx.flood(frames)
+
+
+async def _many_fields(ctx: Ctx) -> None:
+    await ctx.flood([{f"x{i}": b"v" for i in range(5000)} for _ in range(20)])
+
+
+async def _foreign_route(ctx: Ctx) -> None:
+    foreign = streams.inbox("someone-else", "seed", "x")
+    await ctx.bus.register(streams.registry(ctx.run, "seed"), foreign)
+    ctx.sent += 1
+
+
+async def _rewind(ctx: Ctx) -> None:
+    client = getattr(ctx.bus, "client", None)
+    assert client is not None
+    await client.xgroup_setid(ctx.inbox(BYSTANDER), f"actor:seed:{BYSTANDER}", "0")
+    ctx.sent += 1
+
+
+async def _duplicate_event(ctx: Ctx) -> None:
+    log = await ctx.bus.range(streams.events(ctx.run))
+    genuine = [e for e in log if e.fields.get("kind") == b"lifecycle.refused"]
+    await ctx.bus.publish(streams.events(ctx.run), dict(genuine[-1].fields))
+    ctx.sent += 1
+
+
+def _signed(ctx: Ctx, holder: str, kind: str, message: Any) -> dict[str, bytes]:
+    return {FRAME: Signer(ctx.rings[holder], f"{holder}-x").seal(kind, message)}
+
+
+async def _trainer_commands(ctx: Ctx) -> None:
+    cmd = build_command(TARGET, "germinate", blueprint="residual_mlp")
+    await ctx.flood([_signed(ctx, "trainer", "seed.command", cmd) for _ in range(500)])
+
+
+async def _bad_params(ctx: Ctx) -> None:
+    bad = [{"lr": -1.0}, {"weight_decay": -1.0}, {"hidden": 1e12}, {"hidden": 2e6}]
+    frames = []
+    for i in range(200):
+        cmd = pb.SeedCommand(
+            slot=TARGET,
+            germinate=pb.Germinate(blueprint="residual_mlp", params=bad[i % len(bad)]),
+        )
+        frames.append(_signed(ctx, "controller", "seed.command", cmd))
+    await ctx.flood(frames)
+
+
+async def _telemetry_flood(ctx: Ctx) -> None:
+    metrics = {f"m{i}": float(i) for i in range(500)}
+    raw = [pb.TelemetryRaw(region="r", step=i, metrics=metrics) for i in range(250)]
+    batch = pb.TelemetryBatch(items=raw)
+    frames = [_signed(ctx, "trainer", "telemetry.batch", batch) for _ in range(6)]
+    await ctx.flood(frames, streams.inbox(ctx.run, "telemetry"))
+
+
+async def _retired_key(ctx: Ctx) -> None:
+    cmd = build_command(TARGET, "cull")
+    await ctx.flood([_signed(ctx, "retired", "seed.command", cmd) for _ in range(500)])
+
+
+ATTACKS: tuple[Attack, ...] = (
+    Attack("bomb_40x1MiB", "none", _bomb),
+    Attack("forged", "none", _forged),
+    Attack("replayed", "none", _replayed),
+    Attack("malformed", "none", _malformed),
+    Attack("entry_5000_fields", "none", _many_fields),
+    Attack("foreign_route", "none", _foreign_route),
+    Attack("group_rewind", "none", _rewind),
+    Attack("duplicated_event", "none", _duplicate_event, before=True, expect_quarantine=1),
+    Attack("trainer_key_commands", "trainer", _trainer_commands),
+    Attack("controller_bad_params", "controller", _bad_params),
+    Attack("telemetry_max_batches", "trainer", _telemetry_flood),
+    Attack("retired_key", "retired", _retired_key),
+)
+
+
+def _rings() -> tuple[KeyRing, dict[str, KeyRing]]:
+    """The actors' ring (every key, the actor key signs) and one ring per holder."""
+    now = time.time_ns()
+    actor = KeyRing.generate(roles={"actor"}).active
+    controller = KeyRing.generate(roles={"controller", "operator"}).active
+    trainer = KeyRing.generate(roles={"trainer"}).active
+    retired = replace(KeyRing.generate().active, expires_ns=now - 10**9)
+    keys = [actor, controller, trainer, retired]
+    full = KeyRing(keys, actor.id)
+
+    def signing(key: Key) -> KeyRing:
+        active = replace(key, expires_ns=None)
+        return KeyRing([active, *(k for k in keys if k.id != key.id)], key.id)
+
+    return full, {
+        "controller": signing(controller),
+        "trainer": signing(trainer),
+        "retired": signing(retired),
+    }
+
+
+@dataclass
+class _Legit:
+    """The legitimate controller's loop: commands to the bystander slot, outcomes awaited."""
+
+    client: KasminaClient
+    ids: set[str] = field(default_factory=set)
+    done: list[float] = field(default_factory=list)
+
+    async def loop(self, stop: anyio.Event) -> None:
+        while not stop.is_set():
+            outcome = await self.client.command(BYSTANDER, "cull", wait=True, timeout_s=60)
+            if isinstance(outcome, Outcome):
+                self.ids.add(outcome.command_id)
+                self.done.append(time.monotonic())
+
+    def rate(self, start: float, end: float) -> float:
+        return sum(1 for t in self.done if start <= t < end) / max(1e-9, end - start)
+
+
+async def _drained(bus: Bus, run: str, timeout_s: float = 120.0) -> None:
+    """Until no inbox of the run has pending or unread entries (or the timeout)."""
+    with anyio.move_on_after(timeout_s):
+        while True:
+            busy = 0
+            for name in await bus.streams(streams.prefix(run) + "inbox:*"):
+                for g in (await bus.info(name)).groups:
+                    busy += g.pending + (g.lag or 0)
+            if not busy:
+                return
+            await anyio.sleep(0.1)
+
+
+def _slots(state: Any) -> dict[str, tuple[int, bool, str, float]]:
+    return {
+        slot: (int(s.stage), bool(s.paused), str(getattr(s, "blueprint", "")), float(s.alpha))
+        for slot, s in state.seeds.items()
+    }
+
+
+async def _read(
+    bus: Bus, run: str, ring: KeyRing, legit: set[str] | None = None
+) -> tuple[Any, list[Any], Counter[str], int]:
+    """Folded state, transitions, rejections by (signed) reason (the legitimate commands'
+    refusals left out), quarantined events."""
+    events, transitions = [], []
+    async for rec in read_log(bus, streams.events(run), Verifier(ring, replay=True)):
+        if not isinstance(rec, BadEntry):
+            events.append(rec.event)
+            if rec.kind == "lifecycle.transition":
+                transitions.append(rec.message)
+    quarantined: list[dict[str, str]] = []
+    state = fold_events(events, quarantine=quarantined)
+    reasons: Counter[str] = Counter()
+    async for rec in read_log(bus, streams.rejected(run), Verifier(ring, replay=True)):
+        if isinstance(rec, BadEntry):
+            reasons["unverified_record"] += 1
+        elif isinstance(rec.message, pb.Rejection) and rec.message.message_id not in (legit or ()):
+            reasons[rec.message.reason_code] += 1
+    return state, transitions, reasons, len(quarantined)
+
+
+async def _one(
+    attack: Attack, url: str, base: Path, full: KeyRing, rings: dict[str, KeyRing], seed: int
+) -> dict[str, Any]:
+    run = f"cat-{attack.name.replace('_', '-')}-{seed}"
+    keys = base / f"{run}-keys.json"
+    full.save(keys)
+    config = base / f"{run}.toml"
+    config.write_text(config_toml({"bus.owner_ttl_s": 5.0}))
+    bus = open_bus(url)
+    proc = ActorProcess(
+        ProcessSpec(("seed", "gate", "safety", "telemetry", "barrier"), (TARGET, BYSTANDER)),
+        url, run, keys, config, base, 0,
+    )  # fmt: skip
+    cfg = KasminaConfig()
+    ring = rings["controller"]
+    verifier = Verifier(ring, tolerance_s=cfg.security.clock_tolerance_s)
+    legit = _Legit(KasminaClient(bus, run, Signer(ring, "tamiyo"), verifier))
+    ctx = Ctx(bus, run, rings, [], random.Random(seed))
+    try:
+        proc.start()
+        # warm: both slots bootstrapped, some genuine frames and events to capture
+        for slot in (TARGET, BYSTANDER, TARGET):
+            await legit.client.command(slot, "cull", wait=True, timeout_s=120)
+        if attack.before:  # e.g. a doctored log met by the next process's rebuild
+            proc.stop()
+            await attack.run(ctx)
+            proc.start()
+            await legit.client.command(BYSTANDER, "cull", wait=True, timeout_s=120)
+        for inbox in (ctx.inbox(TARGET), ctx.inbox(BYSTANDER)):
+            ctx.captured += [e.fields[FRAME] for e in await bus.range(inbox) if FRAME in e.fields]
+        before_state, before_tr, before_rej, _ = await _read(bus, run, full, legit.ids)
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(legit.loop, stop)
+            t0 = time.monotonic()
+            await anyio.sleep(BASELINE_S)  # the baseline: the same loop without the attack
+            t1 = time.monotonic()
+            if not attack.before:
+                await attack.run(ctx)
+            await _drained(bus, run)
+            t2 = max(time.monotonic(), t1 + BASELINE_S)
+            await anyio.sleep(max(0.0, t2 - time.monotonic()))
+            stop.set()
+        _, peak = rss_kib(proc.proc.pid) if proc.proc is not None else (0, 0)
+        after_state, after_tr, after_rej, quarantined = await _read(bus, run, full, legit.ids)
+        foreign = await bus.info(streams.inbox("someone-else", "seed", "x"))
+        caused = {
+            t.command_id for t in after_tr[len(before_tr) :] if t.command_id not in legit.ids
+        } - {""}
+        changed = (
+            _slots(after_state) != _slots(before_state)
+            or bool(caused)
+            or foreign.length > 0
+            or quarantined != attack.expect_quarantine
+        )
+        baseline, during = legit.rate(t0, t1), legit.rate(t1, t2)
+        return {
+            "attack": attack.name,
+            "key_holder": attack.holder,
+            "sent": ctx.sent,
+            "outcomes": dict(sorted((after_rej - before_rej).items())),
+            "quarantined": quarantined,
+            "dead_letters": (await bus.info(streams.dead_letter(run))).length,
+            "state_changed": changed,
+            "legit_per_s_baseline": round(baseline, 1),
+            "legit_per_s_attack": round(during, 1),
+            "legit_ratio": round(during / baseline, 2) if baseline else None,
+            "attack_s": round(t2 - t1, 1),
+            "peak_rss_mib": round(max(peak, proc.peak_rss_kib) / 1024, 1),
+            "process_alive": proc.alive(),
+        }
+    finally:
+        proc.stop()
+        await bus.close()
+
+
+async def catalogue(
+    *, seed: int = 5, names: list[str] | None = None, workdir: Path | None = None
+) -> list[dict[str, Any]]:
+    """Run the attacks of the catalogue (all, or ``names``), one result dict each."""
+    chosen = [a for a in ATTACKS if names is None or a.name in names]
+    base = workdir or Path(tempfile.mkdtemp(prefix="kasmina-catalogue-"))
+    full, rings = _rings()
+    out = []
+    with redis_server(aof=False) as server:
+        for attack in chosen:
+            out.append(await _one(attack, server.url, base, full, rings, seed))
+    return out
+
+
+def verdict(
+    rows: list[dict[str, Any]], *, min_ratio: float = 0.8, max_rss_mib: float = 300.0
+) -> dict[str, Any]:
+    """The catalogue's targets: no state changed, legit ratio and peak RSS within bounds."""
+    misses = {
+        r["attack"]: [
+            what
+            for what, bad in (
+                ("state changed", r["state_changed"]),
+                ("process died", not r["process_alive"]),
+                (
+                    f"legit ratio {r['legit_ratio']} < {min_ratio}",
+                    r["legit_ratio"] is not None and r["legit_ratio"] < min_ratio,
+                ),
+                (
+                    f"peak RSS {r['peak_rss_mib']} MiB >= {max_rss_mib}",
+                    r["peak_rss_mib"] >= max_rss_mib,
+                ),
+            )
+            if bad
+        ]
+        for r in rows
+    }
+    return {"catalogue": True, "passed": not any(misses.values()),
+            "misses": {k: v for k, v in misses.items() if v}}  # fmt: skip
