@@ -94,6 +94,7 @@ class SafetyConfig(BaseModel):
     rollback_on_isolation: bool = True  # a breaker opened by a leak rolls the host back
     reject_storm_count: int = Field(100, ge=1)  # rejects inside the window raise a signal
     reject_storm_window_s: float = Field(10.0, gt=0.0)
+    reject_storm_quiet_s: float = Field(60.0, ge=0.0)  # after a signal, none for this long
 
     @model_validator(mode="after")
     def _breaker_can_open(self) -> SafetyConfig:

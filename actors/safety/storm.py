@@ -20,21 +20,26 @@ class RejectStorm:
 
     times: tuple[float, ...] = ()
     storms: int = 0
+    quiet_until: float = 0.0  # no further signal before this time (one verdict per quiet period)
 
 
 def note_reject(
     tracker: RejectStorm, now_s: float, config: SafetyConfig, *, step: int = 0, detail: str = ""
 ) -> tuple[RejectStorm, pb.SafetySignal | None]:
     """Record one rejection at ``now_s``; a signal when more than ``reject_storm_count`` fall
-    inside ``reject_storm_window_s`` (the window then starts afresh, so one storm = one signal)."""
+    inside ``reject_storm_window_s`` (the window then starts afresh, so one storm = one signal).
+    After a signal, a continuing storm raises no other one for ``reject_storm_quiet_s``: a flood
+    adds at most one verdict to the event log per quiet period, however long it lasts."""
+    if now_s < tracker.quiet_until:
+        return tracker, None
     horizon = now_s - config.reject_storm_window_s
     times = (*tuple(t for t in tracker.times if t > horizon), now_s)
     if len(times) <= config.reject_storm_count:
-        return RejectStorm(times, tracker.storms), None
+        return RejectStorm(times, tracker.storms, tracker.quiet_until), None
     signal = pb.SafetySignal(
         kind=pb.SafetySignalKind.SAFETY_SIGNAL_REJECT_STORM,
         step=step,
         value=float(len(times)),
         detail=detail or f"{len(times)} rejections in {config.reject_storm_window_s:g} s",
     )
-    return RejectStorm((), tracker.storms + 1), signal
+    return RejectStorm((), tracker.storms + 1, now_s + config.reject_storm_quiet_s), signal

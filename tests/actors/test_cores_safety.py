@@ -167,7 +167,9 @@ def test_fold_of_events_equals_live_state_and_roundtrips() -> None:
 
 def test_reject_storm_signal_once_per_window() -> None:
     """More than reject_storm_count rejects inside the window raise one REJECT_STORM signal."""
-    cfg = KasminaConfig.load(env={}, overrides={"safety.reject_storm_count": 3}).safety
+    cfg = KasminaConfig.load(
+        env={}, overrides={"safety.reject_storm_count": 3, "safety.reject_storm_quiet_s": 0.0}
+    ).safety
     tracker = safety.RejectStorm()
     signals = []
     for i in range(8):
@@ -180,6 +182,21 @@ def test_reject_storm_signal_once_per_window() -> None:
     for i in range(20):  # one every 5 s: never more than 2 inside a 10 s window
         tracker, sig = safety.note_reject(tracker, i * 5.0, cfg)
         assert sig is None
+
+
+def test_a_long_storm_raises_one_signal_per_quiet_period() -> None:
+    """A flood of rejections raises one signal, then none for reject_storm_quiet_s: the event
+    log gains one verdict per quiet period, not one per hundred rejections."""
+    cfg = KasminaConfig.load(
+        env={}, overrides={"safety.reject_storm_count": 100, "safety.reject_storm_quiet_s": 60.0}
+    ).safety
+    tracker = safety.RejectStorm()
+    fired = []
+    for i in range(100_000):  # 100 000 rejections in 100 s
+        tracker, sig = safety.note_reject(tracker, i * 0.001, cfg)
+        if sig is not None:
+            fired.append(i * 0.001)
+    assert len(fired) == 2 and fired[1] - fired[0] >= 60.0
 
 
 _signals = st.lists(
