@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskStatus
 from google.protobuf.message import Message
 
@@ -55,6 +56,7 @@ __all__ = ["FRAME", "ActorLogic", "ActorShell", "Meta", "inbox_consumer"]
 log = logging.getLogger("kasmina.actors")
 
 QUARANTINE_MAXLEN = 10_000
+YIELD_EVERY = 16  # entries decided between turns given to the other actors of the process
 
 
 class ActorShell:
@@ -290,7 +292,9 @@ class ActorShell:
         handled: list[Handled] = []
         decided: list[bool] = []  # the item went through decide (and may have changed the state)
         last_change, last_cause = -1, ""
-        for (entry, _), checked in zip(framed, checked_all, strict=True):
+        for n, ((entry, _), checked) in enumerate(zip(framed, checked_all, strict=True)):
+            if n % YIELD_EVERY == YIELD_EVERY - 1:  # a flooded inbox never starves the others
+                await anyio.lowlevel.checkpoint()  # served by this process (fair turns)
             if entry.id in done:  # committed before: acked, never decided again
                 self.duplicates += 1
                 assert isinstance(checked, Envelope)
