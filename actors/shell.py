@@ -50,12 +50,15 @@ from bus import (
 )
 from contracts import REGISTRY, ContractError, Envelope, Reason, Signer, Verifier, streams
 from contracts.config import KasminaConfig
+from contracts.roles import valid_sender
+from leyline import pb
 
 __all__ = ["FRAME", "ActorLogic", "ActorShell", "Meta", "inbox_consumer"]
 
 log = logging.getLogger("kasmina.actors")
 
 QUARANTINE_MAXLEN = 10_000
+SENDER = "[A-Za-z0-9_.:-]{1,128}"
 YIELD_EVERY = 16  # entries decided between turns given to the other actors of the process
 
 
@@ -185,8 +188,9 @@ class ActorShell:
             message_id=env.id,
             actor=self.logic.name,
         )
-        fields = self._frame(note, env.id) | {"entry": record.entry_id.encode()}
-        await self.bus.publish(streams.quarantine(self.run_id), fields, maxlen=QUARANTINE_MAXLEN)
+        note_append = self._append(streams.quarantine(self.run_id), note, env.id)
+        fields = {**note_append.fields, "entry": record.entry_id.encode()}
+        await self.bus.publish(note_append.stream, fields, maxlen=QUARANTINE_MAXLEN)
 
     # -- handling -----------------------------------------------------------------------------
     def _append(
@@ -220,6 +224,8 @@ class ActorShell:
             return self._reject(entry, exc.code, exc.detail, checked)
         if checked.kind not in self.logic.accepts:
             return self._reject(entry, Reason.UNEXPECTED_KIND, checked.kind, checked)
+        if not valid_sender(checked.sender):  # names are recorded and shown: no free text
+            return self._reject(entry, Reason.INVALID, "sender name is not " + SENDER, checked)
         if not finite(message):
             return self._reject(entry, Reason.NON_FINITE, "non-finite value in message", checked)
         return message

@@ -46,7 +46,7 @@ from contracts.ids import new_id
 from contracts.keys import KeyRing
 from contracts.nonce import NonceGuard
 from contracts.registry import REGISTRY, Registry
-from contracts.roles import allowed, valid_sender
+from contracts.roles import allowed
 from contracts.streams import RUN_RE, address
 
 VERSION = 2
@@ -507,10 +507,6 @@ class Verifier:
             raise ForbiddenKind(
                 f"key {env.key_id!r} ({','.join(sorted(key.roles))}) may not sign {env.kind!r}"
             ).claim(env.id, env.kind, env.sender, verified=True)
-        if not valid_sender(env.sender):
-            raise ForbiddenKind("sender name is not [A-Za-z0-9_.:-]{1,128}").claim(
-                env.id, env.kind, env.sender, verified=True
-            )
         return env
 
     async def verify_many(

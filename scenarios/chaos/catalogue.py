@@ -126,8 +126,11 @@ async def _duplicate_event(ctx: Ctx) -> None:
     ctx.sent += 1
 
 
-def _signed(ctx: Ctx, holder: str, kind: str, message: Any) -> dict[str, bytes]:
-    return {FRAME: Signer(ctx.rings[holder], f"{holder}-x").seal(kind, message)}
+def _signed(
+    ctx: Ctx, holder: str, kind: str, message: Any, stream: str | None = None
+) -> dict[str, bytes]:
+    signer = Signer(ctx.rings[holder], f"{holder}-x")
+    return {FRAME: signer.seal(kind, message, stream=stream or ctx.inbox())}
 
 
 async def _trainer_commands(ctx: Ctx) -> None:
@@ -151,8 +154,9 @@ async def _telemetry_flood(ctx: Ctx) -> None:
     metrics = {f"m{i}": float(i) for i in range(500)}
     raw = [pb.TelemetryRaw(region="r", step=i, metrics=metrics) for i in range(250)]
     batch = pb.TelemetryBatch(items=raw)
-    frames = [_signed(ctx, "trainer", "telemetry.batch", batch) for _ in range(6)]
-    await ctx.flood(frames, streams.inbox(ctx.run, "telemetry"))
+    inbox = streams.inbox(ctx.run, "telemetry")
+    frames = [_signed(ctx, "trainer", "telemetry.batch", batch, inbox) for _ in range(6)]
+    await ctx.flood(frames, inbox)
 
 
 async def _retired_key(ctx: Ctx) -> None:

@@ -78,14 +78,16 @@ async def test_a_restart_without_persistence_refuses_what_was_stamped_before() -
     is refused (stamped before the memory began); one stamped after it is accepted."""
     ring = KeyRing.generate()
     signer = Signer(ring, "tamiyo", clock=lambda: time.time_ns() - 3 * 10**9)
-    captured = signer.seal("seed.command", BODY)
+    captured = signer.seal("seed.command", BODY, stream=INBOX)
     prefix = "kasmina:{volatile}:"
     with redis_server(aof=False) as server:
         bus = open_bus(server.url)
         try:
             guard = RedisNonceGuard(bus, prefix)
             await bus.set_value(guard.since_key, b"0")  # memory complete for as long as it matters
-            assert (await Verifier(ring, nonce_guard=guard).verify(captured, token="t1")).kind
+            assert (
+                await Verifier(ring, nonce_guard=guard).verify(captured, stream=INBOX, token="t1")
+            ).kind
         finally:
             await bus.close()
         server.restart()
@@ -93,11 +95,11 @@ async def test_a_restart_without_persistence_refuses_what_was_stamped_before() -
         try:
             verifier = Verifier(ring, nonce_guard=RedisNonceGuard(bus, prefix))
             with pytest.raises(ContractError) as info:
-                await verifier.verify(captured, token="t1")
+                await verifier.verify(captured, stream=INBOX, token="t1")
             assert info.value.code == Reason.REPLAYED and "before" in info.value.detail
-            fresh = Signer(ring, "tamiyo").seal("seed.command", BODY)
-            assert (await verifier.verify(fresh, token="t3")).kind == "seed.command"
-            (result,) = await verifier.verify_many([(captured, "t4")])
+            fresh = Signer(ring, "tamiyo").seal("seed.command", BODY, stream=INBOX)
+            assert (await verifier.verify(fresh, stream=INBOX, token="t3")).kind == "seed.command"
+            (result,) = await verifier.verify_many([(captured, INBOX, "t4")])
             assert isinstance(result, ContractError) and result.code == Reason.REPLAYED
         finally:
             await bus.close()

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from actors.client import Outcome
+from actors.assemble import live_verifier
+from actors.client import KasminaClient, Outcome
 from actors.shell import FRAME, ActorShell
 from bus import Bus
-from contracts import KeyRing, streams
+from contracts import KeyRing, Signer, streams
 from kasmina.commands.status import collect
 from scenarios.cluster import Cluster, running_cluster
 
@@ -68,3 +69,17 @@ async def test_foreign_inboxes_in_the_registry_are_never_routed_to(bus: Bus, run
         await bus.register(registry, own, foreign, "kasmina:{x}:not-an-inbox")
         routes = await _seed_shell(cl).router.inboxes("execution", None)
         assert routes == [own]
+
+
+async def test_a_command_from_a_free_text_sender_is_rejected(bus: Bus, run_id: str) -> None:
+    """A signed command whose sender name carries a newline is rejected (reason invalid), and
+    the slot's state does not move."""
+    ring = KeyRing.generate()
+    async with running_cluster(bus, run=run_id, slots=[SLOT], ring=ring) as cl:
+        config = cl.config
+        odd = KasminaClient(
+            bus, run_id, Signer(ring, "tamiyo\nadmin"), live_verifier(bus, run_id, ring, config)
+        )
+        outcome = await odd.command(SLOT, "cull", wait=True, timeout_s=20)
+        assert isinstance(outcome, Outcome) and outcome.kind == "rejection"
+        assert outcome.message.reason_code == "invalid"
