@@ -368,16 +368,18 @@ def test_stale_reason_says_how_old() -> None:
         )
 
 
-def test_key_expiry_is_checked_live_and_ignored_in_replay() -> None:
-    """A key past its expiry is expired_key live; replay mode still verifies its frames."""
+def test_key_expiry_is_checked_live_and_at_the_stamp_in_replay() -> None:
+    """A key past its expiry is expired_key live; replay verifies what it signed before its
+    expiry and nothing stamped at or after it."""
     old = Key(id="k-old", secret=b"o" * 32, expires_ns=NOW)
     ring = KeyRing([old, Key(id="k-new", secret=b"n" * 32)], "k-new")
-    frame = Signer(KeyRing([Key(id="k-old", secret=b"o" * 32)], "k-old"), "x", clock=clock).seal(
-        KIND, b"", stream=STREAM, ts_ns=NOW
-    )
-    assert Verifier(ring, clock=lambda: NOW - 1).open(frame, stream=STREAM).key_id == "k-old"
-    assert _reason(Verifier(ring, clock=clock), frame) == Reason.EXPIRED_KEY
-    assert Verifier(ring, clock=clock, replay=True).open(frame, stream=STREAM).key_id == "k-old"
+    signer = Signer(KeyRing([Key(id="k-old", secret=b"o" * 32)], "k-old"), "x", clock=clock)
+    before = signer.seal(KIND, b"", stream=STREAM, ts_ns=NOW - 1)
+    at = signer.seal(KIND, b"", stream=STREAM, ts_ns=NOW)
+    assert Verifier(ring, clock=lambda: NOW - 1).open(before, stream=STREAM).key_id == "k-old"
+    assert _reason(Verifier(ring, clock=clock), before) == Reason.EXPIRED_KEY
+    assert Verifier(ring, clock=clock, replay=True).open(before, stream=STREAM).key_id == "k-old"
+    assert _reason(Verifier(ring, clock=clock, replay=True), at) == Reason.EXPIRED_KEY
 
 
 # --------------------------------------------------------------------------- twins
