@@ -50,6 +50,7 @@ _ACTOR = frozenset(
         "barrier.byzantine",
         "barrier.timeout",
         "rejection",
+        "command.outcome",
         "state.digest",
         "actor.heartbeat",
     }
