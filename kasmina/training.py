@@ -46,6 +46,7 @@ class TrainSpec:
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
     evaluate: Callable[[nn.Module], tuple[float, float]] | None = None  # model -> (loss, acc)
     probe_batch: Batch | None = None  # G0's shape probe and the isolation probes
+    validation: Batch | None = None  # held-out (inputs, targets): G4's paired per-example test
     options: dict[str, Any] = field(default_factory=dict)  # more ExecutionRuntime options
 
 
@@ -86,6 +87,7 @@ def task_factory(task: str) -> Callable[..., TrainSpec]:
             batch=batch,
             evaluate=lambda m: evaluate(m, split.x_val, split.y_val),
             probe_batch=(split.x_train[:256], split.y_train[:256]),
+            validation=(split.x_val, split.y_val),
         )
 
     return factory
@@ -129,7 +131,12 @@ def train(
     world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     val_loss = val_acc = math.nan
     done, stopped = 0, False
-    options = {"probe_batch": spec.probe_batch, "evaluate": spec.evaluate, **spec.options}
+    options = {
+        "probe_batch": spec.probe_batch,
+        "evaluate": spec.evaluate,
+        "validation": spec.validation,
+        **spec.options,
+    }
     with attach(
         spec.model, spec.slots, spec.optimizer, **attach_options, **options, world_size=world_size
     ) as kas:

@@ -70,6 +70,7 @@ with (
         config=config,
         device="cpu",
         probe_batch=(x_val[:128], y_val[:128]),
+        validation=(x_val, y_val),  # G4 judges the seed on the held-out set
         evaluate=evaluate,
     ) as kas
 ):

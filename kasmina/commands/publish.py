@@ -110,28 +110,33 @@ class _Watch:
         self.trainer_line = line
 
 
-async def _await_trainer(bus: Bus, run: str, timeout_s: float) -> None:
-    """Until a trainer (an ExecutionActor) has attached to ``run``: a germination's outcome needs
-    its evidence, and an order sent long before a trainer reads it would be refused as stale."""
+async def _await_trainer(bus: Bus, run: str, timeout_s: float) -> bool:
+    """Until a trainer (an ExecutionActor) has attached to ``run``, for at most ``timeout_s``: a
+    germination's outcome needs its evidence, and an order sent long before a trainer reads it
+    would be refused as stale. True when one is attached; the command is sent either way."""
     registry = streams.registry(run, "execution")
     if await bus.members(registry):
-        return
+        return True
     print(f"kasmina publish: waiting for a trainer to attach to run {run}", file=sys.stderr)
     with anyio.move_on_after(timeout_s):
         while not await bus.members(registry):
             await anyio.sleep(0.1)
-        return
-    raise CliError(
-        f"no trainer attached to run {run} within {timeout_s:g} s "
-        "(start `kasmina train`, or attach your loop with kasmina.attach)"
+        return True
+    print(
+        f"kasmina publish: no trainer attached to run {run} within {timeout_s:g} s; sending anyway "
+        "(start `kasmina train`, or attach your loop with kasmina.attach)",
+        file=sys.stderr,
     )
+    return False
 
 
 async def _publish(args: argparse.Namespace) -> dict[str, Any]:
     wiring = connect(redis_url(args), run_id(args), load_keys(args))
+    started = anyio.current_time()
     try:
         if args.wait and args.action == "germinate":
-            await _await_trainer(wiring.bus, wiring.run, args.timeout)
+            # half the budget for a trainer to attach, the rest (at least that half) for the outcome
+            await _await_trainer(wiring.bus, wiring.run, args.timeout / 2)
         client = KasminaClient(
             wiring.bus, wiring.run, wiring.signer(args.sender), wiring.verifier()
         )
@@ -156,7 +161,10 @@ async def _publish(args: argparse.Namespace) -> dict[str, Any]:
             command_id = await client.command(args.slot, action, reason=args.reason, **extra)
             try:
                 outcome = await client.wait(
-                    str(command_id), after=mark, timeout_s=args.timeout, on_progress=watch.progress
+                    str(command_id),
+                    after=mark,
+                    timeout_s=max(args.timeout - (anyio.current_time() - started), 0.0),
+                    on_progress=watch.progress,
                 )
             except CommandTimeout as exc:
                 awaiting = exc.last.message if exc.last is not None else None

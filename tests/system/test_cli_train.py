@@ -1,5 +1,5 @@
 """The production shape on a real Redis: `kasmina run` processes serve the actors, `kasmina train`
-attaches a real training loop (digits), `kasmina publish --wait` grows a seed to FOSSILIZED."""
+attaches a real training loop (spirals), `kasmina publish --wait` grows a seed to FOSSILIZED."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.redis
 
 CONFIG = """
 [lifecycle]
-training_steps = 30
+training_steps = 100
 blend_steps = 20
 shadowing_steps = 10
 probationary_steps = 10
@@ -46,8 +46,8 @@ max_latency_overhead = 50.0  # timing on a shared machine is noisy
 """
 
 GERMINATE = (
-    "publish", "germinate", "--slot", "units", "--blueprint", "width",
-    "--param", "hidden=8", "--param", "lr=0.01", "--wait", "--timeout", "120",
+    "publish", "germinate", "--slot", "hidden", "--blueprint", "residual_mlp",
+    "--param", "hidden=16", "--param", "lr=0.01", "--wait", "--timeout", "120",
 )  # fmt: skip
 
 
@@ -225,7 +225,7 @@ def _walk_to_fossil(procs: Procs, env: dict[str, str], ring: KeyRing, world: int
     )
     procs.start("seeds", "run", "--actors", "seed", "--slots", "hidden,units", env=env)
     if world == 1:
-        procs.start("train", "train", "--task", "digits", "--json", env=env)
+        procs.start("train", "train", "--task", "spirals", "--json", env=env)
     else:
         master = str(free_port())
         for rank in range(world):
@@ -234,7 +234,7 @@ def _walk_to_fossil(procs: Procs, env: dict[str, str], ring: KeyRing, world: int
                 f"train{rank}",
                 "train",
                 "--task",
-                "digits",
+                "spirals",
                 "--json",
                 env={**env, **ddp, "MASTER_PORT": master},
             )
@@ -246,7 +246,7 @@ def _walk_to_fossil(procs: Procs, env: dict[str, str], ring: KeyRing, world: int
     outcome = json.loads(published.stdout)
     assert outcome["ok"] and outcome["to_stage"] == "SEED_STAGE_GERMINATED", outcome
 
-    walk, causes = anyio.run(_wait_stage, env, ring, "units", pb.SEED_STAGE_FOSSILIZED)
+    walk, causes = anyio.run(_wait_stage, env, ring, "hidden", pb.SEED_STAGE_FOSSILIZED)
     assert walk == [
         pb.SEED_STAGE_DORMANT, pb.SEED_STAGE_GERMINATED, pb.SEED_STAGE_TRAINING,
         pb.SEED_STAGE_BLENDING, pb.SEED_STAGE_SHADOWING, pb.SEED_STAGE_PROBATIONARY,
@@ -255,20 +255,20 @@ def _walk_to_fossil(procs: Procs, env: dict[str, str], ring: KeyRing, world: int
 
     # the slot's own gauges (a global summary needs 1,024 raw items); the execution's next report
     # after the transition carries the new stage
-    key = 'kasmina_slot_stage{slot="units"}'
+    key = 'kasmina_slot_stage{slot="hidden"}'
     deadline = time.monotonic() + 60
-    while (seen := _scrape(port, "units")).get(key) != pb.SEED_STAGE_FOSSILIZED:
+    while (seen := _scrape(port, "hidden")).get(key) != pb.SEED_STAGE_FOSSILIZED:
         assert time.monotonic() < deadline, seen
         time.sleep(0.2)
-    assert seen['kasmina_slot_stage{slot="units"}'] == pb.SEED_STAGE_FOSSILIZED
-    assert seen['kasmina_slot_alpha{slot="units"}'] == 1.0
-    assert seen['kasmina_slot_stage_info{slot="units",stage="FOSSILIZED"}'] == 1.0
+    assert seen['kasmina_slot_stage{slot="hidden"}'] == pb.SEED_STAGE_FOSSILIZED
+    assert seen['kasmina_slot_alpha{slot="hidden"}'] == 1.0
+    assert seen['kasmina_slot_stage_info{slot="hidden",stage="FOSSILIZED"}'] == 1.0
 
     trainers = [n for n, _ in procs.procs if n.startswith("train")]
     for name in trainers:  # SIGTERM: every rank stops at one agreed step, flushes, exits 0
         assert procs.stop(name) == 0, procs.log(name)
     results = [json.loads(procs.out(n).splitlines()[-1]) for n in trainers]
-    assert all(r["stopped"] and r["stages"]["units"] == "FOSSILIZED" for r in results)
+    assert all(r["stopped"] and r["stages"]["hidden"] == "FOSSILIZED" for r in results)
     assert len({r["steps"] for r in results}) == 1, results
     last = results[0]["steps"] - 1
     reports = [
@@ -276,7 +276,7 @@ def _walk_to_fossil(procs: Procs, env: dict[str, str], ring: KeyRing, world: int
         for m in anyio.run(
             _inbox_messages,
             env["KASMINA_REDIS"],
-            streams.inbox(env["KASMINA_RUN"], "seed", "units"),
+            streams.inbox(env["KASMINA_RUN"], "seed", "hidden"),
             ring,
         )
         if isinstance(m, pb.StepReport)
@@ -289,7 +289,7 @@ def _walk_to_fossil(procs: Procs, env: dict[str, str], ring: KeyRing, world: int
         for m in anyio.run(
             _inbox_messages,
             env["KASMINA_REDIS"],
-            streams.inbox(env["KASMINA_RUN"], "seed", "units"),
+            streams.inbox(env["KASMINA_RUN"], "seed", "hidden"),
             ring,
         )
         if isinstance(m, pb.ExecutionAck)
@@ -308,7 +308,7 @@ def _walk_to_fossil(procs: Procs, env: dict[str, str], ring: KeyRing, world: int
     assert anyio.run(_pending, env) == {}  # every entry they took was handled and acked
     replay = kasmina("replay", env["KASMINA_REDIS"], "--verify", "--json", env=env)
     assert replay.returncode == 0, replay.stderr
-    assert json.loads(replay.stdout.splitlines()[-1])["slots"]["units"] == "FOSSILIZED"
+    assert json.loads(replay.stdout.splitlines()[-1])["slots"]["hidden"] == "FOSSILIZED"
 
 
 @pytest.mark.timeout(600)
