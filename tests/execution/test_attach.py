@@ -79,6 +79,7 @@ def test_in_process_attach_grows_a_seed() -> None:
         config=CONFIG,
         device="cpu",
         probe_batch=(x[:64], y[:64]),
+        validation=(x, y),  # G4's paired per-example test
         evaluate=evaluate,
     ) as kas:
         for step in range(160):
