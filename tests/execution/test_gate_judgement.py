@@ -204,8 +204,9 @@ def test_helpful_seed_passes_every_gate() -> None:
 
 
 def test_seed_that_cannot_learn_fails_g1() -> None:
-    """A seed with lr = 0 keeps its zero output: its shadow-loss gain is exactly 0 and G1 culls."""
-    out = run("width", {"hidden": 16, "lr": 0.0})
+    """A seed with a vanishing lr (lr = 0 itself is refused by the SeedActor) keeps its zero
+    output: its shadow-loss gain is exactly 0 and G1 culls."""
+    out = run("width", {"hidden": 16, "lr": 1e-30})
     assert out.path == [*GROWTH, "CULLED", "EMBARGOED"]
     check = out.check(G.SEED_GATE_G1_GRADIENT_HEALTH, "seed_loss_gain_lcb")
     assert not check.passed and check.value == 0.0 and check.comparator == ">"
