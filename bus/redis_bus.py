@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -255,6 +256,8 @@ class RedisStreamBus:
                 return await op()
             except (rex.RedisError, OSError) as exc:
                 err = self._translate(exc)
+                if isinstance(err, BusUnavailable):
+                    await self._drop_idle_connections()
                 if not isinstance(err, BusUnavailable) or not (idempotent or _not_applied(exc)):
                     raise err from exc
                 if attempt >= self.retries:
@@ -263,6 +266,16 @@ class RedisStreamBus:
                 backoff_s(attempt, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s)
             )
             attempt += 1
+
+    async def _drop_idle_connections(self) -> None:
+        """After a connection-level failure the server may have restarted: the pool's idle
+        connections are then dead too, and a write sent on one would fail with an unknown
+        outcome. Drop them so that the next command opens a fresh connection."""
+        pool = getattr(self.client, "connection_pool", None)  # a cluster client manages its own
+        if pool is None:
+            return
+        with contextlib.suppress(Exception):
+            await pool.disconnect(inuse_connections=False)
 
     async def _durable(self, command: list[Any], script: Any = None) -> Any:
         """Run one write ``command`` (EVALSHA of ``script`` when given: ``[keys, args]``).
@@ -470,8 +483,12 @@ class RedisStreamBus:
     ) -> list[tuple[str, Any]] | None:
         """One XREADGROUP; None if the group/stream was gone (and has been recreated)."""
         try:
+            # reading new entries (">") moves them into the consumer's pending list on the
+            # server: a retry after a lost reply would skip them, so the caller (the Consumer)
+            # sees the failure and re-reads its own pending entries instead
             reply = await self._call(
-                lambda: self.client.xreadgroup(group, consumer, {stream: start}, count, block)
+                lambda: self.client.xreadgroup(group, consumer, {stream: start}, count, block),
+                idempotent=start != ">",
             )
         except BusProtocolError as exc:
             if not any(mark in str(exc) for mark in _GONE):

@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
+import redis.exceptions as rex
 
 from bus import Append, Bus, BusUnavailable, Consumer, Handled, RedisStreamBus, open_bus
 from bus.testing import FaultyBus, backdate, eventually, purge_prefix, redis_server
@@ -97,24 +99,70 @@ async def test_server_killed_and_restarted_loses_no_acknowledged_publish() -> No
             except BusUnavailable:
                 return False
 
-        with anyio.fail_after(60):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(consume)
-                for i in range(30):
-                    published.append(await bus.publish(s, {"msg": f"a{i}".encode()}))
-                await eventually(lambda: effects(30))
-                for i in range(30, 40):  # published while the consumer may be mid-batch
-                    published.append(await bus.publish(s, {"msg": f"a{i}".encode()}))
-                await anyio.to_thread.run_sync(server.kill)
-                with pytest.raises(BusUnavailable):
-                    await bus.publish(s, {"msg": b"lost"})
-                await anyio.to_thread.run_sync(server.restart)
-                assert [e.id for e in await bus.range(s)] == published
-                for i in range(40, 60):
-                    published.append(await bus.publish(s, {"msg": f"a{i}".encode()}))
-                await eventually(lambda: effects(60))
-                await consumer.close()
-        assert msgs_of(await bus.range(out)) == sorted(f"a{i}".encode() for i in range(60))
+        try:
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(consume)
+                    for i in range(30):
+                        published.append(await bus.publish(s, {"msg": f"a{i}".encode()}))
+                    await eventually(lambda: effects(30))
+                    for i in range(30, 40):  # published while the consumer may be mid-batch
+                        published.append(await bus.publish(s, {"msg": f"a{i}".encode()}))
+                    await anyio.to_thread.run_sync(server.kill)
+                    with pytest.raises(BusUnavailable):
+                        await bus.publish(s, {"msg": b"lost"})
+                    await anyio.to_thread.run_sync(server.restart)
+                    assert [e.id for e in await bus.range(s)] == published
+                    for i in range(40, 60):
+                        published.append(await bus.publish(s, {"msg": f"a{i}".encode()}))
+                    await eventually(lambda: effects(60))
+                    await consumer.close()
+            assert msgs_of(await bus.range(out)) == sorted(f"a{i}".encode() for i in range(60))
+        finally:
+            await bus.close()
+
+
+class _LostReply:
+    """A real client whose next XREADGROUP runs on the server and then loses its reply."""
+
+    def __init__(self, client: Any) -> None:
+        self._client, self.armed = client, True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def xreadgroup(self, *args: Any, **kwargs: Any) -> Any:
+        reply = await self._client.xreadgroup(*args, **kwargs)
+        if self.armed:
+            self.armed = False
+            raise rex.ConnectionError("reply lost")
+        return reply
+
+
+@pytest.mark.redis
+async def test_read_whose_reply_is_lost_is_not_retried_and_its_entries_are_reread(
+    redis_url: str, prefix: str
+) -> None:
+    """A new-entry read that the server ran but whose reply was lost raises (a retry would skip
+    the delivered entries); the consumer then hands them out from its pending list at once."""
+    bus = RedisStreamBus.from_url(redis_url, retries=3, backoff_cap_s=0.01)
+    s = prefix + "in"
+    try:
+        await bus.ensure_group(s, "g")
+        await bus.publish(s, {"msg": b"m0"})
+        real, bus.client = bus.client, _LostReply(bus.client)
+        with pytest.raises(BusUnavailable):
+            await bus.read(s, "g", "c", block_ms=10)
+        consumer = Consumer(bus, s, "g", "c", block_ms=10, lease_ms=600_000,
+                            dead_stream=prefix + "dead", backoff_base_s=0.0)  # fmt: skip
+        with anyio.fail_after(10):
+            async for batch in consumer.batches():
+                assert [e.fields["msg"] for e in batch] == [b"m0"]
+                assert batch[0].deliveries == 2
+                break
+        bus.client = real
+    finally:
+        await purge_prefix(bus, prefix)
         await bus.close()
 
 

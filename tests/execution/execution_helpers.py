@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -94,3 +99,36 @@ def host_state(model: nn.Module, slots: dict[str, Any]) -> list[Tensor]:
 def kinds(messages: list[tuple[str, Any]], kind: str) -> list[Any]:
     """The messages of one kind from a drained outbox."""
     return [m for k, m in messages if k == kind]
+
+
+def run_ranks(worker: Callable[[int, str], None], root: str, world: int, timeout_s: float) -> None:
+    """Run ``worker(rank, root)`` in ``world`` spawned processes and wait for all of them.
+
+    Each rank dumps every thread's stack to ``root/rank<N>.stack`` and exits if it is still
+    running ``timeout_s`` after it started; the parent kills whatever is left after that and
+    fails with those stacks. A hung collective thus fails the test with a diagnosis instead
+    of leaving processes behind that would keep the test session from exiting."""
+    ctx = mp.start_processes(  # type: ignore[no-untyped-call]
+        _watched, args=(worker, root, timeout_s), nprocs=world, join=False, daemon=True,
+        start_method="spawn",
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout_s + 15
+    try:
+        while not ctx.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"ranks still running after {timeout_s:.0f} s")
+    except (AssertionError, mp.ProcessExitedException) as exc:  # type: ignore[attr-defined]
+        stacks = sorted(Path(root).glob("rank*.stack"))
+        text = "\n".join(f"--- {p.name}\n{p.read_text()}" for p in stacks if p.stat().st_size)
+        raise AssertionError(f"{exc}\n{text}") from None
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+
+
+def _watched(rank: int, worker: Callable[[int, str], None], root: str, timeout_s: float) -> None:
+    stack = open(Path(root, f"rank{rank}.stack"), "w")  # noqa: SIM115 (kept open for faulthandler)
+    faulthandler.dump_traceback_later(timeout_s, exit=True, file=stack)
+    worker(rank, root)

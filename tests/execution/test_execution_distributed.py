@@ -10,9 +10,8 @@ import threading
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
-from execution_helpers import backward, data, germinate, order
+from execution_helpers import backward, data, germinate, order, run_ranks
 from torch.nn.parallel import DistributedDataParallel
 
 from actors.execution import ExecutionRuntime, RuntimeConfig, host_parameters, insert_slots
@@ -110,7 +109,7 @@ def _train(rank: int, root: str) -> None:
 
 def test_two_ranks_apply_orders_at_the_same_step_and_stay_identical(tmp_path: pathlib.Path) -> None:
     """Germinate, blend, fossilize and cull land at the same step on both ranks; params agree."""
-    mp.spawn(_worker, args=(str(tmp_path),), nprocs=WORLD, join=True)  # type: ignore[attr-defined,no-untyped-call]
+    run_ranks(_worker, str(tmp_path), WORLD, timeout_s=100)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD))
     assert r0["history"] == r1["history"]
     assert r0["history"][2] == {"a": pb.SEED_STAGE_GERMINATED, "b": pb.SEED_STAGE_GERMINATED}

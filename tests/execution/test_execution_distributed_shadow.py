@@ -11,9 +11,8 @@ import pathlib
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
-from execution_helpers import backward, germinate, order
+from execution_helpers import backward, germinate, order, run_ranks
 from other_models import NormMLP, batches
 from torch.nn.parallel import DistributedDataParallel
 
@@ -84,7 +83,7 @@ def _train(rank: int, root: str) -> None:
 def test_shadow_path_keeps_seeds_and_digests_identical_across_ranks(tmp_path: pathlib.Path) -> None:
     """200 steps on the batch= path: seed parameters, barrier votes and digests are identical on
     both ranks; the order rank 1 received late is refused on both, at its own step each."""
-    mp.spawn(_worker, args=(str(tmp_path),), nprocs=WORLD, join=True)  # type: ignore[attr-defined,no-untyped-call]
+    run_ranks(_worker, str(tmp_path), WORLD, timeout_s=560)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD))
     assert r0["grad_steps"] == r1["grad_steps"] >= STEPS - 10
     assert r0["seed"] == r1["seed"]
