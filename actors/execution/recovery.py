@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from actors.execution import restore as rs
-from actors.execution.checkpoint import read_checkpoint, write_atomic
+from actors.execution.checkpoint import CheckpointError, read_checkpoint, write_atomic
 from actors.execution.mailbox import KIND_TELEMETRY
 from actors.execution.slotstate import SlotState
 from actors.execution.stages import Mode
@@ -30,7 +30,7 @@ from leyline import pb
 if TYPE_CHECKING:
     from actors.execution.runtime import ExecutionRuntime
 
-VERSION = 2
+VERSION = 3  # 3: safetensors + JSON metadata (1 and 2 were torch.save pickles)
 KEEP_GUARDS = 2  # guard checkpoints kept on disk per rank (older ones are deleted)
 
 
@@ -125,7 +125,7 @@ def at_boundary(
 
 
 def _guard(rt: ExecutionRuntime, step: int, directory: str) -> None:
-    path = os.path.join(directory, f"guard-rank{rt.rank}-step{step}.pt")
+    path = os.path.join(directory, f"guard-rank{rt.rank}-step{step}.safetensors")
     checkpoint(rt, path)
     rt.checkpoints.append((step, path))
     guards = [c for c in rt.checkpoints if os.path.basename(c[1]).startswith("guard-")]
@@ -155,7 +155,7 @@ def rollback(rt: ExecutionRuntime, r: Rollback) -> str:
     try:
         payload = read_checkpoint(path, device=str(rt.device))
         rs.apply(rt, rs.plan(rt, payload, host=True, slots=False))
-    except (OSError, rs.RestoreError) as exc:
+    except (OSError, CheckpointError, rs.RestoreError) as exc:
         return f"rollback ({r.reason}) failed, nothing changed: {exc}"
     rt.rolled_back.append((rt.step, step, path))
     return f"rolled the host back to {path} (step {step}) ({r.reason})"
@@ -167,7 +167,7 @@ def emergency_checkpoint(rt: ExecutionRuntime, step: int, reason: str) -> None:
     if directory is None:
         detail = f"checkpoint requested ({reason}) but no checkpoint_dir is set"
     else:
-        path = os.path.join(directory, f"emergency-rank{rt.rank}-step{step}.pt")
+        path = os.path.join(directory, f"emergency-rank{rt.rank}-step{step}.safetensors")
         checkpoint(rt, path)
         rt.checkpoints.append((step, path))
         detail = f"emergency checkpoint written to {path} ({reason})"

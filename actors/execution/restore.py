@@ -57,8 +57,8 @@ def host_state(model: nn.Module) -> dict[str, Tensor]:
 
 def plan(rt: ExecutionRuntime, payload: dict[str, Any], *, host: bool, slots: bool = True) -> Plan:
     """Check the checkpoint against the runtime and prepare every object it needs."""
-    if payload.get("version") not in (1, 2) or not isinstance(payload.get("slots"), dict):
-        raise RestoreError("not a runtime checkpoint (version 1 or 2 with slots)")
+    if payload.get("version") != 3 or not isinstance(payload.get("slots"), dict):
+        raise RestoreError("not a runtime checkpoint (version 3 with slots)")
     out = Plan(step=int(payload["step"]))
     if slots:
         unknown = sorted(set(payload["slots"]) - set(rt.states))

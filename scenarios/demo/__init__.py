@@ -31,7 +31,7 @@ __all__ = [
 
 
 async def demo(opts: DemoOptions, progress: Progress | None = None) -> dict[str, Any]:
-    """Run the demo and write report.md, plot.png, recording.kasrec, model.pt (and keys.json
+    """Run the demo and write report.md, plot.png, recording.kasrec, model.safetensors (and keys.json
     when no key ring was given) to ``opts.out``; returns the summary."""
     out = Path(opts.out)
     await anyio.Path(out).mkdir(parents=True, exist_ok=True)
@@ -39,7 +39,7 @@ async def demo(opts: DemoOptions, progress: Progress | None = None) -> dict[str,
         "report": out / "report.md",
         "plot": out / "plot.png",
         "recording": out / "recording.kasrec",
-        "model": out / "model.pt",
+        "model": out / "model.safetensors",
     }
     if opts.keys is None:
         ring = KeyRing.generate()

@@ -1,4 +1,4 @@
-"""The demo's outputs: summary (JSON-able), report.md, plot.png and model.pt."""
+"""The demo's outputs: summary (JSON-able), report.md, plot.png and model.safetensors."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from actors.execution.checkpoint import write_atomic
 from actors.execution.stages import stage_name
 from actors.gates.checks import bound_parts
 from actors.seed.lifecycle import gate_name
@@ -127,8 +126,9 @@ def summary(run: DemoRun, paths: dict[str, Path]) -> dict[str, Any]:
 
 
 def write_model(run: DemoRun, path: Path) -> None:
-    """Final state dict (seeds included) and slot stages; loads with ``weights_only=True``."""
-    torch.save(
+    """Final state dict (seeds included) and slot stages, as a checkpoint file (safetensors
+    tensors + JSON metadata; :func:`actors.execution.checkpoint.read_checkpoint` reads it)."""
+    write_atomic(
         {
             "task": run.options.task,
             "state_dict": run.model_state,

@@ -12,6 +12,7 @@ import torch
 
 from actors.execution import insert_slots
 from actors.execution import stages as st
+from actors.execution.checkpoint import read_checkpoint
 from actors.replay import verify_digests
 from bus import Recording
 from contracts import KeyRing, streams
@@ -62,7 +63,7 @@ def test_demo_grows_records_and_replays(
     assert isinstance(seeds, dict) and sum(seeds.values()) >= 1  # a seed left DORMANT
     gates = info["gates"]
     assert isinstance(gates, dict) and gates["passed"] >= 1
-    saved = torch.load(out / "model.pt", weights_only=True)
+    saved = read_checkpoint(out / "model.safetensors")
     assert set(saved["slots"]) == {"units", "hidden"}
     # the recording re-folds to the recorded state digests, with the keys the demo wrote
     rec = Recording.open(out / "recording.kasrec")
