@@ -113,10 +113,12 @@ def build_command(slot: str, action: str, *, reason: str = "", **params: Any) ->
     command = pb.SeedCommand(slot=slot, reason=reason)
     if action == "germinate":
         blueprint = params.get("blueprint") or ""
-        if not blueprint:
-            raise ValueError("germinate needs a blueprint")
+        artifact = params.get("artifact") or ""
+        if not blueprint and not artifact:
+            raise ValueError("germinate needs a blueprint or an artifact id")
         germ = command.germinate
         germ.blueprint = blueprint
+        germ.artifact_id = artifact
         for key, value in (params.get("params") or {}).items():
             germ.params[key] = float(value)
         if params.get("blend_mode"):

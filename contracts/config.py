@@ -173,6 +173,18 @@ class BusConfig(BaseModel):
     trim_every_s: float = Field(60.0, gt=0.0)
 
 
+class ArtifactsConfig(BaseModel):
+    """Blueprint artifacts: where they are stored and the kernel cache on each execution device."""
+
+    model_config = _STRICT
+
+    # "" = the run's own Redis; a directory path or file:///path; or a bus URL (redis://…)
+    store: str = ""
+    cache_bytes: int = Field(256 * 2**20, ge=0)  # loaded kernels kept per device (LRU budget)
+    cache_ttl_s: float = Field(3600.0, gt=0.0)  # a kernel unused this long is dropped
+    max_artifact_bytes: int = Field(1 << 30, ge=1)  # larger payloads are refused unread
+
+
 class KasminaConfig(BaseModel):
     """All of Kasmina's tunables."""
 
@@ -185,6 +197,7 @@ class KasminaConfig(BaseModel):
     barrier: BarrierConfig = Field(default_factory=BarrierConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     bus: BusConfig = Field(default_factory=BusConfig)
+    artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
 
     @model_validator(mode="after")
     def _dedupe_window(self) -> KasminaConfig:

@@ -19,6 +19,7 @@ SEED_PARAMS = "seed_params"
 SEED_MEMORY_BYTES = "seed_memory_bytes"
 SEED_SHARES_HOST = "seed_shares_host"  # modules/tensors the seed holds of the host
 SEED_WRITES_INPUT = "seed_writes_input"  # 1 when the seed writes its input in place
+ARTIFACT_VERIFIED = "artifact_verified"  # germination by artifact id: signature and checksum hold
 
 # G1 gradient health (cumulative over the TRAINING stage)
 TRAINING_STEPS = "training_steps"

@@ -36,6 +36,7 @@ import torch
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from torch import nn
 
+from actors.artifacts import BusStore, DirectoryStore, open_store
 from actors.assemble import live_verifier
 from actors.client import KasminaClient, Outcome
 from actors.execution import ExecutionRuntime, RuntimeConfig, insert_slots
@@ -175,8 +176,9 @@ class Attached:
         )
         return result
 
-    def germinate(self, slot: str, blueprint: str, **params: Any) -> str | Outcome:
-        """``command(slot, "germinate", blueprint=blueprint, ...)``."""
+    def germinate(self, slot: str, blueprint: str = "", **params: Any) -> str | Outcome:
+        """``command(slot, "germinate", blueprint=blueprint, ...)``; ``artifact=ID`` germinates
+        a published blueprint artifact instead (see ``kasmina blueprints``)."""
         return self.command(slot, "germinate", blueprint=blueprint, **params)
 
     def events(self) -> list[tuple[str, str, Any]]:
@@ -257,6 +259,8 @@ def attach(
         "blend_steps": cfg.lifecycle.blend_steps,
         # G1 compares the seed's loss between isolation probes: several per TRAINING budget
         "probe_every": max(1, min(50, cfg.lifecycle.training_steps // 5)),
+        "kernel_cache_bytes": cfg.artifacts.cache_bytes,
+        "kernel_cache_ttl_s": cfg.artifacts.cache_ttl_s,
     }
     fields = {f.name for f in dataclasses.fields(RuntimeConfig)}
     settings.update({k: v for k, v in runtime_options.items() if k in fields})
@@ -279,8 +283,16 @@ def attach(
                     running_cluster(bus, run=run, slots=list(inserted), ring=ring, config=cfg)
                 )
             )
+        artifacts = portal.call(_open_store, cfg.artifacts.store, bus)
+        if isinstance(artifacts, BusStore) and artifacts.bus is not bus:
+            stack.callback(lambda: portal.call(artifacts.bus.close))
+        runtime.kernels.ring = ring
+        runtime.kernels.max_artifact_bytes = cfg.artifacts.max_artifact_bytes
+        if isinstance(artifacts, DirectoryStore):
+            runtime.kernels.source = artifacts
         actor = ExecutionActor(
             runtime,
+            artifacts=artifacts,
             bus=bus,
             run=run,
             signer=Signer(ring, f"execution:{rank}"),
@@ -304,6 +316,10 @@ def attach(
             cluster=cluster,
             lockstep=pace,
         )
+
+
+async def _open_store(url: str, bus: Bus) -> BusStore | DirectoryStore:
+    return open_store(url, bus)
 
 
 async def _open(url: str, config: KasminaConfig) -> Bus:

@@ -280,11 +280,14 @@ class Germinate(_message.Message):
     BLEND_MODE_FIELD_NUMBER: _builtins.int
     ALPHA_SCHEDULE_FIELD_NUMBER: _builtins.int
     BLEND_STEPS_FIELD_NUMBER: _builtins.int
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
     blueprint: _builtins.str
     blend_mode: Global___BlendMode.ValueType
     alpha_schedule: Global___AlphaSchedule.ValueType
     blend_steps: _builtins.int
     """0 = use the configured default"""
+    artifact_id: _builtins.str
+    """a blueprint artifact (sha256 of its manifest); "" = none"""
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """blueprint parameters (width, rank, ...)"""
@@ -297,10 +300,11 @@ class Germinate(_message.Message):
         blend_mode: Global___BlendMode.ValueType = ...,
         alpha_schedule: Global___AlphaSchedule.ValueType = ...,
         blend_steps: _builtins.int = ...,
+        artifact_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha_schedule", b"alpha_schedule", "blend_mode", b"blend_mode", "blend_steps", b"blend_steps", "blueprint", b"blueprint", "params", b"params"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha_schedule", b"alpha_schedule", "artifact_id", b"artifact_id", "blend_mode", b"blend_mode", "blend_steps", b"blend_steps", "blueprint", b"blueprint", "params", b"params"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

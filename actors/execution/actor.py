@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import anyio
 from anyio.abc import TaskStatus
 
+from actors.artifacts import ArtifactError, ArtifactStore
 from actors.delivery import since, written
 from actors.execution.protocol import Runtime
 from actors.hosting import FRAME, Rejections, Router, inbox_consumer
@@ -51,8 +52,10 @@ class ExecutionActor:
         rank: int = 0,
         flush_interval_s: float = 0.02,
         heartbeat_s: float = 2.0,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         self.runtime = runtime
+        self.artifacts = artifacts  # where germinations by artifact id fetch their artifact
         self.bus = bus
         self.run_id = run
         self.signer = signer
@@ -167,11 +170,28 @@ class ExecutionActor:
         if message.slot not in self.runtime.slots:
             return self._reject(entry, Reason.UNKNOWN_SLOT, message.slot, env)
         if message.order_id not in self._seen_orders:  # a redelivery must not apply twice
+            await self._prefetch(message)
             self._seen_orders[message.order_id] = None
             if len(self._seen_orders) > SEEN_ORDERS:
                 self._seen_orders.popitem(last=False)
             self.runtime.submit(message)
         return Handled(entry, self.group)
+
+    async def _prefetch(self, order: pb.ExecutionOrder) -> None:
+        """Fetch a germination's artifact from the store here, off the training thread, and
+        offer it to the runtime's kernel cache (unverified: the cache verifies before loading).
+        A missing or unreadable artifact is left for the germination to refuse."""
+        artifact = order.germinate.artifact_id if order.HasField("germinate") else ""
+        kernels = getattr(self.runtime, "kernels", None)
+        if not artifact or self.artifacts is None or kernels is None or artifact in kernels:
+            return
+        try:
+            sealed = await self.artifacts.get(artifact)
+        except (ArtifactError, OSError) as exc:
+            log.warning("artifact %s not fetched: %s", artifact[:12], exc)
+            return
+        if sealed is not None:
+            kernels.offer(sealed)
 
     async def _orders(self) -> None:
         while not self._stopping:

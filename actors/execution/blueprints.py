@@ -46,6 +46,7 @@ class Blueprint:
     reads_input: bool = False
     convex_ok: bool = True  # delta is 0 at birth, so h + delta == h: convex blending is allowed
     description: str = ""
+    artifact: str = ""  # the artifact id it was loaded from ("" = registered in Python)
 
 
 _REGISTRY: dict[str, Blueprint] = {}
@@ -79,6 +80,8 @@ def blueprint_names() -> list[str]:
 
 def signed_off(blueprint: str | Blueprint, shape: SlotShape) -> bool:
     """True when the blueprint is registered and signed off for a slot of this shape."""
+    if isinstance(blueprint, Blueprint) and blueprint.artifact:  # verified, fit checked by shape
+        return bool(blueprint.accepts(shape))
     name = blueprint if isinstance(blueprint, str) else blueprint.name
     bp = _REGISTRY.get(name)
     if bp is None or (isinstance(blueprint, Blueprint) and bp is not blueprint):

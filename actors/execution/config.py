@@ -35,10 +35,14 @@ class RuntimeConfig:
     seed_salt: int = 0  # mixed into every seed's initialisation seed
     checkpoint_dir: str | None = None  # where emergency checkpoints go
     max_seed_params: int | None = None  # largest seed (elements); None: the host's size, >= 1M
+    kernel_cache_bytes: int = 256 * 2**20  # loaded artifacts kept on the device (LRU budget)
+    kernel_cache_ttl_s: float = 3600.0  # a kernel unused this long is dropped
 
     def __post_init__(self) -> None:
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is not in a world of {self.world_size}")
+        if self.kernel_cache_bytes < 0 or self.kernel_cache_ttl_s <= 0:
+            raise ValueError("kernel_cache_bytes must be >= 0 and kernel_cache_ttl_s > 0")
         for name in ("probe_every", "report_every", "barrier_frequency", "blend_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -53,6 +57,8 @@ class RuntimeConfig:
             "barrier_frequency": config.barrier.frequency,
             "blend_steps": config.lifecycle.blend_steps,
             "world_size": config.barrier.world_size,
+            "kernel_cache_bytes": config.artifacts.cache_bytes,
+            "kernel_cache_ttl_s": config.artifacts.cache_ttl_s,
         }
         derived.update(settings)
         return cls(**derived)

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from actors.artifacts import ArtifactError, check_id
 from actors.execution.blueprints import (
     Blueprint,
     SlotShape,
@@ -27,6 +28,7 @@ from actors.execution.blueprints import (
 from actors.execution.errors import OrderError
 from actors.execution.evidence import slot_facts
 from actors.execution.isolation import IsolationReport, graph_walk, isolation_signal
+from actors.execution.kernels import as_blueprint
 from actors.execution.mailbox import KIND_SAFETY
 from actors.execution.optim import seed_optimizer
 from actors.execution.probing import probe_mode, run_probe, split_batch
@@ -59,7 +61,7 @@ def germinate(
 ) -> dict[str, float]:
     """Build, check and attach the seed the order asks for; returns the G0 evidence."""
     slot, g = state.slot, order.germinate
-    bp = _blueprint(g.blueprint)
+    bp = resolve(rt, g)
     params = check_params(dict(g.params))
     site = _site(rt, slot)
     _check_fit(bp, site.shape, g.blend_mode)
@@ -73,6 +75,8 @@ def germinate(
         raise
     evidence, probe_ok = _seed_evidence(seed, bp, site)
     evidence[ev.SEED_WRITES_INPUT] = float(writes_input)
+    if bp.artifact:
+        evidence[ev.ARTIFACT_VERIFIED] = 1.0
     evidence.update(slot_facts(slot))
     host = host_parameters(rt.model, rt.slots)
     evidence[ev.HOST_PARAMS] = float(sum(p.numel() for p in host))
@@ -100,11 +104,26 @@ def germinate(
     return evidence
 
 
-def _blueprint(name: str) -> Blueprint:
+def resolve(rt: ExecutionRuntime, g: pb.Germinate) -> Blueprint:
+    """The registered blueprint ``g`` names, or the kernel of its artifact id: verified
+    (signature, checksum) and loaded through the runtime's kernel cache. A refusal changes
+    nothing and says why."""
+    if not g.artifact_id:
+        try:
+            return get_blueprint(g.blueprint)
+        except KeyError as exc:
+            raise OrderError(str(exc), {ev.BLUEPRINT_KNOWN: 0.0}) from None
+    refused = {ev.BLUEPRINT_KNOWN: 0.0, ev.ARTIFACT_VERIFIED: 0.0}
     try:
-        return get_blueprint(name)
+        kernel = rt.kernels.get(check_id(g.artifact_id))
+        bp = as_blueprint(kernel)
+    except ArtifactError as exc:
+        raise OrderError(str(exc), refused) from None
     except KeyError as exc:
-        raise OrderError(str(exc), {ev.BLUEPRINT_KNOWN: 0.0}) from None
+        raise OrderError(f"artifact {g.artifact_id[:12]}…: {exc}", refused) from None
+    if g.blueprint and g.blueprint != bp.name:
+        raise OrderError(f"artifact {g.artifact_id[:12]}… holds {bp.name!r}, not {g.blueprint!r}")
+    return bp
 
 
 def _site(rt: ExecutionRuntime, slot: SeedSlot) -> Site:
@@ -171,6 +190,11 @@ def check_size(
     rt: ExecutionRuntime, bp: Blueprint, site: Site, params: dict[str, float], slot: SeedSlot
 ) -> None:
     """Build the seed on the meta device (no memory) and refuse it when it is too large."""
+    kernel = rt.kernels.peek(bp.artifact) if bp.artifact else None
+    if kernel is not None:  # sizes from the verified manifest
+        m = kernel.manifest
+        _check_limit(rt, bp, m.param_count, sum(math.prod(s) for s in m.tensors.values()))
+        return
     try:
         with torch.device("meta"), torch.random.fork_rng(devices=[]):
             ghost = bp.build(site.shape, params, rt.hosts.get(slot.slot_id, slot))
@@ -179,6 +203,10 @@ def check_size(
     n = param_count(ghost)
     size = sum(t.numel() for t in ghost.buffers()) + n
     _discard(ghost)
+    _check_limit(rt, bp, n, size)
+
+
+def _check_limit(rt: ExecutionRuntime, bp: Blueprint, n: int, size: int) -> None:
     limit = rt.config.max_seed_params or max(param_count(rt.model), MIN_SEED_LIMIT)
     if size > limit:
         raise OrderError(

@@ -109,4 +109,9 @@ def report(rt: ExecutionRuntime, step: int, val_loss: float, val_accuracy: float
                     metrics={**metrics, "stage": float(state.slot.stage)},
                 ),
             )
+    stats = rt.kernels.stats
+    if stats.misses or stats.hits:  # the kernel cache has been used: its counters, runtime-wide
+        rt.kernels.expire()
+        raw = pb.TelemetryRaw(region=rt.config.region, step=step, metrics=stats.metrics())
+        rt.outbox.put(KIND_TELEMETRY, raw)
     rt.outbox.put(KIND_STEP_REPORT, message)

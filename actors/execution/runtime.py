@@ -35,6 +35,7 @@ from actors.execution import stages as st
 from actors.execution.config import RuntimeConfig, default_device
 from actors.execution.errors import OrderError
 from actors.execution.evidence import counterfactual, reset_check, shadow_step
+from actors.execution.kernelcache import KernelCache
 from actors.execution.mailbox import KIND_BARRIER_VOTE, KIND_SAFETY, Inbox, Outbox, state_digest
 from actors.execution.optim import grad_norm
 from actors.execution.probing import LossFn, ProbeBatch, split_batch
@@ -62,9 +63,19 @@ class ExecutionRuntime:
         evaluate: Evaluate | None = None,
         validation: ProbeBatch | None = None,
         notify: Callable[[], None] | None = None,
+        kernels: KernelCache | None = None,
     ) -> None:
         self.config = config if config is not None else RuntimeConfig()
         self.device = self.config.resolved_device()
+        self.kernels = (
+            kernels
+            if kernels is not None
+            else KernelCache(
+                self.device,
+                budget_bytes=self.config.kernel_cache_bytes,
+                ttl_s=self.config.kernel_cache_ttl_s,
+            )
+        )
         self.model = eager_module(model).to(self.device)
         self.slots = dict(slots)
         self.host_optimizer = host_optimizer

@@ -164,8 +164,8 @@ def _germinate(b: Builder, g: pb.Germinate) -> None:
         b.refuse("germinate", "slot paused")
     elif st.awaiting is not None:
         b.refuse("germinate", f"busy: awaiting {st.awaiting}")
-    elif not g.blueprint:
-        b.refuse("germinate", "germinate names no blueprint")
+    elif not g.blueprint and not g.artifact_id:
+        b.refuse("germinate", "germinate names no blueprint and no artifact")
     elif (bad := check_germinate(g)) is not None:
         b.refuse("germinate", bad)
     else:

@@ -9,6 +9,7 @@ parameter count against the slot's shape is judged again by execution before it 
 from __future__ import annotations
 
 import math
+import re
 
 from leyline import pb
 
@@ -16,6 +17,7 @@ __all__ = ["MAX_PARAMS", "RANGES", "check_adjust", "check_germinate"]
 
 MAX_PARAMS = 32  # entries in a germinate's params map
 MAX_BLEND_STEPS = 1_000_000
+ARTIFACT_ID = re.compile(r"^[0-9a-f]{64}$")  # the sha256 of an artifact's manifest
 _OTHER = 1e6  # |value| bound for a parameter without a range of its own
 
 #: name -> (low, high, integer): inclusive bounds; ``lr`` must also be > 0.
@@ -47,6 +49,8 @@ def check_germinate(g: pb.Germinate) -> str | None:
     """Why ``g`` is refused, or None when every parameter is within bounds."""
     if len(g.params) > MAX_PARAMS:
         return f"{len(g.params)} parameters (at most {MAX_PARAMS})"
+    if g.artifact_id and not ARTIFACT_ID.match(g.artifact_id):
+        return f"artifact_id {g.artifact_id[:80]!r} is not 64 lowercase hex digits"
     if g.blend_steps > MAX_BLEND_STEPS:
         return f"blend_steps={g.blend_steps} (at most {MAX_BLEND_STEPS})"
     for name in sorted(g.params):
