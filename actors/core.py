@@ -171,6 +171,9 @@ class CoreSpec(Generic[S]):
     decide: Callable[[S, Message, Context], Decision] | None
     evolve: Callable[[S, Message], S]
     digest: Callable[[S], bytes]
+    # the shell's timer: given the state and the clock (ns), a message for the actor's own inbox
+    # (e.g. the BarrierActor's tick once a deadline has passed), or None
+    timer: Callable[[S, int], Message | None] | None = None
 
 
 def kind_of(message: Message) -> str:

@@ -24,6 +24,8 @@ from leyline import pb
 
 S = TypeVar("S")
 
+TIMER_REPEAT_NS = 1_000_000_000  # a timer message not yet decided is sent again after this
+
 
 class PureLogic(Generic[S]):
     """An ActorLogic over a four-function core (its :class:`~actors.core.CoreSpec`)."""
@@ -39,6 +41,7 @@ class PureLogic(Generic[S]):
         self._decide = spec.decide
         self.state: S = spec.initial(key)
         self.now_step = 0
+        self._timed_ns = -TIMER_REPEAT_NS
 
     def _mine(self, message: Message) -> bool:
         return not self.key or getattr(message, "slot", self.key) == self.key
@@ -81,6 +84,15 @@ class PureLogic(Generic[S]):
 
     def digests(self) -> dict[tuple[str, str], bytes]:
         return {(self.spec.actor, self.key): self.spec.digest(self.state)}
+
+    def timer(self, now_ns: int) -> Message | None:
+        """What the core's timer sends to its own inbox now (at most once per second)."""
+        if self.spec.timer is None or now_ns - self._timed_ns < TIMER_REPEAT_NS:
+            return None
+        message = self.spec.timer(self.state, now_ns)
+        if message is not None:
+            self._timed_ns = now_ns
+        return message
 
 
 def seed_logic(slot: str, config: KasminaConfig) -> PureLogic[Any]:

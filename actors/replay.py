@@ -256,9 +256,9 @@ def _other_fields(message: Message) -> dict[str, Any]:
             "reason": message.reason,
         }
     if isinstance(message, pb.BarrierTimeout):
-        return {"missing_ranks": list(message.missing_ranks)}
+        return {"missing_ranks": list(message.missing_ranks), "by_clock": bool(message.deadline_ns)}
     if isinstance(message, pb.ByzantineReport):
-        return {"rank": message.rank}
+        return {"rank": message.rank, "gradient": message.gradient}
     if isinstance(message, pb.ExecutionOrder | pb.GateRequest):
         return {"stage": stage_name(message.stage)}
     return {}

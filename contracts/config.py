@@ -129,6 +129,8 @@ class BarrierConfig(BaseModel):
     frequency: int = Field(10, ge=1)  # barrier every N steps; orders apply on these boundaries
     world_size: int = Field(1, ge=1)
     timeout_steps: int = Field(20, ge=1)  # a rank missing this many steps after the barrier
+    timeout_s: float = Field(30.0, gt=0.0)  # ... or this long after the barrier's proposal
+    tick_s: float = Field(0.25, gt=0.0)  # how often the BarrierActor's timer reads the clock
 
 
 class SecurityConfig(BaseModel):

@@ -32,6 +32,8 @@ KINDS: dict[str, type[Message]] = {
     kinds.BARRIER_COMMIT: pb.BarrierCommit,
     kinds.BARRIER_BYZANTINE: pb.ByzantineReport,
     kinds.BARRIER_TIMEOUT: pb.BarrierTimeout,
+    kinds.BARRIER_PROPOSE: pb.BarrierProposal,
+    kinds.BARRIER_TICK: pb.BarrierTick,
     kinds.REJECTION: pb.Rejection,
     kinds.STATE_DIGEST: pb.StateDigest,
     kinds.HEARTBEAT: pb.Heartbeat,

@@ -49,6 +49,8 @@ _ACTOR = frozenset(
         "barrier.commit",
         "barrier.byzantine",
         "barrier.timeout",
+        "barrier.propose",
+        "barrier.tick",
         "rejection",
         "command.outcome",
         "state.digest",

@@ -887,6 +887,8 @@ class ExecutionOrder(_message.Message):
     WANTS_EVIDENCE_FIELD_NUMBER: _builtins.int
     ADJUST_OPTIMIZER_FIELD_NUMBER: _builtins.int
     PAUSED_FIELD_NUMBER: _builtins.int
+    BARRIER_GATED_FIELD_NUMBER: _builtins.int
+    AFTER_BARRIER_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     slot: _builtins.str
     stage: Global___SeedLifecycleStage.ValueType
@@ -896,6 +898,10 @@ class ExecutionOrder(_message.Message):
     evidence_for: Global___SeedLifecycleGate.ValueType
     wants_evidence: _builtins.bool
     paused: _builtins.bool
+    barrier_gated: _builtins.bool
+    """applies only once the commit of barrier `after_barrier`"""
+    after_barrier: _builtins.int
+    """(or of a later one) reached this rank (docs/design.md §5)"""
     @_builtins.property
     def germinate(self) -> Global___Germinate:
         """set when stage == GERMINATED"""
@@ -915,10 +921,12 @@ class ExecutionOrder(_message.Message):
         wants_evidence: _builtins.bool = ...,
         adjust_optimizer: Global___AdjustOptimizer | None = ...,
         paused: _builtins.bool = ...,
+        barrier_gated: _builtins.bool = ...,
+        after_barrier: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["adjust_optimizer", b"adjust_optimizer", "germinate", b"germinate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjust_optimizer", b"adjust_optimizer", "apply_at_step", b"apply_at_step", "counterfactual", b"counterfactual", "evidence_for", b"evidence_for", "germinate", b"germinate", "order_id", b"order_id", "paused", b"paused", "slot", b"slot", "stage", b"stage", "wants_evidence", b"wants_evidence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjust_optimizer", b"adjust_optimizer", "after_barrier", b"after_barrier", "apply_at_step", b"apply_at_step", "barrier_gated", b"barrier_gated", "counterfactual", b"counterfactual", "evidence_for", b"evidence_for", "germinate", b"germinate", "order_id", b"order_id", "paused", b"paused", "slot", b"slot", "stage", b"stage", "wants_evidence", b"wants_evidence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -938,6 +946,8 @@ class ExecutionAck(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     RANK_FIELD_NUMBER: _builtins.int
     EVIDENCE_FIELD_NUMBER: _builtins.int
+    COMMITTED_BARRIER_FIELD_NUMBER: _builtins.int
+    BARRIER_GATED_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     slot: _builtins.str
     stage: Global___SeedLifecycleStage.ValueType
@@ -945,6 +955,9 @@ class ExecutionAck(_message.Message):
     ok: _builtins.bool
     error: _builtins.str
     rank: _builtins.int
+    committed_barrier: _builtins.int
+    """a barrier-gated order: the commit that released it"""
+    barrier_gated: _builtins.bool
     @_builtins.property
     def evidence(self) -> Global___Evidence: ...
     def __init__(
@@ -958,10 +971,12 @@ class ExecutionAck(_message.Message):
         error: _builtins.str = ...,
         rank: _builtins.int = ...,
         evidence: Global___Evidence | None = ...,
+        committed_barrier: _builtins.int = ...,
+        barrier_gated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_at_step", b"applied_at_step", "error", b"error", "evidence", b"evidence", "ok", b"ok", "order_id", b"order_id", "rank", b"rank", "slot", b"slot", "stage", b"stage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_at_step", b"applied_at_step", "barrier_gated", b"barrier_gated", "committed_barrier", b"committed_barrier", "error", b"error", "evidence", b"evidence", "ok", b"ok", "order_id", b"order_id", "rank", b"rank", "slot", b"slot", "stage", b"stage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1387,10 +1402,13 @@ class BarrierVote(_message.Message):
     RANK_FIELD_NUMBER: _builtins.int
     WORLD_SIZE_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
+    GRAD_DIGEST_FIELD_NUMBER: _builtins.int
     barrier_step: _builtins.int
     rank: _builtins.int
     world_size: _builtins.int
     digest: _builtins.bytes
+    grad_digest: _builtins.bytes
+    """sha256 of a sampled subset of the seeds' gradients"""
     def __init__(
         self,
         *,
@@ -1398,10 +1416,11 @@ class BarrierVote(_message.Message):
         rank: _builtins.int = ...,
         world_size: _builtins.int = ...,
         digest: _builtins.bytes = ...,
+        grad_digest: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["barrier_step", b"barrier_step", "digest", b"digest", "rank", b"rank", "world_size", b"world_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["barrier_step", b"barrier_step", "digest", b"digest", "grad_digest", b"grad_digest", "rank", b"rank", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1445,10 +1464,13 @@ class ByzantineReport(_message.Message):
     RANK_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
     MAJORITY_DIGEST_FIELD_NUMBER: _builtins.int
+    GRADIENT_FIELD_NUMBER: _builtins.int
     barrier_step: _builtins.int
     rank: _builtins.int
     digest: _builtins.bytes
     majority_digest: _builtins.bytes
+    gradient: _builtins.bool
+    """the sampled gradients disagree (digests: grad digests)"""
     def __init__(
         self,
         *,
@@ -1456,10 +1478,11 @@ class ByzantineReport(_message.Message):
         rank: _builtins.int = ...,
         digest: _builtins.bytes = ...,
         majority_digest: _builtins.bytes = ...,
+        gradient: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["barrier_step", b"barrier_step", "digest", b"digest", "majority_digest", b"majority_digest", "rank", b"rank"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["barrier_step", b"barrier_step", "digest", b"digest", "gradient", b"gradient", "majority_digest", b"majority_digest", "rank", b"rank"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1474,8 +1497,12 @@ class BarrierTimeout(_message.Message):
     BARRIER_STEP_FIELD_NUMBER: _builtins.int
     MISSING_RANKS_FIELD_NUMBER: _builtins.int
     OBSERVED_STEP_FIELD_NUMBER: _builtins.int
+    DEADLINE_NS_FIELD_NUMBER: _builtins.int
     barrier_step: _builtins.int
     observed_step: _builtins.int
+    """a later barrier's vote showed it overdue (0: by the clock)"""
+    deadline_ns: _builtins.int
+    """the proposal's deadline that passed (0: by steps)"""
     @_builtins.property
     def missing_ranks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
@@ -1484,14 +1511,69 @@ class BarrierTimeout(_message.Message):
         barrier_step: _builtins.int = ...,
         missing_ranks: _abc.Iterable[_builtins.int] | None = ...,
         observed_step: _builtins.int = ...,
+        deadline_ns: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["barrier_step", b"barrier_step", "missing_ranks", b"missing_ranks", "observed_step", b"observed_step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["barrier_step", b"barrier_step", "deadline_ns", b"deadline_ns", "missing_ranks", b"missing_ranks", "observed_step", b"observed_step"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BarrierTimeout: _TypeAlias = BarrierTimeout  # noqa: Y015
+
+@_typing.final
+class BarrierProposal(_message.Message):
+    """kind: "barrier.propose" -- the BarrierActor opens barrier `barrier_step` (phase one of three)"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BARRIER_STEP_FIELD_NUMBER: _builtins.int
+    WORLD_SIZE_FIELD_NUMBER: _builtins.int
+    DEADLINE_NS_FIELD_NUMBER: _builtins.int
+    OPENED_BY_FIELD_NUMBER: _builtins.int
+    barrier_step: _builtins.int
+    world_size: _builtins.int
+    """the ranks whose votes commit it"""
+    deadline_ns: _builtins.int
+    """wall clock: a rank still missing then times it out"""
+    opened_by: _builtins.int
+    """the rank whose vote reached the barrier first"""
+    def __init__(
+        self,
+        *,
+        barrier_step: _builtins.int = ...,
+        world_size: _builtins.int = ...,
+        deadline_ns: _builtins.int = ...,
+        opened_by: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["barrier_step", b"barrier_step", "deadline_ns", b"deadline_ns", "opened_by", b"opened_by", "world_size", b"world_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BarrierProposal: _TypeAlias = BarrierProposal  # noqa: Y015
+
+@_typing.final
+class BarrierTick(_message.Message):
+    """kind: "barrier.tick" -- the BarrierActor's timer, to its own inbox: the clock reached now_ns"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOW_NS_FIELD_NUMBER: _builtins.int
+    now_ns: _builtins.int
+    def __init__(
+        self,
+        *,
+        now_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["now_ns", b"now_ns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BarrierTick: _TypeAlias = BarrierTick  # noqa: Y015
 
 @_typing.final
 class Rejection(_message.Message):

@@ -1,23 +1,39 @@
-"""BarrierActor core: epoch-aligned barriers across data-parallel ranks.
+"""BarrierActor core: three-phase consensus (propose, vote, commit) across data-parallel ranks.
 
-Every ``frequency`` steps each rank votes ``(rank, barrier_step, digest)``. When all
-``world_size`` votes are in, the barrier commits with the majority digest (a tie goes to the
-digest of the lowest rank among the tied ones); every rank whose digest differs gets a
-ByzantineReport (logged, never a rejection). A repeated vote with the same digest is idempotent; a
-repeated vote with another digest is reported and not counted. When a vote for
-``barrier_step + timeout_steps`` (or later) arrives while that earlier barrier still misses
-ranks, a BarrierTimeout names them and the barrier is closed (time counted in steps, no clock).
+Every ``frequency`` steps each rank votes ``(rank, barrier_step, digest, grad_digest)``.
 
-Events: the accepted BarrierVote itself, BarrierCommit, ByzantineReport, BarrierTimeout.
+- **Propose.** The first vote for a barrier step the actor has not seen opens it: a
+  BarrierProposal names the step, the ranks whose votes commit it (``world_size``) and a wall-clock
+  deadline (``barrier.timeout_s`` after the proposal, from ``ctx.now_s``; recorded in the event, so
+  replay never reads a clock).
+- **Vote.** Each vote is recorded as an event. A repeated vote with the same digest is idempotent;
+  a repeated vote with another digest is reported and not counted.
+- **Commit.** When all ``world_size`` votes are in, the barrier commits with the majority state
+  digest (a tie goes to the digest of the lowest rank among the tied ones) and the commit goes to
+  every rank: orders gated on this barrier may apply from then on. Every rank whose state digest
+  differs gets a ByzantineReport; so does every rank whose sampled-gradient digest differs from the
+  majority of the gradient digests sent (``gradient`` set). Reports are logged, never a rejection.
+- **Timeout.** A barrier still missing ranks times out (BarrierTimeout naming them, barrier
+  closed) when a BarrierTick (the shell's timer, driven by the clock) reaches its deadline, or when
+  a vote for ``barrier_step + timeout_steps`` (or later) arrives.
+
+Events: BarrierProposal, the accepted BarrierVote, BarrierCommit, ByzantineReport, BarrierTimeout.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field, replace
-from typing import Any
 
-from actors.core import Context, Decision, Message, Outgoing, UnknownEvent, digest_plain
+from actors.barrier.state import (
+    KEEP,
+    BarrierState,
+    digest,
+    evolve,
+    from_plain,
+    initial_state,
+    to_plain,
+)
+from actors.core import Context, Decision, Message, Outgoing
 from contracts.errors import Reason
 from leyline import pb
 
@@ -29,33 +45,18 @@ __all__ = [
     "evolve",
     "from_plain",
     "initial_state",
+    "timer",
     "to_plain",
 ]
 
-KEEP = 32
-"""Closed (committed or timed-out) barriers remembered, to judge late and repeated votes."""
-
-
-@dataclass(frozen=True, slots=True)
-class BarrierState:
-    """Open barriers' votes and the recently closed ones."""
-
-    pending: dict[int, dict[int, bytes]] = field(default_factory=dict)  # step -> rank -> digest
-    committed: dict[int, bytes] = field(default_factory=dict)  # step -> majority digest
-    committed_votes: dict[int, dict[int, bytes]] = field(default_factory=dict)
-    timed_out: tuple[int, ...] = ()
-    commits: int = 0
-    byzantine: int = 0
-    timeouts: int = 0
-
-
-def initial_state() -> BarrierState:
-    """No barriers yet."""
-    return BarrierState()
-
 
 def decide(state: BarrierState, msg: Message, ctx: Context) -> Decision:
-    """Handle one BarrierVote."""
+    """Handle one BarrierVote or BarrierTick."""
+    if isinstance(msg, pb.BarrierTick):
+        now = int(msg.now_ns)
+        if ctx.now_s and now > (ctx.now_s + ctx.config.security.clock_tolerance_s) * 1e9:
+            return Decision.refuse(Reason.INVALID, f"tick at {now} ns is ahead of the clock")
+        return Decision(events=tuple(_expired(state, now)))
     if not isinstance(msg, pb.BarrierVote):
         return Decision.refuse(
             Reason.UNEXPECTED_KIND, f"BarrierActor does not handle {type(msg).__name__}"
@@ -75,16 +76,35 @@ def decide(state: BarrierState, msg: Message, ctx: Context) -> Decision:
             barrier_step=step, rank=rank, digest=msg.digest, majority_digest=earlier
         )
         return Decision(events=(report,))
+    events: list[Message] = []
+    if step not in state.opened and step not in state.pending:
+        deadline = int((ctx.now_s + cfg.timeout_s) * 1e9)
+        events.append(
+            pb.BarrierProposal(
+                barrier_step=step, world_size=world, deadline_ns=deadline, opened_by=rank
+            )
+        )
     vote = pb.BarrierVote()
     vote.CopyFrom(msg)
     vote.world_size = world
-    new = evolve(state, vote)
-    events: list[Message] = [vote, *_timeouts(new, step, world, cfg.timeout_steps)]
+    events.append(vote)
+    new = state
+    for event in events:
+        new = evolve(new, event)
+    events += _overdue(new, step, world, cfg.timeout_steps)
     votes = new.pending.get(step, {})
     if len(votes) < world:
         return Decision(events=tuple(events))
-    commit = _commit(step, votes, events)
+    commit = _commit(step, votes, new.grads.get(step, {}), events)
     return Decision(events=tuple(events), outgoing=(Outgoing("execution", None, commit),))
+
+
+def timer(state: BarrierState, now_ns: int) -> pb.BarrierTick | None:
+    """A BarrierTick once an open barrier's deadline has passed (the shell's timer sends it to
+    the actor's own inbox), else None."""
+    if any(deadline <= now_ns for deadline, _ in state.opened.values()):
+        return pb.BarrierTick(now_ns=now_ns)
+    return None
 
 
 def _refusal(state: BarrierState, msg: pb.BarrierVote, world: int, every: int) -> Decision | None:
@@ -101,28 +121,52 @@ def _refusal(state: BarrierState, msg: pb.BarrierVote, world: int, every: int) -
     return None
 
 
-def _timeouts(state: BarrierState, step: int, world: int, timeout_steps: int) -> list[Message]:
+def _missing(state: BarrierState, step: int, world: int) -> list[int]:
+    return sorted(set(range(world)) - set(state.pending.get(step, {})))
+
+
+def _expired(state: BarrierState, now_ns: int) -> list[Message]:
+    """Timeouts of the open barriers whose proposal deadline is at or before ``now_ns``."""
+    return [
+        pb.BarrierTimeout(
+            barrier_step=step, missing_ranks=_missing(state, step, world), deadline_ns=deadline
+        )
+        for step, (deadline, world) in sorted(state.opened.items())
+        if deadline <= now_ns
+    ]
+
+
+def _overdue(state: BarrierState, step: int, world: int, timeout_steps: int) -> list[Message]:
     """Timeouts of the open barriers that a vote for ``step`` shows are overdue."""
     return [
         pb.BarrierTimeout(
-            barrier_step=other,
-            missing_ranks=sorted(set(range(world)) - set(state.pending[other])),
-            observed_step=step,
+            barrier_step=other, missing_ranks=_missing(state, other, world), observed_step=step
         )
         for other in sorted(state.pending)
         if other != step and other + timeout_steps <= step
     ]
 
 
-def _commit(step: int, votes: dict[int, bytes], events: list[Message]) -> pb.BarrierCommit:
-    """The commit of a full barrier, after a Byzantine report per vote off the majority (both
-    appended to ``events``)."""
+def _commit(
+    step: int, votes: dict[int, bytes], grads: dict[int, bytes], events: list[Message]
+) -> pb.BarrierCommit:
+    """The commit of a full barrier, after a Byzantine report per vote off the majority state
+    digest and per sampled-gradient digest off the majority (all appended to ``events``)."""
     majority = _majority(votes)
     events += [
         pb.ByzantineReport(barrier_step=step, rank=r, digest=votes[r], majority_digest=majority)
         for r in sorted(votes)
         if votes[r] != majority
     ]
+    if len(grads) > 1:
+        usual = _majority(grads)
+        events += [
+            pb.ByzantineReport(
+                barrier_step=step, rank=r, digest=grads[r], majority_digest=usual, gradient=True
+            )
+            for r in sorted(grads)
+            if grads[r] != usual
+        ]
     commit = pb.BarrierCommit(barrier_step=step, digest=majority, ranks=sorted(votes))
     events.append(commit)
     return commit
@@ -132,72 +176,3 @@ def _majority(votes: dict[int, bytes]) -> bytes:
     counts = Counter(votes.values())
     best = max(counts.values())
     return next(votes[r] for r in sorted(votes) if counts[votes[r]] == best)
-
-
-def _trim(steps: dict[int, Any]) -> dict[int, Any]:
-    return {s: steps[s] for s in sorted(steps)[-KEEP:]}
-
-
-def evolve(state: BarrierState, event: Message) -> BarrierState:
-    """Fold one barrier event."""
-    if isinstance(event, pb.BarrierVote):
-        votes = dict(state.pending.get(event.barrier_step, {}))
-        votes.setdefault(event.rank, event.digest)
-        return replace(state, pending={**state.pending, event.barrier_step: votes})
-    if isinstance(event, pb.BarrierCommit):
-        pending = dict(state.pending)
-        votes = pending.pop(event.barrier_step, {})
-        return replace(
-            state,
-            pending=pending,
-            committed=_trim({**state.committed, event.barrier_step: event.digest}),
-            committed_votes=_trim({**state.committed_votes, event.barrier_step: votes}),
-            commits=state.commits + 1,
-        )
-    if isinstance(event, pb.ByzantineReport):
-        return replace(state, byzantine=state.byzantine + 1)
-    if isinstance(event, pb.BarrierTimeout):
-        pending = dict(state.pending)
-        pending.pop(event.barrier_step, None)
-        timed_out = tuple(sorted({*state.timed_out, event.barrier_step}))[-KEEP:]
-        return replace(state, pending=pending, timed_out=timed_out, timeouts=state.timeouts + 1)
-    raise UnknownEvent(f"BarrierActor does not fold {type(event).__name__}")
-
-
-def to_plain(state: BarrierState) -> dict[str, Any]:
-    """JSON-able form (digests as hex)."""
-
-    def votes(v: dict[int, bytes]) -> dict[str, str]:
-        return {str(r): d.hex() for r, d in sorted(v.items())}
-
-    return {
-        "pending": {str(s): votes(v) for s, v in sorted(state.pending.items())},
-        "committed": {str(s): d.hex() for s, d in sorted(state.committed.items())},
-        "committed_votes": {str(s): votes(v) for s, v in sorted(state.committed_votes.items())},
-        "timed_out": list(state.timed_out),
-        "commits": state.commits,
-        "byzantine": state.byzantine,
-        "timeouts": state.timeouts,
-    }
-
-
-def from_plain(plain: dict[str, Any]) -> BarrierState:
-    """Inverse of ``to_plain``."""
-
-    def votes(v: dict[str, str]) -> dict[int, bytes]:
-        return {int(r): bytes.fromhex(d) for r, d in v.items()}
-
-    return BarrierState(
-        pending={int(s): votes(v) for s, v in plain["pending"].items()},
-        committed={int(s): bytes.fromhex(d) for s, d in plain["committed"].items()},
-        committed_votes={int(s): votes(v) for s, v in plain["committed_votes"].items()},
-        timed_out=tuple(int(s) for s in plain["timed_out"]),
-        commits=int(plain["commits"]),
-        byzantine=int(plain["byzantine"]),
-        timeouts=int(plain["timeouts"]),
-    )
-
-
-def digest(state: BarrierState) -> bytes:
-    """sha256 of the canonical encoding."""
-    return digest_plain(to_plain(state))

@@ -1,4 +1,8 @@
-"""Housekeeping of a serving actor: heartbeats, inbox retention, state digests.
+"""Housekeeping of a serving actor: heartbeats, inbox retention, state digests, its timer.
+
+A core with a timer (the BarrierActor's deadlines) is asked every ``timer_s`` what the clock
+calls for; what it returns is signed and sent to the actor's own inbox, so a timeout is decided,
+committed and replayed like any other input, on time even when no other message arrives.
 
 Only the process that holds an actor's lease does any of it: a standby is not the actor (the
 holder's beats say who serves) and does not repeat the holder's trims.
@@ -10,11 +14,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
+from google.protobuf.message import Message
 
 from actors.hosting.inbox import FRAME
 from bus import Append, Bus, BusClosed, BusUnavailable
 from contracts import Signer, kinds, streams
 from contracts.config import KasminaConfig
+from contracts.registry import REGISTRY
 from leyline import pb
 
 __all__ = ["HEARTBEAT_MAXLEN", "Housekeeping", "digest_appends", "every", "trim_inbox"]
@@ -88,11 +94,15 @@ class Housekeeping:
         process: str,
         heartbeat_s: float,
         counters: Callable[[], tuple[int, dict[str, int]]],
+        timer: Callable[[int], Message | None] | None = None,
+        timer_s: float = 0.25,
     ) -> None:
         self.bus, self.run_id, self.inbox, self.signer = bus, run, inbox, signer
         self.config = config
         self.name, self.process, self.heartbeat_s = name, process, heartbeat_s
         self.counters = counters
+        self.timer, self.timer_s = timer, timer_s
+        self.timed = 0  # timer messages sent
         self.started_ns = time.time_ns()
         self.trimmed = 0
 
@@ -116,12 +126,32 @@ class Housekeeping:
     async def _trim(self) -> None:
         self.trimmed += await self.trim_inbox()
 
+    async def tick(self, now_ns: int | None = None) -> bool:
+        """Ask the core's timer once; send what it returns to the actor's own inbox."""
+        if self.timer is None:
+            return False
+        message = self.timer(time.time_ns() if now_ns is None else now_ns)
+        if message is None:
+            return False
+        kind = REGISTRY.kind_of(message)
+        frame = self.signer.seal(kind, message, stream=self.inbox)
+        await self.bus.publish(self.inbox, {FRAME: frame, "kind": kind.encode()})
+        self.timed += 1
+        return True
+
+    async def _tick(self) -> None:
+        await self.tick()
+
     async def run(self, active: Callable[[], bool], running: Callable[[], bool]) -> None:
-        """Beat every ``heartbeat_s`` and trim every ``bus.trim_every_s`` while ``running()``,
-        skipping turns while not ``active()`` (a standby)."""
+        """Beat every ``heartbeat_s``, trim every ``bus.trim_every_s`` and ask the timer every
+        ``timer_s`` while ``running()``, skipping turns while not ``active()`` (a standby)."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(
                 lambda: every(self.heartbeat_s, self.beat, active=active, running=running)
             )
             tg.start_soon(lambda: every(self.config.bus.trim_every_s, self._trim, active=active,
                                         running=running, first_wait=True))  # fmt: skip
+            if self.timer is not None:
+                tg.start_soon(
+                    lambda: every(self.timer_s, self._tick, active=active, running=running)
+                )

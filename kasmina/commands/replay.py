@@ -58,6 +58,7 @@ def _wanted(row: dict[str, Any], args: argparse.Namespace) -> bool:
     return args.all or row["kind"] not in (
         "lifecycle.progress",
         "state.digest",
+        "barrier.propose",
         "barrier.vote",
         "barrier.commit",
     )

@@ -1,4 +1,4 @@
-"""BarrierActor core: commit, Byzantine reports, duplicates, timeouts."""
+"""BarrierActor core: propose, vote, commit; Byzantine reports, duplicates, timeouts."""
 
 from __future__ import annotations
 
@@ -21,12 +21,14 @@ class Driver:
         self.state = barrier.initial_state()
         self.events: list[Message] = []
 
-    def vote(self, step: int, rank: int, digest: bytes) -> Decision:
-        d = barrier.decide(
-            self.state,
-            pb.BarrierVote(barrier_step=step, rank=rank, digest=digest),
-            Context(config=CFG),
-        )
+    def vote(
+        self, step: int, rank: int, digest: bytes, grad: bytes = b"", now_s: float = 0.0
+    ) -> Decision:
+        vote = pb.BarrierVote(barrier_step=step, rank=rank, digest=digest, grad_digest=grad)
+        return self.feed(vote, now_s)
+
+    def feed(self, message: Message, now_s: float = 0.0) -> Decision:
+        d = barrier.decide(self.state, message, Context(config=CFG, now_s=now_s))
         self.state = fold(barrier.evolve, self.state, d.events)
         self.events.extend(d.events)
         return d
@@ -129,3 +131,56 @@ def test_random_votes_fold_to_live_state(items: list[tuple[int, int, bytes]]) ->
     assert len(commits) == len(set(commits))
     timeouts = {e.barrier_step for e in drv.events if isinstance(e, pb.BarrierTimeout)}
     assert not timeouts & set(commits)
+
+
+def test_first_vote_proposes_the_barrier_with_its_deadline() -> None:
+    """The first vote for a step opens it with one BarrierProposal (world, clock deadline)
+    before the vote; later votes propose nothing."""
+    drv = Driver()
+    d = drv.vote(10, 1, b"x", now_s=100.0)
+    proposal, vote = d.events
+    assert isinstance(proposal, pb.BarrierProposal) and isinstance(vote, pb.BarrierVote)
+    assert proposal.world_size == 3 and proposal.opened_by == 1
+    assert proposal.deadline_ns == int((100.0 + CFG.barrier.timeout_s) * 1e9)
+    assert not _of(drv.vote(10, 0, b"x", now_s=101.0), pb.BarrierProposal)
+    drv.vote(10, 2, b"x")
+    assert drv.state.proposals == 1 and not drv.state.opened
+
+
+def test_tick_past_the_deadline_times_the_barrier_out() -> None:
+    """A BarrierTick at or after the proposal's deadline times the barrier out, naming the
+    missing ranks; a tick before it does nothing; a later vote for it is refused."""
+    drv = Driver()
+    drv.vote(10, 0, b"x", now_s=100.0)
+    deadline = int((100.0 + CFG.barrier.timeout_s) * 1e9)
+    assert barrier.timer(drv.state, deadline - 1) is None
+    assert drv.feed(pb.BarrierTick(now_ns=deadline - 1)).empty
+    tick = barrier.timer(drv.state, deadline)
+    assert isinstance(tick, pb.BarrierTick)
+    (timeout,) = _of(drv.feed(tick), pb.BarrierTimeout)
+    assert list(timeout.missing_ranks) == [1, 2] and timeout.deadline_ns == deadline  # type: ignore[attr-defined]
+    assert drv.state.timeouts == 1 and barrier.timer(drv.state, deadline * 2) is None
+    assert drv.vote(10, 1, b"x").rejected
+
+
+def test_tick_ahead_of_the_clock_is_refused() -> None:
+    """A tick claiming a time beyond the decider's clock (and its tolerance) changes nothing."""
+    drv = Driver()
+    drv.vote(10, 0, b"x", now_s=100.0)
+    far = int((100.0 + CFG.barrier.timeout_s + 10 * CFG.security.clock_tolerance_s) * 1e9)
+    d = drv.feed(pb.BarrierTick(now_ns=far), now_s=100.0)
+    assert d.rejected and not d.events and drv.state.opened
+
+
+def test_gradient_disagreement_is_byzantine_evidence_not_a_refusal() -> None:
+    """A rank whose sampled-gradient digest differs from the others' is reported (gradient
+    set); the barrier still commits with the agreeing state digest."""
+    drv = Driver()
+    drv.vote(10, 0, b"s", grad=b"g")
+    drv.vote(10, 1, b"s", grad=b"bad")
+    d = drv.vote(10, 2, b"s", grad=b"g")
+    (report,) = _of(d, pb.ByzantineReport)
+    assert report.gradient and report.rank == 1  # type: ignore[attr-defined]
+    assert report.digest == b"bad" and report.majority_digest == b"g"  # type: ignore[attr-defined]
+    assert _of(d, pb.BarrierCommit) and drv.state.byzantine == 1
+    assert fold(barrier.evolve, barrier.initial_state(), drv.events) == drv.state

@@ -1,0 +1,80 @@
+"""Three-phase barrier on a bus: the proposal opens a barrier and the timer times it out on time,
+with no further vote arriving."""
+
+from __future__ import annotations
+
+import time
+
+from actors.hosting import FRAME
+from bus import Bus
+from bus.testing import eventually
+from contracts import KasminaConfig, KeyRing, Signer, kinds, streams
+from leyline import pb
+from scenarios.cluster import read_events, running_cluster
+
+CONFIG = KasminaConfig.load(
+    env={},
+    overrides={
+        "barrier.frequency": 5,
+        "barrier.world_size": 2,
+        "barrier.timeout_s": 0.4,
+        "barrier.tick_s": 0.05,
+    },
+)
+
+
+async def _vote(bus: Bus, run: str, ring: KeyRing, step: int, rank: int) -> None:
+    vote = pb.BarrierVote(barrier_step=step, rank=rank, world_size=2, digest=b"d")
+    inbox = streams.inbox(run, "barrier")
+    frame = Signer(ring, f"execution:{rank}").seal(kinds.BARRIER_VOTE, vote, stream=inbox)
+    await bus.publish(inbox, {FRAME: frame, "kind": kinds.BARRIER_VOTE.encode()})
+
+
+async def test_a_lone_vote_times_out_by_the_clock(bus: Bus, run_id: str) -> None:
+    """One rank of two votes and nothing else arrives: the BarrierActor's timer times the
+    barrier out once the proposal's deadline passes, naming the missing rank."""
+    ring = KeyRing.generate()
+    async with running_cluster(
+        bus, run=run_id, slots=[], ring=ring, config=CONFIG, actors=["barrier"]
+    ) as cl:
+        sent = time.time_ns()
+        await _vote(bus, run_id, ring, 10, 0)
+
+        async def timed_out() -> bool:
+            return any(
+                k == kinds.BARRIER_TIMEOUT for _, k, _ in await read_events(bus, run_id, ring)
+            )
+
+        await eventually(timed_out, timeout_s=20.0)
+        (shell,) = cl.shells
+        assert shell.housekeeping.timed >= 1
+    events = [(k, m) for _, k, m in await read_events(bus, run_id, ring)]
+    order = [k for k, _ in events if k.startswith("barrier.")]
+    assert order == [kinds.BARRIER_PROPOSE, kinds.BARRIER_VOTE, kinds.BARRIER_TIMEOUT]
+    proposal = events[0][1]
+    timeout = next(m for k, m in events if k == kinds.BARRIER_TIMEOUT)
+    assert list(timeout.missing_ranks) == [1] and timeout.observed_step == 0
+    assert timeout.deadline_ns == proposal.deadline_ns >= sent + int(0.4e9)
+
+
+async def test_a_full_barrier_commits_and_never_times_out(bus: Bus, run_id: str) -> None:
+    """Both ranks vote: the barrier commits to every rank and the timer, past the deadline,
+    sends nothing."""
+    ring = KeyRing.generate()
+    async with running_cluster(
+        bus, run=run_id, slots=[], ring=ring, config=CONFIG, actors=["barrier"]
+    ) as cl:
+        await _vote(bus, run_id, ring, 10, 1)
+        await _vote(bus, run_id, ring, 10, 0)
+
+        async def committed() -> bool:
+            return any(
+                k == kinds.BARRIER_COMMIT for _, k, _ in await read_events(bus, run_id, ring)
+            )
+
+        await eventually(committed, timeout_s=20.0)
+        (shell,) = cl.shells
+        assert await shell.housekeeping.tick(time.time_ns() + int(5e9)) is False
+    kinds_seen = [k for _, k, _ in await read_events(bus, run_id, ring)]
+    assert kinds.BARRIER_TIMEOUT not in kinds_seen
+    assert kinds_seen.count(kinds.BARRIER_PROPOSE) == 1
