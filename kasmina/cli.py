@@ -21,6 +21,7 @@ COMMANDS = (
     "status",
     "bench",
     "keys",
+    "blueprints",
 )
 
 

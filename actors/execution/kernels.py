@@ -132,6 +132,9 @@ def pack_weights(
 ) -> tuple[Manifest, bytes]:
     """Build the registered ``blueprint`` for ``shape`` and pack its state (unsigned manifest)."""
     bp = get_blueprint(blueprint)
+    if bp.reads_input and shape.in_shape is None:
+        raise ArtifactError("shape_mismatch", f"blueprint {blueprint!r} reads the slot input: "
+                            "its shape is needed (--in-shape)")  # fmt: skip
     if not bp.accepts(shape):
         raise ArtifactError("shape_mismatch", f"blueprint {blueprint!r} does not fit {shape}")
     seed = bp.build(shape, dict(params), host if host is not None else nn.Identity())

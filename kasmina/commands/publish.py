@@ -39,6 +39,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--slot", required=True)
     parser.add_argument("--blueprint", default=None, help="germinate: the blueprint to grow")
     parser.add_argument(
+        "--artifact",
+        default=None,
+        metavar="ID",
+        help="germinate: a published blueprint artifact (kasmina blueprints publish/list)",
+    )
+    parser.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE", help="blueprint parameter"
     )
     parser.add_argument("--blend-steps", type=int, default=0)
@@ -142,10 +148,11 @@ async def _publish(args: argparse.Namespace) -> dict[str, Any]:
         )
         extra: dict[str, Any] = {}
         if args.action == "germinate":
-            if not args.blueprint:
-                raise CliError("germinate needs --blueprint")
+            if not args.blueprint and not args.artifact:
+                raise CliError("germinate needs --blueprint or --artifact")
             extra = {
                 "blueprint": args.blueprint,
+                "artifact": args.artifact,
                 "params": _params(args.param),
                 "blend_steps": args.blend_steps,
             }
