@@ -18,9 +18,11 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import anyio
 from anyio.abc import TaskStatus
+from google.protobuf.message import Message
 
 from actors.artifacts import ArtifactError, ArtifactStore
 from actors.delivery import since, written
@@ -31,6 +33,17 @@ from bus import Append, Bus, BusClosed, BusUnavailable, Consumer, Entry, Handled
 from contracts import REGISTRY, ContractError, Envelope, Reason, Signer, Verifier, streams
 from contracts.config import KasminaConfig
 from leyline import pb
+
+
+@dataclass(slots=True)
+class _Unsent:
+    """A sealed outbox batch, the stream id its publish cannot precede, and whether a publish
+    was attempted (so it may have landed)."""
+
+    appends: list[Append]
+    start: str
+    tried: bool = False
+
 
 log = logging.getLogger("kasmina.execution")
 
@@ -82,6 +95,8 @@ class ExecutionActor:
         self._stopping = False
         self._stopped = anyio.Event()
         self._consumer: Consumer | None = None
+        self._flush_lock = anyio.Lock()
+        self._unsent: _Unsent | None = None  # a sealed batch whose publish is not confirmed
         runtime.connect(self.notify)  # wake the flusher when the training thread queues
 
     def notify(self) -> None:
@@ -90,10 +105,23 @@ class ExecutionActor:
 
     # -- outgoing -----------------------------------------------------------------------------
     async def flush(self) -> int:
-        """Publish everything queued in the runtime's outbox (one round trip)."""
-        items = self.runtime.drain_outbox()
-        if not items:
-            return 0
+        """Publish everything queued in the runtime's outbox (one round trip per batch).
+
+        A batch drained from the outbox stays held, sealed, until its publish is confirmed: a
+        flush cancelled mid-publish (the actor stopping) leaves it for the next flush, which
+        first checks whether the interrupted publish landed, so nothing is lost or doubled."""
+        async with self._flush_lock:
+            sent = 0
+            while True:
+                if self._unsent is None:
+                    appends = self._seal(self.runtime.drain_outbox())
+                    if not appends:
+                        return sent
+                    self._unsent = _Unsent(appends, since(self.config.security.clock_tolerance_s))
+                sent += await self._publish(self._unsent)
+                self._unsent = None
+
+    def _seal(self, items: Sequence[tuple[str, Message]]) -> list[Append]:
         appends = []
         for kind, message in items:
             raw = message.SerializeToString()
@@ -101,18 +129,21 @@ class ExecutionActor:
                 frame = self.signer.seal(kind, raw, stream=stream)
                 appends.append(Append(stream, {FRAME: frame, "kind": kind.encode()}))
             self.sent[kind] += 1
-        if not appends:
-            return 0
-        start = since(self.config.security.clock_tolerance_s)
-        first = appends[0]
+        return appends
+
+    async def _publish(self, batch: _Unsent) -> int:
+        first = batch.appends[0]
         failures = 0
         while True:
             try:
                 # publish_many is all or nothing: if the first append is there, so is the batch
-                if failures and await written(self.bus, first.stream, first.fields[FRAME], start):
-                    return len(appends)
-                await self.bus.publish_many(appends)
-                return len(appends)
+                if batch.tried and await written(
+                    self.bus, first.stream, first.fields[FRAME], batch.start
+                ):
+                    return len(batch.appends)
+                batch.tried = True
+                await self.bus.publish_many(batch.appends)
+                return len(batch.appends)
             except BusUnavailable:
                 failures += 1
                 await anyio.sleep(backoff_s(failures))

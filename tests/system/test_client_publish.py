@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -13,7 +14,7 @@ from actors.execution.actor import ExecutionActor
 from actors.shell import FRAME
 from bus import Bus, BusUnavailable, RedisStreamBus, open_bus
 from bus.testing import REDIS_SERVER, FaultyBus, eventually, redis_server
-from contracts import KasminaConfig, KeyRing, Signer, Verifier, streams
+from contracts import REGISTRY, KasminaConfig, KeyRing, Signer, Verifier, streams
 from scenarios.sim import SimRuntime
 
 pytestmark = pytest.mark.anyio
@@ -103,4 +104,53 @@ async def test_the_execution_outbox_is_flushed_once_through_a_failed_try(fault: 
     copies = [(name, e.fields[FRAME]) for name in await inner.streams("*")
               for e in await inner.range(name)]  # fmt: skip
     assert len(copies) == sent and len(set(copies)) == sent  # one copy per (stream, message)
+    await inner.close()
+
+
+class _StallingBus(FaultyBus):
+    """A bus whose first ``publish_many`` stalls until cancelled, before or after the write."""
+
+    def __init__(self, inner: Bus, land_first: bool) -> None:
+        super().__init__(inner)
+        self.land_first = land_first
+        self.stalled = anyio.Event()
+
+    async def publish_many(self, appends: Any) -> list[str]:
+        if self.stalled.is_set():
+            return await self.inner.publish_many(appends)
+        if self.land_first:
+            await self.inner.publish_many(appends)
+        self.stalled.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("land_first", [False, True])
+async def test_a_flush_cancelled_mid_publish_loses_and_doubles_nothing(land_first: bool) -> None:
+    """A flush cancelled while its publish is in flight (the actor stopping) keeps the drained
+    batch: the next flush publishes it once, or finds that it had landed, never a second copy."""
+    run = "cancel" + uuid.uuid4().hex[:8]
+    inner = open_bus(f"memory://{run}")
+    bus = _StallingBus(inner, land_first)
+    ring = KeyRing.generate()
+    sim = SimRuntime(["l0.s0"], report_every=1, barrier_frequency=1)
+    actor = ExecutionActor(sim, bus=bus, run=run, signer=Signer(ring, "execution:0"),
+                           verifier=Verifier(ring), config=KasminaConfig())  # fmt: skip
+    sim.on_step(0)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(actor.flush)
+            await bus.stalled.wait()
+            tg.cancel_scope.cancel()
+        sim.on_step(1)
+        sent = await actor.flush()
+    copies = [(name, e.fields[FRAME]) for name in await inner.streams("*")
+              for e in await inner.range(name)]  # fmt: skip
+    assert len(copies) == len(set(copies)) and sent > 0
+    steps = sorted(
+        REGISTRY.parse(env.kind, env.body).step
+        for name, frame in copies
+        if (env := Verifier(ring, replay=True).open(frame, stream=name)).kind == "step.report"
+    )
+    assert steps == [0, 1]  # both reports, each once
     await inner.close()
