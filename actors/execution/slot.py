@@ -242,9 +242,14 @@ class SlottedModule(nn.Module):
 def insert_slots(model: nn.Module, points: Mapping[str, str]) -> dict[str, SeedSlot]:
     """Wrap the output of each named submodule (``{slot_id: "dotted.module.path"}``) with a slot.
 
-    The wrapped submodule moves to ``<path>.host`` (state-dict keys gain ``.host``); the slot lives
-    at ``<path>.slot``. Deeper paths are wrapped first so nested points keep their names.
+    A target may also be a pattern (``{"mlp": "layers.*.mlp"}`` or ``"re:…"``) that expands to
+    every matching submodule with generated slot ids (:mod:`actors.execution.targets`). The
+    wrapped submodule moves to ``<path>.host`` (state-dict keys gain ``.host``); the slot lives at
+    ``<path>.slot``. Deeper paths are wrapped first so nested points keep their names.
     """
+    from actors.execution.targets import expand_targets
+
+    points = expand_targets(model, points)
     if len(set(points.values())) != len(points):
         raise ValueError("two slots point at the same submodule")
     slots: dict[str, SeedSlot] = {}
