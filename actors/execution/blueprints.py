@@ -10,13 +10,15 @@ submodule's output, i.e. ``W_out [relu(W_in x); relu(U x)] = h + V relu(U x)`` w
 from __future__ import annotations
 
 import hashlib
-import io
+import hmac
 import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
 Factory = Callable[["SlotShape", Mapping[str, float], nn.Module], nn.Module]
@@ -237,16 +239,16 @@ for _bp in (
     register_blueprint(_bp)
 
 
-# -- artifacts -----------------------------------------------------------------------------------
+# -- seed weight files ----------------------------------------------------------------------------
+# A plain file of a seed's weights (safetensors: tensors only, nothing is unpickled). Signed,
+# content-addressed blueprint artifacts that any process can germinate are actors/artifacts/.
 class ArtifactError(ValueError):
-    """A seed artifact failed its checksum or is not a plain state dict."""
+    """A seed weight file failed its checksum or does not fit the seed."""
 
 
 def save_artifact(seed: nn.Module, path: str | os.PathLike[str]) -> str:
-    """Write the seed's weights (a plain state dict) atomically; return their sha256 (hex)."""
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in seed.state_dict().items()}, buf)
-    data = buf.getvalue()
+    """Write the seed's weights (safetensors) atomically; return the file's sha256 (hex)."""
+    data = st_save({k: v.detach().cpu().contiguous() for k, v in seed.state_dict().items()})
     tmp = f"{os.fspath(path)}.tmp"
     with open(tmp, "wb") as f:
         f.write(data)
@@ -259,13 +261,14 @@ def save_artifact(seed: nn.Module, path: str | os.PathLike[str]) -> str:
 def load_artifact(
     path: str | os.PathLike[str], sha256: str, into: nn.Module, *, device: str | None = None
 ) -> nn.Module:
-    """Verify the checksum first, then load the weights with ``weights_only=True`` into ``into``."""
+    """Verify the checksum first, then load the weights (safetensors) into ``into``."""
     with open(path, "rb") as f:
         data = f.read()
-    if hashlib.sha256(data).hexdigest() != sha256.lower():
+    if not hmac.compare_digest(hashlib.sha256(data).hexdigest(), sha256.lower()):
         raise ArtifactError(f"checksum mismatch for {os.fspath(path)!r}")
-    state = torch.load(io.BytesIO(data), map_location=device or "cpu", weights_only=True)
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ArtifactError("artifact is not a flat tensor state dict")
-    into.load_state_dict(state)
+    try:
+        state = st_load(data)
+        into.load_state_dict({k: v.to(device or "cpu") for k, v in state.items()})
+    except Exception as exc:
+        raise ArtifactError(f"{os.fspath(path)!r} does not load into the seed: {exc}") from None
     return into

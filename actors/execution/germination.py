@@ -96,6 +96,7 @@ def germinate(
             f"germination checks failed: {failed or 'isolation/zero output'}", evidence
         )
     state.shape, state.params = site.shape, params
+    state.artifact = bp.artifact
     state.blend_steps = int(g.blend_steps) or rt.config.blend_steps
     state.schedule = g.alpha_schedule
     state.optimizer = seed_optimizer(list(seed.parameters()), params)

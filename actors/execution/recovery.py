@@ -67,6 +67,7 @@ def _slot_entry(state: SlotState) -> dict[str, Any]:
         "stage": int(slot.stage),
         "alpha": float(slot.alpha),
         "blueprint": slot.blueprint,
+        "artifact": state.artifact,
         "blend_mode": int(slot.blend_mode),
         "fossil": slot.fossil,
         "paused": state.paused,

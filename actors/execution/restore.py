@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from actors.execution.blueprints import SlotShape, get_blueprint
+from actors.execution.blueprints import Blueprint, SlotShape, get_blueprint
 from actors.execution.germination import sync_grads
+from actors.execution.kernels import as_blueprint
 from actors.execution.optim import seed_optimizer
 from actors.execution.slot import SeedSlot
 
@@ -36,6 +37,7 @@ class SlotPlan:
     seed: nn.Module | None = None
     shape: SlotShape | None = None
     optimizer: torch.optim.Optimizer | None = None
+    blueprint: Blueprint | None = None
 
 
 @dataclass
@@ -78,7 +80,7 @@ def _slot_plan(rt: ExecutionRuntime, sid: str, entry: dict[str, Any]) -> SlotPla
     if "seed" not in entry:
         return SlotPlan(entry)
     try:
-        bp = get_blueprint(entry["blueprint"])
+        bp = _blueprint(rt, entry)
         shape = SlotShape(
             tuple(entry["out_shape"]),
             getattr(torch, entry["dtype"]),
@@ -94,7 +96,16 @@ def _slot_plan(rt: ExecutionRuntime, sid: str, entry: dict[str, Any]) -> SlotPla
                 optimizer.load_state_dict(entry["optimizer"])
     except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:
         raise RestoreError(f"slot {sid}: cannot rebuild its seed: {exc}") from None
-    return SlotPlan(entry, seed, shape, optimizer)
+    return SlotPlan(entry, seed, shape, optimizer, bp)
+
+
+def _blueprint(rt: ExecutionRuntime, entry: dict[str, Any]) -> Blueprint:
+    """The registered blueprint, or the kernel of the artifact the seed came from (verified and
+    loaded through the kernel cache: usually a hit)."""
+    artifact = entry.get("artifact") or ""
+    if not artifact:
+        return get_blueprint(entry["blueprint"])
+    return as_blueprint(rt.kernels.get(artifact))
 
 
 def _host_plan(model: nn.Module, saved: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -169,10 +180,11 @@ def _apply_slot(rt: ExecutionRuntime, sid: str, sp: SlotPlan) -> None:
         slot.attach(
             sp.seed,
             blueprint=entry["blueprint"],
-            reads_input=get_blueprint(entry["blueprint"]).reads_input,
+            reads_input=sp.blueprint is not None and sp.blueprint.reads_input,
             blend_mode=entry["blend_mode"],
         )
         state.shape, state.params = sp.shape, dict(entry["params"])
+        state.artifact = str(entry.get("artifact") or "")
         slot.fossil = bool(entry["fossil"])
         state.optimizer = sp.optimizer
         if rt.distributed:

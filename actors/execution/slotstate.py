@@ -47,6 +47,7 @@ class SlotState:
     blend_steps: int = 0
     schedule: int = pb.ALPHA_SCHEDULE_LINEAR
     paused: bool = False
+    artifact: str = ""  # the blueprint artifact the seed was germinated from ("" = none)
     forward_since: int | None = None  # last step at whose end a seed entered the forward
     # evidence, reset when a new seed is attached
     grad_steps: int = 0
@@ -82,6 +83,7 @@ class SlotState:
         self.optimizer = None
         self.shape = None
         self.paused = False
+        self.artifact = ""
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()

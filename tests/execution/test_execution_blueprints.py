@@ -104,12 +104,12 @@ def test_convex_blending_refused_for_width_seeds() -> None:
 
 
 def test_artifacts_load_only_with_a_matching_checksum(tmp_path: pathlib.Path) -> None:
-    """Artifacts round-trip through weights_only loading; a tampered file is refused unread."""
+    """Seed weight files round-trip through safetensors; a tampered file is refused unread."""
     seed = get_blueprint("lowrank").build(FEATURES, {"rank": 2}, nn.Identity())
     assert isinstance(seed, LowRankAdapter)
     with torch.no_grad():
         seed.b.weight.normal_()
-    path = tmp_path / "seed.pt"
+    path = tmp_path / "seed.safetensors"
     digest = save_artifact(seed, path)
     fresh = get_blueprint("lowrank").build(FEATURES, {"rank": 2}, nn.Identity())
     assert isinstance(fresh, LowRankAdapter)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from execution_helpers import data, host_state, kinds, order, tiny, train
 from kernel_helpers import germinate_artifact, kernel_runtime, program
 
-from actors.artifacts import DirectoryStore, Manifest, seal
+from actors.artifacts import ArtifactError, DirectoryStore, Manifest, seal
 from actors.execution import SlotShape
 from actors.execution.kernels import pack_weights
 from contracts import KeyRing
@@ -130,3 +131,55 @@ def test_a_weights_artifact_builds_its_blueprint_with_the_stored_state(
 
     stored = load(payload)
     assert all(torch.equal(stored[k], v) for k, v in seed.state_dict().items())
+
+
+def test_a_checkpoint_restores_an_artifact_seed_through_the_cache(
+    ring: KeyRing, tmp_path: Path
+) -> None:
+    """A seed germinated from a program artifact is checkpointed and restored (another runtime,
+    same store) with bit-identical weights; the restore loads the artifact through its cache."""
+    sealed = program(ring)
+    DirectoryStore(tmp_path / "store").put_sync(sealed)
+    model, slots = tiny()
+    rt = kernel_runtime(model, slots, ring, tmp_path / "store")
+    rt.submit(germinate_artifact("a", 0, sealed.id))
+    rt.submit(order("a", pb.SEED_STAGE_TRAINING, 1))
+    batches = data()
+    for step in range(4):
+        x, y = batches[step]
+        train(model, rt.host_optimizer, None, [(x, y)], range(1))
+        rt.on_step(step, batch=(x, y))
+    rt.checkpoint(str(tmp_path / "ck"))
+    seed = slots["a"].seed
+    assert seed is not None
+    model2, slots2 = tiny(seed=1)
+    rt2 = kernel_runtime(model2, slots2, ring, tmp_path / "store")
+    assert rt2.restore(str(tmp_path / "ck")) == 3
+    restored = slots2["a"].seed
+    assert restored is not None and rt2.states["a"].artifact == sealed.id
+    assert all(torch.equal(a, b) for a, b in zip(seed.state_dict().values(),
+                                                  restored.state_dict().values(), strict=True))  # fmt: skip
+    assert rt2.kernels.stats.loads == 1
+
+
+def test_a_program_that_calls_a_python_function_is_refused(ring: KeyRing) -> None:
+    """A program whose graph names a Python function instead of an operator (here torch.hub.load)
+    does not load, even when its manifest verifies: only registered operators may run."""
+    import time
+
+    from safetensors.torch import load, save
+
+    from actors.artifacts import verify
+    from actors.execution.kernels import load_kernel
+
+    sealed = program(ring)
+    tensors = load(sealed.payload)
+    header = json.loads(sealed.payload[8 : 8 + int.from_bytes(sealed.payload[:8], "little")])
+    graph = header["__metadata__"]["torch.export"]
+    assert "torch.ops.aten.tanh.default" in graph
+    hostile = save(tensors, metadata={"torch.export": graph.replace(
+        "torch.ops.aten.tanh.default", "torch.hub.load")})  # fmt: skip
+    resealed = seal(Manifest.decode(sealed.manifest), hostile, ring)
+    manifest = verify(resealed, ring, time.time_ns())
+    with pytest.raises(ArtifactError, match="not an allowed operator"):
+        load_kernel(resealed.id, manifest, resealed.payload, torch.device("cpu"))
