@@ -128,7 +128,12 @@ class TelemetryLogic:
 
     def metrics_text(self) -> bytes:
         """The Prometheus text exposition of the latest global summary and the counters."""
-        return render(self.aggregator.latest_global, self.aggregator.stats, self.board.views())
+        return render(
+            self.aggregator.latest_global,
+            self.aggregator.stats,
+            self.board.views(),
+            self.board.runtime_views(),
+        )
 
     def metrics_server(self, port: int, host: str = "127.0.0.1") -> MetricsServer:
         """The ``GET /metrics`` server of this actor (run it in a task group: ``serve``)."""

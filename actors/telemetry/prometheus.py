@@ -4,7 +4,9 @@ and the aggregator's counters (serving it over HTTP is the shell's job).
 Per slot (label ``slot``): ``kasmina_slot_stage`` (the ``SeedLifecycleStage`` number),
 ``kasmina_slot_stage_info{stage="TRAINING"}`` (1 for the current stage), ``kasmina_slot_alpha``,
 ``kasmina_slot_last_step``, ``kasmina_slot_reports`` and ``kasmina_slot_metric{metric=…}``
-for every other value of the slot's latest report (gradient norms, isolation violations, …)."""
+for every other value of the slot's latest report (gradient norms, isolation violations, …).
+Per region, ``kasmina_runtime_metric{region=…, metric=…}``: the latest runtime-wide report (the
+kernel cache's ``kernel_cache_*`` counters)."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ def build_registry(
     summary: pb.GlobalSummary | None,
     stats: TelemetryStats | None = None,
     slots: Sequence[SlotView] = (),
+    runtime: Sequence[SlotView] = (),
 ) -> CollectorRegistry:
     """A fresh registry with gauges ``kasmina_metric_<stat>{metric=...}`` of ``summary``.
 
@@ -36,6 +39,12 @@ def build_registry(
     """
     registry = CollectorRegistry(auto_describe=True)
     _slot_gauges(registry, slots)
+    if runtime:
+        gauge = Gauge("kasmina_runtime_metric", "latest runtime-wide value (kernel_cache_*, …) "
+                      "per region", ["region", "metric"], registry=registry)  # fmt: skip
+        for view in runtime:
+            for key, value in sorted(view.metrics.items()):
+                gauge.labels(region=view.slot, metric=key).set(value)
     gauges = {
         stat: Gauge(
             f"kasmina_metric_{stat}",
@@ -104,6 +113,7 @@ def render(
     summary: pb.GlobalSummary | None,
     stats: TelemetryStats | None = None,
     slots: Sequence[SlotView] = (),
+    runtime: Sequence[SlotView] = (),
 ) -> bytes:
-    """The Prometheus text exposition of ``build_registry(summary, stats, slots)``."""
-    return bytes(generate_latest(build_registry(summary, stats, slots)))
+    """The Prometheus text exposition of ``build_registry(summary, stats, slots, runtime)``."""
+    return bytes(generate_latest(build_registry(summary, stats, slots, runtime)))

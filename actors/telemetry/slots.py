@@ -35,20 +35,23 @@ class SlotView:
 
 
 class SlotBoard:
-    """Latest raw item per slot (items without a slot, and CRITICAL events, are not slots')."""
+    """Latest raw item per slot (CRITICAL events are not slots'), and the latest runtime-wide
+    item (no slot: the kernel cache's counters) per region."""
 
     def __init__(self) -> None:
         self._latest: dict[str, tuple[int, Mapping[str, float], int]] = {}
+        self._runtime: dict[str, tuple[int, Mapping[str, float], int]] = {}
 
     def note(self, raw: pb.TelemetryRaw) -> None:
-        """Record ``raw`` if it is a slot's and not older than what is held."""
-        if not raw.slot or raw.severity == pb.SEVERITY_CRITICAL:
+        """Record ``raw`` if it is not older than what is held for its slot (or region)."""
+        if raw.severity == pb.SEVERITY_CRITICAL:
             return
-        held = self._latest.get(raw.slot)
+        table, key = (self._latest, raw.slot) if raw.slot else (self._runtime, raw.region)
+        held = table.get(key)
         if held is not None and raw.step < held[0]:
-            self._latest[raw.slot] = (held[0], held[1], held[2] + 1)
+            table[key] = (held[0], held[1], held[2] + 1)
             return
-        self._latest[raw.slot] = (raw.step, raw.metrics, (held[2] if held else 0) + 1)
+        table[key] = (raw.step, raw.metrics, (held[2] if held else 0) + 1)
 
     def note_many(self, items: Iterable[pb.TelemetryRaw]) -> None:
         """Record every item of a batch."""
@@ -60,4 +63,11 @@ class SlotBoard:
         return [
             SlotView(slot, step, dict(metrics), n)
             for slot, (step, metrics, n) in sorted(self._latest.copy().items())  # scrape thread
+        ]
+
+    def runtime_views(self) -> list[SlotView]:
+        """Every region's latest runtime-wide item (``slot`` holds the region), by region."""
+        return [
+            SlotView(region, step, dict(metrics), n)
+            for region, (step, metrics, n) in sorted(self._runtime.copy().items())
         ]

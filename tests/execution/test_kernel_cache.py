@@ -11,6 +11,8 @@ from kernel_helpers import germinate_artifact, kernel_runtime, program
 
 from actors.artifacts import DirectoryStore
 from actors.execution.kernelcache import KernelCache
+from actors.telemetry import render
+from actors.telemetry.slots import SlotBoard
 from contracts import KeyRing
 
 
@@ -70,7 +72,8 @@ def test_hits_refresh_recency_and_idle_kernels_expire(tmp_path: Path) -> None:
 
 
 def test_cache_counters_reach_the_runtime_telemetry(tmp_path: Path) -> None:
-    """Once the cache has served a germination, every report carries kernel_cache_* metrics."""
+    """Once the cache has served a germination, every report carries kernel_cache_* metrics, and
+    a Prometheus scrape of the telemetry shows them per region."""
     ring = KeyRing.generate()
     sealed = program(ring)
     DirectoryStore(tmp_path).put_sync(sealed)
@@ -87,6 +90,11 @@ def test_cache_counters_reach_the_runtime_telemetry(tmp_path: Path) -> None:
     metrics = raws[0].metrics
     assert metrics["kernel_cache_loads"] == 1.0 and metrics["kernel_cache_hits"] == 1.0
     assert metrics["kernel_cache_bytes"] == float(rt.kernels.stats.bytes) > 0
+    board = SlotBoard()
+    board.note(raws[0])
+    text = render(None, None, board.views(), board.runtime_views()).decode()
+    assert 'kasmina_runtime_metric{metric="kernel_cache_hits",region=""} 1.0' in text
+    assert 'kasmina_runtime_metric{metric="kernel_cache_loads",region=""} 1.0' in text
 
 
 def test_cache_settings_are_validated() -> None:
