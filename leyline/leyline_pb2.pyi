@@ -613,6 +613,7 @@ class LifecycleProgress(_message.Message):
     STRIKES_FIELD_NUMBER: _builtins.int
     RETRY_AT_FIELD_NUMBER: _builtins.int
     COMMAND_ID_FIELD_NUMBER: _builtins.int
+    PENDING_ORDER_FIELD_NUMBER: _builtins.int
     slot: _builtins.str
     step: _builtins.int
     seq: _builtins.int
@@ -651,6 +652,10 @@ class LifecycleProgress(_message.Message):
     def germinate(self) -> Global___Germinate:
         """germination being probed (blueprint, params, blending)"""
 
+    @_builtins.property
+    def pending_order(self) -> Global___ExecutionOrder:
+        """the awaited order (with an order's awaiting, or alone when"""
+
     def __init__(
         self,
         *,
@@ -672,10 +677,11 @@ class LifecycleProgress(_message.Message):
         strikes: _builtins.int | None = ...,
         retry_at: _builtins.int | None = ...,
         command_id: _builtins.str = ...,
+        pending_order: Global___ExecutionOrder | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_awaiting", b"_awaiting", "_paused", b"_paused", "_retry_at", b"_retry_at", "_stage_entered_step", b"_stage_entered_step", "_strikes", b"_strikes", "awaiting", b"awaiting", "germinate", b"germinate", "paused", b"paused", "retry_at", b"retry_at", "stage_entered_step", b"stage_entered_step", "strikes", b"strikes"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_awaiting", b"_awaiting", "_paused", b"_paused", "_retry_at", b"_retry_at", "_stage_entered_step", b"_stage_entered_step", "_strikes", b"_strikes", "awaiting", b"awaiting", "germinate", b"germinate", "paused", b"paused", "pending_order", b"pending_order", "retry_at", b"retry_at", "stage_entered_step", b"stage_entered_step", "strikes", b"strikes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_awaiting", b"_awaiting", "_paused", b"_paused", "_retry_at", b"_retry_at", "_stage_entered_step", b"_stage_entered_step", "_strikes", b"_strikes", "acked_id", b"acked_id", "alpha", b"alpha", "awaiting", b"awaiting", "baseline_acc", b"baseline_acc", "command_id", b"command_id", "germinate", b"germinate", "metrics", b"metrics", "paused", b"paused", "paused_at", b"paused_at", "pending_id", b"pending_id", "retry_at", b"retry_at", "seq", b"seq", "slot", b"slot", "stage_entered_step", b"stage_entered_step", "step", b"step", "step_report", b"step_report", "strikes", b"strikes", "val_acc", b"val_acc"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_awaiting", b"_awaiting", "_paused", b"_paused", "_retry_at", b"_retry_at", "_stage_entered_step", b"_stage_entered_step", "_strikes", b"_strikes", "acked_id", b"acked_id", "alpha", b"alpha", "awaiting", b"awaiting", "baseline_acc", b"baseline_acc", "command_id", b"command_id", "germinate", b"germinate", "metrics", b"metrics", "paused", b"paused", "paused_at", b"paused_at", "pending_id", b"pending_id", "pending_order", b"pending_order", "retry_at", b"retry_at", "seq", b"seq", "slot", b"slot", "stage_entered_step", b"stage_entered_step", "step", b"step", "step_report", b"step_report", "strikes", b"strikes", "val_acc", b"val_acc"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__awaiting: _TypeAlias = _typing.Literal["awaiting"]  # noqa: Y015
     _WhichOneofArgType__awaiting: _TypeAlias = _typing.Literal["_awaiting", b"_awaiting"]  # noqa: Y015

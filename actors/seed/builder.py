@@ -25,6 +25,10 @@ from leyline import pb
 __all__ = ["Builder"]
 
 
+#: an awaited order is sent again once reports are this many barrier intervals past its step
+RESEND_AFTER_BOUNDARIES = 2
+
+
 class Builder:
     """Collects events (numbered and folded on emit) and outgoing messages for one decision."""
 
@@ -111,8 +115,28 @@ class Builder:
     def await_order(self, stage: Stage, what: str = "", **fields: object) -> pb.ExecutionOrder:
         """Record that the slot awaits the ack of a new order, and send it."""
         order_id = self.new_id()
-        self.progress(awaiting=str(Wait.ack(stage_name(stage), what)), pending_id=order_id)
-        return self.order(stage, order_id, **fields)
+        order = self.order(stage, order_id, **fields)
+        self.progress(
+            awaiting=str(Wait.ack(stage_name(stage), what)),
+            pending_id=order_id,
+            pending_order=order,
+        )
+        return order
+
+    def resend_missed(self, step: int) -> None:
+        """Send the awaited order again when a step report shows its step passed long ago
+        without an acknowledgement (it was never received, or refused as stale because no
+        trainer read it in time): the same order id, due at the next boundary. Execution
+        applies an order id once, so a copy of one that did arrive changes nothing."""
+        if not self.state.pending_order:
+            return
+        order = pb.ExecutionOrder.FromString(bytes.fromhex(self.state.pending_order))
+        freq = max(1, self.ctx.config.barrier.frequency)
+        if step <= order.apply_at_step + RESEND_AFTER_BOUNDARIES * freq:
+            return
+        order.apply_at_step = next_boundary(step, freq)
+        self.outgoing.append(Outgoing("execution", None, order))
+        self.progress(step=step, pending_order=order)
 
     def request_gate(self, gate: Gate, metrics: Mapping[str, float], blueprint: str = "") -> None:
         """Record that the slot awaits a gate result, and send the GateRequest."""

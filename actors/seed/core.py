@@ -170,18 +170,19 @@ def _germinate(b: Builder, g: pb.Germinate) -> None:
         b.refuse("germinate", bad)
     else:
         order_id = b.new_id()
-        b.progress(
-            awaiting=str(Wait.evidence()),
-            pending_id=order_id,
-            germinate=g,
-            baseline_acc=st.val_acc,
-        )
-        b.order(
+        order = b.order(
             S.SEED_STAGE_GERMINATED,
             order_id,
             germinate=g,
             wants_evidence=True,
             evidence_for=G.SEED_GATE_G0_SANITY,
+        )
+        b.progress(
+            awaiting=str(Wait.evidence()),
+            pending_id=order_id,
+            germinate=g,
+            baseline_acc=st.val_acc,
+            pending_order=order,
         )
 
 
@@ -197,9 +198,12 @@ def _pause(b: Builder, pause: bool) -> None:
         b.progress(**_pause_fields(b, pause))  # no seed: nothing to tell execution
     else:
         order_id = b.new_id()
-        b.progress(awaiting=str(Wait.ack(stage_name(st.stage), action)), pending_id=order_id)
-        order = b.order(st.stage, order_id)
-        order.paused = pause
+        order = b.order(st.stage, order_id, paused=pause)
+        b.progress(
+            awaiting=str(Wait.ack(stage_name(st.stage), action)),
+            pending_id=order_id,
+            pending_order=order,
+        )
 
 
 def _pause_fields(b: Builder, pause: bool) -> dict[str, Any]:
@@ -223,6 +227,8 @@ def _on_report(b: Builder, report: pb.StepReport) -> None:
         val_acc=max(0.0, report.val_accuracy),
     )
     st = b.state
+    if st.awaiting is not None and st.awaiting.acked:
+        b.resend_missed(report.step)
     if st.paused or st.awaiting is not None:
         return
     elapsed = report.step - st.stage_entered_step

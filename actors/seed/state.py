@@ -77,6 +77,7 @@ class SeedState:
     val_acc: float = 0.0
     alpha: float = 0.0
     retry_at: int = 0
+    pending_order: str = ""  # the awaited ExecutionOrder, serialized, hex ("" = none)
 
 
 def initial_state(slot: str) -> SeedState:
@@ -177,14 +178,19 @@ def _wait_changes(state: SeedState, ev: pb.LifecycleProgress, changes: dict[str,
     first), and a set ``awaiting`` starts the next one or ends it when empty."""
     if ev.acked_id:
         acks = (*state.recent_acks, ev.acked_id)[-RECENT_ACKS:]
-        changes.update(awaiting=None, pending_id="", command_id="", recent_acks=acks)
+        changes.update(
+            awaiting=None, pending_id="", command_id="", recent_acks=acks, pending_order=""
+        )
     if ev.HasField("awaiting"):
         waiting = bool(ev.awaiting)
         changes.update(
             awaiting=Wait.parse(ev.awaiting),
             pending_id=ev.pending_id if waiting else "",
             command_id=ev.command_id if waiting else "",
+            pending_order="",
         )
+    if ev.HasField("pending_order"):  # with the wait it starts, or an order sent again
+        changes["pending_order"] = ev.pending_order.SerializeToString().hex()
 
 
 _FIELDS = SeedState.__slots__

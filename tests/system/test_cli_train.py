@@ -411,3 +411,59 @@ def test_train_runs_a_users_factory_from_the_current_directory(tmp_path: Path) -
         assert missing.returncode == 2 and "nosuchmodule" in missing.stderr
     finally:
         _purge(env)
+
+
+async def _order_queued(env: dict[str, str]) -> float:
+    """Wait until an order is in rank 0's execution inbox; the time it was added (epoch s)."""
+    bus = open_bus(env["KASMINA_REDIS"])
+    try:
+        with anyio.fail_after(120):
+            inbox = streams.inbox(env["KASMINA_RUN"], "execution", "0")
+            while not (entries := await bus.range(inbox)):
+                await anyio.sleep(0.1)
+    finally:
+        await bus.close()
+    return int(entries[0].id.split("-")[0]) / 1000
+
+
+async def _rejections(env: dict[str, str], ring: KeyRing) -> list[pb.Rejection]:
+    bus = open_bus(env["KASMINA_REDIS"])
+    verifier = Verifier(ring, replay=True)
+    out = []
+    try:
+        for entry in await bus.range(streams.rejected(env["KASMINA_RUN"])):
+            env_ = verifier.open(entry.fields[FRAME], stream=entry.stream)
+            message = REGISTRY.parse(env_.kind, env_.body)
+            assert isinstance(message, pb.Rejection)
+            out.append(message)
+    finally:
+        await bus.close()
+    return out
+
+
+@pytest.mark.timeout(600)
+def test_a_germination_sent_before_any_trainer_attached_goes_through_once_one_does(
+    procs: Procs, tmp_path: Path
+) -> None:
+    """A germinate published while no trainer reads the run, older than the freshness window
+    when the trainer attaches: the trainer refuses that copy as stale, the SeedActor sends the
+    order again once reports pass its step, and the slot germinates and trains."""
+    env = _env(tmp_path, world=1)
+    config = Path(env["KASMINA_CONFIG"])
+    config.write_text(config.read_text() + "\n[security]\nclock_tolerance_s = 1.0\n")
+    ring = KeyRing.load(env["KASMINA_KEYS"])
+    try:
+        procs.start("actors", "run", "--actors", "seed,gate,safety,telemetry,barrier",
+                    "--slots", "hidden,units", env=env)  # fmt: skip
+        published = kasmina(*GERMINATE[:-3], env=env)  # no --wait: nobody trains yet
+        assert published.returncode == 0, published.stderr + procs.log("actors")
+        queued = anyio.run(_order_queued, env)
+        while time.time() < queued + 2.5:  # let the queued order age past the window
+            time.sleep(0.1)
+        procs.start("train", "train", "--task", "spirals", "--json", env=env)
+        walk, causes = anyio.run(_wait_stage, env, ring, "hidden", pb.SEED_STAGE_TRAINING)
+        assert walk[-2:] == [pb.SEED_STAGE_GERMINATED, pb.SEED_STAGE_TRAINING], causes
+        stale = [r for r in anyio.run(_rejections, env, ring) if r.reason_code == "stale"]
+        assert any(r.stream.endswith(":inbox:execution:0") for r in stale), stale
+    finally:
+        _purge(env)
