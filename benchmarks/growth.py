@@ -17,8 +17,9 @@ and batch order:
 
 Compute per arm: training FLOPs estimated as ``6 * P * B`` per training step (forward 2PB,
 backward 4PB, ``P`` the parameters in the forward, ``B`` the batch), plus the grown arm's extra
-passes: in TRAINING a shadow forward and backward with the seed on and a forward at α=0 on the
-same batch; reported in GFLOPs and as a ratio to the host arm.
+passes: in TRAINING, and in the early and mid blend phases (α below the 0.7 band), a shadow forward
+and backward with the seed on and a forward at α=0 on the same batch; reported in GFLOPs and as a
+ratio to the host arm.
 
 The bus is not involved: this measures growth, not transport. Tasks: digits (64->8->10 host,
 ``width`` seed adding 8 units) and spirals (2->16->2 host, ``residual_mlp`` seed on the hidden
@@ -50,6 +51,7 @@ from actors.execution import (
     param_count,
 )
 from actors.execution.blueprints import SlotShape
+from actors.execution.stages import EARLY, LATE, alpha_at, blend_phase
 from leyline import pb
 from scenarios.demo.tasks import SLOT_POINTS, SPECS, Split, batches, build_host, evaluate, load_task
 
@@ -120,15 +122,31 @@ def arm_static(task: str, split: Split, seed: int, steps: int, big: bool) -> dic
 
 def flops(p_host: int, p_seed: int, steps: int, segments: list[tuple[int, str]]) -> float:
     """Training FLOPs of a run: ``segments`` are ``(steps, kind)`` with kind ``host`` (host alone),
-    ``full`` (host and seed in the forward) or ``shadow`` (host alone, plus the seed's shadow
-    forward/backward with the seed on and a forward at α=0); the rest of ``steps`` is ``host``."""
+    ``full`` (host and seed in the forward), ``shadow`` (host alone, plus the seed's shadow
+    forward/backward with the seed on and a forward at α=0) or ``blend_shadow`` (``full`` plus
+    the same shadow passes: the early and mid blend phases); the rest of ``steps`` is ``host``."""
     total, used = 0.0, 0
     full = p_host + p_seed
     for n, kind in segments:
         used += n
-        per = {"host": 6 * p_host, "full": 6 * full, "shadow": 6 * p_host + 6 * full + 2 * p_host}
+        per = {
+            "host": 6 * p_host,
+            "full": 6 * full,
+            "shadow": 6 * p_host + 6 * full + 2 * p_host,
+            "blend_shadow": 6 * full + 6 * full + 2 * p_host,
+        }
         total += n * per[kind] * BATCH
     return total + (steps - used) * 6 * p_host * BATCH
+
+
+def shadowed_blend_steps(blend_steps: int) -> int:
+    """Steps of a linear blend ramp in the early and mid phases (alpha hysteresis), in which the
+    seed still takes shadow-loss passes."""
+    phase, count = EARLY, 0
+    for t in range(blend_steps):
+        count += phase != LATE  # the forward of step t runs in the phase set after step t - 1
+        phase = blend_phase(phase, alpha_at(pb.ALPHA_SCHEDULE_LINEAR, t + 1, blend_steps))
+    return count
 
 
 def arm_abrupt(task: str, split: Split, seed: int, steps: int, at: int) -> dict[str, float]:
@@ -240,6 +258,7 @@ def run_task(task: str, seeds: int, steps: int) -> dict[str, Any]:
         fossilized += grown["fossilized"]
         params = {"host": host["params"], "grown": grown["params"], "big": big["params"]}
     p_host, p_big = int(params["host"]), int(params["big"])
+    shadowed = shadowed_blend_steps(stage_len)
     p_seed = p_big - p_host
     kept = fossilized == seeds  # compute of a fossilized seed (a culled one costs less)
     compute = {
@@ -251,7 +270,12 @@ def run_task(task: str, seeds: int, steps: int) -> dict[str, Any]:
             p_host,
             p_seed,
             steps,
-            [(at, "host"), (stage_len, "shadow"), (steps - at - stage_len, "full")],
+            [
+                (at, "host"),
+                (stage_len, "shadow"),
+                (shadowed, "blend_shadow"),
+                (steps - at - stage_len - shadowed, "full"),
+            ],
         ),
     }
     diff = [g - h for g, h in zip(rows["grown"], rows["host"], strict=True)]

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from actors.execution.distill import check_kd_settings
 from contracts.config import KasminaConfig
 
 
@@ -37,6 +38,12 @@ class RuntimeConfig:
     max_seed_params: int | None = None  # largest seed (elements); None: the host's size, >= 1M
     kernel_cache_bytes: int = 256 * 2**20  # loaded artifacts kept on the device (LRU budget)
     kernel_cache_ttl_s: float = 3600.0  # a kernel unused this long is dropped
+    # knowledge distillation (with a teacher handed to the runtime; see actors/execution/distill)
+    kd_temperature: float = 4.0  # T of the KD loss (germinate param kd_temperature overrides)
+    kd_weight: float = 0.3  # w of the KD loss; 0: no distillation (germinate param kd_weight)
+    teacher_autocast: str = ""  # "", "bfloat16" or "float16": autocast for the teacher forward
+    teacher_chunk: int = 0  # teacher micro-batch (examples per forward); 0: the whole batch
+    alpha_hysteresis: float = 0.02  # half-width of the blend-phase bands at alpha 0.3 and 0.7
 
     def __post_init__(self) -> None:
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
@@ -46,6 +53,11 @@ class RuntimeConfig:
         for name in ("probe_every", "report_every", "barrier_frequency", "blend_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.alpha_hysteresis < 0.2:
+            raise ValueError(f"alpha_hysteresis must be in [0, 0.2), got {self.alpha_hysteresis}")
+        check_kd_settings(
+            self.kd_temperature, self.kd_weight, self.teacher_autocast, self.teacher_chunk
+        )
 
     @classmethod
     def from_config(cls, config: KasminaConfig, **settings: Any) -> RuntimeConfig:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from actors.execution.distill import distill_objective
 from actors.execution.isolation import IsolationReport, autograd_probe
 from actors.execution.probing import (
     LossFn,
@@ -91,20 +92,28 @@ def shadow_step(
     inputs: Tensor,
     targets: Tensor,
     loss_fn: LossFn | None,
+    distill: tuple[Tensor, float, float] | None = None,
 ) -> tuple[list[Tensor | None], Paired]:
     """The shadow-loss gradient of one seed and its paired gain on the same batch.
 
     The shadow loss is the task loss with the seed fully on (alpha 1, input detached); the
-    gradient is taken with respect to the seed's parameters only. Before the seed steps, the same
-    batch is run at alpha 0, and ``loss(alpha 0) - loss(seed on)`` per example is the seed's own
-    contribution, free of host learning (both forwards see the same host weights)."""
+    gradient is taken with respect to the seed's parameters only. With ``distill`` (the teacher's
+    logits on ``inputs``, temperature, weight) it is the knowledge-distillation objective
+    ``(1-w) task + w T^2 KL``. Before the seed steps, the same batch is run at alpha 0, and
+    ``task loss(alpha 0) - task loss(seed on)`` per example is the seed's own contribution, free
+    of host learning (both forwards see the same host weights)."""
     params = [p for p in slot.seed_parameters() if p.requires_grad]
     inputs, targets = inputs.to(device), targets.to(device)
     with probe_mode(model, device):
         with slot.forced(on_mode(slot), 1.0):
-            on = per_example_loss(first_tensor(model(inputs)), targets, loss_fn)
+            out = first_tensor(model(inputs))
+            on = per_example_loss(out, targets, loss_fn)
+            objective = on.mean()
+            if distill is not None:
+                soft, temperature, weight = distill
+                objective = distill_objective(objective, out, soft, temperature, weight)
             grads: list[Tensor | None] = list(
-                torch.autograd.grad(on.mean(), params, allow_unused=True)
+                torch.autograd.grad(objective, params, allow_unused=True)
             )
         with slot.forced(Mode.IDENTITY, 0.0), torch.no_grad():
             off = per_example_loss(first_tensor(model(inputs)), targets, loss_fn)

@@ -25,6 +25,7 @@ from actors.execution.blueprints import (
     shape_probe,
     signed_off,
 )
+from actors.execution.distill import check_germinate_kd
 from actors.execution.errors import OrderError
 from actors.execution.evidence import slot_facts
 from actors.execution.isolation import IsolationReport, graph_walk, isolation_signal
@@ -64,6 +65,7 @@ def germinate(
     bp = resolve(rt, g)
     params = check_params(dict(g.params))
     site = _site(rt, slot)
+    check_germinate_kd(rt, params, site.inputs, site.base)
     _check_fit(bp, site.shape, g.blend_mode)
     check_size(rt, bp, site, params, slot)
     seed = build_seed(rt, bp, site, params, slot, order.apply_at_step)

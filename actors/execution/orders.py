@@ -162,6 +162,7 @@ def _advance(rt: ExecutionRuntime, state: SlotState, target: int, step: int) -> 
     if target == st.BLENDING:
         state.blend_start = step
         state.blend_steps = state.blend_steps or rt.config.blend_steps
+        state.phase = st.EARLY
         slot.alpha.zero_()
     elif target in (st.SHADOWING, st.PROBATIONARY):
         slot.alpha.fill_(1.0)

@@ -20,6 +20,7 @@ from actors.execution.germination import sync_grads
 from actors.execution.kernels import as_blueprint
 from actors.execution.optim import seed_optimizer
 from actors.execution.slot import SeedSlot
+from actors.execution.stages import phase_of
 
 if TYPE_CHECKING:
     from actors.execution.runtime import ExecutionRuntime
@@ -197,4 +198,5 @@ def _apply_slot(rt: ExecutionRuntime, sid: str, sp: SlotPlan) -> None:
     state.stage_since = int(entry["stage_since"])
     state.blend_start = int(entry["blend_start"])
     state.blend_steps = int(entry["blend_steps"])
+    state.phase = phase_of(float(entry["alpha"]))
     state.schedule = int(entry["schedule"])

@@ -30,11 +30,12 @@ import torch.distributed as dist
 from google.protobuf.message import Message
 from torch import nn
 
-from actors.execution import monitor, orders, ranks, recovery
+from actors.execution import monitor, orders, ranks, recovery, shadow
 from actors.execution import stages as st
 from actors.execution.config import RuntimeConfig, default_device
+from actors.execution.distill import check_teacher, soft_targets
 from actors.execution.errors import OrderError
-from actors.execution.evidence import counterfactual, reset_check, shadow_step
+from actors.execution.evidence import counterfactual, reset_check
 from actors.execution.kernelcache import KernelCache
 from actors.execution.mailbox import KIND_BARRIER_VOTE, KIND_SAFETY, Inbox, Outbox, state_digest
 from actors.execution.optim import grad_norm
@@ -64,6 +65,7 @@ class ExecutionRuntime:
         validation: ProbeBatch | None = None,
         notify: Callable[[], None] | None = None,
         kernels: KernelCache | None = None,
+        teacher: nn.Module | None = None,
     ) -> None:
         self.config = config if config is not None else RuntimeConfig()
         self.device = self.config.resolved_device()
@@ -77,6 +79,9 @@ class ExecutionRuntime:
             )
         )
         self.model = eager_module(model).to(self.device)
+        self.teacher: nn.Module | None = None
+        if teacher is not None:
+            self.set_teacher(teacher)
         self.slots = dict(slots)
         self.host_optimizer = host_optimizer
         self.loss_fn, self.evaluate = loss_fn, evaluate
@@ -130,6 +135,14 @@ class ExecutionRuntime:
         inputs, targets = split_batch(batch)
         inputs = inputs.to(self.device)
         self.probe_batch = inputs if targets is None else (inputs, targets.to(self.device))
+
+    def set_teacher(self, teacher: nn.Module | None) -> None:
+        """Distil TRAINING seeds from ``teacher`` (None: stop distilling); it moves to the
+        runtime's device and must share nothing with the host (see ``actors/execution/distill``)."""
+        if teacher is not None:
+            check_teacher(eager_module(teacher), self.model)
+            teacher = eager_module(teacher).to(self.device)
+        self.teacher = teacher
 
     def on_step(
         self,
@@ -192,28 +205,26 @@ class ExecutionRuntime:
 
     # -- seed training -------------------------------------------------------------------------
     def shadow_backward(self, batch: ProbeBatch) -> int:
-        """Set the gradient of every TRAINING seed to that of its shadow loss; returns how many.
+        """Set the gradient of every TRAINING seed (and of BLENDING seeds by blend phase) from
+        its shadow loss; returns how many (see :mod:`actors.execution.shadow`).
 
         Runs with the model in eval mode and a forked RNG (no dropout draw, no BatchNorm update)
         and ``torch.autograd.grad`` on seed parameters, so the host is bit-identical to a run
         without seeds."""
-        inputs, targets = split_batch(batch)
-        if targets is None:
-            return 0
-        served = 0
-        for state in self.states.values():
-            slot = state.slot
-            if slot.seed is None or slot.fossil or slot.stage != st.TRAINING or state.paused:
-                continue
-            params = [p for p in slot.seed_parameters() if p.requires_grad]
-            grads, gain = shadow_step(self.model, slot, self.device, inputs, targets, self.loss_fn)
-            state.shadow_gains.append(gain)
-            for p, g in zip(params, grads, strict=True):
-                p.grad = None if g is None else g.detach()
-            if self.distributed:
-                average_grads(params, self.world_size)
-            served += 1
-        return served
+        return shadow.serve(self, batch)
+
+    def soft_targets(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits on ``inputs`` (eval, no_grad, the configured autocast/chunk)."""
+        if self.teacher is None:
+            raise RuntimeError("the runtime has no teacher")
+        cfg = self.config
+        return soft_targets(
+            self.teacher,
+            inputs,
+            self.device,
+            autocast=cfg.teacher_autocast,
+            chunk=cfg.teacher_chunk,
+        )
 
     def _train_seeds(self, step: int) -> None:
         for sid, state in self.states.items():
@@ -248,6 +259,9 @@ class ExecutionRuntime:
             if state.slot.stage == st.BLENDING and state.slot.seed is not None:
                 a = st.alpha_at(state.schedule, step + 1 - state.blend_start, state.blend_steps)
                 state.slot.alpha.fill_(a)
+                phase = st.blend_phase(state.phase, a, self.config.alpha_hysteresis)
+                state.phase_changes += int(phase != state.phase)
+                state.phase = phase
 
     # -- probes and evidence -------------------------------------------------------------------
     def probe(self, step: int) -> dict[str, bool]:
@@ -325,12 +339,3 @@ def eager_module(model: nn.Module) -> nn.Module:
     """The eager module behind a ``torch.compile`` wrapper (the module itself otherwise)."""
     inner = getattr(model, "_orig_mod", None)
     return inner if isinstance(inner, nn.Module) else model
-
-
-def average_grads(params: Sequence[torch.Tensor], world: int) -> None:
-    """Average the gradients of ``params`` across ranks (absent gradients count as zero)."""
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad)
-        p.grad.div_(world)

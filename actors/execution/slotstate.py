@@ -31,6 +31,8 @@ _EVIDENCE = (
     "norm_ratio",
     "shadow_gains",
     "probe_gain",
+    "phase",
+    "phase_changes",
 )
 
 
@@ -68,6 +70,9 @@ class SlotState:
     # latest probe batch's (used when no step batch was given)
     shadow_gains: list[Paired] = field(default_factory=list)
     probe_gain: Paired | None = None
+    # alpha hysteresis: the blend phase (stages.EARLY/MID/LATE) and how often it changed
+    phase: int = 0
+    phase_changes: int = 0
     attach_evidence: dict[str, float] = field(default_factory=dict)
 
     def reset_evidence(self) -> None:
@@ -124,6 +129,8 @@ class SlotState:
             ev.NONFINITE_COUNT: float(self.output_nonfinite + self.grad_nonfinite),
             ev.ISOLATION_VIOLATIONS: float(self.isolation_violations),
             "isolation_probes": float(self.isolation_probes),
+            "blend_phase": float(self.phase),
+            "blend_phase_changes": float(self.phase_changes),
         }
         for name, value in (
             (ev.SEED_LOSS_INITIAL, self.seed_loss_first),

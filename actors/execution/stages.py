@@ -74,3 +74,30 @@ def alpha_at(schedule: int, t: int, blend_steps: int) -> float:
 def adaptive_clip(alpha: float) -> float:
     """Seed gradient-norm clip while blending: ``0.1 / (1 + 100 (alpha - 0.5)^2)``."""
     return 0.1 / (1.0 + 100.0 * (alpha - 0.5) ** 2)
+
+
+#: alpha hysteresis: the blend phases (the seed's learning hand-over while BLENDING)
+EARLY, MID, LATE = 0, 1, 2
+PHASE_NAMES = ("early", "mid", "late")
+ALPHA_BANDS = (0.3, 0.7)  # the design's band centres
+ALPHA_HYSTERESIS = 0.02  # half-width of each band
+
+
+def blend_phase(phase: int, alpha: float, width: float = ALPHA_HYSTERESIS) -> int:
+    """The blend phase once alpha is ``alpha``, coming from ``phase`` (alpha hysteresis).
+
+    Each band centre ``c`` (0.3, 0.7) is crossed upward only when ``alpha >= c + width`` and
+    downward only when ``alpha <= c - width``; inside ``(c - width, c + width)`` the phase stays
+    what it was, so alpha hovering at a band edge never flips the phase back and forth. A jump
+    may cross both bands at once."""
+    p = min(max(phase, EARLY), LATE)
+    while p < LATE and alpha >= round(ALPHA_BANDS[p] + width, 9):  # round: 0.7 - 0.02 is 0.68
+        p += 1
+    while p > EARLY and alpha <= round(ALPHA_BANDS[p - 1] - width, 9):
+        p -= 1
+    return p
+
+
+def phase_of(alpha: float) -> int:
+    """The phase of ``alpha`` with no history (after a restore): the nearest band side."""
+    return sum(alpha >= c for c in ALPHA_BANDS)

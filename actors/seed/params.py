@@ -20,7 +20,7 @@ MAX_BLEND_STEPS = 1_000_000
 ARTIFACT_ID = re.compile(r"^[0-9a-f]{64}$")  # the sha256 of an artifact's manifest
 _OTHER = 1e6  # |value| bound for a parameter without a range of its own
 
-#: name -> (low, high, integer): inclusive bounds; ``lr`` must also be > 0.
+#: name -> (low, high, integer): inclusive bounds (those in POSITIVE must also be > 0).
 RANGES: dict[str, tuple[float, float, bool]] = {
     "lr": (0.0, 1.0, False),
     "weight_decay": (0.0, 1.0, False),
@@ -28,7 +28,11 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "width": (1, 65_536, True),
     "rank": (1, 4_096, True),
     "scale": (-1_000.0, 1_000.0, False),
+    "kd_weight": (0.0, 1.0, False),  # knowledge distillation: weight of the soft term
+    "kd_temperature": (0.0, 100.0, False),  # knowledge distillation: temperature
 }
+#: parameters that must also be > 0
+POSITIVE = frozenset({"lr", "kd_temperature"})
 
 
 def _check(name: str, value: float) -> str | None:
@@ -38,7 +42,7 @@ def _check(name: str, value: float) -> str | None:
     if bounds is None:
         return None if abs(value) <= _OTHER else f"parameter {name}={value:g} out of range"
     low, high, integer = bounds
-    if not low <= value <= high or (name == "lr" and value <= 0):
+    if not low <= value <= high or (name in POSITIVE and value <= 0):
         return f"parameter {name}={value:g} outside [{low:g}, {high:g}]"
     if integer and value != int(value):
         return f"parameter {name}={value:g} must be a whole number"

@@ -1,0 +1,83 @@
+"""The shadow-loss path: seeds learn from the step's batch with the seed fully on, host untouched.
+
+``on_step(step, loss, batch=(x, y))`` sets the gradient of a seed to that of its shadow loss (the
+task loss at alpha 1, input detached, differentiated with respect to the seed's parameters only;
+the knowledge-distillation objective when the runtime has a teacher). Which seeds it serves:
+
+- TRAINING: every seed; the shadow gradient replaces the straight-through one;
+- BLENDING, by blend phase (alpha hysteresis, :func:`actors.execution.stages.blend_phase`):
+  ``early`` (alpha below the 0.3 band) replaces the blended gradient as in TRAINING, ``mid``
+  (between the bands) adds to it, ``late`` (above the 0.7 band) leaves the blended gradient
+  alone: the seed's learning is handed over from its own objective to the blended one.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.distributed as dist
+
+from actors.execution import stages as st
+from actors.execution.distill import kd_settings
+from actors.execution.evidence import shadow_step
+from actors.execution.probing import ProbeBatch, split_batch
+
+if TYPE_CHECKING:
+    from actors.execution.runtime import ExecutionRuntime
+    from actors.execution.slotstate import SlotState
+
+REPLACE, ADD = "replace", "add"
+
+
+def shadow_use(state: SlotState) -> str | None:
+    """How the slot's seed takes a shadow gradient this step: ``replace``, ``add`` or None."""
+    slot = state.slot
+    if slot.seed is None or slot.fossil or state.paused:
+        return None
+    if slot.stage == st.TRAINING:
+        return REPLACE
+    if slot.stage == st.BLENDING:
+        return {st.EARLY: REPLACE, st.MID: ADD}.get(state.phase)
+    return None
+
+
+def serve(rt: ExecutionRuntime, batch: ProbeBatch) -> int:
+    """Give every seed :func:`shadow_use` selects its shadow gradient; returns how many."""
+    inputs, targets = split_batch(batch)
+    if targets is None:
+        return 0
+    served = 0
+    soft: torch.Tensor | None = None
+    for state in rt.states.values():
+        use = shadow_use(state)
+        if use is None:
+            continue
+        slot = state.slot
+        params = [p for p in slot.seed_parameters() if p.requires_grad]
+        kd = kd_settings(rt, state)
+        if kd is not None and soft is None:
+            soft = rt.soft_targets(inputs)
+        distill = None if kd is None or soft is None else (soft, *kd)
+        grads, gain = shadow_step(rt.model, slot, rt.device, inputs, targets, rt.loss_fn, distill)
+        if slot.stage == st.TRAINING:
+            state.shadow_gains.append(gain)
+        blended = [p.grad for p in params] if use == ADD else [None] * len(params)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = None if g is None else g.detach()
+        if rt.distributed:
+            average_grads(params, rt.world_size)
+        for p, b in zip(params, blended, strict=True):
+            if b is not None:
+                p.grad = b if p.grad is None else p.grad + b
+        served += 1
+    return served
+
+
+def average_grads(params: list[torch.nn.Parameter], world: int) -> None:
+    """Average the gradients of ``params`` across ranks (absent gradients count as zero)."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad.div_(world)
