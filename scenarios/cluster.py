@@ -66,7 +66,7 @@ class Cluster:
             return False
         return await run_is_quiet(self.bus, self.run)
 
-    async def settle(self, timeout_s: float = 20.0, poll_s: float = 0.005) -> None:
+    async def settle(self, timeout_s: float = 120.0, poll_s: float = 0.005) -> None:
         """Wait until the run is quiet twice in a row with the event log unchanged."""
         events = streams.events(self.run)
         with anyio.move_on_after(timeout_s):
