@@ -13,13 +13,15 @@ later; a counterfactual gate; fossilize or cull):
 Reported: test accuracy of each arm, the paired difference (kd − plain) with its wins, the seed's
 own counterfactual gain at the gate (val accuracy at α=1 minus α=0), the teacher's and the host's
 accuracy, and the teacher's forward time per step as a ratio to the host step (same run).
-Run: ``python benchmarks/distill.py [--seeds 5] [--steps 3000] [--weight 0.3] [--json]
-[--markdown]``.
+``--train-limit N`` keeps only N training examples for the teacher, the host and the seed (the
+data-scarce case). Run: ``python benchmarks/distill.py [--seeds 5] [--steps 3000] [--weight 0.3]
+[--train-limit N] [--json] [--markdown]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -130,18 +132,28 @@ def teacher_cost(task: str, split: Split, model: nn.Module, reps: int = 50) -> f
     return best["teacher"] / best["host"]
 
 
+def limited(split: Split, n: int) -> Split:
+    """``split`` with only its first ``n`` training examples (the split is shuffled; 0: all)."""
+    if n <= 0:
+        return split
+    return dataclasses.replace(split, x_train=split.x_train[:n], y_train=split.y_train[:n])
+
+
 def _ms(xs: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0}
 
 
-def run_task(task: str, seeds: int, steps: int, weight: float) -> dict[str, Any]:
-    """Both arms on ``seeds`` seeds, interleaved (figures in percentage points)."""
+def run_task(
+    task: str, seeds: int, steps: int, weight: float, train_limit: int = 0
+) -> dict[str, Any]:
+    """Both arms on ``seeds`` seeds, interleaved (figures in percentage points); ``train_limit``
+    keeps only that many training examples (0: all) for the teacher, the host and the seed."""
     rows: dict[str, list[float]] = {k: [] for k in ("teacher", "host", "plain", "kd", "diff")}
-    gains: dict[str, list[float]] = {"plain": [], "kd": []}
+    gains: dict[str, list[float]] = {"plain": [], "kd": [], "diff": []}
     kept = {"plain": 0.0, "kd": 0.0}
     cost = 0.0
     for seed in range(seeds):
-        split = load_task(task, seed)
+        split = limited(load_task(task, seed), train_limit)
         big = teacher(task, split, seed, steps)
         rows["teacher"].append(100 * evaluate(big, split.x_test, split.y_test)[1])
         host = build_host(task, split, seed)
@@ -154,13 +166,17 @@ def run_task(task: str, seeds: int, steps: int, weight: float) -> dict[str, Any]
             gains[name].append(100 * out["gain"])
             kept[name] += out["kept"]
         rows["diff"].append(rows["kd"][-1] - rows["plain"][-1])
+        gains["diff"].append(gains["kd"][-1] - gains["plain"][-1])
         cost = teacher_cost(task, split, big)
     result: dict[str, Any] = {"task": task, "seeds": seeds, "steps": steps, "kd_weight": weight}
+    result["train_examples"] = len(split.y_train)
     result.update({k: _ms(v) for k, v in rows.items() if k != "host"})
     result["kd_minus_plain"] = result.pop("diff")
     result["wins"] = sum(d > 0 for d in rows["diff"])
     result["ties"] = sum(d == 0 for d in rows["diff"])
-    result["gate_gain"] = {k: _ms(v) for k, v in gains.items()}
+    result["gate_gain"] = {k: _ms(v) for k, v in gains.items() if k != "diff"}
+    result["gate_gain_kd_minus_plain"] = _ms(gains["diff"])
+    result["gate_gain_wins"] = sum(d > 0 for d in gains["diff"])
     result["fossilized"] = {k: int(v) for k, v in kept.items()}
     result["teacher_forward_vs_host_step"] = round(cost, 3)
     return result
@@ -173,16 +189,19 @@ def markdown(results: list[dict[str, Any]]) -> str:
         return f"{d['mean']:.1f} ± {d['std']:.1f}"
 
     lines = [
-        "| task | teacher | plain seed | distilling seed | kd − plain (wins) | gate gain plain / kd "
-        "| fossilized plain / kd | teacher forward / host step |",
-        "|---|---|---|---|---|---|---|---|",
+        "| task (train examples) | teacher | plain seed | distilling seed | kd − plain (wins) "
+        "| gate gain plain / kd | gate gain kd − plain (wins) | fossilized plain / kd "
+        "| teacher forward / host step |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        g, f = r["gate_gain"], r["fossilized"]
+        g, f, d = r["gate_gain"], r["fossilized"], r["gate_gain_kd_minus_plain"]
         lines.append(
-            f"| {r['task']} | {ms(r['teacher'])} | {ms(r['plain'])} | {ms(r['kd'])} | "
+            f"| {r['task']} ({r['train_examples']}) | {ms(r['teacher'])} | {ms(r['plain'])} | "
+            f"{ms(r['kd'])} | "
             f"{r['kd_minus_plain']['mean']:+.1f} ± {r['kd_minus_plain']['std']:.1f} pp "
             f"({r['wins']}/{r['seeds']}) | {ms(g['plain'])} / {ms(g['kd'])} pp | "
+            f"{d['mean']:+.1f} ± {d['std']:.1f} pp ({r['gate_gain_wins']}/{r['seeds']}) | "
             f"{f['plain']}/{r['seeds']} / {f['kd']}/{r['seeds']} | "
             f"{r['teacher_forward_vs_host_step']:.2f}× |"
         )
@@ -196,12 +215,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--weight", type=float, default=0.3)
     parser.add_argument("--tasks", default="digits,spirals")
+    parser.add_argument("--train-limit", type=int, default=0, help="training examples (0: all)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     started = time.perf_counter()
-    results = [run_task(t, args.seeds, args.steps, args.weight) for t in args.tasks.split(",")]
+    results = [
+        run_task(t, args.seeds, args.steps, args.weight, args.train_limit)
+        for t in args.tasks.split(",")
+    ]
     elapsed = time.perf_counter() - started
     if args.json or not args.markdown:
         for r in results:

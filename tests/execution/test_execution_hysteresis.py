@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,3 +121,26 @@ def _how(rt: ExecutionRuntime, slot: SeedSlot, x: torch.Tensor, y: torch.Tensor)
     summed = [g + b for g, b in zip(own, blended, strict=True)]  # type: ignore[operator]
     assert all(torch.allclose(a, s) for a, s in zip(after, summed, strict=True))  # type: ignore[arg-type]
     return "add"
+
+
+def test_a_restored_blend_resumes_in_the_phase_of_its_alpha(tmp_path: Path) -> None:
+    """A checkpoint taken mid-ramp restores alpha and the phase alpha lies in (no history)."""
+    model, slots = tiny(0, {"a": "fc1"})
+    opt = torch.optim.SGD(host_parameters(model, slots), lr=0.05)
+    rt = runtime(model, slots, opt, blend_steps=10)
+    rt.submit(germinate("a", 0))
+    rt.submit(order("a", pb.SEED_STAGE_TRAINING, 0))
+    rt.submit(order("a", pb.SEED_STAGE_BLENDING, 1))
+    batches = data()
+    for step in range(6):  # alpha after step 5: 0.5, phase mid
+        x, y = batches[step % len(batches)]
+        opt.zero_grad(set_to_none=True)
+        backward(F.cross_entropy(model(x), y))
+        opt.step()
+        rt.on_step(step, batch=(x, y))
+    assert float(slots["a"].alpha) == 0.5 and rt.states["a"].phase == MID
+    rt.checkpoint(str(tmp_path / "mid.ckpt"))
+    model2, slots2 = tiny(0, {"a": "fc1"})
+    rt2 = runtime(model2, slots2, torch.optim.SGD(host_parameters(model2, slots2), lr=0.05))
+    rt2.restore(str(tmp_path / "mid.ckpt"))
+    assert float(slots2["a"].alpha) == 0.5 and rt2.states["a"].phase == MID
