@@ -224,7 +224,10 @@ def test_distillation_benchmark_runs_both_arms_ci_sized() -> None:
     assert r["teacher"]["mean"] > 80.0 and 0.0 < r["plain"]["mean"] <= 100.0
     assert r["kd_minus_plain"]["mean"] == pytest.approx(r["kd"]["mean"] - r["plain"]["mean"])
     assert set(r["fossilized"]) == {"plain", "kd"} and r["teacher_forward_vs_host_step"] > 0
-    assert "| digits |" in markdown([r])
+    assert r["gate_gain_kd_minus_plain"]["mean"] == pytest.approx(
+        r["gate_gain"]["kd"]["mean"] - r["gate_gain"]["plain"]["mean"]
+    )
+    assert f"| digits ({r['train_examples']}) |" in markdown([r])
 
 
 def test_attach_hands_the_teacher_to_the_runtime_and_the_seed_actor_checks_kd_params() -> None:
