@@ -24,6 +24,7 @@ declare -A TESTS=(
   [actors/seed/core.py]="tests/actors/test_cores_seed_commands.py tests/actors/test_cores_seed_table.py tests/actors/test_cores_seed_walks.py tests/actors/test_cores_seed_pins.py tests/actors/test_cores_seed_props.py tests/actors/test_cores_replay.py"
   [actors/gates/checks.py]="tests/actors"
   [contracts/envelope.py]="tests/contracts"
+  [contracts/verifier.py]="tests/contracts"
 )
 # The property tests (hypothesis, hundreds of examples each) take minutes per surviving mutant on
 # a small machine; they are left out unless MUTATION_PROPERTY_TESTS=1, so the score is what the
@@ -34,8 +35,9 @@ declare -A DESELECT=(
   [actors/seed/core.py]="$SKIP_PROPS"
   [actors/gates/checks.py]="$SKIP_PROPS"
   [contracts/envelope.py]="not test_arbitrary_bytes and not test_mutated_valid_envelopes"
+  [contracts/verifier.py]="not test_arbitrary_bytes and not test_mutated_valid_envelopes"
 )
-DEFAULT=(actors/seed/lifecycle.py actors/seed/core.py actors/gates/checks.py contracts/envelope.py)
+DEFAULT=(actors/seed/lifecycle.py actors/seed/core.py actors/gates/checks.py contracts/envelope.py contracts/verifier.py)
 MODULES=("$@")
 [ ${#MODULES[@]} -eq 0 ] && MODULES=("${DEFAULT[@]}")
 

@@ -1,0 +1,228 @@
+"""Verifying envelope v2 frames on receipt (``docs/wire.md`` §4–5): size, shape, key, MAC before
+any parse, run and stream binding, freshness, kind and role, nonce. The frame format and sealing
+are in :mod:`contracts.envelope`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from contracts.envelope import (
+    _BEFORE_MEMORY,
+    DEFAULT_MAX_BYTES,
+    Envelope,
+    _compare_digest,
+    _hmac_sha256,
+    mac_input,
+    stream_address,
+    unpack,
+)
+from contracts.errors import (
+    BadSignature,
+    ContractError,
+    ExpiredKey,
+    ForbiddenKind,
+    FromFuture,
+    Replayed,
+    RevokedKey,
+    Stale,
+    UnknownKey,
+    UnknownKind,
+    WrongDestination,
+    WrongRun,
+)
+from contracts.keys import KeyRing
+from contracts.nonce import NonceGuard
+from contracts.registry import REGISTRY, Registry
+from contracts.roles import allowed
+
+__all__ = ["Verifier"]
+
+
+class Verifier:
+    """Verifies frames: size, shape, key, MAC (before any parse), binding, freshness, kind, nonce."""
+
+    __slots__ = (
+        "_clock",
+        "_max_bytes",
+        "_nonce",
+        "_nonce_ttl_ms",
+        "_registry",
+        "_replay",
+        "_ring",
+        "_tolerance_ns",
+    )
+
+    def __init__(
+        self,
+        ring: KeyRing,
+        *,
+        nonce_guard: NonceGuard | None = None,
+        clock: Callable[[], int] = time.time_ns,
+        tolerance_s: float = 60.0,
+        nonce_ttl_s: float = 300.0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        replay: bool = False,
+        registry: Registry = REGISTRY,
+    ) -> None:
+        self._ring = ring
+        self._nonce = nonce_guard
+        self._clock = clock
+        self._tolerance_ns = int(tolerance_s * 1e9)
+        self._nonce_ttl_ms = int(nonce_ttl_s * 1000)
+        self._max_bytes = max_bytes
+        self._replay = replay
+        self._registry = registry
+
+    @property
+    def ring(self) -> KeyRing:
+        """The key ring in use."""
+        return self._ring
+
+    @property
+    def tolerance_s(self) -> float:
+        """How far a live message's timestamp may be from this clock."""
+        return self._tolerance_ns / 1e9
+
+    def with_ring(self, ring: KeyRing) -> Verifier:
+        """The same verifier over another key ring (after a rotation)."""
+        twin = Verifier.__new__(Verifier)
+        for name in Verifier.__slots__:
+            setattr(twin, name, getattr(self, name))
+        twin._ring = ring
+        return twin
+
+    def with_replay(self, replay: bool = True) -> Verifier:
+        """The same verifier in replay mode: MAC, binding, roles and key validity at each
+        message's own timestamp checked; freshness and nonces skipped."""
+        twin = self.with_ring(self._ring)
+        twin._replay = replay
+        return twin
+
+    def open(self, frame: bytes, *, stream: str) -> Envelope:
+        """Check everything but the nonce for a frame read from the stream key ``stream``; return
+        the envelope or raise a ContractError (which carries the claimed id)."""
+        env = unpack(frame, max_bytes=self._max_bytes)
+        key = self._ring.get(env.key_id)
+        if key is None:
+            raise UnknownKey(f"key id {env.key_id!r}").claim(
+                env.id, env.kind, env.sender, verified=False
+            )
+        now = self._clock()
+        if key.revoked_ns is not None:
+            raise RevokedKey(f"key id {env.key_id!r} revoked").claim(
+                env.id, env.kind, env.sender, verified=False
+            )
+        # a key verifies what was stamped while it was valid (replay too), and live only until
+        # it expires
+        if not key.valid_at(env.ts_ns) or (not self._replay and not key.valid_at(now)):
+            raise ExpiredKey(f"key id {env.key_id!r} retired").claim(
+                env.id, env.kind, env.sender, verified=False
+            )
+        expected = _hmac_sha256(
+            key.secret,
+            mac_input(
+                env.v,
+                env.kind,
+                env.id,
+                env.sender,
+                env.key_id,
+                env.ts_ns,
+                env.causation_id,
+                env.run,
+                env.to,
+                env.body,
+            ),
+        )
+        if not _compare_digest(expected, env.sig):
+            raise BadSignature(f"message {env.id}").claim(
+                env.id, env.kind, env.sender, verified=False
+            )
+        run, to = stream_address(stream)
+        if env.run != run:
+            raise WrongRun(f"signed for run {env.run!r}, read in run {run!r}").claim(
+                env.id, env.kind, env.sender, verified=True
+            )
+        if env.to != to:
+            raise WrongDestination(f"signed for {env.to!r}, read from {to!r}").claim(
+                env.id, env.kind, env.sender, verified=True
+            )
+        if not self._replay:
+            if env.ts_ns < now - self._tolerance_ns:
+                raise Stale(f"{(now - env.ts_ns) / 1e9:.1f} s old").claim(
+                    env.id, env.kind, env.sender, verified=True
+                )
+            if env.ts_ns > now + self._tolerance_ns:
+                raise FromFuture(f"{(env.ts_ns - now) / 1e9:.1f} s ahead").claim(
+                    env.id, env.kind, env.sender, verified=True
+                )
+        if env.kind not in self._registry:
+            raise UnknownKind(env.kind).claim(env.id, env.kind, env.sender, verified=True)
+        if env.kind not in allowed(key.roles):
+            raise ForbiddenKind(
+                f"key {env.key_id!r} ({','.join(sorted(key.roles))}) may not sign {env.kind!r}"
+            ).claim(env.id, env.kind, env.sender, verified=True)
+        return env
+
+    async def verify_many(
+        self, frames: Sequence[tuple[bytes, str, str]], *, scope: str = ""
+    ) -> list[Envelope | ContractError]:
+        """``verify`` for a batch of ``(frame, stream, token)``: one nonce round trip for all.
+
+        Returns, per frame, the envelope or the ContractError that rejected it (never raises one).
+        """
+        results: list[Envelope | ContractError] = []
+        admit: list[tuple[int, str, str]] = []
+        for index, (frame, stream, token) in enumerate(frames):
+            try:
+                env = self.open(frame, stream=stream)
+            except ContractError as exc:
+                results.append(exc)
+                continue
+            results.append(env)
+            if not self._replay and self._nonce is not None:
+                admit.append((index, f"{scope}|{env.id}" if scope else env.id, token or env.id))
+        if admit and self._nonce is not None:
+            try:
+                verdicts = await self._nonce.admit_many(
+                    [(n, t) for _, n, t in admit], self._nonce_ttl_ms
+                )
+            except ContractError as exc:
+                verdicts = [exc] * len(admit)  # type: ignore[list-item]
+            since = self._nonce.since_ns
+            for (index, _, _), ok in zip(admit, verdicts, strict=True):
+                seen = results[index]
+                assert isinstance(seen, Envelope)
+                if isinstance(ok, ContractError):
+                    results[index] = ok
+                elif not ok:
+                    results[index] = Replayed(f"message id {seen.id} already seen").claim(
+                        seen.id, seen.kind, seen.sender, verified=True
+                    )
+                elif seen.ts_ns < since:
+                    results[index] = Replayed(_BEFORE_MEMORY).claim(
+                        seen.id, seen.kind, seen.sender, verified=True
+                    )
+        return results
+
+    async def verify(
+        self, frame: bytes, *, stream: str, token: str = "", scope: str = ""
+    ) -> Envelope:
+        """``open`` plus the nonce check (live mode only).
+
+        ``token`` identifies this delivery's stream entry: seeing the same message id again with the
+        same token is a redelivery (allowed; dedupe handles effects), with another token a replay.
+        ``scope`` names the receiver (its consumer group): one message may be fanned out to several
+        inboxes, and a replay is judged per receiver.
+        """
+        env = self.open(frame, stream=stream)
+        if not self._replay and self._nonce is not None:
+            nonce = f"{scope}|{env.id}" if scope else env.id
+            admitted = await self._nonce.admit(nonce, token or env.id, self._nonce_ttl_ms)
+            if not admitted:
+                raise Replayed(f"message id {env.id} already seen").claim(
+                    env.id, env.kind, env.sender, verified=True
+                )
+            if env.ts_ns < self._nonce.since_ns:
+                raise Replayed(_BEFORE_MEMORY).claim(env.id, env.kind, env.sender, verified=True)
+        return env
