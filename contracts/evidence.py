@@ -69,3 +69,9 @@ RESET_MAX_ABS_DELTA = "reset_max_abs_delta"
 ALL = tuple(
     value for name, value in sorted(globals().items()) if name.isupper() and isinstance(value, str)
 )
+
+# G0 seed memory budget (bytes; see docs/operations.md "Memory management")
+SEED_MEMORY_BUDGET = "seed_memory_budget"  # the rank's seed memory budget (0: no budget)
+SEED_MEMORY_IN_USE = "seed_memory_in_use"  # what the rank's live and held seeds use now
+SEED_MEMORY_REQUEST = "seed_memory_request"  # what the new seed will use (estimate)
+SEED_OOM = "seed_oom"  # 1 when germination ran out of memory

@@ -153,6 +153,8 @@ class _SafetySignalKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Safe
     SAFETY_SIGNAL_LOSS_SPIKE: _SafetySignalKind.ValueType  # 4
     SAFETY_SIGNAL_REJECT_STORM: _SafetySignalKind.ValueType  # 5
     SAFETY_SIGNAL_NON_FINITE_OUTPUT: _SafetySignalKind.ValueType  # 6
+    SAFETY_SIGNAL_OUT_OF_MEMORY: _SafetySignalKind.ValueType  # 7
+    """a seed ran out of memory; it left the forward at once"""
 
 class SafetySignalKind(_SafetySignalKind, metaclass=_SafetySignalKindEnumTypeWrapper):
     """---------------------------------------------------------------------------
@@ -167,6 +169,8 @@ SAFETY_SIGNAL_NON_FINITE_GRAD: SafetySignalKind.ValueType  # 3
 SAFETY_SIGNAL_LOSS_SPIKE: SafetySignalKind.ValueType  # 4
 SAFETY_SIGNAL_REJECT_STORM: SafetySignalKind.ValueType  # 5
 SAFETY_SIGNAL_NON_FINITE_OUTPUT: SafetySignalKind.ValueType  # 6
+SAFETY_SIGNAL_OUT_OF_MEMORY: SafetySignalKind.ValueType  # 7
+"""a seed ran out of memory; it left the forward at once"""
 Global___SafetySignalKind: _TypeAlias = SafetySignalKind  # noqa: Y015
 
 class _BreakerState:

@@ -44,6 +44,13 @@ class RuntimeConfig:
     teacher_autocast: str = ""  # "", "bfloat16" or "float16": autocast for the teacher forward
     teacher_chunk: int = 0  # teacher micro-batch (examples per forward); 0: the whole batch
     alpha_hysteresis: float = 0.02  # half-width of the blend-phase bands at alpha 0.3 and 0.7
+    # memory management (docs/operations.md): the rank's seed memory budget, enforced at G0 over
+    # every live seed; None and None: no budget. Both set: the smaller.
+    seed_memory_budget: int | None = None  # bytes
+    seed_memory_fraction: float | None = None  # of the device's memory (cpu: physical memory)
+    memory_batch: int | None = None  # examples per step for the activation estimate (None: probe)
+    release_ttl_steps: int = 0  # a culled seed's tensors are released this many steps later
+    fossil_merge: bool = False  # merge a fossilized linear/low-rank/width seed into the host
 
     def __post_init__(self) -> None:
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
@@ -58,6 +65,20 @@ class RuntimeConfig:
         check_kd_settings(
             self.kd_temperature, self.kd_weight, self.teacher_autocast, self.teacher_chunk
         )
+        self._check_memory()
+
+    def _check_memory(self) -> None:
+        if self.release_ttl_steps < 0:
+            raise ValueError(f"release_ttl_steps must be >= 0, got {self.release_ttl_steps}")
+        if self.seed_memory_budget is not None and self.seed_memory_budget < 0:
+            raise ValueError(
+                f"seed_memory_budget must be >= 0 bytes, got {self.seed_memory_budget}"
+            )
+        fraction = self.seed_memory_fraction
+        if fraction is not None and not 0.0 < fraction <= 1.0:
+            raise ValueError(f"seed_memory_fraction must be in (0, 1], got {fraction}")
+        if self.memory_batch is not None and self.memory_batch < 1:
+            raise ValueError(f"memory_batch must be >= 1, got {self.memory_batch}")
 
     @classmethod
     def from_config(cls, config: KasminaConfig, **settings: Any) -> RuntimeConfig:

@@ -11,3 +11,17 @@ class OrderError(Exception):
     def __init__(self, reason: str, evidence: Mapping[str, float] | None = None) -> None:
         super().__init__(reason)
         self.evidence = dict(evidence or {})
+
+
+_OOM_TEXT = ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for an out-of-memory error: ``torch.OutOfMemoryError``, ``MemoryError`` or an
+    allocator's ``RuntimeError`` (device "out of memory", CPU "can't allocate memory")."""
+    import torch  # local: this module stays importable without torch
+
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(t in text for t in _OOM_TEXT)

@@ -121,9 +121,9 @@ def shadow_step(
 
 
 def slot_facts(slot: SeedSlot) -> dict[str, float]:
-    """G0's slot evidence, read from the slot itself: free (no seed, not embargoed, not
-    terminated) and embargoed."""
-    blocked = slot.stage in (EMBARGOED, TERMINATED)
+    """G0's slot evidence, read from the slot itself: free (no seed, not a fossil, not embargoed,
+    not terminated) and embargoed."""
+    blocked = slot.stage in (EMBARGOED, TERMINATED) or slot.fossil  # a merged fossil: no seed
     return {
         ev.SLOT_FREE: float(slot.seed is None and not blocked),
         ev.SLOT_EMBARGOED: float(slot.stage == EMBARGOED),

@@ -26,11 +26,20 @@ from actors.execution.blueprints import (
     signed_off,
 )
 from actors.execution.distill import check_germinate_kd
-from actors.execution.errors import OrderError
+from actors.execution.errors import OrderError, is_oom
 from actors.execution.evidence import slot_facts
 from actors.execution.isolation import IsolationReport, graph_walk, isolation_signal
 from actors.execution.kernels import as_blueprint
 from actors.execution.mailbox import KIND_SAFETY
+from actors.execution.memory import (
+    activation_bytes,
+    batch_scale,
+    check_budget,
+    collect,
+    footprint,
+    memory_evidence,
+    request_bytes,
+)
 from actors.execution.optim import seed_optimizer
 from actors.execution.probing import probe_mode, run_probe, split_batch
 from actors.execution.slot import SeedSlot, SlotTap, host_parameters
@@ -60,14 +69,32 @@ class Site:
 def germinate(
     rt: ExecutionRuntime, state: SlotState, order: pb.ExecutionOrder, step: int
 ) -> dict[str, float]:
-    """Build, check and attach the seed the order asks for; returns the G0 evidence."""
+    """Build, check and attach the seed the order asks for; returns the G0 evidence. Running out
+    of memory on the way is a refusal (the slot is left empty), never an exception."""
+    try:
+        return _germinate(rt, state, order, step)
+    except OrderError:
+        raise
+    except Exception as exc:
+        if not is_oom(exc):
+            raise
+        if state.slot.seed is not None:  # the slot was free: whatever it holds is this seed's
+            state.release(rt.device)
+        collect(rt.device)
+        evidence = {ev.SEED_OOM: 1.0, **memory_evidence(rt, 0)}
+        raise OrderError(f"out of memory during germination: {exc}"[:500], evidence) from None
+
+
+def _germinate(
+    rt: ExecutionRuntime, state: SlotState, order: pb.ExecutionOrder, step: int
+) -> dict[str, float]:
     slot, g = state.slot, order.germinate
     bp = resolve(rt, g)
     params = check_params(dict(g.params))
     site = _site(rt, slot)
     check_germinate_kd(rt, params, site.inputs, site.base)
     _check_fit(bp, site.shape, g.blend_mode)
-    check_size(rt, bp, site, params, slot)
+    memory, activations = check_size(rt, bp, site, params, slot)
     seed = build_seed(rt, bp, site, params, slot, order.apply_at_step)
     try:
         check_shares_nothing(rt, seed)
@@ -80,6 +107,7 @@ def germinate(
     if bp.artifact:
         evidence[ev.ARTIFACT_VERIFIED] = 1.0
     evidence.update(slot_facts(slot))
+    evidence.update(memory)
     host = host_parameters(rt.model, rt.slots)
     evidence[ev.HOST_PARAMS] = float(sum(p.numel() for p in host))
     slot.attach(seed, blueprint=bp.name, reads_input=bp.reads_input, blend_mode=g.blend_mode)
@@ -97,7 +125,7 @@ def germinate(
         raise OrderError(
             f"germination checks failed: {failed or 'isolation/zero output'}", evidence
         )
-    state.shape, state.params = site.shape, params
+    state.shape, state.params, state.activation_bytes = site.shape, params, activations
     state.artifact = bp.artifact
     state.blend_steps = int(g.blend_steps) or rt.config.blend_steps
     state.schedule = g.alpha_schedule
@@ -191,22 +219,33 @@ def check_params(params: dict[str, float]) -> dict[str, float]:
 
 def check_size(
     rt: ExecutionRuntime, bp: Blueprint, site: Site, params: dict[str, float], slot: SeedSlot
-) -> None:
-    """Build the seed on the meta device (no memory) and refuse it when it is too large."""
+) -> tuple[dict[str, float], int]:
+    """Size the seed without building it (a meta-device ghost, or an artifact's verified
+    manifest) and refuse it when it is too large or would exceed the rank's seed memory budget;
+    returns the memory evidence and the seed's activation estimate."""
+    src = site.tap.x if bp.reads_input and site.tap.x is not None else site.tap.h
+    scale = batch_scale(rt.config, site.shape)
     kernel = rt.kernels.peek(bp.artifact) if bp.artifact else None
     if kernel is not None:  # sizes from the verified manifest
         m = kernel.manifest
-        _check_limit(rt, bp, m.param_count, sum(math.prod(s) for s in m.tensors.values()))
-        return
+        total = sum(math.prod(s) for s in m.tensors.values())
+        _check_limit(rt, bp, m.param_count, total)
+        activations = int(2 * src.numel() * src.element_size() * scale)  # output + one more
+        request = request_bytes(m.param_count, total - m.param_count, site.shape.dtype)
+        return check_budget(rt, request + activations), activations
     try:
         with torch.device("meta"), torch.random.fork_rng(devices=[]):
             ghost = bp.build(site.shape, params, rt.hosts.get(slot.slot_id, slot))
     except Exception as exc:
         raise OrderError(f"blueprint {bp.name!r} cannot build with {params}: {exc}") from None
-    n = param_count(ghost)
-    size = sum(t.numel() for t in ghost.buffers()) + n
-    _discard(ghost)
-    _check_limit(rt, bp, n, size)
+    try:
+        n = param_count(ghost)
+        _check_limit(rt, bp, n, sum(t.numel() for t in ghost.buffers()) + n)
+        activations = int(activation_bytes(ghost, tuple(src.shape), site.shape.dtype) * scale)
+        request = footprint(ghost, site.shape.dtype, activations)
+    finally:
+        _discard(ghost)
+    return check_budget(rt, request), activations
 
 
 def _check_limit(rt: ExecutionRuntime, bp: Blueprint, n: int, size: int) -> None:

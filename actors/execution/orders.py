@@ -13,6 +13,7 @@ from actors.execution.errors import OrderError
 from actors.execution.evidence import latency_overhead, slot_facts
 from actors.execution.germination import germinate
 from actors.execution.mailbox import KIND_ACK
+from actors.execution.merge import merge_fossil
 from actors.execution.optim import join_host_optimizer, scale_lr
 from actors.execution.slotstate import SlotState
 from contracts import evidence as ev
@@ -135,9 +136,9 @@ def transition(
     elif slot.fossil and target != st.TERMINATED:
         raise OrderError(f"slot {slot.slot_id} is fossilized; only TERMINATED may follow")
     elif target in st.ISOLATED_STAGES or target == st.FOSSILIZED:
-        _advance(rt, state, target, step)
+        evidence = _advance(rt, state, target, step)
     elif target in (st.CULLED, st.EMBARGOED, st.RESETTING, st.DORMANT, st.TERMINATED):
-        evidence = _clear(rt, state, target)
+        evidence = _clear(rt, state, target, step)
     else:
         raise OrderError(f"stage {st.stage_name(target)} cannot be ordered")
     slot.set_stage(target)
@@ -155,7 +156,7 @@ def _germinate(
     return germinate(rt, state, order, step)
 
 
-def _advance(rt: ExecutionRuntime, state: SlotState, target: int, step: int) -> None:
+def _advance(rt: ExecutionRuntime, state: SlotState, target: int, step: int) -> dict[str, float]:
     slot = state.slot
     if slot.seed is None:
         raise OrderError(f"slot {slot.slot_id} holds no seed")
@@ -167,14 +168,18 @@ def _advance(rt: ExecutionRuntime, state: SlotState, target: int, step: int) -> 
     elif target in (st.SHADOWING, st.PROBATIONARY):
         slot.alpha.fill_(1.0)
     elif target == st.FOSSILIZED:
-        join_host_optimizer(rt.host_optimizer, slot.seed_parameters(), state.optimizer)
+        merged = rt.config.fossil_merge and merge_fossil(rt, state)
+        if not merged:
+            join_host_optimizer(rt.host_optimizer, slot.seed_parameters(), state.optimizer)
         state.optimizer = None
+        return {"fossil_merged": float(merged)} if rt.config.fossil_merge else {}
+    return {}
 
 
-def _clear(rt: ExecutionRuntime, state: SlotState, target: int) -> dict[str, float]:
+def _clear(rt: ExecutionRuntime, state: SlotState, target: int, step: int) -> dict[str, float]:
     slot = state.slot
     if not (target == st.TERMINATED and slot.fossil):
-        state.release(rt.device)
+        state.retire(rt.memory, step)
     if target in (st.RESETTING, st.DORMANT):
         slot.set_stage(target)
         return rt.reset_evidence(state)

@@ -30,14 +30,16 @@ import torch.distributed as dist
 from google.protobuf.message import Message
 from torch import nn
 
-from actors.execution import monitor, orders, ranks, recovery, shadow
+from actors.execution import merge, monitor, orders, ranks, recovery, shadow
 from actors.execution import stages as st
 from actors.execution.config import RuntimeConfig, default_device
 from actors.execution.distill import check_teacher, soft_targets
-from actors.execution.errors import OrderError
+from actors.execution.errors import OrderError, is_oom
 from actors.execution.evidence import counterfactual, reset_check
 from actors.execution.kernelcache import KernelCache
 from actors.execution.mailbox import KIND_BARRIER_VOTE, KIND_SAFETY, Inbox, Outbox, state_digest
+from actors.execution.memory import SeedMemory, out_of_memory
+from actors.execution.merge import Merged
 from actors.execution.optim import grad_norm
 from actors.execution.probing import LossFn, ProbeBatch, split_batch
 from actors.execution.slot import SeedSlot, SlottedModule
@@ -90,6 +92,9 @@ class ExecutionRuntime:
         if probe_batch is not None:
             self.set_probe_batch(probe_batch)
         self.states = {k: SlotState(s) for k, s in self.slots.items()}
+        self.memory = SeedMemory(self.config, self.device)
+        self.merged: dict[str, Merged] = {}  # slot -> a fossil merged into the host (unmerge)
+        self.oom_culls = 0  # seeds taken out of the forward because they ran out of memory
         self.hosts = {
             m.slot.slot_id: m.host for m in self.model.modules() if isinstance(m, SlottedModule)
         }
@@ -161,6 +166,11 @@ class ExecutionRuntime:
         respect to the seed's parameters only. Without it they learn from the straight-through term
         of the user's backward. Either way the host's parameters and gradients are untouched."""
         self.step = step
+        if self.memory.held:
+            self.memory.expire(step)
+        for state in self.states.values():  # seeds whose forward ran out of memory
+            if state.slot.oom_error is not None:
+                out_of_memory(self, state, "the seed's forward", state.slot.oom_error)
         if batch is not None:
             self.shadow_backward(batch)
         if loss is not None:
@@ -191,7 +201,12 @@ class ExecutionRuntime:
     def _periodic(self, step: int, val_loss: float, val_accuracy: float) -> None:
         cfg = self.config
         if cfg.probe_every > 0 and step % cfg.probe_every == 0:
-            self.probe(step)
+            try:
+                self.probe(step)
+            except Exception as exc:  # a probe that runs out of memory is skipped, and said
+                if not is_oom(exc):
+                    raise
+                self._safety("", pb.SAFETY_SIGNAL_OUT_OF_MEMORY, 1.0, f"probe skipped: {exc}")
         if cfg.report_every > 0 and step % cfg.report_every == 0:
             monitor.report(self, step, val_loss, val_accuracy)
         if cfg.barrier_frequency > 0 and step % cfg.barrier_frequency == 0:
@@ -231,28 +246,37 @@ class ExecutionRuntime:
             slot = state.slot
             if slot.seed is None or slot.stage not in st.ISOLATED_STAGES or slot.fossil:
                 continue
-            if float(slot.inplace):
-                self._inplace_violation(state, step)
-            nonfinite = float(slot.nonfinite)
-            if nonfinite:
-                state.output_nonfinite += int(nonfinite)
-                slot.nonfinite.zero_()
-                self._safety(sid, pb.SAFETY_SIGNAL_NON_FINITE_OUTPUT, nonfinite, "seed output")
-            opt = state.optimizer
-            params = slot.seed_parameters()
-            if opt is None or not any(p.grad is not None for p in params):
-                continue
-            if slot.stage == st.BLENDING:
-                norm = torch.nn.utils.clip_grad_norm_(params, st.adaptive_clip(float(slot.alpha)))
-            else:
-                norm = grad_norm(params)
-            value = float(norm)
-            state.record_grad(value, training=slot.stage == st.TRAINING)
-            if not math.isfinite(value):
-                self._safety(sid, pb.SAFETY_SIGNAL_NON_FINITE_GRAD, value, "seed gradient")
-            elif not state.paused:
-                opt.step()
-            opt.zero_grad(set_to_none=True)
+            try:
+                self._train_seed(sid, state)
+            except Exception as exc:
+                if not is_oom(exc):
+                    raise
+                out_of_memory(self, state, "the seed's optimizer step", f"{exc}")
+
+    def _train_seed(self, sid: str, state: SlotState) -> None:
+        slot, step = state.slot, self.step
+        if float(slot.inplace):
+            self._inplace_violation(state, step)
+        nonfinite = float(slot.nonfinite)
+        if nonfinite:
+            state.output_nonfinite += int(nonfinite)
+            slot.nonfinite.zero_()
+            self._safety(sid, pb.SAFETY_SIGNAL_NON_FINITE_OUTPUT, nonfinite, "seed output")
+        opt = state.optimizer
+        params = slot.seed_parameters()
+        if opt is None or not any(p.grad is not None for p in params):
+            return
+        if slot.stage == st.BLENDING:
+            norm = torch.nn.utils.clip_grad_norm_(params, st.adaptive_clip(float(slot.alpha)))
+        else:
+            norm = grad_norm(params)
+        value = float(norm)
+        state.record_grad(value, training=slot.stage == st.TRAINING)
+        if not math.isfinite(value):
+            self._safety(sid, pb.SAFETY_SIGNAL_NON_FINITE_GRAD, value, "seed gradient")
+        elif not state.paused:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
 
     def _advance_alpha(self, step: int) -> None:
         for state in self.states.values():
@@ -311,6 +335,11 @@ class ExecutionRuntime:
             rank=self.rank,
         )
         self.outbox.put(KIND_SAFETY, signal)
+
+    def unmerge(self, slot_id: str) -> None:
+        """Undo the fossil merge of ``slot_id``: the host's pre-merge weights come back bitwise
+        and the seed is a fossil in its slot again (see :mod:`actors.execution.merge`)."""
+        merge.unmerge(self, slot_id)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def request_checkpoint(self, reason: str, step: int = 0) -> None:

@@ -20,7 +20,9 @@ import torch.distributed as dist
 
 from actors.execution import stages as st
 from actors.execution.distill import kd_settings
+from actors.execution.errors import is_oom
 from actors.execution.evidence import shadow_step
+from actors.execution.memory import out_of_memory
 from actors.execution.probing import ProbeBatch, split_batch
 
 if TYPE_CHECKING:
@@ -59,7 +61,15 @@ def serve(rt: ExecutionRuntime, batch: ProbeBatch) -> int:
         if kd is not None and soft is None:
             soft = rt.soft_targets(inputs)
         distill = None if kd is None or soft is None else (soft, *kd)
-        grads, gain = shadow_step(rt.model, slot, rt.device, inputs, targets, rt.loss_fn, distill)
+        try:
+            grads, gain = shadow_step(
+                rt.model, slot, rt.device, inputs, targets, rt.loss_fn, distill
+            )
+        except Exception as exc:
+            if not is_oom(exc):
+                raise
+            out_of_memory(rt, state, "the shadow-loss step", f"{exc}")
+            continue
         if slot.stage == st.TRAINING:
             state.shadow_gains.append(gain)
         blended = [p.grad for p in params] if use == ADD else [None] * len(params)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from actors.execution.errors import is_oom
 from actors.execution.stages import DORMANT, FOSSILIZED, TERMINATED, Mode, mode_for
 from contracts.streams import check_slot
 from leyline import pb
@@ -58,6 +59,7 @@ class SeedSlot(nn.Module):
         )
         self.hook_handles: list[RemovableHandle] = []
         self._tap: list[SlotTap] | None = None
+        self.oom_error: str | None = None  # the seed's forward ran out of memory (eager only)
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, h: Tensor, x: Tensor | None = None) -> Tensor:
@@ -85,7 +87,16 @@ class SeedSlot(nn.Module):
         if mode is Mode.FOSSIL:
             fossil_out: Tensor = h + seed(src)
             return fossil_out
-        z = self._seed_out(seed, src)
+        if torch.compiler.is_compiling():
+            z = self._seed_out(seed, src)
+        else:
+            try:
+                z = self._seed_out(seed, src)
+            except Exception as exc:  # out of memory: the seed leaves, the host's forward goes on
+                if not is_oom(exc):
+                    raise
+                self.oom_error = f"{type(exc).__name__}: {exc}"[:300]
+                return h
         ok = torch.isfinite(z).all()
         self.nonfinite.add_((~ok).to(self.nonfinite.dtype))
         z = torch.where(ok, z, torch.zeros_like(z))
@@ -165,6 +176,7 @@ class SeedSlot(nn.Module):
         self.hook_handles.clear()
         self.seed = None
         self.rng = None
+        self.oom_error = None
         self.blueprint = ""
         self.reads_input = False
         self.fossil = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -13,6 +14,9 @@ from actors.execution.evidence import Paired, pooled_tail
 from actors.execution.slot import SeedSlot
 from contracts import evidence as ev
 from leyline import pb
+
+if TYPE_CHECKING:
+    from actors.execution.memory import SeedMemory
 
 _EVIDENCE = (
     "grad_steps",
@@ -51,6 +55,7 @@ class SlotState:
     paused: bool = False
     artifact: str = ""  # the blueprint artifact the seed was germinated from ("" = none)
     forward_since: int | None = None  # last step at whose end a seed entered the forward
+    activation_bytes: int = 0  # the seed's activation estimate (memory budget)
     # evidence, reset when a new seed is attached
     grad_steps: int = 0
     training_steps: int = 0
@@ -92,6 +97,19 @@ class SlotState:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+    def retire(self, memory: SeedMemory, step: int) -> None:
+        """Take a culled seed out of the slot: its tensors are released at once, or held by
+        ``memory`` until ``release_ttl_steps`` have passed (the slot is empty either way)."""
+        seed, optimizer = self.slot.seed, self.optimizer
+        if memory.ttl <= 0 or seed is None:
+            self.release(memory.device)
+            return
+        self.slot.release()
+        self.optimizer = None
+        self.shape = None
+        self.paused = False
+        memory.hold(self.slot.slot_id, seed, optimizer, step)
 
     def record_grad(self, norm: float, *, training: bool) -> None:
         """Fold one seed gradient norm into the running statistics."""

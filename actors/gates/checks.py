@@ -76,6 +76,17 @@ def _net_gain(
     return gain - _seed_cost(t, seed_params, host_params, latency)
 
 
+def _headroom(budget: float, in_use: float, request: float) -> float:
+    """Bytes left of the rank's seed memory budget once the new seed is in (0 with no budget)."""
+    return budget - in_use - request if budget > 0 else 0.0
+
+
+def _memory_detail(m: Mapping[str, float], t: GateThresholds) -> str:
+    budget = m[ev.SEED_MEMORY_BUDGET]
+    limit = f"budget {budget:.0f} B" if budget > 0 else "no budget"
+    return f"request {m[ev.SEED_MEMORY_REQUEST]:.0f} B + in use {m[ev.SEED_MEMORY_IN_USE]:.0f} B; {limit}"
+
+
 def _relative_rise(off: float, on: float) -> float:
     return (on - off) / max(abs(off), _EPS)
 
@@ -101,6 +112,14 @@ GATE_CHECKS: dict[int, tuple[Spec, ...]] = {
             _metric(ev.SEED_MEMORY_BYTES),
             "<=",
             lambda t: float(t.max_seed_memory_bytes),
+        ),
+        (
+            "seed_memory_headroom",
+            _derived(
+                (ev.SEED_MEMORY_BUDGET, ev.SEED_MEMORY_IN_USE, ev.SEED_MEMORY_REQUEST), _headroom
+            ),
+            ">=",
+            lambda t: 0.0,
         ),
     ),
     G.SEED_GATE_G1_GRADIENT_HEALTH: (
@@ -198,7 +217,8 @@ z * seed_loss_gain_se (the seed's paired shadow-loss gain over alpha 0, lower bo
 loss at α=0) / |loss at α=0| must stay within ``counterfactual_loss_tolerance``; ``cf_gain_lcb`` =
 cf_gain - z * cf_gain_se (paired per-example validation gain, α=1 vs α=0) must exceed
 ``min_improvement``; ``cf_net_gain`` = cf_gain - (param_cost * seed_params / host_params +
-latency_cost * latency_overhead) must be positive; ``baseline_regression`` = baseline acc -
+latency_cost * latency_overhead) must be positive; ``seed_memory_headroom`` = seed_memory_budget -
+seed_memory_in_use - seed_memory_request must not be negative (0 when the rank has no budget); ``baseline_regression`` = baseline acc -
 current val acc must stay within ``max_regression``.
 """
 
@@ -245,6 +265,7 @@ _DETAILS: dict[str, Detail] = {
     ),
     "cf_gain_lcb": _bound_detail(ev.CF_GAIN, ev.CF_GAIN_SE, ev.CF_GAIN_N, "examples"),
     "cf_net_gain": _cost_detail,
+    "seed_memory_headroom": _memory_detail,
 }
 """Checks whose ``detail`` spells out their statistic (components and sample size)."""
 

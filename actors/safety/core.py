@@ -158,8 +158,10 @@ def _strike(out: _Out, sig: pb.SafetySignal) -> None:
     n = len(recent) + 1
     out.verdict(sig.slot, V.VERDICT_STRIKE, br.state, n, sig.step, reason)
     opens = (
-        br.state == B.BREAKER_CLOSED and n >= cfg.strikes_to_open
-    ) or br.state == B.BREAKER_HALF_OPEN
+        (br.state == B.BREAKER_CLOSED and n >= cfg.strikes_to_open)
+        or br.state == B.BREAKER_HALF_OPEN
+        or sig.kind == pb.SAFETY_SIGNAL_OUT_OF_MEMORY  # the seed has already left the forward
+    )
     if opens:
         out.verdict(
             sig.slot, V.VERDICT_CULL, B.BREAKER_OPEN, n, sig.step, f"breaker open: {reason}"

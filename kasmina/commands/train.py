@@ -46,6 +46,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "handled what was sent, so orders always arrive before their step)",
     )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument(
+        "--seed-memory-budget",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="the rank's seed memory budget, enforced at G0 (default: none)",
+    )
+    parser.add_argument(
+        "--fossil-merge",
+        action="store_true",
+        help="fold a fossilized low-rank or width seed into the host's weights",
+    )
+    parser.add_argument(
+        "--release-ttl",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="release a culled seed's tensors this many steps later (default 0: at once)",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object at the end")
     parser.add_argument("--log-level", default="INFO")
     add_redis(parser)
@@ -106,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
             config=args.config,
             lockstep=args.lockstep,
             device=args.device,
+            seed_memory_budget=args.seed_memory_budget,
+            release_ttl_steps=args.release_ttl,
+            fossil_merge=args.fossil_merge,
         )
     finally:
         if world > 1:

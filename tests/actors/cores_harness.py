@@ -25,6 +25,9 @@ PASSING: dict[int, dict[str, float]] = {
         ev.GERMINATION_MAX_ABS_DELTA: 0.0,
         ev.SEED_PARAMS: 1000.0,
         ev.SEED_MEMORY_BYTES: 4096.0,
+        ev.SEED_MEMORY_BUDGET: 0.0,
+        ev.SEED_MEMORY_IN_USE: 0.0,
+        ev.SEED_MEMORY_REQUEST: 16384.0,
     },
     G.SEED_GATE_G1_GRADIENT_HEALTH: {
         ev.TRAINING_STEPS: 500.0,

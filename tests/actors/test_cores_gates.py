@@ -51,6 +51,12 @@ SETTERS: dict[str, Setter] = {
     # cost = 0.25 * 100 / 400 + 0.5 * 0.25 = 0.1875
     "cf_net_gain": lambda v: {ev.CF_GAIN: v + 0.1875, ev.CF_GAIN_SE: 0.0},
     "baseline_regression": lambda v: {ev.VAL_ACC: 0.5, ev.BASELINE_ACC: 0.5 + v},
+    # headroom = budget - in use - request
+    "seed_memory_headroom": lambda v: {
+        ev.SEED_MEMORY_BUDGET: 2048.0 + v,
+        ev.SEED_MEMORY_IN_USE: 1024.0,
+        ev.SEED_MEMORY_REQUEST: 1024.0,
+    },
 }
 INPUTS: dict[str, tuple[str, ...]] = {
     "seed_loss_gain_lcb": (ev.SEED_LOSS_GAIN, ev.SEED_LOSS_GAIN_SE),
@@ -60,6 +66,7 @@ INPUTS: dict[str, tuple[str, ...]] = {
     "cf_gain_lcb": (ev.CF_GAIN, ev.CF_GAIN_SE),
     "cf_net_gain": (ev.CF_GAIN, ev.SEED_PARAMS, ev.HOST_PARAMS, ev.LATENCY_OVERHEAD),
     "baseline_regression": (ev.VAL_ACC, ev.BASELINE_ACC),
+    "seed_memory_headroom": (ev.SEED_MEMORY_BUDGET, ev.SEED_MEMORY_IN_USE, ev.SEED_MEMORY_REQUEST),
 }
 
 CASES = [

@@ -260,3 +260,15 @@ def test_a_breaker_opened_by_a_leak_asks_for_a_rollback() -> None:
     assert not any(
         isinstance(o.message, pb.CheckpointRequest) and o.message.rollback for o in d.outgoing
     )
+
+
+def test_out_of_memory_opens_the_breaker_at_once() -> None:
+    """One out-of-memory signal strikes and culls (breaker open); a non-finite gradient does
+    not."""
+    drv = Driver()
+    drv.tick(4, tuple("abcdefgh"))
+    d = drv.signal("a", 5, K.SAFETY_SIGNAL_OUT_OF_MEMORY)
+    assert _actions(d) == [V.VERDICT_STRIKE, V.VERDICT_CULL]
+    assert drv.state.breakers["a"].state == B.BREAKER_OPEN
+    d = drv.signal("b", 5)
+    assert V.VERDICT_CULL not in _actions(d)

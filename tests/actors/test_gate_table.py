@@ -46,6 +46,7 @@ TABLE: dict[int, list[tuple[str, str, float]]] = {
         ("germination_max_abs_delta", "<=", 0.5),
         ("seed_params", "<=", 1000.0),
         ("seed_memory_bytes", "<=", 4096.0),
+        ("seed_memory_headroom", ">=", 0.0),
     ],
     G2: [
         ("alpha", ">=", 0.75),
@@ -80,6 +81,9 @@ PASS: dict[int, dict[str, float]] = {
         "germination_max_abs_delta": 0.0,
         "seed_params": 10.0,
         "seed_memory_bytes": 64.0,
+        "seed_memory_budget": 0.0,
+        "seed_memory_in_use": 0.0,
+        "seed_memory_request": 256.0,
     },
     G2: {"alpha": 1.0, "loss_spike_sigma": 1.0, "nonfinite_count": 0.0},
     G3: {
@@ -120,6 +124,27 @@ BOUNDS: list[tuple[int, str, dict[str, float], float, bool]] = [
     (G0, "seed_memory_bytes", {"seed_memory_bytes": 4096.0}, 4096.0, True),
     (G0, "seed_memory_bytes", {"seed_memory_bytes": 4095.0}, 4095.0, True),
     (G0, "seed_memory_bytes", {"seed_memory_bytes": 4097.0}, 4097.0, False),
+    (
+        G0,
+        "seed_memory_headroom",
+        {"seed_memory_budget": 1256.0, "seed_memory_in_use": 1e3},
+        0.0,
+        True,
+    ),
+    (
+        G0,
+        "seed_memory_headroom",
+        {"seed_memory_budget": 1257.0, "seed_memory_in_use": 1e3},
+        1.0,
+        True,
+    ),
+    (
+        G0,
+        "seed_memory_headroom",
+        {"seed_memory_budget": 1255.0, "seed_memory_in_use": 1e3},
+        -1.0,
+        False,
+    ),
     (G2, "alpha", {"alpha": 0.75}, 0.75, True),
     (G2, "alpha", {"alpha": 0.75 + D}, 0.75 + D, True),
     (G2, "alpha", {"alpha": 0.75 - D}, 0.75 - D, False),
@@ -204,6 +229,7 @@ def test_limit_at_inside_and_outside(
     ("gate", "absent", "name"),
     [
         (G0, "seed_params", "seed_params"),
+        (G0, "seed_memory_request", "seed_memory_headroom"),
         (G2, "alpha", "alpha"),
         (G3, "seed_host_norm_ratio", "seed_host_norm_ratio_min"),
         (G3, "cf_loss_off", "cf_loss_worsening"),
