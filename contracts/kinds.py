@@ -33,6 +33,9 @@ REJECTION = "rejection"
 STATE_DIGEST = "state.digest"
 HEARTBEAT = "actor.heartbeat"
 COMMAND_OUTCOME = "command.outcome"
+PRUNING_IMPORTANCE = "pruning.importance"
+PRUNING_ORDER = "pruning.order"
+PRUNING_ACK = "pruning.ack"
 
 #: the events of one slot's lifecycle (the SeedActor's own)
 LIFECYCLE_EVENTS = frozenset({LIFECYCLE_TRANSITION, LIFECYCLE_REFUSED, LIFECYCLE_PROGRESS})

@@ -38,6 +38,9 @@ KINDS: dict[str, type[Message]] = {
     kinds.STATE_DIGEST: pb.StateDigest,
     kinds.HEARTBEAT: pb.Heartbeat,
     kinds.COMMAND_OUTCOME: pb.CommandOutcome,
+    kinds.PRUNING_IMPORTANCE: pb.ImportanceReport,
+    kinds.PRUNING_ORDER: pb.PruningOrder,
+    kinds.PRUNING_ACK: pb.PruningAck,
 }
 
 

@@ -4,11 +4,14 @@ A key holds one or more roles. A receiver checks, after the MAC, that the signin
 the message's kind, so a leaked trainer key cannot issue controller commands, nor forge lifecycle
 events, gate results or safety verdicts (The Update Framework's lesson: one role, one set of keys).
 
-- ``controller``: Tamiyo (a policy or a person) commanding slots.
+- ``controller``: Tamiyo (a policy or a person) commanding slots, and the pruning controller
+  ordering unit masks.
 - ``trainer``: Tolaria's side, the ExecutionActor of each rank: acknowledgements, step reports,
-  raw telemetry, safety signals it observes, barrier votes.
+  raw telemetry, safety signals it observes, barrier votes, unit importance reports and pruning
+  acknowledgements.
 - ``actor``: the actor processes (``kasmina run``): events, orders, gate traffic, verdicts, records.
-- ``operator``: a person at the CLI: commands (pause, resume, emergency stop, ...) and recordings.
+- ``operator``: a person at the CLI: commands (pause, resume, emergency stop, ...), pruning orders
+  and recordings.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ _TRAINER = frozenset(
         "safety.signal",
         "barrier.vote",
         "actor.heartbeat",
+        "pruning.importance",
+        "pruning.ack",
     }
 )
 _ACTOR = frozenset(
@@ -59,10 +64,10 @@ _ACTOR = frozenset(
 )
 
 KINDS_BY_ROLE: dict[str, frozenset[str]] = {
-    "controller": frozenset({"seed.command"}),
+    "controller": frozenset({"seed.command", "pruning.order"}),
     "trainer": _TRAINER,
     "actor": _ACTOR,
-    "operator": frozenset({"seed.command"}),
+    "operator": frozenset({"seed.command", "pruning.order"}),
 }
 
 SENDER_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")

@@ -71,6 +71,11 @@ def telemetry(run: str) -> str:
     return f"{prefix(run)}telemetry"
 
 
+def pruning(run: str) -> str:
+    """Structured pruning: unit importance reports and pruning acks of every rank (capped)."""
+    return f"{prefix(run)}pruning"
+
+
 def dead_letter(run: str) -> str:
     """Entries moved aside after too many deliveries."""
     return f"{prefix(run)}dead"

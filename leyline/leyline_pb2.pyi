@@ -1801,3 +1801,188 @@ class CommandOutcome(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CommandOutcome: _TypeAlias = CommandOutcome  # noqa: Y015
+
+@_typing.final
+class ModuleImportance(_message.Message):
+    """---------------------------------------------------------------------------
+    Structured pruning: unit importance out, unit masks in.
+    A unit is an output feature of a Linear module or an output channel of a Conv module of the
+    host (modules named by their path in the model, e.g. "body.2").
+    ---------------------------------------------------------------------------
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODULE_FIELD_NUMBER: _builtins.int
+    LAYER_FIELD_NUMBER: _builtins.int
+    IMPORTANCE_FIELD_NUMBER: _builtins.int
+    KEEP_FIELD_NUMBER: _builtins.int
+    module: _builtins.str
+    """the module's path in the model"""
+    layer: _builtins.str
+    """"Linear", "Conv1d", "Conv2d", "Conv3d" """
+    @_builtins.property
+    def importance(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """per unit: first-order Taylor estimate of the loss increase"""
+
+    @_builtins.property
+    def keep(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
+        """if its output were zero, -sum(a * dL/da), per backward pass
+        per unit: false where the current mask prunes it
+        """
+
+    def __init__(
+        self,
+        *,
+        module: _builtins.str = ...,
+        layer: _builtins.str = ...,
+        importance: _abc.Iterable[_builtins.float] | None = ...,
+        keep: _abc.Iterable[_builtins.bool] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["importance", b"importance", "keep", b"keep", "layer", b"layer", "module", b"module"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModuleImportance: _TypeAlias = ModuleImportance  # noqa: Y015
+
+@_typing.final
+class ImportanceReport(_message.Message):
+    """kind: "pruning.importance" -- on the run's pruning stream, at checkpoint boundaries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RANK_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    SINCE_STEP_FIELD_NUMBER: _builtins.int
+    BACKWARD_PASSES_FIELD_NUMBER: _builtins.int
+    MODULES_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    rank: _builtins.int
+    step: _builtins.int
+    """the step boundary it was taken at"""
+    since_step: _builtins.int
+    """first step of the accumulation window"""
+    backward_passes: _builtins.int
+    """backward passes accumulated in the window"""
+    region: _builtins.str
+    @_builtins.property
+    def modules(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModuleImportance]: ...
+    def __init__(
+        self,
+        *,
+        rank: _builtins.int = ...,
+        step: _builtins.int = ...,
+        since_step: _builtins.int = ...,
+        backward_passes: _builtins.int = ...,
+        modules: _abc.Iterable[Global___ModuleImportance] | None = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backward_passes", b"backward_passes", "modules", b"modules", "rank", b"rank", "region", b"region", "since_step", b"since_step", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportanceReport: _TypeAlias = ImportanceReport  # noqa: Y015
+
+@_typing.final
+class UnitMask(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODULE_FIELD_NUMBER: _builtins.int
+    KEEP_FIELD_NUMBER: _builtins.int
+    module: _builtins.str
+    @_builtins.property
+    def keep(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
+        """one flag per unit; all true removes the module's mask"""
+
+    def __init__(
+        self,
+        *,
+        module: _builtins.str = ...,
+        keep: _abc.Iterable[_builtins.bool] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep", b"keep", "module", b"module"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnitMask: _TypeAlias = UnitMask  # noqa: Y015
+
+@_typing.final
+class PruningOrder(_message.Message):
+    """kind: "pruning.order" -- to every rank's execution inbox; applied at apply_at_step."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    APPLY_AT_STEP_FIELD_NUMBER: _builtins.int
+    MASKS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    order_id: _builtins.str
+    apply_at_step: _builtins.int
+    reason: _builtins.str
+    @_builtins.property
+    def masks(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnitMask]:
+        """each replaces that module's mask; others are unchanged"""
+
+    def __init__(
+        self,
+        *,
+        order_id: _builtins.str = ...,
+        apply_at_step: _builtins.int = ...,
+        masks: _abc.Iterable[Global___UnitMask] | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["apply_at_step", b"apply_at_step", "masks", b"masks", "order_id", b"order_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruningOrder: _TypeAlias = PruningOrder  # noqa: Y015
+
+@_typing.final
+class PruningAck(_message.Message):
+    """kind: "pruning.ack" -- on the run's pruning stream, one per order and rank."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    APPLIED_AT_STEP_FIELD_NUMBER: _builtins.int
+    RANK_FIELD_NUMBER: _builtins.int
+    OK_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    PRUNED_UNITS_FIELD_NUMBER: _builtins.int
+    TOTAL_UNITS_FIELD_NUMBER: _builtins.int
+    order_id: _builtins.str
+    applied_at_step: _builtins.int
+    rank: _builtins.int
+    ok: _builtins.bool
+    error: _builtins.str
+    """why it was refused (nothing changed)"""
+    pruned_units: _builtins.int
+    """units masked on this rank after the order"""
+    total_units: _builtins.int
+    """units of the maskable modules"""
+    def __init__(
+        self,
+        *,
+        order_id: _builtins.str = ...,
+        applied_at_step: _builtins.int = ...,
+        rank: _builtins.int = ...,
+        ok: _builtins.bool = ...,
+        error: _builtins.str = ...,
+        pruned_units: _builtins.int = ...,
+        total_units: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_at_step", b"applied_at_step", "error", b"error", "ok", b"ok", "order_id", b"order_id", "pruned_units", b"pruned_units", "rank", b"rank", "total_units", b"total_units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruningAck: _TypeAlias = PruningAck  # noqa: Y015

@@ -122,6 +122,11 @@ class SimRuntime:
         with self._lock:
             self._inbox.append(order)
 
+    def submit_pruning(self, order: pb.PruningOrder) -> None:
+        """Refuse it: a simulated runtime has no host modules to mask."""
+        ack = pb.PruningAck(order_id=order.order_id, ok=False, error="no host to prune")
+        self._put("pruning.ack", ack)
+
     def drain_outbox(self) -> list[tuple[str, object]]:
         with self._lock:
             out, self._outbox = self._outbox, []

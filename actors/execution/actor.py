@@ -1,9 +1,10 @@
 """ExecutionActor: the bus side of an :class:`ExecutionRuntime`.
 
 The training loop runs on its own thread and never awaits Redis. This actor runs on an event loop:
-it reads the rank's inbox (orders), hands each verified order to the runtime's non-blocking inbox
-and acks it; and it flushes the runtime's outbox (acks, step reports, telemetry, safety signals,
-barrier votes) to the actors' inboxes in one pipeline per flush, signed. Every ``heartbeat_s`` it
+it reads the rank's inbox (orders, pruning orders), hands each verified order to the runtime's
+non-blocking inbox and acks it; and it flushes the runtime's outbox (acks, step reports, telemetry,
+safety signals, barrier votes; unit importance and pruning acks to the run's pruning stream) in
+one pipeline per flush, signed. Every ``heartbeat_s`` it
 beats on the run's heartbeat stream with the step its runtime reached (``kasmina status`` lists
 the attached trainers from these beats, ``kasmina publish --wait`` says when there are none).
 """
@@ -29,6 +30,7 @@ from actors.delivery import since, written
 from actors.execution.protocol import Runtime
 from actors.hosting import FRAME, Rejections, Router, inbox_consumer
 from actors.hosting.housekeeping import every, publish_heartbeat
+from actors.hosting.routing import STREAMS
 from bus import Append, Bus, BusClosed, BusUnavailable, Consumer, Entry, Handled, backoff_s
 from contracts import REGISTRY, ContractError, Envelope, Reason, Signer, Verifier, streams
 from contracts.config import KasminaConfig
@@ -125,9 +127,10 @@ class ExecutionActor:
         appends = []
         for kind, message in items:
             raw = message.SerializeToString()
+            cap = STREAMS[kind][1] if kind in STREAMS else None
             for stream in self.router.outbox(kind, message, self.slots):  # a frame per stream
                 frame = self.signer.seal(kind, raw, stream=stream)
-                appends.append(Append(stream, {FRAME: frame, "kind": kind.encode()}))
+                appends.append(Append(stream, {FRAME: frame, "kind": kind.encode()}, maxlen=cap))
             self.sent[kind] += 1
         return appends
 
@@ -196,17 +199,27 @@ class ExecutionActor:
                 self.runtime.request_checkpoint(message.reason, int(message.step))
             self.checkpoint_requests += 1
             return Handled(entry, self.group)
+        if isinstance(message, pb.PruningOrder):
+            if self._first(f"pruning:{message.order_id}"):
+                self.runtime.submit_pruning(message)
+            return Handled(entry, self.group)
         if not isinstance(message, pb.ExecutionOrder):
             return self._reject(entry, Reason.UNEXPECTED_KIND, env.kind, env)
         if message.slot not in self.runtime.slots:
             return self._reject(entry, Reason.UNKNOWN_SLOT, message.slot, env)
-        if message.order_id not in self._seen_orders:  # a redelivery must not apply twice
+        if self._first(message.order_id):  # a redelivery must not apply twice
             await self._prefetch(message)
-            self._seen_orders[message.order_id] = None
-            if len(self._seen_orders) > SEEN_ORDERS:
-                self._seen_orders.popitem(last=False)
             self.runtime.submit(message)
         return Handled(entry, self.group)
+
+    def _first(self, order_id: str) -> bool:
+        """True the first time an order id is seen (a redelivery must not apply twice)."""
+        if order_id in self._seen_orders:
+            return False
+        self._seen_orders[order_id] = None
+        if len(self._seen_orders) > SEEN_ORDERS:
+            self._seen_orders.popitem(last=False)
+        return True
 
     async def _prefetch(self, order: pb.ExecutionOrder) -> None:
         """Fetch a germination's artifact from the store here, off the training thread, and

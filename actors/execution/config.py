@@ -51,13 +51,15 @@ class RuntimeConfig:
     memory_batch: int | None = None  # examples per step for the activation estimate (None: probe)
     release_ttl_steps: int = 0  # a culled seed's tensors are released this many steps later
     fossil_merge: bool = False  # merge a fossilized linear/low-rank/width seed into the host
+    importance_every: int = 0  # unit importance tracked and exported (structured pruning)
 
     def __post_init__(self) -> None:
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is not in a world of {self.world_size}")
         if self.kernel_cache_bytes < 0 or self.kernel_cache_ttl_s <= 0:
             raise ValueError("kernel_cache_bytes must be >= 0 and kernel_cache_ttl_s > 0")
-        for name in ("probe_every", "report_every", "barrier_frequency", "blend_steps"):
+        cadences = ("probe_every", "report_every", "barrier_frequency", "blend_steps")
+        for name in (*cadences, "importance_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.alpha_hysteresis < 0.2:

@@ -20,6 +20,8 @@ KIND_STEP_REPORT = "step.report"
 KIND_TELEMETRY = "telemetry.raw"
 KIND_SAFETY = "safety.signal"
 KIND_BARRIER_VOTE = "barrier.vote"
+KIND_PRUNING_IMPORTANCE = "pruning.importance"
+KIND_PRUNING_ACK = "pruning.ack"
 
 
 class Inbox:

@@ -25,6 +25,10 @@ class Runtime(Protocol):
         """Queue an order for its step (thread-safe, never blocks)."""
         ...
 
+    def submit_pruning(self, order: pb.PruningOrder) -> None:
+        """Queue a pruning order for its step (thread-safe, never blocks)."""
+        ...
+
     def drain_outbox(self) -> list[tuple[str, Any]]:
         """Take every queued outgoing ``(kind, message)``, oldest first."""
         ...

@@ -1,7 +1,7 @@
 """Checkpoints, restore and rollback of one rank: what the SafetyActor's requests do.
 
-A checkpoint holds the host (parameters and buffers), the host optimizer, and every slot (seed
-weights, seed optimizer, RNG stream, stage, alpha), all as they are at the end of the step it is
+A checkpoint holds the host (parameters and buffers), the host optimizer, the host's pruning
+masks, and every slot (seed weights, seed optimizer, RNG stream, stage, alpha), all as they are at the end of the step it is
 labelled with. Written at a step boundary (the end of ``on_step``):
 
 - emergency checkpoints, when the SafetyActor asks (``request_checkpoint``);
@@ -11,7 +11,8 @@ labelled with. Written at a step boundary (the end of ``on_step``):
 A rollback (``request_rollback``) waits until the named slots' seeds have left the forward (the
 breaker culls them), then loads the host from the newest checkpoint taken no later than the step
 those seeds entered it: the host is bit-identical to that checkpoint again. Slots keep their
-current lifecycle (the seed actors own it).
+current lifecycle (the seed actors own it) and the host keeps its current pruning masks (the
+pruning controller owns them).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from actors.execution import pruning_orders
 from actors.execution import restore as rs
 from actors.execution.checkpoint import CheckpointError, read_checkpoint, write_atomic
 from actors.execution.mailbox import KIND_TELEMETRY
@@ -57,8 +59,10 @@ def checkpoint(rt: ExecutionRuntime, path: str) -> None:
         "slots": {sid: _slot_entry(state) for sid, state in rt.states.items()},
         "host": {k: v.detach() for k, v in rs.host_state(rt.model).items()},
         "host_optimizer": rt.host_optimizer.state_dict(),
+        "pruning": pruning_orders.saved(rt.pruner),
     }
     write_atomic(payload, path)
+    pruning_orders.export(rt, rt.step)  # a checkpoint boundary: the unit importance goes out
 
 
 def _slot_entry(state: SlotState) -> dict[str, Any]:
@@ -155,7 +159,7 @@ def rollback(rt: ExecutionRuntime, r: Rollback) -> str:
     step, path = max(candidates)
     try:
         payload = read_checkpoint(path, device=str(rt.device))
-        rs.apply(rt, rs.plan(rt, payload, host=True, slots=False))
+        rs.apply(rt, rs.plan(rt, payload, host=True, slots=False, masks=False))
     except (OSError, CheckpointError, rs.RestoreError) as exc:
         return f"rollback ({r.reason}) failed, nothing changed: {exc}"
     rt.rolled_back.append((rt.step, step, path))

@@ -19,6 +19,8 @@ from actors.execution.blueprints import Blueprint, SlotShape, get_blueprint
 from actors.execution.germination import sync_grads
 from actors.execution.kernels import as_blueprint
 from actors.execution.optim import seed_optimizer
+from actors.execution.pruning import PruningError
+from actors.execution.pruning_orders import restored
 from actors.execution.slot import SeedSlot
 from actors.execution.stages import phase_of
 
@@ -50,6 +52,7 @@ class Plan:
     host: dict[str, Tensor] | None = None
     host_optimizer: dict[str, Any] | None = None
     groups: list[list[Tensor]] | None = None  # host optimizer param lists after the restore
+    masks: dict[str, Tensor] | None = None  # the host's pruning masks after the restore
 
 
 def host_state(model: nn.Module) -> dict[str, Tensor]:
@@ -58,8 +61,16 @@ def host_state(model: nn.Module) -> dict[str, Tensor]:
     return {k: v for k, v in model.state_dict().items() if not k.startswith(prefixes)}
 
 
-def plan(rt: ExecutionRuntime, payload: dict[str, Any], *, host: bool, slots: bool = True) -> Plan:
-    """Check the checkpoint against the runtime and prepare every object it needs."""
+def plan(
+    rt: ExecutionRuntime,
+    payload: dict[str, Any],
+    *,
+    host: bool,
+    slots: bool = True,
+    masks: bool | None = None,
+) -> Plan:
+    """Check the checkpoint against the runtime and prepare every object it needs (``masks``:
+    the pruning masks too; by default with the host)."""
     if payload.get("version") != 3 or not isinstance(payload.get("slots"), dict):
         raise RestoreError("not a runtime checkpoint (version 3 with slots)")
     out = Plan(step=int(payload["step"]))
@@ -74,6 +85,12 @@ def plan(rt: ExecutionRuntime, payload: dict[str, Any], *, host: bool, slots: bo
         out.host_optimizer = payload["host_optimizer"]
         groups = out.groups or [list(g["params"]) for g in rt.host_optimizer.param_groups]
         _check_groups(groups, payload["host_optimizer"])
+    with_masks = host if masks is None else masks
+    if with_masks:
+        try:
+            out.masks = restored(rt.pruner, payload)
+        except PruningError as exc:
+            raise RestoreError(str(exc)) from None
     return out
 
 
@@ -159,6 +176,8 @@ def apply(rt: ExecutionRuntime, p: Plan) -> None:
                 current[name].copy_(t)
     if p.host_optimizer is not None:
         rt.host_optimizer.load_state_dict(p.host_optimizer)
+    if p.masks is not None:
+        rt.pruner.replace_all(p.masks)
 
 
 def _set_groups(opt: torch.optim.Optimizer, groups: list[list[Tensor]]) -> None:

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from google.protobuf.message import Message
 from torch import nn
 
-from actors.execution import merge, monitor, orders, ranks, recovery, shadow
+from actors.execution import merge, monitor, orders, pruning_orders, ranks, recovery, shadow
 from actors.execution import stages as st
 from actors.execution.config import RuntimeConfig, default_device
 from actors.execution.distill import check_teacher, soft_targets
@@ -42,6 +42,7 @@ from actors.execution.memory import SeedMemory, out_of_memory
 from actors.execution.merge import Merged
 from actors.execution.optim import grad_norm
 from actors.execution.probing import LossFn, ProbeBatch, split_batch
+from actors.execution.pruning import Pruner
 from actors.execution.slot import SeedSlot, SlottedModule
 from actors.execution.slotstate import SlotState
 from leyline import pb
@@ -107,6 +108,9 @@ class ExecutionRuntime:
         self.inbox = Inbox()
         self.outbox = Outbox(notify)
         self.pending: list[pb.ExecutionOrder] = []
+        self.pruner = Pruner(self.model, track=self.config.importance_every > 0)
+        self.pruning_inbox: queue.SimpleQueue[pb.PruningOrder] = queue.SimpleQueue()
+        self.pending_pruning: list[pb.PruningOrder] = []
         self.step = -1
         self.last_loss = math.nan
         self.losses: deque[tuple[int, float]] = deque(maxlen=4096)
@@ -125,6 +129,12 @@ class ExecutionRuntime:
     def submit(self, order: pb.ExecutionOrder) -> None:
         """Queue an order (thread-safe, never blocks); it applies at ``order.apply_at_step``."""
         self.inbox.put(order)
+
+    def submit_pruning(self, order: pb.PruningOrder) -> None:
+        """Queue a pruning order (thread-safe, never blocks); it applies at its step."""
+        copy = pb.PruningOrder()
+        copy.CopyFrom(order)
+        self.pruning_inbox.put(copy)
 
     def drain_outbox(self) -> list[tuple[str, Message]]:
         """Every queued outgoing ``(kind, message)`` (acks, reports, telemetry, safety, votes)."""
@@ -178,14 +188,17 @@ class ExecutionRuntime:
         if any(s.slot.seed is not None for s in self.states.values()):
             self._train_seeds(step)
         self.pending.extend(self.inbox.drain())
+        pruning_due = pruning_orders.take(self)
         agreed = None
         if self.distributed:  # every rank applies an order at the same step, or none does
             due = [o.order_id for o in orders.due(self, step)] + recovery.ready(self)
-            agreed = ranks.agree(due, self.device)
+            agreed = ranks.agree(due + pruning_due, self.device)
         entering = orders.apply_due(self, step, agreed) if self.pending else []
+        pruning_orders.apply_due(self, step, agreed)
         self._advance_alpha(step)
         self._periodic(step, val_loss, val_accuracy)
         recovery.at_boundary(self, step, entering, agreed)
+        pruning_orders.at_boundary(self, step)
 
     @property
     def distributed(self) -> bool:

@@ -3,21 +3,22 @@
 A message for a keyed actor kind (``seed``, ``execution``) with no key fans out to every instance:
 the inboxes in the kind's registry (each instance registers its inbox when it starts serving),
 cached for :data:`ROUTE_TTL_S`. A registry is a plain Redis set anyone with write access can add
-to, so only names that are inboxes of this run's instances of that kind are routed to. The ExecutionActor's outbox routes by kind (:data:`OUTBOX`).
+to, so only names that are inboxes of this run's instances of that kind are routed to. The ExecutionActor's outbox routes by kind (:data:`OUTBOX`; the kinds of :data:`STREAMS` go to a
+run stream, capped).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from google.protobuf.message import Message
 
 from bus import Bus
 from contracts import kinds, streams
 
-__all__ = ["OUTBOX", "ROUTE_TTL_S", "Router"]
+__all__ = ["OUTBOX", "ROUTE_TTL_S", "STREAMS", "Router"]
 
 log = logging.getLogger("kasmina.actors")
 
@@ -33,6 +34,13 @@ OUTBOX: dict[str, tuple[str, str]] = {
     kinds.TELEMETRY_BATCH: ("telemetry", ""),
     kinds.SAFETY_SIGNAL: ("safety", ""),
     kinds.BARRIER_VOTE: ("barrier", ""),
+}
+
+#: kinds of the ExecutionActor's outbox that go to a run stream rather than an actor's inbox, and
+#: that stream's approximate cap
+STREAMS: dict[str, tuple[Callable[[str], str], int]] = {
+    kinds.PRUNING_IMPORTANCE: (streams.pruning, 10_000),
+    kinds.PRUNING_ACK: (streams.pruning, 10_000),
 }
 
 
@@ -84,6 +92,8 @@ class Router:
 
     def outbox(self, kind: str, message: Message, slots: Sequence[str]) -> list[str]:
         """Inbox streams for a message of the ExecutionActor's outbox (``slots``: the rank's)."""
+        if kind in STREAMS:
+            return [STREAMS[kind][0](self.run)]
         route = OUTBOX.get(kind)
         if route is None:
             log.warning("execution outbox: no route for %s", kind)

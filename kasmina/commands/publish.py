@@ -1,4 +1,6 @@
-"""``kasmina publish ACTION --slot SLOT``: sign and send a command to a slot's SeedActor.
+"""``kasmina publish ACTION --slot SLOT``: sign and send a command to a slot's SeedActor
+(``kasmina publish prune --masks FILE``: a pruning order to every rank, see
+:mod:`kasmina.commands.pruning`).
 
 With ``--wait`` it follows the run's outcomes stream and never waits silently: each progress
 record is printed to stderr (accepted; awaiting execution evidence; no trainer attached to run R
@@ -18,10 +20,11 @@ from actors.attached import Trainer, trainers
 from actors.client import CommandTimeout, KasminaClient, Outcome
 from bus import Bus
 from contracts import streams
+from kasmina.commands import pruning
 from kasmina.common import CliError, add_keys, add_redis, emit_json, load_keys, redis_url, run_id
 from kasmina.wiring import Wiring, connect
 
-CLI_ACTIONS = ("germinate", "cull", "pause", "resume", "terminate", "emergency-stop")
+CLI_ACTIONS = ("germinate", "cull", "pause", "resume", "terminate", "emergency-stop", "prune")
 
 #: exit code of ``publish --wait`` per result (2 stays the CLI's code for a usage or setup error)
 EXIT_CODES = {"transition": 0, "accepted": 0, "refused": 1, "rejected": 3, "timed_out": 4}
@@ -36,7 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "3 rejected, 4 timed out (2: usage or setup error).",
     )
     parser.add_argument("action", choices=CLI_ACTIONS)
-    parser.add_argument("--slot", required=True)
+    parser.add_argument("--slot", default=None, help="the slot (every action but prune)")
     parser.add_argument("--blueprint", default=None, help="germinate: the blueprint to grow")
     parser.add_argument(
         "--artifact",
@@ -49,6 +52,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--blend-steps", type=int, default=0)
     parser.add_argument("--reason", default="")
+    parser.add_argument(
+        "--masks", default=None, metavar="FILE", help="prune: JSON module -> unit keep flags"
+    )
+    parser.add_argument("--at-step", type=int, default=None, help="prune: the step it applies at")
     parser.add_argument("--wait", action="store_true", help="wait for and print the outcome")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
     parser.add_argument("--sender", default="kasmina-cli")
@@ -137,9 +144,13 @@ async def _await_trainer(bus: Bus, run: str, timeout_s: float) -> bool:
 
 
 async def _publish(args: argparse.Namespace) -> dict[str, Any]:
+    if args.action != "prune" and not args.slot:
+        raise CliError(f"{args.action} needs --slot")
     wiring = connect(redis_url(args), run_id(args), load_keys(args))
     started = anyio.current_time()
     try:
+        if args.action == "prune":
+            return await pruning.publish(args, wiring)
         if args.wait and args.action == "germinate":
             # half the budget for a trainer to attach, the rest (at least that half) for the outcome
             await _await_trainer(wiring.bus, wiring.run, args.timeout / 2)

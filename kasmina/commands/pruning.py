@@ -1,0 +1,109 @@
+"""``kasmina publish prune --masks FILE``: sign a pruning order and send it to every rank.
+
+The masks file is JSON: ``{"module name": [1, 0, 1, ...], ...}`` with one keep flag (1/0 or
+true/false) per unit of the module. The order goes to every attached rank's execution inbox and
+applies at ``--at-step`` (default: the attached trainers' latest step + :data:`LEAD_STEPS`, so
+every rank holds it in time). With ``--wait`` it reads the run's pruning stream until every rank
+it was sent to has acknowledged it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from actors.attached import trainers
+from actors.client import KasminaClient
+from actors.eventlog import LogRecord, read_log
+from actors.hosting import Router
+from bus import Bus
+from contracts import Verifier, streams
+from kasmina.common import CliError
+from kasmina.wiring import Wiring
+from leyline import pb
+
+LEAD_STEPS = 20  # default distance from the trainers' latest step to the order's step
+MAX_UNITS = 1 << 20  # flags per module a masks file may hold
+
+
+def load_masks(path: str | None) -> list[pb.UnitMask]:
+    """The masks of a JSON masks file (raises CliError saying what is wrong)."""
+    if not path:
+        raise CliError("prune needs --masks FILE")
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CliError(f"--masks {path}: {exc}") from None
+    if not isinstance(doc, dict) or not doc:
+        raise CliError(f"--masks {path}: expected a non-empty object of module -> keep flags")
+    masks = []
+    for module, flags in doc.items():
+        ok = isinstance(flags, list) and 0 < len(flags) <= MAX_UNITS
+        if not ok or not all(f in (0, 1) for f in flags):  # True == 1, False == 0
+            raise CliError(f"--masks {path}: {module!r} needs a list of 0/1 keep flags")
+        masks.append(pb.UnitMask(module=str(module), keep=[bool(f) for f in flags]))
+    return masks
+
+
+async def _next_step(wiring: Wiring) -> int:
+    alive = [t for t in await trainers(wiring.bus, wiring.run, wiring.ring) if t.alive]
+    if not alive:
+        raise CliError(f"no trainer attached to run {wiring.run}: give --at-step")
+    return max(t.step for t in alive) + LEAD_STEPS
+
+
+async def _mark(bus: Bus, stream: str) -> str:
+    info = await bus.info(stream)
+    return info.last_id if info.length else "0-0"
+
+
+async def _acks(wiring: Wiring, order_id: str, after: str, ranks: int) -> list[pb.PruningAck]:
+    """Poll the pruning stream for the order's acks until ``ranks`` of them are there."""
+    verifier = Verifier(wiring.ring, replay=True)
+    stream = streams.pruning(wiring.run)
+    found: dict[int, pb.PruningAck] = {}
+    while len(found) < ranks:
+        async for rec in read_log(wiring.bus, stream, verifier, start=f"({after}"):
+            after = rec.entry_id
+            msg = rec.message if isinstance(rec, LogRecord) else None
+            if isinstance(msg, pb.PruningAck) and msg.order_id == order_id:
+                found[int(msg.rank)] = msg
+        await anyio.sleep(0.1)
+    return [found[r] for r in sorted(found)]
+
+
+async def publish(args: argparse.Namespace, wiring: Wiring) -> dict[str, Any]:
+    """Send the order; with ``--wait``, also wait for every rank's ack."""
+    masks = load_masks(args.masks)
+    at = args.at_step if args.at_step is not None else await _next_step(wiring)
+    if at < 0:
+        raise CliError("--at-step must be >= 0")
+    order = pb.PruningOrder(order_id=uuid.uuid4().hex, apply_at_step=at, masks=masks,
+                            reason=args.reason)  # fmt: skip
+    inboxes = await Router(wiring.bus, wiring.run).inboxes("execution", None)
+    client = KasminaClient(wiring.bus, wiring.run, wiring.signer(args.sender), wiring.verifier())
+    mark = await _mark(wiring.bus, streams.pruning(wiring.run))
+    for inbox in inboxes:
+        await client.publish(inbox, order)
+    out: dict[str, Any] = {"order_id": order.order_id, "action": "prune", "apply_at_step": at,
+                           "ranks": len(inboxes), "modules": [m.module for m in masks]}  # fmt: skip
+    if not args.wait:
+        return out
+    acks: list[pb.PruningAck] = []
+    with anyio.move_on_after(args.timeout):
+        acks = await _acks(wiring, order.order_id, mark, len(inboxes))
+    out["acks"] = [
+        {"rank": a.rank, "ok": a.ok, "error": a.error, "applied_at_step": a.applied_at_step,
+         "pruned_units": a.pruned_units, "total_units": a.total_units}
+        for a in acks
+    ]  # fmt: skip
+    if len(acks) < len(inboxes):
+        out["result"] = "timed_out"
+    else:
+        out["result"] = "accepted" if all(a.ok for a in acks) else "refused"
+    return out
