@@ -93,6 +93,8 @@ class Pruner:
             return None
         fill = self._fill.get(name)
         if fill is not None:
+            if fill.shape[0] != unit_count(module):  # the module grew or shrank (a fossil merge)
+                fill = self._refit(name)
             out = out.masked_fill(fill, 0)
         if self.track and module.training and out.requires_grad:
             dim = out.dim() - len(_view_shape(module, 1))
@@ -148,6 +150,23 @@ class Pruner:
             self._fill[name] = (~keep).reshape(_view_shape(module, unit_count(module)))
             self._hook(name)
 
+    def _refit(self, name: str) -> Tensor:
+        """Fit a mask to its module's current width: units added at the end (a merged width
+        seed) are kept, units gone from the end (its unmerge) are dropped."""
+        module, keep = self.modules[name], self.masks[name]
+        units = unit_count(module)
+        if keep.shape[0] < units:
+            keep = torch.cat([keep, keep.new_ones(units - keep.shape[0])])
+        self.masks[name] = keep[:units]
+        self._fill[name] = (~self.masks[name]).reshape(_view_shape(module, units))
+        return self._fill[name]
+
+    def refit(self) -> None:
+        """Fit every mask to its module's current width (see :meth:`_refit`)."""
+        for name, keep in list(self.masks.items()):
+            if keep.shape[0] != unit_count(self.modules[name]):
+                self._refit(name)
+
     def replace_all(self, masks: Mapping[str, Tensor]) -> None:
         """Make ``masks`` the only masks (a restore)."""
         cleared = {n: torch.ones_like(k) for n, k in self.masks.items() if n not in masks}
@@ -155,6 +174,7 @@ class Pruner:
 
     def counts(self) -> tuple[int, int]:
         """(masked units, units of every maskable module)."""
+        self.refit()
         pruned = sum(int((~k).sum()) for k in self.masks.values())
         return pruned, sum(unit_count(m) for m in self.modules.values())
 
@@ -174,6 +194,7 @@ class Pruner:
             region=region,
         )
         values = self.importance()
+        self.refit()
         for name, module in self.modules.items():
             units = unit_count(module)
             score = values.get(name, torch.zeros(units, dtype=torch.float64))

@@ -93,6 +93,7 @@ def at_boundary(rt: ExecutionRuntime, step: int) -> None:
 # -- checkpoints ---------------------------------------------------------------------------------
 def saved(pruner: Pruner) -> dict[str, Tensor]:
     """The masks as a checkpoint holds them (only modules that are masked)."""
+    pruner.refit()
     return {name: keep.detach().cpu() for name, keep in pruner.masks.items()}
 
 

@@ -195,3 +195,25 @@ def test_a_checkpoint_whose_masks_do_not_fit_is_refused_whole(tmp_path: pathlib.
         with pytest.raises(RestoreError, match="checkpoint mask"):
             fresh.restore(str(path))
         assert fresh.pruner.masks == {}
+
+
+def test_a_mask_follows_its_module_when_a_merged_width_seed_grows_it() -> None:
+    """A module that gains units at the end (a width fossil merged into it) keeps its masked
+    units at zero and the new units unmasked; shrinking back restores the original mask."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    pruner = Pruner(model, track=False)
+    keep = [True, False, True, True, False, True]
+    pruner.set_masks(pruner.check(prune("g", 0, {"0": keep}).masks))
+    first, old = model[0], model[0].weight
+    with torch.no_grad():  # grow as the width merge does: new rows at the end
+        first.weight = nn.Parameter(torch.cat([old, torch.randn(2, 4)]))
+        first.bias = nn.Parameter(torch.cat([model[0].bias, torch.ones(2)]))
+        first.out_features = 8
+    out = first(torch.randn(3, 4))
+    assert out.shape == (3, 8) and torch.equal(out[:, [1, 4]], torch.zeros(3, 2))
+    assert (out[:, 6:] != 0).all() and pruner.counts() == (2, 8 + 2)
+    first.weight, first.out_features = nn.Parameter(old), 6
+    first.bias = nn.Parameter(first.bias[:6].detach())
+    assert first(torch.randn(3, 4)).shape == (3, 6)
+    assert pruner.masks["0"].tolist() == keep
