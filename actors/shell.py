@@ -33,6 +33,7 @@ from actors.hosting import (
     finite,
     inbox_consumer,
 )
+from actors.hosting.admission import Admission, aggregated
 from actors.hosting.housekeeping import Housekeeping, digest_appends
 from actors.hosting.rejection import OUTCOMES_MAXLEN
 from bus import (
@@ -98,6 +99,7 @@ class ActorShell:
         )
         self.router = Router(bus, run)
         self.rejections = Rejections(run, logic.name, signer, config.safety)
+        self.admission = Admission(bus, inbox, self.group, config, self.rejections)
         self.lifecycle = Lifecycle.STARTING
         self.processed = 0
         self.rebuilds = 0
@@ -129,6 +131,11 @@ class ActorShell:
     def token(self) -> str:
         """This shell's ownership token (the lease's value while it holds it)."""
         return self.lease.token
+
+    @property
+    def shed(self) -> int:
+        """Inbox entries shed as ``overloaded`` (acked undecided)."""
+        return self.admission.shed
 
     @property
     def rejected(self) -> Counter[str]:
@@ -273,7 +280,11 @@ class ActorShell:
     async def _process(self, batch: Sequence[Entry]) -> None:
         if self._stale:  # an earlier rebuild was cut short: never decide on a partial state
             await self.rebuild()
-        handled, decided = await self._decide_batch(batch)
+        cut = await self.admission.cut(batch)  # the oldest entries beyond the bound are shed
+        handled, decided = await self._decide_batch(batch[cut:])
+        if cut:
+            handled += self.admission.shed_items(batch[:cut])
+            decided += [False] * cut
         # Exactly once by the ack: an entry a rival (or an earlier try of this commit) already
         # committed is no longer pending, and its item comes back False with nothing written.
         results = await self.bus.commit(handled, fence=self.lease.fence)
@@ -296,12 +307,21 @@ class ActorShell:
         )
         checked_all = [next(checks) if frame is not None else None for _, frame in framed]
         done = await self._committed_before(batch, checked_all)
+        runs = aggregated(batch, checked_all, threshold=self.config.bus.aggregate_from)
         handled: list[Handled] = []
         decided: list[bool] = []  # the item went through decide (and may have changed the state)
         last_change, last_cause = -1, ""
         for n, ((entry, _), checked) in enumerate(zip(framed, checked_all, strict=True)):
             if n % YIELD_EVERY == YIELD_EVERY - 1:  # a flooded inbox never starves the others
                 await anyio.lowlevel.checkpoint()  # served by this process (fair turns)
+            run = runs.get(entry.id)
+            if run is not None:  # one of a flood's rejections: one record for the run
+                appends: list[Append] = []
+                if run.entries[0] is entry:
+                    appends = self.rejections.record_run(run.reason, run.detail, run.entries)
+                handled.append(Handled(entry, self.group, appends))
+                decided.append(False)
+                continue
             if entry.id in done:  # committed before: acked, never decided again
                 self.duplicates += 1
                 assert isinstance(checked, Envelope)

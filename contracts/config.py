@@ -173,6 +173,13 @@ class BusConfig(BaseModel):
         3600.0, ge=0.0
     )  # acked inbox entries older than this are trimmed
     trim_every_s: float = Field(60.0, gt=0.0)
+    # admission per inbox (actors/hosting/admission.py): an inbox whose undecided entries exceed
+    # admission_backlog sheds the excess as `overloaded` (still verifying admission_verify
+    # entries per turn); rejections of one reason reaching aggregate_from in one batch are
+    # recorded as one record with a count
+    admission_backlog: int = Field(1024, ge=1)
+    admission_verify: int = Field(32, ge=1)
+    aggregate_from: int = Field(8, ge=2)
 
 
 class ArtifactsConfig(BaseModel):

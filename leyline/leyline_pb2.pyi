@@ -1605,6 +1605,8 @@ class Rejection(_message.Message):
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     VERIFIED_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    LAST_ENTRY_ID_FIELD_NUMBER: _builtins.int
     reason_code: _builtins.str
     stream: _builtins.str
     entry_id: _builtins.str
@@ -1615,6 +1617,14 @@ class Rejection(_message.Message):
     actor: _builtins.str
     verified: _builtins.bool
     """false: message_id, kind and sender are only what the frame claimed"""
+    count: _builtins.int
+    """(it was rejected before its MAC checked out, docs/wire.md §5)
+    entries this record stands for (0 means 1): a flood's rejections of
+    """
+    last_entry_id: _builtins.str
+    """one reason in one batch, or a shed run, are recorded once
+    the last of those entries (entry_id is the first)
+    """
     def __init__(
         self,
         *,
@@ -1627,10 +1637,12 @@ class Rejection(_message.Message):
         message_id: _builtins.str = ...,
         actor: _builtins.str = ...,
         verified: _builtins.bool = ...,
+        count: _builtins.int = ...,
+        last_entry_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "detail", b"detail", "entry_id", b"entry_id", "kind", b"kind", "message_id", b"message_id", "reason_code", b"reason_code", "sender", b"sender", "stream", b"stream", "verified", b"verified"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "count", b"count", "detail", b"detail", "entry_id", b"entry_id", "kind", b"kind", "last_entry_id", b"last_entry_id", "message_id", b"message_id", "reason_code", b"reason_code", "sender", b"sender", "stream", b"stream", "verified", b"verified"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

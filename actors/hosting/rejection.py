@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 
+from actors.hosting.admission import Claim
 from actors.hosting.inbox import FRAME
 from actors.safety import RejectStorm, note_reject
 from bus import Append, Entry
@@ -54,7 +56,6 @@ class Rejections:
         ``env`` is the verified envelope; without one, ``claimed`` (the verifier's error) carries
         what the frame said about itself: recorded so its sender can find it (docs/wire.md §5). A
         rejected command (``outcome``) also gets its REJECTED record on the outcomes stream."""
-        self.counts[code.value] += 1
         if env is not None:
             mid, kind, sender, verified = env.id, env.kind, env.sender, True
         elif claimed is not None:
@@ -80,7 +81,16 @@ class Rejections:
         appends = [Append(self.stream, fields, maxlen=REJECTED_MAXLEN)]
         if outcome and mid and kind == kinds.SEED_COMMAND:
             appends.append(self._outcome(record, cause))
-        if self._storm_config is not None:
+        appends += self._count(code, 1, cause)
+        return appends
+
+    def _count(self, code: Reason, n: int, cause: str) -> list[Append]:
+        """Count ``n`` rejections of ``code``; the storm signal they raise, if any."""
+        self.counts[code.value] += n
+        if self._storm_config is None:
+            return []
+        signals = []
+        for _ in range(n):
             self._storm, storm = note_reject(
                 self._storm,
                 time.monotonic(),
@@ -89,13 +99,42 @@ class Rejections:
             )
             if storm is not None:  # too many rejections in the window: tell the SafetyActor
                 log.warning("%s", storm.detail)
-                frame = self.signer.seal(
-                    kinds.SAFETY_SIGNAL, storm, stream=self.safety_inbox, causation_id=cause
-                )
-                appends.append(
-                    Append(self.safety_inbox, {FRAME: frame, "kind": kinds.SAFETY_SIGNAL.encode()})
-                )
-        return appends
+                signals.append(storm)
+        return [self._signal(s, cause) for s in signals]
+
+    def _signal(self, storm: pb.SafetySignal, cause: str) -> Append:
+        frame = self.signer.seal(
+            kinds.SAFETY_SIGNAL, storm, stream=self.safety_inbox, causation_id=cause
+        )
+        return Append(self.safety_inbox, {FRAME: frame, "kind": kinds.SAFETY_SIGNAL.encode()})
+
+    def record_run(
+        self, code: Reason, detail: str, entries: Sequence[Entry], claims: Sequence[Claim] = ()
+    ) -> list[Append]:
+        """Count ``entries`` (one stream, in order) as rejected with ``code``; the appends: one
+        record for all of them (``count``, first and last entry id, nothing claimed) and an
+        unverified REJECTED outcome for each command id in ``claims``."""
+        first, last = entries[0], entries[-1]
+        record = pb.Rejection(
+            reason_code=code.value,
+            stream=first.stream,
+            entry_id=first.id,
+            detail=f"{len(entries)} entries; first: {detail}"[:500],
+            actor=self.actor,
+            verified=False,
+            count=len(entries),
+            last_entry_id=last.id,
+        )
+        log.debug("%s rejected %d entries: %s %s", self.actor, len(entries), code.value, detail)
+        frame = self.signer.seal(kinds.REJECTION, record, stream=self.stream)
+        fields = {FRAME: frame, "kind": kinds.REJECTION.encode(), "reason": code.value.encode()}
+        appends = [Append(self.stream, fields, maxlen=REJECTED_MAXLEN)]
+        for claim in claims:
+            one = pb.Rejection(
+                reason_code=code.value, detail=detail[:500], message_id=claim.message_id
+            )
+            appends.append(self._outcome(one, claim.message_id))
+        return appends + self._count(code, len(entries), "")
 
     def _outcome(self, rejection: pb.Rejection, cause: str) -> Append:
         """The REJECTED ``command.outcome`` record of a rejected command."""

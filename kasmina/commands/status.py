@@ -89,7 +89,7 @@ async def _rejected(bus: Bus, run: str, ring: KeyRing) -> dict[str, int]:
         if isinstance(record, BadEntry) or not isinstance(record.message, pb.Rejection):
             rejected["unverified_record"] += 1
         else:
-            rejected[record.message.reason_code or "unknown"] += 1
+            rejected[record.message.reason_code or "unknown"] += max(1, record.message.count)
     return dict(sorted(rejected.items()))
 
 

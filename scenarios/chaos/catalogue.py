@@ -98,6 +98,23 @@ async def _malformed(ctx: Ctx) -> None:
     await ctx.flood(frames)
 
 
+async def _big_flood(ctx: Ctx) -> None:
+    """20,000 entries (forged, replayed and malformed mixed) as fast as Redis takes them: a
+    backlog far beyond what the actor decides in a turn, so admission sheds its excess."""
+    frames: list[dict[str, bytes]] = []
+    for i in range(20_000):
+        pick = i % 4
+        if pick == 0:
+            frames.append({FRAME: forge(ctx.rng.choice(ctx.captured), ctx.rng)})
+        elif pick == 1:
+            frames.append({FRAME: ctx.rng.choice(ctx.captured)})
+        elif pick == 2:
+            frames.append({FRAME: ctx.rng.randbytes(ctx.rng.randrange(1, 300))})
+        else:
+            frames.append({"junk": b"x"})
+    await ctx.flood(frames)
+
+
 async def _many_fields(ctx: Ctx) -> None:
     client = getattr(ctx.bus, "client", None)  # plain XADD: the attacker needs no Lua
     assert client is not None
@@ -169,6 +186,7 @@ ATTACKS: tuple[Attack, ...] = (
     Attack("forged", "none", _forged),
     Attack("replayed", "none", _replayed),
     Attack("malformed", "none", _malformed),
+    Attack("flood_20000", "none", _big_flood),
     Attack("entry_5000_fields", "none", _many_fields),
     Attack("foreign_route", "none", _foreign_route),
     Attack("group_rewind", "none", _rewind),
@@ -295,7 +313,7 @@ async def _read(
         if isinstance(rec, BadEntry):
             reasons["unverified_record"] += 1
         elif isinstance(rec.message, pb.Rejection) and rec.message.message_id not in (legit or ()):
-            reasons[rec.message.reason_code] += 1
+            reasons[rec.message.reason_code] += max(1, rec.message.count)
     return state, transitions, reasons, len(quarantined)
 
 

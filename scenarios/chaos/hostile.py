@@ -30,9 +30,9 @@ def forge(frame: bytes, rng: random.Random) -> bytes:
     parts = msgpack.unpackb(frame, raw=False)
     which = rng.choice(("body", "kind", "sender", "ts"))
     if which == "body":
-        body = bytearray(parts[7] or b"\x00")
+        body = bytearray(parts[9] or b"\x00")
         body[rng.randrange(len(body))] ^= 0x01
-        parts[7] = bytes(body)
+        parts[9] = bytes(body)
     elif which == "kind":
         parts[1] = "seed.command"
     elif which == "sender":

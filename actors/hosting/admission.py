@@ -1,0 +1,171 @@
+"""Admission per inbox: how much of a batch an actor verifies, what it sheds as ``overloaded``,
+and which rejections it records in aggregate.
+
+A flooded inbox must not take its process down with it: an actor does a bounded amount of work
+per turn, and when the entries of its inbox that it has not decided (the batch in hand plus the
+group's lag) exceed ``bus.admission_backlog``, it sheds the excess: those entries are acked
+without being decided and recorded as ``overloaded`` in one record per shed run, with a count.
+It still verifies ``bus.admission_verify`` entries per turn, so legitimate traffic keeps being
+decided during the flood, and nothing is shed while the backlog stays within the bound.
+
+Rejections of one reason that reach ``bus.aggregate_from`` in one batch are recorded as one
+record with a count as well (``Rejection.count``; ``entry_id`` and ``last_entry_id`` bound the
+run), so a flood cannot amplify itself into the rejected stream. The counters stay exact.
+
+The functions here are pure; the shell (``actors/shell.py``) does the reads and the commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from actors.hosting.inbox import FRAME
+from bus import Bus, Entry, Handled
+from contracts import ContractError, Envelope, Reason, kinds, unpack
+from contracts.config import KasminaConfig
+
+if TYPE_CHECKING:
+    from actors.hosting.rejection import Rejections
+
+__all__ = [
+    "SHED_OUTCOMES",
+    "Admission",
+    "Claim",
+    "Run",
+    "aggregated",
+    "claim_of",
+    "claims_of",
+    "group_lag",
+    "shed_count",
+]
+
+SHED_OUTCOMES = 16  # claimed command ids answered `overloaded` per shed run, at most
+
+
+def shed_count(batch: int, lag: int | None, *, bound: int, verify: int) -> int:
+    """How many entries at the start (the oldest) of a batch of ``batch`` entries to shed.
+
+    ``lag`` is the inbox's entries not yet delivered to the group (None: unknown, nothing is
+    shed). The backlog is the batch plus the lag; only its excess over ``bound`` is shed, and at
+    least ``verify`` entries of the batch are always kept. Shedding the oldest, never more than
+    the excess, keeps the newest ``bound`` entries of the inbox: they are all decided."""
+    if lag is None or batch <= verify:
+        return 0
+    excess = batch + lag - bound
+    return max(0, min(batch - verify, excess))
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What a frame says about itself, unverified: message id, kind, sender."""
+
+    message_id: str
+    kind: str
+    sender: str
+
+
+def claim_of(entry: Entry, frame_field: str, max_bytes: int) -> Claim | None:
+    """The command a shed entry claims to be (bounded decode, no MAC), or None if it does not
+    claim to be a command: its sender can then be told it was shed."""
+    frame = entry.fields.get(frame_field)
+    if frame is None:
+        return None
+    try:
+        env = unpack(frame, max_bytes=max_bytes)
+    except ContractError as exc:
+        mid, kind, sender = exc.message_id, exc.kind, exc.sender
+    else:
+        mid, kind, sender = env.id, env.kind, env.sender
+    if kind != kinds.SEED_COMMAND or not mid:
+        return None
+    return Claim(mid, kind, sender)
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Entries recorded as one rejection: reason, first detail, the entries in order."""
+
+    reason: Reason
+    detail: str
+    entries: tuple[Entry, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.entries)
+
+
+def aggregated(
+    batch: Sequence[Entry],
+    checked: Sequence[Envelope | ContractError | None],
+    *,
+    threshold: int,
+) -> dict[str, Run]:
+    """Entry id -> the aggregated run it belongs to, for the rejections the verifier (or a
+    missing frame) produced in this batch whose reason reaches ``threshold``."""
+    by_reason: dict[Reason, list[tuple[Entry, str]]] = {}
+    for entry, result in zip(batch, checked, strict=True):
+        if result is None:
+            by_reason.setdefault(Reason.BAD_FRAME, []).append((entry, "no frame field"))
+        elif isinstance(result, ContractError):
+            by_reason.setdefault(result.code, []).append((entry, result.detail))
+    out: dict[str, Run] = {}
+    for reason, items in by_reason.items():
+        if len(items) < threshold:
+            continue
+        run = Run(reason, items[0][1], tuple(e for e, _ in items))
+        out.update((e.id, run) for e in run.entries)
+    return out
+
+
+def claims_of(entries: Sequence[Entry], frame_field: str, max_bytes: int) -> list[Claim]:
+    """The first :data:`SHED_OUTCOMES` commands that ``entries`` claim to be."""
+    out: list[Claim] = []
+    for entry in entries:
+        claim = claim_of(entry, frame_field, max_bytes)
+        if claim is not None:
+            out.append(claim)
+            if len(out) >= SHED_OUTCOMES:
+                break
+    return out
+
+
+async def group_lag(bus: Bus, stream: str, group: str) -> int | None:
+    """Entries of ``stream`` not yet delivered to ``group`` (None: unknown)."""
+    for g in (await bus.info(stream)).groups:
+        if g.name == group:
+            return g.lag
+    return None
+
+
+class Admission:
+    """The admission of one inbox read by ``group``: what to shed, and the shed entries'
+    commit items; ``shed`` counts the entries shed so far."""
+
+    def __init__(
+        self, bus: Bus, inbox: str, group: str, config: KasminaConfig, rejections: Rejections
+    ) -> None:
+        self.bus, self.inbox, self.group = bus, inbox, group
+        self.config = config
+        self.rejections = rejections
+        self.shed = 0
+
+    async def cut(self, batch: Sequence[Entry]) -> int:
+        """How many entries at the start of ``batch`` to shed. The lag is read only when the
+        batch is full, the one case where the inbox may hold more than it."""
+        cfg = self.config.bus
+        if len(batch) < cfg.batch or len(batch) <= cfg.admission_verify:
+            return 0
+        lag = await group_lag(self.bus, self.inbox, self.group)
+        return shed_count(len(batch), lag, bound=cfg.admission_backlog, verify=cfg.admission_verify)
+
+    def shed_items(self, entries: Sequence[Entry]) -> list[Handled]:
+        """``entries`` acked undecided, recorded as one ``overloaded`` run (with an unverified
+        outcome for the first commands they claim to be)."""
+        self.shed += len(entries)
+        limit = self.config.security.max_message_bytes
+        detail = f"inbox backlog over {self.config.bus.admission_backlog} entries"
+        claims = claims_of(entries, FRAME, limit)
+        appends = self.rejections.record_run(Reason.OVERLOADED, detail, entries, claims)
+        return [Handled(e, self.group, appends if n == 0 else ()) for n, e in enumerate(entries)]

@@ -1,0 +1,84 @@
+"""The pure rules of admission: how much of a batch is shed, which rejections are aggregated, what
+a shed entry claims to be."""
+
+from __future__ import annotations
+
+from actors.client import build_command
+from actors.hosting import FRAME
+from actors.hosting.admission import (
+    SHED_OUTCOMES,
+    aggregated,
+    claim_of,
+    claims_of,
+    shed_count,
+)
+from bus import Entry
+from contracts import ContractError, KeyRing, Reason, Signer, streams
+from contracts.errors import BadFrame
+
+INBOX = streams.inbox("r1", "seed", "a")
+
+
+def _drain(backlog: int, *, batch: int, bound: int, verify: int) -> tuple[int, int]:
+    """Entries shed and decided while a backlog of ``backlog`` entries is read in batches."""
+    shed = decided = 0
+    while backlog:
+        n = min(batch, backlog)
+        cut = shed_count(n, backlog - n, bound=bound, verify=verify)
+        shed, decided, backlog = shed + cut, decided + n - cut, backlog - n
+    return shed, decided
+
+
+def test_nothing_is_shed_within_the_bound() -> None:
+    """A backlog at or under the bound, or of unknown size, loses nothing."""
+    assert shed_count(64, 36, bound=100, verify=8) == 0
+    assert shed_count(64, 0, bound=10, verify=64) == 0  # a batch never sheds below `verify`
+    assert shed_count(64, None, bound=1, verify=1) == 0  # lag unknown: nothing is shed
+    assert _drain(1000, batch=64, bound=1000, verify=8) == (0, 1000)
+
+
+def test_only_the_excess_is_shed_and_verify_entries_are_always_decided() -> None:
+    """The shed count never exceeds the excess over the bound nor leaves fewer than `verify`
+    entries of a batch; draining a flood decides at least the bound."""
+    for backlog in range(1, 3000, 37):
+        for batch in (1, 8, 64, 256):
+            n = min(batch, backlog)
+            cut = shed_count(n, backlog - n, bound=500, verify=8)
+            assert 0 <= cut <= max(0, backlog - 500) and n - cut >= min(n, 8)
+        shed, decided = _drain(backlog, batch=64, bound=500, verify=8)
+        assert shed + decided == backlog and decided >= min(backlog, 500)
+        assert shed <= max(0, backlog - 500)
+
+
+def _entries(n: int) -> list[Entry]:
+    return [Entry(INBOX, f"1-{i}", {FRAME: b"x"}) for i in range(n)]
+
+
+def test_rejections_of_one_reason_reaching_the_threshold_are_one_run() -> None:
+    """Verifier errors (and missing frames) of one reason form a run once they reach the
+    threshold; fewer, or verified envelopes, stay per entry."""
+    batch = _entries(12)
+    checked: list[object] = [BadFrame("junk") for _ in range(8)]
+    checked += [None, ContractError("x"), object(), object()]
+    runs = aggregated(batch, checked, threshold=8)  # type: ignore[arg-type]
+    (run,) = {id(r): r for r in runs.values()}.values()
+    assert run.reason is Reason.BAD_FRAME and run.count == 10 and run.detail == "junk"
+    assert [e.id for e in run.entries] == [e.id for e in batch[:10]]
+    assert set(runs) == {e.id for e in batch[:10]}
+    assert aggregated(batch[:7], checked[:7], threshold=8) == {}  # type: ignore[arg-type]
+
+
+def test_a_shed_entry_is_answered_only_when_it_claims_a_command() -> None:
+    """The claimed id of a command frame (signed or not) is read without its MAC; garbage and
+    other kinds claim nothing, and one shed run answers at most SHED_OUTCOMES claims."""
+    signer = Signer(KeyRing.generate(), "tamiyo")
+    command = signer.seal("seed.command", build_command("a", "pause"), stream=INBOX, msg_id="c1")
+    report = signer.seal("step.report", b"", stream=INBOX, msg_id="r1")
+    claim = claim_of(Entry(INBOX, "1-0", {FRAME: command}), FRAME, 1 << 20)
+    assert claim is not None and (claim.message_id, claim.sender) == ("c1", "tamiyo")
+    tampered = command[:-3] + b"xyz"  # the MAC is never looked at
+    assert claim_of(Entry(INBOX, "1-1", {FRAME: tampered}), FRAME, 1 << 20) == claim
+    for fields in ({FRAME: report}, {FRAME: b"\x00garbage"}, {"junk": b"x"}):
+        assert claim_of(Entry(INBOX, "1-2", fields), FRAME, 1 << 20) is None
+    many = [Entry(INBOX, f"2-{i}", {FRAME: command}) for i in range(SHED_OUTCOMES + 10)]
+    assert len(claims_of(many, FRAME, 1 << 20)) == SHED_OUTCOMES

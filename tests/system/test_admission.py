@@ -1,0 +1,141 @@
+"""Admission per inbox: a flooded inbox sheds its excess as ``overloaded`` (one record per shed
+run, exact counts), rejections of a flood are recorded in aggregate, legitimate commands keep
+being decided (the bystander slot's all of them), nothing is decided twice and the flood changes
+no state."""
+
+from __future__ import annotations
+
+import anyio
+
+from actors.client import Outcome, build_command
+from actors.eventlog import LogRecord, read_log
+from actors.shell import FRAME, ActorShell
+from bus import Bus, parse_id
+from contracts import KasminaConfig, KeyRing, Signer, Verifier, streams
+from contracts.ids import new_id
+from leyline import pb
+from scenarios.cluster import running_cluster
+
+FLOODED, BYSTANDER = "a", "b"
+BATCH, BOUND, VERIFY, FLOOD = 64, 100, 8, 400
+
+
+def _config() -> KasminaConfig:
+    return KasminaConfig.load(
+        env={},
+        overrides={
+            "bus.batch": BATCH,
+            "bus.admission_backlog": BOUND,
+            "bus.admission_verify": VERIFY,
+            "bus.aggregate_from": 8,
+            "safety.reject_storm_count": 100_000,  # no storm signal: no SafetyActor here
+        },
+    )
+
+
+async def _records(bus: Bus, run: str, ring: KeyRing) -> list[pb.Rejection]:
+    out = []
+    async for record in read_log(bus, streams.rejected(run), Verifier(ring, replay=True)):
+        assert isinstance(record, LogRecord) and isinstance(record.message, pb.Rejection)
+        out.append(record.message)
+    return out
+
+
+async def _outcomes(bus: Bus, run: str, ring: KeyRing, command_id: str) -> list[pb.CommandOutcome]:
+    out = []
+    async for record in read_log(bus, streams.outcomes(run), Verifier(ring, replay=True)):
+        assert isinstance(record, LogRecord)
+        message = record.message
+        if isinstance(message, pb.CommandOutcome) and message.command_id == command_id:
+            out.append(message)
+    return out
+
+
+async def test_a_flood_is_shed_as_overloaded_and_legitimate_commands_go_through(
+    bus: Bus, run_id: str
+) -> None:
+    """400 garbage entries ahead of the actor: the excess over the backlog bound is shed in
+    aggregate (exact count), a shed command's sender sees `overloaded` and can resend it, the
+    newest entries and the bystander slot's commands are all decided once, the flood changes
+    nothing."""
+    ring = KeyRing.generate()
+    signer = Signer(ring, "tamiyo")
+    inbox = streams.inbox(run_id, "seed", FLOODED)
+
+    def command(action: str) -> tuple[str, bytes]:
+        mid = new_id()
+        cmd = build_command(FLOODED, action)
+        return mid, signer.seal("seed.command", cmd, stream=inbox, msg_id=mid)
+
+    shed_id, shed_frame = command("pause")
+    kept_id, kept_frame = command("pause")
+    flood = [{FRAME: b"\x00garbage\xff"} if i % 2 else {"junk": b"x"} for i in range(FLOOD)]
+    flood.insert(10, {FRAME: shed_frame})  # among the oldest: shed
+    flood.append({FRAME: kept_frame})  # among the newest BOUND entries: decided
+    for entry in flood:
+        await bus.publish(inbox, entry)
+    async with running_cluster(
+        bus, run=run_id, slots=[FLOODED, BYSTANDER], ring=ring, config=_config(), actors=["seed"]
+    ) as cl:
+        bystander = [
+            await cl.client.command(BYSTANDER, "pause" if i % 2 == 0 else "resume", wait=True)
+            for i in range(4)
+        ]
+        await cl.settle()
+        (shell,) = [s for s in cl.shells if s.inbox == inbox]
+        assert isinstance(shell, ActorShell)
+        records = await _records(bus, run_id, ring)
+        overloaded = [r for r in records if r.reason_code == "overloaded"]
+        shed = sum(r.count for r in overloaded)
+        # every shed run but the last keeps VERIFY entries; the last sheds the exact excess, so
+        # that the BOUND newest entries are all decided
+        assert shed == len(flood) - BOUND - VERIFY * (len(overloaded) - 1) == shell.shed
+        assert shell.rejected["overloaded"] == shed and len(overloaded) < shed / 10
+        assert all(
+            not r.verified and parse_id(r.entry_id) < parse_id(r.last_entry_id) for r in overloaded
+        )
+        garbage = [r for r in records if r.reason_code == "bad_frame"]
+        assert sum(max(1, r.count) for r in garbage) == shell.rejected["bad_frame"]
+        assert shell.rejected["bad_frame"] + shed == len(flood) - 1  # each entry counted once
+        assert len(garbage) < shell.rejected["bad_frame"] / 4  # aggregated per batch
+
+        (seen,) = await _outcomes(bus, run_id, ring, shed_id)
+        assert seen.result == pb.OUTCOME_REJECTED and seen.reason == "overloaded"
+        assert not seen.verified
+        kept = await _outcomes(bus, run_id, ring, kept_id)
+        assert [o.result for o in kept] == [pb.OUTCOME_ACCEPTED]
+        assert all(isinstance(o, Outcome) and o.result == "accepted" for o in bystander)
+
+        mark = await cl.client.outcomes_mark()
+        await bus.publish(inbox, {FRAME: shed_frame})  # never admitted: it may be sent again
+        again = await cl.client.wait(shed_id, after=mark)
+        assert again.message.reason != "overloaded" and again.result != "rejected"
+        state = await cl.state()
+    assert state.seeds[FLOODED].paused and state.seeds[FLOODED].stage == pb.SEED_STAGE_DORMANT
+    assert not state.seeds[BYSTANDER].paused
+
+
+async def test_nothing_is_shed_within_the_bound(bus: Bus, run_id: str) -> None:
+    """A backlog at the bound, full batches included, is decided entry by entry: no
+    `overloaded`, every command gets its own decision."""
+    ring = KeyRing.generate()
+    signer = Signer(ring, "tamiyo")
+    inbox = streams.inbox(run_id, "seed", FLOODED)
+    ids = []
+    for i in range(BOUND):
+        action = "pause" if i % 2 == 0 else "resume"
+        ids.append(new_id())
+        cmd = build_command(FLOODED, action)
+        frame = signer.seal("seed.command", cmd, stream=inbox, msg_id=ids[-1])
+        await bus.publish(inbox, {FRAME: frame})
+    async with running_cluster(
+        bus, run=run_id, slots=[FLOODED], ring=ring, config=_config(), actors=["seed"]
+    ) as cl:
+        await cl.settle()
+        (shell,) = cl.shells
+        assert shell.shed == 0 and "overloaded" not in shell.rejected
+        with anyio.fail_after(20):
+            for command_id in ids[-3:]:
+                (outcome,) = await _outcomes(bus, run_id, ring, command_id)
+                assert outcome.result == pb.OUTCOME_ACCEPTED
+        assert shell.processed >= BOUND
