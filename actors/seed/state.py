@@ -190,7 +190,7 @@ def _wait_changes(state: SeedState, ev: pb.LifecycleProgress, changes: dict[str,
             pending_order="",
         )
     if ev.HasField("pending_order"):  # with the wait it starts, or an order sent again
-        changes["pending_order"] = ev.pending_order.SerializeToString().hex()
+        changes["pending_order"] = ev.pending_order.SerializeToString(deterministic=True).hex()
 
 
 _FIELDS = SeedState.__slots__
