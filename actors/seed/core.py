@@ -332,11 +332,21 @@ def _on_ack(b: Builder, ack: pb.ExecutionAck) -> None:
         _ack_stage(b, ack, wait.name, failed, request)
 
 
+def _judged_by_g0(metrics: dict[str, float]) -> bool:
+    """Execution refusals G0 records itself: the slot taken, or the rank's seed memory budget
+    exceeded (its evidence holds the budget, the use and the request)."""
+    if metrics.get(ev.SLOT_FREE) == 0.0:
+        return True
+    budget = metrics.get(ev.SEED_MEMORY_BUDGET, 0.0)
+    use = metrics.get(ev.SEED_MEMORY_IN_USE, 0.0) + metrics.get(ev.SEED_MEMORY_REQUEST, 0.0)
+    return budget > 0 and use > budget
+
+
 def _ack_probe(b: Builder, ack: pb.ExecutionAck, failed: str) -> None:
     """The ack of a germination probe: its G0 evidence goes to the GateActor."""
     b.progress(acked_id=ack.order_id)
     metrics = dict(ack.evidence.metrics)
-    if failed and metrics.get(ev.SLOT_FREE) != 0.0:  # a slot not free goes to G0 to fail
+    if failed and not _judged_by_g0(metrics):  # a slot not free or over budget goes to G0
         b.refuse("germinate", failed)
         b.await_order(S.SEED_STAGE_DORMANT, "drop_probe")
         return

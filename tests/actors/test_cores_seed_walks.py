@@ -100,6 +100,30 @@ def test_g0_failure_stays_dormant_and_drops_probe() -> None:
     assert checks[ev.SLOT_FREE].passed and checks[ev.SLOT_EMBARGOED].passed
 
 
+def test_g0_records_a_germination_over_the_memory_budget() -> None:
+    """Execution refusing a seed over the rank's memory budget goes to G0, which fails on
+    seed_memory_headroom with the budget, the use and the request in its evidence."""
+    sim = SeedSim(auto=False)
+    sim.report(1)
+    sim.send(germinate(sim.slot))
+    ack = sim.ack_for(sim.orders[-1], ok=False)
+    ack.error = "seed memory budget exceeded"
+    memory = {ev.SEED_MEMORY_BUDGET: 1000.0, ev.SEED_MEMORY_IN_USE: 600.0}
+    ack.evidence.metrics.update({**memory, ev.SEED_MEMORY_REQUEST: 500.0})
+    d = sim.send(ack)
+    (request,) = [o.message for o in d.outgoing if isinstance(o.message, pb.GateRequest)]
+    assert request.gate == G.SEED_GATE_G0_SANITY
+    assert request.evidence.metrics[ev.SEED_MEMORY_BUDGET] == 1000.0
+    result = gates.evaluate(request.gate, request.evidence, sim.config.gates)
+    (check,) = [c for c in result.checks if c.name == "seed_memory_headroom"]
+    assert not result.passed and not check.passed and check.value == -100.0
+    result.request_id, result.slot, result.step = request.request_id, request.slot, request.step
+    sim.send(result)
+    assert sim.state.stage == S.SEED_STAGE_DORMANT
+    refused = [e for e in sim.events if isinstance(e, pb.LifecycleRefused)]
+    assert "seed_memory_headroom" in refused[-1].reason and "budget 1000 B" in refused[-1].reason
+
+
 def test_g0_reads_the_slot_state_execution_found() -> None:
     """Execution finding the slot taken (an ack refused with slot_free = 0) fails G0 on slot_free."""
     sim = SeedSim(auto=False)

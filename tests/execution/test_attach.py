@@ -198,3 +198,32 @@ def test_germination_on_a_transformer_block_is_exact() -> None:
     (ack,) = [m for kind, m in rt.drain_outbox() if kind == KIND_ACK]
     assert ack.ok, ack.error
     assert ack.evidence.metrics[ev.GERMINATION_MAX_ABS_DELTA] == 0.0
+
+
+def test_attach_passes_the_memory_settings_and_g0_refuses_over_budget() -> None:
+    """attach(seed_memory_budget=, release_ttl_steps=, fossil_merge=) reach the runtime; a
+    germination over the budget is refused by G0 on its memory headroom, the slot stays DORMANT."""
+    model, opt, x, y = _task()
+    with kasmina.attach(
+        model,
+        {"h": "1"},
+        opt,
+        config=CONFIG,
+        device="cpu",
+        probe_batch=(x, y),
+        seed_memory_budget=64,
+        release_ttl_steps=3,
+        fossil_merge=True,
+    ) as kas:
+        cfg = kas.runtime.config
+        assert (cfg.seed_memory_budget, cfg.release_ttl_steps, cfg.fossil_merge) == (64, 3, True)
+        kas.command("h", "germinate", blueprint="residual_mlp")
+        refused = []
+        for step in range(40):
+            kas.on_step(step, _step(model, opt, x, y))
+            refused = [m for _, k, m in kas.events() if k == "lifecycle.refused"]
+            if refused:
+                break
+        assert refused, "the germination over budget was never refused"
+        assert "seed_memory_headroom" in refused[0].reason and "budget 64 B" in refused[0].reason
+        assert kas.runtime.slots["h"].seed is None
