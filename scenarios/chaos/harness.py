@@ -364,7 +364,10 @@ async def run_plan(
     ids = {int(k): v for k, v in summary["command_ids"].items()}
     rejections = await read_rejections(bus, run, ring)
     out.record = record_of(await read_log(bus, run, ring), rejections, ids)
-    out.rejects = dict(Counter(r.reason_code for r in rejections))
+    counts: Counter[str] = Counter()
+    for r in rejections:  # a flood's record stands for `count` entries (0 means 1)
+        counts[r.reason_code] += max(1, r.count)
+    out.rejects = dict(counts)
     for r in rejections:
         out.reject_examples.setdefault(r.reason_code, f"{r.actor}: {r.kind} {r.detail[:80]}")
     out.streams = await stream_table(bus, run)
