@@ -29,6 +29,7 @@ from actors.artifacts import ArtifactError, ArtifactStore
 from actors.delivery import since, written
 from actors.execution.protocol import Runtime
 from actors.hosting import FRAME, Rejections, Router, inbox_consumer
+from actors.hosting.admission import aggregated
 from actors.hosting.housekeeping import every, publish_heartbeat
 from actors.hosting.routing import STREAMS
 from bus import Append, Bus, BusClosed, BusUnavailable, Consumer, Entry, Handled, backoff_s
@@ -174,15 +175,37 @@ class ExecutionActor:
         appends = self.rejections.record(entry, code, detail, env, claimed)
         return Handled(entry, self.group, appends)
 
-    async def _take(self, entry: Entry) -> Handled:
-        frame = entry.fields.get(FRAME)
-        if frame is None:
-            return self._reject(entry, Reason.BAD_FRAME, "no frame field", None)
-        env: Envelope | None = None
-        try:
-            env = await self.verifier.verify(
-                frame, stream=entry.stream, token=f"{entry.stream}/{entry.id}", scope=self.group
+    async def _take_batch(self, batch: Sequence[Entry]) -> list[Handled]:
+        """The batch verified together (one nonce round trip), each entry turned into its commit
+        item; a flood's rejections of one reason are one record (admission.py)."""
+        framed = [(e, e.fields.get(FRAME)) for e in batch]
+        checks = iter(
+            await self.verifier.verify_many(
+                [(f, e.stream, f"{e.stream}/{e.id}") for e, f in framed if f is not None],
+                scope=self.group,
             )
+        )
+        checked = [next(checks) if frame is not None else None for _, frame in framed]
+        runs = aggregated(batch, checked, threshold=self.config.bus.aggregate_from)
+        items: list[Handled] = []
+        for entry, result in zip(batch, checked, strict=True):
+            run = runs.get(entry.id)
+            if run is None:
+                items.append(await self._take(entry, result))
+                continue
+            appends: list[Append] = []
+            if run.entries[0] is entry:
+                appends = self.rejections.record_run(run.reason, run.detail, run.entries)
+            items.append(Handled(entry, self.group, appends))
+        return items
+
+    async def _take(self, entry: Entry, checked: Envelope | ContractError | None) -> Handled:
+        if checked is None:
+            return self._reject(entry, Reason.BAD_FRAME, "no frame field", None)
+        if isinstance(checked, ContractError):
+            return self._reject(entry, checked.code, checked.detail, None, checked)
+        env = checked
+        try:
             message = REGISTRY.parse(env.kind, env.body)
         except ContractError as exc:
             return self._reject(entry, exc.code, exc.detail, env, exc)
@@ -246,7 +269,7 @@ class ExecutionActor:
                 # barrier commits and orders for every rank route by the registry
                 await self.router.register(self.inbox)
                 async for batch in self._consumer.batches():
-                    await self.bus.commit([await self._take(e) for e in batch])
+                    await self.bus.commit(await self._take_batch(batch))
                     self.taken += len(batch)
             except BusUnavailable:
                 await anyio.sleep(0.2)

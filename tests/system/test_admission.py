@@ -10,11 +10,12 @@ import anyio
 from actors.client import Outcome, build_command
 from actors.eventlog import LogRecord, read_log
 from actors.shell import FRAME, ActorShell
-from bus import Bus, parse_id
+from bus import Append, Bus, parse_id
 from contracts import KasminaConfig, KeyRing, Signer, Verifier, streams
 from contracts.ids import new_id
 from leyline import pb
 from scenarios.cluster import running_cluster
+from scenarios.sim import SimRuntime
 
 FLOODED, BYSTANDER = "a", "b"
 BATCH, BOUND, VERIFY, FLOOD = 64, 100, 8, 400
@@ -139,3 +140,30 @@ async def test_nothing_is_shed_within_the_bound(bus: Bus, run_id: str) -> None:
                 (outcome,) = await _outcomes(bus, run_id, ring, command_id)
                 assert outcome.result == pb.OUTCOME_ACCEPTED
         assert shell.processed >= BOUND
+
+
+async def test_a_flood_of_the_execution_inbox_is_recorded_in_aggregate(
+    bus: Bus, run_id: str
+) -> None:
+    """Garbage in a trainer's execution inbox: every entry counted under its reason, one record
+    per reason and batch, and a genuine order in the same flood still applied."""
+    ring = KeyRing.generate()
+    sim = SimRuntime([FLOODED], report_every=5, barrier_frequency=5)
+    inbox = streams.inbox(run_id, "execution", "0")
+    async with running_cluster(
+        bus, run=run_id, slots=[FLOODED], runtimes=[sim], ring=ring, config=_config()
+    ) as cl:
+        await cl.step(0)
+        await cl.settle()
+        (actor,) = cl.executions
+        before = await _records(bus, run_id, ring)
+        await bus.publish_many([Append(inbox, {"junk": b"x"}) for _ in range(FLOOD)])
+        await cl.client.command(FLOODED, "germinate", blueprint="residual_mlp")
+        for step in range(1, 22):  # the order applies at a later boundary
+            await cl.step(step)
+            await cl.settle()
+        records = (await _records(bus, run_id, ring))[len(before) :]
+        assert actor.rejected["bad_frame"] == FLOOD
+        garbage = [r for r in records if r.actor == "execution:0"]
+        assert sum(max(1, r.count) for r in garbage) == FLOOD and len(garbage) <= FLOOD // 8
+        assert sim.applied_orders  # the germination's order reached the runtime
