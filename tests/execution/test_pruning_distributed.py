@@ -75,6 +75,9 @@ def _train(rank: int, root: str) -> None:
             "digest": state_digest(model, slots).hex(),  # type: ignore[arg-type]
         }
         pathlib.Path(root, f"rank{rank}.json").write_text(json.dumps(result))
+        # leave while every local is still referenced: freeing DDP and its gloo process
+        # group can block on gloo worker threads (see _worker)
+        os._exit(0)
     finally:
         dist.destroy_process_group()
 
