@@ -4,19 +4,25 @@ Every actor shell and every ExecutionActor (one per trainer rank, ``execution:RA
 signed ``actor.heartbeat`` to the run's heartbeat stream every couple of seconds; an ExecutionActor's
 beat carries the training step its runtime last reached. An actor is alive while its latest beat is
 younger than :data:`ALIVE_S`.
+
+Every rank's step confirmations (its ``exec.ack`` of each order it applied or refused) are on the
+run's ``confirmations`` stream: :func:`confirmations` reads them, :func:`confirmed_by_rank` sums
+them up per rank for ``kasmina status``.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from actors.eventlog import read_log
 from bus import Bus
 from contracts import KeyRing, Verifier, streams
 from leyline import pb
 
-__all__ = ["ALIVE_S", "Trainer", "heartbeats", "trainers"]
+__all__ = ["ALIVE_S", "Trainer", "confirmations", "confirmed_by_rank", "heartbeats", "trainers"]
 
 ALIVE_S = 10.0
 
@@ -66,3 +72,44 @@ async def trainers(
         alive = (now - beat.ts_ns) / 1e9 < ALIVE_S
         out.append(Trainer(rank, beat.process, int(beat.step), int(beat.ts_ns), alive))
     return out
+
+
+async def confirmations(
+    bus: Bus,
+    run: str,
+    verifier: Verifier,
+    *,
+    slot: str | None = None,
+    order_id: str | None = None,
+) -> list[pb.ExecutionAck]:
+    """The verified step confirmations of the run, oldest first (only ``slot``'s, or only
+    ``order_id``'s, when given); entries that do not verify are skipped. ``verifier``: one in
+    replay mode (the MAC is checked, not freshness)."""
+    out: list[pb.ExecutionAck] = []
+    async for record in read_log(bus, streams.confirmations(run), verifier):
+        ack = getattr(record, "message", None)
+        if not isinstance(ack, pb.ExecutionAck):
+            continue
+        if (slot is None or ack.slot == slot) and (order_id is None or ack.order_id == order_id):
+            out.append(ack)
+    return out
+
+
+def confirmed_by_rank(acks: list[pb.ExecutionAck]) -> dict[str, dict[str, Any]]:
+    """Per rank: how many orders it applied, how many it refused, and its latest confirmation."""
+    counts = Counter((str(a.rank), bool(a.ok)) for a in acks)
+    latest = {str(a.rank): a for a in acks}
+    return {
+        rank: {
+            "confirmed": counts[(rank, True)],
+            "refused": counts[(rank, False)],
+            "last": {
+                "order_id": ack.order_id,
+                "slot": ack.slot,
+                "stage": pb.SeedLifecycleStage.Name(ack.stage).removeprefix("SEED_STAGE_"),
+                "step": int(ack.applied_at_step),
+                "ok": bool(ack.ok),
+            },
+        }
+        for rank, ack in sorted(latest.items())
+    }

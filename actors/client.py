@@ -22,6 +22,7 @@ import anyio
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
+from actors.attached import confirmations
 from actors.delivery import since, written
 from actors.eventlog import BadEntry, read_log
 from actors.hosting import FRAME
@@ -276,6 +277,16 @@ class KasminaClient:
                 await anyio.sleep(0.05)
         raise CommandTimeout(
             f"no outcome for command {command_id} within {timeout_s:g} s", last=last
+        )
+
+    async def confirmations(
+        self, *, slot: str | None = None, order_id: str | None = None
+    ) -> list[pb.ExecutionAck]:
+        """The step confirmations of the run so far, oldest first: every rank's acknowledgement
+        of every order it applied (``ok``) or refused, with the step it applied at (only
+        ``slot``'s, or one order's, when given)."""
+        return await self._retrying(
+            lambda: confirmations(self.bus, self.run, self.verifier, slot=slot, order_id=order_id)
         )
 
     async def subscribe(

@@ -44,6 +44,7 @@ __all__ = [
     "fold",
     "kind_of",
     "next_boundary",
+    "released",
 ]
 
 S = TypeVar("S")
@@ -196,6 +197,13 @@ def next_boundary(now_step: int, frequency: int) -> int:
     if frequency < 1:
         raise ValueError("frequency must be >= 1")
     return ((now_step + frequency) // frequency + 1) * frequency
+
+
+def released(order: Any, commit: int) -> bool:
+    """Whether an ExecutionOrder may apply once the newest barrier commit a rank (every rank,
+    in a data-parallel run) has received is ``commit``: always for an ungated order, from the
+    commit of its ``after_barrier`` (or of a later barrier) on for a barrier-gated one."""
+    return not order.barrier_gated or commit >= int(order.after_barrier)
 
 
 def _plain(value: Any) -> Any:

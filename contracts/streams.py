@@ -97,6 +97,12 @@ def outcomes(run: str) -> str:
     return f"{prefix(run)}outcomes"
 
 
+def confirmations(run: str) -> str:
+    """Step confirmations: every rank's acknowledgement of every order it applied or refused
+    (``exec.ack``, capped), for controllers and ``kasmina status``."""
+    return f"{prefix(run)}confirmations"
+
+
 def heartbeats(run: str) -> str:
     """Actor heartbeats (capped)."""
     return f"{prefix(run)}heartbeats"

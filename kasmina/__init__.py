@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Attached", "attach"]
+__all__ = ["Attached", "StepConfirmation", "attach"]
 
 if TYPE_CHECKING:
-    from kasmina.integration import Attached, attach
+    from kasmina.integration import Attached, StepConfirmation, attach
 
 
 def __getattr__(name: str) -> Any:
-    """``attach`` and ``Attached`` load torch, so they are imported on first use (the CLI's other
+    """``attach``, ``Attached`` and ``StepConfirmation`` load torch, so they are imported on first use (the CLI's other
     commands start without torch)."""
     if name in __all__:
         from kasmina import integration as module

@@ -41,13 +41,14 @@ from actors.assemble import live_verifier
 from actors.client import KasminaClient, Outcome
 from actors.execution import ExecutionRuntime, RuntimeConfig, insert_slots
 from actors.execution.actor import ExecutionActor
+from actors.execution.confirm import StepConfirmation
 from actors.execution.slot import SeedSlot
 from bus import Bus, BusClosed, BusUnavailable, open_bus
 from contracts import KasminaConfig, KeyRing, Signer, streams
 from scenarios.cluster import Cluster, read_events, running_cluster
 from scenarios.pacing import wait_drained
 
-__all__ = ["Attached", "attach"]
+__all__ = ["Attached", "StepConfirmation", "attach"]
 
 SETTLE_TIMEOUT_S = 20.0
 
@@ -188,6 +189,11 @@ class Attached:
         )
         return result
 
+    def confirmations(self) -> list[StepConfirmation]:
+        """The step confirmations of the orders this rank applied or refused since the last
+        call, oldest first (``runtime.confirmations()``; ``on_confirm=`` gives a callback)."""
+        return self.runtime.confirmations()
+
     def stage(self, slot: str) -> str:
         """The slot's stage as this process's runtime holds it (e.g. ``"TRAINING"``)."""
         from actors.execution.stages import stage_name
@@ -228,7 +234,8 @@ def attach(
       which makes a run reproducible step for step; a production trainer leaves it off.
     - ``runtime_options``: :class:`~actors.execution.RuntimeConfig` fields (``device=``,
       ``probe_every=``, ``checkpoint_dir=``, …) and the runtime's keyword arguments
-      (``probe_batch=``, ``evaluate=``, ``loss_fn=``). ``barrier_frequency``, ``report_every`` and ``blend_steps``
+      (``probe_batch=``, ``evaluate=``, ``loss_fn=``, ``on_confirm=``: a callback for each step
+      confirmation). ``barrier_frequency``, ``report_every`` and ``blend_steps``
       default to the config's, ``probe_every`` to a fifth of the TRAINING budget (at most 50).
 
     The model that trains is ``model`` itself (eager, with the slots inside); wrap it in DDP or

@@ -25,6 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from actors.execution.confirm import StepConfirmation
 from actors.execution.stages import stage_name
 from kasmina.integration import attach
 
@@ -61,6 +62,8 @@ class TrainResult:
     stages: dict[str, str]
     val_loss: float
     val_accuracy: float
+    # the step confirmations this rank received: one per order it applied or refused
+    confirmed: list[dict[str, Any]] = field(default_factory=list)
 
 
 def task_factory(task: str) -> Callable[..., TrainSpec]:
@@ -131,6 +134,7 @@ def train(
     world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     val_loss = val_acc = math.nan
     done, stopped = 0, False
+    confirmed: list[dict[str, Any]] = []
     options = {
         "probe_batch": spec.probe_batch,
         "evaluate": spec.evaluate,
@@ -161,6 +165,7 @@ def train(
                 val_loss, val_acc = spec.evaluate(spec.model)
                 measured = {"val_loss": val_loss, "val_accuracy": val_acc}
             kas.on_step(step, loss, batch=(x, y), **measured)
+            confirmed += [_confirmed(c) for c in kas.confirmations()]
             if progress is not None and step % report_every == 0:
                 progress(step, float(loss.detach()), val_acc, _stages(kas.runtime.slots))
             step += 1
@@ -173,8 +178,17 @@ def train(
             stages=_stages(kas.runtime.slots),
             val_loss=val_loss,
             val_accuracy=val_acc,
+            confirmed=confirmed,
         )
     return result
+
+
+def _confirmed(c: StepConfirmation) -> dict[str, Any]:
+    """One step confirmation as the trainer logs it and reports it at the end."""
+    outcome = "applied" if c.ok else f"refused ({c.error})"
+    log.info("order %s %s: %s %s at step %d", c.order_id, outcome, c.slot, c.stage, c.step)
+    return {"order_id": c.order_id, "slot": c.slot, "stage": c.stage, "step": c.step,
+            "ok": c.ok, "barrier": c.barrier}  # fmt: skip
 
 
 def _stages(slots: Mapping[str, Any]) -> dict[str, str]:

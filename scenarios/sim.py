@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from actors.core import released
 from contracts import evidence as ev
 from leyline import pb
 
@@ -110,6 +111,7 @@ class SimRuntime:
         self.blend_steps = blend_steps
         self.byzantine = byzantine
         self.step = -1
+        self.committed_barrier = -1
         self._lock = threading.Lock()
         self._inbox: list[pb.ExecutionOrder] = []
         self._pending: list[pb.ExecutionOrder] = []
@@ -134,6 +136,10 @@ class SimRuntime:
 
     def connect(self, notify: Callable[[], None]) -> None:
         """Nothing to connect: the simulated runtime is flushed on the actor's interval."""
+
+    def barrier_committed(self, barrier_step: int) -> None:
+        """Release the orders gated on ``barrier_step`` (or an earlier barrier)."""
+        self.committed_barrier = max(self.committed_barrier, barrier_step)
 
     def request_checkpoint(self, reason: str, step: int = 0) -> None:
         """Record the request (a simulated runtime has nothing to write)."""
@@ -202,10 +208,12 @@ class SimRuntime:
         with self._lock:
             self._pending.extend(self._inbox)
             self._inbox.clear()
+        commit = self.committed_barrier
         due = sorted(
-            (o for o in self._pending if o.apply_at_step <= step), key=lambda o: o.apply_at_step
+            (o for o in self._pending if o.apply_at_step <= step and released(o, commit)),
+            key=lambda o: o.apply_at_step,
         )
-        self._pending = [o for o in self._pending if o.apply_at_step > step]
+        self._pending = [o for o in self._pending if o not in due]
         for order in due:
             if order.slot in self.slots:
                 self._apply(order, step)

@@ -1,10 +1,11 @@
 """ExecutionActor: the bus side of an :class:`ExecutionRuntime`.
 
 The training loop runs on its own thread and never awaits Redis. This actor runs on an event loop:
-it reads the rank's inbox (orders, pruning orders), hands each verified order to the runtime's
-non-blocking inbox and acks it; and it flushes the runtime's outbox (acks, step reports, telemetry,
-safety signals, barrier votes; unit importance and pruning acks to the run's pruning stream) in
-one pipeline per flush, signed. Every ``heartbeat_s`` it
+it reads the rank's inbox (orders, pruning orders, barrier commits), hands each verified order to
+the runtime's non-blocking inbox and each commit to the runtime's barrier gate; and it flushes the
+runtime's outbox (acks, step reports, telemetry, safety signals, barrier votes; unit importance and
+pruning acks to the run's pruning stream) in one pipeline per flush, signed, each ack also to the
+run's ``confirmations`` stream (the step confirmations a controller reads). Every ``heartbeat_s`` it
 beats on the run's heartbeat stream with the step its runtime reached (``kasmina status`` lists
 the attached trainers from these beats, ``kasmina publish --wait`` says when there are none).
 """
@@ -33,7 +34,16 @@ from actors.hosting.admission import aggregated
 from actors.hosting.housekeeping import every, publish_heartbeat
 from actors.hosting.routing import STREAMS
 from bus import Append, Bus, BusClosed, BusUnavailable, Consumer, Entry, Handled, backoff_s
-from contracts import REGISTRY, ContractError, Envelope, Reason, Signer, Verifier, streams
+from contracts import (
+    REGISTRY,
+    ContractError,
+    Envelope,
+    Reason,
+    Signer,
+    Verifier,
+    kinds,
+    streams,
+)
 from contracts.config import KasminaConfig
 from leyline import pb
 
@@ -51,6 +61,7 @@ class _Unsent:
 log = logging.getLogger("kasmina.execution")
 
 SEEN_ORDERS = 10_000  # order ids remembered against redelivery (far more than are ever in flight)
+CONFIRMATIONS_MAXLEN = 100_000  # step confirmations kept on the run's confirmations stream
 
 
 class ExecutionActor:
@@ -84,6 +95,7 @@ class ExecutionActor:
         self._started_ns = time.time_ns()
         self.taken = 0  # inbox entries handled
         self.inbox = streams.inbox(run, "execution", str(rank))
+        self.confirmations = streams.confirmations(run)
         self.group = f"actor:execution:{rank}"
         self.slots: Sequence[str] = sorted(runtime.slots)
         self.sent: Counter[str] = Counter()
@@ -132,6 +144,10 @@ class ExecutionActor:
             for stream in self.router.outbox(kind, message, self.slots):  # a frame per stream
                 frame = self.signer.seal(kind, raw, stream=stream)
                 appends.append(Append(stream, {FRAME: frame, "kind": kind.encode()}, maxlen=cap))
+            if kind == kinds.EXEC_ACK:  # the step confirmation, for the controller too
+                frame = self.signer.seal(kind, raw, stream=self.confirmations)
+                fields = {FRAME: frame, "kind": kind.encode()}
+                appends.append(Append(self.confirmations, fields, maxlen=CONFIRMATIONS_MAXLEN))
             self.sent[kind] += 1
         return appends
 
@@ -210,8 +226,9 @@ class ExecutionActor:
         except ContractError as exc:
             return self._reject(entry, exc.code, exc.detail, env, exc)
         if isinstance(message, pb.BarrierCommit):
-            self.commits += 1  # the barrier agreed; nothing to change in the forward
+            self.commits += 1  # the barrier agreed: the orders gated on it may apply
             self.last_commit = int(message.barrier_step)
+            self.runtime.barrier_committed(self.last_commit)
             return Handled(entry, self.group)
         if isinstance(message, pb.CheckpointRequest):
             if message.rollback:

@@ -1,13 +1,17 @@
 """Applying execution orders at a step boundary: one ack per order, stage transitions, release.
 
 Every order due at step ``S`` is applied inside ``on_step(S)`` in ``apply_at_step`` order and
-answered with exactly one :class:`pb.ExecutionAck` (ok, or refused with its reason).
+answered with exactly one :class:`pb.ExecutionAck` (ok, or refused with its reason): the step
+confirmation the trainer and the SeedActor receive. A barrier-gated order (``barrier_gated``) is
+due only once the commit of barrier ``after_barrier`` (or of a later one) has reached the rank
+(in a data-parallel run: every rank); until then it waits, neither applied nor refused.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from actors.core import released
 from actors.execution import stages as st
 from actors.execution.errors import OrderError
 from actors.execution.evidence import latency_overhead, slot_facts
@@ -28,19 +32,27 @@ def due(rt: ExecutionRuntime, step: int) -> list[pb.ExecutionOrder]:
     return sorted((o for o in rt.pending if o.apply_at_step <= step), key=lambda o: o.apply_at_step)
 
 
-def apply_due(rt: ExecutionRuntime, step: int, agreed: set[str] | None = None) -> list[str]:
-    """Apply every pending order due at or before ``step``; with ``agreed`` (a data-parallel
-    run) only those every rank holds, refusing the others. Returns the slots whose seed entered
-    the forward (moved to TRAINING)."""
+def apply_due(
+    rt: ExecutionRuntime, step: int, agreed: set[str] | None = None, commit: int = -1
+) -> list[str]:
+    """Apply every pending order due at or before ``step`` whose barrier (if gated) has
+    committed (``commit``: the newest commit received); with ``agreed`` (a data-parallel run)
+    only those every rank holds, refusing the others. Returns the slots whose seed entered the
+    forward (moved to TRAINING)."""
     orders = due(rt, step)
     if not orders:
         return []
-    rt.pending = [o for o in rt.pending if o.apply_at_step > step]
+    held = {o.order_id for o in orders if not released(o, commit)}
+    if agreed is not None:
+        held &= agreed
+    rt.pending = [o for o in rt.pending if o.apply_at_step > step or o.order_id in held]
     entering = []
     for order in orders:
+        if order.order_id in held:
+            continue
         if agreed is not None and order.order_id not in agreed:
             refuse(rt, order, step, f"not held by every rank at step {step}")
-        elif apply(rt, order, step) and order.stage == st.TRAINING:
+        elif apply(rt, order, step, commit) and order.stage == st.TRAINING:
             entering.append(order.slot)
     return entering
 
@@ -57,14 +69,16 @@ def refuse(rt: ExecutionRuntime, order: pb.ExecutionOrder, step: int, reason: st
         error=reason,
         stage=pb.SeedLifecycleStage.ValueType(stage),
     )
-    rt.outbox.put(KIND_ACK, ack)
+    _answer(rt, ack)
 
 
-def apply(rt: ExecutionRuntime, order: pb.ExecutionOrder, step: int) -> bool:
+def apply(rt: ExecutionRuntime, order: pb.ExecutionOrder, step: int, commit: int = -1) -> bool:
     """Apply one order and queue its ack; True when it was applied."""
     ack = pb.ExecutionAck(
         order_id=order.order_id, slot=order.slot, applied_at_step=step, rank=rt.rank
     )
+    if order.barrier_gated:
+        ack.barrier_gated, ack.committed_barrier = True, max(0, commit)
     state = rt.states.get(order.slot)
     before = (state.slot.stage, state.slot.seed) if state is not None else None
     try:
@@ -84,13 +98,21 @@ def apply(rt: ExecutionRuntime, order: pb.ExecutionOrder, step: int) -> bool:
     stage = rt.slots[order.slot].stage if order.slot in rt.slots else order.stage
     ack.stage = pb.SeedLifecycleStage.ValueType(stage)
     late = step - order.apply_at_step
-    if late > 0:
+    if late > 0 and order.barrier_gated:  # it waited for its barrier's commit, as it should
+        ack.evidence.metrics["barrier_wait_steps"] = float(late)
+    elif late > 0:
         ack.error = f"late: due at step {order.apply_at_step}, applied at {step}" + (
             f"; {ack.error}" if ack.error else ""
         )
         ack.evidence.metrics["late_steps"] = float(late)
-    rt.outbox.put(KIND_ACK, ack)
+    _answer(rt, ack)
     return ack.ok
+
+
+def _answer(rt: ExecutionRuntime, ack: pb.ExecutionAck) -> None:
+    """Queue ``ack`` for the bus and hand it to the trainer as a step confirmation."""
+    rt.outbox.put(KIND_ACK, ack)
+    rt.confirmed.add(ack)
 
 
 def _back_to_safety(rt: ExecutionRuntime, state: SlotState, before: tuple[int, object]) -> None:

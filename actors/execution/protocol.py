@@ -37,6 +37,10 @@ class Runtime(Protocol):
         """Call ``notify`` (from any thread) whenever something is queued for the outbox."""
         ...
 
+    def barrier_committed(self, barrier_step: int) -> None:
+        """The BarrierActor committed ``barrier_step``: release the orders gated on it."""
+        ...
+
     def request_checkpoint(self, reason: str, step: int = 0) -> None:
         """Write an emergency checkpoint at the next step boundary (never blocks)."""
         ...

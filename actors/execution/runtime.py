@@ -33,6 +33,7 @@ from torch import nn
 from actors.execution import merge, monitor, orders, pruning_orders, ranks, recovery, shadow
 from actors.execution import stages as st
 from actors.execution.config import RuntimeConfig, default_device
+from actors.execution.confirm import Confirmations, OnConfirm, StepConfirmation
 from actors.execution.distill import check_teacher, soft_targets
 from actors.execution.errors import OrderError, is_oom
 from actors.execution.evidence import counterfactual, reset_check
@@ -69,6 +70,7 @@ class ExecutionRuntime:
         notify: Callable[[], None] | None = None,
         kernels: KernelCache | None = None,
         teacher: nn.Module | None = None,
+        on_confirm: OnConfirm | None = None,
     ) -> None:
         self.config = config if config is not None else RuntimeConfig()
         self.device = self.config.resolved_device()
@@ -111,6 +113,9 @@ class ExecutionRuntime:
         self.pruner = Pruner(self.model, track=self.config.importance_every > 0)
         self.pruning_inbox: queue.SimpleQueue[pb.PruningOrder] = queue.SimpleQueue()
         self.pending_pruning: list[pb.PruningOrder] = []
+        self.committed_barrier = -1  # the newest barrier commit received (set by the bus side)
+        self._grad_digest = b""  # sampled seed gradients of the latest barrier step
+        self.confirmed = Confirmations(on_confirm)
         self.step = -1
         self.last_loss = math.nan
         self.losses: deque[tuple[int, float]] = deque(maxlen=4096)
@@ -135,6 +140,14 @@ class ExecutionRuntime:
         copy = pb.PruningOrder()
         copy.CopyFrom(order)
         self.pruning_inbox.put(copy)
+
+    def confirmations(self) -> list[StepConfirmation]:
+        """The step confirmations (one per order answered) since the last call, oldest first."""
+        return self.confirmed.take()
+
+    def barrier_committed(self, barrier_step: int) -> None:
+        """Release the orders gated on ``barrier_step`` or earlier (thread-safe, never blocks)."""
+        self.committed_barrier = max(self.committed_barrier, int(barrier_step))
 
     def drain_outbox(self) -> list[tuple[str, Message]]:
         """Every queued outgoing ``(kind, message)`` (acks, reports, telemetry, safety, votes)."""
@@ -185,15 +198,17 @@ class ExecutionRuntime:
             self.shadow_backward(batch)
         if loss is not None:
             self._record_loss(loss)
+        if self._barrier_step(step):  # gradient verification through sampling
+            self._grad_digest = ranks.grad_digest(self.slots, step)
         if any(s.slot.seed is not None for s in self.states.values()):
             self._train_seeds(step)
         self.pending.extend(self.inbox.drain())
         pruning_due = pruning_orders.take(self)
-        agreed = None
+        agreed, commit = None, self.committed_barrier
         if self.distributed:  # every rank applies an order at the same step, or none does
             due = [o.order_id for o in orders.due(self, step)] + recovery.ready(self)
-            agreed = ranks.agree(due + pruning_due, self.device)
-        entering = orders.apply_due(self, step, agreed) if self.pending else []
+            agreed, commit = ranks.agree(due + pruning_due, self.device, commit)
+        entering = orders.apply_due(self, step, agreed, commit) if self.pending else []
         pruning_orders.apply_due(self, step, agreed)
         self._advance_alpha(step)
         self._periodic(step, val_loss, val_accuracy)
@@ -222,14 +237,15 @@ class ExecutionRuntime:
                 self._safety("", pb.SAFETY_SIGNAL_OUT_OF_MEMORY, 1.0, f"probe skipped: {exc}")
         if cfg.report_every > 0 and step % cfg.report_every == 0:
             monitor.report(self, step, val_loss, val_accuracy)
-        if cfg.barrier_frequency > 0 and step % cfg.barrier_frequency == 0:
-            vote = pb.BarrierVote(
-                barrier_step=step,
-                rank=self.rank,
-                world_size=self.world_size,
-                digest=state_digest(self.model, self.slots),
-            )
+        if self._barrier_step(step):
+            digest = state_digest(self.model, self.slots)
+            vote = pb.BarrierVote(barrier_step=step, rank=self.rank, world_size=self.world_size,
+                                  digest=digest, grad_digest=self._grad_digest)  # fmt: skip
             self.outbox.put(KIND_BARRIER_VOTE, vote)
+
+    def _barrier_step(self, step: int) -> bool:
+        every = self.config.barrier_frequency
+        return every > 0 and step % every == 0
 
     # -- seed training -------------------------------------------------------------------------
     def shadow_backward(self, batch: ProbeBatch) -> int:

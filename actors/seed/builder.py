@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from actors.core import Context, Decision, Message, Outgoing, next_boundary
-from actors.seed.lifecycle import Gate, Stage, gate_name, stage_name
+from actors.seed.lifecycle import BARRIER_GATED, Gate, Stage, gate_name, stage_name
 from actors.seed.outcomes import outcomes_of
 from actors.seed.state import SeedState, evolve
 from actors.seed.wait import Wait
@@ -94,8 +94,12 @@ class Builder:
         """Emit a bookkeeping event: ``fields`` are ``pb.LifecycleProgress`` fields."""
         self._emit(pb.LifecycleProgress(step=self.now if step is None else step, **fields))
 
-    def order(self, stage: Stage, order_id: str, **fields: object) -> pb.ExecutionOrder:
-        """Send an ExecutionOrder to every rank, applied on the next barrier boundary."""
+    def order(
+        self, stage: Stage, order_id: str, *, gated: bool = False, **fields: object
+    ) -> pb.ExecutionOrder:
+        """Send an ExecutionOrder to every rank, applied on the next barrier boundary; a
+        ``gated`` one also waits for the commit of the barrier one period before that boundary
+        (the first barrier after this decision)."""
         freq = self.ctx.config.barrier.frequency
         order = pb.ExecutionOrder(
             order_id=order_id,
@@ -104,6 +108,9 @@ class Builder:
             apply_at_step=next_boundary(self.now, freq),
             paused=self.state.paused,
         )
+        if gated:
+            order.barrier_gated = True
+            order.after_barrier = order.apply_at_step - freq
         for name, value in fields.items():
             if isinstance(value, Message):
                 getattr(order, name).CopyFrom(value)
@@ -112,10 +119,15 @@ class Builder:
         self.outgoing.append(Outgoing("execution", None, order))
         return order
 
-    def await_order(self, stage: Stage, what: str = "", **fields: object) -> pb.ExecutionOrder:
-        """Record that the slot awaits the ack of a new order, and send it."""
+    def await_order(
+        self, stage: Stage, what: str = "", *, gated: bool | None = None, **fields: object
+    ) -> pb.ExecutionOrder:
+        """Record that the slot awaits the ack of a new order, and send it. ``gated`` defaults
+        to the rule: a move into a stage of ``BARRIER_GATED`` waits for a barrier commit."""
+        if gated is None:
+            gated = not what and stage in BARRIER_GATED
         order_id = self.new_id()
-        order = self.order(stage, order_id, **fields)
+        order = self.order(stage, order_id, gated=gated, **fields)
         self.progress(
             awaiting=str(Wait.ack(stage_name(stage), what)),
             pending_id=order_id,

@@ -34,7 +34,14 @@ from typing import Any
 from actors.core import Context, Decision, Message
 from actors.gates.checks import describe_failures
 from actors.seed.builder import Builder
-from actors.seed.lifecycle import ACTIVE, EXIT_GATE, gate_name, stage_budget, stage_name
+from actors.seed.lifecycle import (
+    ACTIVE,
+    EXIT_GATE,
+    IN_FORWARD,
+    gate_name,
+    stage_budget,
+    stage_name,
+)
 from actors.seed.params import check_adjust, check_germinate
 from actors.seed.state import SeedState
 from actors.seed.wait import Wait
@@ -112,11 +119,20 @@ def _request_name(msg: Message) -> str:
     return type(msg).__name__
 
 
-def _cull(b: Builder, cause: str, *, gate: pb.SeedLifecycleGate.ValueType | None = None) -> None:
-    """X -> CULLED -> EMBARGOED, and order execution to drop the seed."""
+def _cull(
+    b: Builder,
+    cause: str,
+    *,
+    gate: pb.SeedLifecycleGate.ValueType | None = None,
+    urgent: bool = False,
+) -> None:
+    """X -> CULLED -> EMBARGOED, and order execution to drop the seed. Dropping a seed in the
+    forward waits for a barrier commit, unless the cull is ``urgent`` (a safety verdict or an
+    emergency stop must not wait on the ranks)."""
+    gated = b.state.stage in IN_FORWARD and not urgent
     b.transition(S.SEED_STAGE_CULLED, cause, gate=gate)
     b.transition(S.SEED_STAGE_EMBARGOED, "embargo after cull")
-    b.await_order(S.SEED_STAGE_CULLED)
+    b.await_order(S.SEED_STAGE_CULLED, gated=gated)
 
 
 # --------------------------------------------------------------------------- commands
@@ -132,7 +148,8 @@ def _on_command(b: Builder, cmd: pb.SeedCommand) -> None:
         _germinate(b, cmd.germinate)
     elif action in ("cull", "emergency_stop"):
         if stage in ACTIVE:
-            _cull(b, ("command cull" if action == "cull" else "emergency stop") + why)
+            stop = action == "emergency_stop"
+            _cull(b, ("emergency stop" if stop else "command cull") + why, urgent=stop)
         else:
             b.refuse(action, f"nothing to cull in stage {stage_name(stage)}")
     elif action == "terminate":
@@ -402,6 +419,6 @@ def _on_verdict(b: Builder, verdict: pb.SafetyVerdict) -> None:
         return
     cause = "circuit breaker open" if verdict.action == V.VERDICT_CULL else "emergency stop"
     if b.state.stage in ACTIVE:
-        _cull(b, cause + (f": {verdict.reason}" if verdict.reason else ""))
+        _cull(b, cause + (f": {verdict.reason}" if verdict.reason else ""), urgent=True)
     else:
         b.refuse(request, f"nothing to cull in stage {stage_name(b.state.stage)}")

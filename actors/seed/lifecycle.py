@@ -73,6 +73,16 @@ ACTIVE: frozenset[Stage] = frozenset(
 )
 """Stages with a live, not yet permanent seed: these can be culled."""
 
+IN_FORWARD: frozenset[Stage] = frozenset(
+    {S.SEED_STAGE_BLENDING, S.SEED_STAGE_SHADOWING, S.SEED_STAGE_PROBATIONARY}
+)
+"""Stages whose seed adds to the host's output (alpha above zero, not yet part of the host)."""
+
+BARRIER_GATED: frozenset[Stage] = frozenset({*IN_FORWARD, S.SEED_STAGE_FOSSILIZED})
+"""Stages whose order changes the forward of every rank: it applies only after the commit of the
+barrier it waits for (a cull of a seed in ``IN_FORWARD`` too, unless a safety verdict or an
+emergency stop sent it)."""
+
 
 def is_allowed(frm: Stage, to: Stage) -> bool:
     """True when the table allows ``frm -> to``."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 
-from actors.attached import ALIVE_S, heartbeats, trainers
+from actors.attached import ALIVE_S, confirmations, confirmed_by_rank, heartbeats, trainers
 from actors.eventlog import BadEntry, read_log, read_verified
 from actors.replay import fold_events
 from actors.seed import stage_name
@@ -129,7 +129,7 @@ async def collect(bus: Bus, run: str, ring: KeyRing) -> dict[str, Any]:
     return {
         "run": run,
         "actors": await _actors(bus, run, ring),
-        "trainers": [t.as_dict(now_ns) for t in await trainers(bus, run, ring, now_ns=now_ns)],
+        "trainers": await _trainers(bus, run, ring, now_ns),
         "slots": [
             _slot(slot, s, since.get(slot), now_ns // 1_000_000)
             for slot, s in sorted(state.seeds.items())
@@ -140,6 +140,16 @@ async def collect(bus: Bus, run: str, ring: KeyRing) -> dict[str, Any]:
         "streams": await _streams(bus, run),
         "dead_letters": (await bus.info(streams.dead_letter(run))).length,
     }
+
+
+async def _trainers(bus: Bus, run: str, ring: KeyRing, now_ns: int) -> list[dict[str, Any]]:
+    """Every trainer rank with its step confirmations (orders applied, refused, the latest)."""
+    confirmed = confirmed_by_rank(await confirmations(bus, run, Verifier(ring, replay=True)))
+    none = {"confirmed": 0, "refused": 0, "last": None}
+    return [
+        {**t.as_dict(now_ns), "confirmations": confirmed.get(t.rank, none)}
+        for t in await trainers(bus, run, ring, now_ns=now_ns)
+    ]
 
 
 def _print(status: dict[str, Any]) -> None:
@@ -161,6 +171,10 @@ def _print(status: dict[str, Any]) -> None:
             f"  rank {t['rank']:<6} {state:<9} step {t['last_step']:<8} "
             f"last heartbeat {t['last_heartbeat_s']} s ago  {t['process']}"
         )
+        c = t["confirmations"]
+        last = c["last"]
+        latest = f"; last {last['stage']} of {last['slot']} at step {last['step']}" if last else ""
+        print(f"    confirmed {c['confirmed']} orders, refused {c['refused']}{latest}")
     print("slots:")
     for s in status["slots"]:
         print(

@@ -140,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         stages = ", ".join(f"{k} {v}" for k, v in result.stages.items())
         print(f"run {result.run} rank {result.rank}: {result.steps} steps; {stages}")
+        refused = sum(not c["ok"] for c in result.confirmed)
+        print(f"confirmed {len(result.confirmed) - refused} orders, refused {refused}")
     if world > 1:
         # gloo worker threads can outlive destroy_process_group and abort the interpreter's
         # shutdown (docs/integration.md); everything is flushed and printed by now

@@ -62,8 +62,11 @@ def _gauge(text: str, name: str, slot: str) -> float:
 
 
 def test_in_process_attach_grows_a_seed() -> None:
-    """A plain loop with one attach call (and every actor in-process) walks a slot to FOSSILIZED."""
+    """A plain loop with one attach call (and every actor in-process) walks a slot to FOSSILIZED;
+    the loop receives a step confirmation of every order, the controller sees the same ones, and
+    each stage move into the forward applied on its step, after its barrier's commit."""
     model, opt, x, y = _task()
+    confirmed: list[kasmina.StepConfirmation] = []
 
     def evaluate(m: nn.Module) -> tuple[float, float]:
         with torch.no_grad():
@@ -81,6 +84,7 @@ def test_in_process_attach_grows_a_seed() -> None:
         probe_batch=(x[:64], y[:64]),
         validation=(x, y),  # G4's paired per-example test
         evaluate=evaluate,
+        on_confirm=confirmed.append,
     ) as kas:
         for step in range(160):
             idx = torch.randint(0, 256, (32,))
@@ -104,6 +108,16 @@ def test_in_process_attach_grows_a_seed() -> None:
             "FOSSILIZED",
         ]
         assert kas.stage("h") == "FOSSILIZED"
+        assert kas.confirmations() == confirmed and all(c.ok for c in confirmed)
+        seen = kas.portal.call(kas.client.confirmations)
+        assert [(a.order_id, a.applied_at_step) for a in seen] == [
+            (c.order_id, c.step) for c in confirmed
+        ]
+        gated = {c.stage: c for c in confirmed if c.barrier is not None}
+        assert set(gated) == {"BLENDING", "SHADOWING", "PROBATIONARY", "FOSSILIZED"}
+        commits = {m.barrier_step for _, k, m in kas.events() if k == "barrier.commit"}
+        for c in gated.values():  # lockstep: the commit is in before the order's step
+            assert c.barrier in commits and c.step == c.barrier + CONFIG.barrier.frequency
         kas.on_step(160, 0.5)  # a report step, left in the outbox at exit
     assert len(kas.runtime.outbox) == 0  # flushed on exit
 

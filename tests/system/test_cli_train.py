@@ -14,6 +14,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -156,6 +157,15 @@ async def _inbox_messages(url: str, stream: str, ring: KeyRing) -> list[object]:
     finally:
         await bus.close()
     return out
+
+
+async def _events(url: str, run: str, ring: KeyRing) -> list[tuple[str, Any]]:
+    """The run's verified events as ``(kind, message)``."""
+    bus = open_bus(url)
+    try:
+        return [(k, m) for _, k, m in await read_events(bus, run, ring)]
+    finally:
+        await bus.close()
 
 
 async def _wait_stage(
@@ -302,6 +312,7 @@ def _walk_to_fossil(procs: Procs, env: dict[str, str], ring: KeyRing, world: int
         assert {rank for rank, _ in applied} == set(range(world)), (order, applied)
         assert len({step for _, step in applied}) == 1, (order, applied)
     assert all(ack.ok and "late" not in ack.error for ack in acks)
+    _check_confirmations(env, ring, results, acks)
 
     for name in ("seeds", "actors"):
         assert procs.stop(name) == 0, procs.log(name)
@@ -309,6 +320,38 @@ def _walk_to_fossil(procs: Procs, env: dict[str, str], ring: KeyRing, world: int
     replay = kasmina("replay", env["KASMINA_REDIS"], "--verify", "--json", env=env)
     assert replay.returncode == 0, replay.stderr
     assert json.loads(replay.stdout.splitlines()[-1])["slots"]["hidden"] == "FOSSILIZED"
+
+
+def _check_confirmations(
+    env: dict[str, str], ring: KeyRing, results: list[dict[str, Any]], acks: list[pb.ExecutionAck]
+) -> None:
+    """Every rank's trainer received a step confirmation of every order it applied; the
+    controller sees the same ones (the confirmations stream, `kasmina status`); the orders that
+    change the forward applied only after the commit of the barrier they waited for."""
+    url, run = env["KASMINA_REDIS"], env["KASMINA_RUN"]
+    for result in results:
+        mine = {(a.order_id, a.applied_at_step) for a in acks if a.rank == result["rank"]}
+        assert {(c["order_id"], c["step"]) for c in result["confirmed"]} == mine
+    orders = {
+        m.order_id: m
+        for m in anyio.run(_inbox_messages, url, streams.inbox(run, "execution", "0"), ring)
+        if isinstance(m, pb.ExecutionOrder)
+    }
+    commits = {
+        m.barrier_step for k, m in anyio.run(_events, url, run, ring) if k == "barrier.commit"
+    }
+    gated = [c for c in results[0]["confirmed"] if orders[c["order_id"]].barrier_gated]
+    assert {c["stage"] for c in gated} >= {"BLENDING", "SHADOWING", "PROBATIONARY", "FOSSILIZED"}
+    for c in gated:
+        order = orders[c["order_id"]]
+        assert c["barrier"] >= order.after_barrier and c["barrier"] in commits, (c, order)
+        assert c["step"] >= order.apply_at_step
+    status = kasmina("status", "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    seen = {t["rank"]: t["confirmations"] for t in json.loads(status.stdout)["trainers"]}
+    for result in results:
+        assert seen[str(result["rank"])]["confirmed"] == len(result["confirmed"])
+        assert seen[str(result["rank"])]["last"]["order_id"] == result["confirmed"][-1]["order_id"]
 
 
 @pytest.mark.timeout(600)
