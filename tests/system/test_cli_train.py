@@ -318,7 +318,7 @@ def _walk_to_fossil(procs: Procs, env: dict[str, str], ring: KeyRing, world: int
         assert procs.stop(name) == 0, procs.log(name)
     assert anyio.run(_pending, env) == {}  # every entry they took was handled and acked
     replay = kasmina("replay", env["KASMINA_REDIS"], "--verify", "--json", env=env)
-    assert replay.returncode == 0, replay.stderr
+    assert replay.returncode == 0, replay.stderr + replay.stdout[-4000:]
     assert json.loads(replay.stdout.splitlines()[-1])["slots"]["hidden"] == "FOSSILIZED"
 
 
