@@ -90,17 +90,16 @@ def state_digest(model: nn.Module, slots: Mapping[str, SeedSlot]) -> bytes:
         flat = p.detach().reshape(-1)
         samples.append(flat[:: max(1, flat.numel() // FINGERPRINT_SAMPLES)].float())
     if samples:
-        h.update(tensor_bytes(torch.cat(samples)))
+        h.update(_bytes(torch.cat(samples)))
     for slot_id in sorted(slots):
         slot = slots[slot_id]
         h.update(slot_id.encode())
         h.update(struct.pack("<id", slot.stage, float(slot.alpha)))
         for name, p in slot.named_parameters():
             h.update(name.encode())
-            h.update(tensor_bytes(p.detach()))
+            h.update(_bytes(p.detach()))
     return h.digest()
 
 
-def tensor_bytes(t: torch.Tensor) -> bytes:
-    """The raw bytes of ``t`` (on the CPU, contiguous)."""
+def _bytes(t: torch.Tensor) -> bytes:
     return bytes(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.distributed as dist
 
-from actors.execution.mailbox import FINGERPRINT_SAMPLES, tensor_bytes
+from actors.execution.mailbox import FINGERPRINT_SAMPLES
 from actors.execution.slot import SeedSlot
 
 
@@ -52,6 +52,7 @@ def grad_digest(slots: Mapping[str, SeedSlot], step: int) -> bytes:
             flat = p.grad.detach().reshape(-1)
             stride = max(1, flat.numel() // FINGERPRINT_SAMPLES)
             h.update(f"{slot_id}/{name}".encode())
-            h.update(tensor_bytes(flat[step % stride :: stride]))
+            sample = flat[step % stride :: stride].contiguous().view(torch.uint8)
+            h.update(sample.cpu().numpy().tobytes())
             sampled = True
     return h.digest() if sampled else b""
