@@ -123,6 +123,23 @@ def check_budget(rt: ExecutionRuntime, request: int) -> dict[str, float]:
     return evidence
 
 
+def memory_metrics(rt: ExecutionRuntime) -> dict[str, float]:
+    """The rank's ``seed_memory_*`` telemetry (empty until a budget is set or a seed has been
+    held, released after a hold or culled for running out of memory)."""
+    mem = rt.memory
+    if mem.budget is None and not (mem.held or mem.released or rt.oom_culls):
+        return {}
+    in_use = memory_evidence(rt, 0)[ev.SEED_MEMORY_IN_USE]
+    return {
+        "seed_memory_budget": float(mem.budget or 0),
+        "seed_memory_in_use": in_use,
+        "seed_memory_held": float(len(mem.held)),
+        "seed_memory_held_param_bytes": float(mem.held_param_bytes()),
+        "seed_memory_released": float(mem.released),
+        "seed_oom_culls": float(rt.oom_culls),
+    }
+
+
 def device_bytes(device: torch.device) -> int:
     """Total memory of ``device`` (the host's physical memory for cpu)."""
     if device.type == "cuda":

@@ -11,6 +11,7 @@ from actors.execution import stages as st
 from actors.execution.evidence import isolation_probe, latency_overhead, on_mode
 from actors.execution.isolation import IsolationReport, autograd_probe, isolation_signal
 from actors.execution.mailbox import KIND_SAFETY, KIND_STEP_REPORT, KIND_TELEMETRY
+from actors.execution.memory import memory_metrics
 from actors.execution.probing import probe_mode, run_probe, split_batch
 from actors.execution.slot import host_parameters
 from actors.execution.slotstate import SlotState
@@ -109,9 +110,12 @@ def report(rt: ExecutionRuntime, step: int, val_loss: float, val_accuracy: float
                     metrics={**metrics, "stage": float(state.slot.stage)},
                 ),
             )
+    runtime_wide = memory_metrics(rt)  # once a budget is set or a seed was held or released
     stats = rt.kernels.stats
     if stats.misses or stats.hits:  # the kernel cache has been used: its counters, runtime-wide
         rt.kernels.expire()
-        raw = pb.TelemetryRaw(region=rt.config.region, step=step, metrics=stats.metrics())
+        runtime_wide.update(stats.metrics())
+    if runtime_wide:
+        raw = pb.TelemetryRaw(region=rt.config.region, step=step, metrics=runtime_wide)
         rt.outbox.put(KIND_TELEMETRY, raw)
     rt.outbox.put(KIND_STEP_REPORT, message)

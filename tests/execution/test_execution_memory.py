@@ -327,3 +327,20 @@ def test_is_oom_tells_memory_errors_apart() -> None:
     assert is_oom(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried"))
     assert not is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert not is_oom(ValueError("out of memory"))
+
+
+def test_memory_telemetry_shows_held_seeds_until_released() -> None:
+    """With a TTL, the runtime-wide telemetry reports the held seed's parameter bytes, then 0
+    and one release once the hold has expired."""
+    model, slots = tiny()
+    opt = torch.optim.SGD(host_parameters(model, slots), lr=0.1)
+    rt = runtime(model, slots, opt, release_ttl_steps=2, report_every=1)
+    rt.submit(germinate("a", 0))
+    rt.submit(_cull("a", 1))
+    train(model, opt, rt, data(), range(4))
+    wide = [m for m in kinds(rt.drain_outbox(), "telemetry.raw") if not m.slot]
+    held = [(m.step, m.metrics["seed_memory_held_param_bytes"]) for m in wide]
+    assert [s for s, _ in held] == [1, 2, 3]
+    assert held[0][1] > 0 and held[1][1] == held[0][1] and held[2][1] == 0.0
+    assert wide[-1].metrics["seed_memory_released"] == 1.0
+    assert wide[-1].metrics["seed_memory_in_use"] == 0.0
