@@ -122,6 +122,9 @@ def _agreed_stop(local: bool, world_size: int) -> bool:
     return bool(flag.item() > 0)
 
 
+_DATA_PARALLEL: list[nn.Module] = []  # see train()
+
+
 def train(
     spec: TrainSpec,
     *,
@@ -149,6 +152,9 @@ def train(
             from torch.nn.parallel import DistributedDataParallel
 
             net = DistributedDataParallel(spec.model)
+            # kept until the process exits: freeing DDP (and with it the gloo process group)
+            # can block on gloo's worker threads
+            _DATA_PARALLEL.append(net)
         report_every = kas.runtime.config.report_every or 1
         step = 0
         while steps <= 0 or step < steps:
