@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import anyio
-import hiredis
 import redis.asyncio as aioredis
 import redis.exceptions as rex
 from redis.asyncio.cluster import RedisCluster
@@ -42,127 +41,31 @@ from .api import (
     StreamInfo,
     check_append,
     dead_copy,
-    parse_id,
     processed_key,
 )
 from .backoff import backoff_s
 from .connect import Closer, open_client, parse_bus_url
 from .errors import BusClosed, BusError, BusProtocolError, BusUnavailable, Fenced
+from .redis_codec import (
+    _encode_append,
+    _fast_packing,
+    _fields,
+    _not_applied,
+    _raw_reply,
+    _s,
+    _stream_entries,
+    _xadd,
+    group_lag,
+    sorted_ids,
+)
 from .retention import clamp_trim_id, safe_trim_id
 
 __all__ = ["RedisStreamBus"]
 
 T = TypeVar("T")
 DAY_MS = 24 * 3600 * 1000
-_PLAIN = frozenset((str, bytes, int))
 _SCAN_COUNT = 5_000
 _GONE = ("NOGROUP", "UNBLOCKED", "The XGROUP subcommand requires the key to exist")
-
-
-def _fast_packing(cls: type[Any]) -> type[Any]:
-    """``cls`` (an asyncio connection class) packing commands with hiredis when it can.
-
-    redis-py's asyncio connections pack every argument in Python; hiredis packs the whole command
-    in C. Anything but str/bytes/int arguments (floats, bools, memoryviews) takes the original
-    path, so the bytes on the wire and the errors raised stay the same.
-    """
-    if getattr(cls, "_kasmina_fast", False):
-        return cls
-
-    def pack_command(self: Any, *args: Any) -> list[bytes]:
-        if _PLAIN.issuperset(map(type, args)):
-            head = args[0]
-            if " " in head if type(head) is str else b" " in head:
-                args = (*head.split(), *args[1:])
-            return [hiredis.pack_command(args)]
-        packed: list[bytes] = slow(self, *args)
-        return packed
-
-    slow = cls.pack_command
-    return type(cls.__name__, (cls,), {"pack_command": pack_command, "_kasmina_fast": True})
-
-
-# Errors meaning the server did not run the command (a redirection or a refusal while the
-# topology changes): safe to send again even when the command is not idempotent.
-_REFUSALS = ("TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK", "READONLY", "NOREPLICAS", "MASTERDOWN",
-             "LOADING")  # fmt: skip
-
-
-def _not_applied(exc: BaseException) -> bool:
-    # ClusterError includes CLUSTERDOWN/MASTERDOWN and "TTL exhausted" (redirected until redis-py
-    # gave up); AskError includes MOVED. Errors raised inside a script keep their code as text.
-    refusals = (rex.ClusterError, rex.SlotNotCoveredError, rex.AskError, rex.TryAgainError,
-                rex.ReadOnlyError)  # fmt: skip
-    if isinstance(exc, refusals):
-        return True
-    return isinstance(exc, rex.ResponseError) and str(exc).startswith(_REFUSALS)
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _b(value: Any) -> bytes:
-    """A field value as bytes (what redis-py's encoder would send)."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    if isinstance(value, bool):
-        raise BusProtocolError(f"invalid field value of type bool: {value!r}")
-    if isinstance(value, int | float):
-        return repr(value).encode()
-    if isinstance(value, str):
-        return value.encode()
-    raise BusProtocolError(f"invalid field value of type {type(value).__name__}")
-
-
-def _xadd(stream: str, fields: Fields, maxlen: int | None) -> list[Any]:
-    """The XADD command for one entry (``MAXLEN ~`` when capped)."""
-    command: list[Any] = ["XADD", stream]
-    if maxlen is not None:
-        command += ["MAXLEN", "~", maxlen]
-    command.append("*")
-    for name, value in fields.items():
-        command += (name, value if type(value) is bytes else _b(value))
-    return command
-
-
-def _encode_append(args: list[Any], key_index: int, append: Append) -> None:
-    """Add ``append`` to a script's ``args`` (see bus/_scripts.py): key index, maxlen, fields."""
-    args += (key_index, "" if append.maxlen is None else append.maxlen, len(append.fields))
-    for name, value in append.fields.items():
-        args += (name, value if type(value) is bytes else _b(value))
-
-
-def _raw_reply(response: Any, **_: Any) -> Any:
-    """Response callback that keeps a reply as the server sent it (see :func:`_fields`)."""
-    return response
-
-
-def _fields(raw: Any) -> dict[str, bytes]:
-    """An entry's fields as ``{name: bytes}``, from redis-py's parsed dict or, for XREADGROUP on a
-    client of our own, the flat ``[name1, value1, ...]`` list the server sent."""
-    if not raw:
-        return {}
-    if type(raw) is list:
-        it = iter(raw)
-        out = {k.decode() if type(k) is bytes else str(k): v for k, v in zip(it, it, strict=True)}
-    else:
-        out = {k.decode() if type(k) is bytes else str(k): v for k, v in raw.items()}
-    for name, value in out.items():  # bytes unless the client decodes responses
-        if type(value) is not bytes:
-            out[name] = value.encode() if isinstance(value, str) else str(value).encode()
-    return out
-
-
-def _stream_entries(reply: Any) -> list[tuple[str, Any]]:
-    """XREADGROUP reply (RESP2 list or RESP3 dict) -> [(id, fields or None)]."""
-    if not reply:
-        return []
-    groups = reply.items() if isinstance(reply, dict) else reply
-    out: list[tuple[str, Any]] = []
-    for _, entries in groups:
-        out += [(i.decode() if type(i) is bytes else str(i), f) for i, f in entries]
-    return out
 
 
 class RedisStreamBus:
@@ -655,27 +558,3 @@ class RedisStreamBus:
             await self.client.aclose()
             for close in self._closers:
                 await close()
-
-
-def group_lag(
-    reported: Any, last_delivered: str, last_id: str, *, counted: bool = True
-) -> int | None:
-    """A group's lag (entries not delivered yet), checked against the ids the server reports.
-
-    ``XINFO GROUPS`` derives lag from the group's entries-read counter, which a replica does not
-    keep: right after a promotion it is unknown (lag nil), and after failovers and restarts on
-    Redis 7.0.15 a group was seen reporting lag 25 with its last-delivered id equal to the
-    stream's last id. The ids decide: nothing after the last-delivered id is lag 0; something
-    after it is at least 1 (the reported figure when there is one). ``counted`` is False for a
-    server that has no lag field at all (before 7.0): then None, unless the ids say 0.
-    """
-    if parse_id(last_delivered) >= parse_id(last_id):
-        return 0
-    if not counted:
-        return None
-    return max(1, int(reported or 0))
-
-
-def sorted_ids(ids: list[str]) -> list[str]:
-    """Stream ids in numeric order."""
-    return sorted(ids, key=lambda i: tuple(int(p) for p in i.split("-")))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bus.redis_bus import group_lag
+from bus.redis_codec import group_lag
 
 
 def test_nothing_after_the_last_delivered_id_is_no_lag() -> None:

@@ -170,7 +170,7 @@ def test_fast_packing_matches_redis_py() -> None:
     """The hiredis command packer of from_url() sends the same bytes redis-py's own packer does."""
     from redis.asyncio.connection import Connection
 
-    from bus.redis_bus import _fast_packing
+    from bus.redis_codec import _fast_packing
 
     fast_cls = _fast_packing(Connection)
     assert _fast_packing(fast_cls) is fast_cls
