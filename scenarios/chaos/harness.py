@@ -350,7 +350,7 @@ async def run_plan(
                     f"trainer failed: {(workdir / 'trainer.log').read_text()[-3000:]}"
                 )
             await mark(END)
-            await wait_drained(bus, run, timeout_s=30.0)
+            await wait_drained(bus, run, timeout_s=90.0)  # actors may be retaking leases
             tg.cancel_scope.cancel()
     except BaseException:
         with anyio.CancelScope(shield=True):  # never leave actor processes or connections behind
