@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import faulthandler
+import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -101,15 +104,24 @@ def kinds(messages: list[tuple[str, Any]], kind: str) -> list[Any]:
     return [m for k, m in messages if k == kind]
 
 
-def run_ranks(worker: Callable[[int, str], None], root: str, world: int, timeout_s: float) -> None:
-    """Run ``worker(rank, root)`` in ``world`` spawned processes and wait for all of them.
+Finish = Callable[[dict[str, Any]], NoReturn]
 
+
+def run_ranks(
+    worker: Callable[[int, str, Finish], None], root: str, world: int, timeout_s: float
+) -> None:
+    """Run ``worker(rank, root, finish)`` in ``world`` spawned processes, each in a gloo process group
+    of ``world`` ranks (one torch thread), and wait for all of them.
+
+    ``finish(result)`` writes ``root/rank<N>.json`` and ends the process at once, while the
+    worker's locals are still referenced: freeing DDP and its gloo process group can block on
+    gloo's worker threads, and interpreter finalization can abort while they run.
     Each rank dumps every thread's stack to ``root/rank<N>.stack`` and exits if it is still
     running ``timeout_s`` after it started; the parent kills whatever is left after that and
     fails with those stacks. A hung collective thus fails the test with a diagnosis instead
     of leaving processes behind that would keep the test session from exiting."""
     ctx = mp.start_processes(  # type: ignore[no-untyped-call]
-        _watched, args=(worker, root, timeout_s), nprocs=world, join=False, daemon=True,
+        _watched, args=(worker, root, world, timeout_s), nprocs=world, join=False, daemon=True,
         start_method="spawn",
     )  # fmt: skip
     deadline = time.monotonic() + timeout_s + 15
@@ -128,7 +140,22 @@ def run_ranks(worker: Callable[[int, str], None], root: str, world: int, timeout
                 p.join(5)
 
 
-def _watched(rank: int, worker: Callable[[int, str], None], root: str, timeout_s: float) -> None:
+def _watched(
+    rank: int, worker: Callable[[int, str, Finish], None], root: str, world: int, timeout_s: float
+) -> None:
     stack = open(Path(root, f"rank{rank}.stack"), "w")  # noqa: SIM115 (kept open for faulthandler)
     faulthandler.dump_traceback_later(timeout_s, exit=True, file=stack)
-    worker(rank, root)
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{root}/rendezvous", rank=rank, world_size=world
+    )
+
+    def finish(result: dict[str, Any]) -> NoReturn:
+        Path(root, f"rank{rank}.json").write_text(json.dumps(result))
+        os._exit(0)
+
+    try:
+        worker(rank, root, finish)
+    finally:  # reached only when the worker failed or never called finish
+        dist.destroy_process_group()
+    raise AssertionError(f"rank {rank} returned without recording its results")

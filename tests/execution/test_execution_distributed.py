@@ -4,14 +4,12 @@ stay identical, and barrier digests agree."""
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import threading
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from execution_helpers import backward, data, germinate, order, run_ranks
+from execution_helpers import Finish, backward, data, germinate, order, run_ranks
 from torch.nn.parallel import DistributedDataParallel
 
 from actors.execution import ExecutionRuntime, RuntimeConfig, host_parameters, insert_slots
@@ -39,80 +37,60 @@ def _submit_all(rt: ExecutionRuntime, orders: list[pb.ExecutionOrder]) -> None:
         rt.submit(o)
 
 
-def _worker(rank: int, root: str) -> None:
-    _train(rank, root)
-    # Leave without interpreter finalization. DDP keeps the gloo process group, and so its
-    # worker threads, alive past destroy_process_group; every gloo work holds a Python object
-    # (the captured contextvars context, the reduced tensors), and a worker thread that frees
-    # its last finished work after finalization has begun is killed while taking the GIL inside
-    # a noexcept destructor: std::terminate, SIGABRT. The results are on disk; a failure above
-    # still raises into mp.spawn's error reporting.
-    os._exit(0)
-
-
-def _train(rank: int, root: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"file://{root}/rendezvous", rank=rank, world_size=WORLD
+def _train(rank: int, root: str, finish: Finish) -> None:
+    """This rank's run, in its process group; ``finish`` records the results and ends it."""
+    torch.manual_seed(0)
+    model = TinyMLP()
+    slots = insert_slots(model, {"a": "fc1", "b": "fc2"})
+    ddp = DistributedDataParallel(model)
+    opt = torch.optim.SGD(host_parameters(model, slots), lr=0.1)
+    rt = ExecutionRuntime(
+        model,
+        slots,
+        opt,
+        RuntimeConfig(
+            device="cpu",
+            rank=rank,
+            world_size=WORLD,
+            probe_every=3,
+            report_every=0,
+            barrier_frequency=4,
+            blend_steps=3,
+        ),
+        probe_batch=data(1, seed=99)[0],
     )
-    try:
-        torch.manual_seed(0)
-        model = TinyMLP()
-        slots = insert_slots(model, {"a": "fc1", "b": "fc2"})
-        ddp = DistributedDataParallel(model)
-        opt = torch.optim.SGD(host_parameters(model, slots), lr=0.1)
-        rt = ExecutionRuntime(
-            model,
-            slots,
-            opt,
-            RuntimeConfig(
-                device="cpu",
-                rank=rank,
-                world_size=WORLD,
-                probe_every=3,
-                report_every=0,
-                barrier_frequency=4,
-                blend_steps=3,
-            ),
-            probe_batch=data(1, seed=99)[0],
-        )
-        if rank == 0:
-            for o in ORDERS:
-                rt.submit(o)
-        batches = data(4, seed=10 + rank)  # each rank sees different data
-        history: list[dict[str, int]] = []
-        for step in range(STEPS):
-            if rank == 1:  # this rank hears of each order only just in time, from another thread
-                due = [o for o in ORDERS if o.apply_at_step == step]
-                t = threading.Thread(target=_submit_all, args=(rt, due))
-                t.start()
-                t.join()
-            x, y = batches[step % len(batches)]
-            opt.zero_grad(set_to_none=True)
-            backward(F.cross_entropy(ddp(x), y))
-            opt.step()
-            rt.on_step(step)
-            history.append({k: int(s.stage) for k, s in slots.items()})
-        out = rt.drain_outbox()
-        result = {
-            "history": history,
-            "acks": [[m.order_id, m.applied_at_step, m.ok] for k, m in out if k == "exec.ack"],
-            "votes": [[m.barrier_step, m.digest.hex()] for k, m in out if k == "barrier.vote"],
-            "signals": [m.kind for k, m in out if k == "safety.signal"],
-            "digest": state_digest(model, slots).hex(),
-            "fossil_params": sum(p.numel() for p in slots["a"].seed_parameters()),
-        }
-        pathlib.Path(root, f"rank{rank}.json").write_text(json.dumps(result))
-        # leave while every local is still referenced: freeing DDP and its gloo process
-        # group can block on gloo worker threads (see _worker)
-        os._exit(0)
-    finally:
-        dist.destroy_process_group()
+    if rank == 0:
+        for o in ORDERS:
+            rt.submit(o)
+    batches = data(4, seed=10 + rank)  # each rank sees different data
+    history: list[dict[str, int]] = []
+    for step in range(STEPS):
+        if rank == 1:  # this rank hears of each order only just in time, from another thread
+            due = [o for o in ORDERS if o.apply_at_step == step]
+            t = threading.Thread(target=_submit_all, args=(rt, due))
+            t.start()
+            t.join()
+        x, y = batches[step % len(batches)]
+        opt.zero_grad(set_to_none=True)
+        backward(F.cross_entropy(ddp(x), y))
+        opt.step()
+        rt.on_step(step)
+        history.append({k: int(s.stage) for k, s in slots.items()})
+    out = rt.drain_outbox()
+    result = {
+        "history": history,
+        "acks": [[m.order_id, m.applied_at_step, m.ok] for k, m in out if k == "exec.ack"],
+        "votes": [[m.barrier_step, m.digest.hex()] for k, m in out if k == "barrier.vote"],
+        "signals": [m.kind for k, m in out if k == "safety.signal"],
+        "digest": state_digest(model, slots).hex(),
+        "fossil_params": sum(p.numel() for p in slots["a"].seed_parameters()),
+    }
+    finish(result)
 
 
 def test_two_ranks_apply_orders_at_the_same_step_and_stay_identical(tmp_path: pathlib.Path) -> None:
     """Germinate, blend, fossilize and cull land at the same step on both ranks; params agree."""
-    run_ranks(_worker, str(tmp_path), WORLD, timeout_s=100)
+    run_ranks(_train, str(tmp_path), WORLD, timeout_s=100)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD))
     assert r0["history"] == r1["history"]
     assert r0["history"][2] == {"a": pb.SEED_STAGE_GERMINATED, "b": pb.SEED_STAGE_GERMINATED}

@@ -8,9 +8,8 @@ import os
 import pathlib
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from execution_helpers import backward, data, run_ranks
+from execution_helpers import Finish, backward, data, run_ranks
 from test_pruning import prune
 from torch.nn.parallel import DistributedDataParallel
 
@@ -25,11 +24,6 @@ BOTH = prune("both", 3, {"fc2.host": KEEP, "head": [True, True, True, False]})
 ALONE = prune("alone", 5, {"fc1.host": [False] + [True] * 15})  # only rank 0 ever holds it
 
 
-def _worker(rank: int, root: str) -> None:
-    _train(rank, root)
-    os._exit(0)  # see test_execution_distributed: gloo threads and interpreter finalization
-
-
 def _runtime(rank: int) -> tuple[torch.nn.Module, dict[str, object], ExecutionRuntime]:
     torch.manual_seed(0)
     model = TinyMLP()
@@ -42,44 +36,35 @@ def _runtime(rank: int) -> tuple[torch.nn.Module, dict[str, object], ExecutionRu
     return model, dict(slots), ExecutionRuntime(model, slots, opt, cfg)
 
 
-def _train(rank: int, root: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"file://{root}/rendezvous", rank=rank, world_size=WORLD
-    )
-    try:
-        model, slots, rt = _runtime(rank)
-        ddp = DistributedDataParallel(model)
-        if rank == 0:
+def _train(rank: int, root: str, finish: Finish) -> None:
+    """This rank's run, in its process group; ``finish`` records the results and ends it."""
+    model, slots, rt = _runtime(rank)
+    ddp = DistributedDataParallel(model)
+    if rank == 0:
+        rt.submit_pruning(BOTH)
+        rt.submit_pruning(ALONE)
+    batches = data(4, seed=10 + rank)
+    for step in range(STEPS):
+        if rank == 1 and step == BOTH.apply_at_step:  # just in time
             rt.submit_pruning(BOTH)
-            rt.submit_pruning(ALONE)
-        batches = data(4, seed=10 + rank)
-        for step in range(STEPS):
-            if rank == 1 and step == BOTH.apply_at_step:  # just in time
-                rt.submit_pruning(BOTH)
-            x, y = batches[step % len(batches)]
-            rt.host_optimizer.zero_grad(set_to_none=True)
-            backward(F.cross_entropy(ddp(x), y))
-            rt.host_optimizer.step()
-            rt.on_step(step)
-        path = os.path.join(root, f"ck{rank}.safetensors")
-        rt.checkpoint(path)
-        out = rt.drain_outbox()
-        _, _, fresh = _runtime(rank)
-        fresh.restore(path)
-        result = {
-            "acks": [[m.order_id, m.applied_at_step, m.ok] for k, m in out if k == "pruning.ack"],
-            "masks": {n: k.tolist() for n, k in rt.pruner.masks.items()},
-            "restored": {n: k.tolist() for n, k in fresh.pruner.masks.items()},
-            "reports": [m.step for k, m in out if k == "pruning.importance"],
-            "digest": state_digest(model, slots).hex(),  # type: ignore[arg-type]
-        }
-        pathlib.Path(root, f"rank{rank}.json").write_text(json.dumps(result))
-        # leave while every local is still referenced: freeing DDP and its gloo process
-        # group can block on gloo worker threads (see _worker)
-        os._exit(0)
-    finally:
-        dist.destroy_process_group()
+        x, y = batches[step % len(batches)]
+        rt.host_optimizer.zero_grad(set_to_none=True)
+        backward(F.cross_entropy(ddp(x), y))
+        rt.host_optimizer.step()
+        rt.on_step(step)
+    path = os.path.join(root, f"ck{rank}.safetensors")
+    rt.checkpoint(path)
+    out = rt.drain_outbox()
+    _, _, fresh = _runtime(rank)
+    fresh.restore(path)
+    result = {
+        "acks": [[m.order_id, m.applied_at_step, m.ok] for k, m in out if k == "pruning.ack"],
+        "masks": {n: k.tolist() for n, k in rt.pruner.masks.items()},
+        "restored": {n: k.tolist() for n, k in fresh.pruner.masks.items()},
+        "reports": [m.step for k, m in out if k == "pruning.importance"],
+        "digest": state_digest(model, slots).hex(),  # type: ignore[arg-type]
+    }
+    finish(result)
 
 
 def test_two_ranks_apply_masks_together_and_restore_them_identically(
@@ -87,7 +72,7 @@ def test_two_ranks_apply_masks_together_and_restore_them_identically(
 ) -> None:
     """The order both ranks hold applies at its step on both; the one only rank 0 holds is
     refused on both; masks, restored masks and parameters agree across ranks."""
-    run_ranks(_worker, str(tmp_path), WORLD, timeout_s=100)
+    run_ranks(_train, str(tmp_path), WORLD, timeout_s=100)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD))
     assert r0["acks"] == [["both", 3, True], ["alone", 5, False]]
     assert r1["acks"] == [["both", 3, True]]  # rank 1 never heard of "alone"
