@@ -1,6 +1,6 @@
 """The SeedActor core at its limits: step budgets, embargo, reset retries, strikes, G4 evidence.
 
-Every expected value is written here from DESIGN §2/§3 and the configuration below, never read
+Every expected value is written here from docs/design.md §2/§3 and the configuration below, never read
 back from the core; limits are tested one step before, at, and (where it matters) after.
 """
 
@@ -328,7 +328,7 @@ def test_a_negative_accuracy_is_recorded_as_zero() -> None:
 
 
 def test_transitions_of_a_full_walk_follow_the_design_table() -> None:
-    """The walk with every gate passing is DESIGN §2's main line, written out."""
+    """The walk with every gate passing is docs/design.md §2's main line, written out."""
     sim = _sim()
     _germinate(sim)
     _walk_to(sim, S.SEED_STAGE_FOSSILIZED)

@@ -26,7 +26,7 @@ ACTIONS = [
     "adjust_optimizer",
 ]
 SLOT = "blk.s0"
-# DESIGN §2: the stages that may move to CULLED (a live seed that is not permanent yet).
+# docs/design.md §2: the stages that may move to CULLED (a live seed that is not permanent yet).
 CULLABLE = {
     S.SEED_STAGE_GERMINATED,
     S.SEED_STAGE_TRAINING,

@@ -1,4 +1,4 @@
-"""The gate check table against DESIGN §3 / docs/architecture.md, written out here by hand.
+"""The gate check table against docs/design.md §3 / docs/architecture.md, written out here by hand.
 
 Each check is pinned by name, comparator and threshold, and judged just at, just inside and just
 outside its limit with thresholds chosen here (binary fractions, so derived values are exact).

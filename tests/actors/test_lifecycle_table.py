@@ -1,4 +1,4 @@
-"""The lifecycle tables against DESIGN §2, written out here by hand (never read from the code)."""
+"""The lifecycle tables against docs/design.md §2, written out here by hand (never read from the code)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from actors.seed.lifecycle import (
 from contracts.config import KasminaConfig, LifecycleConfig
 from leyline import pb
 
-# DESIGN §2: the stage numbers of Leyline's SeedLifecycleStage.
+# docs/design.md §2: the stage numbers of Leyline's SeedLifecycleStage.
 NUMBER = {
     "UNKNOWN": 0,
     "DORMANT": 1,
@@ -35,7 +35,7 @@ NUMBER = {
     "TERMINATED": 11,
 }
 
-# DESIGN §2, the "from | to (gate guarding it)" table.
+# docs/design.md §2, the "from | to (gate guarding it)" table.
 DESIGN_TABLE: dict[str, dict[str, str | None]] = {
     "UNKNOWN": {"DORMANT": None},
     "DORMANT": {"GERMINATED": "G0_SANITY", "TERMINATED": None},
@@ -51,7 +51,7 @@ DESIGN_TABLE: dict[str, dict[str, str | None]] = {
     "TERMINATED": {},
 }
 
-# DESIGN §3: gate numbers of Leyline's SeedLifecycleGate.
+# docs/design.md §3: gate numbers of Leyline's SeedLifecycleGate.
 GATE_NUMBER = {
     "G0_SANITY": 0,
     "G1_GRADIENT_HEALTH": 1,
@@ -79,7 +79,7 @@ def test_stage_and_gate_numbers_are_the_wire_numbers() -> None:
 
 @pytest.mark.parametrize(("frm", "to"), list(itertools.product(NUMBER, NUMBER)))
 def test_every_pair_of_stages_is_allowed_exactly_when_the_design_says(frm: str, to: str) -> None:
-    """All 144 (from, to) pairs: allowed iff DESIGN §2 lists the move."""
+    """All 144 (from, to) pairs: allowed iff docs/design.md §2 lists the move."""
     expected = to in DESIGN_TABLE[frm]
     assert is_allowed(_s(frm), _s(to)) is expected  # type: ignore[arg-type]
     assert (_s(to) in ALLOWED[_s(frm)]) is expected  # type: ignore[index]
@@ -109,7 +109,7 @@ def test_terminated_is_final() -> None:
 
 
 def test_guards_are_the_designs_gates() -> None:
-    """GUARD holds exactly the gated moves of DESIGN §2, each with its gate."""
+    """GUARD holds exactly the gated moves of docs/design.md §2, each with its gate."""
     expected = {
         (_s(frm), _s(to)): GATE_NUMBER[gate]
         for frm, row in DESIGN_TABLE.items()

@@ -337,7 +337,7 @@ def test_staleness_limit_is_exact(tolerance_s: float) -> None:
 
 
 def test_default_tolerance_is_60_seconds() -> None:
-    """DESIGN §5: live messages are accepted within ±60 s."""
+    """docs/design.md §5: live messages are accepted within ±60 s."""
     verifier = Verifier(RING, clock=clock)
     assert verifier.tolerance_s == 60.0
     signer = Signer(RING, "tamiyo", clock=clock)
