@@ -2,7 +2,8 @@
 
 A shell hosts an :class:`ActorLogic` (a pure core plus its state) and does all the I/O with the
 parts in :mod:`actors.hosting`: consumer loop, signatures, ownership lease, rejections,
-housekeeping. It takes the core's :class:`~actors.core.Decision` as it is: events appended and
+housekeeping; its serving loop (lease, rebuild, serve, stand by, stop) is
+:class:`~actors.hosting.serving.LeasedHost`. It takes the core's :class:`~actors.core.Decision` as it is: events appended and
 folded, outgoing messages routed, a refusal recorded with the core's own reason code. Bad input
 is rejected, counted and acked; the state is untouched and the actor keeps running. A bus failure
 rebuilds the state from the event stream and re-reads the pending entries: nothing is lost,
@@ -17,7 +18,6 @@ from collections.abc import Sequence
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import TaskStatus
 from google.protobuf.message import Message
 
 from actors.core import Decision, ReplayError
@@ -33,19 +33,15 @@ from actors.hosting import (
     finite,
     inbox_consumer,
 )
-from actors.hosting.admission import Admission, aggregated
+from actors.hosting.admission import Admission, Run, aggregated
 from actors.hosting.housekeeping import Housekeeping, digest_appends
 from actors.hosting.rejection import OUTCOMES_MAXLEN
+from actors.hosting.serving import LeasedHost
 from bus import (
     Append,
     Bus,
-    BusClosed,
-    BusUnavailable,
-    Consumer,
     Entry,
-    Fenced,
     Handled,
-    backoff_s,
     parse_id,
     processed_key,
 )
@@ -63,7 +59,7 @@ SENDER = "[A-Za-z0-9_.:-]{1,128}"
 YIELD_EVERY = 16  # entries decided between turns given to the other actors of the process
 
 
-class ActorShell:
+class ActorShell(LeasedHost):
     """Runs one :class:`ActorLogic` on its inbox stream."""
 
     def __init__(
@@ -80,6 +76,7 @@ class ActorShell:
         process: str = "",
         heartbeat_s: float = 2.0,
     ) -> None:
+        super().__init__()
         self.logic = logic
         self.bus = bus
         self.run_id = run
@@ -100,7 +97,6 @@ class ActorShell:
         self.router = Router(bus, run)
         self.rejections = Rejections(run, logic.name, signer, config.safety)
         self.admission = Admission(bus, inbox, self.group, config, self.rejections)
-        self.lifecycle = Lifecycle.STARTING
         self.processed = 0
         self.rebuilds = 0
         self.housekeeping = Housekeeping(
@@ -111,27 +107,8 @@ class ActorShell:
         self.quarantined: set[str] = set()  # event entry ids this actor could not fold
         self.duplicates = 0  # deliveries of messages already committed (a rewound group, ...)
         self._high: tuple[int, int] | None = None  # highest inbox id decided since the rebuild
-        self._consumer: Consumer | None = None
-        self._stale = True  # no state until the first rebuild (or one a bus failure cut short)
-        self._wake: anyio.Event | None = None  # set by stop(): cuts waits short
-        self._finished: anyio.Event | None = None  # set when run() has returned
 
     # -- what tests and status read -------------------------------------------------------------
-    @property
-    def owner(self) -> bool:
-        """Holds the ownership lease and serves the inbox (rebuilding or serving)."""
-        return self.lifecycle.owns
-
-    @property
-    def standing_by(self) -> str:
-        """The holder this shell waits on ("" when not standing by)."""
-        return self.lease.holder
-
-    @property
-    def token(self) -> str:
-        """This shell's ownership token (the lease's value while it holds it)."""
-        return self.lease.token
-
     @property
     def shed(self) -> int:
         """Inbox entries shed as ``overloaded`` (acked undecided)."""
@@ -141,11 +118,6 @@ class ActorShell:
     def rejected(self) -> Counter[str]:
         """Rejections by reason code."""
         return self.rejections.counts
-
-    def _enter(self, state: Lifecycle) -> None:
-        if self.lifecycle.ending and not state.ending:
-            return  # stopping wins over everything but stopped
-        self.lifecycle = state
 
     # -- state --------------------------------------------------------------------------------
     async def rebuild(self) -> int:
@@ -298,48 +270,60 @@ class ActorShell:
     async def _decide_batch(self, batch: Sequence[Entry]) -> tuple[list[Handled], list[bool]]:
         """Each entry verified, decided and turned into its commit item (plus whether it went
         through decide), with the state digests after the batch's last change."""
-        framed = [(e, e.fields.get(FRAME)) for e in batch]
-        checks = iter(
-            await self.verifier.verify_many(
-                [(f, e.stream, f"{e.stream}/{e.id}") for e, f in framed if f is not None],
-                scope=self.group,
-            )
-        )
-        checked_all = [next(checks) if frame is not None else None for _, frame in framed]
+        checked_all = await self._verify(batch)
         done = await self._committed_before(batch, checked_all)
         runs = aggregated(batch, checked_all, threshold=self.config.bus.aggregate_from)
         handled: list[Handled] = []
         decided: list[bool] = []  # the item went through decide (and may have changed the state)
         last_change, last_cause = -1, ""
-        for n, ((entry, _), checked) in enumerate(zip(framed, checked_all, strict=True)):
+        for n, (entry, checked) in enumerate(zip(batch, checked_all, strict=True)):
             if n % YIELD_EVERY == YIELD_EVERY - 1:  # a flooded inbox never starves the others
                 await anyio.lowlevel.checkpoint()  # served by this process (fair turns)
             run = runs.get(entry.id)
             if run is not None:  # one of a flood's rejections: one record for the run
-                appends: list[Append] = []
-                if run.entries[0] is entry:
-                    appends = self.rejections.record_run(run.reason, run.detail, run.entries)
-                handled.append(Handled(entry, self.group, appends))
+                handled.append(self._run_item(entry, run))
                 decided.append(False)
-                continue
-            if entry.id in done:  # committed before: acked, never decided again
-                self.duplicates += 1
-                assert isinstance(checked, Envelope)
-                handled.append(Handled(entry, self.group, (), dedupe_key=checked.id))
+            elif entry.id in done:  # committed before: acked, never decided again
+                handled.append(self._duplicate(entry, checked))
                 decided.append(False)
-                continue
-            item, decision = await self._handle(entry, checked)
-            if isinstance(checked, Envelope):  # committed ids are marked with the commit, so a
-                # rewound group (XGROUP SETID) or a re-added entry is never decided twice
-                item = Handled(item.entry, item.group, item.appends, dedupe_key=checked.id)
-            if decision is not None and decision.events:
-                last_change = len(handled)
-                last_cause = checked.id if isinstance(checked, Envelope) else ""
-            handled.append(item)
-            decided.append(decision is not None)
+            else:
+                item, decision = await self._handle(entry, checked)
+                if decision is not None and decision.events:
+                    last_change = len(handled)
+                    last_cause = checked.id if isinstance(checked, Envelope) else ""
+                handled.append(_keyed(item, checked))
+                decided.append(decision is not None)
         if last_change >= 0:  # one digest per batch, after the last event that changed the state
             handled[last_change] = self._with_digests(handled[last_change], last_cause)
         return handled, decided
+
+    async def _verify(self, batch: Sequence[Entry]) -> list[Envelope | ContractError | None]:
+        """Each entry's verified envelope, the verifier's error, or None (no frame field)."""
+        framed = [e.fields.get(FRAME) for e in batch]
+        checks = iter(
+            await self.verifier.verify_many(
+                [
+                    (f, e.stream, f"{e.stream}/{e.id}")
+                    for e, f in zip(batch, framed, strict=True)
+                    if f is not None
+                ],
+                scope=self.group,
+            )
+        )
+        return [next(checks) if frame is not None else None for frame in framed]
+
+    def _run_item(self, entry: Entry, run: Run) -> Handled:
+        """The commit item of one entry of a flood's run: the run's record rides on its first."""
+        appends: list[Append] = []
+        if run.entries[0] is entry:
+            appends = self.rejections.record_run(run.reason, run.detail, run.entries)
+        return Handled(entry, self.group, appends)
+
+    def _duplicate(self, entry: Entry, checked: Envelope | ContractError | None) -> Handled:
+        """The commit item of a message committed before: acked, nothing written."""
+        self.duplicates += 1
+        assert isinstance(checked, Envelope)
+        return Handled(entry, self.group, (), dedupe_key=checked.id)
 
     async def _committed_before(
         self, batch: Sequence[Entry], checked: Sequence[Envelope | ContractError | None]
@@ -369,141 +353,10 @@ class ActorShell:
         """Inbox entries trimmed so far."""
         return self.housekeeping.trimmed
 
-    def _running(self) -> bool:
-        return not self.lifecycle.ending
 
-    def _owns(self) -> bool:
-        return self.lifecycle.owns
-
-    # -- loop ---------------------------------------------------------------------------------
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Serve the inbox until :meth:`stop`. ``task_status.started()`` once the state is rebuilt
-        (or once it stands by because another process holds the actor's lease)."""
-        started = False
-        self._wake, self._finished = anyio.Event(), anyio.Event()
-        if self.lifecycle.ending:
-            self._wake.set()
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self.housekeeping.run, self._owns, self._running)
-                while self._running():
-                    if not await self._take_lease():
-                        if not started and self.standing_by:  # not while Redis is away
-                            task_status.started()
-                            started = True
-                        await self._pause(self.config.bus.owner_ttl_s / 3)
-                        continue
-                    async with anyio.create_task_group() as owned:
-                        owned.start_soon(self._keep_lease)  # renewed from the rebuild on
-                        if await self._rebuild_retrying():
-                            if not started:
-                                task_status.started()
-                                started = True
-                            await self._serve()
-                        owned.cancel_scope.cancel()
-                tg.cancel_scope.cancel()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._release()
-                # a crash leaves the shell ready to be run again (the supervisor restarts it)
-                self.lifecycle = Lifecycle.STOPPED if self.lifecycle.ending else Lifecycle.STARTING
-                self._finished.set()
-                self._finished = None
-
-    async def _pause(self, seconds: float) -> None:
-        """Sleep ``seconds`` or until :meth:`stop`."""
-        with anyio.move_on_after(seconds):
-            if self._wake is None:
-                await anyio.sleep(seconds)
-            else:
-                await self._wake.wait()
-
-    async def _take_lease(self) -> bool:
-        """Try to take (or keep) the actor's ownership lease; False while another holds it."""
-        try:
-            taken = await self.lease.take()
-        except BusUnavailable:
-            return False
-        except BusClosed:
-            self._enter(Lifecycle.STOPPING)
-            return False
-        self._enter(Lifecycle.REBUILDING if taken else Lifecycle.STANDBY)
-        return taken
-
-    async def _rebuild_retrying(self) -> bool:
-        """Register the inbox and rebuild the state, retrying while Redis is unavailable (no
-        input is decided before both are done); False if stopped first."""
-        failures = 0
-        while self._running():
-            try:
-                await self.router.register(self.inbox)
-                await self.rebuild()
-                return True
-            except BusUnavailable:
-                failures += 1
-                await self._pause(backoff_s(failures))
-            except BusClosed:
-                return False
-        return False
-
-    async def _keep_lease(self) -> None:
-        """Renew the lease while serving; on losing it, stop serving (the next commit would be
-        fenced anyway)."""
-        while self.lifecycle.owns:
-            await self._pause(self.lease.ttl_s / 3)
-            try:
-                held = await self.lease.renew()
-            except BusUnavailable:
-                continue  # commits stay fenced; retry at the next period
-            except BusClosed:
-                return
-            if not held and self.lifecycle.owns:
-                await self._lose("lease expired or taken over")
-
-    async def _lose(self, why: str) -> None:
-        log.warning("%s: lost ownership (%s); standing by", self.logic.name, why)
-        self._enter(Lifecycle.STANDBY)
-        self._stale = True  # whatever this shell decided since may never have been committed
-        if self._consumer is not None:
-            await self._consumer.close()
-
-    async def _serve(self) -> None:
-        failures = 0
-        while self.lifecycle.owns:
-            self._consumer = inbox_consumer(
-                self.bus, self.config, self.run_id, self.inbox, self.group, self.consumer_name
-            )
-            try:
-                async for batch in self._consumer.batches():
-                    await self._process(batch)
-            except Fenced:
-                await self._lose("a commit was fenced off")
-            except BusUnavailable:
-                failures += 1
-                await self._pause(backoff_s(failures))
-                try:
-                    await self.rebuild()
-                except BusUnavailable:
-                    continue
-            except BusClosed:
-                self._enter(Lifecycle.STOPPING)
-            else:
-                failures = 0
-
-    async def _release(self) -> None:
-        if self.lifecycle.owns:
-            self.lifecycle = Lifecycle.STANDBY
-        await self.lease.release()
-
-    async def stop(self) -> None:
-        """Stop after the batch in progress and hand the actor's lease back."""
-        self._enter(Lifecycle.STOPPING)
-        if self._wake is not None:
-            self._wake.set()
-        if self._consumer is not None:
-            await self._consumer.close()
-        finished = self._finished
-        if finished is not None:  # run() is serving: let it finish its batch first
-            with anyio.move_on_after(10.0):
-                await finished.wait()
-        await self._release()
+def _keyed(item: Handled, checked: Envelope | ContractError | None) -> Handled:
+    """``item`` marked with its message id: committed ids are marked with the commit, so a
+    rewound group (XGROUP SETID) or a re-added entry is never decided twice."""
+    if isinstance(checked, Envelope):
+        return Handled(item.entry, item.group, item.appends, dedupe_key=checked.id)
+    return item
