@@ -1,5 +1,9 @@
 """SeedActor core: ``decide`` for one slot's lifecycle (docs/design.md §2).
 
+Commands, step reports and safety verdicts are decided here; the answers to a slot's waits (gate
+results, execution acks) in :mod:`actors.seed.replies`; the moves both make (cull, pause fields)
+in :mod:`actors.seed.moves`.
+
 Inputs: ``pb.SeedCommand``, ``pb.StepReport``, ``pb.GateResult``, ``pb.ExecutionAck``,
 ``pb.SafetyVerdict``. Every transition is one of the table's; every request that cannot be
 honoured becomes an explicit ``pb.LifecycleRefused`` event. Choices made here:
@@ -29,20 +33,18 @@ DORMANT->GERMINATED or the refusal (G0 failure, execution failure, or the comman
 
 from __future__ import annotations
 
-from typing import Any
-
 from actors.core import Context, Decision, Message
-from actors.gates.checks import describe_failures
 from actors.seed.builder import Builder
 from actors.seed.lifecycle import (
     ACTIVE,
     EXIT_GATE,
-    IN_FORWARD,
     gate_name,
     stage_budget,
     stage_name,
 )
+from actors.seed.moves import cull, pause_fields
 from actors.seed.params import check_adjust, check_germinate
+from actors.seed.replies import on_ack, on_gate_result
 from actors.seed.state import SeedState
 from actors.seed.wait import Wait
 from contracts import evidence as ev
@@ -80,19 +82,24 @@ def decide(state: SeedState, msg: Message, ctx: Context) -> Decision:
     refusal = _misaddressed(b.state, msg)
     if refusal:
         b.refuse(_request_name(msg), refusal)
-    elif isinstance(msg, pb.SeedCommand):
+    else:
+        _dispatch(b, msg)
+    return b.decision()
+
+
+def _dispatch(b: Builder, msg: Message) -> None:
+    """Hand a message addressed to this live slot to its handler."""
+    if isinstance(msg, pb.SeedCommand):
         _on_command(b, msg)
     elif isinstance(msg, pb.GateResult):
-        _on_gate_result(b, msg)
+        on_gate_result(b, msg)
     elif isinstance(msg, pb.ExecutionAck):
-        if msg.order_id and msg.order_id in b.state.recent_acks:
-            return b.decision()  # an order acked again (another rank): idempotent
-        _on_ack(b, msg)
+        if not (msg.order_id and msg.order_id in b.state.recent_acks):
+            on_ack(b, msg)  # an order acked again (another rank) is idempotent
     elif isinstance(msg, pb.SafetyVerdict):
         _on_verdict(b, msg)
     else:
         b.refuse(_request_name(msg), f"unsupported message {type(msg).__name__}")
-    return b.decision()
 
 
 def _misaddressed(state: SeedState, msg: Message) -> str:
@@ -119,56 +126,54 @@ def _request_name(msg: Message) -> str:
     return type(msg).__name__
 
 
-def _cull(
-    b: Builder,
-    cause: str,
-    *,
-    gate: pb.SeedLifecycleGate.ValueType | None = None,
-    urgent: bool = False,
-) -> None:
-    """X -> CULLED -> EMBARGOED, and order execution to drop the seed. Dropping a seed in the
-    forward waits for a barrier commit, unless the cull is ``urgent`` (a safety verdict or an
-    emergency stop must not wait on the ranks)."""
-    gated = b.state.stage in IN_FORWARD and not urgent
-    b.transition(S.SEED_STAGE_CULLED, cause, gate=gate)
-    b.transition(S.SEED_STAGE_EMBARGOED, "embargo after cull")
-    b.await_order(S.SEED_STAGE_CULLED, gated=gated)
-
-
 # --------------------------------------------------------------------------- commands
 
 
 def _on_command(b: Builder, cmd: pb.SeedCommand) -> None:
     action = cmd.WhichOneof("action")
-    stage = b.state.stage
     why = f" ({cmd.reason})" if cmd.reason else ""
     if action is None:
         b.refuse("empty command", "command names no action")
     elif action == "germinate":
         _germinate(b, cmd.germinate)
     elif action in ("cull", "emergency_stop"):
-        if stage in ACTIVE:
-            stop = action == "emergency_stop"
-            _cull(b, ("emergency stop" if stop else "command cull") + why, urgent=stop)
-        else:
-            b.refuse(action, f"nothing to cull in stage {stage_name(stage)}")
+        _cull_command(b, action, why)
     elif action == "terminate":
-        if stage in (S.SEED_STAGE_DORMANT, S.SEED_STAGE_FOSSILIZED):
-            b.transition(S.SEED_STAGE_TERMINATED, "command terminate" + why)
-            b.order(S.SEED_STAGE_TERMINATED, b.new_id())
-        else:
-            b.refuse(action, f"terminate not allowed in stage {stage_name(stage)}")
+        _terminate(b, why)
     elif action in ("pause", "resume"):
         _pause(b, action == "pause")
     else:  # adjust_optimizer
-        if stage not in _IN_STAGE_ORDERS:
-            b.refuse(action, f"no seed optimizer in stage {stage_name(stage)}")
-        elif b.state.awaiting is not None:
-            b.refuse(action, f"busy: awaiting {b.state.awaiting}")
-        elif (bad := check_adjust(cmd.adjust_optimizer)) is not None:
-            b.refuse(action, bad)
-        else:
-            b.await_order(stage, "adjust", adjust_optimizer=cmd.adjust_optimizer)
+        _adjust(b, cmd.adjust_optimizer)
+
+
+def _cull_command(b: Builder, action: str, why: str) -> None:
+    stage = b.state.stage
+    if stage in ACTIVE:
+        stop = action == "emergency_stop"
+        cull(b, ("emergency stop" if stop else "command cull") + why, urgent=stop)
+    else:
+        b.refuse(action, f"nothing to cull in stage {stage_name(stage)}")
+
+
+def _terminate(b: Builder, why: str) -> None:
+    stage = b.state.stage
+    if stage in (S.SEED_STAGE_DORMANT, S.SEED_STAGE_FOSSILIZED):
+        b.transition(S.SEED_STAGE_TERMINATED, "command terminate" + why)
+        b.order(S.SEED_STAGE_TERMINATED, b.new_id())
+    else:
+        b.refuse("terminate", f"terminate not allowed in stage {stage_name(stage)}")
+
+
+def _adjust(b: Builder, adjust: pb.AdjustOptimizer) -> None:
+    stage, action = b.state.stage, "adjust_optimizer"
+    if stage not in _IN_STAGE_ORDERS:
+        b.refuse(action, f"no seed optimizer in stage {stage_name(stage)}")
+    elif b.state.awaiting is not None:
+        b.refuse(action, f"busy: awaiting {b.state.awaiting}")
+    elif (bad := check_adjust(adjust)) is not None:
+        b.refuse(action, bad)
+    else:
+        b.await_order(stage, "adjust", adjust_optimizer=adjust)
 
 
 def _germinate(b: Builder, g: pb.Germinate) -> None:
@@ -212,7 +217,7 @@ def _pause(b: Builder, pause: bool) -> None:
     elif st.awaiting is not None:
         b.refuse(action, f"busy: awaiting {st.awaiting}")
     elif st.stage == S.SEED_STAGE_DORMANT:
-        b.progress(**_pause_fields(b, pause))  # no seed: nothing to tell execution
+        b.progress(**pause_fields(b, pause))  # no seed: nothing to tell execution
     else:
         order_id = b.new_id()
         order = b.order(st.stage, order_id, paused=pause)
@@ -221,13 +226,6 @@ def _pause(b: Builder, pause: bool) -> None:
             pending_id=order_id,
             pending_order=order,
         )
-
-
-def _pause_fields(b: Builder, pause: bool) -> dict[str, Any]:
-    if pause:
-        return {"paused": True, "paused_at": b.now}
-    shifted = b.state.stage_entered_step + max(0, b.now - b.state.paused_at)
-    return {"paused": False, "stage_entered_step": shifted}
 
 
 # --------------------------------------------------------------------------- step reports
@@ -246,8 +244,14 @@ def _on_report(b: Builder, report: pb.StepReport) -> None:
     st = b.state
     if st.awaiting is not None and st.awaiting.acked:
         b.resend_missed(report.step)
-    if st.paused or st.awaiting is not None:
-        return
+    if not st.paused and st.awaiting is None:
+        _advance(b, report, mine)
+
+
+def _advance(b: Builder, report: pb.StepReport, mine: pb.SlotReport | None) -> None:
+    """A step on for a slot neither paused nor waiting: an embargo or a reset retry may be due,
+    or the stage's budget used up (its exit gate requested)."""
+    st = b.state
     elapsed = report.step - st.stage_entered_step
     if st.stage == S.SEED_STAGE_EMBARGOED:
         if elapsed >= b.ctx.config.lifecycle.embargo_steps:
@@ -282,128 +286,6 @@ def _order_reset(b: Builder) -> None:
     b.await_order(S.SEED_STAGE_RESETTING, wants_evidence=True, evidence_for=G.SEED_GATE_G5_RESET)
 
 
-# --------------------------------------------------------------------------- gate results
-
-
-def _on_gate_result(b: Builder, res: pb.GateResult) -> None:
-    st = b.state
-    request = f"gate {gate_name(res.gate)} result"
-    if st.awaiting != Wait.gate(gate_name(res.gate)) or res.request_id != st.pending_id:
-        b.refuse(
-            request, f"unexpected (awaiting {st.awaiting or 'nothing'}, request {res.request_id!r})"
-        )
-        return
-    gate = res.gate
-    exit_gate, to = EXIT_GATE.get(st.stage, (None, st.stage))
-    if exit_gate != gate:
-        b.refuse(request, f"gate {gate_name(gate)} does not guard stage {stage_name(st.stage)}")
-        return
-    b.chain = st.command_id  # the awaited result: its outcome belongs to the waiting chain
-    if res.passed:
-        b.transition(to, f"gate {gate_name(gate)} passed", gate=gate)
-        if to == S.SEED_STAGE_GERMINATED:
-            b.await_order(S.SEED_STAGE_TRAINING)
-        elif to in (S.SEED_STAGE_SHADOWING, S.SEED_STAGE_PROBATIONARY):
-            b.await_order(to, counterfactual=True, evidence_for=EXIT_GATE[to][0])
-        elif to == S.SEED_STAGE_BLENDING:
-            b.await_order(to, evidence_for=EXIT_GATE[to][0])
-        else:  # FOSSILIZED, or DORMANT after a reset
-            b.await_order(to)
-        return
-    failure = f"gate {gate_name(gate)} failed: {describe_failures(res)}"
-    if gate == G.SEED_GATE_G0_SANITY:
-        b.refuse("germinate", failure)
-        b.await_order(S.SEED_STAGE_DORMANT, "drop_probe")  # execution drops the probe seed
-    elif gate == G.SEED_GATE_G5_RESET:
-        retry = b.now + b.ctx.config.lifecycle.reset_retry_steps
-        b.progress(awaiting="", retry_at=retry)
-        b.refuse("reset", failure)
-    else:
-        _cull(b, failure, gate=gate)
-
-
-# --------------------------------------------------------------------------- acks
-
-
-def _on_ack(b: Builder, ack: pb.ExecutionAck) -> None:
-    st = b.state
-    request = f"ack of {stage_name(ack.stage)} order"
-    wait = st.awaiting
-    if wait is None or not wait.acked or ack.order_id != st.pending_id:
-        b.refuse(
-            request, f"unexpected (awaiting {st.awaiting or 'nothing'}, order {ack.order_id!r})"
-        )
-        return
-    b.chain = st.command_id  # the awaited ack: its outcome belongs to the waiting chain
-    failed = "" if ack.ok else f"execution failed: {ack.error or 'no reason given'}"
-    if wait.kind == "evidence":
-        _ack_probe(b, ack, failed)
-    elif wait.what:  # an in-stage order: pause / resume / adjust / drop_probe
-        fields: dict[str, Any] = {}
-        if not failed and wait.what in ("pause", "resume"):
-            fields = _pause_fields(b, wait.what == "pause")
-        b.progress(acked_id=ack.order_id, **fields)
-        if failed:
-            b.refuse(wait.what, failed)
-    else:
-        _ack_stage(b, ack, wait.name, failed, request)
-
-
-def _judged_by_g0(metrics: dict[str, float]) -> bool:
-    """Execution refusals G0 records itself: the slot taken, or the rank's seed memory budget
-    exceeded (its evidence holds the budget, the use and the request)."""
-    if metrics.get(ev.SLOT_FREE) == 0.0:
-        return True
-    budget = metrics.get(ev.SEED_MEMORY_BUDGET, 0.0)
-    use = metrics.get(ev.SEED_MEMORY_IN_USE, 0.0) + metrics.get(ev.SEED_MEMORY_REQUEST, 0.0)
-    return budget > 0 and use > budget
-
-
-def _ack_probe(b: Builder, ack: pb.ExecutionAck, failed: str) -> None:
-    """The ack of a germination probe: its G0 evidence goes to the GateActor."""
-    b.progress(acked_id=ack.order_id)
-    metrics = dict(ack.evidence.metrics)
-    if failed and not _judged_by_g0(metrics):  # a slot not free or over budget goes to G0
-        b.refuse("germinate", failed)
-        b.await_order(S.SEED_STAGE_DORMANT, "drop_probe")
-        return
-    # G0's slot facts: what execution found at the slot, and this actor's own stage
-    st = b.state
-    free = st.stage == S.SEED_STAGE_DORMANT and not st.paused
-    metrics[ev.SLOT_FREE] = float(free and metrics.get(ev.SLOT_FREE, 1.0) == 1.0)
-    embargoed = st.stage == S.SEED_STAGE_EMBARGOED
-    metrics[ev.SLOT_EMBARGOED] = float(embargoed or metrics.get(ev.SLOT_EMBARGOED, 0.0) != 0.0)
-    b.request_gate(G.SEED_GATE_G0_SANITY, metrics, ack.evidence.blueprint or st.blueprint)
-
-
-def _ack_stage(
-    b: Builder, ack: pb.ExecutionAck, stage_label: str, failed: str, request: str
-) -> None:
-    """The ack of the order that starts stage ``stage_label`` (its name)."""
-    before = b.state.stage
-    if stage_label == "TRAINING" and before == S.SEED_STAGE_GERMINATED:
-        if failed:
-            b.progress(acked_id=ack.order_id)
-            _cull(b, failed)
-            return
-        b.transition(S.SEED_STAGE_TRAINING, "execution confirmed the seed is attached")
-    fields = {}
-    if not failed and stage_label == stage_name(b.state.stage):
-        fields["stage_entered_step"] = max(b.state.stage_entered_step, ack.applied_at_step)
-    b.progress(acked_id=ack.order_id, **fields)
-    if stage_label == "RESETTING":
-        if failed:
-            b.progress(retry_at=b.now + b.ctx.config.lifecycle.reset_retry_steps)
-            b.refuse("reset", failed)
-        else:
-            b.request_gate(G.SEED_GATE_G5_RESET, dict(ack.evidence.metrics), ack.evidence.blueprint)
-    elif failed:
-        if before in ACTIVE:
-            _cull(b, failed)
-        else:
-            b.refuse(request, failed)
-
-
 # --------------------------------------------------------------------------- safety
 
 
@@ -419,6 +301,6 @@ def _on_verdict(b: Builder, verdict: pb.SafetyVerdict) -> None:
         return
     cause = "circuit breaker open" if verdict.action == V.VERDICT_CULL else "emergency stop"
     if b.state.stage in ACTIVE:
-        _cull(b, cause + (f": {verdict.reason}" if verdict.reason else ""), urgent=True)
+        cull(b, cause + (f": {verdict.reason}" if verdict.reason else ""), urgent=True)
     else:
         b.refuse(request, f"nothing to cull in stage {stage_name(b.state.stage)}")

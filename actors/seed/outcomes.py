@@ -51,36 +51,37 @@ def outcomes_of(
         chain_id = getattr(event, "command_id", "")
         if chain_id:
             chains.setdefault(chain_id, []).append(event)
-    records = []
-    for chain_id, chain in chains.items():
-        record = pb.CommandOutcome(
-            command_id=chain_id,
-            action=action if chain_id == command_id else "",
-            result=R.OUTCOME_ACCEPTED,
-        )
-        refused = [e for e in chain if isinstance(e, pb.LifecycleRefused)]
-        moved = [e for e in chain if isinstance(e, pb.LifecycleTransition)]
-        if refused:
-            first_refusal = refused[0]
-            record.result = R.OUTCOME_REFUSED
-            record.reason = first_refusal.reason
-            record.detail = first_refusal.request
-            record.from_stage = first_refusal.stage
-            record.to_stage = first_refusal.stage
-        elif moved:
-            record.result = R.OUTCOME_TRANSITION
-            record.from_stage = moved[0].from_stage
-            record.to_stage = moved[0].to_stage
-            record.detail = moved[0].cause
-        for event in chain:
-            record.slot = getattr(event, "slot", record.slot)
-            record.step = max(record.step, int(getattr(event, "step", 0)))
-            if isinstance(event, pb.LifecycleProgress):
-                if event.acked_id:  # the awaited order was applied: that wait is over
-                    record.awaiting = ""
-                if event.HasField("awaiting"):
-                    record.awaiting = event.awaiting
-        record.awaiting_text = awaiting_text(record.awaiting)
-        record.verified = True
-        records.append(record)
-    return records
+    return [
+        _record(chain_id, chain, action if chain_id == command_id else "")
+        for chain_id, chain in chains.items()
+    ]
+
+
+def _record(chain_id: str, chain: Sequence[Message], action: str) -> pb.CommandOutcome:
+    """The outcome record of one command's chain of events."""
+    record = pb.CommandOutcome(command_id=chain_id, action=action, result=R.OUTCOME_ACCEPTED)
+    refused = [e for e in chain if isinstance(e, pb.LifecycleRefused)]
+    moved = [e for e in chain if isinstance(e, pb.LifecycleTransition)]
+    if refused:
+        first_refusal = refused[0]
+        record.result = R.OUTCOME_REFUSED
+        record.reason = first_refusal.reason
+        record.detail = first_refusal.request
+        record.from_stage = first_refusal.stage
+        record.to_stage = first_refusal.stage
+    elif moved:
+        record.result = R.OUTCOME_TRANSITION
+        record.from_stage = moved[0].from_stage
+        record.to_stage = moved[0].to_stage
+        record.detail = moved[0].cause
+    for event in chain:
+        record.slot = getattr(event, "slot", record.slot)
+        record.step = max(record.step, int(getattr(event, "step", 0)))
+        if isinstance(event, pb.LifecycleProgress):
+            if event.acked_id:  # the awaited order was applied: that wait is over
+                record.awaiting = ""
+            if event.HasField("awaiting"):
+                record.awaiting = event.awaiting
+    record.awaiting_text = awaiting_text(record.awaiting)
+    record.verified = True
+    return record
