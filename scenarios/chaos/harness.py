@@ -9,6 +9,8 @@ and its fault-free twin and compares them.
 A plan with failovers runs on a Sentinel-managed primary with two replicas, every process
 connected through ``redis+sentinel://…?wait=1``: a failover SIGKILLs the primary, the sentinels
 promote a replica, and the old primary is started again (the sentinels make it a replica).
+The faults themselves are in :mod:`scenarios.chaos.faults`; reading a run back from Redis is in
+:mod:`scenarios.chaos.readout` (``read_log`` and the others are re-exported here).
 """
 
 from __future__ import annotations
@@ -22,21 +24,22 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 from anyio.streams.text import TextReceiveStream
 
-from actors import eventlog
 from bus import Bus, BusUnavailable, open_bus
-from bus.servers import LocalSentinel, redis_sentinel
-from bus.testing import RedisServer, redis_server
-from contracts import KeyRing, Verifier, streams
+from bus.servers import redis_sentinel
+from bus.testing import redis_server
+from contracts import KeyRing, streams
 from leyline import pb
-from scenarios.chaos.check import LogEntry, RunRecord, compare, record_of
+from scenarios.chaos.check import RunRecord, compare, record_of
+from scenarios.chaos.faults import Faults, Servers, bus_url
 from scenarios.chaos.hostile import Hostile
 from scenarios.chaos.plan import ChaosPlan, make_plan
 from scenarios.chaos.procs import ActorProcess, config_toml
+from scenarios.chaos.readout import commit_gaps, read_log, read_rejections, stream_table
 from scenarios.pacing import wait_drained
 
 ATTACK_ON, ATTACK_OFF, END = -1, -2, -3  # marks besides steps
@@ -122,146 +125,139 @@ class ChaosResult:
         }
 
 
-async def read_log(bus: Bus, run: str, ring: KeyRing) -> list[LogEntry]:
-    """The run's event stream, MAC-checked and parsed, with each event's causation id."""
-    verifier = Verifier(ring, replay=True)
-    return [
-        (r.entry_id, r.kind, r.message, r.envelope.causation_id)
-        async for r in eventlog.read_log(bus, streams.events(run), verifier)
-        if isinstance(r, eventlog.LogRecord)
-    ]
+def _write_inputs(plan: ChaosPlan, workdir: Path, ring: KeyRing) -> tuple[Path, Path]:
+    """The keys, config and plan files the processes of the run read; (keys, config)."""
+    keys, config = workdir / "keys.json", workdir / "config.toml"
+    ring.save(keys)
+    config.write_text(config_toml(plan.config))
+    (workdir / "plan.json").write_text(plan.to_json())
+    return keys, config
 
 
-async def read_rejections(bus: Bus, run: str, ring: KeyRing) -> list[pb.Rejection]:
-    """Every rejection record of the run (what ``kasmina status`` counts by reason)."""
-    verifier = Verifier(ring, replay=True)
-    return [
-        r.message
-        async for r in eventlog.read_log(bus, streams.rejected(run), verifier)
-        if isinstance(r, eventlog.LogRecord) and isinstance(r.message, pb.Rejection)
-    ]
-
-
-async def stream_table(bus: Bus, run: str) -> dict[str, dict[str, int]]:
-    """Length and pending entries of every stream of the run."""
-    table = {}
-    for name in await bus.streams(streams.prefix(run) + "*"):
-        info = await bus.info(name)
-        short = name[len(streams.prefix(run)) :]
-        table[short] = {"length": info.length, "pending": sum(g.pending for g in info.groups)}
-    return table
-
-
-def _groups(proc: ActorProcess, run: str) -> list[tuple[str, str]]:
-    out = []
-    for actor in proc.spec.actors:
-        if actor == "seed":
-            out += [(streams.inbox(run, "seed", s), f"actor:seed:{s}") for s in proc.spec.slots]
-        else:
-            out.append((streams.inbox(run, actor), f"actor:{actor}"))
-    return out
-
-
-async def _pending(bus: Bus, pairs: list[tuple[str, str]]) -> int:
-    total = 0
-    for stream, group in pairs:
-        try:
-            info = await bus.info(stream)
-        except BusUnavailable:
-            continue
-        total += sum(g.pending for g in info.groups if g.name == group)
-    return total
-
-
-Servers = RedisServer | LocalSentinel
-
-
-class _Faults:
-    """Fires a plan's faults as the trainer reaches their steps."""
+class _Drive:
+    """One plan's run in progress: the trainer's step lines fire the faults and the attack."""
 
     def __init__(
-        self, plan: ChaosPlan, procs: list[ActorProcess], servers: Servers, bus: Bus, run: str
+        self,
+        bus: Bus,
+        run: str,
+        procs: list[ActorProcess],
+        faults: Faults,
+        attacker: Hostile,
+        hostile_steps: tuple[int, int] | None,
     ):
-        self.plan, self.procs, self.servers, self.bus, self.run = plan, procs, servers, bus, run
-        self.out_kills = 0
-        self.out_restarts = 0
-        self.redeliveries = 0
-        self.killed_ms: list[int] = []  # server clock = this machine's: entry ids are comparable
-        self.promotion_s: list[float] = []
+        self.bus, self.run, self.procs, self.faults = bus, run, procs, faults
+        self.attacker, self.hostile_steps = attacker, hostile_steps
+        self.stop_hostile = anyio.Event()
+        self.out = RunOutput(run=run, record=RunRecord())
 
-    def primary(self) -> RedisServer:
-        """The server the run writes to now."""
-        if isinstance(self.servers, LocalSentinel):
-            return self.servers.primary()
-        return self.servers
+    async def mark(self, step: int) -> None:
+        with contextlib.suppress(BusUnavailable):
+            length = (await self.bus.info(streams.events(self.run))).length
+            self.out.marks[step] = (time.monotonic(), length)
 
-    async def failover(self, delay_s: float) -> None:
-        """SIGKILL the primary, wait for the sentinels to promote a replica, start the old one
-        again (the sentinels turn it into a replica of the new primary)."""
-        await anyio.sleep(delay_s)
-        sentinel = self.servers
-        if not isinstance(sentinel, LocalSentinel):
-            raise RuntimeError("a failover fault needs a Sentinel-managed server")
-        with anyio.CancelScope(shield=True):  # never leave the old primary down
-            old = sentinel.primary()
-            old.kill()
-            self.killed_ms.append(time.time_ns() // 1_000_000)
-            self.promotion_s.append(await anyio.to_thread.run_sync(sentinel.wait_failover, old))
-            await anyio.to_thread.run_sync(old.start)
+    async def attack(self) -> None:
+        await self.mark(ATTACK_ON)
+        await self.attacker.run(self.stop_hostile)
+        await self.mark(ATTACK_OFF)
 
-    async def kill(self, index: int, delay_s: float, down_s: float) -> None:
-        await anyio.sleep(delay_s)
-        victim = self.procs[index]
-        if not victim.alive():
-            return  # still down from an earlier kill: that kill's restart brings it back
-        with anyio.CancelScope(shield=True):  # a fault once begun always ends with the restart
-            victim.kill()
-            self.out_kills += 1
-            with contextlib.suppress(BusUnavailable):
-                self.redeliveries += await _pending(self.bus, _groups(victim, self.run))
-            await anyio.sleep(down_s)
-            victim.start()
+    async def sample(self) -> None:
+        while True:
+            for proc in self.procs:
+                proc.sample_rss()
+            await anyio.sleep(0.5)
 
-    async def restart_redis(self, delay_s: float) -> None:
-        await anyio.sleep(delay_s)
-        with anyio.CancelScope(shield=True):  # never leave the server down
-            server = self.primary()
-            server.kill()
-            await anyio.sleep(0.3)
-            await anyio.to_thread.run_sync(server.start)
-            self.out_restarts += 1
-            pairs = [pair for proc in self.procs for pair in _groups(proc, self.run)]
-            with contextlib.suppress(BusUnavailable):
-                self.redeliveries += await _pending(self.bus, pairs)
+    async def on_step(self, done: int, tg: Any) -> None:
+        """The trainer finished step ``done``: fire what is anchored to the next one."""
+        if done == 0:
+            await self.mark(0)
+        window = self.hostile_steps
+        if window is not None and done + 1 == window[0]:
+            await self.attacker.capture()
+            tg.start_soon(self.attack)
+        elif window is not None and done + 1 == window[1]:
+            self.stop_hostile.set()
+        self.faults.due(done + 1, tg)
 
-    def due(self, step: int, tg: Any) -> None:
-        for k in self.plan.kills:
-            if k.step == step:
-                tg.start_soon(self.kill, k.process, k.delay_s, k.down_s)
-        for s, delay in self.plan.redis_restarts:
-            if s == step:
-                tg.start_soon(self.restart_redis, delay)
-        for s, delay in self.plan.failovers:
-            if s == step:
-                tg.start_soon(self.failover, delay)
+    async def follow(self, argv: list[str], trainer_log: BinaryIO, tg: Any) -> int | None:
+        """Run the trainer to its end, reading its ``step N`` lines; its exit code."""
+        async with await anyio.open_process(argv, stderr=trainer_log) as trainer:
+            assert trainer.stdout is not None
+            self.faults.due(0, tg)
+            buffer = ""
+            async for chunk in TextReceiveStream(trainer.stdout):
+                buffer += chunk
+                *lines, buffer = buffer.split("\n")
+                for line in lines:
+                    await self.on_step(int(line.split()[1]), tg)
+            await trainer.wait()
+        return trainer.returncode
+
+    async def drive(self, argv: list[str], workdir: Path) -> None:
+        """Run the trainer with the faults, then wait for the actors to drain the run."""
+        started = time.monotonic()
+        trainer_log = (workdir / "trainer.log").open("wb")
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.sample)
+                returncode = await self.follow(argv, trainer_log, tg)
+                trainer_log.close()
+                self.out.elapsed_s = time.monotonic() - started
+                self.stop_hostile.set()
+                if returncode != 0:
+                    tg.cancel_scope.cancel()
+                    for proc in self.procs:
+                        proc.stop()
+                    raise RuntimeError(
+                        f"trainer failed: {(workdir / 'trainer.log').read_text()[-3000:]}"
+                    )
+                await self.mark(END)
+                await wait_drained(self.bus, self.run, timeout_s=90.0)  # may be retaking leases
+                tg.cancel_scope.cancel()
+        except BaseException:
+            with anyio.CancelScope(shield=True):  # never leave actor processes or connections
+                for proc in self.procs:
+                    proc.stop()
+                await self.bus.close()
+            raise
+        finally:
+            trainer_log.close()  # closed on every path (a cancelled or timed-out run included)
+
+    async def read_back(self, ring: KeyRing, summary: dict[str, Any]) -> RunOutput:
+        """Fill the output from the run's streams and the trainer's summary; stop the actors."""
+        bus, run, out, faults = self.bus, self.run, self.out, self.faults
+        ids = {int(k): v for k, v in summary["command_ids"].items()}
+        rejections = await read_rejections(bus, run, ring)
+        out.record = record_of(await read_log(bus, run, ring), rejections, ids)
+        _count_rejections(out, rejections)
+        out.streams = await stream_table(bus, run)
+        out.dead_letters = out.streams.get("dead", {}).get("length", 0)
+        out.kills, out.redis_restarts, out.redeliveries = (
+            faults.out_kills, faults.out_restarts, faults.redeliveries,
+        )  # fmt: skip
+        out.failovers = len(faults.promotion_s)
+        out.promotion_s = faults.promotion_s
+        out.kill_to_commit_s = await commit_gaps(bus, run, faults.killed_ms)
+        out.pace_timeouts = summary["pace_timeouts"]
+        out.command_retries = summary.get("command_retries", 0)
+        out.step_durations = summary["step_durations"]
+        out.peak_rss_kib = {
+            f"proc{p.index}:{'+'.join(p.spec.actors)}": p.peak_rss_kib for p in self.procs
+        }
+        out.exit_codes = [p.stop() for p in self.procs]
+        if self.hostile_steps is not None:
+            out.hostile = {"sent": dict(self.attacker.sent), "seconds": self.attacker.seconds}
+        await bus.close()
+        return out
 
 
-def bus_url(servers: Servers) -> str:
-    """The URL every process of a chaos run connects with (a Sentinel setup: writes wait for
-    one replica, so a failover loses no acknowledged write)."""
-    return servers.url + "?wait=1" if isinstance(servers, LocalSentinel) else servers.url
-
-
-async def commit_gaps(bus: Bus, run: str, killed_ms: list[int]) -> list[float]:
-    """Per kill time: seconds until the first event-log entry committed after it (entry ids
-    carry the server's clock in ms)."""
-    ids = [int(e.id.split("-")[0]) for e in await bus.range(streams.events(run))]
-    out = []
-    for ms in killed_ms:
-        after = [i for i in ids if i > ms]
-        if after:
-            out.append((min(after) - ms) / 1000)
-    return out
+def _count_rejections(out: RunOutput, rejections: list[pb.Rejection]) -> None:
+    counts: Counter[str] = Counter()
+    for r in rejections:  # a flood's record stands for `count` entries (0 means 1)
+        counts[r.reason_code] += max(1, r.count)
+    out.rejects = dict(counts)
+    for r in rejections:
+        out.reject_examples.setdefault(r.reason_code, f"{r.actor}: {r.kind} {r.detail[:80]}")
 
 
 async def run_plan(
@@ -277,10 +273,7 @@ async def run_plan(
 ) -> RunOutput:
     """Execute ``plan`` on ``run`` (see module docstring)."""
     await anyio.Path(workdir).mkdir(parents=True, exist_ok=True)
-    keys, config = workdir / "keys.json", workdir / "config.toml"
-    ring.save(keys)
-    config.write_text(config_toml(plan.config))
-    (workdir / "plan.json").write_text(plan.to_json())
+    keys, config = _write_inputs(plan, workdir, ring)
     url = bus_url(server)
     bus = open_bus(url)
     procs = [
@@ -289,9 +282,7 @@ async def run_plan(
     ]
     for proc in procs:
         proc.start()
-    faults = _Faults(plan, procs, server, bus, run)
-    out = RunOutput(run=run, record=RunRecord())
-    stop_hostile = anyio.Event()
+    faults = Faults(plan, procs, server, bus, run)
     attacker = Hostile(
         bus, run, plan.slots, rate_per_s=hostile_rate, max_seconds=hostile_seconds, seed=plan.seed
     )
@@ -300,93 +291,9 @@ async def run_plan(
         sys.executable, "-m", "scenarios.chaos.trainer", "--redis", url, "--run", run,
         "--keys", str(keys), "--plan", str(workdir / "plan.json"), "--out", str(summary_path),
     ]  # fmt: skip
-    started = time.monotonic()
-
-    async def mark(step: int) -> None:
-        with contextlib.suppress(BusUnavailable):
-            out.marks[step] = (time.monotonic(), (await bus.info(streams.events(run))).length)
-
-    async def attack() -> None:
-        await mark(ATTACK_ON)
-        await attacker.run(stop_hostile)
-        await mark(ATTACK_OFF)
-
-    async def sample() -> None:
-        while True:
-            for proc in procs:
-                proc.sample_rss()
-            await anyio.sleep(0.5)
-
-    trainer_log = (workdir / "trainer.log").open("wb")
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(sample)
-            async with await anyio.open_process(argv, stderr=trainer_log) as trainer:
-                assert trainer.stdout is not None
-                faults.due(0, tg)
-                buffer = ""
-                async for chunk in TextReceiveStream(trainer.stdout):
-                    buffer += chunk
-                    *lines, buffer = buffer.split("\n")
-                    for line in lines:
-                        done = int(line.split()[1])
-                        if done == 0:
-                            await mark(0)
-                        if hostile_steps is not None and done + 1 == hostile_steps[0]:
-                            await attacker.capture()
-                            tg.start_soon(attack)
-                        elif hostile_steps is not None and done + 1 == hostile_steps[1]:
-                            stop_hostile.set()
-                        faults.due(done + 1, tg)
-                await trainer.wait()
-            trainer_log.close()
-            out.elapsed_s = time.monotonic() - started
-            stop_hostile.set()
-            if trainer.returncode != 0:
-                tg.cancel_scope.cancel()
-                for proc in procs:
-                    proc.stop()
-                raise RuntimeError(
-                    f"trainer failed: {(workdir / 'trainer.log').read_text()[-3000:]}"
-                )
-            await mark(END)
-            await wait_drained(bus, run, timeout_s=90.0)  # actors may be retaking leases
-            tg.cancel_scope.cancel()
-    except BaseException:
-        with anyio.CancelScope(shield=True):  # never leave actor processes or connections behind
-            for proc in procs:
-                proc.stop()
-            await bus.close()
-        raise
-    finally:
-        trainer_log.close()  # closed on every path (a cancelled or timed-out run included)
-    summary = json.loads(summary_path.read_text())
-    ids = {int(k): v for k, v in summary["command_ids"].items()}
-    rejections = await read_rejections(bus, run, ring)
-    out.record = record_of(await read_log(bus, run, ring), rejections, ids)
-    counts: Counter[str] = Counter()
-    for r in rejections:  # a flood's record stands for `count` entries (0 means 1)
-        counts[r.reason_code] += max(1, r.count)
-    out.rejects = dict(counts)
-    for r in rejections:
-        out.reject_examples.setdefault(r.reason_code, f"{r.actor}: {r.kind} {r.detail[:80]}")
-    out.streams = await stream_table(bus, run)
-    out.dead_letters = out.streams.get("dead", {}).get("length", 0)
-    out.kills, out.redis_restarts, out.redeliveries = (
-        faults.out_kills, faults.out_restarts, faults.redeliveries,
-    )  # fmt: skip
-    out.failovers = len(faults.promotion_s)
-    out.promotion_s = faults.promotion_s
-    out.kill_to_commit_s = await commit_gaps(bus, run, faults.killed_ms)
-    out.pace_timeouts = summary["pace_timeouts"]
-    out.command_retries = summary.get("command_retries", 0)
-    out.step_durations = summary["step_durations"]
-    out.peak_rss_kib = {f"proc{p.index}:{'+'.join(p.spec.actors)}": p.peak_rss_kib for p in procs}
-    out.exit_codes = [p.stop() for p in procs]
-    if hostile_steps is not None:
-        out.hostile = {"sent": dict(attacker.sent), "seconds": attacker.seconds}
-    await bus.close()
-    return out
+    drive = _Drive(bus, run, procs, faults, attacker, hostile_steps)
+    await drive.drive(argv, workdir)
+    return await drive.read_back(ring, json.loads(summary_path.read_text()))
 
 
 def phase_rates(out: RunOutput) -> dict[str, float]:
