@@ -1,0 +1,133 @@
+"""RedisStreamBus's writes: XADD, the Lua scripts (publish_many, commit, dead letters, claimed
+keys) and plain values. Every write goes through ``_durable`` (WAIT when asked)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .api import (
+    DEAD_MAXLEN,
+    Append,
+    Entry,
+    Fence,
+    Fields,
+    Handled,
+    check_append,
+    dead_copy,
+    processed_key,
+)
+from .errors import BusProtocolError, Fenced
+from .redis_codec import _encode_append, _s, _xadd
+from .redis_core import RedisCore
+
+__all__ = ["RedisWrites"]
+
+
+def _commit_args(
+    handled: Sequence[Handled], fence: Fence | None, ttl_ms: int
+) -> tuple[list[str], list[Any]]:
+    """The COMMIT script's keys and arguments (layout: see bus/_scripts.py)."""
+    keys: dict[str, int] = {}
+    groups: dict[str, int] = {}
+    items: list[Any] = []
+    for h in handled:
+        stream = h.entry.stream
+        ki = keys.get(stream) or keys.setdefault(stream, len(keys) + 1)
+        gi = groups.get(h.group) or groups.setdefault(h.group, len(groups) + 1)
+        di = 0
+        if h.dedupe_key is not None:
+            di = keys.setdefault(processed_key(stream, h.group, h.dedupe_key), len(keys) + 1)
+        items += (ki, gi, di, len(h.appends), h.entry.id)
+        for a in h.appends:
+            check_append(a)
+            _encode_append(items, keys.get(a.stream) or keys.setdefault(a.stream, len(keys) + 1), a)
+    head: list[Any] = [ttl_ms, 0, "", 0]
+    if fence is not None:
+        head = [ttl_ms, keys.setdefault(fence.key, len(keys) + 1), fence.token, fence.ttl_ms]
+    return list(keys), [*head, len(groups), *groups, *items]
+
+
+class RedisWrites(RedisCore):
+    """The write commands of RedisStreamBus."""
+
+    async def publish(self, stream: str, fields: Fields, *, maxlen: int | None = None) -> str:
+        check_append(Append(stream, fields, maxlen))
+        raw = await self._call(
+            lambda: self._durable(_xadd(stream, fields, maxlen)),
+            idempotent=False,
+        )
+        return _s(raw)
+
+    async def publish_many(self, appends: Sequence[Append]) -> list[str]:
+        """All ``appends`` in one script call: one round trip, all or nothing, ids in order."""
+        if not appends:
+            return []
+        keys: dict[str, int] = {}
+        args: list[Any] = []
+        for a in appends:
+            check_append(a)
+            _encode_append(args, keys.get(a.stream) or keys.setdefault(a.stream, len(keys) + 1), a)
+        names = list(keys)
+        raw = await self._call(
+            lambda: self._durable([names, args], self._publish_many), idempotent=False
+        )
+        return [_s(r) for r in raw]
+
+    async def commit(self, handled: Sequence[Handled], *, fence: Fence | None = None) -> list[bool]:
+        if not handled:
+            return []
+        names, args = _commit_args(handled, fence, self.processed_ttl_ms)
+        # Always safe to resend: a commit whose reply was lost acked its entries, so the resent
+        # one finds them no longer pending and writes nothing (it reports duplicates).
+        try:
+            raw = await self._call(lambda: self._durable([names, args], self._commit))
+        except BusProtocolError as exc:
+            if str(exc).startswith("FENCED"):
+                raise Fenced(str(exc)) from None
+            raise
+        if isinstance(raw, str):
+            raw = raw.encode()
+        return [c == 49 for c in raw]  # b"1"
+
+    async def dead_letter(self, entry: Entry, group: str, *, dead_stream: str, reason: str) -> None:
+        args: list[Any] = [group, entry.id, DEAD_MAXLEN]
+        for name, value in dead_copy(entry, group, reason).items():
+            args += [name, value]
+        await self._call(lambda: self._durable([[dead_stream, entry.stream], args], self._dead))
+
+    async def claim_key(self, key: str, value: str, ttl_ms: int) -> str | None:
+        raw = await self._call(
+            lambda: self._claim(keys=[key], args=[value, ttl_ms]), idempotent=False
+        )
+        return None if raw is None else _s(raw)
+
+    async def claim_keys(self, items: Sequence[tuple[str, str]], ttl_ms: int) -> list[str | None]:
+        if not items:
+            return []
+        keys = [k for k, _ in items]
+        args: list[str | int] = [ttl_ms, *(v for _, v in items)]
+        raw = await self._call(lambda: self._claim_many(keys=keys, args=args), idempotent=False)
+        return [None if r is None else _s(r) for r in raw]
+
+    async def claim_nonces(
+        self, since_key: str, items: Sequence[tuple[str, str]], ttl_ms: int
+    ) -> tuple[int, list[str | None]]:
+        keys = [since_key, *(k for k, _ in items)]
+        args: list[str | int] = [ttl_ms, *(v for _, v in items)]
+        raw = await self._call(lambda: self._claim_nonces(keys=keys, args=args), idempotent=False)
+        return int(_s(raw[0])), [None if r is None else _s(r) for r in raw[1:]]
+
+    async def renew_key(self, key: str, value: str, ttl_ms: int) -> bool:
+        return bool(await self._call(lambda: self._renew(keys=[key], args=[value, ttl_ms])))
+
+    async def release_key(self, key: str, value: str) -> bool:
+        return bool(await self._call(lambda: self._release(keys=[key], args=[value])))
+
+    async def get_value(self, key: str) -> bytes | None:
+        raw = await self._call(lambda: self.client.get(key))
+        return None if raw is None else bytes(raw)
+
+    async def set_value(self, key: str, value: bytes, *, ttl_ms: int | None = None) -> None:
+        command: list[Any] = ["SET", key, value] + ([] if ttl_ms is None else ["PX", ttl_ms])
+        await self._call(lambda: self._durable(command))
