@@ -303,6 +303,30 @@ class LocalSentinel:
             server.stop()
 
 
+def _sentinel_server(sdir: Path, config: str) -> RedisServer:
+    """A sentinel (not started yet) on a free port, its config file in ``sdir``: ``config`` (the
+    monitored service) after the port, bind address and directory."""
+    port = _free_port()
+    sdir.mkdir()
+    conf = sdir / "sentinel.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {sdir}\n" + config)
+    return RedisServer(port=port, dir=sdir, args=[REDIS_SERVER, str(conf), "--sentinel"])
+
+
+def _sentinels_ready(watchers: list[RedisServer], service: str, replicas: int) -> bool:
+    """Whether every sentinel sees ``replicas`` replicas of ``service`` and every other sentinel."""
+    for s in watchers:
+        row = _ask(s.port, "SENTINEL", "MASTER", service)
+        if not row:
+            return False
+        info = {_text(k): v for k, v in dict(row).items()}  # parsed by redis-py
+        if int(info.get("num-slaves", 0)) < replicas:
+            return False
+        if int(info.get("num-other-sentinels", 0)) < len(watchers) - 1:
+            return False
+    return True
+
+
 @contextlib.contextmanager
 def redis_sentinel(
     replicas: int = 1,
@@ -331,37 +355,19 @@ def redis_sentinel(
             server.start()
         for server in servers[1:]:
             wait_until(lambda s=server: _linked(s), what="replica in sync")  # type: ignore[misc]
-        quorum = sentinels // 2 + 1
+        config = (
+            f"sentinel monitor {service} 127.0.0.1 {primary.port} {sentinels // 2 + 1}\n"
+            f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+            f"sentinel failover-timeout {service} {failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {service} {max(1, replicas)}\n"
+        )
         for i in range(sentinels):
-            port = _free_port()
-            sdir = tmp / f"sentinel{i}"
-            sdir.mkdir()
-            conf = sdir / "sentinel.conf"
-            conf.write_text(
-                f"port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {sdir}\n"
-                f"sentinel monitor {service} 127.0.0.1 {primary.port} {quorum}\n"
-                f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
-                f"sentinel failover-timeout {service} {failover_timeout_ms}\n"
-                f"sentinel parallel-syncs {service} {max(1, replicas)}\n"
-            )
-            watchers.append(
-                RedisServer(port=port, dir=sdir, args=[REDIS_SERVER, str(conf), "--sentinel"])
-            )
+            watchers.append(_sentinel_server(tmp / f"sentinel{i}", config))
             watchers[-1].start()
-
-        def ready() -> bool:
-            for s in watchers:
-                row = _ask(s.port, "SENTINEL", "MASTER", service)
-                if not row:
-                    return False
-                info = {_text(k): v for k, v in dict(row).items()}  # parsed by redis-py
-                if int(info.get("num-slaves", 0)) < replicas:
-                    return False
-                if int(info.get("num-other-sentinels", 0)) < sentinels - 1:
-                    return False
-            return True
-
-        wait_until(ready, what="sentinels see every replica and each other")
+        wait_until(
+            lambda: _sentinels_ready(watchers, service, replicas),
+            what="sentinels see every replica and each other",
+        )
         yield setup
     finally:
         setup.stop()
