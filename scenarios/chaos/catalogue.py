@@ -6,7 +6,7 @@ before the attack (the baseline) and while it is sent and handled; the figure is
 two rates, measured in the same run. After the attack the log is read back: ``state_changed`` is
 true if a slot's stage, pause, blueprint or α moved, or a transition was caused by anything but a
 legitimate command. Attacks without keys come first, then those of a key holder (a trainer key,
-a controller key, a retired key).
+a controller key, a retired key). The attacks themselves are in :mod:`scenarios.chaos.attacks`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import random
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,210 +22,21 @@ from typing import Any
 import anyio
 import anyio.to_process
 
-from actors.client import KasminaClient, Outcome, build_command
+from actors.client import KasminaClient, Outcome
 from actors.eventlog import BadEntry, read_log
 from actors.replay import fold_events
 from actors.shell import FRAME
-from bus import Append, Bus, open_bus
+from bus import Bus, open_bus
 from bus.testing import redis_server
 from contracts import KasminaConfig, Key, KeyRing, Signer, Verifier, streams
 from leyline import pb
-from scenarios.chaos.hostile import forge
+from scenarios.chaos.attacks import ATTACKS, BYSTANDER, TARGET, Attack, Ctx, inject
 from scenarios.chaos.plan import ProcessSpec
 from scenarios.chaos.procs import ActorProcess, config_toml, rss_kib
 
 __all__ = ["ATTACKS", "Attack", "catalogue"]
 
-TARGET, BYSTANDER = "a", "b"
 BASELINE_S = 3.0
-
-
-@dataclass
-class Ctx:
-    """What an attack may use: the bus (a Redis writer), the run, captured frames, and the keys
-    of the key-holder attacks."""
-
-    bus: Bus
-    run: str
-    rings: dict[str, KeyRing]
-    captured: list[bytes]
-    rng: random.Random
-    sent: int = 0
-
-    def inbox(self, slot: str = TARGET) -> str:
-        return streams.inbox(self.run, "seed", slot)
-
-    async def flood(self, frames: list[dict[str, bytes]], stream: str | None = None) -> None:
-        for start in range(0, len(frames), 100):
-            chunk = frames[start : start + 100]
-            await self.bus.publish_many([Append(stream or self.inbox(), f) for f in chunk])
-            self.sent += len(chunk)
-
-
-Step = Callable[[Ctx], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Attack:
-    """One entry of the catalogue; ``before``: done before the actor process starts."""
-
-    name: str
-    holder: str  # "none", "trainer", "controller", "retired"
-    run: Step
-    before: bool = False
-    expect_quarantine: int = 0
-
-
-async def _bomb(ctx: Ctx) -> None:
-    """40 frames of ~1 MiB: one msgpack array of a million empty arrays each."""
-    n = 1_000_000
-    bomb = b"\xdd" + n.to_bytes(4, "big") + b"\x90" * n
-    await ctx.flood([{FRAME: bomb} for _ in range(40)])
-
-
-async def _forged(ctx: Ctx) -> None:
-    await ctx.flood([{FRAME: forge(ctx.rng.choice(ctx.captured), ctx.rng)} for _ in range(2000)])
-
-
-async def _replayed(ctx: Ctx) -> None:
-    await ctx.flood([{FRAME: ctx.rng.choice(ctx.captured)} for _ in range(2000)])
-
-
-async def _malformed(ctx: Ctx) -> None:
-    frames = [{FRAME: ctx.rng.randbytes(ctx.rng.randrange(1, 300))} for _ in range(1500)]
-    frames += [{"junk": b"x"} for _ in range(500)]
-    await ctx.flood(frames)
-
-
-async def _big_flood(ctx: Ctx) -> None:
-    """20,000 entries (forged, replayed and malformed mixed) as fast as Redis takes them: a
-    backlog far beyond what the actor decides in a turn, so admission sheds its excess."""
-    frames: list[dict[str, bytes]] = []
-    for i in range(20_000):
-        pick = i % 4
-        if pick == 0:
-            frames.append({FRAME: forge(ctx.rng.choice(ctx.captured), ctx.rng)})
-        elif pick == 1:
-            frames.append({FRAME: ctx.rng.choice(ctx.captured)})
-        elif pick == 2:
-            frames.append({FRAME: ctx.rng.randbytes(ctx.rng.randrange(1, 300))})
-        else:
-            frames.append({"junk": b"x"})
-    await ctx.flood(frames)
-
-
-async def _many_fields(ctx: Ctx) -> None:
-    client = getattr(ctx.bus, "client", None)  # plain XADD: the attacker needs no Lua
-    assert client is not None
-    for _ in range(20):
-        await client.xadd(ctx.inbox(), {f"x{i}": b"v" for i in range(5000)})
-        ctx.sent += 1
-
-
-async def _foreign_route(ctx: Ctx) -> None:
-    foreign = streams.inbox("someone-else", "seed", "x")
-    await ctx.bus.register(streams.registry(ctx.run, "seed"), foreign)
-    ctx.sent += 1
-
-
-async def _rewind(ctx: Ctx) -> None:
-    client = getattr(ctx.bus, "client", None)
-    assert client is not None
-    await client.xgroup_setid(ctx.inbox(BYSTANDER), f"actor:seed:{BYSTANDER}", "0")
-    ctx.sent += 1
-
-
-async def _duplicate_event(ctx: Ctx) -> None:
-    log = await ctx.bus.range(streams.events(ctx.run))
-    genuine = [e for e in log if e.fields.get("kind") == b"lifecycle.refused"]
-    await ctx.bus.publish(streams.events(ctx.run), dict(genuine[-1].fields))
-    ctx.sent += 1
-
-
-def _signed(
-    ctx: Ctx, holder: str, kind: str, message: Any, stream: str | None = None
-) -> dict[str, bytes]:
-    signer = Signer(ctx.rings[holder], f"{holder}-x")
-    return {FRAME: signer.seal(kind, message, stream=stream or ctx.inbox())}
-
-
-async def _trainer_commands(ctx: Ctx) -> None:
-    cmd = build_command(TARGET, "germinate", blueprint="residual_mlp")
-    await ctx.flood([_signed(ctx, "trainer", "seed.command", cmd) for _ in range(500)])
-
-
-async def _bad_params(ctx: Ctx) -> None:
-    bad = [{"lr": -1.0}, {"weight_decay": -1.0}, {"hidden": 1e12}, {"hidden": 2e6}]
-    frames = []
-    for i in range(200):
-        cmd = pb.SeedCommand(
-            slot=TARGET,
-            germinate=pb.Germinate(blueprint="residual_mlp", params=bad[i % len(bad)]),
-        )
-        frames.append(_signed(ctx, "controller", "seed.command", cmd))
-    await ctx.flood(frames)
-
-
-async def _telemetry_flood(ctx: Ctx) -> None:
-    metrics = {f"m{i}": float(i) for i in range(500)}
-    raw = [pb.TelemetryRaw(region="r", step=i, metrics=metrics) for i in range(250)]
-    batch = pb.TelemetryBatch(items=raw)
-    inbox = streams.inbox(ctx.run, "telemetry")
-    frames = [_signed(ctx, "trainer", "telemetry.batch", batch, inbox) for _ in range(6)]
-    await ctx.flood(frames, inbox)
-
-
-async def _retired_key(ctx: Ctx) -> None:
-    cmd = build_command(TARGET, "cull")
-    await ctx.flood([_signed(ctx, "retired", "seed.command", cmd) for _ in range(500)])
-
-
-ATTACKS: tuple[Attack, ...] = (
-    Attack("bomb_40x1MiB", "none", _bomb),
-    Attack("forged", "none", _forged),
-    Attack("replayed", "none", _replayed),
-    Attack("malformed", "none", _malformed),
-    Attack("flood_20000", "none", _big_flood),
-    Attack("entry_5000_fields", "none", _many_fields),
-    Attack("foreign_route", "none", _foreign_route),
-    Attack("group_rewind", "none", _rewind),
-    Attack("duplicated_event", "none", _duplicate_event, before=True, expect_quarantine=1),
-    Attack("trainer_key_commands", "trainer", _trainer_commands),
-    Attack("controller_bad_params", "controller", _bad_params),
-    Attack("telemetry_max_batches", "trainer", _telemetry_flood),
-    Attack("retired_key", "retired", _retired_key),
-)
-
-
-async def _inject_async(
-    url: str,
-    run: str,
-    name: str,
-    rings: dict[str, dict[str, Any]],
-    captured: list[bytes],
-    seed: int,
-) -> int:
-    bus = open_bus(url)
-    try:
-        loaded = {holder: KeyRing.from_json(data) for holder, data in rings.items()}
-        ctx = Ctx(bus, run, loaded, captured, random.Random(seed))
-        (attack,) = [a for a in ATTACKS if a.name == name]
-        await attack.run(ctx)
-        return ctx.sent
-    finally:
-        await bus.close()
-
-
-def _inject(
-    url: str,
-    run: str,
-    name: str,
-    rings: dict[str, dict[str, Any]],
-    captured: list[bytes],
-    seed: int,
-) -> int:
-    """Send one attack from its own process (the attacker's CPU is not the legitimate client's)."""
-    return int(anyio.run(_inject_async, url, run, name, rings, captured, seed))
 
 
 def _ready() -> int:
@@ -317,54 +127,73 @@ async def _read(
     return state, transitions, reasons, len(quarantined)
 
 
-async def _one(
-    attack: Attack, url: str, base: Path, full: KeyRing, rings: dict[str, KeyRing], seed: int
-) -> dict[str, Any]:
-    run = f"cat-{attack.name.replace('_', '-')}-{seed}"
+def _process(run: str, url: str, base: Path, full: KeyRing) -> ActorProcess:
+    """The attacked ``kasmina run`` process (not started), its keys and config written."""
     keys = base / f"{run}-keys.json"
     full.save(keys)
     config = base / f"{run}.toml"
     config.write_text(config_toml({"bus.owner_ttl_s": 5.0}))
-    bus = open_bus(url)
-    proc = ActorProcess(
+    return ActorProcess(
         ProcessSpec(("seed", "gate", "safety", "telemetry", "barrier"), (TARGET, BYSTANDER)),
         url, run, keys, config, base, 0,
     )  # fmt: skip
+
+
+async def _warm(attack: Attack, proc: ActorProcess, legit: _Legit, ctx: Ctx) -> None:
+    """Start the process: both slots bootstrapped, some genuine frames and events to capture (an
+    attack done ``before`` is done in between)."""
+    proc.start()
+    for slot in (TARGET, BYSTANDER, TARGET):
+        await legit.client.command(slot, "cull", wait=True, timeout_s=120)
+    if attack.before:  # e.g. a doctored log met by the next process's rebuild
+        proc.stop()
+        await attack.run(ctx)
+        proc.start()
+        await legit.client.command(BYSTANDER, "cull", wait=True, timeout_s=120)
+    for inbox in (ctx.inbox(TARGET), ctx.inbox(BYSTANDER)):
+        ctx.captured += [e.fields[FRAME] for e in await ctx.bus.range(inbox) if FRAME in e.fields]
+
+
+async def _attacked(
+    attack: Attack, ctx: Ctx, legit: _Legit, url: str, rings: dict[str, KeyRing], seed: int
+) -> tuple[float, float, float]:
+    """The legitimate loop for a baseline, then while the attack is sent and handled; the
+    times (start, attack begun, attack over)."""
+    await anyio.to_process.run_sync(_ready)
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(legit.loop, stop)
+        t0 = time.monotonic()
+        await anyio.sleep(BASELINE_S)  # the baseline: the same loop without the attack
+        t1 = time.monotonic()
+        if not attack.before:
+            ctx.sent = await anyio.to_process.run_sync(
+                inject, url, ctx.run, attack.name,
+                {h: r.to_json() for h, r in rings.items()}, ctx.captured, seed,
+                cancellable=True,
+            )  # fmt: skip
+        await _drained(ctx.bus, ctx.run)
+        t2 = max(time.monotonic(), t1 + BASELINE_S)
+        await anyio.sleep(max(0.0, t2 - time.monotonic()))
+        stop.set()
+    return t0, t1, t2
+
+
+async def _one(
+    attack: Attack, url: str, base: Path, full: KeyRing, rings: dict[str, KeyRing], seed: int
+) -> dict[str, Any]:
+    run = f"cat-{attack.name.replace('_', '-')}-{seed}"
+    proc = _process(run, url, base, full)
+    bus = open_bus(url)
     cfg = KasminaConfig()
     ring = rings["controller"]
     verifier = Verifier(ring, tolerance_s=cfg.security.clock_tolerance_s)
     legit = _Legit(KasminaClient(bus, run, Signer(ring, "tamiyo"), verifier))
     ctx = Ctx(bus, run, rings, [], random.Random(seed))
     try:
-        proc.start()
-        # warm: both slots bootstrapped, some genuine frames and events to capture
-        for slot in (TARGET, BYSTANDER, TARGET):
-            await legit.client.command(slot, "cull", wait=True, timeout_s=120)
-        if attack.before:  # e.g. a doctored log met by the next process's rebuild
-            proc.stop()
-            await attack.run(ctx)
-            proc.start()
-            await legit.client.command(BYSTANDER, "cull", wait=True, timeout_s=120)
-        for inbox in (ctx.inbox(TARGET), ctx.inbox(BYSTANDER)):
-            ctx.captured += [e.fields[FRAME] for e in await bus.range(inbox) if FRAME in e.fields]
+        await _warm(attack, proc, legit, ctx)
         before_state, before_tr, before_rej, _ = await _read(bus, run, full, legit.ids)
-        await anyio.to_process.run_sync(_ready)
-        stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(legit.loop, stop)
-            t0 = time.monotonic()
-            await anyio.sleep(BASELINE_S)  # the baseline: the same loop without the attack
-            t1 = time.monotonic()
-            if not attack.before:
-                ctx.sent = await anyio.to_process.run_sync(
-                    _inject, url, run, attack.name,
-                    {h: r.to_json() for h, r in rings.items()}, ctx.captured, seed,
-                    cancellable=True,
-                )  # fmt: skip
-            await _drained(bus, run)
-            t2 = max(time.monotonic(), t1 + BASELINE_S)
-            await anyio.sleep(max(0.0, t2 - time.monotonic()))
-            stop.set()
+        t0, t1, t2 = await _attacked(attack, ctx, legit, url, rings, seed)
         _, peak = rss_kib(proc.proc.pid) if proc.proc is not None else (0, 0)
         after_state, after_tr, after_rej, quarantined = await _read(bus, run, full, legit.ids)
         foreign = await bus.info(streams.inbox("someone-else", "seed", "x"))
