@@ -29,7 +29,6 @@ def live_verifier(
         ring,
         nonce_guard=RedisNonceGuard(bus, streams.prefix(run)),
         tolerance_s=sec.clock_tolerance_s,
-        nonce_ttl_s=sec.nonce_ttl_s,
         max_bytes=sec.max_message_bytes,
         replay=replay,
     )

@@ -74,7 +74,7 @@ async def _soak(args: argparse.Namespace) -> int:
         args.messages,
         sample_s=args.sample_s,
         trim=not args.no_trim,
-        nonce_ttl_s=args.nonce_ttl_s,
+        tolerance_s=args.tolerance_s,
         on_sample=_emit,
     )
     _emit(result.summary())
@@ -119,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--sample-s", type=float, default=10.0)
     k.add_argument("--no-trim", action="store_true")
     k.add_argument(
-        "--nonce-ttl-s", type=float, default=60.0, help="also the exactly-once marker TTL"
+        "--tolerance-s",
+        type=float,
+        default=30.0,
+        help="clock tolerance: a nonce lives until its stamp plus this (marker TTL: twice it)",
     )
     k.set_defaults(func=_soak)
     args = parser.parse_args(argv)

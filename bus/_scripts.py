@@ -177,20 +177,22 @@ end
 return out
 """
 
-# KEYS: since_key, key1..keyN; ARGV: ttl_ms, value1..valueN. CLAIM_KEYS for keys 2..N+1, after
-# reading since_key: the time (ms) from which this server's memory of the keys is complete. When it
-# is missing (a fresh server, or one restarted without persistence) it is set to the server's start
-# (TIME - uptime, less a second: uptime counts whole seconds), or 0 where INFO is unavailable.
-# Returns {since_ms, then per key: false if set now, else the existing value}.
+# KEYS: since_key, key1..keyN; ARGV: value1, deadline1, .., valueN, deadlineN (deadlines in Unix
+# ms). Reads since_key first: the time (ms) from which this server's memory of the keys is complete.
+# When it is missing (a fresh server, or one restarted without persistence) it is set to the
+# server's start (TIME - uptime, less a second: uptime counts whole seconds), or 0 where INFO is
+# unavailable. Then per key, by the server's clock: a deadline already passed sets nothing (0);
+# else SET NX PXAT deadline (false if set now, else the existing value).
+# Returns {since_ms, then per key: 0, false or the existing value}.
 CLAIM_NONCES = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local since = redis.call('GET', KEYS[1])
 if not since then
-  local t = redis.call('TIME')
   local ok, info = pcall(redis.call, 'INFO', 'server')
   local up = ok and tonumber(string.match(info, 'uptime_in_seconds:(%d+)'))
   if up then
-    since = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-                                - (up + 1) * 1000)
+    since = string.format('%d', now - (up + 1) * 1000)
   else
     since = '0'
   end
@@ -198,7 +200,10 @@ if not since then
 end
 local out = {since}
 for i = 2, #KEYS do
-  if redis.call('SET', KEYS[i], ARGV[i], 'NX', 'PX', ARGV[1]) then
+  local deadline = ARGV[2 * i - 2]
+  if tonumber(deadline) <= now then
+    out[i] = 0
+  elseif redis.call('SET', KEYS[i], ARGV[2 * i - 3], 'NX', 'PXAT', deadline) then
     out[i] = false
   else
     out[i] = redis.call('GET', KEYS[i])

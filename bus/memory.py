@@ -282,10 +282,18 @@ class MemoryBus:
         return [await self.claim_key(key, value, ttl_ms) for key, value in items]
 
     async def claim_nonces(
-        self, since_key: str, items: Sequence[tuple[str, str]], ttl_ms: int
-    ) -> tuple[int, list[str | None]]:
+        self, since_key: str, items: Sequence[tuple[str, str, int]]
+    ) -> tuple[int, list[str | bool | None]]:
         """In-process memory starts with the store: ``since`` is 0 (nothing to refuse)."""
-        return 0, await self.claim_keys(items, ttl_ms)
+        store = self._open()
+        out: list[str | bool | None] = []
+        for key, value, deadline_ms in items:
+            now = store.clock()
+            if deadline_ms <= now:
+                out.append(False)
+            else:
+                out.append(await self.claim_key(key, value, deadline_ms - now))
+        return 0, out
 
     async def renew_key(self, key: str, value: str, ttl_ms: int) -> bool:
         store = self._open()

@@ -1,15 +1,20 @@
-"""Redis-backed nonce guard: ``SET key token NX PX ttl``, shared across processes, kept by the server.
+"""Redis-backed nonce guard: ``SET key token NX PXAT deadline``, shared across processes, kept by
+the server, which also judges each deadline by its own clock.
 
-It satisfies the ``NonceGuard`` protocol of ``contracts`` structurally (bus imports no other project
-package). Seeing a message id again with the same token (the stream entry it was delivered as) is a
-redelivery and admitted; with another token it is a replay and refused.
+It satisfies the ``NonceGuard`` protocol of ``contracts`` structurally. Seeing a message id again
+with the same token (the stream entry it was delivered as) is a redelivery and admitted; with
+another token it is a replay and refused; past its deadline it is late (stale), never recorded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from .api import Bus
+
+#: ``contracts.nonce.Claim`` (the same strings; bus imports no other project package)
+Claim = Literal["new", "redelivered", "replayed", "late"]
 
 __all__ = ["RedisNonceGuard"]
 
@@ -35,15 +40,24 @@ class RedisNonceGuard:
         """The key holding a message id's token."""
         return f"{self._prefix}nonce:{message_id}"
 
-    async def admit(self, message_id: str, token: str, ttl_ms: int) -> bool:
-        """True if unseen (now recorded for ``ttl_ms``) or seen with the same token."""
-        (ok,) = await self.admit_many([(message_id, token)], ttl_ms)
-        return ok
+    async def admit(self, message_id: str, token: str, deadline_ms: int) -> Claim:
+        """Record the id until ``deadline_ms`` (Unix ms) unless held or late by the server's
+        clock; say which."""
+        (claim,) = await self.admit_many([(message_id, token, deadline_ms)])
+        return claim
 
-    async def admit_many(self, items: Sequence[tuple[str, str]], ttl_ms: int) -> list[bool]:
-        """``admit`` for a batch of ``(message_id, token)`` in one round trip."""
+    async def admit_many(self, items: Sequence[tuple[str, str, int]]) -> list[Claim]:
+        """``admit`` for a batch of ``(message_id, token, deadline_ms)`` in one round trip."""
         since_ms, found = await self._bus.claim_nonces(
-            self.since_key, [(self.key(m), t) for m, t in items], ttl_ms
+            self.since_key, [(self.key(m), t, d) for m, t, d in items]
         )
         self.since_ns = since_ms * 1_000_000
-        return [f is None or f == t for f, (_, t) in zip(found, items, strict=True)]
+        return [_claim(f, t) for f, (_, t, _) in zip(found, items, strict=True)]
+
+
+def _claim(found: str | bool | None, token: str) -> Claim:
+    if found is None:
+        return "new"
+    if isinstance(found, bool):
+        return "late"
+    return "redelivered" if found == token else "replayed"

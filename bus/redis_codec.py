@@ -58,6 +58,14 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _nonce_claim(reply: Any) -> str | bool | None:
+    """One item of ``CLAIM_NONCES``'s reply: 0 (late) -> False, nil (set now) -> None, else the
+    value held."""
+    if reply is None:
+        return None
+    return False if isinstance(reply, int) else _s(reply)
+
+
 def _b(value: Any) -> bytes:
     """A field value as bytes (what redis-py's encoder would send)."""
     if isinstance(value, bytes | bytearray | memoryview):

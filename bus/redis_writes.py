@@ -18,7 +18,7 @@ from .api import (
     processed_key,
 )
 from .errors import BusProtocolError, Fenced
-from .redis_codec import _encode_append, _s, _xadd
+from .redis_codec import _encode_append, _nonce_claim, _s, _xadd
 from .redis_core import RedisCore
 
 __all__ = ["RedisWrites"]
@@ -111,12 +111,12 @@ class RedisWrites(RedisCore):
         return [None if r is None else _s(r) for r in raw]
 
     async def claim_nonces(
-        self, since_key: str, items: Sequence[tuple[str, str]], ttl_ms: int
-    ) -> tuple[int, list[str | None]]:
-        keys = [since_key, *(k for k, _ in items)]
-        args: list[str | int] = [ttl_ms, *(v for _, v in items)]
+        self, since_key: str, items: Sequence[tuple[str, str, int]]
+    ) -> tuple[int, list[str | bool | None]]:
+        keys = [since_key, *(k for k, _, _ in items)]
+        args: list[str | int] = [a for _, v, d in items for a in (v, d)]
         raw = await self._call(lambda: self._claim_nonces(keys=keys, args=args), idempotent=False)
-        return int(_s(raw[0])), [None if r is None else _s(r) for r in raw[1:]]
+        return int(_s(raw[0])), [_nonce_claim(r) for r in raw[1:]]
 
     async def renew_key(self, key: str, value: str, ttl_ms: int) -> bool:
         return bool(await self._call(lambda: self._renew(keys=[key], args=[value, ttl_ms])))

@@ -32,7 +32,7 @@ from contracts.errors import (
     WrongRun,
 )
 from contracts.keys import KeyRing
-from contracts.nonce import NonceGuard
+from contracts.nonce import Claim, NonceGuard
 from contracts.registry import REGISTRY, Registry
 from contracts.roles import allowed
 
@@ -46,7 +46,6 @@ class Verifier:
         "_clock",
         "_max_bytes",
         "_nonce",
-        "_nonce_ttl_ms",
         "_registry",
         "_replay",
         "_ring",
@@ -60,7 +59,6 @@ class Verifier:
         nonce_guard: NonceGuard | None = None,
         clock: Callable[[], int] = time.time_ns,
         tolerance_s: float = 60.0,
-        nonce_ttl_s: float = 300.0,
         max_bytes: int = DEFAULT_MAX_BYTES,
         replay: bool = False,
         registry: Registry = REGISTRY,
@@ -69,7 +67,6 @@ class Verifier:
         self._nonce = nonce_guard
         self._clock = clock
         self._tolerance_ns = int(tolerance_s * 1e9)
-        self._nonce_ttl_ms = int(nonce_ttl_s * 1000)
         self._max_bytes = max_bytes
         self._replay = replay
         self._registry = registry
@@ -164,15 +161,33 @@ class Verifier:
             ).claim(env.id, env.kind, env.sender, verified=True)
         return env
 
-    async def verify_many(
-        self, frames: Sequence[tuple[bytes, str, str]], *, scope: str = ""
-    ) -> list[Envelope | ContractError]:
-        """``verify`` for a batch of ``(frame, stream, token)``: one nonce round trip for all.
+    def deadline_ms(self, env: Envelope) -> int:
+        """The message's deadline (Unix ms, rounded up): its timestamp plus the clock tolerance.
+        Its nonce is kept until then; a nonce store refuses it as late from then on."""
+        return -(-(env.ts_ns + self._tolerance_ns) // 1_000_000)
 
-        Returns, per frame, the envelope or the ContractError that rejected it (never raises one).
-        """
+    def _judge(self, env: Envelope, claim: Claim, since_ns: int) -> Envelope | ContractError:
+        """The envelope, or the error for the nonce guard's ``claim`` about it."""
+        if claim == "replayed":
+            return Replayed(f"message id {env.id} already seen").claim(
+                env.id, env.kind, env.sender, verified=True
+            )
+        if claim == "late":
+            return Stale("past its deadline by the nonce store's clock").claim(
+                env.id, env.kind, env.sender, verified=True
+            )
+        if env.ts_ns < since_ns:
+            return Replayed(_BEFORE_MEMORY).claim(env.id, env.kind, env.sender, verified=True)
+        return env
+
+    def _open_all(
+        self, frames: Sequence[tuple[bytes, str, str]], scope: str
+    ) -> tuple[list[Envelope | ContractError], list[tuple[int, Envelope, str, str]]]:
+        """``open`` each frame; also ``(index, envelope, nonce, token)`` of those the nonce
+        guard is to judge."""
         results: list[Envelope | ContractError] = []
-        admit: list[tuple[int, str, str]] = []
+        admit: list[tuple[int, Envelope, str, str]] = []
+        guarded = not self._replay and self._nonce is not None
         for index, (frame, stream, token) in enumerate(frames):
             try:
                 env = self.open(frame, stream=stream)
@@ -180,29 +195,32 @@ class Verifier:
                 results.append(exc)
                 continue
             results.append(env)
-            if not self._replay and self._nonce is not None:
-                admit.append((index, f"{scope}|{env.id}" if scope else env.id, token or env.id))
-        if admit and self._nonce is not None:
-            try:
-                verdicts = await self._nonce.admit_many(
-                    [(n, t) for _, n, t in admit], self._nonce_ttl_ms
+            if guarded:
+                admit.append(
+                    (index, env, f"{scope}|{env.id}" if scope else env.id, token or env.id)
                 )
-            except ContractError as exc:
-                verdicts = [exc] * len(admit)  # type: ignore[list-item]
-            since = self._nonce.since_ns
-            for (index, _, _), ok in zip(admit, verdicts, strict=True):
-                seen = results[index]
-                assert isinstance(seen, Envelope)
-                if isinstance(ok, ContractError):
-                    results[index] = ok
-                elif not ok:
-                    results[index] = Replayed(f"message id {seen.id} already seen").claim(
-                        seen.id, seen.kind, seen.sender, verified=True
-                    )
-                elif seen.ts_ns < since:
-                    results[index] = Replayed(_BEFORE_MEMORY).claim(
-                        seen.id, seen.kind, seen.sender, verified=True
-                    )
+        return results, admit
+
+    async def verify_many(
+        self, frames: Sequence[tuple[bytes, str, str]], *, scope: str = ""
+    ) -> list[Envelope | ContractError]:
+        """``verify`` for a batch of ``(frame, stream, token)``: one nonce round trip for all.
+
+        Returns, per frame, the envelope or the ContractError that rejected it (never raises one).
+        """
+        results, admit = self._open_all(frames, scope)
+        if not admit or self._nonce is None:
+            return results
+        items = [(n, t, self.deadline_ms(env)) for _, env, n, t in admit]
+        try:
+            claims = await self._nonce.admit_many(items)
+        except ContractError as exc:
+            for index, _, _, _ in admit:
+                results[index] = exc
+            return results
+        since = self._nonce.since_ns
+        for (index, env, _, _), claim in zip(admit, claims, strict=True):
+            results[index] = self._judge(env, claim, since)
         return results
 
     async def verify(
@@ -213,16 +231,14 @@ class Verifier:
         ``token`` identifies this delivery's stream entry: seeing the same message id again with the
         same token is a redelivery (allowed; dedupe handles effects), with another token a replay.
         ``scope`` names the receiver (its consumer group): one message may be fanned out to several
-        inboxes, and a replay is judged per receiver.
+        inboxes, and a replay is judged per receiver. The nonce is kept until the message's
+        deadline (``deadline_ms``).
         """
         env = self.open(frame, stream=stream)
         if not self._replay and self._nonce is not None:
             nonce = f"{scope}|{env.id}" if scope else env.id
-            admitted = await self._nonce.admit(nonce, token or env.id, self._nonce_ttl_ms)
-            if not admitted:
-                raise Replayed(f"message id {env.id} already seen").claim(
-                    env.id, env.kind, env.sender, verified=True
-                )
-            if env.ts_ns < self._nonce.since_ns:
-                raise Replayed(_BEFORE_MEMORY).claim(env.id, env.kind, env.sender, verified=True)
+            claim = await self._nonce.admit(nonce, token or env.id, self.deadline_ms(env))
+            judged = self._judge(env, claim, self._nonce.since_ns)
+            if isinstance(judged, ContractError):
+                raise judged
         return env

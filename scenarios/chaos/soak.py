@@ -73,24 +73,23 @@ async def soak(
     batch: int = 500,
     max_backlog: int = 4_000,
     sample_s: float = 10.0,
-    nonce_ttl_s: float = 60.0,
+    tolerance_s: float = 30.0,
     trim: bool = True,
     workdir: Path | None = None,
     on_sample: Callable[[dict[str, Any]], None] | None = None,
 ) -> SoakResult:
-    """Run the flood (see module docstring); ``nonce_ttl_s`` short so its plateau shows."""
+    """Run the flood (see module docstring); the clock tolerance, which is how long a nonce
+    outlives its message's stamp, short so the nonce store's plateau shows."""
     base = workdir or Path(tempfile.mkdtemp(prefix="kasmina-soak-"))
     await anyio.Path(base).mkdir(parents=True, exist_ok=True)
     ring = KeyRing.generate()
     keys, config = base / "keys.json", base / "config.toml"
     ring.save(keys)
-    tolerance = nonce_ttl_s / 2
     config.write_text(
         config_toml(
             {
-                "security.clock_tolerance_s": tolerance,
-                "security.nonce_ttl_s": nonce_ttl_s,
-                "bus.processed_ttl_s": nonce_ttl_s,
+                "security.clock_tolerance_s": tolerance_s,
+                "bus.processed_ttl_s": 2 * tolerance_s,
             }
         )
     )

@@ -160,7 +160,7 @@ def test_rotation_grace_period(ring: KeyRing) -> None:
 
 async def test_replayed_message_is_rejected_by_nonce_guard(ring: KeyRing) -> None:
     """The same message id under a second delivery token is replayed; the same token is a redelivery."""
-    guard = MemoryNonceGuard()
+    guard = MemoryNonceGuard(clock=clock)
     verifier = Verifier(ring, clock=clock, nonce_guard=guard)
     frame = _frame(ring)
     assert (await verifier.verify(frame, stream=INBOX, token="s:1-0")).kind == "seed.command"
@@ -213,14 +213,79 @@ def test_memory_nonce_guard_is_bounded_and_fails_closed() -> None:
     now = [0]
     guard = MemoryNonceGuard(capacity=3, clock=lambda: now[0])
     for i in range(3):
-        assert guard.check(f"m{i}", "t", ttl_ms=1000)
+        assert guard.check(f"m{i}", "t", deadline_ms=1000) == "new"
     with pytest.raises(ContractError) as info:
-        guard.check("m3", "t", ttl_ms=1000)
+        guard.check("m3", "t", deadline_ms=1000)
     assert info.value.code == Reason.OVERLOADED
-    assert not guard.check("m0", "other", ttl_ms=1000)
+    assert guard.check("m0", "other", deadline_ms=1000) == "replayed"
+    assert guard.check("m0", "t", deadline_ms=1000) == "redelivered"
+    now[0] = 999 * 1_000_000
+    assert guard.check("m0", "other", deadline_ms=1000) == "replayed"  # held until its deadline
     now[0] = 1000 * 1_000_000
-    assert guard.check("m3", "t", ttl_ms=1000)
+    assert guard.check("m3", "t", deadline_ms=2000) == "new"
     assert len(guard) == 1
+
+
+def test_memory_nonce_guard_forgets_each_id_at_its_own_deadline() -> None:
+    """Ids leave at their own deadlines, not in the order they came; a deadline already passed
+    is late and records nothing."""
+    now = [0]
+    guard = MemoryNonceGuard(clock=lambda: now[0] * 1_000_000)
+    assert guard.check("late-deadline", "t", deadline_ms=3000) == "new"
+    assert guard.check("early-deadline", "t", deadline_ms=1000) == "new"
+    assert guard.check("past", "t", deadline_ms=0) == "late"
+    assert len(guard) == 2
+    now[0] = 1000
+    assert guard.check("x", "t", deadline_ms=1001) == "new"  # runs the expiry
+    assert guard.check("early-deadline", "other", deadline_ms=5000) == "new"
+    assert guard.check("late-deadline", "other", deadline_ms=3000) == "replayed"
+    now[0] = 3000
+    assert guard.check("late-deadline", "other", deadline_ms=3000) == "late"
+    assert len(guard) == 1  # "early-deadline", recorded again until 5000
+
+
+async def test_a_replay_is_refused_as_replayed_until_the_deadline_and_as_stale_from_it(
+    ring: KeyRing,
+) -> None:
+    """The nonce lives until the message's stamp plus the tolerance; from that instant the same
+    frame is stale, so there is no instant at which a replay is admitted."""
+    now = [NOW]
+    guard = MemoryNonceGuard(clock=lambda: now[0])
+    verifier = Verifier(ring, clock=lambda: now[0], nonce_guard=guard, tolerance_s=60)
+    frame = _frame(ring)
+    assert (await verifier.verify(frame, stream=INBOX, token="s:1-0")).kind == "seed.command"
+    for offset_ms, reason in (
+        (0, Reason.REPLAYED),
+        (59_999, Reason.REPLAYED),
+        (60_000, Reason.STALE),
+    ):
+        now[0] = NOW + offset_ms * 1_000_000
+        with pytest.raises(ContractError) as info:
+            await verifier.verify(frame, stream=INBOX, token="s:2-0")
+        assert info.value.code == reason, offset_ms
+    assert len(guard) == 0  # the nonce left at the deadline, when the guard began to say late
+    now[0] += 1
+    assert _reason(verifier, frame) == Reason.STALE  # and the receiver's own clock agrees
+
+
+async def test_a_receiver_whose_clock_lags_the_store_is_told_stale_not_admitted(
+    ring: KeyRing,
+) -> None:
+    """A receiver 30 s behind the nonce store still finds a 70 s old message fresh; the store
+    judges the deadline by its own clock and refuses it (stale), recording nothing."""
+    store_now = [NOW]
+    guard = MemoryNonceGuard(clock=lambda: store_now[0])
+    lagging = Verifier(ring, clock=lambda: NOW - 30 * 10**9, nonce_guard=guard, tolerance_s=60)
+    old = Signer(ring, "tamiyo", clock=lambda: NOW - 70 * 10**9).seal(
+        "seed.command", BODY, stream=INBOX
+    )
+    assert lagging.open(old, stream=INBOX).kind == "seed.command"  # fresh by its own clock
+    with pytest.raises(ContractError) as info:
+        await lagging.verify(old, stream=INBOX, token="s:9-0")
+    assert info.value.code == Reason.STALE and "deadline" in info.value.detail
+    (result,) = await lagging.verify_many([(old, INBOX, "s:9-0")])
+    assert isinstance(result, ContractError) and result.code == Reason.STALE
+    assert len(guard) == 0
 
 
 def test_frame_moved_to_another_run_or_inbox_is_refused_with_its_own_code(ring: KeyRing) -> None:

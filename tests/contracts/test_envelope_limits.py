@@ -15,6 +15,7 @@ from contracts import Key, KeyRing, MemoryNonceGuard, Reason, Signer, Verifier, 
 from contracts import envelope as envelope_module
 from contracts.envelope import Envelope
 from contracts.errors import ContractError, Overloaded
+from contracts.nonce import Claim
 
 NOW = 1_800_000_000 * 10**9
 SECOND = 10**9
@@ -419,7 +420,7 @@ def test_with_replay_skips_freshness_and_leaves_the_original_live() -> None:
 
 async def test_replay_twin_skips_the_nonce_guard() -> None:
     """In replay mode the same id under two tokens is not a replay (the log is re-read)."""
-    guard = MemoryNonceGuard()
+    guard = MemoryNonceGuard(clock=clock)
     live = Verifier(RING, clock=clock, nonce_guard=guard)
     frame = Signer(RING, "x", clock=clock).seal(KIND, stream=STREAM, body=b"")
     replay = live.with_replay()
@@ -436,38 +437,50 @@ async def test_replay_twin_skips_the_nonce_guard() -> None:
 
 
 class RecordingGuard(MemoryNonceGuard):
-    """The memory guard, recording the (id, token) pairs and TTLs it is asked about."""
+    """The memory guard (on the tests' clock), recording the (id, token, deadline) triples it is
+    asked about, one list per round trip."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.asked: list[tuple[list[tuple[str, str]], int]] = []
+        super().__init__(clock=clock)
+        self.asked: list[list[tuple[str, str, int]]] = []
 
-    async def admit(self, message_id: str, token: str, ttl_ms: int) -> bool:
-        self.asked.append(([(message_id, token)], ttl_ms))
-        return await super().admit(message_id, token, ttl_ms)
+    async def admit(self, message_id: str, token: str, deadline_ms: int) -> Claim:
+        self.asked.append([(message_id, token, deadline_ms)])
+        return await super().admit(message_id, token, deadline_ms)
 
-    async def admit_many(self, items: Sequence[tuple[str, str]], ttl_ms: int) -> list[bool]:
-        self.asked.append((list(items), ttl_ms))
-        return await super().admit_many(items, ttl_ms)
+    async def admit_many(self, items: Sequence[tuple[str, str, int]]) -> list[Claim]:
+        self.asked.append(list(items))
+        return await super().admit_many(items)
 
 
-async def test_nonce_is_scoped_per_receiver_and_kept_for_its_ttl() -> None:
+NOW_MS = NOW // 1_000_000
+DEADLINE = NOW_MS + 60_000  # a message stamped NOW, with the default tolerance of 60 s
+
+
+async def test_nonce_is_scoped_per_receiver_and_kept_until_the_message_deadline() -> None:
     """The nonce key is 'scope|id' (just the id without a scope), the token defaults to the id,
-    and the TTL is nonce_ttl_s in milliseconds (300 s by default)."""
+    and the nonce is kept until the message's own stamp plus the clock tolerance (in ms)."""
     guard = RecordingGuard()
-    frame = Signer(RING, "x", clock=clock).seal(KIND, stream=STREAM, body=b"", msg_id="m-1")
+    signer = Signer(RING, "x", clock=clock)
+    frame = signer.seal(KIND, stream=STREAM, body=b"", msg_id="m-1")
+    older = signer.seal(KIND, stream=STREAM, body=b"", msg_id="m-2", ts_ns=NOW - 1_500_001)
     await Verifier(RING, clock=clock, nonce_guard=guard).verify(
         frame, stream=STREAM, token="t", scope="seed"
     )
-    await Verifier(RING, clock=clock, nonce_guard=guard, nonce_ttl_s=2.5).verify(
+    await Verifier(RING, clock=clock, nonce_guard=guard, tolerance_s=2.5).verify(
         frame, stream=STREAM
     )
-    assert guard.asked == [([("seed|m-1", "t")], 300_000), ([("m-1", "m-1")], 2_500)]
+    await Verifier(RING, clock=clock, nonce_guard=guard).verify(older, stream=STREAM)
+    assert guard.asked == [
+        [("seed|m-1", "t", DEADLINE)],
+        [("m-1", "m-1", NOW_MS + 2_500)],
+        [("m-2", "m-2", DEADLINE - 1)],  # 1.500001 ms earlier: the deadline is rounded up
+    ]
 
 
 async def test_one_message_fanned_out_is_admitted_once_per_receiver() -> None:
     """The same frame delivered to two receivers (scopes) under two tokens is no replay."""
-    verifier = Verifier(RING, clock=clock, nonce_guard=MemoryNonceGuard())
+    verifier = Verifier(RING, clock=clock, nonce_guard=MemoryNonceGuard(clock=clock))
     frame = Signer(RING, "x", clock=clock).seal(KIND, stream=STREAM, body=b"")
     assert (await verifier.verify(frame, stream=STREAM, token="1-0", scope="a")).kind == KIND
     assert (await verifier.verify(frame, stream=STREAM, token="2-0", scope="b")).kind == KIND
@@ -508,7 +521,12 @@ async def test_verify_many_judges_each_frame_with_one_nonce_round_trip() -> None
     ]
     assert "m-2 already seen" in str(out[3])
     assert guard.asked == [
-        ([("s|m-1", "1-0"), ("s|m-2", "4-0"), ("s|m-1", "1-0"), ("s|m-2", "m-2")], 300_000)
+        [
+            ("s|m-1", "1-0", DEADLINE),
+            ("s|m-2", "4-0", DEADLINE),
+            ("s|m-1", "1-0", DEADLINE),
+            ("s|m-2", "m-2", DEADLINE),
+        ]
     ]
 
 
@@ -518,7 +536,7 @@ async def test_verify_many_without_a_scope_uses_the_bare_id() -> None:
     frame = Signer(RING, "x", clock=clock).seal(KIND, stream=STREAM, body=b"", msg_id="m-7")
     out = await Verifier(RING, clock=clock, nonce_guard=guard).verify_many([(frame, STREAM, "")])
     assert isinstance(out[0], Envelope)
-    assert guard.asked == [([("m-7", "m-7")], 300_000)]
+    assert guard.asked == [[("m-7", "m-7", DEADLINE)]]
 
 
 async def test_verify_many_with_no_guard_or_in_replay_admits_no_nonce() -> None:
@@ -542,7 +560,7 @@ async def test_verify_many_with_no_guard_or_in_replay_admits_no_nonce() -> None:
 class FailingGuard(MemoryNonceGuard):
     """A nonce store that is unreachable: every admission raises Overloaded."""
 
-    async def admit_many(self, items: Sequence[tuple[str, str]], ttl_ms: int) -> list[bool]:
+    async def admit_many(self, items: Sequence[tuple[str, str, int]]) -> list[Claim]:
         raise Overloaded("nonce store unavailable")
 
 
