@@ -7,6 +7,7 @@ import socket
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from actors.hosting import ActorLogic
 from actors.logic import TelemetryLogic, build_logic
 from actors.shell import ActorShell
 from bus import Bus, RedisNonceGuard
@@ -52,37 +53,29 @@ def build_shells(
     if "seed" in actors and not slots:
         raise ValueError("seed actors need --slots")
     proc = process_name()
+
+    def shell(logic: ActorLogic, inbox: str) -> ActorShell:
+        return ActorShell(
+            logic,
+            bus=bus,
+            run=run,
+            inbox=inbox,
+            signer=signer,
+            verifier=verifier,
+            config=config,
+            process=proc,
+            heartbeat_s=heartbeat_s,
+        )
+
     shells = []
     for actor in actors:
-        if actor == "seed":
-            for slot in slots:
-                streams.check_slot(slot)
-                shells.append(
-                    ActorShell(
-                        build_logic("seed", config, slot),
-                        bus=bus,
-                        run=run,
-                        inbox=streams.inbox(run, "seed", slot),
-                        signer=signer,
-                        verifier=verifier,
-                        config=config,
-                        process=proc,
-                        heartbeat_s=heartbeat_s,
-                    )
-                )
-        else:
+        if actor != "seed":
+            shells.append(shell(build_logic(actor, config), streams.inbox(run, actor)))
+            continue
+        for slot in slots:
+            streams.check_slot(slot)
             shells.append(
-                ActorShell(
-                    build_logic(actor, config),
-                    bus=bus,
-                    run=run,
-                    inbox=streams.inbox(run, actor),
-                    signer=signer,
-                    verifier=verifier,
-                    config=config,
-                    process=proc,
-                    heartbeat_s=heartbeat_s,
-                )
+                shell(build_logic("seed", config, slot), streams.inbox(run, "seed", slot))
             )
     return shells
 

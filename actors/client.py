@@ -113,22 +113,7 @@ def build_command(slot: str, action: str, *, reason: str = "", **params: Any) ->
     streams.check_slot(slot)
     command = pb.SeedCommand(slot=slot, reason=reason)
     if action == "germinate":
-        blueprint = params.get("blueprint") or ""
-        artifact = params.get("artifact") or ""
-        if not blueprint and not artifact:
-            raise ValueError("germinate needs a blueprint or an artifact id")
-        germ = command.germinate
-        germ.blueprint = blueprint
-        germ.artifact_id = artifact
-        for key, value in (params.get("params") or {}).items():
-            germ.params[key] = float(value)
-        if params.get("blend_mode"):
-            germ.blend_mode = pb.BlendMode.Value(f"BLEND_MODE_{params['blend_mode'].upper()}")
-        if params.get("alpha_schedule"):
-            germ.alpha_schedule = pb.AlphaSchedule.Value(
-                f"ALPHA_SCHEDULE_{params['alpha_schedule'].upper()}"
-            )
-        germ.blend_steps = int(params.get("blend_steps") or 0)
+        _fill_germinate(command.germinate, params)
     elif action == "adjust_optimizer":
         command.adjust_optimizer.lr_scale = float(params.get("lr_scale", 1.0))
         command.adjust_optimizer.weight_decay = float(params.get("weight_decay", -1.0))
@@ -137,6 +122,25 @@ def build_command(slot: str, action: str, *, reason: str = "", **params: Any) ->
     else:
         raise ValueError(f"unknown action {action!r}; choose from {', '.join(ACTIONS)}")
     return command
+
+
+def _fill_germinate(germ: pb.Germinate, params: dict[str, Any]) -> None:
+    """A germinate action from ``build_command``'s parameters (a blueprint or an artifact id)."""
+    blueprint = params.get("blueprint") or ""
+    artifact = params.get("artifact") or ""
+    if not blueprint and not artifact:
+        raise ValueError("germinate needs a blueprint or an artifact id")
+    germ.blueprint = blueprint
+    germ.artifact_id = artifact
+    for key, value in (params.get("params") or {}).items():
+        germ.params[key] = float(value)
+    if params.get("blend_mode"):
+        germ.blend_mode = pb.BlendMode.Value(f"BLEND_MODE_{params['blend_mode'].upper()}")
+    if params.get("alpha_schedule"):
+        germ.alpha_schedule = pb.AlphaSchedule.Value(
+            f"ALPHA_SCHEDULE_{params['alpha_schedule'].upper()}"
+        )
+    germ.blend_steps = int(params.get("blend_steps") or 0)
 
 
 @dataclass(frozen=True, slots=True)

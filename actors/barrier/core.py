@@ -53,29 +53,34 @@ __all__ = [
 def decide(state: BarrierState, msg: Message, ctx: Context) -> Decision:
     """Handle one BarrierVote or BarrierTick."""
     if isinstance(msg, pb.BarrierTick):
-        now = int(msg.now_ns)
-        if ctx.now_s and now > (ctx.now_s + ctx.config.security.clock_tolerance_s) * 1e9:
-            return Decision.refuse(Reason.INVALID, f"tick at {now} ns is ahead of the clock")
-        return Decision(events=tuple(_expired(state, now)))
+        return _on_tick(state, msg, ctx)
     if not isinstance(msg, pb.BarrierVote):
         return Decision.refuse(
             Reason.UNEXPECTED_KIND, f"BarrierActor does not handle {type(msg).__name__}"
         )
+    return _on_vote(state, msg, ctx)
+
+
+def _on_tick(state: BarrierState, msg: pb.BarrierTick, ctx: Context) -> Decision:
+    """Expire the open barriers whose deadline the tick has passed (a tick from the future is
+    refused)."""
+    now = int(msg.now_ns)
+    if ctx.now_s and now > (ctx.now_s + ctx.config.security.clock_tolerance_s) * 1e9:
+        return Decision.refuse(Reason.INVALID, f"tick at {now} ns is ahead of the clock")
+    return Decision(events=tuple(_expired(state, now)))
+
+
+def _on_vote(state: BarrierState, msg: pb.BarrierVote, ctx: Context) -> Decision:
+    """Record a vote (opening the barrier if it is the first); the commit once every rank voted."""
     cfg = ctx.config.barrier
     world = msg.world_size or cfg.world_size
     refused = _refusal(state, msg, world, cfg.frequency)
     if refused is not None:
         return refused
+    again = _vote_again(state, msg)
+    if again is not None:
+        return again
     step, rank = msg.barrier_step, msg.rank
-    seen = state.committed_votes.get(step) or state.pending.get(step, {})
-    earlier = seen.get(rank, state.committed.get(step))
-    if earlier is not None:  # a vote again, or one after the commit
-        if rank in seen and earlier == msg.digest:
-            return Decision()  # the same vote again: idempotent
-        report = pb.ByzantineReport(
-            barrier_step=step, rank=rank, digest=msg.digest, majority_digest=earlier
-        )
-        return Decision(events=(report,))
     events: list[Message] = []
     if step not in state.opened and step not in state.pending:
         deadline = int((ctx.now_s + cfg.timeout_s) * 1e9)
@@ -97,6 +102,22 @@ def decide(state: BarrierState, msg: Message, ctx: Context) -> Decision:
         return Decision(events=tuple(events))
     commit = _commit(step, votes, new.grads.get(step, {}), events)
     return Decision(events=tuple(events), outgoing=(Outgoing("execution", None, commit),))
+
+
+def _vote_again(state: BarrierState, msg: pb.BarrierVote) -> Decision | None:
+    """The decision on a rank's second vote for a barrier, or one after its commit: nothing for
+    the same vote again, a Byzantine report for a different one; None for a first vote."""
+    step, rank = msg.barrier_step, msg.rank
+    seen = state.committed_votes.get(step) or state.pending.get(step, {})
+    earlier = seen.get(rank, state.committed.get(step))
+    if earlier is None:
+        return None
+    if rank in seen and earlier == msg.digest:
+        return Decision()  # the same vote again: idempotent
+    report = pb.ByzantineReport(
+        barrier_step=step, rank=rank, digest=msg.digest, majority_digest=earlier
+    )
+    return Decision(events=(report,))
 
 
 def timer(state: BarrierState, now_ns: int) -> pb.BarrierTick | None:

@@ -16,7 +16,7 @@ accumulators mutable on purpose — it sits on the hottest path of the system (t
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
@@ -55,6 +55,35 @@ class _Region:
         self.tokens = burst
         self.last_s = now_s
         self.dropped = 0
+
+    def admit(self, now_s: float, burst: int, rate_per_s: float) -> bool:
+        """Take a token for one raw item (refilled at ``rate_per_s`` up to ``burst``); False,
+        and the item counted as dropped, when there is none."""
+        elapsed = now_s - self.last_s
+        if elapsed > 0.0:
+            self.tokens = min(float(burst), self.tokens + elapsed * rate_per_s)
+            self.last_s = now_s
+        if self.tokens < 1.0:
+            self.dropped += 1
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+def _accumulate(acc: dict[str, list[float]], metrics: Mapping[str, float]) -> None:
+    """Add one item's metrics to a region's cells: [count, sum, min, max, last] per name."""
+    for key, value in metrics.items():
+        cell = acc.get(key)
+        if cell is None:
+            acc[key] = [1.0, value, value, value, value]
+        else:
+            cell[0] += 1.0
+            cell[1] += value
+            if value < cell[2]:
+                cell[2] = value
+            if value > cell[3]:
+                cell[3] = value
+            cell[4] = value
 
 
 class TelemetryAggregator:
@@ -109,33 +138,15 @@ class TelemetryAggregator:
         region = self._regions.get(name)
         if region is None:
             region = self._regions[name] = _Region(float(cfg.burst), now_s)
-        elapsed = now_s - region.last_s
-        if elapsed > 0.0:
-            region.tokens = min(float(cfg.burst), region.tokens + elapsed * cfg.rate_per_s)
-            region.last_s = now_s
-        if region.tokens < 1.0:
-            region.dropped += 1
+        if not region.admit(now_s, cfg.burst, cfg.rate_per_s):
             return
-        region.tokens -= 1.0
         self._accepted += 1
         step = raw.step
         if region.count == 0:
             region.step_from = step
         region.step_to = step
         region.count += 1
-        acc = region.acc
-        for key, value in raw.metrics.items():
-            cell = acc.get(key)
-            if cell is None:
-                acc[key] = [1.0, value, value, value, value]
-            else:
-                cell[0] += 1.0
-                cell[1] += value
-                if value < cell[2]:
-                    cell[2] = value
-                if value > cell[3]:
-                    cell[3] = value
-                cell[4] = value
+        _accumulate(region.acc, raw.metrics)
         if region.count >= cfg.region_ratio:
             self._close_region(name, region, out)
 

@@ -40,11 +40,23 @@ def build_registry(
     registry = CollectorRegistry(auto_describe=True)
     _slot_gauges(registry, slots)
     if runtime:
-        gauge = Gauge("kasmina_runtime_metric", "latest runtime-wide value (kernel_cache_*, …) "
-                      "per region", ["region", "metric"], registry=registry)  # fmt: skip
-        for view in runtime:
-            for key, value in sorted(view.metrics.items()):
-                gauge.labels(region=view.slot, metric=key).set(value)
+        _runtime_gauges(registry, runtime)
+    _summary_gauges(registry, summary)
+    if stats is not None:
+        _stats_gauges(registry, stats)
+    return registry
+
+
+def _runtime_gauges(registry: CollectorRegistry, runtime: Sequence[SlotView]) -> None:
+    gauge = Gauge("kasmina_runtime_metric", "latest runtime-wide value (kernel_cache_*, …) "
+                  "per region", ["region", "metric"], registry=registry)  # fmt: skip
+    for view in runtime:
+        for key, value in sorted(view.metrics.items()):
+            gauge.labels(region=view.slot, metric=key).set(value)
+
+
+def _summary_gauges(registry: CollectorRegistry, summary: pb.GlobalSummary | None) -> None:
+    """``kasmina_metric_<stat>`` (registered even without a summary) and the summary's steps."""
     gauges = {
         stat: Gauge(
             f"kasmina_metric_{stat}",
@@ -54,33 +66,35 @@ def build_registry(
         )
         for stat in _STATS
     }
-    if summary is not None:
-        for m in summary.metrics:
-            for stat in _STATS:
-                gauges[stat].labels(metric=m.name).set(float(getattr(m, stat)))
-        window = Gauge(
-            "kasmina_summary_step",
-            "step range of the latest global summary",
-            ["edge"],
+    if summary is None:
+        return
+    for m in summary.metrics:
+        for stat in _STATS:
+            gauges[stat].labels(metric=m.name).set(float(getattr(m, stat)))
+    window = Gauge(
+        "kasmina_summary_step",
+        "step range of the latest global summary",
+        ["edge"],
+        registry=registry,
+    )
+    window.labels(edge="from").set(summary.step_from)
+    window.labels(edge="to").set(summary.step_to)
+
+
+def _stats_gauges(registry: CollectorRegistry, stats: TelemetryStats) -> None:
+    for name in (
+        "raw_in",
+        "accepted",
+        "dropped",
+        "critical",
+        "region_summaries",
+        "global_summaries",
+    ):
+        Gauge(
+            f"kasmina_telemetry_{name}",
+            f"telemetry {name.replace('_', ' ')}",
             registry=registry,
-        )
-        window.labels(edge="from").set(summary.step_from)
-        window.labels(edge="to").set(summary.step_to)
-    if stats is not None:
-        for name in (
-            "raw_in",
-            "accepted",
-            "dropped",
-            "critical",
-            "region_summaries",
-            "global_summaries",
-        ):
-            Gauge(
-                f"kasmina_telemetry_{name}",
-                f"telemetry {name.replace('_', ' ')}",
-                registry=registry,
-            ).set(getattr(stats, name))
-    return registry
+        ).set(getattr(stats, name))
 
 
 def _slot_gauges(registry: CollectorRegistry, slots: Sequence[SlotView]) -> None:
