@@ -44,17 +44,9 @@ def encode(payload: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
 
 def _to_json(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(value, torch.Tensor):
-        name = path or "tensor"
-        while name in tensors:  # a key with a "/" could spell another tensor's path
-            name += "#"
-        tensors[name] = value.detach().to("cpu", copy=True).contiguous()
-        return {_TENSOR: name}
+        return _tensor_ref(value, path, tensors)
     if isinstance(value, dict):
-        if all(isinstance(k, str) for k in value):
-            return {k: _to_json(v, f"{path}/{k}" if path else k, tensors) for k, v in value.items()}
-        if all(isinstance(k, int) and not isinstance(k, bool) for k in value):
-            return {_INTKEYS: [[k, _to_json(v, f"{path}/{k}", tensors)] for k, v in value.items()]}
-        raise TypeError(f"checkpoint mapping at {path!r} mixes key types")
+        return _mapping_json(value, path, tensors)
     if isinstance(value, tuple):
         return {_TUPLE: [_to_json(v, f"{path}/{i}", tensors) for i, v in enumerate(value)]}
     if isinstance(value, list):
@@ -62,6 +54,24 @@ def _to_json(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise TypeError(f"checkpoint value at {path!r} is a {type(value).__name__}, not storable")
+
+
+def _tensor_ref(value: torch.Tensor, path: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """A CPU copy of ``value`` stored under a name of its own; the reference to it."""
+    name = path or "tensor"
+    while name in tensors:  # a key with a "/" could spell another tensor's path
+        name += "#"
+    tensors[name] = value.detach().to("cpu", copy=True).contiguous()
+    return {_TENSOR: name}
+
+
+def _mapping_json(value: dict[Any, Any], path: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """A mapping with string keys as a JSON object; one with int keys as a tagged pair list."""
+    if all(isinstance(k, str) for k in value):
+        return {k: _to_json(v, f"{path}/{k}" if path else k, tensors) for k, v in value.items()}
+    if all(isinstance(k, int) and not isinstance(k, bool) for k in value):
+        return {_INTKEYS: [[k, _to_json(v, f"{path}/{k}", tensors)] for k, v in value.items()]}
+    raise TypeError(f"checkpoint mapping at {path!r} mixes key types")
 
 
 def decode(tensors: dict[str, torch.Tensor], meta: str, *, device: str = "cpu") -> dict[str, Any]:

@@ -163,22 +163,34 @@ def isolation_probe(
             state.norm_ratio = zn / hn if hn > 0 else math.inf
         shadow = probe_loss(out.detach(), targets, loss_fn)
         if shadow is not None and targets is not None:
-            off = {s.slot: (Mode.IDENTITY, None) for s in active}
-            base, _ = run_probe(model, inputs, off, [], grad=False)
-            host_loss = probe_loss(base, targets, loss_fn)
-            gain = Paired.of(
-                per_example_loss(base, targets, loss_fn)
-                - per_example_loss(out.detach(), targets, loss_fn)
-            )
-            for state in active:
-                value = float(shadow)
-                if math.isnan(state.seed_loss_first):
-                    state.seed_loss_first = value
-                state.seed_loss_last = value
-                state.host_probe_loss = float(host_loss) if host_loss is not None else math.nan
-                if state.slot.stage == TRAINING:
-                    state.probe_gain = gain
+            _record_losses(model, inputs, targets, out.detach(), float(shadow), active, loss_fn)
     return reports
+
+
+def _record_losses(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    out: Tensor,
+    shadow: float,
+    active: list[SlotState],
+    loss_fn: LossFn | None,
+) -> None:
+    """Each active seed's shadow loss (``out``: the forward with the seeds on), the host loss
+    (a forward with them off) and, for a TRAINING seed, the paired per-example gain."""
+    off = {s.slot: (Mode.IDENTITY, None) for s in active}
+    base, _ = run_probe(model, inputs, off, [], grad=False)
+    host_loss = probe_loss(base, targets, loss_fn)
+    gain = Paired.of(
+        per_example_loss(base, targets, loss_fn) - per_example_loss(out, targets, loss_fn)
+    )
+    for state in active:
+        if math.isnan(state.seed_loss_first):
+            state.seed_loss_first = shadow
+        state.seed_loss_last = shadow
+        state.host_probe_loss = float(host_loss) if host_loss is not None else math.nan
+        if state.slot.stage == TRAINING:
+            state.probe_gain = gain
 
 
 def _is_classes(out: Tensor, targets: Tensor) -> bool:

@@ -23,7 +23,6 @@ from actors.execution.blueprints import (
     get_blueprint,
     param_count,
     shape_probe,
-    signed_off,
 )
 from actors.execution.distill import check_germinate_kd
 from actors.execution.errors import OrderError, is_oom
@@ -42,6 +41,12 @@ from actors.execution.memory import (
 )
 from actors.execution.optim import seed_optimizer
 from actors.execution.probing import probe_mode, run_probe, split_batch
+from actors.execution.seedchecks import (
+    check_fit,
+    check_limit,
+    check_params,
+    check_shares_nothing,
+)
 from actors.execution.slot import SeedSlot, SlotTap, host_parameters
 from actors.execution.slotstate import SlotState
 from actors.execution.stages import Mode
@@ -52,8 +57,6 @@ if TYPE_CHECKING:
     from actors.execution.runtime import ExecutionRuntime
 
 _FLAGS = (ev.PARAMS_FINITE, ev.SHAPE_MATCH, ev.DTYPE_MATCH, ev.OUTPUT_FINITE)
-MAX_PARAM_MAGNITUDE = 1e9  # no germinate parameter (sizes, rates, scales) is larger than this
-MIN_SEED_LIMIT = 1_000_000  # default seed size limit: the host's parameter count, at least this
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ def _germinate(
     params = check_params(dict(g.params))
     site = _site(rt, slot)
     check_germinate_kd(rt, params, site.inputs, site.base)
-    _check_fit(bp, site.shape, g.blend_mode)
+    check_fit(bp, site.shape, g.blend_mode)
     memory, activations = check_size(rt, bp, site, params, slot)
     seed = build_seed(rt, bp, site, params, slot, order.apply_at_step)
     try:
@@ -103,13 +106,7 @@ def _germinate(
         _discard(seed)
         raise
     evidence, probe_ok = _seed_evidence(seed, bp, site)
-    evidence[ev.SEED_WRITES_INPUT] = float(writes_input)
-    if bp.artifact:
-        evidence[ev.ARTIFACT_VERIFIED] = 1.0
-    evidence.update(slot_facts(slot))
-    evidence.update(memory)
-    host = host_parameters(rt.model, rt.slots)
-    evidence[ev.HOST_PARAMS] = float(sum(p.numel() for p in host))
+    _add_facts(rt, evidence, bp, slot, memory, writes_input)
     slot.attach(seed, blueprint=bp.name, reads_input=bp.reads_input, blend_mode=g.blend_mode)
     slot.seed_rng(_rng_seed(rt, slot, order.apply_at_step, bp) if rng_seed else None)
     walk = _attached_checks(rt, slot, site, g.blend_mode, evidence)
@@ -118,21 +115,55 @@ def _germinate(
     if walk is not None and walk.violated:
         state.isolation_violations += 1
         rt.outbox.put(KIND_SAFETY, isolation_signal(slot.slot_id, step, walk, rank=rt.rank))
-    failed = [k for k in _FLAGS if evidence[k] != 1.0]
     leaks = (walk is not None and walk.violated) or writes_input
+    _judge(rt, state, evidence, probe_ok, leaks=leaks)
+    state.shape, state.params, state.activation_bytes = site.shape, params, activations
+    _keep(rt, state, bp, g, seed)
+    return evidence
+
+
+def _add_facts(
+    rt: ExecutionRuntime,
+    evidence: dict[str, float],
+    bp: Blueprint,
+    slot: SeedSlot,
+    memory: dict[str, float],
+    writes_input: bool,
+) -> None:
+    """The G0 evidence besides the seed's own checks: input writes, the artifact, the slot's
+    facts, the memory figures and the host's size."""
+    evidence[ev.SEED_WRITES_INPUT] = float(writes_input)
+    if bp.artifact:
+        evidence[ev.ARTIFACT_VERIFIED] = 1.0
+    evidence.update(slot_facts(slot))
+    evidence.update(memory)
+    host = host_parameters(rt.model, rt.slots)
+    evidence[ev.HOST_PARAMS] = float(sum(p.numel() for p in host))
+
+
+def _judge(
+    rt: ExecutionRuntime, state: SlotState, evidence: dict[str, float], probe_ok: bool, leaks: bool
+) -> None:
+    """Release the attached seed and refuse when a check failed (a leak only under
+    ``strict_attach``)."""
+    failed = [k for k in _FLAGS if evidence[k] != 1.0]
     if not probe_ok or failed or (rt.config.strict_attach and leaks):
         state.release(rt.device)
         raise OrderError(
             f"germination checks failed: {failed or 'isolation/zero output'}", evidence
         )
-    state.shape, state.params, state.activation_bytes = site.shape, params, activations
+
+
+def _keep(
+    rt: ExecutionRuntime, state: SlotState, bp: Blueprint, g: pb.Germinate, seed: nn.Module
+) -> None:
+    """The accepted seed's settings and optimizer (gradients synced across ranks)."""
     state.artifact = bp.artifact
     state.blend_steps = int(g.blend_steps) or rt.config.blend_steps
     state.schedule = g.alpha_schedule
-    state.optimizer = seed_optimizer(list(seed.parameters()), params)
+    state.optimizer = seed_optimizer(list(seed.parameters()), state.params)
     if rt.world_size > 1 and dist.is_available() and dist.is_initialized():
-        sync_grads(slot, rt.world_size)
-    return evidence
+        sync_grads(state.slot, rt.world_size)
 
 
 def resolve(rt: ExecutionRuntime, g: pb.Germinate) -> Blueprint:
@@ -172,16 +203,6 @@ def _site(rt: ExecutionRuntime, slot: SeedSlot) -> Site:
     return Site(inputs, base, tap, SlotShape.of(tap.h, tap.x))
 
 
-def _check_fit(bp: Blueprint, shape: SlotShape, blend_mode: int) -> None:
-    if not signed_off(bp, shape):
-        raise OrderError(
-            f"blueprint {bp.name!r} is not signed off for shape {shape}",
-            {ev.BLUEPRINT_KNOWN: 1.0, ev.BLUEPRINT_SIGNED_OFF: 0.0},
-        )
-    if blend_mode == pb.BLEND_MODE_CONVEX and not bp.convex_ok:
-        raise OrderError(f"blueprint {bp.name!r} does not support convex blending")
-
-
 def build_seed(
     rt: ExecutionRuntime,
     bp: Blueprint,
@@ -205,18 +226,6 @@ def _rng_seed(
     return int.from_bytes(hashlib.sha256(salt).digest()[:7], "big")
 
 
-def check_params(params: dict[str, float]) -> dict[str, float]:
-    """Germinate parameters must be finite and of a sane magnitude (refused before any build)."""
-    for name, value in sorted(params.items()):
-        if not math.isfinite(value) or abs(value) > MAX_PARAM_MAGNITUDE:
-            raise OrderError(
-                f"germinate parameter {name}={value!r} is out of bounds"
-                f" (finite, |value| <= {MAX_PARAM_MAGNITUDE:g})",
-                {ev.PARAMS_FINITE: float(math.isfinite(value))},
-            )
-    return params
-
-
 def check_size(
     rt: ExecutionRuntime, bp: Blueprint, site: Site, params: dict[str, float], slot: SeedSlot
 ) -> tuple[dict[str, float], int]:
@@ -229,7 +238,7 @@ def check_size(
     if kernel is not None:  # sizes from the verified manifest
         m = kernel.manifest
         total = sum(math.prod(s) for s in m.tensors.values())
-        _check_limit(rt, bp, m.param_count, total)
+        check_limit(rt, bp, m.param_count, total)
         activations = int(2 * src.numel() * src.element_size() * scale)  # output + one more
         request = request_bytes(m.param_count, total - m.param_count, site.shape.dtype)
         return check_budget(rt, request + activations), activations
@@ -240,48 +249,12 @@ def check_size(
         raise OrderError(f"blueprint {bp.name!r} cannot build with {params}: {exc}") from None
     try:
         n = param_count(ghost)
-        _check_limit(rt, bp, n, sum(t.numel() for t in ghost.buffers()) + n)
+        check_limit(rt, bp, n, sum(t.numel() for t in ghost.buffers()) + n)
         activations = int(activation_bytes(ghost, tuple(src.shape), site.shape.dtype) * scale)
         request = footprint(ghost, site.shape.dtype, activations)
     finally:
         _discard(ghost)
     return check_budget(rt, request), activations
-
-
-def _check_limit(rt: ExecutionRuntime, bp: Blueprint, n: int, size: int) -> None:
-    limit = rt.config.max_seed_params or max(param_count(rt.model), MIN_SEED_LIMIT)
-    if size > limit:
-        raise OrderError(
-            f"seed of blueprint {bp.name!r} would hold {size:,} elements"
-            f" (limit {limit:,}: RuntimeConfig.max_seed_params)",
-            {ev.SEED_PARAMS: float(n)},
-        )
-
-
-def check_shares_nothing(rt: ExecutionRuntime, seed: nn.Module) -> None:
-    """Refuse a seed that holds a host module, parameter or buffer (by identity or storage)."""
-    in_slots = {id(m) for slot in rt.slots.values() for m in slot.modules()}
-    host = [m for m in rt.model.modules() if id(m) not in in_slots]
-    host_ids = {id(m) for m in host}
-    tensors = [t for m in host for t in (*m.parameters(False), *m.buffers(False))]
-    host_ids.update(id(t) for t in tensors)
-    storages = {_storage(t) for t in tensors} - {0}
-    shared = [
-        name
-        for name, obj in (*seed.named_modules(), *seed.named_parameters(), *seed.named_buffers())
-        if id(obj) in host_ids or (isinstance(obj, Tensor) and _storage(obj) in storages)
-    ]
-    if shared:
-        raise OrderError(
-            f"seed shares {len(shared)} module(s)/tensor(s) with the host: {shared[:5]}",
-            {ev.SEED_SHARES_HOST: float(len(shared))},
-        )
-
-
-def _storage(t: Tensor) -> int:
-    if t.device.type == "meta":
-        return 0
-    return int(t.untyped_storage().data_ptr())
 
 
 def dry_run(seed: nn.Module, bp: Blueprint, site: Site) -> tuple[bool, bool]:

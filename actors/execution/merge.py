@@ -68,19 +68,33 @@ def mlp_block(host: nn.Module) -> tuple[nn.Linear, nn.Linear] | None:
 
 def mergeable(seed: nn.Module, blueprint: str, reads_input: bool, host: nn.Module) -> str | None:
     """The merge that fits (``"lowrank"``, ``"width"``) or None (the seed stays a fossil)."""
-    if blueprint == "lowrank" and type(seed) is LowRankAdapter and not reads_input:
-        lin = last_linear(host)
-        if lin is not None and lin.out_features == seed.b.out_features:
-            return "lowrank"
-    if blueprint == "width" and type(seed) is ResidualMLP and reads_input:
-        block = mlp_block(host)
-        if block is not None:
-            first, last = block
-            fc1, fc2 = seed.fc1, seed.fc2
-            fits = fc1.in_features == first.in_features and fc2.out_features == last.out_features
-            if fits and first.bias is not None and last.bias is not None:
-                return "width"
+    if blueprint == "lowrank" and not reads_input and _lowrank_fits(seed, host):
+        return "lowrank"
+    if blueprint == "width" and reads_input and _width_fits(seed, host):
+        return "width"
     return None
+
+
+def _lowrank_fits(seed: nn.Module, host: nn.Module) -> bool:
+    """The seed is a low-rank adapter and the host ends in a Linear whose output it matches."""
+    if type(seed) is not LowRankAdapter:
+        return False
+    lin = last_linear(host)
+    return lin is not None and lin.out_features == seed.b.out_features
+
+
+def _width_fits(seed: nn.Module, host: nn.Module) -> bool:
+    """The seed is a residual MLP and the host a biased two-layer MLP whose input and output
+    widths it matches."""
+    if type(seed) is not ResidualMLP:
+        return False
+    block = mlp_block(host)
+    if block is None:
+        return False
+    first, last = block
+    fc1, fc2 = seed.fc1, seed.fc2
+    fits = fc1.in_features == first.in_features and fc2.out_features == last.out_features
+    return fits and first.bias is not None and last.bias is not None
 
 
 def merge_fossil(rt: ExecutionRuntime, state: SlotState) -> bool:

@@ -24,17 +24,11 @@ if TYPE_CHECKING:
 
 def probe(rt: ExecutionRuntime, step: int) -> dict[str, bool]:
     """Run the sampled isolation probe now; returns slot -> violated (signals are queued)."""
-    active = [
-        s
-        for s in rt.states.values()
-        if s.slot.seed is not None and s.slot.stage in st.ISOLATED_STAGES and not s.slot.fossil
-    ]
+    active = [s for s in rt.states.values() if _probed(s)]
     if not active or rt.probe_batch is None:
         return {}
     reports = isolation_probe(rt.model, rt.slots, active, rt.device, rt.probe_batch, rt.loss_fn)
-    for sid, rep in train_mode_probe(rt, active).items():  # leaks that only train mode shows
-        if rep.violated and not (sid in reports and reports[sid].violated):
-            reports[sid] = rep
+    _add_violations(reports, train_mode_probe(rt, active))  # leaks that only train mode shows
     for sid, rep in reports.items():
         state = rt.states[sid]
         state.isolation_probes += 1
@@ -42,6 +36,19 @@ def probe(rt: ExecutionRuntime, step: int) -> dict[str, bool]:
             state.isolation_violations += 1
             rt.outbox.put(KIND_SAFETY, isolation_signal(sid, step, rep, rank=rt.rank))
     return {sid: rep.violated for sid, rep in reports.items()}
+
+
+def _probed(state: SlotState) -> bool:
+    """The slot holds a live seed in a stage whose isolation is probed."""
+    slot = state.slot
+    return slot.seed is not None and slot.stage in st.ISOLATED_STAGES and not slot.fossil
+
+
+def _add_violations(reports: dict[str, IsolationReport], more: dict[str, IsolationReport]) -> None:
+    """Take each violation of ``more`` into ``reports`` where ``reports`` has none."""
+    for sid, rep in more.items():
+        if rep.violated and not (sid in reports and reports[sid].violated):
+            reports[sid] = rep
 
 
 def train_mode_probe(rt: ExecutionRuntime, active: list[SlotState]) -> dict[str, IsolationReport]:

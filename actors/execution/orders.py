@@ -42,9 +42,7 @@ def apply_due(
     orders = due(rt, step)
     if not orders:
         return []
-    held = {o.order_id for o in orders if not released(o, commit)}
-    if agreed is not None:
-        held &= agreed
+    held = _held(orders, commit, agreed)
     rt.pending = [o for o in rt.pending if o.apply_at_step > step or o.order_id in held]
     entering = []
     for order in orders:
@@ -55,6 +53,15 @@ def apply_due(
         elif apply(rt, order, step, commit) and order.stage == st.TRAINING:
             entering.append(order.slot)
     return entering
+
+
+def _held(orders: list[pb.ExecutionOrder], commit: int, agreed: set[str] | None) -> set[str]:
+    """Ids of the due orders that wait on a barrier commit (``commit``: the newest received);
+    with ``agreed``, only those every rank holds wait (the others are refused)."""
+    held = {o.order_id for o in orders if not released(o, commit)}
+    if agreed is not None:
+        held &= agreed
+    return held
 
 
 def refuse(rt: ExecutionRuntime, order: pb.ExecutionOrder, step: int, reason: str) -> None:

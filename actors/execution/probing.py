@@ -30,8 +30,7 @@ def probe_mode(model: nn.Module, device: torch.device, *, train: bool = False) -
     duration; training flags and the seeds' RNG streams restored exactly."""
     flags = [(m, m.training) for m in model.modules()]
     streams = [(s, s.rng) for s in model.modules() if isinstance(s, SeedSlot)]
-    counters = {id(b) for slot, _ in streams for b in slot.buffers(recurse=False)}
-    buffers = [(b, b.clone()) for b in model.buffers() if id(b) not in counters] if train else []
+    buffers = _saved_buffers(model, [slot for slot, _ in streams]) if train else []
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         model.train(train)
@@ -45,6 +44,12 @@ def probe_mode(model: nn.Module, device: torch.device, *, train: bool = False) -
             with torch.no_grad():
                 for b, saved in buffers:
                     b.copy_(saved)
+
+
+def _saved_buffers(model: nn.Module, slots: list[SeedSlot]) -> list[tuple[Tensor, Tensor]]:
+    """A copy of each buffer of ``model`` but the slots' own (their RNG counters)."""
+    counters = {id(b) for slot in slots for b in slot.buffers(recurse=False)}
+    return [(b, b.clone()) for b in model.buffers() if id(b) not in counters]
 
 
 def split_batch(batch: ProbeBatch) -> tuple[Tensor, Tensor | None]:

@@ -75,11 +75,7 @@ def plan(
         raise RestoreError("not a runtime checkpoint (version 3 with slots)")
     out = Plan(step=int(payload["step"]))
     if slots:
-        unknown = sorted(set(payload["slots"]) - set(rt.states))
-        if unknown:
-            raise RestoreError(f"checkpoint names slots this runtime does not have: {unknown}")
-        out.slots = {sid: _slot_plan(rt, sid, e) for sid, e in payload["slots"].items()}
-        out.groups = _groups_after(rt, out)
+        _plan_slots(rt, payload["slots"], out)
     if host and "host" in payload:
         out.host = _host_plan(rt.model, payload["host"])
         out.host_optimizer = payload["host_optimizer"]
@@ -87,11 +83,24 @@ def plan(
         _check_groups(groups, payload["host_optimizer"])
     with_masks = host if masks is None else masks
     if with_masks:
-        try:
-            out.masks = restored(rt.pruner, payload)
-        except PruningError as exc:
-            raise RestoreError(str(exc)) from None
+        out.masks = _masks_plan(rt, payload)
     return out
+
+
+def _plan_slots(rt: ExecutionRuntime, saved: dict[str, Any], out: Plan) -> None:
+    """Each saved slot's plan into ``out``, and the host optimizer's groups after them."""
+    unknown = sorted(set(saved) - set(rt.states))
+    if unknown:
+        raise RestoreError(f"checkpoint names slots this runtime does not have: {unknown}")
+    out.slots = {sid: _slot_plan(rt, sid, e) for sid, e in saved.items()}
+    out.groups = _groups_after(rt, out)
+
+
+def _masks_plan(rt: ExecutionRuntime, payload: dict[str, Any]) -> dict[str, Tensor]:
+    try:
+        return restored(rt.pruner, payload)
+    except PruningError as exc:
+        raise RestoreError(str(exc)) from None
 
 
 def _slot_plan(rt: ExecutionRuntime, sid: str, entry: dict[str, Any]) -> SlotPlan:
@@ -142,16 +151,32 @@ def _groups_after(rt: ExecutionRuntime, p: Plan) -> list[list[Tensor]]:
     groups = [list(g["params"]) for g in rt.host_optimizer.param_groups]
     for sid, sp in sorted(p.slots.items()):
         old = {id(t) for t in rt.slots[sid].seed_parameters()} if rt.slots[sid].fossil else set()
-        new = list(sp.seed.parameters()) if sp.seed is not None and sp.entry["fossil"] else []
-        alone = [i for i, g in enumerate(groups) if g and {id(t) for t in g} == old]
-        if old and alone and new:
-            groups[alone[0]] = new
-            continue
-        groups = [[t for t in g if id(t) not in old] for g in groups]
-        groups = [g for g in groups if g]
-        if new:
-            groups.append(new)
+        new: list[Tensor] = (
+            list(sp.seed.parameters()) if sp.seed is not None and sp.entry["fossil"] else []
+        )
+        groups = _swapped(groups, old, new)
     return groups
+
+
+def _swapped(groups: list[list[Tensor]], old: set[int], new: list[Tensor]) -> list[list[Tensor]]:
+    """``groups`` with a fossil's parameters (ids ``old``) replaced by a restored fossil's
+    (``new``): in place when the old ones form a group of their own, else removed (empty groups
+    dropped) and the new ones appended as a group."""
+    alone = _own_group(groups, old)
+    if old and alone is not None and new:
+        groups[alone] = new
+        return groups
+    groups = [[t for t in g if id(t) not in old] for g in groups]
+    groups = [g for g in groups if g]
+    if new:
+        groups.append(new)
+    return groups
+
+
+def _own_group(groups: list[list[Tensor]], ids: set[int]) -> int | None:
+    """The index of the first group made of exactly the parameters ``ids`` (None if none)."""
+    alone = [i for i, g in enumerate(groups) if g and {id(t) for t in g} == ids]
+    return alone[0] if alone else None
 
 
 def _check_groups(groups: list[list[Tensor]], saved: dict[str, Any]) -> None:

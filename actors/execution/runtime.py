@@ -30,8 +30,16 @@ import torch.distributed as dist
 from google.protobuf.message import Message
 from torch import nn
 
-from actors.execution import merge, monitor, orders, pruning_orders, ranks, recovery, shadow
-from actors.execution import stages as st
+from actors.execution import (
+    merge,
+    monitor,
+    orders,
+    pruning_orders,
+    ranks,
+    recovery,
+    seedsteps,
+    shadow,
+)
 from actors.execution.config import RuntimeConfig, default_device
 from actors.execution.confirm import Confirmations, OnConfirm, StepConfirmation
 from actors.execution.distill import check_teacher, soft_targets
@@ -41,7 +49,6 @@ from actors.execution.kernelcache import KernelCache
 from actors.execution.mailbox import KIND_BARRIER_VOTE, KIND_SAFETY, Inbox, Outbox, state_digest
 from actors.execution.memory import SeedMemory, out_of_memory
 from actors.execution.merge import Merged
-from actors.execution.optim import grad_norm
 from actors.execution.probing import LossFn, ProbeBatch, split_batch
 from actors.execution.pruning import Pruner
 from actors.execution.slot import SeedSlot, SlottedModule
@@ -101,6 +108,13 @@ class ExecutionRuntime:
         self.hosts = {
             m.slot.slot_id: m.host for m in self.model.modules() if isinstance(m, SlottedModule)
         }
+        self._init_exchange(notify, on_confirm)
+
+    def _init_exchange(
+        self, notify: Callable[[], None] | None, on_confirm: OnConfirm | None
+    ) -> None:
+        """What the runtime exchanges with the bus side and keeps over steps: inbox, outbox,
+        pending orders, checkpoint and rollback requests, confirmations, the loss history."""
         self.checkpoints: list[tuple[int, str]] = []  # (step, path), oldest first
         self._checkpoint_wanted = threading.Event()
         self._checkpoint_reason = ""
@@ -201,7 +215,7 @@ class ExecutionRuntime:
         if self._barrier_step(step):  # gradient verification through sampling
             self._grad_digest = ranks.grad_digest(self.slots, step)
         if any(s.slot.seed is not None for s in self.states.values()):
-            self._train_seeds(step)
+            seedsteps.train_seeds(self, step)
         self.pending.extend(self.inbox.drain())
         pruning_due = pruning_orders.take(self)
         agreed, commit = None, self.committed_barrier
@@ -210,7 +224,7 @@ class ExecutionRuntime:
             agreed, commit = ranks.agree(due + pruning_due, self.device, commit)
         entering = orders.apply_due(self, step, agreed, commit) if self.pending else []
         pruning_orders.apply_due(self, step, agreed)
-        self._advance_alpha(step)
+        seedsteps.advance_alpha(self, step)
         self._periodic(step, val_loss, val_accuracy)
         recovery.at_boundary(self, step, entering, agreed)
         pruning_orders.at_boundary(self, step)
@@ -270,52 +284,6 @@ class ExecutionRuntime:
             chunk=cfg.teacher_chunk,
         )
 
-    def _train_seeds(self, step: int) -> None:
-        for sid, state in self.states.items():
-            slot = state.slot
-            if slot.seed is None or slot.stage not in st.ISOLATED_STAGES or slot.fossil:
-                continue
-            try:
-                self._train_seed(sid, state)
-            except Exception as exc:
-                if not is_oom(exc):
-                    raise
-                out_of_memory(self, state, "the seed's optimizer step", f"{exc}")
-
-    def _train_seed(self, sid: str, state: SlotState) -> None:
-        slot, step = state.slot, self.step
-        if float(slot.inplace):
-            self._inplace_violation(state, step)
-        nonfinite = float(slot.nonfinite)
-        if nonfinite:
-            state.output_nonfinite += int(nonfinite)
-            slot.nonfinite.zero_()
-            self._safety(sid, pb.SAFETY_SIGNAL_NON_FINITE_OUTPUT, nonfinite, "seed output")
-        opt = state.optimizer
-        params = slot.seed_parameters()
-        if opt is None or not any(p.grad is not None for p in params):
-            return
-        if slot.stage == st.BLENDING:
-            norm = torch.nn.utils.clip_grad_norm_(params, st.adaptive_clip(float(slot.alpha)))
-        else:
-            norm = grad_norm(params)
-        value = float(norm)
-        state.record_grad(value, training=slot.stage == st.TRAINING)
-        if not math.isfinite(value):
-            self._safety(sid, pb.SAFETY_SIGNAL_NON_FINITE_GRAD, value, "seed gradient")
-        elif not state.paused:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    def _advance_alpha(self, step: int) -> None:
-        for state in self.states.values():
-            if state.slot.stage == st.BLENDING and state.slot.seed is not None:
-                a = st.alpha_at(state.schedule, step + 1 - state.blend_start, state.blend_steps)
-                state.slot.alpha.fill_(a)
-                phase = st.blend_phase(state.phase, a, self.config.alpha_hysteresis)
-                state.phase_changes += int(phase != state.phase)
-                state.phase = phase
-
     # -- probes and evidence -------------------------------------------------------------------
     def probe(self, step: int) -> dict[str, bool]:
         """Run the sampled isolation probe now; returns slot -> violated (signals are queued)."""
@@ -346,13 +314,6 @@ class ExecutionRuntime:
     def stage_evidence(self, sid: str) -> dict[str, float]:
         """What the exit gate of the slot's stage reads (see :func:`monitor.stage_evidence`)."""
         return monitor.stage_evidence(self, sid)
-
-    def _inplace_violation(self, state: SlotState, step: int) -> None:
-        writes = float(state.slot.inplace)
-        state.slot.inplace.zero_()
-        state.isolation_violations += 1
-        detail = f"seed wrote its input (the host activation) in place {writes:g} time(s)"
-        self._safety(state.slot.slot_id, pb.SAFETY_SIGNAL_ISOLATION_VIOLATION, writes, detail)
 
     def _safety(self, slot: str, kind: int, value: float, detail: str) -> None:
         signal = pb.SafetySignal(

@@ -55,33 +55,57 @@ def serve(rt: ExecutionRuntime, batch: ProbeBatch) -> int:
         use = shadow_use(state)
         if use is None:
             continue
-        slot = state.slot
-        params = [p for p in slot.seed_parameters() if p.requires_grad]
         kd = kd_settings(rt, state)
         if kd is not None and soft is None:
             soft = rt.soft_targets(inputs)
         distill = None if kd is None or soft is None else (soft, *kd)
-        try:
-            grads, gain = shadow_step(
-                rt.model, slot, rt.device, inputs, targets, rt.loss_fn, distill
-            )
-        except Exception as exc:
-            if not is_oom(exc):
-                raise
-            out_of_memory(rt, state, "the shadow-loss step", f"{exc}")
-            continue
-        if slot.stage == st.TRAINING:
-            state.shadow_gains.append(gain)
-        blended = [p.grad for p in params] if use == ADD else [None] * len(params)
-        for p, g in zip(params, grads, strict=True):
-            p.grad = None if g is None else g.detach()
-        if rt.distributed:
-            average_grads(params, rt.world_size)
-        for p, b in zip(params, blended, strict=True):
-            if b is not None:
-                p.grad = b if p.grad is None else p.grad + b
-        served += 1
+        if _serve_one(rt, state, use, inputs, targets, distill):
+            served += 1
     return served
+
+
+def _serve_one(
+    rt: ExecutionRuntime,
+    state: SlotState,
+    use: str,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    distill: tuple[torch.Tensor, float, float] | None,
+) -> bool:
+    """One seed's shadow step and gradient (``use``: replace or add); False when the step ran
+    out of memory (recorded, the seed skipped)."""
+    slot = state.slot
+    params = [p for p in slot.seed_parameters() if p.requires_grad]
+    try:
+        grads, gain = shadow_step(rt.model, slot, rt.device, inputs, targets, rt.loss_fn, distill)
+    except Exception as exc:
+        if not is_oom(exc):
+            raise
+        out_of_memory(rt, state, "the shadow-loss step", f"{exc}")
+        return False
+    if slot.stage == st.TRAINING:
+        state.shadow_gains.append(gain)
+    _set_grads(rt, params, grads, add=use == ADD)
+    return True
+
+
+def _set_grads(
+    rt: ExecutionRuntime,
+    params: list[torch.nn.Parameter],
+    grads: list[torch.Tensor | None],
+    *,
+    add: bool,
+) -> None:
+    """Give ``params`` the shadow gradients ``grads`` (averaged across ranks), in place of the
+    blended ones or (``add``) on top of them."""
+    blended = [p.grad for p in params] if add else [None] * len(params)
+    for p, g in zip(params, grads, strict=True):
+        p.grad = None if g is None else g.detach()
+    if rt.distributed:
+        average_grads(params, rt.world_size)
+    for p, b in zip(params, blended, strict=True):
+        if b is not None:
+            p.grad = b if p.grad is None else p.grad + b
 
 
 def average_grads(params: list[torch.nn.Parameter], world: int) -> None:

@@ -1,0 +1,96 @@
+"""What a seed must pass before it is attached, each a refusal (:class:`OrderError`) that changes
+nothing: sane germinate parameters, a blueprint signed off for the slot's shape (and blend mode),
+a size within the limit, and no module or tensor shared with the host."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from torch import Tensor, nn
+
+from actors.execution.blueprints import Blueprint, SlotShape, param_count, signed_off
+from actors.execution.errors import OrderError
+from contracts import evidence as ev
+from leyline import pb
+
+if TYPE_CHECKING:
+    from actors.execution.runtime import ExecutionRuntime
+
+__all__ = [
+    "MAX_PARAM_MAGNITUDE",
+    "MIN_SEED_LIMIT",
+    "check_fit",
+    "check_limit",
+    "check_params",
+    "check_shares_nothing",
+]
+
+MAX_PARAM_MAGNITUDE = 1e9  # no germinate parameter (sizes, rates, scales) is larger than this
+MIN_SEED_LIMIT = 1_000_000  # default seed size limit: the host's parameter count, at least this
+
+
+def check_params(params: dict[str, float]) -> dict[str, float]:
+    """Germinate parameters must be finite and of a sane magnitude (refused before any build)."""
+    for name, value in sorted(params.items()):
+        if not math.isfinite(value) or abs(value) > MAX_PARAM_MAGNITUDE:
+            raise OrderError(
+                f"germinate parameter {name}={value!r} is out of bounds"
+                f" (finite, |value| <= {MAX_PARAM_MAGNITUDE:g})",
+                {ev.PARAMS_FINITE: float(math.isfinite(value))},
+            )
+    return params
+
+
+def check_fit(bp: Blueprint, shape: SlotShape, blend_mode: int) -> None:
+    """The blueprint is signed off for the slot's shape and, for convex blending, supports it."""
+    if not signed_off(bp, shape):
+        raise OrderError(
+            f"blueprint {bp.name!r} is not signed off for shape {shape}",
+            {ev.BLUEPRINT_KNOWN: 1.0, ev.BLUEPRINT_SIGNED_OFF: 0.0},
+        )
+    if blend_mode == pb.BLEND_MODE_CONVEX and not bp.convex_ok:
+        raise OrderError(f"blueprint {bp.name!r} does not support convex blending")
+
+
+def check_limit(rt: ExecutionRuntime, bp: Blueprint, n: int, size: int) -> None:
+    """The seed's ``size`` (elements, ``n`` of them parameters) is within the runtime's limit."""
+    limit = rt.config.max_seed_params or max(param_count(rt.model), MIN_SEED_LIMIT)
+    if size > limit:
+        raise OrderError(
+            f"seed of blueprint {bp.name!r} would hold {size:,} elements"
+            f" (limit {limit:,}: RuntimeConfig.max_seed_params)",
+            {ev.SEED_PARAMS: float(n)},
+        )
+
+
+def check_shares_nothing(rt: ExecutionRuntime, seed: nn.Module) -> None:
+    """Refuse a seed that holds a host module, parameter or buffer (by identity or storage)."""
+    host_ids, storages = _host_identities(rt)
+    shared = [
+        name
+        for name, obj in (*seed.named_modules(), *seed.named_parameters(), *seed.named_buffers())
+        if id(obj) in host_ids or (isinstance(obj, Tensor) and _storage(obj) in storages)
+    ]
+    if shared:
+        raise OrderError(
+            f"seed shares {len(shared)} module(s)/tensor(s) with the host: {shared[:5]}",
+            {ev.SEED_SHARES_HOST: float(len(shared))},
+        )
+
+
+def _host_identities(rt: ExecutionRuntime) -> tuple[set[int], set[int]]:
+    """The ids of the host's modules, parameters and buffers (slots aside), and the storages of
+    its tensors."""
+    in_slots = {id(m) for slot in rt.slots.values() for m in slot.modules()}
+    host = [m for m in rt.model.modules() if id(m) not in in_slots]
+    host_ids = {id(m) for m in host}
+    tensors = [t for m in host for t in (*m.parameters(False), *m.buffers(False))]
+    host_ids.update(id(t) for t in tensors)
+    return host_ids, {_storage(t) for t in tensors} - {0}
+
+
+def _storage(t: Tensor) -> int:
+    if t.device.type == "meta":
+        return 0
+    return int(t.untyped_storage().data_ptr())

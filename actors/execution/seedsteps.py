@@ -1,0 +1,79 @@
+"""The seeds' own steps, once per training step: each live seed's optimizer steps on its gradients
+(clipped while BLENDING; a non-finite gradient or output, or an in-place write of the host
+activation, raised as a safety signal instead), and each BLENDING seed's alpha moves on."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+from actors.execution import stages as st
+from actors.execution.errors import is_oom
+from actors.execution.memory import out_of_memory
+from actors.execution.optim import grad_norm
+from actors.execution.slotstate import SlotState
+from leyline import pb
+
+if TYPE_CHECKING:
+    from actors.execution.runtime import ExecutionRuntime
+
+
+def train_seeds(rt: ExecutionRuntime, step: int) -> None:
+    """Step each live seed's optimizer on its gradients (a seed out of memory is culled)."""
+    for sid, state in rt.states.items():
+        slot = state.slot
+        if slot.seed is None or slot.stage not in st.ISOLATED_STAGES or slot.fossil:
+            continue
+        try:
+            _train_seed(rt, sid, state)
+        except Exception as exc:
+            if not is_oom(exc):
+                raise
+            out_of_memory(rt, state, "the seed's optimizer step", f"{exc}")
+
+
+def _train_seed(rt: ExecutionRuntime, sid: str, state: SlotState) -> None:
+    slot, step = state.slot, rt.step
+    if float(slot.inplace):
+        _inplace_violation(rt, state, step)
+    nonfinite = float(slot.nonfinite)
+    if nonfinite:
+        state.output_nonfinite += int(nonfinite)
+        slot.nonfinite.zero_()
+        rt._safety(sid, pb.SAFETY_SIGNAL_NON_FINITE_OUTPUT, nonfinite, "seed output")
+    opt = state.optimizer
+    params = slot.seed_parameters()
+    if opt is None or not any(p.grad is not None for p in params):
+        return
+    if slot.stage == st.BLENDING:
+        norm = torch.nn.utils.clip_grad_norm_(params, st.adaptive_clip(float(slot.alpha)))
+    else:
+        norm = grad_norm(params)
+    value = float(norm)
+    state.record_grad(value, training=slot.stage == st.TRAINING)
+    if not math.isfinite(value):
+        rt._safety(sid, pb.SAFETY_SIGNAL_NON_FINITE_GRAD, value, "seed gradient")
+    elif not state.paused:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def advance_alpha(rt: ExecutionRuntime, step: int) -> None:
+    """Move each BLENDING seed's alpha along its schedule and track its blend phase."""
+    for state in rt.states.values():
+        if state.slot.stage == st.BLENDING and state.slot.seed is not None:
+            a = st.alpha_at(state.schedule, step + 1 - state.blend_start, state.blend_steps)
+            state.slot.alpha.fill_(a)
+            phase = st.blend_phase(state.phase, a, rt.config.alpha_hysteresis)
+            state.phase_changes += int(phase != state.phase)
+            state.phase = phase
+
+
+def _inplace_violation(rt: ExecutionRuntime, state: SlotState, step: int) -> None:
+    writes = float(state.slot.inplace)
+    state.slot.inplace.zero_()
+    state.isolation_violations += 1
+    detail = f"seed wrote its input (the host activation) in place {writes:g} time(s)"
+    rt._safety(state.slot.slot_id, pb.SAFETY_SIGNAL_ISOLATION_VIOLATION, writes, detail)
