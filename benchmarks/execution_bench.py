@@ -165,26 +165,17 @@ def run_execution_bench(
     seeded.rt.submit(
         pb.ExecutionOrder(order_id="t", slot="l2", stage=pb.SEED_STAGE_TRAINING, apply_at_step=1)
     )
-    arms = {"plain": plain, "dormant": dormant, "seeded": seeded}
+    twin = _Arm(copy.deepcopy(base), False, dev, 0)  # the A/A control: a second plain host
+    arms = {"plain": plain, "twin": twin, "dormant": dormant, "seeded": seeded}
     for arm in arms.values():
         arm.run(x, y, max(5, steps // 4))  # warm-up (and germination for the seeded arm)
-    times: dict[str, list[float]] = {k: [] for k in arms}
-    probe_times: list[float] = []
-    names = list(arms)
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order
-            times[name].append(_timed(arms[name], x, y, steps, dev))
-        _sync(dev)
-        t0 = time.perf_counter()
-        seeded.rt.probe(seeded.step)
-        _sync(dev)
-        probe_times.append(time.perf_counter() - t0)
+    times, probe_ms = _interleaved(arms, x, y, steps, rounds, dev)
     seeded.rt.drain_outbox()
     # best block per configuration: the least disturbed by other processes on the machine
     med = {k: 1e3 * min(v) for k, v in times.items()}
-    probe_ms = 1e3 * min(probe_times)
     figures = [
         _figure("execution.dormant_step", med["dormant"], med["plain"]),
+        _figure("execution.noise_floor", med["twin"], med["plain"]),
         _figure("execution.training_step", med["seeded"], med["dormant"]),
         _figure("execution.probe_cost", probe_ms / probe_every, med["seeded"]),
     ]
@@ -192,14 +183,10 @@ def run_execution_bench(
         bridge if isinstance(bridge, dict) else ({"execution.bus_step": bridge} if bridge else {})
     )
     for name, make in bridges.items():
-        if dormant.rt is None:
-            break
-        quiet = min(_timed(dormant, x, y, steps, dev) for _ in range(rounds))
-        with make(dormant.rt):
-            busy = min(_timed(dormant, x, y, steps, dev) for _ in range(rounds))
-        figures.append(_figure(name, 1e3 * busy, 1e3 * quiet))
+        figures.append(_bus_figure(name, dormant, make, x, y, steps, rounds, dev))
     details = {
         "execution.dormant_step": f"{len(SLOT_POINTS)} dormant slots, runtime called every step",
+        "execution.noise_floor": "a second copy of the plain host vs the first (the A/A control)",
         "execution.training_step": f"one residual_mlp seed (hidden {seed_hidden}) in TRAINING",
         "execution.probe_cost": f"one probe every {probe_every} steps, {1e3 * probe_ms:.0f} us each",
         "execution.bus_step": "bridge draining the outbox vs none",
@@ -214,6 +201,58 @@ def run_execution_bench(
         f["width"], f["batch"] = width, batch
         f["params"] = sum(p.numel() for p in base.parameters())
     return figures
+
+
+def _interleaved(
+    arms: dict[str, _Arm],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    rounds: int,
+    dev: torch.device,
+) -> tuple[dict[str, list[float]], float]:
+    """Blocks of ``steps`` steps per arm, the arms rotated each round, and one isolation probe of
+    the seeded arm per round; returns every block's time per step and the best probe (ms)."""
+    times: dict[str, list[float]] = {k: [] for k in arms}
+    probe_times: list[float] = []
+    names = list(arms)
+    seeded = arms["seeded"].rt
+    assert seeded is not None
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order
+            times[name].append(_timed(arms[name], x, y, steps, dev))
+        _sync(dev)
+        t0 = time.perf_counter()
+        seeded.probe(arms["seeded"].step)
+        _sync(dev)
+        probe_times.append(time.perf_counter() - t0)
+    return times, 1e3 * min(probe_times)
+
+
+def _bus_figure(
+    name: str,
+    arm: _Arm,
+    make: Bridge,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    rounds: int,
+    dev: torch.device,
+) -> dict[str, Any]:
+    """Step time with the bridge running vs without, alternating quiet and busy blocks each round
+    (the bridge started and warmed by an untimed block before each busy block)."""
+    assert arm.rt is not None
+    times: dict[str, list[float]] = {"quiet": [], "busy": []}
+    for r in range(rounds):
+        for kind in ("quiet", "busy") if r % 2 == 0 else ("busy", "quiet"):
+            if kind == "quiet":
+                times[kind].append(_timed(arm, x, y, steps, dev))
+                continue
+            with make(arm.rt):
+                arm.run(x, y, steps)  # untimed: the bridge's actors are up and draining
+                times[kind].append(_timed(arm, x, y, steps, dev))
+    busy, quiet = min(times["busy"]), min(times["quiet"])
+    return _figure(name, 1e3 * busy, 1e3 * quiet)
 
 
 FIXED_DETAILS = {
@@ -280,7 +319,7 @@ def run_sizes(
         figures = run_execution_bench(
             device,
             steps=preset["steps"],
-            rounds=rounds if size == "small" else min(rounds, 5),
+            rounds=rounds,
             width=preset["width"],
             batch=preset["batch"],
             bridge=bridge,

@@ -36,6 +36,7 @@ def test_bench_figures_are_well_formed() -> None:
     names = [f["bench"] for f in figures]
     assert names == [
         "execution.dormant_step",
+        "execution.noise_floor",
         "execution.training_step",
         "execution.probe_cost",
         "execution.bus_step",
