@@ -15,16 +15,14 @@ signed, riding out Redis outages. On exit the outbox is flushed and the bus clos
 
 Without ``redis`` the run is in-process: every actor (seed per slot, gate, safety, telemetry,
 barrier) runs on the same background loop over an in-memory bus, for notebooks and tests.
+The handle :func:`attach` yields is :class:`~kasmina.attached.Attached`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
-import math
 import os
-import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
@@ -38,21 +36,16 @@ from torch import nn
 
 from actors.artifacts import BusStore, DirectoryStore, open_store
 from actors.assemble import live_verifier
-from actors.client import KasminaClient, Outcome
 from actors.execution import ExecutionRuntime, RuntimeConfig, insert_slots
 from actors.execution.actor import ExecutionActor
 from actors.execution.confirm import StepConfirmation
 from actors.execution.slot import SeedSlot
 from bus import Bus, BusClosed, BusUnavailable, open_bus
 from contracts import KasminaConfig, KeyRing, Signer, streams
-from scenarios.cluster import Cluster, read_events, running_cluster
-from scenarios.pacing import wait_drained
+from kasmina.attached import Attached
+from scenarios.cluster import Cluster, running_cluster
 
 __all__ = ["Attached", "StepConfirmation", "attach"]
-
-SETTLE_TIMEOUT_S = 20.0
-
-log = logging.getLogger("kasmina.attach")
 
 
 def _ring(keys: str | Path | KeyRing | None, in_process: bool) -> KeyRing:
@@ -83,122 +76,6 @@ def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
             dist.get_world_size() if world_size is None else world_size,
         )
     return (0 if rank is None else rank, 1 if world_size is None else world_size)
-
-
-class Attached:
-    """A training loop's handle on a run: ``on_step`` once per step, commands, pacing, events.
-
-    Built by :func:`attach`; every method is called from the training thread unless it says
-    otherwise."""
-
-    def __init__(
-        self,
-        runtime: ExecutionRuntime,
-        *,
-        portal: BlockingPortal,
-        bus: Bus,
-        run: str,
-        ring: KeyRing,
-        config: KasminaConfig,
-        actor: ExecutionActor,
-        cluster: Cluster | None,
-        lockstep: bool,
-    ) -> None:
-        self.runtime = runtime
-        self.portal = portal
-        self.bus = bus
-        self.run = run
-        self.ring = ring
-        self.config = config
-        self.actor = actor
-        self.cluster = cluster
-        self.lockstep = lockstep
-        self.client = KasminaClient(
-            bus, run, Signer(ring, "attach"), live_verifier(bus, run, ring, config)
-        )
-        self._trainer: int | None = None
-
-    # -- the loop's side ----------------------------------------------------------------------
-    @property
-    def slots(self) -> Mapping[str, SeedSlot]:
-        """The slots, by id."""
-        return self.runtime.slots
-
-    @property
-    def rank(self) -> int:
-        """This process's rank."""
-        return self.runtime.rank
-
-    def on_step(
-        self,
-        step: int,
-        loss: float | torch.Tensor | None = None,
-        *,
-        val_loss: float = math.nan,
-        val_accuracy: float = math.nan,
-        batch: Any = None,
-    ) -> None:
-        """``runtime.on_step``: once per step, after ``optimizer.step()``. With ``lockstep`` it
-        also waits, on barrier boundaries, until the run has handled everything sent so far."""
-        self._trainer = threading.get_ident()
-        self.runtime.on_step(step, loss, val_loss=val_loss, val_accuracy=val_accuracy, batch=batch)
-        if self.lockstep and step % max(1, self.runtime.config.barrier_frequency) == 0:
-            self.settle()
-
-    def settle(self, timeout_s: float = SETTLE_TIMEOUT_S) -> bool:
-        """Flush, then wait until every inbox of the run is drained and the event log still;
-        False (and a warning) if ``timeout_s`` passed first, e.g. because no process serves an
-        actor the run needs."""
-        ok: bool = self.portal.call(
-            lambda: wait_drained(self.bus, self.run, timeout_s=timeout_s, flush=self.actor.flush)
-        )
-        if not ok:
-            log.warning(
-                "run %s did not settle within %g s: is every actor and slot served?",
-                self.run,
-                timeout_s,
-            )
-        return ok
-
-    # -- commands and the log -------------------------------------------------------------------
-    def command(
-        self, slot: str, action: str, *, wait: bool = False, timeout_s: float = 30.0, **params: Any
-    ) -> str | Outcome:
-        """Send a command (``germinate`` needs ``blueprint=``); returns its id, or with ``wait``
-        its :class:`~actors.client.Outcome`. Never wait from the training thread: an outcome
-        needs the steps that thread runs (a ``RuntimeError`` says so)."""
-        if wait and self._trainer == threading.get_ident():
-            raise RuntimeError(
-                "command(wait=True) from the training thread would wait on itself: "
-                "send without wait, or wait from another thread"
-            )
-        result: str | Outcome = self.portal.call(
-            lambda: self.client.command(slot, action, wait=wait, timeout_s=timeout_s, **params)
-        )
-        return result
-
-    def germinate(self, slot: str, blueprint: str = "", **params: Any) -> str | Outcome:
-        """``command(slot, "germinate", blueprint=blueprint, ...)``; ``artifact=ID`` germinates
-        a published blueprint artifact instead (see ``kasmina blueprints``)."""
-        return self.command(slot, "germinate", blueprint=blueprint, **params)
-
-    def events(self) -> list[tuple[str, str, Any]]:
-        """The run's verified event log as ``(entry_id, kind, message)``."""
-        result: list[tuple[str, str, Any]] = self.portal.call(
-            read_events, self.bus, self.run, self.ring
-        )
-        return result
-
-    def confirmations(self) -> list[StepConfirmation]:
-        """The step confirmations of the orders this rank applied or refused since the last
-        call, oldest first (``runtime.confirmations()``; ``on_confirm=`` gives a callback)."""
-        return self.runtime.confirmations()
-
-    def stage(self, slot: str) -> str:
-        """The slot's stage as this process's runtime holds it (e.g. ``"TRAINING"``)."""
-        from actors.execution.stages import stage_name
-
-        return stage_name(int(self.runtime.slots[slot].stage))
 
 
 @contextmanager
@@ -240,6 +117,36 @@ def attach(
 
     The model that trains is ``model`` itself (eager, with the slots inside); wrap it in DDP or
     ``torch.compile`` after this call, never before."""
+    setup = _setup(redis, run, keys, config, rank, world_size)
+    serve_actors = setup.in_process if actors is None else actors
+    pace = setup.in_process if lockstep is None else lockstep
+    inserted = _inserted(model, slots)
+    runtime = _runtime(model, inserted, optimizer, setup, runtime_options)
+    with ExitStack() as stack:
+        yield _serve(stack, runtime, setup, list(inserted) if serve_actors else None, pace)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """Where and as whom a process attaches: resolved from :func:`attach`'s arguments."""
+
+    ring: KeyRing
+    cfg: KasminaConfig
+    run: str
+    url: str
+    rank: int
+    world_size: int
+    in_process: bool
+
+
+def _setup(
+    redis: str | None,
+    run: str | None,
+    keys: str | Path | KeyRing | None,
+    config: KasminaConfig | str | Path | None,
+    rank: int | None,
+    world_size: int | None,
+) -> _Setup:
     in_process = redis is None
     ring = _ring(keys, in_process)
     cfg = _config(config)
@@ -251,15 +158,31 @@ def attach(
         )
     run = run or os.environ.get("KASMINA_RUN") or ("attach-" + uuid.uuid4().hex[:10])
     streams.prefix(run)  # validates the run id
-    url = redis or f"memory://{run}"
-    serve_actors = in_process if actors is None else actors
-    pace = in_process if lockstep is None else lockstep
+    return _Setup(ring, cfg, run, redis or f"memory://{run}", rank, world_size, in_process)
+
+
+def _inserted(
+    model: nn.Module, slots: Mapping[str, str] | Mapping[str, SeedSlot]
+) -> dict[str, SeedSlot]:
+    """The slots, inserted on the named submodules' outputs unless they already are."""
     if slots and all(isinstance(v, str) for v in slots.values()):
-        inserted = insert_slots(model, {k: str(v) for k, v in slots.items()})
-    else:
-        inserted = {k: v for k, v in slots.items() if isinstance(v, SeedSlot)}
-        if len(inserted) != len(slots):
-            raise TypeError("slots: give {slot_id: 'module.path'} or inserted SeedSlots")
+        return insert_slots(model, {k: str(v) for k, v in slots.items()})
+    inserted = {k: v for k, v in slots.items() if isinstance(v, SeedSlot)}
+    if len(inserted) != len(slots):
+        raise TypeError("slots: give {slot_id: 'module.path'} or inserted SeedSlots")
+    return inserted
+
+
+def _runtime(
+    model: nn.Module,
+    inserted: dict[str, SeedSlot],
+    optimizer: torch.optim.Optimizer,
+    setup: _Setup,
+    runtime_options: dict[str, Any],
+) -> ExecutionRuntime:
+    """The rank's runtime: the config's defaults, overridden by the ``RuntimeConfig`` fields
+    among ``runtime_options``; the other options are the runtime's keyword arguments."""
+    cfg = setup.cfg
     settings: dict[str, Any] = {
         "barrier_frequency": cfg.barrier.frequency,
         "report_every": cfg.barrier.frequency,
@@ -272,57 +195,76 @@ def attach(
     fields = {f.name for f in dataclasses.fields(RuntimeConfig)}
     settings.update({k: v for k, v in runtime_options.items() if k in fields})
     extra = {k: v for k, v in runtime_options.items() if k not in fields}
-    runtime = ExecutionRuntime(
+    return ExecutionRuntime(
         model,
         inserted,
         optimizer,
-        RuntimeConfig(**{**settings, "rank": rank, "world_size": world_size}),
+        RuntimeConfig(**{**settings, "rank": setup.rank, "world_size": setup.world_size}),
         **extra,
     )
-    with ExitStack() as stack:
-        portal = stack.enter_context(start_blocking_portal())
-        bus: Bus = portal.call(lambda: _open(url, cfg))
-        stack.callback(lambda: portal.call(bus.close))
-        cluster: Cluster | None = None
-        if serve_actors:
-            cluster = stack.enter_context(
-                portal.wrap_async_context_manager(
-                    running_cluster(bus, run=run, slots=list(inserted), ring=ring, config=cfg)
-                )
+
+
+def _serve(
+    stack: ExitStack,
+    runtime: ExecutionRuntime,
+    setup: _Setup,
+    actor_slots: list[str] | None,
+    lockstep: bool,
+) -> Attached:
+    """Open the bus on a background loop, serve the run's actors there when ``actor_slots`` is
+    given, and start the rank's ExecutionActor; ``stack`` undoes it all."""
+    run, ring, cfg = setup.run, setup.ring, setup.cfg
+    portal = stack.enter_context(start_blocking_portal())
+    bus: Bus = portal.call(lambda: _open(setup.url, cfg))
+    stack.callback(lambda: portal.call(bus.close))
+    cluster: Cluster | None = None
+    if actor_slots is not None:
+        cluster = stack.enter_context(
+            portal.wrap_async_context_manager(
+                running_cluster(bus, run=run, slots=actor_slots, ring=ring, config=cfg)
             )
-        artifacts = portal.call(_open_store, cfg.artifacts.store, bus)
-        if isinstance(artifacts, BusStore) and artifacts.bus is not bus:
-            stack.callback(lambda: portal.call(artifacts.bus.close))
-        runtime.kernels.ring = ring
-        runtime.kernels.max_artifact_bytes = cfg.artifacts.max_artifact_bytes
-        if isinstance(artifacts, DirectoryStore):
-            runtime.kernels.source = artifacts
-        actor = ExecutionActor(
-            runtime,
-            artifacts=artifacts,
-            bus=bus,
-            run=run,
-            signer=Signer(ring, f"execution:{rank}"),
-            verifier=live_verifier(bus, run, ring, cfg),
-            config=cfg,
-            rank=rank,
         )
-        # registered before the first step: orders fan out to the ranks registered when they
-        # are sent, so every rank of a data-parallel trainer is registered before any trains
-        portal.call(bus.register, streams.registry(run, "execution"), actor.inbox)
-        served, _ = portal.start_task(actor.run)
-        stack.callback(_stop, portal, actor, served)
-        yield Attached(
-            runtime,
-            portal=portal,
-            bus=bus,
-            run=run,
-            ring=ring,
-            config=cfg,
-            actor=actor,
-            cluster=cluster,
-            lockstep=pace,
-        )
+    actor = _execution_actor(stack, portal, bus, runtime, setup)
+    # registered before the first step: orders fan out to the ranks registered when they
+    # are sent, so every rank of a data-parallel trainer is registered before any trains
+    portal.call(bus.register, streams.registry(run, "execution"), actor.inbox)
+    served, _ = portal.start_task(actor.run)
+    stack.callback(_stop, portal, actor, served)
+    return Attached(
+        runtime,
+        portal=portal,
+        bus=bus,
+        run=run,
+        ring=ring,
+        config=cfg,
+        actor=actor,
+        cluster=cluster,
+        lockstep=lockstep,
+    )
+
+
+def _execution_actor(
+    stack: ExitStack, portal: BlockingPortal, bus: Bus, runtime: ExecutionRuntime, setup: _Setup
+) -> ExecutionActor:
+    """The rank's ExecutionActor, with the artifact store its runtime fetches kernels from."""
+    cfg, ring = setup.cfg, setup.ring
+    artifacts = portal.call(_open_store, cfg.artifacts.store, bus)
+    if isinstance(artifacts, BusStore) and artifacts.bus is not bus:
+        stack.callback(lambda: portal.call(artifacts.bus.close))
+    runtime.kernels.ring = ring
+    runtime.kernels.max_artifact_bytes = cfg.artifacts.max_artifact_bytes
+    if isinstance(artifacts, DirectoryStore):
+        runtime.kernels.source = artifacts
+    return ExecutionActor(
+        runtime,
+        artifacts=artifacts,
+        bus=bus,
+        run=setup.run,
+        signer=Signer(ring, f"execution:{setup.rank}"),
+        verifier=live_verifier(bus, setup.run, ring, cfg),
+        config=cfg,
+        rank=setup.rank,
+    )
 
 
 async def _open_store(url: str, bus: Bus) -> BusStore | DirectoryStore:

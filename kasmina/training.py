@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from actors.execution.confirm import StepConfirmation
 from actors.execution.stages import stage_name
+from kasmina.attached import Attached
 from kasmina.integration import attach
 
 __all__ = ["TrainResult", "TrainSpec", "load_factory", "task_factory", "train"]
@@ -136,7 +137,7 @@ def train(
     """Train ``spec`` attached to a run until ``steps`` (0: until ``stop``) or ``stop``."""
     world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     val_loss = val_acc = math.nan
-    done, stopped = 0, False
+    stopped = False
     confirmed: list[dict[str, Any]] = []
     options = {
         "probe_batch": spec.probe_batch,
@@ -147,39 +148,24 @@ def train(
     with attach(
         spec.model, spec.slots, spec.optimizer, **attach_options, **options, world_size=world_size
     ) as kas:
-        net: nn.Module = spec.model
-        if world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            net = DistributedDataParallel(spec.model)
-            # kept until the process exits: freeing DDP (and with it the gloo process group)
-            # can block on gloo's worker threads
-            _DATA_PARALLEL.append(net)
+        net = _data_parallel(spec.model, world_size)
         report_every = kas.runtime.config.report_every or 1
         step = 0
         while steps <= 0 or step < steps:
             if _agreed_stop(stop.is_set(), world_size):
                 stopped = True
                 break
-            x, y = spec.batch(step)
-            spec.optimizer.zero_grad(set_to_none=True)
-            loss = spec.loss_fn(net(x), y)
-            loss.backward()  # type: ignore[no-untyped-call]
-            spec.optimizer.step()
-            measured = {}
-            if step % report_every == 0 and spec.evaluate is not None:
-                val_loss, val_acc = spec.evaluate(spec.model)
-                measured = {"val_loss": val_loss, "val_accuracy": val_acc}
-            kas.on_step(step, loss, batch=(x, y), **measured)
+            loss, measured = _step(spec, net, kas, step, step % report_every == 0)
+            if measured is not None:
+                val_loss, val_acc = measured
             confirmed += [_confirmed(c) for c in kas.confirmations()]
             if progress is not None and step % report_every == 0:
                 progress(step, float(loss.detach()), val_acc, _stages(kas.runtime.slots))
             step += 1
-            done = step
         result = TrainResult(
             run=kas.run,
             rank=kas.rank,
-            steps=done,
+            steps=step,
             stopped=stopped,
             stages=_stages(kas.runtime.slots),
             val_loss=val_loss,
@@ -187,6 +173,37 @@ def train(
             confirmed=confirmed,
         )
     return result
+
+
+def _data_parallel(model: nn.Module, world_size: int) -> nn.Module:
+    """What the loop calls: ``model`` itself, or with more than one rank its DDP wrapper."""
+    if world_size <= 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    net = DistributedDataParallel(model)
+    # kept until the process exits: freeing DDP (and with it the gloo process group)
+    # can block on gloo's worker threads
+    _DATA_PARALLEL.append(net)
+    return net
+
+
+def _step(
+    spec: TrainSpec, net: nn.Module, kas: Attached, step: int, evaluate: bool
+) -> tuple[torch.Tensor, tuple[float, float] | None]:
+    """One optimizer step, then ``kas.on_step``; the loss and, when ``evaluate`` and the spec
+    can, the (validation loss, validation accuracy) measured after it."""
+    x, y = spec.batch(step)
+    spec.optimizer.zero_grad(set_to_none=True)
+    loss = spec.loss_fn(net(x), y)
+    loss.backward()  # type: ignore[no-untyped-call]
+    spec.optimizer.step()
+    if not evaluate or spec.evaluate is None:
+        kas.on_step(step, loss, batch=(x, y))
+        return loss, None
+    val_loss, val_acc = spec.evaluate(spec.model)
+    kas.on_step(step, loss, batch=(x, y), val_loss=val_loss, val_accuracy=val_acc)
+    return loss, (val_loss, val_acc)
 
 
 def _confirmed(c: StepConfirmation) -> dict[str, Any]:

@@ -154,9 +154,7 @@ def pack(args: argparse.Namespace) -> tuple[Any, bytes]:
 def _pack(
     args: argparse.Namespace, shape: SlotShape, params: dict[str, float]
 ) -> tuple[Any, bytes]:
-    from torch import nn
-
-    from actors.execution import Blueprint, blueprint_names
+    from actors.execution import blueprint_names
     from actors.execution.kernels import pack_program, pack_weights
 
     dtype, out = shape.dtype, shape.out_shape[1:]
@@ -168,26 +166,41 @@ def _pack(
                 f"{', '.join(blueprint_names())}"
             )
         return pack_weights(args.target, shape, params)
-    obj = _load_target(args.target)
-    reads_input, convex_ok = False, True
-    if isinstance(obj, Blueprint):
-        reads_input, convex_ok = obj.reads_input, obj.convex_ok
-        build, default = obj.build, obj.name
-    elif callable(obj):
-        build, default = obj, args.target.rpartition(":")[2]
-    else:
-        raise CliError(f"{args.target}: neither a Blueprint nor a factory")
+    build, default, reads_input, convex_ok = _factory(args.target)
     if reads_input and inp is None:
         raise CliError(f"{args.target} reads the slot input: give --in-shape")
-    try:
-        seed = build(shape, params, nn.Identity())
-    except Exception as exc:
-        raise CliError(f"{args.target}: the factory fails for shape {out}: {exc}") from None
-    if not isinstance(seed, nn.Module):
-        raise CliError(f"{args.target}: the factory returned {type(seed).__name__}, not a module")
+    seed = _build(args.target, build, shape, params)
     src = inp if reads_input and inp is not None else out
     return pack_program(seed, args.name or default, src, dtype, reads_input=reads_input,
                         convex_ok=convex_ok)  # fmt: skip
+
+
+def _factory(target: str) -> tuple[Any, str, bool, bool]:
+    """The factory ``FILE.py:NAME`` or ``MODULE:NAME`` names: (build, default name,
+    reads_input, convex_ok)."""
+    from actors.execution import Blueprint
+
+    obj = _load_target(target)
+    if isinstance(obj, Blueprint):
+        return obj.build, obj.name, obj.reads_input, obj.convex_ok
+    if callable(obj):
+        return obj, target.rpartition(":")[2], False, True
+    raise CliError(f"{target}: neither a Blueprint nor a factory")
+
+
+def _build(target: str, build: Any, shape: SlotShape, params: dict[str, float]) -> Any:
+    """The seed module the factory builds for ``shape`` (host: an identity)."""
+    from torch import nn
+
+    try:
+        seed = build(shape, params, nn.Identity())
+    except Exception as exc:
+        raise CliError(
+            f"{target}: the factory fails for shape {shape.out_shape[1:]}: {exc}"
+        ) from None
+    if not isinstance(seed, nn.Module):
+        raise CliError(f"{target}: the factory returned {type(seed).__name__}, not a module")
+    return seed
 
 
 async def _put(url: str, sealed: Sealed) -> None:

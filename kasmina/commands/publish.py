@@ -157,64 +157,89 @@ async def _publish(args: argparse.Namespace) -> dict[str, Any]:
         client = KasminaClient(
             wiring.bus, wiring.run, wiring.signer(args.sender), wiring.verifier()
         )
-        extra: dict[str, Any] = {}
-        if args.action == "germinate":
-            if not args.blueprint and not args.artifact:
-                raise CliError("germinate needs --blueprint or --artifact")
-            extra = {
-                "blueprint": args.blueprint,
-                "artifact": args.artifact,
-                "params": _params(args.param),
-                "blend_steps": args.blend_steps,
-            }
+        extra = _extra(args)
         action = args.action.replace("-", "_")
         if not args.wait:
             command_id = await client.command(args.slot, action, reason=args.reason, **extra)
             return {"command_id": command_id, "slot": args.slot, "action": args.action}
-        watch = _Watch(wiring)
-        result: dict[str, Any] = {}
-
-        async def follow() -> None:
-            mark = await client.outcomes_mark()
-            command_id = await client.command(args.slot, action, reason=args.reason, **extra)
-            try:
-                outcome = await client.wait(
-                    str(command_id),
-                    after=mark,
-                    timeout_s=max(args.timeout - (anyio.current_time() - started), 0.0),
-                    on_progress=watch.progress,
-                )
-            except CommandTimeout as exc:
-                awaiting = exc.last.message if exc.last is not None else None
-                result.update(
-                    command_id=command_id,
-                    slot=args.slot,
-                    action=args.action,
-                    ok=False,
-                    result="timed_out",
-                    awaiting=awaiting.awaiting if awaiting else "",
-                    awaiting_text=awaiting.awaiting_text if awaiting else "",
-                    trainers=watch.trainer_line or "",
-                )
-                why = f"; awaiting {awaiting.awaiting_text}" if awaiting else ""
-                _say(f"no outcome within {args.timeout:g} s{why}")
-            else:
-                result.update(outcome.to_dict())
-            tg.cancel_scope.cancel()
-
-        async def trainers_loop() -> None:
-            while True:
-                await watch.check_trainers()
-                await anyio.sleep(TRAINER_CHECK_S)
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(follow)
-            tg.start_soon(trainers_loop)
-        if watch.trainer_line and result.get("result") == "timed_out":
-            _say(watch.trainer_line)
-        return result
+        return await _send_and_wait(args, wiring, client, extra, started)
     finally:
         await wiring.bus.close()
+
+
+def _extra(args: argparse.Namespace) -> dict[str, Any]:
+    """The command's fields besides slot and reason (a germination's blueprint and params)."""
+    if args.action != "germinate":
+        return {}
+    if not args.blueprint and not args.artifact:
+        raise CliError("germinate needs --blueprint or --artifact")
+    return {
+        "blueprint": args.blueprint,
+        "artifact": args.artifact,
+        "params": _params(args.param),
+        "blend_steps": args.blend_steps,
+    }
+
+
+async def _send_and_wait(
+    args: argparse.Namespace,
+    wiring: Wiring,
+    client: KasminaClient,
+    extra: dict[str, Any],
+    started: float,
+) -> dict[str, Any]:
+    """Send the command and follow its outcome (progress and missing trainers said on stderr)
+    until it ends or the ``--timeout`` counted from ``started`` passes."""
+    action = args.action.replace("-", "_")
+    watch = _Watch(wiring)
+    result: dict[str, Any] = {}
+
+    async def follow() -> None:
+        mark = await client.outcomes_mark()
+        command_id = await client.command(args.slot, action, reason=args.reason, **extra)
+        try:
+            outcome = await client.wait(
+                str(command_id),
+                after=mark,
+                timeout_s=max(args.timeout - (anyio.current_time() - started), 0.0),
+                on_progress=watch.progress,
+            )
+        except CommandTimeout as exc:
+            result.update(_timed_out(args, command_id, exc, watch))
+        else:
+            result.update(outcome.to_dict())
+        tg.cancel_scope.cancel()
+
+    async def trainers_loop() -> None:
+        while True:
+            await watch.check_trainers()
+            await anyio.sleep(TRAINER_CHECK_S)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(follow)
+        tg.start_soon(trainers_loop)
+    if watch.trainer_line and result.get("result") == "timed_out":
+        _say(watch.trainer_line)
+    return result
+
+
+def _timed_out(
+    args: argparse.Namespace, command_id: Any, exc: CommandTimeout, watch: _Watch
+) -> dict[str, Any]:
+    """The result of a wait that saw no outcome in time (what it was awaiting last)."""
+    awaiting = exc.last.message if exc.last is not None else None
+    why = f"; awaiting {awaiting.awaiting_text}" if awaiting else ""
+    _say(f"no outcome within {args.timeout:g} s{why}")
+    return {
+        "command_id": command_id,
+        "slot": args.slot,
+        "action": args.action,
+        "ok": False,
+        "result": "timed_out",
+        "awaiting": awaiting.awaiting if awaiting else "",
+        "awaiting_text": awaiting.awaiting_text if awaiting else "",
+        "trainers": watch.trainer_line or "",
+    }
 
 
 def run(args: argparse.Namespace) -> int:

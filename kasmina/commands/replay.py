@@ -88,6 +88,38 @@ def _line(row: dict[str, Any]) -> str:
 
 async def _replay(args: argparse.Namespace) -> int:
     ring = keys_for(args.source, args.keys)
+    source, events, bad, reports = await _read_run(args, ring)
+    if args.plot:
+        _plot(events, reports, source.run, args.plot)
+    quarantined: list[dict[str, str]] = []
+    state = fold_events(events, quarantine=quarantined)
+    _print_timeline(args, events, quarantined, source.run)
+    summary = _summary(args, source, events, bad, quarantined, state)
+    if args.json:
+        emit_json(summary)
+    else:
+        _print_summary(summary, source.integrity, events, bad, quarantined, args.verify)
+    if not events and not bad:
+        print(f"kasmina replay: no events for run {source.run!r}", file=sys.stderr)
+        return 1
+    return 0 if not args.verify or summary["verified"] else 1
+
+
+def _print_timeline(
+    args: argparse.Namespace, events: list[Any], quarantined: list[dict[str, str]], run: str
+) -> None:
+    """The wanted rows of the timeline (quarantined events left out), as lines or JSON."""
+    skipped = {q["entry_id"] for q in quarantined}
+    for row in timeline([e for e in events if e[0] not in skipped], events_stream(run)):
+        if _wanted(row, args):
+            emit_json(row) if args.json else print(_line(row))
+
+
+async def _read_run(
+    args: argparse.Namespace, ring: Any
+) -> tuple[Any, list[Any], list[Any], list[Any]]:
+    """The source (closed again), its verified events (up to ``--until``), the entries that
+    failed verification, and the step reports a plot needs."""
     reports: list[Any] = []
     source = open_source(args.source, args.run, ring)
     try:
@@ -97,21 +129,28 @@ async def _replay(args: argparse.Namespace) -> int:
             reports = await _step_reports(source, events, ring)
     finally:
         await source.close()
-    if args.plot:
-        from kasmina.plotting import write_run_plot
+    return source, events, bad, reports
 
-        try:
-            sampled = write_run_plot(events, reports, source.run, Path(args.plot))
-        except ValueError as exc:
-            raise CliError(str(exc)) from exc
-        print(f"kasmina replay: plot of {sampled} steps written to {args.plot}", file=sys.stderr)
-    quarantined: list[dict[str, str]] = []
-    state = fold_events(events, quarantine=quarantined)
-    skipped = {q["entry_id"] for q in quarantined}
-    for row in timeline([e for e in events if e[0] not in skipped], stream):
-        if _wanted(row, args):
-            emit_json(row) if args.json else print(_line(row))
-    mismatches = verify_digests(events, quarantine=[]) if args.verify else []
+
+def _plot(events: list[Any], reports: list[Any], run: str, path: str) -> None:
+    from kasmina.plotting import write_run_plot
+
+    try:
+        sampled = write_run_plot(events, reports, run, Path(path))
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    print(f"kasmina replay: plot of {sampled} steps written to {path}", file=sys.stderr)
+
+
+def _summary(
+    args: argparse.Namespace,
+    source: Any,
+    events: list[Any],
+    bad: list[Any],
+    quarantined: list[dict[str, str]],
+    state: Any,
+) -> dict[str, Any]:
+    """The closing summary: counts, final stages, and with ``--verify`` the verdict and why."""
     integrity = source.integrity
     summary: dict[str, Any] = {
         "summary": True,
@@ -125,36 +164,45 @@ async def _replay(args: argparse.Namespace) -> int:
         summary["recording_ok"] = integrity.ok
         summary["recording_problems"] = list(integrity.problems)
     if args.verify:
+        mismatches = verify_digests(events, quarantine=[])
         summary["verified"] = (
             not mismatches and not bad and not quarantined and (integrity is None or integrity.ok)
         )
         summary["mismatches"] = mismatches[:20]
         summary["bad"] = bad[:20]
         summary["quarantine"] = quarantined[:20]
-    if args.json:
-        emit_json(summary)
-    else:
-        slots = ", ".join(f"{k}={v}" for k, v in summary["slots"].items()) or "none"
-        print(f"-- run {source.run}: {len(events)} events, slots: {slots}")
-        if bad:
-            print(f"-- {len(bad)} entries failed verification: {bad[:3]}")
-        if quarantined:
-            print(f"-- {len(quarantined)} events quarantined (not foldable): {quarantined[:3]}")
-        if integrity is not None and not integrity.ok:
-            print(f"-- recording integrity: {'; '.join(integrity.problems)}")
-        if args.verify:
-            print(
-                "-- verify: OK, signed and complete recording; re-fold reproduces every recorded "
-                "state digest"
-                if summary["verified"] and integrity is not None
-                else "-- verify: OK, re-fold reproduces every recorded state digest"
-                if summary["verified"]
-                else f"-- verify: FAILED {_failure(summary)}"
-            )
-    if not events and not bad:
-        print(f"kasmina replay: no events for run {source.run!r}", file=sys.stderr)
-        return 1
-    return 0 if not args.verify or summary["verified"] else 1
+    return summary
+
+
+def _print_summary(
+    summary: dict[str, Any],
+    integrity: Any,
+    events: list[Any],
+    bad: list[Any],
+    quarantined: list[dict[str, str]],
+    verify: bool,
+) -> None:
+    slots = ", ".join(f"{k}={v}" for k, v in summary["slots"].items()) or "none"
+    print(f"-- run {summary['run']}: {len(events)} events, slots: {slots}")
+    if bad:
+        print(f"-- {len(bad)} entries failed verification: {bad[:3]}")
+    if quarantined:
+        print(f"-- {len(quarantined)} events quarantined (not foldable): {quarantined[:3]}")
+    if integrity is not None and not integrity.ok:
+        print(f"-- recording integrity: {'; '.join(integrity.problems)}")
+    if verify:
+        print(_verify_line(summary, integrity))
+
+
+def _verify_line(summary: dict[str, Any], integrity: Any) -> str:
+    if not summary["verified"]:
+        return f"-- verify: FAILED {_failure(summary)}"
+    if integrity is not None:
+        return (
+            "-- verify: OK, signed and complete recording; re-fold reproduces every recorded "
+            "state digest"
+        )
+    return "-- verify: OK, re-fold reproduces every recorded state digest"
 
 
 async def _step_reports(source: Any, events: list[Any], ring: Any) -> list[Any]:

@@ -154,37 +154,9 @@ async def _trainers(bus: Bus, run: str, ring: KeyRing, now_ns: int) -> list[dict
 
 def _print(status: dict[str, Any]) -> None:
     print(f"run {status['run']}")
-    print("actors:")
-    for a in status["actors"] or [
-        {"name": "(no heartbeats)", "alive": False, "process": "", "processed": 0}
-    ]:
-        print(
-            f"  {a['name']:<24} {'alive' if a['alive'] else 'DOWN':<6} {a['process']:<24} processed {a['processed']}"
-        )
-    print("trainers:")
-    for t in status["trainers"] or [None]:
-        if t is None:
-            print("  (none attached: no execution heartbeat)")
-            continue
-        state = "attached" if t["alive"] else "GONE"
-        print(
-            f"  rank {t['rank']:<6} {state:<9} step {t['last_step']:<8} "
-            f"last heartbeat {t['last_heartbeat_s']} s ago  {t['process']}"
-        )
-        c = t["confirmations"]
-        last = c["last"]
-        latest = f"; last {last['stage']} of {last['slot']} at step {last['step']}" if last else ""
-        print(f"    confirmed {c['confirmed']} orders, refused {c['refused']}{latest}")
-    print("slots:")
-    for s in status["slots"]:
-        print(
-            f"  {s['slot']:<24} {s['stage']:<14} alpha {s['alpha']:.2f}{'  (paused)' if s['paused'] else ''}"
-        )
-        if s["awaiting"]:
-            print(
-                f"    awaiting {s['awaiting_text']} since step {s['awaiting_since_step']} "
-                f"({s['awaiting_for_s']} s)"
-            )
+    _print_actors(status["actors"])
+    _print_trainers(status["trainers"])
+    _print_slots(status["slots"])
     print("rejected:", ", ".join(f"{k}={v}" for k, v in status["rejected"].items()) or "none")
     if status["quarantined"] or status["unverified_events"]:
         print(
@@ -196,6 +168,43 @@ def _print(status: dict[str, Any]) -> None:
         print(
             f"  {s['name']:<32} length {s['length']:>8}  pending {s['pending']:>6}  lag {s['lag']}"
         )
+
+
+def _print_actors(actors: list[dict[str, Any]]) -> None:
+    print("actors:")
+    for a in actors or [{"name": "(no heartbeats)", "alive": False, "process": "", "processed": 0}]:
+        print(
+            f"  {a['name']:<24} {'alive' if a['alive'] else 'DOWN':<6} {a['process']:<24} processed {a['processed']}"
+        )
+
+
+def _print_trainers(trainers: list[dict[str, Any]]) -> None:
+    print("trainers:")
+    if not trainers:
+        print("  (none attached: no execution heartbeat)")
+    for t in trainers:
+        state = "attached" if t["alive"] else "GONE"
+        print(
+            f"  rank {t['rank']:<6} {state:<9} step {t['last_step']:<8} "
+            f"last heartbeat {t['last_heartbeat_s']} s ago  {t['process']}"
+        )
+        c = t["confirmations"]
+        last = c["last"]
+        latest = f"; last {last['stage']} of {last['slot']} at step {last['step']}" if last else ""
+        print(f"    confirmed {c['confirmed']} orders, refused {c['refused']}{latest}")
+
+
+def _print_slots(slots: list[dict[str, Any]]) -> None:
+    print("slots:")
+    for s in slots:
+        print(
+            f"  {s['slot']:<24} {s['stage']:<14} alpha {s['alpha']:.2f}{'  (paused)' if s['paused'] else ''}"
+        )
+        if s["awaiting"]:
+            print(
+                f"    awaiting {s['awaiting_text']} since step {s['awaiting_since_step']} "
+                f"({s['awaiting_for_s']} s)"
+            )
 
 
 async def _status(args: argparse.Namespace) -> dict[str, Any]:

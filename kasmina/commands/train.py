@@ -9,15 +9,31 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from kasmina.common import CliError, add_keys, add_redis, emit_json, load_keys, redis_url, run_id
+
+if TYPE_CHECKING:
+    from kasmina.training import TrainResult
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "train", help="train a model attached to a run (the run's ExecutionActor for one rank)"
     )
+    _add_model_args(parser)
+    _add_execution_args(parser)
+    parser.add_argument("--json", action="store_true", help="one JSON object at the end")
+    parser.add_argument("--log-level", default="INFO")
+    add_redis(parser)
+    add_keys(parser)
+    parser.set_defaults(func=run)
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    """What is trained: the task or model factory, steps, seed and the run's config."""
     what = parser.add_mutually_exclusive_group()
     what.add_argument(
         "--task", choices=("digits", "spirals"), default=None, help="a demo task (default digits)"
@@ -38,6 +54,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="FILE",
         help="KasminaConfig TOML (default: $KASMINA_CONFIG)",
     )
+
+
+def _add_execution_args(parser: argparse.ArgumentParser) -> None:
+    """How the rank executes the run's orders: lockstep, device, seed memory, fossils, release."""
     parser.add_argument(
         "--no-lockstep",
         dest="lockstep",
@@ -65,11 +85,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="STEPS",
         help="release a culled seed's tensors this many steps later (default 0: at once)",
     )
-    parser.add_argument("--json", action="store_true", help="one JSON object at the end")
-    parser.add_argument("--log-level", default="INFO")
-    add_redis(parser)
-    add_keys(parser)
-    parser.set_defaults(func=run)
 
 
 def _process_group() -> tuple[int, int]:
@@ -93,32 +108,19 @@ def run(args: argparse.Namespace) -> int:
     from kasmina.training import load_factory, train
 
     torch.set_num_threads(1)  # small models: one thread each leaves cores to the actors
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = _stop_on_signals()
     try:
         factory = load_factory(args.model or args.task or "digits")
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     rank, world = _process_group()
-    log = logging.getLogger("kasmina.train")
-
-    def progress(step: int, loss: float, val_acc: float, stages: dict[str, str]) -> None:
-        if step % 500 == 0:
-            shown = " ".join(f"{k}={v}" for k, v in stages.items())
-            log.info("rank %d step %d loss %.3f val acc %.3f %s", rank, step, loss, val_acc, shown)
-
     try:
         spec = factory(seed=args.seed, rank=rank, world_size=world)
         result = train(
             spec,
             steps=args.steps,
             stop=stop,
-            progress=progress,
+            progress=_progress(rank),
             redis=redis_url(args),
             run=run_id(args),
             keys=load_keys(args),
@@ -134,14 +136,7 @@ def run(args: argparse.Namespace) -> int:
             import torch.distributed as dist
 
             dist.destroy_process_group()
-    info = dataclasses.asdict(result)
-    if args.json:
-        emit_json(info)
-    else:
-        stages = ", ".join(f"{k} {v}" for k, v in result.stages.items())
-        print(f"run {result.run} rank {result.rank}: {result.steps} steps; {stages}")
-        refused = sum(not c["ok"] for c in result.confirmed)
-        print(f"confirmed {len(result.confirmed) - refused} orders, refused {refused}")
+    _report(result, args.json)
     if world > 1:
         # gloo worker threads can outlive destroy_process_group and abort the interpreter's
         # shutdown (docs/integration.md); everything is flushed and printed by now
@@ -149,3 +144,38 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         os._exit(0)
     return 0
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event SIGTERM and SIGINT set (the training loop stops at its next step)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def _progress(rank: int) -> Callable[[int, float, float, dict[str, str]], None]:
+    """The progress callback: a log line every 500 steps."""
+    log = logging.getLogger("kasmina.train")
+
+    def progress(step: int, loss: float, val_acc: float, stages: dict[str, str]) -> None:
+        if step % 500 == 0:
+            shown = " ".join(f"{k}={v}" for k, v in stages.items())
+            log.info("rank %d step %d loss %.3f val acc %.3f %s", rank, step, loss, val_acc, shown)
+
+    return progress
+
+
+def _report(result: TrainResult, as_json: bool) -> None:
+    """The end of training: one JSON object, or two lines (stages; orders confirmed)."""
+    if as_json:
+        emit_json(dataclasses.asdict(result))
+        return
+    stages = ", ".join(f"{k} {v}" for k, v in result.stages.items())
+    print(f"run {result.run} rank {result.rank}: {result.steps} steps; {stages}")
+    refused = sum(not c["ok"] for c in result.confirmed)
+    print(f"confirmed {len(result.confirmed) - refused} orders, refused {refused}")

@@ -1,0 +1,146 @@
+"""The handle :func:`kasmina.attach` yields: a training loop's side of a run (``on_step``, pacing,
+commands and the event log), every call made from the training thread."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from anyio.from_thread import BlockingPortal
+
+from actors.assemble import live_verifier
+from actors.client import KasminaClient, Outcome
+from actors.execution import ExecutionRuntime
+from actors.execution.actor import ExecutionActor
+from actors.execution.confirm import StepConfirmation
+from actors.execution.slot import SeedSlot
+from bus import Bus
+from contracts import KasminaConfig, KeyRing, Signer
+from scenarios.cluster import Cluster, read_events
+from scenarios.pacing import wait_drained
+
+__all__ = ["SETTLE_TIMEOUT_S", "Attached"]
+
+SETTLE_TIMEOUT_S = 20.0
+
+log = logging.getLogger("kasmina.attach")
+
+
+class Attached:
+    """A training loop's handle on a run: ``on_step`` once per step, commands, pacing, events.
+
+    Built by :func:`attach`; every method is called from the training thread unless it says
+    otherwise."""
+
+    def __init__(
+        self,
+        runtime: ExecutionRuntime,
+        *,
+        portal: BlockingPortal,
+        bus: Bus,
+        run: str,
+        ring: KeyRing,
+        config: KasminaConfig,
+        actor: ExecutionActor,
+        cluster: Cluster | None,
+        lockstep: bool,
+    ) -> None:
+        self.runtime = runtime
+        self.portal = portal
+        self.bus = bus
+        self.run = run
+        self.ring = ring
+        self.config = config
+        self.actor = actor
+        self.cluster = cluster
+        self.lockstep = lockstep
+        self.client = KasminaClient(
+            bus, run, Signer(ring, "attach"), live_verifier(bus, run, ring, config)
+        )
+        self._trainer: int | None = None
+
+    # -- the loop's side ----------------------------------------------------------------------
+    @property
+    def slots(self) -> Mapping[str, SeedSlot]:
+        """The slots, by id."""
+        return self.runtime.slots
+
+    @property
+    def rank(self) -> int:
+        """This process's rank."""
+        return self.runtime.rank
+
+    def on_step(
+        self,
+        step: int,
+        loss: float | torch.Tensor | None = None,
+        *,
+        val_loss: float = math.nan,
+        val_accuracy: float = math.nan,
+        batch: Any = None,
+    ) -> None:
+        """``runtime.on_step``: once per step, after ``optimizer.step()``. With ``lockstep`` it
+        also waits, on barrier boundaries, until the run has handled everything sent so far."""
+        self._trainer = threading.get_ident()
+        self.runtime.on_step(step, loss, val_loss=val_loss, val_accuracy=val_accuracy, batch=batch)
+        if self.lockstep and step % max(1, self.runtime.config.barrier_frequency) == 0:
+            self.settle()
+
+    def settle(self, timeout_s: float = SETTLE_TIMEOUT_S) -> bool:
+        """Flush, then wait until every inbox of the run is drained and the event log still;
+        False (and a warning) if ``timeout_s`` passed first, e.g. because no process serves an
+        actor the run needs."""
+        ok: bool = self.portal.call(
+            lambda: wait_drained(self.bus, self.run, timeout_s=timeout_s, flush=self.actor.flush)
+        )
+        if not ok:
+            log.warning(
+                "run %s did not settle within %g s: is every actor and slot served?",
+                self.run,
+                timeout_s,
+            )
+        return ok
+
+    # -- commands and the log -------------------------------------------------------------------
+    def command(
+        self, slot: str, action: str, *, wait: bool = False, timeout_s: float = 30.0, **params: Any
+    ) -> str | Outcome:
+        """Send a command (``germinate`` needs ``blueprint=``); returns its id, or with ``wait``
+        its :class:`~actors.client.Outcome`. Never wait from the training thread: an outcome
+        needs the steps that thread runs (a ``RuntimeError`` says so)."""
+        if wait and self._trainer == threading.get_ident():
+            raise RuntimeError(
+                "command(wait=True) from the training thread would wait on itself: "
+                "send without wait, or wait from another thread"
+            )
+        result: str | Outcome = self.portal.call(
+            lambda: self.client.command(slot, action, wait=wait, timeout_s=timeout_s, **params)
+        )
+        return result
+
+    def germinate(self, slot: str, blueprint: str = "", **params: Any) -> str | Outcome:
+        """``command(slot, "germinate", blueprint=blueprint, ...)``; ``artifact=ID`` germinates
+        a published blueprint artifact instead (see ``kasmina blueprints``)."""
+        return self.command(slot, "germinate", blueprint=blueprint, **params)
+
+    def events(self) -> list[tuple[str, str, Any]]:
+        """The run's verified event log as ``(entry_id, kind, message)``."""
+        result: list[tuple[str, str, Any]] = self.portal.call(
+            read_events, self.bus, self.run, self.ring
+        )
+        return result
+
+    def confirmations(self) -> list[StepConfirmation]:
+        """The step confirmations of the orders this rank applied or refused since the last
+        call, oldest first (``runtime.confirmations()``; ``on_confirm=`` gives a callback)."""
+        return self.runtime.confirmations()
+
+    def stage(self, slot: str) -> str:
+        """The slot's stage as this process's runtime holds it (e.g. ``"TRAINING"``)."""
+        from actors.execution.stages import stage_name
+
+        return stage_name(int(self.runtime.slots[slot].stage))
