@@ -56,19 +56,6 @@ class _Region:
         self.last_s = now_s
         self.dropped = 0
 
-    def admit(self, now_s: float, burst: int, rate_per_s: float) -> bool:
-        """Take a token for one raw item (refilled at ``rate_per_s`` up to ``burst``); False,
-        and the item counted as dropped, when there is none."""
-        elapsed = now_s - self.last_s
-        if elapsed > 0.0:
-            self.tokens = min(float(burst), self.tokens + elapsed * rate_per_s)
-            self.last_s = now_s
-        if self.tokens < 1.0:
-            self.dropped += 1
-            return False
-        self.tokens -= 1.0
-        return True
-
 
 def _accumulate(acc: dict[str, list[float]], metrics: Mapping[str, float]) -> None:
     """Add one item's metrics to a region's cells: [count, sum, min, max, last] per name."""
@@ -138,8 +125,14 @@ class TelemetryAggregator:
         region = self._regions.get(name)
         if region is None:
             region = self._regions[name] = _Region(float(cfg.burst), now_s)
-        if not region.admit(now_s, cfg.burst, cfg.rate_per_s):
+        elapsed = now_s - region.last_s  # the region's token bucket
+        if elapsed > 0.0:
+            region.tokens = min(float(cfg.burst), region.tokens + elapsed * cfg.rate_per_s)
+            region.last_s = now_s
+        if region.tokens < 1.0:
+            region.dropped += 1
             return
+        region.tokens -= 1.0
         self._accepted += 1
         step = raw.step
         if region.count == 0:
