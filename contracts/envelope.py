@@ -256,11 +256,13 @@ def _claimed(items: object) -> tuple[str, str, str]:
     return "", "", ""
 
 
-def unpack(frame: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
-    """Parse the frame structure only (no signature check), within the limits of docs/wire.md.
+def _items(frame: bytes, max_bytes: int) -> tuple[Any, ...]:
+    """The 11 elements of a v2 frame as msgpack parses them, within the limits.
 
-    Raises TooLarge, BadFrame or UnsupportedVersion (carrying the claimed id where readable)."""
-    if not isinstance(frame, (bytes, bytearray, memoryview)):
+    Raises TooLarge or BadFrame for anything too large, not flat (frames over ``WALK_ABOVE``
+    bytes) or not msgpack, and BadFrame or UnsupportedVersion for any other shape or version.
+    """
+    if type(frame) is not bytes and not isinstance(frame, (bytes, bytearray, memoryview)):
         raise BadFrame("frame is not bytes")
     size = len(frame)
     if size > max_bytes:
@@ -282,6 +284,20 @@ def unpack(frame: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
         raise BadFrame(f"not msgpack within limits: {type(exc).__name__}") from None
     if type(items) is not tuple or len(items) != FIELDS or items[0] != VERSION:
         _refuse_shape(items)
+    return items  # type: ignore[no-any-return]
+
+
+_SET = [getattr(Envelope, name).__set__ for name in Envelope.__slots__]
+assert len(_SET) == FIELDS
+_S0, _S1, _S2, _S3, _S4, _S5, _S6, _S7, _S8, _S9, _S10 = _SET
+_new = object.__new__
+
+
+def unpack(frame: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
+    """Parse the frame structure only (no signature check), within the limits of docs/wire.md.
+
+    Raises TooLarge, BadFrame or UnsupportedVersion (carrying the claimed id where readable)."""
+    items = _items(frame, max_bytes)
     v, kind, mid, sender, key_id, ts_ns, causation, run, to, body, sig = items
     if not (  # fast path: the types in one comparison (msgpack gives exact str/bytes/int types)
         tuple(map(type, items)) == _TYPES
@@ -295,37 +311,15 @@ def unpack(frame: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
         and (run in _RUNS or _valid_run(run))
     ):
         _refuse(items)
-    return _envelope(v, kind, mid, sender, key_id, ts_ns, causation, run, to, body, sig)
-
-
-_SET = [getattr(Envelope, name).__set__ for name in Envelope.__slots__]
-assert len(_SET) == FIELDS
-_S0, _S1, _S2, _S3, _S4, _S5, _S6, _S7, _S8, _S9, _S10 = _SET
-_new = object.__new__
-
-
-def _envelope(
-    v: int,
-    kind: str,
-    mid: str,
-    sender: str,
-    key_id: str,
-    ts: int,
-    cause: str,
-    run: str,
-    to: str,
-    body: bytes,
-    sig: bytes,
-) -> Envelope:
-    """``Envelope(...)`` without the frozen dataclass's eleven ``object.__setattr__`` calls."""
+    # the Envelope, built without the frozen dataclass's eleven ``object.__setattr__`` calls
     env: Envelope = _new(Envelope)
     _S0(env, v)
     _S1(env, kind)
     _S2(env, mid)
     _S3(env, sender)
     _S4(env, key_id)
-    _S5(env, ts)
-    _S6(env, cause)
+    _S5(env, ts_ns)
+    _S6(env, causation)
     _S7(env, run)
     _S8(env, to)
     _S9(env, body)
@@ -343,27 +337,36 @@ def _refuse_shape(items: object) -> None:
     raise BadFrame(f"expected an array of {FIELDS} fields").claim(*claim, verified=False)
 
 
+def _nonempty_str(value: object) -> bool:
+    return type(value) is str and value != ""
+
+
+# What each field of an 11-element frame must be, in the order a refusal names the first one
+# that is not: (index, check, problem). Body and signature are checked together, last.
+_FIELD_RULES: tuple[tuple[int, Callable[[Any], bool], str], ...] = (
+    (0, lambda v: type(v) is int, "bad v"),
+    (1, _nonempty_str, "bad kind"),
+    (2, _nonempty_str, "bad id"),
+    (3, _nonempty_str, "bad sender"),
+    (4, _nonempty_str, "bad key_id"),
+    (6, lambda c: type(c) is str, "bad causation_id"),
+    (5, lambda t: type(t) is int and 0 <= t < _TS_LIMIT, "bad ts_ns"),
+    (7, lambda r: type(r) is str and RUN_RE.fullmatch(r) is not None, "bad run"),
+    (8, _nonempty_str, "bad to"),
+)
+
+
+def _problem(items: tuple[Any, ...]) -> str:
+    """The first malformed field of an 11-element frame, as a refusal names it."""
+    for index, ok, problem in _FIELD_RULES:
+        if not ok(items[index]):
+            return problem
+    body, sig = items[9], items[10]
+    if type(body) is not bytes or type(sig) is not bytes or len(sig) != SIG_BYTES:
+        return "bad body or signature field"
+    return "malformed frame"
+
+
 def _refuse(items: tuple[Any, ...]) -> None:
     """Raise the BadFrame naming the first malformed field of an 11-element frame."""
-    v, kind, mid, sender, key_id, ts_ns, causation, run, to, body, sig = items
-    claim = _claimed(items)
-    problem = "malformed frame"
-    if type(v) is not int:
-        problem = "bad v"
-    else:
-        for name, value in (("kind", kind), ("id", mid), ("sender", sender), ("key_id", key_id)):
-            if type(value) is not str or not value:
-                problem = f"bad {name}"
-                break
-        else:
-            if type(causation) is not str:
-                problem = "bad causation_id"
-            elif type(ts_ns) is not int or not 0 <= ts_ns < _TS_LIMIT:
-                problem = "bad ts_ns"
-            elif type(run) is not str or not RUN_RE.fullmatch(run):
-                problem = "bad run"
-            elif type(to) is not str or not to:
-                problem = "bad to"
-            elif type(body) is not bytes or type(sig) is not bytes or len(sig) != SIG_BYTES:
-                problem = "bad body or signature field"
-    raise BadFrame(problem).claim(*claim, verified=False)
+    raise BadFrame(_problem(items)).claim(*_claimed(items), verified=False)

@@ -31,7 +31,7 @@ from contracts.errors import (
     WrongDestination,
     WrongRun,
 )
-from contracts.keys import KeyRing
+from contracts.keys import Key, KeyRing
 from contracts.nonce import Claim, NonceGuard
 from contracts.registry import REGISTRY, Registry
 from contracts.roles import allowed
@@ -106,59 +106,27 @@ class Verifier:
                 env.id, env.kind, env.sender, verified=False
             )
         now = self._clock()
-        if key.revoked_ns is not None:
-            raise RevokedKey(f"key id {env.key_id!r} revoked").claim(
-                env.id, env.kind, env.sender, verified=False
-            )
         # a key verifies what was stamped while it was valid (replay too), and live only until
-        # it expires
+        # it expires; a revoked key is valid at no time
         if not key.valid_at(env.ts_ns) or (not self._replay and not key.valid_at(now)):
-            raise ExpiredKey(f"key id {env.key_id!r} retired").claim(
-                env.id, env.kind, env.sender, verified=False
-            )
+            raise _key_refusal(env, key)
         expected = _hmac_sha256(
             key.secret,
-            mac_input(
-                env.v,
-                env.kind,
-                env.id,
-                env.sender,
-                env.key_id,
-                env.ts_ns,
-                env.causation_id,
-                env.run,
-                env.to,
-                env.body,
-            ),
-        )
+            mac_input(env.v, env.kind, env.id, env.sender, env.key_id, env.ts_ns,
+                      env.causation_id, env.run, env.to, env.body),
+        )  # fmt: skip
         if not _compare_digest(expected, env.sig):
             raise BadSignature(f"message {env.id}").claim(
                 env.id, env.kind, env.sender, verified=False
             )
-        run, to = stream_address(stream)
-        if env.run != run:
-            raise WrongRun(f"signed for run {env.run!r}, read in run {run!r}").claim(
-                env.id, env.kind, env.sender, verified=True
-            )
-        if env.to != to:
-            raise WrongDestination(f"signed for {env.to!r}, read from {to!r}").claim(
-                env.id, env.kind, env.sender, verified=True
-            )
-        if not self._replay:
-            if env.ts_ns < now - self._tolerance_ns:
-                raise Stale(f"{(now - env.ts_ns) / 1e9:.1f} s old").claim(
-                    env.id, env.kind, env.sender, verified=True
-                )
-            if env.ts_ns > now + self._tolerance_ns:
-                raise FromFuture(f"{(env.ts_ns - now) / 1e9:.1f} s ahead").claim(
-                    env.id, env.kind, env.sender, verified=True
-                )
-        if env.kind not in self._registry:
-            raise UnknownKind(env.kind).claim(env.id, env.kind, env.sender, verified=True)
-        if env.kind not in allowed(key.roles):
-            raise ForbiddenKind(
-                f"key {env.key_id!r} ({','.join(sorted(key.roles))}) may not sign {env.kind!r}"
-            ).claim(env.id, env.kind, env.sender, verified=True)
+        address = stream_address(stream)
+        if (env.run, env.to) != address:
+            raise _address_refusal(env, *address)
+        tolerance = self._tolerance_ns
+        if not self._replay and not now - tolerance <= env.ts_ns <= now + tolerance:
+            raise _time_refusal(env, now, tolerance)
+        if env.kind not in self._registry or env.kind not in allowed(key.roles):
+            raise _kind_refusal(env, key, self._registry)
         return env
 
     def deadline_ms(self, env: Envelope) -> int:
@@ -242,3 +210,42 @@ class Verifier:
             if isinstance(judged, ContractError):
                 raise judged
         return env
+
+
+# Refusals, built off the hot path: each is called only once a check has failed.
+def _key_refusal(env: Envelope, key: Key) -> ContractError:
+    """A key that is not valid for ``env``: revoked, or retired (at its stamp or now)."""
+    if key.revoked_ns is not None:
+        error: ContractError = RevokedKey(f"key id {env.key_id!r} revoked")
+    else:
+        error = ExpiredKey(f"key id {env.key_id!r} retired")
+    return error.claim(env.id, env.kind, env.sender, verified=False)
+
+
+def _address_refusal(env: Envelope, run: str, to: str) -> ContractError:
+    """A verified frame read from a stream of another run or another destination."""
+    if env.run != run:
+        error: ContractError = WrongRun(f"signed for run {env.run!r}, read in run {run!r}")
+    else:
+        error = WrongDestination(f"signed for {env.to!r}, read from {to!r}")
+    return error.claim(env.id, env.kind, env.sender, verified=True)
+
+
+def _time_refusal(env: Envelope, now: int, tolerance_ns: int) -> ContractError:
+    """A live frame stamped further than ``tolerance_ns`` from ``now``."""
+    if env.ts_ns < now - tolerance_ns:
+        error: ContractError = Stale(f"{(now - env.ts_ns) / 1e9:.1f} s old")
+    else:
+        error = FromFuture(f"{(env.ts_ns - now) / 1e9:.1f} s ahead")
+    return error.claim(env.id, env.kind, env.sender, verified=True)
+
+
+def _kind_refusal(env: Envelope, key: Key, registry: Registry) -> ContractError:
+    """A kind the registry does not know, or one the key's roles may not sign."""
+    if env.kind not in registry:
+        error: ContractError = UnknownKind(env.kind)
+    else:
+        error = ForbiddenKind(
+            f"key {env.key_id!r} ({','.join(sorted(key.roles))}) may not sign {env.kind!r}"
+        )
+    return error.claim(env.id, env.kind, env.sender, verified=True)
