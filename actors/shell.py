@@ -3,11 +3,12 @@
 A shell hosts an :class:`ActorLogic` (a pure core plus its state) and does all the I/O with the
 parts in :mod:`actors.hosting`: consumer loop, signatures, ownership lease, rejections,
 housekeeping; its serving loop (lease, rebuild, serve, stand by, stop) is
-:class:`~actors.hosting.serving.LeasedHost`. It takes the core's :class:`~actors.core.Decision` as it is: events appended and
-folded, outgoing messages routed, a refusal recorded with the core's own reason code. Bad input
-is rejected, counted and acked; the state is untouched and the actor keeps running. A bus failure
-rebuilds the state from the event stream and re-reads the pending entries: nothing is lost,
-nothing applied twice. Where a shell stands is its :class:`~actors.hosting.Lifecycle`.
+:class:`~actors.hosting.serving.LeasedHost`. It takes the core's :class:`~actors.core.Decision`
+as it is: events appended and folded, outgoing messages routed, a refusal recorded with the
+core's own reason code. Bad input is rejected, counted and acked; the state is untouched and the
+actor keeps running. A bus failure rebuilds the state from the event stream and re-reads the
+pending entries: nothing is lost, nothing applied twice. Where a shell stands is its
+:class:`~actors.hosting.Lifecycle`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """What every actor host shares: the inbox frame and its checks, the ownership lease, fan-out
-routing, rejections, housekeeping (heartbeats, retention, digests) and the lifecycle states.
+routing, rejections, housekeeping (heartbeats, retention, digests) and the lifecycle states; and
+the lease-driven serving loop of the shells (:mod:`actors.hosting.serving`).
 
 :class:`~actors.shell.ActorShell` (the pure cores' host) and
 :class:`~actors.execution.actor.ExecutionActor` (the torch runtime's host) are both built from
