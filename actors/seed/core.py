@@ -143,7 +143,7 @@ def _on_command(b: Builder, cmd: pb.SeedCommand) -> None:
     elif action in ("pause", "resume"):
         _pause(b, action == "pause")
     else:  # adjust_optimizer
-        _adjust(b, cmd.adjust_optimizer)
+        _adjust(b, action, cmd.adjust_optimizer)
 
 
 def _cull_command(b: Builder, action: str, why: str) -> None:
@@ -164,8 +164,8 @@ def _terminate(b: Builder, why: str) -> None:
         b.refuse("terminate", f"terminate not allowed in stage {stage_name(stage)}")
 
 
-def _adjust(b: Builder, adjust: pb.AdjustOptimizer) -> None:
-    stage, action = b.state.stage, "adjust_optimizer"
+def _adjust(b: Builder, action: str, adjust: pb.AdjustOptimizer) -> None:
+    stage = b.state.stage
     if stage not in _IN_STAGE_ORDERS:
         b.refuse(action, f"no seed optimizer in stage {stage_name(stage)}")
     elif b.state.awaiting is not None:
