@@ -16,7 +16,7 @@ from typing import Any
 from actors.replay import RunState, fold_events, verify_digests
 from actors.seed.lifecycle import gate_name, stage_name
 from leyline import pb
-from scenarios.model import Expectations
+from scenarios.model import Expectations, TransitionMatch
 
 __all__ = ["Observed", "check", "observe", "stage_of"]
 
@@ -72,6 +72,9 @@ def _final(expect: Expectations, seen: Observed, out: dict[str, str]) -> None:
         path = _path(seen.events, slot)
         if path != list(stages):
             out[f"path[{slot}]"] = f"expected {' > '.join(stages)}, got {' > '.join(path) or '-'}"
+
+
+def _gates_and_pauses(expect: Expectations, seen: Observed, out: dict[str, str]) -> None:
     for slot, results in expect.gates.items():
         want = [(r.gate, r.passed) for r in results]
         got_gates = _gates(seen.events, slot)
@@ -84,7 +87,7 @@ def _final(expect: Expectations, seen: Observed, out: dict[str, str]) -> None:
             out[f"paused[{slot}]"] = f"expected paused={paused}, got paused={actual}"
 
 
-def _matches(expect: Expectations, seen: Observed, out: dict[str, str]) -> None:
+def _transitions(expect: Expectations, seen: Observed, out: dict[str, str]) -> None:
     transitions = [m for _, k, m in seen.events if k == "lifecycle.transition"]
     for i, t in enumerate(expect.transitions):
         mine = [m for m in transitions if m.slot == t.slot]
@@ -92,17 +95,20 @@ def _matches(expect: Expectations, seen: Observed, out: dict[str, str]) -> None:
             stage_name(m.to_stage) == t.to and t.cause in m.cause and m.step >= t.min_step
             for m in mine
         ):
-            into = [f"{m.cause!r} at step {m.step}" for m in mine if stage_name(m.to_stage) == t.to]
-            detail = (
-                f"got {', '.join(into)}"
-                if into
-                else f"path {' > '.join(_path(seen.events, t.slot))}"
-            )
-            since = f" at step {t.min_step} or later" if t.min_step else ""
-            out[f"transitions[{i}]"] = (
-                f"no transition of {t.slot} to {t.to} with cause containing {t.cause!r}{since}; "
-                + detail
-            )
+            out[f"transitions[{i}]"] = _missing_transition(t, mine, seen.events)
+
+
+def _missing_transition(t: TransitionMatch, mine: list[Any], events: Sequence[Event]) -> str:
+    """Why no transition of the slot matched: those into the stage, else the slot's path."""
+    into = [f"{m.cause!r} at step {m.step}" for m in mine if stage_name(m.to_stage) == t.to]
+    detail = f"got {', '.join(into)}" if into else f"path {' > '.join(_path(events, t.slot))}"
+    since = f" at step {t.min_step} or later" if t.min_step else ""
+    return (
+        f"no transition of {t.slot} to {t.to} with cause containing {t.cause!r}{since}; " + detail
+    )
+
+
+def _refusals(expect: Expectations, seen: Observed, out: dict[str, str]) -> None:
     refusals = [m for _, k, m in seen.events if k == "lifecycle.refused"]
     for i, r in enumerate(expect.refused):
         mine = [m for m in refusals if m.slot == r.slot]
@@ -126,6 +132,9 @@ def _log(expect: Expectations, seen: Observed, out: dict[str, str]) -> None:
     for kind in expect.events_absent:
         if kinds[kind]:
             out[f"events_absent[{kind}]"] = f"{kinds[kind]} {kind} event(s) recorded"
+
+
+def _replay_verify(expect: Expectations, seen: Observed, out: dict[str, str]) -> None:
     if expect.replay_verify and seen.digest_mismatches:
         first = seen.digest_mismatches[0]
         out["replay_verify"] = (
@@ -140,8 +149,11 @@ def check(expect: Expectations, seen: Observed) -> dict[str, str]:
     """``{expectation: what happened}`` for every expectation that does not hold."""
     out: dict[str, str] = {}
     _final(expect, seen, out)
-    _matches(expect, seen, out)
+    _gates_and_pauses(expect, seen, out)
+    _transitions(expect, seen, out)
+    _refusals(expect, seen, out)
     _log(expect, seen, out)
+    _replay_verify(expect, seen, out)
     return out
 
 

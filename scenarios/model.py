@@ -13,14 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from contracts import KasminaConfig, Reason
 from scenarios.names import (
@@ -308,24 +301,31 @@ class ScenarioSpec(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> ScenarioSpec:
         known = set(self.slots)
+        for where, slot in self._slot_uses():
+            if slot not in known:
+                raise ValueError(f"{where}: slot {slot!r} is not one of the scenario's slots")
+        self._check_timeline()
+        ws = self.config.get("barrier.world_size")
+        if ws is not None and ws != self.driver.world_size:
+            raise ValueError("config barrier.world_size differs from driver.world_size")
+        return self
+
+    def _slot_uses(self) -> list[tuple[str, str]]:
+        """Every place the scenario names a slot, as ``(where, slot)``."""
         used: list[tuple[str, str]] = []
         used += [("driver.leak_slots", s) for s in self.driver.leak_slots]
         used += [("driver.until", s) for s in self.driver.until]
         for i, item in enumerate(self.timeline):
-            if isinstance(item, Command | Forge | SkewClock) and item.slot != ALL_SLOTS:
-                used.append((f"timeline[{i}].slot", item.slot))
-            if isinstance(item, KillActor | Duplicate) and item.actor.startswith("seed:"):
-                used.append((f"timeline[{i}].actor", item.actor[5:]))
-            if isinstance(item, SetSim):
-                used += [(f"timeline[{i}].leak_slots", s) for s in item.leak_slots or []]
+            used += _item_slots(f"timeline[{i}]", item)
         ex = self.expect
         for field in ("final_stage", "path", "gates", "paused"):
             used += [(f"expect.{field}", s) for s in getattr(ex, field)]
         used += [(f"expect.transitions[{i}].slot", t.slot) for i, t in enumerate(ex.transitions)]
         used += [(f"expect.refused[{i}].slot", r.slot) for i, r in enumerate(ex.refused)]
-        for where, slot in used:
-            if slot not in known:
-                raise ValueError(f"{where}: slot {slot!r} is not one of the scenario's slots")
+        return used
+
+    def _check_timeline(self) -> None:
+        """A replay names an earlier label; a killed execution actor is a rank of the world."""
         labels: set[str] = set()
         for i, item in enumerate(self.timeline):
             if isinstance(item, Replay) and item.of not in labels:
@@ -338,10 +338,6 @@ class ScenarioSpec(BaseModel):
                 and int(item.actor.partition(":")[2]) >= self.driver.world_size
             ):
                 raise ValueError(f"timeline[{i}].actor: no rank {item.actor} in the world")
-        ws = self.config.get("barrier.world_size")
-        if ws is not None and ws != self.driver.world_size:
-            raise ValueError("config barrier.world_size differs from driver.world_size")
-        return self
 
     def kasmina_config(self) -> KasminaConfig:
         """The run's configuration: defaults, the overrides, the driver's world size."""
@@ -386,3 +382,14 @@ def load_scenario(path: str | Path) -> ScenarioSpec:
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
     return parse_scenario(data, str(path))
+
+
+def _item_slots(where: str, item: TimelineAction) -> list[tuple[str, str]]:
+    """The slots one timeline item names, as ``(where, slot)``."""
+    if isinstance(item, Command | Forge | SkewClock) and item.slot != ALL_SLOTS:
+        return [(f"{where}.slot", item.slot)]
+    if isinstance(item, KillActor | Duplicate) and item.actor.startswith("seed:"):
+        return [(f"{where}.actor", item.actor[5:])]
+    if isinstance(item, SetSim):
+        return [(f"{where}.leak_slots", s) for s in item.leak_slots or []]
+    return []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,28 +142,40 @@ async def _drive(spec: ScenarioSpec, h: Harness, tail: _Tail, failures: dict[str
         if until and step == max(last_action, 0):
             await tail.refresh(h.reading_ring())
             marks = _entered(tail.events)
-        acted = bool(due.get(step)) or any(d.restart_at <= step for d in h.down.values())
-        await h.restart_due(step)
-        for i, item in due.get(step, []):
-            try:
-                await h.perform(item)
-            except ScenarioFault as exc:
-                failures[f"timeline[{i}]"] = f"{item.do} at step {step}: {exc}"
-        if acted:
-            await h.settle()
-        before = sum(sim.drained for sim in sims)
-        await h.cluster.step(step)
-        if acted or sum(sim.drained for sim in sims) != before:
-            await h.settle()  # a step that sent nothing leaves the settled run as it was
-        if until and step >= last_action and not h.down:
-            state = await tail.refresh(h.reading_ring())
-            entered = _entered(tail.events)
-            if all(
-                stage_of(state, slot) == stage and entered[slot] > marks[slot]
-                for slot, stage in until.items()
-            ):
-                return step + 1
+        await _step(h, sims, step, due.get(step, []), failures)
+        if until and step >= last_action and not h.down and await _arrived(until, h, tail, marks):
+            return step + 1
     return spec.driver.steps
+
+
+async def _step(
+    h: Harness, sims: list[_Sim], step: int, items: list[tuple[int, Any]], failures: dict[str, str]
+) -> None:
+    """One step: restarts and timeline items due, then the cluster's step; settled around it
+    when anything was sent."""
+    acted = bool(items) or any(d.restart_at <= step for d in h.down.values())
+    await h.restart_due(step)
+    for i, item in items:
+        try:
+            await h.perform(item)
+        except ScenarioFault as exc:
+            failures[f"timeline[{i}]"] = f"{item.do} at step {step}: {exc}"
+    if acted:
+        await h.settle()
+    before = sum(sim.drained for sim in sims)
+    await h.cluster.step(step)
+    if acted or sum(sim.drained for sim in sims) != before:
+        await h.settle()  # a step that sent nothing leaves the settled run as it was
+
+
+async def _arrived(until: Mapping[str, str], h: Harness, tail: _Tail, marks: Counter[str]) -> bool:
+    """Every ``until`` slot is in its stage, entered after the last timeline entry."""
+    state = await tail.refresh(h.reading_ring())
+    entered = _entered(tail.events)
+    return all(
+        stage_of(state, slot) == stage and entered[slot] > marks[slot]
+        for slot, stage in until.items()
+    )
 
 
 @dataclass

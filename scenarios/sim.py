@@ -205,18 +205,7 @@ class SimRuntime:
     def on_step(self, step: int, loss: float = 1.0, *, val_accuracy: float = 0.9) -> None:
         """Close step ``step`` (same contract as ExecutionRuntime.on_step)."""
         self.step = step
-        with self._lock:
-            self._pending.extend(self._inbox)
-            self._inbox.clear()
-        commit = self.committed_barrier
-        due = sorted(
-            (o for o in self._pending if o.apply_at_step <= step and released(o, commit)),
-            key=lambda o: o.apply_at_step,
-        )
-        self._pending = [o for o in self._pending if o not in due]
-        for order in due:
-            if order.slot in self.slots:
-                self._apply(order, step)
+        self._apply_due(step)
         for sid, slot in self.slots.items():
             slot.alpha = self._alpha(slot, step)
             if sid in self.leak_slots and slot.stage in (
@@ -235,22 +224,39 @@ class SimRuntime:
                     ),
                 )
         if self.report_every and step % self.report_every == 0:
-            report = pb.StepReport(
-                rank=self.rank, step=step, loss=loss, val_loss=loss, val_accuracy=val_accuracy
-            )
-            for sid, slot in self.slots.items():
-                entry = report.slots.add(slot=sid, stage=slot.stage, alpha=slot.alpha)
-                entry.metrics.update(self.evidence())
-                entry.metrics[ev.ALPHA] = slot.alpha if slot.stage == S.SEED_STAGE_BLENDING else 1.0
-                for failing in self.fail_gates:
-                    entry.metrics.update(FAILING[failing])
-            self._put("step.report", report)
-            raw = pb.TelemetryRaw(
-                slot="", region=f"rank{self.rank}", step=step, metrics={"loss": loss}
-            )
-            self._put("telemetry.raw", raw)
+            self._report(step, loss, val_accuracy)
         if self.barrier_frequency and step % self.barrier_frequency == 0 and step > 0:
             vote = pb.BarrierVote(
                 barrier_step=step, rank=self.rank, world_size=self.world_size, digest=self.digest()
             )
             self._put("barrier.vote", vote)
+
+    def _apply_due(self, step: int) -> None:
+        """Apply the orders due by ``step`` (those gated on a barrier once it committed)."""
+        with self._lock:
+            self._pending.extend(self._inbox)
+            self._inbox.clear()
+        commit = self.committed_barrier
+        due = sorted(
+            (o for o in self._pending if o.apply_at_step <= step and released(o, commit)),
+            key=lambda o: o.apply_at_step,
+        )
+        self._pending = [o for o in self._pending if o not in due]
+        for order in due:
+            if order.slot in self.slots:
+                self._apply(order, step)
+
+    def _report(self, step: int, loss: float, val_accuracy: float) -> None:
+        """The step report (each slot's stage, alpha and gate evidence) and the raw telemetry."""
+        report = pb.StepReport(
+            rank=self.rank, step=step, loss=loss, val_loss=loss, val_accuracy=val_accuracy
+        )
+        for sid, slot in self.slots.items():
+            entry = report.slots.add(slot=sid, stage=slot.stage, alpha=slot.alpha)
+            entry.metrics.update(self.evidence())
+            entry.metrics[ev.ALPHA] = slot.alpha if slot.stage == S.SEED_STAGE_BLENDING else 1.0
+            for failing in self.fail_gates:
+                entry.metrics.update(FAILING[failing])
+        self._put("step.report", report)
+        raw = pb.TelemetryRaw(slot="", region=f"rank{self.rank}", step=step, metrics={"loss": loss})
+        self._put("telemetry.raw", raw)

@@ -113,16 +113,8 @@ class Tamiyo:
     ) -> Plan | None:
         """The plan to germinate at ``step`` given each slot's stage, or None; ``scores`` gives
         the capacity signal of the candidates (without it, the first candidate is taken)."""
-        deadline = self.total_steps - self.lifecycle_steps
-        last_chance = not self.germinated and step >= max(deadline, self.warmup)
-        if len(self.germinated) >= self.max_germinations:
+        if not self._due(step, stages):
             return None
-        if not (self.plateaued(step) or last_chance):
-            return None
-        if any(stage in _BUSY for stage in stages.values()):
-            return None
-        if self.germinated and step > deadline:
-            return None  # another seed would not finish its lifecycle
         if not self.short_of_capacity():
             self._note(
                 step,
@@ -136,6 +128,26 @@ class Tamiyo:
         ]
         if not candidates:
             return None
+        plan = self._choose(step, candidates, scores)
+        self.germinated.append((step, plan))
+        self.best, self.best_step = math.inf, step  # a fresh plateau is needed next time
+        return plan
+
+    def _due(self, step: int, stages: Mapping[str, int]) -> bool:
+        """Whether growing is considered at ``step``: a germination left, a plateau (or the last
+        chance), no seed in its lifecycle, and time for another lifecycle."""
+        deadline = self.total_steps - self.lifecycle_steps
+        last_chance = not self.germinated and step >= max(deadline, self.warmup)
+        if len(self.germinated) >= self.max_germinations:
+            return False
+        if not (self.plateaued(step) or last_chance):
+            return False
+        if any(stage in _BUSY for stage in stages.values()):
+            return False
+        return not (self.germinated and step > deadline)  # a seed must finish its lifecycle
+
+    def _choose(self, step: int, candidates: list[Plan], scores: Scores | None) -> Plan:
+        """The candidate with the largest capacity signal, its ``why`` saying what decided."""
         signal = dict(scores(candidates)) if scores is not None else {}
         best = max(candidates, key=lambda p: signal.get(p.slot, 0.0)) if signal else candidates[0]
         quoted = ", ".join(f"{p.slot} {signal[p.slot]:.3g}" for p in candidates if p.slot in signal)
@@ -150,7 +162,4 @@ class Tamiyo:
             + (f"; capacity signal ||dL/dW_out|| {quoted}" if quoted else "")
             + f": {best.why}"
         )
-        plan = replace(best, why=why)
-        self.germinated.append((step, plan))
-        self.best, self.best_step = math.inf, step  # a fresh plateau is needed next time
-        return plan
+        return replace(best, why=why)

@@ -155,8 +155,16 @@ def _pp(x: float | None) -> str:
 
 def write_report(run: DemoRun, info: dict[str, Any], path: Path) -> None:
     """report.md: summary, germinations, timeline of transitions with causes, gate results."""
+    lines = _summary_lines(run, info) + _germination_lines(run) + _gain_lines(info)
+    lines += _timeline_lines(run) + _gate_lines(run)
+    keys = info.get("keys") or "$KASMINA_KEYS"
+    lines += ["", f"Replay: `kasmina replay {run.recording} --keys {keys} --verify`", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def _summary_lines(run: DemoRun, info: dict[str, Any]) -> list[str]:
     b = run.budgets
-    lines = [
+    return [
         f"# Kasmina demo: {run.options.task}",
         "",
         f"Run `{run.run_id}` on `{run.bus_url}`, {run.options.steps} steps, seed "
@@ -176,35 +184,45 @@ def write_report(run: DemoRun, info: dict[str, Any], path: Path) -> None:
         f"TRAINING {b.training}, BLENDING {b.blend}, SHADOWING {b.shadowing}, "
         f"PROBATIONARY {b.probationary}, embargo {b.embargo} steps.",
         "",
-        "## Germinations (Tamiyo stand-in)",
-        "",
     ]
+
+
+def _germination_lines(run: DemoRun) -> list[str]:
+    lines = ["## Germinations (Tamiyo stand-in)", ""]
     lines += [
         f"- step {s}: `{p.blueprint}` at `{p.slot}` — {p.why}; host test accuracy then {_pct(a)}"
         for s, p, a in run.germinations
     ] or ["- none"]
-    lines += [f"- step {s}: {why}" for s, why in run.notes]
-    lines += [
+    return lines + [f"- step {s}: {why}" for s, why in run.notes]
+
+
+def _gain_lines(info: dict[str, Any]) -> list[str]:
+    lines = [
         "",
         "## Gated gain (G4: paired validation test, seed at α=1 vs α=0)",
         "",
         "| step | slot | gain | se | n | lower bound | net of cost | verdict |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    gains = info["gated_gains"]
-    lines += [
+    return lines + [
         f"| {g['step']} | {g['slot']} | {_pp(g['gain'])} | {_pp(g['gain_se'])} | "
         f"{'n/a' if g['n'] is None else int(g['n'])} | {_pp(g['lower_bound'])} | "
         f"{_pp(g['net_gain'])} | {'FOSSILIZED' if g['passed'] else 'CULLED'} |"
-        for g in gains
+        for g in info["gated_gains"]
     ] or ["| | | | | | | | no seed reached G4 |"]
-    lines += ["", "## Timeline", "", "| step | slot | from | to | cause |", "|---|---|---|---|---|"]
-    lines += [
+
+
+def _timeline_lines(run: DemoRun) -> list[str]:
+    lines = ["", "## Timeline", "", "| step | slot | from | to | cause |", "|---|---|---|---|---|"]
+    return lines + [
         f"| {t.step} | {t.slot} | {stage_name(t.from_stage)} | {stage_name(t.to_stage)} | "
         f"{t.cause.replace('|', '/')} |"
         for t in transitions(run)
     ]
-    lines += [
+
+
+def _gate_lines(run: DemoRun) -> list[str]:
+    lines = [
         "",
         "## Gate results",
         "",
@@ -218,9 +236,7 @@ def write_report(run: DemoRun, info: dict[str, Any], path: Path) -> None:
             for c in r.checks
         )
         lines.append(f"| {r.step} | {r.slot} | {gate_name(r.gate)} | {r.passed} | {checks} |")
-    keys = info.get("keys") or "$KASMINA_KEYS"
-    lines += ["", f"Replay: `kasmina replay {run.recording} --keys {keys} --verify`", ""]
-    path.write_text("\n".join(lines), encoding="utf-8")
+    return lines
 
 
 def write_plot(run: DemoRun, path: Path) -> None:

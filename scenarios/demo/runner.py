@@ -111,87 +111,26 @@ async def run_demo(opts: DemoOptions, progress: Progress | None = None) -> DemoR
     written by :mod:`scenarios.demo.report`)."""
     started = time.perf_counter()
     budgets = Budgets.for_steps(opts.steps)
-    config = budgets.config()
     split = load_task(opts.task, opts.seed)
     model = build_host(opts.task, split, opts.seed)
     host_params = param_count(model)
     slots = insert_slots(model, SLOT_POINTS)
     opt = torch.optim.Adam(model.parameters(), lr=LR)
-    runtime = ExecutionRuntime(
-        model,
-        slots,
-        opt,
-        RuntimeConfig(
-            device="cpu",
-            probe_every=5 * budgets.barrier,
-            report_every=budgets.barrier,
-            barrier_frequency=budgets.barrier,
-            blend_steps=budgets.blend,
-            seed_salt=opts.seed,
-        ),
-        probe_batch=(split.x_train[:256], split.y_train[:256]),
-        validation=(split.x_val, split.y_val),
-    )
-    spec = SPECS[opts.task]
+    runtime = _runtime(model, slots, opt, budgets, split, opts.seed)
     tamiyo = Tamiyo(
-        plans_for(split.features, spec.hidden, LR),
+        plans_for(split.features, SPECS[opts.task].hidden, LR),
         warmup=budgets.earliest,
         patience=budgets.patience,
         lifecycle_steps=budgets.lifecycle_steps,
         total_steps=opts.steps,
     )
-    order = batches(len(split.y_train), BATCH, opts.steps, opts.seed)
-    probe = (split.x_train[:512], split.y_train[:512])
+    history = History(stages={s: [] for s in slots}, alphas={s: [] for s in slots})
+    grower = _Grower(split, model, slots, opt, budgets, tamiyo, history)
     run_id = f"demo-{uuid.uuid4().hex[:10]}"
     url = bus_url(opts.bus, run_id)
-    history = History(stages={s: [] for s in slots}, alphas={s: [] for s in slots})
-    germinations: list[tuple[int, Plan, float]] = []
     opts.out.mkdir(parents=True, exist_ok=True)
     recording = opts.out / "recording.kasrec"
-    bus = open_bus(url)
-    try:
-        async with running_cluster(
-            bus, run=run_id, slots=list(slots), runtimes=[runtime], config=config, ring=opts.keys
-        ) as cl:
-            window: list[float] = []
-            for step in range(opts.steps):
-                idx = order[step]
-                x, y = split.x_train[idx], split.y_train[idx]
-                opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(x), y)
-                loss.backward()  # type: ignore[no-untyped-call]
-                opt.step()
-                window.append(float(loss.detach()))
-                if step % budgets.barrier:
-                    await cl.step(step, loss=loss, batch=(x, y))
-                    continue
-                val_loss, val_acc = evaluate(model, split.x_val, split.y_val)
-                await cl.step(
-                    step, loss=loss, val_loss=val_loss, val_accuracy=val_acc, batch=(x, y)
-                )
-                await cl.settle()
-                _sample(history, step, sum(window) / len(window), val_loss, val_acc, slots)
-                window.clear()
-                tamiyo.observe(step, val_loss, history.train_loss[-1])
-                plan = tamiyo.decide(
-                    step,
-                    {s: slot.stage for s, slot in slots.items()},
-                    lambda plans: capacity_scores(model, slots, plans, probe),
-                )
-                if plan is not None:
-                    acc = evaluate(model, split.x_test, split.y_test)[1]
-                    germinations.append((step, plan, acc))
-                    await _germinate(cl, plan, budgets)
-                if progress is not None:
-                    progress(step, _status(history, slots))
-            await cl.settle()
-            events = await cl.events()
-            names = await bus.streams(streams.prefix(run_id) + "*")
-            meta = {"run": run_id, "task": opts.task, "steps": opts.steps, "seed": opts.seed}
-            seal = SealKey(cl.ring.active.id, cl.ring.active.secret)
-            await record(bus, names, recording, meta, seal=seal)
-    finally:
-        await bus.close()
+    events = await _run_and_record(opts, grower, runtime, run_id, url, recording, progress)
     if progress is not None:
         progress(opts.steps, _status(history, slots))
     return DemoRun(
@@ -200,7 +139,7 @@ async def run_demo(opts: DemoOptions, progress: Progress | None = None) -> DemoR
         bus_url=redact_url(url),  # reports and JSON never carry the password
         budgets=budgets,
         history=history,
-        germinations=germinations,
+        germinations=grower.germinations,
         notes=list(tamiyo.notes),
         accuracy_after=evaluate(model, split.x_test, split.y_test)[1],
         accuracy_static=static_host(opts.task, split, opts.steps, opts.seed),
@@ -215,6 +154,114 @@ async def run_demo(opts: DemoOptions, progress: Progress | None = None) -> DemoR
         recording=recording,
         elapsed_s=time.perf_counter() - started,
     )
+
+
+def _runtime(
+    model: torch.nn.Module,
+    slots: dict[str, Any],
+    opt: torch.optim.Optimizer,
+    budgets: Budgets,
+    split: Split,
+    seed: int,
+) -> ExecutionRuntime:
+    """The demo's runtime: probes, reports and barriers paced by the budgets."""
+    return ExecutionRuntime(
+        model,
+        slots,
+        opt,
+        RuntimeConfig(
+            device="cpu",
+            probe_every=5 * budgets.barrier,
+            report_every=budgets.barrier,
+            barrier_frequency=budgets.barrier,
+            blend_steps=budgets.blend,
+            seed_salt=seed,
+        ),
+        probe_batch=(split.x_train[:256], split.y_train[:256]),
+        validation=(split.x_val, split.y_val),
+    )
+
+
+async def _run_and_record(
+    opts: DemoOptions,
+    grower: _Grower,
+    runtime: ExecutionRuntime,
+    run_id: str,
+    url: str,
+    recording: Path,
+    progress: Progress | None,
+) -> list[tuple[str, str, Any]]:
+    """Train with the actors serving the run, then record its streams; the run's events."""
+    order = batches(len(grower.split.y_train), BATCH, opts.steps, opts.seed)
+    config = grower.budgets.config()
+    bus = open_bus(url)
+    try:
+        async with running_cluster(
+            bus, run=run_id, slots=list(grower.slots), runtimes=[runtime], config=config,
+            ring=opts.keys,
+        ) as cl:  # fmt: skip
+            await grower.train(cl, order, opts.steps, progress)
+            await cl.settle()
+            events = await cl.events()
+            names = await bus.streams(streams.prefix(run_id) + "*")
+            meta = {"run": run_id, "task": opts.task, "steps": opts.steps, "seed": opts.seed}
+            seal = SealKey(cl.ring.active.id, cl.ring.active.secret)
+            await record(bus, names, recording, meta, seal=seal)
+    finally:
+        await bus.close()
+    return events
+
+
+@dataclass
+class _Grower:
+    """The user's loop: the host with its slots, the Tamiyo stand-in, the curves sampled."""
+
+    split: Split
+    model: torch.nn.Module
+    slots: dict[str, Any]
+    opt: torch.optim.Optimizer
+    budgets: Budgets
+    tamiyo: Tamiyo
+    history: History
+    germinations: list[tuple[int, Plan, float]] = field(default_factory=list)
+    window: list[float] = field(default_factory=list)  # training losses since the last barrier
+
+    async def train(self, cl: Cluster, order: Any, steps: int, progress: Progress | None) -> None:
+        """Every step: forward, backward, optimizer step, ``cl.step``; barriers see ``barrier``."""
+        for step in range(steps):
+            idx = order[step]
+            x, y = self.split.x_train[idx], self.split.y_train[idx]
+            self.opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(self.model(x), y)
+            loss.backward()  # type: ignore[no-untyped-call]
+            self.opt.step()
+            self.window.append(float(loss.detach()))
+            if step % self.budgets.barrier:
+                await cl.step(step, loss=loss, batch=(x, y))
+                continue
+            await self.barrier(cl, step, loss, (x, y))
+            if progress is not None:
+                progress(step, _status(self.history, self.slots))
+
+    async def barrier(self, cl: Cluster, step: int, loss: torch.Tensor, batch: Any) -> None:
+        """A barrier step: validated, settled, sampled; the Tamiyo stand-in may germinate."""
+        split, model, slots = self.split, self.model, self.slots
+        val_loss, val_acc = evaluate(model, split.x_val, split.y_val)
+        await cl.step(step, loss=loss, val_loss=val_loss, val_accuracy=val_acc, batch=batch)
+        await cl.settle()
+        _sample(self.history, step, sum(self.window) / len(self.window), val_loss, val_acc, slots)
+        self.window.clear()
+        self.tamiyo.observe(step, val_loss, self.history.train_loss[-1])
+        probe = (split.x_train[:512], split.y_train[:512])
+        plan = self.tamiyo.decide(
+            step,
+            {s: slot.stage for s, slot in slots.items()},
+            lambda plans: capacity_scores(model, slots, plans, probe),
+        )
+        if plan is not None:
+            acc = evaluate(model, split.x_test, split.y_test)[1]
+            self.germinations.append((step, plan, acc))
+            await _germinate(cl, plan, self.budgets)
 
 
 async def _germinate(cl: Cluster, plan: Plan, budgets: Budgets) -> None:
