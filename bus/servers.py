@@ -241,6 +241,12 @@ def _linked(server: RedisServer) -> bool:
     return _replication(server.port).get("master_link_status") == "up"
 
 
+def _without_replicaof(args: list[str]) -> list[str]:
+    """Server arguments less their ``--replicaof HOST PORT`` (there is one at most)."""
+    at = args.index("--replicaof") if "--replicaof" in args else len(args)
+    return args[:at] + args[at + 3 :]
+
+
 # -- sentinel ---------------------------------------------------------------------------------
 @dataclass
 class LocalSentinel:
@@ -274,10 +280,27 @@ class LocalSentinel:
         return int(_replication(self.primary().port).get("connected_slaves", 0))
 
     def kill_primary(self) -> RedisServer:
-        """SIGKILL the current primary; returns it (restart it with ``.start()``)."""
+        """SIGKILL the current primary; returns it (restart it with :meth:`start_again`)."""
         old = self.primary()
         old.kill()
         return old
+
+    def start_again(self, server: RedisServer) -> None:
+        """Start the stopped ``server`` in the role the sentinels give it now: the primary if
+        they still name it, else a replica of the one they name, whatever its first role.
+
+        A former primary started as a primary holds what it kept (nothing without AOF) until the
+        sentinels turn it into a replica, seconds later; were it elected again meanwhile, the
+        promoted server would copy its data. A promoted replica started with its first
+        ``--replicaof`` would follow its old primary while the sentinels name it primary."""
+        port = self.primary_port()
+        if port is None:
+            raise RuntimeError(f"no sentinel names a primary of {self.service}")
+        args = _without_replicaof(server.args)
+        if port != server.port:
+            args += ["--replicaof", "127.0.0.1", str(port)]
+        server.args = args
+        server.start()
 
     def wait_failover(self, old: RedisServer, timeout_s: float = 30.0) -> float:
         """Wait until every sentinel names a live primary other than ``old`` and that server

@@ -69,7 +69,7 @@ class Faults:
 
     async def failover(self, delay_s: float) -> None:
         """SIGKILL the primary, wait for the sentinels to promote a replica, start the old one
-        again (the sentinels turn it into a replica of the new primary)."""
+        again as a replica of the new primary."""
         await anyio.sleep(delay_s)
         sentinel = self.servers
         if not isinstance(sentinel, LocalSentinel):
@@ -79,7 +79,7 @@ class Faults:
             old.kill()
             self.killed_ms.append(time.time_ns() // 1_000_000)
             self.promotion_s.append(await anyio.to_thread.run_sync(sentinel.wait_failover, old))
-            await anyio.to_thread.run_sync(old.start)
+            await anyio.to_thread.run_sync(sentinel.start_again, old)
 
     async def kill(self, index: int, delay_s: float, down_s: float) -> None:
         await anyio.sleep(delay_s)
@@ -100,11 +100,19 @@ class Faults:
             server = self.primary()
             server.kill()
             await anyio.sleep(0.3)
-            await anyio.to_thread.run_sync(server.start)
+            await anyio.to_thread.run_sync(self._start_again, server)
             self.out_restarts += 1
             pairs = [pair for proc in self.procs for pair in _groups(proc, self.run)]
             with contextlib.suppress(BusUnavailable):
                 self.redeliveries += await _pending(self.bus, pairs)
+
+    def _start_again(self, server: RedisServer) -> None:
+        """Start a killed server in the role the topology gives it now (behind Sentinel: the
+        primary if the sentinels still name it, else a replica of the one they promoted)."""
+        if isinstance(self.servers, LocalSentinel):
+            self.servers.start_again(server)
+        else:
+            server.start()
 
     def due(self, step: int, tg: Any) -> None:
         for k in self.plan.kills:

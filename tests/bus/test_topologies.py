@@ -186,6 +186,79 @@ async def _replicas(setup: LocalSentinel) -> bool:
     return setup.replicas_of_primary() >= 1
 
 
+def _role(port: int) -> list[Any]:
+    """The first three items of ``ROLE`` of the server on ``port`` (a replica: its primary's
+    host and port)."""
+    client = redis.Redis(port=port)
+    try:
+        return list(client.execute_command("ROLE"))[:3]
+    finally:
+        client.close()
+
+
+async def test_a_killed_primary_comes_back_as_a_replica_of_the_promoted_one() -> None:
+    """After a failover, the killed primary (no AOF) is started again as a replica of the
+    promoted server at once, not as an empty primary waiting for the sentinels to turn it: it
+    copies the data, and writes with ``wait=1`` are confirmed as soon as it is in sync."""
+    with redis_sentinel(replicas=1, aof=False) as setup:
+        bus = RedisStreamBus.from_url(setup.url + "?wait=1", retries=0)
+        stream = "kasmina:{back}:inbox"
+        try:
+            for i in range(5):
+                await bus.publish(stream, {"n": str(i).encode()})
+            old = setup.kill_primary()
+            setup.wait_failover(old)
+            new = setup.primary()
+            await anyio.to_thread.run_sync(setup.start_again, old)
+            assert _role(old.port) == [b"slave", b"127.0.0.1", new.port]
+
+            async def confirmed() -> bool:
+                try:
+                    await bus.publish(stream, {"n": b"after"})
+                except BusUnavailable:
+                    return False
+                return True
+
+            await eventually(confirmed, timeout_s=30, interval_s=0.05)
+            copy = redis.Redis(port=old.port)
+            try:
+                assert copy.xlen(stream) >= 6  # the entries before the failover, and after
+            finally:
+                copy.close()
+            assert setup.primary() is new
+        finally:
+            await bus.close()
+
+
+async def test_a_promoted_primary_restarted_stays_the_primary() -> None:
+    """A replica promoted by the sentinels, killed and started again while they still name it
+    (a long ``down-after``), comes back as the primary with its data (AOF), not as a replica of
+    the server it was first started to follow."""
+    with redis_sentinel(replicas=1, aof=True, down_after_ms=60_000) as setup:
+        first = setup.primary()
+        promoted = next(s for s in setup.servers if s is not first)
+        sentinel = redis.Redis(port=setup.sentinels[0].port)
+        try:
+            sentinel.execute_command("SENTINEL", "FAILOVER", setup.service)
+        finally:
+            sentinel.close()
+        setup.wait_failover(first)
+        assert setup.primary() is promoted
+        bus = RedisStreamBus.from_url(setup.url + "?wait=1", retries=0)
+        try:
+            await eventually(lambda: _replicas(setup), timeout_s=30)
+            await bus.publish("kasmina:{p}:s", {"n": b"kept"})
+            promoted.kill()
+            await anyio.to_thread.run_sync(setup.start_again, promoted)
+            assert _role(promoted.port)[0] == b"master"
+            assert setup.primary() is promoted
+            await eventually(lambda: _replicas(setup), timeout_s=30)
+            kept = await bus.range("kasmina:{p}:s")
+            assert [e.fields["n"] for e in kept] == [b"kept"]
+        finally:
+            await bus.close()
+
+
 async def test_wait_on_a_cluster_asks_the_shard_that_took_the_write() -> None:
     """With ``wait=1`` on a cluster with a replica per primary, every kind of write of runs on
     different shards is confirmed by its own shard's replica; with one shard's replica down,
