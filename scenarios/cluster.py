@@ -141,18 +141,7 @@ async def running_cluster(
         slots=slots,
     )
     supervisor = Supervisor(shells)
-    executions = [
-        ExecutionActor(
-            rt,
-            bus=bus,
-            run=run,
-            signer=Signer(ring, f"execution:{rank}"),
-            verifier=live_verifier(bus, run, ring, config),
-            config=config,
-            rank=rank,
-        )
-        for rank, rt in enumerate(runtimes)
-    ]
+    executions = _executions(bus, run, ring, config, runtimes)
     client = KasminaClient(bus, run, Signer(ring, "tamiyo"), live_verifier(bus, run, ring, config))
     cluster = Cluster(bus, run, ring, config, supervisor, executions, client, list(runtimes))
     async with anyio.create_task_group() as tg:
@@ -168,3 +157,21 @@ async def running_cluster(
                 for actor in executions:
                     await actor.stop()
                 await supervisor.stop()
+
+
+def _executions(
+    bus: Bus, run: str, ring: KeyRing, config: KasminaConfig, runtimes: Sequence[Any]
+) -> list[ExecutionActor]:
+    """An ExecutionActor per runtime, its rank the runtime's index."""
+    return [
+        ExecutionActor(
+            rt,
+            bus=bus,
+            run=run,
+            signer=Signer(ring, f"execution:{rank}"),
+            verifier=live_verifier(bus, run, ring, config),
+            config=config,
+            rank=rank,
+        )
+        for rank, rt in enumerate(runtimes)
+    ]

@@ -274,23 +274,7 @@ def plot_history(
         axes[1].legend(loc="lower right")
     axes[1].set_ylabel("val acc")
     for ax, sid in zip(axes[2:], slots, strict=True):
-        stages = [stage_name(s) for s in h.stages[sid]]
-        start = 0
-        for i in range(1, len(stages) + 1):
-            if i == len(stages) or stages[i] != stages[start]:
-                colour = _COLOURS.get(stages[start])
-                if colour is not None:
-                    end = h.steps[i] if i < len(stages) else h.steps[-1]
-                    ax.axvspan(h.steps[start], end, color=colour, lw=0)
-                    ax.text(
-                        (h.steps[start] + end) / 2,
-                        0.5,
-                        stages[start][:5],
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                    )
-                start = i
+        _stage_bands(ax, h.steps, [stage_name(s) for s in h.stages[sid]])
         ax.plot(h.steps, h.alphas[sid], color="black", lw=1)
         ax.set_ylim(-0.05, 1.1)
         ax.set_ylabel(f"{sid}\nα", fontsize=8)
@@ -298,3 +282,23 @@ def plot_history(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _stage_bands(ax: Any, steps: list[int], stages: list[str]) -> None:
+    """One coloured, labelled band per run of equal stages (stages without a colour left bare)."""
+    start = 0
+    for i in range(1, len(stages) + 1):
+        if i == len(stages) or stages[i] != stages[start]:
+            colour = _COLOURS.get(stages[start])
+            if colour is not None:
+                end = steps[i] if i < len(stages) else steps[-1]
+                ax.axvspan(steps[start], end, color=colour, lw=0)
+                ax.text(
+                    (steps[start] + end) / 2,
+                    0.5,
+                    stages[start][:5],
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                )
+            start = i
