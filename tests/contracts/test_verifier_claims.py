@@ -12,6 +12,7 @@ import pytest
 from contracts import Key, KeyRing, MemoryNonceGuard, Reason, Signer, Verifier
 from contracts.envelope import Envelope
 from contracts.errors import ContractError
+from contracts.nonce import Claim
 
 NOW = 1_800_000_000 * 10**9
 SECOND = 10**9
@@ -244,8 +245,8 @@ async def test_a_batch_refuses_what_was_stamped_before_the_nonce_memory_began() 
 class ShortGuard(MemoryNonceGuard):
     """A broken nonce store that answers fewer verdicts than it was asked for."""
 
-    async def admit_many(self, items: Sequence[tuple[str, str]], ttl_ms: int) -> list[bool]:
-        return [True]
+    async def admit_many(self, items: Sequence[tuple[str, str, int]]) -> list[Claim]:
+        return (await super().admit_many(items))[:1]
 
 
 async def test_a_batch_never_lets_through_a_frame_the_nonce_store_did_not_judge() -> None:
