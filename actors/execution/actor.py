@@ -30,7 +30,7 @@ from actors.artifacts import ArtifactError, ArtifactStore
 from actors.delivery import since, written
 from actors.execution.protocol import Runtime
 from actors.hosting import FRAME, Rejections, Router, inbox_consumer
-from actors.hosting.admission import aggregated
+from actors.hosting.admission import Admission, aggregated
 from actors.hosting.housekeeping import every, publish_heartbeat
 from actors.hosting.routing import STREAMS
 from bus import Append, Bus, BusClosed, BusUnavailable, Consumer, Entry, Handled, backoff_s
@@ -102,6 +102,7 @@ class ExecutionActor:
         self.router = Router(bus, run)
         self.rejections = Rejections(run, f"execution:{rank}", signer)
         self.rejected = self.rejections.counts
+        self.admission = Admission(bus, self.inbox, self.group, config, self.rejections)
         self._seen_orders: OrderedDict[str, None] = OrderedDict()
         self.commits = 0
         self.last_commit = -1
@@ -190,6 +191,20 @@ class ExecutionActor:
     ) -> Handled:
         appends = self.rejections.record(entry, code, detail, env, claimed)
         return Handled(entry, self.group, appends)
+
+    async def _admit(self, batch: Sequence[Entry]) -> list[Handled]:
+        """The batch's commit items: its oldest entries beyond the backlog bound shed as
+        ``overloaded`` (admission.py), the others taken. A shed order is sent again by its
+        SeedActor (a step report shows it was never acknowledged) and a shed barrier commit is
+        superseded by the next one; an entry claiming a kind that no one sends again is taken,
+        never shed (:func:`_never_shed`)."""
+        cut = await self.admission.cut(batch)
+        shed = [e for e in batch[:cut] if not _never_shed(e)]
+        kept = [e for e in batch[:cut] if _never_shed(e)]
+        items = await self._take_batch([*kept, *batch[cut:]])
+        if shed:
+            items += self.admission.shed_items(shed)
+        return items
 
     async def _take_batch(self, batch: Sequence[Entry]) -> list[Handled]:
         """The batch verified together (one nonce round trip), each entry turned into its commit
@@ -286,7 +301,7 @@ class ExecutionActor:
                 # barrier commits and orders for every rank route by the registry
                 await self.router.register(self.inbox)
                 async for batch in self._consumer.batches():
-                    await self.bus.commit(await self._take_batch(batch))
+                    await self.bus.commit(await self._admit(batch))
                     self.taken += len(batch)
             except BusUnavailable:
                 await anyio.sleep(0.2)
@@ -326,3 +341,14 @@ class ExecutionActor:
         self._stopped.set()
         if self._consumer is not None:
             await self._consumer.close()
+
+
+_NEVER_SHED = (kinds.CHECKPOINT_REQUEST.encode(), kinds.PRUNING_ORDER.encode())
+
+
+def _never_shed(entry: Entry) -> bool:
+    """True if the entry's frame claims (unverified: its bytes hold the kind) a checkpoint or
+    rollback request or a pruning order, which no one sends again. A forger who claims one only
+    buys the verification that every entry cost before admission."""
+    frame = entry.fields.get(FRAME)
+    return frame is not None and any(k in frame for k in _NEVER_SHED)

@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 SHED_OUTCOMES = 16  # claimed command ids answered `overloaded` per shed run, at most
+_COMMAND = kinds.SEED_COMMAND.encode()  # a frame claiming this kind holds these bytes verbatim
 
 
 def shed_count(batch: int, lag: int | None, *, bound: int, verify: int) -> int:
@@ -68,9 +69,10 @@ class Claim:
 
 def claim_of(entry: Entry, frame_field: str, max_bytes: int) -> Claim | None:
     """The command a shed entry claims to be (bounded decode, no MAC), or None if it does not
-    claim to be a command: its sender can then be told it was shed."""
+    claim to be a command: its sender can then be told it was shed. A frame over ``max_bytes``,
+    or without the command kind's bytes (msgpack stores a string verbatim), is not decoded."""
     frame = entry.fields.get(frame_field)
-    if frame is None:
+    if frame is None or len(frame) > max_bytes or _COMMAND not in frame:
         return None
     try:
         env = unpack(frame, max_bytes=max_bytes)

@@ -89,18 +89,17 @@ class Rejections:
         self.counts[code.value] += n
         if self._storm_config is None:
             return []
-        signals = []
-        for _ in range(n):
-            self._storm, storm = note_reject(
-                self._storm,
-                time.monotonic(),
-                self._storm_config,
-                detail=f"{self.actor}: rejection storm",
-            )
-            if storm is not None:  # too many rejections in the window: tell the SafetyActor
-                log.warning("%s", storm.detail)
-                signals.append(storm)
-        return [self._signal(s, cause) for s in signals]
+        self._storm, storm = note_reject(
+            self._storm,
+            time.monotonic(),
+            self._storm_config,
+            detail=f"{self.actor}: rejection storm",
+            count=n,
+        )
+        if storm is None:
+            return []
+        log.warning("%s", storm.detail)  # too many rejections in the window: tell the SafetyActor
+        return [self._signal(storm, cause)]
 
     def _signal(self, storm: pb.SafetySignal, cause: str) -> Append:
         frame = self.signer.seal(

@@ -16,30 +16,39 @@ __all__ = ["RejectStorm", "note_reject"]
 
 @dataclass(frozen=True, slots=True)
 class RejectStorm:
-    """Times (seconds) of the rejections inside the current window."""
+    """The rejections inside the current window: ``(time in seconds, how many)`` per call."""
 
-    times: tuple[float, ...] = ()
+    times: tuple[tuple[float, int], ...] = ()
     storms: int = 0
     quiet_until: float = 0.0  # no further signal before this time (one verdict per quiet period)
 
 
 def note_reject(
-    tracker: RejectStorm, now_s: float, config: SafetyConfig, *, step: int = 0, detail: str = ""
+    tracker: RejectStorm,
+    now_s: float,
+    config: SafetyConfig,
+    *,
+    step: int = 0,
+    detail: str = "",
+    count: int = 1,
 ) -> tuple[RejectStorm, pb.SafetySignal | None]:
-    """Record one rejection at ``now_s``; a signal when more than ``reject_storm_count`` fall
-    inside ``reject_storm_window_s`` (the window then starts afresh, so one storm = one signal).
-    After a signal, a continuing storm raises no other one for ``reject_storm_quiet_s``: a flood
-    adds at most one verdict to the event log per quiet period, however long it lasts."""
+    """Record ``count`` rejections at ``now_s``; a signal when more than ``reject_storm_count``
+    fall inside ``reject_storm_window_s`` (the window then starts afresh, so one storm = one
+    signal). After a signal, a continuing storm raises no other one for ``reject_storm_quiet_s``:
+    a flood adds at most one verdict to the event log per quiet period, however long it lasts.
+    The cost is one step per call inside the window, whatever ``count`` is (a flood's rejections
+    in aggregate are one call)."""
     if now_s < tracker.quiet_until:
         return tracker, None
     horizon = now_s - config.reject_storm_window_s
-    times = (*tuple(t for t in tracker.times if t > horizon), now_s)
-    if len(times) <= config.reject_storm_count:
+    times = (*(t for t in tracker.times if t[0] > horizon), (now_s, count))
+    total = sum(n for _, n in times)
+    if total <= config.reject_storm_count:
         return RejectStorm(times, tracker.storms, tracker.quiet_until), None
     signal = pb.SafetySignal(
         kind=pb.SafetySignalKind.SAFETY_SIGNAL_REJECT_STORM,
         step=step,
-        value=float(len(times)),
-        detail=detail or f"{len(times)} rejections in {config.reject_storm_window_s:g} s",
+        value=float(total),
+        detail=detail or f"{total} rejections in {config.reject_storm_window_s:g} s",
     )
     return RejectStorm((), tracker.storms + 1, now_s + config.reject_storm_quiet_s), signal

@@ -82,3 +82,20 @@ def test_a_shed_entry_is_answered_only_when_it_claims_a_command() -> None:
         assert claim_of(Entry(INBOX, "1-2", fields), FRAME, 1 << 20) is None
     many = [Entry(INBOX, f"2-{i}", {FRAME: command}) for i in range(SHED_OUTCOMES + 10)]
     assert len(claims_of(many, FRAME, 1 << 20)) == SHED_OUTCOMES
+
+
+def test_a_shed_frame_is_screened_before_it_is_decoded() -> None:
+    """Only a frame within the size limit that holds the command kind's bytes is decoded: a
+    command one byte over the limit claims nothing, garbage around the kind's bytes claims
+    nothing, and a command among garbage is still found."""
+    signer = Signer(KeyRing.generate(), "tamiyo")
+    command = signer.seal("seed.command", build_command("a", "pause"), stream=INBOX, msg_id="c1")
+    entry = Entry(INBOX, "1-0", {FRAME: command})
+    assert claim_of(entry, FRAME, len(command) - 1) is None
+    claim = claim_of(entry, FRAME, len(command))
+    assert claim is not None and claim.message_id == "c1"
+    posing = Entry(INBOX, "1-1", {FRAME: b"\x00seed.command\xff"})
+    assert claim_of(posing, FRAME, 1 << 20) is None
+    garbage = [Entry(INBOX, f"2-{i}", {FRAME: bytes([i % 256]) * 50}) for i in range(300)]
+    found = claims_of([*garbage, entry, *garbage], FRAME, 1 << 20)
+    assert [c.message_id for c in found] == ["c1"]

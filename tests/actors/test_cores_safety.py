@@ -199,6 +199,22 @@ def test_a_long_storm_raises_one_signal_per_quiet_period() -> None:
     assert len(fired) == 2 and fired[1] - fired[0] >= 60.0
 
 
+def test_rejections_noted_together_count_as_many() -> None:
+    """``count`` rejections noted at once weigh as much as that many single ones: a run of 3
+    stays quiet at a limit of 3, one more raises the signal with the total; a run of 10 000 is
+    one step of the tracker."""
+    cfg = KasminaConfig.load(
+        env={}, overrides={"safety.reject_storm_count": 3, "safety.reject_storm_quiet_s": 60.0}
+    ).safety
+    tracker, sig = safety.note_reject(safety.RejectStorm(), 100.0, cfg, count=3)
+    assert sig is None
+    tracker, sig = safety.note_reject(tracker, 100.5, cfg)
+    assert sig is not None and sig.value == 4.0 and tracker.storms == 1
+    tracker, sig = safety.note_reject(safety.RejectStorm(), 0.0, cfg, count=10_000)
+    assert sig is not None and sig.value == 10_000.0 and tracker.times == ()
+    assert safety.note_reject(tracker, 1.0, cfg, count=10_000) == (tracker, None)  # quiet
+
+
 _signals = st.lists(
     st.tuples(
         st.sampled_from(["", "a", "b", "c"]),

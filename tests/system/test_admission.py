@@ -11,7 +11,7 @@ from actors.client import Outcome, build_command
 from actors.eventlog import LogRecord, read_log
 from actors.shell import FRAME, ActorShell
 from bus import Append, Bus, parse_id
-from contracts import KasminaConfig, KeyRing, Signer, Verifier, streams
+from contracts import KasminaConfig, KeyRing, Signer, Verifier, kinds, streams
 from contracts.ids import new_id
 from leyline import pb
 from scenarios.cluster import running_cluster
@@ -142,14 +142,21 @@ async def test_nothing_is_shed_within_the_bound(bus: Bus, run_id: str) -> None:
         assert shell.processed >= BOUND
 
 
-async def test_a_flood_of_the_execution_inbox_is_recorded_in_aggregate(
+async def test_a_flood_of_the_execution_inbox_is_shed_and_recorded_in_aggregate(
     bus: Bus, run_id: str
 ) -> None:
-    """Garbage in a trainer's execution inbox: every entry counted under its reason, one record
-    per reason and batch, and a genuine order in the same flood still applied."""
+    """Garbage in a trainer's execution inbox beyond the backlog bound: the excess shed as
+    `overloaded`, the rest counted under its reason, each entry once and in aggregate records; a
+    checkpoint request among the oldest is decided, never shed; a genuine order sent after the
+    flood still applied."""
     ring = KeyRing.generate()
     sim = SimRuntime([FLOODED], report_every=5, barrier_frequency=5)
     inbox = streams.inbox(run_id, "execution", "0")
+    request = Signer(ring, "safety").seal(
+        kinds.CHECKPOINT_REQUEST, pb.CheckpointRequest(reason="flooded", step=0), stream=inbox
+    )
+    flood: list[dict[str, bytes]] = [{"junk": b"x"} for _ in range(FLOOD)]
+    flood.insert(10, {FRAME: request})  # among the oldest: inside the first shed cut
     async with running_cluster(
         bus, run=run_id, slots=[FLOODED], runtimes=[sim], ring=ring, config=_config()
     ) as cl:
@@ -157,13 +164,16 @@ async def test_a_flood_of_the_execution_inbox_is_recorded_in_aggregate(
         await cl.settle()
         (actor,) = cl.executions
         before = await _records(bus, run_id, ring)
-        await bus.publish_many([Append(inbox, {"junk": b"x"}) for _ in range(FLOOD)])
+        await bus.publish_many([Append(inbox, fields) for fields in flood])
         await cl.client.command(FLOODED, "germinate", blueprint="residual_mlp")
         for step in range(1, 22):  # the order applies at a later boundary
             await cl.step(step)
             await cl.settle()
         records = (await _records(bus, run_id, ring))[len(before) :]
-        assert actor.rejected["bad_frame"] == FLOOD
-        garbage = [r for r in records if r.actor == "execution:0"]
-        assert sum(max(1, r.count) for r in garbage) == FLOOD and len(garbage) <= FLOOD // 8
+        shed = actor.admission.shed
+        assert shed > 0 and actor.rejected["overloaded"] == shed
+        assert actor.rejected["bad_frame"] + shed == FLOOD
+        mine = [r for r in records if r.actor == "execution:0"]
+        assert sum(max(1, r.count) for r in mine) == FLOOD and len(mine) <= FLOOD // 8
+        assert sim.checkpoint_requests == [("flooded", 0)]
         assert sim.applied_orders  # the germination's order reached the runtime
