@@ -103,6 +103,15 @@ def compare(reference: RunRecord, run: RunRecord) -> list[str]:
     if run.digest_mismatches:
         problems.append(f"{len(run.digest_mismatches)} state digests do not re-fold")
     problems += [f"illegal transition {t}" for t in run.illegal]
+    problems += _sequence_problems(reference, run)
+    if reference.final != run.final:
+        problems.append(f"final stages differ: {reference.final} vs {run.final}")
+    return problems + _outcome_problems(reference, run)
+
+
+def _sequence_problems(reference: RunRecord, run: RunRecord) -> list[str]:
+    """Per slot whose lifecycle differs from the reference's: where, and the lengths."""
+    problems = []
     for slot in sorted(set(reference.sequences) | set(run.sequences)):
         want, got = reference.sequences.get(slot, []), run.sequences.get(slot, [])
         if want != got:
@@ -112,8 +121,12 @@ def compare(reference: RunRecord, run: RunRecord) -> list[str]:
                 f"{slot}: lifecycle differs at #{at}: reference {want[at : at + 2]} vs {got[at : at + 2]}"
                 f" ({len(want)} vs {len(got)} entries)"
             )
-    if reference.final != run.final:
-        problems.append(f"final stages differ: {reference.final} vs {run.final}")
+    return problems
+
+
+def _outcome_problems(reference: RunRecord, run: RunRecord) -> list[str]:
+    """Per planned command: no outcome, another outcome, or another number of events written."""
+    problems = []
     for index in sorted(set(reference.outcomes) | set(run.outcomes)):
         want_o, got_o = reference.outcomes.get(index), run.outcomes.get(index)
         if got_o == "missing":

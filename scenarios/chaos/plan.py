@@ -157,36 +157,9 @@ def make_plan(
     rng = random.Random(seed)
     names = tuple(f"l{i // 2}.s{i % 2}" for i in range(slots))
     layout = process_layout(names, seed_processes)
-    actions = [a for a, _ in ACTIONS]
-    weights = [w for _, w in ACTIONS]
     late = max(1, steps - 10)  # leave the last steps for the run to come to rest
-    planned = []
-    for index in range(commands):
-        action = rng.choices(actions, weights)[0]
-        if action == "terminate" and rng.random() < 0.7:
-            action = "germinate"  # terminate retires a slot for good: keep it rare
-        planned.append(
-            PlannedCommand(
-                index=index,
-                step=rng.randrange(1, late),
-                slot=rng.choice(names),
-                action=action,
-                blueprint=rng.choice(BLUEPRINTS) if action == "germinate" else "",
-            )
-        )
-    planned.sort(key=lambda c: (c.step, c.index))
-    kill_list = sorted(
-        (
-            Kill(
-                step=rng.randrange(5, late),
-                process=rng.randrange(len(layout)),
-                delay_s=round(rng.uniform(0.0, 0.05), 4),
-                down_s=round(rng.uniform(0.1, 1.0), 3),
-            )
-            for _ in range(kills)
-        ),
-        key=lambda k: k.step,
-    )
+    planned = _draw_commands(rng, names, commands, late)
+    kill_list = _draw_kills(rng, kills, len(layout), late)
     restarts = sorted(
         (rng.randrange(5, late), round(rng.uniform(0.0, 0.05), 4)) for _ in range(redis_restarts)
     )
@@ -205,4 +178,45 @@ def make_plan(
         failovers=tuple(failover_list),
         leak_slots=(names[-1],),
         config=small_config(),
+    )
+
+
+def _draw_commands(
+    rng: random.Random, names: tuple[str, ...], commands: int, late: int
+) -> list[PlannedCommand]:
+    """``commands`` well-formed commands at random slots and steps before ``late``, by step."""
+    actions = [a for a, _ in ACTIONS]
+    weights = [w for _, w in ACTIONS]
+    planned = []
+    for index in range(commands):
+        action = rng.choices(actions, weights)[0]
+        if action == "terminate" and rng.random() < 0.7:
+            action = "germinate"  # terminate retires a slot for good: keep it rare
+        planned.append(
+            PlannedCommand(
+                index=index,
+                step=rng.randrange(1, late),
+                slot=rng.choice(names),
+                action=action,
+                blueprint=rng.choice(BLUEPRINTS) if action == "germinate" else "",
+            )
+        )
+    planned.sort(key=lambda c: (c.step, c.index))
+    return planned
+
+
+def _draw_kills(rng: random.Random, kills: int, processes: int, late: int) -> list[Kill]:
+    """``kills`` SIGKILLs of random processes at random steps, each with its delay and down
+    time, by step."""
+    return sorted(
+        (
+            Kill(
+                step=rng.randrange(5, late),
+                process=rng.randrange(processes),
+                delay_s=round(rng.uniform(0.0, 0.05), 4),
+                down_s=round(rng.uniform(0.1, 1.0), 3),
+            )
+            for _ in range(kills)
+        ),
+        key=lambda k: k.step,
     )

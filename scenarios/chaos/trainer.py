@@ -40,19 +40,24 @@ async def _send(client: KasminaClient, command: PlannedCommand) -> str:
     return result
 
 
-async def train(
-    url: str, run: str, ring: KeyRing, plan: ChaosPlan, *, pace_timeout_s: float = 60.0
-) -> dict[str, Any]:
-    """Drive the plan's steps; returns the summary (command ids, pacing figures)."""
-    config = KasminaConfig.load(env={}, overrides=plan.config)
-    bus = open_bus(url)
-    runtime = SimRuntime(
+def _runtime(plan: ChaosPlan, config: KasminaConfig) -> SimRuntime:
+    """The simulated rank: the plan's slots (one leaking), paced by the run's config."""
+    return SimRuntime(
         plan.slots,
         report_every=plan.report_every,
         barrier_frequency=config.barrier.frequency,
         blend_steps=config.lifecycle.blend_steps,
         leak_slots=plan.leak_slots,
     )
+
+
+async def train(
+    url: str, run: str, ring: KeyRing, plan: ChaosPlan, *, pace_timeout_s: float = 60.0
+) -> dict[str, Any]:
+    """Drive the plan's steps; returns the summary (command ids, pacing figures)."""
+    config = KasminaConfig.load(env={}, overrides=plan.config)
+    bus = open_bus(url)
+    runtime = _runtime(plan, config)
     actor = ExecutionActor(
         runtime,
         bus=bus,
