@@ -31,6 +31,8 @@ from scenarios.pacing import backlog_of
 
 __all__ = ["SoakResult", "soak"]
 
+_RUN = "soak"
+
 
 @dataclass
 class SoakResult:
@@ -94,84 +96,117 @@ async def soak(
         )
     )
     names = tuple(f"soak.s{i}" for i in range(slots))
-    run = "soak"
     specs = [ProcessSpec(("seed",), names), ProcessSpec(("telemetry",))]
     signer = Signer(ring, "execution:0")
     with redis_server(aof=True, appendfsync="everysec") as server:
         procs = [
-            ActorProcess(s, server.url, run, keys, config, base, i) for i, s in enumerate(specs)
+            ActorProcess(s, server.url, _RUN, keys, config, base, i) for i, s in enumerate(specs)
         ]
         for p in procs:
             p.start()
-        bus = open_bus(server.url)
-        client = aioredis.Redis.from_url(server.url)
-        result = SoakResult(messages=messages, seconds=0.0)
-        sent = 0
-        step = 0
-        started = time.monotonic()
-        next_sample = started
-        tele = streams.inbox(run, "telemetry")
-        seed_inboxes = [streams.inbox(run, "seed", s) for s in names]
-        inboxes = [*seed_inboxes, tele]  # known: no keyspace scan on the hot path
+        flood = _Flood(server.url, procs, signer, names, SoakResult(messages, 0.0), trim, on_sample)
+        await flood.run(messages, batch, report_every, max_backlog, sample_s)
+        return await flood.close()
 
-        async def sample() -> None:
-            table = {}
-            pending = 0
-            for name in await bus.streams(streams.prefix(run) + "*"):
-                info = await bus.info(name)
-                pending += sum(g.pending for g in info.groups)
-                if trim and ":inbox:" in name and info.length:
-                    await bus.trim(name, min_id=info.last_id)
-                    info = await bus.info(name)
-                table[name[len(streams.prefix(run)) :]] = info.length
-            mem = await client.info("memory")
-            result.samples.append(
-                {
-                    "t_s": round(time.monotonic() - started, 1),
-                    "messages": sent,
-                    "rss_kib": {f"proc{p.index}": p.sample_rss() for p in procs},
-                    "redis_used_mb": round(int(mem["used_memory"]) / 2**20, 1),
-                    "dbsize": int(await client.dbsize()),
-                    "nonce_keys": await _count(client, streams.prefix(run) + "nonce:*"),
-                    "pending": pending,
-                    "streams": table,
-                }
-            )
-            if on_sample is not None:
-                on_sample(result.samples[-1])
 
-        while sent < messages:
+class _Flood:
+    """The flood publisher of one soak, its back-pressure and its samples."""
+
+    def __init__(
+        self,
+        url: str,
+        procs: list[ActorProcess],
+        signer: Signer,
+        names: tuple[str, ...],
+        result: SoakResult,
+        trim: bool,
+        on_sample: Callable[[dict[str, Any]], None] | None,
+    ) -> None:
+        self.procs, self.signer, self.result = procs, signer, result
+        self.trim, self.on_sample = trim, on_sample
+        self.bus = open_bus(url)
+        self.client = aioredis.Redis.from_url(url)
+        self.sent = 0
+        self.step = 0
+        self.started = time.monotonic()
+        self.tele = streams.inbox(_RUN, "telemetry")
+        self.seed_inboxes = [streams.inbox(_RUN, "seed", s) for s in names]
+        self.inboxes = [*self.seed_inboxes, self.tele]  # known: no keyspace scan on the hot path
+
+    async def run(
+        self, messages: int, batch: int, report_every: int, max_backlog: int, sample_s: float
+    ) -> None:
+        """Publish ``messages`` in batches under the backlog bound, sampling every ``sample_s``;
+        then wait until the actors have read everything and take the last sample."""
+        next_sample = self.started
+        while self.sent < messages:
             if time.monotonic() >= next_sample:
-                await sample()
+                await self.sample()
                 next_sample = time.monotonic() + sample_s
-            while await backlog_of(bus, inboxes) > max_backlog:
+            while await backlog_of(self.bus, self.inboxes) > max_backlog:
                 await anyio.sleep(0.02)
-            appends = []
-            for _ in range(min(batch, messages - sent)):
-                if sent % report_every == 0:
-                    step += 1
-                    report = pb.StepReport(rank=0, step=step, loss=1.0, val_accuracy=0.9)
-                    appends += [
-                        Append(s, {FRAME: signer.seal("step.report", report, stream=s)})
-                        for s in seed_inboxes
-                    ]
-                    sent += len(seed_inboxes)
-                raw = pb.TelemetryRaw(region="rank0", step=step, metrics={"loss": 1.0})
-                appends.append(
-                    Append(tele, {FRAME: signer.seal("telemetry.raw", raw, stream=tele)})
-                )
-                sent += 1
-            await bus.publish_many(appends)
-        while await backlog_of(bus, inboxes) > 0:
+            await self.bus.publish_many(self.batch(min(batch, messages - self.sent), report_every))
+        while await backlog_of(self.bus, self.inboxes) > 0:
             await anyio.sleep(0.05)
-        result.seconds = time.monotonic() - started
-        await sample()
+        self.result.seconds = time.monotonic() - self.started
+        await self.sample()
+
+    def batch(self, count: int, report_every: int) -> list[Append]:
+        """``count`` telemetry messages and, every ``report_every``, a step report per slot."""
+        appends = []
+        for _ in range(count):
+            if self.sent % report_every == 0:
+                self.step += 1
+                report = pb.StepReport(rank=0, step=self.step, loss=1.0, val_accuracy=0.9)
+                appends += [
+                    Append(s, {FRAME: self.signer.seal("step.report", report, stream=s)})
+                    for s in self.seed_inboxes
+                ]
+                self.sent += len(self.seed_inboxes)
+            raw = pb.TelemetryRaw(region="rank0", step=self.step, metrics={"loss": 1.0})
+            frame = self.signer.seal("telemetry.raw", raw, stream=self.tele)
+            appends.append(Append(self.tele, {FRAME: frame}))
+            self.sent += 1
+        return appends
+
+    async def sample(self) -> None:
+        """Record RSS, Redis memory and keys, nonces, pending entries and stream lengths (with
+        ``trim``, the inboxes trimmed to what every group has acked first)."""
+        bus, client, prefix = self.bus, self.client, streams.prefix(_RUN)
+        table = {}
+        pending = 0
+        for name in await bus.streams(prefix + "*"):
+            info = await bus.info(name)
+            pending += sum(g.pending for g in info.groups)
+            if self.trim and ":inbox:" in name and info.length:
+                await bus.trim(name, min_id=info.last_id)
+                info = await bus.info(name)
+            table[name[len(prefix) :]] = info.length
+        mem = await client.info("memory")
+        self.result.samples.append(
+            {
+                "t_s": round(time.monotonic() - self.started, 1),
+                "messages": self.sent,
+                "rss_kib": {f"proc{p.index}": p.sample_rss() for p in self.procs},
+                "redis_used_mb": round(int(mem["used_memory"]) / 2**20, 1),
+                "dbsize": int(await client.dbsize()),
+                "nonce_keys": await _count(client, prefix + "nonce:*"),
+                "pending": pending,
+                "streams": table,
+            }
+        )
+        if self.on_sample is not None:
+            self.on_sample(self.result.samples[-1])
+
+    async def close(self) -> SoakResult:
+        """The result with the final streams and peak RSS; processes stopped, clients closed."""
+        result = self.result
         result.final_streams = dict(result.samples[-1]["streams"])
         result.peak_rss_kib = {
-            f"proc{p.index}:{'+'.join(p.spec.actors)}": p.peak_rss_kib for p in procs
+            f"proc{p.index}:{'+'.join(p.spec.actors)}": p.peak_rss_kib for p in self.procs
         }
-        for p in procs:
+        for p in self.procs:
             p.stop()
-        await client.aclose()
-        await bus.close()
-    return result
+        await self.client.aclose()
+        await self.bus.close()
+        return result
