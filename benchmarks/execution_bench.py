@@ -34,8 +34,7 @@ import copy
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +54,10 @@ from actors.execution import (
     insert_slots,
 )
 from actors.execution.mailbox import state_digest
+from benchmarks.execution_bridge import Bridge, bus_bridge, bus_bridge_for, bus_bridges
 from leyline import pb
 
-Bridge = Callable[[ExecutionRuntime], AbstractContextManager[Any]]
+__all__ = ["bus_bridge", "bus_bridge_for", "bus_bridges", "run_execution_bench", "run_sizes"]
 SLOT_POINTS = {"l1": "1", "l2": "3", "l3": "5"}
 
 
@@ -129,6 +129,32 @@ def _figure(bench: str, value: float, baseline: float, unit: str = "ms/step") ->
     }
 
 
+def _arms(
+    base: nn.Module, x: torch.Tensor, y: torch.Tensor, dev: torch.device, seed_hidden: int
+) -> dict[str, _Arm]:
+    """The plain host, its A/A twin (a second copy), the host with dormant slots, and the host
+    with one seed ordered to germinate and train."""
+    plain = _Arm(copy.deepcopy(base), False, dev, 0)
+    dormant = _Arm(copy.deepcopy(base), True, dev, 0)
+    seeded = _Arm(copy.deepcopy(base), True, dev, 0)
+    assert seeded.rt is not None
+    seeded.rt.set_probe_batch((x, y))
+    seeded.rt.submit(
+        pb.ExecutionOrder(
+            order_id="g",
+            slot="l2",
+            stage=pb.SEED_STAGE_GERMINATED,
+            apply_at_step=0,
+            germinate=pb.Germinate(blueprint="residual_mlp", params={"hidden": seed_hidden}),
+        )
+    )
+    seeded.rt.submit(
+        pb.ExecutionOrder(order_id="t", slot="l2", stage=pb.SEED_STAGE_TRAINING, apply_at_step=1)
+    )
+    twin = _Arm(copy.deepcopy(base), False, dev, 0)
+    return {"plain": plain, "twin": twin, "dormant": dormant, "seeded": seeded}
+
+
 def run_execution_bench(
     device: str | None = None,
     *,
@@ -148,25 +174,9 @@ def run_execution_bench(
     base = _host(width, d_in, classes)
     x = torch.randn(batch, d_in, device=dev)
     y = torch.randint(0, classes, (batch,), device=dev)
-    plain = _Arm(copy.deepcopy(base), False, dev, 0)
-    dormant = _Arm(copy.deepcopy(base), True, dev, 0)
-    seeded = _Arm(copy.deepcopy(base), True, dev, 0)
+    arms = _arms(base, x, y, dev, seed_hidden)
+    dormant, seeded = arms["dormant"], arms["seeded"]
     assert seeded.rt is not None
-    seeded.rt.set_probe_batch((x, y))
-    seeded.rt.submit(
-        pb.ExecutionOrder(
-            order_id="g",
-            slot="l2",
-            stage=pb.SEED_STAGE_GERMINATED,
-            apply_at_step=0,
-            germinate=pb.Germinate(blueprint="residual_mlp", params={"hidden": seed_hidden}),
-        )
-    )
-    seeded.rt.submit(
-        pb.ExecutionOrder(order_id="t", slot="l2", stage=pb.SEED_STAGE_TRAINING, apply_at_step=1)
-    )
-    twin = _Arm(copy.deepcopy(base), False, dev, 0)  # the A/A control: a second plain host
-    arms = {"plain": plain, "twin": twin, "dormant": dormant, "seeded": seeded}
     for arm in arms.values():
         arm.run(x, y, max(5, steps // 4))  # warm-up (and germination for the seeded arm)
     times, probe_ms = _interleaved(arms, x, y, steps, rounds, dev)
@@ -184,7 +194,19 @@ def run_execution_bench(
     )
     for name, make in bridges.items():
         figures.append(_bus_figure(name, dormant, make, x, y, steps, rounds, dev))
-    details = {
+    figures += _fixed_costs(dormant, seeded, x, y, dev, med["plain"], med["seeded"])
+    details = _details(seed_hidden, probe_every, probe_ms)
+    for f in figures:
+        f["device"] = dev.type
+        f["detail"] = details[f["bench"]]
+        f["width"], f["batch"] = width, batch
+        f["params"] = sum(p.numel() for p in base.parameters())
+    return figures
+
+
+def _details(seed_hidden: int, probe_every: int, probe_ms: float) -> dict[str, str]:
+    """What each figure measures, in words."""
+    return {
         "execution.dormant_step": f"{len(SLOT_POINTS)} dormant slots, runtime called every step",
         "execution.noise_floor": "a second copy of the plain host vs the first (the A/A control)",
         "execution.training_step": f"one residual_mlp seed (hidden {seed_hidden}) in TRAINING",
@@ -192,15 +214,8 @@ def run_execution_bench(
         "execution.bus_step": "bridge draining the outbox vs none",
         "execution.bus_step_executor": "the ExecutionActor publishing on the bus (actors elsewhere) vs no bus",
         "execution.bus_step_all_actors": "every actor in this process (2 cores, one GIL) vs no bus",
+        **FIXED_DETAILS,
     }
-    figures += _fixed_costs(dormant, seeded, x, y, dev, med["plain"], med["seeded"])
-    details = {**details, **FIXED_DETAILS}
-    for f in figures:
-        f["device"] = dev.type
-        f["detail"] = details[f["bench"]]
-        f["width"], f["batch"] = width, batch
-        f["params"] = sum(p.numel() for p in base.parameters())
-    return figures
 
 
 def _interleaved(
@@ -348,60 +363,6 @@ def main(argv: list[str] | None = None) -> int:
     for fig in run_sizes(args.device, sizes=sizes, rounds=args.rounds, bridge=bridge):
         print(json.dumps(fig))
     return 0
-
-
-@contextlib.contextmanager
-def bus_bridge_for(
-    runtime: Any, url: str = "fakeredis://", *, actors: bool = True
-) -> Iterator[None]:
-    """While inside: every actor of a run and an ExecutionActor for ``runtime`` run on ``url`` in a
-    background thread (their own event loop), flushing the runtime's outbox as it trains."""
-    import threading
-    import uuid
-
-    import anyio
-
-    from bus import open_bus
-    from bus.testing import purge_prefix
-    from contracts import streams
-    from scenarios.cluster import running_cluster
-
-    stop = threading.Event()
-    ready = threading.Event()
-
-    async def serve() -> None:
-        bus = open_bus(url)
-        run = f"bench-{uuid.uuid4().hex[:8]}"
-        slots = sorted(runtime.slots) if actors else []
-        names = ("seed", "gate", "safety", "telemetry", "barrier") if actors else ("gate",)
-        async with running_cluster(bus, run=run, slots=slots, runtimes=[runtime], actors=names):
-            ready.set()
-            while not stop.is_set():
-                await anyio.sleep(0.05)
-        await purge_prefix(bus, streams.prefix(run))  # leave nothing behind on a shared server
-        await bus.close()
-
-    thread = threading.Thread(target=lambda: anyio.run(serve), daemon=True)
-    thread.start()
-    ready.wait(30)
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(30)
-
-
-def bus_bridge(url: str = "fakeredis://", *, actors: bool = True) -> Bridge:
-    """A ``bridge=`` for :func:`run_execution_bench` over ``url`` (see :func:`bus_bridge_for`)."""
-    return lambda runtime: bus_bridge_for(runtime, url, actors=actors)
-
-
-def bus_bridges(url: str = "fakeredis://") -> dict[str, Bridge]:
-    """Both traffic figures: the ExecutionActor alone on the bus, and every actor in-process."""
-    return {
-        "execution.bus_step_executor": bus_bridge(url, actors=False),
-        "execution.bus_step_all_actors": bus_bridge(url, actors=True),
-    }
 
 
 if __name__ == "__main__":
