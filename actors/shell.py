@@ -33,6 +33,7 @@ from actors.hosting import (
     Router,
     finite,
     inbox_consumer,
+    verify_entries,
 )
 from actors.hosting.admission import Admission, Run, aggregated
 from actors.hosting.housekeeping import Housekeeping, digest_appends
@@ -300,18 +301,7 @@ class ActorShell(LeasedHost):
 
     async def _verify(self, batch: Sequence[Entry]) -> list[Envelope | ContractError | None]:
         """Each entry's verified envelope, the verifier's error, or None (no frame field)."""
-        framed = [e.fields.get(FRAME) for e in batch]
-        checks = iter(
-            await self.verifier.verify_many(
-                [
-                    (f, e.stream, f"{e.stream}/{e.id}")
-                    for e, f in zip(batch, framed, strict=True)
-                    if f is not None
-                ],
-                scope=self.group,
-            )
-        )
-        return [next(checks) if frame is not None else None for frame in framed]
+        return await verify_entries(self.verifier, batch, self.group)
 
     def _run_item(self, entry: Entry, run: Run) -> Handled:
         """The commit item of one entry of a flood's run: the run's record rides on its first."""

@@ -29,7 +29,7 @@ from google.protobuf.message import Message
 from actors.artifacts import ArtifactError, ArtifactStore
 from actors.delivery import since, written
 from actors.execution.protocol import Runtime
-from actors.hosting import FRAME, Rejections, Router, inbox_consumer
+from actors.hosting import FRAME, Rejections, Router, inbox_consumer, verify_entries
 from actors.hosting.admission import Admission, aggregated
 from actors.hosting.housekeeping import every, publish_heartbeat
 from actors.hosting.routing import STREAMS
@@ -209,14 +209,7 @@ class ExecutionActor:
     async def _take_batch(self, batch: Sequence[Entry]) -> list[Handled]:
         """The batch verified together (one nonce round trip), each entry turned into its commit
         item; a flood's rejections of one reason are one record (admission.py)."""
-        framed = [(e, e.fields.get(FRAME)) for e in batch]
-        checks = iter(
-            await self.verifier.verify_many(
-                [(f, e.stream, f"{e.stream}/{e.id}") for e, f in framed if f is not None],
-                scope=self.group,
-            )
-        )
-        checked = [next(checks) if frame is not None else None for _, frame in framed]
+        checked = await verify_entries(self.verifier, batch, self.group)
         runs = aggregated(batch, checked, threshold=self.config.bus.aggregate_from)
         items: list[Handled] = []
         for entry, result in zip(batch, checked, strict=True):

@@ -7,7 +7,7 @@ the lease-driven serving loop of the shells (:mod:`actors.hosting.serving`).
 these parts; neither keeps a copy of its own.
 """
 
-from actors.hosting.inbox import FRAME, Meta, finite, inbox_consumer
+from actors.hosting.inbox import FRAME, Meta, finite, inbox_consumer, verify_entries
 from actors.hosting.lease import OwnershipLease
 from actors.hosting.lifecycle import Lifecycle
 from actors.hosting.logic import ActorLogic
@@ -26,4 +26,5 @@ __all__ = [
     "Router",
     "finite",
     "inbox_consumer",
+    "verify_entries",
 ]

@@ -3,20 +3,22 @@ passes before a core sees it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from math import isfinite
 
+import anyio.lowlevel
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from bus import Bus, Consumer
-from contracts import Envelope, streams
+from bus import Bus, Consumer, Entry
+from contracts import ContractError, Envelope, Verifier, streams
 from contracts.config import KasminaConfig
 
-__all__ = ["FRAME", "Meta", "finite", "inbox_consumer"]
+__all__ = ["FRAME", "VERIFY_CHUNK", "Meta", "finite", "inbox_consumer", "verify_entries"]
 
 FRAME = "m"  # the stream field holding the signed frame
+VERIFY_CHUNK = 64  # entries verified between turns given to the other actors of the process
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,34 @@ def inbox_consumer(
         max_deliveries=cfg.max_deliveries,
         dead_stream=streams.dead_letter(run),
     )
+
+
+async def verify_entries(
+    verifier: Verifier, batch: Sequence[Entry], scope: str, *, chunk: int = VERIFY_CHUNK
+) -> list[Envelope | ContractError | None]:
+    """Each entry's verified envelope, the verifier's error, or None (no frame field).
+
+    ``chunk`` entries are verified together (one nonce round trip), with a turn for the other
+    actors of the process between chunks: a flooded inbox never holds the process for a whole
+    batch of verifications."""
+    out: list[Envelope | ContractError | None] = []
+    for start in range(0, len(batch), chunk):
+        if start:
+            await anyio.lowlevel.checkpoint()
+        part = batch[start : start + chunk]
+        framed = [e.fields.get(FRAME) for e in part]
+        checks = iter(
+            await verifier.verify_many(
+                [
+                    (f, e.stream, f"{e.stream}/{e.id}")
+                    for e, f in zip(part, framed, strict=True)
+                    if f is not None
+                ],
+                scope=scope,
+            )
+        )
+        out += [next(checks) if f is not None else None for f in framed]
+    return out
 
 
 _DOUBLE, _FLOAT, _MESSAGE = (
