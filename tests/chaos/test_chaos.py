@@ -82,18 +82,13 @@ async def test_small_chaos_run_matches_the_fault_free_run(tmp_path: Path) -> Non
 
 
 @pytest.mark.redis
-@pytest.mark.slow  # about 2 runs in 7 of the whole suite end with commands undecided (see below)
-@pytest.mark.timeout(600)  # two runs of 6 processes each; about 110 s at a load average of 20
+@pytest.mark.timeout(600)  # two runs of 6 processes each; 51-71 s at a load average of 12-14
 @pytest.mark.skipif(not Path(REDIS_SERVER).exists(), reason="needs redis-server")
 async def test_failover_mid_run_matches_the_fault_free_run(tmp_path: Path) -> None:
     """The primary of a Sentinel-managed pair is SIGKILLed mid-run and its replica promoted
     (writes wait for the killed server to return as a replica, ``wait=1``): the ``kasmina run``
     processes and the trainer carry on without a restart; every command has exactly one
-    outcome, no transition is lost or doubled, the log re-folds and verifies.
-
-    Known to fail now and then: after the promotion every durable write waits for the returning
-    replica, leases lapse, and some runs end with actors standing by (their commits fenced off a
-    second time) and commands undecided. Opt-in until that is fixed."""
+    outcome, no transition is lost or doubled, the log re-folds and verifies."""
     result = await chaos_seed(
         5, workdir=tmp_path, steps=40, slots=4, seed_processes=2, commands=10,
         kills=0, redis_restarts=0, failovers=1, aof=False, replicas=1,
