@@ -1,9 +1,12 @@
 """Stage budgets scaled from the run length, exposed as KasminaConfig overrides.
 
 For the default 3000 steps: a warm-up of 300 steps in which no seed germinates (after it, the
-Tamiyo stand-in germinates on evidence: a plateau while the host cannot fit its data), TRAINING 500
-steps, BLENDING 500 steps, then SHADOWING and PROBATIONARY 120 steps each before G4 (the stage
-lengths of growth-anchors §3.2's protocol).
+Tamiyo stand-in germinates on evidence: a validation-loss plateau of 60 steps while the host cannot
+fit its data), TRAINING 300 steps, BLENDING 300 steps, then SHADOWING and PROBATIONARY 120 steps
+each before G4. A germination must leave a whole lifecycle plus 300 steps (``payoff``) in which the
+grown model trains with its fossilized seed: a seed that fossilizes as the run ends cannot make
+the grown model better than the static host trained as long. Short lifecycles and an early
+plateau also leave room for a second try at the other slot after a cull.
 Short runs (CI's 600 steps, the tests' 400) scale every budget down so a lifecycle still completes.
 """
 
@@ -31,6 +34,7 @@ class Budgets:
     barrier: int  # barrier period: orders apply and the demo settles on these boundaries
     earliest: int  # warm-up: the first step a plateau may trigger a germination
     patience: int  # plateau: steps without a 1 % validation-loss improvement
+    payoff: int  # steps a fossilized seed should have left to pay off before the run ends
     training: int
     blend: int
     shadowing: int
@@ -46,9 +50,10 @@ class Budgets:
             steps=steps,
             barrier=max(2, min(10, steps // 100)),
             earliest=steps // 10,
-            patience=max(20, steps // 20),
-            training=steps // 6,
-            blend=steps // 6,
+            patience=max(20, steps // 50),
+            payoff=steps // 10,
+            training=steps // 10,
+            blend=steps // 10,
             shadowing=max(4, steps // 25),
             probationary=max(4, steps // 25),
             embargo=max(10, steps // 15),

@@ -7,13 +7,15 @@ The rule is deliberately simple and explainable:
   training data (training loss at least ``fit_loss``). A host that has driven its training loss
   to about zero is not short of capacity (more of it would only memorise faster), so no seed is
   germinated however flat the validation loss is. In a short run whose validation loss is still
-  falling when only a whole lifecycle's worth of steps is left, the capacity evidence alone
-  (training loss at least ``fit_loss``) germinates the first seed;
+  falling when only a whole lifecycle's worth of steps, plus ``payoff_steps`` for the grown model
+  to use its seed, is left, the capacity evidence alone (training loss at least ``fit_loss``)
+  germinates the first seed;
 - *where*: every candidate plan is scored by a capacity signal (:mod:`scenarios.demo.capacity`:
   the gradient norm a seed's zero output weights would receive at that slot, on a training batch),
   and the plan with the largest signal is germinated; the scores are quoted in the plan's reason;
-- *again*: after a cull, or after a seed fossilizes and the loss plateaus again, the best untried
-  plan is germinated, but only while a whole lifecycle still fits in the remaining steps.
+- *again*: after a cull (the culled slot's embargo blocks only that slot), or after a seed
+  fossilizes and the loss plateaus again, the best untried plan is germinated in its own slot,
+  but only while a whole lifecycle and its payoff still fit in the remaining steps.
 """
 
 from __future__ import annotations
@@ -42,30 +44,21 @@ def plans_for(d_in: int, hidden: int, lr: float) -> list[Plan]:
     width = Plan(
         "units",
         "width",
-        {"hidden": float(hidden), "lr": lr, "weight_decay": 1e-2},
+        {"hidden": float(hidden), "lr": lr, "weight_decay": 0.0},
         f"add {hidden} hidden units next to the {hidden} of the host",
     )
     depth = Plan(
         "hidden",
         "residual_mlp",
-        {"hidden": float(hidden), "lr": lr, "weight_decay": 1e-2},
+        {"hidden": float(hidden), "lr": lr, "weight_decay": 0.0},
         f"add a residual block ({hidden}->{hidden}->{hidden}) after the hidden layer",
     )
     return [width, depth]
 
 
-_BUSY = frozenset(
-    {
-        st.GERMINATED,
-        st.TRAINING,
-        st.BLENDING,
-        st.SHADOWING,
-        st.PROBATIONARY,
-        st.CULLED,
-        st.EMBARGOED,
-        st.RESETTING,
-    }
-)
+_BUSY = frozenset({st.GERMINATED, st.TRAINING, st.BLENDING, st.SHADOWING, st.PROBATIONARY})
+"""A seed's lifecycle is under way: one seed at a time. A culled slot's embargo blocks only that
+slot (its seed is not retried there); the other slot may take the next-best plan."""
 
 Scores = Callable[[Sequence[Plan]], Mapping[str, float]]
 """Capacity signal of candidate plans, by slot (larger: more capacity lacking there)."""
@@ -81,6 +74,7 @@ class Tamiyo:
     patience: int
     lifecycle_steps: int
     total_steps: int
+    payoff_steps: int = 0
     min_delta: float = 0.01
     fit_loss: float = 0.05
     max_germinations: int = 2
@@ -135,8 +129,8 @@ class Tamiyo:
 
     def _due(self, step: int, stages: Mapping[str, int]) -> bool:
         """Whether growing is considered at ``step``: a germination left, a plateau (or the last
-        chance), no seed in its lifecycle, and time for another lifecycle."""
-        deadline = self.total_steps - self.lifecycle_steps
+        chance), no seed in its lifecycle, and time for another lifecycle and its payoff."""
+        deadline = self.total_steps - self.lifecycle_steps - self.payoff_steps
         last_chance = not self.germinated and step >= max(deadline, self.warmup)
         if len(self.germinated) >= self.max_germinations:
             return False
@@ -144,7 +138,7 @@ class Tamiyo:
             return False
         if any(stage in _BUSY for stage in stages.values()):
             return False
-        return not (self.germinated and step > deadline)  # a seed must finish its lifecycle
+        return not (self.germinated and step > deadline)  # it must finish and pay off
 
     def _choose(self, step: int, candidates: list[Plan], scores: Scores | None) -> Plan:
         """The candidate with the largest capacity signal, its ``why`` saying what decided."""
@@ -154,7 +148,7 @@ class Tamiyo:
         when = (
             f"validation loss flat for {step - self.best_step} steps"
             if self.plateaued(step)
-            else "no plateau yet, but only a lifecycle's worth of steps is left"
+            else "no plateau yet, but only a lifecycle's worth of steps and its payoff are left"
         )
         why = (
             f"{when} and train loss "

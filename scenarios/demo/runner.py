@@ -122,6 +122,7 @@ async def run_demo(opts: DemoOptions, progress: Progress | None = None) -> DemoR
         warmup=budgets.earliest,
         patience=budgets.patience,
         lifecycle_steps=budgets.lifecycle_steps,
+        payoff_steps=budgets.payoff,
         total_steps=opts.steps,
     )
     history = History(stages={s: [] for s in slots}, alphas={s: [] for s in slots})

@@ -97,7 +97,7 @@ def test_budgets_scale_and_fit_a_lifecycle() -> None:
         cfg = b.config()
         assert cfg.lifecycle.training_steps == b.training
         assert cfg.barrier.frequency == b.barrier
-    assert Budgets.for_steps(3000).training == 500
+    assert Budgets.for_steps(3000).training == 300
     with pytest.raises(ValueError):
         Budgets.for_steps(100)
 
@@ -154,6 +154,43 @@ def test_tamiyo_starts_no_second_seed_that_cannot_finish() -> None:
     assert t.decide(150, FREE) is not None
     t.observe(160, 0.9, train_loss=0.5)
     assert t.decide(800, {"units": st.FOSSILIZED, "hidden": st.DORMANT}) is None
+
+
+def test_tamiyo_tries_the_next_slot_while_a_culled_one_is_embargoed() -> None:
+    """After a cull, the other slot takes the next-best plan without waiting for the embargo; the
+    culled slot's plan is not retried, and nothing is germinated while a lifecycle is under way."""
+    t = _tamiyo()
+    scores = {"units": 0.01, "hidden": 0.3}
+    t.observe(0, 1.0, train_loss=0.5)
+    first = t.decide(150, FREE, lambda _: scores)
+    assert first is not None and first.slot == "hidden"
+    t.observe(160, 0.9, train_loss=0.5)
+    assert t.decide(300, {"units": st.DORMANT, "hidden": st.PROBATIONARY}, lambda _: scores) is None
+    nxt = t.decide(300, {"units": st.DORMANT, "hidden": st.EMBARGOED}, lambda _: scores)
+    assert nxt is not None and nxt.slot == "units"
+    assert t.decide(600, FREE, lambda _: scores) is None  # both plans tried
+
+
+def test_tamiyo_leaves_a_seed_time_to_pay_off() -> None:
+    """With ``payoff_steps``, germination stops that many steps before the lifecycle deadline: the
+    first seed on capacity evidence alone at ``total - lifecycle - payoff``, no second one after it."""
+    t = Tamiyo(
+        plans_for(64, 8, 0.01),
+        warmup=100,
+        patience=50,
+        lifecycle_steps=300,
+        total_steps=1000,
+        payoff_steps=200,
+    )
+    for step in range(0, 501, 50):
+        t.observe(step, 1.0 - step / 1000, train_loss=0.4)
+    assert t.decide(450, FREE) is None
+    first = t.decide(500, FREE)
+    assert first is not None and "lifecycle's worth" in first.why
+    t.observe(560, 0.4, train_loss=0.4)
+    t.observe(620, 0.4, train_loss=0.4)
+    assert t.plateaued(620)
+    assert t.decide(620, {"units": st.DORMANT, "hidden": st.CULLED}) is None
 
 
 def test_tamiyo_last_chance_needs_capacity_evidence() -> None:
