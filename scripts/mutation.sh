@@ -3,6 +3,7 @@
 #
 #   scripts/mutation.sh                       # every module below, one after the other
 #   scripts/mutation.sh actors/seed/core.py   # one module
+#   MUTATION_ONLY='*x_decide*' scripts/mutation.sh actors/seed/core.py   # some functions' mutants
 #
 # Each module runs in its own throwaway copy of the tree with its own test selection, niced, one
 # test process at a time (MUTATION_JOBS to change); the table is printed at the end and written
@@ -18,26 +19,43 @@ JOBS="${MUTATION_JOBS:-1}"
 WORK="${MUTATION_WORK:-$(mktemp -d /tmp/kasmina-mutation.XXXXXX)}"
 OUT="${MUTATION_OUT:-$ROOT/mutation-table.md}"
 
-# module -> the tests that pin it (space separated)
+# module -> the example tests that pin it (space separated). mutmut 3.8 records which tests call
+# each function (one stats run) and runs only those on that function's mutants, stopping at the
+# first failure; a survivor runs all of them, so the selection is what a survivor costs. It is
+# kept to the fast example tests of each module (no Redis restarts, no CLI, no benchmarks).
+SEED="tests/actors/test_cores_seed_commands.py tests/actors/test_cores_seed_table.py \
+tests/actors/test_cores_seed_walks.py tests/actors/test_cores_seed_pins.py \
+tests/actors/test_cores_seed_gating.py tests/actors/test_cores_seed_params.py \
+tests/actors/test_cores_seed_pending.py tests/actors/test_cores_seed_resend.py \
+tests/actors/test_seed_wait.py"
+ENVELOPE="tests/contracts/test_envelope.py tests/contracts/test_envelope_limits.py \
+tests/contracts/test_envelope_shape.py tests/contracts/test_verifier_claims.py \
+tests/contracts/test_wire_vectors.py"
 declare -A TESTS=(
   [actors/seed/lifecycle.py]="tests/actors tests/contract/test_lifecycle.py"
-  [actors/seed/core.py]="tests/actors/test_cores_seed_commands.py tests/actors/test_cores_seed_table.py tests/actors/test_cores_seed_walks.py tests/actors/test_cores_seed_pins.py tests/actors/test_cores_seed_props.py tests/actors/test_cores_replay.py"
+  [actors/seed/core.py]="$SEED"
+  [actors/seed/replies.py]="$SEED"
+  [actors/seed/moves.py]="$SEED"
   [actors/gates/checks.py]="tests/actors"
-  [contracts/envelope.py]="tests/contracts"
-  [contracts/verifier.py]="tests/contracts"
+  [contracts/envelope.py]="$ENVELOPE"
+  [contracts/verifier.py]="$ENVELOPE"
 )
 # The property tests (hypothesis, hundreds of examples each) take minutes per surviving mutant on
 # a small machine; they are left out unless MUTATION_PROPERTY_TESTS=1, so the score is what the
 # example tests alone pin (a lower bound of the whole suite's).
 SKIP_PROPS="not test_cores_seed_props and not test_cores_replay and not test_random"
+SKIP_ENVELOPE_PROPS="not test_arbitrary_bytes and not test_mutated_valid_envelopes"
 declare -A DESELECT=(
   [actors/seed/lifecycle.py]="$SKIP_PROPS"
   [actors/seed/core.py]="$SKIP_PROPS"
+  [actors/seed/replies.py]="$SKIP_PROPS"
+  [actors/seed/moves.py]="$SKIP_PROPS"
   [actors/gates/checks.py]="$SKIP_PROPS"
-  [contracts/envelope.py]="not test_arbitrary_bytes and not test_mutated_valid_envelopes"
-  [contracts/verifier.py]="not test_arbitrary_bytes and not test_mutated_valid_envelopes"
+  [contracts/envelope.py]="$SKIP_ENVELOPE_PROPS"
+  [contracts/verifier.py]="$SKIP_ENVELOPE_PROPS"
 )
-DEFAULT=(actors/seed/lifecycle.py actors/seed/core.py actors/gates/checks.py contracts/envelope.py contracts/verifier.py)
+DEFAULT=(actors/seed/lifecycle.py actors/seed/core.py actors/seed/replies.py actors/seed/moves.py
+  actors/gates/checks.py contracts/envelope.py contracts/verifier.py)
 MODULES=("$@")
 [ ${#MODULES[@]} -eq 0 ] && MODULES=("${DEFAULT[@]}")
 
@@ -72,7 +90,9 @@ for module in "${MODULES[@]}"; do
     echo "    no:cacheprovider"
   } > "$dir/setup.cfg"
   echo "== $module ($tests) in $dir" >&2
-  (cd "$dir" && nice -n 10 "$MUTMUT" run --max-children "$JOBS" > run.log 2>&1) \
+  only=()
+  [ -n "${MUTATION_ONLY:-}" ] && only=("${MUTATION_ONLY}")
+  (cd "$dir" && nice -n 10 "$MUTMUT" run --max-children "$JOBS" "${only[@]}" > run.log 2>&1) \
     || { echo "mutmut failed for $module, see $dir/run.log" >&2; tail -c 2000 "$dir/run.log" >&2; exit 1; }
   results+=("$module=$dir")
 done

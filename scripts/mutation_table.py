@@ -51,17 +51,26 @@ def _show(mutmut: str, workdir: Path, name: str) -> str:
     ).stdout
 
 
-def _tests(workdir: Path) -> list[str]:
+def _cfg_list(workdir: Path, name: str) -> list[str]:
+    """The indented values of ``name`` in the run's setup.cfg."""
     cfg = (workdir / "setup.cfg").read_text().splitlines()
-    start = next(
-        i for i, ln in enumerate(cfg) if ln.startswith("pytest_add_cli_args_test_selection")
-    )
-    out = []
+    start = next((i for i, ln in enumerate(cfg) if ln.startswith(name + "=")), None)
+    if start is None:
+        return []
+    first = cfg[start].partition("=")[2].strip()
+    out = [first] if first else []
     for ln in cfg[start + 1 :]:
         if not ln.startswith("    "):
             break
         out.append(ln.strip())
     return out
+
+
+def _tests(workdir: Path) -> list[str]:
+    """The run's test selection and its extra pytest arguments (the same deselection)."""
+    return _cfg_list(workdir, "pytest_add_cli_args_test_selection") + _cfg_list(
+        workdir, "pytest_add_cli_args"
+    )
 
 
 def _recheck(workdir: Path, name: str, tests: list[str]) -> bool:
@@ -92,7 +101,8 @@ def main() -> int:
         module, _, wd = run.partition("=")
         workdir = Path(wd)
         meta = json.loads((workdir / "mutants" / (module + ".meta")).read_text())
-        codes: dict[str, int | None] = meta["exit_code_by_key"]
+        # mutants not run (a run limited to some functions) are left out of the table
+        codes: dict[str, int] = {k: c for k, c in meta["exit_code_by_key"].items() if c is not None}
         survivors = sorted(k for k, c in codes.items() if c not in KILLED)
         if args.recheck:
             survivors = [
