@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from cores_harness import SeedSim, command, germinate
 
+from contracts import evidence as ev
 from contracts.config import KasminaConfig
 from leyline import pb
 
 S = pb.SeedLifecycleStage
+G = pb.SeedLifecycleGate
 V = pb.VerdictAction
 CFG = KasminaConfig.load(env={}, overrides={"barrier.frequency": 10})
 
@@ -64,3 +66,21 @@ def test_urgent_culls_and_in_stage_orders_never_wait() -> None:
     paused = _in(S.SEED_STAGE_BLENDING)
     paused.send(command(paused.slot, "pause"))
     assert paused.orders[-1].paused and not paused.orders[-1].barrier_gated
+
+
+def test_a_cull_on_a_failed_gate_of_a_seed_in_the_forward_is_gated() -> None:
+    """design.md: a seed in the forward culled on a failed gate (G2 failing in BLENDING) is
+    dropped on a barrier commit."""
+    sim = _in(S.SEED_STAGE_BLENDING)
+    sim.evidence = dict(sim.evidence)
+    sim.evidence[G.SEED_GATE_G2_STABILITY] = {
+        **sim.evidence[G.SEED_GATE_G2_STABILITY],
+        ev.NONFINITE_COUNT: 3.0,
+    }
+    for _ in range(4):
+        if sim.state.stage == S.SEED_STAGE_EMBARGOED:
+            break
+        sim.advance(400)
+    cull = sim.orders[-1]
+    assert cull.stage == S.SEED_STAGE_CULLED and cull.barrier_gated
+    assert cull.after_barrier == cull.apply_at_step - 10

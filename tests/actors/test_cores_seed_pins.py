@@ -341,3 +341,23 @@ def test_transitions_of_a_full_walk_follow_the_design_table() -> None:
         (S.SEED_STAGE_SHADOWING, S.SEED_STAGE_PROBATIONARY),
         (S.SEED_STAGE_PROBATIONARY, S.SEED_STAGE_FOSSILIZED),
     ]
+
+
+@pytest.mark.parametrize("paused_for", [0, 5])
+def test_a_pause_moves_the_stage_budget_by_exactly_its_length(paused_for: int) -> None:
+    """Paused for d steps (0: paused and resumed at one step), TRAINING asks G1 at
+    entered + budget + d, not a step earlier."""
+    sim = _sim()
+    _germinate(sim)
+    start = _entered(sim, S.SEED_STAGE_TRAINING)
+    sim.report(start + 3)
+    sim.send(command(sim.slot, "pause"))
+    assert sim.state.paused
+    if paused_for:
+        sim.report(start + 3 + paused_for)
+    sim.send(command(sim.slot, "resume"))
+    assert not sim.state.paused
+    sim.report(start + TRAINING + paused_for - 1)
+    assert sim.state.stage == S.SEED_STAGE_TRAINING
+    sim.report(start + TRAINING + paused_for)
+    assert sim.state.stage == S.SEED_STAGE_BLENDING

@@ -256,3 +256,28 @@ async def test_a_batch_never_lets_through_a_frame_the_nonce_store_did_not_judge(
     frames = [(signer.seal(KIND, b"", stream=STREAM), STREAM, f"{i}-0") for i in range(2)]
     with pytest.raises(ValueError):
         await verifier.verify_many(frames)
+
+
+async def test_a_message_late_by_the_nonce_stores_clock_is_stale_and_verified() -> None:
+    """A store whose clock is past the message's deadline (stamp + tolerance) refuses it as
+    stale, verified, with the claimed id, kind and sender; one batch does the same."""
+    store_clock = NOW + 61 * SECOND  # the verifier's clock says NOW: fresh to it
+    frame = _seal(GOOD)
+    for batch in (False, True):
+        guard = MemoryNonceGuard(clock=lambda: store_clock)
+        verifier = Verifier(RING, clock=clock, nonce_guard=guard)
+        if batch:
+            (error,) = await verifier.verify_many([(frame, STREAM, "1-0")])
+            assert isinstance(error, ContractError)
+        else:
+            with pytest.raises(ContractError) as info:
+                await verifier.verify(frame, stream=STREAM, token="1-0")
+            error = info.value
+        assert (error.code, error.message_id, error.kind, error.sender, error.verified) == (
+            Reason.STALE,
+            MSG_ID,
+            KIND,
+            SENDER,
+            True,
+        )
+        assert len(guard) == 0
