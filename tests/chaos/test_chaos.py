@@ -82,7 +82,7 @@ async def test_small_chaos_run_matches_the_fault_free_run(tmp_path: Path) -> Non
 
 
 @pytest.mark.redis
-@pytest.mark.timeout(600)  # two runs of 6 processes each; 51-71 s at a load average of 12-14
+@pytest.mark.timeout(600)  # two runs of 6 processes each; 27-71 s at load averages of 4-14
 @pytest.mark.skipif(not Path(REDIS_SERVER).exists(), reason="needs redis-server")
 async def test_failover_mid_run_matches_the_fault_free_run(tmp_path: Path) -> None:
     """The primary of a Sentinel-managed pair is SIGKILLed mid-run and its replica promoted
