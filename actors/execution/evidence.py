@@ -308,26 +308,26 @@ def reset_check(
 
 
 def latency_overhead(
-    model: nn.Module, slot: SeedSlot, device: torch.device, batch: ProbeBatch, reps: int = 3
+    model: nn.Module, slot: SeedSlot, device: torch.device, batch: ProbeBatch, reps: int = 5
 ) -> float:
-    """Relative forward-time overhead of the seed: best of ``reps`` no-grad probe forwards with
-    the seed fully on vs off, ``(t_on - t_off) / t_off``."""
+    """Relative forward-time overhead of the seed, ``(t_on - t_off) / t_off``: the best of
+    ``reps`` no-grad probe forwards with the seed fully on and off, taken in alternation (on a
+    shared machine a burst of contention then slows both sides, not one side's every rep)."""
     inputs, _ = split_batch(batch)
 
-    def best(mode: Mode) -> float:
-        times = []
+    def timed(mode: Mode) -> float:
         with slot.forced(mode, 1.0), torch.no_grad():
-            for _ in range(reps):
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                t0 = time.perf_counter()
-                model(inputs)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                times.append(time.perf_counter() - t0)
-        return min(times)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            model(inputs)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return time.perf_counter() - t0
 
+    seed_on = on_mode(slot)
     with probe_mode(model, device):
-        best(Mode.IDENTITY)  # warm-up
-        off, on = best(Mode.IDENTITY), best(on_mode(slot))
+        timed(Mode.IDENTITY), timed(seed_on)  # warm-up
+        pairs = [(timed(Mode.IDENTITY), timed(seed_on)) for _ in range(reps)]
+    off, on = min(p[0] for p in pairs), min(p[1] for p in pairs)
     return max(0.0, (on - off) / off) if off > 0 else 0.0
