@@ -252,3 +252,22 @@ def test_each_order_asks_for_the_evidence_of_its_stages_exit_gate() -> None:
         (S.SEED_STAGE_FOSSILIZED, G.SEED_GATE_G4_SYSTEM_IMPACT),
     ]
     _explained(sim)
+
+
+def test_a_germination_order_asks_for_g0_evidence() -> None:
+    """The germination order asks execution to probe the seed and return G0's evidence."""
+    sim = SeedSim(auto=False)
+    sim.send(germinate(sim.slot))
+    (order,) = sim.orders
+    assert order.stage == S.SEED_STAGE_GERMINATED
+    assert order.wants_evidence and order.evidence_for == G.SEED_GATE_G0_SANITY
+
+
+def test_a_step_report_records_this_slots_alpha_and_tolerates_its_absence() -> None:
+    """A report's entry for this slot sets the slot's alpha; a report without one keeps it."""
+    sim = SeedSim(auto=False)
+    report = pb.StepReport(step=3, slots=[pb.SlotReport(slot=sim.slot, alpha=0.25)])
+    sim.send(report)
+    assert sim.state.alpha == 0.25 and sim.state.last_step == 3
+    sim.send(pb.StepReport(step=4, slots=[pb.SlotReport(slot="other", alpha=0.75)]))
+    assert sim.state.alpha == 0.25 and sim.state.last_step == 4

@@ -8,7 +8,7 @@ import pytest
 from cores_harness import command, germinate
 
 from actors import seed
-from actors.core import Context
+from actors.core import Context, Decision
 from actors.seed import SeedState, is_allowed
 from actors.seed.lifecycle import Stage
 from leyline import pb
@@ -71,7 +71,10 @@ def _message(action: str) -> pb.SeedCommand:
     return germinate(SLOT) if action == "germinate" else command(SLOT, action)
 
 
-def _check_outcome(state: SeedState, msg: object, expected: list[Stage] | None) -> None:
+def _check_outcome(
+    state: SeedState, msg: object, expected: list[Stage] | None, request: str = ""
+) -> Decision:
+    """Decide ``msg``; a refusal names ``request`` (when given) and why, a transition its cause."""
     decision = seed.decide(state, msg, Context(now_step=12, message_id="m"))  # type: ignore[arg-type]
     folded = state
     for event in decision.events:
@@ -82,14 +85,17 @@ def _check_outcome(state: SeedState, msg: object, expected: list[Stage] | None) 
         assert is_allowed(t.from_stage, t.to_stage)
     stages = [t.to_stage for t in transitions]
     boot = [S.SEED_STAGE_DORMANT] if state.stage == S.SEED_STAGE_UNKNOWN else []
+    assert all(t.cause for t in transitions)
     if expected is None:
-        assert len(refused) == 1 and refused[0].reason
+        assert len(refused) == 1 and refused[0].reason and refused[0].request
+        assert refused[0].request == (request or refused[0].request)
         assert stages == boot
         assert folded.stage == (boot[-1] if boot else state.stage)
     else:
         assert not refused
         assert stages == expected
     assert folded.seq == state.seq + len(decision.events)
+    return decision
 
 
 PAIRS = [
@@ -110,7 +116,26 @@ def test_stage_command_pair(stage: Stage, action: str, paused: bool) -> None:
     expected = _expected(stage, action, paused)
     if stage == S.SEED_STAGE_TERMINATED:
         expected = None
-    _check_outcome(state, _message(action), expected)
+    decision = _check_outcome(state, _message(action), expected, request=action)
+    orders = [o.message for o in decision.outgoing if isinstance(o.message, pb.ExecutionOrder)]
+    if expected is not None and action == "terminate":
+        assert [(o.stage, bool(o.order_id)) for o in orders] == [(S.SEED_STAGE_TERMINATED, True)]
+    folded = state
+    for event in decision.events:
+        folded = seed.evolve(folded, event)
+    if expected is not None and action in ("pause", "resume") and not orders:
+        assert folded.paused == (action == "pause")  # a slot with no seed pauses at once
+    causes = [e.cause for e in decision.events if isinstance(e, pb.LifecycleTransition)]
+    if expected is not None and action in ("cull", "emergency_stop"):
+        # leyline.proto: the cause is human-readable, "command cull" for a commanded cull
+        first = "command cull" if action == "cull" else "emergency stop"
+        assert causes[len(expected) - 2].startswith(first)
+    if expected == [] and stage in IN_STAGE and action != "germinate":
+        # wire.md §9: an in-stage order (pause, resume, adjust_optimizer) of a seed is awaited
+        # as ack:<STAGE>:<what>, its order for the slot's own stage
+        assert str(folded.awaiting).startswith(f"ack:{S.Name(stage)[len('SEED_STAGE_') :]}:")
+        assert len(str(folded.awaiting).split(":")) == 3
+        assert [o.stage for o in orders] == [stage]
 
 
 @pytest.mark.parametrize("action", [V.VERDICT_CULL, V.VERDICT_EMERGENCY_STOP], ids=V.Name)
@@ -172,3 +197,11 @@ def test_every_table_pair_is_checked_by_the_fold() -> None:
             else:
                 with pytest.raises(IllegalTransition):
                     seed.evolve(state, event)
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=S.Name)
+def test_a_message_of_an_unsupported_type_is_refused_by_its_type_name(stage: Stage) -> None:
+    """A message the seed core does not take (a barrier vote) is refused naming its type."""
+    decision = _check_outcome(_state(stage), pb.BarrierVote(), None, request="BarrierVote")
+    (refused,) = [e for e in decision.events if isinstance(e, pb.LifecycleRefused)]
+    assert "unsupported" in refused.reason
