@@ -3,7 +3,10 @@ lease was taken can no longer write. The supervisor restarts a shell that crashe
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anyio
+import pytest
 
 from actors.assemble import build_shells, live_verifier
 from actors.client import Outcome
@@ -11,7 +14,7 @@ from actors.replay import fold_events
 from actors.shell import ActorShell
 from actors.supervisor import Supervisor
 from bus import Bus, BusProtocolError, Entry, open_bus
-from bus.testing import FaultyBus, eventually
+from bus.testing import REDIS_SERVER, FaultyBus, eventually, redis_server
 from contracts import KasminaConfig, KeyRing, Signer, streams
 from scenarios.chaos.harness import read_log
 from scenarios.cluster import Cluster, running_cluster
@@ -96,6 +99,30 @@ async def test_a_shell_whose_lease_was_taken_writes_nothing(bus: Bus, run_id: st
         outcome = await cl.client.wait(command_id, timeout_s=20)
         assert outcome.kind == "lifecycle.refused" and shell.owner
         assert await _log_folds(cl, bus) == 2
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(not Path(REDIS_SERVER).exists(), reason="needs redis-server")
+async def test_a_lease_gone_when_redis_returns_is_taken_back(run_id: str) -> None:
+    """Redis SIGKILLed and restarted (AOF) without the shell's lease (lapsed meanwhile, or never
+    replicated to a promoted server): the shell takes it back by itself, and the next command
+    is decided exactly once under the retaken lease; the log re-folds."""
+    with redis_server(aof=True) as server:
+        bus = open_bus(server.url)
+        try:
+            async with running_cluster(bus, run=run_id, slots=[SLOT], config=_config()) as cl:
+                shell = _seed_shell(cl)
+                assert (await _cull(cl)).kind == "lifecycle.refused"
+                rebuilds = shell.rebuilds
+                server.kill()
+                await anyio.to_thread.run_sync(server.start)
+                await bus.delete(shell.lease.key)
+                assert (await _cull(cl)).kind == "lifecycle.refused"  # its commit is fenced
+                assert shell.owner and shell.rebuilds > rebuilds
+                assert await bus.get_value(shell.lease.key) == shell.token.encode()
+                assert await _log_folds(cl, bus) == 2
+        finally:
+            await bus.close()
 
 
 async def test_supervisor_restarts_a_shell_that_crashed_while_serving(run_id: str) -> None:
