@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -141,6 +142,21 @@ class SecurityConfig(BaseModel):
     clock_tolerance_s: float = Field(60.0, gt=0.0)  # also how long a nonce outlives its stamp
     max_message_bytes: int = Field(1 << 20, ge=256)
     key_grace_s: float = Field(3600.0, ge=0.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, data: Any) -> Any:
+        """``nonce_ttl_s`` (a nonce now expires at its own message's deadline) is accepted and
+        ignored with a warning, so a configuration written for an earlier version still loads."""
+        if isinstance(data, Mapping) and "nonce_ttl_s" in data:
+            warnings.warn(
+                "security.nonce_ttl_s is no longer used: each nonce expires at its message's "
+                "stamp + security.clock_tolerance_s",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            data = {k: v for k, v in data.items() if k != "nonce_ttl_s"}
+        return data
 
 
 class BusConfig(BaseModel):
