@@ -107,9 +107,12 @@ class Faults:
                 self.redeliveries += await _pending(self.bus, pairs)
 
     def _start_again(self, server: RedisServer) -> None:
-        """Start a killed server in the role the topology gives it now (behind Sentinel: the
-        primary if the sentinels still name it, else a replica of the one they promoted)."""
+        """Start the killed primary again. Behind Sentinel, first wait for the sentinels to
+        promote a replica (a primary down past ``down-after`` is failed over even once it is
+        back, and had it taken writes meanwhile as a new history, the sentinels could promote a
+        replica without them), then start it as a replica of the promoted one."""
         if isinstance(self.servers, LocalSentinel):
+            self.servers.wait_failover(server)
             self.servers.start_again(server)
         else:
             server.start()
