@@ -26,6 +26,10 @@ __all__ = ["LocalCluster", "LocalSentinel", "redis_cluster", "redis_sentinel", "
 CLUSTER_SLOTS = 16384
 
 
+# how long a cluster may take to form (gossip, slot coverage, replica sync) on a loaded machine
+FORMATION_S = 120.0
+
+
 def wait_until(
     predicate: Callable[[], bool], *, timeout_s: float = 30.0, what: str = "condition"
 ) -> float:
@@ -219,12 +223,12 @@ def redis_cluster(
             primary_id = cluster.node_id(cluster.primaries[i % primaries])
             wait_until(
                 lambda r=replica, p=primary_id: p.encode() in (_ask(r.port, "CLUSTER", "NODES") or b""),  # type: ignore[misc]
-                what="replica learns its primary",
+                timeout_s=FORMATION_S, what="replica learns its primary",
             )  # fmt: skip
             _ask(replica.port, "CLUSTER", "REPLICATE", primary_id)
-        wait_until(cluster.healthy, what="cluster_state:ok on every node")
+        wait_until(cluster.healthy, timeout_s=FORMATION_S, what="cluster_state:ok on every node")
         for replica in cluster.replicas:
-            wait_until(lambda r=replica: _linked(r), what="replica in sync")  # type: ignore[misc]
+            wait_until(lambda r=replica: _linked(r), timeout_s=FORMATION_S, what="replica in sync")  # type: ignore[misc]
         yield cluster
     finally:
         cluster.stop()
