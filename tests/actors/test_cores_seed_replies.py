@@ -271,3 +271,25 @@ def test_a_step_report_records_this_slots_alpha_and_tolerates_its_absence() -> N
     assert sim.state.alpha == 0.25 and sim.state.last_step == 3
     sim.send(pb.StepReport(step=4, slots=[pb.SlotReport(slot="other", alpha=0.75)]))
     assert sim.state.alpha == 0.25 and sim.state.last_step == 4
+
+
+def test_an_optimizer_adjustment_order_carries_the_adjustment() -> None:
+    """adjust_optimizer in TRAINING orders execution to apply that very adjustment to the seed."""
+    sim = SeedSim()
+    _to_training(sim)
+    sim.auto = False
+    adjust = pb.AdjustOptimizer(lr_scale=0.5, weight_decay=0.01)
+    sim.send(pb.SeedCommand(slot=sim.slot, adjust_optimizer=adjust))
+    order = sim.orders[-1]
+    assert order.stage == S.SEED_STAGE_TRAINING and order.adjust_optimizer == adjust
+
+
+def test_a_commands_outcome_record_names_its_action() -> None:
+    """wire.md §9: the command.outcome record of a germinate, of a cull, names that action."""
+    sim = SeedSim(auto=False)
+    decision = sim.send(germinate(sim.slot))
+    assert [o.action for o in decision.outcomes] == ["germinate"]
+    trained = SeedSim()
+    _to_training(trained)
+    decision = trained.send(command(trained.slot, "cull"))
+    assert [o.action for o in decision.outcomes if o.action] == ["cull"]
