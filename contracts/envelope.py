@@ -334,6 +334,8 @@ def _refuse_shape(items: object) -> None:
         raise UnsupportedVersion(
             f"envelope v{items[0]} is not accepted (this receiver speaks v{VERSION})"
         ).claim(*claim, verified=False)
+    if type(items) is tuple and len(items) == FIELDS:  # 11 fields, but v is no integer
+        raise BadFrame("bad v").claim(*claim, verified=False)
     raise BadFrame(f"expected an array of {FIELDS} fields").claim(*claim, verified=False)
 
 

@@ -119,6 +119,15 @@ def test_a_version_that_is_not_an_integer_is_named() -> None:
     assert error.code == Reason.BAD_FRAME and "bad v" in error.detail
 
 
+@pytest.mark.parametrize("v", ["2", b"2", None])
+def test_a_version_of_another_type_is_named_not_miscounted(v: object) -> None:
+    """An 11-field frame whose v is text, bytes or nil is refused as 'bad v', not as a frame
+    of the wrong length."""
+    error = _refused(_pack(_items(v=v)))
+    assert error.code == Reason.BAD_FRAME and "bad v" in error.detail
+    assert "11" not in error.detail
+
+
 def test_a_timestamp_of_zero_is_not_what_is_wrong_with_a_frame() -> None:
     """ts_ns 0 is within its range, so a frame with ts_ns 0 and a bad run is refused for its run."""
     error = _refused(_pack(_items(ts_ns=0, run="bad run!")))
