@@ -60,6 +60,7 @@ class Faults:
         self.redeliveries = 0
         self.killed_ms: list[int] = []  # server clock = this machine's: entry ids are comparable
         self.promotion_s: list[float] = []
+        self._server_fault = anyio.Lock()  # one Redis fault at a time: each ends with its restart
 
     def primary(self) -> RedisServer:
         """The server the run writes to now."""
@@ -75,11 +76,13 @@ class Faults:
         if not isinstance(sentinel, LocalSentinel):
             raise RuntimeError("a failover fault needs a Sentinel-managed server")
         with anyio.CancelScope(shield=True):  # never leave the old primary down
-            old = sentinel.primary()
-            old.kill()
-            self.killed_ms.append(time.time_ns() // 1_000_000)
-            self.promotion_s.append(await anyio.to_thread.run_sync(sentinel.wait_failover, old))
-            await anyio.to_thread.run_sync(sentinel.start_again, old)
+            async with self._server_fault:  # after a restart in progress: its primary
+                old = sentinel.primary()
+                old.kill()
+                self.killed_ms.append(time.time_ns() // 1_000_000)
+                promotion = await anyio.to_thread.run_sync(sentinel.wait_failover, old)
+                self.promotion_s.append(promotion)
+                await anyio.to_thread.run_sync(sentinel.start_again, old)
 
     async def kill(self, index: int, delay_s: float, down_s: float) -> None:
         await anyio.sleep(delay_s)
@@ -97,10 +100,11 @@ class Faults:
     async def restart_redis(self, delay_s: float) -> None:
         await anyio.sleep(delay_s)
         with anyio.CancelScope(shield=True):  # never leave the server down
-            server = self.primary()
-            server.kill()
-            await anyio.sleep(0.3)
-            await anyio.to_thread.run_sync(self._start_again, server)
+            async with self._server_fault:  # after a failover in progress: its new primary
+                server = self.primary()
+                server.kill()
+                await anyio.sleep(0.3)
+                await anyio.to_thread.run_sync(self._start_again, server)
             self.out_restarts += 1
             pairs = [pair for proc in self.procs for pair in _groups(proc, self.run)]
             with contextlib.suppress(BusUnavailable):
