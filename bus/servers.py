@@ -24,8 +24,6 @@ from .testing import REDIS_SERVER, RedisServer, _free_port
 __all__ = ["LocalCluster", "LocalSentinel", "redis_cluster", "redis_sentinel", "wait_until"]
 
 CLUSTER_SLOTS = 16384
-
-
 # how long a cluster may take to form (gossip, slot coverage, replica sync) on a loaded machine
 FORMATION_S = 120.0
 
