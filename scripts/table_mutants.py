@@ -195,7 +195,6 @@ ENVELOPE_EDITS = [
     ("_IPAD = bytes(x ^ 0x36 for x in range(256))", "_IPAD = bytes(x ^ 0x5C for x in range(256))"),
     ("if len(_PADS) >= 256:", "if len(_PADS) >= 257:"),
     ("tolerance_s: float = 60.0", "tolerance_s: float = 61.0"),
-    ("nonce_ttl_s: float = 300.0", "nonce_ttl_s: float = 301.0"),
 ]
 
 
