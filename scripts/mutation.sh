@@ -39,6 +39,8 @@ declare -A TESTS=(
   [actors/gates/checks.py]="tests/actors"
   [contracts/envelope.py]="$ENVELOPE"
   [contracts/verifier.py]="$ENVELOPE"
+  [actors/hosting/admission.py]="tests/actors/test_admission_rules.py tests/system/test_admission.py"
+  [actors/eventlog.py]="tests/system/test_outcomes.py tests/system/test_core_reasons.py tests/system/test_log_tamper.py"
 )
 # The property tests (hypothesis, hundreds of examples each) take minutes per surviving mutant on
 # a small machine; they are left out unless MUTATION_PROPERTY_TESTS=1, so the score is what the
