@@ -3,6 +3,9 @@ a shed entry claims to be."""
 
 from __future__ import annotations
 
+import msgpack
+import pytest
+
 from actors.client import build_command
 from actors.hosting import FRAME
 from actors.hosting.admission import (
@@ -14,7 +17,7 @@ from actors.hosting.admission import (
 )
 from bus import Entry
 from contracts import ContractError, KeyRing, Reason, Signer, streams
-from contracts.errors import BadFrame
+from contracts.errors import BadFrame, UnknownKey
 
 INBOX = streams.inbox("r1", "seed", "a")
 
@@ -99,3 +102,38 @@ def test_a_shed_frame_is_screened_before_it_is_decoded() -> None:
     garbage = [Entry(INBOX, f"2-{i}", {FRAME: bytes([i % 256]) * 50}) for i in range(300)]
     found = claims_of([*garbage, entry, *garbage], FRAME, 1 << 20)
     assert [c.message_id for c in found] == ["c1"]
+
+
+def test_a_reason_under_the_threshold_does_not_stop_a_later_one_forming_a_run() -> None:
+    """Two unknown-key frames first (under the threshold of 3), then three bad frames: the bad
+    frames are one run whose detail is the first one's, and the others stay per entry."""
+    batch = _entries(5)
+    unknown = [UnknownKey("k0") for _ in range(2)]
+    bad = [BadFrame("first"), BadFrame("second"), BadFrame("third")]
+    runs = aggregated(batch, [*unknown, *bad], threshold=3)
+    assert set(runs) == {"1-2", "1-3", "1-4"}
+    run = runs["1-2"]
+    assert (run.reason, run.detail, run.count) == (Reason.BAD_FRAME, "first", 3)
+
+
+def test_a_verdict_list_of_another_length_than_the_batch_is_an_error() -> None:
+    """Aggregation pairs each entry with its own verdict: a list one short is refused, never
+    silently truncated."""
+    batch = _entries(4)
+    with pytest.raises(ValueError):
+        aggregated(batch, [BadFrame("x")] * 3, threshold=1)
+
+
+def test_a_command_frame_without_an_id_claims_nothing_and_a_claim_names_its_kind() -> None:
+    """A frame that says it is a seed.command but carries an empty message id cannot be answered
+    (nothing to name), so it claims nothing; a real command's claim names the kind."""
+    no_id = msgpack.packb(
+        [2, "seed.command", "", "tamiyo", "k1", 1, "", "r1", "seed:a", b"", b"s" * 32],
+        use_bin_type=True,
+    )
+    assert claim_of(Entry(INBOX, "1-0", {FRAME: no_id}), FRAME, 1 << 20) is None
+    signer = Signer(KeyRing.generate(), "tamiyo")
+    command = signer.seal("seed.command", build_command("a", "pause"), stream=INBOX, msg_id="c9")
+    claim = claim_of(Entry(INBOX, "1-1", {FRAME: command}), FRAME, 1 << 20)
+    assert claim is not None
+    assert (claim.message_id, claim.kind, claim.sender) == ("c9", "seed.command", "tamiyo")
