@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 
 import anyio
@@ -90,7 +91,7 @@ class _Refusing:
 async def test_the_shell_records_exactly_the_reason_a_decision_carries(reason: Reason) -> None:
     """Whatever reason code a core's decision carries is the one recorded and counted."""
     run = "reasons"
-    bus = open_bus(f"memory://reasons-{reason.value}")
+    bus = open_bus(f"memory://reasons-{reason.value}-{uuid.uuid4().hex[:8]}")  # fresh per call
     ring, config = KeyRing.generate(), KasminaConfig()
     logic = _Refusing(reason)
     shell = ActorShell(
