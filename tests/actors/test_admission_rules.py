@@ -10,13 +10,15 @@ from actors.client import build_command
 from actors.hosting import FRAME
 from actors.hosting.admission import (
     SHED_OUTCOMES,
+    Admission,
     aggregated,
     claim_of,
     claims_of,
     shed_count,
 )
-from bus import Entry
-from contracts import ContractError, KeyRing, Reason, Signer, streams
+from actors.hosting.rejection import Rejections
+from bus import Entry, open_bus
+from contracts import ContractError, KasminaConfig, KeyRing, Reason, Signer, streams
 from contracts.errors import BadFrame, UnknownKey
 
 INBOX = streams.inbox("r1", "seed", "a")
@@ -137,3 +139,19 @@ def test_a_command_frame_without_an_id_claims_nothing_and_a_claim_names_its_kind
     claim = claim_of(Entry(INBOX, "1-1", {FRAME: command}), FRAME, 1 << 20)
     assert claim is not None
     assert (claim.message_id, claim.kind, claim.sender) == ("c9", "seed.command", "tamiyo")
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_shed_run_is_recorded_once_with_its_first_entry(n: int) -> None:
+    """The shed entries' commit items: every entry acked by the group, the one record of the run
+    carried by the first item only (so a run of one entry is recorded too), counted n times."""
+    run = "r1"
+    config = KasminaConfig()
+    rejections = Rejections(run, "seed:a", Signer(KeyRing.generate(), "seed:a"))
+    admission = Admission(open_bus("memory://"), INBOX, "g", config, rejections)
+    items = admission.shed_items(_entries(n))
+    assert [i.entry.id for i in items] == [f"1-{k}" for k in range(n)]
+    assert {i.group for i in items} == {"g"} and admission.shed == n
+    assert [len(i.appends) > 0 for i in items] == [True] + [False] * (n - 1)
+    assert {a.stream for a in items[0].appends} == {streams.rejected(run)}
+    assert rejections.counts[Reason.OVERLOADED.value] == n
