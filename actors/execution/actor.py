@@ -199,8 +199,10 @@ class ExecutionActor:
         superseded by the next one; an entry claiming a kind that no one sends again is taken,
         never shed (:func:`_never_shed`)."""
         cut = await self.admission.cut(batch)
-        shed = [e for e in batch[:cut] if not _never_shed(e)]
-        kept = [e for e in batch[:cut] if _never_shed(e)]
+        shed: list[Entry] = []
+        kept: list[Entry] = []
+        for e in batch[:cut]:  # one screen per entry
+            (kept if _never_shed(e) else shed).append(e)
         items = await self._take_batch([*kept, *batch[cut:]])
         if shed:
             items += self.admission.shed_items(shed)
