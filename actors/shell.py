@@ -98,7 +98,9 @@ class ActorShell(LeasedHost):
         )
         self.router = Router(bus, run)
         self.rejections = Rejections(run, logic.name, signer, config.safety)
-        self.admission = Admission(bus, inbox, self.group, config, self.rejections)
+        self.admission = Admission(
+            bus, inbox, self.group, config, self.rejections, shed_inside=True
+        )
         self.processed = 0
         self.rebuilds = 0
         self.housekeeping = Housekeeping(
@@ -254,7 +256,8 @@ class ActorShell(LeasedHost):
     async def _process(self, batch: Sequence[Entry]) -> None:
         if self._stale:  # an earlier rebuild was cut short: never decide on a partial state
             await self.rebuild()
-        cut = await self.admission.cut(batch)  # the oldest entries beyond the bound are shed
+        # the excess beyond the bound is shed (inside Redis, or the batch's oldest entries)
+        cut = await self.admission.cut(batch, self.lease.fence)
         handled, decided = await self._decide_batch(batch[cut:])
         if cut:
             handled += self.admission.shed_items(batch[:cut])

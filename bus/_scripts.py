@@ -12,6 +12,8 @@ __all__ = [
     "PUBLISH_MANY",
     "RELEASE_KEY",
     "RENEW_KEY",
+    "SHED",
+    "SHED_SKIP",
 ]
 
 # Shared by COMMIT and PUBLISH_MANY. An append is the arguments
@@ -229,3 +231,88 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+# Admission inside Redis (actors/hosting/admission.py): a flooded inbox's excess is skipped by
+# its group, never transferred to the actor. SHED only reads; SHED_SKIP moves the group.
+_GROUP = """
+local function group_of(stream, name)
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local info = {}
+    for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+    if info['name'] == name then return info end
+  end
+  return nil
+end
+"""
+
+# KEYS: stream. ARGV: group, keep, limit, max_claims, max_bytes, needle, field.
+# The entries after the group's last-delivered id but the newest ``keep``, at most ``limit``,
+# oldest first (counted from the ids, not from the group's lag counter). Returns
+# {n, last_delivered, first_id, last_id, then id, frame of the first max_claims of them whose
+# ``field`` is at most max_bytes long and holds ``needle``}; {0} when there are none.
+SHED = (
+    _GROUP
+    + """
+local g = group_of(KEYS[1], ARGV[1])
+if not g then return {0} end
+local keep, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
+local rows = redis.call('XRANGE', KEYS[1], '(' .. g['last-delivered-id'], '+', 'COUNT', keep + limit)
+local n = math.min(#rows - keep, limit)
+if n <= 0 then return {0} end
+local out = {n, g['last-delivered-id'], rows[1][1], rows[n][1]}
+local want, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
+for i = 1, n do
+  if (#out - 4) / 2 >= want then break end
+  local f = rows[i][2]
+  for j = 1, #f, 2 do
+    if f[j] == ARGV[7] and #f[j + 1] <= max_bytes and string.find(f[j + 1], ARGV[6], 1, true) then
+      out[#out + 1] = rows[i][1]
+      out[#out + 1] = f[j + 1]
+      break
+    end
+  end
+end
+return out
+"""
+)
+
+# KEYS: stream, the streams of the appends, the fence key last (when given).
+# ARGV: group, after_id, last_id, count, fence_token ("" = none), fence_ttl_ms, then the appends
+# (see _PARSE) from ARGV[7]. If the group's last-delivered id is still after_id, the group skips
+# to last_id (XGROUP SETID, its entries-read counter advanced by count when known) and the appends
+# (the skipped run's record) are written; else nothing is written (a resent call, or the group
+# moved). Returns the number of entries skipped. With a fence, nothing is written unless the
+# fence key holds the token.
+SHED_SKIP = (
+    _PARSE
+    + _GROUP
+    + """
+local p = 7
+while p <= #ARGV do
+  local q, err = scan_append(p)
+  if not q then return redis.error_reply(err) end
+  p = q
+end
+if ARGV[5] ~= '' then
+  local fence = KEYS[#KEYS]
+  if redis.call('GET', fence) ~= ARGV[5] then
+    return redis.error_reply('FENCED ' .. fence .. ' is not held by this owner')
+  end
+  redis.call('PEXPIRE', fence, ARGV[6])
+end
+local g = group_of(KEYS[1], ARGV[1])
+if not g or g['last-delivered-id'] ~= ARGV[2] then return 0 end
+local read = tonumber(g['entries-read'])
+if read then
+  redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], ARGV[3], 'ENTRIESREAD', read + tonumber(ARGV[4]))
+else
+  redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], ARGV[3])
+end
+p = 7
+while p <= #ARGV do
+  xadd(p)
+  p = p + 3 + 2 * tonumber(ARGV[p + 2])
+end
+return tonumber(ARGV[4])
+"""
+)

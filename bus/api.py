@@ -23,6 +23,8 @@ __all__ = [
     "Fields",
     "GroupInfo",
     "Handled",
+    "ShedRange",
+    "Shedding",
     "StreamInfo",
     "aiter_entries",
     "check_append",
@@ -277,6 +279,33 @@ class Bus(Protocol):
     async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ShedRange:
+    """Entries of ``stream`` a group may skip: ``count`` of them, ``first`` to ``last``, the
+    next ones after ``after`` (its last-delivered id); ``claims``: those that may be commands."""
+
+    stream: str
+    count: int
+    after: str = ""
+    first: str = ""
+    last: str = ""
+    claims: tuple[Entry, ...] = ()
+
+
+@runtime_checkable
+class Shedding(Protocol):
+    """A bus that sheds a flooded inbox's excess without transferring it (Redis: two scripts)."""
+
+    async def shed(
+        self, stream: str, group: str, *, keep: int, limit: int,
+        claims: int, needle: bytes, max_bytes: int, field: str,
+    ) -> ShedRange: ...  # fmt: skip
+
+    async def skip(
+        self, shed: ShedRange, group: str, appends: Sequence[Append], *, fence: Fence | None = None
+    ) -> int: ...
 
 
 async def aiter_entries(

@@ -27,6 +27,8 @@ from ._scripts import (
     PUBLISH_MANY,
     RELEASE_KEY,
     RENEW_KEY,
+    SHED,
+    SHED_SKIP,
 )
 from .backoff import backoff_s
 from .connect import Closer
@@ -91,6 +93,8 @@ class RedisCore:
         self._publish_many = client.register_script(PUBLISH_MANY)
         self._renew = client.register_script(RENEW_KEY)
         self._release = client.register_script(RELEASE_KEY)
+        self._shed = client.register_script(SHED)
+        self._shed_skip = client.register_script(SHED_SKIP)
 
     def _translate(self, exc: BaseException) -> BusError:
         if self._closed:

@@ -13,6 +13,7 @@ from .api import (
     Fence,
     Fields,
     Handled,
+    ShedRange,
     check_append,
     dead_copy,
     processed_key,
@@ -89,6 +90,47 @@ class RedisWrites(RedisCore):
         if isinstance(raw, str):
             raw = raw.encode()
         return [c == 49 for c in raw]  # b"1"
+
+    async def shed(
+        self, stream: str, group: str, *, keep: int, limit: int,
+        claims: int, needle: bytes, max_bytes: int, field: str,
+    ) -> ShedRange:  # fmt: skip
+        """The entries after the group's last-delivered id but the newest ``keep`` (at most
+        ``limit``, oldest first), read inside Redis (script SHED): their count and bounds, and
+        the first ``claims`` whose ``field`` holds ``needle``. Changes nothing."""
+        args: list[Any] = [group, keep, limit, claims, max_bytes, needle, field]
+        raw = await self._call(lambda: self._shed(keys=[stream], args=args))
+        n = int(raw[0])
+        if not n:
+            return ShedRange(stream, 0)
+        rest = raw[4:]
+        found = tuple(
+            Entry(stream, _s(rest[i]), {field: bytes(rest[i + 1])}) for i in range(0, len(rest), 2)
+        )
+        return ShedRange(stream, n, _s(raw[1]), _s(raw[2]), _s(raw[3]), found)
+
+    async def skip(
+        self, shed: ShedRange, group: str, appends: Sequence[Append], *, fence: Fence | None = None
+    ) -> int:
+        """The group moved past ``shed`` and ``appends`` written with it, if its last-delivered
+        id is still ``shed.after`` (script SHED_SKIP); the number skipped (0: nothing written).
+        Safe to resend."""
+        keys: dict[str, int] = {shed.stream: 1}
+        args: list[Any] = [group, shed.after, shed.last, shed.count, "", 0]
+        for a in appends:
+            check_append(a)
+            _encode_append(args, keys.get(a.stream) or keys.setdefault(a.stream, len(keys) + 1), a)
+        names = list(keys)
+        if fence is not None:
+            names.append(fence.key)
+            args[4:6] = [fence.token, fence.ttl_ms]
+        try:
+            raw = await self._call(lambda: self._durable([names, args], self._shed_skip))
+        except BusProtocolError as exc:
+            if str(exc).startswith("FENCED"):
+                raise Fenced(str(exc)) from None
+            raise
+        return int(raw)
 
     async def dead_letter(self, entry: Entry, group: str, *, dead_stream: str, reason: str) -> None:
         args: list[Any] = [group, entry.id, DEAD_MAXLEN]

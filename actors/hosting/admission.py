@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from actors.hosting.inbox import FRAME
-from bus import Bus, Entry, Handled
+from bus import Bus, Entry, Fence, Handled, Shedding
 from contracts import ContractError, Envelope, Reason, kinds, unpack
 from contracts.config import KasminaConfig
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from actors.hosting.rejection import Rejections
 
 __all__ = [
+    "SHED_LIMIT",
     "SHED_OUTCOMES",
     "Admission",
     "Claim",
@@ -38,10 +39,12 @@ __all__ = [
     "claim_of",
     "claims_of",
     "group_lag",
+    "kept_ahead",
     "shed_count",
 ]
 
 SHED_OUTCOMES = 16  # claimed command ids answered `overloaded` per shed run, at most
+SHED_LIMIT = 4096  # entries shed inside the store per turn, at most
 _COMMAND = kinds.SEED_COMMAND.encode()  # a frame claiming this kind holds these bytes verbatim
 
 
@@ -56,6 +59,12 @@ def shed_count(batch: int, lag: int | None, *, bound: int, verify: int) -> int:
         return 0
     excess = batch + lag - bound
     return max(0, min(batch - verify, excess))
+
+
+def kept_ahead(batch: int, *, bound: int) -> int:
+    """How many undelivered entries of the inbox to keep when the store sheds the rest: the
+    bound less the batch in hand, which is decided whole (the backlog is then the bound)."""
+    return max(0, bound - batch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,24 +152,66 @@ async def group_lag(bus: Bus, stream: str, group: str) -> int | None:
 
 class Admission:
     """The admission of one inbox read by ``group``: what to shed, and the shed entries'
-    commit items; ``shed`` counts the entries shed so far."""
+    commit items; ``shed`` counts the entries shed so far.
+
+    With ``shed_inside`` and a bus that sheds inside the store (:class:`bus.Shedding`), the
+    excess is never read: the group skips it, its record written in the same script; else the
+    oldest entries of a full batch are shed by the actor."""
 
     def __init__(
-        self, bus: Bus, inbox: str, group: str, config: KasminaConfig, rejections: Rejections
+        self,
+        bus: Bus,
+        inbox: str,
+        group: str,
+        config: KasminaConfig,
+        rejections: Rejections,
+        *,
+        shed_inside: bool = False,
     ) -> None:
         self.bus, self.inbox, self.group = bus, inbox, group
         self.config = config
         self.rejections = rejections
         self.shed = 0
+        self.shedder = bus if shed_inside and isinstance(bus, Shedding) else None
 
-    async def cut(self, batch: Sequence[Entry]) -> int:
+    async def cut(self, batch: Sequence[Entry], fence: Fence | None = None) -> int:
         """How many entries at the start of ``batch`` to shed. The lag is read only when the
-        batch is full, the one case where the inbox may hold more than it."""
+        batch is full, the one case where the inbox may hold more than it. A bus that sheds
+        inside the store sheds the undelivered excess there instead (nothing to cut)."""
         cfg = self.config.bus
-        if len(batch) < cfg.batch or len(batch) <= cfg.admission_verify:
+        if len(batch) < cfg.batch:
+            return 0
+        if self.shedder is not None:
+            await self._shed_ahead(len(batch), fence)
+            return 0
+        if len(batch) <= cfg.admission_verify:
             return 0
         lag = await group_lag(self.bus, self.inbox, self.group)
         return shed_count(len(batch), lag, bound=cfg.admission_backlog, verify=cfg.admission_verify)
+
+    async def _shed_ahead(self, in_hand: int, fence: Fence | None) -> int:
+        """The inbox's undelivered entries but the newest :func:`kept_ahead` skipped by the
+        group inside the store, with their record (one ``overloaded`` run); the number shed."""
+        assert self.shedder is not None
+        bound = self.config.bus.admission_backlog
+        shed = await self.shedder.shed(
+            self.inbox, self.group,
+            keep=kept_ahead(in_hand, bound=bound), limit=SHED_LIMIT, claims=SHED_OUTCOMES,
+            needle=_COMMAND, max_bytes=self.config.security.max_message_bytes, field=FRAME,
+        )  # fmt: skip
+        if not shed.count:
+            return 0
+        limit = self.config.security.max_message_bytes
+        claims = claims_of(shed.claims, FRAME, limit)
+        appends = self.rejections.record_range(
+            Reason.OVERLOADED, f"inbox backlog over {bound} entries",
+            (shed.stream, shed.first, shed.last, shed.count), claims,
+        )  # fmt: skip
+        if not await self.shedder.skip(shed, self.group, appends, fence=fence):
+            self.rejections.uncount(Reason.OVERLOADED, shed.count)  # the group moved: not shed
+            return 0
+        self.shed += shed.count
+        return shed.count
 
     def shed_items(self, entries: Sequence[Entry]) -> list[Handled]:
         """``entries`` acked undecided, recorded as one ``overloaded`` run (with an unverified

@@ -84,6 +84,10 @@ class Rejections:
         appends += self._count(code, 1, cause)
         return appends
 
+    def uncount(self, code: Reason, n: int) -> None:
+        """Take back ``n`` rejections of ``code`` counted for records that were not written."""
+        self.counts[code.value] -= n
+
     def _count(self, code: Reason, n: int, cause: str) -> list[Append]:
         """Count ``n`` rejections of ``code``; the storm signal they raise, if any."""
         self.counts[code.value] += n
@@ -110,21 +114,35 @@ class Rejections:
     def record_run(
         self, code: Reason, detail: str, entries: Sequence[Entry], claims: Sequence[Claim] = ()
     ) -> list[Append]:
-        """Count ``entries`` (one stream, in order) as rejected with ``code``; the appends: one
-        record for all of them (``count``, first and last entry id, nothing claimed) and an
-        unverified REJECTED outcome for each command id in ``claims``."""
+        """Count ``entries`` (one stream, in order) as rejected with ``code``: see
+        :meth:`record_range`."""
         first, last = entries[0], entries[-1]
+        return self.record_range(
+            code, detail, (first.stream, first.id, last.id, len(entries)), claims
+        )
+
+    def record_range(
+        self,
+        code: Reason,
+        detail: str,
+        span: tuple[str, str, str, int],
+        claims: Sequence[Claim] = (),
+    ) -> list[Append]:
+        """Count the entries of ``span`` (stream, first id, last id, how many) as rejected with
+        ``code``; the appends: one record for all of them (``count``, first and last entry id,
+        nothing claimed) and an unverified REJECTED outcome for each command id in ``claims``."""
+        stream, first, last, count = span
         record = pb.Rejection(
             reason_code=code.value,
-            stream=first.stream,
-            entry_id=first.id,
-            detail=f"{len(entries)} entries; first: {detail}"[:500],
+            stream=stream,
+            entry_id=first,
+            detail=f"{count} entries; first: {detail}"[:500],
             actor=self.actor,
             verified=False,
-            count=len(entries),
-            last_entry_id=last.id,
+            count=count,
+            last_entry_id=last,
         )
-        log.debug("%s rejected %d entries: %s %s", self.actor, len(entries), code.value, detail)
+        log.debug("%s rejected %d entries: %s %s", self.actor, count, code.value, detail)
         frame = self.signer.seal(kinds.REJECTION, record, stream=self.stream)
         fields = {FRAME: frame, "kind": kinds.REJECTION.encode(), "reason": code.value.encode()}
         appends = [Append(self.stream, fields, maxlen=REJECTED_MAXLEN)]
@@ -133,7 +151,7 @@ class Rejections:
                 reason_code=code.value, detail=detail[:500], message_id=claim.message_id
             )
             appends.append(self._outcome(one, claim.message_id))
-        return appends + self._count(code, len(entries), "")
+        return appends + self._count(code, count, "")
 
     def _outcome(self, rejection: pb.Rejection, cause: str) -> Append:
         """The REJECTED ``command.outcome`` record of a rejected command."""

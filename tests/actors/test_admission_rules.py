@@ -14,6 +14,7 @@ from actors.hosting.admission import (
     aggregated,
     claim_of,
     claims_of,
+    kept_ahead,
     shed_count,
 )
 from actors.hosting.rejection import Rejections
@@ -32,6 +33,15 @@ def _drain(backlog: int, *, batch: int, bound: int, verify: int) -> tuple[int, i
         cut = shed_count(n, backlog - n, bound=bound, verify=verify)
         shed, decided, backlog = shed + cut, decided + n - cut, backlog - n
     return shed, decided
+
+
+def test_shedding_inside_the_store_keeps_the_bound_less_the_batch_in_hand() -> None:
+    """Redis keeps the newest bound - batch undelivered entries (the batch in hand is decided
+    whole), never a negative number."""
+    assert kept_ahead(256, bound=1024) == 768
+    assert kept_ahead(64, bound=100) == 36
+    assert kept_ahead(100, bound=100) == 0
+    assert kept_ahead(300, bound=100) == 0
 
 
 def test_nothing_is_shed_within_the_bound() -> None:

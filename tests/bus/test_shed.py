@@ -1,0 +1,119 @@
+"""Shedding inside Redis (scripts SHED and SHED_SKIP): which entries a flooded group skips, that
+the skip and its record are one write, and that nothing else moves."""
+
+from __future__ import annotations
+
+import pytest
+
+from bus import Append, Bus, Fence, Fenced, RedisStreamBus, Shedding, ShedRange, open_bus
+
+pytestmark = pytest.mark.anyio
+
+NEEDLE = b"seed.command"
+
+
+async def _inbox(bus: Bus, stream: str, n: int, *, read: int) -> list[str]:
+    """``n`` entries (every 7th holding the needle), ``read`` of them delivered to the group."""
+    await bus.ensure_group(stream, "g")
+    ids = await bus.publish_many(
+        [Append(stream, {"m": b"cmd " + NEEDLE if i % 7 == 0 else b"junk"}) for i in range(n)]
+    )
+    if read:
+        assert len(await bus.read(stream, "g", "c", count=read, block_ms=0)) == read
+    return ids
+
+
+async def _shed(bus: Bus, stream: str, *, keep: int, limit: int = 10_000) -> ShedRange:
+    assert isinstance(bus, Shedding)
+    return await bus.shed(
+        stream, "g", keep=keep, limit=limit, claims=3, needle=NEEDLE, max_bytes=64, field="m"
+    )
+
+
+async def test_redis_bus_sheds_inside_redis_and_the_memory_bus_does_not() -> None:
+    """Only a Redis bus offers shedding inside the store; the in-memory bus sheds in the actor."""
+    assert issubclass(RedisStreamBus, Shedding)
+    assert not isinstance(open_bus("memory://x"), Shedding)
+
+
+async def test_shed_names_the_undelivered_entries_but_the_newest_keep_and_changes_nothing(
+    redis_url: str, prefix: str
+) -> None:
+    """2000 entries, 256 delivered, keep 768: the 976 after the 256th are named (first, last, the
+    last-delivered id before them), with the first 3 that hold the needle; the group is untouched."""
+    bus = open_bus(redis_url)
+    s = prefix + "inbox"
+    try:
+        ids = await _inbox(bus, s, 2000, read=256)
+        before = await bus.info(s)
+        shed = await _shed(bus, s, keep=768)
+        assert (shed.count, shed.after, shed.first, shed.last) == (
+            976,
+            ids[255],
+            ids[256],
+            ids[1231],
+        )
+        assert [c.id for c in shed.claims] == [ids[259], ids[266], ids[273]]  # multiples of 7
+        assert await bus.info(s) == before
+    finally:
+        await bus.delete(s)
+        await bus.close()
+
+
+async def test_shed_is_capped_by_limit_and_empty_within_keep(redis_url: str, prefix: str) -> None:
+    """At most ``limit`` entries, oldest first; none when the undelivered entries fit in ``keep``."""
+    bus = open_bus(redis_url)
+    s = prefix + "inbox"
+    try:
+        ids = await _inbox(bus, s, 300, read=0)
+        capped = await _shed(bus, s, keep=10, limit=50)
+        assert (capped.count, capped.after, capped.first, capped.last) == (
+            50,
+            "0-0",
+            ids[0],
+            ids[49],
+        )
+        assert (await _shed(bus, s, keep=300)).count == 0
+        assert (await _shed(bus, s, keep=299)).count == 1
+    finally:
+        await bus.delete(s)
+        await bus.close()
+
+
+async def test_skip_moves_the_group_and_writes_the_record_once(redis_url: str, prefix: str) -> None:
+    """The group skips the shed entries with their record in one write: the next read is the first
+    kept entry, the lag counts exactly the kept ones, and a resent skip writes nothing."""
+    bus = open_bus(redis_url)
+    s, rec = prefix + "inbox", prefix + "rejected"
+    try:
+        ids = await _inbox(bus, s, 2000, read=256)
+        shed = await _shed(bus, s, keep=768)
+        assert isinstance(bus, Shedding)
+        assert await bus.skip(shed, "g", [Append(rec, {"r": b"overloaded"})]) == 976
+        assert await bus.skip(shed, "g", [Append(rec, {"r": b"overloaded"})]) == 0
+        assert [e.fields for e in await bus.range(rec)] == [{"r": b"overloaded"}]
+        (group,) = (await bus.info(s)).groups
+        assert (group.pending, group.lag, group.last_delivered) == (256, 768, ids[1231])
+        (nxt,) = await bus.read(s, "g", "c", count=1, block_ms=0)
+        assert nxt.id == ids[1232]
+    finally:
+        await bus.delete(s, rec)
+        await bus.close()
+
+
+async def test_skip_under_a_fence_not_held_writes_nothing(redis_url: str, prefix: str) -> None:
+    """A process that lost its lease cannot skip: Fenced, the group and the record stream unmoved."""
+    bus = open_bus(redis_url)
+    s, rec, lease = prefix + "inbox", prefix + "rejected", prefix + "lease"
+    try:
+        await _inbox(bus, s, 100, read=10)
+        shed = await _shed(bus, s, keep=20)
+        await bus.set_value(lease, b"someone-else", ttl_ms=10_000)
+        before = await bus.info(s)
+        assert isinstance(bus, Shedding)
+        with pytest.raises(Fenced):
+            await bus.skip(shed, "g", [Append(rec, {"r": b"x"})], fence=Fence(lease, "me", 10_000))
+        assert await bus.info(s) == before and (await bus.info(rec)).length == 0
+    finally:
+        await bus.delete(s, rec, lease)
+        await bus.close()
