@@ -40,7 +40,22 @@ declare -A TESTS=(
   [contracts/envelope.py]="$ENVELOPE"
   [contracts/verifier.py]="$ENVELOPE"
   [actors/hosting/admission.py]="tests/actors/test_admission_rules.py tests/system/test_admission.py"
-  [actors/eventlog.py]="tests/system/test_outcomes.py tests/system/test_core_reasons.py tests/system/test_log_tamper.py"
+  [actors/eventlog.py]="tests/system/test_eventlog.py tests/system/test_outcomes.py \
+tests/system/test_core_reasons.py tests/system/test_log_tamper.py"
+  [actors/hosting/lifecycle.py]="tests/system/test_ownership.py"
+  [actors/hosting/lease.py]="tests/system/test_ownership.py"
+  [actors/hosting/logic.py]="tests/system/test_core_reasons.py"
+  [actors/hosting/routing.py]="tests/system/test_log_tamper.py tests/system/test_client_publish.py \
+tests/system/test_barrier_consensus.py"
+  [actors/hosting/inbox.py]="tests/actors/test_verify_entries.py tests/actors/test_admission_rules.py \
+tests/system/test_hostile_input.py tests/system/test_core_reasons.py"
+  [actors/hosting/rejection.py]="tests/actors/test_admission_rules.py tests/system/test_core_reasons.py \
+tests/system/test_storm_metrics.py tests/system/test_admission.py"
+  [actors/hosting/housekeeping.py]="tests/system/test_barrier_consensus.py \
+tests/system/test_retention_keys.py tests/system/test_ownership.py"
+  [actors/hosting/serving.py]="tests/system/test_ownership.py tests/system/test_log_tamper.py"
+  [actors/shell.py]="tests/system/test_core_reasons.py tests/system/test_log_tamper.py \
+tests/system/test_ownership.py tests/system/test_hostile_input.py"
 )
 # The property tests (hypothesis, hundreds of examples each) take minutes per surviving mutant on
 # a small machine; they are left out unless MUTATION_PROPERTY_TESTS=1, so the score is what the
