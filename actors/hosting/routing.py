@@ -10,8 +10,8 @@ run stream, capped).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
+from time import monotonic
 
 from google.protobuf.message import Message
 
@@ -77,7 +77,7 @@ class Router:
         """Inbox streams for (actor, key); key None fans out to every existing instance."""
         if key is not None or actor not in KEYED:
             return [streams.inbox(self.run, actor, key)]
-        now = time.monotonic()
+        now = monotonic()
         cached = self._cache.get(actor)
         if cached is not None and now - cached[0] < ROUTE_TTL_S:
             return cached[1]
