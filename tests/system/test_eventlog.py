@@ -3,6 +3,7 @@ with every entry that does not verify reported in its place."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -151,3 +152,20 @@ async def test_a_record_carries_its_envelope_and_event(bus: Bus, run_id: str) ->
     assert record.kind == kinds.HEARTBEAT and record.envelope.kind == kinds.HEARTBEAT
     assert record.envelope.sender == "tests"
     assert record.event == (entry, kinds.HEARTBEAT, pb.Heartbeat(actor="a", processed=0))
+
+
+async def test_a_recorded_log_is_read_whatever_the_age_of_its_entries(
+    bus: Bus, run_id: str
+) -> None:
+    """read_verified reads a recording: an entry signed a day ago verifies (its MAC is checked,
+    its age is not), where a live verifier refuses it as stale."""
+    ring, stream = KeyRing.generate(), streams.heartbeats(run_id)
+    day_ago = time.time_ns() - 86_400 * 10**9
+    frame = Signer(ring, "tests").seal(
+        kinds.HEARTBEAT, pb.Heartbeat(actor="old"), stream=stream, ts_ns=day_ago
+    )
+    entry = await bus.publish(stream, {FRAME: frame})
+    good, bad = await read_verified(bus, stream, ring)
+    assert (good, bad) == ([(entry, kinds.HEARTBEAT, pb.Heartbeat(actor="old"))], [])
+    (live,) = [r async for r in read_log(bus, stream, Verifier(ring))]
+    assert isinstance(live, BadEntry) and live.reason is Reason.STALE
