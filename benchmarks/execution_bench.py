@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import copy
 import json
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -129,6 +130,27 @@ def _figure(bench: str, value: float, baseline: float, unit: str = "ms/step") ->
     }
 
 
+def _paired(bench: str, arm: list[float], base: list[float]) -> dict[str, Any]:
+    """A step-time figure from blocks paired in time: the ratio is the median over pairs of the
+    arm's block over the baseline block next to it (a load change that spans both blocks cancels
+    out; a spike in one block moves one pair, not the median); the value is the baseline's
+    median step times that ratio. ``ratio_q1``/``ratio_q3`` give the pairs' spread."""
+    pairs = sorted(a / b for a, b in zip(arm, base, strict=True))
+    baseline = 1e3 * statistics.median(base)
+    ratio = statistics.median(pairs)
+    fig = _figure(bench, baseline * ratio, baseline)
+    fig["ratio_q1"], fig["ratio_q3"] = (round(q, 4) for q in _quartiles(pairs))
+    fig["pairs"] = len(pairs)
+    return fig
+
+
+def _quartiles(xs: list[float]) -> tuple[float, float]:
+    if len(xs) < 2:
+        return xs[0], xs[0]
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return q[0], q[2]
+
+
 def _arms(
     base: nn.Module, x: torch.Tensor, y: torch.Tensor, dev: torch.device, seed_hidden: int
 ) -> dict[str, _Arm]:
@@ -170,8 +192,8 @@ def run_execution_bench(
     seed_hidden: int = 64,
     bridge: Bridge | dict[str, Bridge] | None = None,
 ) -> list[dict[str, Any]]:
-    """Measure the figures above in one run and return them (milliseconds per step; each time is
-    the best of ``rounds`` interleaved blocks of ``steps`` steps)."""
+    """Measure the figures above in one run and return them (milliseconds per step, from
+    ``rounds`` rounds of interleaved blocks of ``steps`` steps, ratios paired within a round)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(0)
     d_in, classes = 64, 10
@@ -185,20 +207,19 @@ def run_execution_bench(
         arm.run(x, y, max(5, steps // 4))  # warm-up (and germination for the seeded arm)
     times, probe_ms = _interleaved(arms, x, y, steps, rounds, dev)
     seeded.rt.drain_outbox()
-    # best block per configuration: the least disturbed by other processes on the machine
-    med = {k: 1e3 * min(v) for k, v in times.items()}
     figures = [
-        _figure("execution.dormant_step", med["dormant"], med["plain"]),
-        _figure("execution.noise_floor", med["twin"], med["plain"]),
-        _figure("execution.training_step", med["seeded"], med["dormant"]),
-        _figure("execution.probe_cost", probe_ms / probe_every, med["seeded"]),
+        _paired("execution.dormant_step", times["dormant"], times["plain"]),
+        _paired("execution.noise_floor", times["twin"], times["plain"]),
+        _paired("execution.training_step", times["seeded"], times["dormant"]),
     ]
+    seeded_ms = figures[-1]["value"]
+    figures.append(_figure("execution.probe_cost", probe_ms / probe_every, seeded_ms))
     bridges = (
         bridge if isinstance(bridge, dict) else ({"execution.bus_step": bridge} if bridge else {})
     )
     for name, make in bridges.items():
         figures.append(_bus_figure(name, dormant, make, x, y, steps, rounds, dev))
-    figures += _fixed_costs(dormant, seeded, x, y, dev, med["plain"], med["seeded"])
+    figures += _fixed_costs(dormant, seeded, x, y, dev, figures[0]["baseline"], seeded_ms)
     details = _details(seed_hidden, probe_every, probe_ms)
     for f in figures:
         f["device"] = dev.type
@@ -258,8 +279,9 @@ def _bus_figure(
     rounds: int,
     dev: torch.device,
 ) -> dict[str, Any]:
-    """Step time with the bridge running vs without, alternating quiet and busy blocks each round
-    (the bridge started and warmed by an untimed block before each busy block)."""
+    """Step time with the bridge running vs without: each round times one quiet block and one
+    busy block (their order alternating), the bridge started and warmed by an untimed block
+    before its busy block; the ratio is paired within the round (see :func:`_paired`)."""
     assert arm.rt is not None
     times: dict[str, list[float]] = {"quiet": [], "busy": []}
     for r in range(rounds):
@@ -270,8 +292,7 @@ def _bus_figure(
             with make(arm.rt):
                 arm.run(x, y, steps)  # untimed: the bridge's actors are up and draining
                 times[kind].append(_timed(arm, x, y, steps, dev))
-    busy, quiet = min(times["busy"]), min(times["quiet"])
-    return _figure(name, 1e3 * busy, 1e3 * quiet)
+    return _paired(name, times["busy"], times["quiet"])
 
 
 FIXED_DETAILS = {

@@ -1,19 +1,18 @@
-"""Thread-safe inbox/outbox of the execution runtime and the barrier state digest."""
+"""Thread-safe inbox/outbox of the execution runtime (the barrier state digest lives in
+:mod:`actors.execution.digest`)."""
 
 from __future__ import annotations
 
-import hashlib
 import queue
-import struct
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
-import torch
 from google.protobuf.message import Message
-from torch import nn
 
-from actors.execution.slot import SeedSlot
+from actors.execution.digest import FINGERPRINT_SAMPLES, state_digest
 from leyline import pb
+
+__all__ = ["FINGERPRINT_SAMPLES", "Inbox", "Outbox", "state_digest"]
 
 KIND_ACK = "exec.ack"
 KIND_STEP_REPORT = "step.report"
@@ -70,36 +69,3 @@ class Outbox:
 
     def __len__(self) -> int:
         return len(self._items)
-
-
-FINGERPRINT_SAMPLES = 64  # host elements sampled per parameter tensor for the barrier digest
-
-
-def state_digest(model: nn.Module, slots: Mapping[str, SeedSlot]) -> bytes:
-    """sha256 over every seed parameter, a fingerprint of the host's parameters and every slot's
-    stage and alpha. Cost: O(seed parameters) + O(host tensors): the host fingerprint reads
-    ``FINGERPRINT_SAMPLES`` evenly strided elements of each host tensor (replicas that diverge do
-    so everywhere, so sampled elements differ too), not every byte."""
-    h = hashlib.sha256()
-    in_slots = {id(p) for slot in slots.values() for p in slot.parameters()}
-    samples: list[torch.Tensor] = []
-    for name, p in model.named_parameters():
-        if id(p) in in_slots:
-            continue
-        h.update(name.encode())
-        flat = p.detach().reshape(-1)
-        samples.append(flat[:: max(1, flat.numel() // FINGERPRINT_SAMPLES)].float())
-    if samples:
-        h.update(_bytes(torch.cat(samples)))
-    for slot_id in sorted(slots):
-        slot = slots[slot_id]
-        h.update(slot_id.encode())
-        h.update(struct.pack("<id", slot.stage, float(slot.alpha)))
-        for name, p in slot.named_parameters():
-            h.update(name.encode())
-            h.update(_bytes(p.detach()))
-    return h.digest()
-
-
-def _bytes(t: torch.Tensor) -> bytes:
-    return bytes(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

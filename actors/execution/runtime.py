@@ -42,11 +42,12 @@ from actors.execution import (
 )
 from actors.execution.config import RuntimeConfig, default_device
 from actors.execution.confirm import Confirmations, OnConfirm, StepConfirmation
+from actors.execution.digest import state_digest
 from actors.execution.distill import check_teacher, soft_targets
 from actors.execution.errors import OrderError, is_oom
 from actors.execution.evidence import counterfactual, reset_check
 from actors.execution.kernelcache import KernelCache
-from actors.execution.mailbox import KIND_BARRIER_VOTE, KIND_SAFETY, Inbox, Outbox, state_digest
+from actors.execution.mailbox import KIND_BARRIER_VOTE, KIND_SAFETY, Inbox, Outbox
 from actors.execution.memory import SeedMemory, out_of_memory
 from actors.execution.merge import Merged
 from actors.execution.probing import LossFn, ProbeBatch, split_batch

@@ -24,9 +24,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--quick", action="store_true", help="smaller sample sizes")
     parser.add_argument(
         "--bus",
-        default="fakeredis://",
+        default=None,
         metavar="URL",
-        help="bus for the execution part's traffic figure",
+        help="bus for the execution part's traffic figure (default: the --redis server; "
+        "fakeredis:// runs the server's work in the trainer's process)",
     )
     parser.set_defaults(func=run)
 
@@ -53,7 +54,7 @@ def _figures(part: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         module = importlib.import_module("benchmarks.telemetry_bench")
         return list(module.run_telemetry_bench())
     module = importlib.import_module("benchmarks.execution_bench")
-    bridge = module.bus_bridges(args.bus)  # bus traffic while the trainer steps
+    bridge = module.bus_bridges(args.bus or redis_url(args))  # traffic while the trainer steps
     sizes = ("small",) if args.quick else ("small", "large")
     return list(module.run_sizes(rounds=5 if args.quick else 9, sizes=sizes, bridge=bridge))
 

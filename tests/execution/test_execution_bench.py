@@ -48,3 +48,16 @@ def test_bench_figures_are_well_formed() -> None:
         assert f["unit"] in ("ms/step", "us") and f["baseline"] > 0
         assert f["value"] > 0 if f["unit"] == "ms/step" else f["value"] >= 0
         assert abs(f["ratio"] - f["value"] / f["baseline"]) < 1e-3 * f["ratio"] + 1e-3
+
+
+def test_paired_ratio_cancels_a_load_change_and_ignores_one_spike() -> None:
+    """Step-time ratios pair each arm block with the baseline block of its round (median)."""
+    from benchmarks.execution_bench import _paired
+
+    base = [0.010, 0.020, 0.010, 0.010, 0.040]  # the machine slows down 2x and 4x in two rounds
+    arm = [0.011, 0.022, 0.500, 0.011, 0.044]  # 10 % slower in every round but one spike
+    fig = _paired("x", arm, base)
+    assert fig["ratio"] == 1.1
+    assert fig["baseline"] == 10.0  # ms: the median baseline block
+    assert fig["value"] == 11.0
+    assert (fig["ratio_q1"], fig["ratio_q3"], fig["pairs"]) == (1.1, 1.1, 5)

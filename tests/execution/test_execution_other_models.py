@@ -25,7 +25,7 @@ from other_models import (
 )
 from torch import Tensor, nn
 
-from actors.execution import ExecutionRuntime, host_parameters, insert_slots, mailbox
+from actors.execution import ExecutionRuntime, digest, host_parameters, insert_slots
 from actors.execution.restore import RestoreError
 from leyline import pb
 
@@ -331,18 +331,18 @@ def test_barrier_digest_reads_seed_parameters_and_a_host_fingerprint_only() -> N
         {0: [germinate("s", 0, params={"hidden": 4.0})]},
     )
     hashed: list[int] = []
-    real = mailbox._bytes
+    real = digest._bytes
     with mock.patch.object(
-        mailbox, "_bytes", side_effect=lambda t: hashed.append(t.numel()) or real(t)
+        digest, "_bytes", side_effect=lambda t: hashed.append(t.numel()) or real(t)
     ):
-        first = mailbox.state_digest(model, slots)
+        first = digest.state_digest(model, slots)
     seed_elems = sum(p.numel() for p in slots["s"].parameters())
     host_elems = sum(p.numel() for p in host_parameters(model, slots))
-    assert sum(hashed) <= seed_elems + 4 * (mailbox.FINGERPRINT_SAMPLES + 1)
+    assert sum(hashed) <= seed_elems + 4 * (digest.FINGERPRINT_SAMPLES + 1)
     assert host_elems > 100_000 and sum(hashed) < host_elems / 2
     with torch.no_grad():
         next(model.parameters()).add_(1e-3)
-    second = mailbox.state_digest(model, slots)
+    second = digest.state_digest(model, slots)
     with torch.no_grad():
         slots["s"].seed_parameters()[0][0, 0] += 1.0
-    assert len({first, second, mailbox.state_digest(model, slots)}) == 3
+    assert len({first, second, digest.state_digest(model, slots)}) == 3
