@@ -82,6 +82,7 @@ def test_actors_work_under_the_acl_and_strangers_are_refused(tmp_path: Path) -> 
 
 
 @pytest.mark.redis
+@pytest.mark.timeout(360)  # a 400-step demo in a subprocess: minutes on a loaded 2-core machine
 def test_demo_report_never_carries_the_password(tmp_path: Path) -> None:
     """`kasmina demo --bus redis://user@…` with the password file: report and JSON are redacted."""
     acl = tmp_path / "redis.acl"
