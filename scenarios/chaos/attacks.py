@@ -56,6 +56,7 @@ class Attack:
     run: Step
     before: bool = False
     expect_quarantine: int = 0
+    probe: bool = False  # legitimate commands to the target slot too, interleaved with the attack
 
 
 async def _bomb(ctx: Ctx) -> None:
@@ -94,6 +95,28 @@ async def _big_flood(ctx: Ctx) -> None:
         else:
             frames.append({"junk": b"x"})
     await ctx.flood(frames)
+
+
+async def _mixed_backlog(ctx: Ctx) -> None:
+    """12,000 valid-looking entries into the target's inbox, in bursts of 2,000 (forged frames,
+    replays, commands signed with the attacker's own key, garbage), while the legitimate
+    controller keeps sending the target commands: a backlog builds in front of them."""
+    own = Signer(KeyRing.generate(), "tamiyo")
+    for _ in range(6):
+        frames: list[dict[str, bytes]] = []
+        for i in range(2000):
+            pick = i % 4
+            if pick == 0:
+                frames.append({FRAME: forge(ctx.rng.choice(ctx.captured), ctx.rng)})
+            elif pick == 1:
+                frames.append({FRAME: ctx.rng.choice(ctx.captured)})
+            elif pick == 2:
+                cmd = build_command(TARGET, "germinate", blueprint="residual_mlp")
+                frames.append({FRAME: own.seal("seed.command", cmd, stream=ctx.inbox())})
+            else:
+                frames.append({FRAME: ctx.rng.randbytes(ctx.rng.randrange(1, 300))})
+        await ctx.flood(frames)
+        await anyio.sleep(0.5)
 
 
 async def _many_fields(ctx: Ctx) -> None:
@@ -168,6 +191,7 @@ ATTACKS: tuple[Attack, ...] = (
     Attack("replayed", "none", _replayed),
     Attack("malformed", "none", _malformed),
     Attack("flood_20000", "none", _big_flood),
+    Attack("mixed_backlog", "none", _mixed_backlog, probe=True),
     Attack("entry_5000_fields", "none", _many_fields),
     Attack("foreign_route", "none", _foreign_route),
     Attack("group_rewind", "none", _rewind),

@@ -73,13 +73,28 @@ class _Legit:
     client: KasminaClient
     ids: set[str] = field(default_factory=set)
     done: list[float] = field(default_factory=list)
+    slot: str = BYSTANDER
+    latencies: list[float] = field(default_factory=list)
+    results: Counter[str] = field(default_factory=Counter)
 
     async def loop(self, stop: anyio.Event) -> None:
         while not stop.is_set():
-            outcome = await self.client.command(BYSTANDER, "cull", wait=True, timeout_s=60)
+            sent = time.monotonic()
+            outcome = await self.client.command(self.slot, "cull", wait=True, timeout_s=60)
             if isinstance(outcome, Outcome):
                 self.ids.add(outcome.command_id)
                 self.done.append(time.monotonic())
+                self.latencies.append(self.done[-1] - sent)
+                self.results[outcome.message.reason or outcome.result] += 1
+
+    def probed(self) -> dict[str, Any]:
+        """The target probe's figures: commands answered by outcome, latency median and max."""
+        lat = sorted(self.latencies)
+        return {
+            "target_commands": dict(sorted(self.results.items())),
+            "target_latency_p50_s": round(lat[len(lat) // 2], 3) if lat else None,
+            "target_latency_max_s": round(lat[-1], 3) if lat else None,
+        }
 
     def rate(self, start: float, end: float) -> float:
         return sum(1 for t in self.done if start <= t < end) / max(1e-9, end - start)
@@ -155,10 +170,17 @@ async def _warm(attack: Attack, proc: ActorProcess, legit: _Legit, ctx: Ctx) -> 
 
 
 async def _attacked(
-    attack: Attack, ctx: Ctx, legit: _Legit, url: str, rings: dict[str, KeyRing], seed: int
+    attack: Attack,
+    ctx: Ctx,
+    legit: _Legit,
+    url: str,
+    rings: dict[str, KeyRing],
+    seed: int,
+    probe: _Legit | None = None,
 ) -> tuple[float, float, float]:
-    """The legitimate loop for a baseline, then while the attack is sent and handled; the
-    times (start, attack begun, attack over)."""
+    """The legitimate loop for a baseline, then while the attack is sent and handled (with the
+    ``probe`` loop on the target slot during the attack); the times (start, attack begun,
+    attack over)."""
     await anyio.to_process.run_sync(_ready)
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
@@ -166,6 +188,8 @@ async def _attacked(
         t0 = time.monotonic()
         await anyio.sleep(BASELINE_S)  # the baseline: the same loop without the attack
         t1 = time.monotonic()
+        if probe is not None:
+            tg.start_soon(probe.loop, stop)
         if not attack.before:
             ctx.sent = await anyio.to_process.run_sync(
                 inject, url, ctx.run, attack.name,
@@ -189,11 +213,12 @@ async def _one(
     ring = rings["controller"]
     verifier = Verifier(ring, tolerance_s=cfg.security.clock_tolerance_s)
     legit = _Legit(KasminaClient(bus, run, Signer(ring, "tamiyo"), verifier))
+    probe = _Legit(legit.client, ids=legit.ids, slot=TARGET) if attack.probe else None
     ctx = Ctx(bus, run, rings, [], random.Random(seed))
     try:
         await _warm(attack, proc, legit, ctx)
         before_state, before_tr, before_rej, _ = await _read(bus, run, full, legit.ids)
-        t0, t1, t2 = await _attacked(attack, ctx, legit, url, rings, seed)
+        t0, t1, t2 = await _attacked(attack, ctx, legit, url, rings, seed, probe)
         _, peak = rss_kib(proc.proc.pid) if proc.proc is not None else (0, 0)
         after_state, after_tr, after_rej, quarantined = await _read(bus, run, full, legit.ids)
         foreign = await bus.info(streams.inbox("someone-else", "seed", "x"))
@@ -221,7 +246,7 @@ async def _one(
             "attack_s": round(t2 - t1, 1),
             "peak_rss_mib": round(max(peak, proc.peak_rss_kib) / 1024, 1),
             "process_alive": proc.alive(),
-        }
+        } | (probe.probed() if probe is not None else {})
     finally:
         proc.stop()
         await bus.close()
