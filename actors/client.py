@@ -23,7 +23,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from actors.attached import confirmations
-from actors.delivery import since, written
+from actors.delivery import shed_record, since, written_at
 from actors.eventlog import BadEntry, read_log
 from actors.hosting import FRAME
 from bus import Bus, BusUnavailable, backoff_s
@@ -108,6 +108,19 @@ class Outcome:
         }
 
 
+def _shed_outcome(command_id: str, entry_id: str, record: pb.Rejection) -> Outcome:
+    """A command's outcome read from the ``overloaded`` record of the shed run covering it."""
+    message = pb.CommandOutcome(
+        command_id=command_id,
+        result=pb.OUTCOME_REJECTED,
+        reason=record.reason_code,
+        detail=record.detail,
+        verified=False,  # the command itself was never verified: it was shed undecided
+        actor=record.actor,
+    )
+    return Outcome.of(message, entry_id)
+
+
 def build_command(slot: str, action: str, *, reason: str = "", **params: Any) -> pb.SeedCommand:
     """A SeedCommand for ``action`` (one of ACTIONS)."""
     streams.check_slot(slot)
@@ -184,24 +197,32 @@ class KasminaClient:
         While Redis is unavailable it retries for up to ``retry_s`` (then raises
         :class:`~bus.BusUnavailable`), never writing the envelope twice (see module docstring).
         """
+        return (await self._publish_entry(stream, message, causation_id))[0]
+
+    async def _publish_entry(
+        self, stream: str, message: Message, causation_id: str = ""
+    ) -> tuple[str, str]:
+        """:meth:`publish`, returning the message id and the id of its entry."""
         kind = REGISTRY.kind_of(message)
         frame = self.signer.seal(kind, message, stream=stream, causation_id=causation_id)
         env = self.verifier.open(frame, stream=stream)
-        await self._publish_once(stream, {FRAME: frame, "kind": kind.encode()})
-        return env.id
+        entry_id = await self._publish_once(stream, {FRAME: frame, "kind": kind.encode()})
+        return env.id, entry_id
 
-    async def _publish_once(self, stream: str, fields: dict[str, bytes]) -> None:
+    async def _publish_once(self, stream: str, fields: dict[str, bytes]) -> str:
         start = since(self.verifier.tolerance_s)
         tried = False
 
-        async def attempt() -> None:
+        async def attempt() -> str:
             nonlocal tried
-            if tried and await written(self.bus, stream, fields[FRAME], start):
-                return  # an earlier try was written; only its reply was lost
+            if tried:
+                found = await written_at(self.bus, stream, fields[FRAME], start)
+                if found is not None:
+                    return found  # an earlier try was written; only its reply was lost
             tried = True
-            await self.bus.publish(stream, fields)
+            return await self.bus.publish(stream, fields)
 
-        await self._retrying(attempt)
+        return await self._retrying(attempt)
 
     async def command(
         self,
@@ -220,8 +241,15 @@ class KasminaClient:
         if not wait:
             return await self.publish(streams.inbox(self.run, "seed", slot), message)
         mark = await self.outcomes_mark()
-        command_id = await self.publish(streams.inbox(self.run, "seed", slot), message)
-        return await self.wait(command_id, after=mark, timeout_s=timeout_s, on_progress=on_progress)
+        inbox = streams.inbox(self.run, "seed", slot)
+        command_id, entry_id = await self._publish_entry(inbox, message)
+        return await self.wait(
+            command_id,
+            after=mark,
+            timeout_s=timeout_s,
+            on_progress=on_progress,
+            entry=(inbox, entry_id),
+        )
 
     async def outcomes_mark(self) -> str:
         """The outcomes stream's last entry id now: a wait started after it misses nothing
@@ -253,16 +281,26 @@ class KasminaClient:
         after: str | None = None,
         timeout_s: float = 30.0,
         on_progress: Callable[[Outcome], None] | None = None,
+        entry: tuple[str, str] | None = None,
     ) -> Outcome:
         """Follow the run's outcomes stream (entries after ``after``) to the command's outcome.
 
         Records before it (accepted, still awaiting something) go to ``on_progress``; on timeout
-        :class:`CommandTimeout` carries the last of them (what the command still awaits)."""
+        :class:`CommandTimeout` carries the last of them (what the command still awaits). With
+        ``entry`` (the command's inbox and entry id), a shed run covering it is its outcome too:
+        rejected, ``overloaded``, whether or not the actor named the command's id."""
         stream = streams.outcomes(self.run)
         cursor = after or "0-0"
         last: Outcome | None = None
+        shed_cursor: str | None = None
         with anyio.move_on_after(timeout_s):
             while True:
+                if entry is not None:
+                    shed, shed_cursor = await shed_record(
+                        self.bus, self.run, self.verifier, entry, shed_cursor
+                    )
+                    if shed is not None:
+                        return _shed_outcome(command_id, *shed)
                 async for record in read_log(self.bus, stream, self.verifier, start=f"({cursor}"):
                     cursor = record.entry_id
                     if isinstance(record, BadEntry):

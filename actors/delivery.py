@@ -4,16 +4,24 @@ A write that raised :class:`~bus.BusUnavailable` may have happened. Before resen
 looks for the same signed frame in the target stream, from a little before its first try on: the
 window is the clock tolerance, since a clock further off than that makes every message stale
 anyway. Only failed tries pay for the look.
+
+A command shed by admission (docs/wire.md §5.2) is acked undecided and counted in one signed
+``overloaded`` record naming the range of entries it covers; :func:`shed_record` finds the record
+that covers a given entry, so its sender learns it was shed even when the actor told only the
+first claimed ids of the run.
 """
 
 from __future__ import annotations
 
 import time
 
+from actors.eventlog import BadEntry, read_log
 from actors.hosting import FRAME
-from bus import Bus, aiter_entries
+from bus import Bus, aiter_entries, parse_id
+from contracts import Reason, Verifier, streams
+from leyline import pb
 
-__all__ = ["since", "written"]
+__all__ = ["shed_record", "since", "written", "written_at"]
 
 
 def since(window_s: float) -> str:
@@ -21,9 +29,35 @@ def since(window_s: float) -> str:
     return f"{max(0, time.time_ns() // 1_000_000 - int(window_s * 1000))}-0"
 
 
-async def written(bus: Bus, stream: str, frame: bytes, start: str) -> bool:
-    """Whether ``frame`` is in ``stream`` at or after id ``start``."""
+async def written_at(bus: Bus, stream: str, frame: bytes, start: str) -> str | None:
+    """The id of ``frame``'s entry in ``stream`` at or after id ``start`` (None: not there)."""
     async for entry in aiter_entries(bus, stream, start=start):
         if entry.fields.get(FRAME) == frame:
-            return True
-    return False
+            return entry.id
+    return None
+
+
+async def written(bus: Bus, stream: str, frame: bytes, start: str) -> bool:
+    """Whether ``frame`` is in ``stream`` at or after id ``start``."""
+    return await written_at(bus, stream, frame, start) is not None
+
+
+async def shed_record(
+    bus: Bus, run: str, verifier: Verifier, entry: tuple[str, str], cursor: str | None
+) -> tuple[tuple[str, pb.Rejection] | None, str]:
+    """The verified ``overloaded`` record of ``run`` whose range covers ``entry`` (its inbox and
+    id), read from the rejected stream after ``cursor`` (None: from the entry's millisecond on,
+    since a record of it is written later): (its entry id and message, or None; the new cursor)."""
+    inbox, entry_id = entry
+    mine = parse_id(entry_id)
+    start = f"({cursor}" if cursor else f"{mine[0]}-0"
+    async for record in read_log(bus, streams.rejected(run), verifier, start=start):
+        cursor = record.entry_id
+        if isinstance(record, BadEntry) or not isinstance(record.message, pb.Rejection):
+            continue
+        rej = record.message
+        if rej.reason_code != Reason.OVERLOADED.value or rej.stream != inbox or not rej.count:
+            continue
+        if parse_id(rej.entry_id) <= mine <= parse_id(rej.last_entry_id or rej.entry_id):
+            return (record.entry_id, rej), cursor
+    return None, cursor or start.lstrip("(")

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import anyio
 
-from actors.client import Outcome, build_command
+from actors.client import KasminaClient, Outcome, build_command
 from actors.eventlog import LogRecord, read_log
+from actors.hosting.admission import SHED_OUTCOMES
 from actors.shell import FRAME, ActorShell
 from bus import Append, Bus, Shedding, parse_id
 from contracts import KasminaConfig, KeyRing, Signer, Verifier, kinds, streams
@@ -120,6 +121,42 @@ async def test_a_flood_is_shed_as_overloaded_and_legitimate_commands_go_through(
         state = await cl.state()
     assert state.seeds[FLOODED].paused and state.seeds[FLOODED].stage == pb.SEED_STAGE_DORMANT
     assert not state.seeds[BYSTANDER].paused
+
+
+async def test_a_shed_command_crowded_out_of_the_named_ids_still_learns_it_was_shed(
+    bus: Bus, run_id: str
+) -> None:
+    """20 commands signed with a key of the attacker's own right before a legitimate one, all in
+    the shed part: the legitimate sender's wait finds the signed `overloaded` run covering its
+    entry and returns `overloaded` (where the store sheds, the actor named only the attacker's
+    first 16 ids)."""
+    ring = KeyRing.generate()
+    inbox = streams.inbox(run_id, "seed", FLOODED)
+    client = KasminaClient(bus, run_id, Signer(ring, "tamiyo"), Verifier(ring))
+    attacker = Signer(KeyRing.generate(), "tamiyo")
+    claims = [
+        {FRAME: attacker.seal("seed.command", build_command(FLOODED, "cull"), stream=inbox)}
+        for _ in range(SHED_OUTCOMES + 4)
+    ]
+    mid = new_id()
+    mine = Signer(ring, "tamiyo").seal(
+        "seed.command", build_command(FLOODED, "pause"), stream=inbox, msg_id=mid
+    )
+    junk = [{"junk": b"x"} for _ in range(FLOOD)]
+    flood = [*junk[:110], *claims, {FRAME: mine}, *junk[110:]]  # the command at 130
+    mark = await client.outcomes_mark()
+    ids = await bus.publish_many([Append(inbox, f) for f in flood])
+    async with running_cluster(
+        bus, run=run_id, slots=[FLOODED], ring=ring, config=_config(), actors=["seed"]
+    ) as cl:
+        with anyio.fail_after(30):
+            seen = await client.wait(mid, after=mark, entry=(inbox, ids[130]))
+        assert (seen.result, seen.message.reason) == ("rejected", "overloaded")
+        if isinstance(bus, Shedding):  # one run of 302 entries: its 16 names are the attacker's
+            assert await _outcomes(bus, run_id, ring, mid) == []
+        await cl.settle()
+        state = await cl.state()
+    assert FLOODED not in state.seeds or not state.seeds[FLOODED].paused  # never applied
 
 
 async def test_nothing_is_shed_within_the_bound(bus: Bus, run_id: str) -> None:
