@@ -152,6 +152,18 @@ class Decision:
         """True when nothing is appended or sent."""
         return not self.events and not self.outgoing
 
+    @property
+    def lone(self) -> bool:
+        """True for one event and nothing else (no message, outcome, telemetry or refusal): a
+        host may merge it with a neighbour's lone event (``CoreSpec.merge``)."""
+        return (
+            len(self.events) == 1
+            and self.rejected is None
+            and not self.outgoing
+            and not self.outcomes
+            and not self.telemetry
+        )
+
     @classmethod
     def refuse(cls, reason: Reason, detail: str = "") -> Decision:
         """A refusal without events: recorded on the rejected stream as ``reason``."""
@@ -175,6 +187,11 @@ class CoreSpec(Generic[S]):
     # the shell's timer: given the state and the clock (ns), a message for the actor's own inbox
     # (e.g. the BarrierActor's tick once a deadline has passed), or None
     timer: Callable[[S, int], Message | None] | None = None
+    # two events folded one after the other as one (``merge(previous, event)``), or None when
+    # they do not merge: folded where ``previous`` was, the merged event gives the state the two
+    # give, with ``seq`` one lower. The shell merges the lone events of consecutive decisions of
+    # one inbox batch with it (the SeedActor's step-report bookkeeping).
+    merge: Callable[[Message, Message], Message | None] | None = None
 
 
 def kind_of(message: Message) -> str:

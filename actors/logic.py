@@ -42,6 +42,8 @@ class PureLogic(Generic[S]):
         self.state: S = spec.initial(key)
         self.now_step = 0
         self._timed_ns = -TIMER_REPEAT_NS
+        # the lone event of the last decision applied with events, and the state before it
+        self._open: tuple[S, Message] | None = None
 
     def _mine(self, message: Message) -> bool:
         return not self.key or getattr(message, "slot", self.key) == self.key
@@ -67,6 +69,8 @@ class PureLogic(Generic[S]):
         return decision
 
     def apply(self, decision: Decision) -> None:
+        if decision.events:
+            self._open = (self.state, decision.events[0]) if decision.lone else None
         if decision.folded is not None:  # the core folded its events while deciding
             self.state = decision.folded
             return
@@ -75,8 +79,25 @@ class PureLogic(Generic[S]):
             state = self.spec.evolve(state, event)
         self.state = state
 
+    def merge(self, decision: Decision) -> Message | None:
+        """Take ``decision`` (one lone event) into the lone event of the last decision applied
+        with events, when the core merges the two (``CoreSpec.merge``): the state is re-folded
+        from before that event with the merged one, which is returned. None, and nothing done,
+        when they do not merge (then ``apply`` it)."""
+        merge = self.spec.merge
+        if merge is None or self._open is None or not decision.lone:
+            return None
+        base, previous = self._open
+        merged = merge(previous, decision.events[0])
+        if merged is None:
+            return None
+        self.state = self.spec.evolve(base, merged)
+        self._open = (base, merged)
+        return merged
+
     def reset(self) -> None:
         self.state = self.spec.initial(self.key)
+        self._open = None
 
     def fold(self, kind: str, message: Message) -> None:
         if kind in self.spec.own_events and self._mine(message):

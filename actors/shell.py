@@ -111,6 +111,10 @@ class ActorShell(LeasedHost):
         self.quarantined: set[str] = set()  # event entry ids this actor could not fold
         self.duplicates = 0  # deliveries of messages already committed (a rewound group, ...)
         self._high: tuple[int, int] | None = None  # highest inbox id decided since the rebuild
+        # lone events of this batch not sealed yet (item index -> event, cause), and the index of
+        # the one the next lone decision may merge into (None after any other event)
+        self._opens: dict[int, tuple[Message, str]] = {}
+        self._open_at: int | None = None
 
     # -- what tests and status read -------------------------------------------------------------
     @property
@@ -215,7 +219,7 @@ class ActorShell(LeasedHost):
         return message
 
     async def _handle(
-        self, entry: Entry, checked: Envelope | ContractError | None
+        self, entry: Entry, checked: Envelope | ContractError | None, at: int
     ) -> tuple[Handled, Decision | None]:
         message = self._check(entry, checked)
         if isinstance(message, Handled):
@@ -226,6 +230,8 @@ class ActorShell(LeasedHost):
             decision = self.logic.handle(env.kind, message, Meta(env, entry.id, entry.stream))
         except ContractError as exc:
             return self._reject(entry, exc.code, exc.detail, env), None
+        if self._took_lone(decision, at, env.id):  # its event is sealed at the batch's end
+            return Handled(entry, self.group), decision
         appends: list[Append] = []
         if decision.rejected is not None:  # the decision's own outcome records say it, if any
             appends += self.rejections.record(
@@ -247,6 +253,36 @@ class ActorShell(LeasedHost):
             self._append(self.telemetry_stream, m, env.id, maxlen) for m in decision.telemetry
         ]
         return Handled(entry, self.group, appends), decision
+
+    def _took_lone(self, decision: Decision, at: int, cause: str) -> bool:
+        """Take a decision of one event and nothing else: applied, or its event merged into the
+        batch's open one when the logic merges the two, the merged event then riding on this
+        entry's item (docs/design.md, "Step-report bookkeeping"). False for any other decision
+        (one with events ends the open run)."""
+        if not decision.lone:
+            if decision.events:
+                self._open_at = None
+            return False
+        merge, open_at = getattr(self.logic, "merge", None), self._open_at
+        merged = merge(decision) if merge is not None and open_at is not None else None
+        if merged is None or open_at is None:
+            self.logic.apply(decision)
+            event = decision.events[0]
+        else:
+            del self._opens[open_at]
+            event = merged
+        self._opens[at] = (event, cause)
+        self._open_at = at
+        return True
+
+    def _seal_opens(self, handled: list[Handled]) -> None:
+        """Each open event of the batch signed onto the item of the last entry it covers."""
+        for at, (event, cause) in self._opens.items():
+            item = handled[at]
+            sealed = self._append(self.events_stream, event, cause)
+            handled[at] = Handled(item.entry, item.group, [*item.appends, sealed], item.dedupe_key)
+        self._opens = {}
+        self._open_at = None
 
     def _with_digests(self, item: Handled, env_id: str) -> Handled:
         """``item`` plus the state digests as they stand now (after the batch's last change)."""
@@ -275,6 +311,7 @@ class ActorShell(LeasedHost):
     async def _decide_batch(self, batch: Sequence[Entry]) -> tuple[list[Handled], list[bool]]:
         """Each entry verified, decided and turned into its commit item (plus whether it went
         through decide), with the state digests after the batch's last change."""
+        self._opens, self._open_at = {}, None
         checked_all = await self._verify(batch)
         done = await self._committed_before(batch, checked_all)
         runs = aggregated(batch, checked_all, threshold=self.config.bus.aggregate_from)
@@ -292,12 +329,13 @@ class ActorShell(LeasedHost):
                 handled.append(self._duplicate(entry, checked))
                 decided.append(False)
             else:
-                item, decision = await self._handle(entry, checked)
+                item, decision = await self._handle(entry, checked, len(handled))
                 if decision is not None and decision.events:
                     last_change = len(handled)
                     last_cause = checked.id if isinstance(checked, Envelope) else ""
                 handled.append(_keyed(item, checked))
                 decided.append(decision is not None)
+        self._seal_opens(handled)
         if last_change >= 0:  # one digest per batch, after the last event that changed the state
             handled[last_change] = self._with_digests(handled[last_change], last_cause)
         return handled, decided

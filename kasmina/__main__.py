@@ -2,4 +2,5 @@
 
 from kasmina.cli import main
 
-main()
+if __name__ == "__main__":  # a worker process (the benchmarks' producers) imports this module
+    main()

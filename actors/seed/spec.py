@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from actors.core import CoreSpec
 from actors.seed.core import decide
-from actors.seed.state import SeedState, digest, evolve, initial_state
+from actors.seed.state import SeedState, digest, evolve, initial_state, merge_reports
 from contracts import kinds
 
 SPEC: CoreSpec[SeedState] = CoreSpec(
@@ -23,4 +23,5 @@ SPEC: CoreSpec[SeedState] = CoreSpec(
     decide=decide,
     evolve=evolve,
     digest=digest,
+    merge=merge_reports,
 )

@@ -43,6 +43,7 @@ __all__ = [
     "evolve",
     "from_plain",
     "initial_state",
+    "merge_reports",
     "to_plain",
 ]
 
@@ -191,6 +192,37 @@ def _wait_changes(state: SeedState, ev: pb.LifecycleProgress, changes: dict[str,
         )
     if ev.HasField("pending_order"):  # with the wait it starts, or an order sent again
         changes["pending_order"] = ev.pending_order.SerializeToString(deterministic=True).hex()
+
+
+_REPORT_FIELDS = frozenset({"slot", "seq", "command_id", "step", "step_report", "alpha", "val_acc"})
+
+
+def _report_only(event: Message) -> bool:
+    """True for a step report's bookkeeping and nothing else (no command, no wait, no order)."""
+    if type(event) is not pb.LifecycleProgress or not event.step_report or event.command_id:
+        return False
+    return all(f.name in _REPORT_FIELDS for f, _ in event.ListFields())
+
+
+def merge_reports(previous: Message, event: Message) -> pb.LifecycleProgress | None:
+    """Two step-report events folded one after the other as one ``lifecycle.progress``, or None.
+
+    Both must carry a step report's bookkeeping only (``step``, ``alpha``, ``val_acc``), and
+    ``event`` the next ``seq`` and a step not below ``previous``'s. The merged event is ``event`` numbered as
+    ``previous``, with the latest positive ``val_acc`` of the two: folded where ``previous`` was,
+    it gives the state the two give (last step, alpha, validation accuracy), one ``seq`` lower.
+    """
+    if not (_report_only(previous) and _report_only(event)):
+        return None
+    assert isinstance(previous, pb.LifecycleProgress) and isinstance(event, pb.LifecycleProgress)
+    if event.seq != previous.seq + 1 or event.step < previous.step or event.slot != previous.slot:
+        return None
+    merged = pb.LifecycleProgress()
+    merged.CopyFrom(event)
+    merged.seq = previous.seq
+    if merged.val_acc <= 0.0:
+        merged.val_acc = previous.val_acc
+    return merged
 
 
 _FIELDS = SeedState.__slots__

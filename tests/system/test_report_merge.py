@@ -1,0 +1,114 @@
+"""A SeedActor shell writes one ``lifecycle.progress`` per run of step reports in an inbox batch,
+and a rebuild, a replay and ``replay --verify`` of that log give the live state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+from google.protobuf.message import Message
+
+from actors.assemble import live_verifier
+from actors.eventlog import LogRecord, read_log
+from actors.hosting import FRAME
+from actors.logic import PureLogic, seed_logic
+from actors.replay import fold_events, verify_digests
+from actors.shell import ActorShell
+from bus import Append, Bus
+from bus.testing import eventually
+from contracts import KasminaConfig, KeyRing, Signer, Verifier, kinds, streams
+from leyline import pb
+
+SLOT = "l0.s0"
+pytestmark = pytest.mark.anyio
+
+
+def _report(step: int) -> pb.StepReport:
+    report = pb.StepReport(step=step, val_accuracy=0.5)
+    report.slots.add(slot=SLOT, alpha=step / 100)
+    return report
+
+
+async def _serve(
+    bus: Bus, run: str, ring: KeyRing, inputs: list[Message]
+) -> tuple[ActorShell, PureLogic[Any]]:
+    """A SeedActor shell started on an inbox that already holds ``inputs`` (one batch), stopped
+    once it has handled them all."""
+    config = KasminaConfig()
+    inbox = streams.inbox(run, "seed", SLOT)
+    trainer = Signer(ring, "trainer")
+    frames = []
+    for message in inputs:
+        kind = kinds.STEP_REPORT if isinstance(message, pb.StepReport) else kinds.SEED_COMMAND
+        frames.append(trainer.seal(kind, message, stream=inbox))
+    await bus.publish_many([Append(inbox, {FRAME: f}) for f in frames])
+    logic = seed_logic(SLOT, config)
+    shell = ActorShell(
+        logic,
+        bus=bus,
+        run=run,
+        inbox=inbox,
+        signer=Signer(ring, f"seed:{SLOT}"),
+        verifier=live_verifier(bus, run, ring, config),
+        config=config,
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(shell.run)
+
+        async def handled() -> bool:
+            return shell.processed == len(inputs)
+
+        await eventually(handled)
+        await shell.stop()
+    return shell, logic
+
+
+async def _log(bus: Bus, run: str, ring: KeyRing) -> list[tuple[str, str, Message]]:
+    out = []
+    async for record in read_log(bus, streams.events(run), Verifier(ring, replay=True)):
+        assert isinstance(record, LogRecord)
+        out.append((record.entry_id, record.kind, record.message))
+    return out
+
+
+def _reports(log: list[tuple[str, str, Message]]) -> list[tuple[int, int]]:
+    return [
+        (m.seq, m.step)
+        for _, k, m in log
+        if k == kinds.LIFECYCLE_PROGRESS and isinstance(m, pb.LifecycleProgress) and m.step_report
+    ]
+
+
+async def test_a_batch_of_reports_writes_one_progress_event(bus: Bus, run_id: str) -> None:
+    """Twelve reports in one batch: the first one's event (with the bootstrap) and one event with
+    the twelfth step; rebuilt, replayed and verified, the log gives the live state."""
+    ring = KeyRing.generate()
+    shell, logic = await _serve(bus, run_id, ring, [_report(s) for s in range(1, 13)])
+    log = await _log(bus, run_id, ring)
+    assert _reports(log) == [(2, 1), (3, 12)]
+    live = logic.digests()
+    assert logic.state.last_step == 12 and logic.state.alpha == 0.12
+    assert fold_events(log).seeds[SLOT] == logic.state
+    assert verify_digests(log) == [] and any(k == kinds.STATE_DIGEST for _, k, _ in log)
+    await shell.rebuild()
+    assert logic.digests() == live
+
+
+async def test_a_command_keeps_its_place_between_merged_reports(bus: Bus, run_id: str) -> None:
+    """Reports, a pause, reports in one batch: the pause's event sits between the two merged
+    events in the log, and the log folds to the live state."""
+    ring = KeyRing.generate()
+    pause = pb.SeedCommand(slot=SLOT, pause=pb.Pause())
+    inputs: list[Message] = [*(_report(s) for s in range(1, 6)), pause]
+    inputs += [_report(s) for s in range(6, 10)]
+    _, logic = await _serve(bus, run_id, ring, inputs)
+    log = await _log(bus, run_id, ring)
+    assert _reports(log) == [(2, 1), (3, 5), (5, 9)]
+    lifecycle = [m for _, k, m in log if k in kinds.LIFECYCLE_EVENTS]
+    seqs = [
+        m.seq for m in lifecycle if isinstance(m, pb.LifecycleProgress | pb.LifecycleTransition)
+    ]
+    assert seqs == list(range(1, 6))
+    assert logic.state.paused and fold_events(log).seeds[SLOT] == logic.state
+    assert verify_digests(log) == []
