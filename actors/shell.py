@@ -111,10 +111,8 @@ class ActorShell(LeasedHost):
         self.quarantined: set[str] = set()  # event entry ids this actor could not fold
         self.duplicates = 0  # deliveries of messages already committed (a rewound group, ...)
         self._high: tuple[int, int] | None = None  # highest inbox id decided since the rebuild
-        # lone events of this batch not sealed yet (item index -> event, cause), and the index of
-        # the one the next lone decision may merge into (None after any other event)
-        self._opens: dict[int, tuple[Message, str]] = {}
-        self._open_at: int | None = None
+        self._opens: dict[int, tuple[Message, str]] = {}  # lone events not sealed yet (by item)
+        self._open_at: int | None = None  # the one the next lone event may merge into
 
     # -- what tests and status read -------------------------------------------------------------
     @property
