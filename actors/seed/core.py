@@ -52,28 +52,25 @@ from leyline import pb
 
 __all__ = ["decide"]
 
-S = pb.SeedLifecycleStage
-G = pb.SeedLifecycleGate
-V = pb.VerdictAction
 
 _IN_STAGE_ORDERS = frozenset(
     {
-        S.SEED_STAGE_TRAINING,
-        S.SEED_STAGE_BLENDING,
-        S.SEED_STAGE_SHADOWING,
-        S.SEED_STAGE_PROBATIONARY,
+        pb.SEED_STAGE_TRAINING,
+        pb.SEED_STAGE_BLENDING,
+        pb.SEED_STAGE_SHADOWING,
+        pb.SEED_STAGE_PROBATIONARY,
     }
 )
-_PAUSABLE = ACTIVE | {S.SEED_STAGE_DORMANT}
+_PAUSABLE = ACTIVE | {pb.SEED_STAGE_DORMANT}
 
 
 def decide(state: SeedState, msg: Message, ctx: Context) -> Decision:
     """Decide what one message means for this slot."""
     b = Builder(state, ctx)
-    if b.state.stage == S.SEED_STAGE_UNKNOWN:
-        b.transition(S.SEED_STAGE_DORMANT, "bootstrap")
+    if b.state.stage == pb.SEED_STAGE_UNKNOWN:
+        b.transition(pb.SEED_STAGE_DORMANT, "bootstrap")
     if isinstance(msg, pb.StepReport):
-        if b.state.stage != S.SEED_STAGE_TERMINATED:
+        if b.state.stage != pb.SEED_STAGE_TERMINATED:
             _on_report(b, msg)
         return b.decision()
     if isinstance(msg, pb.SeedCommand):
@@ -109,7 +106,7 @@ def _misaddressed(state: SeedState, msg: Message) -> str:
         return f"unsupported message {type(msg).__name__}"
     if slot != state.slot and not (isinstance(msg, pb.SafetyVerdict) and slot == ""):
         return "unknown_slot"
-    if state.stage == S.SEED_STAGE_TERMINATED:
+    if state.stage == pb.SEED_STAGE_TERMINATED:
         return "slot terminated"
     return ""
 
@@ -157,9 +154,9 @@ def _cull_command(b: Builder, action: str, why: str) -> None:
 
 def _terminate(b: Builder, why: str) -> None:
     stage = b.state.stage
-    if stage in (S.SEED_STAGE_DORMANT, S.SEED_STAGE_FOSSILIZED):
-        b.transition(S.SEED_STAGE_TERMINATED, "command terminate" + why)
-        b.order(S.SEED_STAGE_TERMINATED, b.new_id())
+    if stage in (pb.SEED_STAGE_DORMANT, pb.SEED_STAGE_FOSSILIZED):
+        b.transition(pb.SEED_STAGE_TERMINATED, "command terminate" + why)
+        b.order(pb.SEED_STAGE_TERMINATED, b.new_id())
     else:
         b.refuse("terminate", f"terminate not allowed in stage {stage_name(stage)}")
 
@@ -178,9 +175,9 @@ def _adjust(b: Builder, action: str, adjust: pb.AdjustOptimizer) -> None:
 
 def _germinate(b: Builder, g: pb.Germinate) -> None:
     st = b.state
-    if st.stage == S.SEED_STAGE_EMBARGOED:
+    if st.stage == pb.SEED_STAGE_EMBARGOED:
         b.refuse("germinate", "slot embargoed")
-    elif st.stage != S.SEED_STAGE_DORMANT:
+    elif st.stage != pb.SEED_STAGE_DORMANT:
         b.refuse("germinate", f"germinate not allowed in stage {stage_name(st.stage)}")
     elif st.paused:
         b.refuse("germinate", "slot paused")
@@ -193,11 +190,11 @@ def _germinate(b: Builder, g: pb.Germinate) -> None:
     else:
         order_id = b.new_id()
         order = b.order(
-            S.SEED_STAGE_GERMINATED,
+            pb.SEED_STAGE_GERMINATED,
             order_id,
             germinate=g,
             wants_evidence=True,
-            evidence_for=G.SEED_GATE_G0_SANITY,
+            evidence_for=pb.SEED_GATE_G0_SANITY,
         )
         b.progress(
             awaiting=str(Wait.evidence()),
@@ -216,7 +213,7 @@ def _pause(b: Builder, pause: bool) -> None:
         b.refuse(action, "already paused" if pause else "not paused")
     elif st.awaiting is not None:
         b.refuse(action, f"busy: awaiting {st.awaiting}")
-    elif st.stage == S.SEED_STAGE_DORMANT:
+    elif st.stage == pb.SEED_STAGE_DORMANT:
         b.progress(**pause_fields(b, pause))  # no seed: nothing to tell execution
     else:
         order_id = b.new_id()
@@ -253,12 +250,12 @@ def _advance(b: Builder, report: pb.StepReport, mine: pb.SlotReport | None) -> N
     or the stage's budget used up (its exit gate requested)."""
     st = b.state
     elapsed = report.step - st.stage_entered_step
-    if st.stage == S.SEED_STAGE_EMBARGOED:
+    if st.stage == pb.SEED_STAGE_EMBARGOED:
         if elapsed >= b.ctx.config.lifecycle.embargo_steps:
-            b.transition(S.SEED_STAGE_RESETTING, "embargo over")
+            b.transition(pb.SEED_STAGE_RESETTING, "embargo over")
             _order_reset(b)
         return
-    if st.stage == S.SEED_STAGE_RESETTING:
+    if st.stage == pb.SEED_STAGE_RESETTING:
         if st.retry_at and report.step >= st.retry_at:
             _order_reset(b)
         return
@@ -272,7 +269,7 @@ def _request_exit_gate(b: Builder, report: pb.StepReport, mine: pb.SlotReport) -
     st = b.state
     gate, _ = EXIT_GATE[st.stage]
     metrics = dict(mine.metrics)
-    if gate == G.SEED_GATE_G4_SYSTEM_IMPACT:
+    if gate == pb.SEED_GATE_G4_SYSTEM_IMPACT:
         if st.baseline_acc > 0.0:
             metrics.setdefault(ev.BASELINE_ACC, st.baseline_acc)
         if report.val_accuracy > 0.0:
@@ -283,7 +280,7 @@ def _request_exit_gate(b: Builder, report: pb.StepReport, mine: pb.SlotReport) -
 
 def _order_reset(b: Builder) -> None:
     b.progress(retry_at=0)
-    b.await_order(S.SEED_STAGE_RESETTING, wants_evidence=True, evidence_for=G.SEED_GATE_G5_RESET)
+    b.await_order(pb.SEED_STAGE_RESETTING, wants_evidence=True, evidence_for=pb.SEED_GATE_G5_RESET)
 
 
 # --------------------------------------------------------------------------- safety
@@ -291,15 +288,15 @@ def _order_reset(b: Builder) -> None:
 
 def _on_verdict(b: Builder, verdict: pb.SafetyVerdict) -> None:
     request = f"safety verdict {pb.VerdictAction.Name(verdict.action)}"
-    stopping = verdict.action in (V.VERDICT_CULL, V.VERDICT_EMERGENCY_STOP)
-    if not verdict.slot and verdict.action != V.VERDICT_EMERGENCY_STOP:
+    stopping = verdict.action in (pb.VERDICT_CULL, pb.VERDICT_EMERGENCY_STOP)
+    if not verdict.slot and verdict.action != pb.VERDICT_EMERGENCY_STOP:
         b.refuse(request, "unknown_slot")
         return
     if not stopping or (verdict.slot and verdict.strikes != b.state.strikes):
         b.progress(strikes=verdict.strikes)
     if not stopping:
         return
-    cause = "circuit breaker open" if verdict.action == V.VERDICT_CULL else "emergency stop"
+    cause = "circuit breaker open" if verdict.action == pb.VERDICT_CULL else "emergency stop"
     if b.state.stage in ACTIVE:
         cull(b, cause + (f": {verdict.reason}" if verdict.reason else ""), urgent=True)
     else:

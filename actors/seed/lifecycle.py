@@ -29,30 +29,30 @@ G = pb.SeedLifecycleGate
 
 ALLOWED: MappingProxyType[Stage, frozenset[Stage]] = MappingProxyType(
     {
-        S.SEED_STAGE_UNKNOWN: frozenset({S.SEED_STAGE_DORMANT}),
-        S.SEED_STAGE_DORMANT: frozenset({S.SEED_STAGE_GERMINATED, S.SEED_STAGE_TERMINATED}),
-        S.SEED_STAGE_GERMINATED: frozenset({S.SEED_STAGE_TRAINING, S.SEED_STAGE_CULLED}),
-        S.SEED_STAGE_TRAINING: frozenset({S.SEED_STAGE_BLENDING, S.SEED_STAGE_CULLED}),
-        S.SEED_STAGE_BLENDING: frozenset({S.SEED_STAGE_SHADOWING, S.SEED_STAGE_CULLED}),
-        S.SEED_STAGE_SHADOWING: frozenset({S.SEED_STAGE_PROBATIONARY, S.SEED_STAGE_CULLED}),
-        S.SEED_STAGE_PROBATIONARY: frozenset({S.SEED_STAGE_FOSSILIZED, S.SEED_STAGE_CULLED}),
-        S.SEED_STAGE_FOSSILIZED: frozenset({S.SEED_STAGE_TERMINATED}),
-        S.SEED_STAGE_CULLED: frozenset({S.SEED_STAGE_EMBARGOED}),
-        S.SEED_STAGE_EMBARGOED: frozenset({S.SEED_STAGE_RESETTING}),
-        S.SEED_STAGE_RESETTING: frozenset({S.SEED_STAGE_DORMANT}),
-        S.SEED_STAGE_TERMINATED: frozenset(),
+        pb.SEED_STAGE_UNKNOWN: frozenset({pb.SEED_STAGE_DORMANT}),
+        pb.SEED_STAGE_DORMANT: frozenset({pb.SEED_STAGE_GERMINATED, pb.SEED_STAGE_TERMINATED}),
+        pb.SEED_STAGE_GERMINATED: frozenset({pb.SEED_STAGE_TRAINING, pb.SEED_STAGE_CULLED}),
+        pb.SEED_STAGE_TRAINING: frozenset({pb.SEED_STAGE_BLENDING, pb.SEED_STAGE_CULLED}),
+        pb.SEED_STAGE_BLENDING: frozenset({pb.SEED_STAGE_SHADOWING, pb.SEED_STAGE_CULLED}),
+        pb.SEED_STAGE_SHADOWING: frozenset({pb.SEED_STAGE_PROBATIONARY, pb.SEED_STAGE_CULLED}),
+        pb.SEED_STAGE_PROBATIONARY: frozenset({pb.SEED_STAGE_FOSSILIZED, pb.SEED_STAGE_CULLED}),
+        pb.SEED_STAGE_FOSSILIZED: frozenset({pb.SEED_STAGE_TERMINATED}),
+        pb.SEED_STAGE_CULLED: frozenset({pb.SEED_STAGE_EMBARGOED}),
+        pb.SEED_STAGE_EMBARGOED: frozenset({pb.SEED_STAGE_RESETTING}),
+        pb.SEED_STAGE_RESETTING: frozenset({pb.SEED_STAGE_DORMANT}),
+        pb.SEED_STAGE_TERMINATED: frozenset(),
     }
 )
 """docs/design.md §2: from-stage -> the stages it may move to."""
 
 GUARD: MappingProxyType[tuple[Stage, Stage], Gate] = MappingProxyType(
     {
-        (S.SEED_STAGE_DORMANT, S.SEED_STAGE_GERMINATED): G.SEED_GATE_G0_SANITY,
-        (S.SEED_STAGE_TRAINING, S.SEED_STAGE_BLENDING): G.SEED_GATE_G1_GRADIENT_HEALTH,
-        (S.SEED_STAGE_BLENDING, S.SEED_STAGE_SHADOWING): G.SEED_GATE_G2_STABILITY,
-        (S.SEED_STAGE_SHADOWING, S.SEED_STAGE_PROBATIONARY): G.SEED_GATE_G3_INTERFACE,
-        (S.SEED_STAGE_PROBATIONARY, S.SEED_STAGE_FOSSILIZED): G.SEED_GATE_G4_SYSTEM_IMPACT,
-        (S.SEED_STAGE_RESETTING, S.SEED_STAGE_DORMANT): G.SEED_GATE_G5_RESET,
+        (pb.SEED_STAGE_DORMANT, pb.SEED_STAGE_GERMINATED): pb.SEED_GATE_G0_SANITY,
+        (pb.SEED_STAGE_TRAINING, pb.SEED_STAGE_BLENDING): pb.SEED_GATE_G1_GRADIENT_HEALTH,
+        (pb.SEED_STAGE_BLENDING, pb.SEED_STAGE_SHADOWING): pb.SEED_GATE_G2_STABILITY,
+        (pb.SEED_STAGE_SHADOWING, pb.SEED_STAGE_PROBATIONARY): pb.SEED_GATE_G3_INTERFACE,
+        (pb.SEED_STAGE_PROBATIONARY, pb.SEED_STAGE_FOSSILIZED): pb.SEED_GATE_G4_SYSTEM_IMPACT,
+        (pb.SEED_STAGE_RESETTING, pb.SEED_STAGE_DORMANT): pb.SEED_GATE_G5_RESET,
     }
 )
 """The gate whose pass is required for a transition."""
@@ -64,21 +64,21 @@ EXIT_GATE: MappingProxyType[Stage, tuple[Gate, Stage]] = MappingProxyType(
 
 ACTIVE: frozenset[Stage] = frozenset(
     {
-        S.SEED_STAGE_GERMINATED,
-        S.SEED_STAGE_TRAINING,
-        S.SEED_STAGE_BLENDING,
-        S.SEED_STAGE_SHADOWING,
-        S.SEED_STAGE_PROBATIONARY,
+        pb.SEED_STAGE_GERMINATED,
+        pb.SEED_STAGE_TRAINING,
+        pb.SEED_STAGE_BLENDING,
+        pb.SEED_STAGE_SHADOWING,
+        pb.SEED_STAGE_PROBATIONARY,
     }
 )
 """Stages with a live, not yet permanent seed: these can be culled."""
 
 IN_FORWARD: frozenset[Stage] = frozenset(
-    {S.SEED_STAGE_BLENDING, S.SEED_STAGE_SHADOWING, S.SEED_STAGE_PROBATIONARY}
+    {pb.SEED_STAGE_BLENDING, pb.SEED_STAGE_SHADOWING, pb.SEED_STAGE_PROBATIONARY}
 )
 """Stages whose seed adds to the host's output (alpha above zero, not yet part of the host)."""
 
-BARRIER_GATED: frozenset[Stage] = frozenset({*IN_FORWARD, S.SEED_STAGE_FOSSILIZED})
+BARRIER_GATED: frozenset[Stage] = frozenset({*IN_FORWARD, pb.SEED_STAGE_FOSSILIZED})
 """Stages whose order changes the forward of every rank: it applies only after the commit of the
 barrier it waits for (a cull of a seed in ``IN_FORWARD`` too, unless a safety verdict or an
 emergency stop sent it)."""
@@ -111,12 +111,12 @@ def stage_budget(stage: Stage, config: KasminaConfig, blend_steps: int = 0) -> i
     ``blend_steps`` is the germination's override of the blend ramp (0 = configured default).
     """
     lc = config.lifecycle
-    if stage == S.SEED_STAGE_TRAINING:
+    if stage == pb.SEED_STAGE_TRAINING:
         return lc.training_steps
-    if stage == S.SEED_STAGE_BLENDING:
+    if stage == pb.SEED_STAGE_BLENDING:
         return blend_steps or lc.blend_steps
-    if stage == S.SEED_STAGE_SHADOWING:
+    if stage == pb.SEED_STAGE_SHADOWING:
         return lc.shadowing_steps
-    if stage == S.SEED_STAGE_PROBATIONARY:
+    if stage == pb.SEED_STAGE_PROBATIONARY:
         return lc.probationary_steps
     return None

@@ -11,8 +11,6 @@ from leyline import pb
 
 __all__ = ["cull", "pause_fields"]
 
-S = pb.SeedLifecycleStage
-
 
 def cull(
     b: Builder,
@@ -25,9 +23,9 @@ def cull(
     forward waits for a barrier commit, unless the cull is ``urgent`` (a safety verdict or an
     emergency stop must not wait on the ranks)."""
     gated = b.state.stage in IN_FORWARD and not urgent
-    b.transition(S.SEED_STAGE_CULLED, cause, gate=gate)
-    b.transition(S.SEED_STAGE_EMBARGOED, "embargo after cull")
-    b.await_order(S.SEED_STAGE_CULLED, gated=gated)
+    b.transition(pb.SEED_STAGE_CULLED, cause, gate=gate)
+    b.transition(pb.SEED_STAGE_EMBARGOED, "embargo after cull")
+    b.await_order(pb.SEED_STAGE_CULLED, gated=gated)
 
 
 def pause_fields(b: Builder, pause: bool) -> dict[str, Any]:

@@ -18,9 +18,6 @@ from leyline import pb
 
 __all__ = ["on_ack", "on_gate_result"]
 
-S = pb.SeedLifecycleStage
-G = pb.SeedLifecycleGate
-
 
 def on_gate_result(b: Builder, res: pb.GateResult) -> None:
     st = b.state
@@ -38,20 +35,20 @@ def on_gate_result(b: Builder, res: pb.GateResult) -> None:
     b.chain = st.command_id  # the awaited result: its outcome belongs to the waiting chain
     if res.passed:
         b.transition(to, f"gate {gate_name(gate)} passed", gate=gate)
-        if to == S.SEED_STAGE_GERMINATED:
-            b.await_order(S.SEED_STAGE_TRAINING)
-        elif to in (S.SEED_STAGE_SHADOWING, S.SEED_STAGE_PROBATIONARY):
+        if to == pb.SEED_STAGE_GERMINATED:
+            b.await_order(pb.SEED_STAGE_TRAINING)
+        elif to in (pb.SEED_STAGE_SHADOWING, pb.SEED_STAGE_PROBATIONARY):
             b.await_order(to, counterfactual=True, evidence_for=EXIT_GATE[to][0])
-        elif to == S.SEED_STAGE_BLENDING:
+        elif to == pb.SEED_STAGE_BLENDING:
             b.await_order(to, evidence_for=EXIT_GATE[to][0])
         else:  # FOSSILIZED, or DORMANT after a reset
             b.await_order(to)
         return
     failure = f"gate {gate_name(gate)} failed: {describe_failures(res)}"
-    if gate == G.SEED_GATE_G0_SANITY:
+    if gate == pb.SEED_GATE_G0_SANITY:
         b.refuse("germinate", failure)
-        b.await_order(S.SEED_STAGE_DORMANT, "drop_probe")  # execution drops the probe seed
-    elif gate == G.SEED_GATE_G5_RESET:
+        b.await_order(pb.SEED_STAGE_DORMANT, "drop_probe")  # execution drops the probe seed
+    elif gate == pb.SEED_GATE_G5_RESET:
         retry = b.now + b.ctx.config.lifecycle.reset_retry_steps
         b.progress(awaiting="", retry_at=retry)
         b.refuse("reset", failure)
@@ -102,15 +99,15 @@ def _ack_probe(b: Builder, ack: pb.ExecutionAck, failed: str) -> None:
     metrics = dict(ack.evidence.metrics)
     if failed and not _judged_by_g0(metrics):  # a slot not free or over budget goes to G0
         b.refuse("germinate", failed)
-        b.await_order(S.SEED_STAGE_DORMANT, "drop_probe")
+        b.await_order(pb.SEED_STAGE_DORMANT, "drop_probe")
         return
     # G0's slot facts: what execution found at the slot, and this actor's own stage
     st = b.state
-    free = st.stage == S.SEED_STAGE_DORMANT and not st.paused
+    free = st.stage == pb.SEED_STAGE_DORMANT and not st.paused
     metrics[ev.SLOT_FREE] = float(free and metrics.get(ev.SLOT_FREE, 1.0) == 1.0)
-    embargoed = st.stage == S.SEED_STAGE_EMBARGOED
+    embargoed = st.stage == pb.SEED_STAGE_EMBARGOED
     metrics[ev.SLOT_EMBARGOED] = float(embargoed or metrics.get(ev.SLOT_EMBARGOED, 0.0) != 0.0)
-    b.request_gate(G.SEED_GATE_G0_SANITY, metrics, ack.evidence.blueprint or st.blueprint)
+    b.request_gate(pb.SEED_GATE_G0_SANITY, metrics, ack.evidence.blueprint or st.blueprint)
 
 
 def _ack_stage(
@@ -118,12 +115,12 @@ def _ack_stage(
 ) -> None:
     """The ack of the order that starts stage ``stage_label`` (its name)."""
     before = b.state.stage
-    if stage_label == "TRAINING" and before == S.SEED_STAGE_GERMINATED:
+    if stage_label == "TRAINING" and before == pb.SEED_STAGE_GERMINATED:
         if failed:
             b.progress(acked_id=ack.order_id)
             cull(b, failed)
             return
-        b.transition(S.SEED_STAGE_TRAINING, "execution confirmed the seed is attached")
+        b.transition(pb.SEED_STAGE_TRAINING, "execution confirmed the seed is attached")
     fields = {}
     if not failed and stage_label == stage_name(b.state.stage):
         fields["stage_entered_step"] = max(b.state.stage_entered_step, ack.applied_at_step)
@@ -133,7 +130,9 @@ def _ack_stage(
             b.progress(retry_at=b.now + b.ctx.config.lifecycle.reset_retry_steps)
             b.refuse("reset", failed)
         else:
-            b.request_gate(G.SEED_GATE_G5_RESET, dict(ack.evidence.metrics), ack.evidence.blueprint)
+            b.request_gate(
+                pb.SEED_GATE_G5_RESET, dict(ack.evidence.metrics), ack.evidence.blueprint
+            )
     elif failed:
         if before in ACTIVE:
             cull(b, failed)

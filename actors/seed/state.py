@@ -47,7 +47,6 @@ __all__ = [
     "to_plain",
 ]
 
-_S = pb.SeedLifecycleStage
 
 RECENT_ACKS = 8
 """Acknowledged order ids remembered: a repeated ack of one of them (another rank) is a no-op."""
@@ -58,7 +57,7 @@ class SeedState:
     """The lifecycle of one slot (immutable; change it only through ``evolve``)."""
 
     slot: str
-    stage: Stage = _S.SEED_STAGE_UNKNOWN
+    stage: Stage = pb.SEED_STAGE_UNKNOWN
     seq: int = 0
     stage_entered_step: int = 0
     last_step: int = 0
@@ -128,11 +127,11 @@ def _transition(state: SeedState, ev: pb.LifecycleTransition) -> SeedState:
         command_id="",
         retry_at=0,
     )
-    if ev.to_stage == _S.SEED_STAGE_GERMINATED and ev.blueprint:
+    if ev.to_stage == pb.SEED_STAGE_GERMINATED and ev.blueprint:
         new = replace(new, blueprint=ev.blueprint)
-    if ev.to_stage in (_S.SEED_STAGE_CULLED, _S.SEED_STAGE_TERMINATED):
+    if ev.to_stage in (pb.SEED_STAGE_CULLED, pb.SEED_STAGE_TERMINATED):
         new = replace(new, paused=False, paused_at=0)
-    if ev.to_stage == _S.SEED_STAGE_DORMANT:
+    if ev.to_stage == pb.SEED_STAGE_DORMANT:
         new = replace(
             new,
             blueprint="",
@@ -201,7 +200,8 @@ def _report_only(event: Message) -> bool:
     """True for a step report's bookkeeping and nothing else (no command, no wait, no order)."""
     if type(event) is not pb.LifecycleProgress or not event.step_report or event.command_id:
         return False
-    return all(f.name in _REPORT_FIELDS for f, _ in event.ListFields())
+    fields = event.ListFields()
+    return len(fields) <= len(_REPORT_FIELDS) and all(f.name in _REPORT_FIELDS for f, _ in fields)
 
 
 def merge_reports(previous: Message, event: Message) -> pb.LifecycleProgress | None:
@@ -227,17 +227,18 @@ def merge_reports(previous: Message, event: Message) -> pb.LifecycleProgress | N
 
 _FIELDS = SeedState.__slots__
 _FIELD_SET = frozenset(_FIELDS)
-_new, _set = object.__new__, object.__setattr__
+_SLOTS = tuple((name, getattr(SeedState, name).__set__) for name in _FIELDS)
+_new = object.__new__
 
 
 def _replace(state: SeedState, changes: dict[str, Any]) -> SeedState:
-    """``dataclasses.replace`` for the hot path (one per step report): the same result, half
-    the cost (no ``__init__`` call over every field)."""
+    """``dataclasses.replace`` for the hot path (one per step report): the same result, a third
+    of the cost (no ``__init__`` call over every field; each slot set through its descriptor)."""
     if not changes.keys() <= _FIELD_SET:
         raise TypeError(f"not SeedState fields: {sorted(changes.keys() - _FIELD_SET)}")
     new: SeedState = _new(SeedState)
-    for name in _FIELDS:
-        _set(new, name, changes[name] if name in changes else getattr(state, name))
+    for name, put in _SLOTS:
+        put(new, changes[name] if name in changes else getattr(state, name))
     return new
 
 
@@ -254,7 +255,7 @@ def to_plain(state: SeedState) -> dict[str, Any]:
 def from_plain(plain: dict[str, Any]) -> SeedState:
     """Inverse of ``to_plain``."""
     data = dict(plain)
-    data["stage"] = _S.ValueType(int(data["stage"]))
+    data["stage"] = pb.SeedLifecycleStage.ValueType(int(data["stage"]))
     data["params"] = tuple((str(k), float(v)) for k, v in data["params"])
     data["recent_acks"] = tuple(str(x) for x in data["recent_acks"])
     data["awaiting"] = Wait.parse(data["awaiting"] or "")
