@@ -21,6 +21,10 @@ passes: in TRAINING, and in the early and mid blend phases (α below the 0.7 ban
 and backward with the seed on and a forward at α=0 on the same batch; reported in GFLOPs and as a
 ratio to the host arm.
 
+Gap recovered: ``(grown - host) / (big - host)`` on the means over seeds, with a 90 % percentile
+bootstrap interval over seeds (each seed's arms resampled together). ``--markdown`` also prints
+one row per seed: every arm's test accuracy and the gate's validation accuracy at α=1 and α=0.
+
 The bus is not involved: this measures growth, not transport. Tasks: digits (64->8->10 host,
 ``width`` seed adding 8 units) and spirals (2->16->2 host, ``residual_mlp`` seed on the hidden
 layer). Run: ``python benchmarks/growth.py [--seeds 5] [--steps 3000] [--json] [--markdown]``.
@@ -30,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import random
 import statistics
 import sys
 import time
@@ -204,12 +210,12 @@ def arm_grown(task: str, split: Split, seed: int, steps: int, at: int) -> dict[s
     rt.submit(_order(slot, S.SEED_STAGE_BLENDING, at + stage_len))
     gate_at = at + 2 * stage_len
     order = batches(len(split.y_train), BATCH, steps, seed)
-    fossilized = 0.0
+    fossilized, gate = 0.0, {"cf_acc_on": math.nan, "cf_acc_off": math.nan}
     for step in range(steps):
         x, y = split.x_train[order[step]], split.y_train[order[step]]
         loss = _step(model, opt, x, y)
         if step == gate_at:
-            cf = rt.counterfactual(slot)
+            cf = gate = rt.counterfactual(slot)
             keep = cf["cf_acc_on"] >= cf["cf_acc_off"]
             fossilized = float(keep)
             target = S.SEED_STAGE_FOSSILIZED if keep else S.SEED_STAGE_CULLED
@@ -219,6 +225,8 @@ def arm_grown(task: str, split: Split, seed: int, steps: int, at: int) -> dict[s
         "acc": evaluate(model, split.x_test, split.y_test)[1],
         "params": param_count(model),
         "fossilized": fossilized,
+        "gate_on": gate["cf_acc_on"],
+        "gate_off": gate["cf_acc_off"],
         "gate_at": float(gate_at),
         "stage_len": float(stage_len),
     }
@@ -241,6 +249,7 @@ def run_task(task: str, seeds: int, steps: int) -> dict[str, Any]:
     }
     params: dict[str, float] = {}
     fossilized = 0.0
+    per_seed: list[dict[str, float]] = []
     for seed in range(seeds):
         split = load_task(task, seed)
         host = arm_static(task, split, seed, steps, big=False)
@@ -256,6 +265,11 @@ def run_task(task: str, seeds: int, steps: int) -> dict[str, Any]:
         rows["abrupt"].append(100 * abrupt["acc"])
         rows["drop"].append(100 * abrupt["drop"])
         fossilized += grown["fossilized"]
+        per_seed.append(
+            {"seed": seed, **{arm: round(v[-1], 2) for arm, v in rows.items()}}
+            | {k: round(100 * grown[k], 1) for k in ("gate_on", "gate_off")}
+            | {"fossilized": grown["fossilized"]}
+        )
         params = {"host": host["params"], "grown": grown["params"], "big": big["params"]}
     p_host, p_big = int(params["host"]), int(params["big"])
     shadowed = shadowed_blend_steps(stage_len)
@@ -292,11 +306,43 @@ def run_task(task: str, seeds: int, steps: int) -> dict[str, Any]:
     out["gflops"] = {k: round(v / 1e9, 3) for k, v in compute.items()}
     out["compute_vs_host"] = {k: round(v / compute["host"], 2) for k, v in compute.items()}
     out["compute_assumes_fossilized"] = kept
-    big_gap = out["big"]["mean"] - out["host"]["mean"]
-    out["gap_recovered"] = (
-        round(out["grown_minus_host"]["mean"] / big_gap, 3) if big_gap > 0 else None
-    )
+    rec = gap_recovered(rows["host"], rows["grown"], rows["big"])
+    out["gap_recovered"] = None if rec is None else round(rec, 3)
+    out["gap_recovered_interval"] = gap_interval(rows["host"], rows["grown"], rows["big"])
+    out["per_seed"] = per_seed
     return out
+
+
+def gap_recovered(host: list[float], grown: list[float], big: list[float]) -> float | None:
+    """``(mean grown - mean host) / (mean big - mean host)``; None when big is not above host."""
+    gap = statistics.fmean(big) - statistics.fmean(host)
+    return (statistics.fmean(grown) - statistics.fmean(host)) / gap if gap > 0 else None
+
+
+def gap_interval(
+    host: list[float], grown: list[float], big: list[float], draws: int = 4000, level: float = 0.9
+) -> dict[str, float] | None:
+    """Percentile bootstrap over seeds of the gap recovered: seeds drawn with replacement (each
+    keeps its host, grown and big together), ``level`` two-sided (its lower end is a one-sided
+    ``(1 + level) / 2`` lower bound); draws whose big arm is not above the host are left out and
+    counted. None with fewer than two seeds."""
+    n = len(host)
+    if n < 2:
+        return None
+    rng = random.Random(0)
+    ratios: list[float] = []
+    for _ in range(draws):
+        idx = [rng.randrange(n) for _ in range(n)]
+        r = gap_recovered([host[i] for i in idx], [grown[i] for i in idx], [big[i] for i in idx])
+        if r is not None:
+            ratios.append(r)
+    if not ratios:
+        return None
+    ratios.sort()
+    tail = (1.0 - level) / 2
+    lo = ratios[round(tail * (len(ratios) - 1))]
+    hi = ratios[round((1.0 - tail) * (len(ratios) - 1))]
+    return {"lo": round(lo, 3), "hi": round(hi, 3), "level": level, "left_out": draws - len(ratios)}
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
@@ -307,14 +353,16 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
     lines = [
         "| task | params host → grown (big) | host | grown | big | abrupt | fair abrupt "
-        "| grown − host (wins) | gap recovered | grown − big | abrupt drop at insertion (worst) "
+        "| grown − host (wins) | gap recovered (90 % CI) | grown − big | abrupt drop at insertion (worst) "
         "| fossilized | GFLOPs host / grown / big / abrupt / fair abrupt |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         p, g, c = r["params"], r["gflops"], r["compute_vs_host"]
-        rec = r["gap_recovered"]
+        rec, ci = r["gap_recovered"], r["gap_recovered_interval"]
         recovered = "n/a" if rec is None else f"{100 * rec:.0f} %"
+        if rec is not None and ci is not None:
+            recovered += f" ({100 * ci['lo']:.0f}–{100 * ci['hi']:.0f})"
         lines.append(
             f"| {r['task']} | {p['host']} → {p['grown']} ({p['big']}) | {ms(r['host'])} | "
             f"{ms(r['grown'])} | {ms(r['big'])} | {ms(r['abrupt'])} | {ms(r['fair_abrupt'])} | "
@@ -325,6 +373,25 @@ def markdown(results: list[dict[str, Any]]) -> str:
             f"({c['grown']:.2f}×) / {g['big']:.2f} ({c['big']:.2f}×) / {g['abrupt']:.2f} "
             f"({c['abrupt']:.2f}×) / {g['fair_abrupt']:.2f} ({c['fair_abrupt']:.2f}×) |"
         )
+    return "\n".join(lines)
+
+
+def per_seed_markdown(results: list[dict[str, Any]]) -> str:
+    """Every seed's test accuracy per arm and the gate's validation accuracy (α=1 / α=0)."""
+    lines = [
+        "| task | seed | host | grown | big | abrupt | fair abrupt | grown − host "
+        "| gate val α=1 / α=0 | seed's end |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for row in r["per_seed"]:
+            end = "FOSSILIZED" if row["fossilized"] else "CULLED"
+            lines.append(
+                f"| {r['task']} | {row['seed']} | {row['host']:.1f} | {row['grown']:.1f} | "
+                f"{row['big']:.1f} | {row['abrupt']:.1f} | {row['fair_abrupt']:.1f} | "
+                f"{row['grown'] - row['host']:+.1f} | {row['gate_on']:.1f} / "
+                f"{row['gate_off']:.1f} | {end} |"
+            )
     return "\n".join(lines)
 
 
@@ -349,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({**r, "elapsed_s": round(elapsed, 1)}))
     if args.markdown:
         print(markdown(results))
+        print()
+        print(per_seed_markdown(results))
         print(f"\n{args.seeds} seeds x 5 arms x {len(results)} tasks in {elapsed:.0f} s")
     return 0
 
