@@ -362,16 +362,18 @@ class ActorShell(LeasedHost):
 
         Only an entry at or below the highest id decided since the rebuild (a rewound group, a
         pending re-read), or any entry of the first batch after a rebuild, can be one; for those
-        the commit markers (written atomically with each commit) are read, one key each."""
-        found: set[str] = set()
+        the commit markers (written atomically with each commit) are read, in one round trip."""
+        ids: list[str] = []
+        keys: list[str] = []
         for entry, env in zip(batch, checked, strict=True):
             if not isinstance(env, Envelope):
                 continue
             if self._high is not None and parse_id(entry.id) > self._high:
                 continue
-            if await self.bus.get_value(processed_key(entry.stream, self.group, env.id)):
-                found.add(entry.id)
-        return found
+            ids.append(entry.id)
+            keys.append(processed_key(entry.stream, self.group, env.id))
+        values = await self.bus.get_values(keys)
+        return {entry_id for entry_id, value in zip(ids, values, strict=True) if value}
 
     # -- housekeeping -------------------------------------------------------------------------
     async def trim_inbox(self, now_ms: int | None = None) -> int:

@@ -258,6 +258,11 @@ class Bus(Protocol):
 
     async def get_value(self, key: str) -> bytes | None: ...
 
+    async def get_values(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The values of ``keys`` in one round trip (None for a missing key); the keys share one
+        run's hash tag."""
+        ...
+
     async def set_value(self, key: str, value: bytes, *, ttl_ms: int | None = None) -> None: ...
 
     async def range(

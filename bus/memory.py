@@ -312,6 +312,10 @@ class MemoryBus:
     async def get_value(self, key: str) -> bytes | None:
         return self._open().get(key)
 
+    async def get_values(self, keys: Sequence[str]) -> list[bytes | None]:
+        store = self._open()
+        return [store.get(key) for key in keys]
+
     async def set_value(self, key: str, value: bytes, *, ttl_ms: int | None = None) -> None:
         self._open().set(key, value, ttl_ms)
 

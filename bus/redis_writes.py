@@ -170,6 +170,12 @@ class RedisWrites(RedisCore):
         raw = await self._call(lambda: self.client.get(key))
         return None if raw is None else bytes(raw)
 
+    async def get_values(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        raw = await self._call(lambda: self.client.mget(list(keys)))
+        return [None if r is None else bytes(r) for r in raw]
+
     async def set_value(self, key: str, value: bytes, *, ttl_ms: int | None = None) -> None:
         command: list[Any] = ["SET", key, value] + ([] if ttl_ms is None else ["PX", ttl_ms])
         await self._call(lambda: self._durable(command))

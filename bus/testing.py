@@ -308,6 +308,10 @@ class FaultyBus:
         out: bytes | None = await self._run("get_value", self.inner.get_value(key))
         return out
 
+    async def get_values(self, keys: Sequence[str]) -> list[bytes | None]:
+        out: list[bytes | None] = await self._run("get_values", self.inner.get_values(keys))
+        return out
+
     async def set_value(self, key: str, value: bytes, *, ttl_ms: int | None = None) -> None:
         await self._run("set_value", self.inner.set_value(key, value, ttl_ms=ttl_ms))
 

@@ -193,6 +193,22 @@ async def test_dedupe_commit_twice_effects_once(bus: Bus, prefix: str) -> None:
     assert await bus.get_value(processed_key(s, "g", "msg-1")) is not None
 
 
+async def test_commit_markers_are_read_together_in_order(bus: Bus, prefix: str) -> None:
+    """get_values answers each key in the order asked: the committed message's marker, None for
+    a key never written, and an empty list for no keys."""
+    s = prefix + "in"
+    await bus.ensure_group(s, "g")
+    await bus.publish(s, f(1))
+    (e,) = await bus.read(s, "g", "c", block_ms=0)
+    assert await bus.commit([Handled(e, "g", dedupe_key="m-1")]) == [True]
+    await bus.set_value(prefix + "plain", b"v")
+    keys = [processed_key(s, "g", "m-0"), processed_key(s, "g", "m-1"), prefix + "plain"]
+    values = await bus.get_values(keys)
+    assert values[0] is None and values[1] == await bus.get_value(keys[1]) and values[2] == b"v"
+    assert values[1] is not None
+    assert await bus.get_values([]) == []
+
+
 async def test_dedupe_within_one_batch(bus: Bus, prefix: str) -> None:
     """Two items of one commit with the same dedupe key: the second is a duplicate."""
     s, out = prefix + "in", prefix + "out"
