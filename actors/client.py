@@ -295,12 +295,6 @@ class KasminaClient:
         shed_cursor: str | None = None
         with anyio.move_on_after(timeout_s):
             while True:
-                if entry is not None:
-                    shed, shed_cursor = await shed_record(
-                        self.bus, self.run, self.verifier, entry, shed_cursor
-                    )
-                    if shed is not None:
-                        return _shed_outcome(command_id, *shed)
                 async for record in read_log(self.bus, stream, self.verifier, start=f"({cursor}"):
                     cursor = record.entry_id
                     if isinstance(record, BadEntry):
@@ -316,6 +310,12 @@ class KasminaClient:
                     last = outcome
                     if on_progress is not None:
                         on_progress(outcome)
+                if entry is not None:  # after the outcomes: a decided command costs no more
+                    shed, shed_cursor = await shed_record(
+                        self.bus, self.run, self.verifier, entry, shed_cursor
+                    )
+                    if shed is not None:
+                        return _shed_outcome(command_id, *shed)
                 await anyio.sleep(0.05)
         raise CommandTimeout(
             f"no outcome for command {command_id} within {timeout_s:g} s", last=last

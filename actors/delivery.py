@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import time
 
-from actors.eventlog import BadEntry, read_log
 from actors.hosting import FRAME
 from bus import Bus, aiter_entries, parse_id
-from contracts import Reason, Verifier, streams
+from contracts import REGISTRY, ContractError, Reason, Verifier, streams
 from leyline import pb
 
 __all__ = ["shed_record", "since", "written", "written_at"]
+
+_OVERLOADED = Reason.OVERLOADED.value.encode()
 
 
 def since(window_s: float) -> str:
@@ -47,17 +48,22 @@ async def shed_record(
 ) -> tuple[tuple[str, pb.Rejection] | None, str]:
     """The verified ``overloaded`` record of ``run`` whose range covers ``entry`` (its inbox and
     id), read from the rejected stream after ``cursor`` (None: from the entry's millisecond on,
-    since a record of it is written later): (its entry id and message, or None; the new cursor)."""
+    since a record of it is written later): (its entry id and message, or None; the new cursor).
+    Only records whose plain ``reason`` field says ``overloaded`` are verified."""
     inbox, entry_id = entry
     mine = parse_id(entry_id)
     start = f"({cursor}" if cursor else f"{mine[0]}-0"
-    async for record in read_log(bus, streams.rejected(run), verifier, start=start):
-        cursor = record.entry_id
-        if isinstance(record, BadEntry) or not isinstance(record.message, pb.Rejection):
+    async for rec in aiter_entries(bus, streams.rejected(run), start=start):
+        cursor = rec.id
+        if rec.fields.get("reason") != _OVERLOADED:
             continue
-        rej = record.message
-        if rej.reason_code != Reason.OVERLOADED.value or rej.stream != inbox or not rej.count:
+        try:
+            env = verifier.open(rec.fields.get(FRAME, b""), stream=rec.stream)
+            rej = REGISTRY.parse(env.kind, env.body)
+        except ContractError:
+            continue
+        if not isinstance(rej, pb.Rejection) or rej.stream != inbox or not rej.count:
             continue
         if parse_id(rej.entry_id) <= mine <= parse_id(rej.last_entry_id or rej.entry_id):
-            return (record.entry_id, rej), cursor
+            return (rec.id, rej), cursor
     return None, cursor or start.lstrip("(")
