@@ -24,6 +24,9 @@ from leyline import pb
 
 S = TypeVar("S")
 
+# a message with this field is addressed to one slot; looked up in its descriptor (a message
+# without it then costs no AttributeError, as with hasattr)
+_SLOT = "slot"
 TIMER_REPEAT_NS = 1_000_000_000  # a timer message not yet decided is sent again after this
 
 
@@ -49,8 +52,10 @@ class PureLogic(Generic[S]):
         return not self.key or getattr(message, "slot", self.key) == self.key
 
     def handle(self, kind: str, message: Message, meta: Meta) -> Decision:
-        if self.key and hasattr(message, "slot") and message.slot != self.key:
-            return Decision.refuse(Reason.UNKNOWN_SLOT, f"{message.slot} sent to {self.key}")
+        if self.key and _SLOT in message.DESCRIPTOR.fields_by_name:
+            slot = getattr(message, _SLOT)
+            if slot != self.key:
+                return Decision.refuse(Reason.UNKNOWN_SLOT, f"{slot} sent to {self.key}")
         if isinstance(message, pb.StepReport):
             self.now_step = max(self.now_step, int(message.step))
         ctx = Context(
