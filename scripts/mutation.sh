@@ -4,6 +4,7 @@
 #   scripts/mutation.sh                       # every module below, one after the other
 #   scripts/mutation.sh actors/seed/core.py   # one module
 #   MUTATION_ONLY='*x_decide*' scripts/mutation.sh actors/seed/core.py   # some functions' mutants
+#   MUTATION_TESTS='tests/a.py tests/b.py' scripts/mutation.sh actors/shell.py  # another selection
 #
 # Each module runs in its own throwaway copy of the tree with its own test selection, niced, one
 # test process at a time (MUTATION_JOBS to change); the table is printed at the end and written
@@ -42,17 +43,17 @@ declare -A TESTS=(
   [actors/hosting/admission.py]="tests/actors/test_admission_rules.py tests/system/test_admission.py"
   [actors/eventlog.py]="tests/system/test_eventlog.py tests/system/test_outcomes.py \
 tests/system/test_core_reasons.py tests/system/test_log_tamper.py"
-  [actors/hosting/lifecycle.py]="tests/system/test_ownership.py"
-  [actors/hosting/lease.py]="tests/system/test_ownership.py"
+  [actors/hosting/lifecycle.py]="tests/actors/test_host_lifecycle.py tests/system/test_ownership.py"
+  [actors/hosting/lease.py]="tests/system/test_lease.py tests/system/test_ownership.py"
   [actors/hosting/logic.py]="tests/system/test_core_reasons.py"
-  [actors/hosting/routing.py]="tests/system/test_log_tamper.py tests/system/test_client_publish.py \
-tests/system/test_barrier_consensus.py"
-  [actors/hosting/inbox.py]="tests/actors/test_verify_entries.py tests/actors/test_admission_rules.py \
-tests/system/test_hostile_input.py tests/system/test_core_reasons.py"
-  [actors/hosting/rejection.py]="tests/actors/test_admission_rules.py tests/system/test_core_reasons.py \
-tests/system/test_storm_metrics.py tests/system/test_admission.py"
-  [actors/hosting/housekeeping.py]="tests/system/test_barrier_consensus.py \
-tests/system/test_retention_keys.py tests/system/test_ownership.py"
+  [actors/hosting/routing.py]="tests/system/test_routing.py tests/system/test_log_tamper.py \
+tests/system/test_client_publish.py tests/system/test_barrier_consensus.py"
+  [actors/hosting/inbox.py]="tests/actors/test_finite.py tests/actors/test_verify_entries.py \
+tests/actors/test_admission_rules.py tests/system/test_hostile_input.py tests/system/test_core_reasons.py"
+  [actors/hosting/rejection.py]="tests/actors/test_rejections.py tests/actors/test_admission_rules.py \
+tests/system/test_core_reasons.py tests/system/test_storm_metrics.py tests/system/test_admission.py"
+  [actors/hosting/housekeeping.py]="tests/system/test_housekeeping.py \
+tests/system/test_barrier_consensus.py tests/system/test_retention_keys.py tests/system/test_ownership.py"
   [actors/hosting/serving.py]="tests/system/test_ownership.py tests/system/test_log_tamper.py"
   [actors/shell.py]="tests/system/test_core_reasons.py tests/system/test_log_tamper.py \
 tests/system/test_ownership.py tests/system/test_hostile_input.py"
@@ -81,7 +82,7 @@ export KASMINA_TEST_REDIS="${KASMINA_TEST_REDIS:-redis://127.0.0.1:6379/0}"
 
 results=()
 for module in "${MODULES[@]}"; do
-  tests="${TESTS[$module]:-}"
+  tests="${MUTATION_TESTS:-${TESTS[$module]:-}}"
   [ -n "$tests" ] || { echo "no test selection for $module" >&2; exit 2; }
   dir="$WORK/$(echo "$module" | tr '/.' '__')"
   rm -rf "$dir" && mkdir -p "$dir"
