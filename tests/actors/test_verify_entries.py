@@ -7,11 +7,12 @@ import anyio
 import anyio.lowlevel
 
 from actors.client import build_command
-from actors.hosting import FRAME, verify_entries
+from actors.hosting import FRAME, inbox_consumer, verify_entries
 from bus import Entry
 from contracts import (
     ContractError,
     Envelope,
+    KasminaConfig,
     KeyRing,
     MemoryNonceGuard,
     Reason,
@@ -94,3 +95,23 @@ async def test_other_tasks_run_between_chunks() -> None:
         await verify_entries(verifier, _batch(ring, 4), "g", chunk=4)
         assert len(single) == before
         stop.set()
+
+
+def test_an_inbox_consumer_reads_with_the_configured_delivery_parameters() -> None:
+    """An actor's inbox consumer reads its inbox for its group under its name, with the batch,
+    block, lease and delivery limit of the config, dead-lettering to the run's dead stream."""
+    config = KasminaConfig.load(
+        env={},
+        overrides={
+            "bus.batch": 7,
+            "bus.block_ms": 123,
+            "bus.lease_ms": 4567,
+            "bus.max_deliveries": 3,
+        },
+    )
+    consumer = inbox_consumer(None, config, "r1", INBOX, "actor:seed:a", "c-1")  # type: ignore[arg-type]
+    assert (consumer.stream, consumer.group, consumer.name) == (INBOX, "actor:seed:a", "c-1")
+    assert (consumer.batch, consumer.block_ms, consumer.lease_ms, consumer.max_deliveries) == (
+        7, 123, 4567, 3,
+    )  # fmt: skip
+    assert consumer.dead_stream == "kasmina:{r1}:dead"
