@@ -3,6 +3,7 @@ singleton, a fan-out over the kind's registry, the ExecutionActor's outbox by ki
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import pytest
@@ -139,3 +140,42 @@ def test_the_execution_outbox_routes_by_kind(run_id: str) -> None:
     }
     for kind, (message, expected) in routes.items():
         assert router.outbox(kind, message, slots) == expected, kind
+
+
+async def test_foreign_routes_are_logged_once_each_naming_five_at_most(
+    bus: Bus, run_id: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Foreign registry members are logged when first seen (the actor kind, the run and the
+    first five names in order), not again while the same ones come back; new ones are logged."""
+    clock = [0.0]
+    monkeypatch.setattr(routing, "monotonic", lambda: clock[0])
+    registry = _key(run_id, "registry:seed")
+    first = [_key("other", f"inbox:seed:s{i}") for i in range(7)]
+    await bus.register(registry, _key(run_id, "inbox:seed:l0.s0"), *first)
+    router = Router(bus, run_id)
+    with caplog.at_level(logging.WARNING, logger="kasmina.actors"):
+        for _ in range(2):
+            await router.inboxes("seed", None)
+            clock[0] += 5.0  # past the cache
+        later = _key("other", "inbox:seed:a0")
+        for members in ([later], first):  # a new name is logged, names seen before are not
+            await bus.delete(registry)
+            await bus.register(registry, _key(run_id, "inbox:seed:l0.s0"), *members)
+            await router.inboxes("seed", None)
+            clock[0] += 5.0
+    lines = [r.getMessage() for r in caplog.records if r.name == "kasmina.actors"]
+    assert len(lines) == 2
+    assert "seed" in lines[0] and run_id in lines[0]
+    assert all(name in lines[0] for name in first[:5]) and first[5] not in lines[0]
+    assert later in lines[1]
+
+
+def test_an_outbox_kind_with_no_route_is_logged_by_name(
+    run_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A kind the outbox cannot route is dropped with a warning naming it."""
+    router = Router(None, run_id)  # type: ignore[arg-type]  # outbox routing reads no bus
+    with caplog.at_level(logging.WARNING, logger="kasmina.actors"):
+        assert router.outbox(kinds.HEARTBEAT, pb.Heartbeat(), ["l0.s0"]) == []
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "kasmina.actors"]
+    assert kinds.HEARTBEAT in line
