@@ -26,6 +26,7 @@ async def test_the_first_taker_holds_the_lease_and_the_second_stands_by(
     """The first lease taken is held (and kept when taken again); a second process's take fails
     and names the holder."""
     first, second = _lease(bus, run_id, "p1"), _lease(bus, run_id, "p2")
+    assert first.holder == ""
     assert await first.take() is True
     assert await first.take() is True
     assert first.holder == ""
@@ -74,7 +75,7 @@ async def test_a_standby_warns_once_per_holder_and_on_taking_over(
     bus: Bus, run_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Standing by logs one warning per holder however often the take is retried, and one more
-    when the lease is taken over."""
+    when the lease is taken over; both name the actor and the holder."""
     first, second = _lease(bus, run_id, "p1"), _lease(bus, run_id, "p2")
     await first.take()
     with caplog.at_level(logging.WARNING, logger="kasmina.actors"):
@@ -85,8 +86,8 @@ async def test_a_standby_warns_once_per_holder_and_on_taking_over(
         await second.take()
     lines = [r.getMessage() for r in caplog.records if r.name == "kasmina.actors"]
     assert len(lines) == 2
-    assert first.token in lines[0] and "standing by" in lines[0]
-    assert first.token in lines[1] and "took over" in lines[1]
+    assert all("seed:l0.s0" in line and first.token in line for line in lines)
+    assert "standing by" in lines[0] and "took over" in lines[1]
 
 
 @pytest.mark.parametrize("backend", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
