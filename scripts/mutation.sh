@@ -54,7 +54,8 @@ tests/actors/test_admission_rules.py tests/system/test_hostile_input.py tests/sy
 tests/system/test_core_reasons.py tests/system/test_storm_metrics.py tests/system/test_admission.py"
   [actors/hosting/housekeeping.py]="tests/system/test_housekeeping.py \
 tests/system/test_barrier_consensus.py tests/system/test_retention_keys.py tests/system/test_ownership.py"
-  [actors/hosting/serving.py]="tests/system/test_ownership.py tests/system/test_log_tamper.py"
+  [actors/hosting/serving.py]="tests/system/test_serving.py tests/system/test_ownership.py \
+tests/system/test_log_tamper.py"
   [actors/shell.py]="tests/system/test_core_reasons.py tests/system/test_log_tamper.py \
 tests/system/test_ownership.py tests/system/test_hostile_input.py"
 )

@@ -199,6 +199,8 @@ class LeasedHost:
                 self._enter(Lifecycle.STOPPING)
             else:
                 failures = 0
+                if self.lifecycle.owns:  # the consumer ended by itself: its bus was closed
+                    self._enter(Lifecycle.STOPPING)
 
     async def _release(self) -> None:
         if self.lifecycle.owns:

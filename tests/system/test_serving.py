@@ -1,0 +1,191 @@
+"""The lease-driven serving loop of a host: it takes the actor's lease, rebuilds, serves its inbox
+and hands the lease back on stop; it stands by while another process holds the lease, rebuilds
+again after losing it, retries a rebuild Redis refused, and ends when its bus is closed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+from google.protobuf.message import Message
+
+from actors.core import Decision
+from actors.hosting import Lifecycle, Meta, OwnershipLease, Router
+from actors.hosting.housekeeping import Housekeeping
+from actors.hosting.serving import LeasedHost
+from bus import Bus, BusUnavailable, Entry, Fenced, open_bus
+from bus.testing import eventually, real_redis_url
+from contracts import KasminaConfig, KeyRing, Signer
+
+pytestmark = pytest.mark.anyio
+
+SLOT = "l0.s0"
+
+
+class Logic:
+    """A core that decides nothing (the host under test never asks it)."""
+
+    name = f"seed:{SLOT}"
+    accepts: frozenset[str] = frozenset()
+
+    def handle(self, kind: str, message: Message, meta: Meta) -> Decision:
+        raise AssertionError("not called")
+
+    def apply(self, decision: Decision) -> None: ...
+
+    def reset(self) -> None: ...
+
+    def fold(self, kind: str, message: Message) -> None: ...
+
+    def digests(self) -> dict[tuple[str, str], bytes]:
+        return {}
+
+
+class Host(LeasedHost):
+    """A host that counts its rebuilds (failing the first ``refusals`` as Redis away) and
+    records the entry ids of each batch (fencing off the first ``fenced`` batches)."""
+
+    def __init__(self, bus: Bus, run: str, process: str) -> None:
+        super().__init__()
+        config = KasminaConfig.load(env={}, overrides={"bus.owner_ttl_s": 0.6})
+        self.logic, self.bus, self.run_id, self.config = Logic(), bus, run, config
+        self.inbox = f"kasmina:{{{run}}}:inbox:seed:{SLOT}"
+        self.group = consumer = f"actor:seed:{SLOT}"
+        self.consumer_name = f"{consumer}:{process}"
+        self.lease = OwnershipLease(
+            bus, run, self.group, process=process, ttl_s=0.6, name=self.logic.name
+        )
+        self.router = Router(bus, run)
+        self.housekeeping = Housekeeping(
+            bus, run, self.inbox, Signer(KeyRing.generate(), "seed"), config, name=self.logic.name,
+            process=process, heartbeat_s=60.0, counters=lambda: (0, {}),
+        )  # fmt: skip
+        self.rebuilds = self.refusals = self.fenced = 0
+        self.batches: list[list[str]] = []
+
+    async def rebuild(self) -> int:
+        self.rebuilds += 1
+        if self.refusals:
+            self.refusals -= 1
+            raise BusUnavailable("away")
+        return 0
+
+    async def _process(self, batch: Sequence[Entry]) -> None:
+        self.batches.append([e.id for e in batch])
+        if self.fenced:
+            self.fenced -= 1
+            raise Fenced("taken")
+
+
+def _lease_key(run: str) -> str:
+    return f"kasmina:{{{run}}}:lease:actor:seed:{SLOT}"
+
+
+@asynccontextmanager
+async def _serving(*hosts: Host) -> AsyncIterator[None]:
+    """Hosts run (each until it serves or stands by), then stopped."""
+    async with anyio.create_task_group() as tg:
+        for host in hosts:
+            await tg.start(host.run)
+        yield
+        for host in hosts:
+            await host.stop()
+
+
+async def test_a_host_rebuilds_serves_and_hands_its_lease_back(bus: Bus, run_id: str) -> None:
+    """Started, a host owns its actor (holds the lease, has rebuilt once, registered its inbox)
+    and serves its inbox;
+    stopped, it has handed the lease back and is stopped."""
+    host = Host(bus, run_id, "p1")
+    assert host.lifecycle is Lifecycle.STARTING and not host.owner
+    async with _serving(host):
+        assert (host.owner, host.rebuilds) == (True, 1)
+        assert await bus.get_value(_lease_key(run_id)) == host.token.encode()
+        assert await bus.members(f"kasmina:{{{run_id}}}:registry:seed") == [host.inbox]
+        entry = await bus.publish(host.inbox, {"x": b"1"})
+        await eventually(lambda: _true(host.batches == [[entry]]))
+    assert (host.lifecycle, host.owner) == (Lifecycle.STOPPED, False)
+    assert await bus.get_value(_lease_key(run_id)) is None
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_a_second_host_stands_by_and_takes_over_when_the_first_stops(
+    bus: Bus, run_id: str
+) -> None:
+    """A second host for the same actor stands by naming the holder, rebuilds nothing and reads
+    nothing; when the first stops it takes the lease, rebuilds and serves."""
+    first, second = Host(bus, run_id, "p1"), Host(bus, run_id, "p2")
+    async with _serving(first, second):
+        assert (second.lifecycle, second.owner, second.standing_by) == (
+            Lifecycle.STANDBY, False, first.token,
+        )  # fmt: skip
+        assert second.rebuilds == 0
+        entry = await bus.publish(first.inbox, {"x": b"1"})
+        await eventually(lambda: _true(first.batches == [[entry]]))
+        await first.stop()
+        await eventually(lambda: _true(second.rebuilds == 1))
+        assert (second.owner, second.standing_by, second.batches) == (True, "", [])
+        assert await bus.get_value(_lease_key(run_id)) == second.token.encode()
+
+
+async def test_a_rebuild_redis_refused_is_retried_before_serving(bus: Bus, run_id: str) -> None:
+    """A host whose rebuild finds Redis away twice tries again until it succeeds, and only then
+    serves."""
+    host = Host(bus, run_id, "p1")
+    host.refusals = 2
+    async with _serving(host):
+        assert (host.rebuilds, host.owner) == (3, True)
+
+
+async def test_a_fenced_commit_makes_the_host_rebuild_and_decide_again(
+    bus: Bus, run_id: str
+) -> None:
+    """A batch whose commit was fenced off leaves the host's state stale: it rebuilds (its lease
+    is still its own) and the same entry comes back to be decided again."""
+    host = Host(bus, run_id, "p1")
+    host.fenced = 1
+    async with _serving(host):
+        entry = await bus.publish(host.inbox, {"x": b"1"})
+        await eventually(lambda: _true(host.batches == [[entry], [entry]]))
+        assert (host.rebuilds, host.owner) == (2, True)
+
+
+async def test_a_lease_taken_by_another_process_sends_the_host_to_standby(
+    bus: Bus, run_id: str
+) -> None:
+    """When another process holds the lease at renewal, the host stands by naming it; once that
+    lease is gone it takes the lease back and rebuilds before serving again."""
+    host = Host(bus, run_id, "p1")
+    async with _serving(host):
+        await bus.set_value(_lease_key(run_id), b"intruder:1", ttl_ms=60_000)
+        await eventually(lambda: _true(host.standing_by == "intruder:1"))
+        assert (host.lifecycle, host.owner) == (Lifecycle.STANDBY, False)
+        await bus.delete(_lease_key(run_id))
+        await eventually(lambda: _true(host.rebuilds == 2))
+        assert host.owner and host.standing_by == ""
+
+
+async def test_a_host_stopped_before_it_ran_does_nothing(bus: Bus, run_id: str) -> None:
+    """A host stopped before its run returns at once from it: no lease taken, nothing rebuilt."""
+    host = Host(bus, run_id, "p1")
+    await host.stop()
+    await host.run()
+    assert (host.lifecycle, host.rebuilds) == (Lifecycle.STOPPED, 0)
+    assert await bus.get_value(_lease_key(run_id)) is None
+
+
+@pytest.mark.parametrize("backend", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_a_closed_bus_ends_the_run(backend: str, run_id: str) -> None:
+    """A host whose bus is closed while it serves stops serving and its run returns."""
+    bus = open_bus(real_redis_url() if backend == "redis" else f"memory://{run_id}")
+    host = Host(bus, run_id, "p1")
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(host.run)
+            await bus.close()
+    assert host.lifecycle is Lifecycle.STOPPED
