@@ -180,7 +180,14 @@ class KasminaClient:
     """Sign and send commands; optionally wait for their outcome; follow the event log."""
 
     def __init__(
-        self, bus: Bus, run: str, signer: Signer, verifier: Verifier, *, retry_s: float = 30.0
+        self,
+        bus: Bus,
+        run: str,
+        signer: Signer,
+        verifier: Verifier,
+        *,
+        retry_s: float = 30.0,
+        poll_s: float = 0.05,
     ) -> None:
         self.bus = bus
         self.run = run
@@ -189,6 +196,7 @@ class KasminaClient:
             verifier.with_replay()
         )  # reading the run's own log: MAC checked, no freshness
         self.retry_s = retry_s
+        self.poll_s = poll_s  # how often wait() reads the outcomes stream
         self.retries = 0  # tries that failed and were retried (or found already written)
 
     async def publish(self, stream: str, message: Message, *, causation_id: str = "") -> str:
@@ -316,7 +324,7 @@ class KasminaClient:
                     )
                     if shed is not None:
                         return _shed_outcome(command_id, *shed)
-                await anyio.sleep(0.05)
+                await anyio.sleep(self.poll_s)
         raise CommandTimeout(
             f"no outcome for command {command_id} within {timeout_s:g} s", last=last
         )
