@@ -4,6 +4,10 @@ command, counts by reason, and a rejection storm raised to the SafetyActor past 
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 
 from actors.client import build_command
@@ -149,3 +153,63 @@ def test_past_the_storm_threshold_the_safety_actor_is_told_once() -> None:
     quiet = Rejections(RUN, "gate", Signer(ring, "gate"))
     assert [len(quiet.record(entry, Reason.INVALID, "x")) for _ in range(6)] == [1] * 6
     assert quiet.counts["invalid"] == 6
+
+
+def test_a_storm_signal_is_caused_by_the_rejection_that_raised_it() -> None:
+    """The reject-storm signal raised by a verified message's rejection names that message as
+    its cause, and the storm is logged as a warning with its detail."""
+    ring = KeyRing.generate()
+    storm = SafetyConfig(reject_storm_count=1, reject_storm_window_s=600, reject_storm_quiet_s=600)
+    rejections = Rejections(RUN, "gate", Signer(ring, "gate"), storm)
+    env = _command(ring)
+    rejections.record(Entry(INBOX, "1-0"), Reason.INVALID, "x", env, outcome=False)
+    with _logged(logging.WARNING) as lines:
+        (_, signal) = rejections.record(
+            Entry(INBOX, "1-1"), Reason.INVALID, "x", env, outcome=False
+        )
+    assert signal.stream == SAFETY and _open(ring, signal).causation_id == env.id
+    assert lines == ["gate: rejection storm"]
+
+
+def test_long_details_of_a_run_are_capped_at_500_characters() -> None:
+    """A run's record and its claimed commands' outcomes keep 500 characters of detail."""
+    ring = KeyRing.generate()
+    rejections = Rejections(RUN, "seed:l0.s0", Signer(ring, "seed:l0.s0"))
+    entries = [Entry(INBOX, "9-0"), Entry(INBOX, "9-1")]
+    record, outcome = rejections.record_run(
+        Reason.OVERLOADED, "z" * 600, entries, [Claim("c-1", "seed.command", "x")]
+    )
+    detail = pb.Rejection.FromString(_open(ring, record).body).detail
+    assert detail == ("2 entries; first: " + "z" * 600)[:500] and len(detail) == 500
+    assert pb.CommandOutcome.FromString(_open(ring, outcome).body).detail == "z" * 500
+
+
+def test_rejections_are_logged_at_debug_with_what_was_refused() -> None:
+    """Each rejection is logged at debug level with the actor, the entry (or the run's count),
+    the reason code and the detail."""
+    ring = KeyRing.generate()
+    rejections = Rejections(RUN, "seed:l0.s0", Signer(ring, "seed:l0.s0"))
+    with _logged(logging.DEBUG) as lines:
+        rejections.record(Entry(INBOX, "5-1"), Reason.INVALID, "bad sender")
+        rejections.record_run(Reason.OVERLOADED, "full", [Entry(INBOX, "9-0")] * 3)
+    assert lines == [
+        "seed:l0.s0 rejected 5-1: invalid bad sender",
+        "seed:l0.s0 rejected 3 entries: overloaded full",
+    ]
+
+
+@contextmanager
+def _logged(level: int) -> Iterator[list[str]]:
+    """The messages the actors' logger emits at ``level`` or above inside the block."""
+    lines: list[str] = []
+    handler = logging.Handler(level)
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("kasmina.actors")
+    old = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
