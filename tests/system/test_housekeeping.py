@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import time
 
+import anyio
 import pytest
 
 from actors.eventlog import LogRecord, read_log
 from actors.hosting import FRAME
 from actors.hosting.housekeeping import Housekeeping, digest_appends, every, trim_inbox
 from bus import Bus, BusClosed, BusUnavailable, parse_id
+from bus.testing import eventually
 from contracts import KasminaConfig, KeyRing, Signer, Verifier, kinds
 from leyline import pb
 
@@ -142,3 +144,67 @@ async def test_every_skips_inactive_turns_and_a_missing_bus_and_ends_on_a_closed
     done.clear()
     await every(0, work, active=lambda: True, running=lambda: next(stops), first_wait=True)
     assert done == [0, 1]
+
+
+async def test_the_running_housekeeping_beats_at_once_and_trims_every_period(
+    bus: Bus, run_id: str
+) -> None:
+    """Run while its host owns the actor, housekeeping beats at once and trims acked entries
+    every ``bus.trim_every_s`` (never before the first period has passed), adding up what each
+    trim took."""
+    ring = KeyRing.generate()
+    config = KasminaConfig.load(
+        env={}, overrides={"bus.inbox_retention_s": 0.0, "bus.trim_every_s": 0.05}
+    )
+    keeper = Housekeeping(
+        bus, run_id, f"kasmina:{{{run_id}}}:inbox:gate", Signer(ring, "gate"), config,
+        name="gate", process="", heartbeat_s=60.0, counters=lambda: (0, {}),
+    )  # fmt: skip
+    for i in range(2):
+        await bus.publish(keeper.inbox, {"x": str(i).encode()})
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(keeper.run, lambda: True, lambda: not stop.is_set())
+        await eventually(lambda: _true(keeper.trimmed == 2))
+        await bus.publish(keeper.inbox, {"x": b"2"})
+        await eventually(lambda: _true(keeper.trimmed == 3))
+        stop.set()
+        tg.cancel_scope.cancel()  # its turns sleep a period before they look again
+    assert len(await _records(bus, f"kasmina:{{{run_id}}}:heartbeats", ring)) == 1
+
+
+async def test_the_first_trim_waits_a_whole_period(bus: Bus, run_id: str) -> None:
+    """With a trim period of a minute, a host that has already beaten twice has trimmed
+    nothing: the first trim comes a period after the start."""
+    ring = KeyRing.generate()
+    config = KasminaConfig.load(env={}, overrides={"bus.inbox_retention_s": 0.0})
+    keeper = Housekeeping(
+        bus, run_id, f"kasmina:{{{run_id}}}:inbox:gate", Signer(ring, "gate"), config,
+        name="gate", process="", heartbeat_s=0.01, counters=lambda: (0, {}),
+    )  # fmt: skip
+    await bus.publish(keeper.inbox, {"x": b"0"})
+    beats = f"kasmina:{{{run_id}}}:heartbeats"
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(keeper.run, lambda: True, lambda: not stop.is_set())
+        await eventually(lambda: _at_least(bus, beats, 2))
+        stop.set()
+        tg.cancel_scope.cancel()
+    assert keeper.trimmed == 0 and len(await bus.range(keeper.inbox)) == 1
+
+
+async def test_ticks_are_counted(bus: Bus, run_id: str) -> None:
+    """Every message the timer sends is counted."""
+    ring = KeyRing.generate()
+    keeper = _keeper(bus, run_id, ring, timer=lambda now: pb.BarrierVote(barrier_step=now))
+    for now in (1, 2, 3):
+        assert await keeper.tick(now_ns=now) is True
+    assert keeper.timed == 3
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _at_least(bus: Bus, stream: str, n: int) -> bool:
+    return len(await bus.range(stream)) >= n
