@@ -4,8 +4,9 @@ again after losing it, retries a rebuild Redis refused, and ends when its bus is
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+import logging
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 
 import anyio
 import pytest
@@ -106,8 +107,9 @@ async def test_a_host_rebuilds_serves_and_hands_its_lease_back(bus: Bus, run_id:
         assert await bus.members(f"kasmina:{{{run_id}}}:registry:seed") == [host.inbox]
         entry = await bus.publish(host.inbox, {"x": b"1"})
         await eventually(lambda: _true(host.batches == [[entry]]))
-    assert (host.lifecycle, host.owner) == (Lifecycle.STOPPED, False)
-    assert await bus.get_value(_lease_key(run_id)) is None
+        await host.stop()  # returns once the run has finished
+        assert (host.lifecycle, host.owner) == (Lifecycle.STOPPED, False)
+        assert await bus.get_value(_lease_key(run_id)) is None
 
 
 async def _true(value: bool) -> bool:
@@ -149,10 +151,12 @@ async def test_a_fenced_commit_makes_the_host_rebuild_and_decide_again(
     is still its own) and the same entry comes back to be decided again."""
     host = Host(bus, run_id, "p1")
     host.fenced = 1
-    async with _serving(host):
-        entry = await bus.publish(host.inbox, {"x": b"1"})
-        await eventually(lambda: _true(host.batches == [[entry], [entry]]))
-        assert (host.rebuilds, host.owner) == (2, True)
+    with _warnings() as lines:
+        async with _serving(host):
+            entry = await bus.publish(host.inbox, {"x": b"1"})
+            await eventually(lambda: _true(host.batches == [[entry], [entry]]))
+            assert (host.rebuilds, host.owner) == (2, True)
+    assert lines == ["seed:l0.s0: lost ownership (a commit was fenced off); standing by"]
 
 
 async def test_a_lease_taken_by_another_process_sends_the_host_to_standby(
@@ -161,13 +165,15 @@ async def test_a_lease_taken_by_another_process_sends_the_host_to_standby(
     """When another process holds the lease at renewal, the host stands by naming it; once that
     lease is gone it takes the lease back and rebuilds before serving again."""
     host = Host(bus, run_id, "p1")
-    async with _serving(host):
-        await bus.set_value(_lease_key(run_id), b"intruder:1", ttl_ms=60_000)
-        await eventually(lambda: _true(host.standing_by == "intruder:1"))
-        assert (host.lifecycle, host.owner) == (Lifecycle.STANDBY, False)
-        await bus.delete(_lease_key(run_id))
-        await eventually(lambda: _true(host.rebuilds == 2))
-        assert host.owner and host.standing_by == ""
+    with _warnings() as lines:
+        async with _serving(host):
+            await bus.set_value(_lease_key(run_id), b"intruder:1", ttl_ms=60_000)
+            await eventually(lambda: _true(host.standing_by == "intruder:1"))
+            assert (host.lifecycle, host.owner) == (Lifecycle.STANDBY, False)
+            await bus.delete(_lease_key(run_id))
+            await eventually(lambda: _true(host.rebuilds == 2))
+            assert host.owner and host.standing_by == ""
+    assert lines[0] == "seed:l0.s0: lost ownership (lease expired or taken over); standing by"
 
 
 async def test_a_host_stopped_before_it_ran_does_nothing(bus: Bus, run_id: str) -> None:
@@ -189,3 +195,17 @@ async def test_a_closed_bus_ends_the_run(backend: str, run_id: str) -> None:
             await tg.start(host.run)
             await bus.close()
     assert host.lifecycle is Lifecycle.STOPPED
+
+
+@contextmanager
+def _warnings() -> Iterator[list[str]]:
+    """The warnings the actors' logger emits inside the block."""
+    lines: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("kasmina.actors")
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
