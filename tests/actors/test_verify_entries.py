@@ -115,3 +115,17 @@ def test_an_inbox_consumer_reads_with_the_configured_delivery_parameters() -> No
         7, 123, 4567, 3,
     )  # fmt: skip
     assert consumer.dead_stream == "kasmina:{r1}:dead"
+
+
+async def test_a_message_is_a_replay_only_within_the_scope_it_was_verified_in() -> None:
+    """The same command verified for two consumer groups passes in each (every actor that reads
+    a stream sees it once); added again and read by the same group, it is a replay."""
+    ring = KeyRing.generate()
+    verifier = Verifier(ring, nonce_guard=MemoryNonceGuard())
+    (entry,) = _batch(ring, 1)
+    (first,) = await verify_entries(verifier, [entry], "actor:seed:a")
+    (other,) = await verify_entries(verifier, [entry], "actor:gate")
+    copy = Entry(INBOX, "2-0", entry.fields)  # the same frame under another entry id
+    (again,) = await verify_entries(verifier, [copy], "actor:gate")
+    assert isinstance(first, Envelope) and isinstance(other, Envelope)
+    assert isinstance(again, ContractError) and again.code == Reason.REPLAYED
