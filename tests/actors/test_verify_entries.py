@@ -118,14 +118,14 @@ def test_an_inbox_consumer_reads_with_the_configured_delivery_parameters() -> No
 
 
 async def test_a_message_is_a_replay_only_within_the_scope_it_was_verified_in() -> None:
-    """The same command verified for two consumer groups passes in each (every actor that reads
-    a stream sees it once); added again and read by the same group, it is a replay."""
+    """Nonces are kept per consumer group: a group admits the first copy of a message it reads,
+    even one another group admitted under another entry, and refuses a further copy."""
     ring = KeyRing.generate()
     verifier = Verifier(ring, nonce_guard=MemoryNonceGuard())
     (entry,) = _batch(ring, 1)
+    copies = [Entry(INBOX, f"2-{i}", entry.fields) for i in range(2)]  # the frame added again
     (first,) = await verify_entries(verifier, [entry], "actor:seed:a")
-    (other,) = await verify_entries(verifier, [entry], "actor:gate")
-    copy = Entry(INBOX, "2-0", entry.fields)  # the same frame under another entry id
-    (again,) = await verify_entries(verifier, [copy], "actor:gate")
+    (other,) = await verify_entries(verifier, [copies[0]], "actor:gate")
+    (again,) = await verify_entries(verifier, [copies[1]], "actor:gate")
     assert isinstance(first, Envelope) and isinstance(other, Envelope)
     assert isinstance(again, ContractError) and again.code == Reason.REPLAYED
