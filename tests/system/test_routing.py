@@ -165,7 +165,7 @@ async def test_foreign_routes_are_logged_once_each_naming_five_at_most(
             clock[0] += 5.0
     lines = [r.getMessage() for r in caplog.records if r.name == "kasmina.actors"]
     assert len(lines) == 2
-    assert "seed" in lines[0] and run_id in lines[0]
+    assert lines[0].startswith(f"ignoring foreign seed routes of run {run_id}: ")
     assert all(name in lines[0] for name in first[:5]) and first[5] not in lines[0]
     assert later in lines[1]
 
@@ -177,5 +177,5 @@ def test_an_outbox_kind_with_no_route_is_logged_by_name(
     router = Router(None, run_id)  # type: ignore[arg-type]  # outbox routing reads no bus
     with caplog.at_level(logging.WARNING, logger="kasmina.actors"):
         assert router.outbox(kinds.HEARTBEAT, pb.Heartbeat(), ["l0.s0"]) == []
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "kasmina.actors"]
-    assert kinds.HEARTBEAT in line
+    lines = [r.getMessage() for r in caplog.records if r.name == "kasmina.actors"]
+    assert lines == ["execution outbox: no route for actor.heartbeat"]
