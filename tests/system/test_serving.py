@@ -209,3 +209,27 @@ def _warnings() -> Iterator[list[str]]:
         yield lines
     finally:
         logger.removeHandler(handler)
+
+
+async def test_stop_cuts_a_standbys_wait_short(bus: Bus, run_id: str) -> None:
+    """A standby waits a third of the lease TTL between tries; stopping it ends the wait at
+    once rather than at the next try."""
+    first, second = Host(bus, run_id, "p1"), Host(bus, run_id, "p2")
+    second.config = KasminaConfig.load(env={}, overrides={"bus.owner_ttl_s": 60.0})
+    async with _serving(first, second):
+        assert (second.lifecycle, second.standing_by) == (Lifecycle.STANDBY, first.token)
+        with anyio.fail_after(5):  # its next try would be 20 s away
+            await second.stop()
+        assert second.lifecycle == Lifecycle.STOPPED
+
+
+@pytest.mark.parametrize("backend", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_a_host_on_a_closed_bus_stops_without_rebuilding(backend: str, run_id: str) -> None:
+    """A host whose bus is already closed returns from its run, stopped, having rebuilt
+    nothing."""
+    bus = open_bus(real_redis_url() if backend == "redis" else f"memory://{run_id}")
+    await bus.close()
+    host = Host(bus, run_id, "p1")
+    with anyio.fail_after(10):
+        await host.run()
+    assert (host.lifecycle, host.rebuilds) == (Lifecycle.STOPPED, 0)
