@@ -16,7 +16,7 @@ from actors.core import Decision
 from actors.hosting import Lifecycle, Meta, OwnershipLease, Router
 from actors.hosting.housekeeping import Housekeeping
 from actors.hosting.serving import LeasedHost
-from bus import Bus, BusUnavailable, Entry, Fenced, open_bus
+from bus import Bus, BusClosed, BusUnavailable, Entry, Fenced, open_bus
 from bus.testing import eventually, real_redis_url
 from contracts import KasminaConfig, KeyRing, Signer
 
@@ -46,7 +46,8 @@ class Logic:
 
 class Host(LeasedHost):
     """A host that counts its rebuilds (failing the first ``refusals`` as Redis away) and
-    records the entry ids of each batch (fencing off the first ``fenced`` batches)."""
+    records the entry ids of each batch (fencing off the first ``fenced`` batches, then failing
+    the next ones' commits with the errors in ``failing``)."""
 
     def __init__(self, bus: Bus, run: str, process: str) -> None:
         super().__init__()
@@ -64,6 +65,7 @@ class Host(LeasedHost):
             process=process, heartbeat_s=60.0, counters=lambda: (0, {}),
         )  # fmt: skip
         self.rebuilds = self.refusals = self.fenced = 0
+        self.failing: list[Exception] = []  # raised by the next batches' commits, in turn
         self.batches: list[list[str]] = []
 
     async def rebuild(self) -> int:
@@ -78,6 +80,8 @@ class Host(LeasedHost):
         if self.fenced:
             self.fenced -= 1
             raise Fenced("taken")
+        if self.failing:
+            raise self.failing.pop(0)
 
 
 def _lease_key(run: str) -> str:
@@ -233,3 +237,27 @@ async def test_a_host_on_a_closed_bus_stops_without_rebuilding(backend: str, run
     with anyio.fail_after(10):
         await host.run()
     assert (host.lifecycle, host.rebuilds) == (Lifecycle.STOPPED, 0)
+
+
+async def test_a_commit_that_found_redis_away_is_decided_again_after_a_rebuild(
+    bus: Bus, run_id: str
+) -> None:
+    """A batch whose commit found Redis away (twice) leaves the host serving: it rebuilds after
+    each failure and the entry, still pending, comes back until it is committed."""
+    host = Host(bus, run_id, "p1")
+    host.failing = [BusUnavailable("away"), BusUnavailable("away")]
+    async with _serving(host):
+        entry = await bus.publish(host.inbox, {"x": b"1"})
+        await eventually(lambda: _true(host.batches == [[entry]] * 3))
+        assert (host.rebuilds, host.owner) == (3, True)
+
+
+async def test_a_commit_that_found_the_bus_closed_stops_the_host(bus: Bus, run_id: str) -> None:
+    """A batch whose commit found the bus closed ends the host's run, stopped."""
+    host = Host(bus, run_id, "p1")
+    host.failing = [BusClosed("closed")]
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(host.run)
+            await bus.publish(host.inbox, {"x": b"1"})
+    assert host.lifecycle == Lifecycle.STOPPED and len(host.batches) == 1
