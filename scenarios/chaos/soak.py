@@ -81,7 +81,9 @@ async def soak(
     on_sample: Callable[[dict[str, Any]], None] | None = None,
 ) -> SoakResult:
     """Run the flood (see module docstring); the clock tolerance, which is how long a nonce
-    outlives its message's stamp, short so the nonce store's plateau shows."""
+    outlives its message's stamp, short so the nonce store's plateau shows. The inboxes'
+    admission bound is set above the publisher's backlog bound plus a batch: every message is
+    decided, none shed as ``overloaded`` (the soak measures memory, not shedding)."""
     base = workdir or Path(tempfile.mkdtemp(prefix="kasmina-soak-"))
     await anyio.Path(base).mkdir(parents=True, exist_ok=True)
     ring = KeyRing.generate()
@@ -92,6 +94,7 @@ async def soak(
             {
                 "security.clock_tolerance_s": tolerance_s,
                 "bus.processed_ttl_s": 2 * tolerance_s,
+                "bus.admission_backlog": 2 * (max_backlog + batch),
             }
         )
     )
