@@ -6,7 +6,10 @@ per turn, and when the entries of its inbox that it has not decided (the batch i
 group's lag) exceed ``bus.admission_backlog``, it sheds the excess: those entries are acked
 without being decided and recorded as ``overloaded`` in one record per shed run, with a count.
 It still verifies ``bus.admission_verify`` entries per turn, so legitimate traffic keeps being
-decided during the flood, and nothing is shed while the backlog stays within the bound.
+decided during the flood, and nothing is shed while the backlog stays within the bound. On a
+bus that sheds inside the store (Redis, :class:`bus.Shedding`) the shells never read the
+excess: the group skips it and its record is written in the same script, and the batch in hand
+is decided whole (:func:`kept_ahead`).
 
 Rejections of one reason that reach ``bus.aggregate_from`` in one batch are recorded as one
 record with a count as well (``Rejection.count``; ``entry_id`` and ``last_entry_id`` bound the
