@@ -192,6 +192,10 @@ class CoreSpec(Generic[S]):
     # give, with ``seq`` one lower. The shell merges the lone events of consecutive decisions of
     # one inbox batch with it (the SeedActor's step-report bookkeeping).
     merge: Callable[[Message, Message], Message | None] | None = None
+    # the state two merged events give, numbered as the merged event: from the state the second
+    # event's decision folded to (``Decision.folded``) and the merged event. A host with it takes
+    # that state instead of folding the merged event again from the state before the first.
+    renumber: Callable[[S, Message], S] | None = None
 
 
 def kind_of(message: Message) -> str:

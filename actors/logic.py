@@ -86,17 +86,21 @@ class PureLogic(Generic[S]):
 
     def merge(self, decision: Decision) -> Message | None:
         """Take ``decision`` (one lone event) into the lone event of the last decision applied
-        with events, when the core merges the two (``CoreSpec.merge``): the state is re-folded
-        from before that event with the merged one, which is returned. None, and nothing done,
-        when they do not merge (then ``apply`` it)."""
-        merge = self.spec.merge
-        if merge is None or self._open is None or not decision.lone:
+        with events, when the core merges the two (``CoreSpec.merge``), and return the merged
+        event. The state is the decision's folded one numbered as the merged event
+        (``CoreSpec.renumber``), else the merged event folded from the state before the open one.
+        None, and nothing done, when they do not merge (then ``apply`` it)."""
+        spec = self.spec
+        if spec.merge is None or self._open is None or not decision.lone:
             return None
         base, previous = self._open
-        merged = merge(previous, decision.events[0])
+        merged = spec.merge(previous, decision.events[0])
         if merged is None:
             return None
-        self.state = self.spec.evolve(base, merged)
+        if spec.renumber is not None and decision.folded is not None:
+            self.state = spec.renumber(decision.folded, merged)
+        else:
+            self.state = spec.evolve(base, merged)
         self._open = (base, merged)
         return merged
 

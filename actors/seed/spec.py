@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from actors.core import CoreSpec
 from actors.seed.core import decide
-from actors.seed.state import SeedState, digest, evolve, initial_state, merge_reports
+from actors.seed.state import SeedState, digest, evolve, initial_state, merge_reports, renumber
 from contracts import kinds
 
 SPEC: CoreSpec[SeedState] = CoreSpec(
@@ -24,4 +24,5 @@ SPEC: CoreSpec[SeedState] = CoreSpec(
     evolve=evolve,
     digest=digest,
     merge=merge_reports,
+    renumber=renumber,
 )

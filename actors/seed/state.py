@@ -44,6 +44,7 @@ __all__ = [
     "from_plain",
     "initial_state",
     "merge_reports",
+    "renumber",
     "to_plain",
 ]
 
@@ -212,7 +213,7 @@ def merge_reports(previous: Message, event: Message) -> pb.LifecycleProgress | N
     ``previous``, with the latest positive ``val_acc`` of the two: folded where ``previous`` was,
     it gives the state the two give (last step, alpha, validation accuracy), one ``seq`` lower.
     """
-    if not (_report_only(previous) and _report_only(event)):
+    if not (_report_only(event) and (previous is _LAST_MERGED[0] or _report_only(previous))):
         return None
     assert isinstance(previous, pb.LifecycleProgress) and isinstance(event, pb.LifecycleProgress)
     if event.seq != previous.seq + 1 or event.step < previous.step or event.slot != previous.slot:
@@ -222,7 +223,13 @@ def merge_reports(previous: Message, event: Message) -> pb.LifecycleProgress | N
     merged.seq = previous.seq
     if merged.val_acc <= 0.0:
         merged.val_acc = previous.val_acc
+    _LAST_MERGED[0] = merged
     return merged
+
+
+# the last merged event: merged again with the run's next report, its own check is not repeated
+# (it holds a report's bookkeeping only, being built from one)
+_LAST_MERGED: list[Message | None] = [None]
 
 
 _FIELDS = SeedState.__slots__
@@ -239,6 +246,22 @@ def _replace(state: SeedState, changes: dict[str, Any]) -> SeedState:
     new: SeedState = _new(SeedState)
     for name, put in _SLOTS:
         put(new, changes[name] if name in changes else getattr(state, name))
+    return new
+
+
+_SET_SEQ = _SLOTS[_FIELDS.index("seq")][1]
+
+
+def renumber(state: SeedState, merged: Message) -> SeedState:
+    """The state two step-report events folded to (``state``), numbered as their merged event
+    (``merge_reports``): the same state one ``seq`` lower, which is what folding the merged event
+    where the first was gives. A copy of the slots, not a second fold of the event."""
+    if not isinstance(merged, pb.LifecycleProgress) or merged.seq != state.seq - 1:
+        raise ReplayError(f"slot {state.slot}: not a merged event numbered before {state.seq}")
+    new: SeedState = _new(SeedState)
+    for name, put in _SLOTS:
+        put(new, getattr(state, name))
+    _SET_SEQ(new, merged.seq)
     return new
 
 

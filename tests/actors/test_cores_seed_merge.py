@@ -4,12 +4,13 @@ gives the state the separate events give (one ``seq`` per merged run), live and 
 from __future__ import annotations
 
 from dataclasses import replace
+from itertools import pairwise
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.core import Decision, Message, fold
+from actors.core import Decision, Message, ReplayError, fold
 from actors.hosting import Meta
 from actors.logic import PureLogic, seed_logic
 from actors.seed import state as seed_state
@@ -149,3 +150,76 @@ def test_merging_changes_nothing_but_the_event_count(plan: list[tuple[object, ..
     assert fold(seed_state.evolve, seed_state.initial_state(SLOT), merged_log) == merging.state
     last_steps = [[step for _, step in _step_events(log)[-1:]] for log in (plain_log, merged_log)]
     assert last_steps[0] == last_steps[1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(_inputs)
+def test_every_merged_state_is_the_full_refold_of_the_log(plan: list[tuple[object, ...]]) -> None:
+    """After every decision, merged or applied, the live state (taken from the decision's fold,
+    renumbered, without folding the merged event again) equals the whole log so far folded from
+    the initial state."""
+    config = KasminaConfig.load(env={}, overrides={"lifecycle.training_steps": 5})
+    logic = seed_logic(SLOT, config)
+    log: list[Message] = []
+    merges = 0
+    for n, item in enumerate(plan):
+        message: Message
+        if item[0] == "report":
+            _, step, alpha, val = item
+            assert isinstance(step, int) and isinstance(alpha, float) and isinstance(val, float)
+            message = _report(step, alpha, val)
+        elif item[0] == "germinate":
+            message = pb.SeedCommand(slot=SLOT, germinate=pb.Germinate(blueprint="mlp"))
+        else:
+            message = _command(str(item[0]))
+        kind = kinds.STEP_REPORT if isinstance(message, pb.StepReport) else kinds.SEED_COMMAND
+        decision = logic.handle(kind, message, _meta(n, kind))
+        merged = logic.merge(decision)
+        if merged is not None:
+            log[-1] = merged
+            merges += 1
+        else:
+            logic.apply(decision)
+            log += decision.events
+        assert fold(seed_state.evolve, seed_state.initial_state(SLOT), log) == logic.state
+    runs = sum(1 for a, b in pairwise(plan) if a[0] == b[0] == "report")
+    assert merges <= runs
+
+
+def test_renumber_takes_the_state_of_the_two_events_one_seq_lower() -> None:
+    """The merged state equals the merged event folded where the first event was; a merged event
+    not numbered just before the state is refused."""
+    start = seed_state.initial_state(SLOT)
+    boot = pb.LifecycleTransition(
+        slot=SLOT, seq=1, from_stage=pb.SEED_STAGE_UNKNOWN, to_stage=pb.SEED_STAGE_DORMANT
+    )
+    base = seed_state.evolve(start, boot)
+    first = pb.LifecycleProgress(slot=SLOT, seq=2, step=3, step_report=True, alpha=0.2, val_acc=0.4)
+    second = pb.LifecycleProgress(slot=SLOT, seq=3, step=5, step_report=True, alpha=0.3)
+    both = seed_state.evolve(seed_state.evolve(base, first), second)
+    merged = merge_reports(first, second)
+    assert merged is not None
+    taken = seed_state.renumber(both, merged)
+    assert taken == seed_state.evolve(base, merged) and taken.seq == 2 and taken.val_acc == 0.4
+    assert taken is not both and both.seq == 3
+    for wrong in (second, boot):
+        try:
+            seed_state.renumber(both, wrong)
+        except ReplayError:
+            continue
+        raise AssertionError(f"renumbered with {wrong}")
+
+
+def test_a_merged_event_is_merged_again_only_with_bare_reports() -> None:
+    """The event a merge returned merges with the next report, but never with an event that
+    carries more than a report's bookkeeping, whichever side it is on."""
+    first = pb.LifecycleProgress(slot=SLOT, seq=2, step=3, step_report=True, alpha=0.2)
+    second = pb.LifecycleProgress(slot=SLOT, seq=3, step=4, step_report=True, alpha=0.3)
+    merged = merge_reports(first, second)
+    assert merged is not None
+    waiting = pb.LifecycleProgress(slot=SLOT, seq=3, step=5, step_report=True, strikes=2)
+    assert merge_reports(merged, waiting) is None and merge_reports(waiting, merged) is None
+    again = merge_reports(
+        merged, pb.LifecycleProgress(slot=SLOT, seq=3, step=6, step_report=True, alpha=0.4)
+    )
+    assert again is not None and (again.seq, again.step, again.alpha) == (2, 6, 0.4)

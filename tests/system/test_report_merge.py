@@ -3,6 +3,8 @@ and a rebuild, a replay and ``replay --verify`` of that log give the live state.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -16,8 +18,10 @@ from actors.logic import PureLogic, seed_logic
 from actors.replay import fold_events, verify_digests
 from actors.shell import ActorShell
 from bus import Append, Bus
-from bus.testing import eventually
+from bus.testing import eventually, real_redis_url
 from contracts import KasminaConfig, KeyRing, Signer, Verifier, kinds, streams
+from kasmina.cli import build_parser
+from kasmina.commands import replay
 from leyline import pb
 
 SLOT = "l0.s0"
@@ -31,11 +35,11 @@ def _report(step: int) -> pb.StepReport:
 
 
 async def _serve(
-    bus: Bus, run: str, ring: KeyRing, inputs: list[Message]
+    bus: Bus, run: str, ring: KeyRing, inputs: list[Message], config: KasminaConfig | None = None
 ) -> tuple[ActorShell, PureLogic[Any]]:
     """A SeedActor shell started on an inbox that already holds ``inputs`` (one batch), stopped
     once it has handled them all."""
-    config = KasminaConfig()
+    config = config or KasminaConfig()
     inbox = streams.inbox(run, "seed", SLOT)
     trainer = Signer(ring, "trainer")
     frames = []
@@ -112,3 +116,41 @@ async def test_a_command_keeps_its_place_between_merged_reports(bus: Bus, run_id
     assert seqs == list(range(1, 6))
     assert logic.state.paused and fold_events(log).seeds[SLOT] == logic.state
     assert verify_digests(log) == []
+
+
+async def test_merged_states_match_a_full_refold_rebuild_and_replay_verify(
+    bus: Bus,
+    run_id: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Runs of reports (some without an accuracy, a stale one), commands and a germination in one
+    batch, with the inbox read a few entries at a time: the live state, taken from each merged
+    decision without a second fold, equals the whole log re-folded, a rebuild and the state
+    ``kasmina replay --verify`` finds with every recorded digest matching."""
+    ring = KeyRing.generate()
+    config = KasminaConfig.load(env={}, overrides={"lifecycle.training_steps": 6, "bus.batch": 5})
+    inputs: list[Message] = [_report(s) for s in range(1, 5)]
+    inputs += [pb.SeedCommand(slot=SLOT, germinate=pb.Germinate(blueprint="mlp"))]
+    inputs += [_report(s) for s in (5, 6, 4, 7)]
+    inputs += [pb.StepReport(step=8, val_accuracy=0.0), pb.SeedCommand(slot=SLOT, pause=pb.Pause())]
+    inputs += [_report(s) for s in range(9, 20)]
+    shell, logic = await _serve(bus, run_id, ring, inputs, config)
+    log = await _log(bus, run_id, ring)
+    merged_away = len(inputs) + 1 - sum(1 for _, k, _ in log if k in kinds.LIFECYCLE_EVENTS)
+    assert merged_away > 0 and fold_events(log).seeds[SLOT] == logic.state
+    assert verify_digests(log) == [] and any(k == kinds.STATE_DIGEST for _, k, _ in log)
+    live = logic.digests()
+    await shell.rebuild()
+    assert logic.digests() == live
+    backend = request.node.callspec.params["bus"]
+    url = real_redis_url() if backend == "redis" else f"{backend}://{run_id}"
+    keys = tmp_path / "keys.json"
+    ring.save(keys)
+    args = build_parser().parse_args(
+        ["replay", url, "--run", run_id, "--keys", str(keys), "--json", "--verify"]
+    )
+    code = await anyio.to_thread.run_sync(replay.run, args)
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert code == 0 and summary["verified"]
