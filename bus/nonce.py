@@ -48,8 +48,9 @@ class RedisNonceGuard:
 
     async def admit_many(self, items: Sequence[tuple[str, str, int]]) -> list[Claim]:
         """``admit`` for a batch of ``(message_id, token, deadline_ms)`` in one round trip."""
+        prefix = f"{self._prefix}nonce:"  # ``key``, inline
         since_ms, found = await self._bus.claim_nonces(
-            self.since_key, [(self.key(m), t, d) for m, t, d in items]
+            self.since_key, [(prefix + m, t, d) for m, t, d in items]
         )
         self.since_ns = since_ms * 1_000_000
         return [_claim(f, t) for f, (_, t, _) in zip(found, items, strict=True)]

@@ -105,6 +105,15 @@ def _raw_reply(response: Any, **_: Any) -> Any:
 def _fields(raw: Any) -> dict[str, bytes]:
     """An entry's fields as ``{name: bytes}``, from redis-py's parsed dict or, for XREADGROUP on a
     client of our own, the flat ``[name1, value1, ...]`` list the server sent."""
+    if type(raw) is list and len(raw) == 2:  # one field (a frame): the common case, no loops
+        name, value = raw
+        if type(name) is bytes and type(value) is bytes:
+            return {name.decode(): value}
+    return _any_fields(raw)
+
+
+def _any_fields(raw: Any) -> dict[str, bytes]:
+    """``_fields`` of any reply shape and value type."""
     if not raw:
         return {}
     if type(raw) is list:

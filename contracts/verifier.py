@@ -38,12 +38,17 @@ from contracts.roles import allowed
 
 __all__ = ["Verifier"]
 
+_FOREVER = 2**63  # past any valid timestamp (``envelope``: ts_ns < 2**63)
+_ADMITTED = frozenset({"new", "redelivered"})  # claims of a message let through (if not too old)
+_Item = tuple[str, str, int]  # what the nonce guard is asked: nonce, token, deadline (Unix ms)
+
 
 class Verifier:
     """Verifies frames: size, shape, key, MAC (before any parse), binding, freshness, kind, nonce."""
 
     __slots__ = (
         "_clock",
+        "_keyed",
         "_max_bytes",
         "_nonce",
         "_registry",
@@ -70,6 +75,8 @@ class Verifier:
         self._max_bytes = max_bytes
         self._replay = replay
         self._registry = registry
+        # key id -> (key, the registered kinds its roles may sign, the time its validity ends)
+        self._keyed: dict[str, tuple[Key, frozenset[str], int]] = {}
 
     @property
     def ring(self) -> KeyRing:
@@ -87,6 +94,7 @@ class Verifier:
         for name in Verifier.__slots__:
             setattr(twin, name, getattr(self, name))
         twin._ring = ring
+        twin._keyed = {}
         return twin
 
     def with_replay(self, replay: bool = True) -> Verifier:
@@ -100,15 +108,12 @@ class Verifier:
         """Check everything but the nonce for a frame read from the stream key ``stream``; return
         the envelope or raise a ContractError (which carries the claimed id)."""
         env = unpack(frame, max_bytes=self._max_bytes)
-        key = self._ring.get(env.key_id)
-        if key is None:
-            raise UnknownKey(f"key id {env.key_id!r}").claim(
-                env.id, env.kind, env.sender, verified=False
-            )
+        keyed = self._keyed.get(env.key_id) or self._key_of(env)
+        key, kinds, until = keyed
         now = self._clock()
         # a key verifies what was stamped while it was valid (replay too), and live only until
-        # it expires; a revoked key is valid at no time
-        if not key.valid_at(env.ts_ns) or (not self._replay and not key.valid_at(now)):
+        # it expires; a revoked key is valid at no time (``Key.valid_at``: before ``until``)
+        if not env.ts_ns < until or (not self._replay and not now < until):
             raise _key_refusal(env, key)
         expected = _hmac_sha256(
             key.secret,
@@ -125,9 +130,22 @@ class Verifier:
         tolerance = self._tolerance_ns
         if not self._replay and not now - tolerance <= env.ts_ns <= now + tolerance:
             raise _time_refusal(env, now, tolerance)
-        if env.kind not in self._registry or env.kind not in allowed(key.roles):
+        if env.kind not in kinds:
             raise _kind_refusal(env, key, self._registry)
         return env
+
+    def _key_of(self, env: Envelope) -> tuple[Key, frozenset[str], int]:
+        """The ring's key that ``env`` names, the registered kinds it may sign and the time its
+        validity ends (0 when revoked), remembered per key id; UnknownKey when there is none."""
+        key = self._ring.get(env.key_id)
+        if key is None:
+            raise UnknownKey(f"key id {env.key_id!r}").claim(
+                env.id, env.kind, env.sender, verified=False
+            )
+        kinds = frozenset(k for k in allowed(key.roles) if k in self._registry)
+        until = 0 if key.revoked_ns is not None else key.expires_ns
+        keyed = self._keyed[env.key_id] = (key, kinds, _FOREVER if until is None else until)
+        return keyed
 
     def deadline_ms(self, env: Envelope) -> int:
         """The message's deadline (Unix ms, rounded up): its timestamp plus the clock tolerance.
@@ -150,12 +168,14 @@ class Verifier:
 
     def _open_all(
         self, frames: Sequence[tuple[bytes, str, str]], scope: str
-    ) -> tuple[list[Envelope | ContractError], list[tuple[int, Envelope, str, str]]]:
-        """``open`` each frame; also ``(index, envelope, nonce, token)`` of those the nonce
-        guard is to judge."""
+    ) -> tuple[list[Envelope | ContractError], list[tuple[int, Envelope]], list[_Item]]:
+        """``open`` each frame; also ``(index, envelope)`` of those the nonce guard is to judge
+        and what it is asked for each: ``(nonce, token, deadline_ms)``."""
         results: list[Envelope | ContractError] = []
-        admit: list[tuple[int, Envelope, str, str]] = []
+        admit: list[tuple[int, Envelope]] = []
+        items: list[_Item] = []
         guarded = not self._replay and self._nonce is not None
+        tolerance = self._tolerance_ns
         for index, (frame, stream, token) in enumerate(frames):
             try:
                 env = self.open(frame, stream=stream)
@@ -164,10 +184,12 @@ class Verifier:
                 continue
             results.append(env)
             if guarded:
-                admit.append(
-                    (index, env, f"{scope}|{env.id}" if scope else env.id, token or env.id)
-                )
-        return results, admit
+                mid = env.id
+                admit.append((index, env))
+                # deadline_ms, inline
+                deadline = -(-(env.ts_ns + tolerance) // 1_000_000)
+                items.append((f"{scope}|{mid}" if scope else mid, token or mid, deadline))
+        return results, admit, items
 
     async def verify_many(
         self, frames: Sequence[tuple[bytes, str, str]], *, scope: str = ""
@@ -176,19 +198,19 @@ class Verifier:
 
         Returns, per frame, the envelope or the ContractError that rejected it (never raises one).
         """
-        results, admit = self._open_all(frames, scope)
+        results, admit, items = self._open_all(frames, scope)
         if not admit or self._nonce is None:
             return results
-        items = [(n, t, self.deadline_ms(env)) for _, env, n, t in admit]
         try:
             claims = await self._nonce.admit_many(items)
         except ContractError as exc:
-            for index, _, _, _ in admit:
+            for index, _ in admit:
                 results[index] = exc
             return results
         since = self._nonce.since_ns
-        for (index, env, _, _), claim in zip(admit, claims, strict=True):
-            results[index] = self._judge(env, claim, since)
+        for (index, env), claim in zip(admit, claims, strict=True):
+            if claim not in _ADMITTED or env.ts_ns < since:  # else ``_judge`` gives ``env``
+                results[index] = self._judge(env, claim, since)
         return results
 
     async def verify(

@@ -189,6 +189,21 @@ def test_fast_packing_matches_redis_py() -> None:
     assert getattr(pool.connection_class, "_kasmina_fast", False)
 
 
+def test_entry_fields_decode_the_same_whatever_the_reply_shape() -> None:
+    """An entry's fields as bytes by name: one field or several, from the flat list the server
+    sends or redis-py's dict, and str or int values of a decoding client turned into bytes."""
+    from bus.redis_codec import _fields
+
+    frame = b"\x00\x9b\xff"
+    assert _fields([b"f", frame]) == {"f": frame} == _fields({b"f": frame})
+    assert _fields([b"f", "text"]) == {"f": b"text"} == _fields(["f", "text"])
+    assert _fields([b"n", 7]) == {"n": b"7"}
+    assert _fields([b"a", b"1", b"b", b"2"]) == {"a": b"1", "b": b"2"}
+    assert _fields([]) == {} == _fields(None)
+    with pytest.raises(ValueError):
+        _fields([b"a", b"1", b"b"])
+
+
 @pytest.mark.redis
 def test_throwaway_server_restart_keeps_aof_data() -> None:
     """redis_server(): kill -9 + restart on the same port reloads the AOF."""

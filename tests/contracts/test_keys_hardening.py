@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from contracts import REGISTRY, KeyRing, KeyRingError, Reason, Signer, Verifier, streams
+from contracts import REGISTRY, KeyRing, KeyRingError, Reason, Signer, Verifier, kinds, streams
 from contracts.errors import ContractError
 from contracts.roles import KINDS_BY_ROLE, ROLES, valid_sender
 from kasmina.cli import main
@@ -151,3 +151,38 @@ def test_cli_revoke_prune_and_list(tmp_path: Path, capsys: pytest.CaptureFixture
     assert KeyRing.load(path).ids() == [KeyRing.load(path).active.id]
     active = KeyRing.load(path).active.id
     assert _cli(["keys", "revoke", path, active], capsys)[0] != 0
+
+
+def test_one_verifier_judges_a_key_it_already_used_at_each_message_and_ring() -> None:
+    """A verifier that has verified with a key still refuses it once its clock passes the key's
+    expiry, and its twin over a ring that revoked the key refuses it, while the verifier over the
+    old ring goes on accepting what the key signed in time."""
+    ring = KeyRing.generate(now_ns=NOW)
+    old = ring.active
+    rotated = ring.rotate(grace_s=10, now_ns=NOW)  # old key expires at NOW + 10 s
+    now = [NOW + 5 * S]
+    live = Verifier(rotated, clock=lambda: now[0], tolerance_s=60)
+    early = _seal(ring, NOW + 5 * S)
+    assert live.open(early, stream=STREAM).key_id == old.id
+    now[0] = NOW + 10 * S
+    assert _reason(live, early) is Reason.EXPIRED_KEY
+    now[0] = NOW + 9 * S
+    assert live.open(early, stream=STREAM).key_id == old.id
+    revoked = live.with_ring(rotated.revoke(old.id, now_ns=NOW + 9 * S))
+    assert _reason(revoked, early) is Reason.REVOKED_KEY
+    assert live.open(early, stream=STREAM).key_id == old.id
+
+
+def test_a_verifier_refuses_a_kind_the_key_may_not_sign_after_accepting_one_it_may() -> None:
+    """Once a key is known to a verifier, each frame's kind is still judged against its roles
+    and the registry: a command passes, an order and an unknown kind from the same key do not."""
+    controller = KeyRing.generate(now_ns=NOW, roles={"controller"})
+    verifier = Verifier(controller, clock=lambda: NOW)
+    assert verifier.open(_seal(controller, NOW), stream=STREAM).kind == "seed.command"
+    assert _reason(verifier, _seal(controller, NOW, kind=kinds.EXEC_ORDER)) is (
+        Reason.FORBIDDEN_KIND
+    )
+    unknown = Signer(controller, "tamiyo", clock=lambda: NOW).seal(
+        "no.such.kind", b"", stream=STREAM
+    )
+    assert _reason(verifier, unknown) is Reason.UNKNOWN_KIND
