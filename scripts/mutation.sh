@@ -56,7 +56,7 @@ tests/system/test_core_reasons.py tests/system/test_storm_metrics.py tests/syste
 tests/system/test_barrier_consensus.py tests/system/test_retention_keys.py tests/system/test_ownership.py"
   [actors/hosting/serving.py]="tests/system/test_serving.py tests/system/test_ownership.py \
 tests/system/test_log_tamper.py"
-  [actors/shell.py]="tests/system/test_core_reasons.py tests/system/test_log_tamper.py \
+  [actors/shell.py]="tests/system/test_shell_checks.py tests/system/test_core_reasons.py tests/system/test_log_tamper.py \
 tests/system/test_ownership.py tests/system/test_hostile_input.py"
 )
 # The property tests (hypothesis, hundreds of examples each) take minutes per surviving mutant on
