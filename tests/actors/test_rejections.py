@@ -213,3 +213,12 @@ def _logged(level: int) -> Iterator[list[str]]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old)
+
+
+def test_a_count_taken_back_is_subtracted() -> None:
+    """Rejections counted and then taken back (a shed the group's move made moot) leave only the
+    rest counted."""
+    rejections = Rejections(RUN, "seed:l0.s0", Signer(KeyRing.generate(), "seed:l0.s0"))
+    rejections.record_run(Reason.OVERLOADED, "full", [Entry(INBOX, f"9-{i}") for i in range(5)])
+    rejections.uncount(Reason.OVERLOADED, 2)
+    assert dict(rejections.counts) == {"overloaded": 3}
