@@ -17,7 +17,7 @@ from actors.hosting import Lifecycle, Meta, OwnershipLease, Router
 from actors.hosting.housekeeping import Housekeeping
 from actors.hosting.serving import LeasedHost
 from bus import Bus, BusClosed, BusUnavailable, Entry, Fenced, open_bus
-from bus.testing import eventually, real_redis_url
+from bus.testing import FaultyBus, eventually, real_redis_url
 from contracts import KasminaConfig, KeyRing, Signer
 
 pytestmark = pytest.mark.anyio
@@ -261,3 +261,27 @@ async def test_a_commit_that_found_the_bus_closed_stops_the_host(bus: Bus, run_i
             await tg.start(host.run)
             await bus.publish(host.inbox, {"x": b"1"})
     assert host.lifecycle == Lifecycle.STOPPED and len(host.batches) == 1
+
+
+async def test_a_renewal_that_found_redis_away_is_retried_at_the_next_period(
+    bus: Bus, run_id: str
+) -> None:
+    """A lease renewal that finds Redis away is tried again a period later: the host renews on,
+    keeps its lease and serves."""
+    faulty = FaultyBus(bus, {"renew_key"}, times=1)
+    host = Host(faulty, run_id, "p1")  # type: ignore[arg-type]
+    async with _serving(host):
+        await eventually(lambda: _true(faulty.calls["renew_key"] >= 3))
+        assert host.owner and faulty.failures == 1
+        assert await bus.get_value(_lease_key(run_id)) == host.token.encode()
+
+
+async def test_a_take_that_found_redis_away_neither_serves_nor_stands_by(
+    bus: Bus, run_id: str
+) -> None:
+    """While taking the lease finds Redis away the host does not rebuild and names no holder;
+    once Redis answers it takes the lease and serves."""
+    faulty = FaultyBus(bus, {"claim_key"}, times=2)
+    host = Host(faulty, run_id, "p1")  # type: ignore[arg-type]
+    async with _serving(host):
+        assert faulty.calls["claim_key"] == 3 and host.rebuilds == 1 and host.owner
