@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from actors.hosting.inbox import FRAME
-from bus import Bus, Entry, Fence, Handled, Shedding
+from bus import Bus, Entry, Fence, Fenced, Handled, Shedding
 from contracts import ContractError, Envelope, Reason, kinds, unpack
 from contracts.config import KasminaConfig
 
@@ -210,7 +210,12 @@ class Admission:
             Reason.OVERLOADED, f"inbox backlog over {bound} entries",
             (shed.stream, shed.first, shed.last, shed.count), claims,
         )  # fmt: skip
-        if not await self.shedder.skip(shed, self.group, appends, fence=fence):
+        try:
+            skipped = await self.shedder.skip(shed, self.group, appends, fence=fence)
+        except Fenced:  # another host holds the lease: nothing was written
+            self.rejections.uncount(Reason.OVERLOADED, shed.count)
+            raise
+        if not skipped:
             self.rejections.uncount(Reason.OVERLOADED, shed.count)  # the group moved: not shed
             return 0
         self.shed += shed.count

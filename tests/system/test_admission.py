@@ -6,12 +6,14 @@ no state."""
 from __future__ import annotations
 
 import anyio
+import pytest
 
 from actors.client import KasminaClient, Outcome, build_command
 from actors.eventlog import LogRecord, read_log
-from actors.hosting.admission import SHED_OUTCOMES
+from actors.hosting.admission import SHED_OUTCOMES, Admission
+from actors.hosting.rejection import Rejections
 from actors.shell import FRAME, ActorShell
-from bus import Append, Bus, Shedding, parse_id
+from bus import Append, Bus, Fence, Fenced, Shedding, parse_id
 from contracts import KasminaConfig, KeyRing, Signer, Verifier, kinds, streams
 from contracts.ids import new_id
 from leyline import pb
@@ -220,3 +222,25 @@ async def test_a_flood_of_the_execution_inbox_is_shed_and_recorded_in_aggregate(
         assert sum(max(1, r.count) for r in mine) == FLOOD and len(mine) <= FLOOD // 8
         assert sim.checkpoint_requests == [("flooded", 0)]
         assert sim.applied_orders  # the germination's order reached the runtime
+
+
+async def test_a_shed_inside_redis_fenced_off_counts_nothing(bus: Bus, run_id: str) -> None:
+    """A host whose lease is gone cannot shed inside Redis: Fenced, nothing written, and neither
+    the overloaded count nor the shed count keeps the run it tried to record."""
+    if not isinstance(bus, Shedding):
+        pytest.skip("the in-memory bus sheds in the actor")
+    config = _config()
+    inbox, group = streams.inbox(run_id, "seed", FLOODED), "actor:seed:" + FLOODED
+    await bus.ensure_group(inbox, group)
+    await bus.publish_many([Append(inbox, {"junk": b"x"}) for _ in range(FLOOD)])
+    batch = await bus.read(inbox, group, "c", count=BATCH, block_ms=0)
+    lease = streams.prefix(run_id) + "lease:test"
+    await bus.set_value(lease, b"someone-else", ttl_ms=60_000)
+    rejections = Rejections(run_id, "seed:" + FLOODED, Signer(KeyRing.generate(), "seed"))
+    admission = Admission(bus, inbox, group, config, rejections, shed_inside=True)
+    before = await bus.info(inbox)
+    with pytest.raises(Fenced):
+        await admission.cut(batch, Fence(lease, "me", 60_000))
+    assert (rejections.counts["overloaded"], admission.shed) == (0, 0)
+    assert await bus.info(inbox) == before
+    assert await bus.range(streams.rejected(run_id)) == []
