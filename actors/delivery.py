@@ -13,6 +13,7 @@ first claimed ids of the run.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from actors.hosting import FRAME
@@ -23,6 +24,7 @@ from leyline import pb
 __all__ = ["shed_record", "since", "written", "written_at"]
 
 _OVERLOADED = Reason.OVERLOADED.value.encode()
+log = logging.getLogger("kasmina.actors")
 
 
 def since(window_s: float) -> str:
@@ -60,7 +62,8 @@ async def shed_record(
         try:
             env = verifier.open(rec.fields.get(FRAME, b""), stream=rec.stream)
             rej = REGISTRY.parse(env.kind, env.body)
-        except ContractError:
+        except ContractError as exc:  # not the actor's record: no outcome, but not unseen
+            log.warning("unverified overloaded record %s: %s", rec.id, exc)
             continue
         if not isinstance(rej, pb.Rejection) or rej.stream != inbox or not rej.count:
             continue
