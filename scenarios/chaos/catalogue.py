@@ -85,7 +85,7 @@ class _Legit:
             sent = time.monotonic()
             try:
                 outcome = await self.client.command(self.slot, "cull", wait=True, timeout_s=60)
-            except CommandTimeout:  # a shed command whose sender was not told (SHED_OUTCOMES)
+            except CommandTimeout:  # no outcome and no shed run covering it within 60 s
                 self.results["no_outcome_60s"] += 1
                 continue
             if isinstance(outcome, Outcome):
