@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from functools import partial
 
 import anyio
 import pytest
@@ -285,3 +286,85 @@ async def test_a_take_that_found_redis_away_neither_serves_nor_stands_by(
     host = Host(faulty, run_id, "p1")  # type: ignore[arg-type]
     async with _serving(host):
         assert faulty.calls["claim_key"] == 3 and host.rebuilds == 1 and host.owner
+
+
+class _Started:
+    """A run's task status that counts the times the run reported it had started."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def started(self, value: object = None) -> None:
+        self.calls += 1
+
+
+async def test_a_host_stopped_while_redis_refuses_its_rebuild_never_reports_started(
+    bus: Bus, run_id: str
+) -> None:
+    """A host stopped while its rebuild keeps finding Redis away ends its run stopped, with the
+    lease handed back, without ever reporting that it started (it has no state to serve)."""
+    host, status = Host(bus, run_id, "p1"), _Started()
+    host.refusals = 1_000_000
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(host.run, task_status=status))  # type: ignore[arg-type]
+            await eventually(lambda: _true(host.rebuilds >= 2))
+            await host.stop()
+    assert (status.calls, host.lifecycle, host.batches) == (0, Lifecycle.STOPPED, [])
+    assert await bus.get_value(_lease_key(run_id)) is None
+
+
+class _ClosingHost(Host):
+    """A host whose bus is closed under it during its rebuild."""
+
+    async def rebuild(self) -> int:
+        self.rebuilds += 1
+        await self.bus.close()
+        raise BusClosed("closed during the rebuild")
+
+
+@pytest.mark.parametrize("backend", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_a_host_whose_bus_closes_during_its_rebuild_stops_unstarted(
+    backend: str, run_id: str
+) -> None:
+    """A host whose bus is closed during its rebuild ends its run stopped after that one rebuild,
+    without ever reporting that it started."""
+    bus = open_bus(real_redis_url() if backend == "redis" else f"memory://{run_id}")
+    host, status = _ClosingHost(bus, run_id, "p1"), _Started()
+    with anyio.fail_after(10):
+        await host.run(task_status=status)  # type: ignore[arg-type]
+    assert (status.calls, host.lifecycle, host.rebuilds) == (0, Lifecycle.STOPPED, 1)
+
+
+async def test_a_cancelled_run_still_hands_the_lease_back(bus: Bus, run_id: str) -> None:
+    """A serving host whose run is cancelled hands its lease back on the way out (another
+    process need not wait for it to expire) and is left ready to be run again."""
+    host = Host(bus, run_id, "p1")
+    async with anyio.create_task_group() as tg:
+        await tg.start(host.run)
+        assert await bus.get_value(_lease_key(run_id)) == host.token.encode()
+        tg.cancel_scope.cancel()
+    assert await bus.get_value(_lease_key(run_id)) is None
+    assert (host.lifecycle, host.owner) == (Lifecycle.STARTING, False)
+
+
+async def test_a_host_stopped_while_it_takes_its_lease_does_not_rebuild(
+    bus: Bus, run_id: str
+) -> None:
+    """A host stopped while it is taking its lease stays stopping once the lease is taken: it
+    rebuilds nothing, reads nothing, and its run returns stopped with the lease handed back."""
+    host = Host(bus, run_id, "p1")
+    take = host.lease.take
+
+    async def take_then_stop() -> bool:
+        taken = await take()
+        tg.start_soon(host.stop)
+        await eventually(lambda: _true(host.lifecycle is Lifecycle.STOPPING))
+        return taken
+
+    host.lease.take = take_then_stop  # type: ignore[method-assign]
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(host.run)
+    assert (host.lifecycle, host.rebuilds, host.batches) == (Lifecycle.STOPPED, 0, [])
+    assert await bus.get_value(_lease_key(run_id)) is None
