@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import struct
+from typing import Any
 from unittest import mock
 
 import torch
@@ -75,3 +77,26 @@ def test_a_slot_without_seed_still_contributes_its_stage_and_alpha() -> None:
     before = state_digest(model, slots)
     slots["s"].alpha.fill_(0.5)
     assert state_digest(model, slots) != before
+
+
+def _digest_in_child(conn: Any) -> None:
+    model, slots = _model_with_seed(CHUNK_BYTES)
+    conn.send(state_digest(model, slots))
+
+
+def test_a_forked_child_hashes_on_a_pool_of_its_own() -> None:
+    """After the parent's hasher threads started, a forked child (where they do not exist) still
+    computes the digest on the pool, the same as the parent's, instead of waiting forever."""
+    model, slots = _model_with_seed(CHUNK_BYTES)  # above the parallel threshold: the pool runs
+    parent = state_digest(model, slots)
+    assert digest._pool is not None
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_digest_in_child, args=(send,))
+    child.start()
+    try:
+        assert receive.poll(60), "the child's digest never came (its pool's threads are gone)"
+        assert receive.recv() == parent
+    finally:
+        child.kill()
+        child.join()
