@@ -83,18 +83,18 @@ async def _malformed(ctx: Ctx) -> None:
 async def _big_flood(ctx: Ctx) -> None:
     """20,000 entries (forged, replayed and malformed mixed) as fast as Redis takes them: a
     backlog far beyond what the actor decides in a turn, so admission sheds its excess."""
-    frames: list[dict[str, bytes]] = []
-    for i in range(20_000):
-        pick = i % 4
-        if pick == 0:
-            frames.append({FRAME: forge(ctx.rng.choice(ctx.captured), ctx.rng)})
-        elif pick == 1:
-            frames.append({FRAME: ctx.rng.choice(ctx.captured)})
-        elif pick == 2:
-            frames.append({FRAME: ctx.rng.randbytes(ctx.rng.randrange(1, 300))})
-        else:
-            frames.append({"junk": b"x"})
-    await ctx.flood(frames)
+    await ctx.flood([_hostile(ctx, i % 4) for i in range(20_000)])
+
+
+def _hostile(ctx: Ctx, pick: int) -> dict[str, bytes]:
+    """One flood entry: 0 a forged frame, 1 a replayed one, 2 a malformed one, else junk."""
+    if pick == 0:
+        return {FRAME: forge(ctx.rng.choice(ctx.captured), ctx.rng)}
+    if pick == 1:
+        return {FRAME: ctx.rng.choice(ctx.captured)}
+    if pick == 2:
+        return {FRAME: ctx.rng.randbytes(ctx.rng.randrange(1, 300))}
+    return {"junk": b"x"}
 
 
 async def _mixed_backlog(ctx: Ctx) -> None:
@@ -105,16 +105,11 @@ async def _mixed_backlog(ctx: Ctx) -> None:
     for _ in range(6):
         frames: list[dict[str, bytes]] = []
         for i in range(2000):
-            pick = i % 4
-            if pick == 0:
-                frames.append({FRAME: forge(ctx.rng.choice(ctx.captured), ctx.rng)})
-            elif pick == 1:
-                frames.append({FRAME: ctx.rng.choice(ctx.captured)})
-            elif pick == 2:
+            if i % 4 == 2:  # a command signed with the attacker's own key
                 cmd = build_command(TARGET, "germinate", blueprint="residual_mlp")
                 frames.append({FRAME: own.seal("seed.command", cmd, stream=ctx.inbox())})
-            else:
-                frames.append({FRAME: ctx.rng.randbytes(ctx.rng.randrange(1, 300))})
+            else:  # forged, replayed, malformed (never junk: every entry looks valid)
+                frames.append(_hostile(ctx, min(i % 4, 2)))
         await ctx.flood(frames)
         await anyio.sleep(0.5)
 
