@@ -282,7 +282,8 @@ return out
 # to last_id (XGROUP SETID, its entries-read counter advanced by count when known) and the appends
 # (the skipped run's record) are written; else nothing is written (a resent call, or the group
 # moved). Returns the number of entries skipped. With a fence, nothing is written unless the
-# fence key holds the token.
+# fence key holds the token, and a resent call finding the group at last_id returns count (only
+# the fence holder moves the group, so its own earlier try did), writing nothing.
 SHED_SKIP = (
     _PARSE
     + _GROUP
@@ -301,7 +302,11 @@ if ARGV[5] ~= '' then
   redis.call('PEXPIRE', fence, ARGV[6])
 end
 local g = group_of(KEYS[1], ARGV[1])
-if not g or g['last-delivered-id'] ~= ARGV[2] then return 0 end
+if not g then return 0 end
+-- under a fence held, a group already at last_id was moved by this owner's own earlier try (a
+-- lost reply): report it applied, writing nothing again
+if ARGV[5] ~= '' and g['last-delivered-id'] == ARGV[3] then return tonumber(ARGV[4]) end
+if g['last-delivered-id'] ~= ARGV[2] then return 0 end
 local read = tonumber(g['entries-read'])
 if read then
   redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], ARGV[3], 'ENTRIESREAD', read + tonumber(ARGV[4]))

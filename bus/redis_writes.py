@@ -114,7 +114,8 @@ class RedisWrites(RedisCore):
     ) -> int:
         """The group moved past ``shed`` and ``appends`` written with it, if its last-delivered
         id is still ``shed.after`` (script SHED_SKIP); the number skipped (0: nothing written).
-        Safe to resend."""
+        Safe to resend: under ``fence``, a resend after a lost reply finds the group at
+        ``shed.last`` and answers ``shed.count`` (written once, by the first try)."""
         keys: dict[str, int] = {shed.stream: 1}
         args: list[Any] = [group, shed.after, shed.last, shed.count, "", 0]
         for a in appends:

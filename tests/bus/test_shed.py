@@ -117,3 +117,28 @@ async def test_skip_under_a_fence_not_held_writes_nothing(redis_url: str, prefix
     finally:
         await bus.delete(s, rec, lease)
         await bus.close()
+
+
+async def test_skip_resent_under_its_fence_reports_the_first_try(
+    redis_url: str, prefix: str
+) -> None:
+    """A skip resent under the fence it holds (its first reply lost) answers the count the first
+    try skipped, and the record stays written once; without a fence a resend answers 0."""
+    bus = open_bus(redis_url)
+    s, rec, lease = prefix + "inbox", prefix + "rejected", prefix + "lease"
+    try:
+        await _inbox(bus, s, 100, read=10)
+        shed = await _shed(bus, s, keep=20)
+        await bus.set_value(lease, b"me", ttl_ms=10_000)
+        fence = Fence(lease, "me", 10_000)
+        assert isinstance(bus, Shedding)
+        record = [Append(rec, {"r": b"overloaded"})]
+        assert await bus.skip(shed, "g", record, fence=fence) == shed.count == 70
+        assert await bus.skip(shed, "g", record, fence=fence) == 70
+        assert await bus.skip(shed, "g", record) == 0
+        assert (await bus.info(rec)).length == 1
+        (group,) = (await bus.info(s)).groups
+        assert (group.last_delivered, group.lag) == (shed.last, 20)
+    finally:
+        await bus.delete(s, rec, lease)
+        await bus.close()
