@@ -78,11 +78,18 @@ def _host(width: int, d_in: int, classes: int) -> nn.Module:
 class _Arm:
     """One configuration: a model, its host optimizer, optionally a runtime."""
 
-    def __init__(self, model: nn.Module, runtime: bool, device: torch.device, probe_every: int):
+    def __init__(
+        self,
+        model: nn.Module,
+        runtime: bool,
+        device: torch.device,
+        probe_every: int,
+        opt: torch.optim.Optimizer | None = None,
+    ):
         self.model = model.to(device)
         self.slots = insert_slots(self.model, SLOT_POINTS) if runtime else {}
         params = host_parameters(self.model, self.slots) if runtime else list(model.parameters())
-        self.opt = torch.optim.Adam(params, lr=1e-3)
+        self.opt = opt if opt is not None else torch.optim.Adam(params, lr=1e-3)
         self.rt: ExecutionRuntime | None = None
         self.step = 0
         if runtime:
@@ -155,13 +162,14 @@ def _arms(
     base: nn.Module, x: torch.Tensor, y: torch.Tensor, dev: torch.device, seed_hidden: int
 ) -> dict[str, _Arm]:
     """The plain host, its A/A twin, the host with dormant slots, and the host with one seed
-    ordered to germinate and train. The first three share the host's parameter tensors (each
-    with its own module objects and optimizer), so where the weights sit in memory, which alone
-    moved a second copy of the plain host by about 4 %, is no difference between them."""
+    ordered to germinate and train. The first three share the host's parameter tensors and one
+    optimizer (each with its own module objects), so where the weights and Adam's moments sit in
+    memory, which alone moved a second copy of the plain host by 1 to 5 %, is no difference
+    between them."""
     base = base.to(dev)
     shared = {id(p): p for p in base.parameters()}
     plain = _Arm(copy.deepcopy(base, dict(shared)), False, dev, 0)
-    dormant = _Arm(copy.deepcopy(base, dict(shared)), True, dev, 0)
+    dormant = _Arm(copy.deepcopy(base, dict(shared)), True, dev, 0, plain.opt)
     seeded = _Arm(copy.deepcopy(base), True, dev, 0)
     assert seeded.rt is not None
     seeded.rt.set_probe_batch((x, y))
@@ -177,7 +185,7 @@ def _arms(
     seeded.rt.submit(
         pb.ExecutionOrder(order_id="t", slot="l2", stage=pb.SEED_STAGE_TRAINING, apply_at_step=1)
     )
-    twin = _Arm(copy.deepcopy(base, dict(shared)), False, dev, 0)
+    twin = _Arm(copy.deepcopy(base, dict(shared)), False, dev, 0, plain.opt)
     return {"plain": plain, "twin": twin, "dormant": dormant, "seeded": seeded}
 
 
