@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from actors.hosting.admission import Claim
 from actors.hosting.inbox import FRAME
-from actors.safety import RejectStorm, note_reject
+from actors.safety import RejectStorm, note_reject, unnote_reject
 from bus import Append, Entry
 from contracts import ContractError, Envelope, Reason, Signer, kinds, streams
 from contracts.config import SafetyConfig
@@ -40,6 +40,8 @@ class Rejections:
         self.counts: Counter[str] = Counter()
         self._storm_config = storm
         self._storm = RejectStorm()
+        # the storm window before and after the last count: what ``uncount`` restores
+        self._undo: tuple[RejectStorm, RejectStorm] | None = None
 
     def record(
         self,
@@ -85,21 +87,30 @@ class Rejections:
         return appends
 
     def uncount(self, code: Reason, n: int) -> None:
-        """Take back ``n`` rejections of ``code`` counted for records that were not written."""
+        """Take back the last count (``n`` rejections of ``code``) for records that were not
+        written: from the counters, and from the storm window, which then stands as it was
+        before that count (a storm signal it raised was in the unwritten appends too)."""
         self.counts[code.value] -= n
+        undo, self._undo = self._undo, None
+        if undo is not None and self._storm is undo[1]:
+            self._storm = undo[0]
+        else:  # counted since (not done by the shells): take the rejections out of the window
+            self._storm = unnote_reject(self._storm, n)
 
     def _count(self, code: Reason, n: int, cause: str) -> list[Append]:
         """Count ``n`` rejections of ``code``; the storm signal they raise, if any."""
         self.counts[code.value] += n
         if self._storm_config is None:
             return []
+        before = self._storm
         self._storm, storm = note_reject(
-            self._storm,
+            before,
             time.monotonic(),
             self._storm_config,
             detail=f"{self.actor}: rejection storm",
             count=n,
         )
+        self._undo = (before, self._storm)
         if storm is None:
             return []
         log.warning("%s", storm.detail)  # too many rejections in the window: tell the SafetyActor

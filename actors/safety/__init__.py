@@ -1,7 +1,7 @@
 """SafetyActor: per-slot circuit breakers, the run-wide emergency stop, reject storms."""
 
 from actors.safety.core import Breaker, SafetyState, decide, digest, evolve, initial_state
-from actors.safety.storm import RejectStorm, note_reject
+from actors.safety.storm import RejectStorm, note_reject, unnote_reject
 
 __all__ = [
     "Breaker",
@@ -12,4 +12,5 @@ __all__ = [
     "evolve",
     "initial_state",
     "note_reject",
+    "unnote_reject",
 ]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from contracts.config import SafetyConfig
 from leyline import pb
 
-__all__ = ["RejectStorm", "note_reject"]
+__all__ = ["RejectStorm", "note_reject", "unnote_reject"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,3 +52,15 @@ def note_reject(
         detail=detail or f"{total} rejections in {config.reject_storm_window_s:g} s",
     )
     return RejectStorm((), tracker.storms + 1, now_s + config.reject_storm_quiet_s), signal
+
+
+def unnote_reject(tracker: RejectStorm, count: int) -> RejectStorm:
+    """``tracker`` with ``count`` rejections taken back from its newest notes (records that were
+    never written): they no longer count towards a storm."""
+    times = list(tracker.times)
+    while count > 0 and times:
+        at, n = times.pop()
+        if n > count:
+            times.append((at, n - count))
+        count -= n
+    return RejectStorm(tuple(times), tracker.storms, tracker.quiet_until)
