@@ -292,13 +292,13 @@ def test_out_of_memory_opens_the_breaker_at_once() -> None:
 
 def test_rejections_taken_back_no_longer_count_towards_a_storm() -> None:
     """``unnote_reject`` takes rejections back from the newest notes: 2 + 3 noted, 4 taken back,
-    leave 1, so 3 more stay quiet at a limit of 4 and one more raises the signal."""
-    cfg = KasminaConfig.load(env={}, overrides={"safety.reject_storm_count": 4}).safety
+    leave 1, so 9 more stay quiet at a limit of 10 and one more raises the signal."""
+    cfg = KasminaConfig.load(env={}, overrides={"safety.reject_storm_count": 10}).safety
     tracker, _ = safety.note_reject(safety.RejectStorm(), 1.0, cfg, count=2)
     tracker, _ = safety.note_reject(tracker, 2.0, cfg, count=3)
     tracker = safety.unnote_reject(tracker, 4)
     assert tracker.times == ((1.0, 1),)
-    tracker, quiet = safety.note_reject(tracker, 3.0, cfg, count=3)
+    tracker, quiet = safety.note_reject(tracker, 3.0, cfg, count=9)
     assert quiet is None
     assert safety.note_reject(tracker, 4.0, cfg)[1] is not None
     assert safety.unnote_reject(tracker, 99).times == ()
