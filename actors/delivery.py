@@ -51,7 +51,9 @@ async def shed_record(
     """The verified ``overloaded`` record of ``run`` whose range covers ``entry`` (its inbox and
     id), read from the rejected stream after ``cursor`` (None: from the entry's millisecond on,
     since a record of it is written later): (its entry id and message, or None; the new cursor).
-    Only records whose plain ``reason`` field says ``overloaded`` are verified."""
+    Only records whose plain ``reason`` field says ``overloaded`` are verified, and only one
+    signed by the actor that reads ``inbox`` (sender and ``actor`` both name it) is believed:
+    any actor's key may sign a rejection, but only the inbox's own actor sheds it."""
     inbox, entry_id = entry
     mine = parse_id(entry_id)
     start = f"({cursor}" if cursor else f"{mine[0]}-0"
@@ -67,6 +69,23 @@ async def shed_record(
             continue
         if not isinstance(rej, pb.Rejection) or rej.stream != inbox or not rej.count:
             continue
-        if parse_id(rej.entry_id) <= mine <= parse_id(rej.last_entry_id or rej.entry_id):
-            return (rec.id, rej), cursor
+        if not parse_id(rej.entry_id) <= mine <= parse_id(rej.last_entry_id or rej.entry_id):
+            continue
+        forged = _not_the_shedder(env.sender, rej, inbox)
+        if forged:  # signed by a key that may sign records, but not by the inbox's actor
+            log.warning("forged overloaded record %s (%s): %s", rec.id, Reason.INVALID, forged)
+            continue
+        return (rec.id, rej), cursor
     return None, cursor or start.lstrip("(")
+
+
+def _not_the_shedder(sender: str, record: pb.Rejection, inbox: str) -> str:
+    """Why a shed run's record of ``inbox`` signed by ``sender`` is not its actor's ("": it is)."""
+    actor = streams.inbox_actor(inbox)
+    if actor is None:
+        return f"{inbox} is not an inbox"
+    if sender != actor or record.actor != actor:
+        return (
+            f"signed by {sender!r} for actor {record.actor!r}, not by the inbox's actor {actor!r}"
+        )
+    return ""

@@ -177,6 +177,10 @@ class Signer:
         """Who signs."""
         return self._sender
 
+    def as_sender(self, sender: str) -> Signer:
+        """A signer with the same keys and clock that signs as ``sender``."""
+        return Signer(self._ring, sender, clock=self._clock)
+
     def seal(
         self,
         kind: str,

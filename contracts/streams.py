@@ -61,6 +61,19 @@ def inbox_key(run: str, actor: str, name: str) -> str | None:
     return key if SLOT_RE.match(key) else None
 
 
+def inbox_actor(stream: str) -> str | None:
+    """The name of the actor that reads the inbox ``stream`` (``seed:SLOT``, ``gate``,
+    ``execution:RANK``, ...), or None if ``stream`` is not an inbox."""
+    try:
+        _, dest = address(stream)
+    except ValueError:
+        return None
+    kind, _, key = dest.removeprefix("inbox:").partition(":")
+    if not dest.startswith("inbox:") or kind not in ACTOR_KINDS:
+        return None
+    return f"{kind}:{key}" if key else kind
+
+
 def events(run: str) -> str:
     """The append-only event stream of a run (every state change)."""
     return f"{prefix(run)}events"

@@ -27,13 +27,15 @@ OUTCOMES_MAXLEN = 100_000
 class Rejections:
     """The rejections of one actor: ``counts`` by reason code, and the appends that record one.
 
+    Records are signed as ``actor`` (``signer``'s keys): a client believes a shed run's record
+    only from the actor that reads the inbox it covers (:func:`actors.delivery.shed_record`).
     ``storm`` (the safety thresholds) enables rejection-storm signals; None records only."""
 
     def __init__(
         self, run: str, actor: str, signer: Signer, storm: SafetyConfig | None = None
     ) -> None:
         self.actor = actor
-        self.signer = signer
+        self.signer = signer if signer.sender == actor else signer.as_sender(actor)
         self.stream = streams.rejected(run)
         self.outcomes = streams.outcomes(run)
         self.safety_inbox = streams.inbox(run, "safety")
