@@ -23,7 +23,7 @@ from .api import (
     watermark_key,
 )
 from .backoff import backoff_s
-from .consumer import Consumer
+from .consumer import Batch, Consumer, contiguous
 from .errors import BusClosed, BusError, BusProtocolError, BusUnavailable, Fenced
 from .factory import REDIS_SCHEMES, is_redis_url, open_bus, redact_url
 from .memory import MemoryBus, MemoryStore
@@ -37,6 +37,7 @@ __all__ = [
     "DEAD_MAXLEN",
     "REDIS_SCHEMES",
     "Append",
+    "Batch",
     "Bus",
     "BusClosed",
     "BusError",
@@ -63,6 +64,7 @@ __all__ = [
     "StreamInfo",
     "aiter_entries",
     "backoff_s",
+    "contiguous",
     "is_redis_url",
     "next_id",
     "open_bus",

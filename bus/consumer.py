@@ -16,7 +16,24 @@ from .api import Bus, Entry
 from .backoff import backoff_s
 from .errors import BusClosed, BusUnavailable
 
-__all__ = ["Consumer"]
+__all__ = ["Batch", "Consumer", "contiguous"]
+
+
+class Batch(list[Entry]):
+    """Entries handed out together. ``contiguous``: one read of new entries, nothing screened
+    out, so they follow each other in the stream with no other entry between them (a re-read of
+    pending entries or a claim can leave gaps: entries acked or held by others in between)."""
+
+    __slots__ = ("contiguous",)
+
+    def __init__(self, entries: list[Entry], *, contiguous: bool = False) -> None:
+        super().__init__(entries)
+        self.contiguous = contiguous
+
+
+def contiguous(entries: object) -> bool:
+    """Whether ``entries`` is a :class:`Batch` known to follow each other in its stream."""
+    return isinstance(entries, Batch) and entries.contiguous
 
 
 class Consumer:
@@ -111,7 +128,10 @@ class Consumer:
                     self.stream, self.group, self.name, count=self.batch, block_ms=block
                 )
         self._scope = None
-        return await self._screen(entries) if entries else None
+        if not entries:
+            return None
+        live = await self._screen(entries)
+        return Batch(live, contiguous=len(live) == len(entries))
 
     async def batches(self) -> AsyncIterator[list[Entry]]:
         """Batches of live entries until :meth:`close` (or the bus is closed)."""

@@ -205,7 +205,7 @@ class ExecutionActor:
             (kept if _never_shed(e) else shed).append(e)
         items = await self._take_batch([*kept, *batch[cut:]])
         if shed:
-            items += self.admission.shed_items(shed)
+            items += self.admission.shed_items(shed, batch)
         return items
 
     async def _take_batch(self, batch: Sequence[Entry]) -> list[Handled]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from actors.hosting.inbox import FRAME
-from bus import Bus, Entry, Fence, Fenced, Handled, Shedding
+from bus import Bus, Entry, Fence, Fenced, Handled, Shedding, contiguous
 from contracts import ContractError, Envelope, Reason, kinds, unpack
 from contracts.config import KasminaConfig
 
@@ -43,6 +43,7 @@ __all__ = [
     "claims_of",
     "group_lag",
     "kept_ahead",
+    "runs_in",
     "shed_count",
 ]
 
@@ -187,8 +188,8 @@ class Admission:
         if self.shedder is not None:
             await self._shed_ahead(len(batch), fence)
             return 0
-        if len(batch) <= cfg.admission_verify:
-            return 0
+        if len(batch) <= cfg.admission_verify or not contiguous(batch):
+            return 0  # a re-read or claim may have gaps: its record could name ids not shed
         lag = await group_lag(self.bus, self.inbox, self.group)
         return shed_count(len(batch), lag, bound=cfg.admission_backlog, verify=cfg.admission_verify)
 
@@ -221,12 +222,34 @@ class Admission:
         self.shed += shed.count
         return shed.count
 
-    def shed_items(self, entries: Sequence[Entry]) -> list[Handled]:
-        """``entries`` acked undecided, recorded as one ``overloaded`` run (with an unverified
-        outcome for the first commands they claim to be)."""
+    def shed_items(
+        self, entries: Sequence[Entry], batch: Sequence[Entry] | None = None
+    ) -> list[Handled]:
+        """``entries`` acked undecided, recorded as ``overloaded``: one record per run of them
+        that follow each other in ``batch`` (a contiguous one; default: ``entries`` are one
+        run), so a record covers exactly the ids shed; an unverified outcome for the first
+        commands they claim to be rides on the first record."""
         self.shed += len(entries)
         limit = self.config.security.max_message_bytes
         detail = f"inbox backlog over {self.config.bus.admission_backlog} entries"
         claims = claims_of(entries, FRAME, limit)
-        appends = self.rejections.record_run(Reason.OVERLOADED, detail, entries, claims)
-        return [Handled(e, self.group, appends if n == 0 else ()) for n, e in enumerate(entries)]
+        items: list[Handled] = []
+        for run in runs_in(entries, entries if batch is None else batch):
+            appends = self.rejections.record_run(Reason.OVERLOADED, detail, run, claims)
+            claims = []
+            items += [Handled(e, self.group, appends if n == 0 else ()) for n, e in enumerate(run)]
+        return items
+
+
+def runs_in(entries: Sequence[Entry], batch: Sequence[Entry]) -> list[list[Entry]]:
+    """``entries`` (a subsequence of ``batch``) split into runs of entries adjacent in
+    ``batch``."""
+    position = {e.id: n for n, e in enumerate(batch)}
+    runs: list[list[Entry]] = []
+    for entry in entries:
+        at = position[entry.id]
+        if runs and position[runs[-1][-1].id] == at - 1:
+            runs[-1].append(entry)
+        else:
+            runs.append([entry])
+    return runs

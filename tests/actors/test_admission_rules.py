@@ -15,10 +15,11 @@ from actors.hosting.admission import (
     claim_of,
     claims_of,
     kept_ahead,
+    runs_in,
     shed_count,
 )
 from actors.hosting.rejection import Rejections
-from bus import Entry, open_bus
+from bus import Append, Batch, Entry, open_bus
 from contracts import ContractError, KasminaConfig, KeyRing, Reason, Signer, streams
 from contracts.errors import BadFrame, UnknownKey
 
@@ -165,3 +166,36 @@ def test_a_shed_run_is_recorded_once_with_its_first_entry(n: int) -> None:
     assert [len(i.appends) > 0 for i in items] == [True] + [False] * (n - 1)
     assert {a.stream for a in items[0].appends} == {streams.rejected(run)}
     assert rejections.counts[Reason.OVERLOADED.value] == n
+
+
+def test_shed_entries_split_into_runs_adjacent_in_their_batch() -> None:
+    """Entries shed around kept ones are recorded as separate runs, each exactly the ids it
+    covers: 0,1 | 3 | 5,6 of a batch of 7 (2 and 4 kept), with the claims on the first."""
+    batch = _entries(7)
+    shed = [batch[i] for i in (0, 1, 3, 5, 6)]
+    assert [[e.id for e in run] for run in runs_in(shed, batch)] == [
+        ["1-0", "1-1"],
+        ["1-3"],
+        ["1-5", "1-6"],
+    ]
+    rejections = Rejections("r1", "seed:a", Signer(KeyRing.generate(), "seed:a"))
+    admission = Admission(open_bus("memory://"), INBOX, "g", KasminaConfig(), rejections)
+    items = admission.shed_items(shed, batch)
+    assert [len(i.appends) > 0 for i in items] == [True, False, True, True, False]
+    assert rejections.counts[Reason.OVERLOADED.value] == 5 and admission.shed == 5
+
+
+async def test_a_batch_not_known_contiguous_is_not_cut() -> None:
+    """A full batch over the bound is cut only when it is one read of new entries: a plain
+    list (a re-read, a claim) is decided whole."""
+    config = KasminaConfig.load(
+        env={}, overrides={"bus.batch": 4, "bus.admission_backlog": 4, "bus.admission_verify": 1}
+    )
+    bus = open_bus("memory://")
+    await bus.ensure_group(INBOX, "g")
+    await bus.publish_many([Append(INBOX, {"k": b"v"}) for _ in range(12)])
+    entries = await bus.read(INBOX, "g", "c", count=4, block_ms=0)
+    rejections = Rejections("r1", "seed:a", Signer(KeyRing.generate(), "seed:a"))
+    admission = Admission(bus, INBOX, "g", config, rejections)
+    assert await admission.cut(list(entries)) == 0
+    assert await admission.cut(Batch(list(entries), contiguous=True)) == 3

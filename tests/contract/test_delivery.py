@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from bus import Append, Bus, Consumer, Entry, Handled, processed_key
+from bus import Append, Bus, Consumer, Entry, Handled, contiguous, processed_key
 from bus.testing import backdate, drop_payload, eventually
 
 pytestmark = pytest.mark.anyio
@@ -294,3 +294,21 @@ async def test_claim_key_set_once(bus: Bus, prefix: str) -> None:
     k = prefix + "nonce:1"
     assert await bus.claim_key(k, "a", 60_000) is None
     assert await bus.claim_key(k, "b", 60_000) == "a"
+
+
+async def test_only_a_batch_of_new_entries_is_marked_contiguous(bus: Bus, prefix: str) -> None:
+    """A re-read of the consumer's pending entries (acked ones between them) is not marked
+    contiguous; the next read of new entries is, and holds them in stream order."""
+    s = prefix + "in"
+    await bus.ensure_group(s, "g")
+    ids = await bus.publish_many([Append(s, f(i)) for i in range(8)])
+    first = await bus.read(s, "g", "c", count=4, block_ms=0)
+    await bus.commit([Handled(first[1], "g"), Handled(first[2], "g")])
+    consumer = Consumer(bus, s, "g", "c", batch=4, block_ms=20, dead_stream=prefix + "dead")
+    seen: list[tuple[list[str], bool]] = []
+    with anyio.fail_after(10):
+        async for batch in consumer.batches():
+            seen.append(([e.id for e in batch], contiguous(batch)))
+            if len(seen) == 2:
+                break
+    assert seen == [([ids[0], ids[3]], False), (ids[4:], True)]
