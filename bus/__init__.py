@@ -5,6 +5,7 @@ from __future__ import annotations
 from .api import (
     DEAD_FIELDS,
     DEAD_MAXLEN,
+    SHED_BUDGET,
     Append,
     Bus,
     Entry,
@@ -36,6 +37,7 @@ __all__ = [
     "DEAD_FIELDS",
     "DEAD_MAXLEN",
     "REDIS_SCHEMES",
+    "SHED_BUDGET",
     "Append",
     "Batch",
     "Bus",

@@ -245,32 +245,62 @@ local function group_of(stream, name)
 end
 """
 
-# KEYS: stream. ARGV: group, keep, limit, max_claims, max_bytes, needle, field.
+# KEYS: stream. ARGV: group, keep, limit, max_claims, max_bytes, needle, field, budget.
 # The entries after the group's last-delivered id but the newest ``keep``, at most ``limit``,
-# oldest first (counted from the ids, not from the group's lag counter). Returns
-# {n, last_delivered, first_id, last_id, then id, frame of the first max_claims of them whose
-# ``field`` is at most max_bytes long and holds ``needle``}; {0} when there are none.
+# oldest first. Returns {n, last_delivered, first_id, last_id, then id, frame of the first
+# max_claims of them whose ``field`` is at most max_bytes long and holds ``needle``}; {0} when
+# there are none. The entries (the ones to shed, then the kept ones) are counted from the ids,
+# walked in pages from the oldest; the walk stops once ``budget`` bytes (ids, names and values)
+# have been read, so a backlog of large entries costs a bounded amount per call. A walk the
+# budget stops before it reaches the kept ones relies on the group's lag counter to know that
+# the entries it read are not among the newest ``keep`` (fewer are shed, the rest by later
+# calls); without a lag it sheds nothing.
 SHED = (
     _GROUP
     + """
 local g = group_of(KEYS[1], ARGV[1])
 if not g then return {0} end
-local keep, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
-local rows = redis.call('XRANGE', KEYS[1], '(' .. g['last-delivered-id'], '+', 'COUNT', keep + limit)
-local n = math.min(#rows - keep, limit)
-if n <= 0 then return {0} end
-local out = {n, g['last-delivered-id'], rows[1][1], rows[n][1]}
-local want, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
-for i = 1, n do
-  if (#out - 4) / 2 >= want then break end
-  local f = rows[i][2]
-  for j = 1, #f, 2 do
-    if f[j] == ARGV[7] and #f[j + 1] <= max_bytes and string.find(f[j + 1], ARGV[6], 1, true) then
-      out[#out + 1] = rows[i][1]
-      out[#out + 1] = f[j + 1]
-      break
+local keep, limit, want = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local max_bytes, budget = tonumber(ARGV[5]), tonumber(ARGV[8])
+local span = keep + limit
+local ids, found = {}, {}
+local start, spent, page, ended = '(' .. g['last-delivered-id'], 0, 1, false
+while #ids < span and spent < budget do
+  local ask = math.min(page, span - #ids)
+  local rows = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', ask)
+  for _, row in ipairs(rows) do
+    local f, size, claimed = row[2], #row[1], #found >= 2 * want
+    for j = 1, #f, 2 do
+      size = size + #f[j] + #f[j + 1]
+      if not claimed and f[j] == ARGV[7] and #f[j + 1] <= max_bytes
+          and string.find(f[j + 1], ARGV[6], 1, true) then
+        found[#found + 1] = #ids + 1
+        found[#found + 1] = f[j + 1]
+        claimed = true
+      end
     end
+    ids[#ids + 1] = row[1]
+    spent = spent + size
   end
+  if #rows < ask then
+    ended = true
+    break
+  end
+  start = '(' .. rows[#rows][1]
+  page = math.max(1, math.min(256, math.floor((budget - spent) * #ids / spent)))
+end
+local n = 0
+if ended or #ids >= span then
+  n = math.min(#ids - keep, limit)
+elseif tonumber(g['lag']) then
+  n = math.min(tonumber(g['lag']) - keep, #ids)
+end
+if n <= 0 then return {0} end
+local out = {n, g['last-delivered-id'], ids[1], ids[n]}
+for i = 1, #found, 2 do
+  if found[i] > n then break end
+  out[#out + 1] = ids[found[i]]
+  out[#out + 1] = found[i + 1]
 end
 return out
 """

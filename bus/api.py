@@ -286,6 +286,9 @@ class Bus(Protocol):
     async def close(self) -> None: ...
 
 
+SHED_BUDGET = 4 << 20  # bytes of entries one shed call reads inside the store, about at most
+
+
 @dataclass(frozen=True, slots=True)
 class ShedRange:
     """Entries of ``stream`` a group may skip: ``count`` of them, ``first`` to ``last``, the
@@ -305,7 +308,7 @@ class Shedding(Protocol):
 
     async def shed(
         self, stream: str, group: str, *, keep: int, limit: int,
-        claims: int, needle: bytes, max_bytes: int, field: str,
+        claims: int, needle: bytes, max_bytes: int, field: str, budget: int = SHED_BUDGET,
     ) -> ShedRange: ...  # fmt: skip
 
     async def skip(

@@ -8,6 +8,7 @@ from typing import Any
 
 from .api import (
     DEAD_MAXLEN,
+    SHED_BUDGET,
     Append,
     Entry,
     Fence,
@@ -93,12 +94,13 @@ class RedisWrites(RedisCore):
 
     async def shed(
         self, stream: str, group: str, *, keep: int, limit: int,
-        claims: int, needle: bytes, max_bytes: int, field: str,
+        claims: int, needle: bytes, max_bytes: int, field: str, budget: int = SHED_BUDGET,
     ) -> ShedRange:  # fmt: skip
         """The entries after the group's last-delivered id but the newest ``keep`` (at most
-        ``limit``, oldest first), read inside Redis (script SHED): their count and bounds, and
-        the first ``claims`` whose ``field`` holds ``needle``. Changes nothing."""
-        args: list[Any] = [group, keep, limit, claims, max_bytes, needle, field]
+        ``limit``, oldest first, and fewer once about ``budget`` bytes of them have been read),
+        read inside Redis (script SHED): their count and bounds, and the first ``claims`` whose
+        ``field`` holds ``needle``. Changes nothing."""
+        args: list[Any] = [group, keep, limit, claims, max_bytes, needle, field, budget]
         raw = await self._call(lambda: self._shed(keys=[stream], args=args))
         n = int(raw[0])
         if not n:

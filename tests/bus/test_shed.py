@@ -142,3 +142,84 @@ async def test_skip_resent_under_its_fence_reports_the_first_try(
     finally:
         await bus.delete(s, rec, lease)
         await bus.close()
+
+
+async def _large_inbox(bus: Bus, stream: str, n: int, size: int) -> list[str]:
+    """``n`` entries of about ``size`` bytes each (every 3rd holding the needle) after one
+    delivered small entry (the batch in hand), whose id is not returned."""
+    await bus.ensure_group(stream, "g")
+    await bus.publish(stream, {"m": b"in hand"})
+    assert len(await bus.read(stream, "g", "c", count=1, block_ms=0)) == 1
+    blob = b"x" * size
+    return await bus.publish_many(
+        [Append(stream, {"m": (NEEDLE if i % 3 == 0 else b"") + blob}) for i in range(n)]
+    )
+
+
+async def test_shed_of_large_entries_reads_about_its_budget_per_call(
+    redis_url: str, prefix: str
+) -> None:
+    """200 entries of 64 KiB, keep 10, a budget of 1 MiB: one call names only the oldest
+    entries that fit in about the budget (never the whole backlog, 12.8 MiB), the claims among
+    them; skipping call after call sheds exactly the 190 one unbounded call would, in order."""
+    bus = open_bus(redis_url)
+    s, size, budget = prefix + "inbox", 64 << 10, 1 << 20
+    assert isinstance(bus, Shedding)
+    try:
+        ids = await _large_inbox(bus, s, 200, size)
+        shed: list[str] = []
+        for _ in range(200):
+            got = await bus.shed(
+                s, "g", keep=10, limit=4096, claims=3, needle=NEEDLE, max_bytes=1 << 20,
+                field="m", budget=budget,
+            )  # fmt: skip
+            if not got.count:
+                break
+            assert 1 <= got.count <= budget // size + 1
+            at = len(shed)
+            assert (got.first, got.last) == (ids[at], ids[at + got.count - 1])
+            assert [c.id for c in got.claims] == [
+                i for i in ids[at : at + got.count] if ids.index(i) % 3 == 0
+            ][:3]
+            assert await bus.skip(got, "g", []) == got.count
+            shed += ids[at : at + got.count]
+        assert shed == ids[:190]
+        (group,) = (await bus.info(s)).groups
+        assert (group.last_delivered, group.lag) == (ids[189], 10)
+    finally:
+        await bus.delete(s)
+        await bus.close()
+
+
+async def test_shed_without_a_known_lag_counts_from_the_ids(redis_url: str, prefix: str) -> None:
+    """An entry deleted after the group's position makes Redis's lag unknown: small entries are
+    still named exactly as with it (the newest ``keep`` counted from the ids); large ones whose
+    kept part the budget cannot reach are not shed at all, and nothing moves."""
+    bus = open_bus(redis_url)
+    s, big = prefix + "inbox", prefix + "big"
+    try:
+        ids = await _inbox(bus, s, 2000, read=256)
+        client = bus.client  # type: ignore[attr-defined]
+        await client.xdel(s, ids[1500])
+        (group,) = await client.xinfo_groups(s)
+        assert group["lag"] is None  # as Redis reports it (bus.info says at least 1)
+        left = [i for i in ids[256:] if i != ids[1500]]
+        shed = await _shed(bus, s, keep=768)
+        assert (shed.count, shed.after, shed.first, shed.last) == (
+            len(left) - 768,
+            ids[255],
+            left[0],
+            left[len(left) - 769],
+        )
+        large = await _large_inbox(bus, big, 60, 64 << 10)
+        await client.xdel(big, large[-1])
+        before = await bus.info(big)
+        assert isinstance(bus, Shedding)
+        none = await bus.shed(
+            big, "g", keep=40, limit=4096, claims=3, needle=NEEDLE, max_bytes=1 << 20,
+            field="m", budget=1 << 20,
+        )  # fmt: skip
+        assert none.count == 0 and await bus.info(big) == before
+    finally:
+        await bus.delete(s, big)
+        await bus.close()
