@@ -42,6 +42,7 @@ class PureLogic(Generic[S]):
         self.accepts = spec.accepts
         self.config = config
         self._decide = spec.decide
+        self._fast = spec.fast
         self.state: S = spec.initial(key)
         self.now_step = 0
         self._timed_ns = -TIMER_REPEAT_NS
@@ -58,6 +59,10 @@ class PureLogic(Generic[S]):
                 return Decision.refuse(Reason.UNKNOWN_SLOT, f"{slot} sent to {self.key}")
         if isinstance(message, pb.StepReport):
             self.now_step = max(self.now_step, int(message.step))
+        if self._fast is not None:  # decided without a Context (reads no clock)
+            fast = self._fast(self.state, message, self.config)
+            if fast is not None:
+                return fast
         ctx = Context(
             now_step=self.now_step,
             message_id=meta.envelope.id,

@@ -59,6 +59,8 @@ log = logging.getLogger("kasmina.actors")
 QUARANTINE_MAXLEN = 10_000
 SENDER = "[A-Za-z0-9_.:-]{1,128}"
 YIELD_EVERY = 16  # entries decided between turns given to the other actors of the process
+IdPair = tuple[int, int]  # an entry id, parsed (``bus.parse_id``)
+Checked = Envelope | ContractError | None  # a verified entry, its refusal, or no frame field
 
 
 class ActorShell(LeasedHost):
@@ -113,6 +115,7 @@ class ActorShell(LeasedHost):
         self._high: tuple[int, int] | None = None  # highest inbox id decided since the rebuild
         self._opens: dict[int, tuple[Message, str]] = {}  # lone events not sealed yet (by item)
         self._open_at: int | None = None  # the one the next lone event may merge into
+        self._merge = getattr(logic, "merge", None)  # takes a lone event into the open one
 
     # -- what tests and status read -------------------------------------------------------------
     @property
@@ -229,7 +232,7 @@ class ActorShell(LeasedHost):
         except ContractError as exc:
             return self._reject(entry, exc.code, exc.detail, env), None
         if self._took_lone(decision, at, env.id):  # its event is sealed at the batch's end
-            return Handled(entry, self.group), decision
+            return Handled(entry, self.group, (), env.id), decision
         appends: list[Append] = []
         if decision.rejected is not None:  # the decision's own outcome records say it, if any
             appends += self.rejections.record(
@@ -261,7 +264,7 @@ class ActorShell(LeasedHost):
             if decision.events:
                 self._open_at = None
             return False
-        merge, open_at = getattr(self.logic, "merge", None), self._open_at
+        merge, open_at = self._merge, self._open_at
         merged = merge(decision) if merge is not None and open_at is not None else None
         if merged is None or open_at is None:
             self.logic.apply(decision)
@@ -292,7 +295,8 @@ class ActorShell(LeasedHost):
             await self.rebuild()
         # the excess beyond the bound is shed (inside Redis, or the batch's oldest entries)
         cut = await self.admission.cut(batch, self.lease.fence)
-        handled, decided = await self._decide_batch(batch[cut:])
+        ids = [parse_id(e.id) for e in batch]
+        handled, decided = await self._decide_batch(batch[cut:], ids[cut:])
         if cut:
             handled += self.admission.shed_items(batch[:cut])
             decided += [False] * cut
@@ -300,18 +304,21 @@ class ActorShell(LeasedHost):
         # committed is no longer pending, and its item comes back False with nothing written.
         results = await self.bus.commit(handled, fence=self.lease.fence)
         self.processed += len(handled)
-        high = max(parse_id(e.id) for e in batch)
+        high = max(ids)
         self._high = high if self._high is None else max(self._high, high)
         if any(not ok and d for ok, d in zip(results, decided, strict=True)):
             # a redelivered message was already committed: our tentative state double-counted it
             await self.rebuild()
 
-    async def _decide_batch(self, batch: Sequence[Entry]) -> tuple[list[Handled], list[bool]]:
-        """Each entry verified, decided and turned into its commit item (plus whether it went
-        through decide), with the state digests after the batch's last change."""
+    async def _decide_batch(
+        self, batch: Sequence[Entry], ids: Sequence[IdPair]
+    ) -> tuple[list[Handled], list[bool]]:
+        """Each entry (``ids``: their ids parsed) verified, decided and turned into its commit
+        item (plus whether it went through decide), with the state digests after the batch's last
+        change."""
         self._opens, self._open_at = {}, None
         checked_all = await self._verify(batch)
-        done = await self._committed_before(batch, checked_all)
+        done = await self._committed_before(batch, ids, checked_all)
         runs = aggregated(batch, checked_all, threshold=self.config.bus.aggregate_from)
         handled: list[Handled] = []
         decided: list[bool] = []  # the item went through decide (and may have changed the state)
@@ -356,24 +363,23 @@ class ActorShell(LeasedHost):
         return Handled(entry, self.group, (), dedupe_key=checked.id)
 
     async def _committed_before(
-        self, batch: Sequence[Entry], checked: Sequence[Envelope | ContractError | None]
+        self, batch: Sequence[Entry], ids: Sequence[IdPair], checked: Sequence[Checked]
     ) -> set[str]:
         """Entry ids of ``batch`` whose message this actor already committed.
 
         Only an entry at or below the highest id decided since the rebuild (a rewound group, a
         pending re-read), or any entry of the first batch after a rebuild, can be one; for those
         the commit markers (written atomically with each commit) are read, in one round trip."""
-        ids: list[str] = []
+        high = self._high
+        found: list[str] = []
         keys: list[str] = []
-        for entry, env in zip(batch, checked, strict=True):
-            if not isinstance(env, Envelope):
+        for entry, at, env in zip(batch, ids, checked, strict=True):
+            if (high is not None and at > high) or not isinstance(env, Envelope):
                 continue
-            if self._high is not None and parse_id(entry.id) > self._high:
-                continue
-            ids.append(entry.id)
+            found.append(entry.id)
             keys.append(processed_key(entry.stream, self.group, env.id))
-        values = await self.bus.get_values(keys)
-        return {entry_id for entry_id, value in zip(ids, values, strict=True) if value}
+        values = await self.bus.get_values(keys) if keys else []
+        return {entry_id for entry_id, value in zip(found, values, strict=True) if value}
 
     # -- housekeeping -------------------------------------------------------------------------
     async def trim_inbox(self, now_ms: int | None = None) -> int:
@@ -389,6 +395,6 @@ class ActorShell(LeasedHost):
 def _keyed(item: Handled, checked: Envelope | ContractError | None) -> Handled:
     """``item`` marked with its message id: committed ids are marked with the commit, so a
     rewound group (XGROUP SETID) or a re-added entry is never decided twice."""
-    if isinstance(checked, Envelope):
+    if item.dedupe_key is None and isinstance(checked, Envelope):
         return Handled(item.entry, item.group, item.appends, dedupe_key=checked.id)
     return item

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from actors.core import Context, Decision, Message
 from actors.seed.builder import Builder
+from actors.seed.fast import report_progress
 from actors.seed.lifecycle import (
     ACTIVE,
     EXIT_GATE,
@@ -50,7 +51,7 @@ from actors.seed.wait import Wait
 from contracts import evidence as ev
 from leyline import pb
 
-__all__ = ["decide"]
+__all__ = ["decide", "decide_general"]
 
 
 _IN_STAGE_ORDERS = frozenset(
@@ -66,6 +67,13 @@ _PAUSABLE = ACTIVE | {pb.SEED_STAGE_DORMANT}
 
 def decide(state: SeedState, msg: Message, ctx: Context) -> Decision:
     """Decide what one message means for this slot."""
+    fast = report_progress(state, msg, ctx.config)  # most reports only advance the progress
+    return fast if fast is not None else decide_general(state, msg, ctx)
+
+
+def decide_general(state: SeedState, msg: Message, ctx: Context) -> Decision:
+    """``decide`` without its fast path (:mod:`actors.seed.fast`): every message through the
+    :class:`Builder`."""
     b = Builder(state, ctx)
     if b.state.stage == pb.SEED_STAGE_UNKNOWN:
         b.transition(pb.SEED_STAGE_DORMANT, "bootstrap")

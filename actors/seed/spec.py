@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from actors.core import CoreSpec
 from actors.seed.core import decide
+from actors.seed.fast import report_progress
 from actors.seed.state import SeedState, digest, evolve, initial_state, merge_reports, renumber
 from contracts import kinds
 
@@ -24,5 +25,6 @@ SPEC: CoreSpec[SeedState] = CoreSpec(
     evolve=evolve,
     digest=digest,
     merge=merge_reports,
+    fast=report_progress,
     renumber=renumber,
 )
