@@ -57,8 +57,8 @@ class PureLogic(Generic[S]):
             slot = getattr(message, _SLOT)
             if slot != self.key:
                 return Decision.refuse(Reason.UNKNOWN_SLOT, f"{slot} sent to {self.key}")
-        if isinstance(message, pb.StepReport):
-            self.now_step = max(self.now_step, int(message.step))
+        if isinstance(message, pb.StepReport) and message.step > self.now_step:
+            self.now_step = int(message.step)
         if self._fast is not None:  # decided without a Context (reads no clock)
             fast = self._fast(self.state, message, self.config)
             if fast is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -31,12 +32,14 @@ from actors.hosting import (
     OwnershipLease,
     Rejections,
     Router,
+    committed_before,
     finite,
     inbox_consumer,
     verify_entries,
 )
 from actors.hosting.admission import Admission, Run, aggregated
 from actors.hosting.housekeeping import Housekeeping, digest_appends
+from actors.hosting.inbox import Checked, IdPair
 from actors.hosting.rejection import OUTCOMES_MAXLEN
 from actors.hosting.serving import LeasedHost
 from bus import (
@@ -45,7 +48,6 @@ from bus import (
     Entry,
     Handled,
     parse_id,
-    processed_key,
 )
 from contracts import REGISTRY, ContractError, Envelope, Reason, Signer, Verifier, streams
 from contracts.config import KasminaConfig
@@ -59,8 +61,6 @@ log = logging.getLogger("kasmina.actors")
 QUARANTINE_MAXLEN = 10_000
 SENDER = "[A-Za-z0-9_.:-]{1,128}"
 YIELD_EVERY = 16  # entries decided between turns given to the other actors of the process
-IdPair = tuple[int, int]  # an entry id, parsed (``bus.parse_id``)
-Checked = Envelope | ContractError | None  # a verified entry, its refusal, or no frame field
 
 
 class ActorShell(LeasedHost):
@@ -219,9 +219,9 @@ class ActorShell(LeasedHost):
             return self._reject(entry, Reason.NON_FINITE, "non-finite value in message", checked)
         return message
 
-    async def _handle(
-        self, entry: Entry, checked: Envelope | ContractError | None, at: int
-    ) -> tuple[Handled, Decision | None]:
+    def _decide(self, entry: Entry, checked: Checked, at: int) -> tuple[Handled | None, Any]:
+        """The commit item of one entry and its decision (None: rejected before decide); no
+        item yet (None) for a decision that is not a lone event: :meth:`_finish` builds it."""
         message = self._check(entry, checked)
         if isinstance(message, Handled):
             return message, None
@@ -233,6 +233,11 @@ class ActorShell(LeasedHost):
             return self._reject(entry, exc.code, exc.detail, env), None
         if self._took_lone(decision, at, env.id):  # its event is sealed at the batch's end
             return Handled(entry, self.group, (), env.id), decision
+        return None, decision
+
+    async def _finish(self, entry: Entry, env: Envelope, decision: Decision) -> Handled:
+        """The commit item of a decision that is not a lone event: its refusal recorded, its
+        events applied and signed, its outcomes, messages (routed) and telemetry."""
         appends: list[Append] = []
         if decision.rejected is not None:  # the decision's own outcome records say it, if any
             appends += self.rejections.record(
@@ -245,7 +250,7 @@ class ActorShell(LeasedHost):
             for m in decision.outcomes
         ]
         if decision.rejected is not None:
-            return Handled(entry, self.group, appends), decision
+            return Handled(entry, self.group, appends)
         for out in decision.outgoing:  # one frame per destination
             targets = await self.router.inboxes(out.to, out.key)
             appends += [self._append(s, out.message, env.id) for s in targets]
@@ -253,7 +258,7 @@ class ActorShell(LeasedHost):
         appends += [
             self._append(self.telemetry_stream, m, env.id, maxlen) for m in decision.telemetry
         ]
-        return Handled(entry, self.group, appends), decision
+        return Handled(entry, self.group, appends)
 
     def _took_lone(self, decision: Decision, at: int, cause: str) -> bool:
         """Take a decision of one event and nothing else: applied, or its event merged into the
@@ -318,7 +323,7 @@ class ActorShell(LeasedHost):
         change."""
         self._opens, self._open_at = {}, None
         checked_all = await self._verify(batch)
-        done = await self._committed_before(batch, ids, checked_all)
+        done = await committed_before(self.bus, self.group, batch, ids, checked_all, self._high)
         runs = aggregated(batch, checked_all, threshold=self.config.bus.aggregate_from)
         handled: list[Handled] = []
         decided: list[bool] = []  # the item went through decide (and may have changed the state)
@@ -334,7 +339,9 @@ class ActorShell(LeasedHost):
                 handled.append(self._duplicate(entry, checked))
                 decided.append(False)
             else:
-                item, decision = await self._handle(entry, checked, len(handled))
+                item, decision = self._decide(entry, checked, len(handled))
+                if item is None:  # not a lone event: refusal, routing, outcomes
+                    item = await self._finish(entry, checked, decision)  # type: ignore[arg-type]
                 if decision is not None and decision.events:
                     last_change = len(handled)
                     last_cause = checked.id if isinstance(checked, Envelope) else ""
@@ -361,25 +368,6 @@ class ActorShell(LeasedHost):
         self.duplicates += 1
         assert isinstance(checked, Envelope)
         return Handled(entry, self.group, (), dedupe_key=checked.id)
-
-    async def _committed_before(
-        self, batch: Sequence[Entry], ids: Sequence[IdPair], checked: Sequence[Checked]
-    ) -> set[str]:
-        """Entry ids of ``batch`` whose message this actor already committed.
-
-        Only an entry at or below the highest id decided since the rebuild (a rewound group, a
-        pending re-read), or any entry of the first batch after a rebuild, can be one; for those
-        the commit markers (written atomically with each commit) are read, in one round trip."""
-        high = self._high
-        found: list[str] = []
-        keys: list[str] = []
-        for entry, at, env in zip(batch, ids, checked, strict=True):
-            if (high is not None and at > high) or not isinstance(env, Envelope):
-                continue
-            found.append(entry.id)
-            keys.append(processed_key(entry.stream, self.group, env.id))
-        values = await self.bus.get_values(keys) if keys else []
-        return {entry_id for entry_id, value in zip(found, values, strict=True) if value}
 
     # -- housekeeping -------------------------------------------------------------------------
     async def trim_inbox(self, now_ms: int | None = None) -> int:

@@ -7,7 +7,14 @@ the lease-driven serving loop of the shells (:mod:`actors.hosting.serving`).
 these parts; neither keeps a copy of its own.
 """
 
-from actors.hosting.inbox import FRAME, Meta, finite, inbox_consumer, verify_entries
+from actors.hosting.inbox import (
+    FRAME,
+    Meta,
+    committed_before,
+    finite,
+    inbox_consumer,
+    verify_entries,
+)
 from actors.hosting.lease import OwnershipLease
 from actors.hosting.lifecycle import Lifecycle
 from actors.hosting.logic import ActorLogic
@@ -24,6 +31,7 @@ __all__ = [
     "OwnershipLease",
     "Rejections",
     "Router",
+    "committed_before",
     "finite",
     "inbox_consumer",
     "verify_entries",

@@ -12,14 +12,26 @@ import anyio.lowlevel
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from bus import Bus, Consumer, Entry
+from bus import Bus, Consumer, Entry, processed_key
 from contracts import ContractError, Envelope, Verifier, streams
 from contracts.config import KasminaConfig
 
-__all__ = ["FRAME", "VERIFY_CHUNK", "Meta", "finite", "inbox_consumer", "verify_entries"]
+__all__ = [
+    "FRAME",
+    "VERIFY_CHUNK",
+    "Checked",
+    "IdPair",
+    "Meta",
+    "committed_before",
+    "finite",
+    "inbox_consumer",
+    "verify_entries",
+]
 
 FRAME = "m"  # the stream field holding the signed frame
 VERIFY_CHUNK = 64  # entries verified between turns given to the other actors of the process
+IdPair = tuple[int, int]  # an entry id, parsed (``bus.parse_id``)
+Checked = Envelope | ContractError | None  # a verified entry, its refusal, or no frame field
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +89,31 @@ async def verify_entries(
     return out
 
 
+async def committed_before(
+    bus: Bus,
+    group: str,
+    batch: Sequence[Entry],
+    ids: Sequence[IdPair],
+    checked: Sequence[Checked],
+    high: IdPair | None,
+) -> set[str]:
+    """Entry ids of ``batch`` (``ids``: parsed) whose message ``group`` already committed.
+
+    Only an entry at or below ``high``, the highest id decided since the rebuild (a rewound
+    group, a pending re-read), or any entry when there is none (the first batch after a
+    rebuild), can be one; for those the commit markers (written atomically with each commit) are
+    read, in one round trip."""
+    found: list[str] = []
+    keys: list[str] = []
+    for entry, at, env in zip(batch, ids, checked, strict=True):
+        if (high is not None and at > high) or not isinstance(env, Envelope):
+            continue
+        found.append(entry.id)
+        keys.append(processed_key(entry.stream, group, env.id))
+    values = await bus.get_values(keys) if keys else []
+    return {entry_id for entry_id, value in zip(found, values, strict=True) if value}
+
+
 _FLOATS = frozenset({FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT})
 _MESSAGE = FieldDescriptor.TYPE_MESSAGE
 # How a field is checked: one float, repeated floats, one message, repeated messages, a map's
@@ -103,11 +140,11 @@ def _plan(desc: Descriptor) -> tuple[tuple[str, int], ...]:
 
 
 def _floats_finite(values: Iterable[float]) -> bool:
-    return all(isfinite(v) for v in values)
+    return all(map(isfinite, values))
 
 
 def _subs_finite(messages: Iterable[Message]) -> bool:
-    return all(finite(m) for m in messages)
+    return all(map(finite, messages))
 
 
 def _held_finite(value: Any, how: int) -> bool:
