@@ -228,6 +228,9 @@ class CoreSpec(Generic[S]):
     # advances the slot's progress): exactly what ``decide`` returns for it, or None when the
     # message needs ``decide``. A host asks it first and builds the Context only when it says None.
     fast: Callable[[S, Message, KasminaConfig], Decision | None] | None = None
+    # a merged event that never reached the log (the entry carrying it was committed by
+    # another shell), numbered to follow the state; None when the state makes it stale
+    reissue: Callable[[S, Message], Message | None] | None = None
 
 
 def kind_of(message: Message) -> str:

@@ -70,13 +70,7 @@ class PureLogic(Generic[S]):
             now_s=time.time(),
         )
         decision = self._decide(self.state, message, ctx)
-        if kind == kinds.SEED_COMMAND and decision.rejected is None:
-            refused = [e for e in decision.events if isinstance(e, pb.LifecycleRefused)]
-            if refused:  # an illegal command: explicit event and a counted rejection
-                return replace(
-                    decision, rejected=Reason.ILLEGAL_TRANSITION, detail=refused[0].reason
-                )
-        return decision
+        return _counted(decision) if kind == kinds.SEED_COMMAND else decision
 
     def apply(self, decision: Decision) -> None:
         if decision.events:
@@ -109,6 +103,12 @@ class PureLogic(Generic[S]):
         self._open = (base, merged)
         return merged
 
+    def reissue(self, event: Message) -> Message | None:
+        """A merged event kept out of the log, numbered to follow the state
+        (``CoreSpec.reissue``), or None (stale, or the core reissues nothing)."""
+        spec = self.spec
+        return None if spec.reissue is None else spec.reissue(self.state, event)
+
     def reset(self) -> None:
         self.state = self.spec.initial(self.key)
         self._open = None
@@ -128,6 +128,17 @@ class PureLogic(Generic[S]):
         if message is not None:
             self._timed_ns = now_ns
         return message
+
+
+def _counted(decision: Decision) -> Decision:
+    """A command's decision, with an illegal command (its ``lifecycle.refused`` event) also a
+    counted rejection."""
+    if decision.rejected is not None:
+        return decision
+    refused = [e for e in decision.events if isinstance(e, pb.LifecycleRefused)]
+    if not refused:
+        return decision
+    return replace(decision, rejected=Reason.ILLEGAL_TRANSITION, detail=refused[0].reason)
 
 
 def seed_logic(slot: str, config: KasminaConfig) -> PureLogic[Any]:

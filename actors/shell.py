@@ -40,6 +40,7 @@ from actors.hosting import (
 from actors.hosting.admission import Admission, Run, aggregated
 from actors.hosting.housekeeping import Housekeeping, digest_appends
 from actors.hosting.inbox import Checked, IdPair
+from actors.hosting.merging import OpenEvents
 from actors.hosting.rejection import OUTCOMES_MAXLEN
 from actors.hosting.serving import LeasedHost
 from bus import (
@@ -113,9 +114,7 @@ class ActorShell(LeasedHost):
         self.quarantined: set[str] = set()  # event entry ids this actor could not fold
         self.duplicates = 0  # deliveries of messages already committed (a rewound group, ...)
         self._high: tuple[int, int] | None = None  # highest inbox id decided since the rebuild
-        self._opens: dict[int, tuple[Message, str]] = {}  # lone events not sealed yet (by item)
-        self._open_at: int | None = None  # the one the next lone event may merge into
-        self._merge = getattr(logic, "merge", None)  # takes a lone event into the open one
+        self.merging = OpenEvents(logic)  # the batch's lone events, merged where they may be
 
     # -- what tests and status read -------------------------------------------------------------
     @property
@@ -231,7 +230,7 @@ class ActorShell(LeasedHost):
             decision = self.logic.handle(env.kind, message, Meta(env, entry.id, entry.stream))
         except ContractError as exc:
             return self._reject(entry, exc.code, exc.detail, env), None
-        if self._took_lone(decision, at, env.id):  # its event is sealed at the batch's end
+        if self.merging.take(decision, at, env.id):  # its event is sealed at the batch's end
             return Handled(entry, self.group, (), env.id), decision
         return None, decision
 
@@ -260,36 +259,6 @@ class ActorShell(LeasedHost):
         ]
         return Handled(entry, self.group, appends)
 
-    def _took_lone(self, decision: Decision, at: int, cause: str) -> bool:
-        """Take a decision of one event and nothing else: applied, or its event merged into the
-        batch's open one when the logic merges the two, the merged event then riding on this
-        entry's item (docs/design.md, "Step-report bookkeeping"). False for any other decision
-        (one with events ends the open run)."""
-        if not decision.lone:
-            if decision.events:
-                self._open_at = None
-            return False
-        merge, open_at = self._merge, self._open_at
-        merged = merge(decision) if merge is not None and open_at is not None else None
-        if merged is None or open_at is None:
-            self.logic.apply(decision)
-            event = decision.events[0]
-        else:
-            del self._opens[open_at]
-            event = merged
-        self._opens[at] = (event, cause)
-        self._open_at = at
-        return True
-
-    def _seal_opens(self, handled: list[Handled]) -> None:
-        """Each open event of the batch signed onto the item of the last entry it covers."""
-        for at, (event, cause) in self._opens.items():
-            item = handled[at]
-            sealed = self._append(self.events_stream, event, cause)
-            handled[at] = Handled(item.entry, item.group, [*item.appends, sealed], item.dedupe_key)
-        self._opens = {}
-        self._open_at = None
-
     def _with_digests(self, item: Handled, env_id: str) -> Handled:
         """``item`` plus the state digests as they stand now (after the batch's last change)."""
         records = digest_appends(self.events_stream, self.signer, self.logic.digests(), env_id)
@@ -311,7 +280,8 @@ class ActorShell(LeasedHost):
         self.processed += len(handled)
         high = max(ids)
         self._high = high if self._high is None else max(self._high, high)
-        if any(not ok and d for ok, d in zip(results, decided, strict=True)):
+        lost = self.merging.committed(results)  # a merged event kept out of the log is owed
+        if lost or any(not ok and d for ok, d in zip(results, decided, strict=True)):
             # a redelivered message was already committed: our tentative state double-counted it
             await self.rebuild()
 
@@ -321,13 +291,13 @@ class ActorShell(LeasedHost):
         """Each entry (``ids``: their ids parsed) verified, decided and turned into its commit
         item (plus whether it went through decide), with the state digests after the batch's last
         change."""
-        self._opens, self._open_at = {}, None
         checked_all = await self._verify(batch)
         done = await committed_before(self.bus, self.group, batch, ids, checked_all, self._high)
         runs = aggregated(batch, checked_all, threshold=self.config.bus.aggregate_from)
         handled: list[Handled] = []
         decided: list[bool] = []  # the item went through decide (and may have changed the state)
-        last_change, last_cause = -1, ""
+        reissued = self.merging.start(reissue=bool(batch))  # owed events ride on the first item
+        last_change, last_cause = (0, reissued[-1][1]) if reissued else (-1, "")
         for n, (entry, checked) in enumerate(zip(batch, checked_all, strict=True)):
             if n % YIELD_EVERY == YIELD_EVERY - 1:  # a flooded inbox never starves the others
                 await anyio.lowlevel.checkpoint()  # served by this process (fair turns)
@@ -347,7 +317,7 @@ class ActorShell(LeasedHost):
                     last_cause = checked.id if isinstance(checked, Envelope) else ""
                 handled.append(_keyed(item, checked))
                 decided.append(decision is not None)
-        self._seal_opens(handled)
+        self.merging.seal(handled, lambda e, cause: self._append(self.events_stream, e, cause))
         if last_change >= 0:  # one digest per batch, after the last event that changed the state
             handled[last_change] = self._with_digests(handled[last_change], last_cause)
         return handled, decided

@@ -5,7 +5,15 @@ from __future__ import annotations
 from actors.core import CoreSpec
 from actors.seed.core import decide
 from actors.seed.fast import report_progress
-from actors.seed.state import SeedState, digest, evolve, initial_state, merge_reports, renumber
+from actors.seed.state import (
+    SeedState,
+    digest,
+    evolve,
+    initial_state,
+    merge_reports,
+    reissue_report,
+    renumber,
+)
 from contracts import kinds
 
 SPEC: CoreSpec[SeedState] = CoreSpec(
@@ -26,5 +34,6 @@ SPEC: CoreSpec[SeedState] = CoreSpec(
     digest=digest,
     merge=merge_reports,
     fast=report_progress,
+    reissue=reissue_report,
     renumber=renumber,
 )

@@ -46,6 +46,7 @@ __all__ = [
     "from_plain",
     "initial_state",
     "merge_reports",
+    "reissue_report",
     "renumber",
     "to_plain",
 ]
@@ -230,6 +231,26 @@ def merge_reports(previous: Message, event: Message) -> pb.LifecycleProgress | N
         merged.val_acc = previous.val_acc
     _KNOWN_BARE[0] = merged
     return merged
+
+
+def reissue_report(state: SeedState, merged: Message) -> pb.LifecycleProgress | None:
+    """A merged step-report event that never reached the log (its carrying entry was committed
+    by another shell), numbered to follow ``state``: folded there it sets the step, alpha and
+    accuracy its reports set. None when ``state`` holds a newer step (the event is then stale,
+    as its reports would be), has no lifecycle yet or is terminated, or ``merged`` is not a
+    report's bookkeeping of this slot."""
+    if not _report_only(merged) or state.stage in _NO_REPORTS:
+        return None
+    assert isinstance(merged, pb.LifecycleProgress)
+    if merged.slot != state.slot or merged.step < state.last_step:
+        return None
+    again = pb.LifecycleProgress()
+    again.CopyFrom(merged)
+    again.seq = state.seq + 1
+    return again
+
+
+_NO_REPORTS = frozenset({pb.SEED_STAGE_UNKNOWN, pb.SEED_STAGE_TERMINATED})
 
 
 # The last merged event, and the last event of a step report decided on the fast path

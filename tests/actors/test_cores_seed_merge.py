@@ -223,3 +223,21 @@ def test_a_merged_event_is_merged_again_only_with_bare_reports() -> None:
         merged, pb.LifecycleProgress(slot=SLOT, seq=3, step=6, step_report=True, alpha=0.4)
     )
     assert again is not None and (again.seq, again.step, again.alpha) == (2, 6, 0.4)
+
+
+def test_a_merged_event_kept_out_of_the_log_is_reissued_unless_stale() -> None:
+    """An owed merged event is renumbered after the state it is reissued on (the same step
+    counts: its accuracy may be news), and refused when the state holds a newer step, has not
+    started, or the event is not a bare report of this slot."""
+    merged = pb.LifecycleProgress(slot=SLOT, seq=3, step=7, step_report=True, alpha=0.3,
+                                  val_acc=0.75)  # fmt: skip
+    state = seed_state.SeedState(slot=SLOT, stage=pb.SEED_STAGE_TRAINING, seq=5, last_step=7,
+                                 alpha=0.3, val_acc=0.5)  # fmt: skip
+    again = seed_state.reissue_report(state, merged)
+    assert again is not None and (again.seq, again.step, again.val_acc) == (6, 7, 0.75)
+    assert merged.seq == 3 and seed_state.evolve(state, again).val_acc == 0.75
+    assert seed_state.reissue_report(replace(state, last_step=8), merged) is None
+    assert seed_state.reissue_report(seed_state.initial_state(SLOT), merged) is None
+    waiting = pb.LifecycleProgress(slot=SLOT, seq=3, step=7, step_report=True, strikes=1)
+    assert seed_state.reissue_report(state, waiting) is None
+    assert seed_state.reissue_report(replace(state, slot="other"), merged) is None

@@ -17,7 +17,7 @@ from actors.hosting import FRAME
 from actors.logic import PureLogic, seed_logic
 from actors.replay import fold_events, verify_digests
 from actors.shell import ActorShell
-from bus import Append, Bus
+from bus import Append, Bus, Entry
 from bus.testing import eventually, real_redis_url
 from contracts import KasminaConfig, KeyRing, Signer, Verifier, kinds, streams
 from kasmina.cli import build_parser
@@ -154,3 +154,57 @@ async def test_merged_states_match_a_full_refold_rebuild_and_replay_verify(
     code = await anyio.to_thread.run_sync(replay.run, args)
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert code == 0 and summary["verified"]
+
+
+def _shell(bus: Bus, run: str, ring: KeyRing, config: KasminaConfig) -> ActorShell:
+    """A SeedActor shell of ``run``, driven batch by batch by the test (not started)."""
+    return ActorShell(
+        seed_logic(SLOT, config),
+        bus=bus,
+        run=run,
+        inbox=streams.inbox(run, "seed", SLOT),
+        signer=Signer(ring, f"seed:{SLOT}"),
+        verifier=live_verifier(bus, run, ring, config),
+        config=config,
+    )
+
+
+async def test_a_rival_commit_of_the_carrier_entry_loses_no_accuracy(bus: Bus, run_id: str) -> None:
+    """Two reports merged onto the second one's entry, which a rival (a shell that held the
+    lease meanwhile) had committed alone: the first report's accuracy, acked with the run, still
+    reaches the log (with the next batch), and the log re-folds to the live state."""
+    ring, config = KeyRing.generate(), KasminaConfig()
+    inbox = streams.inbox(run_id, "seed", SLOT)
+    trainer = Signer(ring, "trainer")
+
+    async def send(*reports: pb.StepReport) -> list[Entry]:
+        frames = [trainer.seal(kinds.STEP_REPORT, r, stream=inbox) for r in reports]
+        await bus.publish_many([Append(inbox, {FRAME: f}) for f in frames])
+        return await bus.read(inbox, shell.group, shell.consumer_name, block_ms=0)
+
+    def report(step: int, val: float) -> pb.StepReport:
+        sent = pb.StepReport(step=step, val_accuracy=val)
+        sent.slots.add(slot=SLOT, alpha=step / 10)
+        return sent
+
+    shell, rival = _shell(bus, run_id, ring, config), _shell(bus, run_id, ring, config)
+    await bus.ensure_group(inbox, shell.group)
+    assert await shell.lease.take()
+    await shell.rebuild()
+    await shell._process(await send(report(1, 0.5)))
+    batch = await send(report(2, 0.75), report(3, 0.0))
+    await shell.lease.release()  # the rival serves a while: it commits the third report alone
+    assert await rival.lease.take()
+    await rival.rebuild()
+    await rival._process(batch[1:])
+    await rival.lease.release()
+    assert await shell.lease.take()
+    await shell._process(batch)  # the second report merged onto the third's entry
+    await shell._process(await send(report(4, 0.0)))
+    log = await _log(bus, run_id, ring)
+    folded = fold_events(log).seeds[SLOT]
+    assert folded == shell.logic.state  # type: ignore[attr-defined]
+    assert (folded.last_step, folded.alpha, folded.val_acc) == (4, 0.4, 0.75)
+    assert verify_digests(log) == []
+    await shell.rebuild()
+    assert shell.logic.state == folded  # type: ignore[attr-defined]
