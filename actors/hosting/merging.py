@@ -44,7 +44,7 @@ class OpenEvents:
         """A new batch: owed events reissued after the state when ``reissue`` (the batch has
         an item for them), applied, to ride on its first item; returns them with their causes."""
         self.opens, self.open_at, self._covers, self._sealed = {}, None, {}, {}
-        self._reissued = []
+        self.owed[:0], self._reissued = self._reissued, []  # a batch cut short by a bus error
         if not reissue or self._reissue is None:
             return []
         for event, cause in self.owed:
