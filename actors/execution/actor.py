@@ -62,6 +62,7 @@ log = logging.getLogger("kasmina.execution")
 
 SEEN_ORDERS = 10_000  # order ids remembered against redelivery (far more than are ever in flight)
 CONFIRMATIONS_MAXLEN = 100_000  # step confirmations kept on the run's confirmations stream
+VOTE_WAIT_S = 30.0  # at stop: how long a barrier vote still hashing is waited for
 
 
 class ExecutionActor:
@@ -327,7 +328,18 @@ class ExecutionActor:
             await self._stopped.wait()
             tg.cancel_scope.cancel()
         with anyio.CancelScope(shield=True), contextlib.suppress(BusClosed, BusUnavailable):
+            await self._votes_hashed()
             await self.flush()
+
+    async def _votes_hashed(self) -> None:
+        """Wait (off the event loop) for the barrier votes whose digests are still hashing."""
+        wait = getattr(self.runtime, "wait_votes", None)
+        if wait is None:
+            return
+        try:
+            await anyio.to_thread.run_sync(wait, VOTE_WAIT_S)
+        except Exception as exc:  # the votes are lost, the rest of the outbox is not
+            log.warning("barrier votes not flushed at stop: %r", exc)
 
     async def stop(self) -> None:
         """Stop reading orders and flushing."""

@@ -1,7 +1,11 @@
 """The barrier state digest: every seed byte, a sampled host fingerprint, each slot's stage and
 alpha. Seed bytes are hashed in fixed-size chunks on a small thread pool (``hashlib`` releases
 the GIL), and the chunk hashes are folded in order, so the digest is the same on any number of
-cores and its cost on the training thread falls with the cores the machine has."""
+cores.
+
+At a barrier step the training thread only takes a :class:`Snapshot` (the fingerprint samples
+and one copy of the seed bytes, no hashing); :func:`submit` hashes it on the digest thread, so
+the seeds may train on while their step's digest is computed from the copy."""
 
 from __future__ import annotations
 
@@ -10,8 +14,10 @@ import os
 import queue
 import struct
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,6 +27,111 @@ from actors.execution.slot import SeedSlot
 FINGERPRINT_SAMPLES = 64  # host elements sampled per parameter tensor for the barrier digest
 CHUNK_BYTES = 256 * 1024  # seed bytes per chunk hash (fixed: the digest does not depend on cores)
 PARALLEL_MIN_BYTES = 2 * CHUNK_BYTES  # below this, chunks are hashed on the calling thread
+
+
+@dataclass
+class Snapshot:
+    """What a digest reads, copied at one step: ``prefix`` (host parameter names) is hashed
+    first, then the fingerprint bytes (``bounds[0]``), then per entry of ``heads`` its head and
+    the chunk hashes of its bytes (``bounds[i + 1]``: offsets into ``data``)."""
+
+    prefix: bytes
+    heads: list[bytes]
+    data: torch.Tensor  # uint8, on the host; on cuda filled by a copy ``ready`` waits for
+    bounds: list[tuple[int, int]]
+    ready: torch.cuda.Event | None = None
+
+    def digest(self) -> bytes:
+        """The state digest of the step the snapshot was taken at (any thread)."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        raw = self.data.numpy().data
+        views = [raw[a:b] for a, b in self.bounds]
+        h = hashlib.sha256(self.prefix)
+        if self.bounds[0][1] > self.bounds[0][0]:
+            h.update(views[0])
+        for head, hashes in zip(self.heads, _chunk_hashes(views[1:]), strict=True):
+            h.update(head)
+            h.update(hashes)
+        return h.digest()
+
+
+def snapshot(model: nn.Module, slots: Mapping[str, SeedSlot]) -> Snapshot:
+    """Copy what :func:`state_digest` hashes: the host fingerprint (``FINGERPRINT_SAMPLES``
+    evenly strided elements of each host tensor, as float32) and every seed byte, into one
+    buffer. Cost on the calling thread: one copy of the seed bytes, no hashing; on cuda the copy
+    is asynchronous (into pinned memory, an event marks its end)."""
+    in_slots = {id(p) for slot in slots.values() for p in slot.parameters()}
+    prefix: list[bytes] = []
+    samples: list[torch.Tensor] = []
+    for name, p in model.named_parameters():
+        if id(p) in in_slots:
+            continue
+        prefix.append(name.encode())
+        flat = p.detach().reshape(-1)
+        samples.append(flat[:: max(1, flat.numel() // FINGERPRINT_SAMPLES)].float())
+    sources = [_bytes(torch.cat(samples))] if samples else []
+    heads: list[bytes] = []  # what precedes each seed tensor's chunk hashes
+    for slot_id in sorted(slots):
+        slot = slots[slot_id]
+        head = slot_id.encode() + struct.pack("<id", slot.stage, float(slot.alpha))
+        for name, p in slot.named_parameters():
+            heads.append(head + name.encode())
+            sources.append(_bytes(p.detach()))
+            head = b""
+        if head:
+            heads.append(head)
+            sources.append(torch.empty(0, dtype=torch.uint8))
+    if not samples:
+        sources.insert(0, torch.empty(0, dtype=torch.uint8))
+    data, bounds, ready = _gather(sources)
+    return Snapshot(b"".join(prefix), heads, data, bounds, ready)
+
+
+def state_digest(model: nn.Module, slots: Mapping[str, SeedSlot]) -> bytes:
+    """sha256 over a fingerprint of the host's parameters, then per slot its id, stage, alpha
+    and, per seed parameter, its name and the sha256 of each ``CHUNK_BYTES`` chunk of its bytes.
+    Cost: O(seed parameters) + O(host tensors): the host fingerprint reads
+    ``FINGERPRINT_SAMPLES`` evenly strided elements of each host tensor (replicas that diverge do
+    so everywhere, so sampled elements differ too), not every byte."""
+    return snapshot(model, slots).digest()
+
+
+def _gather(sources: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]], Any]:
+    """One host buffer holding every source's bytes, each source's (start, end) in it, and on
+    cuda the event that marks the end of the (asynchronous) copies."""
+    bounds, at = [], 0
+    for s in sources:
+        bounds.append((at, at + s.numel()))
+        at += s.numel()
+    cuda = any(s.is_cuda for s in sources)
+    data = torch.empty(at, dtype=torch.uint8, pin_memory=cuda)
+    for s, (a, b) in zip(sources, bounds, strict=True):
+        if b > a:
+            data[a:b].copy_(s, non_blocking=cuda)
+    ready = None
+    if cuda:
+        ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        ready.record()
+    return data, bounds, ready
+
+
+def _chunk_hashes(tensors: list[memoryview]) -> list[bytes]:
+    """Per tensor, the concatenated sha256 of each of its chunks (none for an empty tensor)."""
+    chunks = [(i, view[o : o + CHUNK_BYTES]) for i, view in enumerate(tensors)
+              for o in range(0, len(view), CHUNK_BYTES)]  # fmt: skip
+    if sum(len(c) for _, c in chunks) >= PARALLEL_MIN_BYTES:
+        digests = _hashers().map([c for _, c in chunks])
+    else:
+        digests = [_sha256(c) for _, c in chunks]
+    out = [b""] * len(tensors)
+    for (i, _), d in zip(chunks, digests, strict=True):
+        out[i] += d
+    return out
+
+
+def _sha256(chunk: memoryview) -> bytes:
+    return hashlib.sha256(chunk).digest()
 
 
 class _Hashers:
@@ -48,67 +159,64 @@ class _Hashers:
         return [f.result() for f in futures]
 
 
+class Job:
+    """One snapshot to hash, and what to do with its digest; ``done`` holds the digest."""
+
+    def __init__(self, snap: Snapshot, then: Callable[[bytes], None]) -> None:
+        self.snapshot, self.then = snap, then
+        self.done: Future[bytes] = Future()
+        self.pid = os.getpid()  # a job queued before a fork is run by the forked child itself
+
+    def run(self) -> None:
+        """Hash the snapshot, hand the digest to ``then``, then resolve ``done``."""
+        if not self.done.set_running_or_notify_cancel():
+            return
+        try:
+            value = self.snapshot.digest()
+            self.then(value)
+        except BaseException as exc:  # handed to whoever waits on the job
+            self.done.set_exception(exc)
+            return
+        self.done.set_result(value)
+
+    def wait(self, timeout: float | None = None) -> bytes:
+        """The digest, once ``then`` has run; raises ``TimeoutError`` after ``timeout`` s. In a
+        forked child whose digest thread never ran the job, the job runs here."""
+        if self.pid != os.getpid() and not self.done.done():
+            self.pid, self.done = os.getpid(), Future()  # the parent's thread may have held it
+            self.run()
+        return self.done.result(timeout)
+
+
+def submit(snap: Snapshot, then: Callable[[bytes], None]) -> Job:
+    """Hash ``snap`` on the digest thread (jobs run one at a time, in submission order) and call
+    ``then(digest)`` there; returns at once."""
+    job = Job(snap, then)
+    with _pool_lock:
+        global _queue
+        if _queue is None:
+            _queue = queue.SimpleQueue()
+            threading.Thread(
+                target=_serve, args=(_queue,), name="kasmina-digest", daemon=True
+            ).start()
+        _queue.put(job)
+    return job
+
+
+def _serve(jobs: queue.SimpleQueue[Job]) -> None:
+    while True:
+        jobs.get().run()
+
+
 _pool: _Hashers | None = None
+_queue: queue.SimpleQueue[Job] | None = None  # the digest thread's jobs
 _pool_lock = threading.Lock()
 
 
-def state_digest(model: nn.Module, slots: Mapping[str, SeedSlot]) -> bytes:
-    """sha256 over a fingerprint of the host's parameters, then per slot its id, stage, alpha
-    and, per seed parameter, its name and the sha256 of each ``CHUNK_BYTES`` chunk of its bytes.
-    Cost: O(seed parameters) + O(host tensors): the host fingerprint reads
-    ``FINGERPRINT_SAMPLES`` evenly strided elements of each host tensor (replicas that diverge do
-    so everywhere, so sampled elements differ too), not every byte."""
-    h = hashlib.sha256()
-    in_slots = {id(p) for slot in slots.values() for p in slot.parameters()}
-    samples: list[torch.Tensor] = []
-    for name, p in model.named_parameters():
-        if id(p) in in_slots:
-            continue
-        h.update(name.encode())
-        flat = p.detach().reshape(-1)
-        samples.append(flat[:: max(1, flat.numel() // FINGERPRINT_SAMPLES)].float())
-    if samples:
-        h.update(_bytes(torch.cat(samples)))
-    heads: list[bytes] = []  # what precedes each seed tensor's chunk hashes
-    tensors: list[memoryview] = []
-    for slot_id in sorted(slots):
-        slot = slots[slot_id]
-        head = slot_id.encode() + struct.pack("<id", slot.stage, float(slot.alpha))
-        for name, p in slot.named_parameters():
-            heads.append(head + name.encode())
-            tensors.append(_bytes(p.detach()))
-            head = b""
-        if head:
-            heads.append(head)
-            tensors.append(memoryview(b""))
-    for head, hashes in zip(heads, _chunk_hashes(tensors), strict=True):
-        h.update(head)
-        h.update(hashes)
-    return h.digest()
-
-
-def _chunk_hashes(tensors: list[memoryview]) -> list[bytes]:
-    """Per tensor, the concatenated sha256 of each of its chunks (none for an empty tensor)."""
-    chunks = [(i, view[o : o + CHUNK_BYTES]) for i, view in enumerate(tensors)
-              for o in range(0, len(view), CHUNK_BYTES)]  # fmt: skip
-    if sum(len(c) for _, c in chunks) >= PARALLEL_MIN_BYTES:
-        digests = _hashers().map([c for _, c in chunks])
-    else:
-        digests = [_sha256(c) for _, c in chunks]
-    out = [b""] * len(tensors)
-    for (i, _), d in zip(chunks, digests, strict=True):
-        out[i] += d
-    return out
-
-
-def _sha256(chunk: memoryview) -> bytes:
-    return hashlib.sha256(chunk).digest()
-
-
 def _forget_pool() -> None:
-    """In a forked child the pool's threads do not exist: start a new pool there when needed."""
-    global _pool, _pool_lock
-    _pool, _pool_lock = None, threading.Lock()
+    """In a forked child the threads do not exist: start new ones there when needed."""
+    global _pool, _queue, _pool_lock
+    _pool, _queue, _pool_lock = None, None, threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_pool)
@@ -122,7 +230,6 @@ def _hashers() -> _Hashers:
         return _pool
 
 
-def _bytes(t: torch.Tensor) -> memoryview:
-    """The tensor's bytes without a copy where it already sits contiguous in host memory."""
-    flat = t.cpu().contiguous().reshape(-1).view(torch.uint8)
-    return flat.numpy().data
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's bytes as a flat uint8 view (a copy only where it is not contiguous)."""
+    return t.contiguous().reshape(-1).view(torch.uint8)

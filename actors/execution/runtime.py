@@ -42,18 +42,18 @@ from actors.execution import (
 )
 from actors.execution.config import RuntimeConfig, default_device
 from actors.execution.confirm import Confirmations, OnConfirm, StepConfirmation
-from actors.execution.digest import state_digest
 from actors.execution.distill import check_teacher, soft_targets
 from actors.execution.errors import OrderError, is_oom
 from actors.execution.evidence import counterfactual, reset_check
 from actors.execution.kernelcache import KernelCache
-from actors.execution.mailbox import KIND_BARRIER_VOTE, KIND_SAFETY, Inbox, Outbox
+from actors.execution.mailbox import KIND_SAFETY, Inbox, Outbox
 from actors.execution.memory import SeedMemory, out_of_memory
 from actors.execution.merge import Merged
 from actors.execution.probing import LossFn, ProbeBatch, split_batch
 from actors.execution.pruning import Pruner
 from actors.execution.slot import SeedSlot, SlottedModule
 from actors.execution.slotstate import SlotState
+from actors.execution.votes import BarrierVotes
 from leyline import pb
 
 Evaluate = Callable[[nn.Module], tuple[float, float]]
@@ -124,6 +124,7 @@ class ExecutionRuntime:
         self.rolled_back: list[tuple[int, int, str]] = []  # (at step, checkpoint step, path)
         self.inbox = Inbox()
         self.outbox = Outbox(notify)
+        self.votes = BarrierVotes(self.outbox)
         self.pending: list[pb.ExecutionOrder] = []
         self.pruner = Pruner(self.model, track=self.config.importance_every > 0)
         self.pruning_inbox: queue.SimpleQueue[pb.PruningOrder] = queue.SimpleQueue()
@@ -167,6 +168,15 @@ class ExecutionRuntime:
     def drain_outbox(self) -> list[tuple[str, Message]]:
         """Every queued outgoing ``(kind, message)`` (acks, reports, telemetry, safety, votes)."""
         return self.outbox.drain()
+
+    def wait_votes(self, timeout: float | None = None) -> None:
+        """Return once the barrier vote of every barrier step so far is in the outbox (its
+        digest is hashed off the training thread; see :mod:`actors.execution.votes`)."""
+        self.votes.wait(timeout)
+
+    def outbox_pending(self) -> bool:
+        """True while a message is queued or a barrier vote is still being hashed."""
+        return len(self.outbox) > 0 or self.votes.hashing()
 
     def connect(self, notify: Callable[[], None]) -> None:
         """Call ``notify`` whenever a message is queued (unless a callback is already set)."""
@@ -252,11 +262,8 @@ class ExecutionRuntime:
                 self._safety("", pb.SAFETY_SIGNAL_OUT_OF_MEMORY, 1.0, f"probe skipped: {exc}")
         if cfg.report_every > 0 and step % cfg.report_every == 0:
             monitor.report(self, step, val_loss, val_accuracy)
-        if self._barrier_step(step):
-            digest = state_digest(self.model, self.slots)
-            vote = pb.BarrierVote(barrier_step=step, rank=self.rank, world_size=self.world_size,
-                                  digest=digest, grad_digest=self._grad_digest)  # fmt: skip
-            self.outbox.put(KIND_BARRIER_VOTE, vote)
+        if self._barrier_step(step):  # the vote is queued once its digest is hashed
+            self.votes.cast(self, step, self._grad_digest)
 
     def _barrier_step(self, step: int) -> bool:
         every = self.config.barrier_frequency

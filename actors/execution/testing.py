@@ -1,8 +1,11 @@
-"""Test doubles for the execution side: a planted leaking blueprint and a tiny host network."""
+"""Test doubles for the execution side: a planted leaking blueprint, a tiny host network, and a
+way to keep the digest thread busy."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +18,7 @@ from actors.execution.blueprints import (
     register_blueprint,
     unregister_blueprint,
 )
+from actors.execution.digest import snapshot, submit
 
 LEAKY = "leaky"
 LEAKY_TRAIN = "leaky_train"
@@ -108,3 +112,24 @@ class TinyMLP(nn.Module):
         """Logits."""
         out: Tensor = self.head(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
         return out
+
+
+@contextmanager
+def digest_thread_held(timeout_s: float = 120.0) -> Iterator[Callable[[], None]]:
+    """The digest thread busy with a job that ends when the block exits or the callable it
+    yields is called: barrier votes cast meanwhile wait for their hash (none reaches the
+    outbox until then)."""
+    gate, started = threading.Event(), threading.Event()
+
+    def hold(_: bytes) -> None:
+        started.set()
+        gate.wait(timeout_s)
+
+    job = submit(snapshot(nn.Linear(2, 2), {}), hold)
+    if not started.wait(timeout_s):
+        raise TimeoutError("the digest thread did not start the holding job")
+    try:
+        yield gate.set
+    finally:
+        gate.set()
+        job.wait(timeout_s)

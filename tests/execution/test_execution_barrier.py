@@ -93,6 +93,7 @@ def test_sampled_gradient_digests_agree_and_a_tampered_rank_is_reported() -> Non
             for p in slots["a"].seed_parameters():
                 p.register_hook(lambda g: g * 1.5)
         train(model, opt, rt, data(), range(2, 5))
+        rt.wait_votes()
         (vote,) = [v for v in kinds(rt.drain_outbox(), "barrier.vote") if v.barrier_step == 4]
         votes.append(vote)
     assert len(votes[0].grad_digest) == 32

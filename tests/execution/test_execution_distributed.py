@@ -76,6 +76,7 @@ def _train(rank: int, root: str, finish: Finish) -> None:
         opt.step()
         rt.on_step(step)
         history.append({k: int(s.stage) for k, s in slots.items()})
+    rt.wait_votes()
     out = rt.drain_outbox()
     result = {
         "history": history,

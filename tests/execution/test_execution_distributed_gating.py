@@ -49,6 +49,7 @@ def _train(rank: int, root: str, finish: Finish) -> None:
         backward(F.cross_entropy(ddp(x), y))
         opt.step()
         rt.on_step(step)
+    rt.wait_votes()
     out = rt.drain_outbox()
     result = {
         "acks": [[m.order_id, m.applied_at_step, m.ok] for k, m in out if k == "exec.ack"],

@@ -54,6 +54,7 @@ def _train(rank: int, root: str, finish: Finish) -> None:
         opt.step()
         rt.on_step(step, loss, batch=(x, y))
         history.append([int(s.stage) for s in slots.values()])
+    rt.wait_votes()
     out = rt.drain_outbox()
     result = {
         "history": history,

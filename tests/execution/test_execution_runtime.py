@@ -84,6 +84,7 @@ def test_outbox_carries_reports_telemetry_and_barrier_votes() -> None:
     rt.submit(germinate("a", 0))
     rt.submit(order("a", pb.SEED_STAGE_TRAINING, 1))
     train(model, opt, rt, data(), range(9))
+    rt.wait_votes()  # the digests are hashed off the training thread
     out = rt.drain_outbox()
     reports = kinds(out, "step.report")
     assert [r.step for r in reports] == [0, 2, 4, 6, 8]

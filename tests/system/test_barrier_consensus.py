@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import time
 
+import torch
+import torch.nn.functional as F
+
+from actors.execution import ExecutionRuntime, RuntimeConfig, host_parameters, insert_slots
+from actors.execution.digest import state_digest
+from actors.execution.testing import TinyMLP, digest_thread_held
 from actors.hosting import FRAME
 from bus import Bus
 from bus.testing import eventually
@@ -78,3 +84,42 @@ async def test_a_full_barrier_commits_and_never_times_out(bus: Bus, run_id: str)
     kinds_seen = [k for _, k, _ in await read_events(bus, run_id, ring)]
     assert kinds.BARRIER_TIMEOUT not in kinds_seen
     assert kinds_seen.count(kinds.BARRIER_PROPOSE) == 1
+
+
+async def test_a_runtime_vote_hashed_off_the_training_thread_commits_its_step(
+    bus: Bus, run_id: str
+) -> None:
+    """A real runtime's vote for barrier 5, hashed after later steps ran (its digest thread was
+    busy), reaches the BarrierActor with step 5 and that step's digest, and the barrier commits
+    back to the runtime."""
+    torch.manual_seed(0)
+    model = TinyMLP()
+    slots = insert_slots(model, {"a": "fc1"})
+    opt = torch.optim.SGD(host_parameters(model, slots), lr=0.1)
+    x, y = torch.randn(16, 8), torch.randint(0, 4, (16,))
+    runtime = ExecutionRuntime(model, slots, opt, RuntimeConfig(device="cpu", probe_every=0,
+                               report_every=0, barrier_frequency=5))  # fmt: skip
+    config = KasminaConfig.load(
+        env={}, overrides={"barrier.frequency": 5, "barrier.world_size": 1, "barrier.timeout_s": 60}
+    )
+    ring = KeyRing.generate()
+    async with running_cluster(
+        bus, run=run_id, slots=[], runtimes=[runtime], ring=ring, config=config, actors=["barrier"]
+    ) as cl:
+        with digest_thread_held():
+            for step in range(1, 8):
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+                await cl.step(step)
+                if step == 5:
+                    at_barrier = state_digest(model, slots)
+            assert runtime.outbox_pending() and runtime.committed_barrier < 5
+
+        async def committed() -> bool:
+            return runtime.committed_barrier == 5
+
+        await eventually(committed, timeout_s=20.0)
+    votes = [m for _, k, m in await read_events(bus, run_id, ring) if k == kinds.BARRIER_VOTE]
+    assert [(v.barrier_step, v.digest) for v in votes] == [(5, at_barrier)]
+    assert state_digest(model, slots) != at_barrier
