@@ -31,7 +31,7 @@ def _draining_bridge(rt: ExecutionRuntime) -> Iterator[None]:
 def test_bench_figures_are_well_formed() -> None:
     """Every figure has bench/value/unit/baseline/ratio, ratio = value / baseline."""
     figures = run_execution_bench(
-        "cpu", steps=2, rounds=1, width=16, batch=8, bridge=_draining_bridge
+        "cpu", steps=2, rounds=2, warm=1, width=16, batch=8, bridge=_draining_bridge
     )
     names = [f["bench"] for f in figures]
     assert names == [
@@ -43,6 +43,7 @@ def test_bench_figures_are_well_formed() -> None:
         "execution.on_step_idle",
         "execution.dormant_slot",
         "execution.digest",
+        "execution.digest_hash",
     ]
     for f in figures:
         assert f["unit"] in ("ms/step", "us") and f["baseline"] > 0
@@ -51,13 +52,49 @@ def test_bench_figures_are_well_formed() -> None:
 
 
 def test_paired_ratio_cancels_a_load_change_and_ignores_one_spike() -> None:
-    """Step-time ratios pair each arm block with the baseline block of its round (median)."""
-    from benchmarks.execution_bench import _paired
+    """Step-time ratios pair each arm's quad mean with the baseline's of the same quad (median);
+    the CPU-time ratio is paired the same way."""
+    from benchmarks.execution_timing import paired
 
-    base = [0.010, 0.020, 0.010, 0.010, 0.040]  # the machine slows down 2x and 4x in two rounds
-    arm = [0.011, 0.022, 0.500, 0.011, 0.044]  # 10 % slower in every round but one spike
-    fig = _paired("x", arm, base)
-    assert fig["ratio"] == 1.1
+    base = [0.010, 0.020, 0.010, 0.010, 0.040]  # the machine slows down 2x and 4x in two quads
+    arm = [0.011, 0.022, 0.500, 0.011, 0.044]  # 10 % slower in every quad but one spike
+    fig = paired("x", [(a, 2 * a) for a in arm], [(b, 2 * b) for b in base])
+    assert fig["ratio"] == 1.1 and fig["cpu_ratio"] == 1.1
     assert fig["baseline"] == 10.0  # ms: the median baseline block
     assert fig["value"] == 11.0
     assert (fig["ratio_q1"], fig["ratio_q3"], fig["pairs"]) == (1.1, 1.1, 5)
+
+
+def test_a_quad_times_both_arms_in_abba_order_on_one_model() -> None:
+    """Quads alternate A B B A and B A A B; the plain arm runs the very model the dormant arm
+    runs, its slot wrappers detached, and the dormant arm calls the runtime every step."""
+    import torch
+
+    from actors.execution import SlottedModule
+    from benchmarks.execution_bench import _arms, _host
+    from benchmarks.execution_timing import Quads
+
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 64), torch.randint(0, 10, (8,))
+    arms = _arms(_host(16, 64, 10), x, y, torch.device("cpu"), 4)
+    plain, dormant = arms["plain"], arms["dormant"]
+    assert plain.model is dormant.model and plain.opt is dormant.opt
+    seen: list[tuple[str, bool]] = []
+    for name, arm in (("plain", plain), ("dormant", dormant)):
+        real = arm.run
+
+        def run(x: torch.Tensor, y: torch.Tensor, n: int, name: str = name, real=real) -> None:  # type: ignore[no-untyped-def]
+            wrapped = any(isinstance(m, SlottedModule) for m in plain.model.modules())
+            seen.append((name, wrapped))
+            real(x, y, n)
+
+        arm.run = run  # type: ignore[method-assign]
+    quads = Quads(x, y, steps=2, warm=1, dev=torch.device("cpu"))
+    into: dict[str, list[tuple[float, float]]] = {"a": [], "b": []}
+    quads.quad(plain, dormant, into)
+    quads.quad(plain, dormant, into)
+    order = [name for name, _ in seen[::2]]  # each block: its warm-up, then its timed steps
+    assert order == ["plain", "dormant", "dormant", "plain", "dormant", "plain", "plain", "dormant"]
+    assert all(wrapped == (name == "dormant") for name, wrapped in seen)
+    assert len(into["a"]) == len(into["b"]) == 2
+    assert dormant.rt is not None and dormant.rt.step == dormant.step - 1 == 4 * 3 - 1
