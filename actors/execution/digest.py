@@ -19,11 +19,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from actors.execution.slot import SeedSlot
 
+Buffer = bytes | torch.Tensor  # a snapshot's bytes: on cpu bytes, on cuda pinned memory
 FINGERPRINT_SAMPLES = 64  # host elements sampled per parameter tensor for the barrier digest
 CHUNK_BYTES = 256 * 1024  # seed bytes per chunk hash (fixed: the digest does not depend on cores)
 PARALLEL_MIN_BYTES = 2 * CHUNK_BYTES  # below this, chunks are hashed on the calling thread
@@ -37,7 +39,7 @@ class Snapshot:
 
     prefix: bytes
     heads: list[bytes]
-    data: torch.Tensor  # uint8, on the host; on cuda filled by a copy ``ready`` waits for
+    data: Buffer  # on cuda a pinned uint8 tensor, filled by a copy ``ready`` waits for
     bounds: list[tuple[int, int]]
     ready: torch.cuda.Event | None = None
 
@@ -45,7 +47,7 @@ class Snapshot:
         """The state digest of the step the snapshot was taken at (any thread)."""
         if self.ready is not None:
             self.ready.synchronize()
-        raw = self.data.numpy().data
+        raw = memoryview(self.data) if isinstance(self.data, bytes) else self.data.numpy().data
         views = [raw[a:b] for a, b in self.bounds]
         h = hashlib.sha256(self.prefix)
         if self.bounds[0][1] > self.bounds[0][0]:
@@ -62,15 +64,8 @@ def snapshot(model: nn.Module, slots: Mapping[str, SeedSlot]) -> Snapshot:
     buffer. Cost on the calling thread: one copy of the seed bytes, no hashing; on cuda the copy
     is asynchronous (into pinned memory, an event marks its end)."""
     in_slots = {id(p) for slot in slots.values() for p in slot.parameters()}
-    prefix: list[bytes] = []
-    samples: list[torch.Tensor] = []
-    for name, p in model.named_parameters():
-        if id(p) in in_slots:
-            continue
-        prefix.append(name.encode())
-        flat = p.detach().reshape(-1)
-        samples.append(flat[:: max(1, flat.numel() // FINGERPRINT_SAMPLES)].float())
-    sources = [_bytes(torch.cat(samples))] if samples else []
+    host = [(n, p.detach()) for n, p in model.named_parameters() if id(p) not in in_slots]
+    sources = [_bytes(_fingerprint([p for _, p in host]))] if host else []
     heads: list[bytes] = []  # what precedes each seed tensor's chunk hashes
     for slot_id in sorted(slots):
         slot = slots[slot_id]
@@ -82,10 +77,21 @@ def snapshot(model: nn.Module, slots: Mapping[str, SeedSlot]) -> Snapshot:
         if head:
             heads.append(head)
             sources.append(torch.empty(0, dtype=torch.uint8))
-    if not samples:
+    if not host:
         sources.insert(0, torch.empty(0, dtype=torch.uint8))
     data, bounds, ready = _gather(sources)
-    return Snapshot(b"".join(prefix), heads, data, bounds, ready)
+    return Snapshot(b"".join(n.encode() for n, _ in host), heads, data, bounds, ready)
+
+
+def _fingerprint(host: list[torch.Tensor]) -> torch.Tensor:
+    """``FINGERPRINT_SAMPLES`` evenly strided elements of each tensor, as float32, in order
+    (sliced with numpy where every tensor is a float32 one on cpu: a torch slice per tensor
+    costs more than the rest of the snapshot)."""
+    strides = [max(1, p.numel() // FINGERPRINT_SAMPLES) for p in host]
+    if all(p.dtype == torch.float32 and p.device.type == "cpu" for p in host):
+        flats = [p.reshape(-1).numpy()[::k] for p, k in zip(host, strides, strict=True)]
+        return torch.from_numpy(np.concatenate(flats))
+    return torch.cat([p.reshape(-1)[::k].float() for p, k in zip(host, strides, strict=True)])
 
 
 def state_digest(model: nn.Module, slots: Mapping[str, SeedSlot]) -> bytes:
@@ -97,22 +103,22 @@ def state_digest(model: nn.Module, slots: Mapping[str, SeedSlot]) -> bytes:
     return snapshot(model, slots).digest()
 
 
-def _gather(sources: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]], Any]:
+def _gather(sources: list[torch.Tensor]) -> tuple[Buffer, list[tuple[int, int]], Any]:
     """One host buffer holding every source's bytes, each source's (start, end) in it, and on
-    cuda the event that marks the end of the (asynchronous) copies."""
+    cuda the event that marks the end of the (asynchronous) copies. On cpu the copy is a plain
+    memcpy into ``bytes`` (a torch ``uint8`` copy is many times slower)."""
     bounds, at = [], 0
     for s in sources:
         bounds.append((at, at + s.numel()))
         at += s.numel()
-    cuda = any(s.is_cuda for s in sources)
-    data = torch.empty(at, dtype=torch.uint8, pin_memory=cuda)
+    if not any(s.is_cuda for s in sources):  # .cpu(): a no-op on cpu (another device: a copy)
+        return b"".join(s.cpu().numpy().data for s in sources), bounds, None
+    data = torch.empty(at, dtype=torch.uint8, pin_memory=True)
     for s, (a, b) in zip(sources, bounds, strict=True):
         if b > a:
-            data[a:b].copy_(s, non_blocking=cuda)
-    ready = None
-    if cuda:
-        ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
-        ready.record()
+            data[a:b].copy_(s, non_blocking=True)
+    ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
+    ready.record()
     return data, bounds, ready
 
 
