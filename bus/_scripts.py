@@ -58,32 +58,72 @@ local function xadd(p)
 end
 """
 
-# KEYS: every stream the appends go to. ARGV: the appends (see _PARSE), one after the other.
-# Validates everything before the first write; returns the new entry ids in order.
+# KEYS: every stream the appends go to. ARGV: runs of appends, one after the other; a run is
+#   stream_key_index, maxlen ("" = none), n_fields, name1, ..., nameN, count, then count x N values
+# (its appends share the stream, the cap and the field names, in order: a batch of frames to one
+# stream is one run, and each append costs its values only). Every run is checked and every key
+# type-checked before the first write; returns the new entry ids in order.
 PUBLISH_MANY = (
     _PARSE
     + """
-local starts = {}
+local runs = {}
 local p = 1
 while p <= #ARGV do
-  starts[#starts + 1] = p
-  local q, err = scan_append(p)
-  if not q then return redis.error_reply(err) end
-  p = q
+  local err = check(KEYS[tonumber(ARGV[p])])
+  if err then return redis.error_reply(err) end
+  local nf = tonumber(ARGV[p + 2])
+  local count = nf and tonumber(ARGV[p + 3 + nf])
+  if not count or nf < 1 or count < 1 or p + 3 + nf + count * nf > #ARGV then
+    return redis.error_reply('ERR malformed append')
+  end
+  runs[#runs + 1] = p
+  p = p + 4 + nf + count * nf
 end
 local out = {}
-for i, start in ipairs(starts) do out[i] = xadd(start) end
+local n = 0
+for _, r in ipairs(runs) do
+  local key, cap, nf = KEYS[tonumber(ARGV[r])], ARGV[r + 1], tonumber(ARGV[r + 2])
+  local v = r + 4 + nf
+  local stop = v + tonumber(ARGV[r + 3 + nf]) * nf - 1
+  if nf == 1 and cap == '' then
+    local name = ARGV[r + 3]
+    for i = v, stop do
+      n = n + 1
+      out[n] = redis.call('XADD', key, '*', name, ARGV[i])
+    end
+  else
+    local args = {'XADD', key}
+    if cap ~= '' then
+      args[3] = 'MAXLEN'
+      args[4] = '~'
+      args[5] = cap
+    end
+    args[#args + 1] = '*'
+    local base = #args
+    for i = v, stop, nf do
+      for f = 0, nf - 1 do
+        args[base + 2 * f + 1] = ARGV[r + 3 + f]
+        args[base + 2 * f + 2] = ARGV[i + f]
+      end
+      n = n + 1
+      out[n] = redis.call(unpack(args))
+    end
+  end
+end
 return out
 """
 )
 
 # KEYS: every stream and processed-marker key the commit touches, and the fence key (one hash tag).
 # ARGV: ttl_ms, fence_key_index (0 = none), fence_token, fence_ttl_ms, n_groups, group1..groupN,
-# then per item:
-#   input_key_index, group_index, dedupe_key_index (0 = none), n_appends, entry_id, its appends.
-# Every item is scanned and every key type-checked before the first write. Each item's entry is
-# acked first: an entry no longer pending in its group was already committed (or dead-lettered)
-# by some consumer, so the item is a duplicate; so is one whose dedupe key is already marked.
+# then the items in runs:
+#   input_key_index, group_index, dedupe_key_index (0 = none), n_appends, count, count entry
+#   ids, then the appends (see _PARSE)
+# where count is 1 for an item with a dedupe key or appends, and a run of items with neither (an
+# ack only) from one stream and group is one run of count ids. Every item is scanned and every key
+# type-checked before the first write. Each item's entry is acked first: an entry no longer
+# pending in its group was already committed (or dead-lettered) by some consumer, so the item is
+# a duplicate; so is one whose dedupe key is already marked.
 # Returns a string with one character per item: "1" = effects written and acked, "0" = duplicate
 # (nothing written). With a fence, nothing is written unless the fence key holds the token (error
 # "FENCED ..."), and the fence key is renewed for fence_ttl_ms.
@@ -93,27 +133,28 @@ COMMIT = (
 local ttl = ARGV[1]
 local fence = tonumber(ARGV[2])
 local ng = tonumber(ARGV[5])
-local items = {}
+local runs = {}
 local p = 6 + ng
 while p <= #ARGV do
   local k = KEYS[tonumber(ARGV[p])]
   local group = ARGV[5 + tonumber(ARGV[p + 1])]
   local di = tonumber(ARGV[p + 2])
   local na = tonumber(ARGV[p + 3])
+  local count = tonumber(ARGV[p + 4])
   local err = check(k)
   if err then return redis.error_reply(err) end
-  if not group or (di > 0 and not KEYS[di]) or not ARGV[p + 4] then
-    return redis.error_reply('ERR commit: malformed item ' .. (#items + 1))
+  if not group or not di or not na or not count or count < 1 or (di > 0 and not KEYS[di])
+      or ((di > 0 or na > 0) and count ~= 1) or p + 4 + count > #ARGV then
+    return redis.error_reply('ERR commit: malformed item run ' .. (#runs + 1))
   end
-  local item = {k, group, ARGV[p + 4], di, p + 5, na}
-  p = p + 5
+  runs[#runs + 1] = p
+  p = p + 5 + count
   for _ = 1, na do
     local q
     q, err = scan_append(p)
     if not q then return redis.error_reply(err) end
     p = q
   end
-  items[#items + 1] = item
 end
 if fence > 0 then
   if redis.call('GET', KEYS[fence]) ~= ARGV[3] then
@@ -122,21 +163,28 @@ if fence > 0 then
   redis.call('PEXPIRE', KEYS[fence], ARGV[4])
 end
 local out = {}
-for i, it in ipairs(items) do
-  local fresh = '1'
-  if redis.call('XACK', it[1], it[2], it[3]) == 0 then
-    fresh = '0'
-  elseif it[4] > 0 and not redis.call('SET', KEYS[it[4]], '1', 'NX', 'PX', ttl) then
-    fresh = '0'
-  end
-  if fresh == '1' and it[6] > 0 then
-    local q = it[5]
-    for _ = 1, it[6] do
-      xadd(q)
-      q = q + 3 + 2 * tonumber(ARGV[q + 2])
+local n = 0
+for _, r in ipairs(runs) do
+  local k, group = KEYS[tonumber(ARGV[r])], ARGV[5 + tonumber(ARGV[r + 1])]
+  local di, na = tonumber(ARGV[r + 2]), tonumber(ARGV[r + 3])
+  local last = r + 4 + tonumber(ARGV[r + 4])
+  for i = r + 5, last do
+    local fresh = '1'
+    if redis.call('XACK', k, group, ARGV[i]) == 0 then
+      fresh = '0'
+    elseif di > 0 and not redis.call('SET', KEYS[di], '1', 'NX', 'PX', ttl) then
+      fresh = '0'
     end
+    if fresh == '1' and na > 0 then
+      local q = last + 1
+      for _ = 1, na do
+        xadd(q)
+        q = q + 3 + 2 * tonumber(ARGV[q + 2])
+      end
+    end
+    n = n + 1
+    out[n] = fresh
   end
-  out[i] = fresh
 end
 return table.concat(out)
 """

@@ -3,12 +3,13 @@ XADD arguments, raw XREADGROUP replies, group lag, and which errors mean a comma
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import hiredis
 import redis.exceptions as rex
 
-from .api import Append, Fields, parse_id
+from .api import Append, Fields, check_append, parse_id
 from .errors import BusProtocolError
 
 _PLAIN = frozenset((str, bytes, int))
@@ -95,6 +96,29 @@ def _encode_append(args: list[Any], key_index: int, append: Append) -> None:
     args += (key_index, "" if append.maxlen is None else append.maxlen, len(append.fields))
     for name, value in append.fields.items():
         args += (name, value if type(value) is bytes else _b(value))
+
+
+def _encode_runs(appends: Sequence[Append]) -> tuple[list[str], list[Any]]:
+    """PUBLISH_MANY's keys and arguments: ``appends`` as runs that share the stream, the cap and
+    the field names (layout: see bus/_scripts.py). Each run's first append is checked
+    (``check_append``); the others have its names and cap, so they pass too."""
+    keys: dict[str, int] = {}
+    args: list[Any] = []
+    stream, maxlen = "", None  # the open run's
+    names: tuple[str, ...] = ()
+    at = -1  # where the open run's count is
+    for a in appends:
+        fields = a.fields
+        if at < 0 or a.stream != stream or a.maxlen != maxlen or tuple(fields) != names:
+            check_append(a)
+            stream, maxlen, names = a.stream, a.maxlen, tuple(fields)
+            key_index = keys.get(stream) or keys.setdefault(stream, len(keys) + 1)
+            args += (key_index, "" if maxlen is None else maxlen, len(names), *names, 0)
+            at = len(args) - 1
+        args[at] += 1
+        for value in fields.values():
+            args.append(value if type(value) is bytes else _b(value))
+    return list(keys), args
 
 
 def _raw_reply(response: Any, **_: Any) -> Any:

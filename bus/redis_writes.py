@@ -20,7 +20,7 @@ from .api import (
     processed_key,
 )
 from .errors import BusProtocolError, Fenced
-from .redis_codec import _encode_append, _nonce_claim, _s, _xadd
+from .redis_codec import _encode_append, _encode_runs, _nonce_claim, _s, _xadd
 from .redis_core import RedisCore
 
 __all__ = ["RedisWrites"]
@@ -29,25 +29,45 @@ __all__ = ["RedisWrites"]
 def _commit_args(
     handled: Sequence[Handled], fence: Fence | None, ttl_ms: int
 ) -> tuple[list[str], list[Any]]:
-    """The COMMIT script's keys and arguments (layout: see bus/_scripts.py)."""
+    """The COMMIT script's keys and arguments (layout: see bus/_scripts.py): consecutive acks
+    only (no dedupe key, no appends) of one stream and group go as one run of entry ids."""
     keys: dict[str, int] = {}
     groups: dict[str, int] = {}
     items: list[Any] = []
+    run: tuple[str, str] | None = None  # stream and group of the open run of acks
+    at = 0  # where that run's count is
     for h in handled:
-        stream = h.entry.stream
+        stream, group = h.entry.stream, h.group
+        if not h.appends and h.dedupe_key is None:
+            if run is not None and run[0] == stream and run[1] == group:
+                items[at] += 1
+                items.append(h.entry.id)
+                continue
+            run = (stream, group)
+        else:
+            run = None
         ki = keys.get(stream) or keys.setdefault(stream, len(keys) + 1)
-        gi = groups.get(h.group) or groups.setdefault(h.group, len(groups) + 1)
-        di = 0
-        if h.dedupe_key is not None:
-            di = keys.setdefault(processed_key(stream, h.group, h.dedupe_key), len(keys) + 1)
-        items += (ki, gi, di, len(h.appends), h.entry.id)
-        for a in h.appends:
-            check_append(a)
-            _encode_append(items, keys.get(a.stream) or keys.setdefault(a.stream, len(keys) + 1), a)
+        gi = groups.get(group) or groups.setdefault(group, len(groups) + 1)
+        if run is not None:
+            items += (ki, gi, 0, 0, 1, h.entry.id)
+            at = len(items) - 2
+            continue
+        _commit_item(items, keys, h, ki, gi)
     head: list[Any] = [ttl_ms, 0, "", 0]
     if fence is not None:
         head = [ttl_ms, keys.setdefault(fence.key, len(keys) + 1), fence.token, fence.ttl_ms]
     return list(keys), [*head, len(groups), *groups, *items]
+
+
+def _commit_item(items: list[Any], keys: dict[str, int], h: Handled, ki: int, gi: int) -> None:
+    """Add one item with a dedupe key or appends (a run of one) to the COMMIT arguments."""
+    di = 0
+    if h.dedupe_key is not None:
+        di = keys.setdefault(processed_key(h.entry.stream, h.group, h.dedupe_key), len(keys) + 1)
+    items += (ki, gi, di, len(h.appends), 1, h.entry.id)
+    for a in h.appends:
+        check_append(a)
+        _encode_append(items, keys.get(a.stream) or keys.setdefault(a.stream, len(keys) + 1), a)
 
 
 class RedisWrites(RedisCore):
@@ -65,12 +85,7 @@ class RedisWrites(RedisCore):
         """All ``appends`` in one script call: one round trip, all or nothing, ids in order."""
         if not appends:
             return []
-        keys: dict[str, int] = {}
-        args: list[Any] = []
-        for a in appends:
-            check_append(a)
-            _encode_append(args, keys.get(a.stream) or keys.setdefault(a.stream, len(keys) + 1), a)
-        names = list(keys)
+        names, args = _encode_runs(appends)
         raw = await self._call(
             lambda: self._durable([names, args], self._publish_many), idempotent=False
         )
