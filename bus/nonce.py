@@ -49,11 +49,13 @@ class RedisNonceGuard:
     async def admit_many(self, items: Sequence[tuple[str, str, int]]) -> list[Claim]:
         """``admit`` for a batch of ``(message_id, token, deadline_ms)`` in one round trip."""
         prefix = f"{self._prefix}nonce:"  # ``key``, inline
-        since_ms, found = await self._bus.claim_nonces(
-            self.since_key, [(prefix + m, t, d) for m, t, d in items]
-        )
+        ids, tokens, deadlines = zip(*items, strict=True) if items else ((), (), ())
+        keyed = list(zip([prefix + m for m in ids], tokens, deadlines, strict=True))
+        since_ms, found = await self._bus.claim_nonces(self.since_key, keyed)
         self.since_ns = since_ms * 1_000_000
-        return [_claim(f, t) for f, (_, t, _) in zip(found, items, strict=True)]
+        if found.count(None) == len(found):  # all new: no loop
+            return ["new"] * len(found)
+        return [_claim(f, t) for f, t in zip(found, tokens, strict=True)]
 
 
 def _claim(found: str | bool | None, token: str) -> Claim:

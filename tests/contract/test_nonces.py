@@ -84,3 +84,24 @@ async def test_a_lagging_receiver_cannot_reopen_a_replay_window(bus: Bus, prefix
     with pytest.raises(ContractError) as info:
         await lagging.verify(recent, stream=inbox, token="3-0", scope="g")
     assert info.value.code == Reason.REPLAYED
+
+
+async def test_a_guard_batch_tells_each_claim_apart(bus: Bus, prefix: str) -> None:
+    """One batch mixing new, redelivered, replayed and late ids gets each its own claim, in order;
+    an all-new batch and an empty one too."""
+    guard = RedisNonceGuard(bus, prefix)
+    now = _now_ms()
+    assert await guard.admit_many([]) == []
+    first = [("g|a", "s/1-0", now + 60_000), ("g|b", "s/2-0", now + 60_000)]
+    assert await guard.admit_many(first) == ["new", "new"]
+    batch = [
+        ("g|c", "s/3-0", now + 60_000),  # new
+        ("g|a", "s/1-0", now + 60_000),  # the same entry again
+        ("g|b", "s/9-0", now + 60_000),  # another entry with a held id
+        ("g|d", "s/4-0", now - 1),  # past its deadline
+        ("g|e", "s/5-0", now + 60_000),  # new
+    ]
+    assert await guard.admit_many(batch) == ["new", "redelivered", "replayed", "late", "new"]
+    assert await guard.admit_many([("h|a", "s/1-0", now + 60_000)]) == ["new"]  # another group
+    assert await bus.get_value(guard.key("g|b")) == b"s/2-0"
+    assert await bus.get_value(guard.key("g|d")) is None
