@@ -172,23 +172,23 @@ class Verifier:
         """``open`` each frame; also ``(index, envelope)`` of those the nonce guard is to judge
         and what it is asked for each: ``(nonce, token, deadline_ms)``."""
         results: list[Envelope | ContractError] = []
-        admit: list[tuple[int, Envelope]] = []
-        items: list[_Item] = []
-        guarded = not self._replay and self._nonce is not None
-        tolerance = self._tolerance_ns
-        for index, (frame, stream, token) in enumerate(frames):
+        add = results.append
+        open_ = self.open
+        for frame, stream, _ in frames:
             try:
-                env = self.open(frame, stream=stream)
+                add(open_(frame, stream=stream))
             except ContractError as exc:
-                results.append(exc)
-                continue
-            results.append(env)
-            if guarded:
-                mid = env.id
-                admit.append((index, env))
-                # deadline_ms, inline
-                deadline = -(-(env.ts_ns + tolerance) // 1_000_000)
-                items.append((f"{scope}|{mid}" if scope else mid, token or mid, deadline))
+                add(exc)
+        if self._replay or self._nonce is None:
+            return results, [], []
+        admit = [(i, r) for i, r in enumerate(results) if type(r) is Envelope]
+        tolerance = self._tolerance_ns
+        pre = f"{scope}|" if scope else ""
+        # deadline_ms, inline
+        items = [
+            (pre + env.id, frames[i][2] or env.id, -(-(env.ts_ns + tolerance) // 1_000_000))
+            for i, env in admit
+        ]
         return results, admit, items
 
     async def verify_many(
