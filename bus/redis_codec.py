@@ -9,7 +9,7 @@ from typing import Any
 import hiredis
 import redis.exceptions as rex
 
-from .api import Append, Fields, check_append, parse_id
+from .api import Append, Entry, Fields, check_append, parse_id
 from .errors import BusProtocolError
 
 _PLAIN = frozenset((str, bytes, int))
@@ -134,6 +134,28 @@ def _fields(raw: Any) -> dict[str, bytes]:
         if type(name) is bytes and type(value) is bytes:
             return {name.decode(): value}
     return _any_fields(raw)
+
+
+_SET_STREAM, _SET_ID, _SET_FIELDS, _SET_DELIVERIES = (
+    getattr(Entry, name).__set__ for name in ("stream", "id", "fields", "deliveries")
+)
+_new = object.__new__
+
+
+def _new_entries(stream: str, rows: Any) -> list[Entry]:
+    """Entries delivered for the first time, from ``(id, raw fields)`` rows: each built without
+    the frozen dataclass's four ``object.__setattr__`` calls (equal to ``Entry(stream, id,
+    _fields(raw), 1)``)."""
+    out: list[Entry] = []
+    add = out.append
+    for entry_id, raw in rows:
+        entry = _new(Entry)
+        _SET_STREAM(entry, stream)
+        _SET_ID(entry, entry_id)
+        _SET_FIELDS(entry, _fields(raw))
+        _SET_DELIVERIES(entry, 1)
+        add(entry)
+    return out
 
 
 def _any_fields(raw: Any) -> dict[str, bytes]:

@@ -13,7 +13,7 @@ import anyio
 
 from .api import Entry
 from .errors import BusProtocolError
-from .redis_codec import _fields, _s, _stream_entries, sorted_ids
+from .redis_codec import _fields, _new_entries, _s, _stream_entries, sorted_ids
 from .redis_core import RedisCore, gone
 
 __all__ = ["RedisReads"]
@@ -83,7 +83,7 @@ class RedisReads(RedisCore):
         else:
             block = block_ms if block_ms > 0 else None
             rows = await self._xreadgroup(stream, group, consumer, ">", count, block)
-        return [Entry(stream, i, _fields(f), 1) for i, f in rows or ()]
+        return _new_entries(stream, rows or ())
 
     async def _read_pending(
         self, stream: str, group: str, consumer: str, after: str, count: int

@@ -204,6 +204,23 @@ def test_entry_fields_decode_the_same_whatever_the_reply_shape() -> None:
         _fields([b"a", b"1", b"b"])
 
 
+def test_new_entries_equal_entries_built_by_the_constructor() -> None:
+    """Entries built slot by slot equal and print like the dataclass's own, whatever the
+    reply shape of their fields; they stay frozen."""
+    import dataclasses
+
+    from bus import Entry
+    from bus.redis_codec import _fields, _new_entries
+
+    rows = [("1-0", [b"f", b"\x00"]), ("1-1", [b"a", b"1", b"b", b"2"]), ("2-0", None)]
+    built = _new_entries("s", rows)
+    assert built == [Entry("s", i, _fields(raw), 1) for i, raw in rows]
+    assert [repr(e) for e in built] == [repr(Entry("s", i, _fields(raw))) for i, raw in rows]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built[0].id = "9-9"  # type: ignore[misc]
+    assert _new_entries("s", []) == []
+
+
 @pytest.mark.redis
 def test_throwaway_server_restart_keeps_aof_data() -> None:
     """redis_server(): kill -9 + restart on the same port reloads the AOF."""
