@@ -243,9 +243,10 @@ class Bus(Protocol):
     ) -> list[str | None]: ...
 
     async def claim_nonces(
-        self, since_key: str, items: Sequence[tuple[str, str, int]]
+        self, since_key: str, items: Sequence[tuple[str, str, int]], *, prefix: str = ""
     ) -> tuple[int, list[str | bool | None]]:
-        """For each ``(key, value, deadline_ms)``: ``False`` if the deadline (Unix ms) has passed
+        """For each ``(key, value, deadline_ms)`` (the key ``prefix + key``, so a caller need
+        not build the full keys): ``False`` if the deadline (Unix ms) has passed
         by the server's clock (nothing set), else ``None`` if the key is set now (expiring at the
         deadline), else the value it holds. First: the time (ms) since which the server's memory
         of such keys is complete (``since_key``'s value, set to the server's start when missing;

@@ -282,7 +282,7 @@ class MemoryBus:
         return [await self.claim_key(key, value, ttl_ms) for key, value in items]
 
     async def claim_nonces(
-        self, since_key: str, items: Sequence[tuple[str, str, int]]
+        self, since_key: str, items: Sequence[tuple[str, str, int]], *, prefix: str = ""
     ) -> tuple[int, list[str | bool | None]]:
         """In-process memory starts with the store: ``since`` is 0 (nothing to refuse)."""
         store = self._open()
@@ -292,7 +292,7 @@ class MemoryBus:
             if deadline_ms <= now:
                 out.append(False)
             else:
-                out.append(await self.claim_key(key, value, deadline_ms - now))
+                out.append(await self.claim_key(prefix + key, value, deadline_ms - now))
         return 0, out
 
     async def renew_key(self, key: str, value: str, ttl_ms: int) -> bool:

@@ -48,14 +48,12 @@ class RedisNonceGuard:
 
     async def admit_many(self, items: Sequence[tuple[str, str, int]]) -> list[Claim]:
         """``admit`` for a batch of ``(message_id, token, deadline_ms)`` in one round trip."""
-        prefix = f"{self._prefix}nonce:"  # ``key``, inline
-        ids, tokens, deadlines = zip(*items, strict=True) if items else ((), (), ())
-        keyed = list(zip([prefix + m for m in ids], tokens, deadlines, strict=True))
-        since_ms, found = await self._bus.claim_nonces(self.since_key, keyed)
+        prefix = f"{self._prefix}nonce:"  # ``key``, by the bus
+        since_ms, found = await self._bus.claim_nonces(self.since_key, items, prefix=prefix)
         self.since_ns = since_ms * 1_000_000
         if found.count(None) == len(found):  # all new: no loop
             return ["new"] * len(found)
-        return [_claim(f, t) for f, t in zip(found, tokens, strict=True)]
+        return [_claim(f, t) for f, (_, t, _) in zip(found, items, strict=True)]
 
 
 def _claim(found: str | bool | None, token: str) -> Claim:

@@ -171,14 +171,14 @@ class RedisWrites(RedisCore):
         return [None if r is None else _s(r) for r in raw]
 
     async def claim_nonces(
-        self, since_key: str, items: Sequence[tuple[str, str, int]]
+        self, since_key: str, items: Sequence[tuple[str, str, int]], *, prefix: str = ""
     ) -> tuple[int, list[str | bool | None]]:
         # columns, built in C
         names, values, deadlines = zip(*items, strict=True) if items else ((), (), ())
         args: list[str | int] = [0] * (2 * len(items))
         args[0::2] = values
         args[1::2] = deadlines
-        keys = [since_key, *names]
+        keys = [since_key, *names] if not prefix else [since_key, *[prefix + n for n in names]]
         raw = await self._call(lambda: self._claim_nonces(keys=keys, args=args), idempotent=False)
         found = raw[1:]
         if found.count(None) == len(found):  # all set now: the common case, no loop

@@ -297,10 +297,10 @@ class FaultyBus:
         return out
 
     async def claim_nonces(
-        self, since_key: str, items: Sequence[tuple[str, str, int]]
+        self, since_key: str, items: Sequence[tuple[str, str, int]], *, prefix: str = ""
     ) -> tuple[int, list[str | bool | None]]:
         out: tuple[int, list[str | bool | None]] = await self._run(
-            "claim_nonces", self.inner.claim_nonces(since_key, items)
+            "claim_nonces", self.inner.claim_nonces(since_key, items, prefix=prefix)
         )
         return out
 

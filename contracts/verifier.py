@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import cast
 
 from contracts.envelope import (
     _BEFORE_MEMORY,
@@ -168,9 +169,9 @@ class Verifier:
 
     def _open_all(
         self, frames: Sequence[tuple[bytes, str, str]], scope: str
-    ) -> tuple[list[Envelope | ContractError], list[tuple[int, Envelope]], list[_Item]]:
-        """``open`` each frame; also ``(index, envelope)`` of those the nonce guard is to judge
-        and what it is asked for each: ``(nonce, token, deadline_ms)``."""
+    ) -> tuple[list[Envelope | ContractError], list[int], list[_Item]]:
+        """``open`` each frame; also the indexes of those the nonce guard is to judge and what
+        it is asked for each: ``(nonce, token, deadline_ms)``."""
         results: list[Envelope | ContractError] = []
         add = results.append
         open_ = self.open
@@ -181,13 +182,17 @@ class Verifier:
                 add(exc)
         if self._replay or self._nonce is None:
             return results, [], []
-        admit = [(i, r) for i, r in enumerate(results) if type(r) is Envelope]
+        admit = [i for i, r in enumerate(results) if type(r) is Envelope]
+        # all of them, in the common case: no second list
+        opened = cast(
+            list[Envelope], results if len(admit) == len(results) else [results[i] for i in admit]
+        )
         tolerance = self._tolerance_ns
         pre = f"{scope}|" if scope else ""
         # deadline_ms, inline
         items = [
             (pre + env.id, frames[i][2] or env.id, -(-(env.ts_ns + tolerance) // 1_000_000))
-            for i, env in admit
+            for i, env in zip(admit, opened, strict=True)
         ]
         return results, admit, items
 
@@ -204,11 +209,12 @@ class Verifier:
         try:
             claims = await self._nonce.admit_many(items)
         except ContractError as exc:
-            for index, _ in admit:
+            for index in admit:
                 results[index] = exc
             return results
         since = self._nonce.since_ns
-        for (index, env), claim in zip(admit, claims, strict=True):
+        for index, claim in zip(admit, claims, strict=True):
+            env = cast(Envelope, results[index])
             if claim not in _ADMITTED or env.ts_ns < since:  # else ``_judge`` gives ``env``
                 results[index] = self._judge(env, claim, since)
         return results

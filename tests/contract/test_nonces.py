@@ -105,3 +105,15 @@ async def test_a_guard_batch_tells_each_claim_apart(bus: Bus, prefix: str) -> No
     assert await guard.admit_many([("h|a", "s/1-0", now + 60_000)]) == ["new"]  # another group
     assert await bus.get_value(guard.key("g|b")) == b"s/2-0"
     assert await bus.get_value(guard.key("g|d")) is None
+
+
+async def test_claims_under_a_prefix_set_the_prefixed_keys(bus: Bus, prefix: str) -> None:
+    """``prefix`` names the keys: the prefixed key is set and judged, the bare one is untouched."""
+    now = _now_ms()
+    items = [("a", "1-0", now + 60_000)]
+    since_key = f"{prefix}nonce-since"
+    assert (await bus.claim_nonces(since_key, items, prefix=f"{prefix}nonce:"))[1] == [None]
+    assert await bus.get_value(f"{prefix}nonce:a") == b"1-0"
+    assert await bus.get_value("a") is None
+    again = [("a", "2-0", now + 60_000)]
+    assert (await bus.claim_nonces(since_key, again, prefix=f"{prefix}nonce:"))[1] == ["1-0"]
