@@ -118,33 +118,41 @@ def mac_input(
     to: str,
     body: bytes,
 ) -> bytes:
-    """The exact bytes the MAC covers: DOMAIN, ten 4-byte lengths, then the ten fields."""
-    vb = _V2 if v == 2 and type(v) is int else str(v).encode()
-    kb = kind.encode()
+    """The exact bytes the MAC covers: DOMAIN, ten 4-byte lengths, then the ten fields.
+
+    Only the id, the stamp and the body's hash differ between the messages of one sender, kind
+    and stream: the bytes around them are built once per header (and id length) and remembered.
+    """
     ib = msg_id.encode()
-    sb = sender.encode()
-    keyb = key_id.encode()
-    cb = causation.encode()
-    rb = run.encode()
-    tb = to.encode()
-    return b"".join(
-        (
-            DOMAIN,
-            _LENS.pack(
-                len(vb), len(kb), len(ib), len(sb), len(keyb), 8, len(cb), len(rb), len(tb), 32
-            ),
-            vb,
-            kb,
-            ib,
-            sb,
-            keyb,
-            _TS.pack(ts_ns),
-            cb,
-            rb,
-            tb,
-            _sha256(body).digest(),
-        )
+    if v == 2 and type(v) is int:
+        header = (kind, sender, key_id, causation, run, to, len(ib))
+        parts = _MAC_PARTS.get(header) or _mac_parts(_V2, header)
+    else:  # not a v2 frame's (refused before its MAC is checked): never remembered
+        parts = _mac_parts(str(v).encode(), (kind, sender, key_id, causation, run, to, len(ib)))
+    head, middle, tail = parts
+    return b"".join((head, ib, middle, _TS.pack(ts_ns), tail, _sha256(body).digest()))
+
+
+_MAC_PARTS: dict[tuple[str, str, str, str, str, str, int], tuple[bytes, bytes, bytes]] = {}
+
+
+def _mac_parts(
+    vb: bytes, header: tuple[str, str, str, str, str, str, int]
+) -> tuple[bytes, bytes, bytes]:
+    """The MAC input around the id, the stamp and the body hash: (DOMAIN, the lengths, v and
+    kind), (sender and key id), (causation, run and to); remembered for v2 (bounded)."""
+    kind, sender, key_id, causation, run, to, id_len = header
+    kb, sb, keyb = kind.encode(), sender.encode(), key_id.encode()
+    cb, rb, tb = causation.encode(), run.encode(), to.encode()
+    lens = _LENS.pack(
+        len(vb), len(kb), id_len, len(sb), len(keyb), 8, len(cb), len(rb), len(tb), 32
     )
+    parts = (DOMAIN + lens + vb + kb, sb + keyb, cb + rb + tb)
+    if vb == _V2:
+        if len(_MAC_PARTS) >= 4096:  # a process signs and reads a few hundred headers at most
+            _MAC_PARTS.clear()
+        _MAC_PARTS[header] = parts
+    return parts
 
 
 def stream_address(stream: str) -> tuple[str, str]:

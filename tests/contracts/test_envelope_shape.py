@@ -188,6 +188,37 @@ def test_the_mac_input_writes_the_version_as_decimal_text(v: int) -> None:
     assert got == _layout(v, NOW)
 
 
+def _spelled_out(
+    kind: str,
+    mid: str,
+    sender: str,
+    key_id: str,
+    ts: int,
+    cause: str,
+    run: str,
+    to: str,
+    body: bytes,
+) -> bytes:
+    """docs/wire.md §3's MAC input for v2, written out field by field."""
+    fields = [b"2", kind.encode(), mid.encode(), sender.encode(), key_id.encode(),
+              struct.pack(">Q", ts), cause.encode(), run.encode(), to.encode(),
+              hashlib.sha256(body).digest()]  # fmt: skip
+    return b"kasmina.leyline.v2\x00" + struct.pack(">10I", *map(len, fields)) + b"".join(fields)
+
+
+def test_the_mac_input_of_remembered_headers_is_still_each_messages_own() -> None:
+    """Headers seen before (and thousands more than are remembered) give each message its own
+    input: another id (of another length too), stamp, body, or any other header field."""
+    base = ("gate.request", "m-1", "seed:a", "k-1", NOW, "c-1", "r1", "inbox:gate", b"body")
+    variants = [base]
+    for i, value in enumerate(["seed.command", "m-22", "seed:b", "k-2", NOW + 1, "", "r2",
+                               "inbox:seed", b"other"]):  # fmt: skip
+        variants.append((*base[:i], value, *base[i + 1 :]))  # type: ignore[arg-type]
+    variants += [(*base[:2], f"sender-{n}", *base[3:]) for n in range(5000)]  # type: ignore[arg-type]
+    for args in [*variants, *variants[:20]]:
+        assert mac_input(2, *args) == _spelled_out(*args)  # type: ignore[arg-type]
+
+
 # --------------------------------------------------------------------------- sealing
 
 
