@@ -116,17 +116,15 @@ return out
 
 # KEYS: every stream and processed-marker key the commit touches, and the fence key (one hash tag).
 # ARGV: ttl_ms, fence_key_index (0 = none), fence_token, fence_ttl_ms, n_groups, group1..groupN,
-# then the items in runs:
-#   input_key_index, group_index, dedupe_key_index (0 = none), n_appends, count, count entry
-#   ids, then the appends (see _PARSE)
-# where count is 1 for an item with a dedupe key or appends, and a run of items with neither (an
-# ack only) from one stream and group is one run of count ids. Every item is scanned and every key
-# type-checked before the first write. Each item's entry is acked first: an entry no longer
-# pending in its group was already committed (or dead-lettered) by some consumer, so the item is
-# a duplicate; so is one whose dedupe key is already marked.
-# Returns a string with one character per item: "1" = effects written and acked, "0" = duplicate
-# (nothing written). With a fence, nothing is written unless the fence key holds the token (error
-# "FENCED ..."), and the fence key is renewed for fence_ttl_ms.
+# then the items in runs: input_key_index, group_index, dedupe_key_index (0 = none), n_appends,
+# count, count entry ids, then the appends (see _PARSE); count is 1 for an item with a dedupe
+# key or appends, and items with neither (acks only) of one stream and group are one run of
+# count ids. Every item is scanned and every key type-checked before the first write. Each
+# item's entry is acked first: an entry no longer pending in its group was already committed (or
+# dead-lettered) by some consumer, so the item is a duplicate; so is one whose dedupe key is
+# already marked. Returns a string with one character per item: "1" = effects written and acked,
+# "0" = duplicate (nothing written). With a fence, nothing is written unless the fence key holds
+# the token (error "FENCED ..."), and the fence key is renewed for fence_ttl_ms.
 COMMIT = (
     _PARSE
     + """
