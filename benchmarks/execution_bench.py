@@ -42,6 +42,7 @@ import contextlib
 import copy
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,7 @@ from benchmarks.execution_timing import (
     figure,
     median_time,
     paired,
+    paired_extra,
     sync,
 )
 from leyline import pb
@@ -226,10 +228,23 @@ def _bus_figure(name: str, arm: Arm, make: Bridge, quads: Quads, rounds: int) ->
     warm, quads.warm = quads.warm, quads.steps
     try:
         for _ in range(rounds):
-            quads.quad(arm, arm, times, (contextlib.nullcontext, lambda: make(rt)))
+            quads.quad(arm, arm, times, (contextlib.nullcontext, lambda: _published(arm, make)))
     finally:
         quads.warm = warm
     return paired(name, times["b"], times["a"])
+
+
+@contextlib.contextmanager
+def _published(arm: Arm, make: Bridge) -> Iterator[None]:
+    """The bridge running for ``arm``'s runtime, its ExecutionActor draining and publishing the
+    outbox (the arm's own loop does not drain it meanwhile)."""
+    assert arm.rt is not None
+    arm.drains = False
+    try:
+        with make(arm.rt):
+            yield
+    finally:
+        arm.drains = True
 
 
 FIXED_DETAILS = {
@@ -254,8 +269,9 @@ def _fixed_costs(
     seeded_ms: float,
     calls: int = 2000,
 ) -> list[dict[str, Any]]:
-    """Costs too small to see in a step-time ratio, measured directly (best of 5 blocks; the
-    barrier digest: median of 21 votes)."""
+    """Costs too small to see in a step-time ratio, measured directly (``on_step``: best of 5
+    blocks; a slot's pass-through: the median of 31 alternating pairs of blocks, wrapped vs
+    bare; the barrier digest: median of 21 votes)."""
     rt = dormant.rt
     assert rt is not None
     dormant.enter()
@@ -264,9 +280,12 @@ def _fixed_costs(
     bare_mod = nn.Identity()
     wrapped = SlottedModule(nn.Identity(), SeedSlot("bench.s0")).to(dev)
     h = torch.zeros(x.shape[0], 8, device=dev, requires_grad=True)
-    bare = best(lambda: [bare_mod(h).sum().backward() for _ in range(calls)]) / calls  # type: ignore[func-returns-value]
-    through = best(lambda: [wrapped(h).sum().backward() for _ in range(calls)]) / calls  # type: ignore[func-returns-value]
-    per_slot = max(0.0, through - bare) + idle / max(1, len(rt.slots))
+    block = calls // 10
+    extra = paired_extra(
+        lambda: [bare_mod(h).sum().backward() for _ in range(block)],  # type: ignore[func-returns-value]
+        lambda: [wrapped(h).sum().backward() for _ in range(block)],  # type: ignore[func-returns-value]
+    )
+    per_slot = max(0.0, extra / block) + idle / max(1, len(rt.slots))
     on_thread, whole = _barrier_costs(seeded, dev)
     return [
         figure("execution.on_step_idle", 1e6 * idle, 1e3 * plain_ms, unit="us"),

@@ -63,6 +63,7 @@ class Arm:
     ) -> None:
         self.model, self.opt, self.rt, self.wiring = model, opt, rt, wiring
         self.step = 0
+        self.drains = True  # False while an ExecutionActor publishes the outbox instead
 
     def enter(self) -> None:
         """Make the shared model this arm's configuration."""
@@ -78,7 +79,8 @@ class Arm:
             self.opt.step()
             if self.rt is not None:
                 self.rt.on_step(self.step, loss)
-                self.rt.drain_outbox()
+                if self.drains:
+                    self.rt.drain_outbox()
             self.step += 1
 
 
@@ -197,3 +199,22 @@ def best(fn: Callable[[], object], blocks: int = 5) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def paired_extra(
+    base: Callable[[], object], extra: Callable[[], object], rounds: int = 31
+) -> float:
+    """What ``extra`` costs beyond ``base`` (wall time of one call each): the median over
+    ``rounds`` of back-to-back pairs, the order alternating, so a load change spans both halves
+    of a pair."""
+    diffs = []
+    for i in range(rounds):
+        first, second = (base, extra) if i % 2 == 0 else (extra, base)
+        t0 = time.perf_counter()
+        first()
+        t1 = time.perf_counter()
+        second()
+        t2 = time.perf_counter()
+        a, b = (t1 - t0, t2 - t1) if i % 2 == 0 else (t2 - t1, t1 - t0)
+        diffs.append(b - a)
+    return statistics.median(diffs)

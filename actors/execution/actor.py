@@ -78,7 +78,7 @@ class ExecutionActor:
         verifier: Verifier,
         config: KasminaConfig,
         rank: int = 0,
-        flush_interval_s: float = 0.02,
+        flush_interval_s: float = 0.5,
         heartbeat_s: float = 2.0,
         artifacts: ArtifactStore | None = None,
     ) -> None:
@@ -171,6 +171,8 @@ class ExecutionActor:
                 await anyio.sleep(backoff_s(failures))
 
     async def _flusher(self) -> None:
+        # the outbox wakes it (notify) the moment something is queued; the interval is only a
+        # fallback for an outbox connected to another callback, so an idle trainer is not polled
         while not self._stopping:
             await anyio.to_thread.run_sync(
                 self._wake.wait, self.flush_interval_s, abandon_on_cancel=True
