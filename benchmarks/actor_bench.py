@@ -63,7 +63,15 @@ async def _fill(bus: Bus, stream: str, frames: list[bytes]) -> None:
 
 
 async def _shell_rate(bus: Bus, run: str, ring: KeyRing, frames: list[bytes]) -> float:
-    """Entries per second one SeedActor shell takes to work through ``frames`` (pre-filled).
+    """Entries per second one SeedActor shell takes to work through ``frames`` (pre-filled)."""
+    return len(frames) / await shell_time(bus, run, ring, frames, time.perf_counter)
+
+
+async def shell_time(
+    bus: Bus, run: str, ring: KeyRing, frames: list[bytes], clock: Callable[[], float]
+) -> float:
+    """``clock``'s time while one SeedActor shell works through ``frames`` (pre-filled), from
+    its rebuilt state to its last entry.
 
     The admission bound is set above the backlog: every entry is verified and decided (or
     rejected), none is shed as ``overloaded`` (shedding is the hostile benchmark's subject)."""
@@ -81,14 +89,14 @@ async def _shell_rate(bus: Bus, run: str, ring: KeyRing, frames: list[bytes]) ->
     )
     async with anyio.create_task_group() as tg:
         await tg.start(shell.run)  # state rebuilt (empty event stream): the clock starts now
-        t0 = time.perf_counter()
+        t0 = clock()
         while shell.processed < len(frames):
             await anyio.sleep(0.002)
-        elapsed = time.perf_counter() - t0
+        elapsed = clock() - t0
         await shell.stop()
     if shell.shed:  # a figure that counts shed entries as handled would be false
         raise RuntimeError(f"{shell.shed} entries shed: raise bus.admission_backlog")
-    return len(frames) / elapsed
+    return elapsed
 
 
 async def _bus_rate(bus: Bus, run: str, frames: list[bytes]) -> float:

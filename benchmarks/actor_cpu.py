@@ -27,39 +27,15 @@ import uuid
 
 import anyio
 
-from actors.assemble import live_verifier
-from actors.logic import seed_logic
-from actors.shell import ActorShell
 from benchmarks import actor_bench as ab
 from bus import Bus, open_bus
 from bus.testing import purge_prefix
-from contracts import KasminaConfig, KeyRing, Signer, streams
+from contracts import KeyRing, Signer, streams
 
 
 async def _shell_cpu(bus: Bus, run: str, ring: KeyRing, frames: list[bytes]) -> float:
     """µs of this process's CPU per entry while one shell works through ``frames``."""
-    config = KasminaConfig.load(env={}, overrides={"bus.admission_backlog": len(frames) + ab.CHUNK})
-    inbox = streams.inbox(run, "seed", ab.SLOT)
-    await ab._fill(bus, inbox, frames)
-    shell = ActorShell(
-        seed_logic(ab.SLOT, config),
-        bus=bus,
-        run=run,
-        inbox=inbox,
-        signer=Signer(ring, f"seed:{ab.SLOT}"),
-        verifier=live_verifier(bus, run, ring, config),
-        config=config,
-    )
-    async with anyio.create_task_group() as tg:
-        await tg.start(shell.run)  # state rebuilt: the clock starts now
-        start = time.process_time()
-        while shell.processed < len(frames):
-            await anyio.sleep(0.002)
-        used = time.process_time() - start
-        await shell.stop()
-    if shell.shed:
-        raise RuntimeError(f"{shell.shed} entries shed: raise bus.admission_backlog")
-    return used / len(frames) * 1e6
+    return await ab.shell_time(bus, run, ring, frames, time.process_time) / len(frames) * 1e6
 
 
 async def measure(url: str, n: int, rounds: int) -> dict[str, list[float]]:
