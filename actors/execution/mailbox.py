@@ -38,6 +38,8 @@ class Inbox:
     def drain(self) -> list[pb.ExecutionOrder]:
         """Everything queued so far, in arrival order."""
         out: list[pb.ExecutionOrder] = []
+        if self._q.empty():  # the usual case; one consumer, so nothing can be taken in between
+            return out
         while True:
             try:
                 out.append(self._q.get_nowait())

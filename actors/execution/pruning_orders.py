@@ -33,6 +33,8 @@ def key(order: pb.PruningOrder) -> str:
 def due(rt: ExecutionRuntime, step: int) -> list[pb.PruningOrder]:
     """Pending pruning orders due at or before ``step`` (oldest due step first)."""
     orders = rt.pending_pruning
+    if not orders:
+        return []
     return sorted((o for o in orders if o.apply_at_step <= step), key=lambda o: o.apply_at_step)
 
 

@@ -123,6 +123,8 @@ def at_boundary(
         rt.states[sid].forward_since = step
     if entering and rt.config.checkpoint_dir is not None:
         _guard(rt, step, rt.config.checkpoint_dir)
+    if not rt.pending_rollbacks and rt.rollbacks.empty():
+        return
     keys = set(ready(rt)) if agreed is None else agreed
     for r in [r for r in rt.pending_rollbacks if r.key in keys]:
         rt.pending_rollbacks.remove(r)

@@ -225,7 +225,7 @@ class ExecutionRuntime:
             self._record_loss(loss)
         if self._barrier_step(step):  # gradient verification through sampling
             self._grad_digest = ranks.grad_digest(self.slots, step)
-        if any(s.slot.seed is not None for s in self.states.values()):
+        if any([slot._modules["seed"] is not None for slot in self.slots.values()]):
             seedsteps.train_seeds(self, step)
         self.pending.extend(self.inbox.drain())
         pruning_due = pruning_orders.take(self)

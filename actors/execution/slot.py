@@ -243,8 +243,9 @@ class SlottedModule(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the host submodule, then the slot (skipped outright while it is the identity)."""
-        h = self.host(*args, **kwargs)
-        slot = self.slot
+        modules = self._modules  # the registered children, read without nn.Module.__getattr__
+        h = modules["host"](*args, **kwargs)
+        slot: SeedSlot = modules["slot"]  # type: ignore[assignment]
         if slot.mode is Mode.IDENTITY and slot._tap is None:
             return h
         x = args[0] if args and isinstance(args[0], Tensor) else None
