@@ -244,7 +244,7 @@ class SlottedModule(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the host submodule, then the slot (skipped outright while it is the identity)."""
         modules = self._modules  # the registered children, read without nn.Module.__getattr__
-        h = modules["host"](*args, **kwargs)
+        h = modules["host"](*args, **kwargs)  # type: ignore[misc]
         slot: SeedSlot = modules["slot"]  # type: ignore[assignment]
         if slot.mode is Mode.IDENTITY and slot._tap is None:
             return h
