@@ -41,6 +41,7 @@ from actors.hosting.admission import Admission, Run, aggregated
 from actors.hosting.housekeeping import Housekeeping, digest_appends
 from actors.hosting.inbox import Checked, IdPair
 from actors.hosting.merging import OpenEvents
+from actors.hosting.recent import RecentIds
 from actors.hosting.rejection import OUTCOMES_MAXLEN
 from actors.hosting.serving import LeasedHost
 from bus import (
@@ -114,6 +115,7 @@ class ActorShell(LeasedHost):
         self.quarantined: set[str] = set()  # event entry ids this actor could not fold
         self.duplicates = 0  # deliveries of messages already committed (a rewound group, ...)
         self._high: tuple[int, int] | None = None  # highest inbox id decided since the rebuild
+        self.recent = RecentIds(verifier.tolerance_s)  # committed ids, in case Redis forgets them
         self.merging = OpenEvents(logic)  # the batch's lone events, merged where they may be
 
     # -- what tests and status read -------------------------------------------------------------
@@ -145,6 +147,7 @@ class ActorShell(LeasedHost):
                     self.logic.name, record.entry_id, record.reason.value, record.detail,
                 )  # fmt: skip
                 continue
+            self.recent.add_caused(record.envelope.causation_id, record.envelope.ts_ns)
             try:
                 self.logic.fold(record.kind, record.message)
             except ReplayError as exc:  # a duplicate or a gap in the log: set it aside
@@ -277,6 +280,9 @@ class ActorShell(LeasedHost):
         # Exactly once by the ack: an entry a rival (or an earlier try of this commit) already
         # committed is no longer pending, and its item comes back False with nothing written.
         results = await self.bus.commit(handled, fence=self.lease.fence)
+        self.recent.add_committed(
+            h.dedupe_key for h, ok in zip(handled, results, strict=True) if ok and h.dedupe_key
+        )
         self.processed += len(handled)
         high = max(ids)
         self._high = high if self._high is None else max(self._high, high)
@@ -293,6 +299,10 @@ class ActorShell(LeasedHost):
         change."""
         checked_all = await self._verify(batch)
         done = await committed_before(self.bus, self.group, batch, ids, checked_all, self._high)
+        done.update(  # committed by this host, though the Redis records of it are gone
+            e.id for e, c in zip(batch, checked_all, strict=True)
+            if type(c) is Envelope and c.id in self.recent
+        )  # fmt: skip
         runs = aggregated(batch, checked_all, threshold=self.config.bus.aggregate_from)
         handled: list[Handled] = []
         decided: list[bool] = []  # the item went through decide (and may have changed the state)

@@ -9,6 +9,7 @@ event stream and its pending entries are re-read), with capped exponential backo
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from collections.abc import Callable, Coroutine, Sequence
@@ -21,6 +22,18 @@ from actors.shell import ActorShell
 from bus import backoff_s
 
 log = logging.getLogger("kasmina.supervisor")
+
+
+def freeze_startup_heap() -> int:
+    """Move every object alive now (imports, configuration, the built actors) out of the cyclic
+    garbage collector's reach (``gc.freeze``), after one collection of what start-up left over.
+
+    An actor process calls it once, before serving: a full collection then walks only what
+    serving allocates, not the tens of thousands of long-lived start-up objects, so it costs the
+    inbox loop less and pauses it for less. Returns the objects frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 class _Once:

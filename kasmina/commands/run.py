@@ -8,7 +8,7 @@ import logging
 import anyio
 
 from actors.assemble import ACTORS, build_shells, services
-from actors.supervisor import Supervisor
+from actors.supervisor import Supervisor, freeze_startup_heap
 from kasmina.common import CliError, add_keys, add_redis, load_keys, redis_url, run_id
 from kasmina.wiring import connect, load_config
 
@@ -73,9 +73,11 @@ async def _serve(args: argparse.Namespace) -> None:
         await wiring.bus.close()
         raise CliError(str(exc)) from exc
     supervisor = Supervisor(shells, services=services(shells, config))
+    frozen = freeze_startup_heap()
     logging.getLogger("kasmina").info(
-        "serving run %s: %s", wiring.run, ", ".join(s.logic.name for s in shells)
-    )
+        "serving run %s: %s (%d start-up objects frozen)",
+        wiring.run, ", ".join(s.logic.name for s in shells), frozen,
+    )  # fmt: skip
     try:
         await supervisor.run()
     finally:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from actors.client import Outcome
@@ -43,3 +45,56 @@ async def test_a_rewound_group_decides_nothing_twice(bus: Bus, run_id: str) -> N
         assert after == [*before, before[-1] + 1]
         info = await bus.info(inbox)
         assert info.groups[0].pending == 0
+
+
+async def _forget(client: Any, run: str) -> int:
+    """Delete every nonce and commit-marker key of ``run``: what a writer without keys can do."""
+    doomed = [
+        key
+        async for key in client.scan_iter(match=f"*{run}*")
+        if b"nonce:" in key or b":processed:" in key
+    ]
+    if doomed:
+        await client.delete(*doomed)
+    return len(doomed)
+
+
+async def test_a_writer_who_deletes_nonces_and_markers_gets_nothing_decided_twice(
+    bus: Bus, run_id: str
+) -> None:
+    """The nonce and commit-marker keys deleted, then the group rewound: the live actor still
+    knows the three earlier commands (its own memory of what it committed) and decides none of
+    them again; the next command is the only new event."""
+    client = getattr(bus, "client", None)
+    if client is None:
+        pytest.skip("the memory bus has no keys to delete from outside")
+    async with running_cluster(bus, run=run_id, slots=[SLOT], ring=KeyRing.generate()) as cl:
+        for _ in range(3):
+            await _cull(cl)
+        before = await _refusals(bus, cl)
+        assert await _forget(client, run_id) >= 6  # three nonces, three markers at least
+        inbox = streams.inbox(run_id, "seed", SLOT)
+        await client.xgroup_setid(inbox, f"actor:seed:{SLOT}", "0")
+        await _cull(cl)
+        assert await _refusals(bus, cl) == [*before, before[-1] + 1]
+
+
+async def test_a_restarted_actor_remembers_committed_ids_from_the_log(
+    bus: Bus, run_id: str
+) -> None:
+    """After a restart the actor re-learns the ids it committed from its events' causes: with
+    the nonces and markers deleted and the group rewound, nothing is decided twice."""
+    client = getattr(bus, "client", None)
+    if client is None:
+        pytest.skip("the memory bus has no keys to delete from outside")
+    ring = KeyRing.generate()
+    async with running_cluster(bus, run=run_id, slots=[SLOT], ring=ring) as cl:
+        for _ in range(3):
+            await _cull(cl)
+        before = await _refusals(bus, cl)
+    await _forget(client, run_id)
+    async with running_cluster(bus, run=run_id, slots=[SLOT], ring=ring) as cl:
+        inbox = streams.inbox(run_id, "seed", SLOT)
+        await client.xgroup_setid(inbox, f"actor:seed:{SLOT}", "0")
+        await _cull(cl)
+        assert await _refusals(bus, cl) == [*before, before[-1] + 1]

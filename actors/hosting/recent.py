@@ -1,0 +1,82 @@
+"""The message ids a host has committed, kept in its own memory until each could still be fresh.
+
+Redis holds the two records that stop a message being decided twice: its nonce (a replayed frame)
+and its commit marker (a rewound group, a re-read entry). Someone who can write to Redis can
+delete both. A host therefore also remembers, in process, every message id it has committed, for
+as long as a frame with that id can pass the freshness check (its stamp is at most the clock
+tolerance ahead of the host's clock when it arrives, and is refused as stale once the tolerance
+has passed, so two tolerances from the commit is enough). A rebuild fills the memory from the
+event log: every event names the message that caused it.
+
+The memory is bounded (``limit`` ids, oldest dropped first and counted): at rates that exceed it,
+the Redis records are the only guard for the dropped ids.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+__all__ = ["RECENT_LIMIT", "RecentIds"]
+
+RECENT_LIMIT = 100_000
+
+
+class RecentIds:
+    """Committed message ids, each kept until a deadline (ns, by ``clock``)."""
+
+    __slots__ = ("_clock", "_keep_ns", "_limit", "_until", "evicted")
+
+    def __init__(
+        self,
+        tolerance_s: float,
+        *,
+        limit: int = RECENT_LIMIT,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self._keep_ns = int(2 * tolerance_s * 1e9)
+        self._limit = limit
+        self._clock = clock
+        # insertion order, oldest first (an OrderedDict: dropping from the front stays O(1))
+        self._until: OrderedDict[str, int] = OrderedDict()
+        self.evicted = 0  # ids dropped to stay within the limit before their deadline
+
+    def __contains__(self, message_id: object) -> bool:
+        return message_id in self._until
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def add_committed(self, message_ids: Iterable[str]) -> None:
+        """Remember ids committed now (each kept two tolerances from now)."""
+        until = self._clock() + self._keep_ns
+        self._store(((m, until) for m in message_ids), self._clock())
+
+    def add_caused(self, message_id: str, event_ts_ns: int) -> None:
+        """Remember the id that caused an event stamped ``event_ts_ns`` (found in a rebuild),
+        unless that event is too old for its cause to be fresh still."""
+        if message_id:
+            self._store([(message_id, event_ts_ns + self._keep_ns)], self._clock())
+
+    def _store(self, items: Iterable[tuple[str, int]], now: int) -> None:
+        until = self._until
+        for message_id, deadline in items:
+            if deadline <= now:
+                continue
+            until[message_id] = deadline
+            until.move_to_end(message_id)  # a renewed id is dropped last
+        self._prune(now)
+
+    def _prune(self, now: int) -> None:
+        """Drop the expired ids at the front, then the oldest beyond the limit."""
+        until = self._until
+        while until:
+            first, deadline = next(iter(until.items()))
+            if deadline > now and len(until) <= self._limit:
+                return
+            if deadline > now:
+                self.evicted += 1
+            until.popitem(last=False)
