@@ -74,7 +74,7 @@ class RecentIds:
         """Drop the expired ids at the front, then the oldest beyond the limit."""
         until = self._until
         while until:
-            first, deadline = next(iter(until.items()))
+            deadline = next(iter(until.values()))
             if deadline > now and len(until) <= self._limit:
                 return
             if deadline > now:
