@@ -96,9 +96,17 @@ async def confirmations(
 
 
 def confirmed_by_rank(acks: list[pb.ExecutionAck]) -> dict[str, dict[str, Any]]:
-    """Per rank: how many orders it applied, how many it refused, and its latest confirmation."""
-    counts = Counter((str(a.rank), bool(a.ok)) for a in acks)
-    latest = {str(a.rank): a for a in acks}
+    """Per rank: how many orders it applied, how many it refused, and its latest confirmation
+    (the one at the highest step). An order counts once per rank: a copy of a confirmation
+    (anyone who can write to Redis can append one) changes nothing."""
+    once: dict[tuple[str, str], pb.ExecutionAck] = {}
+    for a in acks:
+        once.setdefault((str(a.rank), a.order_id), a)
+    counts = Counter((rank, bool(a.ok)) for (rank, _), a in once.items())
+    latest: dict[str, pb.ExecutionAck] = {}
+    for (rank, _), a in once.items():  # stream order: a later one wins a tie
+        if rank not in latest or a.applied_at_step >= latest[rank].applied_at_step:
+            latest[rank] = a
     return {
         rank: {
             "confirmed": counts[(rank, True)],

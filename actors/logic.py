@@ -113,9 +113,17 @@ class PureLogic(Generic[S]):
         self.state = self.spec.initial(self.key)
         self._open = None
 
-    def fold(self, kind: str, message: Message) -> None:
+    def fold(self, kind: str, message: Message) -> bool:
         if kind in self.spec.own_events and self._mine(message):
             self.state = self.spec.evolve(self.state, message)
+            return True
+        return False
+
+    def snapshot(self) -> object:
+        return (self.state, self._open, self.now_step)
+
+    def restore(self, snapshot: object) -> None:
+        self.state, self._open, self.now_step = snapshot  # type: ignore[misc]
 
     def digests(self) -> dict[tuple[str, str], bytes]:
         return {(self.spec.actor, self.key): self.spec.digest(self.state)}
@@ -201,7 +209,15 @@ class TelemetryLogic:
     def reset(self) -> None:
         """Aggregation windows restart empty after a rebuild."""
 
-    def fold(self, kind: str, message: Message) -> None:
+    def fold(self, kind: str, message: Message) -> bool:
+        """Nothing of the event log is the telemetry actor's."""
+        return False
+
+    def snapshot(self) -> object:
+        """Nothing of the event log is the telemetry actor's."""
+        return None
+
+    def restore(self, snapshot: object) -> None:
         """Nothing of the event log is the telemetry actor's."""
 
     def digests(self) -> dict[tuple[str, str], bytes]:

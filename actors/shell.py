@@ -41,6 +41,7 @@ from actors.hosting.admission import Admission, Run, aggregated
 from actors.hosting.housekeeping import Housekeeping, digest_appends
 from actors.hosting.inbox import Checked, IdPair
 from actors.hosting.merging import OpenEvents
+from actors.hosting.quarantine import note_regressed, note_unfoldable
 from actors.hosting.recent import RecentIds
 from actors.hosting.rejection import OUTCOMES_MAXLEN
 from actors.hosting.serving import LeasedHost
@@ -54,13 +55,11 @@ from bus import (
 from contracts import REGISTRY, ContractError, Envelope, Reason, Signer, Verifier, streams
 from contracts.config import KasminaConfig
 from contracts.roles import valid_sender
-from leyline import pb
 
 __all__ = ["FRAME", "ActorLogic", "ActorShell", "Meta", "inbox_consumer"]
 
 log = logging.getLogger("kasmina.actors")
 
-QUARANTINE_MAXLEN = 10_000
 SENDER = "[A-Za-z0-9_.:-]{1,128}"
 YIELD_EVERY = 16  # entries decided between turns given to the other actors of the process
 
@@ -105,8 +104,7 @@ class ActorShell(LeasedHost):
         self.admission = Admission(
             bus, inbox, self.group, config, self.rejections, shed_inside=True
         )
-        self.processed = 0
-        self.rebuilds = 0
+        self.processed = self.rebuilds = self.regressions = 0  # regressions: see _regressed
         self.housekeeping = Housekeeping(
             bus, run, inbox, signer, config, name=logic.name, process=process,
             heartbeat_s=heartbeat_s, counters=lambda: (self.processed, dict(self.rejected)),
@@ -116,6 +114,8 @@ class ActorShell(LeasedHost):
         self.duplicates = 0  # deliveries of messages already committed (a rewound group, ...)
         self._high: tuple[int, int] | None = None  # highest inbox id decided since the rebuild
         self.recent = RecentIds(verifier.tolerance_s)  # committed ids, in case Redis forgets them
+        # the state last committed (or rebuilt), with its digests: a rebuild must pass through it
+        self._committed: tuple[object, dict[tuple[str, str], bytes]] | None = None
         self.merging = OpenEvents(logic)  # the batch's lone events, merged where they may be
 
     # -- what tests and status read -------------------------------------------------------------
@@ -140,6 +140,8 @@ class ActorShell(LeasedHost):
         count = 0
         if self.lifecycle is Lifecycle.SERVING:
             self._enter(Lifecycle.REBUILDING)
+        target = None if self._committed is None else self._committed[1]
+        reached = target is None or self.logic.digests() == target
         async for record in read_log(self.bus, self.events_stream, self.verifier.with_replay()):
             if isinstance(record, BadEntry):  # a tampered or foreign entry is no part of the state
                 log.warning(
@@ -149,17 +151,35 @@ class ActorShell(LeasedHost):
                 continue
             self.recent.add_caused(record.envelope.causation_id, record.envelope.ts_ns)
             try:
-                self.logic.fold(record.kind, record.message)
+                mine = self.logic.fold(record.kind, record.message)
             except ReplayError as exc:  # a duplicate or a gap in the log: set it aside
                 await self._quarantine(record, exc)
                 continue
             count += 1
+            if mine and not reached:
+                reached = self.logic.digests() == target
+        if not reached:  # the log lost events this host committed: keep what it committed
+            await self._regressed()
+        self._committed = (self.logic.snapshot(), self.logic.digests())
         self.rebuilds += 1
         self._stale = False
         self._high = None  # the first batch after a rebuild is checked for committed messages
         if self.lifecycle is Lifecycle.REBUILDING:
             self._enter(Lifecycle.SERVING)
         return count
+
+    async def _regressed(self) -> None:
+        """The rebuilt state never passed through the state this host committed last: events it
+        committed are gone from the log (deleted, or lost by a Redis without persistence). The
+        committed state is kept, and the loss recorded on the quarantine stream."""
+        assert self._committed is not None
+        self.regressions += 1
+        self.logic.restore(self._committed[0])
+        log.error(
+            "%s: the event log lacks events this host committed; serving the committed state",
+            self.logic.name,
+        )
+        await note_regressed(self.bus, self.signer, self.run_id, self.logic.name)
 
     async def _quarantine(self, record: LogRecord, exc: ReplayError) -> None:
         """Record an event this actor's core refused to fold (once per entry and shell) on the
@@ -168,20 +188,8 @@ class ActorShell(LeasedHost):
             return
         self.quarantined.add(record.entry_id)
         log.warning("%s: event %s quarantined: %s", self.logic.name, record.entry_id, exc)
-        env = record.envelope
-        note = pb.Rejection(
-            reason_code="unfoldable",
-            stream=record.stream,
-            entry_id=record.entry_id,
-            kind=env.kind,
-            sender=env.sender,
-            detail=f"{type(exc).__name__}: {exc}"[:500],
-            message_id=env.id,
-            actor=self.logic.name,
-        )
-        note_append = self._append(streams.quarantine(self.run_id), note, env.id)
-        fields = {**note_append.fields, "entry": record.entry_id.encode()}
-        await self.bus.publish(note_append.stream, fields, maxlen=QUARANTINE_MAXLEN)
+        why = f"{type(exc).__name__}: {exc}"
+        await note_unfoldable(self.bus, self.signer, self.run_id, self.logic.name, record, why)
 
     # -- handling -----------------------------------------------------------------------------
     def _append(
@@ -280,16 +288,25 @@ class ActorShell(LeasedHost):
         # Exactly once by the ack: an entry a rival (or an earlier try of this commit) already
         # committed is no longer pending, and its item comes back False with nothing written.
         results = await self.bus.commit(handled, fence=self.lease.fence)
-        self.recent.add_committed(
-            h.dedupe_key for h, ok in zip(handled, results, strict=True) if ok and h.dedupe_key
-        )
         self.processed += len(handled)
         high = max(ids)
         self._high = high if self._high is None else max(self._high, high)
+        await self._committed_now(handled, results, decided)
+
+    async def _committed_now(
+        self, handled: Sequence[Handled], results: Sequence[bool], decided: Sequence[bool]
+    ) -> None:
+        """After a commit: its message ids remembered, and the state it committed noted, or the
+        state rebuilt where it counted a message a rival had already committed."""
+        self.recent.add_committed(
+            h.dedupe_key for h, ok in zip(handled, results, strict=True) if ok and h.dedupe_key
+        )
         lost = self.merging.committed(results)  # a merged event kept out of the log is owed
         if lost or any(not ok and d for ok, d in zip(results, decided, strict=True)):
             # a redelivered message was already committed: our tentative state double-counted it
             await self.rebuild()
+        elif any(decided):
+            self._committed = (self.logic.snapshot(), self.logic.digests())
 
     async def _decide_batch(
         self, batch: Sequence[Entry], ids: Sequence[IdPair]
@@ -299,10 +316,7 @@ class ActorShell(LeasedHost):
         change."""
         checked_all = await self._verify(batch)
         done = await committed_before(self.bus, self.group, batch, ids, checked_all, self._high)
-        done.update(  # committed by this host, though the Redis records of it are gone
-            e.id for e, c in zip(batch, checked_all, strict=True)
-            if type(c) is Envelope and c.id in self.recent
-        )  # fmt: skip
+        done.update(self._remembered(batch, checked_all))
         runs = aggregated(batch, checked_all, threshold=self.config.bus.aggregate_from)
         handled: list[Handled] = []
         decided: list[bool] = []  # the item went through decide (and may have changed the state)
@@ -331,6 +345,16 @@ class ActorShell(LeasedHost):
         if last_change >= 0:  # one digest per batch, after the last event that changed the state
             handled[last_change] = self._with_digests(handled[last_change], last_cause)
         return handled, decided
+
+    def _remembered(self, batch: Sequence[Entry], checked: Sequence[Checked]) -> list[str]:
+        """Entry ids of ``batch`` whose message this host committed, though the Redis records
+        of it (nonce, commit marker) may be gone."""
+        recent = self.recent
+        return [
+            e.id
+            for e, c in zip(batch, checked, strict=True)
+            if type(c) is Envelope and c.id in recent
+        ]
 
     async def _verify(self, batch: Sequence[Entry]) -> list[Envelope | ContractError | None]:
         """Each entry's verified envelope, the verifier's error, or None (no frame field)."""

@@ -318,6 +318,8 @@ class ExecutionActor:
             step=max(0, int(getattr(self.runtime, "step", 0))),
         )
         await publish_heartbeat(self.bus, self.run_id, self.signer, beat)
+        # orders fan out by the registry: an entry someone deleted is back within a beat
+        await self.router.register(self.inbox, again=True)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until :meth:`stop`; flushes what is left in the outbox on the way out."""

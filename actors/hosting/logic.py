@@ -30,8 +30,17 @@ class ActorLogic(Protocol):
         """Back to the initial state (before a rebuild)."""
         ...
 
-    def fold(self, kind: str, message: Message) -> None:
-        """Fold one recorded event of this actor (rebuild); events of others are ignored."""
+    def fold(self, kind: str, message: Message) -> bool:
+        """Fold one recorded event of this actor (rebuild); events of others are ignored.
+        True if the event was this actor's (the state moved to its fold)."""
+        ...
+
+    def snapshot(self) -> object:
+        """The state as it stands (to :meth:`restore` it; not copied, never mutated later)."""
+        ...
+
+    def restore(self, snapshot: object) -> None:
+        """Back to a state :meth:`snapshot` returned."""
         ...
 
     def digests(self) -> dict[tuple[str, str], bytes]:

@@ -54,11 +54,13 @@ class Router:
         self._registered: set[str] = set()
         self._foreign: set[str] = set()  # registry members refused as routes (logged once)
 
-    async def register(self, inbox: str) -> None:
-        """Add a keyed instance's inbox (a slot's, a rank's) to its kind's registry, once, so
-        fan-out reaches it; a singleton's inbox needs none."""
+    async def register(self, inbox: str, *, again: bool = False) -> None:
+        """Add a keyed instance's inbox (a slot's, a rank's) to its kind's registry, so fan-out
+        reaches it; a singleton's inbox needs none. Once, unless ``again``: an instance renews
+        its entry while it serves, so a registry someone emptied is whole again within a period.
+        """
         kind, _, key = inbox[len(streams.prefix(self.run)) :].partition(":")[2].partition(":")
-        if key and inbox not in self._registered:
+        if key and (again or inbox not in self._registered):
             await self.bus.register(streams.registry(self.run, kind), inbox)
             self._registered.add(inbox)
 

@@ -9,6 +9,7 @@ stands is its :class:`~actors.hosting.Lifecycle`. A host subclass supplies the s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -169,6 +170,9 @@ class LeasedHost:
                 return
             if not held and self.lifecycle.owns:
                 await self._lose("lease expired or taken over")
+            elif held:  # a registry emptied by someone with write access heals within a period
+                with contextlib.suppress(BusUnavailable):
+                    await self.router.register(self.inbox, again=True)
 
     async def _lose(self, why: str) -> None:
         log.warning("%s: lost ownership (%s); standing by", self.logic.name, why)

@@ -136,10 +136,18 @@ async def collect(bus: Bus, run: str, ring: KeyRing) -> dict[str, Any]:
         ],
         "rejected": await _rejected(bus, run, ring),
         "quarantined": len(quarantined),
+        "log_regressions": await _log_regressions(bus, run, ring),
         "unverified_events": len(bad),
         "streams": await _streams(bus, run),
         "dead_letters": (await bus.info(streams.dead_letter(run))).length,
     }
+
+
+async def _log_regressions(bus: Bus, run: str, ring: KeyRing) -> int:
+    """Signed notes of actors that found the event log behind the state they had committed
+    (events deleted from it) and kept their own state."""
+    notes, _ = await read_verified(bus, streams.quarantine(run), ring)
+    return sum(1 for _, _, note in notes if getattr(note, "reason_code", "") == "log_regressed")
 
 
 async def _trainers(bus: Bus, run: str, ring: KeyRing, now_ns: int) -> list[dict[str, Any]]:
@@ -158,6 +166,11 @@ def _print(status: dict[str, Any]) -> None:
     _print_trainers(status["trainers"])
     _print_slots(status["slots"])
     print("rejected:", ", ".join(f"{k}={v}" for k, v in status["rejected"].items()) or "none")
+    if status["log_regressions"]:
+        print(
+            f"log: {status['log_regressions']} time(s) an actor found events it had committed "
+            "missing from the log (kept its own state)"
+        )
     if status["quarantined"] or status["unverified_events"]:
         print(
             f"log: {status['quarantined']} events quarantined (not foldable), "

@@ -80,7 +80,15 @@ class _Refusing:
     def reset(self) -> None:
         """No state."""
 
-    def fold(self, kind: str, message: Message) -> None:
+    def fold(self, kind: str, message: Message) -> bool:
+        """No state."""
+        return False
+
+    def snapshot(self) -> object:
+        """No state."""
+        return None
+
+    def restore(self, snapshot: object) -> None:
         """No state."""
 
     def digests(self) -> dict[tuple[str, str], bytes]:

@@ -40,11 +40,60 @@ async def test_a_duplicated_genuine_event_is_quarantined(bus: Bus, run_id: str) 
         shell = _seed_shell(cl)
         await shell.rebuild()  # what a restart or a bus failure does
         assert len(shell.quarantined) == 1
+        assert shell.regressions == 0  # nothing the host committed is missing
         second = await _cull(cl)  # still serving, on a state that folded the event once
         assert second.kind == "lifecycle.refused"
         status = await collect(bus, run_id, ring)
         assert status["quarantined"] == 1
         assert (await bus.info(streams.quarantine(run_id))).length == 1
+
+
+async def _regressions(bus: Bus, run_id: str) -> list[str]:
+    entries = await bus.range(streams.quarantine(run_id))
+    return [e.fields.get("reason", b"").decode() for e in entries]
+
+
+async def test_a_deleted_event_log_never_rolls_a_live_actor_back(bus: Bus, run_id: str) -> None:
+    """The whole event log deleted, then a rebuild (a restart of serving, a lost lease): the
+    SeedActor keeps the state it committed, records the loss, and its next event follows on; the
+    gap it leaves in the log is what status then reports."""
+    ring = KeyRing.generate()
+    async with running_cluster(bus, run=run_id, slots=[SLOT], ring=ring) as cl:
+        for _ in range(3):
+            await _cull(cl)
+        shell = _seed_shell(cl)
+        seq = shell.logic.state.seq
+        await bus.delete(streams.events(run_id))
+        await shell.rebuild()
+        assert shell.logic.state.seq == seq and shell.regressions == 1
+        assert await _regressions(bus, run_id) == ["log_regressed"]
+        await _cull(cl)
+        assert shell.logic.state.seq == seq + 1
+        status = await collect(bus, run_id, ring)
+        assert status["quarantined"] >= 1 and status["log_regressions"] == 1
+
+
+async def test_a_cut_tail_of_the_log_never_rolls_a_live_actor_back(bus: Bus, run_id: str) -> None:
+    """The actor's last two events deleted from the log (XDEL, their state digests kept), then a
+    rebuild: the rebuilt state falls short of the committed one, which is kept and the loss
+    recorded; a rebuild on an untouched log records nothing."""
+    client = getattr(bus, "client", None)
+    if client is None:
+        pytest.skip("the memory bus has no XDEL from outside")
+    ring = KeyRing.generate()
+    async with running_cluster(bus, run=run_id, slots=[SLOT], ring=ring) as cl:
+        for _ in range(3):
+            await _cull(cl)
+        shell = _seed_shell(cl)
+        await shell.rebuild()
+        assert shell.regressions == 0
+        seq = shell.logic.state.seq
+        log = await bus.range(streams.events(run_id))
+        refused = [e.id for e in log if e.fields.get("kind") == b"lifecycle.refused"]
+        await client.xdel(streams.events(run_id), *refused[-2:])
+        await shell.rebuild()
+        assert shell.logic.state.seq == seq and shell.regressions == 1
+        assert await _regressions(bus, run_id) == ["log_regressed"]
 
 
 async def test_status_counts_rejections_from_signed_records_only(bus: Bus, run_id: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import anyio
 import pytest
 
 from actors.hosting import routing
@@ -13,6 +14,8 @@ from actors.hosting.routing import Router
 from bus import Bus
 from contracts import kinds
 from leyline import pb
+from scenarios.cluster import running_cluster
+from scenarios.sim import SimRuntime
 
 pytestmark = pytest.mark.anyio
 
@@ -179,3 +182,36 @@ def test_an_outbox_kind_with_no_route_is_logged_by_name(
         assert router.outbox(kinds.HEARTBEAT, pb.Heartbeat(), ["l0.s0"]) == []
     lines = [r.getMessage() for r in caplog.records if r.name == "kasmina.actors"]
     assert lines == ["execution outbox: no route for actor.heartbeat"]
+
+
+async def test_registering_again_restores_an_emptied_registry(bus: Bus, run_id: str) -> None:
+    """``again`` adds the inbox even after a first registration: a registry someone deleted is
+    whole again at the instance's next renewal."""
+    counting = CountingBus(bus)
+    router = Router(counting, run_id)  # type: ignore[arg-type]
+    rank = _key(run_id, "inbox:execution:0")
+    registry = _key(run_id, "registry:execution")
+    await router.register(rank)
+    await bus.delete(registry)
+    await router.register(rank)  # once: nothing sent
+    assert await bus.members(registry) == []
+    await router.register(rank, again=True)
+    assert await bus.members(registry) == [rank]
+    assert len(counting.registers) == 2
+
+
+async def test_a_serving_rank_puts_its_inbox_back_into_a_deleted_registry(
+    bus: Bus, run_id: str
+) -> None:
+    """With the execution registry deleted (by anyone with write access to Redis) while a
+    rank serves, its inbox is back in the registry within a heartbeat."""
+    registry = _key(run_id, "registry:execution")
+    async with running_cluster(bus, run=run_id, slots=["l0.s0"], runtimes=[SimRuntime(["l0.s0"])]):
+        with anyio.fail_after(20):
+            while not await bus.members(registry):
+                await anyio.sleep(0.05)
+        await bus.delete(registry)  # (a heartbeat may put it back at once)
+        with anyio.fail_after(20):
+            while not await bus.members(registry):
+                await anyio.sleep(0.05)
+        assert await bus.members(registry) == [_key(run_id, "inbox:execution:0")]

@@ -39,7 +39,13 @@ class Logic:
 
     def reset(self) -> None: ...
 
-    def fold(self, kind: str, message: Message) -> None: ...
+    def fold(self, kind: str, message: Message) -> bool:
+        return False
+
+    def snapshot(self) -> object:
+        return None
+
+    def restore(self, snapshot: object) -> None: ...
 
     def digests(self) -> dict[tuple[str, str], bytes]:
         return {}

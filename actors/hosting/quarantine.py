@@ -1,0 +1,58 @@
+"""The run's quarantine stream: what a host set aside while rebuilding, as signed notes.
+
+Two kinds of note, each a :class:`pb.Rejection` with a plain ``reason`` field beside the frame:
+``unfoldable`` (an event that verifies but that the core refused to fold: a duplicate, a gap)
+and ``log_regressed`` (the log lacks events the host had committed; it kept its own state).
+"""
+
+from __future__ import annotations
+
+from actors.eventlog import LogRecord
+from actors.hosting.inbox import FRAME
+from bus import Bus
+from contracts import Signer, kinds, streams
+from leyline import pb
+
+__all__ = ["QUARANTINE_MAXLEN", "note_regressed", "note_unfoldable"]
+
+QUARANTINE_MAXLEN = 10_000
+
+
+async def _publish(
+    bus: Bus, signer: Signer, run: str, note: pb.Rejection, cause: str, extra: dict[str, bytes]
+) -> None:
+    stream = streams.quarantine(run)
+    frame = signer.seal(kinds.REJECTION, note, stream=stream, causation_id=cause)
+    fields = {FRAME: frame, "kind": kinds.REJECTION.encode(), **extra}
+    await bus.publish(stream, fields, maxlen=QUARANTINE_MAXLEN)
+
+
+async def note_unfoldable(
+    bus: Bus, signer: Signer, run: str, actor: str, record: LogRecord, why: str
+) -> None:
+    """Record an event ``actor``'s core refused to fold (``why``), by its entry id."""
+    env = record.envelope
+    note = pb.Rejection(
+        reason_code="unfoldable",
+        stream=record.stream,
+        entry_id=record.entry_id,
+        kind=env.kind,
+        sender=env.sender,
+        detail=why[:500],
+        message_id=env.id,
+        actor=actor,
+    )
+    extra = {"entry": record.entry_id.encode(), "reason": b"unfoldable"}
+    await _publish(bus, signer, run, note, env.id, extra)
+
+
+async def note_regressed(bus: Bus, signer: Signer, run: str, actor: str) -> None:
+    """Record that ``actor``'s rebuild found the log behind the state it had committed."""
+    note = pb.Rejection(
+        reason_code="log_regressed",
+        stream=streams.events(run),
+        detail="the rebuilt state never reached the state this host last committed: "
+        "events were deleted from the log; the committed state is kept",
+        actor=actor,
+    )
+    await _publish(bus, signer, run, note, "", {"reason": b"log_regressed"})
