@@ -155,6 +155,8 @@ class _SafetySignalKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Safe
     SAFETY_SIGNAL_NON_FINITE_OUTPUT: _SafetySignalKind.ValueType  # 6
     SAFETY_SIGNAL_OUT_OF_MEMORY: _SafetySignalKind.ValueType  # 7
     """a seed ran out of memory; it left the forward at once"""
+    SAFETY_SIGNAL_SEED_FAILED: _SafetySignalKind.ValueType  # 8
+    """a seed raised (forward, shadow step, optimizer step, probe); it left at once"""
 
 class SafetySignalKind(_SafetySignalKind, metaclass=_SafetySignalKindEnumTypeWrapper):
     """---------------------------------------------------------------------------
@@ -171,6 +173,8 @@ SAFETY_SIGNAL_REJECT_STORM: SafetySignalKind.ValueType  # 5
 SAFETY_SIGNAL_NON_FINITE_OUTPUT: SafetySignalKind.ValueType  # 6
 SAFETY_SIGNAL_OUT_OF_MEMORY: SafetySignalKind.ValueType  # 7
 """a seed ran out of memory; it left the forward at once"""
+SAFETY_SIGNAL_SEED_FAILED: SafetySignalKind.ValueType  # 8
+"""a seed raised (forward, shadow step, optimizer step, probe); it left at once"""
 Global___SafetySignalKind: _TypeAlias = SafetySignalKind  # noqa: Y015
 
 class _BreakerState:

@@ -22,7 +22,7 @@ from torch import nn
 
 from actors.execution.blueprints import SlotShape
 from actors.execution.config import RuntimeConfig
-from actors.execution.errors import OrderError
+from actors.execution.errors import OrderError, is_oom
 from contracts import evidence as ev
 from leyline import pb
 
@@ -227,6 +227,32 @@ def collect(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def forward_failures(rt: ExecutionRuntime) -> None:
+    """Take out every seed whose forward raised since the last step (``SeedSlot.failure``)."""
+    for state in rt.states.values():
+        if state.slot.failure is not None:
+            oom, error = state.slot.failure
+            (out_of_memory if oom else seed_failed)(rt, state, "the seed's forward", error)
+
+
+def seed_raised(rt: ExecutionRuntime, state: SlotState, where: str, exc: Exception) -> None:
+    """The seed raised ``exc`` in ``where``: out of memory, or any other error; either way it
+    leaves at once and the training loop goes on."""
+    if is_oom(exc):
+        out_of_memory(rt, state, where, f"{exc}")
+    else:
+        seed_failed(rt, state, where, f"{type(exc).__name__}: {exc}")
+
+
+def seed_failed(rt: ExecutionRuntime, state: SlotState, where: str, error: str) -> None:
+    """A seed raised (not out of memory): it leaves the forward, its tensors are released and a
+    safety signal tells the SafetyActor, which culls it."""
+    slot_id = state.slot.slot_id
+    state.release(rt.device)
+    rt.seed_failures += 1
+    rt._safety(slot_id, pb.SAFETY_SIGNAL_SEED_FAILED, 1.0, f"{where} raised {error}"[:300])
 
 
 def out_of_memory(rt: ExecutionRuntime, state: SlotState, where: str, error: str) -> None:

@@ -11,7 +11,7 @@ from actors.execution import stages as st
 from actors.execution.evidence import isolation_probe, latency_overhead, on_mode
 from actors.execution.isolation import IsolationReport, autograd_probe, isolation_signal
 from actors.execution.mailbox import KIND_SAFETY, KIND_STEP_REPORT, KIND_TELEMETRY
-from actors.execution.memory import memory_metrics
+from actors.execution.memory import memory_metrics, seed_raised
 from actors.execution.probing import probe_mode, run_probe, split_batch
 from actors.execution.slot import host_parameters
 from actors.execution.slotstate import SlotState
@@ -89,6 +89,18 @@ def stage_evidence(rt: ExecutionRuntime, sid: str) -> dict[str, float]:
     return out
 
 
+def _evidence(rt: ExecutionRuntime, sid: str) -> dict[str, float]:
+    """:func:`stage_evidence`, or none when the seed raised while it was measured (it leaves at
+    once; the training loop goes on)."""
+    state = rt.states[sid]
+    try:
+        evidence = stage_evidence(rt, sid)
+    except Exception as exc:
+        seed_raised(rt, state, "the stage evidence", exc)
+        return {}
+    return {} if state.slot.failure is not None else evidence
+
+
 def report(rt: ExecutionRuntime, step: int, val_loss: float, val_accuracy: float) -> None:
     """Queue the step report (every slot) and one telemetry record per slot holding a seed."""
     message = pb.StepReport(rank=rt.rank, step=step)
@@ -102,7 +114,7 @@ def report(rt: ExecutionRuntime, step: int, val_loss: float, val_accuracy: float
             setattr(message, name, value)
     for sid, state in rt.states.items():
         metrics = state.metrics(step)
-        metrics.update(stage_evidence(rt, sid))
+        metrics.update(_evidence(rt, sid))
         metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
         message.slots.add(
             slot=sid, stage=state.slot.stage, alpha=metrics.get("alpha", 0.0), metrics=metrics

@@ -47,7 +47,7 @@ from actors.execution.errors import OrderError, is_oom
 from actors.execution.evidence import counterfactual, reset_check
 from actors.execution.kernelcache import KernelCache
 from actors.execution.mailbox import KIND_SAFETY, Inbox, Outbox
-from actors.execution.memory import SeedMemory, out_of_memory
+from actors.execution.memory import SeedMemory, forward_failures
 from actors.execution.merge import Merged
 from actors.execution.probing import LossFn, ProbeBatch, split_batch
 from actors.execution.pruning import Pruner
@@ -106,6 +106,7 @@ class ExecutionRuntime:
         self.memory = SeedMemory(self.config, self.device)
         self.merged: dict[str, Merged] = {}  # slot -> a fossil merged into the host (unmerge)
         self.oom_culls = 0  # seeds taken out of the forward because they ran out of memory
+        self.seed_failures = 0  # seeds taken out because they raised anything else
         self.hosts = {
             m.slot.slot_id: m.host for m in self.model.modules() if isinstance(m, SlottedModule)
         }
@@ -216,9 +217,7 @@ class ExecutionRuntime:
         self.step = step
         if self.memory.held:
             self.memory.expire(step)
-        for state in self.states.values():  # seeds whose forward ran out of memory
-            if state.slot.oom_error is not None:
-                out_of_memory(self, state, "the seed's forward", state.slot.oom_error)
+        forward_failures(self)  # seeds whose forward raised (out of memory or not) leave
         if batch is not None:
             self.shadow_backward(batch)
         if loss is not None:
@@ -256,10 +255,11 @@ class ExecutionRuntime:
         if cfg.probe_every > 0 and step % cfg.probe_every == 0:
             try:
                 self.probe(step)
-            except Exception as exc:  # a probe that runs out of memory is skipped, and said
-                if not is_oom(exc):
-                    raise
-                self._safety("", pb.SAFETY_SIGNAL_OUT_OF_MEMORY, 1.0, f"probe skipped: {exc}")
+            except Exception as exc:  # a probe that fails is skipped, and said (never raised)
+                kind = (
+                    pb.SAFETY_SIGNAL_OUT_OF_MEMORY if is_oom(exc) else pb.SAFETY_SIGNAL_SEED_FAILED
+                )
+                self._safety("", kind, 1.0, f"probe skipped: {type(exc).__name__}: {exc}"[:300])
         if cfg.report_every > 0 and step % cfg.report_every == 0:
             monitor.report(self, step, val_loss, val_accuracy)
         if self._barrier_step(step):  # the vote is queued once its digest is hashed

@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from actors.execution import stages as st
-from actors.execution.errors import is_oom
-from actors.execution.memory import out_of_memory
+from actors.execution.memory import seed_raised
 from actors.execution.optim import grad_norm
 from actors.execution.slotstate import SlotState
 from leyline import pb
@@ -28,10 +27,8 @@ def train_seeds(rt: ExecutionRuntime, step: int) -> None:
             continue
         try:
             _train_seed(rt, sid, state)
-        except Exception as exc:
-            if not is_oom(exc):
-                raise
-            out_of_memory(rt, state, "the seed's optimizer step", f"{exc}")
+        except Exception as exc:  # the seed leaves; the training loop goes on
+            seed_raised(rt, state, "the seed's optimizer step", exc)
 
 
 def _train_seed(rt: ExecutionRuntime, sid: str, state: SlotState) -> None:

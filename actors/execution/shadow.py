@@ -20,9 +20,8 @@ import torch.distributed as dist
 
 from actors.execution import stages as st
 from actors.execution.distill import kd_settings
-from actors.execution.errors import is_oom
 from actors.execution.evidence import shadow_step
-from actors.execution.memory import out_of_memory
+from actors.execution.memory import seed_raised
 from actors.execution.probing import ProbeBatch, split_batch
 
 if TYPE_CHECKING:
@@ -78,10 +77,8 @@ def _serve_one(
     params = [p for p in slot.seed_parameters() if p.requires_grad]
     try:
         grads, gain = shadow_step(rt.model, slot, rt.device, inputs, targets, rt.loss_fn, distill)
-    except Exception as exc:
-        if not is_oom(exc):
-            raise
-        out_of_memory(rt, state, "the shadow-loss step", f"{exc}")
+    except Exception as exc:  # the seed leaves; the training loop goes on
+        seed_raised(rt, state, "the shadow-loss step", exc)
         return False
     if slot.stage == st.TRAINING:
         state.shadow_gains.append(gain)

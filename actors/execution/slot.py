@@ -59,7 +59,8 @@ class SeedSlot(nn.Module):
         )
         self.hook_handles: list[RemovableHandle] = []
         self._tap: list[SlotTap] | None = None
-        self.oom_error: str | None = None  # the seed's forward ran out of memory (eager only)
+        # the seed's forward raised (eager only): (out of memory?, the error); it left the forward
+        self.failure: tuple[bool, str] | None = None
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, h: Tensor, x: Tensor | None = None) -> Tensor:
@@ -88,15 +89,20 @@ class SeedSlot(nn.Module):
             fossil_out: Tensor = h + seed(src)
             return fossil_out
         if torch.compiler.is_compiling():
-            z = self._seed_out(seed, src)
-        else:
-            try:
-                z = self._seed_out(seed, src)
-            except Exception as exc:  # out of memory: the seed leaves, the host's forward goes on
-                if not is_oom(exc):
-                    raise
-                self.oom_error = f"{type(exc).__name__}: {exc}"[:300]
-                return h
+            return self._mix(mode, h, self._seed_out(seed, src))
+        try:
+            return self._mix(mode, h, self._seed_out(seed, src))
+        except Exception as exc:  # the seed leaves, the host's forward goes on (on_step culls it)
+            self._failed(exc)
+            return h
+
+    def _failed(self, exc: Exception) -> None:
+        """Note that the seed raised (the first error counts until the seed is released)."""
+        if self.failure is None:
+            self.failure = (is_oom(exc), f"{type(exc).__name__}: {exc}"[:300])
+
+    def _mix(self, mode: Mode, h: Tensor, z: Tensor) -> Tensor:
+        """The slot's output from the host's ``h`` and the seed's ``z`` in ``mode``."""
         ok = torch.isfinite(z).all()
         self.nonfinite.add_((~ok).to(self.nonfinite.dtype))
         z = torch.where(ok, z, torch.zeros_like(z))
@@ -122,8 +128,11 @@ class SeedSlot(nn.Module):
     def _record(self, h: Tensor, x: Tensor | None, out: Tensor) -> None:
         assert self._tap is not None
         z = None
-        if self.seed is not None:
-            z = self._seed_out(self.seed, self._seed_input(h, x))
+        if self.seed is not None and self.failure is None:
+            try:
+                z = self._seed_out(self.seed, self._seed_input(h, x))
+            except Exception as exc:  # as in the forward: the seed leaves, the probe goes on
+                self._failed(exc)
         self._tap.append(SlotTap(x=x, h=h, z=z, out=out))
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -176,7 +185,7 @@ class SeedSlot(nn.Module):
         self.hook_handles.clear()
         self.seed = None
         self.rng = None
-        self.oom_error = None
+        self.failure = None
         self.blueprint = ""
         self.reads_input = False
         self.fossil = False

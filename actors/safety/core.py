@@ -160,7 +160,8 @@ def _strike(out: _Out, sig: pb.SafetySignal) -> None:
     opens = (
         (br.state == B.BREAKER_CLOSED and n >= cfg.strikes_to_open)
         or br.state == B.BREAKER_HALF_OPEN
-        or sig.kind == pb.SAFETY_SIGNAL_OUT_OF_MEMORY  # the seed has already left the forward
+        # the seed has already left the forward: out of memory, or it raised
+        or sig.kind in (pb.SAFETY_SIGNAL_OUT_OF_MEMORY, pb.SAFETY_SIGNAL_SEED_FAILED)
     )
     if opens:
         out.verdict(

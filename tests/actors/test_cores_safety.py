@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -278,12 +279,15 @@ def test_a_breaker_opened_by_a_leak_asks_for_a_rollback() -> None:
     )
 
 
-def test_out_of_memory_opens_the_breaker_at_once() -> None:
-    """One out-of-memory signal strikes and culls (breaker open); a non-finite gradient does
-    not."""
+@pytest.mark.parametrize("kind", [K.SAFETY_SIGNAL_OUT_OF_MEMORY, K.SAFETY_SIGNAL_SEED_FAILED])
+def test_a_seed_that_left_the_forward_opens_the_breaker_at_once(
+    kind: pb.SafetySignalKind.ValueType,
+) -> None:
+    """One out-of-memory or seed-failed signal strikes and culls (breaker open); a non-finite
+    gradient does not."""
     drv = Driver()
     drv.tick(4, tuple("abcdefgh"))
-    d = drv.signal("a", 5, K.SAFETY_SIGNAL_OUT_OF_MEMORY)
+    d = drv.signal("a", 5, kind)
     assert _actions(d) == [V.VERDICT_STRIKE, V.VERDICT_CULL]
     assert drv.state.breakers["a"].state == B.BREAKER_OPEN
     d = drv.signal("b", 5)
