@@ -140,15 +140,15 @@ def read_checkpoint(path: str | os.PathLike[str], *, device: str = "cpu") -> dic
     name = os.fspath(path)
     with open(name, "rb") as f:
         data = f.read()
-    if data.startswith(_PICKLE_MAGIC):
-        raise CheckpointError(
-            f"{name} is a torch.save (pickle) checkpoint of an older version; this version reads"
-            " only safetensors checkpoints and never unpickles (write a new checkpoint)"
-        )
-    try:
+    try:  # parsed as safetensors first: its 8-byte header length may itself start with 0x80
         tensors = st_load(data)
         meta = _metadata(data)
     except (SafetensorError, ValueError, OSError) as exc:
+        if data.startswith(_PICKLE_MAGIC):
+            raise CheckpointError(
+                f"{name} is a torch.save (pickle) checkpoint of an older version; this version "
+                "reads only safetensors checkpoints and never unpickles (write a new checkpoint)"
+            ) from None
         raise CheckpointError(f"{name} is not a safetensors checkpoint: {exc}") from None
     if meta is None:
         raise CheckpointError(f"{name} is a safetensors file without Kasmina checkpoint metadata")

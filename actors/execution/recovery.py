@@ -80,6 +80,8 @@ def _slot_entry(state: SlotState) -> dict[str, Any]:
         "blend_start": state.blend_start,
         "blend_steps": state.blend_steps,
         "schedule": int(state.schedule),
+        "phase": int(state.phase),  # inside a hysteresis band alpha alone does not tell it
+        "phase_changes": int(state.phase_changes),
         "rng": None if slot.rng is None else [t.cpu() for t in slot.rng],
     }
     if slot.seed is not None and state.shape is not None:

@@ -242,5 +242,7 @@ def _apply_slot(rt: ExecutionRuntime, sid: str, sp: SlotPlan) -> None:
     state.stage_since = int(entry["stage_since"])
     state.blend_start = int(entry["blend_start"])
     state.blend_steps = int(entry["blend_steps"])
-    state.phase = phase_of(float(entry["alpha"]))
+    # a checkpoint from before the phase was saved: the nearest band side
+    state.phase = int(entry.get("phase", phase_of(float(entry["alpha"]))))
+    state.phase_changes = int(entry.get("phase_changes", 0))
     state.schedule = int(entry["schedule"])

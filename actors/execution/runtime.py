@@ -107,6 +107,7 @@ class ExecutionRuntime:
         self.merged: dict[str, Merged] = {}  # slot -> a fossil merged into the host (unmerge)
         self.oom_culls = 0  # seeds taken out of the forward because they ran out of memory
         self.seed_failures = 0  # seeds taken out because they raised anything else
+        self._shadow_fed = False  # the last on_step had a batch (seeds learn from the shadow loss)
         self.hosts = {
             m.slot.slot_id: m.host for m in self.model.modules() if isinstance(m, SlottedModule)
         }
@@ -215,6 +216,8 @@ class ExecutionRuntime:
         respect to the seed's parameters only. Without it they learn from the straight-through term
         of the user's backward. Either way the host's parameters and gradients are untouched."""
         self.step = step
+        if (batch is not None) is not self._shadow_fed:  # how TRAINING seeds learn changed
+            self._feed_shadow(batch is not None)
         if self.memory.held:
             self.memory.expire(step)
         forward_failures(self)  # seeds whose forward raised (out of memory or not) leave
@@ -238,6 +241,12 @@ class ExecutionRuntime:
         self._periodic(step, val_loss, val_accuracy)
         recovery.at_boundary(self, step, entering, agreed)
         pruning_orders.at_boundary(self, step)
+
+    def _feed_shadow(self, fed: bool) -> None:
+        """TRAINING seeds learn from the shadow loss (``fed``) or the straight-through term."""
+        self._shadow_fed = fed
+        for slot in self.slots.values():
+            slot.shadow_fed = fed
 
     @property
     def distributed(self) -> bool:

@@ -61,6 +61,9 @@ class SeedSlot(nn.Module):
         self._tap: list[SlotTap] | None = None
         # the seed's forward raised (eager only): (out of memory?, the error); it left the forward
         self.failure: tuple[bool, str] | None = None
+        # the runtime trains seeds from the shadow loss (``on_step(batch=…)``): a TRAINING seed
+        # then gets no gradient from the user's backward (none for a norm clip over the model)
+        self.shadow_fed = False
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, h: Tensor, x: Tensor | None = None) -> Tensor:
@@ -106,8 +109,8 @@ class SeedSlot(nn.Module):
         ok = torch.isfinite(z).all()
         self.nonfinite.add_((~ok).to(self.nonfinite.dtype))
         z = torch.where(ok, z, torch.zeros_like(z))
-        if mode is Mode.TRAINING:
-            return h + (z - z.detach())
+        if mode is Mode.TRAINING:  # the value is h's; the straight-through gradient if wanted
+            return h if self.shadow_fed else h + (z - z.detach())
         if mode is Mode.CONVEX:
             return torch.lerp(h, h.detach() + z, self.alpha.to(h.dtype))
         return h + self.alpha.to(h.dtype) * z

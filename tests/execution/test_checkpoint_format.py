@@ -117,6 +117,26 @@ def test_an_older_pickle_checkpoint_is_refused_with_a_clear_error(tmp_path: path
     assert rt.rolled_back == []
 
 
+@pytest.mark.parametrize("low_byte", [0x80, 0x50])
+def test_any_header_length_reads_back(tmp_path: pathlib.Path, low_byte: int) -> None:
+    """A checkpoint whose 8-byte header length starts with the byte a pickle stream starts with
+    (0x80) is read as the safetensors file it is, as is any other."""
+    model, opt, rt = _runtime(tmp_path)
+    _train(model, opt, rt, 2)
+    path = tmp_path / "plain.safetensors"
+    rt.checkpoint(str(path))
+    with safe_open(str(path), framework="pt") as f:  # type: ignore[no-untyped-call]
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        meta = f.metadata()
+    padded = tmp_path / "padded.safetensors"
+    for pad in range(512):  # a filler entry beside the checkpoint's metadata moves the length
+        save_file(tensors, str(padded), metadata={**meta, "filler": "x" * pad})
+        if padded.read_bytes()[0] == low_byte:
+            break
+    assert padded.read_bytes()[0] == low_byte
+    assert read_checkpoint(padded)["step"] == read_checkpoint(path)["step"]
+
+
 def test_other_files_are_refused_with_their_reason(tmp_path: pathlib.Path) -> None:
     """Garbage, a truncated checkpoint and a safetensors file without the metadata are refused."""
     garbage = tmp_path / "g"
