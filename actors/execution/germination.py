@@ -200,6 +200,11 @@ def _site(rt: ExecutionRuntime, slot: SeedSlot) -> Site:
     tap = taps.get(slot.slot_id)
     if tap is None:
         raise OrderError(f"slot {slot.slot_id} is not on the probe batch's forward path")
+    if not isinstance(tap.h, torch.Tensor):  # an LSTM's (output, state), attention's pair
+        raise OrderError(
+            f"slot {slot.slot_id} wraps a submodule that returns {type(tap.h).__name__}, not a "
+            "tensor: put the slot after a submodule with a tensor output"
+        )
     return Site(inputs, base, tap, SlotShape.of(tap.h, tap.x))
 
 

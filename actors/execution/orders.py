@@ -20,6 +20,7 @@ from actors.execution.mailbox import KIND_ACK
 from actors.execution.merge import merge_fossil
 from actors.execution.optim import join_host_optimizer, scale_lr
 from actors.execution.slotstate import SlotState
+from actors.seed.params import check_adjust
 from contracts import evidence as ev
 from leyline import pb
 
@@ -136,6 +137,8 @@ def _execute(rt: ExecutionRuntime, order: pb.ExecutionOrder, step: int) -> dict[
     state = rt.states.get(order.slot)
     if state is None:
         raise OrderError(f"unknown slot {order.slot!r}")
+    if order.HasField("adjust_optimizer") and (problem := check_adjust(order.adjust_optimizer)):
+        raise OrderError(f"adjust_optimizer refused: {problem}")  # before anything changes
     evidence = transition(rt, state, order, step)
     state.paused = order.paused
     if order.HasField("adjust_optimizer") and state.optimizer is not None:
@@ -158,6 +161,7 @@ def transition(
     """Move the slot to the order's stage; returns the evidence the move produced."""
     slot, target = state.slot, order.stage
     if target == slot.stage:
+        _same_seed(state, order)
         return {}
     evidence: dict[str, float] = {}
     if target == st.GERMINATED:
@@ -173,6 +177,17 @@ def transition(
     slot.set_stage(target)
     state.stage_since = step
     return evidence
+
+
+def _same_seed(state: SlotState, order: pb.ExecutionOrder) -> None:
+    """An order for the stage the slot is in changes nothing; a germination of another seed
+    than the one the slot holds is refused (it would be acknowledged yet never built)."""
+    if not order.HasField("germinate") or state.slot.seed is None:
+        return
+    g, slot = order.germinate, state.slot
+    if (g.blueprint and g.blueprint != slot.blueprint) or g.artifact_id != state.artifact:
+        held = state.artifact[:12] or slot.blueprint
+        raise OrderError(f"slot {slot.slot_id} already holds a seed ({held})")
 
 
 def _germinate(
