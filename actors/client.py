@@ -14,6 +14,7 @@ bytes only if it is not there (:mod:`actors.delivery`).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -43,12 +44,24 @@ ACTIONS = (
 )
 
 
+def _unread(unverified: Counter[str]) -> str:
+    """Why a wait may have missed its outcome: records on the stream that did not verify."""
+    if not unverified:
+        return ""
+    reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(unverified.items()))
+    return (
+        f"; {sum(unverified.values())} outcome record(s) did not verify ({reasons}): outcomes "
+        "are signed with the actor key, so the client's key file must hold it"
+    )
+
+
 class CommandTimeout(TimeoutError):
     """No outcome was recorded for a command in time; ``last`` is its last progress record."""
 
-    def __init__(self, message: str, *, last: Outcome | None = None) -> None:
+    def __init__(self, message: str, *, last: Outcome | None = None, unverified: int = 0) -> None:
         super().__init__(message)
         self.last = last
+        self.unverified = unverified  # outcome records seen that this key file could not verify
 
 
 _RESULTS = {
@@ -301,11 +314,13 @@ class KasminaClient:
         cursor = after or "0-0"
         last: Outcome | None = None
         shed_cursor: str | None = None
+        unverified: Counter[str] = Counter()  # records since ``after`` this key file cannot read
         with anyio.move_on_after(timeout_s):
             while True:
                 async for record in read_log(self.bus, stream, self.verifier, start=f"({cursor}"):
                     cursor = record.entry_id
                     if isinstance(record, BadEntry):
+                        unverified[record.reason.value] += 1
                         continue
                     message = record.message
                     if not isinstance(message, pb.CommandOutcome):
@@ -326,7 +341,9 @@ class KasminaClient:
                         return _shed_outcome(command_id, *shed)
                 await anyio.sleep(self.poll_s)
         raise CommandTimeout(
-            f"no outcome for command {command_id} within {timeout_s:g} s", last=last
+            f"no outcome for command {command_id} within {timeout_s:g} s" + _unread(unverified),
+            last=last,
+            unverified=sum(unverified.values()),
         )
 
     async def confirmations(

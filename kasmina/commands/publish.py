@@ -229,6 +229,11 @@ def _timed_out(
     """The result of a wait that saw no outcome in time (what it was awaiting last)."""
     awaiting = exc.last.message if exc.last is not None else None
     why = f"; awaiting {awaiting.awaiting_text}" if awaiting else ""
+    if exc.unverified:
+        why += (
+            f"; {exc.unverified} outcome record(s) did not verify with this key file (outcomes "
+            "are signed with the actor key: the key file must hold it)"
+        )
     _say(f"no outcome within {args.timeout:g} s{why}")
     return {
         "command_id": command_id,
@@ -238,6 +243,7 @@ def _timed_out(
         "result": "timed_out",
         "awaiting": awaiting.awaiting if awaiting else "",
         "awaiting_text": awaiting.awaiting_text if awaiting else "",
+        "unverified_outcomes": exc.unverified,
         "trainers": watch.trainer_line or "",
     }
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from actors.client import Outcome
+from actors.client import CommandTimeout, KasminaClient, Outcome
 from actors.eventlog import read_log
 from actors.hosting import FRAME
 from bus import Bus
-from contracts import KasminaConfig, KeyRing, Signer, streams, unpack
+from contracts import KasminaConfig, KeyRing, Signer, Verifier, streams, unpack
 from leyline import pb
 from scenarios.cluster import Cluster, running_cluster
 from scenarios.sim import SimRuntime
@@ -178,3 +178,22 @@ async def test_a_rejected_command_is_found_by_the_id_it_claims(
         assert isinstance(outcome, Outcome) and outcome.final
         if case != "replayed":
             assert (outcome.result, outcome.message.verified) == ("rejected", verified)
+
+
+async def test_a_client_without_the_actor_key_is_told_why_it_sees_no_outcome(
+    bus: Bus, run_id: str
+) -> None:
+    """A client whose key file holds only its controller key cannot verify the actors' outcome
+    records: its wait times out saying how many records did not verify and that the key file
+    must hold the actor key (not a silent timeout)."""
+    actor = KeyRing.generate(roles=["actor"])
+    controller = KeyRing.generate(roles=["controller"])
+    both = KeyRing([*actor.members(), *controller.members()], actor.active.id)
+    async with running_cluster(bus, run=run_id, slots=[A], ring=both):
+        client = KasminaClient(
+            bus, run_id, Signer(controller, "tamiyo"), Verifier(controller), poll_s=0.02
+        )
+        with pytest.raises(CommandTimeout) as info:
+            await client.command(A, "pause", wait=True, timeout_s=3)
+    assert info.value.unverified >= 1
+    assert "unknown_key" in str(info.value) and "actor key" in str(info.value)
