@@ -37,13 +37,16 @@ SEED_LOSS_GAIN_N = "seed_loss_gain_n"  # number of paired differences behind it
 
 # G2 stability (over the BLENDING stage)
 ALPHA = "alpha"
-LOSS_SPIKE_SIGMA = "loss_spike_sigma"  # largest z-score of the loss inside the window
+LOSS_SPIKE_SIGMA = "loss_spike_sigma"  # how far the loss rose in the stage, in standard errors
+LOSS_SPIKE_N = "loss_spike_n"  # training losses of the stage behind it
 NONFINITE_COUNT = "nonfinite_count"
 
 # G3 interface (SHADOWING; cf_* are counterfactual validation measurements)
 OUTPUT_FINITE = "output_finite"
 SEED_HOST_NORM_RATIO = "seed_host_norm_ratio"
+SEED_HOST_NORM_N = "seed_host_norm_n"  # examples of the probe batch behind the ratio
 LATENCY_OVERHEAD = "latency_overhead"
+LATENCY_N = "latency_n"  # timed pairs of forwards (seed on, seed off) behind it
 CF_LOSS_ON = "cf_loss_on"  # validation loss at alpha = 1
 CF_LOSS_OFF = "cf_loss_off"  # validation loss at alpha = 0
 

@@ -161,6 +161,7 @@ def isolation_probe(
             hn = float(tap.h.detach().float().norm())
             zn = float(tap.z.detach().float().norm())
             state.norm_ratio = zn / hn if hn > 0 else math.inf
+            state.norm_ratio_n = int(tap.h.shape[0]) if tap.h.dim() else 1
         shadow = probe_loss(out.detach(), targets, loss_fn)
         if shadow is not None and targets is not None:
             _record_losses(model, inputs, targets, out.detach(), float(shadow), active, loss_fn)
@@ -307,8 +308,15 @@ def reset_check(
     return m
 
 
+LATENCY_REPS = 5  # timed pairs of probe forwards behind ``latency_overhead``
+
+
 def latency_overhead(
-    model: nn.Module, slot: SeedSlot, device: torch.device, batch: ProbeBatch, reps: int = 5
+    model: nn.Module,
+    slot: SeedSlot,
+    device: torch.device,
+    batch: ProbeBatch,
+    reps: int = LATENCY_REPS,
 ) -> float:
     """Relative forward-time overhead of the seed, ``(t_on - t_off) / t_off``: the best of
     ``reps`` no-grad probe forwards with the seed fully on and off, taken in alternation (on a

@@ -100,6 +100,8 @@ def _germinate(
     memory, activations = check_size(rt, bp, site, params, slot)
     seed = build_seed(rt, bp, site, params, slot, order.apply_at_step)
     try:
+        if not any(p.requires_grad for p in seed.parameters()):
+            raise OrderError("the seed has no trainable parameter: it could never learn")
         check_shares_nothing(rt, seed)
         rng_seed, writes_input = dry_run(seed, bp, site)
     except OrderError:

@@ -4,11 +4,12 @@ the evidence each stage's exit gate reads, and the periodic step report with its
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from actors.execution import stages as st
-from actors.execution.evidence import isolation_probe, latency_overhead, on_mode
+from actors.execution.evidence import LATENCY_REPS, isolation_probe, latency_overhead, on_mode
 from actors.execution.isolation import IsolationReport, autograd_probe, isolation_signal
 from actors.execution.mailbox import KIND_SAFETY, KIND_STEP_REPORT, KIND_TELEMETRY
 from actors.execution.memory import memory_metrics, seed_raised
@@ -63,14 +64,32 @@ def train_mode_probe(rt: ExecutionRuntime, active: list[SlotState]) -> dict[str,
         return {sid: autograd_probe(t.z, host) for sid, t in taps.items() if t.z is not None}
 
 
-def loss_spike(losses: Iterable[tuple[int, float]], since: int) -> float:
-    """Largest z-score of the training loss since step ``since`` (0 with < 3 losses)."""
-    values = [v for s, v in losses if s >= since and math.isfinite(v)]
-    if len(values) < 3:
-        return 0.0
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return max((v - mean) / std for v in values) if std > 0 else 0.0
+SPIKE_MIN_RUN = 5  # the shortest run of stage losses averaged: a spike lasts, one batch is noise
+SPIKE_RUNS = 4  # the stage is judged in runs of a quarter of its length (at least SPIKE_MIN_RUN)
+SPIKE_REFERENCE = 100  # losses before the stage that give the level and the noise it is held to
+
+
+def loss_spike(losses: Iterable[tuple[int, float]], since: int) -> tuple[float, int]:
+    """How far the training loss rose since step ``since`` above its level before: the largest
+    mean of ``k`` consecutive losses of the stage (``k`` a quarter of the stage, at least 5),
+    less the mean of the (up to) ``SPIKE_REFERENCE`` losses before it, over the standard error
+    of that difference (the reference's standard deviation times sqrt(1/k + 1/n_reference)).
+    A loss that falls scores below 0. With the number of stage losses compared; (0, n) when
+    there is too little to compare (fewer than 3 losses before the stage, none in it, or a
+    constant reference)."""
+    finite = [(s, v) for s, v in losses if math.isfinite(v)]
+    before = [v for s, v in finite if s < since][-SPIKE_REFERENCE:]
+    during = [v for s, v in finite if s >= since]
+    if len(before) < 3 or not during:
+        return 0.0, len(during)
+    sd = statistics.stdev(before)
+    if sd == 0:
+        return 0.0, len(during)
+    k = min(len(during), max(SPIKE_MIN_RUN, len(during) // SPIKE_RUNS))
+    level = statistics.fmean(before)
+    se = sd * math.sqrt(1 / k + 1 / len(before))
+    runs = (statistics.fmean(during[i : i + k]) for i in range(len(during) - k + 1))
+    return max((r - level) / se for r in runs), len(during)
 
 
 def stage_evidence(rt: ExecutionRuntime, sid: str) -> dict[str, float]:
@@ -81,11 +100,13 @@ def stage_evidence(rt: ExecutionRuntime, sid: str) -> dict[str, float]:
     slot = state.slot
     if slot.seed is None or slot.fossil:
         return {}
-    out = {ev.LOSS_SPIKE_SIGMA: loss_spike(rt.losses, state.stage_since)}
+    spike, n = loss_spike(rt.losses, state.stage_since)
+    out = {ev.LOSS_SPIKE_SIGMA: spike, ev.LOSS_SPIKE_N: float(n)}
     if slot.stage in (st.SHADOWING, st.PROBATIONARY):
         out.update(rt.counterfactual(sid))
         if rt.probe_batch is not None:
             out[ev.LATENCY_OVERHEAD] = latency_overhead(rt.model, slot, rt.device, rt.probe_batch)
+            out[ev.LATENCY_N] = float(LATENCY_REPS)
     return out
 
 

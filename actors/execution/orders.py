@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from actors.core import released
 from actors.execution import stages as st
 from actors.execution.errors import OrderError
-from actors.execution.evidence import latency_overhead, slot_facts
+from actors.execution.evidence import LATENCY_REPS, latency_overhead, slot_facts
 from actors.execution.germination import germinate
 from actors.execution.mailbox import KIND_ACK
 from actors.execution.merge import merge_fossil
@@ -150,8 +150,10 @@ def _execute(rt: ExecutionRuntime, order: pb.ExecutionOrder, step: int) -> dict[
         evidence[ev.LATENCY_OVERHEAD] = latency_overhead(
             rt.model, state.slot, rt.device, rt.probe_batch
         )
+        evidence[ev.LATENCY_N] = float(LATENCY_REPS)
     evidence.update(state.metrics(step))
-    evidence[ev.LOSS_SPIKE_SIGMA] = rt.loss_spike(state.stage_since)
+    evidence[ev.LOSS_SPIKE_SIGMA], n = rt.loss_spike(state.stage_since)
+    evidence[ev.LOSS_SPIKE_N] = float(n)
     return evidence
 
 

@@ -320,8 +320,9 @@ class ExecutionRuntime:
             self.loss_fn,
         )
 
-    def loss_spike(self, since: int) -> float:
-        """Largest z-score of the training loss since step ``since`` (0 with < 3 losses)."""
+    def loss_spike(self, since: int) -> tuple[float, int]:
+        """How far the training loss rose since step ``since``, in standard errors, and the
+        stage losses behind it (see :func:`monitor.loss_spike`)."""
         return monitor.loss_spike(self.losses, since)
 
     def reset_evidence(self, state: SlotState) -> dict[str, float]:

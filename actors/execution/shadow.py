@@ -71,10 +71,12 @@ def _serve_one(
     targets: torch.Tensor,
     distill: tuple[torch.Tensor, float, float] | None,
 ) -> bool:
-    """One seed's shadow step and gradient (``use``: replace or add); False when the step ran
-    out of memory (recorded, the seed skipped)."""
+    """One seed's shadow step and gradient (``use``: replace or add); False when the seed has
+    nothing to train or the step raised (recorded, the seed taken out)."""
     slot = state.slot
     params = [p for p in slot.seed_parameters() if p.requires_grad]
+    if not params:  # frozen since it was attached: nothing to learn (G1's gradient check says so)
+        return False
     try:
         grads, gain = shadow_step(rt.model, slot, rt.device, inputs, targets, rt.loss_fn, distill)
     except Exception as exc:  # the seed leaves; the training loop goes on

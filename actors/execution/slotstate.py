@@ -33,6 +33,7 @@ _EVIDENCE = (
     "seed_loss_last",
     "host_probe_loss",
     "norm_ratio",
+    "norm_ratio_n",
     "shadow_gains",
     "probe_gain",
     "phase",
@@ -71,6 +72,7 @@ class SlotState:
     seed_loss_last: float = math.nan
     host_probe_loss: float = math.nan
     norm_ratio: float = math.nan
+    norm_ratio_n: int = 0  # examples of the probe batch the ratio was measured on
     # the seed's own contribution in TRAINING: paired shadow-loss gains per step batch, and the
     # latest probe batch's (used when no step batch was given)
     shadow_gains: list[Paired] = field(default_factory=list)
@@ -158,6 +160,8 @@ class SlotState:
         ):
             if not math.isnan(value):
                 m[name] = value
+        if not math.isnan(self.norm_ratio):
+            m[ev.SEED_HOST_NORM_N] = float(self.norm_ratio_n)
         gain = self.seed_loss_gain()
         if gain is not None:
             m[ev.SEED_LOSS_GAIN] = gain.mean

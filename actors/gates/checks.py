@@ -258,8 +258,36 @@ def _cost_detail(m: Mapping[str, float], t: GateThresholds) -> str:
     )
 
 
+def _n_detail(statistic: str, n_key: str, unit: str) -> Detail:
+    """A detail naming the statistic and its sample size (``n unknown`` if not reported)."""
+
+    def detail(m: Mapping[str, float], t: GateThresholds) -> str:
+        n = m.get(n_key)
+        return f"{statistic}; n={n:.0f} {unit}" if n is not None else f"{statistic}; n unknown"
+
+    return detail
+
+
 Detail = Callable[[Mapping[str, float], GateThresholds], str]
 _DETAILS: dict[str, Detail] = {
+    ev.LOSS_SPIKE_SIGMA: _n_detail(
+        "rise of the training loss (mean over a quarter of the stage) over its level before "
+        "the stage, in standard errors",
+        ev.LOSS_SPIKE_N,
+        "stage losses",
+    ),
+    "seed_host_norm_ratio_min": _n_detail(
+        "|seed output| / |host output| at the slot", ev.SEED_HOST_NORM_N, "probe examples"
+    ),
+    "seed_host_norm_ratio_max": _n_detail(
+        "|seed output| / |host output| at the slot", ev.SEED_HOST_NORM_N, "probe examples"
+    ),
+    ev.LATENCY_OVERHEAD: _n_detail(
+        "best-of forward time, seed on over seed off, minus 1", ev.LATENCY_N, "timed pairs"
+    ),
+    "cf_loss_worsening": _n_detail(
+        "validation loss at alpha 1 over alpha 0, minus 1", ev.CF_GAIN_N, "validation examples"
+    ),
     "seed_loss_gain_lcb": _bound_detail(
         ev.SEED_LOSS_GAIN, ev.SEED_LOSS_GAIN_SE, ev.SEED_LOSS_GAIN_N, "pairs"
     ),

@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 from bus import Bus
 from contracts import kinds, streams
 
-__all__ = ["OUTBOX", "ROUTE_TTL_S", "STREAMS", "Router"]
+__all__ = ["ALSO", "OUTBOX", "ROUTE_TTL_S", "STREAMS", "Router"]
 
 log = logging.getLogger("kasmina.actors")
 
@@ -35,6 +35,11 @@ OUTBOX: dict[str, tuple[str, str]] = {
     kinds.SAFETY_SIGNAL: ("safety", ""),
     kinds.BARRIER_VOTE: ("barrier", ""),
 }
+
+#: kinds of the ExecutionActor's outbox that also go to a singleton's inbox: the SafetyActor
+#: learns the run's slots and its training step from step reports (breakers registered and
+#: ticked, the emergency threshold counted over every slot, not only those that misbehaved)
+ALSO: dict[str, str] = {kinds.STEP_REPORT: "safety"}
 
 #: kinds of the ExecutionActor's outbox that go to a run stream rather than an actor's inbox, and
 #: that stream's approximate cap
@@ -103,6 +108,7 @@ class Router:
         actor, key = route
         if key == "slot":
             return [streams.inbox(self.run, actor, str(getattr(message, "slot", "")))]
+        also = [streams.inbox(self.run, ALSO[kind])] if kind in ALSO else []
         if key == "slots":
-            return [streams.inbox(self.run, actor, slot) for slot in slots]
-        return [streams.inbox(self.run, actor)]
+            return [streams.inbox(self.run, actor, slot) for slot in slots] + also
+        return [streams.inbox(self.run, actor), *also]

@@ -269,9 +269,11 @@ def test_a_non_finite_measurement_fails(gate: int, metric: str, bad: float) -> N
 
 def test_failure_reason_lists_every_failing_check() -> None:
     """The reason names each failing check with value and limit, '; '-separated, in order."""
-    result = _judge(G2, {"alpha": 0.5, "loss_spike_sigma": 8.0})
+    result = _judge(G2, {"alpha": 0.5, "loss_spike_sigma": 8.0, "loss_spike_n": 40.0})
     assert result.reason == (
-        "alpha=0.5 (needs >= 0.75); loss_spike_sigma=8 (needs <= 3.5); nonfinite_count missing"
+        "alpha=0.5 (needs >= 0.75); loss_spike_sigma=8 (needs <= 3.5; rise of the training loss "
+        "(mean over a quarter of the stage) over its level before the stage, in standard errors; "
+        "n=40 stage losses); nonfinite_count missing"
     )
     assert describe_failures(result) == result.reason
 

@@ -9,7 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from actors.execution import ExecutionRuntime, insert_slots
+from actors.execution import (
+    Blueprint,
+    ExecutionRuntime,
+    insert_slots,
+    register_blueprint,
+    unregister_blueprint,
+)
 from actors.execution.mailbox import KIND_ACK
 from leyline import pb
 from tests.execution.execution_helpers import germinate, kinds, order, runtime
@@ -99,3 +105,39 @@ def test_a_slot_on_a_tuple_output_refuses_germination_with_a_clear_reason() -> N
     (ack,) = _acks(rt, 0)
     assert not ack.ok and "returns tuple, not a tensor" in ack.error
     assert ack.stage == S.SEED_STAGE_DORMANT and torch.equal(model(x), before)
+
+
+class _Frozen(nn.Module):
+    """A zero-output seed whose parameters are all frozen."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(width, width)
+        nn.init.zeros_(self.lin.weight)
+        nn.init.zeros_(self.lin.bias)
+        self.requires_grad_(False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.lin(h)
+        return out
+
+
+def test_a_seed_with_nothing_to_train_is_refused_at_germination() -> None:
+    """A seed none of whose parameters requires a gradient could never learn: its germination
+    is refused with that reason and the slot stays empty."""
+    register_blueprint(
+        Blueprint("t_frozen", lambda s, p, host: _Frozen(s.out_shape[-1]), lambda s: True),
+        replace=True,
+    )
+    try:
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Linear(4, 9), nn.ELU(), nn.Linear(9, 2))
+        slots = insert_slots(model, {"s": "1"})
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        rt = runtime(model, slots, opt, probe_batch=(torch.randn(6, 4), None))
+        rt.submit(germinate("s", 0, "t_frozen"))
+        (ack,) = _acks(rt, 0)
+    finally:
+        unregister_blueprint("t_frozen")
+    assert not ack.ok and "no trainable parameter" in ack.error
+    assert rt.slots["s"].seed is None and ack.stage == S.SEED_STAGE_DORMANT

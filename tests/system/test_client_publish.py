@@ -148,9 +148,10 @@ async def test_a_flush_cancelled_mid_publish_loses_and_doubles_nothing(land_firs
               for e in await inner.range(name)]  # fmt: skip
     assert len(copies) == len(set(copies)) and sent > 0
     steps = sorted(
-        REGISTRY.parse(env.kind, env.body).step
+        (name.rpartition(":inbox:")[2], REGISTRY.parse(env.kind, env.body).step)
         for name, frame in copies
         if (env := Verifier(ring, replay=True).open(frame, stream=name)).kind == "step.report"
     )
-    assert steps == [0, 1]  # both reports, each once
+    # both reports, each once to each destination (the slot's SeedActor, the SafetyActor)
+    assert steps == [("safety", 0), ("safety", 1), ("seed:l0.s0", 0), ("seed:l0.s0", 1)]
     await inner.close()

@@ -125,14 +125,14 @@ async def test_fan_out_targets_are_cached_for_two_seconds(
 
 def test_the_execution_outbox_routes_by_kind(run_id: str) -> None:
     """An ack goes to the seed inbox of the slot it names, a step report to every slot of the
-    rank, telemetry, safety and barrier messages to those singletons, pruning messages to the
+    rank and the SafetyActor, telemetry, safety and barrier messages to those singletons, pruning messages to the
     run's pruning stream, and a kind with no route nowhere."""
     router = Router(None, run_id)  # type: ignore[arg-type]  # outbox routing reads no bus
     slots = ["l0.s0", "l1.s0"]
     seeds = [_key(run_id, "inbox:seed:l0.s0"), _key(run_id, "inbox:seed:l1.s0")]
     routes = {
         kinds.EXEC_ACK: (pb.ExecutionAck(slot="l1.s0"), [seeds[1]]),
-        kinds.STEP_REPORT: (pb.StepReport(), seeds),
+        kinds.STEP_REPORT: (pb.StepReport(), [*seeds, _key(run_id, "inbox:safety")]),
         kinds.TELEMETRY_RAW: (pb.TelemetryRaw(), [_key(run_id, "inbox:telemetry")]),
         kinds.TELEMETRY_BATCH: (pb.TelemetryBatch(), [_key(run_id, "inbox:telemetry")]),
         kinds.SAFETY_SIGNAL: (pb.SafetySignal(), [_key(run_id, "inbox:safety")]),
