@@ -111,8 +111,11 @@ class Attached:
     ) -> str | Outcome:
         """Send a command (``germinate`` needs ``blueprint=``); returns its id, or with ``wait``
         its :class:`~actors.client.Outcome`. Never wait from the training thread: an outcome
-        needs the steps that thread runs (a ``RuntimeError`` says so)."""
-        if wait and self._trainer == threading.get_ident():
+        needs the steps that thread runs (a ``RuntimeError`` says so). With ``lockstep``, a
+        command sent from the training thread is handled before this returns (the run settles
+        at this step), so the step its order applies at is the same in every run."""
+        trainer = self._trainer == threading.get_ident()
+        if wait and trainer:
             raise RuntimeError(
                 "command(wait=True) from the training thread would wait on itself: "
                 "send without wait, or wait from another thread"
@@ -120,6 +123,8 @@ class Attached:
         result: str | Outcome = self.portal.call(
             lambda: self.client.command(slot, action, wait=wait, timeout_s=timeout_s, **params)
         )
+        if self.lockstep and trainer:
+            self.settle()
         return result
 
     def germinate(self, slot: str, blueprint: str = "", **params: Any) -> str | Outcome:

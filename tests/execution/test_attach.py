@@ -4,7 +4,9 @@ Prometheus gauges from the first report, and the guards a user hits first."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
+import anyio
 import pytest
 import torch
 import torch.nn.functional as F
@@ -241,3 +243,38 @@ def test_attach_passes_the_memory_settings_and_g0_refuses_over_budget() -> None:
         assert refused, "the germination over budget was never refused"
         assert "seed_memory_headroom" in refused[0].reason and "budget 64 B" in refused[0].reason
         assert kas.runtime.slots["h"].seed is None
+
+
+def _germinated_at(slow_s: float) -> list[tuple[str, int]]:
+    """Run a short lockstep loop that germinates at step 3 (between barrier steps), with the
+    SeedActor taking ``slow_s`` longer over every batch; the confirmed (stage, step) pairs."""
+    model, opt, x, y = _task()
+    confirmed: list[kasmina.StepConfirmation] = []
+    with kasmina.attach(
+        model, {"h": "1"}, opt, config=CONFIG, device="cpu",
+        probe_batch=(x[:64], y[:64]), on_confirm=confirmed.append,
+    ) as kas:  # fmt: skip
+        assert kas.cluster is not None
+        (shell,) = [s for s in kas.cluster.shells if s.logic.name == "seed:h"]
+        decide = shell._process
+
+        async def slowly(batch: Any) -> None:
+            await anyio.sleep(slow_s)  # a slow actor, not a synchronisation
+            await decide(batch)
+
+        shell._process = slowly  # type: ignore[method-assign]
+        for step in range(16):
+            loss = _step(model, opt, x[:32], y[:32])
+            kas.on_step(step, loss, batch=(x[:32], y[:32]))
+            if step == 3:
+                kas.germinate("h", "residual_mlp", params={"hidden": 8})
+    return [(c.stage, c.step) for c in confirmed]
+
+
+def test_a_lockstep_command_from_the_training_thread_applies_where_it_was_sent() -> None:
+    """In lockstep, a germinate sent between two barrier steps from the training thread is
+    handled before the call returns: its order applies at the same step whether the SeedActor
+    is quick or slow."""
+    quick, slow = _germinated_at(0.0), _germinated_at(0.05)
+    assert quick and quick[0][0] == "GERMINATED"
+    assert quick == slow
