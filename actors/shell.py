@@ -55,6 +55,7 @@ from bus import (
 from contracts import REGISTRY, ContractError, Envelope, Reason, Signer, Verifier, streams
 from contracts.config import KasminaConfig
 from contracts.roles import valid_sender
+from leyline import pb
 
 __all__ = ["FRAME", "ActorLogic", "ActorShell", "Meta", "inbox_consumer"]
 
@@ -255,6 +256,9 @@ class ActorShell(LeasedHost):
             )
         self.logic.apply(decision)  # a refusal's events keep the per-key sequence in step
         appends += [self._append(self.events_stream, e, env.id) for e in decision.events]
+        for m in decision.outcomes:  # who decided, as a rejection's record says who rejected
+            if isinstance(m, pb.CommandOutcome) and not m.actor:
+                m.actor = self.logic.name
         appends += [
             self._append(self.outcomes_stream, m, env.id, OUTCOMES_MAXLEN)
             for m in decision.outcomes

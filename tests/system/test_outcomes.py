@@ -76,6 +76,7 @@ async def test_every_command_kind_has_its_outcome(bus: Bus, run_id: str) -> None
             (pb.SEED_STAGE_GERMINATED, pb.SEED_STAGE_TRAINING),
         ]
         assert records[0].action == "germinate" and records[0].awaiting_text
+        assert {r.actor for r in records} == {f"seed:{A}"}  # who decided, on every record
         assert _shape(await _records(cl, pause_dormant)) == [("OUTCOME_ACCEPTED", "")]
         refused = await _records(cl, illegal)
         assert _shape(refused) == [("OUTCOME_REFUSED", "")] and refused[0].reason == "slot paused"
