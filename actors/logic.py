@@ -27,6 +27,7 @@ S = TypeVar("S")
 # a message with this field is addressed to one slot; looked up in its descriptor (a message
 # without it then costs no AttributeError, as with hasattr)
 _SLOT = "slot"
+MAX_STEP = 2**53  # a reported training step at or above this is refused (no run gets there)
 TIMER_REPEAT_NS = 1_000_000_000  # a timer message not yet decided is sent again after this
 
 
@@ -57,8 +58,11 @@ class PureLogic(Generic[S]):
             slot = getattr(message, _SLOT)
             if slot != self.key:
                 return Decision.refuse(Reason.UNKNOWN_SLOT, f"{slot} sent to {self.key}")
-        if isinstance(message, pb.StepReport) and message.step > self.now_step:
-            self.now_step = int(message.step)
+        if isinstance(message, pb.StepReport):
+            if message.step >= MAX_STEP:  # later orders at step + k must still fit the wire
+                return Decision.refuse(Reason.INVALID, f"step {message.step} >= 2**53")
+            if message.step > self.now_step:
+                self.now_step = int(message.step)
         if self._fast is not None:  # decided without a Context (reads no clock)
             fast = self._fast(self.state, message, self.config)
             if fast is not None:

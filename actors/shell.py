@@ -242,6 +242,10 @@ class ActorShell(LeasedHost):
             decision = self.logic.handle(env.kind, message, Meta(env, entry.id, entry.stream))
         except ContractError as exc:
             return self._reject(entry, exc.code, exc.detail, env), None
+        except Exception as exc:  # a core that cannot decide an input rejects it, never crashes
+            log.exception("%s: deciding %s %s failed", self.logic.name, env.kind, env.id)
+            detail = f"the actor could not decide it: {type(exc).__name__}: {exc}"[:500]
+            return self._reject(entry, Reason.INVALID, detail, env), None
         if self.merging.take(decision, at, env.id):  # its event is sealed at the batch's end
             return Handled(entry, self.group, (), env.id), decision
         return None, decision

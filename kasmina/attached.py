@@ -112,18 +112,22 @@ class Attached:
         """Send a command (``germinate`` needs ``blueprint=``); returns its id, or with ``wait``
         its :class:`~actors.client.Outcome`. Never wait from the training thread: an outcome
         needs the steps that thread runs (a ``RuntimeError`` says so). With ``lockstep``, a
-        command sent from the training thread is handled before this returns (the run settles
-        at this step), so the step its order applies at is the same in every run."""
+        command sent from the training thread follows this step's reports and is handled
+        before this returns (the run settles at this step), so the actors decide it at the same
+        step in every run."""
         trainer = self._trainer == threading.get_ident()
         if wait and trainer:
             raise RuntimeError(
                 "command(wait=True) from the training thread would wait on itself: "
                 "send without wait, or wait from another thread"
             )
+        paced = self.lockstep and trainer
+        if paced:  # what this step reported goes first, so the actors see the same step
+            self.portal.call(self.actor.flush)
         result: str | Outcome = self.portal.call(
             lambda: self.client.command(slot, action, wait=wait, timeout_s=timeout_s, **params)
         )
-        if self.lockstep and trainer:
+        if paced:
             self.settle()
         return result
 

@@ -73,7 +73,11 @@ def _on_tick(state: BarrierState, msg: pb.BarrierTick, ctx: Context) -> Decision
 def _on_vote(state: BarrierState, msg: pb.BarrierVote, ctx: Context) -> Decision:
     """Record a vote (opening the barrier if it is the first); the commit once every rank voted."""
     cfg = ctx.config.barrier
-    world = msg.world_size or cfg.world_size
+    world = cfg.world_size  # the run's, never a vote's word (a vote cannot size the barrier)
+    if msg.world_size and msg.world_size != world:
+        return Decision.refuse(
+            Reason.INVALID, f"vote for a world of {msg.world_size}, the run's is {world}"
+        )
     refused = _refusal(state, msg, world, cfg.frequency)
     if refused is not None:
         return refused

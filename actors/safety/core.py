@@ -10,9 +10,10 @@ ceil(emergency_stop_open_fraction * known slots))`` the run is stopped once: a r
 EMERGENCY_STOP verdict and a CheckpointRequest.
 
 Time is the training step carried by the inputs: ``pb.SafetySignal.step`` and ``pb.StepReport``
-(ticks move breakers from OPEN to HALF_OPEN to CLOSED). A slot becomes known when a report or a
-signal first names it: a CLOSE verdict with zero strikes registers its breaker (an event, so the
-known-slot count replays).
+(ticks move breakers from OPEN to HALF_OPEN to CLOSED). A slot becomes known when a step report
+first names it: a CLOSE verdict with zero strikes registers its breaker (an event, so the
+known-slot count replays). A signal for a slot no report has named is refused (``unknown_slot``):
+a trainer key cannot make up slots, open their breakers and so reach the emergency threshold.
 """
 
 from __future__ import annotations
@@ -110,8 +111,10 @@ def decide(state: SafetyState, msg: Message, ctx: Context) -> Decision:
             _register(out, slot, msg.step)
         _tick(out, msg.step)
     elif isinstance(msg, pb.SafetySignal):
-        if msg.slot:
-            _register(out, msg.slot, msg.step)
+        if msg.slot and msg.slot not in state.breakers:  # step reports name the run's slots
+            return Decision.refuse(
+                Reason.UNKNOWN_SLOT, f"no step report has named slot {msg.slot!r}"
+            )
         _tick(out, msg.step)
         _strike(out, msg)
         _emergency(out, msg.step)

@@ -101,6 +101,23 @@ def test_out_of_world_rank_and_off_boundary_rejected() -> None:
     assert not drv.events
 
 
+def test_a_vote_cannot_size_the_barrier() -> None:
+    """A vote naming another world size (a huge one that would build a set of every rank, or
+    1 that would commit alone) is refused without events; one naming the run's, or none, counts
+    towards the run's world of 3."""
+    drv = Driver()
+    for world in (2**32 - 1, 3_000_000, 1):
+        vote = pb.BarrierVote(barrier_step=10, rank=0, digest=b"x", world_size=world)
+        d = drv.feed(vote)
+        assert d.rejected and "the run's is 3" in d.detail
+    assert not drv.events
+    drv.feed(pb.BarrierVote(barrier_step=10, rank=0, digest=b"x", world_size=3))
+    d = drv.vote(10, 1, b"x")
+    assert not _of(d, pb.BarrierCommit)
+    d = drv.vote(10, 2, b"x")
+    assert len(_of(d, pb.BarrierCommit)) == 1
+
+
 def test_fold_replays_and_plain_roundtrips() -> None:
     """Folding the emitted events rebuilds the state; plain form and digest round-trip."""
     drv = Driver()

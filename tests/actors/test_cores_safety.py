@@ -51,6 +51,7 @@ def _actions(d: Decision) -> list[int]:
 def test_every_signal_kind_is_a_strike() -> None:
     """Isolation violations, non-finite loss/grad/output and spikes each yield a STRIKE verdict."""
     drv = Driver()
+    drv.tick(0, tuple(f"s{i}" for i in range(5)))  # the run's slots, as step reports name them
     kinds = [
         K.SAFETY_SIGNAL_ISOLATION_VIOLATION,
         K.SAFETY_SIGNAL_NON_FINITE_LOSS,
@@ -86,6 +87,7 @@ def test_three_strikes_in_window_open_the_breaker() -> None:
 def test_strikes_outside_window_do_not_open() -> None:
     """Strikes spread wider than strike_window_steps never reach the threshold."""
     drv = Driver()
+    drv.tick(0, ("a",))
     w = CFG.safety.strike_window_steps
     for i in range(6):
         d = drv.signal("a", 1 + i * w)
@@ -96,6 +98,7 @@ def test_strikes_outside_window_do_not_open() -> None:
 def test_cooldown_half_open_clean_window_closes() -> None:
     """OPEN -> HALF_OPEN after cooldown_steps -> CLOSED after a clean window."""
     drv = Driver()
+    drv.tick(0, ("a",))
     for s in (1, 2, 3):
         drv.signal("a", s)
     cool, win = CFG.safety.cooldown_steps, CFG.safety.strike_window_steps
@@ -110,6 +113,7 @@ def test_cooldown_half_open_clean_window_closes() -> None:
 def test_strike_in_half_open_reopens() -> None:
     """A single strike while HALF_OPEN reopens the breaker (CULL)."""
     drv = Driver()
+    drv.tick(0, ("a",))
     for s in (1, 2, 3):
         drv.signal("a", s)
     drv.tick(3 + CFG.safety.cooldown_steps)
@@ -253,6 +257,7 @@ def test_one_slot_run_stops_when_its_only_breaker_opens() -> None:
     """With one known slot, its breaker opening is all the open breakers there can be: the run
     stops (emergency_stop_min_open is capped at the number of known slots)."""
     drv = Driver()
+    drv.tick(0, ("only",))
     d = None
     for s in (1, 2, 3):
         d = drv.signal("only", s)
@@ -292,6 +297,19 @@ def test_a_seed_that_left_the_forward_opens_the_breaker_at_once(
     assert drv.state.breakers["a"].state == B.BREAKER_OPEN
     d = drv.signal("b", 5)
     assert V.VERDICT_CULL not in _actions(d)
+
+
+def test_a_signal_for_a_slot_no_report_named_is_refused() -> None:
+    """A trainer key cannot make up slots: a signal naming a slot no step report has named is
+    refused (unknown_slot) with no verdict and no breaker, so made-up slots never open breakers
+    towards an emergency stop; a run-wide signal (no slot) still strikes."""
+    drv = Driver()
+    drv.tick(0, ("a", "b"))
+    for ghost in ("ghost.a", "ghost.b", "ghost.c"):
+        d = drv.signal(ghost, 1, K.SAFETY_SIGNAL_OUT_OF_MEMORY)
+        assert d.rejected is not None and d.rejected.value == "unknown_slot" and not d.events
+    assert set(drv.state.breakers) == {"a", "b"} and not drv.state.emergency
+    assert _actions(drv.signal("", 2)) == [V.VERDICT_STRIKE]
 
 
 def test_rejections_taken_back_no_longer_count_towards_a_storm() -> None:

@@ -274,7 +274,7 @@ def _germinated_at(slow_s: float) -> list[tuple[str, int]]:
 def test_a_lockstep_command_from_the_training_thread_applies_where_it_was_sent() -> None:
     """In lockstep, a germinate sent between two barrier steps from the training thread is
     handled before the call returns: its order applies at the same step whether the SeedActor
-    is quick or slow."""
+    is quick or slow (the orders that follow from the actors' own replies are not pinned)."""
     quick, slow = _germinated_at(0.0), _germinated_at(0.05)
     assert quick and quick[0][0] == "GERMINATED"
-    assert quick == slow
+    assert quick[0] == slow[0]

@@ -127,3 +127,43 @@ async def test_the_shell_records_exactly_the_reason_a_decision_carries(reason: R
     assert record.reason_code == reason.value and dict(shell.rejected) == {reason.value: 1}
     assert len(logic.seen) == 1
     await bus.close()
+
+
+@dataclass
+class _Raising(_Refusing):
+    """A core that cannot decide: ``handle`` raises what a bug would."""
+
+    def handle(self, kind: str, message: Message, meta: Meta) -> Decision:
+        self.seen.append(message)
+        raise ValueError("Value out of range: 18446744073709551616")
+
+
+async def test_a_core_that_raises_rejects_the_input_and_the_actor_serves_on() -> None:
+    """An exception other than a contract error out of a core is recorded as an ``invalid``
+    rejection naming it, and the next input is decided: the actor never crash-loops on one."""
+    run = "raising"
+    bus = open_bus(f"memory://raising-{uuid.uuid4().hex[:8]}")
+    ring, config = KeyRing.generate(), KasminaConfig()
+    logic = _Raising(Reason.INVALID)
+    inbox = streams.inbox(run, "gate")
+    shell = ActorShell(
+        logic, bus=bus, run=run, inbox=inbox, signer=Signer(ring, "gate"),
+        verifier=live_verifier(bus, run, ring, config), config=config,
+    )  # fmt: skip
+    for _ in range(2):
+        frame = Signer(ring, "trainer").seal(
+            kinds.GATE_REQUEST, pb.GateRequest(slot="a"), stream=inbox
+        )
+        await bus.publish(inbox, {FRAME: frame})
+    async with anyio.create_task_group() as tg:
+        await tg.start(shell.run)
+
+        async def handled() -> bool:
+            return shell.processed == 2
+
+        await eventually(handled)
+        await shell.stop()
+    records = await _rejections(bus, run, ring)
+    assert [r.reason_code for r in records] == ["invalid", "invalid"]
+    assert "ValueError: Value out of range" in records[0].detail and len(logic.seen) == 2
+    await bus.close()
