@@ -33,11 +33,13 @@ async def _rejections(bus: Bus, run: str, ring: KeyRing) -> list[pb.Rejection]:
 @pytest.mark.parametrize(
     ("vote", "reason"),
     [
-        (pb.BarrierVote(barrier_step=10, rank=7, world_size=2, digest=b"d"), Reason.UNKNOWN_RANK),
+        # the run's world (barrier.world_size, 1 here): a vote that names another is invalid
+        (pb.BarrierVote(barrier_step=10, rank=7, world_size=1, digest=b"d"), Reason.UNKNOWN_RANK),
         (
-            pb.BarrierVote(barrier_step=7, rank=0, world_size=2, digest=b"d"),
+            pb.BarrierVote(barrier_step=7, rank=0, world_size=1, digest=b"d"),
             Reason.NOT_A_BARRIER_STEP,
         ),
+        (pb.BarrierVote(barrier_step=10, rank=0, world_size=2, digest=b"d"), Reason.INVALID),
     ],
 )
 async def test_a_barrier_refusal_is_recorded_with_the_barrier_cores_reason(
