@@ -62,6 +62,7 @@ __all__ = ["FRAME", "ActorLogic", "ActorShell", "Meta", "inbox_consumer"]
 log = logging.getLogger("kasmina.actors")
 
 SENDER = "[A-Za-z0-9_.:-]{1,128}"
+Digests = dict[tuple[str, str], bytes]  # an actor's state digests by (actor, key)
 YIELD_EVERY = 16  # entries decided between turns given to the other actors of the process
 
 
@@ -115,8 +116,8 @@ class ActorShell(LeasedHost):
         self.duplicates = 0  # deliveries of messages already committed (a rewound group, ...)
         self._high: tuple[int, int] | None = None  # highest inbox id decided since the rebuild
         self.recent = RecentIds(verifier.tolerance_s)  # committed ids, in case Redis forgets them
-        # the state last committed (or rebuilt), with its digests: a rebuild must pass through it
-        self._committed: tuple[object, dict[tuple[str, str], bytes]] | None = None
+        self._committed: tuple[object, Digests] | None = None  # a rebuild must pass through it
+        self._batch_digests: Digests | None = None  # after the batch's last change, if any
         self.merging = OpenEvents(logic)  # the batch's lone events, merged where they may be
 
     # -- what tests and status read -------------------------------------------------------------
@@ -150,14 +151,16 @@ class ActorShell(LeasedHost):
                     self.logic.name, record.entry_id, record.reason.value, record.detail,
                 )  # fmt: skip
                 continue
-            self.recent.add_caused(record.envelope.causation_id, record.envelope.ts_ns)
             try:
                 mine = self.logic.fold(record.kind, record.message)
             except ReplayError as exc:  # a duplicate or a gap in the log: set it aside
                 await self._quarantine(record, exc)
                 continue
             count += 1
-            if mine and not reached:
+            if not mine:
+                continue
+            self.recent.add_caused(record.envelope.causation_id, record.envelope.ts_ns)
+            if not reached:
                 reached = self.logic.digests() == target
         if not reached:  # the log lost events this host committed: keep what it committed
             await self._regressed()
@@ -279,8 +282,10 @@ class ActorShell(LeasedHost):
         return Handled(entry, self.group, appends)
 
     def _with_digests(self, item: Handled, env_id: str) -> Handled:
-        """``item`` plus the state digests as they stand now (after the batch's last change)."""
-        records = digest_appends(self.events_stream, self.signer, self.logic.digests(), env_id)
+        """``item`` plus the state digests as they stand now (after the batch's last change);
+        they are kept as the batch's (the state a commit of it leaves)."""
+        self._batch_digests = digests = self.logic.digests()
+        records = digest_appends(self.events_stream, self.signer, digests, env_id)
         return Handled(item.entry, item.group, [*item.appends, *records], item.dedupe_key)
 
     async def _process(self, batch: Sequence[Entry]) -> None:
@@ -313,8 +318,8 @@ class ActorShell(LeasedHost):
         if lost or any(not ok and d for ok, d in zip(results, decided, strict=True)):
             # a redelivered message was already committed: our tentative state double-counted it
             await self.rebuild()
-        elif any(decided):
-            self._committed = (self.logic.snapshot(), self.logic.digests())
+        elif self._batch_digests is not None:  # the batch changed the state: now committed
+            self._committed = (self.logic.snapshot(), self._batch_digests)
 
     async def _decide_batch(
         self, batch: Sequence[Entry], ids: Sequence[IdPair]
@@ -322,9 +327,10 @@ class ActorShell(LeasedHost):
         """Each entry (``ids``: their ids parsed) verified, decided and turned into its commit
         item (plus whether it went through decide), with the state digests after the batch's last
         change."""
+        self._batch_digests = None
         checked_all = await self._verify(batch)
         done = await committed_before(self.bus, self.group, batch, ids, checked_all, self._high)
-        done.update(self._remembered(batch, checked_all))
+        done.update(self.recent.entries(batch, checked_all))
         runs = aggregated(batch, checked_all, threshold=self.config.bus.aggregate_from)
         handled: list[Handled] = []
         decided: list[bool] = []  # the item went through decide (and may have changed the state)
@@ -353,16 +359,6 @@ class ActorShell(LeasedHost):
         if last_change >= 0:  # one digest per batch, after the last event that changed the state
             handled[last_change] = self._with_digests(handled[last_change], last_cause)
         return handled, decided
-
-    def _remembered(self, batch: Sequence[Entry], checked: Sequence[Checked]) -> list[str]:
-        """Entry ids of ``batch`` whose message this host committed, though the Redis records
-        of it (nonce, commit marker) may be gone."""
-        recent = self.recent
-        return [
-            e.id
-            for e, c in zip(batch, checked, strict=True)
-            if type(c) is Envelope and c.id in recent
-        ]
 
     async def _verify(self, batch: Sequence[Entry]) -> list[Envelope | ContractError | None]:
         """Each entry's verified envelope, the verifier's error, or None (no frame field)."""

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+
+from bus import Entry
+from contracts import ContractError, Envelope
 
 __all__ = ["RECENT_LIMIT", "RecentIds"]
 
@@ -49,6 +52,18 @@ class RecentIds:
 
     def __len__(self) -> int:
         return len(self._until)
+
+    def entries(
+        self, batch: Sequence[Entry], checked: Sequence[Envelope | ContractError | None]
+    ) -> list[str]:
+        """Entry ids of ``batch`` (``checked``: each entry's verification) whose message was
+        committed, though the Redis records of it (nonce, commit marker) may be gone."""
+        until = self._until
+        return [
+            e.id
+            for e, c in zip(batch, checked, strict=True)
+            if type(c) is Envelope and c.id in until
+        ]
 
     def add_committed(self, message_ids: Iterable[str]) -> None:
         """Remember ids committed now (each kept two tolerances from now)."""

@@ -28,6 +28,21 @@ async def _refusals(bus: Bus, cl: Cluster) -> list[int]:
     return [m.seq for _, k, m, _ in log if k == "lifecycle.refused" and m.slot == SLOT]
 
 
+async def _three_culls(bus: Bus, cl: Cluster) -> list[int]:
+    """Three culls of the dormant slot (three refusals); the refusals' sequence numbers."""
+    for _ in range(3):
+        await _cull(cl)
+    return await _refusals(bus, cl)
+
+
+async def _rewind_then_cull(client: Any, cl: Cluster) -> list[int]:
+    """The slot's group rewound to 0 (the earlier commands delivered again), then one more cull,
+    read after them; the refusals' sequence numbers."""
+    await client.xgroup_setid(streams.inbox(cl.run, "seed", SLOT), f"actor:seed:{SLOT}", "0")
+    await _cull(cl)
+    return await _refusals(cl.bus, cl)
+
+
 async def test_a_rewound_group_decides_nothing_twice(bus: Bus, run_id: str) -> None:
     """After XGROUP SETID 0 on the slot's inbox, the three earlier commands come back and are
     acked without effect; the next command is the only new event."""
@@ -35,15 +50,10 @@ async def test_a_rewound_group_decides_nothing_twice(bus: Bus, run_id: str) -> N
     if client is None:
         pytest.skip("the memory bus has no consumer groups to rewind from outside")
     async with running_cluster(bus, run=run_id, slots=[SLOT], ring=KeyRing.generate()) as cl:
-        for _ in range(3):
-            await _cull(cl)
-        before = await _refusals(bus, cl)
-        inbox = streams.inbox(run_id, "seed", SLOT)
-        await client.xgroup_setid(inbox, f"actor:seed:{SLOT}", "0")
-        await _cull(cl)  # read after the rewound entries: they were handled first
-        after = await _refusals(bus, cl)
+        before = await _three_culls(bus, cl)
+        after = await _rewind_then_cull(client, cl)  # the rewound entries were handled first
         assert after == [*before, before[-1] + 1]
-        info = await bus.info(inbox)
+        info = await bus.info(streams.inbox(run_id, "seed", SLOT))
         assert info.groups[0].pending == 0
 
 
@@ -69,14 +79,9 @@ async def test_a_writer_who_deletes_nonces_and_markers_gets_nothing_decided_twic
     if client is None:
         pytest.skip("the memory bus has no keys to delete from outside")
     async with running_cluster(bus, run=run_id, slots=[SLOT], ring=KeyRing.generate()) as cl:
-        for _ in range(3):
-            await _cull(cl)
-        before = await _refusals(bus, cl)
+        before = await _three_culls(bus, cl)
         assert await _forget(client, run_id) >= 6  # three nonces, three markers at least
-        inbox = streams.inbox(run_id, "seed", SLOT)
-        await client.xgroup_setid(inbox, f"actor:seed:{SLOT}", "0")
-        await _cull(cl)
-        assert await _refusals(bus, cl) == [*before, before[-1] + 1]
+        assert await _rewind_then_cull(client, cl) == [*before, before[-1] + 1]
 
 
 async def test_a_restarted_actor_remembers_committed_ids_from_the_log(
@@ -89,12 +94,7 @@ async def test_a_restarted_actor_remembers_committed_ids_from_the_log(
         pytest.skip("the memory bus has no keys to delete from outside")
     ring = KeyRing.generate()
     async with running_cluster(bus, run=run_id, slots=[SLOT], ring=ring) as cl:
-        for _ in range(3):
-            await _cull(cl)
-        before = await _refusals(bus, cl)
+        before = await _three_culls(bus, cl)
     await _forget(client, run_id)
     async with running_cluster(bus, run=run_id, slots=[SLOT], ring=ring) as cl:
-        inbox = streams.inbox(run_id, "seed", SLOT)
-        await client.xgroup_setid(inbox, f"actor:seed:{SLOT}", "0")
-        await _cull(cl)
-        assert await _refusals(bus, cl) == [*before, before[-1] + 1]
+        assert await _rewind_then_cull(client, cl) == [*before, before[-1] + 1]
