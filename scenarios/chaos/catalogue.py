@@ -2,8 +2,8 @@
 
 Each attack gets a fresh actor process (so its peak RSS is the attack's) serving two slots, ``a``
 (the target) and ``b`` (a bystander). A legitimate controller sends commands to ``b`` in a loop,
-before the attack (the baseline) and while it is sent and handled; the figure is the ratio of the
-two rates, measured in the same run. After the attack the log is read back: ``state_changed`` is
+before the attack and after it (the baseline, on both sides) and while it is sent and handled;
+the figure is the ratio of the two rates, measured in the same run. After the attack the log is read back: ``state_changed`` is
 true if a slot's stage, pause, blueprint or α moved, or a transition was caused by anything but a
 legitimate command. Attacks without keys come first, then those of a key holder (a trainer key,
 a controller key, a retired key). The attacks themselves are in :mod:`scenarios.chaos.attacks`.
@@ -103,8 +103,10 @@ class _Legit:
             "target_latency_max_s": round(lat[-1], 3) if lat else None,
         }
 
-    def rate(self, start: float, end: float) -> float:
-        return sum(1 for t in self.done if start <= t < end) / max(1e-9, end - start)
+    def rate(self, *windows: tuple[float, float]) -> float:
+        """Commands answered per second over the ``(start, end)`` windows together."""
+        n = sum(1 for t in self.done for a, b in windows if a <= t < b)
+        return n / max(1e-9, sum(b - a for a, b in windows))
 
 
 async def _drained(bus: Bus, run: str, timeout_s: float = 120.0) -> None:
@@ -184,19 +186,20 @@ async def _attacked(
     rings: dict[str, KeyRing],
     seed: int,
     probe: _Legit | None = None,
-) -> tuple[float, float, float]:
+) -> tuple[float, float, float, float]:
     """The legitimate loop for a baseline, then while the attack is sent and handled (with the
-    ``probe`` loop on the target slot during the attack); the times (start, attack begun,
-    attack over)."""
+    ``probe`` loop on the target slot during the attack), then for a second baseline: the two
+    bracket the attack, so a drift of the machine's load weighs on both sides of the ratio. The
+    times (start, attack begun, attack over, end)."""
     await anyio.to_process.run_sync(_ready)
-    stop = anyio.Event()
+    stop, probed = anyio.Event(), anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(legit.loop, stop)
         t0 = time.monotonic()
         await anyio.sleep(BASELINE_S)  # the baseline: the same loop without the attack
         t1 = time.monotonic()
         if probe is not None:
-            tg.start_soon(probe.loop, stop)
+            tg.start_soon(probe.loop, probed)
         if not attack.before:
             ctx.sent = await anyio.to_process.run_sync(
                 inject, url, ctx.run, attack.name,
@@ -206,8 +209,11 @@ async def _attacked(
         await _drained(ctx.bus, ctx.run)
         t2 = max(time.monotonic(), t1 + BASELINE_S)
         await anyio.sleep(max(0.0, t2 - time.monotonic()))
+        probed.set()
+        await anyio.sleep(BASELINE_S)  # the second baseline
+        t3 = time.monotonic()
         stop.set()
-    return t0, t1, t2
+    return t0, t1, t2, t3
 
 
 async def _one(
@@ -226,7 +232,7 @@ async def _one(
     try:
         await _warm(attack, proc, legit, ctx)
         before_state, before_tr, before_rej, _ = await _read(bus, run, full, legit.ids)
-        t0, t1, t2 = await _attacked(attack, ctx, legit, url, rings, seed, probe)
+        t0, t1, t2, t3 = await _attacked(attack, ctx, legit, url, rings, seed, probe)
         _, peak = rss_kib(proc.proc.pid) if proc.proc is not None else (0, 0)
         after_state, after_tr, after_rej, quarantined = await _read(bus, run, full, legit.ids)
         foreign = await bus.info(streams.inbox("someone-else", "seed", "x"))
@@ -239,7 +245,7 @@ async def _one(
             or foreign.length > 0
             or quarantined != attack.expect_quarantine
         )
-        baseline, during = legit.rate(t0, t1), legit.rate(t1, t2)
+        baseline, during = legit.rate((t0, t1), (t2, t3)), legit.rate((t1, t2))
         return {
             "attack": attack.name,
             "key_holder": attack.holder,
