@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bus import Append, Bus, Fence, Fenced, RedisStreamBus, Shedding, ShedRange, open_bus
+from bus.testing import redis_server
 
 pytestmark = pytest.mark.anyio
 
@@ -223,3 +224,29 @@ async def test_shed_without_a_known_lag_counts_from_the_ids(redis_url: str, pref
     finally:
         await bus.delete(s, big)
         await bus.close()
+
+
+@pytest.mark.redis
+async def test_shed_within_keep_reads_no_entry_when_the_lag_is_known() -> None:
+    """A backlog within ``keep`` whose lag Redis knows costs the call no walk (no XRANGE: a full
+    batch's admission stays O(1) under a steady load); with the lag unknown it walks, and both
+    shed nothing."""
+    with redis_server(aof=False) as server:
+        bus = open_bus(server.url)
+        s = "shed:inbox"
+        try:
+            ids = await _inbox(bus, s, 1000, read=256)
+            client = bus.client  # type: ignore[attr-defined]
+
+            async def xranges() -> int:
+                stats = await client.info("commandstats")
+                return int(stats.get("cmdstat_xrange", {}).get("calls", 0))
+
+            before = await xranges()
+            assert (await _shed(bus, s, keep=744)).count == 0  # lag 744: within keep
+            assert await xranges() == before
+            await client.xdel(s, ids[-1])  # the lag becomes unknown: the ids are walked
+            assert (await _shed(bus, s, keep=744)).count == 0
+            assert await xranges() > before
+        finally:
+            await bus.close()
