@@ -13,6 +13,7 @@ checkpoint) is refused with :class:`CheckpointError` saying so.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any
@@ -113,11 +114,16 @@ def write_atomic(payload: dict[str, Any], path: str | os.PathLike[str]) -> None:
     data = st_save(tensors, metadata={META_KEY: meta})
     target = os.fspath(path)
     tmp = f"{target}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:  # a full disk leaves no partial file behind
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
     _sync_dir(os.path.dirname(os.path.abspath(target)))
 
 

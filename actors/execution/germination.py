@@ -110,7 +110,8 @@ def _germinate(
     evidence, probe_ok = _seed_evidence(seed, bp, site)
     _add_facts(rt, evidence, bp, slot, memory, writes_input)
     slot.attach(seed, blueprint=bp.name, reads_input=bp.reads_input, blend_mode=g.blend_mode)
-    slot.seed_rng(_rng_seed(rt, slot, order.apply_at_step, bp) if rng_seed else None)
+    slot.seed_rng(_rng_seed(rt, slot, order.apply_at_step, bp))  # drawing or not (eager)
+    slot.draws = rng_seed
     walk = _attached_checks(rt, slot, site, g.blend_mode, evidence)
     state.reset_evidence()
     state.attach_evidence = dict(evidence)
@@ -265,16 +266,25 @@ def check_size(
 
 
 def dry_run(seed: nn.Module, bp: Blueprint, site: Site) -> tuple[bool, bool]:
-    """Run the seed once in train mode on a copy of the slot activation: does it draw random
-    numbers (it then gets its own RNG stream) and does it write its input in place?"""
+    """Run the seed in train mode on a copy of the slot activation, without and with autograd
+    recording: does it draw random numbers (a compiled forward then runs it on its own RNG
+    stream, as every eager forward does) and does it write its input in place?"""
     src = site.tap.x if bp.reads_input else site.tap.h
     if src is None:
         return False, False
+    draws = writes = False
+    for grad in (False, True):
+        d, w = _dry_once(seed, src, grad)
+        draws, writes = draws or d, writes or w
+    return draws, writes
+
+
+def _dry_once(seed: nn.Module, src: Tensor, grad: bool) -> tuple[bool, bool]:
     view = src.detach().clone()
     version = view._version
     was = seed.training
     devices = [src.device] if src.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
+    with torch.random.fork_rng(devices=devices), torch.set_grad_enabled(grad):
         before = _rng_states(devices)
         seed.train()
         try:

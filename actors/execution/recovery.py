@@ -17,6 +17,7 @@ pruning controller owns them).
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,8 @@ from leyline import pb
 
 if TYPE_CHECKING:
     from actors.execution.runtime import ExecutionRuntime
+
+log = logging.getLogger("kasmina.execution")
 
 VERSION = 3  # 3: safetensors + JSON metadata (1 and 2 were torch.save pickles)
 KEEP_GUARDS = 2  # guard checkpoints kept on disk per rank (older ones are deleted)
@@ -135,7 +138,8 @@ def at_boundary(
 
 def _guard(rt: ExecutionRuntime, step: int, directory: str) -> None:
     path = os.path.join(directory, f"guard-rank{rt.rank}-step{step}.safetensors")
-    checkpoint(rt, path)
+    if not _written(rt, step, path, "guard"):
+        return
     rt.checkpoints.append((step, path))
     guards = [c for c in rt.checkpoints if os.path.basename(c[1]).startswith("guard-")]
     for old in guards[:-KEEP_GUARDS]:
@@ -177,10 +181,23 @@ def emergency_checkpoint(rt: ExecutionRuntime, step: int, reason: str) -> None:
         detail = f"checkpoint requested ({reason}) but no checkpoint_dir is set"
     else:
         path = os.path.join(directory, f"emergency-rank{rt.rank}-step{step}.safetensors")
-        checkpoint(rt, path)
+        if not _written(rt, step, path, "emergency"):
+            return
         rt.checkpoints.append((step, path))
         detail = f"emergency checkpoint written to {path} ({reason})"
     _telemetry(rt, step, detail)
+
+
+def _written(rt: ExecutionRuntime, step: int, path: str, what: str) -> bool:
+    """Write a checkpoint to ``path``; a failure (missing directory, full or read-only disk) is
+    reported as critical telemetry, never raised into the training loop: False."""
+    try:
+        checkpoint(rt, path)
+    except Exception as exc:  # the loop goes on; a rollback to this point is then impossible
+        log.error("%s checkpoint %s could not be written: %s", what, path, exc)
+        _telemetry(rt, step, f"{what} checkpoint {path} could not be written: {exc}"[:500])
+        return False
+    return True
 
 
 def _telemetry(rt: ExecutionRuntime, step: int, detail: str) -> None:

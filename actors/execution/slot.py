@@ -40,6 +40,10 @@ class SeedSlot(nn.Module):
     nonfinite: Tensor
     inplace: Tensor
     seed: nn.Module | None
+    # a seed output beyond this many times the host activation's largest magnitude (plus one) is
+    # treated as non-finite: zeroed, counted, signalled (a blending seed gone wild never reaches
+    # the host's loss and optimizer)
+    max_output_ratio: float = 1e4
 
     def __init__(self, slot_id: str) -> None:
         super().__init__()
@@ -54,9 +58,8 @@ class SeedSlot(nn.Module):
         self.register_buffer("alpha", torch.zeros(()))
         self.register_buffer("nonfinite", torch.zeros(()), persistent=False)
         self.register_buffer("inplace", torch.zeros(()), persistent=False)
-        self.rng: list[Tensor] | None = (
-            None  # the seed's own RNG stream (cpu [, device]) if it draws
-        )
+        self.rng: list[Tensor] | None = None  # the seed's own RNG stream (cpu [, device])
+        self.draws = False  # the seed was seen drawing random numbers (at germination)
         self.hook_handles: list[RemovableHandle] = []
         self._tap: list[SlotTap] | None = None
         # the seed's forward raised (eager only): (out of memory?, the error); it left the forward
@@ -105,8 +108,14 @@ class SeedSlot(nn.Module):
             self.failure = (is_oom(exc), f"{type(exc).__name__}: {exc}"[:300])
 
     def _mix(self, mode: Mode, h: Tensor, z: Tensor) -> Tensor:
-        """The slot's output from the host's ``h`` and the seed's ``z`` in ``mode``."""
-        ok = torch.isfinite(z).all()
+        """The slot's output from the host's ``h`` and the seed's ``z`` in ``mode``: ``z`` of
+        another shape raises (the seed leaves), of another floating dtype is cast to ``h``'s
+        (autocast, a seed in float64), and one that is not finite or beyond
+        ``max_output_ratio`` times the host's largest magnitude (plus one) counts as non-finite
+        and is zeroed: it never reaches the host's loss."""
+        z = _conformed(z, h)
+        bound = self.max_output_ratio * (h.detach().abs().amax().float() + 1.0)
+        ok = torch.isfinite(z).all() & (z.detach().abs().amax().float() <= bound)
         self.nonfinite.add_((~ok).to(self.nonfinite.dtype))
         z = torch.where(ok, z, torch.zeros_like(z))
         if mode is Mode.TRAINING:  # the value is h's; the straight-through gradient if wanted
@@ -116,12 +125,17 @@ class SeedSlot(nn.Module):
         return h + self.alpha.to(h.dtype) * z
 
     def _seed_out(self, seed: nn.Module, src: Tensor) -> Tensor:
-        """The seed's output on a detached view of ``src``, drawn on the seed's own RNG stream when
-        it has one; a write into that view (it shares the host activation's storage) is counted."""
-        view = src.detach()
+        """The seed's output on its own copy of ``src`` (a write into it never reaches the host
+        activation, and is counted: a fossilized seed would write the host's), drawn on the
+        seed's own RNG stream (compiled forwards: when the seed was seen drawing)."""
+        view = src.detach().clone()
         if torch.compiler.is_compiling():  # compiled forwards: the (eager) probes count writes
-            out: Tensor = _own_stream(self, seed, view) if self.rng is not None else seed(view)
+            own = self.rng is not None and self.draws
+            out: Tensor = _own_stream(self, seed, view) if own else seed(view)
             return out
+        if view.is_inference():  # inference_mode: no version counter to read
+            inferred: Tensor = _own_stream(self, seed, view) if self.rng is not None else seed(view)
+            return inferred
         version = view._version
         z: Tensor = _own_stream(self, seed, view) if self.rng is not None else seed(view)
         if view._version != version:
@@ -188,6 +202,7 @@ class SeedSlot(nn.Module):
         self.hook_handles.clear()
         self.seed = None
         self.rng = None
+        self.draws = False
         self.failure = None
         self.blueprint = ""
         self.reads_input = False
@@ -229,6 +244,17 @@ class SeedSlot(nn.Module):
         return f"slot_id={self.slot_id!r}, mode={self.mode.value}, blueprint={self.blueprint!r}"
 
 
+def _conformed(z: Tensor, h: Tensor) -> Tensor:
+    """``z`` in ``h``'s dtype; a seed output of another shape, or not floating, raises."""
+    if z.shape != h.shape:
+        raise RuntimeError(f"seed output shape {tuple(z.shape)} is not the host's {tuple(h.shape)}")
+    if z.dtype == h.dtype:
+        return z
+    if not z.is_floating_point():
+        raise RuntimeError(f"seed output dtype {z.dtype} is not floating")
+    return z.to(h.dtype)
+
+
 @torch.compiler.disable  # type: ignore[untyped-decorator]
 def _own_stream(slot: SeedSlot, seed: nn.Module, src: Tensor) -> Tensor:
     """Run ``seed`` on the slot's RNG stream; the global stream is left exactly as it was."""
@@ -252,6 +278,17 @@ class SlottedModule(nn.Module):
         super().__init__()
         self.host = host
         self.slot = slot
+
+    def __getattr__(self, name: str) -> Any:
+        """The wrapped submodule's attributes read through the wrapper (``weight``, ``eps``, …),
+        so a parent that reads its child's attributes works with the slot in place."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            host = self.__dict__.get("_modules", {}).get("host")
+            if host is None:
+                raise
+            return getattr(host, name)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the host submodule, then the slot (skipped outright while it is the identity)."""
@@ -284,6 +321,7 @@ def insert_slots(model: nn.Module, points: Mapping[str, str]) -> dict[str, SeedS
         parent_path, _, name = path.rpartition(".")
         parent = _resolve(model, parent_path)
         child = _resolve(parent, name)
+        _check_called(slot_id, path, parent, name)
         slot = SeedSlot(slot_id)
         p = next(iter(child.parameters()), None)
         b = next(iter(child.buffers()), None)
@@ -293,6 +331,25 @@ def insert_slots(model: nn.Module, points: Mapping[str, str]) -> dict[str, SeedS
         setattr(parent, name, SlottedModule(child, slot))
         slots[slot_id] = slot
     return {k: slots[k] for k in points}
+
+
+# parents that use these children's weights directly (a functional forward, an inference fast
+# path) instead of calling them: a slot there would be left out of the forward, always or in eval
+_BYPASSED: tuple[tuple[type[nn.Module], frozenset[str]], ...] = (
+    (nn.MultiheadAttention, frozenset({"out_proj"})),
+    (nn.TransformerEncoderLayer, frozenset({"self_attn", "linear1", "linear2", "norm1", "norm2"})),
+)
+
+
+def _check_called(slot_id: str, path: str, parent: nn.Module, name: str) -> None:
+    """Refuse a slot on a submodule its parent does not (always) call."""
+    for kind, children in _BYPASSED:
+        if isinstance(parent, kind) and name in children:
+            raise ValueError(
+                f"slot {slot_id}: {type(parent).__name__} uses {path!r}'s weights without "
+                "calling it (in its forward or its inference fast path), so a seed there would "
+                "not be in the forward: put the slot on the parent or another submodule"
+            )
 
 
 def _resolve(root: nn.Module, path: str) -> nn.Module:
