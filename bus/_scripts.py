@@ -300,11 +300,8 @@ end
 # have been read, so a backlog of large entries costs a bounded amount per call. A walk the
 # budget stops before it reaches the kept ones relies on the group's lag counter to know that
 # the entries it read are not among the newest ``keep`` (fewer are shed, the rest by later
-# calls); without a lag it sheds nothing. A lag the server reports within ``keep`` ends the call
-# before any walk: a backlog within the bound (the common case) costs one XINFO GROUPS, not a
-# walk of it every turn. The server's lag is exact, unknown (nil: walked), or too high after a
-# failover (walked); only a writer who moves the group's counters lowers it, and such a writer
-# can as well move the group past every entry.
+# calls); without a lag it sheds nothing. A known lag within ``keep`` ends the call unwalked (a
+# lag too high after a failover, or nil, is walked; a writer lowering it could move the group).
 SHED = (
     _GROUP
     + """
