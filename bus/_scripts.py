@@ -300,16 +300,14 @@ end
 # have been read, so a backlog of large entries costs a bounded amount per call. A walk the
 # budget stops before it reaches the kept ones relies on the group's lag counter to know that
 # the entries it read are not among the newest ``keep`` (fewer are shed, the rest by later
-# calls); without a lag it sheds nothing. A known lag within ``keep`` ends the call unwalked (a
-# lag too high after a failover, or nil, is walked; a writer lowering it could move the group).
+# calls); without a lag it sheds nothing. A known lag within ``keep`` ends the call unwalked.
 SHED = (
     _GROUP
     + """
 local g = group_of(KEYS[1], ARGV[1])
 if not g then return {0} end
 local keep, limit, want = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local lag = tonumber(g['lag'])
-if lag and lag <= keep then return {0} end
+if (tonumber(g['lag']) or keep + 1) <= keep then return {0} end
 local max_bytes, budget = tonumber(ARGV[5]), tonumber(ARGV[8])
 local span = keep + limit
 local ids, found = {}, {}
