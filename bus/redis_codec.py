@@ -56,7 +56,7 @@ def _not_applied(exc: BaseException) -> bool:
 
 
 def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
 
 
 def _nonce_claim(reply: Any) -> str | bool | None:
@@ -132,7 +132,7 @@ def _fields(raw: Any) -> dict[str, bytes]:
     if type(raw) is list and len(raw) == 2:  # one field (a frame): the common case, no loops
         name, value = raw
         if type(name) is bytes and type(value) is bytes:
-            return {name.decode(): value}
+            return {name.decode("utf-8", "backslashreplace"): value}
     return _any_fields(raw)
 
 
@@ -164,13 +164,19 @@ def _any_fields(raw: Any) -> dict[str, bytes]:
         return {}
     if type(raw) is list:
         it = iter(raw)
-        out = {k.decode() if type(k) is bytes else str(k): v for k, v in zip(it, it, strict=True)}
+        out = {_name(k): v for k, v in zip(it, it, strict=True)}
     else:
-        out = {k.decode() if type(k) is bytes else str(k): v for k, v in raw.items()}
+        out = {_name(k): v for k, v in raw.items()}
     for name, value in out.items():  # bytes unless the client decodes responses
         if type(value) is not bytes:
             out[name] = value.encode() if isinstance(value, str) else str(value).encode()
     return out
+
+
+def _name(raw: Any) -> str:
+    """A field name as text: bytes that are not UTF-8 are kept as backslash escapes (a writer
+    may name a field anything; no name of ours is lost or confused by this)."""
+    return raw.decode("utf-8", "backslashreplace") if type(raw) is bytes else str(raw)
 
 
 def _stream_entries(reply: Any) -> list[tuple[str, Any]]:

@@ -23,11 +23,19 @@ def safe_trim_id_of(info: StreamInfo, watermark: str | None) -> str:
         candidates.append(group.last_delivered)
         if group.oldest_pending is not None:
             candidates.append(group.oldest_pending)
-    if watermark is not None:
-        candidates.append(watermark)
+    if watermark is not None:  # one that is no entry id (a writer's garbage) keeps everything
+        candidates.append(watermark if _is_id(watermark) else "0-0")
     if not candidates:
         return next_id(info.last_id)
     return min(candidates, key=parse_id)
+
+
+def _is_id(value: str) -> bool:
+    try:
+        parse_id(value)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def clamp_trim_id(min_id: str, safe_id: str) -> str:
@@ -39,7 +47,7 @@ async def safe_trim_id(bus: Bus, stream: str) -> str:
     """The smallest id that must survive a trim of ``stream`` (see module docstring)."""
     info = await bus.info(stream)
     raw = await bus.get_value(watermark_key(stream))
-    return safe_trim_id_of(info, raw.decode() if raw is not None else None)
+    return safe_trim_id_of(info, raw.decode("utf-8", "replace") if raw is not None else None)
 
 
 async def set_watermark(bus: Bus, stream: str, entry_id: str) -> None:

@@ -58,7 +58,7 @@ def _ask(port: int, *args: Any) -> Any:
 
 
 def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
 
 
 def _server(tmp: Path, name: str, extra: list[str], *, aof: bool) -> RedisServer:

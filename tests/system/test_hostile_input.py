@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import msgpack
+import pytest
 from tests_system_helpers import small_config
 
 from actors.shell import FRAME
@@ -118,3 +119,34 @@ async def test_hostile_inputs_change_nothing_and_are_counted(bus: Bus, run_id: s
         assert await cl.stage(SLOT) == pb.SEED_STAGE_TRAINING
         slots = {s["slot"]: s["stage"] for s in status["slots"]}
         assert slots == {SLOT: "DORMANT"}
+
+
+async def test_a_field_named_in_bytes_that_are_not_utf8_is_rejected_and_read(
+    bus: Bus, run_id: str
+) -> None:
+    """An inbox entry whose field name is not UTF-8 is rejected as a bad frame and acked (the
+    actor keeps serving); the same entry in the event log is an unverified event, and status
+    still reads the run."""
+    client = getattr(bus, "client", None)
+    if client is None:
+        pytest.skip("the in-memory bus takes text field names only")
+    ring = KeyRing.generate()
+    sim = SimRuntime([SLOT], report_every=5, barrier_frequency=5)
+    async with running_cluster(
+        bus, run=run_id, slots=[SLOT], runtimes=[sim], ring=ring, config=small_config()
+    ) as cl:
+        await cl.step(0)
+        await cl.settle()
+        await client.xadd(streams.inbox(run_id, "seed", SLOT), {b"\xff": b"x", b"m\xfe": b"y"})
+        await client.xadd(streams.events(run_id), {b"\xff\xfe": b"z"})
+        await cl.settle()
+        status = await collect(bus, run_id, ring)
+        assert status["rejected"] == {"bad_frame": 1}
+        assert status["unverified_events"] == 1
+        await cl.client.command(SLOT, "germinate", blueprint="residual_mlp")
+        for step in range(1, 40):
+            await cl.step(step)
+            await cl.settle()
+            if await cl.stage(SLOT) == pb.SEED_STAGE_TRAINING:
+                break
+        assert await cl.stage(SLOT) == pb.SEED_STAGE_TRAINING
