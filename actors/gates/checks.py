@@ -294,7 +294,7 @@ def _check(spec: Spec, metrics: Mapping[str, float], thresholds: GateThresholds)
         check.detail = "missing evidence: " + ", ".join(missing)
         return check
     if not math.isfinite(value):  # the result must stay deliverable: no non-finite value in it
-        check.detail = f"non-finite measurement ({value})"
+        check.detail = "non-finite measurement"
         return check
     check.value = value
     if name in _DETAILS:

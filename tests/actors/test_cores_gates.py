@@ -176,7 +176,7 @@ def test_statistical_checks_state_their_components_and_sample_size() -> None:
     result = evaluate(pb.SEED_GATE_G4_SYSTEM_IMPACT, pb.Evidence(metrics=metrics), T)
     checks = {c.name: c for c in result.checks}
     assert not result.passed and checks["cf_gain_lcb"].value == 0.0
-    assert checks["cf_gain_lcb"].detail == "mean 0 - z 2 x se 0, n 288 examples"
+    assert checks["cf_gain_lcb"].detail == "mean 0 - z 2 x se 0, n 288 pairs"
     assert checks["cf_net_gain"].value == -0.1875
     assert "cost 0.1875" in checks["cf_net_gain"].detail and "100 seed / 400 host" in (
         checks["cf_net_gain"].detail
