@@ -51,6 +51,8 @@ class GateThresholds(BaseModel):
     latency_cost: float = Field(0.002, ge=0.0)  # gain charged per unit of relative latency
     # G1 and G4: one-sided z of the lower confidence bounds (1.645: 95 %)
     confidence_z: float = Field(1.645, ge=0.0)
+    # G1 and G4: the fewest pairs a continuous (loss) gain is judged on; fewer fail the check
+    min_gain_pairs: int = Field(30, ge=2)
     max_regression: float = Field(0.01, ge=0.0)  # vs the pre-germination baseline
     max_open_strikes: int = Field(0, ge=0)
     # G5 reset

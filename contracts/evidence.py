@@ -55,11 +55,16 @@ CF_ACC_ON = "cf_acc_on"
 CF_ACC_OFF = "cf_acc_off"
 BASELINE_ACC = "baseline_acc"  # validation accuracy before germination
 VAL_ACC = "val_acc"
+# non-class targets: validation loss of the host at germination, and now with the seed on
+BASELINE_LOSS = "baseline_loss"
+VAL_LOSS = "val_loss"
 OPEN_STRIKES = "open_strikes"
 # paired per-example gain on the validation set, alpha = 1 vs alpha = 0 (see docs/gates.md)
 CF_GAIN = "cf_gain"  # mean per-example gain: accuracy for class targets, else loss decrease
 CF_GAIN_SE = "cf_gain_se"  # its standard error
-CF_GAIN_N = "cf_gain_n"  # validation examples behind it
+CF_GAIN_N = "cf_gain_n"  # validation examples behind it (pairs: batches for a batch-mean loss)
+CF_GAIN_FIXES = "cf_gain_fixes"  # class targets: examples right with the seed, wrong without
+CF_GAIN_BREAKS = "cf_gain_breaks"  # class targets: examples wrong with the seed, right without
 CF_GAIN_ON_LOSS = "cf_gain_on_loss"  # 1.0 when the gain is a loss decrease (non-class targets)
 HOST_PARAMS = "host_params"  # parameters of the host (seeds excluded), measured at germination
 

@@ -53,6 +53,8 @@ PASSING: dict[str, float] = {
     ev.CF_GAIN: 0.05,
     ev.CF_GAIN_SE: 0.01,
     ev.CF_GAIN_N: 1000.0,
+    ev.CF_GAIN_FIXES: 60.0,
+    ev.CF_GAIN_BREAKS: 10.0,
     ev.HOST_PARAMS: 100000.0,
     ev.BASELINE_ACC: 0.90,
     ev.VAL_ACC: 0.95,
@@ -68,7 +70,12 @@ FAILING: dict[int, dict[str, float]] = {
     G.SEED_GATE_G1_GRADIENT_HEALTH: {ev.ISOLATION_VIOLATIONS: 3.0},
     G.SEED_GATE_G2_STABILITY: {ev.LOSS_SPIKE_SIGMA: 50.0},
     G.SEED_GATE_G3_INTERFACE: {ev.OUTPUT_FINITE: 0.0},
-    G.SEED_GATE_G4_SYSTEM_IMPACT: {ev.CF_ACC_ON: 0.80, ev.CF_GAIN: -0.1},
+    G.SEED_GATE_G4_SYSTEM_IMPACT: {
+        ev.CF_ACC_ON: 0.80,
+        ev.CF_GAIN: -0.1,
+        ev.CF_GAIN_FIXES: 10.0,
+        ev.CF_GAIN_BREAKS: 110.0,
+    },
     G.SEED_GATE_G5_RESET: {ev.RESET_MAX_ABS_DELTA: 0.5},
 }
 

@@ -26,6 +26,7 @@ from actors.execution.probing import (
     run_probe,
     split_batch,
 )
+from actors.execution.recalibrate import kept_norms, recalibrate, tracked_norms
 from actors.execution.slot import SeedSlot, host_parameters
 from actors.execution.stages import EMBARGOED, TERMINATED, TRAINING, Mode
 from contracts import evidence as ev
@@ -77,12 +78,29 @@ def pooled_tail(parts: Sequence[Paired]) -> Paired:
     return total
 
 
+BATCH_PAIRS = 64  # pairs sought from a batch of a batch-mean loss_fn: the batch in as many parts
+
+
 def per_example_loss(out: Tensor, targets: Tensor, loss_fn: LossFn | None) -> Tensor:
-    """Per-example task losses (cross-entropy by default); a custom ``loss_fn`` returns one value
-    per batch, which then counts as one pair."""
+    """Per-example task losses (cross-entropy by default); a custom ``loss_fn`` may return one
+    value per batch."""
     if loss_fn is None:
         return F.cross_entropy(out, targets, reduction="none").reshape(-1)
     return loss_fn(out, targets).reshape(-1)
+
+
+def paired_losses(out: Tensor, targets: Tensor, loss_fn: LossFn | None) -> Tensor:
+    """The losses that pair up across two forwards of the same batch: one per example, or, for
+    a ``loss_fn`` that gives one value per batch, one per part of the batch (up to
+    ``BATCH_PAIRS`` parts of two or more examples each, the same parts in both forwards), so
+    that a batch-mean loss still gives enough pairs to judge."""
+    losses = per_example_loss(out, targets, loss_fn)
+    n = int(out.shape[0]) if out.dim() else 1
+    parts = min(BATCH_PAIRS, n // 2)
+    if losses.numel() != 1 or parts < 2 or int(targets.shape[0]) != n:
+        return losses
+    pieces = zip(torch.tensor_split(out, parts), torch.tensor_split(targets, parts), strict=True)
+    return torch.cat([per_example_loss(o, t, loss_fn) for o, t in pieces])
 
 
 def shadow_step(
@@ -107,17 +125,17 @@ def shadow_step(
     with probe_mode(model, device):
         with slot.forced(on_mode(slot), 1.0):
             out = first_tensor(model(inputs))
-            on = per_example_loss(out, targets, loss_fn)
-            objective = on.mean()
+            objective = per_example_loss(out, targets, loss_fn).mean()
             if distill is not None:
                 soft, temperature, weight = distill
                 objective = distill_objective(objective, out, soft, temperature, weight)
             grads: list[Tensor | None] = list(
                 torch.autograd.grad(objective, params, allow_unused=True)
             )
+            on = paired_losses(out.detach(), targets, loss_fn)
         with slot.forced(Mode.IDENTITY, 0.0), torch.no_grad():
-            off = per_example_loss(first_tensor(model(inputs)), targets, loss_fn)
-    return grads, Paired.of(off - on.detach())
+            off = paired_losses(first_tensor(model(inputs)), targets, loss_fn)
+    return grads, Paired.of(off - on)
 
 
 def slot_facts(slot: SeedSlot) -> dict[str, float]:
@@ -182,9 +200,7 @@ def _record_losses(
     off = {s.slot: (Mode.IDENTITY, None) for s in active}
     base, _ = run_probe(model, inputs, off, [], grad=False)
     host_loss = probe_loss(base, targets, loss_fn)
-    gain = Paired.of(
-        per_example_loss(base, targets, loss_fn) - per_example_loss(out, targets, loss_fn)
-    )
+    gain = Paired.of(paired_losses(base, targets, loss_fn) - paired_losses(out, targets, loss_fn))
     for state in active:
         if math.isnan(state.seed_loss_first):
             state.seed_loss_first = shadow
@@ -203,6 +219,49 @@ def _is_classes(out: Tensor, targets: Tensor) -> bool:
     )
 
 
+Arm = tuple[Tensor, Tensor | None]  # per-pair losses, per-example hits (class targets)
+
+
+def _arm(
+    model: nn.Module,
+    device: torch.device,
+    validation: tuple[Tensor, Tensor],
+    loss_fn: LossFn | None,
+    size: int,
+) -> Arm:
+    """The paired losses (and hits for class targets) of one arm, ``size`` examples a forward."""
+    inputs, targets = validation
+    losses: list[Tensor] = []
+    hits: list[Tensor] = []
+    for i in range(0, int(inputs.shape[0]), size):
+        x, y = inputs[i : i + size].to(device), targets[i : i + size].to(device)
+        out = first_tensor(model(x))
+        losses.append(paired_losses(out, y, loss_fn).float().cpu())
+        if _is_classes(out, y):
+            hits.append((out.argmax(dim=1) == y).float().cpu())
+    return torch.cat(losses), torch.cat(hits) if hits else None
+
+
+def _paired_metrics(on: Arm, off: Arm) -> dict[str, float]:
+    (loss_on, hit_on), (loss_off, hit_off) = on, off
+    m = {ev.CF_LOSS_ON: float(loss_on.mean()), ev.CF_LOSS_OFF: float(loss_off.mean())}
+    if hit_on is not None and hit_off is not None:
+        d = hit_on - hit_off
+        gain = Paired.of(d)
+        m[ev.CF_ACC_ON] = float(hit_on.mean())
+        m[ev.CF_ACC_OFF] = float(hit_off.mean())
+        m[ev.VAL_ACC] = m[ev.CF_ACC_ON]
+        m[ev.CF_GAIN_FIXES] = float((d > 0).sum())
+        m[ev.CF_GAIN_BREAKS] = float((d < 0).sum())
+        m[ev.CF_GAIN_ON_LOSS] = 0.0
+    else:
+        gain = Paired.of(loss_off - loss_on)
+        m[ev.VAL_LOSS] = m[ev.CF_LOSS_ON]
+        m[ev.CF_GAIN_ON_LOSS] = 1.0
+    m[ev.CF_GAIN], m[ev.CF_GAIN_SE], m[ev.CF_GAIN_N] = gain.mean, gain.se, float(gain.n)
+    return m
+
+
 def paired_validation(
     model: nn.Module,
     slot: SeedSlot,
@@ -213,39 +272,25 @@ def paired_validation(
 ) -> dict[str, float]:
     """Validation metrics at alpha 1 and alpha 0 on the same examples, with the paired gain.
 
-    The gain per example is ``correct(alpha 1) - correct(alpha 0)`` for class-index targets, else
-    ``loss(alpha 0) - loss(alpha 1)`` (``cf_gain_on_loss`` = 1); ``cf_gain`` is its mean over the
-    validation set, ``cf_gain_se`` its standard error, ``cf_gain_n`` the number of examples."""
+    The gain per example is ``correct(alpha 1) - correct(alpha 0)`` for class-index targets
+    (with the counts of fixes and breaks), else ``loss(alpha 0) - loss(alpha 1)``
+    (``cf_gain_on_loss`` = 1; a batch-mean ``loss_fn`` gives one pair per part of a forward's
+    batch, see :func:`paired_losses`);
+    ``cf_gain`` is its mean, ``cf_gain_se`` its standard error, ``cf_gain_n`` the pairs. With
+    BatchNorm, each arm runs with statistics re-estimated on the validation inputs under its own
+    forward (:mod:`actors.execution.recalibrate`); the host's are restored exactly."""
     inputs, targets = split_batch(validation)
     if targets is None:
         return {}
-    outs: dict[bool, tuple[list[Tensor], list[Tensor]]] = {True: ([], []), False: ([], [])}
-    with probe_mode(model, device), torch.no_grad():
+    norms = tracked_norms(model)
+    arms: dict[bool, Arm] = {}
+    with probe_mode(model, device), torch.no_grad(), kept_norms(norms):
         for on in (True, False):
             mode, alpha = (on_mode(slot), 1.0) if on else (Mode.IDENTITY, 0.0)
             with slot.forced(mode, alpha):
-                for i in range(0, int(inputs.shape[0]), chunk):
-                    x = inputs[i : i + chunk].to(device)
-                    y = targets[i : i + chunk].to(device)
-                    out = first_tensor(model(x))
-                    losses, hits = outs[on]
-                    losses.append(per_example_loss(out, y, loss_fn).float().cpu())
-                    if _is_classes(out, y):
-                        hits.append((out.argmax(dim=1) == y).float().cpu())
-    loss_on, loss_off = torch.cat(outs[True][0]), torch.cat(outs[False][0])
-    m = {ev.CF_LOSS_ON: float(loss_on.mean()), ev.CF_LOSS_OFF: float(loss_off.mean())}
-    if outs[True][1]:
-        hit_on, hit_off = torch.cat(outs[True][1]), torch.cat(outs[False][1])
-        gain = Paired.of(hit_on - hit_off)
-        m[ev.CF_ACC_ON] = float(hit_on.mean())
-        m[ev.CF_ACC_OFF] = float(hit_off.mean())
-        m[ev.VAL_ACC] = m[ev.CF_ACC_ON]
-        m[ev.CF_GAIN_ON_LOSS] = 0.0
-    else:
-        gain = Paired.of(loss_off - loss_on)
-        m[ev.CF_GAIN_ON_LOSS] = 1.0
-    m[ev.CF_GAIN], m[ev.CF_GAIN_SE], m[ev.CF_GAIN_N] = gain.mean, gain.se, float(gain.n)
-    return m
+                recalibrate(model, norms, inputs, chunk, device)
+                arms[on] = _arm(model, device, (inputs, targets), loss_fn, chunk)
+    return _paired_metrics(arms[True], arms[False])
 
 
 def counterfactual(
@@ -279,6 +324,8 @@ def counterfactual(
                 ev.VAL_ACC: float(acc1),
             }
         )
+    if m.get(ev.CF_GAIN_ON_LOSS) == 1.0:
+        m[ev.VAL_LOSS] = m[ev.CF_LOSS_ON]
     return m
 
 

@@ -343,6 +343,8 @@ def _attached_checks(
         cf = rt.counterfactual(slot.slot_id)
         if ev.CF_ACC_OFF in cf:
             evidence[ev.BASELINE_ACC] = cf[ev.CF_ACC_OFF]
+        if cf.get(ev.CF_GAIN_ON_LOSS) == 1.0:  # a non-class target: G4 judges on loss
+            evidence[ev.BASELINE_LOSS] = cf[ev.CF_LOSS_OFF]
     return walk
 
 

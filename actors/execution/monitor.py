@@ -67,26 +67,26 @@ def train_mode_probe(rt: ExecutionRuntime, active: list[SlotState]) -> dict[str,
 SPIKE_MIN_RUN = 5  # the shortest run of stage losses averaged: a spike lasts, one batch is noise
 SPIKE_RUNS = 4  # the stage is judged in runs of a quarter of its length (at least SPIKE_MIN_RUN)
 SPIKE_REFERENCE = 100  # losses before the stage that give the level and the noise it is held to
+SPIKE_REL_FLOOR = 0.01  # the reference's spread is taken as at least 1 % of its level ...
+SPIKE_ABS_FLOOR = 1e-4  # ... and at least this much: a rise from a constant loss is seen
 
 
 def loss_spike(losses: Iterable[tuple[int, float]], since: int) -> tuple[float, int]:
     """How far the training loss rose since step ``since`` above its level before: the largest
     mean of ``k`` consecutive losses of the stage (``k`` a quarter of the stage, at least 5),
     less the mean of the (up to) ``SPIKE_REFERENCE`` losses before it, over the standard error
-    of that difference (the reference's standard deviation times sqrt(1/k + 1/n_reference)).
-    A loss that falls scores below 0. With the number of stage losses compared; (0, n) when
-    there is too little to compare (fewer than 3 losses before the stage, none in it, or a
-    constant reference)."""
+    of that difference (the reference's standard deviation, floored at ``SPIKE_REL_FLOOR`` of
+    its mean's magnitude and at ``SPIKE_ABS_FLOOR``, times sqrt(1/k + 1/n_reference)). A loss
+    that falls scores below 0. With the number of stage losses compared; (0, n) when there is
+    too little to compare (fewer than 3 losses before the stage, or none in it)."""
     finite = [(s, v) for s, v in losses if math.isfinite(v)]
     before = [v for s, v in finite if s < since][-SPIKE_REFERENCE:]
     during = [v for s, v in finite if s >= since]
     if len(before) < 3 or not during:
         return 0.0, len(during)
-    sd = statistics.stdev(before)
-    if sd == 0:
-        return 0.0, len(during)
-    k = min(len(during), max(SPIKE_MIN_RUN, len(during) // SPIKE_RUNS))
     level = statistics.fmean(before)
+    sd = max(statistics.stdev(before), SPIKE_REL_FLOOR * abs(level), SPIKE_ABS_FLOOR)
+    k = min(len(during), max(SPIKE_MIN_RUN, len(during) // SPIKE_RUNS))
     se = sd * math.sqrt(1 / k + 1 / len(before))
     runs = (statistics.fmean(during[i : i + k]) for i in range(len(during) - k + 1))
     return max((r - level) / se for r in runs), len(during)

@@ -9,6 +9,7 @@ due only once the commit of barrier ``after_barrier`` (or of a later one) has re
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from actors.core import released
@@ -119,6 +120,9 @@ def apply(rt: ExecutionRuntime, order: pb.ExecutionOrder, step: int, commit: int
 
 def _answer(rt: ExecutionRuntime, ack: pb.ExecutionAck) -> None:
     """Queue ``ack`` for the bus and hand it to the trainer as a step confirmation."""
+    metrics = ack.evidence.metrics  # unmeasured values stay unset: actors reject non-finite input
+    for name in [k for k, v in metrics.items() if not math.isfinite(v)]:
+        del metrics[name]
     rt.outbox.put(KIND_ACK, ack)
     rt.confirmed.add(ack)
 

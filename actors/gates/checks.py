@@ -12,6 +12,16 @@ import math
 import re
 from collections.abc import Callable, Mapping
 
+from actors.gates.gains import (
+    Unjudged,
+    cf_gain_bound,
+    cf_gain_detail,
+    cost_detail,
+    net_gain,
+    regression,
+    regression_detail,
+    seed_gain_bound,
+)
 from contracts import evidence as ev
 from contracts.config import GateThresholds
 from leyline import pb
@@ -57,23 +67,6 @@ def _derived(names: tuple[str, ...], fn: Callable[..., float], *, config: bool =
 
 def _flag(name: str) -> Spec:
     return (name, _metric(name), "==", lambda t: 1.0)
-
-
-def _lower_bound(t: GateThresholds, mean: float, se: float) -> float:
-    """One-sided lower confidence bound ``mean - z * se``."""
-    return mean - t.confidence_z * se
-
-
-def _seed_cost(t: GateThresholds, seed_params: float, host_params: float, latency: float) -> float:
-    """What a seed costs, in gain units: ``param_cost * seed_params / host_params +
-    latency_cost * latency_overhead``."""
-    return t.param_cost * seed_params / max(host_params, 1.0) + t.latency_cost * max(latency, 0.0)
-
-
-def _net_gain(
-    t: GateThresholds, gain: float, seed_params: float, host_params: float, latency: float
-) -> float:
-    return gain - _seed_cost(t, seed_params, host_params, latency)
 
 
 def _headroom(budget: float, in_use: float, request: float) -> float:
@@ -140,7 +133,7 @@ GATE_CHECKS: dict[int, tuple[Spec, ...]] = {
         ),
         (
             "seed_loss_gain_lcb",
-            _derived((ev.SEED_LOSS_GAIN, ev.SEED_LOSS_GAIN_SE), _lower_bound, config=True),
+            seed_gain_bound,
             ">",
             lambda t: t.min_seed_loss_improvement,
         ),
@@ -173,28 +166,18 @@ GATE_CHECKS: dict[int, tuple[Spec, ...]] = {
         ),
     ),
     G.SEED_GATE_G4_SYSTEM_IMPACT: (
-        (
-            "cf_gain_lcb",
-            _derived((ev.CF_GAIN, ev.CF_GAIN_SE), _lower_bound, config=True),
-            ">",
-            lambda t: t.min_improvement,
-        ),
+        ("cf_gain_lcb", cf_gain_bound, ">", lambda t: t.min_improvement),
         (
             "cf_net_gain",
             _derived(
                 (ev.CF_GAIN, ev.SEED_PARAMS, ev.HOST_PARAMS, ev.LATENCY_OVERHEAD),
-                _net_gain,
+                net_gain,
                 config=True,
             ),
             ">",
             lambda t: 0.0,
         ),
-        (
-            "baseline_regression",
-            _derived((ev.BASELINE_ACC, ev.VAL_ACC), lambda base, acc: base - acc),
-            "<=",
-            lambda t: t.max_regression,
-        ),
+        ("baseline_regression", regression, "<=", lambda t: t.max_regression),
         (ev.OPEN_STRIKES, _metric(ev.OPEN_STRIKES), "<=", lambda t: float(t.max_open_strikes)),
     ),
     G.SEED_GATE_G5_RESET: (
@@ -211,15 +194,18 @@ GATE_CHECKS: dict[int, tuple[Spec, ...]] = {
 }
 """Gate number -> its checks, in the order they are listed in a result.
 
-Derived checks (docs/gates.md has the full table): ``seed_loss_gain_lcb`` = seed_loss_gain -
-z * seed_loss_gain_se (the seed's paired shadow-loss gain over alpha 0, lower bound at
-``confidence_z``) must exceed ``min_seed_loss_improvement``; ``cf_loss_worsening`` = (loss at α=1 -
-loss at α=0) / |loss at α=0| must stay within ``counterfactual_loss_tolerance``; ``cf_gain_lcb`` =
-cf_gain - z * cf_gain_se (paired per-example validation gain, α=1 vs α=0) must exceed
-``min_improvement``; ``cf_net_gain`` = cf_gain - (param_cost * seed_params / host_params +
-latency_cost * latency_overhead) must be positive; ``seed_memory_headroom`` = seed_memory_budget -
-seed_memory_in_use - seed_memory_request must not be negative (0 when the rank has no budget); ``baseline_regression`` = baseline acc -
-current val acc must stay within ``max_regression``.
+Derived checks (docs/gates.md has the full table; :mod:`actors.gates.gains` measures the
+gains): ``seed_loss_gain_lcb`` = seed_loss_gain - z * seed_loss_gain_se (the seed's paired
+shadow-loss gain over alpha 0, lower bound at ``confidence_z``, with at least ``min_gain_pairs``
+pairs) must exceed ``min_seed_loss_improvement``; ``cf_loss_worsening`` = (loss at α=1 - loss at
+α=0) / |loss at α=0| must stay within ``counterfactual_loss_tolerance``; ``cf_gain_lcb`` (paired
+per-example validation gain, α=1 vs α=0: the exact sign-test bound for class targets, else
+cf_gain - z * cf_gain_se with at least ``min_gain_pairs`` pairs) must exceed ``min_improvement``;
+``cf_net_gain`` = cf_gain - (param_cost * seed_params / host_params + latency_cost *
+latency_overhead) must be positive; ``seed_memory_headroom`` = seed_memory_budget -
+seed_memory_in_use - seed_memory_request must not be negative (0 when the rank has no budget);
+``baseline_regression`` = baseline acc - current val acc (class targets; else the relative rise
+of the validation loss over the host's at germination) must stay within ``max_regression``.
 """
 
 
@@ -232,29 +218,24 @@ def _bound_detail(mean: str, se: str, n: str, unit: str) -> Detail:
 
 
 _BOUND = re.compile(r"^mean (?P<mean>\S+) - z (?P<z>\S+) x se (?P<se>\S+)(?:, n (?P<n>\d+) \w+)?$")
+_EXACT = re.compile(
+    r"^mean (?P<mean>\S+), exact sign test at z (?P<z>\S+): .*?(?:, n (?P<n>\d+) \w+)?$"
+)
 
 
 def bound_parts(detail: str) -> tuple[float, float, float, float | None] | None:
-    """``(mean, z, se, n)`` of a lower-bound check's detail (None if it is not one); the inverse
-    of the detail written for ``seed_loss_gain_lcb`` and ``cf_gain_lcb``."""
-    m = _BOUND.match(detail)
+    """``(mean, z, se, n)`` of a lower-bound check's detail (None if it is not one; se NaN for
+    the exact test); the inverse of the detail written for ``seed_loss_gain_lcb`` and
+    ``cf_gain_lcb``."""
+    m = _BOUND.match(detail) or _EXACT.match(detail)
     if m is None:
         return None
     n = m.group("n")
     return (
         float(m.group("mean")),
         float(m.group("z")),
-        float(m.group("se")),
+        float(m.group("se")) if "se" in m.groupdict() else math.nan,
         None if n is None else float(n),
-    )
-
-
-def _cost_detail(m: Mapping[str, float], t: GateThresholds) -> str:
-    params = t.param_cost * m[ev.SEED_PARAMS] / max(m[ev.HOST_PARAMS], 1.0)
-    latency = t.latency_cost * max(m[ev.LATENCY_OVERHEAD], 0.0)
-    return (
-        f"gain {m[ev.CF_GAIN]:.4g} - cost {params + latency:.4g} (parameters {params:.4g}: "
-        f"{m[ev.SEED_PARAMS]:.0f} seed / {m[ev.HOST_PARAMS]:.0f} host; latency {latency:.4g})"
     )
 
 
@@ -291,8 +272,9 @@ _DETAILS: dict[str, Detail] = {
     "seed_loss_gain_lcb": _bound_detail(
         ev.SEED_LOSS_GAIN, ev.SEED_LOSS_GAIN_SE, ev.SEED_LOSS_GAIN_N, "pairs"
     ),
-    "cf_gain_lcb": _bound_detail(ev.CF_GAIN, ev.CF_GAIN_SE, ev.CF_GAIN_N, "examples"),
-    "cf_net_gain": _cost_detail,
+    "cf_gain_lcb": cf_gain_detail,
+    "cf_net_gain": cost_detail,
+    "baseline_regression": regression_detail,
     "seed_memory_headroom": _memory_detail,
 }
 """Checks whose ``detail`` spells out their statistic (components and sample size)."""
@@ -301,16 +283,20 @@ _DETAILS: dict[str, Detail] = {
 def _check(spec: Spec, metrics: Mapping[str, float], thresholds: GateThresholds) -> pb.GateCheck:
     name, measure, comparator, threshold_of = spec
     threshold = threshold_of(thresholds)
-    value, missing = measure(metrics, thresholds)
     check = pb.GateCheck(name=name, threshold=threshold, comparator=comparator)
+    try:
+        value, missing = measure(metrics, thresholds)
+    except Unjudged as exc:  # present but not enough to judge: fails, saying why
+        check.detail = str(exc)
+        return check
     if value is None:
         check.missing = True
         check.detail = "missing evidence: " + ", ".join(missing)
         return check
-    check.value = value
-    if not math.isfinite(value):
+    if not math.isfinite(value):  # the result must stay deliverable: no non-finite value in it
         check.detail = "non-finite measurement"
         return check
+    check.value = value
     if name in _DETAILS:
         check.detail = _DETAILS[name](metrics, thresholds)
     check.passed = _COMPARE[comparator](value, threshold)
@@ -339,6 +325,9 @@ def evaluate(gate: int, evidence: pb.Evidence, thresholds: GateThresholds) -> pb
     return result
 
 
+_UNMEASURED = ("non-finite measurement", "too few pairs", "inconsistent counts", "fixes, breaks")
+
+
 def describe_failures(result: pb.GateResult) -> str:
     """One line naming every failing check with its value and threshold."""
     parts = []
@@ -347,7 +336,9 @@ def describe_failures(result: pb.GateResult) -> str:
             continue
         if c.missing:
             parts.append(f"{c.name} missing")
-        elif not math.isfinite(c.value) or c.comparator not in _COMPARE:
+        elif c.detail.startswith(_UNMEASURED):
+            parts.append(f"{c.name} ({c.detail})")
+        elif c.comparator not in _COMPARE:
             parts.append(f"{c.name}={c.value:g} ({c.detail})")
         elif c.detail:
             parts.append(f"{c.name}={c.value:g} (needs {c.comparator} {c.threshold:g}; {c.detail})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,14 @@ def _check(result: pb.GateResult, name: str) -> pb.GateCheck | None:
     return next((c for c in result.checks if c.name == name), None)
 
 
+def _gain_parts(lcb: pb.GateCheck | None) -> tuple[float | None, float | None, float | None]:
+    """Mean, standard error (None for the exact test) and n of a ``cf_gain_lcb`` check."""
+    parts = bound_parts(lcb.detail) if lcb is not None else None
+    if parts is None:
+        return None, None, None
+    return parts[0], None if math.isnan(parts[2]) else parts[2], parts[3]
+
+
 def gated_gains(run: DemoRun) -> list[dict[str, Any]]:
     """Every G4 verdict with the gain it judged: the paired validation gain (α=1 vs α=0, in
     accuracy), its standard error, the one-sided lower bound and the net gain after cost."""
@@ -67,15 +76,15 @@ def gated_gains(run: DemoRun) -> list[dict[str, Any]]:
         if r.gate != pb.SEED_GATE_G4_SYSTEM_IMPACT:
             continue
         lcb, net = _check(r, "cf_gain_lcb"), _check(r, "cf_net_gain")
-        parts = bound_parts(lcb.detail) if lcb is not None else None
+        gain, gain_se, n = _gain_parts(lcb)
         out.append(
             {
                 "slot": r.slot,
                 "step": r.step,
                 "passed": r.passed,
-                "gain": None if parts is None else parts[0],
-                "gain_se": None if parts is None else parts[2],
-                "n": None if parts is None else parts[3],
+                "gain": gain,
+                "gain_se": gain_se,
+                "n": n,
                 "lower_bound": None if lcb is None or lcb.missing else lcb.value,
                 "net_gain": None if net is None or net.missing else net.value,
                 "detail": "" if lcb is None else lcb.detail,

@@ -37,6 +37,7 @@ PASSING: dict[int, dict[str, float]] = {
         ev.ISOLATION_VIOLATIONS: 0.0,
         ev.SEED_LOSS_GAIN: 0.5,
         ev.SEED_LOSS_GAIN_SE: 0.0625,
+        ev.SEED_LOSS_GAIN_N: 512.0,
     },
     G.SEED_GATE_G2_STABILITY: {ev.ALPHA: 1.0, ev.LOSS_SPIKE_SIGMA: 1.0, ev.NONFINITE_COUNT: 0.0},
     G.SEED_GATE_G3_INTERFACE: {
@@ -49,6 +50,9 @@ PASSING: dict[int, dict[str, float]] = {
     G.SEED_GATE_G4_SYSTEM_IMPACT: {
         ev.CF_GAIN: 0.1,
         ev.CF_GAIN_SE: 0.01,
+        ev.CF_GAIN_N: 1000.0,
+        ev.CF_GAIN_FIXES: 120.0,
+        ev.CF_GAIN_BREAKS: 20.0,
         ev.SEED_PARAMS: 1000.0,
         ev.HOST_PARAMS: 10000.0,
         ev.LATENCY_OVERHEAD: 0.1,

@@ -29,14 +29,17 @@ D = 2.0**-10
 
 BASE = {gate: dict(metrics) for gate, metrics in PASSING.items()}
 BASE[pb.SEED_GATE_G0_SANITY].update({ev.SLOT_FREE: 1.0, ev.SLOT_EMBARGOED: 0.0})
+# a loss gain (non-class target): the normal bound, and the loss against the host's baseline
 BASE[pb.SEED_GATE_G4_SYSTEM_IMPACT] = {
     ev.CF_GAIN: 0.5,
     ev.CF_GAIN_SE: 0.0625,
+    ev.CF_GAIN_N: 1000.0,
+    ev.CF_GAIN_ON_LOSS: 1.0,
     ev.SEED_PARAMS: 100.0,
     ev.HOST_PARAMS: 400.0,
     ev.LATENCY_OVERHEAD: 0.25,
-    ev.BASELINE_ACC: 0.5,
-    ev.VAL_ACC: 0.75,
+    ev.BASELINE_LOSS: 1.0,
+    ev.VAL_LOSS: 0.75,
     ev.OPEN_STRIKES: 0.0,
 }
 
@@ -50,7 +53,8 @@ SETTERS: dict[str, Setter] = {
     "cf_gain_lcb": lambda v: {ev.CF_GAIN: v + 0.125, ev.CF_GAIN_SE: 0.0625},
     # cost = 0.25 * 100 / 400 + 0.5 * 0.25 = 0.1875
     "cf_net_gain": lambda v: {ev.CF_GAIN: v + 0.1875, ev.CF_GAIN_SE: 0.0},
-    "baseline_regression": lambda v: {ev.VAL_ACC: 0.5, ev.BASELINE_ACC: 0.5 + v},
+    # relative rise of the validation loss over the host's baseline
+    "baseline_regression": lambda v: {ev.BASELINE_LOSS: 1.0, ev.VAL_LOSS: 1.0 + v},
     # headroom = budget - in use - request
     "seed_memory_headroom": lambda v: {
         ev.SEED_MEMORY_BUDGET: 2048.0 + v,
@@ -65,7 +69,7 @@ INPUTS: dict[str, tuple[str, ...]] = {
     "cf_loss_worsening": (ev.CF_LOSS_OFF, ev.CF_LOSS_ON),
     "cf_gain_lcb": (ev.CF_GAIN, ev.CF_GAIN_SE),
     "cf_net_gain": (ev.CF_GAIN, ev.SEED_PARAMS, ev.HOST_PARAMS, ev.LATENCY_OVERHEAD),
-    "baseline_regression": (ev.VAL_ACC, ev.BASELINE_ACC),
+    "baseline_regression": (ev.VAL_LOSS, ev.BASELINE_LOSS),
     "seed_memory_headroom": (ev.SEED_MEMORY_BUDGET, ev.SEED_MEMORY_IN_USE, ev.SEED_MEMORY_REQUEST),
 }
 
@@ -172,7 +176,7 @@ def test_statistical_checks_state_their_components_and_sample_size() -> None:
     result = evaluate(pb.SEED_GATE_G4_SYSTEM_IMPACT, pb.Evidence(metrics=metrics), T)
     checks = {c.name: c for c in result.checks}
     assert not result.passed and checks["cf_gain_lcb"].value == 0.0
-    assert checks["cf_gain_lcb"].detail == "mean 0 - z 2 x se 0, n 288 examples"
+    assert checks["cf_gain_lcb"].detail == "mean 0 - z 2 x se 0, n 288 pairs"
     assert checks["cf_net_gain"].value == -0.1875
     assert "cost 0.1875" in checks["cf_net_gain"].detail and "100 seed / 400 host" in (
         checks["cf_net_gain"].detail

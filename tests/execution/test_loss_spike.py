@@ -44,7 +44,19 @@ def test_a_lasting_rise_is_a_spike_and_says_its_sample() -> None:
 
 
 def test_too_little_to_compare_scores_zero() -> None:
-    """Fewer than three losses before the stage, none in it, or a constant reference: 0."""
+    """Fewer than three losses before the stage, or none in it: 0."""
     assert loss_spike(_losses([1.0, 1.0, 5.0, 6.0]), since=2) == (0.0, 2)
     assert loss_spike(_losses([1.0, 2.0, 3.0]), since=10) == (0.0, 0)
-    assert loss_spike(_losses([1.0] * 10 + [9.0] * 5), since=10) == (0.0, 5)
+
+
+def test_a_rise_from_a_constant_loss_is_a_spike() -> None:
+    """A reference with no spread (a frozen host, a saturated loss at 0) is held to a floor on
+    its spread, so a rise from it scores far above 4, and a flat stage scores 0."""
+    assert loss_spike(_losses([0.25] * 100 + [5.0] * 20), since=100)[0] > 100
+    assert loss_spike(_losses([0.0] * 100 + [3.0] * 20), since=100)[0] > 100
+    assert loss_spike(_losses([0.25] * 120), since=100) == (0.0, 20)
+
+
+def test_a_rise_within_the_spread_floor_of_a_constant_loss_is_no_spike() -> None:
+    """A rise of 0.1 % above a constant loss stays under 4: the floor is 1 % of the level."""
+    assert loss_spike(_losses([2.0] * 100 + [2.002] * 20), since=100)[0] < 4.0

@@ -1,0 +1,154 @@
+"""How G1 and G4 measure a seed's gain: the lower confidence bounds, the baseline regression
+and the seed's cost (docs/gates.md).
+
+A continuous (loss) gain is judged on the normal bound ``mean - z * se``, but only with at least
+``min_gain_pairs`` pairs; a class target's 0/±1 gain on the exact sign test of its discordant
+examples (:mod:`actors.gates.stats`). A measure returns ``(value, missing)``: ``None`` and the
+names of the absent metrics when evidence is missing; it raises :class:`Unjudged` when the
+evidence is present but cannot support a verdict (too few pairs, inconsistent counts).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from actors.gates.stats import exact_gain_lcb, tail_level
+from contracts import evidence as ev
+from contracts.config import GateThresholds
+
+__all__ = [
+    "Unjudged",
+    "cf_gain_bound",
+    "cf_gain_detail",
+    "cost_detail",
+    "net_gain",
+    "regression",
+    "regression_detail",
+    "seed_gain_bound",
+]
+
+_EPS = 1e-12
+Measured = tuple[float | None, tuple[str, ...]]
+
+
+class Unjudged(Exception):
+    """The evidence is present but cannot support a verdict: the check fails with this detail."""
+
+
+def _absent(m: Mapping[str, float], names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(n for n in names if n not in m)
+
+
+def on_loss(m: Mapping[str, float]) -> bool:
+    """The validation gain is a loss decrease (a non-class target), not an accuracy gain."""
+    return m.get(ev.CF_GAIN_ON_LOSS) == 1.0
+
+
+def _normal_bound(
+    m: Mapping[str, float], t: GateThresholds, names: tuple[str, str, str]
+) -> Measured:
+    """``mean - z * se`` of a continuous paired gain with at least ``min_gain_pairs`` pairs."""
+    mean, se, n = names
+    missing = _absent(m, (mean, n))
+    if missing:
+        return None, missing
+    if math.isfinite(m[n]) and m[n] < t.min_gain_pairs:
+        raise Unjudged(f"too few pairs: n {m[n]:.0f} < min_gain_pairs {t.min_gain_pairs}")
+    if se not in m:
+        return None, (se,)
+    return m[mean] - t.confidence_z * m[se], ()
+
+
+def seed_gain_bound(m: Mapping[str, float], t: GateThresholds) -> Measured:
+    """G1: the lower bound of the seed's own paired shadow-loss gain."""
+    return _normal_bound(m, t, (ev.SEED_LOSS_GAIN, ev.SEED_LOSS_GAIN_SE, ev.SEED_LOSS_GAIN_N))
+
+
+def _counts(m: Mapping[str, float]) -> tuple[int, int, int]:
+    """``(fixes, breaks, n)`` of a class target's paired gain, checked to be counts."""
+    fixes, breaks, n = m[ev.CF_GAIN_FIXES], m[ev.CF_GAIN_BREAKS], m[ev.CF_GAIN_N]
+    if not all(math.isfinite(v) and v >= 0 and v == int(v) for v in (fixes, breaks, n)):
+        raise Unjudged("fixes, breaks and n must be counts")
+    if fixes + breaks > n:
+        raise Unjudged(f"inconsistent counts: {fixes:.0f} fixes + {breaks:.0f} breaks > n {n:.0f}")
+    return int(fixes), int(breaks), int(n)
+
+
+def cf_gain_bound(m: Mapping[str, float], t: GateThresholds) -> Measured:
+    """G4: the lower bound of the paired validation gain (exact for a class target)."""
+    if on_loss(m):
+        return _normal_bound(m, t, (ev.CF_GAIN, ev.CF_GAIN_SE, ev.CF_GAIN_N))
+    missing = _absent(m, (ev.CF_GAIN_N, ev.CF_GAIN_FIXES, ev.CF_GAIN_BREAKS))
+    if missing:
+        return None, missing
+    fixes, breaks, n = _counts(m)
+    return exact_gain_lcb(fixes, breaks, n, tail_level(t.confidence_z))[0], ()
+
+
+def cf_gain_detail(m: Mapping[str, float], t: GateThresholds) -> str:
+    """The bound's components: mean, z, se and n (and, exact, the fixes and breaks)."""
+    n = f", n {m[ev.CF_GAIN_N]:.0f} examples" if ev.CF_GAIN_N in m else ""
+    if on_loss(m):
+        se = m.get(ev.CF_GAIN_SE, math.inf)
+        return f"mean {m[ev.CF_GAIN]:.6g} - z {t.confidence_z:g} x se {se:.6g}{n}".replace(
+            " examples", " pairs"
+        )
+    fixes, breaks, size = _counts(m)
+    _, p_lo = exact_gain_lcb(fixes, breaks, size, tail_level(t.confidence_z))
+    mean = (fixes - breaks) / size if size else 0.0
+    return (
+        f"mean {mean:.6g}, exact sign test at z {t.confidence_z:g}: {fixes} fixes, "
+        f"{breaks} breaks, fix rate >= {p_lo:.4g}{n}"
+    )
+
+
+def regression(m: Mapping[str, float], t: GateThresholds) -> Measured:
+    """Baseline regression: accuracy lost since germination (class targets), else the relative
+    rise of the validation loss (seed on) over the host's at germination."""
+    if on_loss(m):
+        missing = _absent(m, (ev.BASELINE_LOSS, ev.VAL_LOSS))
+        if missing:
+            return None, missing
+        base = m[ev.BASELINE_LOSS]
+        return (m[ev.VAL_LOSS] - base) / max(abs(base), _EPS), ()
+    missing = _absent(m, (ev.BASELINE_ACC, ev.VAL_ACC))
+    if missing:
+        return None, missing
+    return m[ev.BASELINE_ACC] - m[ev.VAL_ACC], ()
+
+
+def regression_detail(m: Mapping[str, float], t: GateThresholds) -> str:
+    """What the regression compares."""
+    if on_loss(m):
+        return (
+            f"validation loss {m[ev.VAL_LOSS]:.6g} (seed on) over {m[ev.BASELINE_LOSS]:.6g} "
+            "(host at germination), minus 1"
+        )
+    return f"accuracy {m[ev.BASELINE_ACC]:.6g} at germination - {m[ev.VAL_ACC]:.6g} now"
+
+
+def _seed_cost(t: GateThresholds, seed_params: float, host_params: float, latency: float) -> float:
+    """What a seed costs, in gain units: ``param_cost * seed_params / host_params +
+    latency_cost * latency_overhead``; NaN (a failed check) when an input is not finite."""
+    if not all(math.isfinite(v) for v in (seed_params, host_params, latency)):
+        return math.nan
+    return t.param_cost * seed_params / max(host_params, 1.0) + t.latency_cost * max(latency, 0.0)
+
+
+def net_gain(
+    t: GateThresholds, gain: float, seed_params: float, host_params: float, latency: float
+) -> float:
+    """The gain less the seed's cost."""
+    return gain - _seed_cost(t, seed_params, host_params, latency)
+
+
+def cost_detail(m: Mapping[str, float], t: GateThresholds) -> str:
+    """The gain and the cost's parts."""
+    seed, host, latency = m[ev.SEED_PARAMS], m[ev.HOST_PARAMS], m[ev.LATENCY_OVERHEAD]
+    params = t.param_cost * seed / max(host, 1.0)
+    lat = t.latency_cost * max(latency, 0.0)
+    return (
+        f"gain {m[ev.CF_GAIN]:.4g} - cost {params + lat:.4g} (parameters {params:.4g}: "
+        f"{seed:.0f} seed / {host:.0f} host; latency {lat:.4g})"
+    )
