@@ -7,9 +7,10 @@ events, gate results or safety verdicts (The Update Framework's lesson: one role
 - ``controller``: Tamiyo (a policy or a person) commanding slots, and the pruning controller
   ordering unit masks.
 - ``trainer``: Tolaria's side, the ExecutionActor of each rank: acknowledgements, step reports,
-  raw telemetry, safety signals it observes, barrier votes, unit importance reports and pruning
-  acknowledgements.
-- ``actor``: the actor processes (``kasmina run``): events, orders, gate traffic, verdicts, records.
+  raw telemetry, safety signals it observes, barrier votes, unit importance reports, pruning
+  acknowledgements and the records of what it rejected.
+- ``actor``: the actor processes (``kasmina run``): events (the votes the BarrierActor folds
+  among them), orders, gate traffic, verdicts, records.
 - ``operator``: a person at the CLI: commands (pause, resume, emergency stop, ...), pruning orders
   and recordings.
 """
@@ -35,6 +36,7 @@ _TRAINER = frozenset(
         "actor.heartbeat",
         "pruning.importance",
         "pruning.ack",
+        "rejection",  # the ExecutionActor's records of what it rejected
     }
 )
 _ACTOR = frozenset(
@@ -56,6 +58,7 @@ _ACTOR = frozenset(
         "barrier.timeout",
         "barrier.propose",
         "barrier.tick",
+        "barrier.vote",  # a vote folded into the BarrierActor's log is its event
         "rejection",
         "command.outcome",
         "state.digest",

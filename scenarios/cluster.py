@@ -7,7 +7,7 @@ nothing is pending, so a scripted run advances in lockstep with the actors and i
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,11 +126,15 @@ async def running_cluster(
     ring: KeyRing | None = None,
     config: KasminaConfig | None = None,
     actors: Sequence[str] = ACTORS,
+    signing: Mapping[str, KeyRing] | None = None,
 ) -> AsyncIterator[Cluster]:
-    """Start the actors (and an ExecutionActor per runtime); stop them on exit."""
+    """Start the actors (and an ExecutionActor per runtime); stop them on exit. Everyone
+    verifies with ``ring``; ``signing`` (``"actor"``, ``"trainer"``, ``"controller"``: the ring
+    each signs with, as :func:`role_rings` makes) splits the keys by role, else ``ring`` signs."""
     ring = ring or KeyRing.generate()
     config = config or KasminaConfig()
-    signer = Signer(ring, f"cluster:{run}")
+    signs = dict.fromkeys(("actor", "trainer", "controller"), ring) | dict(signing or {})
+    signer = Signer(signs["actor"], f"cluster:{run}")
     shells = build_shells(
         bus=bus,
         run=run,
@@ -141,8 +145,10 @@ async def running_cluster(
         slots=slots,
     )
     supervisor = Supervisor(shells)
-    executions = _executions(bus, run, ring, config, runtimes)
-    client = KasminaClient(bus, run, Signer(ring, "tamiyo"), live_verifier(bus, run, ring, config))
+    executions = _executions(bus, run, ring, config, runtimes, signs["trainer"])
+    client = KasminaClient(
+        bus, run, Signer(signs["controller"], "tamiyo"), live_verifier(bus, run, ring, config)
+    )
     cluster = Cluster(bus, run, ring, config, supervisor, executions, client, list(runtimes))
     async with anyio.create_task_group() as tg:
         await tg.start(
@@ -159,8 +165,25 @@ async def running_cluster(
                 await supervisor.stop()
 
 
+def role_rings() -> tuple[KeyRing, dict[str, KeyRing]]:
+    """One key per role (``actor``; ``trainer``; ``controller`` with ``operator``): the ring of
+    all three that verifies (the actor key active), and the ring each role signs with."""
+    keys = {
+        "actor": KeyRing.generate(roles={"actor"}).active,
+        "trainer": KeyRing.generate(roles={"trainer"}).active,
+        "controller": KeyRing.generate(roles={"controller", "operator"}).active,
+    }
+    every = list(keys.values())
+    return KeyRing(every, keys["actor"].id), {r: KeyRing(every, k.id) for r, k in keys.items()}
+
+
 def _executions(
-    bus: Bus, run: str, ring: KeyRing, config: KasminaConfig, runtimes: Sequence[Any]
+    bus: Bus,
+    run: str,
+    ring: KeyRing,
+    config: KasminaConfig,
+    runtimes: Sequence[Any],
+    signing: KeyRing | None = None,
 ) -> list[ExecutionActor]:
     """An ExecutionActor per runtime, its rank the runtime's index."""
     return [
@@ -168,7 +191,7 @@ def _executions(
             rt,
             bus=bus,
             run=run,
-            signer=Signer(ring, f"execution:{rank}"),
+            signer=Signer(signing or ring, f"execution:{rank}"),
             verifier=live_verifier(bus, run, ring, config),
             config=config,
             rank=rank,
