@@ -20,16 +20,26 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from actors.attached import confirmations
 from actors.delivery import shed_record, since, written_at
 from actors.eventlog import BadEntry, read_log
 from actors.hosting import FRAME
+from actors.outcome import CommandTimeout, Outcome, rejected_elsewhere, shed_outcome, unread_note
 from bus import Bus, BusUnavailable, backoff_s
 from contracts import REGISTRY, Signer, Verifier, streams
 from leyline import pb
+
+__all__ = [
+    "ACTIONS",
+    "LIFECYCLE_KINDS",
+    "CommandTimeout",
+    "Event",
+    "KasminaClient",
+    "Outcome",
+    "build_command",
+]
 
 T = TypeVar("T")
 
@@ -42,96 +52,6 @@ ACTIONS = (
     "emergency_stop",
     "adjust_optimizer",
 )
-
-
-def _unread(unverified: Counter[str]) -> str:
-    """Why a wait may have missed its outcome: records on the stream that did not verify."""
-    if not unverified:
-        return ""
-    reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(unverified.items()))
-    return (
-        f"; {sum(unverified.values())} outcome record(s) did not verify ({reasons}): outcomes "
-        "are signed with the actor key, so the client's key file must hold it"
-    )
-
-
-class CommandTimeout(TimeoutError):
-    """No outcome was recorded for a command in time; ``last`` is its last progress record."""
-
-    def __init__(self, message: str, *, last: Outcome | None = None, unverified: int = 0) -> None:
-        super().__init__(message)
-        self.last = last
-        self.unverified = unverified  # outcome records seen that this key file could not verify
-
-
-_RESULTS = {
-    pb.OUTCOME_ACCEPTED: "accepted",
-    pb.OUTCOME_TRANSITION: "transition",
-    pb.OUTCOME_REFUSED: "refused",
-    pb.OUTCOME_REJECTED: "rejected",
-}
-_LEGACY_KIND = {  # the record kinds ``kind`` named before the outcomes stream
-    "transition": "lifecycle.transition",
-    "refused": "lifecycle.refused",
-    "rejected": "rejection",
-    "accepted": "accepted",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """One ``command.outcome`` record of a command (docs/wire.md §9)."""
-
-    command_id: str
-    result: str  # accepted | transition | refused | rejected
-    message: pb.CommandOutcome
-    entry_id: str
-
-    @classmethod
-    def of(cls, message: pb.CommandOutcome, entry_id: str) -> Outcome:
-        """The client's view of a record."""
-        result = _RESULTS.get(message.result, "rejected")
-        return cls(message.command_id, result, message, entry_id)
-
-    @property
-    def kind(self) -> str:
-        """``lifecycle.transition``, ``lifecycle.refused``, ``rejection`` or ``accepted``."""
-        return _LEGACY_KIND[self.result]
-
-    @property
-    def ok(self) -> bool:
-        """True for a transition or an acceptance."""
-        return self.result in ("transition", "accepted")
-
-    @property
-    def final(self) -> bool:
-        """True when this record is the command's outcome (not progress: accepted and awaiting)."""
-        return self.result != "accepted" or not self.message.awaiting
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        body = MessageToDict(self.message, preserving_proto_field_name=True)
-        return {
-            **body,
-            "command_id": self.command_id,
-            "ok": self.ok,
-            "result": self.result,
-            "kind": self.kind,
-            "entry_id": self.entry_id,
-        }
-
-
-def _shed_outcome(command_id: str, entry_id: str, record: pb.Rejection) -> Outcome:
-    """A command's outcome read from the ``overloaded`` record of the shed run covering it."""
-    message = pb.CommandOutcome(
-        command_id=command_id,
-        result=pb.OUTCOME_REJECTED,
-        reason=record.reason_code,
-        detail=record.detail,
-        verified=False,  # the command itself was never verified: it was shed undecided
-        actor=record.actor,
-    )
-    return Outcome.of(message, entry_id)
 
 
 def build_command(slot: str, action: str, *, reason: str = "", **params: Any) -> pb.SeedCommand:
@@ -258,19 +178,24 @@ class KasminaClient:
     ) -> str | Outcome:
         """Send a command to a slot's SeedActor; with ``wait`` return its :class:`Outcome`
         (``on_progress`` sees the records before it: accepted, awaiting …)."""
-        message = build_command(slot, action, reason=reason, **params)
         if not wait:
+            message = build_command(slot, action, reason=reason, **params)
             return await self.publish(streams.inbox(self.run, "seed", slot), message)
         mark = await self.outcomes_mark()
-        inbox = streams.inbox(self.run, "seed", slot)
-        command_id, entry_id = await self._publish_entry(inbox, message)
+        command_id, entry = await self.send(slot, action, reason=reason, **params)
         return await self.wait(
-            command_id,
-            after=mark,
-            timeout_s=timeout_s,
-            on_progress=on_progress,
-            entry=(inbox, entry_id),
+            command_id, after=mark, timeout_s=timeout_s, on_progress=on_progress, entry=entry
         )
+
+    async def send(
+        self, slot: str, action: str, *, reason: str = "", **params: Any
+    ) -> tuple[str, tuple[str, str]]:
+        """Send a command to a slot's SeedActor: its message id, and the inbox and entry id it
+        was written at (what :meth:`wait` takes as ``entry``)."""
+        inbox = streams.inbox(self.run, "seed", slot)
+        message = build_command(slot, action, reason=reason, **params)
+        command_id, entry_id = await self._publish_entry(inbox, message)
+        return command_id, (inbox, entry_id)
 
     async def outcomes_mark(self) -> str:
         """The outcomes stream's last entry id now: a wait started after it misses nothing
@@ -309,12 +234,15 @@ class KasminaClient:
         Records before it (accepted, still awaiting something) go to ``on_progress``; on timeout
         :class:`CommandTimeout` carries the last of them (what the command still awaits). With
         ``entry`` (the command's inbox and entry id), a shed run covering it is its outcome too:
-        rejected, ``overloaded``, whether or not the actor named the command's id."""
+        rejected, ``overloaded``, whether or not the actor named the command's id, and a
+        rejection of another entry claiming the command's id (a copy of its frame) is passed
+        over."""
         stream = streams.outcomes(self.run)
         cursor = after or "0-0"
         last: Outcome | None = None
         shed_cursor: str | None = None
         unverified: Counter[str] = Counter()  # records since ``after`` this key file cannot read
+        copies = 0
         with anyio.move_on_after(timeout_s):
             while True:
                 async for record in read_log(self.bus, stream, self.verifier, start=f"({cursor}"):
@@ -327,6 +255,9 @@ class KasminaClient:
                         continue
                     if message.command_id != command_id:
                         continue
+                    if rejected_elsewhere(message, entry):  # a rejected copy that claims this id
+                        copies += 1
+                        continue
                     outcome = Outcome.of(message, record.entry_id)
                     if outcome.final:
                         return outcome
@@ -338,10 +269,13 @@ class KasminaClient:
                         self.bus, self.run, self.verifier, entry, shed_cursor
                     )
                     if shed is not None:
-                        return _shed_outcome(command_id, *shed)
+                        return shed_outcome(command_id, *shed)
                 await anyio.sleep(self.poll_s)
+        copied = f"; {copies} rejected copies of it were passed over" if copies else ""
         raise CommandTimeout(
-            f"no outcome for command {command_id} within {timeout_s:g} s" + _unread(unverified),
+            f"no outcome for command {command_id} within {timeout_s:g} s"
+            + copied
+            + unread_note(unverified),
             last=last,
             unverified=sum(unverified.values()),
         )

@@ -1768,6 +1768,7 @@ class CommandOutcome(_message.Message):
     VERIFIED_FIELD_NUMBER: _builtins.int
     STEP_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     """the command's message id (claimed, if not verified)"""
     result: Global___OutcomeResult.ValueType
@@ -1793,6 +1794,8 @@ class CommandOutcome(_message.Message):
     """
     actor: _builtins.str
     """who decided or rejected"""
+    entry_id: _builtins.str
+    """a rejection's inbox entry: a copy of a genuine frame, rejected,"""
     def __init__(
         self,
         *,
@@ -1809,10 +1812,11 @@ class CommandOutcome(_message.Message):
         verified: _builtins.bool = ...,
         step: _builtins.int = ...,
         actor: _builtins.str = ...,
+        entry_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "awaiting", b"awaiting", "awaiting_text", b"awaiting_text", "command_id", b"command_id", "detail", b"detail", "from_stage", b"from_stage", "reason", b"reason", "result", b"result", "slot", b"slot", "step", b"step", "to_stage", b"to_stage", "verified", b"verified"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "awaiting", b"awaiting", "awaiting_text", b"awaiting_text", "command_id", b"command_id", "detail", b"detail", "entry_id", b"entry_id", "from_stage", b"from_stage", "reason", b"reason", "result", b"result", "slot", b"slot", "step", b"step", "to_stage", b"to_stage", "verified", b"verified"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -78,6 +78,7 @@ class Claim:
     message_id: str
     kind: str
     sender: str
+    entry_id: str = ""  # where the frame claiming it was
 
 
 def claim_of(entry: Entry, frame_field: str, max_bytes: int) -> Claim | None:
@@ -95,7 +96,7 @@ def claim_of(entry: Entry, frame_field: str, max_bytes: int) -> Claim | None:
         mid, kind, sender = env.id, env.kind, env.sender
     if kind != kinds.SEED_COMMAND or not mid:
         return None
-    return Claim(mid, kind, sender)
+    return Claim(mid, kind, sender, entry.id)
 
 
 @dataclass(frozen=True, slots=True)

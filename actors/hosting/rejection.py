@@ -161,7 +161,10 @@ class Rejections:
         appends = [Append(self.stream, fields, maxlen=REJECTED_MAXLEN)]
         for claim in claims:
             one = pb.Rejection(
-                reason_code=code.value, detail=detail[:500], message_id=claim.message_id
+                reason_code=code.value,
+                detail=detail[:500],
+                message_id=claim.message_id,
+                entry_id=claim.entry_id,
             )
             appends.append(self._outcome(one, claim.message_id))
         return appends + self._count(code, count, "")
@@ -175,6 +178,7 @@ class Rejections:
             detail=rejection.detail,
             verified=rejection.verified,
             actor=self.actor,
+            entry_id=rejection.entry_id,
         )
         frame = self.signer.seal(
             kinds.COMMAND_OUTCOME, record, stream=self.outcomes, causation_id=cause

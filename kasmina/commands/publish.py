@@ -196,13 +196,14 @@ async def _send_and_wait(
 
     async def follow() -> None:
         mark = await client.outcomes_mark()
-        command_id = await client.command(args.slot, action, reason=args.reason, **extra)
+        command_id, entry = await client.send(args.slot, action, reason=args.reason, **extra)
         try:
             outcome = await client.wait(
-                str(command_id),
+                command_id,
                 after=mark,
                 timeout_s=max(args.timeout - (anyio.current_time() - started), 0.0),
                 on_progress=watch.progress,
+                entry=entry,
             )
         except CommandTimeout as exc:
             result.update(_timed_out(args, command_id, exc, watch))

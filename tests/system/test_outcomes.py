@@ -198,3 +198,29 @@ async def test_a_client_without_the_actor_key_is_told_why_it_sees_no_outcome(
             await client.command(A, "pause", wait=True, timeout_s=3)
     assert info.value.unverified >= 1
     assert "unknown_key" in str(info.value) and "actor key" in str(info.value)
+
+
+@pytest.mark.parametrize("copy", ["broken signature", "exact"])
+async def test_a_rejected_copy_of_a_command_is_not_its_outcome(
+    bus: Bus, run_id: str, copy: str
+) -> None:
+    """A Redis writer who copies a genuine germinate right after it (its signature zeroed, or
+    byte for byte) gets the copy rejected under the command's id, but the sender's wait passes
+    over that rejection (it names another entry) and returns the command's own outcome."""
+    sim = SimRuntime([A], report_every=5, barrier_frequency=5)
+    async with running_cluster(bus, run=run_id, slots=[A], runtimes=[sim], config=_config()) as cl:
+        await _walk(cl, 0, 1)
+        mark = await cl.client.outcomes_mark()
+        command_id, entry = await cl.client.send(A, "germinate", blueprint="residual_mlp")
+        (written,) = await bus.range(entry[0], entry[1], entry[1])
+        frame = written.fields[FRAME]
+        if copy == "broken signature":
+            frame = _reframe(frame, 10, b"\0" * 32)
+        await bus.publish(entry[0], {FRAME: frame, "kind": b"seed.command"})
+        await cl.settle()
+        rejected = [r for r in await _records(cl, command_id) if r.result == R.OUTCOME_REJECTED]
+        assert len(rejected) == 1 and rejected[0].entry_id not in ("", entry[1])
+        await _walk(cl, 1, 25)
+        outcome = await cl.client.wait(command_id, after=mark, timeout_s=10, entry=entry)
+        assert outcome.result == "transition" and outcome.message.verified
+        assert outcome.message.to_stage == pb.SEED_STAGE_GERMINATED
