@@ -27,9 +27,8 @@ from ._scripts import (
     PUBLISH_MANY,
     RELEASE_KEY,
     RENEW_KEY,
-    SHED,
-    SHED_SKIP,
 )
+from ._shed_scripts import SHED, SHED_SKIP
 from .backoff import backoff_s
 from .connect import Closer
 from .errors import BusClosed, BusError, BusProtocolError, BusUnavailable

@@ -103,3 +103,37 @@ async def test_a_restart_without_persistence_refuses_what_was_stamped_before() -
             assert isinstance(result, ContractError) and result.code == Reason.REPLAYED
         finally:
             await bus.close()
+
+
+@pytest.mark.parametrize("url", ["fakeredis://", pytest.param("real", marks=pytest.mark.redis)])
+async def test_nonce_keys_of_another_type_are_replaced_not_fatal(url: str) -> None:
+    """A writer who puts a hash at the nonce store's ``nonce-since`` key, or at a message's nonce
+    key, breaks no verification: the foreign value is replaced as a missing one would be set, the
+    message is admitted once, and its replay is still refused."""
+    if url == "real":
+        url = real_redis_url()
+    ring = KeyRing.generate()
+    prefix = f"kasmina:{{nonce-{uuid.uuid4().hex[:8]}}}:"
+    bus = open_bus(url)
+    try:
+        client = bus.client  # type: ignore[attr-defined]
+        guard = RedisNonceGuard(bus, prefix)
+        verifier = Verifier(ring, nonce_guard=guard)
+        signer = Signer(ring, "tamiyo")
+        await client.hset(guard.since_key, "a", "b")
+        frame = signer.seal("seed.command", BODY, stream=INBOX)
+        assert (await verifier.verify(frame, stream=INBOX, token="i/1-0")).kind == "seed.command"
+        assert await client.type(guard.since_key) in (b"string", "string")
+        second = signer.seal("seed.command", BODY, stream=INBOX)
+        held = guard.key(Verifier(ring).open(second, stream=INBOX).id)
+        await client.hset(held, "x", "y")
+        assert (await verifier.verify(second, stream=INBOX, token="i/2-0")).kind == "seed.command"
+        assert await client.type(held) in (b"string", "string")
+        with pytest.raises(ContractError) as info:
+            await verifier.verify(second, stream=INBOX, token="i/3-0")
+        assert info.value.code == Reason.REPLAYED
+    finally:
+        from bus.testing import purge_prefix
+
+        await purge_prefix(bus, prefix)
+        await bus.close()
