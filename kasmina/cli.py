@@ -7,6 +7,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from bus import BusError
 from contracts import ContractError, KeyRingError
 from kasmina.common import CliError
 
@@ -51,5 +52,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = 130
     except (CliError, ContractError, KeyRingError, OSError, ValueError) as exc:
         print(f"kasmina {args.command}: {exc}", file=sys.stderr)
+        code = 2
+    except BusError as exc:  # Redis refused or cannot be reached: one line, no traceback
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        print(f"kasmina {args.command}: Redis: {reason}", file=sys.stderr)
         code = 2
     sys.exit(code)

@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 import pytest
+import redis
 
 from actors.hosting import FRAME
 from bus import open_bus
@@ -510,3 +511,19 @@ def test_a_germination_sent_before_any_trainer_attached_goes_through_once_one_do
         assert any(r.stream.endswith(":inbox:execution:0") for r in stale), stale
     finally:
         _purge(env)
+
+
+def test_status_of_a_run_whose_streams_were_retyped_says_why_in_one_line(tmp_path: Path) -> None:
+    """`kasmina status` when a Redis writer replaced the run's event log with a hash exits 2 with
+    a one-line reason naming Redis's refusal, not a traceback."""
+    env = _env(tmp_path, world=1)
+    client = redis.Redis.from_url(env["KASMINA_REDIS"])
+    key = streams.events(env["KASMINA_RUN"])
+    client.hset(key, "a", "b")
+    try:
+        done = kasmina("status", env=env, timeout=120)
+    finally:
+        client.delete(key)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "WRONGTYPE" in done.stderr
+    assert "Traceback" not in done.stderr
