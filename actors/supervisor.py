@@ -3,8 +3,9 @@
 Services (such as the TelemetryActor's metrics server) run in the same task group: they start
 before the shells and stop with them.
 
-A shell that crashes with a bug of ours is logged and restarted (its state is rebuilt from the
-event stream and its pending entries are re-read), with capped exponential backoff.
+A shell that crashes (a bug of ours, or a Redis reply that is not a lost connection) is logged
+and restarted (its state is rebuilt from the event stream and its pending entries are re-read),
+with capped exponential backoff (:mod:`actors.hosting.restart`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
+from actors.hosting.restart import Restarts, keep_serving
 from actors.shell import ActorShell
-from bus import backoff_s
 
 log = logging.getLogger("kasmina.supervisor")
 
@@ -36,19 +37,6 @@ def freeze_startup_heap() -> int:
     return gc.get_freeze_count()
 
 
-class _Once:
-    """A task status whose ``started`` passes through the first time only (a restarted shell
-    reports started again)."""
-
-    def __init__(self, inner: TaskStatus[None]) -> None:
-        self._inner: TaskStatus[None] | None = inner
-
-    def started(self, value: None = None) -> None:
-        inner, self._inner = self._inner, None
-        if inner is not None:
-            inner.started(value)
-
-
 class Supervisor:
     """Owns shells; ``run`` returns after ``stop`` or a termination signal."""
 
@@ -62,24 +50,23 @@ class Supervisor:
         self.shells = list(shells)
         self.services = list(services)  # each takes task_status and runs until cancelled
         self.max_backoff_s = max_backoff_s
-        self.restarts = 0
+        self.crashes: dict[ActorShell, Restarts] = {}  # each shell's, from its first start
         self._stopping = False
         self._stopped = anyio.Event()
 
+    @property
+    def restarts(self) -> int:
+        """Restarts of every shell since the supervisor started."""
+        return sum(r.total for r in self.crashes.values())
+
     async def _keep(self, shell: ActorShell, *, task_status: TaskStatus[None]) -> None:
-        crashes = 0
-        started = _Once(task_status)
-        while not self._stopping:
-            try:
-                await shell.run(task_status=started)
-                return
-            except Exception:
-                started.started()  # a crash before (or after) the first start: do not hold up others
-                delay = backoff_s(crashes, base_s=0.1, cap_s=self.max_backoff_s, jitter=False)
-                log.exception("actor %s crashed; restarting in %.1f s", shell.logic.name, delay)
-                self.restarts += 1
-                crashes += 1
-                await anyio.sleep(delay)
+        restarts = Restarts(shell.logic.name, max_backoff_s=self.max_backoff_s)
+        await keep_serving(
+            shell.run,
+            self.crashes.setdefault(shell, restarts),
+            stopping=lambda: self._stopping,
+            task_status=task_status,
+        )
 
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:

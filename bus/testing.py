@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 
 from .api import Append, Bus, Entry, Fence, Fields, Handled, StreamInfo
-from .errors import BusUnavailable
+from .errors import BusError, BusUnavailable
 from .memory import MemoryBus
 from .redis_bus import RedisStreamBus
 
@@ -214,7 +214,7 @@ async def purge_prefix(bus: Bus, prefix: str) -> None:
 
 
 class FaultyBus:
-    """Wraps a bus; raises BusUnavailable at chosen operations or steps.
+    """Wraps a bus; raises ``error`` (BusUnavailable unless told) at chosen operations or steps.
 
     ``fail_on`` holds operation names (``"read"``, ``"commit"``...), optionally with a step:
     ``"op:before"`` (the default: nothing happened) or ``"op:after"`` (the inner call happened,
@@ -222,8 +222,16 @@ class FaultyBus:
     ``calls`` counts every operation (a counting wrapper for busy-loop checks).
     """
 
-    def __init__(self, inner: Bus, fail_on: set[str] | None = None, *, times: int | None = None):
+    def __init__(
+        self,
+        inner: Bus,
+        fail_on: set[str] | None = None,
+        *,
+        times: int | None = None,
+        error: type[BusError] = BusUnavailable,
+    ):
         self.inner = inner
+        self.error = error
         self.fail_on = set(fail_on or ())
         self.times = times
         self.failures = 0
@@ -244,10 +252,10 @@ class FaultyBus:
         self.calls[op] += 1
         if self._due(op, "before"):
             call.close()
-            raise BusUnavailable(f"injected failure before {op}")
+            raise self.error(f"injected failure before {op}")
         result = await call
         if self._due(op, "after"):
-            raise BusUnavailable(f"injected failure after {op} (reply lost)")
+            raise self.error(f"injected failure after {op} (reply lost)")
         return result
 
     async def publish(self, stream: str, fields: Fields, *, maxlen: int | None = None) -> str:

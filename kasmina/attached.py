@@ -18,10 +18,10 @@ from actors.execution import ExecutionRuntime
 from actors.execution.actor import ExecutionActor
 from actors.execution.confirm import StepConfirmation
 from actors.execution.slot import SeedSlot
-from bus import Bus
+from bus import Bus, BusError
 from contracts import KasminaConfig, KeyRing, Signer
 from scenarios.cluster import Cluster, read_events
-from scenarios.pacing import wait_drained
+from scenarios.pacing import wait_drained, wait_flushed
 
 __all__ = ["SETTLE_TIMEOUT_S", "Attached"]
 
@@ -62,6 +62,8 @@ class Attached:
             bus, run, Signer(ring, "attach"), live_verifier(bus, run, ring, config)
         )
         self._trainer: int | None = None
+        self.settle_timeout_s = SETTLE_TIMEOUT_S  # how long a lockstep boundary waits at most
+        self.unsettled = 0  # settles in a row that timed out (logged once per such episode)
 
     # -- the loop's side ----------------------------------------------------------------------
     @property
@@ -88,22 +90,42 @@ class Attached:
         self._trainer = threading.get_ident()
         self.runtime.on_step(step, loss, val_loss=val_loss, val_accuracy=val_accuracy, batch=batch)
         if self.lockstep and step % max(1, self.runtime.config.barrier_frequency) == 0:
-            self.settle()
+            self.settle(self.settle_timeout_s)
+
+    @property
+    def restarts(self) -> int:
+        """How often this rank's ExecutionActor crashed (a Redis refusal, a bug) and restarted."""
+        return self.actor.restarts
 
     def settle(self, timeout_s: float = SETTLE_TIMEOUT_S) -> bool:
         """Flush, then wait until every inbox of the run is drained and the event log still;
-        False (and a warning) if ``timeout_s`` passed first, e.g. because no process serves an
-        actor the run needs."""
-        ok: bool = self.portal.call(
-            lambda: wait_drained(self.bus, self.run, timeout_s=timeout_s, flush=self.actor.flush)
-        )
-        if not ok:
-            log.warning(
-                "run %s did not settle within %g s: is every actor and slot served?",
-                self.run,
-                timeout_s,
+        False if ``timeout_s`` passed first, e.g. because no process serves an actor the run
+        needs, or Redis is down or refuses (no bus error is raised). A warning is logged when
+        settles start timing out, and once they succeed again, not at every boundary."""
+        try:
+            ok: bool = self.portal.call(
+                lambda: wait_drained(
+                    self.bus, self.run, timeout_s=timeout_s, flush=self.actor.flush
+                )
             )
+        except BusError:  # only a closed bus gets here
+            ok = False
+        if not ok and not self.unsettled:
+            log.warning("run %s did not settle within %g s: is every actor and slot served, "
+                        "and Redis up? (logged again once it settles)", self.run, timeout_s)  # fmt: skip
+        elif ok and self.unsettled:
+            log.info("run %s settles again, after %d boundaries that did not",
+                        self.run, self.unsettled)  # fmt: skip
+        self.unsettled = 0 if ok else self.unsettled + 1
         return ok
+
+    def _flush(self) -> None:
+        """Flush the outbox now, from the training thread: at most ``settle_timeout_s`` while
+        Redis is away, and a refusal is left to the actor's own flusher to retry."""
+        try:
+            self.portal.call(lambda: wait_flushed(self.actor.flush, self.settle_timeout_s))
+        except BusError as exc:
+            log.debug("flush from the training thread failed: %s", exc)
 
     # -- commands and the log -------------------------------------------------------------------
     def command(
@@ -123,12 +145,12 @@ class Attached:
             )
         paced = self.lockstep and trainer
         if paced:  # what this step reported goes first, so the actors see the same step
-            self.portal.call(self.actor.flush)
+            self._flush()
         result: str | Outcome = self.portal.call(
             lambda: self.client.command(slot, action, wait=wait, timeout_s=timeout_s, **params)
         )
         if paced:
-            self.settle()
+            self.settle(self.settle_timeout_s)
         return result
 
     def germinate(self, slot: str, blueprint: str = "", **params: Any) -> str | Outcome:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Collection, Iterable
 
 import anyio
 
-from bus import Bus, BusUnavailable
+from bus import Bus, BusClosed, BusError
 from contracts import streams
 
-__all__ = ["backlog_of", "drained", "inbox_backlog", "wait_drained"]
+__all__ = ["backlog_of", "drained", "inbox_backlog", "wait_drained", "wait_flushed"]
 
 
 async def backlog_of(bus: Bus, inboxes: Iterable[str]) -> int:
@@ -36,11 +35,25 @@ async def inbox_backlog(bus: Bus, run: str, exclude: Collection[str] = ()) -> in
 
 
 async def drained(bus: Bus, run: str) -> bool:
-    """True if every inbox of the run is read and acked right now (False while Redis is down)."""
+    """True if every inbox of the run is read and acked right now (False while Redis is down or
+    refuses: any bus error but a closed bus, which is raised)."""
     try:
         return await inbox_backlog(bus, run) == 0
-    except BusUnavailable:
+    except BusClosed:
+        raise
+    except BusError:
         return False
+
+
+async def _log_length(bus: Bus, run: str) -> int:
+    """The event log's length, or -2 while it cannot be read (Redis down, a key of the wrong
+    type)."""
+    try:
+        return (await bus.info(streams.events(run))).length
+    except BusClosed:
+        raise
+    except BusError:
+        return -2
 
 
 async def wait_drained(
@@ -55,21 +68,39 @@ async def wait_drained(
 
     ``flush`` (the trainer's outbox flush) runs before every check. False if ``timeout_s`` passed
     first: the caller goes on (a crashed actor only slows the run down; the harness reports it).
-    """
-    deadline = time.monotonic() + timeout_s
-    previous = -1
-    while time.monotonic() < deadline:
-        if flush is not None:
-            await flush()
-        if await drained(bus, run):
-            try:
-                length = (await bus.info(streams.events(run))).length
-            except BusUnavailable:
-                length = -2
+    Bus trouble of any kind (Redis down, a refusal, a flush that cannot publish) only means "not
+    settled yet": nothing is raised but :class:`~bus.BusClosed`, and a flush that hangs on an
+    unreachable Redis is cut off at the deadline (its batch is kept for the next flush)."""
+    with anyio.move_on_after(timeout_s):
+        previous = -1
+        while True:
+            length = await _quiet_length(bus, run, flush)
             if length == previous and length >= 0:
                 return True
             previous = length
-        else:
-            previous = -1
-        await anyio.sleep(poll_s)
+            await anyio.sleep(poll_s)
+    return False
+
+
+async def _quiet_length(bus: Bus, run: str, flush: Callable[[], Awaitable[object]] | None) -> int:
+    """After ``flush``: the event log's length if every inbox is drained, else -1 (-2: the log
+    cannot be read)."""
+    if flush is not None:
+        try:
+            await flush()
+        except BusClosed:
+            raise
+        except BusError:
+            return -1
+    if not await drained(bus, run):
+        return -1
+    return await _log_length(bus, run)
+
+
+async def wait_flushed(flush: Callable[[], Awaitable[object]], timeout_s: float) -> bool:
+    """``flush()``, cut off after ``timeout_s`` (a flush waits out an unreachable Redis; its
+    batch is kept for the next one); False if it was cut off."""
+    with anyio.move_on_after(timeout_s):
+        await flush()
+        return True
     return False

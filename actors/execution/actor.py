@@ -8,11 +8,11 @@ pruning acks to the run's pruning stream) in one pipeline per flush, signed, eac
 run's ``confirmations`` stream (the step confirmations a controller reads). Every ``heartbeat_s`` it
 beats on the run's heartbeat stream with the step its runtime reached (``kasmina status`` lists
 the attached trainers from these beats, ``kasmina publish --wait`` says when there are none).
+A Redis error other than a lost connection restarts it with backoff (:meth:`ExecutionActor.run`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -32,6 +32,7 @@ from actors.execution.protocol import Runtime
 from actors.hosting import FRAME, Rejections, Router, inbox_consumer, verify_entries
 from actors.hosting.admission import Admission, aggregated
 from actors.hosting.housekeeping import every, publish_heartbeat
+from actors.hosting.restart import Restarts, keep_serving, one_line
 from actors.hosting.routing import STREAMS
 from bus import Append, Bus, BusClosed, BusUnavailable, Consumer, Entry, Handled, backoff_s
 from contracts import (
@@ -114,6 +115,7 @@ class ExecutionActor:
         self._consumer: Consumer | None = None
         self._flush_lock = anyio.Lock()
         self._unsent: _Unsent | None = None  # a sealed batch whose publish is not confirmed
+        self.crashes = Restarts(f"execution:{rank}")
         runtime.connect(self.notify)  # wake the flusher when the training thread queues
 
     def notify(self) -> None:
@@ -321,8 +323,30 @@ class ExecutionActor:
         # orders fan out by the registry: an entry someone deleted is back within a beat
         await self.router.register(self.inbox, again=True)
 
+    @property
+    def restarts(self) -> int:
+        """How often the actor crashed and was served again (see :meth:`run`)."""
+        return self.crashes.total
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Serve until :meth:`stop`; flushes what is left in the outbox on the way out."""
+        """Serve until :meth:`stop`; flushes what is left in the outbox on the way out.
+
+        Supervised like a shell (:mod:`actors.hosting.restart`): an error that is not a lost
+        connection (a key of the wrong type, an OOM refusal) ends the serving tasks, is logged
+        on one line and counted in :attr:`restarts`, and they start again after a backoff. An
+        order read but not acknowledged is read again then, and not submitted twice."""
+        await keep_serving(self._serve, self.crashes, stopping=lambda: self._stopping,
+                           stopped=self._stopped, task_status=task_status)  # fmt: skip
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._votes_hashed()
+                await self.flush()
+            except (BusClosed, BusUnavailable):
+                pass  # the final flush is best effort
+            except Exception as exc:  # a refusal (or a bug) costs the last batch, not the exit
+                log.warning("execution:%d: last flush failed (%s)", self.rank, one_line(exc))
+
+    async def _serve(self, *, task_status: TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._orders)
             tg.start_soon(self._flusher)
@@ -331,9 +355,6 @@ class ExecutionActor:
             task_status.started()
             await self._stopped.wait()
             tg.cancel_scope.cancel()
-        with anyio.CancelScope(shield=True), contextlib.suppress(BusClosed, BusUnavailable):
-            await self._votes_hashed()
-            await self.flush()
 
     async def _votes_hashed(self) -> None:
         """Wait (off the event loop) for the barrier votes whose digests are still hashing."""
