@@ -14,7 +14,6 @@ bytes only if it is not there (:mod:`actors.delivery`).
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -26,7 +25,7 @@ from actors.attached import confirmations
 from actors.delivery import shed_record, since, written_at
 from actors.eventlog import BadEntry, read_log
 from actors.hosting import FRAME
-from actors.outcome import CommandTimeout, Outcome, rejected_elsewhere, shed_outcome, unread_note
+from actors.outcome import CommandTimeout, Following, Outcome, shed_outcome
 from bus import Bus, BusUnavailable, backoff_s
 from contracts import REGISTRY, Signer, Verifier, streams
 from leyline import pb
@@ -238,32 +237,15 @@ class KasminaClient:
         rejection of another entry claiming the command's id (a copy of its frame) is passed
         over."""
         stream = streams.outcomes(self.run)
-        cursor = after or "0-0"
-        last: Outcome | None = None
+        follow = Following(command_id, entry, on_progress, cursor=after or "0-0")
         shed_cursor: str | None = None
-        unverified: Counter[str] = Counter()  # records since ``after`` this key file cannot read
-        copies = 0
         with anyio.move_on_after(timeout_s):
             while True:
-                async for record in read_log(self.bus, stream, self.verifier, start=f"({cursor}"):
-                    cursor = record.entry_id
-                    if isinstance(record, BadEntry):
-                        unverified[record.reason.value] += 1
-                        continue
-                    message = record.message
-                    if not isinstance(message, pb.CommandOutcome):
-                        continue
-                    if message.command_id != command_id:
-                        continue
-                    if rejected_elsewhere(message, entry):  # a rejected copy that claims this id
-                        copies += 1
-                        continue
-                    outcome = Outcome.of(message, record.entry_id)
-                    if outcome.final:
+                start = f"({follow.cursor}"
+                async for record in read_log(self.bus, stream, self.verifier, start=start):
+                    outcome = follow.see(record)
+                    if outcome is not None:
                         return outcome
-                    last = outcome
-                    if on_progress is not None:
-                        on_progress(outcome)
                 if entry is not None:  # after the outcomes: a decided command costs no more
                     shed, shed_cursor = await shed_record(
                         self.bus, self.run, self.verifier, entry, shed_cursor
@@ -271,14 +253,7 @@ class KasminaClient:
                     if shed is not None:
                         return shed_outcome(command_id, *shed)
                 await anyio.sleep(self.poll_s)
-        copied = f"; {copies} rejected copies of it were passed over" if copies else ""
-        raise CommandTimeout(
-            f"no outcome for command {command_id} within {timeout_s:g} s"
-            + copied
-            + unread_note(unverified),
-            last=last,
-            unverified=sum(unverified.values()),
-        )
+        raise follow.timed_out(timeout_s)
 
     async def confirmations(
         self, *, slot: str | None = None, order_id: str | None = None

@@ -5,14 +5,23 @@ id, and :class:`CommandTimeout`."""
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
+from actors.eventlog import BadEntry, LogRecord
 from leyline import pb
 
-__all__ = ["CommandTimeout", "Outcome", "rejected_elsewhere", "shed_outcome", "unread_note"]
+__all__ = [
+    "CommandTimeout",
+    "Following",
+    "Outcome",
+    "rejected_elsewhere",
+    "shed_outcome",
+    "unread_note",
+]
 
 
 def unread_note(unverified: Counter[str]) -> str:
@@ -115,3 +124,49 @@ def rejected_elsewhere(outcome: pb.CommandOutcome, entry: tuple[str, str] | None
         and bool(outcome.entry_id)
         and outcome.entry_id != entry[1]
     )
+
+
+@dataclass
+class Following:
+    """What a wait for one command has read so far from the outcomes stream: where it is, the
+    last progress record, the records it could not verify and the rejected copies it passed
+    over (:meth:`actors.client.KasminaClient.wait`)."""
+
+    command_id: str
+    entry: tuple[str, str] | None
+    on_progress: Callable[[Outcome], None] | None = None
+    cursor: str = "0-0"
+    last: Outcome | None = None
+    unverified: Counter[str] = field(default_factory=Counter)
+    copies: int = 0
+
+    def see(self, record: LogRecord | BadEntry) -> Outcome | None:
+        """Take the next record of the stream: the command's outcome if this is it."""
+        self.cursor = record.entry_id
+        if isinstance(record, BadEntry):
+            self.unverified[record.reason.value] += 1
+            return None
+        message = record.message
+        if not isinstance(message, pb.CommandOutcome) or message.command_id != self.command_id:
+            return None
+        if rejected_elsewhere(message, self.entry):  # a rejected copy that claims this id
+            self.copies += 1
+            return None
+        outcome = Outcome.of(message, record.entry_id)
+        if outcome.final:
+            return outcome
+        self.last = outcome
+        if self.on_progress is not None:
+            self.on_progress(outcome)
+        return None
+
+    def timed_out(self, timeout_s: float) -> CommandTimeout:
+        """The timeout to raise: what was seen, and why an outcome may have been missed."""
+        copied = f"; {self.copies} rejected copies of it were passed over" if self.copies else ""
+        return CommandTimeout(
+            f"no outcome for command {self.command_id} within {timeout_s:g} s"
+            + copied
+            + unread_note(self.unverified),
+            last=self.last,
+            unverified=sum(self.unverified.values()),
+        )
