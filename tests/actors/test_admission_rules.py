@@ -3,6 +3,8 @@ a shed entry claims to be."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import msgpack
 import pytest
 
@@ -85,15 +87,19 @@ def test_rejections_of_one_reason_reaching_the_threshold_are_one_run() -> None:
 
 
 def test_a_shed_entry_is_answered_only_when_it_claims_a_command() -> None:
-    """The claimed id of a command frame (signed or not) is read without its MAC; garbage and
-    other kinds claim nothing, and one shed run answers at most SHED_OUTCOMES claims."""
+    """The claimed id of a command frame (signed or not) is read without its MAC, with the entry
+    that claims it; garbage and other kinds claim nothing, and one shed run answers at most
+    SHED_OUTCOMES claims."""
     signer = Signer(KeyRing.generate(), "tamiyo")
     command = signer.seal("seed.command", build_command("a", "pause"), stream=INBOX, msg_id="c1")
     report = signer.seal("step.report", b"", stream=INBOX, msg_id="r1")
     claim = claim_of(Entry(INBOX, "1-0", {FRAME: command}), FRAME, 1 << 20)
-    assert claim is not None and (claim.message_id, claim.sender) == ("c1", "tamiyo")
+    assert claim is not None
+    assert (claim.message_id, claim.sender, claim.entry_id) == ("c1", "tamiyo", "1-0")
     tampered = command[:-3] + b"xyz"  # the MAC is never looked at
-    assert claim_of(Entry(INBOX, "1-1", {FRAME: tampered}), FRAME, 1 << 20) == claim
+    assert claim_of(Entry(INBOX, "1-1", {FRAME: tampered}), FRAME, 1 << 20) == replace(
+        claim, entry_id="1-1"
+    )
     for fields in ({FRAME: report}, {FRAME: b"\x00garbage"}, {"junk": b"x"}):
         assert claim_of(Entry(INBOX, "1-2", fields), FRAME, 1 << 20) is None
     many = [Entry(INBOX, f"2-{i}", {FRAME: command}) for i in range(SHED_OUTCOMES + 10)]

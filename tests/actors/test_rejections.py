@@ -40,8 +40,8 @@ def _command(ring: KeyRing) -> Envelope:
 
 def test_a_verified_command_is_recorded_with_its_outcome() -> None:
     """A rejected verified command: a signed record naming the entry, the frame's id, kind and
-    sender, the actor and the reason, with the REJECTED outcome its sender waits for; both
-    caused by the command."""
+    sender, the actor and the reason, with the REJECTED outcome its sender waits for (naming the
+    entry too); both caused by the command."""
     ring = KeyRing.generate()
     env = _command(ring)
     rejections = Rejections(RUN, "seed:l0.s0", Signer(ring, "seed:l0.s0"))
@@ -60,7 +60,7 @@ def test_a_verified_command_is_recorded_with_its_outcome() -> None:
     assert signed.causation_id == env.id
     assert pb.CommandOutcome.FromString(signed.body) == pb.CommandOutcome(
         command_id=env.id, result=pb.OUTCOME_REJECTED, reason="invalid", detail="bad",
-        verified=True, actor="seed:l0.s0",
+        verified=True, actor="seed:l0.s0", entry_id="5-1",
     )  # fmt: skip
     assert dict(rejections.counts) == {"invalid": 1}
 

@@ -22,7 +22,7 @@ async def _records(bus: Bus, stream: str, ring: KeyRing) -> dict[str, object]:
     async for record in read_log(bus, stream, Verifier(ring, replay=True)):
         assert isinstance(record, LogRecord)
         message = record.message
-        key = getattr(message, "entry_id", "") or getattr(message, "command_id", "")
+        key = getattr(message, "command_id", "") or getattr(message, "entry_id", "")
         out[key] = message
     return out
 
@@ -71,3 +71,4 @@ async def test_refused_inputs_are_recorded_with_what_their_frames_said(
         outcome = outcomes[ids[name]]
         assert isinstance(outcome, pb.CommandOutcome)
         assert (outcome.result, outcome.reason) == (pb.OUTCOME_REJECTED, expected[name][0])
+        assert outcome.entry_id == entries[name]  # the entry rejected, for its sender to match
