@@ -22,6 +22,7 @@ from actors.execution.optim import seed_optimizer
 from actors.execution.pruning import PruningError
 from actors.execution.pruning_orders import restored
 from actors.execution.slot import SeedSlot
+from actors.execution.slotstate import loaded_evidence
 from actors.execution.stages import phase_of
 
 if TYPE_CHECKING:
@@ -104,6 +105,10 @@ def _masks_plan(rt: ExecutionRuntime, payload: dict[str, Any]) -> dict[str, Tens
 
 
 def _slot_plan(rt: ExecutionRuntime, sid: str, entry: dict[str, Any]) -> SlotPlan:
+    try:
+        entry = {**entry, "evidence": loaded_evidence(entry.get("evidence"))}
+    except (KeyError, ValueError, TypeError, IndexError) as exc:
+        raise RestoreError(f"slot {sid}: its evidence is malformed: {exc}") from None
     if "seed" not in entry:
         return SlotPlan(entry)
     try:
@@ -242,6 +247,7 @@ def _apply_slot(rt: ExecutionRuntime, sid: str, sp: SlotPlan) -> None:
     state.stage_since = int(entry["stage_since"])
     state.blend_start = int(entry["blend_start"])
     state.blend_steps = int(entry["blend_steps"])
+    state.load_evidence(entry["evidence"])  # what the gates judge the seed on (phase: below)
     # a checkpoint from before the phase was saved: the nearest band side
     state.phase = int(entry.get("phase", phase_of(float(entry["alpha"]))))
     state.phase_changes = int(entry.get("phase_changes", 0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -39,6 +39,32 @@ _EVIDENCE = (
     "phase",
     "phase_changes",
 )
+
+
+_PAIRS = ("shadow_gains", "probe_gain")
+
+
+def loaded_evidence(saved: Any) -> dict[str, Any]:
+    """A checkpoint's measurements (:meth:`SlotState.saved_evidence`), typed and checked; an
+    older checkpoint without them gives none. Raises ``ValueError``/``TypeError`` if malformed."""
+    if saved is None:
+        return {}
+    if not isinstance(saved, dict):
+        raise TypeError("evidence is not a mapping")
+    fresh = SlotState(None)  # type: ignore[arg-type]
+    out: dict[str, Any] = {}
+    for name in _EVIDENCE:
+        if name in saved and name not in _PAIRS:
+            out[name] = type(getattr(fresh, name))(saved[name])
+    out["shadow_gains"] = [
+        Paired(int(n), float(t), float(q)) for n, t, q in saved.get("shadow_gains", [])
+    ]
+    gain = saved.get("probe_gain")
+    out["probe_gain"] = (
+        None if gain is None else Paired(int(gain[0]), float(gain[1]), float(gain[2]))
+    )
+    out["attach_evidence"] = {str(k): float(v) for k, v in saved.get("attach_evidence", {}).items()}
+    return out
 
 
 @dataclass
@@ -88,6 +114,22 @@ class SlotState:
         for name in _EVIDENCE:
             setattr(self, name, getattr(fresh, name))
         self.attach_evidence = {}
+
+    def saved_evidence(self) -> dict[str, Any]:
+        """Every measurement as a checkpoint keeps it (:func:`loaded_evidence` reads it back):
+        a resumed run's gates judge the seed on what it measured before."""
+        out: dict[str, Any] = {n: getattr(self, n) for n in _EVIDENCE if n not in _PAIRS}
+        out["shadow_gains"] = [[p.n, p.total, p.squares] for p in self.shadow_gains]
+        gain = self.probe_gain
+        out["probe_gain"] = None if gain is None else [gain.n, gain.total, gain.squares]
+        out["attach_evidence"] = dict(self.attach_evidence)
+        return out
+
+    def load_evidence(self, saved: dict[str, Any]) -> None:
+        """Take the measurements :func:`loaded_evidence` checked (none: start from scratch)."""
+        self.reset_evidence()
+        for name, value in saved.items():
+            setattr(self, name, value)
 
     def release(self, device: torch.device) -> None:
         """Drop the slot's seed, optimizer and hooks (and give cached device memory back)."""

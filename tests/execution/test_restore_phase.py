@@ -67,3 +67,26 @@ def test_a_restore_inside_a_hysteresis_band_keeps_the_running_phase(tmp_path: Pa
     _run(model, opt, rt, range(33, 36))
     _run(twin, twin_opt, twin_rt, range(33, 36))
     assert _same(model, twin)
+
+
+def test_a_restore_keeps_what_the_gates_judge_the_seed_on(tmp_path: Path) -> None:
+    """A seed restored mid-BLENDING carries the measurements its gates read (the facts measured
+    at germination such as the host's size, the gradient and shadow-gain counters): the slot's
+    reported evidence is the running run's, key for key, before and after three more steps."""
+    model, opt, rt = _build(0)
+    for o in (
+        germinate("s", 0),
+        order("s", S.SEED_STAGE_TRAINING, 1),
+        order("s", S.SEED_STAGE_BLENDING, 20),
+    ):
+        rt.submit(o)
+    _run(model, opt, rt, range(30))
+    before = rt.states["s"].metrics(30)
+    assert "host_params" in before and before["grad_steps"] > 0
+    rt.checkpoint(str(tmp_path / "evidence.safetensors"))
+    twin, twin_opt, twin_rt = _build(7)
+    twin_rt.restore(str(tmp_path / "evidence.safetensors"))
+    assert twin_rt.states["s"].metrics(30) == before
+    _run(model, opt, rt, range(30, 33))
+    _run(twin, twin_opt, twin_rt, range(30, 33))
+    assert twin_rt.states["s"].metrics(33) == rt.states["s"].metrics(33)
