@@ -82,8 +82,10 @@ class ExecutionActor:
         flush_interval_s: float = 0.5,
         heartbeat_s: float = 2.0,
         artifacts: ArtifactStore | None = None,
+        final_flush_s: float = 10.0,
     ) -> None:
         self.runtime = runtime
+        self.final_flush_s = final_flush_s  # at exit, how long to wait for Redis to take the rest
         self.artifacts = artifacts  # where germinations by artifact id fetch their artifact
         self.bus = bus
         self.run_id = run
@@ -337,7 +339,7 @@ class ExecutionActor:
         order read but not acknowledged is read again then, and not submitted twice."""
         await keep_serving(self._serve, self.crashes, stopping=lambda: self._stopping,
                            stopped=self._stopped, task_status=task_status)  # fmt: skip
-        with anyio.CancelScope(shield=True):
+        with anyio.move_on_after(self.final_flush_s, shield=True) as final:
             try:
                 await self._votes_hashed()
                 await self.flush()
@@ -345,6 +347,11 @@ class ExecutionActor:
                 pass  # the final flush is best effort
             except Exception as exc:  # a refusal (or a bug) costs the last batch, not the exit
                 log.warning("execution:%d: last flush failed (%s)", self.rank, one_line(exc))
+        if final.cancelled_caught:  # Redis unreachable at exit: the process still ends
+            log.warning(
+                "execution:%d: Redis did not take the last messages within %g s; they are lost",
+                self.rank, self.final_flush_s,
+            )  # fmt: skip
 
     async def _serve(self, *, task_status: TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+import anyio.abc
 import pytest
 
 from actors.execution.actor import ExecutionActor
@@ -161,3 +162,33 @@ async def test_a_full_redis_restarts_the_actor_until_memory_is_freed(
         assert _submitted(actor) == ["o1"]
     oom = [r for r in caplog.records if "maxmemory" in r.getMessage()]
     assert len(oom) == 1 and oom[0].levelno == logging.WARNING
+
+
+async def test_the_actor_ends_within_its_final_flush_bound_when_redis_is_gone() -> None:
+    """With Redis killed, stopping the ExecutionActor (a trainer leaving ``attach``) still ends
+    it: the last flush waits at most ``final_flush_s`` for Redis, not until Redis is back."""
+    ring, run = KeyRing.generate(), f"exit-{uuid.uuid4().hex[:8]}"
+    with redis_server(aof=False) as server:
+        bus = RedisStreamBus.from_url(server.url, retries=0, backoff_cap_s=0.05)
+        runtime = SimRuntime([SLOT], report_every=1)
+        actor = ExecutionActor(runtime, bus=bus, run=run, signer=Signer(ring, "execution:0"),
+                               verifier=Verifier(ring), config=KasminaConfig())  # fmt: skip
+        actor.final_flush_s = 0.5
+        ended = anyio.Event()
+
+        async def serve(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            await actor.run(task_status=task_status)
+            ended.set()
+
+        async with anyio.create_task_group() as tg:
+            await tg.start(serve)
+            server.kill()
+            runtime.on_step(1, 0.5)  # a step report queued after Redis went away
+            await actor.stop()
+            with anyio.move_on_after(15):
+                await ended.wait()
+            finished = ended.is_set()
+            if not finished:  # let an endless last flush through, so that the test ends
+                server.start()
+        await bus.close()
+    assert finished
