@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import uuid
 from collections.abc import Iterator, Mapping
@@ -40,10 +41,13 @@ from actors.execution import ExecutionRuntime, RuntimeConfig, insert_slots
 from actors.execution.actor import ExecutionActor
 from actors.execution.confirm import StepConfirmation
 from actors.execution.slot import SeedSlot
+from actors.hosting.restart import one_line
 from bus import Bus, BusClosed, BusUnavailable, open_bus
 from contracts import KasminaConfig, KeyRing, Signer, streams
 from kasmina.attached import Attached
 from scenarios.cluster import Cluster, running_cluster
+
+log = logging.getLogger("kasmina.integration")
 
 __all__ = ["Attached", "StepConfirmation", "attach"]
 
@@ -227,7 +231,11 @@ def _serve(
     actor = _execution_actor(stack, portal, bus, runtime, setup)
     # registered before the first step: orders fan out to the ranks registered when they
     # are sent, so every rank of a data-parallel trainer is registered before any trains
-    portal.call(bus.register, streams.registry(run, "execution"), actor.inbox)
+    try:
+        portal.call(bus.register, streams.registry(run, "execution"), actor.inbox)
+    except BusUnavailable as exc:  # training starts; the heartbeats register it once Redis answers
+        log.warning("Redis unreachable at attach (%s): training goes on, the rank registers when "
+                    "it answers", one_line(exc))  # fmt: skip
     served, _ = portal.start_task(actor.run)
     stack.callback(_stop, portal, actor, served)
     return Attached(

@@ -4,6 +4,7 @@ into the loop, and the lockstep warnings come once per episode, not once per bou
 from __future__ import annotations
 
 import logging
+import socket
 
 import pytest
 import torch
@@ -60,3 +61,26 @@ def test_an_event_log_of_the_wrong_type_never_reaches_the_training_loop(
     said = [r.getMessage() for r in caplog.records if r.name == "kasmina.attach"]
     assert len([m for m in said if "did not settle" in m]) == 1
     assert len([m for m in said if "settles again" in m]) == 1
+
+
+def test_attach_while_redis_is_down_trains_and_exits(caplog: pytest.LogCaptureFixture) -> None:
+    """``attach`` to a Redis that does not answer returns (no BusUnavailable), the loop trains,
+    and leaving the block ends within the final flush's bound, each said once in the log."""
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.randn(16, 8)
+    with kasmina.attach(
+        model, {"mid": "1"}, optimizer=opt, redis=f"redis://127.0.0.1:{port}/0",
+        keys=KeyRing.generate(), run="down", probe_batch=(x, (x.sum(1) > 0).long()),
+        lockstep=False, config=CONFIG,
+    ) as kas:  # fmt: skip
+        kas.actor.final_flush_s = 0.2
+        for step in range(5):
+            kas.on_step(step, _loss(model, opt))
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("unreachable at attach" in m for m in said) == 1
+    assert sum("did not take the last messages" in m for m in said) == 1
