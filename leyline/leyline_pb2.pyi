@@ -903,6 +903,7 @@ class ExecutionOrder(_message.Message):
     PAUSED_FIELD_NUMBER: _builtins.int
     BARRIER_GATED_FIELD_NUMBER: _builtins.int
     AFTER_BARRIER_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     slot: _builtins.str
     stage: Global___SeedLifecycleStage.ValueType
@@ -916,6 +917,8 @@ class ExecutionOrder(_message.Message):
     """applies only once the commit of barrier `after_barrier`"""
     after_barrier: _builtins.int
     """(or of a later one) reached this rank (docs/design.md §5)"""
+    attempt: _builtins.int
+    """0, or how often the order was sent again under a new id"""
     @_builtins.property
     def germinate(self) -> Global___Germinate:
         """set when stage == GERMINATED"""
@@ -937,10 +940,11 @@ class ExecutionOrder(_message.Message):
         paused: _builtins.bool = ...,
         barrier_gated: _builtins.bool = ...,
         after_barrier: _builtins.int = ...,
+        attempt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["adjust_optimizer", b"adjust_optimizer", "germinate", b"germinate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjust_optimizer", b"adjust_optimizer", "after_barrier", b"after_barrier", "apply_at_step", b"apply_at_step", "barrier_gated", b"barrier_gated", "counterfactual", b"counterfactual", "evidence_for", b"evidence_for", "germinate", b"germinate", "order_id", b"order_id", "paused", b"paused", "slot", b"slot", "stage", b"stage", "wants_evidence", b"wants_evidence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjust_optimizer", b"adjust_optimizer", "after_barrier", b"after_barrier", "apply_at_step", b"apply_at_step", "attempt", b"attempt", "barrier_gated", b"barrier_gated", "counterfactual", b"counterfactual", "evidence_for", b"evidence_for", "germinate", b"germinate", "order_id", b"order_id", "paused", b"paused", "slot", b"slot", "stage", b"stage", "wants_evidence", b"wants_evidence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -962,6 +966,7 @@ class ExecutionAck(_message.Message):
     EVIDENCE_FIELD_NUMBER: _builtins.int
     COMMITTED_BARRIER_FIELD_NUMBER: _builtins.int
     BARRIER_GATED_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     slot: _builtins.str
     stage: Global___SeedLifecycleStage.ValueType
@@ -972,6 +977,8 @@ class ExecutionAck(_message.Message):
     committed_barrier: _builtins.int
     """a barrier-gated order: the commit that released it"""
     barrier_gated: _builtins.bool
+    retry: _builtins.bool
+    """refused for now, nothing changed on any rank (not every"""
     @_builtins.property
     def evidence(self) -> Global___Evidence: ...
     def __init__(
@@ -987,10 +994,11 @@ class ExecutionAck(_message.Message):
         evidence: Global___Evidence | None = ...,
         committed_barrier: _builtins.int = ...,
         barrier_gated: _builtins.bool = ...,
+        retry: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_at_step", b"applied_at_step", "barrier_gated", b"barrier_gated", "committed_barrier", b"committed_barrier", "error", b"error", "evidence", b"evidence", "ok", b"ok", "order_id", b"order_id", "rank", b"rank", "slot", b"slot", "stage", b"stage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_at_step", b"applied_at_step", "barrier_gated", b"barrier_gated", "committed_barrier", b"committed_barrier", "error", b"error", "evidence", b"evidence", "ok", b"ok", "order_id", b"order_id", "rank", b"rank", "retry", b"retry", "slot", b"slot", "stage", b"stage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

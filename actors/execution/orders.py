@@ -51,7 +51,7 @@ def apply_due(
         if order.order_id in held:
             continue
         if agreed is not None and order.order_id not in agreed:
-            refuse(rt, order, step, f"not held by every rank at step {step}")
+            refuse(rt, order, step, f"not held by every rank at step {step}", retry=True)
         elif apply(rt, order, step, commit) and order.stage == st.TRAINING:
             entering.append(order.slot)
     return entering
@@ -66,8 +66,10 @@ def _held(orders: list[pb.ExecutionOrder], commit: int, agreed: set[str] | None)
     return held
 
 
-def refuse(rt: ExecutionRuntime, order: pb.ExecutionOrder, step: int, reason: str) -> None:
-    """Answer an order with a refusal and change nothing."""
+def refuse(
+    rt: ExecutionRuntime, order: pb.ExecutionOrder, step: int, reason: str, *, retry: bool = False
+) -> None:
+    """Answer an order with a refusal and change nothing (``retry``: it may be sent again)."""
     stage = rt.slots[order.slot].stage if order.slot in rt.slots else order.stage
     ack = pb.ExecutionAck(
         order_id=order.order_id,
@@ -77,6 +79,7 @@ def refuse(rt: ExecutionRuntime, order: pb.ExecutionOrder, step: int, reason: st
         ok=False,
         error=reason,
         stage=pb.SeedLifecycleStage.ValueType(stage),
+        retry=retry,
     )
     _answer(rt, ack)
 

@@ -150,6 +150,31 @@ class Builder:
         self.outgoing.append(Outgoing("execution", None, order))
         self.progress(step=step, pending_order=order)
 
+    def reissue(self) -> bool:
+        """Send the awaited order again under a new id, after a refusal that changed nothing on
+        any rank (not every rank held it at its step, e.g. one rank's bus was cut): due 1, 2, 4,
+        ... 32 barrier intervals on, so the lagging rank can catch up. False once
+        ``lifecycle.order_retries`` copies were sent: the refusal then counts as a failure."""
+        if not self.state.pending_order:
+            return False
+        order = pb.ExecutionOrder.FromString(bytes.fromhex(self.state.pending_order))
+        if order.attempt >= self.ctx.config.lifecycle.order_retries:
+            return False
+        freq = max(1, self.ctx.config.barrier.frequency)
+        order.attempt += 1
+        order.order_id = self.new_id()
+        order.apply_at_step = next_boundary(self.now + freq * 2 ** min(order.attempt - 1, 5), freq)
+        if order.barrier_gated:
+            order.after_barrier = order.apply_at_step - freq
+        self.outgoing.append(Outgoing("execution", None, order))
+        self.progress(
+            awaiting=str(self.state.awaiting),  # the same wait, for the new id
+            pending_id=order.order_id,
+            command_id=self.state.command_id,
+            pending_order=order,
+        )
+        return True
+
     def request_gate(self, gate: Gate, metrics: Mapping[str, float], blueprint: str = "") -> None:
         """Record that the slot awaits a gate result, and send the GateRequest."""
         request_id = self.new_id()

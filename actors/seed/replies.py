@@ -69,6 +69,8 @@ def on_ack(b: Builder, ack: pb.ExecutionAck) -> None:
         )
         return
     b.chain = st.command_id  # the awaited ack: its outcome belongs to the waiting chain
+    if not ack.ok and ack.retry and b.reissue():  # not held by every rank yet: nothing changed
+        return
     failed = "" if ack.ok else f"execution failed: {ack.error or 'no reason given'}"
     if wait.kind == "evidence":
         _ack_probe(b, ack, failed)

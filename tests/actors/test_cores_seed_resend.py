@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from cores_harness import SeedSim, command, germinate
 
-from contracts.config import BarrierConfig, KasminaConfig
+from actors.core import next_boundary
+from contracts.config import BarrierConfig, KasminaConfig, LifecycleConfig
 from leyline import pb
 
 S = pb.SeedLifecycleStage
@@ -85,3 +86,66 @@ def test_a_gate_wait_is_never_resent() -> None:
     assert sim.state.awaiting is not None and not sim.state.awaiting.acked
     sim.report(20_000)
     assert len(sim.orders) == n
+
+
+def _to_blending(sim: SeedSim) -> None:
+    """Reports (gate requests answered, orders not) until G1 passes and BLENDING is ordered."""
+    for step in range(sim.step + FREQ, sim.step + 1000, FREQ):
+        for out in sim.report(step).outgoing:
+            if isinstance(out.message, pb.GateRequest):
+                sim._route(out.message)
+        if sim.orders[-1].stage == S.SEED_STAGE_BLENDING:
+            return
+    raise AssertionError("BLENDING was never ordered")
+
+
+def _retry_ack(order: pb.ExecutionOrder) -> pb.ExecutionAck:
+    """A data-parallel rank's refusal: not every rank held the order at its step."""
+    return pb.ExecutionAck(
+        order_id=order.order_id, slot=order.slot, stage=order.stage, ok=False, retry=True,
+        applied_at_step=order.apply_at_step, error="not held by every rank",
+    )  # fmt: skip
+
+
+def test_an_order_not_held_by_every_rank_is_sent_again_under_a_new_id_then_applies() -> None:
+    """The BLENDING order refused with ``retry`` (one rank's bus was cut) neither culls the
+    seed nor records a refusal: the same order comes again under a new id, one interval on, then
+    two; its ack moves the slot on as the first one's would have."""
+    sim = _sim()
+    sim.auto = True
+    sim.send(germinate(sim.slot))
+    sim.auto = False
+    _to_blending(sim)
+    blend = sim.orders[-1]
+    assert blend.stage == S.SEED_STAGE_BLENDING and blend.attempt == 0
+    sim.send(_retry_ack(blend))
+    again = sim.orders[-1]
+    assert again.order_id != blend.order_id and again.attempt == 1
+    assert (again.stage, again.slot) == (blend.stage, blend.slot)
+    assert again.apply_at_step == next_boundary(sim.step + FREQ, FREQ)
+    sim.send(_retry_ack(again))
+    third = sim.orders[-1]
+    assert third.attempt == 2 and third.apply_at_step == next_boundary(sim.step + 2 * FREQ, FREQ)
+    assert sim.state.stage == S.SEED_STAGE_BLENDING
+    assert not any(isinstance(e, pb.LifecycleRefused) for e in sim.events)
+    sim.send(sim.ack_for(third))
+    assert sim.state.pending_order == "" and sim.state.stage == S.SEED_STAGE_BLENDING
+
+
+def test_an_order_refused_for_retry_too_often_counts_as_failed() -> None:
+    """After ``lifecycle.order_retries`` copies, a further ``retry`` refusal of a stage order
+    culls the seed as an execution failure does."""
+    config = KasminaConfig(
+        barrier=BarrierConfig(frequency=FREQ), lifecycle=LifecycleConfig(order_retries=2)
+    )
+    sim = SeedSim(config=config, auto=True)
+    sim.send(germinate(sim.slot))
+    sim.auto = False
+    _to_blending(sim)
+    for _ in range(2):
+        sim.send(_retry_ack(sim.orders[-1]))
+    assert sim.orders[-1].attempt == 2 and sim.state.stage == S.SEED_STAGE_BLENDING
+    moved = sim.send(_retry_ack(sim.orders[-1])).events
+    culled = [e for e in moved if isinstance(e, pb.LifecycleTransition)]
+    assert culled and culled[0].to_stage == S.SEED_STAGE_CULLED
+    assert "not held by every rank" in culled[0].cause

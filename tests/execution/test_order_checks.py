@@ -12,13 +12,15 @@ from torch import nn
 from actors.execution import (
     Blueprint,
     ExecutionRuntime,
+    host_parameters,
     insert_slots,
+    orders,
     register_blueprint,
     unregister_blueprint,
 )
 from actors.execution.mailbox import KIND_ACK
 from leyline import pb
-from tests.execution.execution_helpers import germinate, kinds, order, runtime
+from tests.execution.execution_helpers import germinate, kinds, order, runtime, tiny
 
 S = pb.SeedLifecycleStage
 
@@ -141,3 +143,17 @@ def test_a_seed_with_nothing_to_train_is_refused_at_germination() -> None:
         unregister_blueprint("t_frozen")
     assert not ack.ok and "no trainable parameter" in ack.error
     assert rt.slots["s"].seed is None and ack.stage == S.SEED_STAGE_DORMANT
+
+
+def test_an_order_not_held_by_every_rank_is_refused_for_retry_and_changes_nothing() -> None:
+    """In a data-parallel step where another rank lacks a due order (its bus was cut), the order
+    is refused with ``retry`` set (its sender may send it again) and the slot is untouched."""
+    model, slots = tiny()
+    opt = torch.optim.SGD(host_parameters(model, slots), lr=0.1)
+    rt = runtime(model, slots, opt)
+    rt.submit(germinate("a", 0))
+    rt.pending.extend(rt.inbox.drain())
+    orders.apply_due(rt, 0, agreed=set())
+    (ack,) = [m for k, m in rt.drain_outbox() if k == "exec.ack"]
+    assert (ack.ok, ack.retry) == (False, True) and "not held by every rank" in ack.error
+    assert slots["a"].seed is None and slots["a"].stage == pb.SEED_STAGE_DORMANT
