@@ -75,14 +75,19 @@ def on_ack(b: Builder, ack: pb.ExecutionAck) -> None:
     if wait.kind == "evidence":
         _ack_probe(b, ack, failed)
     elif wait.what:  # an in-stage order: pause / resume / adjust / drop_probe
-        fields: dict[str, Any] = {}
-        if not failed and wait.what in ("pause", "resume"):
-            fields = pause_fields(b, wait.what == "pause")
-        b.progress(acked_id=ack.order_id, **fields)
-        if failed:
-            b.refuse(wait.what, failed)
+        _ack_in_stage(b, ack, wait.what, failed)
     else:
         _ack_stage(b, ack, wait.name, failed, request)
+
+
+def _ack_in_stage(b: Builder, ack: pb.ExecutionAck, what: str, failed: str) -> None:
+    """The ack of an in-stage order (pause, resume, adjust, drop_probe)."""
+    fields: dict[str, Any] = {}
+    if not failed and what in ("pause", "resume"):
+        fields = pause_fields(b, what == "pause")
+    b.progress(acked_id=ack.order_id, **fields)
+    if failed:
+        b.refuse(what, failed)
 
 
 def _judged_by_g0(metrics: dict[str, float]) -> bool:
