@@ -83,10 +83,19 @@ BATCH_PAIRS = 64  # pairs sought from a batch of a batch-mean loss_fn: the batch
 
 def per_example_loss(out: Tensor, targets: Tensor, loss_fn: LossFn | None) -> Tensor:
     """Per-example task losses (cross-entropy by default); a custom ``loss_fn`` may return one
-    value per batch."""
-    if loss_fn is None:
-        return F.cross_entropy(out, targets, reduction="none").reshape(-1)
-    return loss_fn(out, targets).reshape(-1)
+    value per batch. Losses per element of an example (a sequence's tokens, a regression's
+    outputs: a multiple of the batch, example-major) are averaged per example: the examples,
+    not their elements, are the independent pairs a gain is judged on."""
+    raw = (
+        F.cross_entropy(out, targets, reduction="none")
+        if loss_fn is None
+        else loss_fn(out, targets)
+    )
+    losses = raw.reshape(-1)
+    n = int(out.shape[0]) if out.dim() else 1
+    if n > 0 and losses.numel() > n and losses.numel() % n == 0:
+        return losses.reshape(n, -1).mean(dim=1)
+    return losses
 
 
 def paired_losses(out: Tensor, targets: Tensor, loss_fn: LossFn | None) -> Tensor:
@@ -233,8 +242,11 @@ def _arm(
     inputs, targets = validation
     losses: list[Tensor] = []
     hits: list[Tensor] = []
-    for i in range(0, int(inputs.shape[0]), size):
-        x, y = inputs[i : i + size].to(device), targets[i : i + size].to(device)
+    parts = max(1, math.ceil(int(inputs.shape[0]) / size))  # near-equal: never a lone example
+    for x, y in zip(
+        torch.tensor_split(inputs, parts), torch.tensor_split(targets, parts), strict=True
+    ):
+        x, y = x.to(device), y.to(device)
         out = first_tensor(model(x))
         losses.append(paired_losses(out, y, loss_fn).float().cpu())
         if _is_classes(out, y):
@@ -280,7 +292,7 @@ def paired_validation(
     BatchNorm, each arm runs with statistics re-estimated on the validation inputs under its own
     forward (:mod:`actors.execution.recalibrate`); the host's are restored exactly."""
     inputs, targets = split_batch(validation)
-    if targets is None:
+    if targets is None or int(inputs.shape[0]) == 0:
         return {}
     norms = tracked_norms(model)
     arms: dict[bool, Arm] = {}

@@ -3,7 +3,8 @@ seed off) is judged with running statistics estimated under that arm's own forwa
 
 The statistics the host runs with were learned with the seed in the forward; with the seed
 switched off they mis-normalise the host, and the seed-off arm is then not the host. So before
-each arm is evaluated, every BatchNorm with running statistics is reset and re-estimated on the
+each arm is evaluated, every BatchNorm whose statistics training moves (in train mode, momentum
+not 0: a frozen one is judged with the statistics it runs with) is reset and re-estimated on the
 validation inputs (BatchNorm in train mode with ``momentum=None``, a cumulative average; every
 other module in eval; no grad; RNG forked), and afterwards every BatchNorm buffer, momentum and
 training flag is restored exactly: the host is bit-identical to before. A model without such
@@ -25,12 +26,18 @@ __all__ = ["kept_norms", "recalibrate", "tracked_norms"]
 
 
 def tracked_norms(model: nn.Module) -> list[_BatchNorm]:
-    """The BatchNorm modules of ``model`` that keep running statistics; none when a
-    SyncBatchNorm would need every rank in step (a distributed run), so nothing is re-estimated."""
+    """The BatchNorm modules of ``model`` whose running statistics training moves: they keep
+    statistics, are in train mode and have a momentum that is not 0 (a BatchNorm the user froze,
+    in eval mode or with momentum 0, runs with its stored statistics, so it is judged with them);
+    none when a SyncBatchNorm would need every rank in step (a distributed run)."""
     norms = [
         m
         for m in model.modules()
-        if isinstance(m, _BatchNorm) and m.track_running_stats and m.running_mean is not None
+        if isinstance(m, _BatchNorm)
+        and m.track_running_stats
+        and m.running_mean is not None
+        and m.training
+        and m.momentum != 0
     ]
     synced = any(isinstance(m, nn.SyncBatchNorm) for m in norms)
     if synced and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

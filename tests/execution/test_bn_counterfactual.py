@@ -134,3 +134,43 @@ def test_acks_carry_no_non_finite_evidence() -> None:
     assert ack.ok and ev.CF_GAIN in ack.evidence.metrics
     assert ev.CF_GAIN_SE not in ack.evidence.metrics
     assert all(math.isfinite(v) for v in ack.evidence.metrics.values())
+
+
+@pytest.mark.parametrize("freeze", ["eval", "momentum 0"])
+def test_a_frozen_batchnorm_is_judged_with_the_statistics_it_runs_with(freeze: str) -> None:
+    """A BatchNorm the user froze (kept in eval mode, or momentum 0) never moves its statistics,
+    so both arms run with them: the seed-off arm's loss is the host's as it runs, not a
+    re-estimated one."""
+    torch.manual_seed(0)
+    model = BNNet()
+    x, y = _data(512, 1)
+    rt = _germinated(model, (x, y))
+    with torch.no_grad():
+        model.bn.running_mean.add_(3.0)
+    model.train()
+    if freeze == "eval":
+        model.bn.eval()
+    else:
+        model.bn.momentum = 0.0
+    slot = rt.slots["s0"]
+    with slot.forced(Mode.IDENTITY, 0.0), torch.no_grad():
+        model.eval()
+        expected = float(F.cross_entropy(model(x), y))
+        model.train()
+        if freeze == "eval":
+            model.bn.eval()
+    assert rt.counterfactual("s0")[ev.CF_LOSS_OFF] == pytest.approx(expected, rel=1e-6)
+    assert expected != pytest.approx(_seed_off_loss_with_own_statistics(model, x, y), rel=1e-3)
+
+
+def test_a_validation_set_one_over_a_chunk_is_split_without_a_lone_example() -> None:
+    """4097 validation examples (one over the 4096 of a forward) with a BatchNorm that uses batch
+    statistics even in eval (no running statistics): the gate evaluates every example in parts
+    of two or more, so nothing raises."""
+    torch.manual_seed(0)
+    model = BNNet()
+    model.bn = nn.BatchNorm1d(16, track_running_stats=False)
+    x, y = _data(4097, 4)
+    rt = _germinated(model, (x, y))
+    cf = rt.counterfactual("s0")
+    assert cf[ev.CF_GAIN_N] == 4097.0

@@ -129,3 +129,17 @@ def test_too_few_validation_pairs_fail_g4_instead_of_stalling() -> None:
     assert path == [*WALK, "CULLED", "EMBARGOED"], [r.reason for r in results]
     assert results[-1].gate == G4 and not results[-1].passed
     assert "cf_gain_lcb (too few pairs: n 20 < min_gain_pairs 30)" in results[-1].reason
+
+
+def test_losses_per_element_are_judged_per_example() -> None:
+    """A ``loss_fn`` with one loss per output element (``reduction="none"`` on a 3-wide target)
+    gives one pair per example, not per element: the elements of one example are not
+    independent evidence."""
+    from actors.execution.evidence import paired_losses, per_example_loss
+
+    out, target = torch.randn(10, 3), torch.randn(10, 3)
+    losses = per_example_loss(out, target, lambda o, t: F.mse_loss(o, t, reduction="none"))
+    assert losses.shape == (10,)
+    assert torch.allclose(losses, ((out - target) ** 2).mean(dim=1))
+    logits, tokens = torch.randn(4, 5, 7), torch.randint(0, 5, (4, 7))  # 4 sequences of 7
+    assert paired_losses(logits, tokens, None).shape == (4,)
