@@ -114,8 +114,10 @@ class SeedSlot(nn.Module):
         ``max_output_ratio`` times the host's largest magnitude (plus one) counts as non-finite
         and is zeroed: it never reaches the host's loss."""
         z = _conformed(z, h)
-        bound = self.max_output_ratio * (h.detach().abs().amax().float() + 1.0)
-        ok = torch.isfinite(z).all() & (z.detach().abs().amax().float() <= bound)
+        ok = torch.isfinite(z).all()
+        if z.numel():  # (an empty batch has no magnitude)
+            bound = self.max_output_ratio * (h.detach().abs().amax().float() + 1.0)
+            ok = ok & (z.detach().abs().amax().float() <= bound)
         self.nonfinite.add_((~ok).to(self.nonfinite.dtype))
         z = torch.where(ok, z, torch.zeros_like(z))
         if mode is Mode.TRAINING:  # the value is h's; the straight-through gradient if wanted

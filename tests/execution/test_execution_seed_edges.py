@@ -343,3 +343,14 @@ def test_a_slot_its_parent_would_bypass_is_refused_at_insertion(
     assert type(getattr(model, target)) is not nn.Module and not hasattr(
         getattr(model, target), "slot"
     )
+
+
+def test_an_empty_batch_through_a_training_seed_is_harmless() -> None:
+    """A forward of zero examples while a seed trains returns an empty activation and records
+    no failure: the seed stays."""
+    with blueprint("t_edge_plain", lambda d: Turns(d)):
+        _, _, rt, _ = _loop("fc1", "t_edge_plain", steps=3)
+        assert rt is not None
+        out = rt.model(torch.zeros(0, 8))
+    assert out.shape == (0, 4)
+    assert rt.slots["s"].failure is None and rt.slots["s"].seed is not None
