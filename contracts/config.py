@@ -79,9 +79,9 @@ class LifecycleConfig(BaseModel):
     embargo_steps: int = Field(200, ge=0)
     reset_retry_steps: int = Field(10, ge=1)  # a failed G5 / reset is retried after this many steps
     # an order refused because not every rank held it at its step (one rank's bus cut) is sent
-    # again under a new id, 1, 2, 4, ... 32 barrier intervals later, at most this many times;
-    # then the refusal counts as a failure
-    order_retries: int = Field(8, ge=0)
+    # again under a new id, 1, 2, 4, then every 8 barrier intervals later, at most this many
+    # times (16: 111 intervals in all); then the refusal counts as a failure
+    order_retries: int = Field(16, ge=0)
     alpha_schedule: Literal["linear", "cosine", "sigmoid"] = "linear"
     blend_mode: Literal["residual", "convex"] = "residual"
 

@@ -153,7 +153,8 @@ class Builder:
     def reissue(self) -> bool:
         """Send the awaited order again under a new id, after a refusal that changed nothing on
         any rank (not every rank held it at its step, e.g. one rank's bus was cut): due 1, 2, 4,
-        ... 32 barrier intervals on, so the lagging rank can catch up. False once
+        then every 8 barrier intervals on, so the lagging rank can catch up and, once back, is
+        in step again within 8 intervals. False once
         ``lifecycle.order_retries`` copies were sent: the refusal then counts as a failure."""
         if not self.state.pending_order:
             return False
@@ -163,7 +164,7 @@ class Builder:
         freq = max(1, self.ctx.config.barrier.frequency)
         order.attempt += 1
         order.order_id = self.new_id()
-        order.apply_at_step = next_boundary(self.now + freq * 2 ** min(order.attempt - 1, 5), freq)
+        order.apply_at_step = next_boundary(self.now + freq * 2 ** min(order.attempt - 1, 3), freq)
         if order.barrier_gated:
             order.after_barrier = order.apply_at_step - freq
         self.outgoing.append(Outgoing("execution", None, order))

@@ -149,3 +149,18 @@ def test_an_order_refused_for_retry_too_often_counts_as_failed() -> None:
     culled = [e for e in moved if isinstance(e, pb.LifecycleTransition)]
     assert culled and culled[0].to_stage == S.SEED_STAGE_CULLED
     assert "not held by every rank" in culled[0].cause
+
+
+def test_orders_sent_again_space_out_to_eight_intervals() -> None:
+    """Copies of an order not every rank held come 1, 2, 4, then every 8 barrier intervals on,
+    so a rank back from a cut is in step again within 8 intervals."""
+    sim = _sim()
+    sim.auto = True
+    sim.send(germinate(sim.slot))
+    sim.auto = False
+    _to_blending(sim)
+    gaps = []
+    for _ in range(6):
+        sim.send(_retry_ack(sim.orders[-1]))
+        gaps.append(sim.orders[-1].apply_at_step - next_boundary(sim.step, FREQ))
+    assert gaps == [FREQ * k for k in (1, 2, 4, 8, 8, 8)]
