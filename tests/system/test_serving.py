@@ -56,15 +56,15 @@ class Host(LeasedHost):
     records the entry ids of each batch (fencing off the first ``fenced`` batches, then failing
     the next ones' commits with the errors in ``failing``)."""
 
-    def __init__(self, bus: Bus, run: str, process: str) -> None:
+    def __init__(self, bus: Bus, run: str, process: str, ttl_s: float = 0.6) -> None:
         super().__init__()
-        config = KasminaConfig.load(env={}, overrides={"bus.owner_ttl_s": 0.6})
+        config = KasminaConfig.load(env={}, overrides={"bus.owner_ttl_s": ttl_s})
         self.logic, self.bus, self.run_id, self.config = Logic(), bus, run, config
         self.inbox = f"kasmina:{{{run}}}:inbox:seed:{SLOT}"
         self.group = consumer = f"actor:seed:{SLOT}"
         self.consumer_name = f"{consumer}:{process}"
         self.lease = OwnershipLease(
-            bus, run, self.group, process=process, ttl_s=0.6, name=self.logic.name
+            bus, run, self.group, process=process, ttl_s=ttl_s, name=self.logic.name
         )
         self.router = Router(bus, run)
         self.housekeeping = Housekeeping(
@@ -250,12 +250,16 @@ async def test_a_commit_that_found_redis_away_is_decided_again_after_a_rebuild(
     bus: Bus, run_id: str
 ) -> None:
     """A batch whose commit found Redis away (twice) leaves the host serving: it rebuilds after
-    each failure and the entry, still pending, comes back until it is committed."""
-    host = Host(bus, run_id, "p1")
+    each failure and the entry, still pending, comes back until it is committed (a lease that
+    cannot lapse under a loaded machine: only the commits fail here)."""
+    host = Host(bus, run_id, "p1", ttl_s=10.0)
     host.failing = [BusUnavailable("away"), BusUnavailable("away")]
     async with _serving(host):
         entry = await bus.publish(host.inbox, {"x": b"1"})
-        await eventually(lambda: _true(host.batches == [[entry]] * 3))
+        try:
+            await eventually(lambda: _true(host.batches == [[entry]] * 3))
+        except TimeoutError:
+            raise AssertionError(f"batches {host.batches}, rebuilds {host.rebuilds}") from None
         assert (host.rebuilds, host.owner) == (3, True)
 
 
