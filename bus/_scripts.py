@@ -233,9 +233,10 @@ return out
 # Returns {since_ms, then per key: 0, false or the existing value}.
 CLAIM_NONCES = """
 local function held(k)
-  if redis.call('TYPE', k)['ok'] == 'string' then return redis.call('GET', k) end
+  local ok, value = pcall(redis.call, 'GET', k)
+  if ok then return value end
   redis.call('DEL', k)
-  return nil
+  return false
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -51,11 +51,11 @@ def loaded_evidence(saved: Any) -> dict[str, Any]:
         return {}
     if not isinstance(saved, dict):
         raise TypeError("evidence is not a mapping")
-    fresh = SlotState(None)  # type: ignore[arg-type]
+    counts = {f.name for f in fields(SlotState) if isinstance(f.default, int)}
     out: dict[str, Any] = {}
     for name in _EVIDENCE:
         if name in saved and name not in _PAIRS:
-            out[name] = type(getattr(fresh, name))(saved[name])
+            out[name] = int(saved[name]) if name in counts else float(saved[name])
     out["shadow_gains"] = [
         Paired(int(n), float(t), float(q)) for n, t, q in saved.get("shadow_gains", [])
     ]

@@ -6,7 +6,7 @@ import math
 
 import msgpack
 import pytest
-from tests_system_helpers import small_config
+from tests_system_helpers import small_config, walk_until
 
 from actors.shell import FRAME
 from bus import Bus
@@ -144,9 +144,4 @@ async def test_a_field_named_in_bytes_that_are_not_utf8_is_rejected_and_read(
         assert status["rejected"] == {"bad_frame": 1}
         assert status["unverified_events"] == 1
         await cl.client.command(SLOT, "germinate", blueprint="residual_mlp")
-        for step in range(1, 40):
-            await cl.step(step)
-            await cl.settle()
-            if await cl.stage(SLOT) == pb.SEED_STAGE_TRAINING:
-                break
-        assert await cl.stage(SLOT) == pb.SEED_STAGE_TRAINING
+        await walk_until(cl, SLOT, pb.SEED_STAGE_TRAINING, limit=39)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tests_system_helpers import small_config
+from tests_system_helpers import small_config, walk_until
 
 from actors.eventlog import BadEntry, read_log
 from actors.shell import FRAME
@@ -36,12 +36,7 @@ async def test_a_run_with_a_key_per_role_writes_only_records_that_verify(
         await bus.publish(streams.inbox(run_id, "seed", SLOT), {FRAME: b"\x93junk"})
         await bus.publish(streams.inbox(run_id, "execution", "0"), {FRAME: b"\x93junk"})
         await cl.client.command(SLOT, "germinate", blueprint="residual_mlp")
-        for step in range(1, 400):
-            await cl.step(step)
-            await cl.settle()
-            if await cl.stage(SLOT) == pb.SEED_STAGE_FOSSILIZED:
-                break
-        assert await cl.stage(SLOT) == pb.SEED_STAGE_FOSSILIZED
+        await walk_until(cl, SLOT, pb.SEED_STAGE_FOSSILIZED)
         bad: Counter[str] = Counter()
         kinds: Counter[str] = Counter()
         for stream in await bus.streams(streams.prefix(run_id) + "*"):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from contracts import KasminaConfig
+from leyline import pb
+from scenarios.cluster import Cluster
 
 
 def small_config() -> KasminaConfig:
@@ -19,3 +21,17 @@ def small_config() -> KasminaConfig:
             "gates.min_training_steps": 10,
         },
     )
+
+
+async def walk_until(
+    cl: Cluster, slot: str, stage: int, *, start: int = 1, limit: int = 400
+) -> int:
+    """Step the cluster (settling after each step) until ``slot`` reaches ``stage``; the next
+    step. AssertionError if it never does within ``limit`` steps."""
+    for step in range(start, start + limit):
+        await cl.step(step)
+        await cl.settle()
+        if await cl.stage(slot) == stage:
+            return step + 1
+    name = pb.SeedLifecycleStage.Name(pb.SeedLifecycleStage.ValueType(stage))
+    raise AssertionError(f"{slot} never reached {name}")
