@@ -19,8 +19,7 @@ import hmac
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 from google.protobuf.message import Message
@@ -89,9 +88,10 @@ def _hmac_sha256(secret: bytes, msg: bytes) -> bytes:
     return mac
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """A verified (or about-to-be-signed) message; ``body`` is opaque protobuf bytes."""
+class Envelope(NamedTuple):
+    """A verified (or about-to-be-signed) message; ``body`` is opaque protobuf bytes.
+
+    A named tuple: immutable, and built from a parsed frame's eleven elements in one step."""
 
     v: int
     kind: str
@@ -299,10 +299,7 @@ def _items(frame: bytes, max_bytes: int) -> tuple[Any, ...]:
     return items  # type: ignore[no-any-return]
 
 
-_SET = [getattr(Envelope, name).__set__ for name in Envelope.__slots__]
-assert len(_SET) == FIELDS
-_S0, _S1, _S2, _S3, _S4, _S5, _S6, _S7, _S8, _S9, _S10 = _SET
-_new = object.__new__
+_as_envelope = tuple.__new__
 
 
 def unpack(frame: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
@@ -310,7 +307,7 @@ def unpack(frame: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
 
     Raises TooLarge, BadFrame or UnsupportedVersion (carrying the claimed id where readable)."""
     items = _items(frame, max_bytes)
-    v, kind, mid, sender, key_id, ts_ns, causation, run, to, body, sig = items
+    _, kind, mid, sender, key_id, ts_ns, _, run, to, _, sig = items
     if not (  # fast path: the types in one comparison (msgpack gives exact str/bytes/int types)
         tuple(map(type, items)) == _TYPES
         and kind
@@ -323,19 +320,7 @@ def unpack(frame: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
         and (run in _RUNS or _valid_run(run))
     ):
         _refuse(items)
-    # the Envelope, built without the frozen dataclass's eleven ``object.__setattr__`` calls
-    env: Envelope = _new(Envelope)
-    _S0(env, v)
-    _S1(env, kind)
-    _S2(env, mid)
-    _S3(env, sender)
-    _S4(env, key_id)
-    _S5(env, ts_ns)
-    _S6(env, causation)
-    _S7(env, run)
-    _S8(env, to)
-    _S9(env, body)
-    _S10(env, sig)
+    env: Envelope = _as_envelope(Envelope, items)  # the checked elements, as they are
     return env
 
 
