@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 __all__ = [
     "DEAD_FIELDS",
@@ -91,9 +91,10 @@ class Append:
     maxlen: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Handled:
-    """One input entry finished by a consumer: its effects and its ack, committed atomically."""
+class Handled(NamedTuple):
+    """One input entry finished by a consumer: its effects and its ack, committed atomically.
+
+    A named tuple (one is built per entry on the hot path; immutable like the other values)."""
 
     entry: Entry
     group: str
