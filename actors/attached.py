@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from actors.eventlog import read_log
+from actors.eventlog import BadEntry, read_log
 from bus import Bus
 from contracts import KeyRing, Verifier, streams
 from leyline import pb
@@ -48,13 +48,21 @@ class Trainer:
         }
 
 
-async def heartbeats(bus: Bus, run: str, ring: KeyRing) -> dict[str, pb.Heartbeat]:
-    """The latest verified heartbeat per actor name."""
+async def heartbeats(
+    bus: Bus, run: str, ring: KeyRing, *, now_ns: int | None = None
+) -> dict[str, pb.Heartbeat]:
+    """The latest verified heartbeat per actor name. A beat counts only from a key that may speak
+    for the actor it names (``Verifier.speaks_for``: a trainer key beats for its own rank only),
+    and only stamped (beat and envelope) no later than the clock tolerance ahead of ``now_ns``:
+    a beat from the future would keep an actor "alive" for as long as its stamp lies ahead."""
     latest: dict[str, pb.Heartbeat] = {}
     verifier = Verifier(ring, replay=True)
+    ahead = (time.time_ns() if now_ns is None else now_ns) + int(verifier.tolerance_s * 1e9)
     async for record in read_log(bus, streams.heartbeats(run), verifier):
-        message = getattr(record, "message", None)
-        if isinstance(message, pb.Heartbeat):
+        if isinstance(record, BadEntry) or not isinstance(record.message, pb.Heartbeat):
+            continue
+        message, env = record.message, record.envelope
+        if max(message.ts_ns, env.ts_ns) <= ahead and verifier.speaks_for(env, message.actor):
             latest[message.actor] = message
     return latest
 
@@ -65,7 +73,7 @@ async def trainers(
     """Every trainer rank that ever beat on the run, latest beat first per rank, by rank."""
     now = time.time_ns() if now_ns is None else now_ns
     out = []
-    for name, beat in sorted((await heartbeats(bus, run, ring)).items()):
+    for name, beat in sorted((await heartbeats(bus, run, ring, now_ns=now)).items()):
         kind, _, rank = name.partition(":")
         if kind != "execution":
             continue

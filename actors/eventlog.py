@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 from actors.hosting.inbox import FRAME
 from bus import EntrySource, aiter_entries
 from contracts import REGISTRY, ContractError, Envelope, KeyRing, Reason, Verifier
+from contracts.errors import Replayed
 
 __all__ = ["PAGE", "BadEntry", "LogRecord", "read_log", "read_verified"]
 
@@ -42,12 +43,15 @@ class LogRecord:
 
 @dataclass(frozen=True, slots=True)
 class BadEntry:
-    """An entry that failed verification or parsing, with the reason code."""
+    """An entry that failed verification or parsing, with the reason code; for a copy of a
+    message read before (``replayed``), the copy as it verified (``copy``: a rebuild sets it
+    aside on the quarantine stream, as it does an event its core refuses to fold)."""
 
     entry_id: str
     stream: str
     reason: Reason
     detail: str
+    copy: LogRecord | None = None
 
     def as_dict(self) -> dict[str, str]:
         """JSON-able form (``kasmina replay --json``)."""
@@ -70,7 +74,10 @@ async def read_log(
 ) -> AsyncIterator[LogRecord | BadEntry]:
     """Every entry of ``stream`` from ``start`` to ``until`` (range ids, ``(id`` for "after id"),
     verified with ``verifier`` (in replay mode for a recorded log: MAC checked, freshness and
-    nonces not) and parsed."""
+    nonces not) and parsed. An entry carrying a message id already read is a copy (someone with
+    write access appended a genuine frame again): a :class:`BadEntry` (``replayed``), so no
+    reader folds or counts one message twice."""
+    seen: dict[str, str] = {}  # message id -> the entry that carried it first
     async for entry in aiter_entries(source, stream, page, start=start, end=until):
         frame = entry.fields.get(FRAME)
         try:
@@ -81,7 +88,13 @@ async def read_log(
         except ContractError as exc:
             yield BadEntry(entry.id, stream, exc.code, exc.detail)
             continue
-        yield LogRecord(entry.id, stream, env.kind, message, env)
+        record = LogRecord(entry.id, stream, env.kind, message, env)
+        first = seen.setdefault(env.id, entry.id)
+        if first != entry.id:  # a copy: every genuine message has an id of its own
+            detail = f"a copy of the message at entry {first}"
+            yield BadEntry(entry.id, stream, Replayed.code, detail, record)
+            continue
+        yield record
 
 
 async def read_verified(

@@ -146,6 +146,9 @@ class ActorShell(LeasedHost):
         reached = target is None or self.logic.digests() == target
         async for record in read_log(self.bus, self.events_stream, self.verifier.with_replay()):
             if isinstance(record, BadEntry):  # a tampered or foreign entry is no part of the state
+                if record.copy is not None:  # a genuine event appended again: set aside
+                    await self._quarantine(record.copy, ReplayError(record.detail))
+                    continue
                 log.warning(
                     "%s: event %s skipped in rebuild: %s: %s",
                     self.logic.name, record.entry_id, record.reason.value, record.detail,

@@ -70,7 +70,7 @@ class Registry(Mapping[str, type[Message]]):
             raise UnknownKind(message.DESCRIPTOR.full_name) from None
 
     def parse(self, kind: str, body: bytes) -> Message:
-        """Parse ``body`` as the kind's type; raises UnknownKind / BadBody."""
+        """Parse ``body`` as the kind's type, unknown fields dropped; raises UnknownKind / BadBody."""
         cls = self._by_kind.get(kind)
         if cls is None:
             raise UnknownKind(kind)
@@ -79,6 +79,9 @@ class Registry(Mapping[str, type[Message]]):
             message.ParseFromString(body)
         except (DecodeError, RecursionError, ValueError) as exc:
             raise BadBody(f"{kind}: {exc}") from None
+        # fields this version does not know are ignored, and never kept: a message copied into
+        # an event or a summary carries only what the receiver understood (no padding rides in)
+        message.DiscardUnknownFields()
         return message
 
 

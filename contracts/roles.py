@@ -20,7 +20,16 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["KINDS_BY_ROLE", "ROLES", "SENDER_PATTERN", "allowed", "valid_sender"]
+__all__ = [
+    "KINDS_BY_ROLE",
+    "RANK_SENDER",
+    "ROLES",
+    "SENDER_PATTERN",
+    "SIGNERS_BY_STREAM",
+    "allowed",
+    "stream_refusal",
+    "valid_sender",
+]
 
 ROLES = frozenset({"controller", "trainer", "actor", "operator"})
 
@@ -75,6 +84,21 @@ KINDS_BY_ROLE: dict[str, frozenset[str]] = {
 
 SENDER_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 
+#: The run's own logs and records, and the roles that may sign for each whatever the kind: the
+#: event log, the outcomes, the quarantine notes and the telemetry summaries are the actors'
+#: alone; the rejection records and heartbeats are also the trainer's (its ExecutionActor's),
+#: in a rank's own name only (``RANK_SENDER``). A kind a role may sign elsewhere (a trainer's
+#: barrier vote to the BarrierActor's inbox) is refused on these streams.
+SIGNERS_BY_STREAM: dict[str, frozenset[str]] = {
+    "events": frozenset({"actor"}),
+    "outcomes": frozenset({"actor"}),
+    "quarantine": frozenset({"actor"}),
+    "telemetry": frozenset({"actor"}),
+    "rejected": frozenset({"actor", "trainer"}),
+    "heartbeats": frozenset({"actor", "trainer"}),
+}
+RANK_SENDER = re.compile(r"execution:[0-9]{1,9}")
+
 _ALLOWED: dict[frozenset[str], frozenset[str]] = {}
 
 
@@ -85,6 +109,20 @@ def allowed(roles: Iterable[str]) -> frozenset[str]:
     if kinds is None:
         kinds = _ALLOWED[key] = frozenset().union(*(KINDS_BY_ROLE[r] for r in key))
     return kinds
+
+
+def stream_refusal(roles: Iterable[str], to: str, sender: str) -> str:
+    """Why a key with ``roles`` may not sign as ``sender`` for the run stream ``to`` ("": it
+    may; any stream not in ``SIGNERS_BY_STREAM`` is judged by kind alone)."""
+    signers = SIGNERS_BY_STREAM.get(to)
+    if signers is None:
+        return ""
+    held = signers.intersection(roles)
+    if not held:
+        return f"only {'/'.join(sorted(signers))} keys may sign for {to!r}"
+    if "actor" not in held and not RANK_SENDER.fullmatch(sender):
+        return f"a {'/'.join(sorted(held))} key signs for {to!r} only as execution:RANK"
+    return ""
 
 
 def valid_sender(sender: str) -> bool:

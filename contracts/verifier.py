@@ -35,7 +35,7 @@ from contracts.errors import (
 from contracts.keys import Key, KeyRing
 from contracts.nonce import Claim, NonceGuard
 from contracts.registry import REGISTRY, Registry
-from contracts.roles import allowed
+from contracts.roles import SIGNERS_BY_STREAM, allowed, stream_refusal
 
 __all__ = ["Verifier"]
 
@@ -133,7 +133,20 @@ class Verifier:
             raise _time_refusal(env, now, tolerance)
         if env.kind not in kinds:
             raise _kind_refusal(env, key, self._registry)
+        if env.to in SIGNERS_BY_STREAM:  # the run's own logs: by role and name, not kind alone
+            why = stream_refusal(key.roles, env.to, env.sender)
+            if why:
+                raise ForbiddenKind(f"key {env.key_id!r}: {why}").claim(
+                    env.id, env.kind, env.sender, verified=True
+                )
         return env
+
+    def speaks_for(self, env: Envelope, actor: str) -> bool:
+        """Whether ``env`` (opened by this verifier) may speak for ``actor``: signed by a key
+        with the ``actor`` role (the actor processes sign for each of their actors), or in
+        ``actor``'s own name (a trainer rank's records of itself)."""
+        key = self._ring.get(env.key_id)
+        return key is not None and ("actor" in key.roles or env.sender == actor)
 
     def _key_of(self, env: Envelope) -> tuple[Key, frozenset[str], int]:
         """The ring's key that ``env`` names, the registered kinds it may sign and the time its

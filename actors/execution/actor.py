@@ -104,7 +104,7 @@ class ExecutionActor:
         self.slots: Sequence[str] = sorted(runtime.slots)
         self.sent: Counter[str] = Counter()
         self.router = Router(bus, run)
-        self.rejections = Rejections(run, f"execution:{rank}", signer)
+        self.rejections = Rejections(run, f"execution:{rank}", signer, outcomes=False)
         self.rejected = self.rejections.counts
         self.admission = Admission(bus, self.inbox, self.group, config, self.rejections)
         self._seen_orders: OrderedDict[str, None] = OrderedDict()

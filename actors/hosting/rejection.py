@@ -32,9 +32,18 @@ class Rejections:
     ``storm`` (the safety thresholds) enables rejection-storm signals; None records only."""
 
     def __init__(
-        self, run: str, actor: str, signer: Signer, storm: SafetyConfig | None = None
+        self,
+        run: str,
+        actor: str,
+        signer: Signer,
+        storm: SafetyConfig | None = None,
+        *,
+        outcomes: bool = True,
     ) -> None:
         self.actor = actor
+        #: a rejected command's REJECTED outcome is written (outcomes are the actors' to sign:
+        #: an ExecutionActor, signing with the trainer's key, records only)
+        self.tells_outcomes = outcomes
         self.signer = signer if signer.sender == actor else signer.as_sender(actor)
         self.stream = streams.rejected(run)
         self.outcomes = streams.outcomes(run)
@@ -83,7 +92,7 @@ class Rejections:
         frame = self.signer.seal(kinds.REJECTION, record, stream=self.stream, causation_id=cause)
         fields = {FRAME: frame, "kind": kinds.REJECTION.encode(), "reason": code.value.encode()}
         appends = [Append(self.stream, fields, maxlen=REJECTED_MAXLEN)]
-        if outcome and mid and kind == kinds.SEED_COMMAND:
+        if outcome and self.tells_outcomes and mid and kind == kinds.SEED_COMMAND:
             appends.append(self._outcome(record, cause))
         appends += self._count(code, 1, cause)
         return appends
@@ -159,7 +168,7 @@ class Rejections:
         frame = self.signer.seal(kinds.REJECTION, record, stream=self.stream)
         fields = {FRAME: frame, "kind": kinds.REJECTION.encode(), "reason": code.value.encode()}
         appends = [Append(self.stream, fields, maxlen=REJECTED_MAXLEN)]
-        for claim in claims:
+        for claim in claims if self.tells_outcomes else ():
             one = pb.Rejection(
                 reason_code=code.value,
                 detail=detail[:500],

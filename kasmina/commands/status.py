@@ -18,7 +18,7 @@ from actors.replay import fold_events
 from actors.seed import stage_name
 from actors.seed.outcomes import awaiting_text
 from bus import Bus, BusUnavailable, open_bus
-from contracts import KeyRing, Verifier, kinds, streams
+from contracts import KeyRing, Reason, Verifier, kinds, streams
 from kasmina.common import (
     CliError,
     add_keys,
@@ -82,11 +82,17 @@ async def _streams(bus: Bus, run: str) -> list[dict[str, Any]]:
 
 
 async def _rejected(bus: Bus, run: str, ring: KeyRing) -> dict[str, int]:
-    """Rejections by reason, read from the signed records (an entry that does not verify is
-    counted as ``unverified_record``, never by a field anyone could have written)."""
+    """Rejections by reason, read from the signed records (an entry that does not verify, or a
+    record whose key may not speak for the actor it names, is counted as ``unverified_record``,
+    never by a field anyone could have written)."""
     rejected: Counter[str] = Counter()
-    async for record in read_log(bus, streams.rejected(run), Verifier(ring, replay=True)):
-        if isinstance(record, BadEntry) or not isinstance(record.message, pb.Rejection):
+    verifier = Verifier(ring, replay=True)
+    async for record in read_log(bus, streams.rejected(run), verifier):
+        if (
+            isinstance(record, BadEntry)
+            or not isinstance(record.message, pb.Rejection)
+            or not verifier.speaks_for(record.envelope, record.message.actor)
+        ):
             rejected["unverified_record"] += 1
         else:
             rejected[record.message.reason_code or "unknown"] += max(1, record.message.count)
@@ -124,6 +130,8 @@ async def collect(bus: Bus, run: str, ring: KeyRing) -> dict[str, Any]:
     events, bad = await read_verified(bus, streams.events(run), ring)
     quarantined: list[dict[str, str]] = []
     state = fold_events(events, quarantine=quarantined)
+    # copies of genuine events (read once, set aside) are quarantined, not unverified
+    copies = sum(1 for b in bad if b["reason"] == Reason.REPLAYED.value)
     since = _waits(events)
     now_ns = time.time_ns()
     return {
@@ -135,9 +143,9 @@ async def collect(bus: Bus, run: str, ring: KeyRing) -> dict[str, Any]:
             for slot, s in sorted(state.seeds.items())
         ],
         "rejected": await _rejected(bus, run, ring),
-        "quarantined": len(quarantined),
+        "quarantined": len(quarantined) + copies,
         "log_regressions": await _log_regressions(bus, run, ring),
-        "unverified_events": len(bad),
+        "unverified_events": len(bad) - copies,
         "streams": await _streams(bus, run),
         "dead_letters": (await bus.info(streams.dead_letter(run))).length,
     }

@@ -1,0 +1,60 @@
+"""A trainer key (and a writer with any key) cannot make `status` show another actor alive or
+another actor's rejections: heartbeats and records speak only for their signer's own rank."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from google.protobuf.message import Message
+
+from actors.attached import heartbeats
+from actors.hosting.inbox import FRAME
+from bus import Bus
+from contracts import KeyRing, Signer, kinds, streams
+from kasmina.commands.status import _rejected
+from leyline import pb
+from scenarios.cluster import role_rings
+
+pytestmark = pytest.mark.anyio
+YEAR_NS = 365 * 24 * 3600 * 10**9
+
+
+async def _put(bus: Bus, stream: str, ring: KeyRing, sender: str, kind: str, msg: Message) -> None:
+    frame = Signer(ring, sender).seal(kind, msg, stream=stream)
+    await bus.publish(stream, {FRAME: frame, "kind": kind.encode()})
+
+
+async def test_heartbeats_count_only_from_a_key_that_speaks_for_the_actor(
+    bus: Bus, run_id: str
+) -> None:
+    """A trainer-key beat naming the gate (in the gate's or a rank's name) and any beat stamped
+    a year ahead are not the latest beats; a rank's own beat and the actors' beats are."""
+    every, signs = role_rings()
+    stream, now = streams.heartbeats(run_id), time.time_ns()
+    genuine = pb.Heartbeat(actor="gate", process="real", ts_ns=now - 10**9)
+    await _put(bus, stream, signs["actor"], "kasmina-run:r", kinds.HEARTBEAT, genuine)
+    rank = pb.Heartbeat(actor="execution:0", process="rank", ts_ns=now)
+    await _put(bus, stream, signs["trainer"], "execution:0", kinds.HEARTBEAT, rank)
+    for sender in ("gate", "execution:0"):
+        forged = pb.Heartbeat(actor="gate", process="forged", ts_ns=now)
+        await _put(bus, stream, signs["trainer"], sender, kinds.HEARTBEAT, forged)
+    ahead = pb.Heartbeat(actor="gate", process="ahead", ts_ns=now + 10 * YEAR_NS)
+    await _put(bus, stream, signs["actor"], "kasmina-run:r", kinds.HEARTBEAT, ahead)
+    latest = await heartbeats(bus, run_id, every, now_ns=now)
+    assert latest["gate"].process == "real"
+    assert latest["execution:0"].process == "rank"
+
+
+async def test_rejection_counts_come_only_from_records_their_signer_speaks_for(
+    bus: Bus, run_id: str
+) -> None:
+    """A trainer-key record claiming four billion of the gate's rejections is counted as one
+    unverified record; a rank's record of its own rejections is counted by its reason."""
+    every, signs = role_rings()
+    stream = streams.rejected(run_id)
+    forged = pb.Rejection(reason_code="bad_signature", actor="gate", count=4_000_000_000)
+    await _put(bus, stream, signs["trainer"], "execution:0", kinds.REJECTION, forged)
+    own = pb.Rejection(reason_code="invalid", actor="execution:0", count=3)
+    await _put(bus, stream, signs["trainer"], "execution:0", kinds.REJECTION, own)
+    assert await _rejected(bus, run_id, every) == {"invalid": 3, "unverified_record": 1}
