@@ -475,7 +475,8 @@ class LifecycleTransition(_message.Message):
     Lifecycle events (SeedActor -> event stream).
     ---------------------------------------------------------------------------
 
-    kind: "lifecycle.transition"
+    kind: "lifecycle.transition" -- a stage change. Folded, it also ends the slot's wait, sets its
+    stage clock and may reset its pause and germination (docs/wire.md §8.1).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -578,7 +579,9 @@ Global___LifecycleRefused: _TypeAlias = LifecycleRefused  # noqa: Y015
 @_typing.final
 class LifecycleProgress(_message.Message):
     """kind: "lifecycle.progress" -- step/evidence bookkeeping the SeedActor folds (replayable).
-    A field changes the slot's state only when it is set (optional fields: when present).
+    A field of this event changes the slot's state only when it is set (optional fields: when
+    present). Other events change it too: a lifecycle.transition clears the wait and may reset the
+    pause and the germination without any progress event (docs/wire.md §8.1).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

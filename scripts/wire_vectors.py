@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import struct
 import sys
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,26 @@ def _reencode(frame: bytes, index: int, value: object) -> bytes:
     return packed
 
 
+def _packed(items: list[Any], encoded: dict[int, bytes]) -> bytes:
+    """The 11 elements as a msgpack array, element ``i`` written as ``encoded[i]`` where given
+    (another valid encoding than the shortest one ``msgpack.packb`` picks)."""
+    parts = [encoded.get(i) or msgpack.packb(x, use_bin_type=True) for i, x in enumerate(items)]
+    return b"\x9b" + b"".join(parts)
+
+
+def _reencoded(name: str, of: dict[str, Any], encoded: dict[int, bytes]) -> dict[str, Any]:
+    """A valid frame ``of`` written with other msgpack encodings: the same frame to a receiver."""
+    frame = _packed(msgpack.unpackb(bytes.fromhex(of["frame_hex"]), raw=False), encoded)
+    return {
+        "name": name,
+        "of": of["name"],
+        "frame_hex": frame.hex(),
+        "stream": of["stream"],
+        "now_ns": of["now_ns"],
+        "id": of["fields"]["id"],
+    }
+
+
 def build() -> dict[str, Any]:
     """The vectors document."""
     inbox = streams.inbox("t2", "seed", "layer1.s0")
@@ -153,6 +174,16 @@ def build() -> dict[str, Any]:
     ]
     good = bytes.fromhex(valid[0]["frame_hex"])
     gid = valid[0]["fields"]["id"]
+    items = msgpack.unpackb(good, raw=False)
+    reencoded = [
+        _reencoded(
+            "ts_ns as int 64 (0xd3)",
+            valid[0],
+            {5: b"\xd3" + struct.pack(">q", valid[0]["fields"]["ts_ns"])},
+        ),
+        _reencoded("v as int 8 (0xd0)", valid[0], {0: b"\xd0\x02"}),
+        _reencoded("v as uint 8 (0xcc)", valid[0], {0: b"\xcc\x02"}),
+    ]
     signer = Signer(_ring(K1.id), "tamiyo")
     stranger = Signer(KeyRing([Key(id="k-stranger", secret=b"\x07" * 32)], "k-stranger"), "x")
     v1 = msgpack.packb(
@@ -251,6 +282,16 @@ def build() -> dict[str, Any]:
             claimed_id=valid[3]["fields"]["id"],
         ),
         _invalid("over the frame limit", good, inbox, "too_large", max_bytes=64),
+        _invalid("negative ts_ns (0xff)", _packed(items, {5: b"\xff"}), inbox, "bad_frame"),
+        _invalid(
+            "ts_ns of 2^63",
+            _packed(items, {5: b"\xcf" + struct.pack(">Q", 1 << 63)}),
+            inbox,
+            "bad_frame",
+        ),
+        _invalid("empty id", _reencode(good, 2, ""), inbox, "bad_frame"),
+        _invalid("empty kind", _reencode(good, 1, ""), inbox, "bad_frame"),
+        _invalid("empty to", _reencode(good, 8, ""), inbox, "bad_frame"),
     ]
     return {
         "format": "kasmina-wire-vectors",
@@ -258,6 +299,7 @@ def build() -> dict[str, Any]:
         "spec": "docs/wire.md",
         "keys": _ring(K1.id).to_json(),
         "valid": valid,
+        "reencoded": reencoded,
         "invalid": invalid,
     }
 

@@ -56,6 +56,17 @@ def test_valid_vectors_verify(vector: dict[str, Any]) -> None:
     )
 
 
+@pytest.mark.parametrize("vector", VECTORS["reencoded"], ids=_ids(VECTORS["reencoded"]))
+def test_reencoded_vectors_open_as_their_valid_frame(vector: dict[str, Any]) -> None:
+    """A valid frame written with other msgpack integer encodings opens as the same frame."""
+    of = next(v for v in VECTORS["valid"] if v["name"] == vector["of"])
+    frame = bytes.fromhex(vector["frame_hex"])
+    assert frame != bytes.fromhex(of["frame_hex"])
+    env = Verifier(RING, clock=lambda: vector["now_ns"]).open(frame, stream=vector["stream"])
+    assert env == unpack(bytes.fromhex(of["frame_hex"]))
+    assert env.id == vector["id"]
+
+
 @pytest.mark.parametrize("vector", VECTORS["invalid"], ids=_ids(VECTORS["invalid"]))
 def test_invalid_vectors_are_refused_with_their_reason(vector: dict[str, Any]) -> None:
     """Each invalid vector is refused with its reason code and the claimed id it names."""
