@@ -11,14 +11,14 @@ ACTOR_KINDS = ("seed", "gate", "safety", "telemetry", "barrier", "execution")
 
 
 def _check_run(run: str) -> str:
-    if not RUN_RE.match(run):
+    if not RUN_RE.fullmatch(run):
         raise ValueError(f"invalid run id {run!r}: use 1-64 characters of [A-Za-z0-9_.-]")
     return run
 
 
 def check_slot(slot: str) -> str:
     """Return ``slot`` if it is a valid slot id, else raise ValueError."""
-    if not SLOT_RE.match(slot):
+    if not SLOT_RE.fullmatch(slot):
         raise ValueError(f"invalid slot id {slot!r}: use 1-128 characters of [A-Za-z0-9_.:-]")
     return slot
 
@@ -38,7 +38,7 @@ def address(stream: str) -> tuple[str, str]:
         end = stream.find("}:", 9)
         if end > 0:
             run, dest = stream[9:end], stream[end + 2 :]
-            if dest and RUN_RE.match(run):
+            if dest and RUN_RE.fullmatch(run):
                 return run, dest
     raise ValueError(f"not a Kasmina stream key: {stream!r}")
 
@@ -58,7 +58,7 @@ def inbox_key(run: str, actor: str, name: str) -> str | None:
     if not name.startswith(head):
         return None
     key = name[len(head) :]
-    return key if SLOT_RE.match(key) else None
+    return key if SLOT_RE.fullmatch(key) else None
 
 
 def inbox_actor(stream: str) -> str | None:

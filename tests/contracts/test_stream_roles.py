@@ -73,3 +73,12 @@ def test_unknown_fields_of_a_received_message_are_dropped() -> None:
     vote = REGISTRY.parse(kinds.BARRIER_VOTE, body)
     assert isinstance(vote, pb.BarrierVote) and (vote.barrier_step, vote.rank) == (3, 1)
     assert len(vote.SerializeToString()) < 16
+
+
+@pytest.mark.parametrize("name", ["units\n", "a\nb", "run\n"])
+def test_a_name_with_a_newline_is_no_slot_or_run(name: str) -> None:
+    """Slot and run names match their pattern in whole: a trailing newline is refused too."""
+    with pytest.raises(ValueError):
+        streams.check_slot(name)
+    with pytest.raises(ValueError):
+        streams.prefix(name)
