@@ -71,8 +71,8 @@ def _cuda_devices(model: nn.Module, device: torch.device) -> list[torch.device]:
     return sorted(found, key=str)
 
 
-# (module, its buffer dict as it was, [(name, tensor, version, copy)]) per module
-_Saved = list[tuple[nn.Module, dict[str, Tensor | None], list[tuple[str, Tensor, int, Tensor]]]]
+# (module, its buffer dict as it was, [(buffer, copy)]) per module
+_Saved = list[tuple[nn.Module, dict[str, Tensor | None], list[tuple[Tensor, Tensor]]]]
 
 
 def _saved_buffers(model: nn.Module) -> _Saved:
@@ -81,8 +81,8 @@ def _saved_buffers(model: nn.Module) -> _Saved:
     for m in model.modules():
         own = isinstance(m, SeedSlot)
         copies = [
-            (name, b, b._version, b.detach().clone())
-            for name, b in m._buffers.items()
+            (b, b.detach().clone())
+            for b in m._buffers.values()
             if b is not None and not own and not b.is_inference()  # (read-only here)
         ]
         saved.append((m, dict(m._buffers), copies))
@@ -90,16 +90,14 @@ def _saved_buffers(model: nn.Module) -> _Saved:
 
 
 def _restore_buffers(saved: _Saved) -> None:
-    """Put back every buffer object and, where it changed, its value (its shape too)."""
+    """Put back every buffer object and its value (its shape too)."""
     with torch.no_grad():
         for m, entries, copies in saved:
             now = m._buffers
             if now.keys() != entries.keys() or any(now[k] is not v for k, v in entries.items()):
                 now.clear()
                 now.update(entries)
-            for _, b, version, value in copies:
-                if b._version == version and b.shape == value.shape:
-                    continue
+            for b, value in copies:  # always: batch_norm's kernel writes without a version bump
                 if b.shape != value.shape:
                     b.resize_(value.shape)
                 b.copy_(value)
