@@ -39,6 +39,7 @@ from actors.artifacts import BusStore, DirectoryStore, open_store
 from actors.assemble import live_verifier
 from actors.execution import ExecutionRuntime, RuntimeConfig, insert_slots
 from actors.execution.actor import ExecutionActor
+from actors.execution.config import runtime_device
 from actors.execution.confirm import StepConfirmation
 from actors.execution.slot import SeedSlot
 from actors.hosting.restart import one_line
@@ -120,10 +121,12 @@ def attach(
       default to the config's, ``probe_every`` to a fifth of the TRAINING budget (at most 50).
 
     The model that trains is ``model`` itself (eager, with the slots inside); wrap it in DDP or
-    ``torch.compile`` after this call, never before."""
+    ``torch.compile`` after this call, never before. It is never moved: the runtime works on the
+    model's device, and a ``device=`` other than the model's is a ValueError."""
     setup = _setup(redis, run, keys, config, rank, world_size)
     serve_actors = setup.in_process if actors is None else actors
     pace = setup.in_process if lockstep is None else lockstep
+    runtime_device(model, runtime_options.get("device"))  # a device not the model's: refused
     inserted = _inserted(model, slots)
     runtime = _runtime(model, inserted, optimizer, setup, runtime_options)
     with ExitStack() as stack:

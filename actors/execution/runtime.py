@@ -40,7 +40,7 @@ from actors.execution import (
     seedsteps,
     shadow,
 )
-from actors.execution.config import RuntimeConfig, default_device
+from actors.execution.config import RuntimeConfig, default_device, model_device
 from actors.execution.confirm import Confirmations, OnConfirm, StepConfirmation
 from actors.execution.distill import check_teacher, soft_targets
 from actors.execution.errors import OrderError, is_oom
@@ -81,7 +81,8 @@ class ExecutionRuntime:
         on_confirm: OnConfirm | None = None,
     ) -> None:
         self.config = config if config is not None else RuntimeConfig()
-        self.device = self.config.resolved_device()
+        self.model = eager_module(model)  # never moved: the runtime works on its device
+        self.device = self.config.resolved_device(self.model)
         self.kernels = (
             kernels
             if kernels is not None
@@ -91,7 +92,9 @@ class ExecutionRuntime:
                 ttl_s=self.config.kernel_cache_ttl_s,
             )
         )
-        self.model = eager_module(model).to(self.device)
+        for m in self.model.modules():  # a slot on a tensorless submodule goes to the device
+            if isinstance(m, SlottedModule) and model_device(m.host) is None:
+                m.slot.to(self.device)
         self.teacher: nn.Module | None = None
         if teacher is not None:
             self.set_teacher(teacher)
