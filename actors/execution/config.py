@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from actors.execution.distill import check_kd_settings
-from actors.execution.slot import SeedSlot
+from actors.execution.slot import SeedSlot, SlottedModule
 from contracts.config import KasminaConfig
 
 
@@ -47,6 +47,14 @@ def runtime_device(model: nn.Module, configured: str | torch.device | None) -> t
             f"model; move it first (model.to({str(want)!r})) or leave device= out"
         )
     return own
+
+
+def place_slots(model: nn.Module, device: torch.device) -> None:
+    """Move each slot on a tensorless submodule (inserted on the cpu) to ``device``; slots are
+    Kasmina's, and the host is never moved."""
+    for m in model.modules():
+        if isinstance(m, SlottedModule) and model_device(m.host) is None:
+            m.slot.to(device)
 
 
 @dataclass(frozen=True)

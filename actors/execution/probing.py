@@ -16,7 +16,7 @@ import random
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ from actors.execution.stages import Mode
 
 ProbeBatch = Tensor | tuple[Tensor, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
+_Batch = TypeVar("_Batch")
 
 
 @contextmanager
@@ -101,6 +102,22 @@ def _restore_buffers(saved: _Saved) -> None:
                 if b.shape != value.shape:
                     b.resize_(value.shape)
                 b.copy_(value)
+
+
+def check_batch(batch: _Batch, what: str) -> _Batch:
+    """``batch`` itself when it is None, a tensor or ``(inputs, targets)`` with tensor inputs;
+    else a TypeError: probes and shadow steps call ``model(inputs)`` with one tensor."""
+    if batch is None or isinstance(batch, Tensor):
+        return batch
+    parts: tuple[Any, ...] = tuple(batch) if isinstance(batch, tuple | list) else (batch,)
+    if len(parts) == 2 and isinstance(parts[0], Tensor) and isinstance(parts[1], Tensor | None):
+        return batch
+    got = type(parts[0] if len(parts) == 2 else batch).__name__
+    raise TypeError(
+        f"{what}: inputs are a {got}, not a tensor. Kasmina runs the model as model(inputs) on "
+        f"one tensor, so {what} must be inputs or (inputs, targets) with tensor inputs; a model "
+        "taking a tuple or dict of inputs is not supported (pack its inputs into one tensor)"
+    )
 
 
 def split_batch(batch: ProbeBatch) -> tuple[Tensor, Tensor | None]:

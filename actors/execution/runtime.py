@@ -42,7 +42,7 @@ from actors.execution import (
     seedsteps,
     shadow,
 )
-from actors.execution.config import RuntimeConfig, default_device, model_device
+from actors.execution.config import RuntimeConfig, default_device, place_slots
 from actors.execution.confirm import Confirmations, OnConfirm, StepConfirmation
 from actors.execution.distill import check_teacher, soft_targets
 from actors.execution.errors import OrderError, is_oom
@@ -51,7 +51,7 @@ from actors.execution.kernelcache import KernelCache
 from actors.execution.mailbox import KIND_SAFETY, KIND_TELEMETRY, Inbox, Outbox
 from actors.execution.memory import SeedMemory, forward_failures
 from actors.execution.merge import Merged
-from actors.execution.probing import LossFn, ProbeBatch, split_batch
+from actors.execution.probing import LossFn, ProbeBatch, check_batch, split_batch
 from actors.execution.pruning import Pruner
 from actors.execution.slot import SeedSlot, SlottedModule
 from actors.execution.slotstate import SlotState
@@ -94,16 +94,14 @@ class ExecutionRuntime:
                 ttl_s=self.config.kernel_cache_ttl_s,
             )
         )
-        for m in self.model.modules():  # a slot on a tensorless submodule goes to the device
-            if isinstance(m, SlottedModule) and model_device(m.host) is None:
-                m.slot.to(self.device)
+        place_slots(self.model, self.device)
         self.teacher: nn.Module | None = None
         if teacher is not None:
             self.set_teacher(teacher)
         self.slots = dict(slots)
         self.host_optimizer = host_optimizer
         self.loss_fn, self.evaluate = loss_fn, evaluate
-        self.validation = validation
+        self.validation = check_batch(validation, "validation")
         self.probe_batch: ProbeBatch | None = None
         if probe_batch is not None:
             self.set_probe_batch(probe_batch)
@@ -193,7 +191,7 @@ class ExecutionRuntime:
 
     def set_probe_batch(self, batch: ProbeBatch) -> None:
         """Use ``batch`` (inputs, or ``(inputs, targets)``) for probes and germination checks."""
-        inputs, targets = split_batch(batch)
+        inputs, targets = split_batch(check_batch(batch, "probe_batch"))
         inputs = inputs.to(self.device)
         self.probe_batch = inputs if targets is None else (inputs, targets.to(self.device))
 
@@ -221,7 +219,7 @@ class ExecutionRuntime:
         the task loss with the seed fully on (alpha 1, input still detached), differentiated with
         respect to the seed's parameters only. Without it they learn from the straight-through term
         of the user's backward. Either way the host's parameters and gradients are untouched."""
-        self.step = step
+        self.step, batch = step, check_batch(batch, "on_step(batch=...)")
         if (batch is not None) is not self._shadow_fed:  # how TRAINING seeds learn changed
             self._feed_shadow(batch is not None)
         if self.memory.held:
@@ -318,13 +316,9 @@ class ExecutionRuntime:
         ``validation=``; the paired per-example gain G4 judges needs ``validation=``)."""
         if self.evaluate is None and self.validation is None:
             return {"cf_unavailable": 1.0}
+        slot, validation = self.slots[slot_id], self.validation
         return counterfactual(
-            self.model,
-            self.slots[slot_id],
-            self.device,
-            self.evaluate,
-            self.validation,
-            self.loss_fn,
+            self.model, slot, self.device, self.evaluate, validation, self.loss_fn
         )
 
     def loss_spike(self, since: int) -> tuple[float, int]:
