@@ -39,7 +39,9 @@ from actors.artifacts import BusStore, DirectoryStore, open_store
 from actors.assemble import live_verifier
 from actors.execution import ExecutionRuntime, RuntimeConfig, insert_slots
 from actors.execution.actor import ExecutionActor
+from actors.execution.config import runtime_device
 from actors.execution.confirm import StepConfirmation
+from actors.execution.probing import check_batch
 from actors.execution.slot import SeedSlot
 from actors.hosting.restart import one_line
 from bus import Bus, BusClosed, BusUnavailable, open_bus
@@ -120,14 +122,24 @@ def attach(
       default to the config's, ``probe_every`` to a fifth of the TRAINING budget (at most 50).
 
     The model that trains is ``model`` itself (eager, with the slots inside); wrap it in DDP or
-    ``torch.compile`` after this call, never before."""
+    ``torch.compile`` after this call, never before. It stays on its device (``device=`` must be
+    it), and takes one tensor of inputs (a tuple or dict of inputs is a TypeError)."""
     setup = _setup(redis, run, keys, config, rank, world_size)
     serve_actors = setup.in_process if actors is None else actors
     pace = setup.in_process if lockstep is None else lockstep
+    _refuse_early(model, runtime_options)
     inserted = _inserted(model, slots)
     runtime = _runtime(model, inserted, optimizer, setup, runtime_options)
     with ExitStack() as stack:
         yield _serve(stack, runtime, setup, list(inserted) if serve_actors else None, pace)
+
+
+def _refuse_early(model: nn.Module, runtime_options: dict[str, Any]) -> None:
+    """Refuse, before the model is touched, a ``device=`` other than the model's and a
+    ``probe_batch=`` or ``validation=`` whose inputs are not one tensor."""
+    runtime_device(model, runtime_options.get("device"))
+    for name in ("probe_batch", "validation"):
+        check_batch(runtime_options.get(name), name)
 
 
 @dataclasses.dataclass(frozen=True)

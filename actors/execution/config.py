@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from actors.execution.distill import check_kd_settings
+from actors.execution.slot import SeedSlot, SlottedModule
 from contracts.config import KasminaConfig
 
 
@@ -18,13 +20,50 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def model_device(model: nn.Module) -> torch.device | None:
+    """The device of the model's first parameter or buffer (the slots' own aside); None when
+    it holds no tensor."""
+    for m in model.modules():
+        if isinstance(m, SeedSlot):
+            continue
+        for t in (*m._parameters.values(), *m._buffers.values()):
+            if t is not None:
+                return t.device
+    return None
+
+
+def runtime_device(model: nn.Module, configured: str | torch.device | None) -> torch.device:
+    """The device a runtime works on: the model's own (cpu for a model without tensors). The
+    model is never moved: a ``configured`` device other than the model's is a ValueError."""
+    own = model_device(model)
+    if configured is None:
+        return own if own is not None else torch.device("cpu")
+    want = torch.device(configured)
+    if own is None:
+        return want
+    if want.type != own.type or (want.index is not None and want.index != own.index):
+        raise ValueError(
+            f"device={str(want)!r} but the model is on {str(own)!r}: Kasmina never moves the "
+            f"model; move it first (model.to({str(want)!r})) or leave device= out"
+        )
+    return own
+
+
+def place_slots(model: nn.Module, device: torch.device) -> None:
+    """Move each slot on a tensorless submodule (inserted on the cpu) to ``device``; slots are
+    Kasmina's, and the host is never moved."""
+    for m in model.modules():
+        if isinstance(m, SlottedModule) and model_device(m.host) is None:
+            m.slot.to(device)
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     """Where the runtime runs, how often it probes, reports and votes, and how it attaches seeds.
 
     Cadences are in training steps; 0 turns the periodic action off."""
 
-    device: str | torch.device | None = None  # None: cuda when available, else cpu
+    device: str | torch.device | None = None  # None: the model's (never moved; see runtime_device)
     rank: int = 0
     world_size: int = 1
     probe_every: int = 25  # sampled isolation probe (KasminaConfig safety.probe_every_steps)
@@ -98,6 +137,9 @@ class RuntimeConfig:
         derived.update(settings)
         return cls(**derived)
 
-    def resolved_device(self) -> torch.device:
-        """The configured device, or the default one."""
+    def resolved_device(self, model: nn.Module | None = None) -> torch.device:
+        """The device for ``model`` (see :func:`runtime_device`); without a model, the
+        configured device or the default one."""
+        if model is not None:
+            return runtime_device(model, self.device)
         return torch.device(self.device) if self.device is not None else default_device()

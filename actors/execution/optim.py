@@ -35,11 +35,15 @@ def join_host_optimizer(
     *,
     lr: float | None = None,
 ) -> None:
-    """Add the seed's parameters to the host optimizer as a new param group (state carried over)."""
-    group: dict[str, object] = {"params": list(params)}
+    """Add the seed's parameters to the host optimizer as a new param group (state carried over);
+    parameters the host optimizer already holds are left where they are."""
+    held = {id(p) for g in host.param_groups for p in g["params"]}
+    params = [p for p in params if id(p) not in held]
+    group: dict[str, object] = {"params": params}
     if lr is not None:
         group["lr"] = lr
-    host.add_param_group(group)
+    if params:
+        host.add_param_group(group)
     if seed_opt is not None and type(seed_opt) is type(host):
         for p in params:
             if p in seed_opt.state:

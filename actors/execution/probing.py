@@ -1,17 +1,22 @@
 """Probe forwards: side-effect-free eager forwards used for shape probes, isolation probes,
 shadow losses, germination evidence and counterfactual evaluation.
 
-A probe forward runs in eval mode (or, for train-mode probes, with every buffer restored afterwards)
-with the RNG forked, the seeds' own RNG streams saved and every module's training flag restored, so
-it changes neither host buffers (BatchNorm statistics) nor any random stream: a run with probes
-stays bit-identical to one without.
+A probe forward runs in eval mode (or train mode for train-mode probes) and leaves the model as it
+found it: every buffer is restored (BatchNorm statistics, QAT observers and FakeQuantize scales,
+counters a forward updates in any mode), torch's RNG is forked, Python's ``random`` and NumPy's
+global RNG are restored, the seeds' own RNG streams saved and every training flag restored, so a
+run with probes stays bit-identical to one without. What a probe cannot undo: side effects outside
+the model's tensors (a user forward hook that logs or appends to a list, a Python attribute a
+forward increments); probe forwards run them.
 """
 
 from __future__ import annotations
 
+import random
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -22,17 +27,18 @@ from actors.execution.stages import Mode
 
 ProbeBatch = Tensor | tuple[Tensor, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
+_Batch = TypeVar("_Batch")
 
 
 @contextmanager
 def probe_mode(model: nn.Module, device: torch.device, *, train: bool = False) -> Iterator[None]:
-    """Eval mode (``train``: train mode, buffers restored on exit) and a forked RNG for the
-    duration; training flags and the seeds' RNG streams restored exactly."""
+    """Eval mode (``train``: train mode) for the duration; on exit the model is left exactly as
+    it was: every buffer (values and tensor objects; the slots' own flags aside), every training
+    flag, torch's RNG (forked), Python's ``random`` and NumPy's global RNG, the seeds' streams."""
     flags = [(m, m.training) for m in model.modules()]
     streams = [(s, s.rng) for s in model.modules() if isinstance(s, SeedSlot)]
-    buffers = _saved_buffers(model, [slot for slot, _ in streams]) if train else []
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    buffers = _saved_buffers(model)
+    with torch.random.fork_rng(devices=_cuda_devices(model, device)), _kept_host_rng():
         model.train(train)
         try:
             yield
@@ -41,15 +47,77 @@ def probe_mode(model: nn.Module, device: torch.device, *, train: bool = False) -
                 m.training = flag
             for slot, rng in streams:
                 slot.rng = rng
-            with torch.no_grad():
-                for b, saved in buffers:
-                    b.copy_(saved)
+            _restore_buffers(buffers)
 
 
-def _saved_buffers(model: nn.Module, slots: list[SeedSlot]) -> list[tuple[Tensor, Tensor]]:
-    """A copy of each buffer of ``model`` but the slots' own (their RNG counters)."""
-    counters = {id(b) for slot in slots for b in slot.buffers(recurse=False)}
-    return [(b, b.clone()) for b in model.buffers() if id(b) not in counters]
+@contextmanager
+def _kept_host_rng() -> Iterator[None]:
+    """Python's ``random`` state, and NumPy's global one when NumPy is loaded, restored on exit."""
+    state = random.getstate()
+    np = sys.modules.get("numpy")
+    np_state = np.random.get_state() if np is not None else None
+    try:
+        yield
+    finally:
+        random.setstate(state)
+        if np is not None:
+            np.random.set_state(np_state)
+
+
+def _cuda_devices(model: nn.Module, device: torch.device) -> list[torch.device]:
+    """Every CUDA device the model's tensors (or the runtime) live on: their RNGs are forked."""
+    found = {t.device for t in (*model.parameters(), *model.buffers()) if t.is_cuda}
+    if device.type == "cuda":
+        found.add(device)
+    return sorted(found, key=str)
+
+
+# (module, its buffer dict as it was, [(buffer, copy)]) per module
+_Saved = list[tuple[nn.Module, dict[str, Tensor | None], list[tuple[Tensor, Tensor]]]]
+
+
+def _saved_buffers(model: nn.Module) -> _Saved:
+    """Each module's buffers (a copy of their values) but a slot's own flags (alpha, counters)."""
+    saved: _Saved = []
+    for m in model.modules():
+        own = isinstance(m, SeedSlot)
+        copies = [
+            (b, b.detach().clone())
+            for b in m._buffers.values()
+            if b is not None and not own and not b.is_inference()  # (read-only here)
+        ]
+        saved.append((m, dict(m._buffers), copies))
+    return saved
+
+
+def _restore_buffers(saved: _Saved) -> None:
+    """Put back every buffer object and its value (its shape too)."""
+    with torch.no_grad():
+        for m, entries, copies in saved:
+            now = m._buffers
+            if now.keys() != entries.keys() or any(now[k] is not v for k, v in entries.items()):
+                now.clear()
+                now.update(entries)
+            for b, value in copies:  # always: batch_norm's kernel writes without a version bump
+                if b.shape != value.shape:
+                    b.resize_(value.shape)
+                b.copy_(value)
+
+
+def check_batch(batch: _Batch, what: str) -> _Batch:
+    """``batch`` itself when it is None, a tensor or ``(inputs, targets)`` with tensor inputs;
+    else a TypeError: probes and shadow steps call ``model(inputs)`` with one tensor."""
+    if batch is None or isinstance(batch, Tensor):
+        return batch
+    parts: tuple[Any, ...] = tuple(batch) if isinstance(batch, tuple | list) else (batch,)
+    if len(parts) == 2 and isinstance(parts[0], Tensor) and isinstance(parts[1], Tensor | None):
+        return batch
+    got = type(parts[0] if len(parts) == 2 else batch).__name__
+    raise TypeError(
+        f"{what}: inputs are a {got}, not a tensor. Kasmina runs the model as model(inputs) on "
+        f"one tensor, so {what} must be inputs or (inputs, targets) with tensor inputs; a model "
+        "taking a tuple or dict of inputs is not supported (pack its inputs into one tensor)"
+    )
 
 
 def split_batch(batch: ProbeBatch) -> tuple[Tensor, Tensor | None]:

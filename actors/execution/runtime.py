@@ -19,9 +19,11 @@ same step. Outgoing messages queue in an outbox that a bus bridge drains off the
 
 from __future__ import annotations
 
+import logging
 import math
 import queue
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
@@ -40,16 +42,16 @@ from actors.execution import (
     seedsteps,
     shadow,
 )
-from actors.execution.config import RuntimeConfig, default_device
+from actors.execution.config import RuntimeConfig, default_device, place_slots
 from actors.execution.confirm import Confirmations, OnConfirm, StepConfirmation
 from actors.execution.distill import check_teacher, soft_targets
 from actors.execution.errors import OrderError, is_oom
 from actors.execution.evidence import counterfactual, reset_check
 from actors.execution.kernelcache import KernelCache
-from actors.execution.mailbox import KIND_SAFETY, Inbox, Outbox
+from actors.execution.mailbox import KIND_SAFETY, KIND_TELEMETRY, Inbox, Outbox
 from actors.execution.memory import SeedMemory, forward_failures
 from actors.execution.merge import Merged
-from actors.execution.probing import LossFn, ProbeBatch, split_batch
+from actors.execution.probing import LossFn, ProbeBatch, check_batch, split_batch
 from actors.execution.pruning import Pruner
 from actors.execution.slot import SeedSlot, SlottedModule
 from actors.execution.slotstate import SlotState
@@ -81,7 +83,8 @@ class ExecutionRuntime:
         on_confirm: OnConfirm | None = None,
     ) -> None:
         self.config = config if config is not None else RuntimeConfig()
-        self.device = self.config.resolved_device()
+        self.model = eager_module(model)  # never moved: the runtime works on its device
+        self.device = self.config.resolved_device(self.model)
         self.kernels = (
             kernels
             if kernels is not None
@@ -91,14 +94,14 @@ class ExecutionRuntime:
                 ttl_s=self.config.kernel_cache_ttl_s,
             )
         )
-        self.model = eager_module(model).to(self.device)
+        place_slots(self.model, self.device)
         self.teacher: nn.Module | None = None
         if teacher is not None:
             self.set_teacher(teacher)
         self.slots = dict(slots)
         self.host_optimizer = host_optimizer
         self.loss_fn, self.evaluate = loss_fn, evaluate
-        self.validation = validation
+        self.validation = check_batch(validation, "validation")
         self.probe_batch: ProbeBatch | None = None
         if probe_batch is not None:
             self.set_probe_batch(probe_batch)
@@ -137,6 +140,7 @@ class ExecutionRuntime:
         self.step = -1
         self.last_loss = math.nan
         self.losses: deque[tuple[int, float]] = deque(maxlen=4096)
+        self._warned_seeds: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
     @property
     def rank(self) -> int:
@@ -187,7 +191,7 @@ class ExecutionRuntime:
 
     def set_probe_batch(self, batch: ProbeBatch) -> None:
         """Use ``batch`` (inputs, or ``(inputs, targets)``) for probes and germination checks."""
-        inputs, targets = split_batch(batch)
+        inputs, targets = split_batch(check_batch(batch, "probe_batch"))
         inputs = inputs.to(self.device)
         self.probe_batch = inputs if targets is None else (inputs, targets.to(self.device))
 
@@ -215,7 +219,7 @@ class ExecutionRuntime:
         the task loss with the seed fully on (alpha 1, input still detached), differentiated with
         respect to the seed's parameters only. Without it they learn from the straight-through term
         of the user's backward. Either way the host's parameters and gradients are untouched."""
-        self.step = step
+        self.step, batch = step, check_batch(batch, "on_step(batch=...)")
         if (batch is not None) is not self._shadow_fed:  # how TRAINING seeds learn changed
             self._feed_shadow(batch is not None)
         if self.memory.held:
@@ -228,6 +232,7 @@ class ExecutionRuntime:
         if self._barrier_step(step):  # gradient verification through sampling
             self._grad_digest = ranks.grad_digest(self.slots, step)
         if any([slot._modules["seed"] is not None for slot in self.slots.values()]):
+            self._seeds_in_host_optimizer(step)
             seedsteps.train_seeds(self, step)
         self.pending.extend(self.inbox.drain())
         pruning_due = pruning_orders.take(self)
@@ -311,13 +316,9 @@ class ExecutionRuntime:
         ``validation=``; the paired per-example gain G4 judges needs ``validation=``)."""
         if self.evaluate is None and self.validation is None:
             return {"cf_unavailable": 1.0}
+        slot, validation = self.slots[slot_id], self.validation
         return counterfactual(
-            self.model,
-            self.slots[slot_id],
-            self.device,
-            self.evaluate,
-            self.validation,
-            self.loss_fn,
+            self.model, slot, self.device, self.evaluate, validation, self.loss_fn
         )
 
     def loss_spike(self, since: int) -> tuple[float, int]:
@@ -332,6 +333,21 @@ class ExecutionRuntime:
     def stage_evidence(self, sid: str) -> dict[str, float]:
         """What the exit gate of the slot's stage reads (see :func:`monitor.stage_evidence`)."""
         return monitor.stage_evidence(self, sid)
+
+    def _seeds_in_host_optimizer(self, step: int) -> None:
+        """Warn once per live seed the host optimizer holds (it would step it too, unclipped)."""
+        held = {id(p) for group in self.host_optimizer.param_groups for p in group["params"]}
+        for sid, slot in self.slots.items():
+            seed = slot.seed
+            if seed is None or slot.fossil or seed in self._warned_seeds:
+                continue
+            if any(id(p) in held for p in slot.seed_parameters()):
+                self._warned_seeds.add(seed)
+                detail = f"slot {sid}: the host optimizer holds the seed (use host_parameters)"
+                logging.getLogger("kasmina.execution").warning(detail)
+                raw = pb.TelemetryRaw(slot=sid, region=self.config.region, step=step,
+                                      severity=pb.SEVERITY_WARNING, message=detail)  # fmt: skip
+                self.outbox.put(KIND_TELEMETRY, raw)
 
     def _safety(self, slot: str, kind: int, value: float, detail: str) -> None:
         signal = pb.SafetySignal(
