@@ -167,6 +167,7 @@ def paired_metrics(on: Arm, off: Arm) -> dict[str, float]:
     else:
         gain = Paired.of(loss_off - loss_on)
         m[ev.VAL_LOSS] = m[ev.CF_LOSS_ON]
+        m[ev.CF_GAIN_BASE] = m[ev.CF_LOSS_OFF]
         m[ev.CF_GAIN_ON_LOSS] = 1.0
     m[ev.CF_GAIN], m[ev.CF_GAIN_SE], m[ev.CF_GAIN_N] = gain.mean, gain.se, float(gain.n)
     return m
