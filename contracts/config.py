@@ -45,10 +45,13 @@ class GateThresholds(BaseModel):
     counterfactual_loss_tolerance: float = Field(0.02, ge=0.0)
     # G4 system impact
     # paired per-example validation gain (alpha=1 minus alpha=0): its lower confidence bound
-    # must exceed this (accuracy as a fraction; loss units for non-class targets)
+    # must exceed this (accuracy as a fraction; for non-class targets a fraction of the seed-off
+    # validation loss, cf_gain_base: unit- and reduction-free)
     min_improvement: float = 0.0
-    param_cost: float = Field(0.002, ge=0.0)  # gain charged per host-sized parameter addition
-    latency_cost: float = Field(0.002, ge=0.0)  # gain charged per unit of relative latency
+    # gain charged per host-sized parameter addition, and per unit of relative latency (in the
+    # gain's units: accuracy, or the fraction of the seed-off loss for non-class targets)
+    param_cost: float = Field(0.002, ge=0.0)
+    latency_cost: float = Field(0.002, ge=0.0)
     # G1 and G4: one-sided z of the lower confidence bounds (1.645: 95 %)
     confidence_z: float = Field(1.645, ge=0.0)
     # G1 and G4: the fewest pairs a continuous (loss) gain is judged on; fewer fail the check

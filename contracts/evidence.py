@@ -66,6 +66,8 @@ CF_GAIN_N = "cf_gain_n"  # validation examples behind it (pairs: batches for a b
 CF_GAIN_FIXES = "cf_gain_fixes"  # class targets: examples right with the seed, wrong without
 CF_GAIN_BREAKS = "cf_gain_breaks"  # class targets: examples wrong with the seed, right without
 CF_GAIN_ON_LOSS = "cf_gain_on_loss"  # 1.0 when the gain is a loss decrease (non-class targets)
+# non-class targets: the seed-off arm's mean paired loss; G4 judges cf_gain as a fraction of it
+CF_GAIN_BASE = "cf_gain_base"
 HOST_PARAMS = "host_params"  # parameters of the host (seeds excluded), measured at germination
 
 # G5 reset

@@ -7,16 +7,24 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from actors.execution.distill import distill_objective
 from actors.execution.isolation import IsolationReport, autograd_probe
+from actors.execution.pairs import (
+    BATCH_PAIRS,
+    Arm,
+    Paired,
+    arm,
+    paired_losses,
+    paired_metrics,
+    per_example_loss,
+    pooled_tail,
+)
 from actors.execution.probing import (
     LossFn,
     ProbeBatch,
@@ -32,84 +40,25 @@ from actors.execution.stages import EMBARGOED, TERMINATED, TRAINING, Mode
 from contracts import evidence as ev
 from leyline import pb
 
+__all__ = [
+    "BATCH_PAIRS",
+    "LATENCY_REPS",
+    "Paired",
+    "counterfactual",
+    "isolation_probe",
+    "latency_overhead",
+    "on_mode",
+    "paired_losses",
+    "paired_validation",
+    "per_example_loss",
+    "pooled_tail",
+    "reset_check",
+    "shadow_step",
+    "slot_facts",
+]
+
 if TYPE_CHECKING:
     from actors.execution.slotstate import SlotState
-
-
-@dataclass(frozen=True)
-class Paired:
-    """Sums of paired differences ``d`` (count, sum, sum of squares): mean and standard error."""
-
-    n: int = 0
-    total: float = 0.0
-    squares: float = 0.0
-
-    @staticmethod
-    def of(d: Tensor) -> Paired:
-        """The sums of one tensor of paired differences (every element one pair)."""
-        d = d.detach().double().flatten()
-        return Paired(int(d.numel()), float(d.sum()), float((d * d).sum()))
-
-    def __add__(self, other: Paired) -> Paired:
-        return Paired(self.n + other.n, self.total + other.total, self.squares + other.squares)
-
-    @property
-    def mean(self) -> float:
-        """Mean difference (0 with no pair)."""
-        return self.total / self.n if self.n else 0.0
-
-    @property
-    def se(self) -> float:
-        """Standard error of the mean (sample variance, n - 1); infinite (unknown) with fewer
-        than two pairs."""
-        if self.n < 2:
-            return math.inf
-        var = max(0.0, (self.squares - self.n * self.mean**2) / (self.n - 1))
-        return math.sqrt(var / self.n)
-
-
-def pooled_tail(parts: Sequence[Paired]) -> Paired:
-    """The pooled sums of the latest half (rounded up) of ``parts``: the seed's contribution
-    once it has had half its training to learn."""
-    tail = parts[len(parts) // 2 :]
-    total = Paired()
-    for p in tail:
-        total = total + p
-    return total
-
-
-BATCH_PAIRS = 64  # pairs sought from a batch of a batch-mean loss_fn: the batch in as many parts
-
-
-def per_example_loss(out: Tensor, targets: Tensor, loss_fn: LossFn | None) -> Tensor:
-    """Per-example task losses (cross-entropy by default); a custom ``loss_fn`` may return one
-    value per batch. Losses per element of an example (a sequence's tokens, a regression's
-    outputs: a multiple of the batch, example-major) are averaged per example: the examples,
-    not their elements, are the independent pairs a gain is judged on."""
-    raw = (
-        F.cross_entropy(out, targets, reduction="none")
-        if loss_fn is None
-        else loss_fn(out, targets)
-    )
-    losses = raw.reshape(-1)
-    n = int(out.shape[0]) if out.dim() else 1
-    if n > 0 and losses.numel() > n and losses.numel() % n == 0:
-        return losses.reshape(n, -1).mean(dim=1)
-    return losses
-
-
-def paired_losses(out: Tensor, targets: Tensor, loss_fn: LossFn | None) -> Tensor:
-    """The losses that pair up across two forwards of the same batch: one per example, or, for
-    a ``loss_fn`` that gives one value per batch, one per part of the batch (up to
-    ``BATCH_PAIRS`` parts of two or more examples each, the same parts in both forwards), so
-    that a batch-mean loss still gives enough pairs to judge."""
-    losses = per_example_loss(out, targets, loss_fn)
-    n = int(out.shape[0]) if out.dim() else 1
-    parts = min(BATCH_PAIRS, n // 2)
-    if losses.numel() != 1 or parts < 2 or int(targets.shape[0]) != n:
-        return losses
-    pieces = zip(torch.tensor_split(out, parts), torch.tensor_split(targets, parts), strict=True)
-    return torch.cat([per_example_loss(o, t, loss_fn) for o, t in pieces])
 
 
 def shadow_step(
@@ -219,61 +168,6 @@ def _record_losses(
             state.probe_gain = gain
 
 
-def _is_classes(out: Tensor, targets: Tensor) -> bool:
-    return (
-        out.dim() == 2
-        and targets.dim() == 1
-        and not targets.is_floating_point()
-        and targets.shape[0] == out.shape[0]
-    )
-
-
-Arm = tuple[Tensor, Tensor | None]  # per-pair losses, per-example hits (class targets)
-
-
-def _arm(
-    model: nn.Module,
-    device: torch.device,
-    validation: tuple[Tensor, Tensor],
-    loss_fn: LossFn | None,
-    size: int,
-) -> Arm:
-    """The paired losses (and hits for class targets) of one arm, ``size`` examples a forward."""
-    inputs, targets = validation
-    losses: list[Tensor] = []
-    hits: list[Tensor] = []
-    parts = max(1, math.ceil(int(inputs.shape[0]) / size))  # near-equal: never a lone example
-    for x, y in zip(
-        torch.tensor_split(inputs, parts), torch.tensor_split(targets, parts), strict=True
-    ):
-        x, y = x.to(device), y.to(device)
-        out = first_tensor(model(x))
-        losses.append(paired_losses(out, y, loss_fn).float().cpu())
-        if _is_classes(out, y):
-            hits.append((out.argmax(dim=1) == y).float().cpu())
-    return torch.cat(losses), torch.cat(hits) if hits else None
-
-
-def _paired_metrics(on: Arm, off: Arm) -> dict[str, float]:
-    (loss_on, hit_on), (loss_off, hit_off) = on, off
-    m = {ev.CF_LOSS_ON: float(loss_on.mean()), ev.CF_LOSS_OFF: float(loss_off.mean())}
-    if hit_on is not None and hit_off is not None:
-        d = hit_on - hit_off
-        gain = Paired.of(d)
-        m[ev.CF_ACC_ON] = float(hit_on.mean())
-        m[ev.CF_ACC_OFF] = float(hit_off.mean())
-        m[ev.VAL_ACC] = m[ev.CF_ACC_ON]
-        m[ev.CF_GAIN_FIXES] = float((d > 0).sum())
-        m[ev.CF_GAIN_BREAKS] = float((d < 0).sum())
-        m[ev.CF_GAIN_ON_LOSS] = 0.0
-    else:
-        gain = Paired.of(loss_off - loss_on)
-        m[ev.VAL_LOSS] = m[ev.CF_LOSS_ON]
-        m[ev.CF_GAIN_ON_LOSS] = 1.0
-    m[ev.CF_GAIN], m[ev.CF_GAIN_SE], m[ev.CF_GAIN_N] = gain.mean, gain.se, float(gain.n)
-    return m
-
-
 def paired_validation(
     model: nn.Module,
     slot: SeedSlot,
@@ -301,8 +195,8 @@ def paired_validation(
             mode, alpha = (on_mode(slot), 1.0) if on else (Mode.IDENTITY, 0.0)
             with slot.forced(mode, alpha):
                 recalibrate(model, norms, inputs, chunk, device)
-                arms[on] = _arm(model, device, (inputs, targets), loss_fn, chunk)
-    return _paired_metrics(arms[True], arms[False])
+                arms[on] = arm(model, device, (inputs, targets), loss_fn, chunk)
+    return paired_metrics(arms[True], arms[False])
 
 
 def counterfactual(

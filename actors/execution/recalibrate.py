@@ -3,8 +3,9 @@ seed off) is judged with running statistics estimated under that arm's own forwa
 
 The statistics the host runs with were learned with the seed in the forward; with the seed
 switched off they mis-normalise the host, and the seed-off arm is then not the host. So before
-each arm is evaluated, every BatchNorm whose statistics training moves (in train mode, momentum
-not 0: a frozen one is judged with the statistics it runs with) is reset and re-estimated on the
+each arm is evaluated, every BatchNorm whose statistics training moves (in train mode, or its
+batch count moved since the first gate evaluation, however the model's mode flag stands at the
+moment; momentum not 0: a frozen one is judged with the statistics it runs with) is reset and re-estimated on the
 validation inputs (BatchNorm in train mode with ``momentum=None``, a cumulative average; every
 other module in eval; no grad; RNG forked), and afterwards every BatchNorm buffer, momentum and
 training flag is restored exactly: the host is bit-identical to before. A model without such
@@ -14,6 +15,7 @@ BatchNorm pays nothing.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -25,19 +27,37 @@ from torch.nn.modules.batchnorm import _BatchNorm
 __all__ = ["kept_norms", "recalibrate", "tracked_norms"]
 
 
+_FIRST_SEEN: weakref.WeakKeyDictionary[_BatchNorm, int] = weakref.WeakKeyDictionary()
+"""Each BatchNorm's ``num_batches_tracked`` when a gate evaluation first looked at it."""
+
+
+def _trained(m: _BatchNorm) -> bool:
+    """Whether training moves ``m``'s statistics: it is in train mode now, or its
+    ``num_batches_tracked`` moved since a gate evaluation first looked at it (a train-mode
+    forward of the user's: every probe restores the buffers). The mode of the moment alone would
+    take a model left in eval mode between steps (by the loop's own evaluation) for frozen."""
+    tracked = m.num_batches_tracked
+    if tracked is None:
+        return m.training
+    count = int(tracked)
+    first = _FIRST_SEEN.setdefault(m, count)
+    return m.training or count != first
+
+
 def tracked_norms(model: nn.Module) -> list[_BatchNorm]:
     """The BatchNorm modules of ``model`` whose running statistics training moves: they keep
-    statistics, are in train mode and have a momentum that is not 0 (a BatchNorm the user froze,
-    in eval mode or with momentum 0, runs with its stored statistics, so it is judged with them);
-    none when a SyncBatchNorm would need every rank in step (a distributed run)."""
+    statistics, are trained (:func:`_trained`) and have a momentum that is not 0 (a BatchNorm
+    the user froze, kept in eval mode while training or with momentum 0, runs with its stored
+    statistics, so it is judged with them); none when a SyncBatchNorm would need every rank in
+    step (a distributed run)."""
     norms = [
         m
         for m in model.modules()
         if isinstance(m, _BatchNorm)
         and m.track_running_stats
         and m.running_mean is not None
-        and m.training
         and m.momentum != 0
+        and _trained(m)
     ]
     synced = any(isinstance(m, nn.SyncBatchNorm) for m in norms)
     if synced and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

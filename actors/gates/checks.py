@@ -17,7 +17,7 @@ from actors.gates.gains import (
     cf_gain_bound,
     cf_gain_detail,
     cost_detail,
-    net_gain,
+    net_gain_measure,
     regression,
     regression_detail,
     seed_gain_bound,
@@ -167,16 +167,7 @@ GATE_CHECKS: dict[int, tuple[Spec, ...]] = {
     ),
     G.SEED_GATE_G4_SYSTEM_IMPACT: (
         ("cf_gain_lcb", cf_gain_bound, ">", lambda t: t.min_improvement),
-        (
-            "cf_net_gain",
-            _derived(
-                (ev.CF_GAIN, ev.SEED_PARAMS, ev.HOST_PARAMS, ev.LATENCY_OVERHEAD),
-                net_gain,
-                config=True,
-            ),
-            ">",
-            lambda t: 0.0,
-        ),
+        ("cf_net_gain", net_gain_measure, ">", lambda t: 0.0),
         ("baseline_regression", regression, "<=", lambda t: t.max_regression),
         (ev.OPEN_STRIKES, _metric(ev.OPEN_STRIKES), "<=", lambda t: float(t.max_open_strikes)),
     ),
@@ -200,8 +191,9 @@ shadow-loss gain over alpha 0, lower bound at ``confidence_z``, with at least ``
 pairs) must exceed ``min_seed_loss_improvement``; ``cf_loss_worsening`` = (loss at α=1 - loss at
 α=0) / |loss at α=0| must stay within ``counterfactual_loss_tolerance``; ``cf_gain_lcb`` (paired
 per-example validation gain, α=1 vs α=0: the exact sign-test bound for class targets, else
-cf_gain - z * cf_gain_se with at least ``min_gain_pairs`` pairs) must exceed ``min_improvement``;
-``cf_net_gain`` = cf_gain - (param_cost * seed_params / host_params + latency_cost *
+cf_gain - z * cf_gain_se with at least ``min_gain_pairs`` pairs, over |cf_gain_base|: a fraction
+of the seed-off loss) must exceed ``min_improvement``; ``cf_net_gain`` = cf_gain (over
+|cf_gain_base| for a loss gain) - (param_cost * seed_params / host_params + latency_cost *
 latency_overhead) must be positive; ``seed_memory_headroom`` = seed_memory_budget -
 seed_memory_in_use - seed_memory_request must not be negative (0 when the rank has no budget);
 ``baseline_regression`` = baseline acc - current val acc (class targets; else the relative rise
@@ -217,7 +209,9 @@ def _bound_detail(mean: str, se: str, n: str, unit: str) -> Detail:
     return detail
 
 
-_BOUND = re.compile(r"^mean (?P<mean>\S+) - z (?P<z>\S+) x se (?P<se>\S+)(?:, n (?P<n>\d+) \w+)?$")
+_BOUND = re.compile(
+    r"^mean (?P<mean>\S+) - z (?P<z>\S+) x se (?P<se>\S+)(?:, n (?P<n>\d+) \w+)?(?:; .*)?$"
+)
 _EXACT = re.compile(
     r"^mean (?P<mean>\S+), exact sign test at z (?P<z>\S+): .*?(?:, n (?P<n>\d+) \w+)?$"
 )

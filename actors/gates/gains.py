@@ -1,6 +1,10 @@
 """How G1 and G4 measure a seed's gain: the lower confidence bounds, the baseline regression
 and the seed's cost (docs/gates.md).
 
+G4 weighs a loss gain (non-class targets) as a fraction of the seed-off arm's loss
+(``cf_gain_base``): the verdict depends neither on the units of the targets nor on the loss
+reduction, and ``min_improvement`` and the costs mean the same fraction on every task.
+
 A continuous (loss) gain is judged on the normal bound ``mean - z * se``, but only with at least
 ``min_gain_pairs`` pairs; a class target's 0/±1 gain on the exact sign test of its discordant
 examples (:mod:`actors.gates.stats`). A measure returns ``(value, missing)``: ``None`` and the
@@ -23,6 +27,7 @@ __all__ = [
     "cf_gain_detail",
     "cost_detail",
     "net_gain",
+    "net_gain_measure",
     "regression",
     "regression_detail",
     "seed_gain_bound",
@@ -75,10 +80,25 @@ def _counts(m: Mapping[str, float]) -> tuple[int, int, int]:
     return int(fixes), int(breaks), int(n)
 
 
+def _scale(m: Mapping[str, float]) -> tuple[float, tuple[str, ...]]:
+    """The factor that puts a G4 gain in its judged units: 1 for class targets (accuracy), and
+    ``1 / |cf_gain_base|`` for a loss gain (a fraction of the seed-off loss)."""
+    if not on_loss(m):
+        return 1.0, ()
+    if ev.CF_GAIN_BASE not in m:
+        return math.nan, (ev.CF_GAIN_BASE,)
+    return 1.0 / max(abs(m[ev.CF_GAIN_BASE]), _EPS), ()
+
+
 def cf_gain_bound(m: Mapping[str, float], t: GateThresholds) -> Measured:
-    """G4: the lower bound of the paired validation gain (exact for a class target)."""
+    """G4: the lower bound of the paired validation gain (exact for a class target; for a loss
+    gain, as a fraction of the seed-off loss)."""
     if on_loss(m):
-        return _normal_bound(m, t, (ev.CF_GAIN, ev.CF_GAIN_SE, ev.CF_GAIN_N))
+        bound, missing = _normal_bound(m, t, (ev.CF_GAIN, ev.CF_GAIN_SE, ev.CF_GAIN_N))
+        scale, absent = _scale(m)
+        if missing or absent or bound is None:
+            return None, missing + absent
+        return bound * scale, ()
     missing = _absent(m, (ev.CF_GAIN_N, ev.CF_GAIN_FIXES, ev.CF_GAIN_BREAKS))
     if missing:
         return None, missing
@@ -86,14 +106,23 @@ def cf_gain_bound(m: Mapping[str, float], t: GateThresholds) -> Measured:
     return exact_gain_lcb(fixes, breaks, n, tail_level(t.confidence_z))[0], ()
 
 
+def _loss_scale_detail(m: Mapping[str, float]) -> str:
+    """How a loss gain became a fraction: the loss gain, its se and the seed-off loss."""
+    se = m.get(ev.CF_GAIN_SE, math.inf)
+    return (
+        f"; as a fraction of the seed-off loss {m[ev.CF_GAIN_BASE]:.6g} "
+        f"(loss gain {m[ev.CF_GAIN]:.6g}, se {se:.6g})"
+    )
+
+
 def cf_gain_detail(m: Mapping[str, float], t: GateThresholds) -> str:
     """The bound's components: mean, z, se and n (and, exact, the fixes and breaks)."""
     n = f", n {m[ev.CF_GAIN_N]:.0f} examples" if ev.CF_GAIN_N in m else ""
     if on_loss(m):
-        se = m.get(ev.CF_GAIN_SE, math.inf)
-        return f"mean {m[ev.CF_GAIN]:.6g} - z {t.confidence_z:g} x se {se:.6g}{n}".replace(
-            " examples", " pairs"
-        )
+        scale, _ = _scale(m)
+        se = m.get(ev.CF_GAIN_SE, math.inf) * scale
+        bound = f"mean {m[ev.CF_GAIN] * scale:.6g} - z {t.confidence_z:g} x se {se:.6g}"
+        return f"{bound}{n}".replace(" examples", " pairs") + _loss_scale_detail(m)
     fixes, breaks, size = _counts(m)
     _, p_lo = exact_gain_lcb(fixes, breaks, size, tail_level(t.confidence_z))
     mean = (fixes - breaks) / size if size else 0.0
@@ -143,12 +172,28 @@ def net_gain(
     return gain - _seed_cost(t, seed_params, host_params, latency)
 
 
+_COST = (ev.CF_GAIN, ev.SEED_PARAMS, ev.HOST_PARAMS, ev.LATENCY_OVERHEAD)
+
+
+def net_gain_measure(m: Mapping[str, float], t: GateThresholds) -> Measured:
+    """G4: the validation gain in its judged units (accuracy, or the fraction of the seed-off
+    loss) less the seed's cost."""
+    missing = _absent(m, _COST)
+    scale, absent = _scale(m)
+    if missing or absent:
+        return None, missing + absent
+    gain, seed, host, latency = (m[name] for name in _COST)
+    return net_gain(t, gain * scale, seed, host, latency), ()
+
+
 def cost_detail(m: Mapping[str, float], t: GateThresholds) -> str:
     """The gain and the cost's parts."""
     seed, host, latency = m[ev.SEED_PARAMS], m[ev.HOST_PARAMS], m[ev.LATENCY_OVERHEAD]
     params = t.param_cost * seed / max(host, 1.0)
     lat = t.latency_cost * max(latency, 0.0)
+    scale, _ = _scale(m)
+    rel = _loss_scale_detail(m).replace("; as", " as") if on_loss(m) else ""
     return (
-        f"gain {m[ev.CF_GAIN]:.4g} - cost {params + lat:.4g} (parameters {params:.4g}: "
-        f"{seed:.0f} seed / {host:.0f} host; latency {lat:.4g})"
+        f"gain {m[ev.CF_GAIN] * scale:.4g}{rel} - cost {params + lat:.4g} (parameters "
+        f"{params:.4g}: {seed:.0f} seed / {host:.0f} host; latency {lat:.4g})"
     )

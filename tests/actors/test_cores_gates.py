@@ -35,6 +35,7 @@ BASE[pb.SEED_GATE_G4_SYSTEM_IMPACT] = {
     ev.CF_GAIN_SE: 0.0625,
     ev.CF_GAIN_N: 1000.0,
     ev.CF_GAIN_ON_LOSS: 1.0,
+    ev.CF_GAIN_BASE: 1.0,
     ev.SEED_PARAMS: 100.0,
     ev.HOST_PARAMS: 400.0,
     ev.LATENCY_OVERHEAD: 0.25,
@@ -176,7 +177,9 @@ def test_statistical_checks_state_their_components_and_sample_size() -> None:
     result = evaluate(pb.SEED_GATE_G4_SYSTEM_IMPACT, pb.Evidence(metrics=metrics), T)
     checks = {c.name: c for c in result.checks}
     assert not result.passed and checks["cf_gain_lcb"].value == 0.0
-    assert checks["cf_gain_lcb"].detail == "mean 0 - z 2 x se 0, n 288 pairs"
+    assert checks["cf_gain_lcb"].detail == (
+        "mean 0 - z 2 x se 0, n 288 pairs; as a fraction of the seed-off loss 1 (loss gain 0, se 0)"
+    )
     assert checks["cf_net_gain"].value == -0.1875
     assert "cost 0.1875" in checks["cf_net_gain"].detail and "100 seed / 400 host" in (
         checks["cf_net_gain"].detail

@@ -84,6 +84,7 @@ def _loss_g4(n: float, **extra: float) -> pb.GateResult:
         ev.CF_GAIN_SE: 0.01,
         ev.CF_GAIN_N: n,
         ev.CF_GAIN_ON_LOSS: 1.0,
+        ev.CF_GAIN_BASE: 1.0,
         ev.BASELINE_LOSS: 1.0,
         ev.VAL_LOSS: 0.4,
         **extra,
@@ -101,6 +102,7 @@ def test_a_loss_gain_needs_min_gain_pairs() -> None:
         assert check.detail == f"too few pairs: n {n:.0f} < min_gain_pairs 30"
         assert f"cf_gain_lcb (too few pairs: n {n:.0f}" in result.reason
     one = {**COMMON, ev.CF_GAIN: 0.5, ev.CF_GAIN_N: 1.0, ev.CF_GAIN_ON_LOSS: 1.0}
+    one[ev.CF_GAIN_BASE] = 1.0
     one.update({ev.BASELINE_LOSS: 1.0, ev.VAL_LOSS: 0.4})  # se unmeasured: filtered out
     check = _check(evaluate(G4, pb.Evidence(metrics=one), FREE), "cf_gain_lcb")
     assert not check.passed and not check.missing and check.detail.startswith("too few pairs")
@@ -138,7 +140,7 @@ def test_a_regression_target_is_judged_on_its_loss_baseline() -> None:
     check = _check(worse, "baseline_regression")
     assert not worse.passed and not check.passed and check.value == pytest.approx(0.05)
     no_base = {**COMMON, ev.CF_GAIN: 0.5, ev.CF_GAIN_SE: 0.01, ev.CF_GAIN_N: 1024.0}
-    no_base.update({ev.CF_GAIN_ON_LOSS: 1.0, ev.VAL_LOSS: 0.4})
+    no_base.update({ev.CF_GAIN_ON_LOSS: 1.0, ev.CF_GAIN_BASE: 1.0, ev.VAL_LOSS: 0.4})
     check = _check(evaluate(G4, pb.Evidence(metrics=no_base), FREE), "baseline_regression")
     assert check.missing and ev.BASELINE_LOSS in check.detail
 
