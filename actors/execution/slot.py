@@ -366,6 +366,14 @@ def _resolve(root: nn.Module, path: str) -> nn.Module:
     return module
 
 
+def slot_host(model: nn.Module, slot: SeedSlot) -> nn.Module | None:
+    """The host submodule ``slot`` follows in ``model`` (None when the slot is not in it)."""
+    for module in model.modules():
+        if isinstance(module, SlottedModule) and module._modules["slot"] is slot:
+            return module._modules["host"]
+    return None
+
+
 def host_parameters(model: nn.Module, slots: Mapping[str, SeedSlot]) -> list[nn.Parameter]:
     """Every parameter of ``model`` that does not belong to a slot (i.e. to a seed)."""
     seed_ids = {id(p) for s in slots.values() for p in s.parameters()}
