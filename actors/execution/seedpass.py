@@ -5,7 +5,8 @@ raising out of the user's ``loss.backward()``."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -60,3 +61,23 @@ def own_stream(slot: SeedSlot, seed: nn.Module, src: Tensor) -> Tensor:
         if cuda is not None:
             slot.rng.append(torch.cuda.get_rng_state(cuda))
     return out
+
+
+def loaded(
+    slot: SeedSlot, state_dict: Mapping[str, Any], prefix: str, unexpected: list[str]
+) -> None:
+    """After a slot's ``load_state_dict``: keys of a seed (``<prefix>seed.*``) while the slot holds
+    none are unexpected (torch would drop them silently: a fossil's weights, lost)."""
+    if slot.seed is None:
+        unexpected.extend(k for k in state_dict if k.startswith(prefix + "seed."))
+
+
+def seedless_ok(slot: nn.Module, keys: Any) -> None:
+    """A state dict without the slot's live seed (saved before it germinated) loads the host:
+    a seed that is not (yet) a fossil is the runtime's, not the model's, and keeps its weights;
+    a fossil's keys stay required."""
+    seed: nn.Module | None = slot._modules.get("seed")
+    if seed is None or getattr(slot, "fossil", True):
+        return
+    mine = f"{getattr(slot, 'load_prefix', '')}seed."
+    keys.missing_keys[:] = [k for k in keys.missing_keys if not k.startswith(mine)]

@@ -18,7 +18,8 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from actors.execution.errors import is_oom
-from actors.execution.seedpass import SeedBackward, conformed, own_stream
+from actors.execution.seedpass import SeedBackward, conformed, loaded, own_stream, seedless_ok
+from actors.execution.slotted import SlottedModule as SlottedModule
 from actors.execution.stages import DORMANT, FOSSILIZED, TERMINATED, Mode, mode_for
 from contracts.streams import check_slot
 from leyline import pb
@@ -45,6 +46,8 @@ class SeedSlot(nn.Module):
     # treated as non-finite: zeroed, counted, signalled (a blending seed gone wild never reaches
     # the host's loss and optimizer)
     max_output_ratio: float = 1e4
+    _direct = False  # (class defaults: a slot pickled by an older version has neither)
+    load_prefix = ""
 
     def __init__(self, slot_id: str) -> None:
         super().__init__()
@@ -70,6 +73,8 @@ class SeedSlot(nn.Module):
         self.shadow_fed = False
         # the runtime's own forwards (``forced``) differentiate through the seed's output directly
         self._direct = False
+        self.load_prefix = ""  # where the last load_state_dict found this slot
+        self.register_load_state_dict_post_hook(seedless_ok)  # type: ignore[no-untyped-call]
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, h: Tensor, x: Tensor | None = None) -> Tensor:
@@ -254,42 +259,21 @@ class SeedSlot(nn.Module):
         finally:
             self._tap = None
 
+    def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any) -> None:
+        """A plain ``load_state_dict``: alpha stays the runtime's, and ``seed.*`` keys for a slot
+        that holds no seed are unexpected (a strict load raises instead of dropping a fossil)."""
+        alpha = self.alpha.clone()
+        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[arg-type]
+        self.alpha.copy_(alpha)
+        self.load_prefix = prefix
+        loaded(self, state_dict, prefix, unexpected=args[3])
+
     def seed_parameters(self) -> list[nn.Parameter]:
         """The seed's parameters (empty when the slot holds no seed)."""
         return [] if self.seed is None else list(self.seed.parameters())
 
     def extra_repr(self) -> str:
         return f"slot_id={self.slot_id!r}, mode={self.mode.value}, blueprint={self.blueprint!r}"
-
-
-class SlottedModule(nn.Module):
-    """A host submodule followed by its slot (``slot(host(x), x)``)."""
-
-    def __init__(self, host: nn.Module, slot: SeedSlot) -> None:
-        super().__init__()
-        self.host = host
-        self.slot = slot
-
-    def __getattr__(self, name: str) -> Any:
-        """The wrapped submodule's attributes read through the wrapper (``weight``, ``eps``, …),
-        so a parent that reads its child's attributes works with the slot in place."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            host = self.__dict__.get("_modules", {}).get("host")
-            if host is None:
-                raise
-            return getattr(host, name)
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the host submodule, then the slot (skipped outright while it is the identity)."""
-        modules = self._modules  # the registered children, read without nn.Module.__getattr__
-        h = modules["host"](*args, **kwargs)  # type: ignore[misc]
-        slot: SeedSlot = modules["slot"]  # type: ignore[assignment]
-        if slot.mode is Mode.IDENTITY and slot._tap is None:
-            return h
-        x = args[0] if args and isinstance(args[0], Tensor) else None
-        return slot(h, x)
 
 
 def insert_slots(model: nn.Module, points: Mapping[str, str]) -> dict[str, SeedSlot]:
