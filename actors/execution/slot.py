@@ -303,7 +303,7 @@ def insert_slots(model: nn.Module, points: Mapping[str, str]) -> dict[str, SeedS
         ref = p if p is not None else b
         if ref is not None:
             slot.to(device=ref.device)
-        setattr(parent, name, SlottedModule(child, slot))
+        setattr(parent, name, SlottedModule(child, slot, path))
         slots[slot_id] = slot
     return {k: slots[k] for k in points}
 

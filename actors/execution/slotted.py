@@ -1,4 +1,11 @@
-"""SlottedModule: a host submodule followed by its slot, in the place of the submodule."""
+"""SlottedModule: a host submodule followed by its slot, in the place of the submodule.
+
+Reads of the host's attributes go through the wrapper, and so do writes and deletions of names
+the host owns (``fc1.bias = None``, weight tying ``fc1.weight = fc2.weight``, a plain attribute),
+so they reach the host. Utilities that edit a module's own parameter table (pruning, spectral
+norm, parametrizations) must be applied to the host (``<path>.host``): registering one of the
+host's tensors on the wrapper (what ``torch.nn.utils.prune`` does first) raises, naming it.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +22,11 @@ if TYPE_CHECKING:
 class SlottedModule(nn.Module):
     """A host submodule followed by its slot (``slot(host(x), x)``)."""
 
-    def __init__(self, host: nn.Module, slot: SeedSlot) -> None:
+    def __init__(self, host: nn.Module, slot: SeedSlot, path: str = "") -> None:
         super().__init__()
         self.host = host
         self.slot = slot
+        self._path = path  # where the wrapper sits in the model (for error messages)
 
     def __getattr__(self, name: str) -> Any:
         """The wrapped submodule's attributes read through the wrapper (``weight``, ``eps``, …),
@@ -30,6 +38,61 @@ class SlottedModule(nn.Module):
             if host is None:
                 raise
             return getattr(host, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """A write of a name the host owns reaches the host (as without the slot)."""
+        host = self._host_for(name)
+        if host is not None:
+            setattr(host, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        """A deletion of a name the host owns reaches the host."""
+        host = self._host_for(name)
+        if host is not None:
+            delattr(host, name)
+        else:
+            super().__delattr__(name)
+
+    def _host_for(self, name: str) -> nn.Module | None:
+        """The host, when ``name`` is one of its own (not the wrapper's, not module machinery)."""
+        host = self.__dict__.get("_modules", {}).get("host")
+        if host is None or name.startswith("_") or name in ("host", "slot", "training"):
+            return None
+        if name in self.__dict__ or name in self._parameters or name in self._buffers:
+            return None
+        owned = (host._parameters, host._buffers, host._modules, host.__dict__)
+        return host if any(name in d for d in owned) or hasattr(type(host), name) else None
+
+    def register_parameter(self, name: str, param: nn.Parameter | None) -> None:
+        """Refuse one of the host's parameters (pruning would split it off the host)."""
+        self._refuse_host_tensor(name, param)
+        super().register_parameter(name, param)
+
+    def register_buffer(self, name: str, tensor: Tensor | None, persistent: bool = True) -> None:
+        """Refuse one of the host's tensors as a buffer of the wrapper."""
+        self._refuse_host_tensor(name, tensor)
+        super().register_buffer(name, tensor, persistent)
+
+    def _refuse_host_tensor(self, name: str, tensor: Tensor | None) -> None:
+        host = self.__dict__.get("_modules", {}).get("host")
+        if host is None or tensor is None:
+            return
+        if any(t is tensor for t in (*host.parameters(), *host.buffers())):
+            where = self._host_path()
+            raise ValueError(
+                f"cannot register {name!r} on a slotted module: it holds a tensor of the wrapped "
+                f"module, which lives at {where!r}; apply pruning, spectral_norm and "
+                f"parametrizations to that module (model.get_submodule({where!r}))"
+            )
+
+    def _host_path(self) -> str:
+        return f"{self._path}.host" if self._path else "<path>.host"
+
+    def extra_repr(self) -> str:
+        """Where the host is (an error that prints the wrapper names it)."""
+        return f"prune and parametrize the host module {self._host_path()!r}"
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the host submodule, then the slot (skipped outright while it is the identity)."""
