@@ -3,8 +3,9 @@
 Reads of the host's attributes go through the wrapper, and so do writes and deletions of names
 the host owns (``fc1.bias = None``, weight tying ``fc1.weight = fc2.weight``, a plain attribute),
 so they reach the host. Utilities that edit a module's own parameter table (pruning, spectral
-norm, parametrizations) must be applied to the host (``<path>.host``): registering one of the
-host's tensors on the wrapper (what ``torch.nn.utils.prune`` does first) raises, naming it.
+norm, parametrizations) must be applied to the host (``<path>.host``): on the wrapper they
+raise an error naming it before changing anything (registering one of the host's tensors on the
+wrapper, a lookup of a host's name in its parameter table, its repr in a parametrization's error).
 """
 
 from __future__ import annotations
@@ -19,6 +20,19 @@ if TYPE_CHECKING:
     from actors.execution.slot import SeedSlot
 
 
+class _OwnTable(dict[str, Any]):
+    """The wrapper's parameter table: a missing name raises a KeyError naming the host."""
+
+    def __init__(self, items: dict[str, Any], host_path: str) -> None:
+        super().__init__(items)
+        self.host_path = host_path
+
+    def __missing__(self, name: str) -> Any:
+        raise KeyError(
+            f"{name!r} is not the slot wrapper's: the wrapped module is {self.host_path!r}"
+        )
+
+
 class SlottedModule(nn.Module):
     """A host submodule followed by its slot (``slot(host(x), x)``)."""
 
@@ -27,6 +41,8 @@ class SlottedModule(nn.Module):
         self.host = host
         self.slot = slot
         self._path = path  # where the wrapper sits in the model (for error messages)
+        # the wrapper's own (empty) table: a lookup of a host's name in it says where the host is
+        self.__dict__["_parameters"] = _OwnTable(self._parameters, self._host_path())
 
     def __getattr__(self, name: str) -> Any:
         """The wrapped submodule's attributes read through the wrapper (``weight``, ``eps``, …),

@@ -63,6 +63,13 @@ def test_pruning_the_wrapper_is_refused_and_the_host_can_be_pruned() -> None:
     model(x)
 
 
+def test_spectral_norm_on_the_wrapper_names_the_host() -> None:
+    """The legacy spectral_norm on the wrapper raises a KeyError naming ``fc1.host``."""
+    model, _ = _slotted()
+    with pytest.raises(KeyError, match=r"fc1\.host"):
+        nn.utils.spectral_norm(model.fc1)
+
+
 def test_parametrizing_the_wrapper_names_the_host_and_the_host_can_be_parametrized() -> None:
     """weight_norm on the wrapper raises naming ``fc1.host``; on the host it works."""
     model, x = _slotted()
