@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from actors.execution.blueprints import LowRankAdapter, ResidualMLP
 from actors.execution.optim import join_host_optimizer
+from actors.execution.slot import slot_host
 from actors.execution.stages import FOSSILIZED
 
 if TYPE_CHECKING:
@@ -223,4 +224,6 @@ def unmerge(rt: ExecutionRuntime, slot_id: str) -> None:
         setattr(module, attr, value)
     slot.seed = record.seed
     slot.set_stage(FOSSILIZED)
-    join_host_optimizer(rt.host_optimizer, list(record.seed.parameters()), None)
+    host = slot_host(rt.model, slot)
+    near = list(host.parameters()) if host is not None else []
+    join_host_optimizer(rt.host_optimizer, list(record.seed.parameters()), None, near=near)

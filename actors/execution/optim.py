@@ -4,8 +4,9 @@ Two-optimizer pattern: the trainer owns the host optimizer; execution owns one o
 Seed parameters receive gradients from the user's own backward (straight-through or blend term);
 execution steps the seed optimizers at the step boundary (``ExecutionRuntime.on_step``, called
 after the host optimizer's step) and clears their gradients. On fossilization the seed parameters
-join the host optimizer as a new param group, carrying their optimizer state when both optimizers
-are of the same type.
+join an existing group of the host optimizer (the one holding the slot's host module parameters,
+else the first: the user's LR schedulers keep working), carrying their optimizer state when both
+optimizers are of the same type.
 """
 
 from __future__ import annotations
@@ -33,21 +34,31 @@ def join_host_optimizer(
     params: Sequence[nn.Parameter],
     seed_opt: torch.optim.Optimizer | None,
     *,
-    lr: float | None = None,
+    near: Sequence[Tensor] = (),
 ) -> None:
-    """Add the seed's parameters to the host optimizer as a new param group (state carried over);
-    parameters the host optimizer already holds are left where they are."""
+    """Add the seed's parameters to an existing group of the host optimizer (state carried over).
+
+    No group is added: the user's LR schedulers index per-group lists taken at their
+    construction, so the number of groups stays the user's. The parameters join the group
+    holding any of ``near`` (the slot's host module parameters), else the first group, and
+    train under that group's hyperparameters and schedule."""
+    index = fossil_group(host, near)
     held = {id(p) for g in host.param_groups for p in g["params"]}
-    params = [p for p in params if id(p) not in held]
-    group: dict[str, object] = {"params": params}
-    if lr is not None:
-        group["lr"] = lr
-    if params:
-        host.add_param_group(group)
+    new = [p for p in params if id(p) not in held]
+    host.param_groups[index]["params"].extend(new)
     if seed_opt is not None and type(seed_opt) is type(host):
-        for p in params:
+        for p in new:
             if p in seed_opt.state:
                 host.state[p] = seed_opt.state[p]
+
+
+def fossil_group(host: torch.optim.Optimizer, near: Sequence[Tensor]) -> int:
+    """The index of the first group holding any of ``near``, else 0 (the first group)."""
+    ids = {id(t) for t in near}
+    for i, group in enumerate(host.param_groups):
+        if any(id(p) in ids for p in group["params"]):
+            return i
+    return 0
 
 
 def scale_lr(opt: torch.optim.Optimizer, factor: float, weight_decay: float = -1.0) -> None:

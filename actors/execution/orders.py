@@ -20,6 +20,7 @@ from actors.execution.germination import germinate
 from actors.execution.mailbox import KIND_ACK
 from actors.execution.merge import merge_fossil
 from actors.execution.optim import join_host_optimizer, scale_lr
+from actors.execution.slot import slot_host
 from actors.execution.slotstate import SlotState
 from actors.seed.params import check_adjust
 from contracts import evidence as ev
@@ -223,7 +224,11 @@ def _advance(rt: ExecutionRuntime, state: SlotState, target: int, step: int) -> 
     elif target == st.FOSSILIZED:
         merged = rt.config.fossil_merge and merge_fossil(rt, state)
         if not merged:
-            join_host_optimizer(rt.host_optimizer, slot.seed_parameters(), state.optimizer)
+            host = slot_host(rt.model, slot)
+            near = list(host.parameters()) if host is not None else []
+            join_host_optimizer(
+                rt.host_optimizer, slot.seed_parameters(), state.optimizer, near=near
+            )
         state.optimizer = None
         return {"fossil_merged": float(merged)} if rt.config.fossil_merge else {}
     return {}

@@ -4,7 +4,8 @@ and loaded, host tensors and host optimizer groups matched) without touching the
 :func:`plan`, and nothing has changed.
 
 Fossilized seeds are part of the host: restored fossils take the place of the current ones in the
-host optimizer's param groups (or join it as a new group), so they keep training.
+host optimizer's param groups (or join the group holding their slot's host module parameters,
+else the first), so they keep training and the number of groups stays the user's.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from actors.execution.kernels import as_blueprint
 from actors.execution.optim import seed_optimizer
 from actors.execution.pruning import PruningError
 from actors.execution.pruning_orders import restored
-from actors.execution.slot import SeedSlot
+from actors.execution.slot import SeedSlot, slot_host
 from actors.execution.slotstate import loaded_evidence
 from actors.execution.stages import phase_of
 
@@ -159,23 +160,44 @@ def _groups_after(rt: ExecutionRuntime, p: Plan) -> list[list[Tensor]]:
         new: list[Tensor] = (
             list(sp.seed.parameters()) if sp.seed is not None and sp.entry["fossil"] else []
         )
-        groups = _swapped(groups, old, new)
+        host = slot_host(rt.model, rt.slots[sid])
+        near = {id(t) for t in host.parameters()} if host is not None else set()
+        groups = _swapped(groups, old, new, near)
     return groups
 
 
-def _swapped(groups: list[list[Tensor]], old: set[int], new: list[Tensor]) -> list[list[Tensor]]:
+def _swapped(
+    groups: list[list[Tensor]], old: set[int], new: list[Tensor], near: set[int]
+) -> list[list[Tensor]]:
     """``groups`` with a fossil's parameters (ids ``old``) replaced by a restored fossil's
-    (``new``): in place when the old ones form a group of their own, else removed (empty groups
-    dropped) and the new ones appended as a group."""
+    (``new``): in place when the old ones form a group of their own, else appended to the group
+    that held them (none: the group holding the host module's parameters ``near``, else the
+    first), as fossilization does; no group is added (the user's LR schedulers index them)."""
     alone = _own_group(groups, old)
     if old and alone is not None and new:
         groups[alone] = new
         return groups
+    target = _first_holding(groups, old) if old else None
+    if target is None:
+        target = _first_holding(groups, near) or 0
     groups = [[t for t in g if id(t) not in old] for g in groups]
-    groups = [g for g in groups if g]
-    if new:
+    return _joined(groups, target, new)
+
+
+def _joined(groups: list[list[Tensor]], target: int, new: list[Tensor]) -> list[list[Tensor]]:
+    """``new`` appended to group ``target`` (a group of its own when there is none left);
+    groups left empty are dropped."""
+    if new and groups:
+        groups[target].extend(new)
+    elif new:
         groups.append(new)
-    return groups
+    return [g for g in groups if g]
+
+
+def _first_holding(groups: list[list[Tensor]], ids: set[int]) -> int | None:
+    """The index of the first group holding any of ``ids`` (None if none)."""
+    hits = [i for i, g in enumerate(groups) if any(id(t) in ids for t in g)]
+    return hits[0] if hits else None
 
 
 def _own_group(groups: list[list[Tensor]], ids: set[int]) -> int | None:

@@ -18,6 +18,8 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from actors.execution.errors import is_oom
+from actors.execution.seedpass import SeedBackward, conformed, loaded, own_stream, seedless_ok
+from actors.execution.slotted import SlottedModule as SlottedModule
 from actors.execution.stages import DORMANT, FOSSILIZED, TERMINATED, Mode, mode_for
 from contracts.streams import check_slot
 from leyline import pb
@@ -44,6 +46,8 @@ class SeedSlot(nn.Module):
     # treated as non-finite: zeroed, counted, signalled (a blending seed gone wild never reaches
     # the host's loss and optimizer)
     max_output_ratio: float = 1e4
+    _direct = False  # (class defaults: a slot pickled by an older version has neither)
+    load_prefix = ""
 
     def __init__(self, slot_id: str) -> None:
         super().__init__()
@@ -67,6 +71,10 @@ class SeedSlot(nn.Module):
         # the runtime trains seeds from the shadow loss (``on_step(batch=…)``): a TRAINING seed
         # then gets no gradient from the user's backward (none for a norm clip over the model)
         self.shadow_fed = False
+        # the runtime's own forwards (``forced``) differentiate through the seed's output directly
+        self._direct = False
+        self.load_prefix = ""  # where the last load_state_dict found this slot
+        self.register_load_state_dict_post_hook(seedless_ok)  # type: ignore[no-untyped-call]
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, h: Tensor, x: Tensor | None = None) -> Tensor:
@@ -102,10 +110,11 @@ class SeedSlot(nn.Module):
             self._failed(exc)
             return h
 
-    def _failed(self, exc: Exception) -> None:
+    def _failed(self, exc: Exception, where: str = "") -> None:
         """Note that the seed raised (the first error counts until the seed is released)."""
         if self.failure is None:
-            self.failure = (is_oom(exc), f"{type(exc).__name__}: {exc}"[:300])
+            prefix = f"in its {where}: " if where else ""
+            self.failure = (is_oom(exc), f"{prefix}{type(exc).__name__}: {exc}"[:300])
 
     def _mix(self, mode: Mode, h: Tensor, z: Tensor) -> Tensor:
         """The slot's output from the host's ``h`` and the seed's ``z`` in ``mode``: ``z`` of
@@ -113,18 +122,28 @@ class SeedSlot(nn.Module):
         (autocast, a seed in float64), and one that is not finite or beyond
         ``max_output_ratio`` times the host's largest magnitude (plus one) counts as non-finite
         and is zeroed: it never reaches the host's loss."""
-        z = _conformed(z, h)
+        z = conformed(z, h)
         ok = torch.isfinite(z).all()
         if z.numel():  # (an empty batch has no magnitude)
             bound = self.max_output_ratio * (h.detach().abs().amax().float() + 1.0)
             ok = ok & (z.detach().abs().amax().float() <= bound)
         self.nonfinite.add_((~ok).to(self.nonfinite.dtype))
-        z = torch.where(ok, z, torch.zeros_like(z))
+        z = self._decoupled(torch.where(ok, z, torch.zeros_like(z)))
         if mode is Mode.TRAINING:  # the value is h's; the straight-through gradient if wanted
             return h if self.shadow_fed else h + (z - z.detach())
         if mode is Mode.CONVEX:
             return torch.lerp(h, h.detach() + z, self.alpha.to(h.dtype))
         return h + self.alpha.to(h.dtype) * z
+
+    def _decoupled(self, z: Tensor) -> Tensor:
+        """``z`` as a leaf of the user's graph (eager forwards outside the runtime's own): the
+        user's backward stops there, and a hook runs the seed's backward from the gradient it
+        gets, guarded (a seed whose backward raises leaves; the user's backward goes on)."""
+        if self._direct or not z.requires_grad or torch.compiler.is_compiling():
+            return z
+        leaf = z.detach().requires_grad_()
+        leaf.register_hook(SeedBackward(self, z))  # type: ignore[no-untyped-call]
+        return leaf
 
     def _seed_out(self, seed: nn.Module, src: Tensor) -> Tensor:
         """The seed's output on its own copy of ``src`` (a write into it never reaches the host
@@ -133,13 +152,13 @@ class SeedSlot(nn.Module):
         view = src.detach().clone()
         if torch.compiler.is_compiling():  # compiled forwards: the (eager) probes count writes
             own = self.rng is not None and self.draws
-            out: Tensor = _own_stream(self, seed, view) if own else seed(view)
+            out: Tensor = own_stream(self, seed, view) if own else seed(view)
             return out
         if view.is_inference():  # inference_mode: no version counter to read
-            inferred: Tensor = _own_stream(self, seed, view) if self.rng is not None else seed(view)
+            inferred: Tensor = own_stream(self, seed, view) if self.rng is not None else seed(view)
             return inferred
         version = view._version
-        z: Tensor = _own_stream(self, seed, view) if self.rng is not None else seed(view)
+        z: Tensor = own_stream(self, seed, view) if self.rng is not None else seed(view)
         if view._version != version:
             self.inplace.add_(1.0)
         return z
@@ -218,13 +237,15 @@ class SeedSlot(nn.Module):
     @contextmanager
     def forced(self, mode: Mode, alpha: float | None = None) -> Iterator[None]:
         """Temporarily run the forward in ``mode`` (probes, counterfactuals); restored on exit."""
-        saved_mode, saved_alpha = self.mode, self.alpha.clone()
+        saved_mode, saved_alpha, saved_direct = self.mode, self.alpha.clone(), self._direct
         self.mode = mode if self.seed is not None else Mode.IDENTITY
+        self._direct = True
         if alpha is not None:
             self.alpha.fill_(alpha)
         try:
             yield
         finally:
+            self._direct = saved_direct
             self.mode = saved_mode
             self.alpha.copy_(saved_alpha)
 
@@ -238,69 +259,21 @@ class SeedSlot(nn.Module):
         finally:
             self._tap = None
 
+    def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any) -> None:
+        """A plain ``load_state_dict``: alpha stays the runtime's, and ``seed.*`` keys for a slot
+        that holds no seed are unexpected (a strict load raises instead of dropping a fossil)."""
+        alpha = self.alpha.clone()
+        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[arg-type]
+        self.alpha.copy_(alpha)
+        self.load_prefix = prefix
+        loaded(self, state_dict, prefix, unexpected=args[3])
+
     def seed_parameters(self) -> list[nn.Parameter]:
         """The seed's parameters (empty when the slot holds no seed)."""
         return [] if self.seed is None else list(self.seed.parameters())
 
     def extra_repr(self) -> str:
         return f"slot_id={self.slot_id!r}, mode={self.mode.value}, blueprint={self.blueprint!r}"
-
-
-def _conformed(z: Tensor, h: Tensor) -> Tensor:
-    """``z`` in ``h``'s dtype; a seed output of another shape, or not floating, raises."""
-    if z.shape != h.shape:
-        raise RuntimeError(f"seed output shape {tuple(z.shape)} is not the host's {tuple(h.shape)}")
-    if z.dtype == h.dtype:
-        return z
-    if not z.is_floating_point():
-        raise RuntimeError(f"seed output dtype {z.dtype} is not floating")
-    return z.to(h.dtype)
-
-
-@torch.compiler.disable  # type: ignore[untyped-decorator]
-def _own_stream(slot: SeedSlot, seed: nn.Module, src: Tensor) -> Tensor:
-    """Run ``seed`` on the slot's RNG stream; the global stream is left exactly as it was."""
-    assert slot.rng is not None
-    cuda = src.device if src.device.type == "cuda" else None
-    with torch.random.fork_rng(devices=[cuda] if cuda is not None else []):
-        torch.set_rng_state(slot.rng[0])
-        if cuda is not None:
-            torch.cuda.set_rng_state(slot.rng[1], cuda)
-        out: Tensor = seed(src)
-        slot.rng = [torch.get_rng_state()]
-        if cuda is not None:
-            slot.rng.append(torch.cuda.get_rng_state(cuda))
-    return out
-
-
-class SlottedModule(nn.Module):
-    """A host submodule followed by its slot (``slot(host(x), x)``)."""
-
-    def __init__(self, host: nn.Module, slot: SeedSlot) -> None:
-        super().__init__()
-        self.host = host
-        self.slot = slot
-
-    def __getattr__(self, name: str) -> Any:
-        """The wrapped submodule's attributes read through the wrapper (``weight``, ``eps``, …),
-        so a parent that reads its child's attributes works with the slot in place."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            host = self.__dict__.get("_modules", {}).get("host")
-            if host is None:
-                raise
-            return getattr(host, name)
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the host submodule, then the slot (skipped outright while it is the identity)."""
-        modules = self._modules  # the registered children, read without nn.Module.__getattr__
-        h = modules["host"](*args, **kwargs)  # type: ignore[misc]
-        slot: SeedSlot = modules["slot"]  # type: ignore[assignment]
-        if slot.mode is Mode.IDENTITY and slot._tap is None:
-            return h
-        x = args[0] if args and isinstance(args[0], Tensor) else None
-        return slot(h, x)
 
 
 def insert_slots(model: nn.Module, points: Mapping[str, str]) -> dict[str, SeedSlot]:
@@ -330,7 +303,7 @@ def insert_slots(model: nn.Module, points: Mapping[str, str]) -> dict[str, SeedS
         ref = p if p is not None else b
         if ref is not None:
             slot.to(device=ref.device)
-        setattr(parent, name, SlottedModule(child, slot))
+        setattr(parent, name, SlottedModule(child, slot, path))
         slots[slot_id] = slot
     return {k: slots[k] for k in points}
 
@@ -364,6 +337,14 @@ def _resolve(root: nn.Module, path: str) -> nn.Module:
             raise ValueError(f"no submodule {path!r}")
         module = nxt
     return module
+
+
+def slot_host(model: nn.Module, slot: SeedSlot) -> nn.Module | None:
+    """The host submodule ``slot`` follows in ``model`` (None when the slot is not in it)."""
+    for module in model.modules():
+        if isinstance(module, SlottedModule) and module._modules["slot"] is slot:
+            return module._modules["host"]
+    return None
 
 
 def host_parameters(model: nn.Module, slots: Mapping[str, SeedSlot]) -> list[nn.Parameter]:
