@@ -24,13 +24,14 @@ STAGES = (
 
 
 def test_join_skips_parameters_the_host_optimizer_holds() -> None:
-    """Joining [b, c] to an optimizer over [a, b]: no duplicate-group error, only c is added."""
+    """Joining [b, c] to an optimizer over [a, b]: no duplicate-parameter error, only c is added
+    (to the existing group), and joining [a, c] again adds nothing."""
     a, b, c = (nn.Parameter(torch.zeros(2)) for _ in range(3))
     host = torch.optim.SGD([a, b], lr=0.1)
     join_host_optimizer(host, [b, c], None)
-    assert [[id(p) for p in g["params"]] for g in host.param_groups] == [[id(a), id(b)], [id(c)]]
+    assert [[id(p) for p in g["params"]] for g in host.param_groups] == [[id(a), id(b), id(c)]]
     join_host_optimizer(host, [a, c], None)
-    assert len(host.param_groups) == 2
+    assert [len(g["params"]) for g in host.param_groups] == [3]
 
 
 def test_seed_in_a_rebuilt_host_optimizer_is_warned_once_and_fossilizes(
