@@ -46,6 +46,9 @@ from actors.execution.seedchecks import (
     check_limit,
     check_params,
     check_shares_nothing,
+    host_tensors,
+    no_new_hooks,
+    untouched_host,
 )
 from actors.execution.slot import SeedSlot, SlotTap, host_parameters
 from actors.execution.slotstate import SlotState
@@ -103,13 +106,15 @@ def _germinate(
         if not any(p.requires_grad for p in seed.parameters()):
             raise OrderError("the seed has no trainable parameter: it could never learn")
         check_shares_nothing(rt, seed)
-        rng_seed, writes_input = dry_run(seed, bp, site)
+        with untouched_host(rt, slot.slot_id):
+            rng_seed, writes_input = dry_run(seed, bp, site)
     except OrderError:
         _discard(seed)
         raise
     evidence, probe_ok = _seed_evidence(seed, bp, site)
     _add_facts(rt, evidence, bp, slot, memory, writes_input)
     slot.attach(seed, blueprint=bp.name, reads_input=bp.reads_input, blend_mode=g.blend_mode)
+    slot.watched = host_tensors(rt, slot.slot_id)  # a write into them is a violation
     slot.seed_rng(_rng_seed(rt, slot, order.apply_at_step, bp))  # drawing or not (eager)
     slot.draws = rng_seed
     walk = _attached_checks(rt, slot, site, g.blend_mode, evidence)
@@ -222,7 +227,8 @@ def build_seed(
     """The seed, built on a forked RNG seeded from the slot, the step and the blueprint."""
     with torch.random.fork_rng(devices=[rt.device] if rt.device.type == "cuda" else []):
         torch.manual_seed(_rng_seed(rt, slot, at_step, bp, ""))
-        seed: nn.Module = bp.build(site.shape, params, rt.hosts.get(slot.slot_id, slot))
+        with no_new_hooks(rt):
+            seed: nn.Module = bp.build(site.shape, params, rt.hosts.get(slot.slot_id, slot))
         return seed.to(device=rt.device, dtype=site.tap.h.dtype)
 
 
@@ -251,8 +257,10 @@ def check_size(
         request = request_bytes(m.param_count, total - m.param_count, site.shape.dtype)
         return check_budget(rt, request + activations), activations
     try:
-        with torch.device("meta"), torch.random.fork_rng(devices=[]):
+        with torch.device("meta"), torch.random.fork_rng(devices=[]), no_new_hooks(rt):
             ghost = bp.build(site.shape, params, rt.hosts.get(slot.slot_id, slot))
+    except OrderError:
+        raise
     except Exception as exc:
         raise OrderError(f"blueprint {bp.name!r} cannot build with {params}: {exc}") from None
     try:

@@ -22,6 +22,7 @@ from actors.execution.kernels import as_blueprint
 from actors.execution.optim import seed_optimizer
 from actors.execution.pruning import PruningError
 from actors.execution.pruning_orders import restored
+from actors.execution.seedchecks import host_tensors
 from actors.execution.slot import SeedSlot, slot_host
 from actors.execution.slotstate import loaded_evidence
 from actors.execution.stages import phase_of
@@ -255,6 +256,7 @@ def _apply_slot(rt: ExecutionRuntime, sid: str, sp: SlotPlan) -> None:
             reads_input=sp.blueprint is not None and sp.blueprint.reads_input,
             blend_mode=entry["blend_mode"],
         )
+        slot.watched = host_tensors(rt, sid)
         state.shape, state.params = sp.shape, dict(entry["params"])
         state.artifact = str(entry.get("artifact") or "")
         slot.fossil = bool(entry["fossil"])

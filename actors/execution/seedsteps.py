@@ -35,6 +35,8 @@ def _train_seed(rt: ExecutionRuntime, sid: str, state: SlotState) -> None:
     slot, step = state.slot, rt.step
     if float(slot.inplace):
         _inplace_violation(rt, state, step)
+    if slot.host_writes:
+        _host_write_violation(rt, state)
     nonfinite = float(slot.nonfinite)
     if nonfinite:
         state.output_nonfinite += int(nonfinite)
@@ -66,6 +68,14 @@ def advance_alpha(rt: ExecutionRuntime, step: int) -> None:
             phase = st.blend_phase(state.phase, a, rt.config.alpha_hysteresis)
             state.phase_changes += int(phase != state.phase)
             state.phase = phase
+
+
+def _host_write_violation(rt: ExecutionRuntime, state: SlotState) -> None:
+    """The seed wrote host tensors (through a reference it kept) in its forwards."""
+    writes, state.slot.host_writes = state.slot.host_writes, 0
+    state.isolation_violations += 1
+    detail = f"seed wrote host tensors in {writes} forward(s) (a reference it kept to the host)"
+    rt._safety(state.slot.slot_id, pb.SAFETY_SIGNAL_ISOLATION_VIOLATION, float(writes), detail)
 
 
 def _inplace_violation(rt: ExecutionRuntime, state: SlotState, step: int) -> None:

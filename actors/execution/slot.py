@@ -46,7 +46,9 @@ class SeedSlot(nn.Module):
     # treated as non-finite: zeroed, counted, signalled (a blending seed gone wild never reaches
     # the host's loss and optimizer)
     max_output_ratio: float = 1e4
-    _direct = False  # (class defaults: a slot pickled by an older version has neither)
+    _direct = False  # (class defaults: a slot pickled by an older version has none of these)
+    watched: tuple[Tensor, ...] = ()
+    host_writes = 0
     load_prefix = ""
 
     def __init__(self, slot_id: str) -> None:
@@ -73,6 +75,10 @@ class SeedSlot(nn.Module):
         self.shadow_fed = False
         # the runtime's own forwards (``forced``) differentiate through the seed's output directly
         self._direct = False
+        # host tensors the seed may not write (their version counters are read around its forward,
+        # eager only) and how often it was seen writing them
+        self.watched = ()
+        self.host_writes = 0
         self.load_prefix = ""  # where the last load_state_dict found this slot
         self.register_load_state_dict_post_hook(seedless_ok)  # type: ignore[no-untyped-call]
 
@@ -157,10 +163,13 @@ class SeedSlot(nn.Module):
         if view.is_inference():  # inference_mode: no version counter to read
             inferred: Tensor = own_stream(self, seed, view) if self.rng is not None else seed(view)
             return inferred
-        version = view._version
+        version, watched = view._version, self.watched
+        before = [t._version for t in watched]
         z: Tensor = own_stream(self, seed, view) if self.rng is not None else seed(view)
         if view._version != version:
             self.inplace.add_(1.0)
+        if before != [t._version for t in watched]:  # through a reference it kept to the host
+            self.host_writes += 1
         return z
 
     def _record(self, h: Tensor, x: Tensor | None, out: Tensor) -> None:
@@ -188,6 +197,7 @@ class SeedSlot(nn.Module):
         self.alpha.zero_()
         self.nonfinite.zero_()
         self.inplace.zero_()
+        self.host_writes = 0
 
     def seed_rng(self, seed: int | None) -> None:
         """Give the seed its own RNG stream starting from ``seed`` (None: the global stream)."""
@@ -233,6 +243,8 @@ class SeedSlot(nn.Module):
         self.alpha.zero_()
         self.nonfinite.zero_()
         self.inplace.zero_()
+        self.host_writes = 0
+        self.watched = ()
 
     @contextmanager
     def forced(self, mode: Mode, alpha: float | None = None) -> Iterator[None]:

@@ -131,8 +131,9 @@ async def test_a_second_host_stands_by_and_takes_over_when_the_first_stops(
     bus: Bus, run_id: str
 ) -> None:
     """A second host for the same actor stands by naming the holder, rebuilds nothing and reads
-    nothing; when the first stops it takes the lease, rebuilds and serves."""
-    first, second = Host(bus, run_id, "p1"), Host(bus, run_id, "p2")
+    nothing; when the first stops it takes the lease, rebuilds and serves. (A lease of 3 s: one
+    that lapses while a loaded machine stalls the loop would be a takeover of its own.)"""
+    first, second = Host(bus, run_id, "p1", ttl_s=3.0), Host(bus, run_id, "p2", ttl_s=3.0)
     async with _serving(first, second):
         assert (second.lifecycle, second.owner, second.standing_by) == (
             Lifecycle.STANDBY, False, first.token,
