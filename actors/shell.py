@@ -39,7 +39,7 @@ from actors.hosting import (
 )
 from actors.hosting.admission import Admission, Run, aggregated
 from actors.hosting.housekeeping import Housekeeping, digest_appends
-from actors.hosting.inbox import Checked, IdPair
+from actors.hosting.inbox import Checked, IdPair, Prepared
 from actors.hosting.merging import OpenEvents
 from actors.hosting.quarantine import note_regressed, note_unfoldable
 from actors.hosting.recent import RecentIds
@@ -285,24 +285,26 @@ class ActorShell(LeasedHost):
         return Handled(entry, self.group, appends)
 
     def _with_digests(self, item: Handled, env_id: str) -> Handled:
-        """``item`` plus the state digests as they stand now (after the batch's last change);
-        they are kept as the batch's (the state a commit of it leaves)."""
+        """``item`` plus the state digests now (after the batch's last change), kept as the batch's."""
         self._batch_digests = digests = self.logic.digests()
         records = digest_appends(self.events_stream, self.signer, digests, env_id)
         return Handled(item.entry, item.group, [*item.appends, *records], item.dedupe_key)
 
-    async def _process(self, batch: Sequence[Entry]) -> None:
+    async def _prepare(self, batch: Sequence[Entry]) -> Prepared:
+        """Shed the excess beyond the bound, verify the rest (no state: during the last commit)."""
+        cut = await self.admission.cut(batch, self.lease.fence)
+        return Prepared(batch, cut, await self._verify(batch[cut:]))
+
+    async def _complete(self, prepared: Prepared) -> None:
+        batch, cut = prepared.batch, prepared.cut
         if self._stale:  # an earlier rebuild was cut short: never decide on a partial state
             await self.rebuild()
-        # the excess beyond the bound is shed (inside Redis, or the batch's oldest entries)
-        cut = await self.admission.cut(batch, self.lease.fence)
         ids = [parse_id(e.id) for e in batch]
-        handled, decided = await self._decide_batch(batch[cut:], ids[cut:])
+        handled, decided = await self._decide_batch(batch[cut:], ids[cut:], prepared.checked)
         if cut:
             handled += self.admission.shed_items(batch[:cut])
             decided += [False] * cut
-        # Exactly once by the ack: an entry a rival (or an earlier try of this commit) already
-        # committed is no longer pending, and its item comes back False with nothing written.
+        # exactly once by the ack: an entry committed before comes back False, nothing written
         results = await self.bus.commit(handled, fence=self.lease.fence)
         self.processed += len(handled)
         high = max(ids)
@@ -325,13 +327,12 @@ class ActorShell(LeasedHost):
             self._committed = (self.logic.snapshot(), self._batch_digests)
 
     async def _decide_batch(
-        self, batch: Sequence[Entry], ids: Sequence[IdPair]
+        self, batch: Sequence[Entry], ids: Sequence[IdPair], checked_all: Sequence[Checked]
     ) -> tuple[list[Handled], list[bool]]:
         """Each entry (``ids``: their ids parsed) verified, decided and turned into its commit
         item (plus whether it went through decide), with the state digests after the batch's last
         change."""
         self._batch_digests = None
-        checked_all = await self._verify(batch)
         done = await committed_before(self.bus, self.group, batch, ids, checked_all, self._high)
         done.update(self.recent.entries(batch, checked_all))
         runs = aggregated(batch, checked_all, threshold=self.config.bus.aggregate_from)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from math import isfinite
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio.lowlevel
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -22,6 +22,7 @@ __all__ = [
     "Checked",
     "IdPair",
     "Meta",
+    "Prepared",
     "committed_before",
     "finite",
     "inbox_consumer",
@@ -32,6 +33,15 @@ FRAME = "m"  # the stream field holding the signed frame
 VERIFY_CHUNK = 64  # entries verified between turns given to the other actors of the process
 IdPair = tuple[int, int]  # an entry id, parsed (``bus.parse_id``)
 Checked = Envelope | ContractError | None  # a verified entry, its refusal, or no frame field
+
+
+class Prepared(NamedTuple):
+    """A batch ready to be decided: the ``cut`` entries at its start to shed, and each other
+    entry's verification (``checked``, in order)."""
+
+    batch: Sequence[Entry]
+    cut: int
+    checked: Sequence[Checked]
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -26,6 +27,16 @@ from bus import Bus, BusClosed, BusUnavailable, Consumer, Entry, Fenced, backoff
 from contracts.config import KasminaConfig
 
 __all__ = ["LeasedHost"]
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    """The first exception in a (nested) exception group that is not a cancellation."""
+    for exc in group.exceptions:
+        inner = _first(exc) if isinstance(exc, BaseExceptionGroup) else exc
+        if not isinstance(inner, anyio.get_cancelled_exc_class()):
+            return inner
+    return group
+
 
 log = logging.getLogger("kasmina.actors")
 
@@ -55,9 +66,19 @@ class LeasedHost:
         """Re-fold the state from the event stream; returns the events folded."""
         raise NotImplementedError
 
+    async def _prepare(self, batch: Sequence[Entry]) -> Any:
+        """The work on a batch that needs no state (done while the batch before it is decided
+        and committed); what :meth:`_process` takes."""
+        return batch
+
+    async def _complete(self, prepared: Any) -> None:
+        """Decide and commit one prepared batch of the inbox. A host overrides this with
+        :meth:`_prepare`, or :meth:`_process` alone (then nothing overlaps a commit)."""
+        await self._process(prepared)
+
     async def _process(self, batch: Sequence[Entry]) -> None:
-        """Decide and commit one batch of the inbox."""
-        raise NotImplementedError
+        """One batch from start to end (the serving loop runs the two halves overlapped)."""
+        await self._complete(await self._prepare(batch))
 
     # -- what tests and status read -------------------------------------------------------------
     @property
@@ -188,8 +209,7 @@ class LeasedHost:
                 self.bus, self.config, self.run_id, self.inbox, self.group, self.consumer_name
             )
             try:
-                async for batch in self._consumer.batches():
-                    await self._process(batch)
+                await self._pipeline(self._consumer)
             except Fenced:
                 await self._lose("a commit was fenced off")
             except BusUnavailable:
@@ -205,6 +225,36 @@ class LeasedHost:
                 failures = 0
                 if self.lifecycle.owns:  # the consumer ended by itself: its bus was closed
                     self._enter(Lifecycle.STOPPING)
+
+    async def _pipeline(self, consumer: Consumer) -> None:
+        """Serve ``consumer``'s batches, the next one read and prepared while this one is decided
+        and committed (its round trips overlap the commit's). A failure to read or prepare is
+        raised once the batch in hand is committed; a prepared batch is dropped (left pending in
+        the group, read again as a redelivery) once this host no longer holds the lease."""
+        send, receive = anyio.create_memory_object_stream[Any](0)
+        failed: list[Exception] = []
+
+        async def feed() -> None:
+            async with send:
+                try:
+                    async for batch in consumer.batches():
+                        await send.send(await self._prepare(batch))
+                except Exception as exc:  # raised below, in the serving task
+                    failed.append(exc)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(feed)
+                async with receive:
+                    async for prepared in receive:
+                        if self.lifecycle is Lifecycle.STANDBY:
+                            break
+                        await self._complete(prepared)
+                tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:  # one task failed; the other was cancelled
+            raise _first(group) from None
+        if failed:
+            raise failed[0]
 
     async def _release(self) -> None:
         if self.lifecycle.owns:
