@@ -47,7 +47,6 @@ from actors.execution.seedchecks import (
     check_params,
     check_shares_nothing,
     host_tensors,
-    no_new_hooks,
     untouched_host,
 )
 from actors.execution.slot import SeedSlot, SlotTap, host_parameters
@@ -227,8 +226,7 @@ def build_seed(
     """The seed, built on a forked RNG seeded from the slot, the step and the blueprint."""
     with torch.random.fork_rng(devices=[rt.device] if rt.device.type == "cuda" else []):
         torch.manual_seed(_rng_seed(rt, slot, at_step, bp, ""))
-        with no_new_hooks(rt):
-            seed: nn.Module = bp.build(site.shape, params, rt.hosts.get(slot.slot_id, slot))
+        seed: nn.Module = bp.build(site.shape, params, rt.hosts.get(slot.slot_id, slot))
         return seed.to(device=rt.device, dtype=site.tap.h.dtype)
 
 
@@ -257,10 +255,8 @@ def check_size(
         request = request_bytes(m.param_count, total - m.param_count, site.shape.dtype)
         return check_budget(rt, request + activations), activations
     try:
-        with torch.device("meta"), torch.random.fork_rng(devices=[]), no_new_hooks(rt):
+        with torch.device("meta"), torch.random.fork_rng(devices=[]):
             ghost = bp.build(site.shape, params, rt.hosts.get(slot.slot_id, slot))
-    except OrderError:
-        raise
     except Exception as exc:
         raise OrderError(f"blueprint {bp.name!r} cannot build with {params}: {exc}") from None
     try:

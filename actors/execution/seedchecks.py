@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules import module as _module
 
 from actors.execution.blueprints import Blueprint, SlotShape, param_count, signed_off
 from actors.execution.errors import OrderError
@@ -29,7 +28,6 @@ __all__ = [
     "check_params",
     "check_shares_nothing",
     "host_tensors",
-    "no_new_hooks",
     "untouched_host",
 ]
 
@@ -129,51 +127,4 @@ def untouched_host(rt: ExecutionRuntime, slot_id: str) -> Iterator[None]:
         raise OrderError(
             f"seed wrote {len(written)} host tensor(s) through a reference it kept",
             {ev.SEED_SHARES_HOST: float(len(written))},
-        )
-
-
-_GLOBAL_HOOKS = (
-    "_global_forward_hooks",
-    "_global_forward_pre_hooks",
-    "_global_backward_hooks",
-    "_global_backward_pre_hooks",
-)
-_MODULE_HOOKS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-    "_state_dict_hooks",
-    "_load_state_dict_pre_hooks",
-)
-
-
-def _hook_tables(rt: ExecutionRuntime) -> list[dict[int, object]]:
-    """Every hook table a seed factory could add to: the host modules' and the global ones."""
-    tables = [getattr(_module, name) for name in _GLOBAL_HOOKS if hasattr(_module, name)]
-    for m in rt.model.modules():
-        tables += [
-            getattr(m, name) for name in _MODULE_HOOKS if isinstance(getattr(m, name, None), dict)
-        ]
-    return tables
-
-
-@contextmanager
-def no_new_hooks(rt: ExecutionRuntime) -> Iterator[None]:
-    """Refuse a seed factory that registers a hook on the host (or a global module hook): the
-    hooks it added are removed (the host is as it was) and the germination is refused."""
-    tables = _hook_tables(rt)
-    before = [set(t) for t in tables]
-    try:
-        yield
-    finally:
-        added = [(t, set(t) - b) for t, b in zip(tables, before, strict=True)]
-        for table, keys in added:
-            for key in keys:
-                table.pop(key, None)
-    count = sum(len(keys) for _, keys in added)
-    if count:
-        raise OrderError(
-            f"seed factory registered {count} hook(s) on the host: a seed may not change the host",
-            {ev.SEED_SHARES_HOST: float(count)},
         )

@@ -1,6 +1,6 @@
-"""A seed factory receives the host module: a seed that hooks the host, or keeps an unregistered
-reference to it and writes its tensors, is refused (nothing of the host changed) or, writing
-only later, reported as an isolation violation."""
+"""A seed factory receives the host module: a seed that keeps an unregistered reference to it
+and writes its tensors is refused (nothing of the host changed) or, writing only later, reported
+as an isolation violation."""
 
 from __future__ import annotations
 
@@ -15,18 +15,6 @@ from actors.execution import Blueprint, register_blueprint, unregister_blueprint
 from actors.execution.blueprints import ResidualMLP, SlotShape
 from leyline import pb
 from tests.execution.execution_helpers import data, germinate, kinds, order, runtime, tiny, train
-
-
-class HookSeed(nn.Module):
-    """Registers a forward hook on the host that scales its output in train mode."""
-
-    def __init__(self, d: int, host: nn.Module) -> None:
-        super().__init__()
-        self.inner = ResidualMLP(d, d, d)
-        host.register_forward_hook(lambda m, i, o: o * 1.01 if m.training else None)
-
-    def forward(self, h: Tensor) -> Tensor:
-        return self.inner(h)  # type: ignore[no-any-return]
 
 
 class HiddenRef(nn.Module):
@@ -50,7 +38,6 @@ class HiddenRef(nn.Module):
 
 
 FACTORIES: dict[str, Any] = {
-    "x_hook": lambda s, p, host: HookSeed(s.out_shape[-1], host),
     "x_ref_now": lambda s, p, host: HiddenRef(s.out_shape[-1], host, 0),
     "x_ref_later": lambda s, p, host: HiddenRef(s.out_shape[-1], host, 12),
 }
@@ -58,7 +45,7 @@ FACTORIES: dict[str, Any] = {
 
 @contextmanager
 def blueprints() -> Iterator[None]:
-    """The three blueprints, registered for the test."""
+    """The two blueprints, registered for the test."""
     for name, factory in FACTORIES.items():
         register_blueprint(
             Blueprint(name, factory, lambda s: isinstance(s, SlotShape)), replace=True
@@ -86,16 +73,15 @@ def _host(model: nn.Module) -> dict[str, Tensor]:
     return {k: v for k, v in model.state_dict().items() if ".slot." not in k}
 
 
-def test_a_seed_that_hooks_or_writes_the_host_at_germination_is_refused_and_undone() -> None:
-    """Hooking the host, or writing it from the first forward: the germination is refused with
-    the reason, no hook is left and the host trains exactly as in a seedless run."""
+def test_a_seed_that_writes_the_host_at_germination_is_refused_and_undone() -> None:
+    """Writing the host from the first forward: the germination is refused with the reason and
+    the host trains exactly as in a seedless run."""
     base, _, _ = _run(None)
     with blueprints():
-        for name, reason in (("x_hook", "hook"), ("x_ref_now", "host tensor")):
+        for name, reason in (("x_ref_now", "host tensor"),):
             model, acks, _ = _run(name)
             germ = [a for a in acks if a.order_id == f"a-{pb.SEED_STAGE_GERMINATED}-1"]
             assert germ and not germ[0].ok and reason in germ[0].error, (name, germ)
-            assert all(not m._forward_hooks for m in model.modules())
             for key, value in _host(base).items():
                 assert torch.equal(value, _host(model)[key]), (name, key)
 
