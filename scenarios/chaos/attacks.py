@@ -175,6 +175,23 @@ async def _telemetry_flood(ctx: Ctx) -> None:
     await ctx.flood(frames, inbox)
 
 
+async def _trainer_log_forgery(ctx: Ctx) -> None:
+    """A trainer key writes into the actors' own logs what it may sign elsewhere: votes and
+    critical events into the event log, a shed record in the target's name (four billion
+    entries) into the rejected stream, and the gate's heartbeats."""
+    events, rejected = streams.events(ctx.run), streams.rejected(ctx.run)
+    vote = pb.BarrierVote(barrier_step=10, rank=7, world_size=2)
+    shed = pb.Rejection(
+        reason_code="overloaded", actor=f"seed:{TARGET}", stream=ctx.inbox(), count=4_000_000_000
+    )
+    beat = pb.Heartbeat(actor="gate", process="forged:1", processed=123456)
+    for _ in range(20):
+        await ctx.flood([_signed(ctx, "trainer", "barrier.vote", vote, events)], events)
+        await ctx.flood([_signed(ctx, "trainer", "rejection", shed, rejected)], rejected)
+        heartbeats = streams.heartbeats(ctx.run)
+        await ctx.flood([_signed(ctx, "trainer", "actor.heartbeat", beat, heartbeats)], heartbeats)
+
+
 async def _retired_key(ctx: Ctx) -> None:
     cmd = build_command(TARGET, "cull")
     await ctx.flood([_signed(ctx, "retired", "seed.command", cmd) for _ in range(500)])
@@ -194,6 +211,7 @@ ATTACKS: tuple[Attack, ...] = (
     Attack("trainer_key_commands", "trainer", _trainer_commands),
     Attack("controller_bad_params", "controller", _bad_params),
     Attack("telemetry_max_batches", "trainer", _telemetry_flood),
+    Attack("trainer_key_log_forgery", "trainer", _trainer_log_forgery),
     Attack("retired_key", "retired", _retired_key),
 )
 

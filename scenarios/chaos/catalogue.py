@@ -134,9 +134,11 @@ async def _read(
 ) -> tuple[Any, list[Any], Counter[str], int]:
     """Folded state, transitions, rejections by (signed) reason (the legitimate commands'
     refusals left out), quarantined events."""
-    events, transitions = [], []
+    events, transitions, copies = [], [], 0
     async for rec in read_log(bus, streams.events(run), Verifier(ring, replay=True)):
-        if not isinstance(rec, BadEntry):
+        if isinstance(rec, BadEntry):
+            copies += rec.copy is not None  # a copy of a logged event: quarantined, as status says
+        else:
             events.append(rec.event)
             if rec.kind == "lifecycle.transition":
                 transitions.append(rec.message)
@@ -148,7 +150,7 @@ async def _read(
             reasons["unverified_record"] += 1
         elif isinstance(rec.message, pb.Rejection) and rec.message.message_id not in (legit or ()):
             reasons[rec.message.reason_code] += max(1, rec.message.count)
-    return state, transitions, reasons, len(quarantined)
+    return state, transitions, reasons, len(quarantined) + copies
 
 
 def _process(run: str, url: str, base: Path, full: KeyRing) -> ActorProcess:
