@@ -13,6 +13,8 @@ the knowledge-distillation objective when the runtime has a teacher). Which seed
 
 from __future__ import annotations
 
+import logging
+import weakref
 from typing import TYPE_CHECKING
 
 import torch
@@ -22,13 +24,17 @@ from actors.execution import stages as st
 from actors.execution.distill import kd_settings
 from actors.execution.evidence import shadow_step
 from actors.execution.memory import seed_raised
-from actors.execution.probing import ProbeBatch, split_batch
+from actors.execution.pairs import per_example_loss
+from actors.execution.probing import ProbeBatch, first_tensor, probe_mode, split_batch
+from actors.execution.slot import SeedSlot
 
 if TYPE_CHECKING:
     from actors.execution.runtime import ExecutionRuntime
     from actors.execution.slotstate import SlotState
 
 REPLACE, ADD = "replace", "add"
+log = logging.getLogger("kasmina.execution")
+_WARNED: weakref.WeakSet[ExecutionRuntime] = weakref.WeakSet()  # told once about a bad batch
 
 
 def shadow_use(state: SlotState) -> str | None:
@@ -80,12 +86,32 @@ def _serve_one(
     try:
         grads, gain = shadow_step(rt.model, slot, rt.device, inputs, targets, rt.loss_fn, distill)
     except Exception as exc:  # the seed leaves; the training loop goes on
+        if _host_refuses(rt, slot, inputs, targets):  # the trainer's batch, not the seed
+            if rt not in _WARNED:
+                _WARNED.add(rt)
+                log.warning("on_step(batch=…): the host alone cannot take this batch (%s: %s); "
+                            "no shadow step for it", type(exc).__name__, exc)  # fmt: skip
+            return False
         seed_raised(rt, state, "the shadow-loss step", exc)
         return False
     if slot.stage == st.TRAINING:
         state.shadow_gains.append(gain)
     _set_grads(rt, params, grads, add=use == ADD)
     return True
+
+
+def _host_refuses(
+    rt: ExecutionRuntime, slot: SeedSlot, inputs: torch.Tensor, targets: torch.Tensor
+) -> bool:
+    """Whether the host alone (the seed out of the forward) raises on the batch or its loss: then
+    a failed shadow step is the batch's fault, and no seed is blamed for it."""
+    try:
+        with probe_mode(rt.model, rt.device), slot.forced(st.Mode.IDENTITY, 0.0), torch.no_grad():
+            out = first_tensor(rt.model(inputs.to(rt.device)))
+            per_example_loss(out, targets.to(rt.device), rt.loss_fn)
+    except Exception:  # any failure of the host alone is the batch's
+        return True
+    return False
 
 
 def _set_grads(
