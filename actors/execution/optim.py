@@ -11,11 +11,19 @@ optimizers are of the same type.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from actors.execution.mailbox import KIND_TELEMETRY
+from leyline import pb
+
+if TYPE_CHECKING:
+    from actors.execution.runtime import ExecutionRuntime
 
 
 def seed_optimizer(
@@ -109,3 +117,26 @@ def teacher_logits(teacher: nn.Module, inputs: Tensor) -> Tensor:
     finally:
         teacher.train(was_training)
     return out
+
+
+def warn_seeds_held(rt: ExecutionRuntime, step: int) -> None:
+    """Warn once per live seed the host optimizer holds (it would step it too, unclipped): a log
+    line and a WARNING telemetry item. Looked at again only when the optimizer, its groups or the
+    live seeds changed."""
+    groups, slots = rt.host_optimizer.param_groups, rt.slots.values()
+    seen = (id(rt.host_optimizer), [len(g["params"]) for g in groups], [id(s.seed) for s in slots])
+    if seen == rt._optimizer_seen:
+        return
+    rt._optimizer_seen = seen
+    held = {id(p) for group in groups for p in group["params"]}
+    for sid, slot in rt.slots.items():
+        seed = slot.seed
+        if seed is None or slot.fossil or seed in rt._warned_seeds:
+            continue
+        if any(id(p) in held for p in slot.seed_parameters()):
+            rt._warned_seeds.add(seed)
+            detail = f"slot {sid}: the host optimizer holds the seed (use host_parameters)"
+            logging.getLogger("kasmina.execution").warning(detail)
+            raw = pb.TelemetryRaw(slot=sid, region=rt.config.region, step=step,
+                                  severity=pb.SEVERITY_WARNING, message=detail)  # fmt: skip
+            rt.outbox.put(KIND_TELEMETRY, raw)

@@ -19,7 +19,6 @@ same step. Outgoing messages queue in an outbox that a bus bridge drains off the
 
 from __future__ import annotations
 
-import logging
 import math
 import queue
 import threading
@@ -48,9 +47,10 @@ from actors.execution.distill import check_teacher, soft_targets
 from actors.execution.errors import OrderError, is_oom
 from actors.execution.evidence import counterfactual, reset_check
 from actors.execution.kernelcache import KernelCache
-from actors.execution.mailbox import KIND_SAFETY, KIND_TELEMETRY, Inbox, Outbox
+from actors.execution.mailbox import KIND_SAFETY, Inbox, Outbox
 from actors.execution.memory import SeedMemory, forward_failures
 from actors.execution.merge import Merged
+from actors.execution.optim import warn_seeds_held
 from actors.execution.probing import LossFn, ProbeBatch, check_batch, split_batch
 from actors.execution.pruning import Pruner
 from actors.execution.slot import SeedSlot, SlottedModule
@@ -141,6 +141,7 @@ class ExecutionRuntime:
         self.last_loss = math.nan
         self.losses: deque[tuple[int, float]] = deque(maxlen=4096)
         self._warned_seeds: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+        self._optimizer_seen: tuple[object, ...] = ()  # what the last look at it saw
 
     @property
     def rank(self) -> int:
@@ -232,7 +233,7 @@ class ExecutionRuntime:
         if self._barrier_step(step):  # gradient verification through sampling
             self._grad_digest = ranks.grad_digest(self.slots, step)
         if any([slot._modules["seed"] is not None for slot in self.slots.values()]):
-            self._seeds_in_host_optimizer(step)
+            warn_seeds_held(self, step)
             seedsteps.train_seeds(self, step)
         self.pending.extend(self.inbox.drain())
         pruning_due = pruning_orders.take(self)
@@ -333,21 +334,6 @@ class ExecutionRuntime:
     def stage_evidence(self, sid: str) -> dict[str, float]:
         """What the exit gate of the slot's stage reads (see :func:`monitor.stage_evidence`)."""
         return monitor.stage_evidence(self, sid)
-
-    def _seeds_in_host_optimizer(self, step: int) -> None:
-        """Warn once per live seed the host optimizer holds (it would step it too, unclipped)."""
-        held = {id(p) for group in self.host_optimizer.param_groups for p in group["params"]}
-        for sid, slot in self.slots.items():
-            seed = slot.seed
-            if seed is None or slot.fossil or seed in self._warned_seeds:
-                continue
-            if any(id(p) in held for p in slot.seed_parameters()):
-                self._warned_seeds.add(seed)
-                detail = f"slot {sid}: the host optimizer holds the seed (use host_parameters)"
-                logging.getLogger("kasmina.execution").warning(detail)
-                raw = pb.TelemetryRaw(slot=sid, region=self.config.region, step=step,
-                                      severity=pb.SEVERITY_WARNING, message=detail)  # fmt: skip
-                self.outbox.put(KIND_TELEMETRY, raw)
 
     def _safety(self, slot: str, kind: int, value: float, detail: str) -> None:
         signal = pb.SafetySignal(

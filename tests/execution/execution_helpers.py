@@ -75,8 +75,11 @@ def train(
     rt: ExecutionRuntime | None,
     batches: list[tuple[Tensor, Tensor]],
     steps: range,
+    *,
+    shadow: bool = False,
 ) -> None:
-    """The user's loop: zero, forward, backward, host step, then one runtime call."""
+    """The user's loop: zero, forward, backward, host step, then one runtime call (``shadow``:
+    with the step's batch, ``on_step(…, batch=(x, y))``)."""
     for step in steps:
         x, y = batches[step % len(batches)]
         opt.zero_grad(set_to_none=True)
@@ -84,7 +87,7 @@ def train(
         backward(loss)
         opt.step()
         if rt is not None:
-            rt.on_step(step, loss)
+            rt.on_step(step, loss, batch=(x, y) if shadow else None)
 
 
 def backward(loss: Tensor) -> None:

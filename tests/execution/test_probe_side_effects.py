@@ -9,13 +9,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from actors.execution import insert_slots
 from actors.execution.probing import probe_mode
 from leyline import pb
-from tests.execution.execution_helpers import backward, data, germinate, order, runtime
+from tests.execution.execution_helpers import data, germinate, order, runtime, train
 
 
 class StatefulHost(nn.Module):
@@ -61,14 +60,7 @@ def _run(kasmina: bool) -> tuple[dict[str, Tensor], Any, Any, Tensor]:
         rt = runtime(model, slots, opt, probe_every=2, validation=data(1, batch=32, seed=5)[0])
         rt.submit(germinate("s", 1))
         rt.submit(order("s", pb.SEED_STAGE_TRAINING, 2))
-    for step in range(10):
-        x, y = batches[step % len(batches)]
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
-        backward(loss)
-        opt.step()
-        if rt is not None:
-            rt.on_step(step, loss, batch=(x, y))
+    train(model, opt, rt, batches, range(10), shadow=True)
     if rt is not None:
         assert slots["s"].stage == pb.SEED_STAGE_TRAINING
         rt.counterfactual("s")
