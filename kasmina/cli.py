@@ -43,18 +43,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_REPORTED = (CliError, ContractError, KeyRingError, OSError, ValueError, BusError)
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The error to report for ``exc``: an exception group (a task group's failure) stands for
+    its first leaf when every leaf is one the command line reports in one line, else itself."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [exc]
+    while pending:
+        cur = pending.pop(0)
+        if isinstance(cur, BaseExceptionGroup):
+            pending[:0] = list(cur.exceptions)
+        else:
+            leaves.append(cur)
+    if leaves and all(isinstance(e, (*_REPORTED, KeyboardInterrupt)) for e in leaves):
+        return leaves[0]
+    return exc
+
+
+def _exit_code(command: str, exc: BaseException) -> int:
+    """Print ``exc`` as one line and return the exit code; raise it again when it is a bug."""
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    if isinstance(exc, BusError):  # Redis refused or cannot be reached: one line, no traceback
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        print(f"kasmina {command}: Redis: {reason}", file=sys.stderr)
+        return 2
+    if isinstance(exc, _REPORTED):
+        print(f"kasmina {command}: {exc}", file=sys.stderr)
+        return 2
+    raise exc
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: exit 0 on success, non-zero with a one-line reason on error."""
+    """Entry point: exit 0 on success, non-zero with a one-line reason on error (also when the
+    error surfaced in one of a command's concurrent tasks)."""
     args = build_parser().parse_args(argv)
     try:
         code = int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        code = 130
-    except (CliError, ContractError, KeyRingError, OSError, ValueError) as exc:
-        print(f"kasmina {args.command}: {exc}", file=sys.stderr)
-        code = 2
-    except BusError as exc:  # Redis refused or cannot be reached: one line, no traceback
-        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
-        print(f"kasmina {args.command}: Redis: {reason}", file=sys.stderr)
-        code = 2
+    except (KeyboardInterrupt, Exception) as exc:
+        leaf = _leaf(exc)
+        if leaf is exc and not isinstance(exc, (*_REPORTED, KeyboardInterrupt)):
+            raise
+        code = _exit_code(args.command, leaf)
     sys.exit(code)

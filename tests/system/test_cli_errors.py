@@ -1,0 +1,44 @@
+"""Errors a command meets in one of its concurrent tasks exit with one line, like any other: a
+Redis writer who turns a run's stream into a plain string makes ``publish --wait`` fail cleanly."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from test_cli_run import cli_env, kasmina  # noqa: F401  (the fixture is used by name)
+
+from bus import BusError
+from contracts import streams
+
+pytestmark = pytest.mark.redis
+
+
+def test_publish_wait_reports_a_wrong_typed_stream_in_one_line(
+    cli_env: dict[str, str],  # noqa: F811
+) -> None:
+    """`publish --wait` whose outcome watcher meets WRONGTYPE exits 2 with a one-line reason."""
+    client = redis.Redis.from_url(cli_env["KASMINA_REDIS"])
+    client.set(streams.outcomes(cli_env["KASMINA_RUN"]), b"not a stream")
+    try:
+        done = kasmina("publish", "germinate", "--slot", "l1.s0", "--blueprint", "residual_mlp",
+                       "--wait", "--timeout", "5", env=cli_env)  # fmt: skip
+    finally:
+        client.delete(streams.outcomes(cli_env["KASMINA_RUN"]))
+        client.close()
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]  # after the progress lines of the wait
+    assert last.startswith("kasmina publish: Redis:") and "WRONGTYPE" in last
+
+
+def test_a_group_of_reported_errors_stands_for_its_first_leaf_and_a_bug_for_itself() -> None:
+    """A task group's failure is reported by its first leaf only when every leaf is reportable."""
+    from kasmina.cli import _leaf
+
+    first, second = BusError("refused"), ValueError("bad")
+    nested = BaseExceptionGroup("outer", [ExceptionGroup("inner", [first]), second])
+    assert _leaf(nested) is first
+    buggy = ExceptionGroup("outer", [first, KeyError("bug")])
+    assert _leaf(buggy) is buggy
+    plain = RuntimeError("x")
+    assert _leaf(plain) is plain
