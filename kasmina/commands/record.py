@@ -9,7 +9,7 @@ import anyio
 
 from bus import open_bus, record
 from contracts import streams
-from kasmina.common import add_keys, add_redis, emit_json, load_keys, redis_url, run_id
+from kasmina.common import CliError, add_keys, add_redis, emit_json, load_keys, redis_url, run_id
 from kasmina.sources import seal_key
 
 
@@ -27,6 +27,11 @@ async def _record(args: argparse.Namespace) -> dict[str, Any]:
     run = run_id(args)
     try:
         names = await bus.streams(streams.prefix(run) + "*")
+        if streams.events(run) not in names:
+            raise CliError(
+                f"run {run!r} has no event log (no stream {streams.events(run)}; the key is "
+                "missing or holds another type): is the run name right? nothing written"
+            )
         count = await record(bus, names, args.output, {"run": run}, seal=seal)
     finally:
         await bus.close()

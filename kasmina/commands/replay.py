@@ -165,7 +165,7 @@ def _summary(
         summary["recording_problems"] = list(integrity.problems)
     if args.verify:
         mismatches = verify_digests(events, quarantine=[])
-        summary["verified"] = (
+        summary["verified"] = bool(events or bad) and (
             not mismatches and not bad and not quarantined and (integrity is None or integrity.ok)
         )
         summary["mismatches"] = mismatches[:20]
@@ -217,6 +217,8 @@ async def _step_reports(source: Any, events: list[Any], ring: Any) -> list[Any]:
 
 def _failure(summary: dict[str, Any]) -> str:
     """The first reason ``--verify`` failed, in one line."""
+    if not summary["events"] and not summary["bad_entries"] and not summary["quarantined"]:
+        return "no events: the source holds no event log of this run"
     if summary.get("recording_problems"):
         return "recording: " + str(summary["recording_problems"][0])
     if summary["bad"]:
