@@ -42,6 +42,9 @@ class GateThresholds(BaseModel):
     seed_host_norm_ratio_min: float = Field(0.0, ge=0.0)
     seed_host_norm_ratio_max: float = Field(10.0, gt=0.0)
     max_latency_overhead: float = Field(0.5, ge=0.0)  # relative slot overhead
+    # a seed adding at most this much time per probe forward costs no latency (G3 and G4's cost):
+    # on a tiny host the slot's fixed cost is a large fraction of a forward of microseconds
+    latency_floor_us: float = Field(1000.0, ge=0.0)
     counterfactual_loss_tolerance: float = Field(0.02, ge=0.0)
     # G4 system impact
     # paired per-example validation gain (alpha=1 minus alpha=0): its lower confidence bound

@@ -46,6 +46,7 @@ OUTPUT_FINITE = "output_finite"
 SEED_HOST_NORM_RATIO = "seed_host_norm_ratio"
 SEED_HOST_NORM_N = "seed_host_norm_n"  # examples of the probe batch behind the ratio
 LATENCY_OVERHEAD = "latency_overhead"
+LATENCY_ADDED_US = "latency_added_us"  # t_on - t_off behind it, in µs per probe forward
 LATENCY_N = "latency_n"  # timed pairs of forwards (seed on, seed off) behind it
 CF_LOSS_ON = "cf_loss_on"  # validation loss at alpha = 1
 CF_LOSS_OFF = "cf_loss_off"  # validation loss at alpha = 0

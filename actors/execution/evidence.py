@@ -270,10 +270,11 @@ def latency_overhead(
     device: torch.device,
     batch: ProbeBatch,
     reps: int = LATENCY_REPS,
-) -> float:
-    """Relative forward-time overhead of the seed, ``(t_on - t_off) / t_off``: the best of
-    ``reps`` no-grad probe forwards with the seed fully on and off, taken in alternation (on a
-    shared machine a burst of contention then slows both sides, not one side's every rep)."""
+) -> dict[str, float]:
+    """The seed's forward-time cost: ``latency_overhead`` = ``(t_on - t_off) / t_off`` and
+    ``latency_added_us`` = ``t_on - t_off`` in µs (``latency_n`` pairs), from the best of ``reps``
+    no-grad probe forwards with the seed fully on and off, taken in alternation (on a shared
+    machine a burst of contention then slows both sides, not one side's every rep)."""
     inputs, _ = split_batch(batch)
 
     def timed(mode: Mode) -> float:
@@ -291,4 +292,8 @@ def latency_overhead(
         timed(Mode.IDENTITY), timed(seed_on)  # warm-up
         pairs = [(timed(Mode.IDENTITY), timed(seed_on)) for _ in range(reps)]
     off, on = min(p[0] for p in pairs), min(p[1] for p in pairs)
-    return max(0.0, (on - off) / off) if off > 0 else 0.0
+    return {
+        ev.LATENCY_OVERHEAD: max(0.0, (on - off) / off) if off > 0 else 0.0,
+        ev.LATENCY_ADDED_US: max(0.0, on - off) * 1e6,
+        ev.LATENCY_N: float(reps),
+    }

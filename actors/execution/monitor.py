@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from actors.execution import stages as st
-from actors.execution.evidence import LATENCY_REPS, isolation_probe, latency_overhead, on_mode
+from actors.execution.evidence import isolation_probe, latency_overhead, on_mode
 from actors.execution.isolation import IsolationReport, autograd_probe, isolation_signal
 from actors.execution.mailbox import KIND_SAFETY, KIND_STEP_REPORT, KIND_TELEMETRY
 from actors.execution.memory import memory_metrics, seed_raised
@@ -105,8 +105,7 @@ def stage_evidence(rt: ExecutionRuntime, sid: str) -> dict[str, float]:
     if slot.stage in (st.SHADOWING, st.PROBATIONARY):
         out.update(rt.counterfactual(sid))
         if rt.probe_batch is not None:
-            out[ev.LATENCY_OVERHEAD] = latency_overhead(rt.model, slot, rt.device, rt.probe_batch)
-            out[ev.LATENCY_N] = float(LATENCY_REPS)
+            out.update(latency_overhead(rt.model, slot, rt.device, rt.probe_batch))
     return out
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from actors.core import released
 from actors.execution import stages as st
 from actors.execution.errors import OrderError
-from actors.execution.evidence import LATENCY_REPS, latency_overhead, slot_facts
+from actors.execution.evidence import latency_overhead, slot_facts
 from actors.execution.germination import germinate
 from actors.execution.mailbox import KIND_ACK
 from actors.execution.merge import merge_fossil
@@ -155,10 +155,7 @@ def _execute(rt: ExecutionRuntime, order: pb.ExecutionOrder, step: int) -> dict[
     if order.counterfactual:
         evidence.update(rt.counterfactual(order.slot))
     if order.wants_evidence and state.slot.seed is not None and rt.probe_batch is not None:
-        evidence[ev.LATENCY_OVERHEAD] = latency_overhead(
-            rt.model, state.slot, rt.device, rt.probe_batch
-        )
-        evidence[ev.LATENCY_N] = float(LATENCY_REPS)
+        evidence.update(latency_overhead(rt.model, state.slot, rt.device, rt.probe_batch))
     evidence.update(state.metrics(step))
     evidence[ev.LOSS_SPIKE_SIGMA], n = rt.loss_spike(state.stage_since)
     evidence[ev.LOSS_SPIKE_N] = float(n)

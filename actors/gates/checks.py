@@ -17,6 +17,8 @@ from actors.gates.gains import (
     cf_gain_bound,
     cf_gain_detail,
     cost_detail,
+    latency_floor_detail,
+    latency_measure,
     net_gain_measure,
     regression,
     regression_detail,
@@ -157,7 +159,7 @@ GATE_CHECKS: dict[int, tuple[Spec, ...]] = {
             "<=",
             lambda t: t.seed_host_norm_ratio_max,
         ),
-        (ev.LATENCY_OVERHEAD, _metric(ev.LATENCY_OVERHEAD), "<=", lambda t: t.max_latency_overhead),
+        (ev.LATENCY_OVERHEAD, latency_measure, "<=", lambda t: t.max_latency_overhead),
         (
             "cf_loss_worsening",
             _derived((ev.CF_LOSS_OFF, ev.CF_LOSS_ON), _relative_rise),
@@ -244,6 +246,9 @@ def _n_detail(statistic: str, n_key: str, unit: str) -> Detail:
 
 
 Detail = Callable[[Mapping[str, float], GateThresholds], str]
+_LATENCY_N = _n_detail(
+    "best-of forward time, seed on over seed off, minus 1", ev.LATENCY_N, "timed pairs"
+)
 _DETAILS: dict[str, Detail] = {
     ev.LOSS_SPIKE_SIGMA: _n_detail(
         "rise of the training loss (mean over a quarter of the stage) over its level before "
@@ -257,9 +262,7 @@ _DETAILS: dict[str, Detail] = {
     "seed_host_norm_ratio_max": _n_detail(
         "|seed output| / |host output| at the slot", ev.SEED_HOST_NORM_N, "probe examples"
     ),
-    ev.LATENCY_OVERHEAD: _n_detail(
-        "best-of forward time, seed on over seed off, minus 1", ev.LATENCY_N, "timed pairs"
-    ),
+    ev.LATENCY_OVERHEAD: lambda m, t: _LATENCY_N(m, t) + latency_floor_detail(m, t),
     "cf_loss_worsening": _n_detail(
         "validation loss at alpha 1 over alpha 0, minus 1", ev.CF_GAIN_N, "validation examples"
     ),

@@ -157,6 +157,35 @@ def regression_detail(m: Mapping[str, float], t: GateThresholds) -> str:
     return f"accuracy {m[ev.BASELINE_ACC]:.6g} at germination - {m[ev.VAL_ACC]:.6g} now"
 
 
+def counted_latency(m: Mapping[str, float], t: GateThresholds) -> float:
+    """The relative latency overhead the gates count: 0 when the seed adds at most
+    ``latency_floor_us`` per probe forward (``latency_added_us``, where measured), else
+    ``latency_overhead``."""
+    added = m.get(ev.LATENCY_ADDED_US)
+    if added is not None and math.isfinite(added) and added <= t.latency_floor_us:
+        return 0.0
+    return m[ev.LATENCY_OVERHEAD]
+
+
+def latency_measure(m: Mapping[str, float], t: GateThresholds) -> Measured:
+    """G3: the counted latency overhead (:func:`counted_latency`)."""
+    if ev.LATENCY_OVERHEAD not in m:
+        return None, (ev.LATENCY_OVERHEAD,)
+    return counted_latency(m, t), ()
+
+
+def latency_floor_detail(m: Mapping[str, float], t: GateThresholds) -> str:
+    """The time the seed adds per forward against the floor ("" where it was not measured)."""
+    added = m.get(ev.LATENCY_ADDED_US)
+    if added is None:
+        return ""
+    side = "within" if counted_latency(m, t) == 0.0 else "over"
+    return (
+        f"; {added:.0f} µs added per forward, {side} the {t.latency_floor_us:.0f} µs floor "
+        f"(relative overhead {m[ev.LATENCY_OVERHEAD]:.4g})"
+    )
+
+
 def _seed_cost(t: GateThresholds, seed_params: float, host_params: float, latency: float) -> float:
     """What a seed costs, in gain units: ``param_cost * seed_params / host_params +
     latency_cost * latency_overhead``; NaN (a failed check) when an input is not finite."""
@@ -182,13 +211,13 @@ def net_gain_measure(m: Mapping[str, float], t: GateThresholds) -> Measured:
     scale, absent = _scale(m)
     if missing or absent:
         return None, missing + absent
-    gain, seed, host, latency = (m[name] for name in _COST)
-    return net_gain(t, gain * scale, seed, host, latency), ()
+    gain, seed, host = (m[name] for name in _COST[:3])
+    return net_gain(t, gain * scale, seed, host, counted_latency(m, t)), ()
 
 
 def cost_detail(m: Mapping[str, float], t: GateThresholds) -> str:
     """The gain and the cost's parts."""
-    seed, host, latency = m[ev.SEED_PARAMS], m[ev.HOST_PARAMS], m[ev.LATENCY_OVERHEAD]
+    seed, host, latency = m[ev.SEED_PARAMS], m[ev.HOST_PARAMS], counted_latency(m, t)
     params = t.param_cost * seed / max(host, 1.0)
     lat = t.latency_cost * max(latency, 0.0)
     scale, _ = _scale(m)

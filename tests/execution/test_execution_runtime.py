@@ -131,6 +131,7 @@ def test_counterfactual_compares_alpha_one_and_zero() -> None:
     assert m["cf_loss_on"] == float(on)
     assert m["cf_loss_off"] != m["cf_loss_on"] and 0 <= m["cf_acc_off"] <= 1
     assert m["latency_overhead"] >= 0 and "loss_spike_sigma" in m
+    assert m["latency_added_us"] >= 0 and m["latency_n"] == 5  # the floor's figure, beside it
     assert float(slots["a"].alpha) == 1.0
 
 
