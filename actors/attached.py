@@ -91,12 +91,17 @@ async def confirmations(
     order_id: str | None = None,
 ) -> list[pb.ExecutionAck]:
     """The verified step confirmations of the run, oldest first (only ``slot``'s, or only
-    ``order_id``'s, when given); entries that do not verify are skipped. ``verifier``: one in
-    replay mode (the MAC is checked, not freshness)."""
+    ``order_id``'s, when given); entries that do not verify, and confirmations whose key may
+    not speak for the rank they name (a trainer key signs for its own rank only), are skipped.
+    ``verifier``: one in replay mode (the MAC is checked, not freshness)."""
     out: list[pb.ExecutionAck] = []
     async for record in read_log(bus, streams.confirmations(run), verifier):
-        ack = getattr(record, "message", None)
+        if isinstance(record, BadEntry):
+            continue
+        ack = record.message
         if not isinstance(ack, pb.ExecutionAck):
+            continue
+        if not verifier.speaks_for(record.envelope, f"execution:{ack.rank}"):
             continue
         if (slot is None or ack.slot == slot) and (order_id is None or ack.order_id == order_id):
             out.append(ack)

@@ -58,3 +58,25 @@ async def test_rejection_counts_come_only_from_records_their_signer_speaks_for(
     own = pb.Rejection(reason_code="invalid", actor="execution:0", count=3)
     await _put(bus, stream, signs["trainer"], "execution:0", kinds.REJECTION, own)
     assert await _rejected(bus, run_id, every) == {"invalid": 3, "unverified_record": 1}
+
+
+async def test_confirmations_count_only_for_the_rank_their_signer_speaks_for(
+    bus: Bus, run_id: str
+) -> None:
+    """A trainer key's confirmation claiming another rank applied an order is not counted (in
+    `status` or by `publish --wait`); each rank's own confirmations are."""
+    from actors.attached import confirmations, confirmed_by_rank
+    from contracts import Verifier
+
+    every, signs = role_rings()
+    stream = streams.confirmations(run_id)
+    own = pb.ExecutionAck(order_id="o-1", slot="s", ok=True, rank=0, applied_at_step=10)
+    await _put(bus, stream, signs["trainer"], "execution:0", kinds.EXEC_ACK, own)
+    for order in ("o-1", "o-2"):
+        forged = pb.ExecutionAck(order_id=order, slot="s", ok=True, rank=1, applied_at_step=10)
+        await _put(bus, stream, signs["trainer"], "execution:0", kinds.EXEC_ACK, forged)
+    rank2 = pb.ExecutionAck(order_id="o-3", slot="s", ok=True, rank=2, applied_at_step=10)
+    await _put(bus, stream, signs["trainer"], "execution:2", kinds.EXEC_ACK, rank2)
+    acks = await confirmations(bus, run_id, Verifier(every, replay=True))
+    assert sorted((a.rank, a.order_id) for a in acks) == [(0, "o-1"), (2, "o-3")]
+    assert set(confirmed_by_rank(acks)) == {"0", "2"}
