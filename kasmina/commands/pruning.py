@@ -62,19 +62,32 @@ async def _mark(bus: Bus, stream: str) -> str:
     return info.last_id if info.length else "0-0"
 
 
-async def _acks(wiring: Wiring, order_id: str, after: str, ranks: int) -> list[pb.PruningAck]:
-    """Poll the pruning stream for the order's acks until ``ranks`` of them are there."""
+def counted_rank(rec: object, order_id: str, ranks: set[str], verifier: Verifier) -> str | None:
+    """The rank (``execution:R``) a pruning-stream record acks ``order_id`` for, or None: only
+    for a rank the order went to, and only from a key that may speak for that rank (a trainer
+    key signs for its own rank only)."""
+    if not isinstance(rec, LogRecord) or not isinstance(rec.message, pb.PruningAck):
+        return None
+    rank = f"execution:{rec.message.rank}"
+    if rec.message.order_id != order_id or rank not in ranks:
+        return None
+    return rank if verifier.speaks_for(rec.envelope, rank) else None
+
+
+async def _acks(wiring: Wiring, order_id: str, after: str, ranks: set[str]) -> list[pb.PruningAck]:
+    """Poll the pruning stream until each of ``ranks`` (the ``execution:R`` actors the order
+    went to) acked the order (:func:`counted_rank`)."""
     verifier = Verifier(wiring.ring, replay=True)
     stream = streams.pruning(wiring.run)
-    found: dict[int, pb.PruningAck] = {}
-    while len(found) < ranks:
+    found: dict[str, pb.PruningAck] = {}
+    while len(found) < len(ranks):
         async for rec in read_log(wiring.bus, stream, verifier, start=f"({after}"):
             after = rec.entry_id
-            msg = rec.message if isinstance(rec, LogRecord) else None
-            if isinstance(msg, pb.PruningAck) and msg.order_id == order_id:
-                found[int(msg.rank)] = msg
+            rank = counted_rank(rec, order_id, ranks, verifier)
+            if rank is not None and isinstance(rec, LogRecord):
+                found[rank] = rec.message  # type: ignore[assignment]
         await anyio.sleep(0.1)
-    return [found[r] for r in sorted(found)]
+    return sorted(found.values(), key=lambda a: a.rank)
 
 
 async def publish(args: argparse.Namespace, wiring: Wiring) -> dict[str, Any]:
@@ -96,7 +109,8 @@ async def publish(args: argparse.Namespace, wiring: Wiring) -> dict[str, Any]:
         return out
     acks: list[pb.PruningAck] = []
     with anyio.move_on_after(args.timeout):
-        acks = await _acks(wiring, order.order_id, mark, len(inboxes))
+        ranks = {name for name in map(streams.inbox_actor, inboxes) if name is not None}
+        acks = await _acks(wiring, order.order_id, mark, ranks)
     out["acks"] = [
         {"rank": a.rank, "ok": a.ok, "error": a.error, "applied_at_step": a.applied_at_step,
          "pruned_units": a.pruned_units, "total_units": a.total_units}

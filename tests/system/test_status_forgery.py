@@ -80,3 +80,32 @@ async def test_confirmations_count_only_for_the_rank_their_signer_speaks_for(
     acks = await confirmations(bus, run_id, Verifier(every, replay=True))
     assert sorted((a.rank, a.order_id) for a in acks) == [(0, "o-1"), (2, "o-3")]
     assert set(confirmed_by_rank(acks)) == {"0", "2"}
+
+
+async def test_pruning_acks_count_only_for_an_addressed_rank_their_signer_speaks_for(
+    bus: Bus, run_id: str
+) -> None:
+    """`publish prune --wait` counts a rank's ack only from that rank (or an actor key) and only
+    for a rank the order went to: a trainer key's ack for another rank, or an ack from a rank
+    outside the order, cannot complete the wait."""
+    from actors.eventlog import LogRecord, read_log
+    from contracts import Verifier
+    from kasmina.commands.pruning import counted_rank
+
+    every, signs = role_rings()
+    stream = streams.pruning(run_id)
+    acks = [
+        ("execution:0", pb.PruningAck(order_id="p", rank=0, ok=True)),  # genuine
+        ("execution:0", pb.PruningAck(order_id="p", rank=1, ok=True)),  # for another rank
+        ("execution:9", pb.PruningAck(order_id="p", rank=9, ok=True)),  # not addressed
+        ("execution:1", pb.PruningAck(order_id="other", rank=1, ok=True)),  # another order
+        ("execution:1", pb.PruningAck(order_id="p", rank=1, ok=True)),  # genuine
+    ]
+    for sender, ack in acks:
+        await _put(bus, stream, signs["trainer"], sender, kinds.PRUNING_ACK, ack)
+    verifier = Verifier(every, replay=True)
+    ranks = {"execution:0", "execution:1"}
+    records = [r async for r in read_log(bus, stream, verifier) if isinstance(r, LogRecord)]
+    assert len(records) == len(acks)
+    counted = [counted_rank(r, "p", ranks, verifier) for r in records]
+    assert counted == ["execution:0", None, None, None, "execution:1"]
