@@ -12,6 +12,7 @@ import argparse
 import json
 import struct
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,37 @@ K1 = Key(id="k-vector-0001", secret=bytes(range(32)), created_ns=1_800_000_000_0
 K2 = Key(id="k-vector-0002", secret=bytes(range(32, 80)), created_ns=1_800_000_000_000_000_000)
 TS = 1_800_000_000_123_456_789
 S = 10**9
+#: a rotated-out key: it expires 10 s after TS
+K3 = Key(
+    id="k-vector-0003",
+    secret=bytes(range(80, 112)),
+    created_ns=1_800_000_000_000_000_000,
+    expires_ns=TS + 10 * S,
+)
+#: a revoked key
+K4 = Key(
+    id="k-vector-0004",
+    secret=bytes(range(112, 144)),
+    created_ns=1_800_000_000_000_000_000,
+    revoked_ns=TS - S,
+)
+#: a key that holds only the trainer role
+K5 = Key(
+    id="k-vector-0005",
+    secret=bytes(range(144, 176)),
+    created_ns=1_800_000_000_000_000_000,
+    roles=frozenset({"trainer"}),
+)
 
 
 def _ring(active: str) -> KeyRing:
-    return KeyRing([K1, K2], active)
+    return KeyRing([K1, K2, K3, K4, K5], active)
+
+
+def _signer(key: Key, sender: str) -> Signer:
+    """A signer with ``key`` (the ring's rules on an active key do not apply to vectors)."""
+    signer = Signer(KeyRing([replace(key, expires_ns=None, revoked_ns=None)], key.id), sender)
+    return signer
 
 
 def _valid(
@@ -292,6 +320,7 @@ def build() -> dict[str, Any]:
         _invalid("empty id", _reencode(good, 2, ""), inbox, "bad_frame"),
         _invalid("empty kind", _reencode(good, 1, ""), inbox, "bad_frame"),
         _invalid("empty to", _reencode(good, 8, ""), inbox, "bad_frame"),
+        *_key_vectors(inbox, command),
     ]
     return {
         "format": "kasmina-wire-vectors",
@@ -301,7 +330,108 @@ def build() -> dict[str, Any]:
         "valid": valid,
         "reencoded": reencoded,
         "invalid": invalid,
+        "accepted": _accepted(valid[0]),
     }
+
+
+def _key_vectors(inbox: str, command: bytes) -> list[dict[str, Any]]:
+    """Invalid frames that are refused for their key: expiry, revocation and roles (§4, §5)."""
+    expired, revoked, trainer = _signer(K3, "tamiyo"), _signer(K4, "tamiyo"), _signer(K5, "x")
+    expires = K3.expires_ns or 0
+    rejection = pb.Rejection(reason_code="bad_signature", actor="gate").SerializeToString()
+    return [
+        _invalid(
+            "key expired by the receiver's clock",
+            expired.seal("seed.command", command, stream=inbox, msg_id="exp-1", ts_ns=TS),
+            inbox,
+            "expired_key",
+            claimed_id="exp-1",
+            now_ns=expires,
+        ),
+        _invalid(
+            "stamped at its key's expiry",
+            expired.seal("seed.command", command, stream=inbox, msg_id="exp-2", ts_ns=expires),
+            inbox,
+            "expired_key",
+            claimed_id="exp-2",
+            now_ns=expires - 1,
+        ),
+        _invalid(
+            "revoked key",
+            revoked.seal("seed.command", command, stream=inbox, msg_id="rev-1", ts_ns=TS),
+            inbox,
+            "revoked_key",
+            claimed_id="rev-1",
+        ),
+        _invalid(
+            "trainer key signs a command",
+            trainer.seal("seed.command", command, stream=inbox, msg_id="role-1", ts_ns=TS),
+            inbox,
+            "forbidden_kind",
+            claimed_id="role-1",
+            verified=True,
+        ),
+        _invalid(
+            "trainer key writes to events",
+            trainer.as_sender("execution:0").seal(
+                "rejection", rejection, stream=streams.events("t2"), msg_id="role-2", ts_ns=TS
+            ),
+            streams.events("t2"),
+            "forbidden_kind",
+            claimed_id="role-2",
+            verified=True,
+        ),
+        _invalid(
+            "trainer key on rejected in an actor's name",
+            trainer.as_sender("gate").seal(
+                "rejection", rejection, stream=streams.rejected("t2"), msg_id="role-3", ts_ns=TS
+            ),
+            streams.rejected("t2"),
+            "forbidden_kind",
+            claimed_id="role-3",
+            verified=True,
+        ),
+    ]
+
+
+def _accepted(of: dict[str, Any]) -> list[dict[str, Any]]:
+    """Frames a receiver accepts at the edges of its checks: the clock tolerance (inclusive),
+    a key read just before its expiry, a trainer key on ``rejected`` as its rank."""
+    good = bytes.fromhex(of["frame_hex"])
+    ts, mid = of["fields"]["ts_ns"], of["fields"]["id"]
+    expires = K3.expires_ns or 0
+    rejected = streams.rejected("t2")
+    rejection = pb.Rejection(reason_code="bad_signature", actor="execution:0").SerializeToString()
+    cases = [
+        ("exactly 60 s old", good, of["stream"], ts + 60 * S, mid),
+        ("exactly 60 s ahead", good, of["stream"], ts - 60 * S, mid),
+        (
+            "stamped and read 1 ns before its key's expiry",
+            _signer(K3, "tamiyo").seal(
+                "seed.command",
+                bytes.fromhex(of["body_hex"]),
+                stream=of["stream"],
+                msg_id="exp-0",
+                ts_ns=expires - 1,
+            ),
+            of["stream"],
+            expires - 1,
+            "exp-0",
+        ),
+        (
+            "trainer key on rejected as its rank",
+            _signer(K5, "execution:0").seal(
+                "rejection", rejection, stream=rejected, msg_id="role-0", ts_ns=TS
+            ),
+            rejected,
+            TS,
+            "role-0",
+        ),
+    ]
+    return [
+        {"name": name, "frame_hex": frame.hex(), "stream": stream, "now_ns": now, "id": mid}
+        for name, frame, stream, now, mid in cases
+    ]
 
 
 def main() -> int:

@@ -67,6 +67,16 @@ def test_reencoded_vectors_open_as_their_valid_frame(vector: dict[str, Any]) -> 
     assert env.id == vector["id"]
 
 
+@pytest.mark.parametrize("vector", VECTORS["accepted"], ids=_ids(VECTORS["accepted"]))
+def test_frames_at_the_edges_of_the_checks_are_accepted(vector: dict[str, Any]) -> None:
+    """A frame exactly at the clock tolerance, read just before its key's expiry, or a trainer
+    key's record on ``rejected`` in its rank's name opens."""
+    env = Verifier(RING, clock=lambda: vector["now_ns"]).open(
+        bytes.fromhex(vector["frame_hex"]), stream=vector["stream"]
+    )
+    assert env.id == vector["id"]
+
+
 @pytest.mark.parametrize("vector", VECTORS["invalid"], ids=_ids(VECTORS["invalid"]))
 def test_invalid_vectors_are_refused_with_their_reason(vector: dict[str, Any]) -> None:
     """Each invalid vector is refused with its reason code and the claimed id it names."""

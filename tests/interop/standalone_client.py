@@ -74,7 +74,7 @@ class Client:
         """XADD a signed SeedCommand to the slot's inbox; returns its id."""
         stream = f"kasmina:{{{self.run}}}:inbox:seed:{slot}"
         mid = uuid7()
-        secret = b"\x00" * 32 if forged else self.keys[self.active][0]
+        secret = b"\x00" * 32 if forged else self.keys[self.active].secret
         frame = seal(secret, self.active, kind="seed.command", mid=mid, sender="interop-client",
                      ts_ns=time.time_ns(), stream=stream, body=command.SerializeToString())  # fmt: skip
         self.r.xadd(stream, {"m": frame, "kind": b"seed.command"})

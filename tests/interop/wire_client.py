@@ -27,8 +27,28 @@ KINDS = {  # §6
     "telemetry.batch", "telemetry.region", "telemetry.global", "telemetry.critical",
     "safety.signal", "safety.verdict", "checkpoint.request", "barrier.vote", "barrier.commit",
     "barrier.byzantine", "barrier.timeout", "rejection", "state.digest", "actor.heartbeat",
-    "command.outcome",
+    "command.outcome", "barrier.tick", "barrier.propose", "pruning.order", "pruning.importance",
+    "pruning.ack",
 }  # fmt: skip
+ROLE_KINDS = {  # §4, the roles table
+    "controller": {"seed.command", "pruning.order"},
+    "operator": {"seed.command", "pruning.order"},
+    "trainer": {
+        "exec.ack", "step.report", "telemetry.raw", "telemetry.batch", "telemetry.critical",
+        "safety.signal", "barrier.vote", "actor.heartbeat", "pruning.importance", "pruning.ack",
+        "rejection",
+    },
+    "actor": {
+        "lifecycle.transition", "lifecycle.refused", "lifecycle.progress", "gate.request",
+        "gate.result", "exec.order", "telemetry.region", "telemetry.global", "telemetry.critical",
+        "safety.signal", "safety.verdict", "checkpoint.request", "barrier.propose", "barrier.tick",
+        "barrier.vote", "barrier.commit", "barrier.byzantine", "barrier.timeout", "rejection",
+        "command.outcome", "state.digest", "actor.heartbeat",
+    },
+}  # fmt: skip
+ACTOR_STREAMS = {"events", "outcomes", "quarantine", "telemetry"}  # §4: run streams by role
+RANK_STREAMS = {"rejected", "heartbeats"}
+RANK = re.compile(r"^execution:[0-9]+$")
 
 
 class Refused(Exception):
@@ -58,16 +78,38 @@ class Frame:
     sig: bytes
 
 
-def load_keys(path: str | Path) -> tuple[str, dict[str, tuple[bytes, int | None]]]:
-    """(active key id, {key id: (secret, expires_ns)}) from a key file (§4)."""
+@dataclass
+class KeyEntry:
+    """One key of a key file (§4)."""
+
+    secret: bytes
+    expires_ns: int | None
+    revoked_ns: int | None
+    roles: frozenset[str]
+
+
+Keys = dict[str, KeyEntry]
+
+
+def load_keys(path: str | Path) -> tuple[str, Keys]:
+    """(active key id, {key id: entry}) from a key file (§4)."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     return keys_from_json(data)
 
 
-def keys_from_json(data: dict[str, Any]) -> tuple[str, dict[str, tuple[bytes, int | None]]]:
-    """The same from the parsed JSON."""
+def keys_from_json(data: dict[str, Any]) -> tuple[str, Keys]:
+    """The same from the parsed JSON (a key without ``roles`` holds every role)."""
     assert data["format"] == "kasmina-keys" and data["version"] == 1
-    keys = {k["id"]: (base64.b64decode(k["secret"]), k.get("expires_ns")) for k in data["keys"]}
+    keys = {
+        k["id"]: KeyEntry(
+            base64.b64decode(k["secret"], validate=True),
+            k.get("expires_ns"),
+            k.get("revoked_ns"),
+            frozenset(k["roles"]) if "roles" in k else frozenset(ROLE_KINDS),
+        )
+        for k in data["keys"]
+    }
+    assert len(keys) == len(data["keys"]) and data["active"] in keys
     return data["active"], keys
 
 
@@ -150,7 +192,7 @@ def _decode(raw: bytes, max_bytes: int) -> Frame:
 def open_frame(
     raw: bytes,
     stream: str,
-    keys: dict[str, tuple[bytes, int | None]],
+    keys: Keys,
     now_ns: int,
     *,
     max_bytes: int = 1 << 20,
@@ -162,12 +204,15 @@ def open_frame(
     key = keys.get(f.key_id)
     if key is None:
         raise Refused("unknown_key", f.id)
-    secret, expires = key
-    if not replay and expires is not None and now_ns >= expires:
+    if key.revoked_ns is not None:
+        raise Refused("revoked_key", f.id)
+    if key.expires_ns is not None and (
+        f.ts_ns >= key.expires_ns or (not replay and now_ns >= key.expires_ns)
+    ):
         raise Refused("expired_key", f.id)
     data = mac_input(f.v, f.kind, f.id, f.sender, f.key_id, f.ts_ns, f.causation_id, f.run, f.to,
                      f.body)  # fmt: skip
-    if not hmac.compare_digest(hmac.new(secret, data, hashlib.sha256).digest(), f.sig):
+    if not hmac.compare_digest(hmac.new(key.secret, data, hashlib.sha256).digest(), f.sig):
         raise Refused("bad_signature", f.id)
     run, to = split_stream(stream)
     if f.run != run:
@@ -181,4 +226,17 @@ def open_frame(
             raise Refused("from_future", f.id, True)
     if f.kind not in KINDS:
         raise Refused("unknown_kind", f.id, True)
+    if not _may_sign(key.roles, f.kind, to, f.sender):
+        raise Refused("forbidden_kind", f.id, True)
     return f
+
+
+def _may_sign(roles: frozenset[str], kind: str, to: str, sender: str) -> bool:
+    """§4: a kind of the key's roles, and for the run's own logs the role (and name) they need."""
+    if not any(kind in ROLE_KINDS[r] for r in roles):
+        return False
+    if to in ACTOR_STREAMS:
+        return "actor" in roles
+    if to in RANK_STREAMS:
+        return "actor" in roles or ("trainer" in roles and RANK.fullmatch(sender) is not None)
+    return True
