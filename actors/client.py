@@ -196,6 +196,18 @@ class KasminaClient:
         command_id, entry_id = await self._publish_entry(inbox, message)
         return command_id, (inbox, entry_id)
 
+    async def served(self, slot: str) -> bool:
+        """Whether a SeedActor has served ``slot`` in this run (its inbox has the actor's consumer
+        group): a command to a slot no SeedActor serves waits unread, and no record answers it."""
+        info = await self._retrying(lambda: self.bus.info(streams.inbox(self.run, "seed", slot)))
+        return any(g.name == f"actor:seed:{slot}" for g in info.groups)
+
+    async def served_slots(self) -> list[str]:
+        """The slots SeedActors have served in this run (from the seed registry), sorted."""
+        names = await self._retrying(lambda: self.bus.members(streams.registry(self.run, "seed")))
+        slots = (streams.inbox_key(self.run, "seed", n) for n in names)
+        return sorted(s for s in slots if s is not None)
+
     async def outcomes_mark(self) -> str:
         """The outcomes stream's last entry id now: a wait started after it misses nothing
         recorded later."""

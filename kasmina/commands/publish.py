@@ -143,6 +143,48 @@ async def _await_trainer(bus: Bus, run: str, timeout_s: float) -> bool:
     return False
 
 
+def _unserved_line(run: str, slot: str, served: list[str]) -> str:
+    listed = ", ".join(served[:20]) + (" …" if len(served) > 20 else "") if served else "none"
+    return f"no SeedActor serves slot {slot} of run {run} (slots served: {listed})"
+
+
+async def _await_slot(client: KasminaClient, slot: str, timeout_s: float) -> bool:
+    """Until a SeedActor serves ``slot``, for at most ``timeout_s`` (0: just look), saying on
+    stderr when none does: a command to an unserved slot waits unread and no record answers it
+    (a misspelt slot, or a run started with other ``--slots``)."""
+    if await client.served(slot):
+        return True
+    line = _unserved_line(client.run, slot, await client.served_slots())
+    if timeout_s <= 0:
+        _say(f"{line}; the command waits in its inbox and is refused as stale if none reads it "
+             "within the clock tolerance")  # fmt: skip
+        return False
+    _say(f"{line}; waiting up to {timeout_s:g} s for one")
+    with anyio.move_on_after(timeout_s):
+        while not await client.served(slot):
+            await anyio.sleep(0.1)
+        return True
+    return False
+
+
+def _unserved(args: argparse.Namespace, run: str) -> dict[str, Any]:
+    """The result of a wait for a slot no SeedActor served in time: timed out, nothing sent."""
+    _say(f"no SeedActor served slot {args.slot} of run {run} within {args.timeout:g} s; "
+         "nothing sent")  # fmt: skip
+    return {
+        "command_id": None,
+        "slot": args.slot,
+        "action": args.action,
+        "ok": False,
+        "result": "timed_out",
+        "awaiting": "",
+        "awaiting_text": "",
+        "unverified_outcomes": 0,
+        "trainers": "",
+        "unserved": True,
+    }
+
+
 async def _publish(args: argparse.Namespace) -> dict[str, Any]:
     if args.action != "prune" and not args.slot:
         raise CliError(f"{args.action} needs --slot")
@@ -151,14 +193,18 @@ async def _publish(args: argparse.Namespace) -> dict[str, Any]:
     try:
         if args.action == "prune":
             return await pruning.publish(args, wiring)
-        if args.wait and args.action == "germinate":
-            # half the budget for a trainer to attach, the rest (at least that half) for the outcome
-            await _await_trainer(wiring.bus, wiring.run, args.timeout / 2)
         client = KasminaClient(
             wiring.bus, wiring.run, wiring.signer(args.sender), wiring.verifier()
         )
         extra = _extra(args)
         action = args.action.replace("-", "_")
+        left = args.timeout - (anyio.current_time() - started)
+        served = await _await_slot(client, args.slot, left if args.wait else 0.0)
+        if args.wait and not served:  # nothing is sent: no command waits unread in a stray inbox
+            return _unserved(args, wiring.run)
+        if args.wait and args.action == "germinate":
+            # half the budget for a trainer to attach, the rest (at least that half) for the outcome
+            await _await_trainer(wiring.bus, wiring.run, args.timeout / 2)
         if not args.wait:
             command_id = await client.command(args.slot, action, reason=args.reason, **extra)
             return {"command_id": command_id, "slot": args.slot, "action": args.action}
@@ -246,6 +292,7 @@ def _timed_out(
         "awaiting_text": awaiting.awaiting_text if awaiting else "",
         "unverified_outcomes": exc.unverified,
         "trainers": watch.trainer_line or "",
+        "unserved": False,
     }
 
 

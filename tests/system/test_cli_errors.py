@@ -18,12 +18,14 @@ def test_publish_wait_reports_a_wrong_typed_stream_in_one_line(
 ) -> None:
     """`publish --wait` whose outcome watcher meets WRONGTYPE exits 2 with a one-line reason."""
     client = redis.Redis.from_url(cli_env["KASMINA_REDIS"])
+    inbox = streams.inbox(cli_env["KASMINA_RUN"], "seed", "l1.s0")
+    client.xgroup_create(inbox, "actor:seed:l1.s0", id="0", mkstream=True)  # the slot is served
     client.set(streams.outcomes(cli_env["KASMINA_RUN"]), b"not a stream")
     try:
         done = kasmina("publish", "germinate", "--slot", "l1.s0", "--blueprint", "residual_mlp",
                        "--wait", "--timeout", "5", env=cli_env)  # fmt: skip
     finally:
-        client.delete(streams.outcomes(cli_env["KASMINA_RUN"]))
+        client.delete(streams.outcomes(cli_env["KASMINA_RUN"]), inbox)
         client.close()
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr

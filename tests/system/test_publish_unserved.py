@@ -1,0 +1,116 @@
+"""A command to a slot no SeedActor serves: no actor reads its inbox, so no record would ever
+answer it. ``publish --wait`` says so and sends nothing; without ``--wait`` it warns and sends."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import anyio
+import pytest
+import redis
+from test_cli_run import cli_env, kasmina  # noqa: F401  (the fixture is used by name)
+
+from actors.client import KasminaClient
+from bus import open_bus
+from bus.testing import real_redis_url
+from contracts import KeyRing, Signer, Verifier, streams
+
+pytestmark = pytest.mark.redis
+
+
+def _serve(client: redis.Redis, run: str, slot: str) -> None:
+    """What a SeedActor does when it starts serving ``slot``: its group and its registry entry."""
+    inbox = streams.inbox(run, "seed", slot)
+    client.xgroup_create(inbox, f"actor:seed:{slot}", id="0", mkstream=True)
+    client.sadd(streams.registry(run, "seed"), inbox)
+
+
+def test_publish_wait_to_an_unserved_slot_sends_nothing_and_names_the_served_ones(
+    cli_env: dict[str, str],  # noqa: F811
+) -> None:
+    """A misspelt slot: exit 4 with `unserved` true, no command sent, the served slots named."""
+    run = cli_env["KASMINA_RUN"]
+    client = redis.Redis.from_url(cli_env["KASMINA_REDIS"])
+    try:
+        _serve(client, run, "layer1.s0")
+        done = kasmina("publish", "pause", "--slot", "layer1.s9", "--wait", "--timeout", "1",
+                       env=cli_env)  # fmt: skip
+        assert done.returncode == 4, done.stderr
+        out = json.loads(done.stdout)
+        assert (out["result"], out["unserved"], out["command_id"]) == ("timed_out", True, None)
+        assert "no SeedActor serves slot layer1.s9" in done.stderr
+        assert "slots served: layer1.s0" in done.stderr and "nothing sent" in done.stderr
+        assert not client.exists(streams.inbox(run, "seed", "layer1.s9"))  # no stray inbox
+    finally:
+        client.close()
+
+
+def test_publish_without_wait_to_an_unserved_slot_warns_and_sends(
+    cli_env: dict[str, str],  # noqa: F811
+) -> None:
+    """Without --wait the command is queued (a SeedActor started later reads it), with a warning."""
+    run = cli_env["KASMINA_RUN"]
+    client = redis.Redis.from_url(cli_env["KASMINA_REDIS"])
+    try:
+        done = kasmina("publish", "pause", "--slot", "later", env=cli_env)
+        assert done.returncode == 0, done.stderr
+        assert (
+            "no SeedActor serves slot later" in done.stderr
+            and "(slots served: none)" in done.stderr
+        )
+        assert client.xlen(streams.inbox(run, "seed", "later")) == 1
+    finally:
+        client.close()
+
+
+def test_publish_wait_sends_once_the_slot_is_served(
+    cli_env: dict[str, str],  # noqa: F811
+) -> None:
+    """A slot whose SeedActor starts during the wait gets the command: it is sent, not refused."""
+    run = cli_env["KASMINA_RUN"]
+    client = redis.Redis.from_url(cli_env["KASMINA_REDIS"])
+    inbox = streams.inbox(run, "seed", "soon")
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kasmina", "publish", "pause", "--slot", "soon", "--wait",
+             "--timeout", "6"],
+            env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        _serve(client, run, "soon")  # before or after its first look: served within the wait
+        stdout, stderr = proc.communicate(timeout=60)
+        out = json.loads(stdout)
+        assert out["unserved"] is False and out["command_id"], stderr
+        assert client.xlen(inbox) == 1  # sent once, to the served inbox
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("backend", ["fakeredis", "redis"])
+def test_client_served_reads_the_slot_group_and_served_slots_only_this_runs_inboxes(
+    backend: str,
+) -> None:
+    """`served` is true once the slot's SeedActor group exists; `served_slots` lists the slots
+    of this run's seed registry and drops foreign names a Redis writer added to it."""
+    run = f"srv-{backend}"
+
+    async def main() -> None:
+        bus = open_bus("fakeredis://srv" if backend == "fakeredis" else real_redis_url())
+        ring = KeyRing.generate()
+        kas = KasminaClient(bus, run, Signer(ring, "t"), Verifier(ring))
+        inbox = streams.inbox(run, "seed", "a")
+        try:
+            assert not await kas.served("a")
+            await bus.ensure_group(inbox, "actor:seed:a")
+            await bus.register(streams.registry(run, "seed"), inbox)
+            await bus.register(
+                streams.registry(run, "seed"), streams.inbox("other", "seed", "x"), "junk"
+            )
+            assert await kas.served("a") and not await kas.served("b")
+            assert await kas.served_slots() == ["a"]
+        finally:
+            await bus.delete(inbox, streams.registry(run, "seed"))
+            await bus.close()
+
+    anyio.run(main)
