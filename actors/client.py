@@ -247,23 +247,31 @@ class KasminaClient:
         ``entry`` (the command's inbox and entry id), a shed run covering it is its outcome too:
         rejected, ``overloaded``, whether or not the actor named the command's id, and a
         rejection of another entry claiming the command's id (a copy of its frame) is passed
-        over."""
+        over. While Redis is unavailable it keeps trying until ``timeout_s``."""
         stream = streams.outcomes(self.run)
         follow = Following(command_id, entry, on_progress, cursor=after or "0-0")
         shed_cursor: str | None = None
+        failures = 0
         with anyio.move_on_after(timeout_s):
             while True:
-                start = f"({follow.cursor}"
-                async for record in read_log(self.bus, stream, self.verifier, start=start):
-                    outcome = follow.see(record)
-                    if outcome is not None:
-                        return outcome
-                if entry is not None:  # after the outcomes: a decided command costs no more
-                    shed, shed_cursor = await shed_record(
-                        self.bus, self.run, self.verifier, entry, shed_cursor
-                    )
-                    if shed is not None:
-                        return shed_outcome(command_id, *shed)
+                try:
+                    start = f"({follow.cursor}"
+                    async for record in read_log(self.bus, stream, self.verifier, start=start):
+                        outcome = follow.see(record)
+                        if outcome is not None:
+                            return outcome
+                    if entry is not None:  # after the outcomes: a decided command costs no more
+                        shed, shed_cursor = await shed_record(
+                            self.bus, self.run, self.verifier, entry, shed_cursor
+                        )
+                        if shed is not None:
+                            return shed_outcome(command_id, *shed)
+                except BusUnavailable:  # Redis restarting or failing over: resume where it was
+                    failures += 1
+                    self.retries += 1
+                    await anyio.sleep(backoff_s(failures, cap_s=1.0, jitter=False))
+                    continue
+                failures = 0
                 await anyio.sleep(self.poll_s)
         raise follow.timed_out(timeout_s)
 

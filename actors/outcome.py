@@ -12,6 +12,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from actors.eventlog import BadEntry, LogRecord
+from contracts import streams
 from leyline import pb
 
 __all__ = [
@@ -117,13 +118,13 @@ def shed_outcome(command_id: str, entry_id: str, record: pb.Rejection) -> Outcom
 def rejected_elsewhere(outcome: pb.CommandOutcome, entry: tuple[str, str] | None) -> bool:
     """A rejection of another inbox entry than the command's own: a copy of the frame (anyone
     who can write to Redis can add one) rejected as replayed, or with its signature broken so
-    that its id is only claimed. Either way it is not this command's outcome."""
-    return (
-        entry is not None
-        and outcome.result == pb.OUTCOME_REJECTED
-        and bool(outcome.entry_id)
-        and outcome.entry_id != entry[1]
-    )
+    that its id is only claimed, or written to another inbox (even under the same entry id,
+    ``XADD`` with an explicit id) and rejected there. Either way it is not this command's
+    outcome: only the actor that reads the command's inbox rejects the command's entry."""
+    if entry is None or outcome.result != pb.OUTCOME_REJECTED:
+        return False
+    other_entry = bool(outcome.entry_id) and outcome.entry_id != entry[1]
+    return other_entry or outcome.actor != streams.inbox_actor(entry[0])
 
 
 @dataclass

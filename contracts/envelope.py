@@ -217,14 +217,17 @@ class Signer:
 
 
 # msgpack header byte -> bytes a scalar element of a frame takes when its size is in the header
-# byte itself (positive fixint, fixstr, uint 8..64); None for a header that announces a length.
+# byte itself (fixints, fixstr, uint 8..64, int 8..64: any encoding of an integer is valid, §2);
+# None for a header that announces a length.
 _FIXED: list[int | None] = [None] * 256
-for _b in range(0x80):
+for _b in (*range(0x80), *range(0xE0, 0x100)):
     _FIXED[_b] = 1
 for _b in range(0xA0, 0xC0):
     _FIXED[_b] = 1 + (_b & 0x1F)
-for _b, _n in ((0xCC, 2), (0xCD, 3), (0xCE, 5), (0xCF, 9)):
+for _b, _n in ((0xCC, 2), (0xCD, 3), (0xCE, 5), (0xCF, 9), (0xD0, 2), (0xD1, 3), (0xD2, 5)):
     _FIXED[_b] = _n
+_FIXED[0xD3] = 9
+_ARRAY_HEAD = {0xDC: 2, 0xDD: 4}  # array 16 / array 32: bytes of the count after the header
 _WIDTH = [0] * 256  # str 8/16/32 and bin 8/16/32: bytes of the length that follows the header
 for _b, _n in ((0xD9, 1), (0xDA, 2), (0xDB, 4), (0xC4, 1), (0xC5, 2), (0xC6, 4)):
     _WIDTH[_b] = _n
@@ -232,17 +235,23 @@ _from_bytes = int.from_bytes
 
 
 def _flat(frame: bytes) -> bool:
-    """True if ``frame`` is one fixarray of scalars (ints, str, bin) and nothing else.
+    """True if ``frame`` is one array of at most 15 scalars (ints, str, bin) and nothing else.
 
     Walks the element headers only (never the payload bytes), so a frame built to make a parser
     allocate (nested arrays, maps, ext) costs a few steps to refuse whatever its size.
     """
     size = len(frame)
     head = frame[0]
-    if not 0x90 <= head <= 0x9F:
+    if 0x90 <= head <= 0x9F:
+        count, pos = head & 0x0F, 1
+    elif head in _ARRAY_HEAD:  # a longer header for a short array is still one array
+        pos = 1 + _ARRAY_HEAD[head]
+        count = _from_bytes(frame[1:pos], "big")
+        if count > 0x0F:
+            return False
+    else:
         return False
-    pos = 1
-    for _ in range(head & 0x0F):
+    for _ in range(count):
         if pos >= size:
             return False
         b = frame[pos]

@@ -101,26 +101,16 @@ class KeyRing:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> KeyRing:
-        """Parse the key file structure."""
-        if data.get("format") != "kasmina-keys" or data.get("version") != 1:
+        """Parse the key file structure (docs/wire.md §4: anything else refuses the file)."""
+        if not isinstance(data, Mapping):
+            raise KeyRingError("not a kasmina key file (not a JSON object)")
+        version = data.get("version")
+        if data.get("format") != "kasmina-keys" or type(version) is not int or version != 1:
             raise KeyRingError("not a kasmina key file (format/version)")
-        try:
-            keys = [
-                Key(
-                    id=str(item["id"]),
-                    secret=base64.b64decode(item["secret"], validate=True),
-                    created_ns=int(item.get("created_ns", 0)),
-                    expires_ns=None if item.get("expires_ns") is None else int(item["expires_ns"]),
-                    revoked_ns=None if item.get("revoked_ns") is None else int(item["revoked_ns"]),
-                    roles=_roles(item.get("roles")),
-                )
-                for item in data["keys"]
-            ]
-            return cls(keys, str(data["active"]))
-        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-            if isinstance(exc, KeyRingError):
-                raise
-            raise KeyRingError(f"malformed key file: {exc}") from exc
+        items, active = data.get("keys"), data.get("active")
+        if not isinstance(items, list) or type(active) is not str:
+            raise KeyRingError("malformed key file: needs a list of keys and the active key's id")
+        return cls([_key_of(item) for item in items], active)
 
     @classmethod
     def load(cls, path: str | Path) -> KeyRing:
@@ -256,10 +246,37 @@ class KeyRing:
             raise
 
 
+def _key_of(item: object) -> Key:
+    """One entry of a key file's ``keys``, with the types docs/wire.md §4 gives."""
+    if not isinstance(item, Mapping) or type(item.get("id")) is not str:
+        raise KeyRingError("malformed key file: each key is an object with a string id")
+    kid, secret = item["id"], item.get("secret")
+    try:
+        raw = base64.b64decode(secret, validate=True) if type(secret) is str else None
+    except (ValueError, binascii.Error):
+        raw = None
+    if raw is None:
+        raise KeyRingError(f"key {kid!r}: the secret must be standard base64 text")
+    return Key(
+        id=kid,
+        secret=raw,
+        created_ns=_stamp(item, "created_ns", kid) or 0,
+        expires_ns=_stamp(item, "expires_ns", kid),
+        revoked_ns=_stamp(item, "revoked_ns", kid),
+        roles=_roles(item["roles"]) if "roles" in item else ROLES,
+    )
+
+
+def _stamp(item: Mapping[str, Any], name: str, kid: str) -> int | None:
+    """An optional nanosecond stamp of a key entry: absent or null is None, else an integer."""
+    value = item.get(name)
+    if value is not None and (type(value) is not int or value < 0):
+        raise KeyRingError(f"key {kid!r}: {name} must be a non-negative integer or null")
+    return value
+
+
 def _roles(value: object) -> frozenset[str]:
-    """The ``roles`` of a key file entry: absent means every role."""
-    if value is None:
-        return ROLES
+    """The ``roles`` of a key file entry that has the field (absent means every role)."""
     if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
         raise KeyRingError("roles must be a list of role names")
     return frozenset(value)

@@ -134,16 +134,18 @@ def _reencode(frame: bytes, index: int, value: object) -> bytes:
     return packed
 
 
-def _packed(items: list[Any], encoded: dict[int, bytes]) -> bytes:
+def _packed(items: list[Any], encoded: dict[int, bytes], head: bytes = b"\x9b") -> bytes:
     """The 11 elements as a msgpack array, element ``i`` written as ``encoded[i]`` where given
     (another valid encoding than the shortest one ``msgpack.packb`` picks)."""
     parts = [encoded.get(i) or msgpack.packb(x, use_bin_type=True) for i, x in enumerate(items)]
-    return b"\x9b" + b"".join(parts)
+    return head + b"".join(parts)
 
 
-def _reencoded(name: str, of: dict[str, Any], encoded: dict[int, bytes]) -> dict[str, Any]:
+def _reencoded(
+    name: str, of: dict[str, Any], encoded: dict[int, bytes], head: bytes = b"\x9b"
+) -> dict[str, Any]:
     """A valid frame ``of`` written with other msgpack encodings: the same frame to a receiver."""
-    frame = _packed(msgpack.unpackb(bytes.fromhex(of["frame_hex"]), raw=False), encoded)
+    frame = _packed(msgpack.unpackb(bytes.fromhex(of["frame_hex"]), raw=False), encoded, head)
     return {
         "name": name,
         "of": of["name"],
@@ -211,6 +213,13 @@ def build() -> dict[str, Any]:
         ),
         _reencoded("v as int 8 (0xd0)", valid[0], {0: b"\xd0\x02"}),
         _reencoded("v as uint 8 (0xcc)", valid[0], {0: b"\xcc\x02"}),
+        _reencoded(
+            "past 1 KiB: ts_ns as int 64, v as int 8, an array 16 header",
+            valid[3],
+            {5: b"\xd3" + struct.pack(">q", valid[3]["fields"]["ts_ns"]), 0: b"\xd0\x02"},
+            b"\xdc\x00\x0b",
+        ),
+        _reencoded("past 1 KiB: an array 32 header", valid[3], {}, b"\xdd\x00\x00\x00\x0b"),
     ]
     signer = Signer(_ring(K1.id), "tamiyo")
     stranger = Signer(KeyRing([Key(id="k-stranger", secret=b"\x07" * 32)], "k-stranger"), "x")

@@ -186,3 +186,74 @@ def test_a_verifier_refuses_a_kind_the_key_may_not_sign_after_accepting_one_it_m
         "no.such.kind", b"", stream=STREAM
     )
     assert _reason(verifier, unknown) is Reason.UNKNOWN_KIND
+
+
+def _file(**changes: object) -> dict[str, object]:
+    """A valid key file's JSON with one key's fields (or the file's, for file-level names)
+    changed; a value of ``...`` removes the field."""
+    data = KeyRing.generate(now_ns=NOW).to_json()
+    key = data["keys"][0]
+    for name, value in changes.items():
+        target = data if name in ("format", "version", "active", "keys") else key
+        if value is ...:
+            del target[name]
+        else:
+            target[name] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"roles": None},
+        {"roles": []},
+        {"roles": ["root"]},
+        {"created_ns": "1"},
+        {"expires_ns": 1.5},
+        {"revoked_ns": True},
+        {"expires_ns": -1},
+        {"id": 7},
+        {"secret": 12},
+        {"secret": "not base64!"},
+        {"version": True},
+        {"version": 1.0},
+        {"active": 3},
+        {"keys": {}},
+    ],
+    ids=lambda c: ",".join(f"{k}={v!r}" for k, v in c.items()),
+)
+def test_a_key_file_field_of_the_wrong_type_refuses_the_whole_file(
+    changes: dict[str, object],
+) -> None:
+    """wire.md §4: a `roles` of null is no list (never "every role"); stamps are integers or
+    null; ids, secrets, version and active have exactly their types."""
+    with pytest.raises(KeyRingError):
+        KeyRing.from_json(_file(**changes))
+
+
+@pytest.mark.parametrize("data", [[1, 2], "text", 3, None])
+def test_a_key_file_that_is_no_json_object_is_refused_with_a_reason(data: object) -> None:
+    """A key file whose top level is not an object is a KeyRingError, not a crash."""
+    with pytest.raises(KeyRingError, match="not a kasmina key file"):
+        KeyRing.from_json(data)  # type: ignore[arg-type]
+
+
+def test_optional_key_fields_may_be_absent_or_null() -> None:
+    """`created_ns`, `expires_ns` and `revoked_ns` may be missing or null; no `roles`: every role."""
+    for value in (..., None):
+        ring = KeyRing.from_json(
+            _file(created_ns=value, expires_ns=value, revoked_ns=value, roles=...)
+        )
+        assert ring.active.roles == ROLES and ring.active.created_ns == 0
+
+
+def test_cli_reports_a_key_file_that_is_no_object_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kasmina keys list` on a key file holding a JSON list exits 2 with the reason."""
+    path = tmp_path / "keys.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(SystemExit) as done:
+        main(["keys", "list", str(path)])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "not a kasmina key file" in err and "Traceback" not in err

@@ -155,3 +155,24 @@ async def test_a_flush_cancelled_mid_publish_loses_and_doubles_nothing(land_firs
     # both reports, each once to each destination (the slot's SeedActor, the SafetyActor)
     assert steps == [("safety", 0), ("safety", 1), ("seed:l0.s0", 0), ("seed:l0.s0", 1)]
     await inner.close()
+
+
+@pytest.mark.parametrize("backend", ["memory", "fakeredis"])
+async def test_a_wait_rides_out_an_outage_of_the_outcomes_reads(backend: str) -> None:
+    """Reads of the outcomes stream that fail (Redis restarting) are retried within the wait's
+    timeout: the wait returns the outcome recorded meanwhile instead of raising."""
+    run = "w" + uuid.uuid4().hex[:8]
+    inner = open_bus(f"{backend}://{run}")
+    bus = FaultyBus(inner, {"range"}, times=3)
+    ring = KeyRing.generate()
+    client = KasminaClient(bus, run, Signer(ring, "tamiyo"), Verifier(ring), retry_s=10.0)
+    record = REGISTRY["command.outcome"](
+        command_id="c-1", result=2, slot="l0.s0", action="pause", actor="seed:l0.s0"
+    )
+    outcomes = streams.outcomes(run)
+    frame = Signer(ring, "kasmina-run:" + run).seal("command.outcome", record, stream=outcomes)
+    await inner.publish(outcomes, {FRAME: frame, "kind": b"command.outcome"})
+    with anyio.fail_after(10):
+        outcome = await client.wait("c-1", timeout_s=8)
+    assert outcome.command_id == "c-1" and bus.failures == 3 and client.retries == 3
+    await inner.close()

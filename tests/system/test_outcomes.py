@@ -224,3 +224,31 @@ async def test_a_rejected_copy_of_a_command_is_not_its_outcome(
         outcome = await cl.client.wait(command_id, after=mark, timeout_s=10, entry=entry)
         assert outcome.result == "transition" and outcome.message.verified
         assert outcome.message.to_stage == pb.SEED_STAGE_GERMINATED
+
+
+async def test_a_copy_rejected_in_another_inbox_under_the_same_entry_id_is_not_its_outcome(
+    bus: Bus, run_id: str
+) -> None:
+    """A Redis writer who copies a genuine command into another slot's inbox under the same
+    entry id (XADD with an explicit id) gets it rejected there as wrong_destination, verified and
+    naming that entry id; the sender's wait passes over it (another actor rejected it)."""
+    if not hasattr(bus, "client"):
+        pytest.skip("the memory bus takes no explicit entry ids")
+    sim = SimRuntime([A, B], report_every=5, barrier_frequency=5)
+    async with running_cluster(
+        bus, run=run_id, slots=[A, B], runtimes=[sim], config=_config()
+    ) as cl:
+        await _walk(cl, 0, 1)
+        mark = await cl.client.outcomes_mark()
+        command_id, entry = await cl.client.send(A, "germinate", blueprint="residual_mlp")
+        (written,) = await bus.range(entry[0], entry[1], entry[1])
+        other = streams.inbox(run_id, "seed", B)
+        await bus.client.xadd(other, dict(written.fields), id=entry[1])  # type: ignore[attr-defined]
+        await cl.settle()
+        copies = [r for r in await _records(cl, command_id) if r.result == R.OUTCOME_REJECTED]
+        assert [(r.reason, r.entry_id, r.actor, r.verified) for r in copies] == [
+            ("wrong_destination", entry[1], f"seed:{B}", True)
+        ]
+        await _walk(cl, 1, 25)
+        outcome = await cl.client.wait(command_id, after=mark, timeout_s=10, entry=entry)
+        assert outcome.result == "transition" and outcome.message.actor == f"seed:{A}"
