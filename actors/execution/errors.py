@@ -25,3 +25,14 @@ def is_oom(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and any(t in text for t in _OOM_TEXT)
+
+
+def torch_control_flow() -> tuple[type[BaseException], ...]:
+    """Exceptions torch raises through user code to steer itself, never a failure of the code
+    they pass through: non-reentrant activation checkpointing stops a recompute early by
+    raising through every module of the checkpointed region (a seed's forward included). A
+    handler that catches a seed's errors re-raises these."""
+    from torch.utils import checkpoint  # local: this module stays importable without torch
+
+    found = getattr(checkpoint, "_StopRecomputationError", None)
+    return (found,) if isinstance(found, type) and issubclass(found, BaseException) else ()

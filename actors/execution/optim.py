@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -53,11 +53,39 @@ def join_host_optimizer(
     index = fossil_group(host, near)
     held = {id(p) for g in host.param_groups for p in g["params"]}
     new = [p for p in params if id(p) not in held]
-    host.param_groups[index]["params"].extend(new)
-    if seed_opt is not None and type(seed_opt) is type(host):
-        for p in new:
-            if p in seed_opt.state:
-                host.state[p] = seed_opt.state[p]
+    group = host.param_groups[index]
+    group["params"].extend(new)
+    if isinstance(host, torch.optim.LBFGS):  # its history is one flat vector of every parameter
+        host.state.clear()  # sized to the parameters before: it restarts with the fossil's
+        host._numel_cache = None  # type: ignore[attr-defined]  # its cached parameter count
+        return
+    if seed_opt is None or type(seed_opt) is not type(host):
+        return
+    joined = {id(p) for p in new}  # (ids: ``in`` on a list of tensors compares their values)
+    peer = next(
+        (host.state[q] for q in group["params"] if id(q) not in joined and q in host.state), None
+    )
+    for p in new:
+        state = seed_opt.state.get(p)
+        if state is not None and peer is not None and _same_layout(state, peer):
+            host.state[p] = state  # else the host optimizer starts the fossil's state itself
+
+
+def _same_layout(state: Mapping[str, Any], peer: Mapping[str, Any]) -> bool:
+    """Whether a seed parameter's optimizer state has the entries the host optimizer keeps for
+    its other parameters of the group (the same names, tensors where it has tensors): a seed
+    Adam's state lacks what an ``amsgrad`` host group reads, a capturable or fused one keeps
+    ``step`` as a device tensor."""
+    if state.keys() != peer.keys():
+        return False
+    for name, value in peer.items():
+        if isinstance(value, Tensor) != isinstance(state[name], Tensor):
+            return False
+        if isinstance(value, Tensor) and (value.dim() == 0) != (state[name].dim() == 0):
+            return False
+        if isinstance(value, Tensor) and value.device.type != state[name].device.type:
+            return False
+    return True
 
 
 def fossil_group(host: torch.optim.Optimizer, near: Sequence[Tensor]) -> int:

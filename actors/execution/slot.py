@@ -17,12 +17,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from actors.execution.errors import is_oom
+from actors.execution.errors import is_oom, torch_control_flow
 from actors.execution.seedpass import SeedBackward, conformed, loaded, own_stream, seedless_ok
 from actors.execution.slotted import SlottedModule as SlottedModule
 from actors.execution.stages import DORMANT, FOSSILIZED, TERMINATED, Mode, mode_for
 from contracts.streams import check_slot
 from leyline import pb
+
+_CONTROL_FLOW = torch_control_flow()
 
 
 @dataclass
@@ -112,6 +114,8 @@ class SeedSlot(nn.Module):
             return self._mix(mode, h, self._seed_out(seed, src))
         try:
             return self._mix(mode, h, self._seed_out(seed, src))
+        except _CONTROL_FLOW:  # torch steering a checkpoint's recompute: not the seed's failure
+            raise
         except Exception as exc:  # the seed leaves, the host's forward goes on (on_step culls it)
             self._failed(exc)
             return h
