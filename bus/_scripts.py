@@ -17,8 +17,11 @@ __all__ = [
 # Shared by COMMIT and PUBLISH_MANY. An append is the arguments
 #   stream_key_index, maxlen ("" = none), n_fields, name1, value1, ..., nameN, valueN
 # scan_append(p) checks the one starting at ARGV[p] and returns the position after it (or nil and
-# an error); xadd(p) writes it and returns the new id. Validation never writes, so a script that
-# scans everything first is all or nothing.
+# an error); xadd(p) writes it and returns the new id, or nil and the error when the server
+# refuses it (a stream whose last id is the largest possible: no check beforehand can see that
+# cheaply); undo(err) then deletes every entry the script added and returns the error. So a
+# script that scans everything first, and writes nothing it cannot undo before its appends, is
+# all or nothing.
 _PARSE = """
 local checked = {}
 local function check(k)
@@ -39,6 +42,19 @@ local function scan_append(p)
   if not nf or nf < 1 or p + 2 + 2 * nf > #ARGV then return nil, 'ERR malformed append' end
   return p + 3 + 2 * nf
 end
+local added = {}
+local function undo(reply)
+  for i = #added, 1, -1 do
+    redis.call('XDEL', added[i][1], added[i][2])
+  end
+  return redis.error_reply(reply.err)
+end
+local function append(args)
+  local id = redis.pcall(unpack(args))
+  if type(id) == 'table' and id.err then return nil, id end
+  added[#added + 1] = {args[2], id}
+  return id
+end
 local function xadd(p)
   local args = {'XADD', KEYS[tonumber(ARGV[p])]}
   if ARGV[p + 1] ~= '' then
@@ -52,7 +68,7 @@ local function xadd(p)
     n = n + 1
     args[n] = ARGV[f]
   end
-  return redis.call(unpack(args))
+  return append(args)
 end
 """
 
@@ -86,8 +102,10 @@ for _, r in ipairs(runs) do
   if nf == 1 and cap == '' then
     local name = ARGV[r + 3]
     for i = v, stop do
+      local id, err = append({'XADD', key, '*', name, ARGV[i]})
+      if not id then return undo(err) end
       n = n + 1
-      out[n] = redis.call('XADD', key, '*', name, ARGV[i])
+      out[n] = id
     end
   else
     local args = {'XADD', key}
@@ -103,8 +121,10 @@ for _, r in ipairs(runs) do
         args[base + 2 * f + 1] = ARGV[r + 3 + f]
         args[base + 2 * f + 2] = ARGV[i + f]
       end
+      local id, err = append(args)
+      if not id then return undo(err) end
       n = n + 1
-      out[n] = redis.call(unpack(args))
+      out[n] = id
     end
   end
 end
@@ -158,6 +178,35 @@ if fence > 0 then
   end
   redis.call('PEXPIRE', KEYS[fence], ARGV[4])
 end
+local fresh = {}
+local seen = {}
+-- the appends first (undone whole if the server refuses one), then the acks and markers. An item
+-- with effects (count 1) is fresh while its entry is pending in the group and its marker unset,
+-- and only once per entry and per marker within the commit
+for _, r in ipairs(runs) do
+  local k, group = KEYS[tonumber(ARGV[r])], ARGV[5 + tonumber(ARGV[r + 1])]
+  local di, na = tonumber(ARGV[r + 2]), tonumber(ARGV[r + 3])
+  if na > 0 or di > 0 then
+    local id = ARGV[r + 5]
+    local entry = k .. '\0' .. group .. '\0' .. id
+    local marker = di > 0 and KEYS[di] or nil
+    local pending = redis.pcall('XPENDING', k, group, id, id, 1)  -- (no group: nothing pending)
+    local ok = not seen[entry] and not (marker and seen[marker])
+      and type(pending) == 'table' and not pending.err and #pending > 0
+      and (not marker or redis.call('EXISTS', marker) == 0)
+    seen[entry] = true
+    if marker then seen[marker] = true end
+    fresh[r] = ok
+    if ok and na > 0 then
+      local q = r + 6
+      for _ = 1, na do
+        local added_id, err = xadd(q)
+        if not added_id then return undo(err) end
+        q = q + 3 + 2 * tonumber(ARGV[q + 2])
+      end
+    end
+  end
+end
 local out = {}
 local n = 0
 for _, r in ipairs(runs) do
@@ -165,21 +214,16 @@ for _, r in ipairs(runs) do
   local di, na = tonumber(ARGV[r + 2]), tonumber(ARGV[r + 3])
   local last = r + 4 + tonumber(ARGV[r + 4])
   for i = r + 5, last do
-    local fresh = '1'
-    if redis.call('XACK', k, group, ARGV[i]) == 0 then
-      fresh = '0'
-    elseif di > 0 and not redis.call('SET', KEYS[di], '1', 'NX', 'PX', ttl) then
-      fresh = '0'
-    end
-    if fresh == '1' and na > 0 then
-      local q = last + 1
-      for _ = 1, na do
-        xadd(q)
-        q = q + 3 + 2 * tonumber(ARGV[q + 2])
-      end
-    end
+    local acked = redis.call('XACK', k, group, ARGV[i]) == 1
     n = n + 1
-    out[n] = fresh
+    if na > 0 or di > 0 then
+      out[n] = fresh[r] and '1' or '0'
+      if fresh[r] and di > 0 then
+        redis.call('SET', KEYS[di], '1', 'PX', ttl)
+      end
+    else
+      out[n] = acked and '1' or '0'
+    end
   end
 end
 return table.concat(out)
@@ -225,7 +269,8 @@ return out
 
 # KEYS: since_key, key1..keyN; ARGV: value1, deadline1, .., valueN, deadlineN (deadlines in Unix
 # ms). Reads since_key first: the time (ms) from which this server's memory of the keys is complete.
-# When it is missing (a fresh server, or one restarted without persistence) it is set to the
+# When it is missing or not a decimal integer (a fresh server, one restarted without
+# persistence, or a writer's value) it is set to the
 # server's start (TIME - uptime, less a second: uptime counts whole seconds), or 0 where INFO is
 # unavailable. Then per key, by the server's clock: a deadline already passed sets nothing (0);
 # else SET NX PXAT deadline (false if set now, else the existing value). A key of another type
@@ -241,6 +286,7 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local since = held(KEYS[1])
+if since and not string.match(since, '^%d+$') then since = false end  -- a writer's text: unusable
 if not since then
   local ok, info = pcall(redis.call, 'INFO', 'server')
   local up = ok and tonumber(string.match(info, 'uptime_in_seconds:(%d+)'))

@@ -18,6 +18,9 @@ from .redis_core import RedisCore, gone
 
 __all__ = ["RedisReads"]
 
+#: an exclusive start after the largest possible entry id: no entry can follow it
+_AFTER_LAST = "(18446744073709551615-18446744073709551615"
+
 Rows = list[tuple[str, Any]]  # (entry id, fields as the reply holds them)
 
 
@@ -165,5 +168,7 @@ class RedisReads(RedisCore):
     async def range(
         self, stream: str, start: str = "-", end: str = "+", count: int | None = None
     ) -> list[Entry]:
+        if start == _AFTER_LAST:  # nothing can follow the largest id (Redis calls it an error)
+            return []
         rows = await self._call(lambda: self.client.xrange(stream, start, end, count))
         return [Entry(stream, _s(i), _fields(f)) for i, f in rows]

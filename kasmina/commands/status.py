@@ -8,7 +8,8 @@ import contextlib
 import sys
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import anyio
 
@@ -17,7 +18,7 @@ from actors.eventlog import BadEntry, read_log, read_verified
 from actors.replay import fold_events
 from actors.seed import stage_name
 from actors.seed.outcomes import awaiting_text
-from bus import Bus, BusUnavailable, open_bus
+from bus import Bus, BusError, BusUnavailable, open_bus
 from contracts import KeyRing, Reason, Verifier, kinds, streams
 from kasmina.common import (
     CliError,
@@ -29,6 +30,8 @@ from kasmina.common import (
     run_id,
 )
 from leyline import pb
+
+T = TypeVar("T")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -126,29 +129,55 @@ def _slot(slot: str, s: Any, since: tuple[int, int] | None, now_ms: int) -> dict
 
 
 async def collect(bus: Bus, run: str, ring: KeyRing) -> dict[str, Any]:
-    """The status object of docs/design.md §7 (plus ``trainers`` and each slot's ``awaiting_*``)."""
-    events, bad = await read_verified(bus, streams.events(run), ring)
+    """The status object of docs/design.md §7 (plus ``trainers`` and each slot's ``awaiting_*``).
+
+    A part whose key Redis refuses to read (a key of another type written over a stream) is
+    reported under ``unreadable`` with its error, and the other parts are shown: one tampered key
+    does not blind the operator. Redis being unreachable still fails the whole call."""
+    broken: list[dict[str, str]] = []
+    part = _Parts(broken)
+    log = await part("events", read_verified(bus, streams.events(run), ring), ([], []))
+    events, bad = log
     quarantined: list[dict[str, str]] = []
     state = fold_events(events, quarantine=quarantined)
     # copies of genuine events (read once, set aside) are quarantined, not unverified
     copies = sum(1 for b in bad if b["reason"] == Reason.REPLAYED.value)
     since = _waits(events)
     now_ns = time.time_ns()
+    dead = await part("dead", bus.info(streams.dead_letter(run)), None)
     return {
         "run": run,
-        "actors": await _actors(bus, run, ring),
-        "trainers": await _trainers(bus, run, ring, now_ns),
+        "actors": await part("heartbeats", _actors(bus, run, ring), []),
+        "trainers": await part("trainers", _trainers(bus, run, ring, now_ns), []),
         "slots": [
             _slot(slot, s, since.get(slot), now_ns // 1_000_000)
             for slot, s in sorted(state.seeds.items())
         ],
-        "rejected": await _rejected(bus, run, ring),
+        "rejected": await part("rejected", _rejected(bus, run, ring), {}),
         "quarantined": len(quarantined) + copies,
-        "log_regressions": await _log_regressions(bus, run, ring),
+        "log_regressions": await part("quarantine", _log_regressions(bus, run, ring), 0),
         "unverified_events": len(bad) - copies,
-        "streams": await _streams(bus, run),
-        "dead_letters": (await bus.info(streams.dead_letter(run))).length,
+        "streams": await part("streams", _streams(bus, run), []),
+        "dead_letters": dead.length if dead is not None else None,
+        "unreadable": broken,
     }
+
+
+class _Parts:
+    """Await one part of the status; a Redis refusal (not an outage) leaves its default and is
+    noted in ``broken``."""
+
+    def __init__(self, broken: list[dict[str, str]]) -> None:
+        self.broken = broken
+
+    async def __call__(self, name: str, job: Awaitable[T], default: T) -> T:
+        try:
+            return await job
+        except BusUnavailable:
+            raise
+        except BusError as exc:
+            self.broken.append({"part": name, "error": str(exc)[:300]})
+            return default
 
 
 async def _log_regressions(bus: Bus, run: str, ring: KeyRing) -> int:
@@ -184,6 +213,8 @@ def _print(status: dict[str, Any]) -> None:
             f"log: {status['quarantined']} events quarantined (not foldable), "
             f"{status['unverified_events']} entries that do not verify"
         )
+    for broken in status["unreadable"]:
+        print(f"UNREADABLE {broken['part']}: {broken['error']} (a key of another type?)")
     print("streams:")
     for s in status["streams"]:
         print(
@@ -272,4 +303,4 @@ def run(args: argparse.Namespace) -> int:
         return 0
     status = anyio.run(_status, args)
     emit_json(status) if args.json else _print(status)
-    return 0
+    return 1 if status["unreadable"] else 0

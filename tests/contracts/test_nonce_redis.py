@@ -137,3 +137,31 @@ async def test_nonce_keys_of_another_type_are_replaced_not_fatal(url: str) -> No
 
         await purge_prefix(bus, prefix)
         await bus.close()
+
+
+@pytest.mark.parametrize("url", ["fakeredis://", pytest.param("real", marks=pytest.mark.redis)])
+@pytest.mark.parametrize("value", ["notanumber", "-5", "1.5", ""])
+async def test_a_nonce_since_that_is_no_integer_is_reset_not_fatal(url: str, value: str) -> None:
+    """A writer's text at ``nonce-since`` is taken as a missing key (reset from the server's
+    start), never parsed into a crash: a fresh message is admitted and its replay refused."""
+    if url == "real":
+        url = real_redis_url()
+    ring = KeyRing.generate()
+    prefix = f"kasmina:{{nonce-{uuid.uuid4().hex[:8]}}}:"
+    bus = open_bus(url)
+    try:
+        client = bus.client  # type: ignore[attr-defined]
+        guard = RedisNonceGuard(bus, prefix)
+        verifier = Verifier(ring, nonce_guard=guard)
+        await client.set(guard.since_key, value)
+        frame = Signer(ring, "tamiyo").seal("seed.command", BODY, stream=INBOX)
+        assert (await verifier.verify(frame, stream=INBOX, token="i/1-0")).kind == "seed.command"
+        assert (await client.get(guard.since_key)).isdigit()
+        with pytest.raises(ContractError) as info:
+            await verifier.verify(frame, stream=INBOX, token="i/2-0")
+        assert info.value.code == Reason.REPLAYED
+    finally:
+        from bus.testing import purge_prefix
+
+        await purge_prefix(bus, prefix)
+        await bus.close()

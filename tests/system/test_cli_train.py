@@ -513,17 +513,28 @@ def test_a_germination_sent_before_any_trainer_attached_goes_through_once_one_do
         _purge(env)
 
 
-def test_status_of_a_run_whose_streams_were_retyped_says_why_in_one_line(tmp_path: Path) -> None:
-    """`kasmina status` when a Redis writer replaced the run's event log with a hash exits 2 with
-    a one-line reason naming Redis's refusal, not a traceback."""
+@pytest.mark.parametrize("retyped", ["events", "dead"])
+def test_status_of_a_run_whose_streams_were_retyped_says_why_and_shows_the_rest(
+    tmp_path: Path, retyped: str
+) -> None:
+    """`kasmina status` when a Redis writer replaced one of the run's streams (the event log, the
+    dead-letter stream) with a hash: the rest of the view is shown, the part names Redis's
+    refusal in one line, exit 1, no traceback."""
     env = _env(tmp_path, world=1)
     client = redis.Redis.from_url(env["KASMINA_REDIS"])
-    key = streams.events(env["KASMINA_RUN"])
+    run = env["KASMINA_RUN"]
+    key = streams.events(run) if retyped == "events" else streams.dead_letter(run)
     client.hset(key, "a", "b")
     try:
         done = kasmina("status", env=env, timeout=120)
+        as_json = kasmina("status", "--json", env=env, timeout=120)
     finally:
         client.delete(key)
-    assert done.returncode == 2
-    assert done.stderr.count("\n") == 1 and "WRONGTYPE" in done.stderr
-    assert "Traceback" not in done.stderr
+    assert done.returncode == as_json.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr + as_json.stderr
+    (line,) = [x for x in done.stdout.splitlines() if x.startswith("UNREADABLE")]
+    assert line.startswith(f"UNREADABLE {retyped}:") and "WRONGTYPE" in line
+    assert "actors:" in done.stdout and "slots:" in done.stdout
+    status = json.loads(as_json.stdout)
+    assert [b["part"] for b in status["unreadable"]] == [retyped]
+    assert status["run"] == run and "actors" in status and "rejected" in status
