@@ -111,7 +111,7 @@ class ActorShell(LeasedHost):
             bus, run, inbox, signer, config, name=logic.name, process=process,
             heartbeat_s=heartbeat_s, counters=lambda: (self.processed, dict(self.rejected)),
             timer=getattr(logic, "timer", None), timer_s=config.barrier.tick_s,
-        )  # fmt: skip
+            decided=lambda: self._high)  # fmt: skip
         self.quarantined: set[str] = set()  # event entry ids this actor could not fold
         self.duplicates = 0  # deliveries of messages already committed (a rewound group, ...)
         self._high: tuple[int, int] | None = None  # highest inbox id decided since the rebuild

@@ -213,6 +213,10 @@ class Bus(Protocol):
 
     async def ensure_group(self, stream: str, group: str, *, start: str = "0") -> None: ...
 
+    async def set_group_id(self, stream: str, group: str, last_id: str) -> None:
+        """Move ``group``'s last-delivered id to ``last_id`` (``XGROUP SETID``)."""
+        ...
+
     async def read(
         self,
         stream: str,

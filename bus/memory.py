@@ -160,6 +160,9 @@ class MemoryBus:
             first = s.last_id if start == "$" else parse_id(start)
             s.groups[group] = _Group(last_delivered=first)
 
+    async def set_group_id(self, stream: str, group: str, last_id: str) -> None:
+        self._group(stream, group)[1].last_delivered = parse_id(last_id)
+
     def _group(self, stream: str, group: str) -> tuple[_Stream, _Group]:
         s = self._open().stream(stream)
         if group not in s.groups:  # self-heal, as RedisStreamBus does on NOGROUP

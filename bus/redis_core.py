@@ -206,6 +206,9 @@ class RedisCore:
                 self.server_version = tuple(int(p) for p in text.split(".") if p.isdigit())
         return self.server_version
 
+    async def set_group_id(self, stream: str, group: str, last_id: str) -> None:
+        await self._call(lambda: self.client.xgroup_setid(stream, group, last_id))
+
     async def ensure_group(self, stream: str, group: str, *, start: str = "0") -> None:
         async def run() -> None:
             try:

@@ -268,6 +268,9 @@ class FaultyBus:
     async def ensure_group(self, stream: str, group: str, *, start: str = "0") -> None:
         await self._run("ensure_group", self.inner.ensure_group(stream, group, start=start))
 
+    async def set_group_id(self, stream: str, group: str, last_id: str) -> None:
+        await self._run("set_group_id", self.inner.set_group_id(stream, group, last_id))
+
     async def read(self, stream: str, group: str, consumer: str, *, count: int = 256,
                    block_ms: int = 1000, pending_first: bool = False,
                    pending_after: str = "0") -> list[Entry]:  # fmt: skip

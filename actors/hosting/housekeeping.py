@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import anyio
 from google.protobuf.message import Message
 
+from actors.hosting.groupwatch import reset_if_ahead
 from actors.hosting.inbox import FRAME
 from bus import Append, Bus, BusClosed, BusUnavailable
 from contracts import Signer, kinds, streams
@@ -96,12 +97,15 @@ class Housekeeping:
         counters: Callable[[], tuple[int, dict[str, int]]],
         timer: Callable[[int], Message | None] | None = None,
         timer_s: float = 0.25,
+        decided: Callable[[], tuple[int, int] | None] = lambda: None,
     ) -> None:
         self.bus, self.run_id, self.inbox, self.signer = bus, run, inbox, signer
         self.config = config
         self.name, self.process, self.heartbeat_s = name, process, heartbeat_s
         self.counters = counters
         self.timer, self.timer_s = timer, timer_s
+        self.decided = decided  # the highest inbox id decided since the rebuild (group watch)
+        self.group_resets = 0
         self.timed = 0  # timer messages sent
         self.started_ns = time.time_ns()
         self.trimmed = 0
@@ -118,6 +122,19 @@ class Housekeeping:
             ts_ns=time.time_ns(),
         )
         await publish_heartbeat(self.bus, self.run_id, self.signer, beat)
+
+    async def watch_group(self) -> str | None:
+        """Move the actor's group back if it was found past the end of its inbox."""
+        moved = await reset_if_ahead(
+            self.bus, self.inbox, f"actor:{self.name}", self.decided(),
+            self.config.security.clock_tolerance_s, (self.signer, self.run_id, self.name),
+        )  # fmt: skip
+        self.group_resets += moved is not None
+        return moved
+
+    async def _beat_and_watch(self) -> None:
+        await self.beat()
+        await self.watch_group()
 
     async def trim_inbox(self, now_ms: int | None = None) -> int:
         """Trim acked inbox entries older than the retention (never a pending or unread one)."""
@@ -146,9 +163,8 @@ class Housekeeping:
         """Beat every ``heartbeat_s``, trim every ``bus.trim_every_s`` and ask the timer every
         ``timer_s`` while ``running()``, skipping turns while not ``active()`` (a standby)."""
         async with anyio.create_task_group() as tg:
-            tg.start_soon(
-                lambda: every(self.heartbeat_s, self.beat, active=active, running=running)
-            )
+            beats = self._beat_and_watch
+            tg.start_soon(lambda: every(self.heartbeat_s, beats, active=active, running=running))
             tg.start_soon(lambda: every(self.config.bus.trim_every_s, self._trim, active=active,
                                         running=running, first_wait=True))  # fmt: skip
             if self.timer is not None:

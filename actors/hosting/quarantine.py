@@ -1,8 +1,9 @@
 """The run's quarantine stream: what a host set aside while rebuilding, as signed notes.
 
-Two kinds of note, each a :class:`pb.Rejection` with a plain ``reason`` field beside the frame:
-``unfoldable`` (an event that verifies but that the core refused to fold: a duplicate, a gap)
-and ``log_regressed`` (the log lacks events the host had committed; it kept its own state).
+Three kinds of note, each a :class:`pb.Rejection` with a plain ``reason`` field beside the frame:
+``unfoldable`` (an event that verifies but that the core refused to fold: a duplicate, a gap),
+``log_regressed`` (the log lacks events the host had committed; it kept its own state) and
+``group_moved`` (its inbox's consumer group was found past the stream's end and moved back).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from bus import Bus
 from contracts import Signer, kinds, streams
 from leyline import pb
 
-__all__ = ["QUARANTINE_MAXLEN", "note_regressed", "note_unfoldable"]
+__all__ = ["QUARANTINE_MAXLEN", "note_group_moved", "note_regressed", "note_unfoldable"]
 
 QUARANTINE_MAXLEN = 10_000
 
@@ -56,3 +57,11 @@ async def note_regressed(bus: Bus, signer: Signer, run: str, actor: str) -> None
         actor=actor,
     )
     await _publish(bus, signer, run, note, "", {"reason": b"log_regressed"})
+
+
+async def note_group_moved(
+    bus: Bus, signer: Signer, run: str, actor: str, inbox: str, detail: str
+) -> None:
+    """Record that ``actor`` found its group past the end of ``inbox`` and moved it back."""
+    note = pb.Rejection(reason_code="group_moved", stream=inbox, detail=detail[:500], actor=actor)
+    await _publish(bus, signer, run, note, "", {"reason": b"group_moved"})

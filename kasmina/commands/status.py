@@ -155,7 +155,9 @@ async def collect(bus: Bus, run: str, ring: KeyRing) -> dict[str, Any]:
         ],
         "rejected": await part("rejected", _rejected(bus, run, ring), {}),
         "quarantined": len(quarantined) + copies,
-        "log_regressions": await part("quarantine", _log_regressions(bus, run, ring), 0),
+        **await part(
+            "quarantine", _notes(bus, run, ring), {"log_regressions": 0, "groups_moved": 0}
+        ),
         "unverified_events": len(bad) - copies,
         "streams": await part("streams", _streams(bus, run), []),
         "dead_letters": dead.length if dead is not None else None,
@@ -180,11 +182,13 @@ class _Parts:
             return default
 
 
-async def _log_regressions(bus: Bus, run: str, ring: KeyRing) -> int:
+async def _notes(bus: Bus, run: str, ring: KeyRing) -> dict[str, int]:
     """Signed notes of actors that found the event log behind the state they had committed
-    (events deleted from it) and kept their own state."""
+    (events deleted from it: ``log_regressions``), or their inbox's group moved past its end
+    (``groups_moved``)."""
     notes, _ = await read_verified(bus, streams.quarantine(run), ring)
-    return sum(1 for _, _, note in notes if getattr(note, "reason_code", "") == "log_regressed")
+    codes = Counter(getattr(note, "reason_code", "") for _, _, note in notes)
+    return {"log_regressions": codes["log_regressed"], "groups_moved": codes["group_moved"]}
 
 
 async def _trainers(bus: Bus, run: str, ring: KeyRing, now_ns: int) -> list[dict[str, Any]]:
@@ -207,6 +211,11 @@ def _print(status: dict[str, Any]) -> None:
         print(
             f"log: {status['log_regressions']} time(s) an actor found events it had committed "
             "missing from the log (kept its own state)"
+        )
+    if status["groups_moved"]:
+        print(
+            f"inbox: {status['groups_moved']} time(s) an actor found its consumer group moved past "
+            "the end of its inbox (XGROUP SETID) and moved it back"
         )
     if status["quarantined"] or status["unverified_events"]:
         print(

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from actors.client import Outcome
-from bus import Bus
+from bus import Bus, parse_id
 from contracts import KeyRing, streams
 from scenarios.chaos.harness import read_log
 from scenarios.cluster import Cluster, running_cluster
@@ -98,3 +98,40 @@ async def test_a_restarted_actor_remembers_committed_ids_from_the_log(
     await _forget(client, run_id)
     async with running_cluster(bus, run=run_id, slots=[SLOT], ring=ring) as cl:
         assert await _rewind_then_cull(client, cl) == [*before, before[-1] + 1]
+
+
+@pytest.mark.parametrize("ahead", ["max", "a day"])
+async def test_a_group_moved_past_its_stream_is_moved_back_and_the_command_decided(
+    bus: Bus, run_id: str, ahead: str
+) -> None:
+    """XGROUP SETID to a future id would hold back every later entry (lag read as 0). The
+    actor's watch finds its group past the stream's end, moves it back to the last entry it
+    decided, and notes it: the command sent meanwhile is decided once, status counts the move."""
+    from kasmina.commands.status import collect
+
+    client = getattr(bus, "client", None)
+    if client is None:
+        pytest.skip("the memory bus has no consumer groups to move from outside")
+    inbox, group = streams.inbox(run_id, "seed", SLOT), f"actor:seed:{SLOT}"
+    async with running_cluster(bus, run=run_id, slots=[SLOT], ring=KeyRing.generate()) as cl:
+        before = await _three_culls(bus, cl)
+        last = (await bus.info(inbox)).last_id
+        future = (
+            "18446744073709551615-0"
+            if ahead == "max"
+            else f"{int(last.split('-')[0]) + 86_400_000}-0"
+        )
+        await client.xgroup_setid(inbox, group, future)
+        assert (await bus.info(inbox)).groups[0].lag is None  # not "caught up"
+        command_id, entry = await cl.client.send(SLOT, "cull")
+        (shell,) = [s for s in cl.shells if s.group == group]
+        # (its heartbeat loop may have found it first: then this call finds nothing to do)
+        assert await shell.housekeeping.watch_group() in (last, None)  # the last entry decided
+        assert await shell.housekeeping.watch_group() is None  # once moved, nothing to do
+        info = await bus.info(inbox)
+        assert parse_id(info.groups[0].last_delivered) <= parse_id(info.last_id)
+        outcome = await cl.client.wait(command_id, timeout_s=20, entry=entry)
+        assert outcome.result == "refused"  # decided (a dormant slot refuses a cull)
+        assert await _refusals(bus, cl) == [*before, before[-1] + 1]
+        status = await collect(bus, run_id, cl.ring)
+        assert status["groups_moved"] == 1
