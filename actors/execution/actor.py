@@ -5,11 +5,10 @@ it reads the rank's inbox (orders, pruning orders, barrier commits), hands each 
 the runtime's non-blocking inbox and each commit to the runtime's barrier gate; and it flushes the
 runtime's outbox (acks, step reports, telemetry, safety signals, barrier votes; unit importance and
 pruning acks to the run's pruning stream) in one pipeline per flush, signed, each ack also to the
-run's ``confirmations`` stream (the step confirmations a controller reads). Every ``heartbeat_s`` it
-beats on the run's heartbeat stream with the step its runtime reached (``kasmina status`` lists
-the attached trainers from these beats, ``kasmina publish --wait`` says when there are none).
-A Redis error other than a lost connection restarts it with backoff (:meth:`ExecutionActor.run`).
-"""
+run's ``confirmations`` stream. Every ``heartbeat_s`` it beats on the run's heartbeat stream with
+the step its runtime reached (``kasmina status`` lists the attached trainers from these beats);
+it trims its inbox like the shells. A Redis error other than a lost connection restarts it with
+backoff (:meth:`ExecutionActor.run`)."""
 
 from __future__ import annotations
 
@@ -31,10 +30,11 @@ from actors.delivery import since, written
 from actors.execution.protocol import Runtime
 from actors.hosting import FRAME, Rejections, Router, inbox_consumer, verify_entries
 from actors.hosting.admission import Admission, aggregated
-from actors.hosting.housekeeping import every, publish_heartbeat
+from actors.hosting.housekeeping import every, publish_heartbeat, trim_inbox
 from actors.hosting.restart import Restarts, keep_serving, one_line
 from actors.hosting.routing import STREAMS
 from bus import Append, Bus, BusClosed, BusUnavailable, Consumer, Entry, Handled, backoff_s
+from bus.errors import BusProtocolError
 from contracts import (
     REGISTRY,
     ContractError,
@@ -264,8 +264,9 @@ class ExecutionActor:
             return self._reject(entry, Reason.UNEXPECTED_KIND, env.kind, env)
         if message.slot not in self.runtime.slots:
             return self._reject(entry, Reason.UNKNOWN_SLOT, message.slot, env)
-        if self._first(message.order_id):  # a redelivery must not apply twice
+        if message.order_id not in self._seen_orders:  # (an outage here: read again, fetched again)
             await self._prefetch(message)
+        if self._first(message.order_id):  # a redelivery must not apply twice
             self.runtime.submit(message)
         return Handled(entry, self.group)
 
@@ -288,7 +289,7 @@ class ExecutionActor:
             return
         try:
             sealed = await self.artifacts.get(artifact)
-        except (ArtifactError, OSError) as exc:
+        except (ArtifactError, OSError, BusProtocolError) as exc:  # (a key of another type, ...)
             log.warning("artifact %s not fetched: %s", artifact[:12], exc)
             return
         if sealed is not None:
@@ -309,6 +310,10 @@ class ExecutionActor:
                 await anyio.sleep(0.2)
             except BusClosed:
                 return
+
+    async def _trim(self) -> None:
+        """Trim acked inbox entries older than the retention, as the actor shells do."""
+        await trim_inbox(self.bus, self.inbox, self.config.bus.inbox_retention_s)
 
     async def _beat(self) -> None:
         """A heartbeat: this rank is attached, at the step its runtime reached."""
@@ -359,6 +364,8 @@ class ExecutionActor:
             tg.start_soon(self._flusher)
             tg.start_soon(lambda: every(self.heartbeat_s, self._beat, active=lambda: True,
                                         running=lambda: not self._stopping))  # fmt: skip
+            tg.start_soon(lambda: every(self.config.bus.trim_every_s, self._trim, first_wait=True,
+                                        active=lambda: True, running=lambda: not self._stopping))  # fmt: skip
             task_status.started()
             await self._stopped.wait()
             tg.cancel_scope.cancel()

@@ -38,11 +38,40 @@ def due(rt: ExecutionRuntime, step: int) -> list[pb.PruningOrder]:
     return sorted((o for o in orders if o.apply_at_step <= step), key=lambda o: o.apply_at_step)
 
 
+#: the most pruning orders a rank holds waiting for their step; more are refused on receipt
+MAX_PENDING = 64
+#: how far ahead of the rank's step an order may be due; one due later is refused on receipt
+HORIZON_STEPS = 1_000_000
+
+
 def take(rt: ExecutionRuntime) -> list[str]:
-    """Move submitted orders to the pending list; returns the keys due now (for agreement)."""
+    """Move submitted orders to the pending list; returns the keys due now (for agreement).
+
+    An order is judged on receipt as far as it can be: masks that do not fit the host, a step
+    beyond :data:`HORIZON_STEPS` ahead, or one order too many waiting (:data:`MAX_PENDING`) is
+    refused at once (its ack says why) and not kept, so no signer makes a rank hold orders
+    without bound."""
     while not rt.pruning_inbox.empty():
-        rt.pending_pruning.append(rt.pruning_inbox.get_nowait())
+        order = rt.pruning_inbox.get_nowait()
+        why = _refused_on_receipt(rt, order)
+        if why:
+            _ack(rt, order, rt.step, why)
+        else:
+            rt.pending_pruning.append(order)
     return [key(o) for o in due(rt, rt.step)]
+
+
+def _refused_on_receipt(rt: ExecutionRuntime, order: pb.PruningOrder) -> str:
+    """Why ``order`` is refused as it arrives ("" when it waits for its step)."""
+    if order.apply_at_step > max(rt.step, 0) + HORIZON_STEPS:
+        return f"due at step {order.apply_at_step}, over {HORIZON_STEPS} steps ahead of {rt.step}"
+    if len(rt.pending_pruning) >= MAX_PENDING:
+        return f"{MAX_PENDING} pruning orders are already waiting for their step"
+    try:
+        rt.pruner.check(order.masks)
+    except PruningError as exc:
+        return str(exc)
+    return ""
 
 
 def apply_due(rt: ExecutionRuntime, step: int, agreed: set[str] | None) -> None:

@@ -96,15 +96,16 @@ def test_masks_work_on_conv_channels() -> None:
 def test_malformed_orders_are_refused_with_a_reason_and_change_nothing(
     masks: dict[str, list[bool]], reason: str
 ) -> None:
-    """Unknown module, wrong shape, a module pruned whole, no mask: refused, nothing changed."""
+    """Unknown module, wrong shape, a module pruned whole, no mask: refused as it arrives (the
+    ack at the step it was received, not its due step), nothing changed."""
     model, opt, rt = _setup()
     rt.submit_pruning(prune("ok", 0, {"fc1.host": [True] * 15 + [False]}))
     rt.submit_pruning(prune("bad", 1, masks))
     train(model, opt, rt, data(2), range(3))
-    acks = kinds(rt.drain_outbox(), "pruning.ack")
-    assert [a.ok for a in acks] == [True, False]
-    assert reason in acks[1].error and acks[1].pruned_units == 1
-    assert set(rt.pruner.masks) == {"fc1.host"}
+    acks = {a.order_id: a for a in kinds(rt.drain_outbox(), "pruning.ack")}
+    assert acks["ok"].ok and not acks["bad"].ok
+    assert reason in acks["bad"].error and acks["bad"].applied_at_step == 0
+    assert set(rt.pruner.masks) == {"fc1.host"} and not rt.pending_pruning
 
 
 def test_a_duplicate_module_in_one_order_is_refused() -> None:
@@ -217,3 +218,25 @@ def test_a_mask_follows_its_module_when_a_merged_width_seed_grows_it() -> None:
     first.bias = nn.Parameter(first.bias[:6].detach())
     assert first(torch.randn(3, 4)).shape == (3, 6)
     assert pruner.masks["0"].tolist() == keep
+
+
+def test_orders_a_rank_cannot_hold_are_refused_on_receipt() -> None:
+    """An order due far beyond the horizon, or one more than the pending bound, is refused when
+    it arrives (its ack says why) and not kept: no signer makes a rank hold orders without bound."""
+    from actors.execution.pruning_orders import HORIZON_STEPS, MAX_PENDING
+
+    model, opt, rt = _setup()
+    keep = {"fc1.host": [True] * 15 + [False]}
+    rt.submit_pruning(prune("far", 2**64 - 1, keep))
+    rt.submit_pruning(prune("edge", HORIZON_STEPS, keep))  # exactly at the horizon: kept
+    for i in range(MAX_PENDING):
+        rt.submit_pruning(prune(f"p{i}", 10_000 + i, keep))
+    train(model, opt, rt, data(2), range(1))
+    acks = {a.order_id: a for a in kinds(rt.drain_outbox(), "pruning.ack")}
+    assert set(acks) == {"far", f"p{MAX_PENDING - 1}"}
+    assert (
+        "steps ahead" in acks["far"].error
+        and "already waiting" in acks[f"p{MAX_PENDING - 1}"].error
+    )
+    assert len(rt.pending_pruning) == MAX_PENDING
+    assert {o.order_id for o in rt.pending_pruning} >= {"edge", "p0"}
