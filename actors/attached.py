@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors.eventlog import BadEntry, read_log
+from actors.logic import MAX_STEP
 from bus import Bus
 from contracts import KeyRing, Verifier, streams
 from leyline import pb
@@ -44,7 +45,7 @@ class Trainer:
             "process": self.process,
             "alive": self.alive,
             "last_step": self.step,
-            "last_heartbeat_s": round((now_ns - self.ts_ns) / 1e9, 1),
+            "last_heartbeat_s": round(max(0, now_ns - self.ts_ns) / 1e9, 1),  # (stamped ahead: 0)
         }
 
 
@@ -75,7 +76,7 @@ async def trainers(
     out = []
     for name, beat in sorted((await heartbeats(bus, run, ring, now_ns=now)).items()):
         kind, _, rank = name.partition(":")
-        if kind != "execution":
+        if kind != "execution" or int(beat.step) >= MAX_STEP:  # (no run reaches 2**53 steps)
             continue
         alive = (now - beat.ts_ns) / 1e9 < ALIVE_S
         out.append(Trainer(rank, beat.process, int(beat.step), int(beat.ts_ns), alive))

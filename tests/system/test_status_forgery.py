@@ -109,3 +109,19 @@ async def test_pruning_acks_count_only_for_an_addressed_rank_their_signer_speaks
     assert len(records) == len(acks)
     counted = [counted_rank(r, "p", ranks, verifier) for r in records]
     assert counted == ["execution:0", None, None, None, "execution:1"]
+
+
+async def test_a_rank_beat_with_an_impossible_step_is_not_a_trainer(bus: Bus, run_id: str) -> None:
+    """A trainer key's beat for a rank at step 2**64-1 (so that `publish prune` computes a step
+    no integer field holds) is no attached trainer; a beat stamped a little ahead reads age 0."""
+    from actors.attached import trainers
+
+    every, signs = role_rings()
+    stream, now = streams.heartbeats(run_id), time.time_ns()
+    huge = pb.Heartbeat(actor="execution:5", process="evil", ts_ns=now, step=2**64 - 1)
+    await _put(bus, stream, signs["trainer"], "execution:5", kinds.HEARTBEAT, huge)
+    ahead = pb.Heartbeat(actor="execution:0", process="rank", ts_ns=now + 5 * 10**9, step=40)
+    await _put(bus, stream, signs["trainer"], "execution:0", kinds.HEARTBEAT, ahead)
+    seen = await trainers(bus, run_id, every, now_ns=now)
+    assert [(t.rank, t.step) for t in seen] == [("0", 40)]
+    assert seen[0].as_dict(now)["last_heartbeat_s"] == 0
