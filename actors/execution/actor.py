@@ -25,8 +25,9 @@ import anyio
 from anyio.abc import TaskStatus
 from google.protobuf.message import Message
 
-from actors.artifacts import ArtifactError, ArtifactStore
+from actors.artifacts import ArtifactStore
 from actors.delivery import since, written
+from actors.execution.prefetch import prefetch
 from actors.execution.protocol import Runtime
 from actors.hosting import FRAME, Rejections, Router, inbox_consumer, verify_entries
 from actors.hosting.admission import Admission, aggregated
@@ -34,7 +35,6 @@ from actors.hosting.housekeeping import every, publish_heartbeat, trim_inbox
 from actors.hosting.restart import Restarts, keep_serving, one_line
 from actors.hosting.routing import STREAMS
 from bus import Append, Bus, BusClosed, BusUnavailable, Consumer, Entry, Handled, backoff_s
-from bus.errors import BusProtocolError
 from contracts import (
     REGISTRY,
     ContractError,
@@ -264,11 +264,15 @@ class ExecutionActor:
             return self._reject(entry, Reason.UNEXPECTED_KIND, env.kind, env)
         if message.slot not in self.runtime.slots:
             return self._reject(entry, Reason.UNKNOWN_SLOT, message.slot, env)
+        await self._submit(message)
+        return Handled(entry, self.group)
+
+    async def _submit(self, message: pb.ExecutionOrder) -> None:
+        """Fetch a germination's artifact, then hand the order to the runtime once."""
         if message.order_id not in self._seen_orders:  # (an outage here: read again, fetched again)
-            await self._prefetch(message)
+            await prefetch(self.artifacts, getattr(self.runtime, "kernels", None), message)
         if self._first(message.order_id):  # a redelivery must not apply twice
             self.runtime.submit(message)
-        return Handled(entry, self.group)
 
     def _first(self, order_id: str) -> bool:
         """True the first time an order id is seen (a redelivery must not apply twice)."""
@@ -278,22 +282,6 @@ class ExecutionActor:
         if len(self._seen_orders) > SEEN_ORDERS:
             self._seen_orders.popitem(last=False)
         return True
-
-    async def _prefetch(self, order: pb.ExecutionOrder) -> None:
-        """Fetch a germination's artifact from the store here, off the training thread, and
-        offer it to the runtime's kernel cache (unverified: the cache verifies before loading).
-        A missing or unreadable artifact is left for the germination to refuse."""
-        artifact = order.germinate.artifact_id if order.HasField("germinate") else ""
-        kernels = getattr(self.runtime, "kernels", None)
-        if not artifact or self.artifacts is None or kernels is None or artifact in kernels:
-            return
-        try:
-            sealed = await self.artifacts.get(artifact)
-        except (ArtifactError, OSError, BusProtocolError) as exc:  # (a key of another type, ...)
-            log.warning("artifact %s not fetched: %s", artifact[:12], exc)
-            return
-        if sealed is not None:
-            kernels.offer(sealed)
 
     async def _orders(self) -> None:
         while not self._stopping:

@@ -59,16 +59,26 @@ def join_host_optimizer(
         host.state.clear()  # sized to the parameters before: it restarts with the fossil's
         host._numel_cache = None  # type: ignore[attr-defined]  # its cached parameter count
         return
-    if seed_opt is None or type(seed_opt) is not type(host):
-        return
+    if seed_opt is not None and type(seed_opt) is type(host):
+        _carry_state(host, group["params"], new, seed_opt)
+
+
+def _carry_state(
+    host: torch.optim.Optimizer,
+    group: Sequence[Tensor],
+    new: Sequence[nn.Parameter],
+    seed_opt: torch.optim.Optimizer,
+) -> None:
+    """Give the joined parameters their seed optimizer's state where it has the layout the host
+    optimizer keeps for the group's other parameters (else the host starts it itself)."""
     joined = {id(p) for p in new}  # (ids: ``in`` on a list of tensors compares their values)
-    peer = next(
-        (host.state[q] for q in group["params"] if id(q) not in joined and q in host.state), None
-    )
+    peer = next((host.state[q] for q in group if id(q) not in joined and q in host.state), None)
+    if peer is None:
+        return
     for p in new:
         state = seed_opt.state.get(p)
-        if state is not None and peer is not None and _same_layout(state, peer):
-            host.state[p] = state  # else the host optimizer starts the fossil's state itself
+        if state is not None and _same_layout(state, peer):
+            host.state[p] = state
 
 
 def _same_layout(state: Mapping[str, Any], peer: Mapping[str, Any]) -> bool:

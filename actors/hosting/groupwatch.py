@@ -44,6 +44,11 @@ async def reset_if_ahead(
         or parse_id(found.last_delivered) <= parse_id(info.last_id)
     ):
         return None
+    # the stream and its groups are two reads: entries added and delivered in between make a
+    # healthy group look ahead of the first. Only a group ahead of the stream read after it is.
+    info = await bus.info(inbox)
+    if parse_id(found.last_delivered) <= parse_id(info.last_id):
+        return None
     if decided is not None:
         target = f"{decided[0]}-{decided[1]}"
     else:
