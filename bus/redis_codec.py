@@ -200,14 +200,12 @@ def group_lag(
     Redis 7.0.15 a group was seen reporting lag 25 with its last-delivered id equal to the
     stream's last id. The ids decide: nothing after the last-delivered id is lag 0; something
     after it is at least 1 (the reported figure when there is one). ``counted`` is False for a
-    server that has no lag field at all (before 7.0): then None, unless the ids say 0. A group past
-    the stream's last id (moved there with ``XGROUP SETID``: Redis never delivers beyond it) holds
-    back every later entry: its lag is unknown (None), never 0.
+    server that has no lag field at all (before 7.0): then None, unless the ids say 0. (The
+    stream and its groups are two reads, so a group can look ahead of the stream by the entries
+    added between them: that is lag 0 too. A group really moved past the end is the serving
+    actor's to find and move back: :mod:`actors.hosting.groupwatch`.)
     """
-    delivered, last = parse_id(last_delivered), parse_id(last_id)
-    if delivered > last:
-        return None
-    if delivered == last:
+    if parse_id(last_delivered) >= parse_id(last_id):
         return 0
     if not counted:
         return None

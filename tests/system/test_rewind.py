@@ -122,7 +122,6 @@ async def test_a_group_moved_past_its_stream_is_moved_back_and_the_command_decid
             else f"{int(last.split('-')[0]) + 86_400_000}-0"
         )
         await client.xgroup_setid(inbox, group, future)
-        assert (await bus.info(inbox)).groups[0].lag is None  # not "caught up"
         command_id, entry = await cl.client.send(SLOT, "cull")
         (shell,) = [s for s in cl.shells if s.group == group]
         # (its heartbeat loop may have found it first: then this call finds nothing to do)
