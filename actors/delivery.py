@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 
 from actors.hosting import FRAME
 from bus import Bus, aiter_entries, parse_id
 from contracts import REGISTRY, ContractError, Reason, Verifier, streams
 from leyline import pb
 
-__all__ = ["shed_record", "since", "written", "written_at"]
+__all__ = ["EXHAUSTED_ID", "exhausted", "shed_record", "since", "written", "written_at"]
+
+#: the largest entry id: a stream whose last id it is takes no more entries (a Redis writer's XADD)
+EXHAUSTED_ID = "18446744073709551615-18446744073709551615"
 
 _OVERLOADED = Reason.OVERLOADED.value.encode()
 log = logging.getLogger("kasmina.actors")
@@ -38,6 +42,12 @@ async def written_at(bus: Bus, stream: str, frame: bytes, start: str) -> str | N
         if entry.fields.get(FRAME) == frame:
             return entry.id
     return None
+
+
+async def exhausted(bus: Bus, names: Iterable[str]) -> set[str]:
+    """The streams among ``names`` that can take no more entries (their last id is the largest):
+    an append to them is refused for good, so a batch holding one can never be sent whole."""
+    return {name for name in set(names) if (await bus.info(name)).last_id == EXHAUSTED_ID}
 
 
 async def written(bus: Bus, stream: str, frame: bytes, start: str) -> bool:

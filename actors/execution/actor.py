@@ -26,7 +26,7 @@ from anyio.abc import TaskStatus
 from google.protobuf.message import Message
 
 from actors.artifacts import ArtifactStore
-from actors.delivery import since, written
+from actors.delivery import exhausted, since, written
 from actors.execution.prefetch import prefetch
 from actors.execution.protocol import Runtime
 from actors.hosting import FRAME, Rejections, Router, inbox_consumer, verify_entries
@@ -35,6 +35,7 @@ from actors.hosting.housekeeping import every, publish_heartbeat, trim_inbox
 from actors.hosting.restart import Restarts, keep_serving, one_line
 from actors.hosting.routing import STREAMS
 from bus import Append, Bus, BusClosed, BusUnavailable, Consumer, Entry, Handled, backoff_s
+from bus.errors import BusProtocolError
 from contracts import (
     REGISTRY,
     ContractError,
@@ -158,9 +159,9 @@ class ExecutionActor:
         return appends
 
     async def _publish(self, batch: _Unsent) -> int:
-        first = batch.appends[0]
         failures = 0
-        while True:
+        while batch.appends:
+            first = batch.appends[0]
             try:
                 # publish_many is all or nothing: if the first append is there, so is the batch
                 if batch.tried and await written(
@@ -173,6 +174,14 @@ class ExecutionActor:
             except BusUnavailable:
                 failures += 1
                 await anyio.sleep(backoff_s(failures))
+            except BusProtocolError:  # (nothing written) a stream that takes no more entries?
+                dead = await exhausted(self.bus, (a.stream for a in batch.appends))
+                if not dead:
+                    raise
+                log.error("outbox: %s take no more entries (an entry at the largest id); "
+                          "their messages are dropped", sorted(dead))  # fmt: skip
+                batch.appends = [a for a in batch.appends if a.stream not in dead]
+        return 0
 
     async def _flusher(self) -> None:
         # the outbox wakes it (notify) the moment something is queued; the interval is only a

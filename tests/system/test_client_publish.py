@@ -176,3 +176,32 @@ async def test_a_wait_rides_out_an_outage_of_the_outcomes_reads(backend: str) ->
         outcome = await client.wait("c-1", timeout_s=8)
     assert outcome.command_id == "c-1" and bus.failures == 3 and client.retries == 3
     await inner.close()
+
+
+@pytest.mark.parametrize("backend", ["fakeredis", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_a_stream_that_takes_no_more_entries_costs_only_its_own_messages(
+    backend: str,
+) -> None:
+    """One slot's inbox at the largest id (a Redis writer's entry) refuses every append: the
+    flush drops that inbox's messages and sends the rest, instead of holding the whole outbox
+    (and the trainer's traffic to every other stream) for ever."""
+    from bus.testing import purge_prefix, real_redis_url
+
+    run = "full" + uuid.uuid4().hex[:8]
+    bus = open_bus(real_redis_url() if backend == "redis" else f"fakeredis://{run}")
+    ring = KeyRing.generate()
+    sim = SimRuntime(["l0.s0", "l0.s1"], report_every=1, barrier_frequency=1)
+    actor = ExecutionActor(sim, bus=bus, run=run, signer=Signer(ring, "execution:0"),
+                           verifier=Verifier(ring), config=KasminaConfig())  # fmt: skip
+    dead = streams.inbox(run, "seed", "l0.s1")
+    try:
+        await bus.client.xadd(dead, {"x": b"y"}, id="18446744073709551615-18446744073709551615")  # type: ignore[attr-defined]
+        sim.on_step(0)
+        sent = await actor.flush()
+        live = await bus.range(streams.inbox(run, "seed", "l0.s0"))
+        assert sent > 0 and len(live) >= 1  # the other slot's report arrived
+        assert len(await bus.range(dead)) == 1  # only the writer's entry
+        assert actor._unsent is None  # nothing held back
+    finally:
+        await purge_prefix(bus, streams.prefix(run))
+        await bus.close()
