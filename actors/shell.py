@@ -334,7 +334,7 @@ class ActorShell(LeasedHost):
         change."""
         self._batch_digests = None
         done = await committed_before(self.bus, self.group, batch, ids, checked_all, self._high)
-        done.update(self.recent.entries(batch, checked_all))
+        done.update(self.recent.entries(batch, checked_all), self.admission.answered.entries(batch))
         runs = aggregated(batch, checked_all, threshold=self.config.bus.aggregate_from)
         handled: list[Handled] = []
         decided: list[bool] = []  # the item went through decide (and may have changed the state)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from actors.hosting.inbox import FRAME
+from actors.hosting.recent import AnsweredRanges
 from bus import Bus, Entry, Fence, Fenced, Handled, Shedding, contiguous
 from contracts import ContractError, Envelope, Reason, kinds, unpack
 from contracts.config import KasminaConfig
@@ -178,6 +179,8 @@ class Admission:
         self.rejections = rejections
         self.shed = 0
         self.shedder = bus if shed_inside and isinstance(bus, Shedding) else None
+        #: runs shed, so that a rewound group's redelivery of them is not decided
+        self.answered = AnsweredRanges(config.security.clock_tolerance_s)
 
     async def cut(self, batch: Sequence[Entry], fence: Fence | None = None) -> int:
         """How many entries at the start of ``batch`` to shed. The lag is read only when the
@@ -221,6 +224,7 @@ class Admission:
             self.rejections.uncount(Reason.OVERLOADED, shed.count)  # the group moved: not shed
             return 0
         self.shed += shed.count
+        self.answered.add(shed.first, shed.last)
         return shed.count
 
     def shed_items(
@@ -236,6 +240,7 @@ class Admission:
         claims = claims_of(entries, FRAME, limit)
         items: list[Handled] = []
         for run in runs_in(entries, entries if batch is None else batch):
+            self.answered.add(run[0].id, run[-1].id)
             appends = self.rejections.record_run(Reason.OVERLOADED, detail, run, claims)
             claims = []
             items += [Handled(e, self.group, appends if n == 0 else ()) for n, e in enumerate(run)]

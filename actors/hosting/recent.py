@@ -18,12 +18,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 
-from bus import Entry
+from bus import Entry, parse_id
 from contracts import ContractError, Envelope
 
-__all__ = ["RECENT_LIMIT", "RecentIds"]
+__all__ = ["RANGES_LIMIT", "RECENT_LIMIT", "AnsweredRanges", "RecentIds"]
 
 RECENT_LIMIT = 100_000
+RANGES_LIMIT = 4_096  # shed runs remembered (the oldest dropped first)
+IdPair = tuple[int, int]
 
 
 class RecentIds:
@@ -95,3 +97,31 @@ class RecentIds:
             if deadline > now:
                 self.evicted += 1
             until.popitem(last=False)
+
+
+class AnsweredRanges:
+    """Runs of inbox entries a host shed (acked undecided, their senders told ``overloaded``),
+    each kept two tolerances: a rewound group (``XGROUP SETID``) delivers them again, and one
+    must not be decided then, or its sender, told it was shed, would see it applied (and apply
+    it twice by sending it again). Shed entries leave no nonce and no commit marker in Redis."""
+
+    __slots__ = ("_clock", "_keep_ns", "_ranges")
+
+    def __init__(self, tolerance_s: float, *, clock: Callable[[], int] = time.time_ns) -> None:
+        self._keep_ns = int(2 * tolerance_s * 1e9)
+        self._clock = clock
+        self._ranges: list[tuple[IdPair, IdPair, int]] = []  # (first, last, deadline ns)
+
+    def add(self, first: str, last: str) -> None:
+        """Remember the entries from ``first`` to ``last`` (ids, inclusive) as answered."""
+        now = self._clock()
+        self._ranges = [r for r in self._ranges if r[2] > now][-RANGES_LIMIT + 1 :]
+        self._ranges.append((parse_id(first), parse_id(last), now + self._keep_ns))
+
+    def entries(self, batch: Sequence[Entry]) -> list[str]:
+        """Entry ids of ``batch`` inside a remembered run."""
+        if not self._ranges:
+            return []
+        now = self._clock()
+        live = [(a, b) for a, b, until in self._ranges if until > now]
+        return [e.id for e in batch if any(a <= parse_id(e.id) <= b for a, b in live)]

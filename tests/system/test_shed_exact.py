@@ -142,3 +142,41 @@ async def test_an_execution_shed_record_never_covers_an_entry_it_kept(
             covered = await _covered(bus, record)
             assert len(covered) == record.count and ids[10] not in covered
         assert sim.checkpoint_requests == [("flooded", 0)]
+
+
+async def test_a_shed_command_delivered_again_by_a_rewind_is_not_decided(
+    bus: Bus, run_id: str
+) -> None:
+    """A genuine command shed in a flood (its sender told `overloaded`) and delivered again
+    after a Redis writer rewinds the group to just before it: still fresh, no nonce and no
+    commit marker, yet it is acked without a decision, so what its sender was told stays true
+    (and a resend by that sender is applied once)."""
+    if not isinstance(bus, Shedding):
+        pytest.skip("the in-memory bus sheds in the actor: the rewind would shed it again")
+    from actors.client import KasminaClient, build_command
+
+    ring = KeyRing.generate()
+    inbox, group = streams.inbox(run_id, "seed", "a"), "actor:seed:a"
+    await bus.ensure_group(inbox, group)
+    client = KasminaClient(bus, run_id, Signer(ring, "tamiyo"), Verifier(ring))
+    command = Signer(ring, "tamiyo").seal(
+        kinds.SEED_COMMAND, build_command("a", "pause"), stream=inbox
+    )
+    flood: list[dict[str, bytes]] = [{"junk": b"x"} for _ in range(FLOOD)]
+    flood[200] = {FRAME: command, "kind": b"seed.command"}  # in the middle: shed in the store
+    ids = await bus.publish_many([Append(inbox, fields) for fields in flood])
+    command_id = Verifier(ring).open(command, stream=inbox).id
+    async with running_cluster(
+        bus, run=run_id, slots=["a"], ring=ring, config=_config(), actors=["seed"]
+    ) as cl:
+        await cl.settle()
+        told = await client.wait(command_id, timeout_s=10, entry=(inbox, ids[200]))
+        assert (told.result, told.message.reason) == ("rejected", "overloaded")
+        await bus.set_group_id(inbox, group, ids[199])  # the writer's rewind
+        await bus.publish(inbox, {"junk": b"y"})
+        await cl.settle()
+        records = []
+        async for record in read_log(bus, streams.outcomes(run_id), Verifier(ring, replay=True)):
+            if isinstance(record, LogRecord) and record.message.command_id == command_id:
+                records.append(pb.OutcomeResult.Name(record.message.result))
+        assert records == ["OUTCOME_REJECTED"]  # never decided
