@@ -17,7 +17,7 @@ import os
 import socket
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,7 +31,9 @@ from actors.execution.prefetch import prefetch
 from actors.execution.protocol import Runtime
 from actors.hosting import FRAME, Rejections, Router, inbox_consumer, verify_entries
 from actors.hosting.admission import Admission, aggregated
+from actors.hosting.groupwatch import reset_if_ahead
 from actors.hosting.housekeeping import every, publish_heartbeat, trim_inbox
+from actors.hosting.recent import SeenOnce
 from actors.hosting.restart import Restarts, keep_serving, one_line
 from actors.hosting.routing import STREAMS
 from bus import Append, Bus, BusClosed, BusUnavailable, Consumer, Entry, Handled, backoff_s
@@ -108,7 +110,7 @@ class ExecutionActor:
         self.rejections = Rejections(run, f"execution:{rank}", signer, outcomes=False)
         self.rejected = self.rejections.counts
         self.admission = Admission(bus, self.inbox, self.group, config, self.rejections)
-        self._seen_orders: OrderedDict[str, None] = OrderedDict()
+        self._seen = SeenOnce(SEEN_ORDERS)  # order ids (and checkpoint requests) applied
         self.commits = 0
         self.last_commit = -1
         self.checkpoint_requests = 0
@@ -257,16 +259,11 @@ class ExecutionActor:
             self.runtime.barrier_committed(self.last_commit)
             return Handled(entry, self.group)
         if isinstance(message, pb.CheckpointRequest):
-            if message.rollback:
-                self.runtime.request_rollback(
-                    message.reason, list(message.slots), int(message.step)
-                )
-            else:
-                self.runtime.request_checkpoint(message.reason, int(message.step))
-            self.checkpoint_requests += 1
+            if self._seen.first(f"checkpoint:{env.id}"):  # (a rewound group delivers it again)
+                self._checkpoint(message)
             return Handled(entry, self.group)
         if isinstance(message, pb.PruningOrder):
-            if self._first(f"pruning:{message.order_id}"):
+            if self._seen.first(f"pruning:{message.order_id}"):
                 self.runtime.submit_pruning(message)
             return Handled(entry, self.group)
         if not isinstance(message, pb.ExecutionOrder):
@@ -278,19 +275,17 @@ class ExecutionActor:
 
     async def _submit(self, message: pb.ExecutionOrder) -> None:
         """Fetch a germination's artifact, then hand the order to the runtime once."""
-        if message.order_id not in self._seen_orders:  # (an outage here: read again, fetched again)
+        if message.order_id not in self._seen:  # (an outage here: read again, fetched again)
             await prefetch(self.artifacts, getattr(self.runtime, "kernels", None), message)
-        if self._first(message.order_id):  # a redelivery must not apply twice
+        if self._seen.first(message.order_id):  # a redelivery must not apply twice
             self.runtime.submit(message)
 
-    def _first(self, order_id: str) -> bool:
-        """True the first time an order id is seen (a redelivery must not apply twice)."""
-        if order_id in self._seen_orders:
-            return False
-        self._seen_orders[order_id] = None
-        if len(self._seen_orders) > SEEN_ORDERS:
-            self._seen_orders.popitem(last=False)
-        return True
+    def _checkpoint(self, message: pb.CheckpointRequest) -> None:
+        if message.rollback:
+            self.runtime.request_rollback(message.reason, list(message.slots), int(message.step))
+        else:
+            self.runtime.request_checkpoint(message.reason, int(message.step))
+        self.checkpoint_requests += 1
 
     async def _orders(self) -> None:
         while not self._stopping:
@@ -326,6 +321,9 @@ class ExecutionActor:
         await publish_heartbeat(self.bus, self.run_id, self.signer, beat)
         # orders fan out by the registry: an entry someone deleted is back within a beat
         await self.router.register(self.inbox, again=True)
+        note = (self.signer, self.run_id, f"execution:{self.rank}")  # a group moved past the end
+        tolerance = self.config.security.clock_tolerance_s
+        await reset_if_ahead(self.bus, self.inbox, self.group, None, tolerance, note)
 
     @property
     def restarts(self) -> int:

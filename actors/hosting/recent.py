@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from bus import Entry, parse_id
 from contracts import ContractError, Envelope
 
-__all__ = ["RANGES_LIMIT", "RECENT_LIMIT", "AnsweredRanges", "RecentIds"]
+__all__ = ["RANGES_LIMIT", "RECENT_LIMIT", "AnsweredRanges", "RecentIds", "SeenOnce"]
 
 RECENT_LIMIT = 100_000
 RANGES_LIMIT = 4_096  # shed runs remembered (the oldest dropped first)
@@ -125,3 +125,26 @@ class AnsweredRanges:
         now = self._clock()
         live = [(a, b) for a, b, until in self._ranges if until > now]
         return [e.id for e in batch if any(a <= parse_id(e.id) <= b for a, b in live)]
+
+
+class SeenOnce:
+    """Keys seen so far, the oldest forgotten beyond ``limit`` (a redelivery guard kept in
+    process: :meth:`first` is true once per key)."""
+
+    __slots__ = ("_keys", "_limit")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._keys: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def first(self, key: str) -> bool:
+        """True the first time ``key`` is seen (remembered from then on)."""
+        if key in self._keys:
+            return False
+        self._keys[key] = None
+        if len(self._keys) > self._limit:
+            self._keys.popitem(last=False)
+        return True
