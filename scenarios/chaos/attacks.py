@@ -135,6 +135,22 @@ async def _rewind(ctx: Ctx) -> None:
     ctx.sent += 1
 
 
+async def _group_past_end(ctx: Ctx) -> None:
+    """The bystander's group moved past the end of its inbox (it would hold back every later
+    entry): its actor's heartbeat moves it back."""
+    client = getattr(ctx.bus, "client", None)
+    assert client is not None
+    group = f"actor:seed:{BYSTANDER}"
+    await client.xgroup_setid(ctx.inbox(BYSTANDER), group, "18446744073709551615-0")
+    ctx.sent += 1
+
+
+async def _nonce_since_text(ctx: Ctx) -> None:
+    """Text where the nonce store keeps the time its memory began: reset, never parsed."""
+    await ctx.bus.set_value(f"{streams.prefix(ctx.run)}nonce-since", b"notanumber")
+    ctx.sent += 1
+
+
 async def _duplicate_event(ctx: Ctx) -> None:
     log = await ctx.bus.range(streams.events(ctx.run))
     genuine = [e for e in log if e.fields.get("kind") == b"lifecycle.refused"]
@@ -207,6 +223,8 @@ ATTACKS: tuple[Attack, ...] = (
     Attack("entry_5000_fields", "none", _many_fields),
     Attack("foreign_route", "none", _foreign_route),
     Attack("group_rewind", "none", _rewind),
+    Attack("group_past_end", "none", _group_past_end),
+    Attack("nonce_since_text", "none", _nonce_since_text),
     Attack("duplicated_event", "none", _duplicate_event, before=True, expect_quarantine=1),
     Attack("trainer_key_commands", "trainer", _trainer_commands),
     Attack("controller_bad_params", "controller", _bad_params),
