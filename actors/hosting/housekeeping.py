@@ -27,6 +27,7 @@ from leyline import pb
 __all__ = ["HEARTBEAT_MAXLEN", "Housekeeping", "digest_appends", "every", "trim_inbox"]
 
 HEARTBEAT_MAXLEN = 2_000
+WATCH_S = 0.5  # how often a serving actor checks that its group is not past its inbox's end
 
 
 async def every(
@@ -132,8 +133,7 @@ class Housekeeping:
         self.group_resets += moved is not None
         return moved
 
-    async def _beat_and_watch(self) -> None:
-        await self.beat()
+    async def _watch(self) -> None:
         await self.watch_group()
 
     async def trim_inbox(self, now_ms: int | None = None) -> int:
@@ -160,11 +160,14 @@ class Housekeeping:
         await self.tick()
 
     async def run(self, active: Callable[[], bool], running: Callable[[], bool]) -> None:
-        """Beat every ``heartbeat_s``, trim every ``bus.trim_every_s`` and ask the timer every
-        ``timer_s`` while ``running()``, skipping turns while not ``active()`` (a standby)."""
+        """Beat every ``heartbeat_s``, watch the inbox's group every :data:`WATCH_S`, trim every
+        ``bus.trim_every_s`` and ask the timer every ``timer_s`` while ``running()``, skipping
+        turns while not ``active()`` (a standby)."""
         async with anyio.create_task_group() as tg:
-            beats = self._beat_and_watch
-            tg.start_soon(lambda: every(self.heartbeat_s, beats, active=active, running=running))
+            tg.start_soon(
+                lambda: every(self.heartbeat_s, self.beat, active=active, running=running)
+            )
+            tg.start_soon(lambda: every(WATCH_S, self._watch, active=active, running=running))
             tg.start_soon(lambda: every(self.config.bus.trim_every_s, self._trim, active=active,
                                         running=running, first_wait=True))  # fmt: skip
             if self.timer is not None:
