@@ -15,8 +15,10 @@ the Redis records are the only guard for the dropped ids.
 from __future__ import annotations
 
 import time
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from itertools import accumulate
 
 from bus import Entry, parse_id
 from contracts import ContractError, Envelope
@@ -103,28 +105,51 @@ class AnsweredRanges:
     """Runs of inbox entries a host shed (acked undecided, their senders told ``overloaded``),
     each kept two tolerances: a rewound group (``XGROUP SETID``) delivers them again, and one
     must not be decided then, or its sender, told it was shed, would see it applied (and apply
-    it twice by sending it again). Shed entries leave no nonce and no commit marker in Redis."""
+    it twice by sending it again). Shed entries leave no nonce and no commit marker in Redis.
 
-    __slots__ = ("_clock", "_keep_ns", "_ranges")
+    Looked up once per batch: the runs are kept sorted by their first id, so an entry costs a
+    bisection, and a batch past every run (the usual case) one comparison."""
+
+    __slots__ = ("_clock", "_keep_ns", "_last", "_ranges", "_reach", "_starts")
 
     def __init__(self, tolerance_s: float, *, clock: Callable[[], int] = time.time_ns) -> None:
         self._keep_ns = int(2 * tolerance_s * 1e9)
         self._clock = clock
-        self._ranges: list[tuple[IdPair, IdPair, int]] = []  # (first, last, deadline ns)
+        self._ranges: list[tuple[IdPair, IdPair, int]] = []  # (first, last, deadline ns), by first
+        self._starts: list[IdPair] = []
+        self._reach: list[IdPair] = []
+        self._last: IdPair = (-1, -1)  # the highest last id of any run kept
 
     def add(self, first: str, last: str) -> None:
         """Remember the entries from ``first`` to ``last`` (ids, inclusive) as answered."""
         now = self._clock()
-        self._ranges = [r for r in self._ranges if r[2] > now][-RANGES_LIMIT + 1 :]
-        self._ranges.append((parse_id(first), parse_id(last), now + self._keep_ns))
+        kept = [r for r in self._ranges if r[2] > now]
+        if len(kept) >= RANGES_LIMIT:  # the oldest to expire go first
+            kept = sorted(sorted(kept, key=lambda r: r[2])[-(RANGES_LIMIT - 1) :])
+        kept.append((parse_id(first), parse_id(last), now + self._keep_ns))
+        kept.sort()
+        self._ranges = kept
+        self._starts = [r[0] for r in kept]
+        self._reach = list(accumulate((r[1] for r in kept), max))  # the furthest run end so far
+        self._last = self._reach[-1]
 
     def entries(self, batch: Sequence[Entry]) -> list[str]:
         """Entry ids of ``batch`` inside a remembered run."""
         if not self._ranges:
             return []
         now = self._clock()
-        live = [(a, b) for a, b, until in self._ranges if until > now]
-        return [e.id for e in batch if any(a <= parse_id(e.id) <= b for a, b in live)]
+        return [e.id for e in batch if self._covers(parse_id(e.id), now)]
+
+    def _covers(self, at: IdPair, now: int) -> bool:
+        if at > self._last:
+            return False
+        i = bisect_right(self._starts, at) - 1
+        while i >= 0 and self._reach[i] >= at:  # a run starting here or before may reach it
+            _, last, until = self._ranges[i]
+            if last >= at and until > now:
+                return True
+            i -= 1
+        return False
 
 
 class SeenOnce:
