@@ -63,6 +63,7 @@ def checkpoint(rt: ExecutionRuntime, path: str) -> None:
         "host": {k: v.detach() for k, v in rs.host_state(rt.model).items()},
         "host_optimizer": rt.host_optimizer.state_dict(),
         "pruning": pruning_orders.saved(rt.pruner),
+        "losses": [(int(s), float(v)) for s, v in rt.losses],  # G2's loss history
     }
     write_atomic(payload, path)
     pruning_orders.export(rt, rt.step)  # a checkpoint boundary: the unit importance goes out

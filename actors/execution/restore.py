@@ -56,6 +56,7 @@ class Plan:
     host_optimizer: dict[str, Any] | None = None
     groups: list[list[Tensor]] | None = None  # host optimizer param lists after the restore
     masks: dict[str, Tensor] | None = None  # the host's pruning masks after the restore
+    losses: list[tuple[int, float]] | None = None  # the training losses G2 compares a stage to
 
 
 def host_state(model: nn.Module) -> dict[str, Tensor]:
@@ -84,10 +85,21 @@ def plan(
         out.host_optimizer = payload["host_optimizer"]
         groups = out.groups or [list(g["params"]) for g in rt.host_optimizer.param_groups]
         _check_groups(groups, payload["host_optimizer"])
+        out.losses = _losses_plan(payload.get("losses"))
     with_masks = host if masks is None else masks
     if with_masks:
         out.masks = _masks_plan(rt, payload)
     return out
+
+
+def _losses_plan(saved: object) -> list[tuple[int, float]] | None:
+    """The checkpoint's training-loss history (absent in older checkpoints: None, kept as is)."""
+    if saved is None:
+        return None
+    try:
+        return [(int(s), float(v)) for s, v in saved]  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        raise RestoreError("the checkpoint's loss history is malformed") from None
 
 
 def _plan_slots(rt: ExecutionRuntime, saved: dict[str, Any], out: Plan) -> None:
@@ -231,6 +243,9 @@ def apply(rt: ExecutionRuntime, p: Plan) -> None:
         rt.host_optimizer.load_state_dict(p.host_optimizer)
     if p.masks is not None:
         rt.pruner.replace_all(p.masks)
+    if p.losses is not None:
+        rt.losses.clear()
+        rt.losses.extend(p.losses)
 
 
 def _set_groups(opt: torch.optim.Optimizer, groups: list[list[Tensor]]) -> None:
