@@ -87,6 +87,7 @@ def _slot_entry(state: SlotState) -> dict[str, Any]:
         "phase": int(state.phase),  # inside a hysteresis band alpha alone does not tell it
         "phase_changes": int(state.phase_changes),
         "rng": None if slot.rng is None else [t.cpu() for t in slot.rng],
+        "draws": slot.draws,  # compiled forwards run the seed on its stream only if it draws
         "evidence": state.saved_evidence(),
     }
     if slot.seed is not None and state.shape is not None:

@@ -280,6 +280,7 @@ def _apply_slot(rt: ExecutionRuntime, sid: str, sp: SlotPlan) -> None:
             sync_grads(slot, rt.world_size)
     rng = entry.get("rng")
     slot.rng = None if rng is None else [t.cpu() for t in rng]
+    slot.draws = bool(entry.get("draws", rng is not None))  # (older checkpoints: when it has one)
     slot.set_stage(int(entry["stage"]))
     slot.alpha.fill_(float(entry["alpha"]))
     state.paused = bool(entry["paused"])

@@ -108,6 +108,24 @@ def test_dropout_seed_leaves_every_host_tensor_of_a_bn_dropout_cnn_identical() -
     assert same(base, seeded) == []
 
 
+def test_a_restored_seed_keeps_drawing_on_its_own_stream(tmp_path: pathlib.Path) -> None:
+    """The fact that a seed draws random numbers (found at germination) survives a checkpoint:
+    a compiled forward runs such a seed on its own stream only when it knows, so a restored
+    run that forgot it would draw the host's dropout masks from the seed."""
+    data = batches((6, 3, 8, 8), 5, 4, seed=1)
+    path = str(tmp_path / "ck.ckpt")
+    with blueprints("t_dropout"):
+        model, slots, opt = _build(SmallCNN, {"c": "conv2"})
+        rt = runtime(model, slots, opt)
+        plan = {1: [germinate("c", 1, "t_dropout")], 2: [order("c", pb.SEED_STAGE_TRAINING, 2)]}
+        _loop(model, opt, rt, data, 4, plan)
+        assert slots["c"].draws
+        rt.checkpoint(path)
+        model, slots, opt = _build(SmallCNN, {"c": "conv2"})
+        runtime(model, slots, opt).restore(path)
+    assert slots["c"].draws and slots["c"].rng is not None
+
+
 # -- 2: a seed that holds its host -----------------------------------------------------------------
 @pytest.mark.parametrize("blueprint", ["t_host_holder", "t_weight_sharer"])
 def test_seed_sharing_host_module_or_storage_is_refused(blueprint: str) -> None:
