@@ -188,6 +188,11 @@ def _unserved(args: argparse.Namespace, run: str) -> dict[str, Any]:
 async def _publish(args: argparse.Namespace) -> dict[str, Any]:
     if args.action != "prune" and not args.slot:
         raise CliError(f"{args.action} needs --slot")
+    if args.action != "prune":
+        try:
+            streams.check_slot(args.slot)
+        except ValueError as exc:
+            raise CliError(f"--slot: {exc}") from None
     wiring = connect(redis_url(args), run_id(args), load_keys(args))
     started = anyio.current_time()
     try:

@@ -114,3 +114,12 @@ def test_client_served_reads_the_slot_group_and_served_slots_only_this_runs_inbo
             await bus.close()
 
     anyio.run(main)
+
+
+def test_publish_refuses_a_slot_name_no_actor_could_serve(cli_env: dict[str, str]) -> None:  # noqa: F811
+    """A slot name outside the syntax of wire.md §1 is a usage error (exit 2) at once, not a
+    wait for a SeedActor that can never exist; nothing is sent."""
+    done = kasmina("publish", "pause", "--slot", "bad slot", "--wait", "--timeout", "30",
+                   env=cli_env)  # fmt: skip
+    assert done.returncode == 2 and "invalid slot id 'bad slot'" in done.stderr
+    assert done.stdout == ""
