@@ -336,6 +336,8 @@ class ExecutionRuntime:
         return monitor.stage_evidence(self, sid)
 
     def _safety(self, slot: str, kind: int, value: float, detail: str) -> None:
+        if not math.isfinite(value):  # actors refuse non-finite fields: the kind says it, in words
+            value, detail = 0.0, f"{detail} ({value})"
         signal = pb.SafetySignal(
             slot=slot,
             kind=pb.SafetySignalKind.ValueType(kind),
