@@ -110,6 +110,8 @@ class SeedSlot(nn.Module):
         if mode is Mode.FOSSIL:
             fossil_out: Tensor = h + seed(src)
             return fossil_out
+        if h.is_nested:  # a TransformerEncoder's inference fast path: the seed sits it out
+            return h
         if torch.compiler.is_compiling():
             return self._mix(mode, h, self._seed_out(seed, src))
         try:

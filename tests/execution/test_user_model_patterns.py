@@ -247,3 +247,49 @@ def test_a_resumed_run_judges_stability_on_the_same_loss_history(tmp_path: Any) 
     straight = _resumable_run(False, str(tmp_path / "unused.ckpt"))
     resumed = _resumable_run(True, str(tmp_path / "ck.ckpt"))
     assert resumed == straight and straight[1][1] > 0
+
+
+class PaddedEncoder(nn.Module):
+    """A TransformerEncoder (nested tensors on, the default) fed a padding mask: its inference
+    fast path hands its layers a NestedTensor in eval mode under no_grad."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Linear(8, 16)
+        layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits of the summed encoding of 4 tokens, the last one padding."""
+        h = self.emb(x.view(x.shape[0], 4, 8))
+        mask = torch.zeros(x.shape[0], 4, dtype=torch.bool)
+        mask[:, 3] = True
+        out: Tensor = self.head(self.enc(h, src_key_padding_mask=mask).sum(1))
+        return out
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
+def test_a_seed_on_an_encoder_layer_sits_out_the_nested_fast_path() -> None:
+    """The user's eval-mode, no-grad forward (and the runtime's own validation) give the slot a
+    NestedTensor: the seed sits those forwards out instead of failing and being culled."""
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 32, generator=gen), torch.randint(0, 4, (16,), generator=gen)
+    torch.manual_seed(0)
+    model = PaddedEncoder()
+    slots = insert_slots(model, {"s": "enc.layers.0"})
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    rt = runtime(model, slots, opt, probe_batch=(x, y), validation=(x, y), blend_steps=3)
+    rt.submit(germinate("s", 0))
+    rt.submit(order("s", pb.SEED_STAGE_TRAINING, 1))
+    rt.submit(order("s", pb.SEED_STAGE_BLENDING, 3))
+    for step in range(6):
+        model.train()
+        loss = _plain(model, opt, x, y)
+        model.eval()
+        with torch.no_grad():
+            model(x)  # the user's evaluation
+        rt.on_step(step, loss, batch=(x, y))
+    assert slots["s"].failure is None and rt.seed_failures == 0
+    assert slots["s"].stage == pb.SEED_STAGE_BLENDING
+    assert not [s for s in kinds(rt.drain_outbox(), "safety.signal") if s.slot == "s"]
