@@ -134,10 +134,14 @@ def split_batch(batch: ProbeBatch) -> tuple[Tensor, Tensor | None]:
 
 
 def first_tensor(out: Any) -> Tensor:
-    """The model output as one tensor (the first tensor of a tuple/list/dict output)."""
+    """The model output as one tensor: itself, or a mapping's ``logits`` entry (a Hugging Face
+    style output, whose first entry may be its loss), else the first tensor of a tuple, list or
+    mapping output."""
     if isinstance(out, Tensor):
         return out
-    values = out.values() if isinstance(out, dict) else out
+    if isinstance(out, Mapping) and isinstance(out.get("logits"), Tensor):
+        return out["logits"]  # type: ignore[no-any-return]
+    values = out.values() if isinstance(out, Mapping) else out
     for v in values:
         if isinstance(v, Tensor):
             return v

@@ -293,3 +293,15 @@ def test_a_seed_on_an_encoder_layer_sits_out_the_nested_fast_path() -> None:
     assert slots["s"].failure is None and rt.seed_failures == 0
     assert slots["s"].stage == pb.SEED_STAGE_BLENDING
     assert not [s for s in kinds(rt.drain_outbox(), "safety.signal") if s.slot == "s"]
+
+
+def test_a_dict_output_is_judged_on_its_logits_wherever_they_sit() -> None:
+    """A host returning ``{"feat": h, "logits": z}`` (features first): probes and the shadow loss
+    take the ``logits`` entry, not the first tensor; a tuple still gives its first."""
+    from actors.execution.probing import first_tensor
+
+    feat, logits = torch.zeros(2, 16), torch.ones(2, 4)
+    assert first_tensor({"feat": feat, "logits": logits}) is logits
+    assert first_tensor({"loss": torch.tensor(1.0), "logits": logits}) is logits
+    assert first_tensor({"feat": feat, "other": logits}) is feat
+    assert first_tensor((logits, feat)) is logits
