@@ -53,7 +53,8 @@ def _train_seed(rt: ExecutionRuntime, sid: str, state: SlotState) -> None:
     value = float(norm)
     state.record_grad(value, training=slot.stage == st.TRAINING)
     if not math.isfinite(value):
-        rt._safety(sid, pb.SAFETY_SIGNAL_NON_FINITE_GRAD, value, "seed gradient")
+        if _host_grads_finite(rt):  # else the whole backward overflowed (a loss scaler's skip)
+            rt._safety(sid, pb.SAFETY_SIGNAL_NON_FINITE_GRAD, value, "seed gradient")
     elif not state.paused:
         opt.step()
     opt.zero_grad(set_to_none=True)
@@ -84,3 +85,12 @@ def _inplace_violation(rt: ExecutionRuntime, state: SlotState, step: int) -> Non
     state.isolation_violations += 1
     detail = f"seed wrote its input (the host activation) in place {writes:g} time(s)"
     rt._safety(state.slot.slot_id, pb.SAFETY_SIGNAL_ISOLATION_VIOLATION, writes, detail)
+
+
+def _host_grads_finite(rt: ExecutionRuntime) -> bool:
+    """Whether every host gradient of this step is finite (looked at only when a seed's is not:
+    a step a loss scaler skips has non-finite gradients everywhere, and is no seed's fault)."""
+    from actors.execution import host_parameters
+
+    grads = [p.grad for p in host_parameters(rt.model, rt.slots) if p.grad is not None]
+    return all(bool(torch.isfinite(g).all()) for g in grads)

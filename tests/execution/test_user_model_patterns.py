@@ -305,3 +305,28 @@ def test_a_dict_output_is_judged_on_its_logits_wherever_they_sit() -> None:
     assert first_tensor({"loss": torch.tensor(1.0), "logits": logits}) is logits
     assert first_tensor({"feat": feat, "other": logits}) is feat
     assert first_tensor((logits, feat)) is logits
+
+
+def test_a_loss_scalers_overflow_step_is_no_seeds_fault() -> None:
+    """A step whose whole backward overflowed (non-finite gradients in the host too: a loss
+    scaler skips it) raises no NaN-gradient signal naming the seed; only the run-wide loss
+    signal says the loss was not finite."""
+    from tests.execution.execution_helpers import tiny
+
+    model, slots = tiny(points={"b": "fc2"})
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    rt = runtime(model, slots, opt)
+    rt.submit(germinate("b", 1))
+    rt.submit(order("b", pb.SEED_STAGE_TRAINING, 2))
+    batches = data()
+    for step in range(8):
+        x, y = batches[step % len(batches)]
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y) * (float("inf") if step in (4, 5, 6) else 1.0)
+        backward(loss)
+        if step not in (4, 5, 6):  # (what a scaler does on an overflow: skip the step)
+            opt.step()
+        rt.on_step(step, loss.detach())
+    signals = kinds(rt.drain_outbox(), "safety.signal")
+    assert not [s for s in signals if s.kind == pb.SAFETY_SIGNAL_NON_FINITE_GRAD]
+    assert [s.step for s in signals if s.kind == pb.SAFETY_SIGNAL_NON_FINITE_LOSS] == [4, 5, 6]
