@@ -5,8 +5,7 @@ A probe forward runs in eval mode (or train mode for train-mode probes) and leav
 found it: every buffer is restored (BatchNorm statistics, QAT observers and FakeQuantize scales,
 counters a forward updates in any mode), so are parameters a forward writes (an embedding with
 ``max_norm`` renormalises its rows in place; see :mod:`actors.execution.paramwrites`), torch's
-RNG is forked, Python's ``random`` and NumPy's
-global RNG are restored, the seeds' own RNG streams saved and every training flag restored, so a
+RNG is forked, Python's ``random`` and NumPy's global RNG are restored, the seeds' own RNG streams saved and every training flag restored, so a
 run with probes stays bit-identical to one without. What a probe cannot undo: side effects outside
 the model's tensors (a user forward hook that logs or appends to a list, a Python attribute a
 forward increments); probe forwards run them.
@@ -37,7 +36,8 @@ _Batch = TypeVar("_Batch")
 def probe_mode(model: nn.Module, device: torch.device, *, train: bool = False) -> Iterator[None]:
     """Eval mode (``train``: train mode) for the duration; on exit the model is left exactly as
     it was: every buffer (values and tensor objects; the slots' own flags aside), every parameter
-    a forward writes, every training flag, torch's RNG (forked), Python's ``random`` and NumPy's global RNG, the seeds' streams."""
+    a forward writes, every training flag, torch's RNG (forked), Python's ``random`` and NumPy's
+    global RNG, the seeds' streams."""
     flags = [(m, m.training) for m in model.modules()]
     streams = [(s, s.rng) for s in model.modules() if isinstance(s, SeedSlot)]
     buffers = _saved_buffers(model)

@@ -4,9 +4,10 @@ A group's last-delivered id can never legitimately pass the stream's last id: Re
 entries that exist. A Redis writer who runs ``XGROUP SETID`` to a future id makes the server hold
 back every later entry (their ids are below the group's), silently: the actor sees no input, its
 lag reads 0. The serving actor checks its group twice a second (an ExecutionActor with its
-heartbeat); when it finds it ahead of the stream it moves it back to the last entry it decided since its rebuild (the entries after it are
-undecided), or, when it has decided none, to the clock tolerance ago (anything older is stale
-anyway); entries delivered again are deduplicated as after any rewind. It says so in a signed
+heartbeat); when it finds it ahead of the stream it moves it back to the last entry it decided
+since its rebuild (the entries after it are undecided), or, when it has decided none, to the
+clock tolerance ago (anything older is stale anyway); entries delivered again are deduplicated
+as after any rewind. It says so in a signed
 note on the run's ``quarantine`` stream (``group_moved``) and in its log.
 """
 

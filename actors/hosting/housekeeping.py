@@ -106,7 +106,6 @@ class Housekeeping:
         self.counters = counters
         self.timer, self.timer_s = timer, timer_s
         self.decided = decided  # the highest inbox id decided since the rebuild (group watch)
-        self.group_resets = 0
         self.timed = 0  # timer messages sent
         self.started_ns = time.time_ns()
         self.trimmed = 0
@@ -126,12 +125,10 @@ class Housekeeping:
 
     async def watch_group(self) -> str | None:
         """Move the actor's group back if it was found past the end of its inbox."""
-        moved = await reset_if_ahead(
+        return await reset_if_ahead(
             self.bus, self.inbox, f"actor:{self.name}", self.decided(),
             self.config.security.clock_tolerance_s, (self.signer, self.run_id, self.name),
         )  # fmt: skip
-        self.group_resets += moved is not None
-        return moved
 
     async def _watch(self) -> None:
         await self.watch_group()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
@@ -110,15 +113,7 @@ async def test_nonce_keys_of_another_type_are_replaced_not_fatal(url: str) -> No
     """A writer who puts a hash at the nonce store's ``nonce-since`` key, or at a message's nonce
     key, breaks no verification: the foreign value is replaced as a missing one would be set, the
     message is admitted once, and its replay is still refused."""
-    if url == "real":
-        url = real_redis_url()
-    ring = KeyRing.generate()
-    prefix = f"kasmina:{{nonce-{uuid.uuid4().hex[:8]}}}:"
-    bus = open_bus(url)
-    try:
-        client = bus.client  # type: ignore[attr-defined]
-        guard = RedisNonceGuard(bus, prefix)
-        verifier = Verifier(ring, nonce_guard=guard)
+    async with _guarded(url) as (client, guard, ring, verifier):
         signer = Signer(ring, "tamiyo")
         await client.hset(guard.since_key, "a", "b")
         frame = signer.seal("seed.command", BODY, stream=INBOX)
@@ -132,11 +127,6 @@ async def test_nonce_keys_of_another_type_are_replaced_not_fatal(url: str) -> No
         with pytest.raises(ContractError) as info:
             await verifier.verify(second, stream=INBOX, token="i/3-0")
         assert info.value.code == Reason.REPLAYED
-    finally:
-        from bus.testing import purge_prefix
-
-        await purge_prefix(bus, prefix)
-        await bus.close()
 
 
 @pytest.mark.parametrize("url", ["fakeredis://", pytest.param("real", marks=pytest.mark.redis)])
@@ -144,15 +134,7 @@ async def test_nonce_keys_of_another_type_are_replaced_not_fatal(url: str) -> No
 async def test_a_nonce_since_that_is_no_integer_is_reset_not_fatal(url: str, value: str) -> None:
     """A writer's text at ``nonce-since`` is taken as a missing key (reset from the server's
     start), never parsed into a crash: a fresh message is admitted and its replay refused."""
-    if url == "real":
-        url = real_redis_url()
-    ring = KeyRing.generate()
-    prefix = f"kasmina:{{nonce-{uuid.uuid4().hex[:8]}}}:"
-    bus = open_bus(url)
-    try:
-        client = bus.client  # type: ignore[attr-defined]
-        guard = RedisNonceGuard(bus, prefix)
-        verifier = Verifier(ring, nonce_guard=guard)
+    async with _guarded(url) as (client, guard, ring, verifier):
         await client.set(guard.since_key, value)
         frame = Signer(ring, "tamiyo").seal("seed.command", BODY, stream=INBOX)
         assert (await verifier.verify(frame, stream=INBOX, token="i/1-0")).kind == "seed.command"
@@ -160,8 +142,20 @@ async def test_a_nonce_since_that_is_no_integer_is_reset_not_fatal(url: str, val
         with pytest.raises(ContractError) as info:
             await verifier.verify(frame, stream=INBOX, token="i/2-0")
         assert info.value.code == Reason.REPLAYED
-    finally:
-        from bus.testing import purge_prefix
 
+
+@asynccontextmanager
+async def _guarded(url: str) -> AsyncIterator[tuple[Any, RedisNonceGuard, KeyRing, Verifier]]:
+    """A Redis-backed nonce guard under a fresh prefix ("real": the shared server), its raw client,
+    a ring and a verifier using the guard; the prefix's keys removed afterwards."""
+    from bus.testing import purge_prefix
+
+    bus = open_bus(real_redis_url() if url == "real" else url)
+    prefix = f"kasmina:{{nonce-{uuid.uuid4().hex[:8]}}}:"
+    ring = KeyRing.generate()
+    guard = RedisNonceGuard(bus, prefix)
+    try:
+        yield bus.client, guard, ring, Verifier(ring, nonce_guard=guard)  # type: ignore[attr-defined]
+    finally:
         await purge_prefix(bus, prefix)
         await bus.close()

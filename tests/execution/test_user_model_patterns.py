@@ -53,9 +53,7 @@ def test_a_checkpointed_slot_keeps_a_healthy_seed(reentrant: bool) -> None:
     batches = data()
     for step in range(12):
         x, y = batches[step % len(batches)]
-        opt.zero_grad(set_to_none=True)
-        backward(F.cross_entropy(model(x), y))
-        opt.step()
+        _plain(model, opt, x, y)
         rt.on_step(step, None)
     sent = rt.drain_outbox()
     assert slots["t"].failure is None and rt.seed_failures == 0

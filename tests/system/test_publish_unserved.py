@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import anyio
 import pytest
@@ -20,6 +21,14 @@ from contracts import KeyRing, Signer, Verifier, streams
 pytestmark = pytest.mark.redis
 
 
+@pytest.fixture
+def client(cli_env: dict[str, str]) -> Iterator[redis.Redis]:  # noqa: F811
+    """A plain redis-py client on the run's server (what a Redis writer, or a SeedActor, does)."""
+    plain = redis.Redis.from_url(cli_env["KASMINA_REDIS"])
+    yield plain
+    plain.close()
+
+
 def _serve(client: redis.Redis, run: str, slot: str) -> None:
     """What a SeedActor does when it starts serving ``slot``: its group and its registry entry."""
     inbox = streams.inbox(run, "seed", slot)
@@ -29,62 +38,50 @@ def _serve(client: redis.Redis, run: str, slot: str) -> None:
 
 def test_publish_wait_to_an_unserved_slot_sends_nothing_and_names_the_served_ones(
     cli_env: dict[str, str],  # noqa: F811
+    client: redis.Redis,
 ) -> None:
     """A misspelt slot: exit 4 with `unserved` true, no command sent, the served slots named."""
     run = cli_env["KASMINA_RUN"]
-    client = redis.Redis.from_url(cli_env["KASMINA_REDIS"])
-    try:
-        _serve(client, run, "layer1.s0")
-        done = kasmina("publish", "pause", "--slot", "layer1.s9", "--wait", "--timeout", "1",
-                       env=cli_env)  # fmt: skip
-        assert done.returncode == 4, done.stderr
-        out = json.loads(done.stdout)
-        assert (out["result"], out["unserved"], out["command_id"]) == ("timed_out", True, None)
-        assert "no SeedActor serves slot layer1.s9" in done.stderr
-        assert "slots served: layer1.s0" in done.stderr and "nothing sent" in done.stderr
-        assert not client.exists(streams.inbox(run, "seed", "layer1.s9"))  # no stray inbox
-    finally:
-        client.close()
+    _serve(client, run, "layer1.s0")
+    done = kasmina("publish", "pause", "--slot", "layer1.s9", "--wait", "--timeout", "1",
+                   env=cli_env)  # fmt: skip
+    assert done.returncode == 4, done.stderr
+    out = json.loads(done.stdout)
+    assert (out["result"], out["unserved"], out["command_id"]) == ("timed_out", True, None)
+    assert "no SeedActor serves slot layer1.s9" in done.stderr
+    assert "slots served: layer1.s0" in done.stderr and "nothing sent" in done.stderr
+    assert not client.exists(streams.inbox(run, "seed", "layer1.s9"))  # no stray inbox
 
 
 def test_publish_without_wait_to_an_unserved_slot_warns_and_sends(
     cli_env: dict[str, str],  # noqa: F811
+    client: redis.Redis,
 ) -> None:
     """Without --wait the command is queued (a SeedActor started later reads it), with a warning."""
     run = cli_env["KASMINA_RUN"]
-    client = redis.Redis.from_url(cli_env["KASMINA_REDIS"])
-    try:
-        done = kasmina("publish", "pause", "--slot", "later", env=cli_env)
-        assert done.returncode == 0, done.stderr
-        assert (
-            "no SeedActor serves slot later" in done.stderr
-            and "(slots served: none)" in done.stderr
-        )
-        assert client.xlen(streams.inbox(run, "seed", "later")) == 1
-    finally:
-        client.close()
+    done = kasmina("publish", "pause", "--slot", "later", env=cli_env)
+    assert done.returncode == 0, done.stderr
+    assert "no SeedActor serves slot later" in done.stderr and "(slots served: none)" in done.stderr
+    assert client.xlen(streams.inbox(run, "seed", "later")) == 1
 
 
 def test_publish_wait_sends_once_the_slot_is_served(
     cli_env: dict[str, str],  # noqa: F811
+    client: redis.Redis,
 ) -> None:
     """A slot whose SeedActor starts during the wait gets the command: it is sent, not refused."""
     run = cli_env["KASMINA_RUN"]
-    client = redis.Redis.from_url(cli_env["KASMINA_REDIS"])
     inbox = streams.inbox(run, "seed", "soon")
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kasmina", "publish", "pause", "--slot", "soon", "--wait",
-             "--timeout", "6"],
-            env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        _serve(client, run, "soon")  # before or after its first look: served within the wait
-        stdout, stderr = proc.communicate(timeout=60)
-        out = json.loads(stdout)
-        assert out["unserved"] is False and out["command_id"], stderr
-        assert client.xlen(inbox) == 1  # sent once, to the served inbox
-    finally:
-        client.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kasmina", "publish", "pause", "--slot", "soon", "--wait",
+         "--timeout", "6"],
+        env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _serve(client, run, "soon")  # before or after its first look: served within the wait
+    stdout, stderr = proc.communicate(timeout=60)
+    out = json.loads(stdout)
+    assert out["unserved"] is False and out["command_id"], stderr
+    assert client.xlen(inbox) == 1  # sent once, to the served inbox
 
 
 @pytest.mark.parametrize("backend", ["fakeredis", "redis"])
