@@ -128,6 +128,8 @@ class Consumer:
                     self.stream, self.group, self.name, count=self.batch, block_ms=block
                 )
         self._scope = None
+        if scope.cancelled_caught and not self._closed:
+            self._rewind = True  # woken: what the cut read may have taken is pending, re-read it
         if not entries:
             return None
         live = await self._screen(entries)
@@ -162,6 +164,18 @@ class Consumer:
     def rewind(self) -> None:
         """Re-read this consumer's own pending entries next (e.g. after a failed commit)."""
         self._rewind = True
+
+    @property
+    def reading(self) -> bool:
+        """A blocking read of new entries is in progress (:meth:`wake` would cut it short)."""
+        return self._scope is not None
+
+    def wake(self) -> None:
+        """Cut a blocking read in progress short: the loop reads again at once, its own pending
+        entries first (e.g. after its group was moved back: entries added meanwhile are
+        readable, and a read blocked since then would only see them when its time runs out)."""
+        if self._scope is not None:
+            self._scope.cancel()
 
     async def close(self) -> None:
         """Stop the loop: a blocking read in progress is cancelled, ``batches()`` ends."""

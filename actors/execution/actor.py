@@ -323,7 +323,9 @@ class ExecutionActor:
         await self.router.register(self.inbox, again=True)
         note = (self.signer, self.run_id, f"execution:{self.rank}")  # a group moved past the end
         tolerance = self.config.security.clock_tolerance_s
-        await reset_if_ahead(self.bus, self.inbox, self.group, None, tolerance, note)
+        moved = await reset_if_ahead(self.bus, self.inbox, self.group, None, tolerance, note)
+        if moved and self._consumer is not None:
+            self._consumer.wake()  # its blocked read would not see the held-back orders
 
     @property
     def restarts(self) -> int:

@@ -109,6 +109,7 @@ class Housekeeping:
         self.timed = 0  # timer messages sent
         self.started_ns = time.time_ns()
         self.trimmed = 0
+        self.on_moved: Callable[[], None] = lambda: None  # the host wakes its blocked read
 
     async def beat(self) -> None:
         """One heartbeat with the actor's counters."""
@@ -124,11 +125,15 @@ class Housekeeping:
         await publish_heartbeat(self.bus, self.run_id, self.signer, beat)
 
     async def watch_group(self) -> str | None:
-        """Move the actor's group back if it was found past the end of its inbox."""
-        return await reset_if_ahead(
+        """Move the actor's group back if it was found past the end of its inbox (then wake the
+        host's blocked read: it would not see the entries held back until its time ran out)."""
+        moved = await reset_if_ahead(
             self.bus, self.inbox, f"actor:{self.name}", self.decided(),
             self.config.security.clock_tolerance_s, (self.signer, self.run_id, self.name),
         )  # fmt: skip
+        if moved is not None:
+            self.on_moved()
+        return moved
 
     async def _watch(self) -> None:
         await self.watch_group()

@@ -117,6 +117,7 @@ class LeasedHost:
             self._wake.set()
         try:
             async with anyio.create_task_group() as tg:
+                self.housekeeping.on_moved = self._wake_reader  # a group moved back: read again
                 tg.start_soon(self.housekeeping.run, self._owns, self._running)
                 while self._running():
                     if not await self._take_lease():
@@ -194,6 +195,10 @@ class LeasedHost:
             elif held:  # a registry emptied by someone with write access heals within a period
                 with contextlib.suppress(BusUnavailable):
                     await self.router.register(self.inbox, again=True)
+
+    def _wake_reader(self) -> None:
+        if self._consumer is not None:
+            self._consumer.wake()
 
     async def _lose(self, why: str) -> None:
         log.warning("%s: lost ownership (%s); standing by", self.logic.name, why)

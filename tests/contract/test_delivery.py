@@ -312,3 +312,38 @@ async def test_only_a_batch_of_new_entries_is_marked_contiguous(bus: Bus, prefix
             if len(seen) == 2:
                 break
     assert seen == [([ids[0], ids[3]], False), (ids[4:], True)]
+
+
+async def test_a_woken_consumer_reads_at_once_what_its_blocked_read_would_not_see(
+    bus: Bus, prefix: str
+) -> None:
+    """A group moved past the stream's end holds back an entry added meanwhile; moved back, the
+    entry is readable, but a read blocked since would see it only when its time ran out. wake()
+    cuts that read short: the entry comes out long before the block would have ended."""
+    s = prefix + "in"
+    await bus.ensure_group(s, "g")
+    if hasattr(bus, "max_block_ms"):
+        bus.max_block_ms = 8_000  # under the socket timeout (10 s), far over the deadline below
+    consumer = Consumer(bus, s, "g", "c", block_ms=8_000, dead_stream=prefix + "dead",
+                        claim_every_s=600.0)  # fmt: skip
+    got: list[str] = []
+
+    async def consume() -> None:
+        async for batch in consumer.batches():
+            got.extend(e.id for e in batch)
+            return
+
+    with anyio.fail_after(4):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+
+            async def blocked() -> bool:
+                return consumer.reading
+
+            await eventually(blocked)
+            await bus.set_group_id(s, "g", "18446744073709551615-0")
+            entry = await bus.publish(s, f(1))
+            await bus.set_group_id(s, "g", "0-0")
+            consumer.wake()
+    await consumer.close()
+    assert got == [entry]

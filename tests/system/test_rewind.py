@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import pytest
 
 from actors.client import Outcome
 from bus import Bus, parse_id
-from contracts import KeyRing, streams
+from contracts import KasminaConfig, KeyRing, streams
 from scenarios.chaos.harness import read_log
 from scenarios.cluster import Cluster, running_cluster
 
@@ -113,7 +114,12 @@ async def test_a_group_moved_past_its_stream_is_moved_back_and_the_command_decid
     if client is None:
         pytest.skip("the memory bus has no consumer groups to move from outside")
     inbox, group = streams.inbox(run_id, "seed", SLOT), f"actor:seed:{SLOT}"
-    async with running_cluster(bus, run=run_id, slots=[SLOT], ring=KeyRing.generate()) as cl:
+    # reads block 4.5 s (Redis caps a BLOCK at half the 10 s socket timeout): the command must be
+    # decided well before that, so the watch has woken the read blocked since the group moved
+    config = KasminaConfig.model_validate({"bus": {"block_ms": 4_500}})
+    async with running_cluster(
+        bus, run=run_id, slots=[SLOT], ring=KeyRing.generate(), config=config
+    ) as cl:
         before = await _three_culls(bus, cl)
         last = (await bus.info(inbox)).last_id
         future = (
@@ -129,7 +135,8 @@ async def test_a_group_moved_past_its_stream_is_moved_back_and_the_command_decid
         assert await shell.housekeeping.watch_group() is None  # once moved, nothing to do
         info = await bus.info(inbox)
         assert parse_id(info.groups[0].last_delivered) <= parse_id(info.last_id)
-        outcome = await cl.client.wait(command_id, timeout_s=20, entry=entry)
+        with anyio.fail_after(3):
+            outcome = await cl.client.wait(command_id, timeout_s=20, entry=entry)
         assert outcome.result == "refused"  # decided (a dormant slot refuses a cull)
         assert await _refusals(bus, cl) == [*before, before[-1] + 1]
         status = await collect(bus, run_id, cl.ring)
