@@ -39,7 +39,7 @@ from actors.hosting import (
 )
 from actors.hosting.admission import Admission, Run, aggregated
 from actors.hosting.housekeeping import Housekeeping, digest_appends
-from actors.hosting.inbox import Checked, IdPair, Prepared
+from actors.hosting.inbox import Checked, IdPair, Prepared, committed_ids
 from actors.hosting.merging import OpenEvents
 from actors.hosting.quarantine import note_regressed, note_unfoldable
 from actors.hosting.recent import RecentIds
@@ -149,10 +149,8 @@ class ActorShell(LeasedHost):
                 if record.copy is not None:  # a genuine event appended again: set aside
                     await self._quarantine(record.copy, ReplayError(record.detail))
                     continue
-                log.warning(
-                    "%s: event %s skipped in rebuild: %s: %s",
-                    self.logic.name, record.entry_id, record.reason.value, record.detail,
-                )  # fmt: skip
+                log.warning("%s: event %s skipped in rebuild: %s: %s", self.logic.name,
+                            record.entry_id, record.reason.value, record.detail)  # fmt: skip
                 continue
             try:
                 mine = self.logic.fold(record.kind, record.message)
@@ -333,9 +331,10 @@ class ActorShell(LeasedHost):
         item (plus whether it went through decide), with the state digests after the batch's last
         change."""
         self._batch_digests = None
-        done = await committed_before(self.bus, self.group, batch, ids, checked_all, self._high)
-        done.update(self.recent.entries(batch, checked_all), self.admission.answered.entries(batch))
-        runs = aggregated(batch, checked_all, threshold=self.config.bus.aggregate_from)
+        mids = committed_ids(batch, checked_all, self.config.security.clock_tolerance_s)
+        done = await committed_before(self.bus, self.group, batch, ids, mids, self._high)
+        done.update(self.recent.entries(batch, mids), self.admission.answered.entries(batch))
+        runs = aggregated(batch, checked_all, threshold=self.config.bus.aggregate_from, skip=done)
         handled: list[Handled] = []
         decided: list[bool] = []  # the item went through decide (and may have changed the state)
         reissued = self.merging.start(reissue=bool(batch))  # owed events ride on the first item
@@ -378,8 +377,8 @@ class ActorShell(LeasedHost):
     def _duplicate(self, entry: Entry, checked: Envelope | ContractError | None) -> Handled:
         """The commit item of a message committed before: acked, nothing written."""
         self.duplicates += 1
-        assert isinstance(checked, Envelope)
-        return Handled(entry, self.group, (), dedupe_key=checked.id)
+        key = checked.id if isinstance(checked, Envelope) else getattr(checked, "message_id", "")
+        return Handled(entry, self.group, (), dedupe_key=key)  # (a stale one: its claimed id)
 
     # -- housekeeping -------------------------------------------------------------------------
     async def trim_inbox(self, now_ms: int | None = None) -> int:

@@ -118,6 +118,7 @@ class Stale(ContractError):
     """The timestamp is older than the freshness window."""
 
     code = Reason.STALE
+    ts_ns = 0  # the frame's stamp, once its signature verified
 
 
 class FromFuture(ContractError):

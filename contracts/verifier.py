@@ -275,7 +275,9 @@ def _address_refusal(env: Envelope, run: str, to: str) -> ContractError:
 def _time_refusal(env: Envelope, now: int, tolerance_ns: int) -> ContractError:
     """A live frame stamped further than ``tolerance_ns`` from ``now``."""
     if env.ts_ns < now - tolerance_ns:
-        error: ContractError = Stale(f"{(now - env.ts_ns) / 1e9:.1f} s old")
+        stale = Stale(f"{(now - env.ts_ns) / 1e9:.1f} s old")
+        stale.ts_ns = env.ts_ns
+        error: ContractError = stale
     else:
         error = FromFuture(f"{(env.ts_ns - now) / 1e9:.1f} s ahead")
     return error.claim(env.id, env.kind, env.sender, verified=True)

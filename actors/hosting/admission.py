@@ -20,7 +20,7 @@ The functions here are pure; the shell (``actors/shell.py``) does the reads and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -118,11 +118,15 @@ def aggregated(
     checked: Sequence[Envelope | ContractError | None],
     *,
     threshold: int,
+    skip: Collection[str] = (),
 ) -> dict[str, Run]:
     """Entry id -> the aggregated run it belongs to, for the rejections the verifier (or a
-    missing frame) produced in this batch whose reason reaches ``threshold``."""
+    missing frame) produced in this batch whose reason reaches ``threshold``; entries in
+    ``skip`` (committed before: acked without a record) are in no run."""
     by_reason: dict[Reason, list[tuple[Entry, str]]] = {}
     for entry, result in zip(batch, checked, strict=True):
+        if skip and entry.id in skip:
+            continue
         if result is None:
             by_reason.setdefault(Reason.BAD_FRAME, []).append((entry, "no frame field"))
         elif isinstance(result, ContractError):

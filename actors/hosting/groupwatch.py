@@ -6,8 +6,9 @@ back every later entry (their ids are below the group's), silently: the actor se
 lag reads 0. The serving actor checks its group twice a second (an ExecutionActor with its
 heartbeat); when it finds it ahead of the stream it moves it back to the last entry it decided
 since its rebuild (the entries after it are undecided), or, when it has decided none, to the
-clock tolerance ago (anything older is stale anyway); entries delivered again are deduplicated
-as after any rewind. It says so in a signed
+clock tolerance ago (anything older is stale anyway), and wakes its own consumer, whose read
+blocked since the move would not see the held-back entries; entries delivered again are
+deduplicated as after any rewind. It says so in a signed
 note on the run's ``quarantine`` stream (``group_moved``) and in its log.
 """
 

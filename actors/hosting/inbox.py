@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 from bus import Bus, Consumer, Entry, processed_key
 from contracts import ContractError, Envelope, Verifier, streams
 from contracts.config import KasminaConfig
+from contracts.errors import Stale
 
 __all__ = [
     "FRAME",
@@ -24,6 +25,7 @@ __all__ = [
     "Meta",
     "Prepared",
     "committed_before",
+    "committed_ids",
     "finite",
     "inbox_consumer",
     "verify_entries",
@@ -104,24 +106,46 @@ async def committed_before(
     group: str,
     batch: Sequence[Entry],
     ids: Sequence[IdPair],
-    checked: Sequence[Checked],
+    committed: Sequence[str],
     high: IdPair | None,
 ) -> set[str]:
     """Entry ids of ``batch`` (``ids``: parsed) whose message ``group`` already committed.
 
-    Only an entry at or below ``high``, the highest id decided since the rebuild (a rewound
-    group, a pending re-read), or any entry when there is none (the first batch after a
-    rebuild), can be one; for those the commit markers (written atomically with each commit) are
-    read, in one round trip."""
+    ``committed``: per entry, the message id it may have been committed under
+    (:func:`committed_ids`). Only an entry at or below ``high``, the highest id decided since
+    the rebuild (a rewound group, a pending re-read), or any entry when there is none (the first
+    batch after a rebuild), can be one; for those the commit markers (written atomically with
+    each commit) are read, in one round trip."""
     found: list[str] = []
     keys: list[str] = []
-    for entry, at, env in zip(batch, ids, checked, strict=True):
-        if (high is not None and at > high) or not isinstance(env, Envelope):
-            continue
-        found.append(entry.id)
-        keys.append(processed_key(entry.stream, group, env.id))
+    for entry, at, message_id in zip(batch, ids, committed, strict=True):
+        if message_id and (high is None or at <= high):
+            found.append(entry.id)
+            keys.append(processed_key(entry.stream, group, message_id))
     values = await bus.get_values(keys) if keys else []
     return {entry_id for entry_id, value in zip(found, values, strict=True) if value}
+
+
+def committed_ids(
+    batch: Sequence[Entry], checked: Sequence[Checked], tolerance_s: float
+) -> list[str]:
+    """Per entry, the message id it may have been committed under ("" for none): a verified
+    entry's, and a stale one's whose signature verified and that was added to the stream while
+    it was fresh. That is a command decided once and delivered again by a rewound group after
+    the clock tolerance: refused as stale now, yet committed then, so it must be acked without
+    a record. A copy added later (an old frame written again) is no such entry: it is refused
+    and recorded as stale."""
+    tolerance_ms = int(tolerance_s * 1000)
+    out: list[str] = []
+    for entry, c in zip(batch, checked, strict=True):
+        if type(c) is Envelope:
+            out.append(c.id)
+        elif isinstance(c, Stale) and c.verified and c.ts_ns:
+            added_ms = int(entry.id.partition("-")[0])
+            out.append(c.message_id if added_ms <= c.ts_ns // 1_000_000 + tolerance_ms else "")
+        else:
+            out.append("")
+    return out
 
 
 _FLOATS = frozenset({FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT})

@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate
 
 from bus import Entry, parse_id
-from contracts import ContractError, Envelope
 
 __all__ = ["RANGES_LIMIT", "RECENT_LIMIT", "AnsweredRanges", "RecentIds", "SeenOnce"]
 
@@ -57,17 +56,12 @@ class RecentIds:
     def __len__(self) -> int:
         return len(self._until)
 
-    def entries(
-        self, batch: Sequence[Entry], checked: Sequence[Envelope | ContractError | None]
-    ) -> list[str]:
-        """Entry ids of ``batch`` (``checked``: each entry's verification) whose message was
-        committed, though the Redis records of it (nonce, commit marker) may be gone."""
+    def entries(self, batch: Sequence[Entry], committed: Sequence[str]) -> list[str]:
+        """Entry ids of ``batch`` (``committed``: the message id each may have been committed
+        under, ``actors.hosting.inbox.committed_ids``) whose message was committed, though the
+        Redis records of it (nonce, commit marker) may be gone."""
         until = self._until
-        return [
-            e.id
-            for e, c in zip(batch, checked, strict=True)
-            if type(c) is Envelope and c.id in until
-        ]
+        return [e.id for e, m in zip(batch, committed, strict=True) if m and m in until]
 
     def add_committed(self, message_ids: Iterable[str]) -> None:
         """Remember ids committed now (each kept two tolerances from now)."""

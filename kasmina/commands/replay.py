@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -185,9 +186,11 @@ def _print_summary(
     slots = ", ".join(f"{k}={v}" for k, v in summary["slots"].items()) or "none"
     print(f"-- run {summary['run']}: {len(events)} events, slots: {slots}")
     if bad:
-        print(f"-- {len(bad)} entries failed verification: {bad[:3]}")
+        print(f"-- {_entries(len(bad))} failed verification:")
+        _listed(f"{b['entry_id']}  {b['reason']}: {b['detail']}" for b in bad)
     if quarantined:
-        print(f"-- {len(quarantined)} events quarantined (not foldable): {quarantined[:3]}")
+        print(f"-- {_entries(len(quarantined))} quarantined (not foldable):")
+        _listed(f"{q['entry_id']}  {q['kind']}: {q['reason']}" for q in quarantined)
     if integrity is not None and not integrity.ok:
         print(f"-- recording integrity: {'; '.join(integrity.problems)}")
     if verify:
@@ -232,3 +235,19 @@ def _failure(summary: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     return int(anyio.run(_replay, args))
+
+
+def _entries(n: int) -> str:
+    return f"{n} entry" if n == 1 else f"{n} entries"
+
+
+def _listed(lines: Iterable[str], shown: int = 5) -> None:
+    """The first ``shown`` lines, indented, then how many more."""
+    rest = 0
+    for n, line in enumerate(lines):
+        if n < shown:
+            print(f"     {line}")
+        else:
+            rest += 1
+    if rest:
+        print(f"     ... and {rest} more")

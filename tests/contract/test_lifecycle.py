@@ -199,6 +199,27 @@ async def test_dead_letter_of_an_entry_with_thousands_of_fields(bus: Bus, prefix
     assert (await bus.info(s)).groups[0].pending == 0
 
 
+async def test_the_dead_letter_stream_is_capped(
+    bus: Bus, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dead-letter stream keeps about its cap, the newest copies (Redis trims whole nodes of
+    at most 100 entries, so up to one node more), however many entries are dead-lettered."""
+    cap = 100
+    monkeypatch.setattr("bus.memory.DEAD_MAXLEN", cap)
+    monkeypatch.setattr("bus.redis_writes.DEAD_MAXLEN", cap)
+    s, dead = prefix + "in", prefix + "dead"
+    await bus.ensure_group(s, "g")
+    await bus.publish_many([Append(s, f(i)) for i in range(7 * cap)])
+    entries = await bus.read(s, "g", "c", count=7 * cap, block_ms=0)
+    assert len(entries) == 7 * cap
+    for e in entries:
+        await bus.dead_letter(e, "g", dead_stream=dead, reason="bad_frame")
+    copies = await bus.range(dead)
+    assert cap <= len(copies) <= 2 * cap
+    assert copies[-1].fields["dead.id"] == entries[-1].id.encode()
+    assert (await bus.info(s)).groups[0].pending == 0
+
+
 async def test_info_and_streams(bus: Bus, prefix: str) -> None:
     """info reports length, last id, consumers, pending, lag; streams lists only streams."""
     s = prefix + "s"

@@ -3,14 +3,19 @@ folded twice, and `status` / `replay` report what happened instead of crashing o
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from actors.assemble import live_verifier
 from actors.client import KasminaClient, Outcome
+from actors.eventlog import read_verified
 from actors.shell import FRAME, ActorShell
-from bus import Bus
-from contracts import KeyRing, Signer, streams
+from bus import Bus, Entry
+from bus.testing import purge_prefix
+from contracts import KeyRing, Signer, Verifier, streams
 from kasmina.commands.status import collect
+from leyline import pb
 from scenarios.cluster import Cluster, running_cluster
 
 SLOT = "l0.s0"
@@ -131,3 +136,73 @@ async def test_a_command_from_a_free_text_sender_is_rejected(bus: Bus, run_id: s
         outcome = await odd.command(SLOT, "cull", wait=True, timeout_s=20)
         assert isinstance(outcome, Outcome) and outcome.kind == "rejection"
         assert outcome.message.reason == "invalid"
+
+
+async def _unverified(bus: Bus, run: str, ring: KeyRing) -> list[str]:
+    """The reasons of the event log's entries that do not verify, as read and counted by status."""
+    _, bad = await read_verified(bus, streams.events(run), ring)
+    status = await collect(bus, run, ring)
+    assert (status["unverified_events"], status["quarantined"]) == (len(bad), 0)
+    return [b["reason"] for b in bad]
+
+
+async def _events_of(bus: Bus, run: str, kind: bytes) -> list[Entry]:
+    return [e for e in await bus.range(streams.events(run)) if e.fields.get("kind") == kind]
+
+
+async def test_a_genuine_event_of_another_run_is_quarantined_not_folded(
+    bus: Bus, run_id: str
+) -> None:
+    """Two runs share a key file; a genuine event copied from the other run's log into this
+    run's log (no key needed) does not verify there (``wrong_run``): the rebuild folds nothing of
+    it, the SeedActor keeps serving with its sequence whole, and status counts the entry."""
+    ring, other = KeyRing.generate(), f"{run_id}-other"
+    try:
+        async with running_cluster(bus, run=other, slots=[SLOT], ring=ring) as cl:
+            for _ in range(3):  # the other run's slot is three events ahead of this one
+                await _cull(cl)
+        foreign = (await _events_of(bus, other, b"lifecycle.refused"))[-1]
+        async with running_cluster(bus, run=run_id, slots=[SLOT], ring=ring) as cl:
+            await _cull(cl)
+            shell = _seed_shell(cl)
+            seq, digest = shell.logic.state.seq, shell.logic.digests()
+            await bus.publish(streams.events(run_id), dict(foreign.fields))
+            await shell.rebuild()
+            assert await _unverified(bus, run_id, ring) == ["wrong_run"]
+            assert shell.regressions == 0
+            assert (shell.logic.state.seq, shell.logic.digests()) == (seq, digest)
+            assert (await _cull(cl)).kind == "lifecycle.refused"
+            assert shell.logic.state.seq == seq + 1
+    finally:
+        await purge_prefix(bus, streams.prefix(other))
+
+
+async def test_an_event_signed_with_a_retired_key_is_quarantined_not_folded(
+    bus: Bus, run_id: str
+) -> None:
+    """The run's key was rotated and the old one expired; an event signed with the old key after
+    its expiry (a leaked retired key), numbered as the slot's next event, does not verify
+    (``expired_key``): the rebuild folds nothing of it, the actor's next event takes that number,
+    and status counts the entry."""
+    now = time.time_ns()
+    retired = KeyRing.generate(now_ns=now - 3_600 * 10**9)
+    ring = retired.rotate(grace_s=0, now_ns=now - 600 * 10**9)  # the old key expired 10 min ago
+    async with running_cluster(bus, run=run_id, slots=[SLOT], ring=ring) as cl:
+        await _cull(cl)
+        shell = _seed_shell(cl)
+        seq, digest = shell.logic.state.seq, shell.logic.digests()
+        genuine = (await _events_of(bus, run_id, b"lifecycle.refused"))[-1]
+        env = Verifier(ring, replay=True).open(genuine.fields[FRAME], stream=streams.events(run_id))
+        forged = pb.LifecycleRefused()
+        forged.ParseFromString(env.body)
+        forged.seq = seq + 1
+        frame = Signer(retired, env.sender).seal(
+            "lifecycle.refused", forged, stream=streams.events(run_id)
+        )
+        await bus.publish(streams.events(run_id), {**genuine.fields, FRAME: frame})
+        await shell.rebuild()
+        assert await _unverified(bus, run_id, ring) == ["expired_key"]
+        assert shell.regressions == 0
+        assert (shell.logic.state.seq, shell.logic.digests()) == (seq, digest)
+        await _cull(cl)
+        assert shell.logic.state.seq == seq + 1  # the forged number is not taken

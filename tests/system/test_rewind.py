@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import anyio
 import pytest
 
 from actors.client import Outcome
+from actors.eventlog import read_verified
 from bus import Bus, parse_id
 from contracts import KasminaConfig, KeyRing, streams
+from kasmina.commands.status import collect
+from leyline import pb
 from scenarios.chaos.harness import read_log
 from scenarios.cluster import Cluster, running_cluster
 
@@ -99,6 +103,80 @@ async def test_a_restarted_actor_remembers_committed_ids_from_the_log(
     await _forget(client, run_id)
     async with running_cluster(bus, run=run_id, slots=[SLOT], ring=ring) as cl:
         assert await _rewind_then_cull(client, cl) == [*before, before[-1] + 1]
+
+
+async def test_an_operators_pause_is_not_applied_again_after_its_resume_is_deleted(
+    bus: Bus, run_id: str
+) -> None:
+    """Pause, then resume; a writer without keys deletes the resume's inbox entry (XDEL) and
+    rewinds the group: the pause comes back alone and is acked without effect, so the slot stays
+    resumed and the log holds no second pause."""
+    client = getattr(bus, "client", None)
+    if client is None:
+        pytest.skip("the memory bus has no consumer groups to rewind from outside")
+    inbox = streams.inbox(run_id, "seed", SLOT)
+    async with running_cluster(bus, run=run_id, slots=[SLOT], ring=KeyRing.generate()) as cl:
+        for action in ("pause", "resume"):
+            outcome = await cl.client.command(SLOT, action, wait=True, timeout_s=20)
+            assert isinstance(outcome, Outcome) and outcome.result == "accepted", outcome
+        events = len(await cl.events())
+        entries = await bus.range(inbox, "-", "+")
+        assert len(entries) == 2
+        assert await client.xdel(inbox, entries[-1].id) == 1  # the resume's entry
+        await client.xgroup_setid(inbox, f"actor:seed:{SLOT}", "0")
+        await _cull(cl)  # read after the rewound pause
+        log = [k for _, k, _ in await cl.events()][events:]
+        assert [k for k in log if k.startswith("lifecycle.")] == ["lifecycle.refused"]  # the cull
+        assert (await cl.state()).seeds[SLOT].paused is False
+
+
+async def _outcomes_of(bus: Bus, cl: Cluster, command_ids: set[str]) -> list[tuple[str, str]]:
+    """``(command_id, result)`` of every verified outcome record naming one of ``command_ids``."""
+    records, _ = await read_verified(bus, streams.outcomes(cl.run), cl.ring)
+    return [
+        (m.command_id, pb.OutcomeResult.Name(m.result))
+        for _, kind, m in records
+        if kind == "command.outcome" and m.command_id in command_ids
+    ]
+
+
+async def test_a_rewound_group_past_the_clock_tolerance_records_no_stale_rejection(
+    bus: Bus, run_id: str
+) -> None:
+    """Commands decided once, then delivered again by a rewound group after the clock tolerance
+    has passed: they are refused as stale no more than they are decided again; acked without a
+    rejection record or a second outcome (the commit markers still name them). A copy of one
+    written into the inbox now is a stale frame, and recorded as one."""
+    client = getattr(bus, "client", None)
+    if client is None:
+        pytest.skip("the memory bus has no consumer groups to rewind from outside")
+    config = KasminaConfig.model_validate({"security": {"clock_tolerance_s": 1.0}})
+    async with running_cluster(
+        bus, run=run_id, slots=[SLOT], ring=KeyRing.generate(), config=config
+    ) as cl:
+        sent: set[str] = set()
+        for action in ("pause", "resume", "cull"):
+            outcome = await cl.client.command(SLOT, action, wait=True, timeout_s=20)
+            assert isinstance(outcome, Outcome), outcome
+            sent.add(outcome.command_id)
+        first = sorted(await _outcomes_of(bus, cl, sent))
+        assert len(first) == 3
+        aged = time.time() + 2.5  # the three commands age past the 1 s tolerance
+        while time.time() < aged:
+            await anyio.sleep(0.1)
+        await client.xgroup_setid(streams.inbox(cl.run, "seed", SLOT), f"actor:seed:{SLOT}", "0")
+        await _cull(cl)  # read after the rewound commands
+        assert sorted(await _outcomes_of(bus, cl, sent)) == first
+        status = await collect(bus, run_id, cl.ring)
+        assert "stale" not in status["rejected"], status["rejected"]
+        assert (await cl.state()).seeds[SLOT].paused is False
+        inbox = streams.inbox(cl.run, "seed", SLOT)
+        pause = (await bus.range(inbox, "-", "+"))[0]  # the pause's own entry
+        await bus.publish(inbox, dict(pause.fields))
+        await _cull(cl)
+        status = await collect(bus, run_id, cl.ring)
+        assert status["rejected"].get("stale") == 1, status["rejected"]
+        assert (await cl.state()).seeds[SLOT].paused is False
 
 
 @pytest.mark.parametrize("ahead", ["max", "a day"])
