@@ -3,6 +3,7 @@ the evidence each stage's exit gate reads, and the periodic step report with its
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 from collections.abc import Iterable
@@ -158,3 +159,19 @@ def report(rt: ExecutionRuntime, step: int, val_loss: float, val_accuracy: float
         raw = pb.TelemetryRaw(region=rt.config.region, step=step, metrics=runtime_wide)
         rt.outbox.put(KIND_TELEMETRY, raw)
     rt.outbox.put(KIND_STEP_REPORT, message)
+
+
+def step_back(rt: ExecutionRuntime, step: int) -> None:
+    """``on_step(step)`` after a later step (a per-epoch ``enumerate``, say): counted, and told
+    once per runtime in a log line and a WARNING telemetry item. Orders wait for their step and
+    the run ignores step reports of earlier steps, so a count that restarts stalls every order."""
+    rt.stepped_back += 1
+    if rt.stepped_back > 1:
+        return
+    detail = (f"on_step({step}) after on_step({rt.step}): pass a global step count that only "
+              "grows; orders due at later steps wait for them, and the run ignores step reports "
+              "of steps it has seen")  # fmt: skip
+    logging.getLogger("kasmina.execution").warning(detail)
+    raw = pb.TelemetryRaw(region=rt.config.region, step=max(step, 0),
+                          severity=pb.SEVERITY_WARNING, message=detail)  # fmt: skip
+    rt.outbox.put(KIND_TELEMETRY, raw)

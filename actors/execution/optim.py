@@ -29,12 +29,22 @@ if TYPE_CHECKING:
 def seed_optimizer(
     params: Sequence[nn.Parameter], hp: Mapping[str, float]
 ) -> torch.optim.Optimizer:
-    """A fresh Adam for one seed (``lr`` and ``weight_decay`` from the germinate params)."""
+    """A fresh Adam for one seed (``lr`` and ``weight_decay`` from the germinate params).
+
+    A float16 seed (on a ``.half()`` host) gets ``eps`` 1e-4: Adam's default 1e-8 is 0 in
+    float16, so a parameter whose gradient squares to 0 would step by 0/0."""
+    params = list(params)
+    half = any(p.dtype == torch.float16 for p in params)
     return torch.optim.Adam(
-        list(params),
+        params,
         lr=float(hp.get("lr", 1e-3)),
         weight_decay=float(hp.get("weight_decay", 0.0)),
+        eps=HALF_EPS if half else 1e-8,
     )
+
+
+#: Adam's ``eps`` for float16 seeds: above float16's smallest normal number (6.1e-5)
+HALF_EPS = 1e-4
 
 
 def join_host_optimizer(

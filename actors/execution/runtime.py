@@ -142,6 +142,7 @@ class ExecutionRuntime:
         self.losses: deque[tuple[int, float]] = deque(maxlen=4096)
         self._warned_seeds: weakref.WeakSet[nn.Module] = weakref.WeakSet()
         self._optimizer_seen: tuple[object, ...] = ()  # what the last look at it saw
+        self.stepped_back = 0  # on_step calls whose step was below the one before
 
     @property
     def rank(self) -> int:
@@ -220,6 +221,8 @@ class ExecutionRuntime:
         the task loss with the seed fully on (alpha 1, input still detached), differentiated with
         respect to the seed's parameters only. Without it they learn from the straight-through term
         of the user's backward. Either way the host's parameters and gradients are untouched."""
+        if step < self.step:
+            monitor.step_back(self, step)
         self.step, batch = step, check_batch(batch, "on_step(batch=...)")
         if (batch is not None) is not self._shadow_fed:  # how TRAINING seeds learn changed
             self._feed_shadow(batch is not None)
