@@ -183,11 +183,15 @@ async def _bad_params(ctx: Ctx) -> None:
 
 
 async def _telemetry_flood(ctx: Ctx) -> None:
+    """Telemetry batches a trainer key may send: three of 1.5 MB (over the frame limit), three
+    just under it (about 1 MB: 120 items of 500 metrics each), which are decided."""
     metrics = {f"m{i}": float(i) for i in range(500)}
-    raw = [pb.TelemetryRaw(region="r", step=i, metrics=metrics) for i in range(250)]
-    batch = pb.TelemetryBatch(items=raw)
     inbox = streams.inbox(ctx.run, "telemetry")
-    frames = [_signed(ctx, "trainer", "telemetry.batch", batch, inbox) for _ in range(6)]
+    frames = []
+    for items in (180, 120, 180, 120, 180, 120):
+        raw = [pb.TelemetryRaw(region="r", step=i, metrics=metrics) for i in range(items)]
+        batch = pb.TelemetryBatch(items=raw)
+        frames.append(_signed(ctx, "trainer", "telemetry.batch", batch, inbox))
     await ctx.flood(frames, inbox)
 
 
