@@ -39,7 +39,7 @@ from actors.hosting import (
 )
 from actors.hosting.admission import Admission, Run, aggregated
 from actors.hosting.housekeeping import Housekeeping, digest_appends
-from actors.hosting.inbox import Checked, IdPair, Prepared, committed_ids
+from actors.hosting.inbox import Checked, IdPair, Prepared, committed_ids, keyed, turn_weight
 from actors.hosting.merging import OpenEvents
 from actors.hosting.quarantine import note_regressed, note_unfoldable
 from actors.hosting.recent import RecentIds
@@ -63,7 +63,7 @@ log = logging.getLogger("kasmina.actors")
 
 SENDER = "[A-Za-z0-9_.:-]{1,128}"
 Digests = dict[tuple[str, str], bytes]  # an actor's state digests by (actor, key)
-YIELD_EVERY = 16  # entries decided between turns given to the other actors of the process
+YIELD_EVERY = 16  # entries (or 16 × 64 KiB of frames) decided between turns given to the others
 
 
 class ActorShell(LeasedHost):
@@ -339,9 +339,12 @@ class ActorShell(LeasedHost):
         decided: list[bool] = []  # the item went through decide (and may have changed the state)
         reissued = self.merging.start(reissue=bool(batch))  # owed events ride on the first item
         last_change, last_cause = (0, reissued[-1][1]) if reissued else (-1, "")
-        for n, (entry, checked) in enumerate(zip(batch, checked_all, strict=True)):
-            if n % YIELD_EVERY == YIELD_EVERY - 1:  # a flooded inbox never starves the others
-                await anyio.lowlevel.checkpoint()  # served by this process (fair turns)
+        weight = 0  # entries since the last turn given to the others (a large one counts more)
+        for entry, checked in zip(batch, checked_all, strict=True):
+            weight += turn_weight(entry)
+            if weight >= YIELD_EVERY:  # a flooded inbox never starves the others served by
+                weight = 0  # this process, nor do a few large entries (fair turns)
+                await anyio.lowlevel.checkpoint()
             run = runs.get(entry.id)
             if run is not None:  # one of a flood's rejections: one record for the run
                 handled.append(self._run_item(entry, run))
@@ -356,7 +359,7 @@ class ActorShell(LeasedHost):
                 if decision is not None and decision.events:
                     last_change = len(handled)
                     last_cause = checked.id if isinstance(checked, Envelope) else ""
-                handled.append(_keyed(item, checked))
+                handled.append(keyed(item, checked))
                 decided.append(decision is not None)
         self.merging.seal(handled, lambda e, cause: self._append(self.events_stream, e, cause))
         if last_change >= 0:  # one digest per batch, after the last event that changed the state
@@ -389,11 +392,3 @@ class ActorShell(LeasedHost):
     def trimmed(self) -> int:
         """Inbox entries trimmed so far."""
         return self.housekeeping.trimmed
-
-
-def _keyed(item: Handled, checked: Envelope | ContractError | None) -> Handled:
-    """``item`` marked with its message id: committed ids are marked with the commit, so a
-    rewound group (XGROUP SETID) or a re-added entry is never decided twice."""
-    if item.dedupe_key is None and isinstance(checked, Envelope):
-        return Handled(item.entry, item.group, item.appends, dedupe_key=checked.id)
-    return item
