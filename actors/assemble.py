@@ -50,6 +50,8 @@ def build_shells(
     unknown = sorted(set(actors) - set(ACTORS))
     if unknown:
         raise ValueError(f"unknown actors {', '.join(unknown)}: choose from {', '.join(ACTORS)}")
+    if not actors:
+        raise ValueError(f"no actors to serve: choose from {', '.join(ACTORS)}")
     if "seed" in actors and not slots:
         raise ValueError("seed actors need --slots")
     proc = process_name()

@@ -146,11 +146,18 @@ async def record(
 
 
 def _write(path: Path, lines: list[str]) -> None:
-    """Write atomically: a temporary file renamed over ``path``."""
+    """Write atomically: a temporary file renamed over ``path``; nothing is left behind when
+    that fails (``path`` a directory, say)."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory: name the recording file")
     tmp = path.with_name(path.name + ".tmp")
-    with gzip.open(tmp, "wt", encoding="utf-8") as out:
-        out.writelines(lines)
-    tmp.replace(path)
+    try:
+        with gzip.open(tmp, "wt", encoding="utf-8") as out:
+            out.writelines(lines)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _lines(path: Path) -> Iterator[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -30,13 +31,66 @@ def default_run() -> str:
     return os.environ.get("KASMINA_RUN", "default")
 
 
+def seconds(text: str) -> float:
+    """An argument of seconds: a finite number, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, 0 or more: {text!r}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """An argument of seconds above 0."""
+    value = seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0: {text!r}")
+    return value
+
+
+def count(text: str) -> int:
+    """An argument counting something: a whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    return value
+
+
+def port(text: str) -> int:
+    """A TCP port (0: any free port)."""
+    value = count(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port (0 to 65535): {text!r}")
+    return value
+
+
+def nonempty(text: str) -> str:
+    """A name or URL that may not be empty (an empty one would silently mean the default)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("may not be empty (leave the option out for the default)")
+    return text
+
+
 def add_redis(parser: argparse.ArgumentParser) -> None:
     """Add ``--redis URL`` and ``--run RUN``."""
     parser.add_argument(
-        "--redis", default=None, metavar="URL", help=f"default: $KASMINA_REDIS or {DEFAULT_REDIS}"
+        "--redis",
+        type=nonempty,
+        default=None,
+        metavar="URL",
+        help=f"default: $KASMINA_REDIS or {DEFAULT_REDIS}",
     )
     parser.add_argument(
-        "--run", default=None, metavar="RUN", help="default: $KASMINA_RUN or 'default'"
+        "--run",
+        type=nonempty,
+        default=None,
+        metavar="RUN",
+        help="default: $KASMINA_RUN or 'default'",
     )
 
 

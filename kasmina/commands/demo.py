@@ -9,24 +9,54 @@ from typing import Any
 
 import anyio
 
-from kasmina.common import add_keys, emit_json, load_keys, with_password
+from bus import is_redis_url, open_bus, redact_url
+from kasmina.common import CliError, add_keys, count, emit_json, load_keys, with_password
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("demo", help="grow seeds in a too-small network (spirals or digits)")
     parser.add_argument(
         "--bus",
+        type=_bus,
         default="fakeredis",
         metavar="memory|fakeredis|redis://…",
         help="bus backend (default: an in-process fakeredis)",
     )
-    parser.add_argument("--steps", type=int, default=3000, metavar="N")
+    parser.add_argument(
+        "--steps", type=_steps, default=3000, metavar="N", help="at least 200 (default 3000)"
+    )
     parser.add_argument("--seed", type=int, default=0, metavar="S")
     parser.add_argument("--out", default="kasmina-out", metavar="DIR")
     parser.add_argument("--task", choices=("digits", "spirals"), default="spirals")
     parser.add_argument("--json", action="store_true", help="print one JSON object, no progress")
     add_keys(parser)
     parser.set_defaults(func=run)
+
+
+def _bus(text: str) -> str:
+    """``memory``, ``fakeredis`` or a Redis URL, checked before anything is written."""
+    if text in ("memory", "fakeredis") or is_redis_url(text):
+        return text
+    raise argparse.ArgumentTypeError(f"must be memory, fakeredis or a Redis URL, not {text!r}")
+
+
+def _steps(text: str) -> int:
+    """The demo's step count: a lifecycle needs at least 200."""
+    value = count(text)
+    if value < 200:
+        raise argparse.ArgumentTypeError(f"the demo needs at least 200 steps, not {value}")
+    return value
+
+
+async def _answers(url: str) -> bool:
+    """Whether the bus at ``url`` answers now (an in-process one always does)."""
+    if url in ("memory", "fakeredis"):
+        return True
+    bus = open_bus(url)
+    try:
+        return await bus.ping()
+    finally:
+        await bus.close()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)  # tiny networks: one thread is fastest and leaves a core to the actors
     keys = load_keys(args) if (args.keys or os.environ.get("KASMINA_KEYS")) else None
     bus = with_password(args.bus)  # the report and the JSON carry it redacted
+    if not anyio.run(_answers, bus):  # the actors would wait for it without end
+        raise CliError(f"Redis unavailable at {redact_url(bus)}")
     opts = DemoOptions(args.task, args.steps, args.seed, bus, Path(args.out), keys)
     if args.json:
         emit_json(anyio.run(demo, opts))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from contracts import KeyRing, KeyRingError
 from contracts.roles import ROLES
-from kasmina.common import CliError, emit_json
+from kasmina.common import CliError, emit_json, seconds
 
 
 def _roles(text: str) -> frozenset[str]:
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rot.add_argument("file", metavar="FILE")
     rot.add_argument(
         "--grace",
-        type=float,
+        type=seconds,
         default=None,
         metavar="SECONDS",
         help="default: security.key_grace_s of the config",
@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pru.add_argument("file", metavar="FILE")
     pru.add_argument(
         "--older-than",
-        type=float,
+        type=seconds,
         default=0.0,
         metavar="SECONDS",
         help="keep keys that expired less than this long ago (default 0: drop every expired key)",

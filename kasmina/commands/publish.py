@@ -21,7 +21,17 @@ from actors.client import CommandTimeout, KasminaClient, Outcome
 from bus import Bus
 from contracts import streams
 from kasmina.commands import pruning
-from kasmina.common import CliError, add_keys, add_redis, emit_json, load_keys, redis_url, run_id
+from kasmina.common import (
+    CliError,
+    add_keys,
+    add_redis,
+    count,
+    emit_json,
+    load_keys,
+    positive_seconds,
+    redis_url,
+    run_id,
+)
 from kasmina.wiring import Wiring, connect
 
 CLI_ACTIONS = ("germinate", "cull", "pause", "resume", "terminate", "emergency-stop", "prune")
@@ -50,14 +60,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE", help="blueprint parameter"
     )
-    parser.add_argument("--blend-steps", type=int, default=0)
+    parser.add_argument("--blend-steps", type=count, default=0)
     parser.add_argument("--reason", default="")
     parser.add_argument(
         "--masks", default=None, metavar="FILE", help="prune: JSON module -> unit keep flags"
     )
     parser.add_argument("--at-step", type=int, default=None, help="prune: the step it applies at")
     parser.add_argument("--wait", action="store_true", help="wait for and print the outcome")
-    parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
+    parser.add_argument("--timeout", type=positive_seconds, default=30.0, metavar="SECONDS")
     parser.add_argument("--sender", default="kasmina-cli")
     add_redis(parser)
     add_keys(parser)

@@ -31,7 +31,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--kind", action="append", default=None, help="only these kinds (repeatable; prefix* ok)"
     )
     parser.add_argument(
-        "--until", default=None, metavar="ID", help="stop at this entry id (inclusive)"
+        "--until",
+        type=_entry_id,
+        default=None,
+        metavar="ID",
+        help="stop at this entry id (inclusive)",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per entry")
     parser.add_argument(
@@ -63,6 +67,14 @@ def _wanted(row: dict[str, Any], args: argparse.Namespace) -> bool:
         "barrier.vote",
         "barrier.commit",
     )
+
+
+def _entry_id(text: str) -> str:
+    """A stream entry id, ``MS-SEQ`` or ``MS``."""
+    ms, _, seq = text.partition("-")
+    if not (ms.isdigit() and (seq.isdigit() or not _)):
+        raise argparse.ArgumentTypeError(f"not a stream entry id (MS-SEQ): {text!r}")
+    return text
 
 
 def _line(row: dict[str, Any]) -> str:
@@ -136,11 +148,16 @@ async def _read_run(
 def _plot(events: list[Any], reports: list[Any], run: str, path: str) -> None:
     from kasmina.plotting import write_run_plot
 
+    target = Path(path)
+    if target.is_dir():
+        raise CliError(f"--plot {path} is a directory: name the image file")
+    if not target.suffix:  # the image format comes from the suffix (a PNG without one)
+        target = target.with_suffix(".png")
     try:
-        sampled = write_run_plot(events, reports, run, Path(path))
+        sampled = write_run_plot(events, reports, run, target)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
-    print(f"kasmina replay: plot of {sampled} steps written to {path}", file=sys.stderr)
+    print(f"kasmina replay: plot of {sampled} steps written to {target}", file=sys.stderr)
 
 
 def _summary(

@@ -9,7 +9,7 @@ import anyio
 
 from actors.assemble import ACTORS, build_shells, services
 from actors.supervisor import Supervisor, freeze_startup_heap
-from kasmina.common import CliError, add_keys, add_redis, load_keys, redis_url, run_id
+from kasmina.common import CliError, add_keys, add_redis, load_keys, port, redis_url, run_id
 from kasmina.wiring import connect, load_config
 
 
@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument(
         "--prometheus-port",
-        type=int,
+        type=port,
         default=None,
         metavar="PORT",
         help="serve /metrics (telemetry actor)",
@@ -44,8 +44,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(func=run)
 
 
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+def _split(text: str, option: str) -> list[str]:
+    """The comma-separated names of ``option``, each once (a name given twice is an error)."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{option} names {', '.join(twice)} more than once")
+    return names
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -66,8 +71,8 @@ async def _serve(args: argparse.Namespace) -> None:
             config=config,
             signer=wiring.signer(f"kasmina-run:{wiring.run}"),
             verifier=wiring.verifier(),
-            actors=_split(args.actors),
-            slots=_split(args.slots),
+            actors=_split(args.actors, "--actors"),
+            slots=_split(args.slots, "--slots"),
         )
     except ValueError as exc:
         await wiring.bus.close()

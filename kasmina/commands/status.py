@@ -26,6 +26,7 @@ from kasmina.common import (
     add_redis,
     emit_json,
     load_keys,
+    positive_seconds,
     redis_url,
     run_id,
 )
@@ -42,7 +43,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--watch", action="store_true", help="a live view, refreshed until Ctrl-C or SIGTERM"
     )
-    parser.add_argument("--interval", type=float, default=2.0, metavar="SECONDS")
+    parser.add_argument("--interval", type=positive_seconds, default=2.0, metavar="SECONDS")
     parser.add_argument(
         "--count", type=int, default=0, metavar="N", help="with --watch: stop after N views"
     )

@@ -13,7 +13,16 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from kasmina.common import CliError, add_keys, add_redis, emit_json, load_keys, redis_url, run_id
+from kasmina.common import (
+    CliError,
+    add_keys,
+    add_redis,
+    count,
+    emit_json,
+    load_keys,
+    redis_url,
+    run_id,
+)
 
 if TYPE_CHECKING:
     from kasmina.training import TrainResult
@@ -45,7 +54,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         help="factory(seed=, rank=, world_size=) returning a kasmina.training.TrainSpec",
     )
     parser.add_argument(
-        "--steps", type=int, default=0, metavar="N", help="stop after N steps (0: until SIGTERM)"
+        "--steps", type=count, default=0, metavar="N", help="stop after N steps (0: until SIGTERM)"
     )
     parser.add_argument("--seed", type=int, default=0, metavar="S")
     parser.add_argument(
@@ -68,7 +77,7 @@ def _add_execution_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument(
         "--seed-memory-budget",
-        type=int,
+        type=count,
         default=None,
         metavar="BYTES",
         help="the rank's seed memory budget, enforced at G0 (default: none)",
@@ -80,7 +89,7 @@ def _add_execution_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--release-ttl",
-        type=int,
+        type=count,
         default=0,
         metavar="STEPS",
         help="release a culled seed's tensors this many steps later (default 0: at once)",
@@ -110,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)  # small models: one thread each leaves cores to the actors
     stop = _stop_on_signals()
     try:
+        if args.model is not None and ":" not in args.model:
+            raise CliError(f"--model {args.model!r}: expected PKG.MODULE:FACTORY")
         factory = load_factory(args.model or args.task or "digits")
     except ValueError as exc:
         raise CliError(str(exc)) from exc

@@ -34,13 +34,32 @@ def test_publish_wait_reports_a_wrong_typed_stream_in_one_line(
 
 
 def test_a_group_of_reported_errors_stands_for_its_first_leaf_and_a_bug_for_itself() -> None:
-    """A task group's failure is reported by its first leaf only when every leaf is reportable."""
+    """A task group's failure is reported by its first leaf the command line does not foresee
+    (a bug), else by its first leaf."""
     from kasmina.cli import _leaf
 
     first, second = BusError("refused"), ValueError("bad")
     nested = BaseExceptionGroup("outer", [ExceptionGroup("inner", [first]), second])
     assert _leaf(nested) is first
-    buggy = ExceptionGroup("outer", [first, KeyError("bug")])
-    assert _leaf(buggy) is buggy
+    bug = KeyError("bug")
+    buggy = ExceptionGroup("outer", [first, ExceptionGroup("inner", [bug])])
+    assert _leaf(buggy) is bug
     plain = RuntimeError("x")
     assert _leaf(plain) is plain
+
+
+def test_an_unforeseen_error_is_one_line_and_exit_1_unless_debugging(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error no command foresaw (a library's OverflowError, say) prints one line naming its
+    type, exit 1, no traceback; with KASMINA_DEBUG set it is raised with its traceback."""
+    from kasmina.cli import _exit_code
+
+    monkeypatch.delenv("KASMINA_DEBUG", raising=False)
+    assert _exit_code("keys", OverflowError("cannot convert float infinity to integer")) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("kasmina keys: unexpected OverflowError: cannot convert float")
+    monkeypatch.setenv("KASMINA_DEBUG", "1")
+    with pytest.raises(OverflowError):
+        _exit_code("keys", OverflowError("again"))

@@ -1,0 +1,86 @@
+"""Bad arguments are refused before a command does anything: one line naming the option, exit 2,
+nothing sent, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bus.recording import _write
+from contracts import KeyRing
+from kasmina.cli import main
+
+
+def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    captured = capsys.readouterr()
+    return int(done.value.code or 0), captured.out + captured.err
+
+
+REFUSED = [
+    (["keys", "rotate", "K", "--grace", "inf"], "--grace"),
+    (["keys", "rotate", "K", "--grace", "-5"], "--grace"),
+    (["keys", "prune", "K", "--older-than", "nan"], "--older-than"),
+    (["status", "--interval", "nan"], "--interval"),
+    (["status", "--interval", "0"], "--interval"),
+    (["publish", "pause", "--slot", "s1", "--run", ""], "--run"),
+    (["publish", "pause", "--slot", "s1", "--redis", " "], "--redis"),
+    (["publish", "pause", "--slot", "s1", "--wait", "--timeout", "nan"], "--timeout"),
+    (["publish", "pause", "--slot", "s1", "--wait", "--timeout", "-1"], "--timeout"),
+    (["publish", "germinate", "--slot", "s1", "--blend-steps=-5"], "--blend-steps"),
+    (["run", "--prometheus-port", "99999"], "--prometheus-port"),
+    (["train", "--steps", "-5"], "--steps"),
+    (["replay", "x.kasrec", "--until", "abc"], "--until"),
+]
+
+
+@pytest.mark.parametrize(("args", "option"), REFUSED, ids=[" ".join(a) for a, _ in REFUSED])
+def test_an_out_of_range_argument_is_refused_naming_its_option(
+    args: list[str], option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each value a command could not use (infinite, NaN, negative, empty, out of range, not an
+    entry id) exits 2 with argparse's line naming the option, before any key file, bus or model
+    is touched (the key file ``K`` does not even exist)."""
+    code, text = _cli(args, capsys)
+    assert code == 2 and "Traceback" not in text
+    assert f"argument {option}" in text.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("args", [["--steps", "100"], ["--bus", "bogus"]])
+def test_a_refused_demo_writes_nothing(
+    args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A demo refused for its arguments (under 200 steps, an unknown bus) creates no output
+    directory and no key file."""
+    out = tmp_path / "out"
+    code, text = _cli(["demo", "--out", str(out), *args], capsys)
+    assert code == 2 and "Traceback" not in text
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("actors", "slots", "why"),
+    [("", "", "no actors to serve"), ("seed", "a,b,a", "--slots names a more than once")],
+)
+def test_run_refuses_nothing_to_serve_and_a_slot_twice(
+    actors: str, slots: str, why: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``run`` with no actors (it would serve nothing for ever) or a slot named twice (two
+    SeedActors for one slot) exits 2 naming why."""
+    keys = tmp_path / "keys.json"
+    KeyRing.generate().save(keys)
+    code, text = _cli(["run", "--redis", "memory://cli-bad-args", "--run", "r", "--keys",
+                       str(keys), "--actors", actors, "--slots", slots], capsys)  # fmt: skip
+    assert code == 2 and why in text and "Traceback" not in text
+
+
+def test_a_recording_written_over_a_directory_leaves_nothing(tmp_path: Path) -> None:
+    """Writing a recording to a directory's path fails before anything is written, and leaves
+    no temporary file beside it."""
+    target = tmp_path / "adir"
+    target.mkdir()
+    with pytest.raises(IsADirectoryError):
+        _write(target, ["{}\n"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir"]
