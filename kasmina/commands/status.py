@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
 import time
 from collections import Counter
@@ -306,10 +307,18 @@ async def _watch(args: argparse.Namespace) -> None:
             await bus.close()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a watch as Ctrl-C does
+
+
 def run(args: argparse.Namespace) -> int:
     if args.watch:
-        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends a watch normally
-            anyio.run(_watch, args)
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C or SIGTERM ends a watch normally
+                anyio.run(_watch, args)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         return 0
     status = anyio.run(_status, args)
     emit_json(status) if args.json else _print(status)

@@ -84,3 +84,31 @@ def test_a_recording_written_over_a_directory_leaves_nothing(tmp_path: Path) -> 
     with pytest.raises(IsADirectoryError):
         _write(target, ["{}\n"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir"]
+
+
+@pytest.mark.redis
+def test_status_watch_stops_on_sigterm_with_exit_0(tmp_path: Path) -> None:
+    """``status --watch`` ends on SIGTERM as on Ctrl-C: exit 0, as its help says."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from bus.testing import real_redis_url
+
+    keys = tmp_path / "keys.json"
+    KeyRing.generate().save(keys)
+    cmd = [sys.executable, "-m", "kasmina", "status", "--watch", "--json", "--interval",
+           "0.2", "--redis", real_redis_url(), "--run", "watch-sigterm", "--keys", str(keys)]  # fmt: skip
+    watch = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert watch.stdout is not None
+        first = watch.stdout.readline()  # the first view is out: the watch is running
+        assert first.startswith("{"), watch.stderr.read() if watch.stderr else ""
+        os.kill(watch.pid, signal.SIGTERM)
+        _, err = watch.communicate(timeout=30)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+    assert watch.returncode == 0, err
+    assert "Traceback" not in err
