@@ -71,8 +71,8 @@ def _wanted(row: dict[str, Any], args: argparse.Namespace) -> bool:
 
 def _entry_id(text: str) -> str:
     """A stream entry id, ``MS-SEQ`` or ``MS``."""
-    ms, _, seq = text.partition("-")
-    if not (ms.isdigit() and (seq.isdigit() or not _)):
+    ms, sep, seq = text.partition("-")
+    if not (ms.isdigit() and (seq.isdigit() or not sep)):
         raise argparse.ArgumentTypeError(f"not a stream entry id (MS-SEQ): {text!r}")
     return text
 
