@@ -27,8 +27,17 @@ S = TypeVar("S")
 # a message with this field is addressed to one slot; looked up in its descriptor (a message
 # without it then costs no AttributeError, as with hasattr)
 _SLOT = "slot"
+_ADDRESSED: dict[type, bool] = {}  # message type -> whether it has the field (looked up once)
 MAX_STEP = 2**53  # a reported training step at or above this is refused (no run gets there)
 TIMER_REPEAT_NS = 1_000_000_000  # a timer message not yet decided is sent again after this
+
+
+def _addressed(cls: type[Message]) -> bool:
+    """Whether messages of ``cls`` name a slot (have the ``slot`` field)."""
+    known = _ADDRESSED.get(cls)
+    if known is None:
+        known = _ADDRESSED[cls] = _SLOT in cls.DESCRIPTOR.fields_by_name
+    return known
 
 
 class PureLogic(Generic[S]):
@@ -54,7 +63,7 @@ class PureLogic(Generic[S]):
         return not self.key or getattr(message, "slot", self.key) == self.key
 
     def handle(self, kind: str, message: Message, meta: Meta) -> Decision:
-        if self.key and _SLOT in message.DESCRIPTOR.fields_by_name:
+        if self.key and _addressed(type(message)):
             slot = getattr(message, _SLOT)
             if slot != self.key:
                 return Decision.refuse(Reason.UNKNOWN_SLOT, f"{slot} sent to {self.key}")

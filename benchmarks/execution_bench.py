@@ -225,12 +225,13 @@ def _bus_figure(name: str, arm: Arm, make: Bridge, quads: Quads, rounds: int) ->
     rt = arm.rt
     assert rt is not None
     times: dict[str, list[tuple[float, float]]] = {"a": [], "b": []}
-    warm, quads.warm = quads.warm, quads.steps
+    warm, steps = quads.warm, quads.steps
+    quads.steps = quads.warm = max(steps, BUS_BLOCK_STEPS)  # the actors need a while to be up
     try:
-        for _ in range(rounds):
+        for _ in range(min(rounds, BUS_ROUNDS)):
             quads.quad(arm, arm, times, (contextlib.nullcontext, lambda: _published(arm, make)))
     finally:
-        quads.warm = warm
+        quads.warm, quads.steps = warm, steps
     return paired(name, times["b"], times["a"])
 
 
@@ -256,8 +257,18 @@ FIXED_DETAILS = {
 
 SIZES: dict[str, dict[str, int]] = {
     "small": {"width": 256, "batch": 128, "steps": 20, "warm": 2},
-    "large": {"width": 1856, "batch": 64, "steps": 3, "warm": 1},
+    "large": {"width": 1856, "batch": 64, "steps": 1, "warm": 1},
 }
+# ABBA quads per comparison at each size. At the large size a block is one timed step (after
+# its untimed one): the two arms of a quad then run within half a second of each other, so a
+# load change hits both. Pairs of three-step blocks spread about +-2 % (their quartiles) on a
+# two-core machine and their median moved by 1 to 2 % between sittings, too coarse for a 1 %
+# target; pairs of one-step blocks spread about +-0.8 %, and 96 of them (some five minutes)
+# put the median within a few tenths of a percent.
+ROUNDS: dict[str, int] = {"small": 12, "large": 96}
+# The traffic figure's blocks: a busy block starts a bridge (its actors) and runs an untimed
+# block before the timed one, so its blocks stay at least three steps long, at most 24 quads.
+BUS_BLOCK_STEPS, BUS_ROUNDS = 3, 24
 
 
 def _fixed_costs(
@@ -324,16 +335,18 @@ def run_sizes(
     device: str | None = None,
     *,
     sizes: tuple[str, ...] = ("small", "large"),
-    rounds: int = 12,
+    rounds: int | None = None,
     steps: int | None = None,
     bridge: Bridge | dict[str, Bridge] | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`run_execution_bench` at each preset size (``steps`` overrides the preset's block
-    length); every figure is tagged with its size."""
+    length, ``rounds`` its number of quads, :data:`ROUNDS`); every figure is tagged with its
+    size."""
     out = []
     for size in sizes:
         preset = dict(SIZES[size], **({"steps": steps} if steps else {}))
-        figures = run_execution_bench(device, rounds=rounds, bridge=bridge, **preset)
+        quads = ROUNDS[size] if rounds is None else rounds
+        figures = run_execution_bench(device, rounds=quads, bridge=bridge, **preset)
         for f in figures:
             f["size"] = size
         out += figures
@@ -345,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per block")
-    parser.add_argument("--rounds", type=int, default=12, help="ABBA quads per comparison")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="ABBA quads per comparison (default: per size)"
+    )
     parser.add_argument(
         "--bus", default=None, help="also measure with all actors on this bus (e.g. fakeredis://)"
     )

@@ -182,7 +182,9 @@ local fresh = {}
 local seen = {}
 -- the appends first (undone whole if the server refuses one), then the acks and markers. An item
 -- with effects (count 1) is fresh while its entry is pending in the group and its marker unset,
--- and only once per entry and per marker within the commit
+-- and only once per entry and per marker within the commit. An item with a marker and no appends
+-- is only claimed here (first of its entry and marker): its ack below says whether it was pending,
+-- and setting its marker (NX) whether the marker was unset
 for _, r in ipairs(runs) do
   local k, group = KEYS[tonumber(ARGV[r])], ARGV[5 + tonumber(ARGV[r + 1])]
   local di, na = tonumber(ARGV[r + 2]), tonumber(ARGV[r + 3])
@@ -190,10 +192,12 @@ for _, r in ipairs(runs) do
     local id = ARGV[r + 5]
     local entry = k .. '\0' .. group .. '\0' .. id
     local marker = di > 0 and KEYS[di] or nil
-    local pending = redis.pcall('XPENDING', k, group, id, id, 1)  -- (no group: nothing pending)
     local ok = not seen[entry] and not (marker and seen[marker])
-      and type(pending) == 'table' and not pending.err and #pending > 0
-      and (not marker or redis.call('EXISTS', marker) == 0)
+    if ok and na > 0 then
+      local pending = redis.pcall('XPENDING', k, group, id, id, 1)  -- (no group: none pending)
+      ok = type(pending) == 'table' and not pending.err and #pending > 0
+        and (not marker or redis.call('EXISTS', marker) == 0)
+    end
     seen[entry] = true
     if marker then seen[marker] = true end
     fresh[r] = ok
@@ -216,11 +220,14 @@ for _, r in ipairs(runs) do
   for i = r + 5, last do
     local acked = redis.call('XACK', k, group, ARGV[i]) == 1
     n = n + 1
-    if na > 0 or di > 0 then
+    if na > 0 then
       out[n] = fresh[r] and '1' or '0'
       if fresh[r] and di > 0 then
         redis.call('SET', KEYS[di], '1', 'PX', ttl)
       end
+    elseif di > 0 then  -- fresh: claimed, was pending, and its marker set now
+      local ok = fresh[r] and acked and redis.call('SET', KEYS[di], '1', 'NX', 'PX', ttl)
+      out[n] = ok and '1' or '0'
     else
       out[n] = acked and '1' or '0'
     end

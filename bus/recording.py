@@ -160,11 +160,20 @@ def _write(path: Path, lines: list[str]) -> None:
         raise
 
 
-def _lines(path: Path) -> Iterator[str]:
+def _lines(path: Path, cut: list[str]) -> Iterator[str]:
+    """The file's lines; where its compressed data ends early (a file cut off in a copy, a disk
+    that filled up), the lines read until then, the reason appended to ``cut``."""
+    read = 0
     try:
         with gzip.open(path, "rt", encoding="utf-8") as src:
-            yield from src
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
+            for line in src:
+                read += 1
+                yield line
+    except EOFError as exc:
+        if not read:  # not even a header: nothing to replay
+            raise RecordingError(f"{path}: not a gzip'd recording ({exc})") from exc
+        cut.append(f"the file ends inside its compressed data after line {read}: cut off")
+    except (OSError, UnicodeDecodeError) as exc:
         raise RecordingError(f"{path}: not a gzip'd recording ({exc})") from exc
 
 
@@ -262,7 +271,8 @@ class Recording:
         """Read and validate a recording (format name, version, every line) and check its
         integrity with the reader's ``keys`` (see :attr:`integrity`)."""
         path = Path(path)
-        lines = _lines(path)
+        cut: list[str] = []
+        lines = _lines(path, cut)
         first = next(lines, None)
         header = _check_header(path, first)
         entries: dict[str, list[Entry]] = {s: [] for s in header.get("streams") or []}
@@ -282,6 +292,8 @@ class Recording:
                 entry = Entry(str(row["stream"]), str(row["id"]), fields)
                 parse_id(entry.id)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                if not line.endswith("\n") and next(lines, None) is None and cut:
+                    break  # the part of a line read before the data ended: the cut is reported
                 raise RecordingError(f"{path}:{number}: bad entry line ({exc})") from exc
             if trailer is not None:
                 late += 1
@@ -290,6 +302,8 @@ class Recording:
         integrity = _integrity(header, (first or "").rstrip("\n"), body, trailer, keys)
         if late:
             integrity = Integrity(False, (*integrity.problems, "lines after the trailer"))
+        if cut:
+            integrity = Integrity(False, (*integrity.problems, *cut))
         return cls(header, _ordered(entries), integrity)
 
     async def streams(self, pattern: str = "*") -> list[str]:

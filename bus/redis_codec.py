@@ -129,10 +129,18 @@ def _raw_reply(response: Any, **_: Any) -> Any:
 def _fields(raw: Any) -> dict[str, bytes]:
     """An entry's fields as ``{name: bytes}``, from redis-py's parsed dict or, for XREADGROUP on a
     client of our own, the flat ``[name1, value1, ...]`` list the server sent."""
-    if type(raw) is list and len(raw) == 2:  # one field (a frame): the common case, no loops
-        name, value = raw
-        if type(name) is bytes and type(value) is bytes:
-            return {name.decode("utf-8", "backslashreplace"): value}
+    if type(raw) is list:  # one field (a frame) or two (an inbox's frame and kind): no loops
+        if len(raw) == 2:
+            name, value = raw
+            if type(name) is bytes and type(value) is bytes:
+                return {name.decode("utf-8", "backslashreplace"): value}
+        elif len(raw) == 4:
+            name, value, name2, value2 = raw
+            if type(name) is type(value) is type(name2) is type(value2) is bytes:
+                return {  # a name given twice keeps its last value, as in ``_any_fields``
+                    name.decode("utf-8", "backslashreplace"): value,
+                    name2.decode("utf-8", "backslashreplace"): value2,
+                }
     return _any_fields(raw)
 
 

@@ -3,19 +3,18 @@ passes before a core sees it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from math import isfinite
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import anyio.lowlevel
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
-from google.protobuf.message import Message
 
 from bus import Bus, Consumer, Entry, Handled, processed_key
 from contracts import ContractError, Envelope, Verifier, streams
 from contracts.config import KasminaConfig
 from contracts.errors import Stale
+
+from .finite import finite
 
 __all__ = [
     "FRAME",
@@ -164,64 +163,3 @@ def keyed(item: Handled, checked: Checked) -> Handled:
     if item.dedupe_key is None and isinstance(checked, Envelope):
         return Handled(item.entry, item.group, item.appends, dedupe_key=checked.id)
     return item
-
-
-_FLOATS = frozenset({FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT})
-_MESSAGE = FieldDescriptor.TYPE_MESSAGE
-# How a field is checked: one float, repeated floats, one message, repeated messages, a map's
-# float values, a map's message values.
-_ONE, _FLOATS_IN, _SUB, _SUBS, _MAP_FLOATS, _MAP_SUBS = range(6)
-_PLANS: dict[Descriptor, tuple[tuple[str, int], ...]] = {}  # message type -> its checks (cached)
-
-
-def _plan(desc: Descriptor) -> tuple[tuple[str, int], ...]:
-    """The fields of a message type that may hold a float, with how each is checked."""
-    plan: list[tuple[str, int]] = []
-    for field in desc.fields:
-        if field.type in _FLOATS:
-            plan.append((field.name, _FLOATS_IN if field.is_repeated else _ONE))
-        elif field.type == _MESSAGE:
-            entry = field.message_type
-            if entry is None or not entry.GetOptions().map_entry:
-                plan.append((field.name, _SUBS if field.is_repeated else _SUB))
-            elif (kind := entry.fields_by_name["value"].type) in _FLOATS:
-                plan.append((field.name, _MAP_FLOATS))
-            elif kind == _MESSAGE:
-                plan.append((field.name, _MAP_SUBS))
-    return tuple(plan)
-
-
-def _floats_finite(values: Iterable[float]) -> bool:
-    return all(map(isfinite, values))
-
-
-def _subs_finite(messages: Iterable[Message]) -> bool:
-    return all(map(finite, messages))
-
-
-def _held_finite(value: Any, how: int) -> bool:
-    """A non-empty repeated field or map, checked as ``how`` says."""
-    if how == _SUBS:
-        return _subs_finite(value)
-    if how == _FLOATS_IN:
-        return _floats_finite(value)
-    return (_floats_finite if how == _MAP_FLOATS else _subs_finite)(value.values())
-
-
-def finite(message: Message) -> bool:
-    """True if every float field (recursively, maps included) is finite."""
-    desc: Any = message.DESCRIPTOR
-    plan = _PLANS.get(desc)
-    if plan is None:
-        plan = _PLANS[desc] = _plan(desc)
-    for name, how in plan:
-        value = getattr(message, name)
-        if how == _ONE:
-            if not isfinite(value):
-                return False
-        elif how == _SUB:
-            if value.ByteSize() and not finite(value):  # an unset one holds nothing
-                return False
-        elif value and not _held_finite(value, how):  # nothing repeated, an empty map: fine
-            return False
-    return True

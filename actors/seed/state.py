@@ -215,6 +215,8 @@ def merge_reports(previous: Message, event: Message) -> pb.LifecycleProgress | N
     ``event`` the next ``seq`` and a step not below ``previous``'s. The merged event is ``event`` numbered as
     ``previous``, with the latest positive ``val_acc`` of the two: folded where ``previous`` was,
     it gives the state the two give (last step, alpha, validation accuracy), one ``seq`` lower.
+    The fast path's event (``actors.seed.fast``), which only its decision holds, becomes the
+    merged event itself; any other ``event`` is left as it is (the merged event is a copy).
     """
     if not (
         (event is _KNOWN_BARE[1] or _report_only(event))
@@ -224,8 +226,11 @@ def merge_reports(previous: Message, event: Message) -> pb.LifecycleProgress | N
     assert isinstance(previous, pb.LifecycleProgress) and isinstance(event, pb.LifecycleProgress)
     if event.seq != previous.seq + 1 or event.step < previous.step or event.slot != previous.slot:
         return None
-    merged = pb.LifecycleProgress()
-    merged.CopyFrom(event)
+    if event is _KNOWN_BARE[1]:  # the fast path's own event, held by its decision alone: taken
+        merged, _KNOWN_BARE[1] = event, None
+    else:
+        merged = pb.LifecycleProgress()
+        merged.CopyFrom(event)
     merged.seq = previous.seq
     if merged.val_acc <= 0.0:
         merged.val_acc = previous.val_acc
@@ -292,6 +297,9 @@ def _copier() -> Callable[[SeedState], SeedState]:
 
 
 _copy = _copier()
+# The state ``advanced`` built last, held by its decision alone until it is renumbered (the
+# shell decides a report and merges its event without a turn for anything else in between).
+_FRESH: list[SeedState | None] = [None]
 _PUT = dict(_SLOTS)
 _SET_SEQ, _SET_LAST_STEP = _PUT["seq"], _PUT["last_step"]
 _SET_ALPHA, _SET_VAL_ACC = _PUT["alpha"], _PUT["val_acc"]
@@ -302,7 +310,7 @@ def advanced(state: SeedState, event: pb.LifecycleProgress) -> SeedState:
     ``val_acc``, nothing else) numbered ``state.seq + 1`` with a step above ``state.last_step``:
     the same state, without the general fold's checks. The caller (``actors.seed.fast``) vouches
     for the event."""
-    new = _copy(state)
+    new = _FRESH[0] = _copy(state)
     _SET_SEQ(new, event.seq)
     _SET_LAST_STEP(new, event.step)
     _SET_ALPHA(new, event.alpha)
@@ -314,10 +322,16 @@ def advanced(state: SeedState, event: pb.LifecycleProgress) -> SeedState:
 def renumber(state: SeedState, merged: Message) -> SeedState:
     """The state two step-report events folded to (``state``), numbered as their merged event
     (``merge_reports``): the same state one ``seq`` lower, which is what folding the merged event
-    where the first was gives. A copy of the slots, not a second fold of the event."""
+    where the first was gives. A copy of the slots, not a second fold of the event; the state
+    the fast path folded last (``advanced``), which only its decision holds, is renumbered
+    itself rather than copied."""
     if not isinstance(merged, pb.LifecycleProgress) or merged.seq != state.seq - 1:
         raise ReplayError(f"slot {state.slot}: not a merged event numbered before {state.seq}")
-    new = _copy(state)
+    if state is _FRESH[0]:  # the fast path's fold, which only its decision holds: taken
+        _FRESH[0] = None
+        new = state
+    else:
+        new = _copy(state)
     _SET_SEQ(new, merged.seq)
     return new
 

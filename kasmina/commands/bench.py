@@ -56,7 +56,7 @@ def _figures(part: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     module = importlib.import_module("benchmarks.execution_bench")
     bridge = module.bus_bridges(args.bus or redis_url(args))  # traffic while the trainer steps
     sizes = ("small",) if args.quick else ("small", "large")
-    return list(module.run_sizes(rounds=5 if args.quick else 12, sizes=sizes, bridge=bridge))
+    return list(module.run_sizes(rounds=5 if args.quick else None, sizes=sizes, bridge=bridge))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -157,11 +157,13 @@ def test_merging_changes_nothing_but_the_event_count(plan: list[tuple[object, ..
 def test_every_merged_state_is_the_full_refold_of_the_log(plan: list[tuple[object, ...]]) -> None:
     """After every decision, merged or applied, the live state (taken from the decision's fold,
     renumbered, without folding the merged event again) equals the whole log so far folded from
-    the initial state."""
+    the initial state; a state taken after one input, and every event written but the open one,
+    are never changed by a later input."""
     config = KasminaConfig.load(env={}, overrides={"lifecycle.training_steps": 5})
     logic = seed_logic(SLOT, config)
     log: list[Message] = []
     merges = 0
+    kept: list[tuple[object, dict[str, Any], list[bytes]]] = []  # snapshots, as they were
     for n, item in enumerate(plan):
         message: Message
         if item[0] == "report":
@@ -182,8 +184,14 @@ def test_every_merged_state_is_the_full_refold_of_the_log(plan: list[tuple[objec
             logic.apply(decision)
             log += decision.events
         assert fold(seed_state.evolve, seed_state.initial_state(SLOT), log) == logic.state
+        state = logic.snapshot()[0]  # type: ignore[index]
+        kept.append((state, seed_state.to_plain(state), [e.SerializeToString() for e in log]))
     runs = sum(1 for a, b in pairwise(plan) if a[0] == b[0] == "report")
     assert merges <= runs
+    for n, (state, plain, _) in enumerate(kept):  # no later decision changed an earlier state
+        assert seed_state.to_plain(state) == plain, f"the state after input {n} changed"
+    for n, (_, _, written) in enumerate(kept[:-1]):  # nor an event written before the last
+        assert [e.SerializeToString() for e in log[: len(written) - 1]] == written[:-1], n
 
 
 def test_renumber_takes_the_state_of_the_two_events_one_seq_lower() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, struct_pb2
 from google.protobuf.message import Message
 
 from actors.hosting import finite
@@ -54,3 +55,44 @@ def test_a_nan_or_an_infinity_anywhere_is_found(message: Message) -> None:
     """A NaN or an infinity in a field, a map value, a repeated field or a nested message,
     after finite ones, is found."""
     assert finite(message) is False
+
+
+def _struct(leaf: float) -> struct_pb2.Struct:
+    """A Struct holding ``leaf`` three levels down (in a list inside a struct inside a struct)."""
+    inner = struct_pb2.Struct()
+    inner.update({"ok": 1.0, "list": [2.0, {"deep": leaf}]})
+    outer = struct_pb2.Struct()
+    outer.update({"a": 0.5})
+    outer.fields["b"].struct_value.CopyFrom(inner)
+    return outer
+
+
+def test_a_type_that_holds_itself_is_checked_all_the_way_down() -> None:
+    """A message type nested in itself (Struct, Value, ListValue) is checked at every depth."""
+    assert finite(_struct(3.0)) is True
+    assert finite(_struct(NAN)) is False
+    assert finite(_struct(-INF)) is False
+
+
+def _keyword_message(**values: float) -> Message:
+    """A message of a type whose float fields are named as Python keywords."""
+    proto = descriptor_pb2.FileDescriptorProto(name="kw_finite.proto", package="kwfinite",
+                                               syntax="proto3")  # fmt: skip
+    kind = proto.message_type.add(name="Kw")
+    for number, name in enumerate(("from", "lambda", "ok"), start=1):
+        kind.field.add(name=name, number=number, type=descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE,
+                       label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)  # fmt: skip
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    cls = message_factory.GetMessageClass(pool.FindMessageTypeByName("kwfinite.Kw"))
+    message = cls()
+    for name, value in values.items():
+        setattr(message, name, value)
+    return message
+
+
+def test_float_fields_named_as_python_keywords_are_checked() -> None:
+    """A float field named ``from`` or ``lambda`` is read and checked like any other."""
+    assert finite(_keyword_message(ok=1.0, **{"from": 2.0, "lambda": 3.0})) is True
+    assert finite(_keyword_message(**{"from": NAN})) is False
+    assert finite(_keyword_message(**{"lambda": INF})) is False

@@ -199,6 +199,9 @@ def test_entry_fields_decode_the_same_whatever_the_reply_shape() -> None:
     assert _fields([b"f", "text"]) == {"f": b"text"} == _fields(["f", "text"])
     assert _fields([b"n", 7]) == {"n": b"7"}
     assert _fields([b"a", b"1", b"b", b"2"]) == {"a": b"1", "b": b"2"}
+    assert _fields([b"a", b"1", b"a", b"2"]) == {"a": b"2"} == _fields([b"a", b"1", "a", b"2"])
+    assert _fields([b"\xff", b"1", b"k", "x"]) == {"\\xff": b"1", "k": b"x"}
+    assert _fields([b"a", 1, b"b", b"2", b"c", b"3"]) == {"a": b"1", "b": b"2", "c": b"3"}
     assert _fields([]) == {} == _fields(None)
     with pytest.raises(ValueError):
         _fields([b"a", b"1", b"b"])

@@ -222,6 +222,26 @@ async def test_dedupe_within_one_batch(bus: Bus, prefix: str) -> None:
     assert len(await bus.range(out)) == 1
 
 
+async def test_marker_only_items_are_fresh_once_per_entry_and_marker(bus: Bus, prefix: str) -> None:
+    """Items with a dedupe key and no appends (a step report whose event another item carries):
+    fresh only while pending and unmarked, once per entry and per marker within a commit, even
+    beside an item with appends under the same marker; every one is acked."""
+    s, out = prefix + "in", prefix + "out"
+    await bus.ensure_group(s, "g")
+    await bus.publish_many([Append(s, f(i)) for i in range(6)])
+    a, b, c, d, e, g = await bus.read(s, "g", "c", block_ms=0)
+    eff = [Append(out, {"e": b"1"})]
+    marks = [Handled(a, "g", (), "m1"), Handled(b, "g", (), "m1"), Handled(a, "g", (), "m2")]
+    marks += [Handled(c, "g", eff, "m3"), Handled(d, "g", (), "m3"), Handled(e, "g", (), "m4")]
+    assert await bus.commit(marks) == [True, False, False, True, False, True]
+    assert await bus.commit([Handled(e, "g", (), "m5")]) == [False]  # no longer pending
+    assert await bus.commit([Handled(g, "g", (), "m4")]) == [False]  # marked before
+    assert len(await bus.range(out)) == 1
+    assert (await bus.info(s)).groups[0].pending == 0
+    markers = await bus.get_values([processed_key(s, "g", f"m{i}") for i in range(1, 6)])
+    assert [m is not None for m in markers] == [True, False, True, True, False]
+
+
 async def test_group_isolation(bus: Bus, prefix: str) -> None:
     """Each group gets every entry; acks and dedupe marks of one group don't touch another."""
     s, out = prefix + "in", prefix + "out"

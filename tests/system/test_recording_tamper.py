@@ -176,3 +176,28 @@ def test_a_forged_recording_with_its_own_keys_beside_it_fails(
     assert code != 0 and "keys" in out
     code, out = _replay(forged, keys, capsys)
     assert code != 0, out
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.97])
+def test_a_recording_cut_off_mid_file_replays_what_it_holds_and_fails_verify(
+    keep: float,
+    made: tuple[Path, Path, Path, KeyRing],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A recording file cut off inside its compressed data (a copy broken off) is an integrity
+    failure, not an unreadable file: `--verify` exits 1 and names the cut; a replay without
+    it shows the events read before the cut."""
+    one, _, keys, _ = made
+    data = one.read_bytes()
+    cut = tmp_path / "cut.kasrec"
+    cut.write_bytes(data[: int(len(data) * keep)])
+    code, out = _replay(cut, keys, capsys)
+    assert code == 1, out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert not summary["recording_ok"] and not summary["verified"]
+    assert "cut off" in out and "Traceback" not in out
+    with pytest.raises(SystemExit) as done:
+        main(["replay", str(cut), "--keys", str(keys), "--json"])
+    shown = capsys.readouterr().out.strip().splitlines()
+    assert done.value.code in (0, None) and len(shown) > 1  # rows, then the summary
