@@ -25,7 +25,14 @@ from .api import (
 )
 from .backoff import backoff_s
 from .consumer import Batch, Consumer, contiguous
-from .errors import BusClosed, BusError, BusProtocolError, BusUnavailable, Fenced
+from .errors import (
+    BusClosed,
+    BusConfigError,
+    BusError,
+    BusProtocolError,
+    BusUnavailable,
+    Fenced,
+)
 from .factory import REDIS_SCHEMES, is_redis_url, open_bus, redact_url
 from .memory import MemoryBus, MemoryStore
 from .nonce import RedisNonceGuard
@@ -42,6 +49,7 @@ __all__ = [
     "Batch",
     "Bus",
     "BusClosed",
+    "BusConfigError",
     "BusError",
     "BusProtocolError",
     "BusUnavailable",

@@ -154,11 +154,24 @@ def parse_bus_url(url: str) -> BusUrl:
     ours = {k: query.pop(k) for k in BUS_PARAMS if k in query}
     common = _common(parts, ours, query)
     if not flavour:
+        _check_db_path(parts)
         plain = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
         return BusUrl("single", plain, **common)
     path = [p for p in parts.path.split("/") if p]
     build = _cluster_url if flavour == "cluster" else _sentinel_url
     return build(url, parts, path, ours, common)
+
+
+def _check_db_path(parts: SplitResult) -> None:
+    """A ``redis://`` or ``rediss://`` path names a database by its number or is empty (redis-py
+    would take any other path as database 0, silently: another run's data, or none)."""
+    if parts.scheme.lower() == "unix":
+        return  # the path is the socket's; a database is ``?db=N``
+    db = unquote(parts.path).strip("/")
+    if db and not (db.isascii() and db.isdigit()):
+        raise ValueError(
+            f"bus url: the path names a database by its number (redis://host:port/DB), got {db!r}"
+        )
 
 
 def _wrap_pool(client: Any, wrap: Wrap) -> None:

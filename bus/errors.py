@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["BusClosed", "BusError", "BusProtocolError", "BusUnavailable", "Fenced"]
+__all__ = [
+    "BusClosed",
+    "BusConfigError",
+    "BusError",
+    "BusProtocolError",
+    "BusUnavailable",
+    "Fenced",
+]
 
 
 class BusError(Exception):
@@ -24,6 +31,11 @@ class BusUnavailable(BusError):
 
 class BusProtocolError(BusError):
     """The server refused a command (wrong type, bad id, unsupported feature...). Not retryable."""
+
+
+class BusConfigError(BusProtocolError):
+    """The server refuses what the bus URL asks of every connection (a database number it does
+    not have): no retry cures it; fix the URL."""
 
 
 class Fenced(BusError):

@@ -31,7 +31,7 @@ from ._scripts import (
 from ._shed_scripts import SHED, SHED_SKIP
 from .backoff import backoff_s
 from .connect import Closer
-from .errors import BusClosed, BusError, BusProtocolError, BusUnavailable
+from .errors import BusClosed, BusConfigError, BusError, BusProtocolError, BusUnavailable
 from .redis_codec import _not_applied
 
 __all__ = ["DAY_MS", "GONE", "RedisCore", "gone"]
@@ -100,6 +100,8 @@ class RedisCore:
             return BusClosed("the bus is closed")
         if isinstance(exc, rex.ConnectionError | rex.TimeoutError | OSError) or _not_applied(exc):
             return BusUnavailable(f"redis unavailable: {exc}")
+        if isinstance(exc, rex.ResponseError) and "DB index is out of range" in str(exc):
+            return BusConfigError(f"the server has no database of the URL's number ({exc})")
         return BusProtocolError(str(exc))
 
     async def _call(self, op: Callable[[], Awaitable[T]], *, idempotent: bool = True) -> T:

@@ -99,13 +99,15 @@ async def keep_serving(
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``serve(task_status=...)`` until it returns or ``stopping()``; after a crash, wait the
-    backoff (cut short by ``stopped``) and serve again. ``task_status`` is passed through once."""
+    backoff (cut short by ``stopped``) and serve again. ``task_status`` is passed through once,
+    and reported started on the way out too (a stop before Redis ever answered holds up no
+    one)."""
     started = _Once(task_status)
     while not stopping():
         begun = time.monotonic()
         try:
             await serve(task_status=started)
-            return
+            break
         except Exception as exc:
             started.started()  # a crash before (or after) the first start holds up no one
             delay = restarts.crashed(exc, time.monotonic() - begun)
@@ -114,3 +116,4 @@ async def keep_serving(
                 await anyio.sleep(delay)
             else:
                 await stopped.wait()
+    started.started()

@@ -22,6 +22,7 @@ from actors.hosting.inbox import inbox_consumer
 from actors.hosting.lease import OwnershipLease
 from actors.hosting.lifecycle import Lifecycle
 from actors.hosting.logic import ActorLogic
+from actors.hosting.outage import outage_of
 from actors.hosting.routing import Router
 from bus import Bus, BusClosed, BusUnavailable, Consumer, Entry, Fenced, backoff_s
 from contracts.config import KasminaConfig
@@ -155,11 +156,13 @@ class LeasedHost:
         """Try to take (or keep) the actor's ownership lease; False while another holds it."""
         try:
             taken = await self.lease.take()
-        except BusUnavailable:
+        except BusUnavailable as exc:
+            outage_of(self.bus).failed(self.logic.name, exc)
             return False
         except BusClosed:
             self._enter(Lifecycle.STOPPING)
             return False
+        outage_of(self.bus).answered(self.logic.name)
         self._enter(Lifecycle.REBUILDING if taken else Lifecycle.STANDBY)
         return taken
 
@@ -172,7 +175,8 @@ class LeasedHost:
                 await self.router.register(self.inbox)
                 await self.rebuild()
                 return True
-            except BusUnavailable:
+            except BusUnavailable as exc:
+                outage_of(self.bus).failed(self.logic.name, exc)
                 failures += 1
                 await self._pause(backoff_s(failures))
             except BusClosed:

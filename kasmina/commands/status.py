@@ -19,7 +19,7 @@ from actors.eventlog import BadEntry, read_log, read_verified
 from actors.replay import fold_events
 from actors.seed import stage_name
 from actors.seed.outcomes import awaiting_text
-from bus import Bus, BusError, BusUnavailable, open_bus
+from bus import Bus, BusConfigError, BusError, BusUnavailable, open_bus
 from contracts import KeyRing, Reason, Verifier, kinds, streams
 from kasmina.common import (
     CliError,
@@ -177,7 +177,7 @@ class _Parts:
     async def __call__(self, name: str, job: Awaitable[T], default: T) -> T:
         try:
             return await job
-        except BusUnavailable:
+        except (BusUnavailable, BusConfigError):  # the whole status, not one part of it
             raise
         except BusError as exc:
             self.broken.append({"part": name, "error": str(exc)[:300]})
