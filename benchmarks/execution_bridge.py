@@ -32,6 +32,14 @@ def bus_bridge_for(
 
     stop = threading.Event()
     ready = threading.Event()
+    failed: list[BaseException] = []
+
+    def main() -> None:
+        try:
+            anyio.run(serve)
+        except BaseException as exc:  # told to the timing thread, which waits for ``ready``
+            failed.append(exc)
+            ready.set()
 
     async def serve() -> None:
         bus = open_bus(url)
@@ -45,9 +53,12 @@ def bus_bridge_for(
         await purge_prefix(bus, streams.prefix(run))  # leave nothing behind on a shared server
         await bus.close()
 
-    thread = threading.Thread(target=lambda: anyio.run(serve), daemon=True)
+    thread = threading.Thread(target=main, daemon=True)
     thread.start()
-    ready.wait(30)
+    if not ready.wait(30) or failed:
+        stop.set()
+        reason = failed[0] if failed else TimeoutError(f"no bus bridge on {url} within 30 s")
+        raise RuntimeError(f"the bus bridge on {url} did not start: {reason}") from None
     try:
         yield
     finally:

@@ -76,6 +76,40 @@ def nonempty(text: str) -> str:
     return text
 
 
+def bus_url(text: str) -> str:
+    """An argument naming a bus: a Redis URL (one server, a cluster or sentinels), or
+    ``fakeredis://`` / ``memory://`` (in-process), checked before anything connects."""
+    from bus import is_redis_url
+    from bus.connect import parse_bus_url
+
+    scheme = urlsplit(text).scheme.lower()
+    if scheme in ("fakeredis", "memory"):
+        return text
+    if not is_redis_url(text):
+        raise argparse.ArgumentTypeError(
+            f"not a bus URL (redis://, rediss://, redis+cluster://, redis+sentinel://, "
+            f"unix://, fakeredis:// or memory://): {text!r}"
+        )
+    try:
+        parse_bus_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+async def bus_answers(url: str) -> bool:
+    """Whether the bus at ``url`` answers now (an in-process one always does)."""
+    from bus import is_redis_url, open_bus
+
+    if not is_redis_url(url):
+        return True
+    bus = open_bus(url)
+    try:
+        return bool(await bus.ping())
+    finally:
+        await bus.close()
+
+
 def add_redis(parser: argparse.ArgumentParser) -> None:
     """Add ``--redis URL`` and ``--run RUN``."""
     parser.add_argument(

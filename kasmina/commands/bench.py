@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
 
-from kasmina.common import emit_json, redis_url
+from bus import is_redis_url, redact_url
+from kasmina.common import CliError, bus_answers, bus_url, emit_json, redis_url
 
 PARTS = ("envelope", "bus", "actors", "telemetry", "execution")
 
@@ -25,6 +26,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--bus",
         default=None,
+        type=bus_url,
         metavar="URL",
         help="bus for the execution part's traffic figure (default: the --redis server; "
         "fakeredis:// runs the server's work in the trainer's process)",
@@ -59,8 +61,20 @@ def _figures(part: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     return list(module.run_sizes(rounds=5 if args.quick else None, sizes=sizes, bridge=bridge))
 
 
+def _servers(args: argparse.Namespace, parts: Sequence[str]) -> list[str]:
+    """The Redis servers ``parts`` measure against (the execution part's traffic: ``--bus``)."""
+    urls = [redis_url(args)] if {"bus", "actors"} & set(parts) else []
+    if "execution" in parts:
+        urls.append(args.bus or redis_url(args))
+    return [u for u in dict.fromkeys(urls) if is_redis_url(u)]
+
+
 def run(args: argparse.Namespace) -> int:
-    for part in args.only or PARTS:
+    parts = args.only or PARTS
+    for url in _servers(args, parts):  # a part would otherwise wait for it, or hang
+        if not anyio.run(bus_answers, url):
+            raise CliError(f"Redis unavailable at {redact_url(url)}")
+    for part in parts:
         for figure in _figures(part, args):
             if args.json:
                 emit_json(figure)

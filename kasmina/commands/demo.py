@@ -9,8 +9,16 @@ from typing import Any
 
 import anyio
 
-from bus import is_redis_url, open_bus, redact_url
-from kasmina.common import CliError, add_keys, count, emit_json, load_keys, with_password
+from bus import is_redis_url, redact_url
+from kasmina.common import (
+    CliError,
+    add_keys,
+    bus_answers,
+    count,
+    emit_json,
+    load_keys,
+    with_password,
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -48,17 +56,6 @@ def _steps(text: str) -> int:
     return value
 
 
-async def _answers(url: str) -> bool:
-    """Whether the bus at ``url`` answers now (an in-process one always does)."""
-    if url in ("memory", "fakeredis"):
-        return True
-    bus = open_bus(url)
-    try:
-        return await bus.ping()
-    finally:
-        await bus.close()
-
-
 def run(args: argparse.Namespace) -> int:
     import torch  # imported here: other commands start without torch
 
@@ -67,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)  # tiny networks: one thread is fastest and leaves a core to the actors
     keys = load_keys(args) if (args.keys or os.environ.get("KASMINA_KEYS")) else None
     bus = with_password(args.bus)  # the report and the JSON carry it redacted
-    if not anyio.run(_answers, bus):  # the actors would wait for it without end
+    if not anyio.run(bus_answers, bus):  # the actors would wait for it without end
         raise CliError(f"Redis unavailable at {redact_url(bus)}")
     opts = DemoOptions(args.task, args.steps, args.seed, bus, Path(args.out), keys)
     if args.json:

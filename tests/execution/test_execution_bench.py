@@ -6,8 +6,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
+
 from actors.execution import ExecutionRuntime
 from benchmarks.execution_bench import run_execution_bench
+from benchmarks.execution_bridge import bus_bridge_for
 
 
 @contextmanager
@@ -98,3 +101,14 @@ def test_a_quad_times_both_arms_in_abba_order_on_one_model() -> None:
     assert all(wrapped == (name == "dormant") for name, wrapped in seen)
     assert len(into["a"]) == len(into["b"]) == 2
     assert dormant.rt is not None and dormant.rt.step == dormant.step - 1 == 4 * 3 - 1
+
+
+@pytest.mark.timeout(20)
+def test_a_bridge_that_cannot_start_says_why_at_once() -> None:
+    """A bus bridge whose thread fails (a bus it cannot open) raises in the timing thread with
+    the reason, instead of leaving it to wait 30 s and time blocks without a bridge."""
+    with (
+        pytest.raises(RuntimeError, match="did not start: unsupported bus url"),
+        bus_bridge_for(object(), "bogus://"),
+    ):
+        pass

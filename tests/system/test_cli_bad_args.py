@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bus.recording import _write
+from bus.testing import _free_port
 from contracts import KeyRing
 from kasmina.cli import main
 
@@ -33,6 +34,8 @@ REFUSED = [
     (["run", "--prometheus-port", "99999"], "--prometheus-port"),
     (["train", "--steps", "-5"], "--steps"),
     (["replay", "x.kasrec", "--until", "abc"], "--until"),
+    (["bench", "--only", "execution", "--bus", "bogus"], "--bus"),
+    (["bench", "--only", "execution", "--bus", "redis://127.0.0.1:6379/abc"], "--bus"),
 ]
 
 
@@ -112,3 +115,15 @@ def test_status_watch_stops_on_sigterm_with_exit_0(tmp_path: Path) -> None:
             watch.kill()
     assert watch.returncode == 0, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("option", ["--redis", "--bus"])
+def test_a_bench_against_a_server_that_does_not_answer_stops_at_once(
+    option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kasmina bench` against a port nobody listens on says so in one line, exit 2, instead
+    of waiting on it (the execution part's bridge thread waited without end)."""
+    url = f"redis://127.0.0.1:{_free_port()}/0"
+    code, text = _cli(["bench", "--only", "execution", option, url], capsys)
+    assert code == 2 and "Traceback" not in text
+    assert text.strip().splitlines()[-1] == f"kasmina bench: Redis unavailable at {url}"
