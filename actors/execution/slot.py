@@ -142,7 +142,7 @@ class SeedSlot(nn.Module):
         self.nonfinite.add_((~ok).to(self.nonfinite.dtype))
         z = self._decoupled(torch.where(ok, z, torch.zeros_like(z)))
         if mode is Mode.TRAINING:  # the value is h's; the straight-through gradient if wanted
-            return h if self.shadow_fed else h + (z - z.detach())
+            return h if self.shadow_fed else h - (z.detach() - z)  # (+0.0: keeps a -0.0 of h)
         if mode is Mode.CONVEX:
             return torch.lerp(h, h.detach() + z, self.alpha.to(h.dtype))
         return h + self.alpha.to(h.dtype) * z

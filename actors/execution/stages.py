@@ -29,7 +29,7 @@ class Mode(Enum):
     """What the slot's forward computes; one compiled graph per value."""
 
     IDENTITY = "identity"  # out = h
-    TRAINING = "training"  # z = s(h.detach()); out = h + (z - z.detach())
+    TRAINING = "training"  # z = s(h.detach()); out = h - (z.detach() - z)
     RESIDUAL = "residual"  # out = h + a * s(h.detach())
     CONVEX = "convex"  # out = lerp(h, h.detach() + s(h.detach()), a)
     FOSSIL = "fossil"  # out = h + s(h)

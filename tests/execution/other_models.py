@@ -215,6 +215,19 @@ def host_tensors(model: nn.Module, skip: str = ".slot.") -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items() if skip not in k}
 
 
+_INTS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def bits(t: Tensor) -> Tensor:
+    """``t``'s bits: a floating tensor viewed as integers (so -0.0 and +0.0 differ, and a NaN
+    equals the same NaN), any other tensor as it is."""
+    return t.contiguous().view(_INTS[t.element_size()]) if t.is_floating_point() else t
+
+
 def same(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> list[str]:
-    """Names whose tensors differ (bit for bit)."""
-    return sorted(k for k in a if not torch.equal(a[k], b[k]))
+    """Names whose tensors differ (bit for bit: dtype, shape and every bit, a zero's sign too)."""
+    return sorted(k for k in a if not _identical(a[k], b[k]))
+
+
+def _identical(x: Tensor, y: Tensor) -> bool:
+    return x.dtype == y.dtype and x.shape == y.shape and torch.equal(bits(x), bits(y))
