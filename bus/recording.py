@@ -28,7 +28,7 @@ import hmac
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +177,52 @@ def _lines(path: Path, cut: list[str]) -> Iterator[str]:
         raise RecordingError(f"{path}: not a gzip'd recording ({exc})") from exc
 
 
+@dataclass
+class _Body:
+    """The lines after a recording's header: its entries by stream, their lines as written
+    (for the hash chain), the trailer, and how many lines came after the first trailer."""
+
+    entries: dict[str, list[Entry]]
+    body: list[str] = field(default_factory=list)
+    trailer: dict[str, Any] | None = None
+    late: int = 0
+
+
+def _read_body(path: Path, lines: Iterator[str], cut: list[str], names: list[str]) -> _Body:
+    """Every line after the header (``names``: the header's streams, kept even when empty); a
+    part of a line read before the compressed data ended (``cut``) ends the reading."""
+    out = _Body({name: [] for name in names})
+    for number, line in enumerate(lines, start=2):
+        text = line.rstrip("\n")
+        try:
+            row = _row(path, number, text)
+        except RecordingError:
+            if not line.endswith("\n") and next(lines, None) is None and cut:
+                break  # the cut is reported as the recording's integrity problem
+            raise
+        out.late += out.trailer is not None
+        if isinstance(row, Entry):
+            out.body.append(text)
+            out.entries.setdefault(row.stream, []).append(row)
+        else:
+            out.trailer = row
+    return out
+
+
+def _row(path: Path, number: int, text: str) -> Entry | dict[str, Any]:
+    """One line after the header: an entry, or the trailer (a dict); RecordingError if neither."""
+    try:
+        row = json.loads(text)
+        if isinstance(row, dict) and row.get("trailer") is True:
+            return row
+        fields = {k: base64.b64decode(v, validate=True) for k, v in row["fields"].items()}
+        entry = Entry(str(row["stream"]), str(row["id"]), fields)
+        parse_id(entry.id)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise RecordingError(f"{path}:{number}: bad entry line ({exc})") from exc
+    return entry
+
+
 def _check_header(path: Path, line: str | None) -> dict[str, Any]:
     try:
         header = json.loads(line) if line else None
@@ -275,36 +321,12 @@ class Recording:
         lines = _lines(path, cut)
         first = next(lines, None)
         header = _check_header(path, first)
-        entries: dict[str, list[Entry]] = {s: [] for s in header.get("streams") or []}
-        body: list[str] = []
-        trailer: dict[str, Any] | None = None
-        late = 0
-        for number, line in enumerate(lines, start=2):
-            text = line.rstrip("\n")
-            try:
-                row = json.loads(text)
-                if isinstance(row, dict) and row.get("trailer") is True:
-                    if trailer is not None:
-                        late += 1
-                    trailer = row
-                    continue
-                fields = {k: base64.b64decode(v, validate=True) for k, v in row["fields"].items()}
-                entry = Entry(str(row["stream"]), str(row["id"]), fields)
-                parse_id(entry.id)
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                if not line.endswith("\n") and next(lines, None) is None and cut:
-                    break  # the part of a line read before the data ended: the cut is reported
-                raise RecordingError(f"{path}:{number}: bad entry line ({exc})") from exc
-            if trailer is not None:
-                late += 1
-            body.append(text)
-            entries.setdefault(entry.stream, []).append(entry)
-        integrity = _integrity(header, (first or "").rstrip("\n"), body, trailer, keys)
-        if late:
-            integrity = Integrity(False, (*integrity.problems, "lines after the trailer"))
-        if cut:
-            integrity = Integrity(False, (*integrity.problems, *cut))
-        return cls(header, _ordered(entries), integrity)
+        read = _read_body(path, lines, cut, header.get("streams") or [])
+        integrity = _integrity(header, (first or "").rstrip("\n"), read.body, read.trailer, keys)
+        problems = (["lines after the trailer"] if read.late else []) + cut
+        if problems:
+            integrity = Integrity(False, (*integrity.problems, *problems))
+        return cls(header, _ordered(read.entries), integrity)
 
     async def streams(self, pattern: str = "*") -> list[str]:
         """Recorded stream names matching ``pattern`` (glob), sorted."""
