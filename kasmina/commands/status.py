@@ -89,8 +89,11 @@ async def _streams(bus: Bus, run: str) -> list[dict[str, Any]]:
 async def _rejected(bus: Bus, run: str, ring: KeyRing) -> dict[str, int]:
     """Rejections by reason, read from the signed records (an entry that does not verify, or a
     record whose key may not speak for the actor it names, is counted as ``unverified_record``,
-    never by a field anyone could have written)."""
+    never by a field anyone could have written). A record of entries already counted (the same
+    actor, inbox and entry ids: delivered again by a rewound consumer group, and rejected again)
+    is not counted twice."""
     rejected: Counter[str] = Counter()
+    seen: set[tuple[str, str, str, str]] = set()
     verifier = Verifier(ring, replay=True)
     async for record in read_log(bus, streams.rejected(run), verifier):
         if (
@@ -99,8 +102,12 @@ async def _rejected(bus: Bus, run: str, ring: KeyRing) -> dict[str, int]:
             or not verifier.speaks_for(record.envelope, record.message.actor)
         ):
             rejected["unverified_record"] += 1
-        else:
-            rejected[record.message.reason_code or "unknown"] += max(1, record.message.count)
+            continue
+        m = record.message
+        entries = (m.actor, m.stream, m.entry_id, m.last_entry_id)
+        if not m.entry_id or entries not in seen:
+            seen.add(entries)
+            rejected[m.reason_code or "unknown"] += max(1, m.count)
     return dict(sorted(rejected.items()))
 
 

@@ -11,8 +11,9 @@ import pytest
 
 from actors.client import Outcome
 from actors.eventlog import read_verified
+from actors.hosting.inbox import FRAME
 from bus import Bus, parse_id
-from contracts import KasminaConfig, KeyRing, streams
+from contracts import KasminaConfig, KeyRing, Signer, kinds, streams
 from kasmina.commands.status import collect
 from leyline import pb
 from scenarios.chaos.harness import read_log
@@ -219,3 +220,28 @@ async def test_a_group_moved_past_its_stream_is_moved_back_and_the_command_decid
         assert await _refusals(bus, cl) == [*before, before[-1] + 1]
         status = await collect(bus, run_id, cl.ring)
         assert status["groups_moved"] == 1
+
+
+async def test_a_rejection_delivered_again_by_a_rewound_group_is_counted_once(
+    bus: Bus, run_id: str
+) -> None:
+    """A forged command is rejected; the group is rewound and the same entry rejected again (a
+    second record: nothing marks a rejected entry as decided); `status` counts it once."""
+    client = getattr(bus, "client", None)
+    if client is None:
+        pytest.skip("the memory bus has no consumer groups to rewind from outside")
+    async with running_cluster(bus, run=run_id, slots=[SLOT], ring=KeyRing.generate()) as cl:
+        inbox = streams.inbox(cl.run, "seed", SLOT)
+        forged = pb.SeedCommand(slot=SLOT)
+        forged.cull.SetInParent()
+        frame = Signer(KeyRing.generate(), "mallory").seal(kinds.SEED_COMMAND, forged, stream=inbox)
+        entry_id = await bus.publish(inbox, {FRAME: frame, "kind": kinds.SEED_COMMAND.encode()})
+        await _cull(cl)  # read after the forged entry
+        first = (await collect(bus, run_id, cl.ring))["rejected"]
+        assert first.get("unknown_key") == 1, first  # (beside the culls' own refusals)
+        await client.xgroup_setid(inbox, f"actor:seed:{SLOT}", "0")
+        await _cull(cl)
+        records, _ = await read_verified(bus, streams.rejected(cl.run), cl.ring)
+        assert [m.entry_id for _, _, m in records].count(entry_id) == 2
+        after = (await collect(bus, run_id, cl.ring))["rejected"]
+        assert after.get("unknown_key") == 1, after
