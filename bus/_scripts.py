@@ -180,6 +180,8 @@ if fence > 0 then
 end
 local fresh = {}
 local seen = {}
+local claimed = {}  -- entries of marker-only items
+local acked_here = {}  -- of those, the ones an ack-only item of this commit acked
 -- the appends first (undone whole if the server refuses one), then the acks and markers. An item
 -- with effects (count 1) is fresh while its entry is pending in the group and its marker unset,
 -- and only once per entry and per marker within the commit. An item with a marker and no appends
@@ -193,6 +195,9 @@ for _, r in ipairs(runs) do
     local entry = k .. '\0' .. group .. '\0' .. id
     local marker = di > 0 and KEYS[di] or nil
     local ok = not seen[entry] and not (marker and seen[marker])
+    if ok and na == 0 then
+      claimed[entry] = true  -- an earlier ack-only item of this commit may ack it first, below
+    end
     if ok and na > 0 then
       local pending = redis.pcall('XPENDING', k, group, id, id, 1)  -- (no group: none pending)
       ok = type(pending) == 'table' and not pending.err and #pending > 0
@@ -225,11 +230,17 @@ for _, r in ipairs(runs) do
       if fresh[r] and di > 0 then
         redis.call('SET', KEYS[di], '1', 'PX', ttl)
       end
-    elseif di > 0 then  -- fresh: claimed, was pending, and its marker set now
-      local ok = fresh[r] and acked and redis.call('SET', KEYS[di], '1', 'NX', 'PX', ttl)
+    elseif di > 0 then  -- fresh: claimed, pending when the commit began, its marker set now
+      local entry = k .. '\0' .. group .. '\0' .. ARGV[i]
+      local ok = fresh[r] and (acked or acked_here[entry])
+        and redis.call('SET', KEYS[di], '1', 'NX', 'PX', ttl)
       out[n] = ok and '1' or '0'
     else
       out[n] = acked and '1' or '0'
+      if acked and next(claimed) ~= nil then
+        local entry = k .. '\0' .. group .. '\0' .. ARGV[i]
+        if claimed[entry] then acked_here[entry] = true end
+      end
     end
   end
 end

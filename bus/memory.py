@@ -29,10 +29,10 @@ from .api import (
     dead_copy,
     format_id,
     parse_id,
-    processed_key,
     select_range,
 )
 from .errors import BusClosed, BusProtocolError, Fenced
+from .memory_commit import commit_items
 from .retention import clamp_trim_id, safe_trim_id
 
 __all__ = ["MemoryBus", "MemoryStore"]
@@ -117,6 +117,12 @@ class MemoryStore:
             event.set()
         self.waiters.clear()
         return format_id(entry_id)
+
+    def pending(self, name: str, group: str, entry_id: str) -> bool:
+        """Whether ``entry_id`` is in the group's PEL."""
+        s = self.streams.get(name)
+        g = s.groups.get(group) if s is not None else None
+        return g is not None and parse_id(entry_id) in g.pel
 
     def ack(self, name: str, group: str, entry_id: str) -> bool:
         """Remove ``entry_id`` from the group's PEL; whether it was pending (as XACK's reply)."""
@@ -253,20 +259,7 @@ class MemoryBus:
             if store.get(fence.key) != fence.token.encode():
                 raise Fenced(f"FENCED {fence.key} is not held by this owner")
             store.set(fence.key, fence.token.encode(), fence.ttl_ms)
-        results: list[bool] = []
-        for h in handled:
-            # acked first: an entry no longer pending was already committed or dead-lettered
-            fresh = store.ack(h.entry.stream, h.group, h.entry.id)
-            if fresh and h.dedupe_key is not None:
-                key = processed_key(h.entry.stream, h.group, h.dedupe_key)
-                fresh = store.get(key) is None
-                if fresh:
-                    store.set(key, b"1", self.processed_ttl_ms)
-            if fresh:
-                for a in h.appends:
-                    store.add(a.stream, a.fields, a.maxlen)
-            results.append(fresh)
-        return results
+        return commit_items(store, handled, self.processed_ttl_ms)
 
     async def dead_letter(self, entry: Entry, group: str, *, dead_stream: str, reason: str) -> None:
         store = self._open()

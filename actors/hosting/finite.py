@@ -8,6 +8,7 @@ without walking its descriptor each time."""
 from __future__ import annotations
 
 import keyword
+import threading
 from collections.abc import Callable, Iterable
 from math import isfinite
 from typing import Any
@@ -22,7 +23,8 @@ Check = Callable[[Any], bool]
 _FLOATS = frozenset({FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT})
 _MESSAGE = FieldDescriptor.TYPE_MESSAGE
 _CHECKS: dict[Descriptor, Check] = {}  # message type -> its check (written once)
-_WRITING: set[Descriptor] = set()  # types whose check is being written
+_WRITING: set[Descriptor] = set()  # types whose check is being written (under _LOCK)
+_LOCK = threading.RLock()
 
 
 def finite(message: Message) -> bool:
@@ -35,17 +37,19 @@ def finite(message: Message) -> bool:
 def _check_of(desc: Descriptor) -> Check:
     """The kept check of a message type, written now if need be (with the types it holds); a
     type met again while its own check is being written (one that holds itself) is checked
-    through :func:`finite` at run time."""
-    check = _CHECKS.get(desc)
-    if check is None:
-        if desc in _WRITING:
-            return finite
-        _WRITING.add(desc)
-        try:
-            check = _CHECKS[desc] = _compile(desc)
-        finally:
-            _WRITING.discard(desc)
-    return check
+    through :func:`finite` at run time. One thread writes checks at a time: another that meets
+    a type being written waits for its check."""
+    with _LOCK:
+        check = _CHECKS.get(desc)
+        if check is None:
+            if desc in _WRITING:  # (this thread, a level up: the check exists before it runs)
+                return finite
+            _WRITING.add(desc)
+            try:
+                check = _CHECKS[desc] = _compile(desc)
+            finally:
+                _WRITING.discard(desc)
+        return check
 
 
 def _all_finite(values: Iterable[float]) -> bool:

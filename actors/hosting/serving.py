@@ -174,6 +174,7 @@ class LeasedHost:
             try:
                 await self.router.register(self.inbox)
                 await self.rebuild()
+                outage_of(self.bus).answered(self.logic.name)
                 return True
             except BusUnavailable as exc:
                 outage_of(self.bus).failed(self.logic.name, exc)
@@ -221,13 +222,15 @@ class LeasedHost:
                 await self._pipeline(self._consumer)
             except Fenced:
                 await self._lose("a commit was fenced off")
-            except BusUnavailable:
+            except BusUnavailable as exc:
+                outage_of(self.bus).failed(self.logic.name, exc)
                 failures += 1
                 await self._pause(backoff_s(failures))
                 try:
                     await self.rebuild()
                 except BusUnavailable:
                     continue
+                outage_of(self.bus).answered(self.logic.name)
             except BusClosed:
                 self._enter(Lifecycle.STOPPING)
             else:

@@ -3,7 +3,10 @@ of a message, however deep (nested, repeated, in a map), and passes every finite
 
 from __future__ import annotations
 
+import importlib
 import math
+import threading
+from typing import Any
 
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, struct_pb2
@@ -13,6 +16,8 @@ from actors.hosting import finite
 from leyline import pb
 
 NAN, INF = math.nan, math.inf
+# the module (the package exports its function under the same name)
+finite_module = importlib.import_module("actors.hosting.finite")
 
 
 def _importance(*values: float) -> pb.ImportanceReport:
@@ -96,3 +101,40 @@ def test_float_fields_named_as_python_keywords_are_checked() -> None:
     assert finite(_keyword_message(ok=1.0, **{"from": 2.0, "lambda": 3.0})) is True
     assert finite(_keyword_message(**{"from": NAN})) is False
     assert finite(_keyword_message(**{"lambda": INF})) is False
+
+
+def test_a_check_being_written_in_one_thread_is_waited_for_in_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A type's check written by one thread while another meets the type: the other waits for it
+    and gets its answer (it used to dispatch to itself until RecursionError)."""
+    message = _keyword_message(ok=1.0)
+    kind = message.DESCRIPTOR
+    inside, go = threading.Event(), threading.Event()
+    original = finite_module._compile
+
+    def slow_compile(desc: Any) -> Any:
+        if desc is kind:
+            inside.set()
+            go.wait(10)
+        return original(desc)
+
+    monkeypatch.setattr(finite_module, "_compile", slow_compile)
+    answers: dict[str, object] = {}
+
+    def check(name: str) -> None:
+        try:
+            answers[name] = finite(message)
+        except RecursionError as exc:
+            answers[name] = exc
+
+    writer = threading.Thread(target=check, args=("writer",))
+    writer.start()
+    assert inside.wait(10)
+    other = threading.Thread(target=check, args=("other",))
+    other.start()
+    other.join(0.5)  # (a self-dispatching check fails within this; a waiting one does not end)
+    go.set()
+    writer.join(10)
+    other.join(10)
+    assert answers == {"writer": True, "other": True}

@@ -10,10 +10,11 @@ import anyio
 import pytest
 
 from actors.assemble import build_shells, live_verifier
+from actors.hosting import Lifecycle
 from actors.hosting.outage import Outage, outage_of
 from actors.supervisor import Supervisor
 from bus import BusUnavailable, open_bus
-from bus.testing import _free_port, eventually
+from bus.testing import FaultyBus, _free_port, eventually
 from contracts import KasminaConfig, KeyRing, Signer
 
 pytestmark = pytest.mark.anyio
@@ -81,3 +82,30 @@ async def test_a_process_whose_redis_never_answers_says_so_and_stops_cleanly(
                 await ended.wait()
     finally:
         await bus.close()
+
+
+async def test_an_outage_seen_while_rebuilding_is_closed_once_the_host_serves(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis away only while a host registers its inbox (after it took its lease): the wait is
+    logged, and so is its end once the host serves; the record is closed, so a later outage is
+    news again."""
+    caplog.set_level(logging.INFO, "kasmina.actors")
+    bus = FaultyBus(open_bus("memory://"), {"register"}, times=1)
+    ring, config = KeyRing.generate(), KasminaConfig()
+    shells = build_shells(
+        bus=bus, run="rebuilt", config=config, signer=Signer(ring, "kasmina-run:rebuilt"),
+        verifier=live_verifier(bus, "rebuilt", ring, config), actors=["seed"], slots=["l0.s0"],
+    )  # fmt: skip
+    supervisor = Supervisor(shells)
+
+    async def serving() -> bool:
+        return all(s.lifecycle is Lifecycle.SERVING for s in shells)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: supervisor.run(handle_signals=False))
+        await eventually(serving, timeout_s=15)
+        await supervisor.stop()
+    said = [r.getMessage() for r in caplog.records]
+    assert bus.failures == 1 and any("does not answer" in m for m in said)
+    assert any("answers again" in m for m in said) and outage_of(bus).since is None

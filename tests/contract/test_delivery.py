@@ -242,6 +242,20 @@ async def test_marker_only_items_are_fresh_once_per_entry_and_marker(bus: Bus, p
     assert [m is not None for m in markers] == [True, False, True, True, False]
 
 
+async def test_a_marker_only_item_after_a_plain_ack_of_its_entry_is_fresh(
+    bus: Bus, prefix: str
+) -> None:
+    """An entry pending when the commit begins is fresh for its marker item even when a plain ack
+    item before it in the same commit acks it first (as with appends: the look-ups see the
+    group as the commit found it)."""
+    s = prefix + "in"
+    await bus.ensure_group(s, "g")
+    await bus.publish(s, f(1))
+    (e,) = await bus.read(s, "g", "c", block_ms=0)
+    assert await bus.commit([Handled(e, "g"), Handled(e, "g", (), "m1")]) == [True, True]
+    assert await bus.get_value(processed_key(s, "g", "m1")) is not None
+
+
 async def test_group_isolation(bus: Bus, prefix: str) -> None:
     """Each group gets every entry; acks and dedupe marks of one group don't touch another."""
     s, out = prefix + "in", prefix + "out"
