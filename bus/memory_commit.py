@@ -27,17 +27,24 @@ def commit_items(store: MemoryStore, handled: Sequence[Handled], ttl_ms: int) ->
         if not h.appends and h.dedupe_key is None:
             results.append(acked)
             continue
-        entry = (h.entry.stream, h.group, h.entry.id)
-        key = None if h.dedupe_key is None else processed_key(*entry[:2], h.dedupe_key)
-        fresh = pending and entry not in seen and (key is None or key not in seen)
-        fresh = fresh and (key is None or store.get(key) is None)
-        seen.add(entry)
+        key = _fresh_marker(store, h, pending, seen)
         if key is not None:
-            seen.add(key)
-        if fresh:
-            if key is not None:
+            if key:
                 store.set(key, b"1", ttl_ms)
             for a in h.appends:
                 store.add(a.stream, a.fields, a.maxlen)
-        results.append(fresh)
+        results.append(key is not None)
     return results
+
+
+def _fresh_marker(store: MemoryStore, h: Handled, pending: bool, seen: set[object]) -> str | None:
+    """For an item with effects: None when it is not fresh, else its marker key ("" for none);
+    its entry and marker are claimed in ``seen`` either way."""
+    entry = (h.entry.stream, h.group, h.entry.id)
+    key = "" if h.dedupe_key is None else processed_key(h.entry.stream, h.group, h.dedupe_key)
+    fresh = pending and entry not in seen and not (key and key in seen)
+    fresh = fresh and not (key and store.get(key) is not None)
+    seen.add(entry)
+    if key:
+        seen.add(key)
+    return key if fresh else None
