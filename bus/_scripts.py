@@ -150,6 +150,7 @@ local ttl = ARGV[1]
 local fence = tonumber(ARGV[2])
 local ng = tonumber(ARGV[5])
 local runs = {}
+local plain = false  -- the commit has ack-only items
 local p = 6 + ng
 while p <= #ARGV do
   local k = KEYS[tonumber(ARGV[p])]
@@ -164,6 +165,7 @@ while p <= #ARGV do
     return redis.error_reply('ERR commit: malformed item run ' .. (#runs + 1))
   end
   runs[#runs + 1] = p
+  if di == 0 and na == 0 then plain = true end
   p = p + 5 + count
   for _ = 1, na do
     local q
@@ -195,7 +197,7 @@ for _, r in ipairs(runs) do
     local entry = k .. '\0' .. group .. '\0' .. id
     local marker = di > 0 and KEYS[di] or nil
     local ok = not seen[entry] and not (marker and seen[marker])
-    if ok and na == 0 then
+    if ok and na == 0 and plain then
       claimed[entry] = true  -- an earlier ack-only item of this commit may ack it first, below
     end
     if ok and na > 0 then
@@ -231,13 +233,12 @@ for _, r in ipairs(runs) do
         redis.call('SET', KEYS[di], '1', 'PX', ttl)
       end
     elseif di > 0 then  -- fresh: claimed, pending when the commit began, its marker set now
-      local entry = k .. '\0' .. group .. '\0' .. ARGV[i]
-      local ok = fresh[r] and (acked or acked_here[entry])
+      local ok = fresh[r] and (acked or acked_here[k .. '\0' .. group .. '\0' .. ARGV[i]])
         and redis.call('SET', KEYS[di], '1', 'NX', 'PX', ttl)
       out[n] = ok and '1' or '0'
     else
       out[n] = acked and '1' or '0'
-      if acked and next(claimed) ~= nil then
+      if acked and plain and next(claimed) ~= nil then
         local entry = k .. '\0' .. group .. '\0' .. ARGV[i]
         if claimed[entry] then acked_here[entry] = true end
       end
