@@ -37,7 +37,7 @@ def bus_bridge_for(
     def main() -> None:
         try:
             anyio.run(serve)
-        except BaseException as exc:  # told to the timing thread, which waits for ``ready``
+        except BaseException as exc:  # told to the timing thread: at its start, or at its end
             failed.append(exc)
             ready.set()
 
@@ -64,6 +64,8 @@ def bus_bridge_for(
     finally:
         stop.set()
         thread.join(30)
+    if failed:  # the bridge stopped while the blocks were timed: their figure is not one
+        raise RuntimeError(f"the bus bridge on {url} failed: {failed[0]}") from None
 
 
 def bus_bridge(url: str = "fakeredis://", *, actors: bool = True) -> Bridge:

@@ -19,7 +19,11 @@ __all__ = ["commit_items"]
 def commit_items(store: MemoryStore, handled: Sequence[Handled], ttl_ms: int) -> list[bool]:
     """Ack every item's entry, write the effects of the fresh ones; per item, whether it was
     fresh (a plain ack: whether it acked its entry)."""
-    found = [store.pending(h.entry.stream, h.group, h.entry.id) for h in handled]
+    found = [  # as the commit found the group (a plain ack needs no look-up)
+        (h.appends or h.dedupe_key is not None)
+        and store.pending(h.entry.stream, h.group, h.entry.id)
+        for h in handled
+    ]
     seen: set[object] = set()
     results: list[bool] = []
     for h, pending in zip(handled, found, strict=True):

@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import json
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,17 +163,21 @@ def _write(path: Path, lines: list[str]) -> None:
 
 def _lines(path: Path, cut: list[str]) -> Iterator[str]:
     """The file's lines; where its compressed data ends early (a file cut off in a copy, a disk
-    that filled up), the lines read until then, the reason appended to ``cut``."""
+    that filled up) or fails its check (a changed byte), the lines read until then, the reason
+    appended to ``cut``."""
     read = 0
     try:
         with gzip.open(path, "rt", encoding="utf-8") as src:
             for line in src:
                 read += 1
                 yield line
-    except EOFError as exc:
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         if not read:  # not even a header: nothing to replay
             raise RecordingError(f"{path}: not a gzip'd recording ({exc})") from exc
-        cut.append(f"the file ends inside its compressed data after line {read}: cut off")
+        if isinstance(exc, EOFError):
+            cut.append(f"the file ends inside its compressed data after line {read}: cut off")
+        else:  # a changed byte: the lines read may be changed too (the hash chain says)
+            cut.append(f"the compressed data is damaged after line {read} ({exc})")
     except (OSError, UnicodeDecodeError) as exc:
         raise RecordingError(f"{path}: not a gzip'd recording ({exc})") from exc
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -110,5 +110,28 @@ def test_a_bridge_that_cannot_start_says_why_at_once() -> None:
     with (
         pytest.raises(RuntimeError, match="did not start: unsupported bus url"),
         bus_bridge_for(object(), "bogus://"),
+    ):
+        pass
+
+
+@pytest.mark.timeout(20)
+def test_a_bridge_that_fails_while_blocks_are_timed_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bus bridge that started, then failed while the timing thread measured, raises its
+    reason when the blocks end: their traffic figure would be one without traffic."""
+    import contextlib
+
+    import scenarios.cluster
+
+    @contextlib.asynccontextmanager
+    async def breaking(*_: object, **__: object) -> AsyncIterator[None]:
+        yield
+        raise ConnectionError("the bridge's actors lost their bus")
+
+    monkeypatch.setattr(scenarios.cluster, "running_cluster", breaking)
+    with (
+        pytest.raises(RuntimeError, match="failed: the bridge's actors lost their bus"),
+        bus_bridge_for(type("Rt", (), {"slots": {}})(), "memory://"),
     ):
         pass
