@@ -105,7 +105,11 @@ class Attached:
         try:
             ok: bool = self.portal.call(
                 lambda: wait_drained(
-                    self.bus, self.run, timeout_s=timeout_s, flush=self.actor.flush
+                    self.bus,
+                    self.run,
+                    timeout_s=timeout_s,
+                    flush=self.actor.flush,
+                    served_only=True,
                 )
             )
         except BusError:  # only a closed bus gets here
@@ -137,6 +141,7 @@ class Attached:
         command sent from the training thread follows this step's reports and is handled
         before this returns (the run settles at this step), so the actors decide it at the same
         step in every run."""
+        self._check_slot(slot)
         trainer = self._trainer == threading.get_ident()
         if wait and trainer:
             raise RuntimeError(
@@ -152,6 +157,13 @@ class Attached:
         if paced:
             self.settle(self.settle_timeout_s)
         return result
+
+    def _check_slot(self, slot: str) -> None:
+        """A slot this model does not have is refused before anything is sent: no SeedActor
+        of the run serves it, so nothing would ever answer the command."""
+        if slot not in self.runtime.slots:
+            held = ", ".join(sorted(self.runtime.slots)) or "none"
+            raise ValueError(f"no slot {slot!r} in this model (its slots: {held})")
 
     def germinate(self, slot: str, blueprint: str = "", **params: Any) -> str | Outcome:
         """``command(slot, "germinate", blueprint=blueprint, ...)``; ``artifact=ID`` germinates
@@ -174,4 +186,5 @@ class Attached:
         """The slot's stage as this process's runtime holds it (e.g. ``"TRAINING"``)."""
         from actors.execution.stages import stage_name
 
+        self._check_slot(slot)
         return stage_name(int(self.runtime.slots[slot].stage))

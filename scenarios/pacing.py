@@ -9,15 +9,26 @@ import anyio
 from bus import Bus, BusClosed, BusError
 from contracts import streams
 
-__all__ = ["backlog_of", "drained", "inbox_backlog", "wait_drained", "wait_flushed"]
+__all__ = [
+    "backlog_of",
+    "drained",
+    "inbox_backlog",
+    "served_inboxes",
+    "wait_drained",
+    "wait_flushed",
+]
 
 
-async def backlog_of(bus: Bus, inboxes: Iterable[str]) -> int:
-    """Entries of ``inboxes`` that are unread or read but not acked (0 = drained)."""
+async def backlog_of(
+    bus: Bus, inboxes: Iterable[str], served: Collection[str] | None = None
+) -> int:
+    """Entries of ``inboxes`` that are unread or read but not acked (0 = drained). With
+    ``served`` (the inboxes actors registered), an inbox that no consumer group has read and no
+    actor serves is left out: nothing will ever drain it (a misspelt slot, a stray writer)."""
     backlog = 0
     for name in inboxes:
         info = await bus.info(name)
-        if not info.groups:
+        if not info.groups and (served is None or name in served):
             backlog += info.length  # nobody consumed this inbox yet
         for group in info.groups:
             backlog += group.pending
@@ -28,17 +39,30 @@ async def backlog_of(bus: Bus, inboxes: Iterable[str]) -> int:
     return backlog
 
 
-async def inbox_backlog(bus: Bus, run: str, exclude: Collection[str] = ()) -> int:
-    """Backlog of every inbox of the run (found by a keyspace scan; see :func:`backlog_of`)."""
+async def inbox_backlog(
+    bus: Bus, run: str, exclude: Collection[str] = (), *, served_only: bool = False
+) -> int:
+    """Backlog of every inbox of the run (found by a keyspace scan; see :func:`backlog_of`);
+    ``served_only`` leaves out inboxes no actor serves and no group has read."""
     names = await bus.streams(streams.prefix(run) + "inbox:*")
-    return await backlog_of(bus, [n for n in names if n not in exclude])
+    served = await served_inboxes(bus, run) if served_only else None
+    return await backlog_of(bus, [n for n in names if n not in exclude], served)
 
 
-async def drained(bus: Bus, run: str) -> bool:
+async def served_inboxes(bus: Bus, run: str) -> set[str]:
+    """The inboxes actors of the run registered when they started serving (every kind)."""
+    out: set[str] = set()
+    for kind in streams.ACTOR_KINDS:
+        out.update(await bus.members(streams.registry(run, kind)))
+    return out
+
+
+async def drained(bus: Bus, run: str, *, served_only: bool = False) -> bool:
     """True if every inbox of the run is read and acked right now (False while Redis is down or
-    refuses: any bus error but a closed bus, which is raised)."""
+    refuses: any bus error but a closed bus, which is raised); ``served_only``: see
+    :func:`inbox_backlog`."""
     try:
-        return await inbox_backlog(bus, run) == 0
+        return await inbox_backlog(bus, run, served_only=served_only) == 0
     except BusClosed:
         raise
     except BusError:
@@ -63,6 +87,7 @@ async def wait_drained(
     timeout_s: float,
     flush: Callable[[], Awaitable[object]] | None = None,
     poll_s: float = 0.005,
+    served_only: bool = False,
 ) -> bool:
     """Wait until the run is drained twice in a row with the event log unchanged.
 
@@ -70,11 +95,12 @@ async def wait_drained(
     first: the caller goes on (a crashed actor only slows the run down; the harness reports it).
     Bus trouble of any kind (Redis down, a refusal, a flush that cannot publish) only means "not
     settled yet": nothing is raised but :class:`~bus.BusClosed`, and a flush that hangs on an
-    unreachable Redis is cut off at the deadline (its batch is kept for the next flush)."""
+    unreachable Redis is cut off at the deadline (its batch is kept for the next flush).
+    ``served_only``: an inbox no actor serves and no group has read is not waited for."""
     with anyio.move_on_after(timeout_s):
         previous = -1
         while True:
-            length = await _quiet_length(bus, run, flush)
+            length = await _quiet_length(bus, run, flush, served_only)
             if length == previous and length >= 0:
                 return True
             previous = length
@@ -82,7 +108,9 @@ async def wait_drained(
     return False
 
 
-async def _quiet_length(bus: Bus, run: str, flush: Callable[[], Awaitable[object]] | None) -> int:
+async def _quiet_length(
+    bus: Bus, run: str, flush: Callable[[], Awaitable[object]] | None, served_only: bool = False
+) -> int:
     """After ``flush``: the event log's length if every inbox is drained, else -1 (-2: the log
     cannot be read)."""
     if flush is not None:
@@ -92,7 +120,7 @@ async def _quiet_length(bus: Bus, run: str, flush: Callable[[], Awaitable[object
             raise
         except BusError:
             return -1
-    if not await drained(bus, run):
+    if not await drained(bus, run, served_only=served_only):
         return -1
     return await _log_length(bus, run)
 

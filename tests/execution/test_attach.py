@@ -276,3 +276,33 @@ def test_a_lockstep_command_from_the_training_thread_is_decided_before_it_return
         )
         order = [("report", m.step) if k == "step.report" else ("command", 0) for _, k, m in inbox]
         assert order.index(("command", 0)) > order.index(("report", 3))
+
+
+def test_a_command_to_a_slot_the_model_lacks_is_refused_before_anything_is_sent() -> None:
+    """``kas.germinate`` on a misspelt slot raises a ValueError naming the model's slots and
+    writes nothing (no inbox appears for it); ``kas.stage`` refuses it the same way; the run
+    keeps settling at once."""
+    model, opt, x, y = _task()
+    with kasmina.attach(
+        model, {"h": "1"}, opt, config=CONFIG, device="cpu", probe_batch=(x[:64], y[:64])
+    ) as kas:
+        with pytest.raises(ValueError, match=r"no slot 'h_typo' in this model \(its slots: h\)"):
+            kas.germinate("h_typo", "residual_mlp")
+        with pytest.raises(ValueError, match="no slot 'nope'"):
+            kas.stage("nope")
+        names = kas.portal.call(kas.bus.streams, streams.inbox(kas.run, "seed") + ":*")
+        assert streams.inbox(kas.run, "seed", "h_typo") not in names
+        assert kas.settle(5.0)
+
+
+def test_a_stray_inbox_does_not_hold_up_a_lockstep_settle() -> None:
+    """An entry a stray writer put in an inbox no actor serves is not waited for: the lockstep
+    settle of the next boundary succeeds (it would wait out its whole timeout otherwise)."""
+    model, opt, x, y = _task()
+    with kasmina.attach(
+        model, {"h": "1"}, opt, config=CONFIG, device="cpu", probe_batch=(x[:64], y[:64])
+    ) as kas:
+        stray = streams.inbox(kas.run, "seed", "stray")
+        kas.portal.call(kas.bus.publish, stray, {"m": b"not a frame"})
+        assert kas.settle(3.0)
+        assert kas.unsettled == 0
