@@ -50,6 +50,9 @@ LATENCY_ADDED_US = "latency_added_us"  # t_on - t_off behind it, in µs per prob
 LATENCY_N = "latency_n"  # timed pairs of forwards (seed on, seed off) behind it
 CF_LOSS_ON = "cf_loss_on"  # validation loss at alpha = 1
 CF_LOSS_OFF = "cf_loss_off"  # validation loss at alpha = 0
+# the losses behind both means: examples (batches for a batch-mean loss); absent when the
+# trainer's own evaluate measured them
+CF_LOSS_N = "cf_loss_n"
 
 # G4 system impact (PROBATIONARY)
 CF_ACC_ON = "cf_acc_on"

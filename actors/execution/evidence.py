@@ -221,6 +221,7 @@ def counterfactual(
                 loss1, acc1 = evaluate(model)
             with slot.forced(Mode.IDENTITY, 0.0):
                 loss0, acc0 = evaluate(model)
+        m.pop(ev.CF_LOSS_N, None)  # the losses are evaluate's now: their count is its own
         m.update(
             {
                 ev.CF_LOSS_ON: float(loss1),

@@ -155,6 +155,7 @@ def paired_metrics(on: Arm, off: Arm) -> dict[str, float]:
     breaks) for class targets, else the loss decrease with the seed-off loss it is relative to."""
     (loss_on, hit_on), (loss_off, hit_off) = on, off
     m = {ev.CF_LOSS_ON: float(loss_on.mean()), ev.CF_LOSS_OFF: float(loss_off.mean())}
+    m[ev.CF_LOSS_N] = float(loss_on.numel())
     if hit_on is not None and hit_off is not None:
         d = hit_on - hit_off
         gain = Paired.of(d)

@@ -263,8 +263,14 @@ _DETAILS: dict[str, Detail] = {
         "|seed output| / |host output| at the slot", ev.SEED_HOST_NORM_N, "probe examples"
     ),
     ev.LATENCY_OVERHEAD: lambda m, t: _LATENCY_N(m, t) + latency_floor_detail(m, t),
-    "cf_loss_worsening": _n_detail(
-        "validation loss at alpha 1 over alpha 0, minus 1", ev.CF_GAIN_N, "validation examples"
+    "cf_loss_worsening": lambda m, t: (
+        _n_detail(
+            "validation loss at alpha 1 over alpha 0, minus 1",
+            ev.CF_LOSS_N,
+            "validation losses (examples; batches for a batch-mean loss)",
+        )(m, t)
+        if ev.CF_LOSS_N in m
+        else "validation loss at alpha 1 over alpha 0, minus 1; measured by the trainer's evaluate"
     ),
     "seed_loss_gain_lcb": _bound_detail(
         ev.SEED_LOSS_GAIN, ev.SEED_LOSS_GAIN_SE, ev.SEED_LOSS_GAIN_N, "pairs"

@@ -210,6 +210,8 @@ def _germinate(b: Builder, g: pb.Germinate) -> None:
             germinate=g,
             baseline_acc=st.val_acc,
             pending_order=order,
+            # a new seed: the strikes of the slot's earlier seeds are not its own (G4 counts them)
+            **({"strikes": 0} if st.strikes else {}),
         )
 
 

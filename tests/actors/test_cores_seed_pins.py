@@ -192,6 +192,26 @@ def test_failed_reset_order_retries_exactly_reset_retry_steps_later() -> None:
     assert sim.state.stage == S.SEED_STAGE_DORMANT
 
 
+def test_a_new_seed_does_not_inherit_the_strikes_of_the_slots_earlier_seed() -> None:
+    """Strikes against a culled seed are not the next seed's: its germination resets the count
+    (an explicit ``strikes = 0`` in the event, so a replay folds the same), and its G4 evidence
+    counts its own strikes only."""
+    sim = _sim()
+    order = _resetting(sim)
+    sim.send(pb.SafetyVerdict(slot=sim.slot, action=V.VERDICT_STRIKE, strikes=2))
+    assert sim.state.strikes == 2
+    sim.auto = True
+    sim.send(sim.ack_for(order))
+    assert sim.state.stage == S.SEED_STAGE_DORMANT
+    sim.report(sim.step + 1)
+    d = sim.send(germinate(sim.slot))
+    reset = [e for e in d.events if isinstance(e, pb.LifecycleProgress) and e.HasField("germinate")]
+    assert len(reset) == 1 and reset[0].HasField("strikes") and reset[0].strikes == 0
+    assert sim.state.stage == S.SEED_STAGE_TRAINING and sim.state.strikes == 0
+    _walk_to(sim, S.SEED_STAGE_PROBATIONARY)
+    assert dict(_g4_request(sim).evidence.metrics)[ev.OPEN_STRIKES] == 0.0
+
+
 def _g4_request(sim: SeedSim) -> pb.GateRequest:
     sim.auto = False
     start = _entered(sim, S.SEED_STAGE_PROBATIONARY)

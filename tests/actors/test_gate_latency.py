@@ -90,3 +90,16 @@ def test_g4_cost_charges_latency_only_beyond_the_floor() -> None:
     within, beyond = net(300.0), net(3000.0)
     assert within.passed and within.value == pytest.approx(0.02)
     assert not beyond.passed and beyond.value == pytest.approx(0.02 - 0.03)
+
+
+def test_g3_loss_worsening_detail_counts_the_losses_behind_it_not_the_gain_pairs() -> None:
+    """The counterfactual loss check gives the count of the losses it compares (``cf_loss_n``),
+    not the gain's pairs; a loss the trainer's evaluate measured is said to be so."""
+    m = {ev.LATENCY_OVERHEAD: 0.1, ev.CF_GAIN_N: 64.0}
+    for extra, expected in (
+        ({ev.CF_LOSS_N: 200.0}, "n=200 validation losses"),
+        ({}, "measured by the trainer's evaluate"),
+    ):
+        result = evaluate(G3, pb.Evidence(metrics={**G3_OK, **m, **extra}), GateThresholds())
+        (check,) = [c for c in result.checks if c.name == "cf_loss_worsening"]
+        assert expected in check.detail and "n=64" not in check.detail

@@ -174,3 +174,18 @@ def test_a_validation_set_one_over_a_chunk_is_split_without_a_lone_example() -> 
     rt = _germinated(model, (x, y))
     cf = rt.counterfactual("s0")
     assert cf[ev.CF_GAIN_N] == 4097.0
+
+
+def test_the_counterfactual_loss_says_how_many_losses_it_averages() -> None:
+    """``cf_loss_n`` counts the losses behind ``cf_loss_on``/``cf_loss_off``: the examples for a
+    per-example loss, the batches for a batch-mean one (while the accuracy gain still pairs every
+    example), and it is absent when the trainer's ``evaluate`` measured the two losses."""
+    torch.manual_seed(0)
+    x, y = _data(200, 2)
+    per_example = _germinated(BNNet(), (x, y)).counterfactual("s0")
+    assert per_example[ev.CF_LOSS_N] == 200.0 == per_example[ev.CF_GAIN_N]
+    batch_mean = _germinated(BNNet(), (x, y), loss_fn=F.cross_entropy).counterfactual("s0")
+    assert 1.0 < batch_mean[ev.CF_LOSS_N] < 200.0 == batch_mean[ev.CF_GAIN_N]
+    rt = _germinated(BNNet(), (x, y))
+    rt.evaluate = lambda m: (0.5, 0.5)
+    assert ev.CF_LOSS_N not in rt.counterfactual("s0")
