@@ -1,6 +1,7 @@
 """The seeds' own steps, once per training step: each live seed's optimizer steps on its gradients
 (clipped while BLENDING; a non-finite gradient or output, or an in-place write of the host
-activation, raised as a safety signal instead), and each BLENDING seed's alpha moves on."""
+activation, raised as a safety signal instead), a fossil's zeroed non-finite outputs are
+signalled, and each BLENDING seed's alpha moves on."""
 
 from __future__ import annotations
 
@@ -23,12 +24,26 @@ def train_seeds(rt: ExecutionRuntime, step: int) -> None:
     """Step each live seed's optimizer on its gradients (a seed out of memory is culled)."""
     for sid, state in rt.states.items():
         slot = state.slot
+        if slot.seed is not None and slot.fossil:
+            _fossil_outputs(rt, sid, state, step)
         if slot.seed is None or slot.stage not in st.ISOLATED_STAGES or slot.fossil:
             continue
         try:
             _train_seed(rt, sid, state)
         except Exception as exc:  # the seed leaves; the training loop goes on
             seed_raised(rt, state, "the seed's optimizer step", exc)
+
+
+def _fossil_outputs(rt: ExecutionRuntime, sid: str, state: SlotState, step: int) -> None:
+    """A fossil's non-finite outputs (zeroed in its forward) raised as a safety signal, read at
+    the report cadence (reading the count waits for the device)."""
+    if step % max(1, rt.config.report_every):
+        return
+    nonfinite = float(state.slot.nonfinite)
+    if nonfinite:
+        state.output_nonfinite += int(nonfinite)
+        state.slot.nonfinite.zero_()
+        rt._safety(sid, pb.SAFETY_SIGNAL_NON_FINITE_OUTPUT, nonfinite, "fossil output (zeroed)")
 
 
 def _train_seed(rt: ExecutionRuntime, sid: str, state: SlotState) -> None:

@@ -108,8 +108,7 @@ class SeedSlot(nn.Module):
             return h
         src = self._seed_input(h, x)
         if mode is Mode.FOSSIL:
-            fossil_out: Tensor = h + seed(src)
-            return fossil_out
+            return self._fossil(h, seed(src))
         if h.is_nested:  # a TransformerEncoder's inference fast path: the seed sits it out
             return h
         if torch.compiler.is_compiling():
@@ -121,6 +120,15 @@ class SeedSlot(nn.Module):
         except Exception as exc:  # the seed leaves, the host's forward goes on (on_step culls it)
             self._failed(exc)
             return h
+
+    def _fossil(self, h: Tensor, z: Tensor) -> Tensor:
+        """``h + z``, the fossil's output ``z`` zeroed where it is not finite anywhere (counted:
+        the runtime signals it), so a fossil never puts a NaN or an infinity into the loss; a
+        finite ``z`` is added as it is (the fossil is part of the host: no bound, no detach)."""
+        ok = torch.isfinite(z).all()
+        self.nonfinite.add_((~ok).to(self.nonfinite.dtype))
+        out: Tensor = h + torch.where(ok, z, torch.zeros_like(z))
+        return out
 
     def _failed(self, exc: Exception, where: str = "") -> None:
         """Note that the seed raised (the first error counts until the seed is released)."""
