@@ -125,9 +125,18 @@ class SeedSlot(nn.Module):
         """``h + z``, the fossil's output ``z`` zeroed where it is not finite anywhere (counted:
         the runtime signals it), so a fossil never puts a NaN or an infinity into the loss; a
         finite ``z`` is added as it is (the fossil is part of the host: no bound, no detach)."""
-        ok = torch.isfinite(z).all()
+        # one reduction (16-bit outputs summed in float32, which cannot overflow for finite
+        # ones): its sum is finite iff every element is (a sum past 3e38 counts as not finite)
+        half = z.dtype in (torch.float16, torch.bfloat16)
+        ok = torch.isfinite(z.sum(dtype=torch.float32 if half else None))
+        if z.device.type == "cpu" and not torch.compiler.is_compiling():  # no device to wait for
+            if bool(ok):
+                return h + z
+            self.nonfinite.add_(1.0)
+            dropped: Tensor = h + torch.zeros_like(z)
+            return dropped
         self.nonfinite.add_((~ok).to(self.nonfinite.dtype))
-        out: Tensor = h + torch.where(ok, z, torch.zeros_like(z))
+        out: Tensor = h + torch.where(ok, z, 0.0)
         return out
 
     def _failed(self, exc: Exception, where: str = "") -> None:
@@ -143,10 +152,11 @@ class SeedSlot(nn.Module):
         ``max_output_ratio`` times the host's largest magnitude (plus one) counts as non-finite
         and is zeroed: it never reaches the host's loss."""
         z = conformed(z, h)
-        ok = torch.isfinite(z).all()
-        if z.numel():  # (an empty batch has no magnitude)
+        if z.numel():  # a NaN or an infinity fails the bound (amax propagates a NaN)
             bound = self.max_output_ratio * (h.detach().abs().amax().float() + 1.0)
-            ok = ok & (z.detach().abs().amax().float() <= bound)
+            ok = z.detach().abs().amax().float() <= bound
+        else:  # an empty batch has no magnitude
+            ok = torch.ones((), dtype=torch.bool, device=z.device)
         self.nonfinite.add_((~ok).to(self.nonfinite.dtype))
         z = self._decoupled(torch.where(ok, z, torch.zeros_like(z)))
         if mode is Mode.TRAINING:  # the value is h's; the straight-through gradient if wanted
