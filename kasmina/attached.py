@@ -21,7 +21,7 @@ from actors.execution.slot import SeedSlot
 from bus import Bus, BusError
 from contracts import KasminaConfig, KeyRing, Signer
 from scenarios.cluster import Cluster, read_events
-from scenarios.pacing import wait_drained, wait_flushed
+from scenarios.pacing import run_inboxes, wait_flushed, wait_quiet
 
 __all__ = ["SETTLE_TIMEOUT_S", "Attached"]
 
@@ -64,6 +64,7 @@ class Attached:
         self._trainer: int | None = None
         self.settle_timeout_s = SETTLE_TIMEOUT_S  # how long a lockstep boundary waits at most
         self.unsettled = 0  # settles in a row that timed out (logged once per such episode)
+        self._served = run_inboxes(run, runtime.slots, runtime.world_size)
 
     # -- the loop's side ----------------------------------------------------------------------
     @property
@@ -98,18 +99,18 @@ class Attached:
         return self.actor.restarts
 
     def settle(self, timeout_s: float = SETTLE_TIMEOUT_S) -> bool:
-        """Flush, then wait until every inbox of the run is drained and the event log still;
-        False if ``timeout_s`` passed first, e.g. because no process serves an actor the run
-        needs, or Redis is down or refuses (no bus error is raised). A warning is logged when
-        settles start timing out, and once they succeed again, not at every boundary."""
+        """Flush, then wait until every inbox of the run is drained by its actor, twice in a
+        row with nothing delivered in between; False if ``timeout_s`` passed first, e.g.
+        because no process serves an actor the run needs, or Redis is down or refuses (no bus
+        error is raised). The inboxes are the run's by this trainer's layout (its slots' SeedActors,
+        the singleton actors, every rank's ExecutionActor; ``pacing.run_inboxes``), each judged by its
+        actor's group alone: streams, groups or registry entries another writer adds cannot hold
+        a settle up. A warning is logged when settles start timing out, and once they succeed
+        again, not at every boundary."""
         try:
             ok: bool = self.portal.call(
-                lambda: wait_drained(
-                    self.bus,
-                    self.run,
-                    timeout_s=timeout_s,
-                    flush=self.actor.flush,
-                    served_only=True,
+                lambda: wait_quiet(
+                    self.bus, self._served, timeout_s=timeout_s, flush=self.actor.flush
                 )
             )
         except BusError:  # only a closed bus gets here

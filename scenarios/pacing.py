@@ -10,25 +10,23 @@ from bus import Bus, BusClosed, BusError
 from contracts import streams
 
 __all__ = [
+    "Served",
     "backlog_of",
     "drained",
     "inbox_backlog",
-    "served_inboxes",
+    "run_inboxes",
     "wait_drained",
     "wait_flushed",
+    "wait_quiet",
 ]
 
 
-async def backlog_of(
-    bus: Bus, inboxes: Iterable[str], served: Collection[str] | None = None
-) -> int:
-    """Entries of ``inboxes`` that are unread or read but not acked (0 = drained). With
-    ``served`` (the inboxes actors registered), an inbox that no consumer group has read and no
-    actor serves is left out: nothing will ever drain it (a misspelt slot, a stray writer)."""
+async def backlog_of(bus: Bus, inboxes: Iterable[str]) -> int:
+    """Entries of ``inboxes`` that are unread or read but not acked (0 = drained)."""
     backlog = 0
     for name in inboxes:
         info = await bus.info(name)
-        if not info.groups and (served is None or name in served):
+        if not info.groups:
             backlog += info.length  # nobody consumed this inbox yet
         for group in info.groups:
             backlog += group.pending
@@ -39,30 +37,17 @@ async def backlog_of(
     return backlog
 
 
-async def inbox_backlog(
-    bus: Bus, run: str, exclude: Collection[str] = (), *, served_only: bool = False
-) -> int:
-    """Backlog of every inbox of the run (found by a keyspace scan; see :func:`backlog_of`);
-    ``served_only`` leaves out inboxes no actor serves and no group has read."""
+async def inbox_backlog(bus: Bus, run: str, exclude: Collection[str] = ()) -> int:
+    """Backlog of every inbox of the run (found by a keyspace scan; see :func:`backlog_of`)."""
     names = await bus.streams(streams.prefix(run) + "inbox:*")
-    served = await served_inboxes(bus, run) if served_only else None
-    return await backlog_of(bus, [n for n in names if n not in exclude], served)
+    return await backlog_of(bus, [n for n in names if n not in exclude])
 
 
-async def served_inboxes(bus: Bus, run: str) -> set[str]:
-    """The inboxes actors of the run registered when they started serving (every kind)."""
-    out: set[str] = set()
-    for kind in streams.ACTOR_KINDS:
-        out.update(await bus.members(streams.registry(run, kind)))
-    return out
-
-
-async def drained(bus: Bus, run: str, *, served_only: bool = False) -> bool:
+async def drained(bus: Bus, run: str) -> bool:
     """True if every inbox of the run is read and acked right now (False while Redis is down or
-    refuses: any bus error but a closed bus, which is raised); ``served_only``: see
-    :func:`inbox_backlog`."""
+    refuses: any bus error but a closed bus, which is raised)."""
     try:
-        return await inbox_backlog(bus, run, served_only=served_only) == 0
+        return await inbox_backlog(bus, run) == 0
     except BusClosed:
         raise
     except BusError:
@@ -87,7 +72,6 @@ async def wait_drained(
     timeout_s: float,
     flush: Callable[[], Awaitable[object]] | None = None,
     poll_s: float = 0.005,
-    served_only: bool = False,
 ) -> bool:
     """Wait until the run is drained twice in a row with the event log unchanged.
 
@@ -95,12 +79,11 @@ async def wait_drained(
     first: the caller goes on (a crashed actor only slows the run down; the harness reports it).
     Bus trouble of any kind (Redis down, a refusal, a flush that cannot publish) only means "not
     settled yet": nothing is raised but :class:`~bus.BusClosed`, and a flush that hangs on an
-    unreachable Redis is cut off at the deadline (its batch is kept for the next flush).
-    ``served_only``: an inbox no actor serves and no group has read is not waited for."""
+    unreachable Redis is cut off at the deadline (its batch is kept for the next flush)."""
     with anyio.move_on_after(timeout_s):
         previous = -1
         while True:
-            length = await _quiet_length(bus, run, flush, served_only)
+            length = await _quiet_length(bus, run, flush)
             if length == previous and length >= 0:
                 return True
             previous = length
@@ -108,9 +91,7 @@ async def wait_drained(
     return False
 
 
-async def _quiet_length(
-    bus: Bus, run: str, flush: Callable[[], Awaitable[object]] | None, served_only: bool = False
-) -> int:
+async def _quiet_length(bus: Bus, run: str, flush: Callable[[], Awaitable[object]] | None) -> int:
     """After ``flush``: the event log's length if every inbox is drained, else -1 (-2: the log
     cannot be read)."""
     if flush is not None:
@@ -120,7 +101,7 @@ async def _quiet_length(
             raise
         except BusError:
             return -1
-    if not await drained(bus, run, served_only=served_only):
+    if not await drained(bus, run):
         return -1
     return await _log_length(bus, run)
 
@@ -132,3 +113,76 @@ async def wait_flushed(flush: Callable[[], Awaitable[object]], timeout_s: float)
         await flush()
         return True
     return False
+
+
+#: an inbox and the consumer group that drains it (``actor:<actor name>``)
+Served = tuple[str, str]
+
+
+def run_inboxes(run: str, slots: Iterable[str], world_size: int) -> list[Served]:
+    """The inboxes a run with these slots and ranks has, each with its actor's group: the
+    SeedActor of every slot, the singleton actors, the ExecutionActor of every rank. Known from
+    the trainer's own layout, not from Redis, which anyone who can write to it could add to."""
+    out = [(streams.inbox(run, "seed", s), f"actor:seed:{s}") for s in sorted(slots)]
+    out += [
+        (streams.inbox(run, k), f"actor:{k}") for k in ("gate", "safety", "telemetry", "barrier")
+    ]
+    out += [
+        (streams.inbox(run, "execution", str(r)), f"actor:execution:{r}") for r in range(world_size)
+    ]
+    return out
+
+
+async def _group_state(bus: Bus, inbox: str, group: str) -> tuple[int, str]:
+    """``group``'s backlog on ``inbox`` and the id it last delivered; before the group exists
+    (its actor has not read yet), the inbox's length. Other groups (anyone may add one) are not
+    looked at."""
+    info = await bus.info(inbox)
+    for g in info.groups:
+        if g.name == group:
+            lag = g.lag if g.lag is not None else int(g.last_delivered != info.last_id)
+            return g.pending + lag, g.last_delivered
+    return info.length, ""
+
+
+async def wait_quiet(
+    bus: Bus,
+    served: Collection[Served],
+    *,
+    timeout_s: float,
+    flush: Callable[[], Awaitable[object]] | None = None,
+    poll_s: float = 0.005,
+) -> bool:
+    """Wait until every inbox of ``served`` is drained by its group, twice in a row with no
+    group having delivered anything in between; False if ``timeout_s`` passed first, or on bus
+    trouble (as :func:`wait_drained`). Only these inboxes and groups count: a stream, a group, a
+    registry entry or an event someone else wrote cannot hold the wait up."""
+    with anyio.move_on_after(timeout_s):
+        previous: tuple[str, ...] | None = None
+        while True:
+            marks = await _quiet_marks(bus, served, flush)
+            if marks is not None and marks == previous:
+                return True
+            previous = marks
+            await anyio.sleep(poll_s)
+    return False
+
+
+async def _quiet_marks(
+    bus: Bus, served: Collection[Served], flush: Callable[[], Awaitable[object]] | None
+) -> tuple[str, ...] | None:
+    """After ``flush``: the ids the groups last delivered if every backlog is 0, else None."""
+    try:
+        if flush is not None:
+            await flush()
+        marks = []
+        for inbox, group in served:
+            backlog, mark = await _group_state(bus, inbox, group)
+            if backlog:
+                return None
+            marks.append(mark)
+        return tuple(marks)
+    except BusClosed:
+        raise
+    except BusError:
+        return None

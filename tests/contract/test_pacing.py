@@ -1,4 +1,5 @@
-"""Pacing on every backend: which inboxes a settle waits for."""
+"""Pacing on every backend: a trainer's settle waits for its run's inboxes, each drained by its
+own actor's group, and for nothing another writer adds."""
 
 from __future__ import annotations
 
@@ -6,28 +7,42 @@ import uuid
 
 import pytest
 
-from bus import Bus
+from bus import Bus, Handled
 from contracts import streams
-from scenarios.pacing import drained, served_inboxes
+from scenarios.pacing import run_inboxes, wait_quiet
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_served_only_leaves_out_an_inbox_no_actor_serves(bus: Bus) -> None:
-    """An inbox no actor registered and no group has read (a stray writer's, a misspelt slot)
-    holds up a plain drain check but not a ``served_only`` one, while an unread entry in a
-    registered inbox holds up both."""
+async def test_a_settle_waits_for_the_runs_own_inboxes_and_groups_only(bus: Bus) -> None:
+    """A phantom inbox with a group and an entry, a phantom rank in the registry and a second
+    group lagging on a real inbox hold nothing up; an entry the slot's own group has not read,
+    or an inbox whose actor has not created its group yet, does."""
     run = "pace" + uuid.uuid4().hex[:8]
-    stray, served = streams.inbox(run, "seed", "stray"), streams.inbox(run, "seed", "s0")
-    registry = streams.registry(run, "seed")
+    served = run_inboxes(run, ["s0"], 1)
+    assert [g for _, g in served] == [
+        "actor:seed:s0", "actor:gate", "actor:safety", "actor:telemetry", "actor:barrier",
+        "actor:execution:0",
+    ]  # fmt: skip
+    phantom = streams.inbox(run, "seed", "phantom")
+    seed_inbox = served[0][0]
+    made = [phantom, *(inbox for inbox, _ in served)]
     try:
-        await bus.publish(stray, {"m": b"x"})
-        assert not await drained(bus, run)
-        assert await drained(bus, run, served_only=True)
-        await bus.register(registry, served)
-        assert await served_inboxes(bus, run) == {served}
-        await bus.publish(served, {"m": b"y"})
-        assert not await drained(bus, run, served_only=True)
-        assert not await drained(bus, run)
+        await bus.publish(seed_inbox, {"m": b"before any group"})
+        assert not await wait_quiet(bus, served, timeout_s=0.3)  # its actor has not started
+        for inbox, group in served:
+            await bus.ensure_group(inbox, group, start="$")
+        assert await wait_quiet(bus, served, timeout_s=5.0)
+        await bus.publish(phantom, {"m": b"x"})
+        await bus.ensure_group(phantom, "actor:seed:phantom", start="0")
+        await bus.register(streams.registry(run, "execution"), streams.inbox(run, "execution", "7"))
+        await bus.ensure_group(seed_inbox, "evil", start="0")  # lags by the entry above
+        assert await wait_quiet(bus, served, timeout_s=5.0)
+        await bus.publish(seed_inbox, {"m": b"unread"})
+        assert not await wait_quiet(bus, served, timeout_s=0.3)
+        (entry,) = await bus.read(seed_inbox, "actor:seed:s0", "c", count=10, block_ms=0)
+        assert not await wait_quiet(bus, served, timeout_s=0.3)  # read, not yet acked
+        await bus.commit([Handled(entry, "actor:seed:s0")])
+        assert await wait_quiet(bus, served, timeout_s=5.0)
     finally:
-        await bus.delete(stray, served, registry)
+        await bus.delete(*made, streams.registry(run, "execution"))

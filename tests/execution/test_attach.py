@@ -295,14 +295,27 @@ def test_a_command_to_a_slot_the_model_lacks_is_refused_before_anything_is_sent(
         assert kas.settle(5.0)
 
 
-def test_a_stray_inbox_does_not_hold_up_a_lockstep_settle() -> None:
-    """An entry a stray writer put in an inbox no actor serves is not waited for: the lockstep
-    settle of the next boundary succeeds (it would wait out its whole timeout otherwise)."""
+def test_a_phantom_inbox_or_group_does_not_hold_up_a_lockstep_settle() -> None:
+    """What another writer adds to Redis is not waited for: a phantom slot's inbox with a group
+    and an entry, a phantom rank in the execution registry, a second group lagging on a real
+    inbox. The lockstep settle succeeds (it would wait out its whole timeout otherwise), and the
+    run's own traffic is still waited for: a germinate sent just before is decided."""
     model, opt, x, y = _task()
     with kasmina.attach(
         model, {"h": "1"}, opt, config=CONFIG, device="cpu", probe_batch=(x[:64], y[:64])
     ) as kas:
-        stray = streams.inbox(kas.run, "seed", "stray")
-        kas.portal.call(kas.bus.publish, stray, {"m": b"not a frame"})
+        bus, run = kas.bus, kas.run
+        phantom = streams.inbox(run, "seed", "phantom")
+        kas.portal.call(bus.publish, phantom, {"m": b"not a frame"})
+        kas.portal.call(bus.ensure_group, phantom, "actor:seed:phantom")
+        rank7 = streams.inbox(run, "execution", "7")
+        kas.portal.call(bus.register, streams.registry(run, "execution"), rank7)
+        kas.portal.call(bus.publish, rank7, {"m": b"not a frame"})
+        kas.portal.call(bus.ensure_group, streams.inbox(run, "gate"), "evil")
+        kas.portal.call(bus.publish, streams.inbox(run, "gate"), {"m": b"not a frame"})
         assert kas.settle(3.0)
         assert kas.unsettled == 0
+        kas.on_step(0, _step(model, opt, x, y))
+        kas.germinate("h", "residual_mlp")  # the lockstep command settles before it returns
+        waits = [m.awaiting for _, k, m in kas.events() if k == "lifecycle.progress"]
+        assert "g0_evidence" in waits  # the SeedActor took it and asked for a probe
