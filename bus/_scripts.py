@@ -288,8 +288,8 @@ return out
 
 # KEYS: since_key, key1..keyN; ARGV: value1, deadline1, .., valueN, deadlineN (deadlines in Unix
 # ms). Reads since_key first: the time (ms) from which this server's memory of the keys is complete.
-# When it is missing or not a decimal integer (a fresh server, one restarted without
-# persistence, or a writer's value) it is set to the
+# When it is missing, not a decimal integer or later than the server's clock (a fresh server,
+# one restarted without persistence, or a writer's value) it is set to the
 # server's start (TIME - uptime, less a second: uptime counts whole seconds), or 0 where INFO is
 # unavailable. Then per key, by the server's clock: a deadline already passed sets nothing (0);
 # else SET NX PXAT deadline (false if set now, else the existing value). A key of another type
@@ -305,7 +305,8 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local since = held(KEYS[1])
-if since and not string.match(since, '^%d+$') then since = false end  -- a writer's text: unusable
+-- a writer's text, or a time after the server's now (memory cannot begin in the future): unusable
+if since and (not string.match(since, '^%d+$') or tonumber(since) > now) then since = false end
 if not since then
   local ok, info = pcall(redis.call, 'INFO', 'server')
   local up = ok and tonumber(string.match(info, 'uptime_in_seconds:(%d+)'))

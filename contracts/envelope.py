@@ -45,7 +45,10 @@ _LENS = struct.Struct(">10I")
 _TS = struct.Struct(">Q")
 _TS_LIMIT = 2**63
 _V2 = b"2"
-_BEFORE_MEMORY = "stamped before the nonce memory began (Redis restarted without persistence?)"
+_BEFORE_MEMORY = (
+    "stamped before the nonce memory began (Redis restarted without persistence, or its"
+    " nonce-since key was written?)"
+)
 _sha256 = hashlib.sha256
 _unpackb = msgpack.unpackb
 _compare_digest = hmac.compare_digest

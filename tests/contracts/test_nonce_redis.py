@@ -144,6 +144,21 @@ async def test_a_nonce_since_that_is_no_integer_is_reset_not_fatal(url: str, val
         assert info.value.code == Reason.REPLAYED
 
 
+@pytest.mark.parametrize("url", ["fakeredis://", pytest.param("real", marks=pytest.mark.redis)])
+async def test_a_nonce_since_in_the_future_is_reset_not_obeyed(url: str) -> None:
+    """A writer's ``nonce-since`` after the server's clock (memory cannot begin in the future)
+    is reset from the server's start instead of refusing every message as stamped before it: a
+    fresh message is admitted, its replay refused, and the key holds a time not after now."""
+    async with _guarded(url) as (client, guard, ring, verifier):
+        await client.set(guard.since_key, "99999999999999")
+        frame = Signer(ring, "tamiyo").seal("seed.command", BODY, stream=INBOX)
+        assert (await verifier.verify(frame, stream=INBOX, token="i/1-0")).kind == "seed.command"
+        assert int(await client.get(guard.since_key)) <= time.time_ns() // 1_000_000 + 1_000
+        with pytest.raises(ContractError) as info:
+            await verifier.verify(frame, stream=INBOX, token="i/2-0")
+        assert info.value.code == Reason.REPLAYED
+
+
 @asynccontextmanager
 async def _guarded(url: str) -> AsyncIterator[tuple[Any, RedisNonceGuard, KeyRing, Verifier]]:
     """A Redis-backed nonce guard under a fresh prefix ("real": the shared server), its raw client,
