@@ -65,10 +65,17 @@ def _leaf(exc: BaseException) -> BaseException:
 
 
 def _exit_code(command: str, exc: BaseException) -> int:
-    """Print ``exc`` as one line and return the exit code (130 interrupted, 2 a reported error, 1
-    anything else); with ``$KASMINA_DEBUG`` set, an unforeseen error is raised again."""
+    """Print ``exc`` as one line and return the exit code (130 interrupted, 141 the output's
+    reader gone, 2 a reported error, 1 anything else); with ``$KASMINA_DEBUG`` set, an unforeseen
+    error is raised again."""
     if isinstance(exc, KeyboardInterrupt):
         return 130
+    if isinstance(exc, BrokenPipeError):  # the reader went away (`| head`): stop quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no flush error)
+        except (OSError, ValueError):
+            pass
+        return 141  # as a shell reports a process ended by SIGPIPE
     if isinstance(exc, BusError):  # Redis refused or cannot be reached: one line, no traceback
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         print(f"kasmina {command}: Redis: {reason}", file=sys.stderr)

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from kasmina.common import CliError, emit_json
+from bus import redact_url
+from kasmina.common import CliError, bus_answers, emit_json
 from scenarios.catalog import resolve
 from scenarios.model import ScenarioError, ScenarioSpec
 
@@ -66,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     specs = _load(args.scenario)
     if args.bus not in ("fakeredis", "memory") and "://" not in args.bus:
         raise CliError(f"--bus {args.bus!r}: use fakeredis, memory or a redis:// URL")
+    if "://" in args.bus and not anyio.run(bus_answers, args.bus):  # actors would wait for it
+        raise CliError(f"Redis unavailable at {redact_url(args.bus)}")
 
     async def _all() -> list[ScenarioResult]:
         results = []

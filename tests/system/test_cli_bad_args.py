@@ -127,3 +127,14 @@ def test_a_bench_against_a_server_that_does_not_answer_stops_at_once(
     code, text = _cli(["bench", "--only", "execution", option, url], capsys)
     assert code == 2 and "Traceback" not in text
     assert text.strip().splitlines()[-1] == f"kasmina bench: Redis unavailable at {url}"
+
+
+def test_a_scenario_run_against_a_server_that_does_not_answer_stops_at_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`kasmina scenario run` on a Redis nobody listens on says so in one line, exit 2, instead
+    of its actors waiting for the server without end."""
+    url = f"redis://127.0.0.1:{_free_port()}/0"
+    code, text = _cli(["scenario", "run", "happy-path", "--bus", url], capsys)
+    assert code == 2 and "Traceback" not in text
+    assert text.strip().splitlines()[-1] == f"kasmina scenario: Redis unavailable at {url}"

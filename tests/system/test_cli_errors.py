@@ -63,3 +63,20 @@ def test_an_unforeseen_error_is_one_line_and_exit_1_unless_debugging(
     monkeypatch.setenv("KASMINA_DEBUG", "1")
     with pytest.raises(OverflowError):
         _exit_code("keys", OverflowError("again"))
+
+
+def test_a_reader_that_went_away_ends_a_command_quietly_with_141(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`kasmina replay … | head`: the broken pipe is no usage error (exit 2) and prints nothing;
+    the exit code is 141, as a shell reports SIGPIPE, and stdout is pointed at /dev/null so the
+    interpreter's last flush cannot fail again."""
+    from kasmina import cli
+
+    moved: list[int] = []
+    monkeypatch.setattr(cli.os, "dup2", lambda fd, to: moved.append(to))
+    monkeypatch.setattr(cli.sys.stdout, "fileno", lambda: 1)
+    assert cli._exit_code("replay", BrokenPipeError(32, "Broken pipe")) == 141
+    assert moved == [1]
+    out = capsys.readouterr()
+    assert out.out == out.err == ""
