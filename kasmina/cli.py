@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -71,10 +72,8 @@ def _exit_code(command: str, exc: BaseException) -> int:
     if isinstance(exc, KeyboardInterrupt):
         return 130
     if isinstance(exc, BrokenPipeError):  # the reader went away (`| head`): stop quietly
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no flush error)
-        except (OSError, ValueError):
-            pass
+        with contextlib.suppress(OSError, ValueError):  # (so the last flush cannot fail)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # as a shell reports a process ended by SIGPIPE
     if isinstance(exc, BusError):  # Redis refused or cannot be reached: one line, no traceback
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__

@@ -97,6 +97,18 @@ def _with_progress(opts: Any, demo: Any) -> dict[str, Any]:
     return result
 
 
+def _gain_text(g: dict[str, Any]) -> str:
+    """One G4 verdict: the gain (± its standard error where the test has one), n, the bound."""
+    verdict = "fossilized" if g["passed"] else "culled"
+    if g["gain"] is None:
+        return f"not measured: {verdict}"
+    se = "" if g["gain_se"] is None else f" ± {100 * g['gain_se']:.1f}"
+    n = "" if g["n"] is None else f" (n {g['n']})"
+    test = " (exact sign test)" if g["gain_se"] is None else ""
+    bound = "n/a" if g["lower_bound"] is None else f"{100 * g['lower_bound']:+.1f} pp"
+    return f"{100 * g['gain']:+.1f}{se} pp{n}, lower bound {bound}{test}: {verdict}"
+
+
 def _print_summary(info: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -117,14 +129,7 @@ def _print_summary(info: dict[str, Any]) -> None:
     for f in gates["failures"]:
         table.add_row(f"  failed {f['gate']} at {f['slot']}", f["reason"])
     for g in info.get("gated_gains", []):
-        if g["gain"] is None or g["gain_se"] is None:
-            continue
-        verdict = "fossilized" if g["passed"] else "culled"
-        table.add_row(
-            f"G4 gain at {g['slot']} (α=1 vs 0, validation)",
-            f"{100 * g['gain']:+.1f} ± {100 * g['gain_se']:.1f} pp, lower bound "
-            f"{100 * (g['lower_bound'] or 0.0):+.1f} pp: {verdict}",
-        )
+        table.add_row(f"G4 gain at {g['slot']} (α=1 vs 0, validation)", _gain_text(g))
     for note in info.get("no_growth", []):
         table.add_row(f"no growth at step {note['step']}", note["why"])
     for key in ("report", "plot", "recording", "model"):

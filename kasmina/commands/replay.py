@@ -55,18 +55,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _wanted(row: dict[str, Any], args: argparse.Namespace) -> bool:
     if args.slot is not None and row.get("slot") != args.slot:
         return False
-    if args.kind:
-        return any(
-            row["kind"] == k or (k.endswith("*") and row["kind"].startswith(k[:-1]))
-            for k in args.kind
-        )
-    return args.all or row["kind"] not in (
-        "lifecycle.progress",
-        "state.digest",
-        "barrier.propose",
-        "barrier.vote",
-        "barrier.commit",
-    )
+    kind = row["kind"]
+    if any(kind == k for k in args.kind or ()):  # a kind named outright is always shown
+        return True
+    if args.kind and not any(k.endswith("*") and kind.startswith(k[:-1]) for k in args.kind):
+        return False
+    return args.all or kind not in HIDDEN
+
+
+#: kinds shown only with ``--all`` or when ``--kind`` names them outright (not by a pattern)
+HIDDEN = frozenset(
+    {"lifecycle.progress", "state.digest", "barrier.propose", "barrier.vote", "barrier.commit"}
+)
 
 
 def _entry_id(text: str) -> str:

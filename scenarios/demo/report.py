@@ -84,7 +84,7 @@ def gated_gains(run: DemoRun) -> list[dict[str, Any]]:
                 "passed": r.passed,
                 "gain": gain,
                 "gain_se": gain_se,
-                "n": n,
+                "n": None if n is None else int(n),
                 "lower_bound": None if lcb is None or lcb.missing else lcb.value,
                 "net_gain": None if net is None or net.missing else net.value,
                 "detail": "" if lcb is None else lcb.detail,

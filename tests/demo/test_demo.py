@@ -220,3 +220,18 @@ def test_capacity_signal_prefers_depth_for_spirals() -> None:
     assert scores["hidden"] > scores["units"] > 0.0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(s.seed is None for s in slots.values())
+
+
+def test_the_console_summary_shows_every_g4_verdict_with_its_test() -> None:
+    """A G4 verdict of class targets (the exact sign test: no standard error) is shown with its
+    gain, n and bound, not left out; one with a standard error shows it."""
+    from kasmina.commands.demo import _gain_text
+
+    exact = {"gain": 0.125, "gain_se": None, "n": 160, "lower_bound": 0.0628, "passed": True}
+    assert (
+        _gain_text(exact) == "+12.5 pp (n 160), lower bound +6.3 pp (exact sign test): fossilized"
+    )
+    normal = {"gain": 0.05, "gain_se": 0.01, "n": 64, "lower_bound": -0.01, "passed": False}
+    assert _gain_text(normal) == "+5.0 ± 1.0 pp (n 64), lower bound -1.0 pp: culled"
+    unmeasured = {"gain": None, "gain_se": None, "n": None, "lower_bound": None, "passed": False}
+    assert _gain_text(unmeasured) == "not measured: culled"
