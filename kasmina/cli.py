@@ -65,6 +65,19 @@ def _leaf(exc: BaseException) -> BaseException:
     return (unforeseen or leaves or [exc])[0]
 
 
+def _one_line(exc: BaseException) -> str:
+    """``exc`` as one line: a settings validation error as ``field: problem; …`` (without
+    pydantic's own multi-line layout and links), anything else with its whitespace folded."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()
+        ]
+        return f"invalid {exc.title}: " + "; ".join(problems)
+    return " ".join(str(exc).split())
+
+
 def _exit_code(command: str, exc: BaseException) -> int:
     """Print ``exc`` as one line and return the exit code (130 interrupted, 141 the output's
     reader gone, 2 a reported error, 1 anything else); with ``$KASMINA_DEBUG`` set, an unforeseen
@@ -80,7 +93,7 @@ def _exit_code(command: str, exc: BaseException) -> int:
         print(f"kasmina {command}: Redis: {reason}", file=sys.stderr)
         return 2
     if isinstance(exc, _REPORTED):
-        print(f"kasmina {command}: {exc}", file=sys.stderr)
+        print(f"kasmina {command}: {_one_line(exc)}", file=sys.stderr)
         return 2
     if os.environ.get("KASMINA_DEBUG"):
         raise exc

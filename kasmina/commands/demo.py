@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--steps", type=_steps, default=3000, metavar="N", help="at least 200 (default 3000)"
     )
-    parser.add_argument("--seed", type=int, default=0, metavar="S")
+    parser.add_argument("--seed", type=_seed, default=0, metavar="S", help="0 to 2**32 - 1")
     parser.add_argument("--out", default="kasmina-out", metavar="DIR")
     parser.add_argument("--task", choices=("digits", "spirals"), default="spirals")
     parser.add_argument("--json", action="store_true", help="print one JSON object, no progress")
@@ -56,9 +56,37 @@ def _steps(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    """A seed the data split and torch both take: an integer from 0 to 2**32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 2**32 - 1, not {value}")
+    return value
+
+
+def _out_dir(text: str) -> Path:
+    """The output directory, made now (with its parents) so a path that cannot hold the files
+    is refused before the run starts; nothing else is written yet."""
+    out = Path(text)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {text}: exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".kasmina-write-check"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise CliError(f"--out {text}: cannot write there ({exc.strerror or exc})") from None
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     import torch  # imported here: other commands start without torch
 
+    from contracts import KasminaConfig
     from scenarios.demo import DemoOptions, demo
 
     torch.set_num_threads(1)  # tiny networks: one thread is fastest and leaves a core to the actors
@@ -66,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     bus = with_password(args.bus)  # the report and the JSON carry it redacted
     if not anyio.run(bus_answers, bus):  # the actors would wait for it without end
         raise CliError(f"Redis unavailable at {redact_url(bus)}")
-    opts = DemoOptions(args.task, args.steps, args.seed, bus, Path(args.out), keys)
+    KasminaConfig.load()  # $KASMINA__… settings checked before anything is written
+    opts = DemoOptions(args.task, args.steps, args.seed, bus, _out_dir(args.out), keys)
     if args.json:
         emit_json(anyio.run(demo, opts))
         return 0

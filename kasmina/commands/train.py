@@ -124,6 +124,10 @@ def run(args: argparse.Namespace) -> int:
         factory = load_factory(args.model or args.task or "digits")
     except ValueError as exc:
         raise CliError(str(exc)) from exc
+    try:
+        torch.device(args.device)
+    except RuntimeError as exc:  # torch's parse of the name: a usage error, not a crash
+        raise CliError(f"--device {args.device!r}: {' '.join(str(exc).split())[:200]}") from None
     rank, world = _process_group()
     try:
         spec = factory(seed=args.seed, rank=rank, world_size=world)

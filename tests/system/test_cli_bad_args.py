@@ -51,16 +51,39 @@ def test_an_out_of_range_argument_is_refused_naming_its_option(
     assert f"argument {option}" in text.strip().splitlines()[-1]
 
 
-@pytest.mark.parametrize("args", [["--steps", "100"], ["--bus", "bogus"]])
+@pytest.mark.parametrize(
+    "args",
+    [["--steps", "100"], ["--bus", "bogus"], ["--seed", "-1"], ["--seed", str(2**32)]],
+)
 def test_a_refused_demo_writes_nothing(
     args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A demo refused for its arguments (under 200 steps, an unknown bus) creates no output
-    directory and no key file."""
+    """A demo refused for its arguments (under 200 steps, an unknown bus, a seed the data split
+    or torch cannot take) creates no output directory and no key file."""
     out = tmp_path / "out"
     code, text = _cli(["demo", "--out", str(out), *args], capsys)
     assert code == 2 and "Traceback" not in text
     assert not out.exists()
+
+
+def test_a_demo_refuses_an_out_it_cannot_write_before_it_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--out`` naming a file, or a place no directory can be made, exits 2 naming ``--out``
+    before the run starts (no progress, no key file); a bad ``KASMINA__`` setting likewise, in
+    one line."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for out, why in ((blocker, "exists and is not a directory"), (blocker / "sub", "cannot write")):
+        code, text = _cli(["demo", "--out", str(out)], capsys)
+        assert code == 2 and "Traceback" not in text
+        assert text.strip().splitlines()[-1].startswith(f"kasmina demo: --out {out}: {why}")
+    monkeypatch.setenv("KASMINA__GATES__NOSUCH", "1")
+    code, text = _cli(["demo", "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and text.strip().splitlines() == [
+        "kasmina demo: invalid KasminaConfig: gates.nosuch: Extra inputs are not permitted"
+    ]
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
@@ -138,3 +161,13 @@ def test_a_scenario_run_against_a_server_that_does_not_answer_stops_at_once(
     code, text = _cli(["scenario", "run", "happy-path", "--bus", url], capsys)
     assert code == 2 and "Traceback" not in text
     assert text.strip().splitlines()[-1] == f"kasmina scenario: Redis unavailable at {url}"
+
+
+def test_train_refuses_a_device_torch_does_not_know_as_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``train --device nosuchdev`` is a bad argument (exit 2, one line naming ``--device``),
+    found before any key file or Redis is touched, not an unexpected error (exit 1)."""
+    code, text = _cli(["train", "--device", "nosuchdev", "--steps", "5"], capsys)
+    assert code == 2 and "Traceback" not in text
+    assert text.strip().splitlines()[-1].startswith("kasmina train: --device 'nosuchdev': ")
