@@ -43,7 +43,7 @@ DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("blueprints", help="publish and list blueprint artifacts")
-    bp_sub = parser.add_subparsers(dest="blueprints_command", required=True)
+    bp_sub = parser.add_subparsers(dest="blueprints_command", required=True, metavar="VERB")
     pub = bp_sub.add_parser("publish", help="pack a seed, sign it, store it; prints its id")
     pub.add_argument("target", metavar="FILE.py:NAME|MODULE:NAME|BLUEPRINT")
     pub.add_argument("--shape", required=True, metavar="D[,D…]",

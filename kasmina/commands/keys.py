@@ -20,7 +20,7 @@ def _roles(text: str) -> frozenset[str]:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("keys", help="manage HMAC key files")
-    keys_sub = parser.add_subparsers(dest="keys_command", required=True)
+    keys_sub = parser.add_subparsers(dest="keys_command", required=True, metavar="VERB")
     gen = keys_sub.add_parser("generate", help="write a new key file")
     gen.add_argument("-o", "--output", required=True, metavar="FILE")
     gen.add_argument("--force", action="store_true", help="overwrite an existing file")

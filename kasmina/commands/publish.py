@@ -195,7 +195,26 @@ def _unserved(args: argparse.Namespace, run: str) -> dict[str, Any]:
     }
 
 
+#: options that only one action takes: naming them with another is a usage error, not ignored
+_ONLY = {
+    "germinate": (("--blueprint", "blueprint"), ("--artifact", "artifact"), ("--param", "param"),
+                  ("--blend-steps", "blend_steps")),
+    "prune": (("--masks", "masks"), ("--at-step", "at_step")),
+}  # fmt: skip
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse an option the action does not take (it would be silently ignored)."""
+    for action, options in _ONLY.items():
+        given = [flag for flag, dest in options if getattr(args, dest) not in (None, [], 0)]
+        if given and args.action != action:
+            raise CliError(f"{', '.join(given)}: only for {action}, not {args.action}")
+    if args.action == "prune" and args.slot:
+        raise CliError("--slot: prune names no slot (it applies its masks to every rank)")
+
+
 async def _publish(args: argparse.Namespace) -> dict[str, Any]:
+    _check_options(args)
     if args.action != "prune" and not args.slot:
         raise CliError(f"{args.action} needs --slot")
     if args.action != "prune":

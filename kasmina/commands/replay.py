@@ -113,7 +113,8 @@ async def _replay(args: argparse.Namespace) -> int:
     else:
         _print_summary(summary, source.integrity, events, bad, quarantined, args.verify)
     if not events and not bad:
-        print(f"kasmina replay: no events for run {source.run!r}", file=sys.stderr)
+        until = f" up to --until {args.until}" if args.until else ""
+        print(f"kasmina replay: no events for run {source.run!r}{until}", file=sys.stderr)
         return 1
     return 0 if not args.verify or summary["verified"] else 1
 
@@ -123,9 +124,17 @@ def _print_timeline(
 ) -> None:
     """The wanted rows of the timeline (quarantined events left out), as lines or JSON."""
     skipped = {q["entry_id"] for q in quarantined}
+    shown = 0
     for row in timeline([e for e in events if e[0] not in skipped], events_stream(run)):
         if _wanted(row, args):
             emit_json(row) if args.json else print(_line(row))
+            shown += 1
+    if events and not shown and (args.slot is not None or args.kind):
+        filters = " ".join(
+            [f"--slot {args.slot}"] * (args.slot is not None)
+            + [f"--kind {k}" for k in args.kind or ()]
+        )
+        print(f"kasmina replay: no event of the run matches {filters}", file=sys.stderr)
 
 
 async def _read_run(

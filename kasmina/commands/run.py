@@ -63,6 +63,8 @@ async def _serve(args: argparse.Namespace) -> None:
                 )
             }
         )
+    if args.slots and "seed" not in _split(args.actors, "--actors"):
+        raise CliError("--slots names the slots of seed actors: add seed to --actors")
     wiring = connect(redis_url(args), run_id(args), load_keys(args), config)
     try:
         shells = build_shells(

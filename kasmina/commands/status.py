@@ -319,6 +319,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.count and not args.watch:
+        raise CliError("--count: only with --watch (a single view is the default)")
     if args.watch:
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
@@ -329,4 +331,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     status = anyio.run(_status, args)
     emit_json(status) if args.json else _print(status)
+    if not (status["slots"] or status["actors"] or status["streams"] or status["unreadable"]):
+        print(f"kasmina status: nothing of run {status['run']} on this server (no events, "
+              "heartbeats or streams): is --run, or the Redis database, the right one?",
+              file=sys.stderr)  # fmt: skip
     return 1 if status["unreadable"] else 0

@@ -171,3 +171,48 @@ def test_train_refuses_a_device_torch_does_not_know_as_a_usage_error(
     code, text = _cli(["train", "--device", "nosuchdev", "--steps", "5"], capsys)
     assert code == 2 and "Traceback" not in text
     assert text.strip().splitlines()[-1].startswith("kasmina train: --device 'nosuchdev': ")
+
+
+CONFLICTS = [
+    (["publish", "pause", "--slot", "s1", "--at-step", "5", "--masks", "nofile.json"],
+     "kasmina publish: --masks, --at-step: only for prune, not pause"),
+    (["publish", "cull", "--slot", "s1", "--blueprint", "width"],
+     "kasmina publish: --blueprint: only for germinate, not cull"),
+    (["publish", "pause", "--slot", "s1", "--param", "hidden=8"],
+     "kasmina publish: --param: only for germinate, not pause"),
+    (["publish", "prune", "--slot", "s1", "--masks", "m.json"],
+     "kasmina publish: --slot: prune names no slot (it applies its masks to every rank)"),
+    (["run", "--actors", "gate", "--slots", "hidden"],
+     "kasmina run: --slots names the slots of seed actors: add seed to --actors"),
+    (["status", "--count", "2"], "kasmina status: --count: only with --watch (a single view is the default)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "line"), CONFLICTS, ids=[" ".join(a) for a, _ in CONFLICTS])
+def test_an_option_the_command_would_ignore_is_refused(
+    args: list[str], line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An option the chosen action or mode does not take is a usage error (exit 2, one line
+    naming it), never silently ignored, and is found before Redis or a key file is touched."""
+    code, text = _cli([*args, "--redis", f"redis://127.0.0.1:{_free_port()}/0"], capsys)
+    assert code == 2 and "Traceback" not in text
+    assert text.strip().splitlines()[-1] == line
+
+
+@pytest.mark.redis
+def test_status_of_a_run_the_server_knows_nothing_of_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``status --run`` naming a run with no events, heartbeats or streams on the server shows
+    its empty view (exit 0: a run about to start looks the same) and says on stderr that nothing
+    of it is there, so a misspelt run id or a wrong database is not mistaken for an idle run."""
+    from bus.testing import real_redis_url
+
+    keys = tmp_path / "keys.json"
+    KeyRing.generate().save(keys)
+    run = "nosuch" + str(_free_port())
+    code, text = _cli(
+        ["status", "--redis", real_redis_url(), "--run", run, "--keys", str(keys)], capsys
+    )
+    assert code == 0 and "Traceback" not in text
+    assert text.strip().splitlines()[-1].startswith(f"kasmina status: nothing of run {run} on this")
