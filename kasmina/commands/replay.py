@@ -130,11 +130,14 @@ def _print_timeline(
             emit_json(row) if args.json else print(_line(row))
             shown += 1
     if events and not shown and (args.slot is not None or args.kind):
-        filters = " ".join(
-            [f"--slot {args.slot}"] * (args.slot is not None)
-            + [f"--kind {k}" for k in args.kind or ()]
-        )
-        print(f"kasmina replay: no event of the run matches {filters}", file=sys.stderr)
+        _say_nothing_matches(args)
+
+
+def _say_nothing_matches(args: argparse.Namespace) -> None:
+    """On stderr: the filters matched no event (a misspelt slot or kind shows only a summary)."""
+    slot = [f"--slot {args.slot}"] if args.slot is not None else []
+    filters = " ".join(slot + [f"--kind {k}" for k in args.kind or ()])
+    print(f"kasmina replay: no event of the run matches {filters}", file=sys.stderr)
 
 
 async def _read_run(

@@ -108,6 +108,16 @@ def _process_group() -> tuple[int, int]:
     return rank, world
 
 
+def _check_device(device: str) -> None:
+    """A device name torch cannot parse is a usage error (exit 2), not an unexpected one."""
+    import torch
+
+    try:
+        torch.device(device)
+    except RuntimeError as exc:
+        raise CliError(f"--device {device!r}: {' '.join(str(exc).split())[:200]}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
@@ -124,10 +134,7 @@ def run(args: argparse.Namespace) -> int:
         factory = load_factory(args.model or args.task or "digits")
     except ValueError as exc:
         raise CliError(str(exc)) from exc
-    try:
-        torch.device(args.device)
-    except RuntimeError as exc:  # torch's parse of the name: a usage error, not a crash
-        raise CliError(f"--device {args.device!r}: {' '.join(str(exc).split())[:200]}") from None
+    _check_device(args.device)
     rank, world = _process_group()
     try:
         spec = factory(seed=args.seed, rank=rank, world_size=world)
