@@ -200,7 +200,7 @@ class KasminaClient:
         """Whether a SeedActor has served ``slot`` in this run (its inbox has the actor's consumer
         group): a command to a slot no SeedActor serves waits unread, and no record answers it."""
         info = await self._retrying(lambda: self.bus.info(streams.inbox(self.run, "seed", slot)))
-        return any(g.name == f"actor:seed:{slot}" for g in info.groups)
+        return any(g.name == streams.group(f"seed:{slot}") for g in info.groups)
 
     async def served_slots(self) -> list[str]:
         """The slots SeedActors have served in this run (from the seed registry), sorted."""

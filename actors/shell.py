@@ -88,7 +88,7 @@ class ActorShell(LeasedHost):
         self.bus = bus
         self.run_id = run
         self.inbox = inbox
-        self.group = f"actor:{logic.name}"
+        self.group = streams.group(logic.name)
         self.consumer_name = consumer_name or logic.name
         self.signer = signer
         self.verifier = verifier

@@ -51,6 +51,12 @@ def inbox(run: str, actor: str, key: str | None = None) -> str:
     return f"{name}:{key}" if key is not None else name
 
 
+def group(actor: str) -> str:
+    """The consumer group through which the actor named ``actor`` (``seed:<slot>``, ``gate``,
+    ``execution:<rank>``, ...) reads its inbox."""
+    return f"actor:{actor}"
+
+
 def inbox_key(run: str, actor: str, name: str) -> str | None:
     """The instance key (slot, rank) if ``name`` is the inbox of an ``actor`` instance of ``run``,
     else None: a name read from Redis (a registry set) is never routed to unchecked."""

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 
 import anyio
 
-from bus import Bus, BusClosed, BusError
+from bus import Bus, BusClosed, BusError, GroupInfo, StreamInfo
 from contracts import streams
 
 __all__ = [
@@ -28,13 +28,15 @@ async def backlog_of(bus: Bus, inboxes: Iterable[str]) -> int:
         info = await bus.info(name)
         if not info.groups:
             backlog += info.length  # nobody consumed this inbox yet
-        for group in info.groups:
-            backlog += group.pending
-            if group.lag is not None:
-                backlog += group.lag
-            elif group.last_delivered != info.last_id:
-                backlog += 1
+        backlog += sum(_unfinished(g, info) for g in info.groups)
     return backlog
+
+
+def _unfinished(group: GroupInfo, info: StreamInfo) -> int:
+    """Entries of the stream ``group`` has not finished: pending, plus those not yet delivered
+    (its lag; 1 when the server cannot count it but the group is behind the last entry)."""
+    lag = group.lag if group.lag is not None else int(group.last_delivered != info.last_id)
+    return group.pending + lag
 
 
 async def inbox_backlog(bus: Bus, run: str, exclude: Collection[str] = ()) -> int:
@@ -115,7 +117,7 @@ async def wait_flushed(flush: Callable[[], Awaitable[object]], timeout_s: float)
     return False
 
 
-#: an inbox and the consumer group that drains it (``actor:<actor name>``)
+#: an inbox and the consumer group that drains it (:func:`contracts.streams.group`)
 Served = tuple[str, str]
 
 
@@ -123,12 +125,14 @@ def run_inboxes(run: str, slots: Iterable[str], world_size: int) -> list[Served]
     """The inboxes a run with these slots and ranks has, each with its actor's group: the
     SeedActor of every slot, the singleton actors, the ExecutionActor of every rank. Known from
     the trainer's own layout, not from Redis, which anyone who can write to it could add to."""
-    out = [(streams.inbox(run, "seed", s), f"actor:seed:{s}") for s in sorted(slots)]
+    out = [(streams.inbox(run, "seed", s), streams.group(f"seed:{s}")) for s in sorted(slots)]
     out += [
-        (streams.inbox(run, k), f"actor:{k}") for k in ("gate", "safety", "telemetry", "barrier")
+        (streams.inbox(run, k), streams.group(k))
+        for k in ("gate", "safety", "telemetry", "barrier")
     ]
     out += [
-        (streams.inbox(run, "execution", str(r)), f"actor:execution:{r}") for r in range(world_size)
+        (streams.inbox(run, "execution", str(r)), streams.group(f"execution:{r}"))
+        for r in range(world_size)
     ]
     return out
 
@@ -140,8 +144,7 @@ async def _group_state(bus: Bus, inbox: str, group: str) -> tuple[int, str]:
     info = await bus.info(inbox)
     for g in info.groups:
         if g.name == group:
-            lag = g.lag if g.lag is not None else int(g.last_delivered != info.last_id)
-            return g.pending + lag, g.last_delivered
+            return _unfinished(g, info), g.last_delivered
     return info.length, ""
 
 

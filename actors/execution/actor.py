@@ -103,7 +103,7 @@ class ExecutionActor:
         self.taken = 0  # inbox entries handled
         self.inbox = streams.inbox(run, "execution", str(rank))
         self.confirmations = streams.confirmations(run)
-        self.group = f"actor:execution:{rank}"
+        self.group = streams.group(f"execution:{rank}")
         self.slots: Sequence[str] = sorted(runtime.slots)
         self.sent: Counter[str] = Counter()
         self.router = Router(bus, run)

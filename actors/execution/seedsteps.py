@@ -37,13 +37,18 @@ def train_seeds(rt: ExecutionRuntime, step: int) -> None:
 def _fossil_outputs(rt: ExecutionRuntime, sid: str, state: SlotState, step: int) -> None:
     """A fossil's non-finite outputs (zeroed in its forward) raised as a safety signal, read at
     the report cadence (reading the count waits for the device)."""
-    if step % max(1, rt.config.report_every):
-        return
+    if not step % max(1, rt.config.report_every):
+        _signal_nonfinite(rt, sid, state, "fossil output (zeroed)")
+
+
+def _signal_nonfinite(rt: ExecutionRuntime, sid: str, state: SlotState, what: str) -> None:
+    """The slot's non-finite outputs counted since the last look (zeroed in its forward), folded
+    into its statistics and raised as one safety signal."""
     nonfinite = float(state.slot.nonfinite)
     if nonfinite:
         state.output_nonfinite += int(nonfinite)
         state.slot.nonfinite.zero_()
-        rt._safety(sid, pb.SAFETY_SIGNAL_NON_FINITE_OUTPUT, nonfinite, "fossil output (zeroed)")
+        rt._safety(sid, pb.SAFETY_SIGNAL_NON_FINITE_OUTPUT, nonfinite, what)
 
 
 def _train_seed(rt: ExecutionRuntime, sid: str, state: SlotState) -> None:
@@ -52,11 +57,7 @@ def _train_seed(rt: ExecutionRuntime, sid: str, state: SlotState) -> None:
         _inplace_violation(rt, state, step)
     if slot.host_writes:
         _host_write_violation(rt, state)
-    nonfinite = float(slot.nonfinite)
-    if nonfinite:
-        state.output_nonfinite += int(nonfinite)
-        slot.nonfinite.zero_()
-        rt._safety(sid, pb.SAFETY_SIGNAL_NON_FINITE_OUTPUT, nonfinite, "seed output")
+    _signal_nonfinite(rt, sid, state, "seed output")
     opt = state.optimizer
     params = slot.seed_parameters()
     if opt is None or not any(p.grad is not None for p in params):

@@ -128,7 +128,7 @@ class Housekeeping:
         """Move the actor's group back if it was found past the end of its inbox (then wake the
         host's blocked read: it would not see the entries held back until its time ran out)."""
         moved = await reset_if_ahead(
-            self.bus, self.inbox, f"actor:{self.name}", self.decided(),
+            self.bus, self.inbox, streams.group(self.name), self.decided(),
             self.config.security.clock_tolerance_s, (self.signer, self.run_id, self.name),
         )  # fmt: skip
         if moved is not None:

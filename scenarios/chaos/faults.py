@@ -31,9 +31,11 @@ def _groups(proc: ActorProcess, run: str) -> list[tuple[str, str]]:
     out = []
     for actor in proc.spec.actors:
         if actor == "seed":
-            out += [(streams.inbox(run, "seed", s), f"actor:seed:{s}") for s in proc.spec.slots]
+            out += [
+                (streams.inbox(run, "seed", s), streams.group(f"seed:{s}")) for s in proc.spec.slots
+            ]
         else:
-            out.append((streams.inbox(run, actor), f"actor:{actor}"))
+            out.append((streams.inbox(run, actor), streams.group(actor)))
     return out
 
 
