@@ -49,6 +49,9 @@ class Blueprint:
     convex_ok: bool = True  # delta is 0 at birth, so h + delta == h: convex blending is allowed
     description: str = ""
     artifact: str = ""  # the artifact id it was loaded from ("" = registered in Python)
+    #: the germinate parameters ``build`` reads (besides the runtime's own, ``RUNTIME_PARAMS``);
+    #: None: not declared, any name is passed on
+    params: frozenset[str] | None = None
 
 
 _REGISTRY: dict[str, Blueprint] = {}
@@ -135,8 +138,20 @@ def _is_features(shape: SlotShape) -> bool:
     return len(shape.out_shape) >= 2 and shape.dtype.is_floating_point
 
 
+def _whole(params: Mapping[str, float], names: tuple[str, ...], default: int) -> int:
+    """The first of ``names`` in ``params`` as a whole number >= 1 (``default`` when none is);
+    ValueError for a fraction or a value below 1, which the germination reports as a refusal."""
+    for name in names:
+        if name in params:
+            value = params[name]
+            if not value >= 1 or value != int(value):
+                raise ValueError(f"{name} must be a whole number >= 1, got {value:g}")
+            return int(value)
+    return default
+
+
 def _hidden(params: Mapping[str, float], default: int) -> int:
-    return max(1, int(params.get("hidden", params.get("width", default))))
+    return _whole(params, ("hidden", "width"), default)
 
 
 class ResidualMLP(nn.Module):
@@ -201,12 +216,12 @@ def _build_width(shape: SlotShape, params: Mapping[str, float], host: nn.Module)
 
 def _build_conv(shape: SlotShape, params: Mapping[str, float], host: nn.Module) -> nn.Module:
     c = shape.out_shape[1]
-    return ConvAdapter(c, max(1, int(params.get("rank", max(1, c // 4)))))
+    return ConvAdapter(c, _whole(params, ("rank",), max(1, c // 4)))
 
 
 def _build_lowrank(shape: SlotShape, params: Mapping[str, float], host: nn.Module) -> nn.Module:
     d = _features(shape)
-    rank = max(1, int(params.get("rank", 4)))
+    rank = _whole(params, ("rank",), 4)
     return LowRankAdapter(d, rank, float(params.get("scale", rank)))
 
 
@@ -223,8 +238,11 @@ def _accepts_conv(shape: SlotShape) -> bool:
     return len(shape.out_shape) == 4 and shape.dtype.is_floating_point
 
 
+_SIZE = frozenset({"hidden", "width"})  # "width" is another name for "hidden"
 for _bp in (
-    Blueprint("residual_mlp", _build_residual, _is_features, description="h + W2 relu(W1 h)"),
+    Blueprint(
+        "residual_mlp", _build_residual, _is_features, description="h + W2 relu(W1 h)", params=_SIZE
+    ),
     Blueprint(
         "width",
         _build_width,
@@ -232,9 +250,22 @@ for _bp in (
         reads_input=True,
         convex_ok=False,
         description="new hidden units from the slot input, fan-out zero",
+        params=_SIZE,
     ),
-    Blueprint("conv_adapter", _build_conv, _accepts_conv, description="1x1 conv, zero output"),
-    Blueprint("lowrank", _build_lowrank, _is_features, description="low-rank adapter, B = 0"),
+    Blueprint(
+        "conv_adapter",
+        _build_conv,
+        _accepts_conv,
+        description="1x1 conv, zero output",
+        params=frozenset({"rank"}),
+    ),
+    Blueprint(
+        "lowrank",
+        _build_lowrank,
+        _is_features,
+        description="low-rank adapter, B = 0",
+        params=frozenset({"rank", "scale"}),
+    ),
 ):
     register_blueprint(_bp)
 

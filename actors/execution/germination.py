@@ -95,7 +95,7 @@ def _germinate(
 ) -> dict[str, float]:
     slot, g = state.slot, order.germinate
     bp = resolve(rt, g)
-    params = check_params(dict(g.params))
+    params = check_params(dict(g.params), bp)
     site = _site(rt, slot)
     check_germinate_kd(rt, params, site.inputs, site.base)
     check_fit(bp, site.shape, g.blend_mode)

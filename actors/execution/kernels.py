@@ -84,8 +84,9 @@ def as_blueprint(kernel: Kernel) -> Blueprint:
             and (base is None or bool(base.accepts(shape)))
         )
 
+    # built from the manifest's own parameters: a germinate's blueprint parameters do not apply
     return Blueprint(m.blueprint, build, accepts, reads_input=m.reads_input,
-                     convex_ok=m.convex_ok, artifact=kernel.id)  # fmt: skip
+                     convex_ok=m.convex_ok, artifact=kernel.id, params=frozenset())  # fmt: skip
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -137,6 +138,11 @@ def pack_weights(
                             "its shape is needed (--in-shape)")  # fmt: skip
     if not bp.accepts(shape):
         raise ArtifactError("shape_mismatch", f"blueprint {blueprint!r} does not fit {shape}")
+    unknown = sorted(set(params) - bp.params) if bp.params is not None else []
+    if unknown:  # a misspelt size would be packed at its default, silently
+        raise ArtifactError("bad_params", f"blueprint {blueprint!r} takes no parameter "
+                            f"{', '.join(unknown)} (its parameters: "
+                            f"{', '.join(sorted(bp.params or ())) or 'none'})")  # fmt: skip
     seed = bp.build(shape, dict(params), host if host is not None else nn.Identity())
     seed = seed.to(dtype=shape.dtype)
     tensors = dict(seed.state_dict())

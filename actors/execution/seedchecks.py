@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_PARAM_MAGNITUDE",
     "MIN_SEED_LIMIT",
+    "RUNTIME_PARAMS",
     "check_fit",
     "check_limit",
     "check_params",
@@ -35,8 +36,27 @@ MAX_PARAM_MAGNITUDE = 1e9  # no germinate parameter (sizes, rates, scales) is la
 MIN_SEED_LIMIT = 1_000_000  # default seed size limit: the host's parameter count, at least this
 
 
-def check_params(params: dict[str, float]) -> dict[str, float]:
-    """Germinate parameters must be finite and of a sane magnitude (refused before any build)."""
+#: germinate parameters the runtime reads for any blueprint, with their bounds (inclusive low,
+#: high; ``lr`` and ``kd_temperature`` also above 0 where given)
+RUNTIME_PARAMS: dict[str, tuple[float, float]] = {
+    "lr": (0.0, math.inf),
+    "weight_decay": (0.0, math.inf),
+    "kd_weight": (0.0, 1.0),
+    "kd_temperature": (0.0, math.inf),
+}
+_ABOVE_ZERO = frozenset({"lr", "kd_temperature"})
+
+
+def _bounds(name: str) -> str:
+    low, high = RUNTIME_PARAMS[name]
+    if high < math.inf:
+        return f"in [{low:g}, {high:g}]"
+    return "above 0" if name in _ABOVE_ZERO else f">= {low:g}"
+
+
+def check_params(params: dict[str, float], bp: Blueprint) -> dict[str, float]:
+    """Germinate parameters must be finite and of a sane magnitude, the runtime's own within
+    their bounds, and every other one a parameter ``bp`` declares (refused before any build)."""
     for name, value in sorted(params.items()):
         if not math.isfinite(value) or abs(value) > MAX_PARAM_MAGNITUDE:
             raise OrderError(
@@ -44,6 +64,18 @@ def check_params(params: dict[str, float]) -> dict[str, float]:
                 f" (finite, |value| <= {MAX_PARAM_MAGNITUDE:g})",
                 {ev.PARAMS_FINITE: float(math.isfinite(value))},
             )
+        low, high = RUNTIME_PARAMS.get(name, (-math.inf, math.inf))
+        if not low <= value <= high or (name in _ABOVE_ZERO and value <= 0):
+            raise OrderError(f"germinate parameter {name}={value:g} must be {_bounds(name)}")
+    unknown = sorted(
+        set(params) - set(RUNTIME_PARAMS) - (set(params) if bp.params is None else bp.params)
+    )
+    if unknown:
+        takes = ", ".join(sorted(bp.params or ())) or "none of its own"
+        raise OrderError(
+            f"blueprint {bp.name!r} takes no parameter {', '.join(unknown)}"
+            f" (its parameters: {takes}; any blueprint's: {', '.join(RUNTIME_PARAMS)})"
+        )
     return params
 
 

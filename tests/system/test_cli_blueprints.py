@@ -98,6 +98,8 @@ def test_publish_a_file_factory_and_a_registered_blueprint_then_list(
         ("SEEDS:not_a_module", [], "returned int, not a module"),
         ("SEEDS:make", ["--shape", "0"], "expected positive integers"),
         ("SEEDS:make", ["--param", "rank"], "expected NAME=NUMBER"),
+        ("residual_mlp", ["--param", "hiden=8"], "takes no parameter hiden"),
+        ("residual_mlp", ["--param", "hidden=2.5"], "hidden must be a whole number"),
         ("no_such_package_x:make", [], "cannot import"),
     ],
 )
