@@ -64,6 +64,9 @@ def checkpoint(rt: ExecutionRuntime, path: str) -> None:
         "host_optimizer": rt.host_optimizer.state_dict(),
         "pruning": pruning_orders.saved(rt.pruner),
         "losses": [(int(s), float(v)) for s, v in rt.losses],  # G2's loss history
+        # how TRAINING seeds learn (the loop passes ``batch=``): a resumed loop's first forward
+        # must detach them as the uninterrupted one's does
+        "shadow_fed": rt.shadow_fed,
     }
     write_atomic(payload, path)
     pruning_orders.export(rt, rt.step)  # a checkpoint boundary: the unit importance goes out

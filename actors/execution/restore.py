@@ -57,6 +57,7 @@ class Plan:
     groups: list[list[Tensor]] | None = None  # host optimizer param lists after the restore
     masks: dict[str, Tensor] | None = None  # the host's pruning masks after the restore
     losses: list[tuple[int, float]] | None = None  # the training losses G2 compares a stage to
+    shadow_fed: bool | None = None  # TRAINING seeds learn from the shadow loss (None: not saved)
 
 
 def host_state(model: nn.Module) -> dict[str, Tensor]:
@@ -86,6 +87,8 @@ def plan(
         groups = out.groups or [list(g["params"]) for g in rt.host_optimizer.param_groups]
         _check_groups(groups, payload["host_optimizer"])
         out.losses = _losses_plan(payload.get("losses"))
+        fed = payload.get("shadow_fed")
+        out.shadow_fed = fed if isinstance(fed, bool) else None
     with_masks = host if masks is None else masks
     if with_masks:
         out.masks = _masks_plan(rt, payload)
@@ -246,6 +249,8 @@ def apply(rt: ExecutionRuntime, p: Plan) -> None:
     if p.losses is not None:
         rt.losses.clear()
         rt.losses.extend(p.losses)
+    if p.shadow_fed is not None:
+        rt.feed_shadow(p.shadow_fed)
 
 
 def _set_groups(opt: torch.optim.Optimizer, groups: list[list[Tensor]]) -> None:

@@ -225,7 +225,7 @@ class ExecutionRuntime:
             monitor.step_back(self, step)
         self.step, batch = step, check_batch(batch, "on_step(batch=...)")
         if (batch is not None) is not self._shadow_fed:  # how TRAINING seeds learn changed
-            self._feed_shadow(batch is not None)
+            self.feed_shadow(batch is not None)
         if self.memory.held:
             self.memory.expire(step)
         forward_failures(self)  # seeds whose forward raised (out of memory or not) leave
@@ -251,7 +251,12 @@ class ExecutionRuntime:
         recovery.at_boundary(self, step, entering, agreed)
         pruning_orders.at_boundary(self, step)
 
-    def _feed_shadow(self, fed: bool) -> None:
+    @property
+    def shadow_fed(self) -> bool:
+        """Whether TRAINING seeds learn from the shadow loss (the last ``on_step`` had a batch)."""
+        return self._shadow_fed
+
+    def feed_shadow(self, fed: bool) -> None:
         """TRAINING seeds learn from the shadow loss (``fed``) or the straight-through term."""
         self._shadow_fed = fed
         for slot in self.slots.values():

@@ -67,12 +67,14 @@ def _train_seed(rt: ExecutionRuntime, sid: str, state: SlotState) -> None:
     else:
         norm = grad_norm(params)
     value = float(norm)
-    state.record_grad(value, training=slot.stage == st.TRAINING)
-    if not math.isfinite(value):
-        if _host_grads_finite(rt):  # else the whole backward overflowed (a loss scaler's skip)
+    # a backward that overflowed everywhere (a loss scaler's skipped step) is no seed's doing:
+    # neither a strike nor evidence against it, and no step (as the host takes none)
+    if math.isfinite(value) or _host_grads_finite(rt):
+        state.record_grad(value, training=slot.stage == st.TRAINING)
+        if not math.isfinite(value):
             rt._safety(sid, pb.SAFETY_SIGNAL_NON_FINITE_GRAD, value, "seed gradient")
-    elif not state.paused:
-        opt.step()
+        elif not state.paused:
+            opt.step()
     opt.zero_grad(set_to_none=True)
 
 

@@ -328,3 +328,6 @@ def test_a_loss_scalers_overflow_step_is_no_seeds_fault() -> None:
     signals = kinds(rt.drain_outbox(), "safety.signal")
     assert not [s for s in signals if s.kind == pb.SAFETY_SIGNAL_NON_FINITE_GRAD]
     assert [s.step for s in signals if s.kind == pb.SAFETY_SIGNAL_NON_FINITE_LOSS] == [4, 5, 6]
+    # nor evidence against the seed at its gates (G1's grad_finite, G2's nonfinite_count)
+    state = rt.states["b"]
+    assert state.grad_nonfinite == 0 and state.grad_steps == 2  # steps 3 and 7; 4-6 skipped
