@@ -29,6 +29,7 @@ from actors.artifacts import ArtifactStore
 from actors.delivery import exhausted, since, written
 from actors.execution.prefetch import prefetch
 from actors.execution.protocol import Runtime
+from actors.execution.reacks import SentAcks
 from actors.hosting import FRAME, Rejections, Router, inbox_consumer, verify_entries
 from actors.hosting.admission import Admission, aggregated
 from actors.hosting.groupwatch import reset_if_ahead
@@ -38,16 +39,7 @@ from actors.hosting.restart import Restarts, keep_serving, one_line
 from actors.hosting.routing import STREAMS
 from bus import Append, Bus, BusClosed, BusUnavailable, Consumer, Entry, Handled, backoff_s
 from bus.errors import BusProtocolError
-from contracts import (
-    REGISTRY,
-    ContractError,
-    Envelope,
-    Reason,
-    Signer,
-    Verifier,
-    kinds,
-    streams,
-)
+from contracts import REGISTRY, ContractError, Envelope, Reason, Signer, Verifier, kinds, streams
 from contracts.config import KasminaConfig
 from leyline import pb
 
@@ -111,6 +103,7 @@ class ExecutionActor:
         self.rejected = self.rejections.counts
         self.admission = Admission(bus, self.inbox, self.group, config, self.rejections)
         self._seen = SeenOnce(SEEN_ORDERS)  # order ids (and checkpoint requests) applied
+        self._acks = SentAcks(SEEN_ORDERS)  # to answer a copy of an order applied (reacks.py)
         self.commits = 0
         self.last_commit = -1
         self.checkpoint_requests = 0
@@ -139,13 +132,16 @@ class ExecutionActor:
             while True:
                 if self._unsent is None:
                     appends = self._seal(self.runtime.drain_outbox())
+                    appends += self._seal([(kinds.EXEC_ACK, a) for a in self._acks.take()], False)
                     if not appends:
                         return sent
                     self._unsent = _Unsent(appends, since(self.config.security.clock_tolerance_s))
                 sent += await self._publish(self._unsent)
                 self._unsent = None
 
-    def _seal(self, items: Sequence[tuple[str, Message]]) -> list[Append]:
+    def _seal(self, items: Sequence[tuple[str, Message]], confirm: bool = True) -> list[Append]:
+        """Frames for ``items``; an ack also to the confirmations stream (``confirm``: not when
+        sent again for a copy of its order, a step is confirmed once)."""
         appends = []
         for kind, message in items:
             raw = message.SerializeToString()
@@ -153,7 +149,9 @@ class ExecutionActor:
             for stream in self.router.outbox(kind, message, self.slots):  # a frame per stream
                 frame = self.signer.seal(kind, raw, stream=stream)
                 appends.append(Append(stream, {FRAME: frame, "kind": kind.encode()}, maxlen=cap))
-            if kind == kinds.EXEC_ACK:  # the step confirmation, for the controller too
+            if kind == kinds.EXEC_ACK:
+                self._acks.sent(message)  # type: ignore[arg-type]
+            if kind == kinds.EXEC_ACK and confirm:  # the step confirmation, for the controller too
                 frame = self.signer.seal(kind, raw, stream=self.confirmations)
                 fields = {FRAME: frame, "kind": kind.encode()}
                 appends.append(Append(self.confirmations, fields, maxlen=CONFIRMATIONS_MAXLEN))
@@ -279,6 +277,8 @@ class ExecutionActor:
             await prefetch(self.artifacts, getattr(self.runtime, "kernels", None), message)
         if self._seen.first(message.order_id):  # a redelivery must not apply twice
             self.runtime.submit(message)
+        elif self._acks.again(message.order_id):  # a copy of one applied: its ack was lost?
+            self._wake.set()  # the flusher sends the ack again
 
     def _checkpoint(self, message: pb.CheckpointRequest) -> None:
         if message.rollback:

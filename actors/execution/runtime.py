@@ -53,6 +53,7 @@ from actors.execution.merge import Merged
 from actors.execution.optim import warn_seeds_held
 from actors.execution.probing import LossFn, ProbeBatch, check_batch, split_batch
 from actors.execution.pruning import Pruner
+from actors.execution.seedpass import take_grads
 from actors.execution.slot import SeedSlot, SlottedModule
 from actors.execution.slotstate import SlotState
 from actors.execution.votes import BarrierVotes
@@ -228,6 +229,9 @@ class ExecutionRuntime:
             self.feed_shadow(batch is not None)
         if self.memory.held:
             self.memory.expire(step)
+        for slot in self.slots.values():  # the seeds' gradients from the user's backward
+            if slot.held:
+                take_grads(slot)
         forward_failures(self)  # seeds whose forward raised (out of memory or not) leave
         if batch is not None:
             self.shadow_backward(batch)

@@ -29,7 +29,12 @@ def conformed(z: Tensor, h: Tensor) -> Tensor:
 class SeedBackward:
     """The hook on a seed output's leaf in the user's graph: the seed's backward from the leaf's
     gradient, run once (a second backward through a retained graph adds nothing to the seed), an
-    error noted as the seed's failure (the runtime culls it at the step's end), never raised."""
+    error noted as the seed's failure (the runtime culls it at the step's end), never raised.
+
+    The seed's gradients are held by the slot, not put in the parameters' ``.grad``: until
+    ``on_step`` takes them, nothing in the user's loop sees them (a norm clip over
+    ``model.parameters()``, a loss scaler's unscale, a ``model.zero_grad()`` before ``on_step``),
+    and nothing reaches a host tensor through the seed's graph."""
 
     def __init__(self, slot: SeedSlot, z: Tensor) -> None:
         self.slot = slot
@@ -37,14 +42,44 @@ class SeedBackward:
 
     def __call__(self, grad: Tensor) -> None:
         z, self.z = self.z, None
-        if z is None or self.slot.failure is not None:
+        slot = self.slot
+        if z is None or slot.failure is not None or slot.seed is None:
             return
+        params = [p for p in slot.seed.parameters() if p.requires_grad]
+        prior = [p.grad for p in params]
+        for p in params:  # the backward's own gradient alone (a rank's sync hook averages it)
+            p.grad = None
         try:
             # retained: a (leaking) seed's graph may share nodes with the user's, which the
             # user's backward still walks; the seed's own is freed with ``z`` just after
-            torch.autograd.backward(z, grad, retain_graph=True)
+            torch.autograd.backward(z, grad, retain_graph=True, inputs=params)
         except Exception as exc:  # the seed leaves; the user's backward goes on
-            self.slot._failed(exc, "backward")
+            slot._failed(exc, "backward")
+        grads = tuple(p.grad for p in params)
+        for p, g in zip(params, prior, strict=True):
+            p.grad = g
+        if slot.failure is None:
+            hold_grads(slot, params, grads)
+
+
+def hold_grads(
+    slot: SeedSlot, params: list[nn.Parameter], grads: tuple[Tensor | None, ...]
+) -> None:
+    """Add the seed's gradients from one user backward to those ``slot`` holds (accumulated like
+    ``.grad``: several backwards before a step add up)."""
+    held = slot.held
+    for p, g in zip(params, grads, strict=True):
+        if g is not None:
+            prev = held.get(id(p))
+            held[id(p)] = (p, g if prev is None else prev[1] + g)
+
+
+def take_grads(slot: SeedSlot) -> None:
+    """Put the gradients ``slot`` holds into its seed parameters' ``.grad`` (the runtime, at the
+    start of ``on_step``, where the seed's optimizer and evidence read them)."""
+    held, slot.held = slot.held, {}
+    for p, g in held.values():
+        p.grad = g if p.grad is None else p.grad + g
 
 
 @torch.compiler.disable  # type: ignore[untyped-decorator]

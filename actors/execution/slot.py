@@ -82,6 +82,8 @@ class SeedSlot(nn.Module):
         self.watched = ()
         self.host_writes = 0
         self.load_prefix = ""  # where the last load_state_dict found this slot
+        # the seed's gradients from the user's backward, until ``on_step`` takes them
+        self.held: dict[int, tuple[nn.Parameter, Tensor]] = {}
         self.register_load_state_dict_post_hook(seedless_ok)  # type: ignore[no-untyped-call]
 
     # -- forward -------------------------------------------------------------------------------
@@ -222,6 +224,7 @@ class SeedSlot(nn.Module):
         self.nonfinite.zero_()
         self.inplace.zero_()
         self.host_writes = 0
+        self.held = {}
 
     def seed_rng(self, seed: int | None) -> None:
         """Give the seed its own RNG stream starting from ``seed`` (None: the global stream)."""
@@ -269,6 +272,7 @@ class SeedSlot(nn.Module):
         self.inplace.zero_()
         self.host_writes = 0
         self.watched = ()
+        self.held = {}
 
     @contextmanager
     def forced(self, mode: Mode, alpha: float | None = None) -> Iterator[None]:

@@ -59,6 +59,7 @@ class LeasedHost:
     def __init__(self) -> None:
         self.lifecycle = Lifecycle.STARTING
         self._stale = True  # no state until the first rebuild (or one a bus failure cut short)
+        self._lost = False  # lost its lease while serving, not taken back yet
         self._consumer: Consumer | None = None
         self._wake: anyio.Event | None = None  # set by stop(): cuts waits short
         self._finished: anyio.Event | None = None  # set when run() has returned
@@ -163,6 +164,9 @@ class LeasedHost:
             self._enter(Lifecycle.STOPPING)
             return False
         outage_of(self.bus).answered(self.logic.name)
+        if taken and self._lost:
+            log.warning("%s: serving again", self.logic.name)
+        self._lost = self._lost and not taken
         self._enter(Lifecycle.REBUILDING if taken else Lifecycle.STANDBY)
         return taken
 
@@ -191,10 +195,12 @@ class LeasedHost:
             await self._pause(self.lease.ttl_s / 3)
             try:
                 held = await self.lease.renew()
-            except BusUnavailable:
-                continue  # commits stay fenced; retry at the next period
+            except BusUnavailable as exc:  # commits stay fenced; retry at the next period
+                outage_of(self.bus).failed(self.logic.name, exc)
+                continue
             except BusClosed:
                 return
+            outage_of(self.bus).answered(self.logic.name)
             if not held and self.lifecycle.owns:
                 await self._lose("lease expired or taken over")
             elif held:  # a registry emptied by someone with write access heals within a period
@@ -207,6 +213,7 @@ class LeasedHost:
 
     async def _lose(self, why: str) -> None:
         log.warning("%s: lost ownership (%s); standing by", self.logic.name, why)
+        self._lost = True  # said again once it serves again
         self._enter(Lifecycle.STANDBY)
         self._stale = True  # whatever this host decided since may never have been committed
         if self._consumer is not None:

@@ -168,7 +168,8 @@ async def test_a_fenced_commit_makes_the_host_rebuild_and_decide_again(
             entry = await bus.publish(host.inbox, {"x": b"1"})
             await eventually(lambda: _true(host.batches == [[entry], [entry]]))
             assert (host.rebuilds, host.owner) == (2, True)
-    assert lines == ["seed:l0.s0: lost ownership (a commit was fenced off); standing by"]
+    assert lines == ["seed:l0.s0: lost ownership (a commit was fenced off); standing by",
+                     "seed:l0.s0: serving again"]  # fmt: skip
 
 
 async def test_a_lease_taken_by_another_process_sends_the_host_to_standby(
@@ -186,6 +187,7 @@ async def test_a_lease_taken_by_another_process_sends_the_host_to_standby(
             await eventually(lambda: _true(host.rebuilds == 2))
             assert host.owner and host.standing_by == ""
     assert lines[0] == "seed:l0.s0: lost ownership (lease expired or taken over); standing by"
+    assert lines[-1] == "seed:l0.s0: serving again"  # said once it has its lease back
 
 
 async def test_a_host_stopped_before_it_ran_does_nothing(bus: Bus, run_id: str) -> None:
@@ -279,13 +281,20 @@ async def test_a_renewal_that_found_redis_away_is_retried_at_the_next_period(
     bus: Bus, run_id: str
 ) -> None:
     """A lease renewal that finds Redis away is tried again a period later: the host renews on,
-    keeps its lease and serves."""
+    keeps its lease and serves; the outage is said (a serving host whose reads wait it out
+    notices it by its renewals)."""
     faulty = FaultyBus(bus, {"renew_key"}, times=1)
     host = Host(faulty, run_id, "p1")  # type: ignore[arg-type]
-    async with _serving(host):
-        await eventually(lambda: _true(faulty.calls["renew_key"] >= 3))
-        assert host.owner and faulty.failures == 1
-        assert await bus.get_value(_lease_key(run_id)) == host.token.encode()
+    with _warnings() as lines:
+        async with _serving(host):
+            await eventually(lambda: _true(faulty.calls["renew_key"] >= 3))
+            assert host.owner and faulty.failures == 1
+            assert await bus.get_value(_lease_key(run_id)) == host.token.encode()
+    said = (
+        "seed:l0.s0: Redis does not answer (BusUnavailable: injected failure before renew_key);"
+        " waiting for it"
+    )
+    assert lines == [said]
 
 
 async def test_a_take_that_found_redis_away_neither_serves_nor_stands_by(
