@@ -104,8 +104,7 @@ class ExecutionActor:
         self.admission = Admission(bus, self.inbox, self.group, config, self.rejections)
         self._seen = SeenOnce(SEEN_ORDERS)  # order ids (and checkpoint requests) applied
         self._acks = SentAcks(SEEN_ORDERS)  # to answer a copy of an order applied (reacks.py)
-        self.commits = 0
-        self.last_commit = -1
+        self.commits, self.last_commit = 0, -1
         self.checkpoint_requests = 0
         self._wake = threading.Event()
         self._stopping = False

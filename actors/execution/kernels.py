@@ -138,11 +138,7 @@ def pack_weights(
                             "its shape is needed (--in-shape)")  # fmt: skip
     if not bp.accepts(shape):
         raise ArtifactError("shape_mismatch", f"blueprint {blueprint!r} does not fit {shape}")
-    unknown = sorted(set(params) - bp.params) if bp.params is not None else []
-    if unknown:  # a misspelt size would be packed at its default, silently
-        raise ArtifactError("bad_params", f"blueprint {blueprint!r} takes no parameter "
-                            f"{', '.join(unknown)} (its parameters: "
-                            f"{', '.join(sorted(bp.params or ())) or 'none'})")  # fmt: skip
+    _check_params(bp, params)
     seed = bp.build(shape, dict(params), host if host is not None else nn.Identity())
     seed = seed.to(dtype=shape.dtype)
     tensors = dict(seed.state_dict())
@@ -155,6 +151,16 @@ def pack_weights(
     manifest = _with(manifest, params={k: float(v) for k, v in params.items()},
                      reads_input=bp.reads_input, convex_ok=bp.convex_ok)  # fmt: skip
     return manifest, _payload(tensors, {})
+
+
+def _check_params(bp: Blueprint, params: Mapping[str, float]) -> None:
+    """Refuse a parameter ``bp`` does not declare: a misspelt size would be packed at its
+    default, silently."""
+    unknown = sorted(set(params) - bp.params) if bp.params is not None else []
+    if unknown:
+        raise ArtifactError("bad_params", f"blueprint {bp.name!r} takes no parameter "
+                            f"{', '.join(unknown)} (its parameters: "
+                            f"{', '.join(sorted(bp.params or ())) or 'none'})")  # fmt: skip
 
 
 def _manifest(

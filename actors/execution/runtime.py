@@ -229,9 +229,7 @@ class ExecutionRuntime:
             self.feed_shadow(batch is not None)
         if self.memory.held:
             self.memory.expire(step)
-        for slot in self.slots.values():  # the seeds' gradients from the user's backward
-            if slot.held:
-                take_grads(slot)
+        take_grads(self.slots.values())  # the seeds' gradients from the user's backward
         forward_failures(self)  # seeds whose forward raised (out of memory or not) leave
         if batch is not None:
             self.shadow_backward(batch)

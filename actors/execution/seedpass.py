@@ -5,7 +5,7 @@ raising out of the user's ``loss.backward()``."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -74,12 +74,13 @@ def hold_grads(
             held[id(p)] = (p, g if prev is None else prev[1] + g)
 
 
-def take_grads(slot: SeedSlot) -> None:
-    """Put the gradients ``slot`` holds into its seed parameters' ``.grad`` (the runtime, at the
+def take_grads(slots: Iterable[SeedSlot]) -> None:
+    """Put the gradients each slot holds into its seed parameters' ``.grad`` (the runtime, at the
     start of ``on_step``, where the seed's optimizer and evidence read them)."""
-    held, slot.held = slot.held, {}
-    for p, g in held.values():
-        p.grad = g if p.grad is None else p.grad + g
+    for slot in slots:
+        held, slot.held = slot.held, {}
+        for p, g in held.values():
+            p.grad = g if p.grad is None else p.grad + g
 
 
 @torch.compiler.disable  # type: ignore[untyped-decorator]

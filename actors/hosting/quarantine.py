@@ -11,12 +11,35 @@ from __future__ import annotations
 from actors.eventlog import LogRecord
 from actors.hosting.inbox import FRAME
 from bus import Bus
-from contracts import Signer, kinds, streams
+from contracts import Reason, Signer, kinds, streams
 from leyline import pb
 
-__all__ = ["QUARANTINE_MAXLEN", "note_group_moved", "note_regressed", "note_unfoldable"]
+__all__ = [
+    "KEY_REFUSALS",
+    "QUARANTINE_MAXLEN",
+    "UnverifiableLog",
+    "note_group_moved",
+    "note_regressed",
+    "note_unfoldable",
+]
 
 QUARANTINE_MAXLEN = 10_000
+#: refusals of an entry for its key alone (the ring has it revoked, retired, or not at all): a
+#: genuine event of the run's past, not a forgery, once the ring that signed it is not at hand
+KEY_REFUSALS = frozenset({Reason.REVOKED_KEY, Reason.EXPIRED_KEY, Reason.UNKNOWN_KEY})
+
+
+class UnverifiableLog(RuntimeError):
+    """A rebuild found the actor's own events skipping ahead past entries its key ring refuses
+    (a key revoked or dropped while the run lived): its state cannot be known, so the actor does
+    not serve (it would decide on an old state and number its events again from there)."""
+
+    def __init__(self, actor: str, refused: int, gap: Exception) -> None:
+        super().__init__(
+            f"{actor}: cannot rebuild: its events skip ahead ({gap}) past {refused} log entries "
+            "whose key this key ring refuses (revoked, retired or unknown); run with the key "
+            "ring that signed them, or end the run (kasmina record, with the old ring)"
+        )
 
 
 async def _publish(

@@ -16,6 +16,7 @@ import anyio
 
 from actors.attached import ALIVE_S, confirmations, confirmed_by_rank, heartbeats, trainers
 from actors.eventlog import BadEntry, read_log, read_verified
+from actors.hosting.quarantine import KEY_REFUSALS
 from actors.replay import fold_events
 from actors.seed import stage_name
 from actors.seed.outcomes import awaiting_text
@@ -137,6 +138,9 @@ def _slot(slot: str, s: Any, since: tuple[int, int] | None, now_ms: int) -> dict
     }
 
 
+_KEY_REFUSED = frozenset(r.value for r in KEY_REFUSALS)
+
+
 async def collect(bus: Bus, run: str, ring: KeyRing) -> dict[str, Any]:
     """The status object of docs/design.md §7 (plus ``trainers`` and each slot's ``awaiting_*``).
 
@@ -168,6 +172,8 @@ async def collect(bus: Bus, run: str, ring: KeyRing) -> dict[str, Any]:
             "quarantine", _notes(bus, run, ring), {"log_regressions": 0, "groups_moved": 0}
         ),
         "unverified_events": len(bad) - copies,
+        # of those, refused for their key alone: the wrong key file, or a key revoked or dropped
+        "key_refused_events": sum(1 for b in bad if b["reason"] in _KEY_REFUSED),
         "streams": await part("streams", _streams(bus, run), []),
         "dead_letters": dead.length if dead is not None else None,
         "unreadable": broken,
@@ -230,6 +236,12 @@ def _print(status: dict[str, Any]) -> None:
         print(
             f"log: {status['quarantined']} events quarantined (not foldable), "
             f"{status['unverified_events']} entries that do not verify"
+        )
+    if status["key_refused_events"]:
+        print(
+            f"log: {status['key_refused_events']} entries signed by a key this key file refuses "
+            "(revoked, retired or unknown): is --keys the run's key file? (an actor rebuilding "
+            "with it does not serve)"
         )
     for broken in status["unreadable"]:
         print(f"UNREADABLE {broken['part']}: {broken['error']} (a key of another type?)")

@@ -206,3 +206,39 @@ async def test_an_event_signed_with_a_retired_key_is_quarantined_not_folded(
         assert (shell.logic.state.seq, shell.logic.digests()) == (seq, digest)
         await _cull(cl)
         assert shell.logic.state.seq == seq + 1  # the forged number is not taken
+
+
+async def test_a_log_whose_older_events_a_revoked_key_signed_is_not_served(
+    bus: Bus, run_id: str
+) -> None:
+    """Events signed by a key later rotated out and then revoked no longer verify: a SeedActor
+    rebuilding with that ring finds its own sequence skipping past them and refuses to serve
+    (UnverifiableLog, nothing written) instead of deciding on an old state and numbering its
+    events again from 1; with the ring before the revocation it rebuilds the whole state."""
+    from actors.assemble import build_shells
+    from actors.hosting.quarantine import UnverifiableLog
+    from contracts import KasminaConfig
+
+    first = KeyRing.generate()
+    async with running_cluster(bus, run=run_id, slots=[SLOT], ring=first) as cl:
+        await _cull(cl)  # bootstrap + refusal: events 1-2, signed by the first key
+    rotated = first.rotate(grace_s=600)
+    async with running_cluster(bus, run=run_id, slots=[SLOT], ring=rotated) as cl:
+        await _cull(cl)  # event 3, signed by the new key
+    revoked = rotated.revoke(first.active.id)
+    events = (await bus.info(streams.events(run_id))).length
+
+    def seed_shell(ring: KeyRing) -> ActorShell:
+        config = KasminaConfig()
+        (shell,) = build_shells(
+            bus=bus, run=run_id, config=config, signer=Signer(ring, "seed"),
+            verifier=live_verifier(bus, run_id, ring, config), actors=["seed"], slots=[SLOT],
+        )  # fmt: skip
+        return shell
+
+    with pytest.raises(UnverifiableLog, match=r"skips 1..2\) past \d+ log entries whose key"):
+        await seed_shell(revoked).rebuild()
+    assert (await bus.info(streams.events(run_id))).length == events
+    shell = seed_shell(rotated)
+    await shell.rebuild()
+    assert shell.quarantined == set()
