@@ -175,3 +175,31 @@ def step_back(rt: ExecutionRuntime, step: int) -> None:
     raw = pb.TelemetryRaw(region=rt.config.region, step=max(step, 0),
                           severity=pb.SEVERITY_WARNING, message=detail)  # fmt: skip
     rt.outbox.put(KIND_TELEMETRY, raw)
+
+
+JUMPS_TO_WARN = 3  # on_step calls in a row whose step went up by more than one
+
+
+def check_step(rt: ExecutionRuntime, step: int) -> None:
+    """Before ``on_step(step)`` closes its step: a step below the last (:func:`step_back`), or
+    a count that goes up by more than one at every call (steps numbered by micro-batch under
+    gradient accumulation, say), told once per runtime in a log line and a WARNING telemetry
+    item and counted (``rt.step_jumps``): stage budgets and the report and barrier cadences count
+    step numbers, so such a loop shortens every stage K-fold, or never meets a barrier."""
+    if step < rt.step:
+        step_back(rt, step)
+        return
+    jumped = rt.step >= 0 and step > rt.step + 1
+    rt.jumps_in_row = rt.jumps_in_row + 1 if jumped else 0
+    rt.step_jumps += int(jumped)
+    if rt.jumps_in_row != JUMPS_TO_WARN or rt.jump_warned:
+        return
+    rt.jump_warned = True
+    detail = (f"on_step({step}) after on_step({rt.step}): the step goes up by more than one at "
+              "every call; stage budgets and the report and barrier cadences count steps, so "
+              "pass the optimizer's step count, one more at each on_step (with gradient "
+              "accumulation: count optimizer steps, not micro-batches)")  # fmt: skip
+    logging.getLogger("kasmina.execution").warning(detail)
+    raw = pb.TelemetryRaw(region=rt.config.region, step=max(step, 0),
+                          severity=pb.SEVERITY_WARNING, message=detail)  # fmt: skip
+    rt.outbox.put(KIND_TELEMETRY, raw)

@@ -144,6 +144,8 @@ class ExecutionRuntime:
         self._warned_seeds: weakref.WeakSet[nn.Module] = weakref.WeakSet()
         self._optimizer_seen: tuple[object, ...] = ()  # what the last look at it saw
         self.stepped_back = 0  # on_step calls whose step was below the one before
+        self.step_jumps = self.jumps_in_row = 0  # calls whose step went up by more than one
+        self.jump_warned = False
 
     @property
     def rank(self) -> int:
@@ -222,8 +224,7 @@ class ExecutionRuntime:
         the task loss with the seed fully on (alpha 1, input still detached), differentiated with
         respect to the seed's parameters only. Without it they learn from the straight-through term
         of the user's backward. Either way the host's parameters and gradients are untouched."""
-        if step < self.step:
-            monitor.step_back(self, step)
+        monitor.check_step(self, step)  # a count that goes back, or up by more than one
         self.step, batch = step, check_batch(batch, "on_step(batch=...)")
         if (batch is not None) is not self._shadow_fed:  # how TRAINING seeds learn changed
             self.feed_shadow(batch is not None)

@@ -18,7 +18,7 @@ import anyio
 
 from actors.attached import Trainer, trainers
 from actors.client import CommandTimeout, KasminaClient, Outcome
-from bus import Bus
+from bus import Bus, BusUnavailable, redact_url
 from contracts import streams
 from kasmina.commands import pruning
 from kasmina.common import (
@@ -222,9 +222,12 @@ async def _publish(args: argparse.Namespace) -> dict[str, Any]:
             streams.check_slot(args.slot)
         except ValueError as exc:
             raise CliError(f"--slot: {exc}") from None
-    wiring = connect(redis_url(args), run_id(args), load_keys(args))
+    url = redis_url(args)
+    wiring = connect(url, run_id(args), load_keys(args))
     started = anyio.current_time()
     try:
+        if not await wiring.bus.ping():  # at once, not after the waits below (--timeout)
+            raise BusUnavailable(f"no answer from {redact_url(url)}; nothing was sent")
         if args.action == "prune":
             return await pruning.publish(args, wiring)
         client = KasminaClient(

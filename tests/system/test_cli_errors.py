@@ -80,3 +80,24 @@ def test_a_reader_that_went_away_ends_a_command_quietly_with_141(
     assert moved == [1]
     out = capsys.readouterr()
     assert out.out == out.err == ""
+
+
+@pytest.mark.parametrize("wait", [[], ["--wait", "--timeout", "3"]])
+def test_publish_to_a_redis_that_does_not_answer_says_so_at_once(
+    cli_env: dict[str, str],  # noqa: F811
+    wait: list[str],
+) -> None:
+    """`publish` against a port nobody listens on exits 2 with one line that names the URL and
+    says nothing was sent, before any of its waits (it used to wait out its own retries of the
+    slot's heartbeat for about 30 s, whatever --timeout said)."""
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"redis://127.0.0.1:{port}/0"
+    done = kasmina("publish", "pause", "--slot", "l1.s0", "--redis", url, *wait, env=cli_env)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"kasmina publish: Redis: no answer from {url}; nothing was sent"
+    ]
