@@ -9,7 +9,7 @@ that does not (tampered, foreign, or no frame at all), in stream order.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from contracts.errors import Replayed
 __all__ = ["PAGE", "BadEntry", "LogRecord", "read_log", "read_verified"]
 
 PAGE = 2000  # entries per range call
+PROGRESS_EVERY = 10_000  # entries between two calls of read_verified's ``on_read``
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,15 +99,26 @@ async def read_log(
 
 
 async def read_verified(
-    source: EntrySource, stream: str, ring: KeyRing, *, until: str | None = None
+    source: EntrySource,
+    stream: str,
+    ring: KeyRing,
+    *,
+    until: str | None = None,
+    on_read: Callable[[int], None] | None = None,
 ) -> tuple[list[tuple[str, str, Any]], list[dict[str, str]]]:
     """:func:`read_log` of a whole recorded stream collected: the ``(entry_id, kind, message)``
-    events and the bad entries as dicts (with their reason code), in stream order."""
+    events and the bad entries as dicts (with their reason code), in stream order.
+    ``on_read(n)`` is told the entries read so far every ``PROGRESS_EVERY`` (progress of a long
+    read)."""
     good: list[tuple[str, str, Any]] = []
     bad: list[dict[str, str]] = []
+    n = 0
     async for record in read_log(source, stream, Verifier(ring, replay=True), until=until or "+"):
         if isinstance(record, BadEntry):
             bad.append(record.as_dict())
         else:
             good.append(record.event)
+        n += 1
+        if on_read is not None and n % PROGRESS_EVERY == 0:
+            on_read(n)
     return good, bad

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -149,12 +150,37 @@ async def _read_run(
     source = open_source(args.source, args.run, ring)
     try:
         stream = events_stream(source.run)
-        events, bad = await read_verified(source.entries, stream, ring, until=args.until)
+        progress = _Progress()
+        events, bad = await read_verified(
+            source.entries, stream, ring, until=args.until, on_read=progress
+        )
+        progress.done(len(events) + len(bad))
         if args.plot:
             reports = await _step_reports(source, events, ring)
     finally:
         await source.close()
     return source, events, bad, reports
+
+
+class _Progress:
+    """On stderr, while a long log is read: a line every ``every_s`` once ``after_s`` passed."""
+
+    def __init__(self, after_s: float = 2.0, every_s: float = 5.0) -> None:
+        self.started = self.said = time.monotonic()
+        self.after_s, self.every_s, self.spoke = after_s, every_s, False
+
+    def __call__(self, n: int) -> None:
+        now = time.monotonic()
+        if now - self.started >= self.after_s and (
+            not self.spoke or now - self.said >= self.every_s
+        ):
+            print(f"kasmina replay: {n} entries of the log read and verified…", file=sys.stderr)
+            self.said, self.spoke = now, True
+
+    def done(self, n: int) -> None:
+        if self.spoke:
+            took = time.monotonic() - self.started
+            print(f"kasmina replay: {n} entries read and verified in {took:.0f} s", file=sys.stderr)
 
 
 def _plot(events: list[Any], reports: list[Any], run: str, path: str) -> None:

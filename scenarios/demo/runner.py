@@ -195,7 +195,7 @@ async def _run_and_record(
     """Train with the actors serving the run, then record its streams; the run's events."""
     order = batches(len(grower.split.y_train), BATCH, opts.steps, opts.seed)
     config = grower.budgets.config()
-    bus = open_bus(url)
+    bus = open_bus(url, processed_ttl_ms=int(config.bus.processed_ttl_s * 1000))  # as a run
     try:
         async with running_cluster(
             bus, run=run_id, slots=list(grower.slots), runtimes=[runtime], config=config,

@@ -169,3 +169,40 @@ async def test_a_recorded_log_is_read_whatever_the_age_of_its_entries(
     assert (good, bad) == ([(entry, kinds.HEARTBEAT, pb.Heartbeat(actor="old"))], [])
     (live,) = [r async for r in read_log(bus, stream, Verifier(ring))]
     assert isinstance(live, BadEntry) and live.reason is Reason.STALE
+
+
+async def test_read_verified_tells_its_progress_every_so_many_entries(
+    bus: Bus, run_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``on_read`` hears the count of entries read (verified or not) every ``PROGRESS_EVERY``:
+    what `kasmina replay` turns into progress lines on a long log."""
+    import actors.eventlog as eventlog
+
+    monkeypatch.setattr(eventlog, "PROGRESS_EVERY", 3)
+    ring, stream = KeyRing.generate(), streams.heartbeats(run_id)
+    await _beats(bus, stream, ring, 7)
+    await bus.publish(stream, {FRAME: b"not a frame"})  # the 8th: counted, not verified
+    heard: list[int] = []
+    good, bad = await read_verified(bus, stream, ring, on_read=heard.append)
+    assert (len(good), len(bad), heard) == (7, 1, [3, 6])
+
+
+def test_replay_progress_speaks_only_on_a_long_read(capsys: pytest.CaptureFixture[str]) -> None:
+    """The replay's progress says nothing on a read shorter than its delay; past it, a line per
+    report with the count, and a last line with the total."""
+    from kasmina.commands.replay import _Progress
+
+    quiet = _Progress()  # 2 s before its first line: a short read says nothing
+    quiet(10_000)
+    quiet.done(12_345)
+    assert capsys.readouterr().err == ""
+    loud = _Progress(after_s=0.0, every_s=0.0)
+    loud(10_000)
+    loud(20_000)
+    loud.done(23_456)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[:2] == [
+        "kasmina replay: 10000 entries of the log read and verified…",
+        "kasmina replay: 20000 entries of the log read and verified…",
+    ]
+    assert lines[2].startswith("kasmina replay: 23456 entries read and verified in ")
