@@ -7,8 +7,7 @@ housekeeping; its serving loop (lease, rebuild, serve, stand by, stop) is
 as it is: events appended and folded, outgoing messages routed, a refusal recorded with the
 core's own reason code. Bad input is rejected, counted and acked; the state is untouched and the
 actor keeps running. A bus failure rebuilds the state from the event stream and re-reads the
-pending entries: nothing is lost, nothing applied twice. Where a shell stands is its
-:class:`~actors.hosting.Lifecycle`.
+pending entries: nothing lost, nothing applied twice (its :class:`~actors.hosting.Lifecycle`).
 """
 
 from __future__ import annotations
@@ -167,6 +166,8 @@ class ActorShell(LeasedHost):
                 reached = self.logic.digests() == target
         if not reached:  # the log lost events this host committed: keep what it committed
             await self._regressed()
+        # serve only a state the replicas hold (a write whose WAIT failed was read: wait for it)
+        await self.lease.renew(durable=True)
         self._committed = (self.logic.snapshot(), self.logic.digests())
         self.rebuilds += 1
         self._stale = False

@@ -294,7 +294,7 @@ class MemoryBus:
                 out.append(None)
         return 0, out
 
-    async def renew_key(self, key: str, value: str, ttl_ms: int) -> bool:
+    async def renew_key(self, key: str, value: str, ttl_ms: int, *, durable: bool = False) -> bool:
         store = self._open()
         if store.get(key) != value.encode():
             return False

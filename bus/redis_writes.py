@@ -185,7 +185,10 @@ class RedisWrites(RedisCore):
             return int(_s(raw[0])), found
         return int(_s(raw[0])), [_nonce_claim(r) for r in found]
 
-    async def renew_key(self, key: str, value: str, ttl_ms: int) -> bool:
+    async def renew_key(self, key: str, value: str, ttl_ms: int, *, durable: bool = False) -> bool:
+        if durable:  # WAIT after it: the replicas hold every write before it too
+            write = [[key], [value, ttl_ms]]
+            return bool(await self._call(lambda: self._durable(write, self._renew)))
         return bool(await self._call(lambda: self._renew(keys=[key], args=[value, ttl_ms])))
 
     async def release_key(self, key: str, value: str) -> bool:

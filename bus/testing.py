@@ -289,8 +289,9 @@ class FaultyBus:
         out: list[bool] = await self._run("commit", self.inner.commit(handled, fence=fence))
         return out
 
-    async def renew_key(self, key: str, value: str, ttl_ms: int) -> bool:
-        return bool(await self._run("renew_key", self.inner.renew_key(key, value, ttl_ms)))
+    async def renew_key(self, key: str, value: str, ttl_ms: int, *, durable: bool = False) -> bool:
+        call = self.inner.renew_key(key, value, ttl_ms, durable=durable)
+        return bool(await self._run("renew_key", call))
 
     async def release_key(self, key: str, value: str) -> bool:
         return bool(await self._run("release_key", self.inner.release_key(key, value)))

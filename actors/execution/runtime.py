@@ -144,6 +144,7 @@ class ExecutionRuntime:
         self._warned_seeds: weakref.WeakSet[nn.Module] = weakref.WeakSet()
         self._optimizer_seen: tuple[object, ...] = ()  # what the last look at it saw
         self.stepped_back = 0  # on_step calls whose step was below the one before
+        self.upstream_bad: dict[str, torch.Tensor] = {}  # slots whose seed's output got a NaN/inf
         self.step_jumps = self.jumps_in_row = 0  # calls whose step went up by more than one
         self.jump_warned = False
 
@@ -230,7 +231,8 @@ class ExecutionRuntime:
             self.feed_shadow(batch is not None)
         if self.memory.held:
             self.memory.expire(step)
-        take_grads(self.slots.values())  # the seeds' gradients from the user's backward
+        # the seeds' gradients from the user's backward (and where it overflowed upstream)
+        self.upstream_bad = take_grads(self.slots, self.world_size if self.distributed else 1)
         forward_failures(self)  # seeds whose forward raised (out of memory or not) leave
         if batch is not None:
             self.shadow_backward(batch)

@@ -5,11 +5,13 @@ raising out of the user's ``loss.backward()``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+
+from actors.execution.stages import Mode
 
 if TYPE_CHECKING:
     from actors.execution.slot import SeedSlot
@@ -46,41 +48,85 @@ class SeedBackward:
         if z is None or slot.failure is not None or slot.seed is None:
             return
         params = [p for p in slot.seed.parameters() if p.requires_grad]
-        prior = [p.grad for p in params]
-        for p in params:  # the backward's own gradient alone (a rank's sync hook averages it)
-            p.grad = None
         try:
             # retained: a (leaking) seed's graph may share nodes with the user's, which the
-            # user's backward still walks; the seed's own is freed with ``z`` just after
-            torch.autograd.backward(z, grad, retain_graph=True, inputs=params)
+            # user's backward still walks; the seed's own is freed with ``z`` just after. Into
+            # nothing's ``.grad`` (no hook of a rank's runs here: ranks average in on_step)
+            grads = torch.autograd.grad(z, params, grad, retain_graph=True, allow_unused=True)
         except Exception as exc:  # the seed leaves; the user's backward goes on
             slot._failed(exc, "backward")
-        grads = tuple(p.grad for p in params)
-        for p, g in zip(params, prior, strict=True):
-            p.grad = g
-        if slot.failure is None:
-            hold_grads(slot, params, grads)
+            return
+        hold_grads(slot, params, grads, torch.isfinite(grad).all())
+
+
+class Held:
+    """What a slot holds of its seed's gradients from the user's backwards until ``on_step``:
+    the sums per parameter and whether a gradient reaching the seed's output was not finite (an
+    overflow upstream of the seed, which a loss scaler skips: no fault of the seed's). The flag
+    stays a device tensor: read only when a seed gradient is not finite."""
+
+    __slots__ = ("bad", "grads")
+
+    def __init__(self) -> None:
+        self.grads: dict[int, tuple[nn.Parameter, Tensor]] = {}
+        self.bad: Tensor | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.grads) or self.bad is not None
 
 
 def hold_grads(
-    slot: SeedSlot, params: list[nn.Parameter], grads: tuple[Tensor | None, ...]
+    slot: SeedSlot, params: list[nn.Parameter], grads: tuple[Tensor | None, ...], ok: Tensor
 ) -> None:
     """Add the seed's gradients from one user backward to those ``slot`` holds (accumulated like
-    ``.grad``: several backwards before a step add up)."""
+    ``.grad``: several backwards before a step add up); ``ok``: the gradient that reached the
+    seed's output was finite."""
     held = slot.held
     for p, g in zip(params, grads, strict=True):
         if g is not None:
-            prev = held.get(id(p))
-            held[id(p)] = (p, g if prev is None else prev[1] + g)
+            prev = held.grads.get(id(p))
+            held.grads[id(p)] = (p, g if prev is None else prev[1] + g)
+    held.bad = ~ok if held.bad is None else held.bad | ~ok
 
 
-def take_grads(slots: Iterable[SeedSlot]) -> None:
+def take_grads(slots: Mapping[str, SeedSlot], world: int = 1) -> dict[str, Tensor]:
     """Put the gradients each slot holds into its seed parameters' ``.grad`` (the runtime, at the
-    start of ``on_step``, where the seed's optimizer and evidence read them)."""
-    for slot in slots:
-        held, slot.held = slot.held, {}
-        for p, g in held.values():
+    start of ``on_step``, where the seed's optimizer and evidence read them), averaged across
+    ``world`` ranks for every seed the user's backward feeds (every rank joins, in slot order,
+    whether its backward reached the seed or not). Returns, per slot, the flag of an overflow
+    upstream of its seed."""
+    upstream: dict[str, Tensor] = {}
+    for sid in sorted(slots) if world > 1 else slots:
+        slot = slots[sid]
+        held, slot.held = slot.held, Held()
+        for p, g in held.grads.values():
             p.grad = g if p.grad is None else p.grad + g
+        if held.bad is not None:
+            upstream[sid] = held.bad
+        if world > 1 and _fed_by_user(slot):
+            _average([p for p in slot.seed_parameters() if p.requires_grad], world)
+    return upstream
+
+
+def _fed_by_user(slot: SeedSlot) -> bool:
+    """The user's backward gives this slot's seed its gradient (the same on every rank: ranks
+    agree on stages and on whether the loop passes ``batch=``)."""
+    if slot.seed is None or slot.fossil:
+        return False
+    return slot.mode in (Mode.RESIDUAL, Mode.CONVEX) or (
+        slot.mode is Mode.TRAINING and not slot.shadow_fed
+    )
+
+
+def _average(params: list[nn.Parameter], world: int) -> None:
+    """Average the gradients of ``params`` across ranks (absent ones count as zero)."""
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad.div_(world)
 
 
 @torch.compiler.disable  # type: ignore[untyped-decorator]

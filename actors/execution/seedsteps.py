@@ -67,9 +67,9 @@ def _train_seed(rt: ExecutionRuntime, sid: str, state: SlotState) -> None:
     else:
         norm = grad_norm(params)
     value = float(norm)
-    # a backward that overflowed everywhere (a loss scaler's skipped step) is no seed's doing:
-    # neither a strike nor evidence against it, and no step (as the host takes none)
-    if math.isfinite(value) or _host_grads_finite(rt):
+    # a backward that overflowed upstream of the seed, or everywhere (a loss scaler's skipped
+    # step), is no seed's doing: neither a strike nor evidence against it, and no step
+    if math.isfinite(value) or (_host_grads_finite(rt) and not _overflowed_upstream(rt, sid)):
         state.record_grad(value, training=slot.stage == st.TRAINING)
         if not math.isfinite(value):
             rt._safety(sid, pb.SAFETY_SIGNAL_NON_FINITE_GRAD, value, "seed gradient")
@@ -103,6 +103,13 @@ def _inplace_violation(rt: ExecutionRuntime, state: SlotState, step: int) -> Non
     state.isolation_violations += 1
     detail = f"seed wrote its input (the host activation) in place {writes:g} time(s)"
     rt._safety(state.slot.slot_id, pb.SAFETY_SIGNAL_ISOLATION_VIOLATION, writes, detail)
+
+
+def _overflowed_upstream(rt: ExecutionRuntime, sid: str) -> bool:
+    """Whether a gradient that reached the seed's output in the user's backward was not finite
+    (read only for a seed whose own gradient is not finite: one device wait, then)."""
+    bad = rt.upstream_bad.get(sid)
+    return bad is not None and bool(bad)
 
 
 def _host_grads_finite(rt: ExecutionRuntime) -> bool:

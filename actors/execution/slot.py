@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from actors.execution.errors import is_oom, torch_control_flow
-from actors.execution.seedpass import SeedBackward, conformed, loaded, own_stream, seedless_ok
+from actors.execution.seedpass import Held, SeedBackward, conformed, loaded, own_stream, seedless_ok
 from actors.execution.slotted import SlottedModule as SlottedModule
 from actors.execution.stages import DORMANT, FOSSILIZED, TERMINATED, Mode, mode_for
 from contracts.streams import check_slot
@@ -83,7 +83,7 @@ class SeedSlot(nn.Module):
         self.host_writes = 0
         self.load_prefix = ""  # where the last load_state_dict found this slot
         # the seed's gradients from the user's backward, until ``on_step`` takes them
-        self.held: dict[int, tuple[nn.Parameter, Tensor]] = {}
+        self.held = Held()
         self.register_load_state_dict_post_hook(seedless_ok)  # type: ignore[no-untyped-call]
 
     # -- forward -------------------------------------------------------------------------------
@@ -173,6 +173,8 @@ class SeedSlot(nn.Module):
         gets, guarded (a seed whose backward raises leaves; the user's backward goes on)."""
         if self._direct or not z.requires_grad or torch.compiler.is_compiling():
             return z
+        if not self.training:  # a backward through an eval forward (a saliency map) trains nothing
+            return z.detach()
         leaf = z.detach().requires_grad_()
         leaf.register_hook(SeedBackward(self, z))  # type: ignore[no-untyped-call]
         return leaf
@@ -224,7 +226,7 @@ class SeedSlot(nn.Module):
         self.nonfinite.zero_()
         self.inplace.zero_()
         self.host_writes = 0
-        self.held = {}
+        self.held = Held()
 
     def seed_rng(self, seed: int | None) -> None:
         """Give the seed its own RNG stream starting from ``seed`` (None: the global stream)."""
@@ -272,7 +274,7 @@ class SeedSlot(nn.Module):
         self.inplace.zero_()
         self.host_writes = 0
         self.watched = ()
-        self.held = {}
+        self.held = Held()
 
     @contextmanager
     def forced(self, mode: Mode, alpha: float | None = None) -> Iterator[None]:

@@ -51,9 +51,11 @@ class OwnershipLease:
         self.holder = ""
         return True
 
-    async def renew(self) -> bool:
-        """Extend the lease; False if it expired or another process took it."""
-        return await self.bus.renew_key(self.key, self.token, self.fence.ttl_ms)
+    async def renew(self, *, durable: bool = False) -> bool:
+        """Extend the lease; False if it expired or another process took it. ``durable``: once
+        the replicas the bus waits for hold it, and so every write the server took before it
+        (BusUnavailable if they do not within the bus's WAIT timeout)."""
+        return await self.bus.renew_key(self.key, self.token, self.fence.ttl_ms, durable=durable)
 
     async def release(self) -> None:
         """Hand the lease back (best effort: if Redis is away it expires by itself)."""

@@ -102,3 +102,45 @@ def test_two_ranks_apply_orders_at_the_same_step_and_stay_identical(tmp_path: pa
     assert r0["votes"] == r1["votes"] and [v[0] for v in r0["votes"]] == [0, 4, 8, 12]
     assert r0["digest"] == r1["digest"]
     assert r0["fossil_params"] > 0 and not r0["signals"] and not r1["signals"]
+
+
+def _uneven(rank: int, root: str, finish: Finish) -> None:
+    """A blending seed; rank 0 alone runs extra backwards through it (a train-mode diagnostic
+    loss, and an eval-mode saliency map) between steps."""
+    torch.manual_seed(0)
+    model = TinyMLP()
+    slots = insert_slots(model, {"a": "fc1"})
+    ddp = DistributedDataParallel(model)
+    opt = torch.optim.SGD(host_parameters(model, slots), lr=0.1)
+    config = RuntimeConfig(device="cpu", rank=rank, world_size=WORLD, probe_every=0,
+                           report_every=0, barrier_frequency=0, blend_steps=20)  # fmt: skip
+    rt = ExecutionRuntime(model, slots, opt, config, probe_batch=data(1, seed=99)[0])
+    for o in ORDERS[0], ORDERS[2], ORDERS[4]:  # a: germinated 2, training 3, blending 5
+        rt.submit(o)
+    batches = data(4, seed=10 + rank)
+    for step in range(10):
+        x, y = batches[step % len(batches)]
+        opt.zero_grad(set_to_none=True)
+        backward(F.cross_entropy(ddp(x), y))
+        opt.step()
+        if rank == 0 and step >= 6:
+            backward(model(x).pow(2).mean())  # through the eager model: no DDP collective
+            model.eval()
+            backward(model(x.clone().requires_grad_())[:, 0].sum())
+            model.train()
+            opt.zero_grad(set_to_none=True)
+        rt.on_step(step)
+    finish({"digest": state_digest(model, slots).hex(), "stage": int(slots["a"].stage)})
+
+
+def test_a_backward_through_a_seed_on_one_rank_only_neither_hangs_nor_splits_the_ranks(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Seed gradients are averaged in ``on_step``, where every rank joins, not inside the
+    user's backward: rank 0's extra backwards (a diagnostic loss, a saliency map) through a
+    blending seed used to block it in an all-reduce rank 1 never joined. Both finish, on the
+    same state."""
+    run_ranks(_uneven, str(tmp_path), WORLD, timeout_s=60)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD))
+    assert r0["stage"] == r1["stage"] == pb.SEED_STAGE_BLENDING
+    assert r0["digest"] == r1["digest"]

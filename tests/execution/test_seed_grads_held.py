@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from execution_helpers import data, germinate, order, runtime, tiny
+from execution_helpers import data, germinate, kinds, order, runtime, tiny
 from torch import Tensor, nn
 
 from actors.execution import ExecutionRuntime, SeedSlot
@@ -83,3 +83,54 @@ def test_a_loss_scaler_and_a_clip_over_the_model_leave_the_host_update_as_withou
         assert slots["a"].stage == pb.SEED_STAGE_BLENDING
     ratios = [s / p for s, p in zip(updates[True][4:], updates[False][4:], strict=True)]
     assert all(0.5 < r < 2.0 for r in ratios), ratios
+
+
+def _seed_and_host(model: nn.Module) -> list[Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_a_backward_through_an_eval_forward_gives_the_seed_nothing() -> None:
+    """A saliency map between steps (``model.eval()``, a backward to the input, then
+    ``model.zero_grad()``) leaves the run exactly as without it: the seed learns only from
+    backwards through training-mode forwards (else it held, and stepped on, the diagnostic's
+    gradient, 30-50 times its own)."""
+    runs = []
+    for saliency in (False, True):
+        model, slots, opt, rt = _blending(seed=2)
+        for step, (x, y) in enumerate(data(8) * 2):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            rt.on_step(step)
+            if saliency:
+                model.eval()
+                probe = x.clone().requires_grad_()
+                model(probe)[:, 0].sum().backward()
+                assert probe.grad is not None and not slots["a"].held
+                model.zero_grad(set_to_none=True)
+                model.train()
+        assert slots["a"].stage == pb.SEED_STAGE_BLENDING
+        runs.append(_seed_and_host(model))
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+
+
+def test_an_overflow_upstream_of_the_seed_is_no_fault_of_the_seeds_even_with_host_grads_gone() -> (
+    None
+):
+    """A backward whose gradient reaching the seed's output is not finite (a loss scaler's
+    skipped step) neither counts against the seed nor steps it, even in a loop that zeroes the
+    host's gradients before ``on_step`` (the host's gradients can no longer tell)."""
+    model, slots, opt, rt = _blending(seed=3)
+    for step, (x, y) in enumerate(data(8) * 2):
+        opt.zero_grad(set_to_none=True)
+        scale = float("inf") if step in (6, 9) else 1.0
+        (F.cross_entropy(model(x), y) * scale).backward()
+        if step not in (6, 9):
+            opt.step()
+        opt.zero_grad(set_to_none=True)  # the Trainer order: zeroed before the step hook
+        rt.on_step(step)
+    state = rt.states["a"]
+    assert slots["a"].stage == pb.SEED_STAGE_BLENDING
+    assert state.grad_nonfinite == 0
+    signals = kinds(rt.drain_outbox(), "safety.signal")
+    assert not [s for s in signals if s.kind == pb.SAFETY_SIGNAL_NON_FINITE_GRAD]
