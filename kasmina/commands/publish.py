@@ -215,13 +215,7 @@ def _check_options(args: argparse.Namespace) -> None:
 
 async def _publish(args: argparse.Namespace) -> dict[str, Any]:
     _check_options(args)
-    if args.action != "prune" and not args.slot:
-        raise CliError(f"{args.action} needs --slot")
-    if args.action != "prune":
-        try:
-            streams.check_slot(args.slot)
-        except ValueError as exc:
-            raise CliError(f"--slot: {exc}") from None
+    _check_slot(args)
     url = redis_url(args)
     wiring = connect(url, run_id(args), load_keys(args))
     started = anyio.current_time()
@@ -248,6 +242,18 @@ async def _publish(args: argparse.Namespace) -> dict[str, Any]:
         return await _send_and_wait(args, wiring, client, extra, started)
     finally:
         await wiring.bus.close()
+
+
+def _check_slot(args: argparse.Namespace) -> None:
+    """Every action but prune names one valid slot."""
+    if args.action == "prune":
+        return
+    if not args.slot:
+        raise CliError(f"{args.action} needs --slot")
+    try:
+        streams.check_slot(args.slot)
+    except ValueError as exc:
+        raise CliError(f"--slot: {exc}") from None
 
 
 def _extra(args: argparse.Namespace) -> dict[str, Any]:
