@@ -23,6 +23,7 @@ from contracts.errors import Replayed
 __all__ = ["PAGE", "BadEntry", "LogRecord", "read_log", "read_verified"]
 
 PAGE = 2000  # entries per range call
+_REVOKED = Reason.REVOKED_KEY  # a key the ring holds but no longer trusts at any time
 PROGRESS_EVERY = 10_000  # entries between two calls of read_verified's ``on_read``
 
 
@@ -53,6 +54,9 @@ class BadEntry:
     reason: Reason
     detail: str
     copy: LogRecord | None = None
+    #: refused for a revoked key yet with a valid MAC under it: a message of the run's past
+    #: (or of whoever leaked the key) that this key ring no longer trusts
+    signed: bool = False
 
     def as_dict(self) -> dict[str, str]:
         """JSON-able form (``kasmina replay --json``)."""
@@ -87,7 +91,12 @@ async def read_log(
             env = verifier.open(frame, stream=entry.stream)
             message = REGISTRY.parse(env.kind, env.body)
         except ContractError as exc:
-            yield BadEntry(entry.id, stream, exc.code, exc.detail)
+            signed = (
+                frame is not None
+                and exc.code is _REVOKED
+                and verifier.signed_by_refused_key(frame, stream=stream)
+            )
+            yield BadEntry(entry.id, stream, exc.code, exc.detail, signed=signed)
             continue
         record = LogRecord(entry.id, stream, env.kind, message, env)
         first = seen.setdefault(env.id, entry.id)

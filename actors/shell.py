@@ -21,7 +21,7 @@ import anyio
 import anyio.lowlevel
 from google.protobuf.message import Message
 
-from actors.core import Decision, ReplayError, SeqGap
+from actors.core import Decision, ReplayError
 from actors.eventlog import BadEntry, LogRecord, read_log
 from actors.hosting import (
     FRAME,
@@ -40,7 +40,7 @@ from actors.hosting.admission import Admission, Run, aggregated
 from actors.hosting.housekeeping import Housekeeping, digest_appends
 from actors.hosting.inbox import Checked, IdPair, Prepared, committed_ids, keyed, turn_weight
 from actors.hosting.merging import OpenEvents
-from actors.hosting.quarantine import KEY_REFUSALS, UnverifiableLog, note_regressed, note_unfoldable
+from actors.hosting.quarantine import Skipped, note_regressed, note_unfoldable
 from actors.hosting.recent import RecentIds
 from actors.hosting.rejection import OUTCOMES_MAXLEN
 from actors.hosting.serving import LeasedHost
@@ -143,20 +143,18 @@ class ActorShell(LeasedHost):
             self._enter(Lifecycle.REBUILDING)
         target = None if self._committed is None else self._committed[1]
         reached = target is None or self.logic.digests() == target
-        refused = 0  # entries refused for their key alone (genuine, if the ring is wrong)
+        skipped = Skipped(self.logic.name)
         async for record in read_log(self.bus, self.events_stream, self.verifier.with_replay()):
             if isinstance(record, BadEntry):  # a tampered or foreign entry is no part of the state
-                refused += record.reason in KEY_REFUSALS
                 if record.copy is not None:  # a genuine event appended again: set aside
                     await self._quarantine(record.copy, ReplayError(record.detail))
-                    continue
-                log.warning("%s: event %s skipped in rebuild: %s: %s", self.logic.name,
-                            record.entry_id, record.reason.value, record.detail)  # fmt: skip
+                else:
+                    skipped.add(record)
                 continue
             try:
                 mine = self.logic.fold(record.kind, record.message)
             except ReplayError as exc:  # a duplicate or a gap in the log: set it aside
-                await self._quarantine(record, exc, refused)
+                await self._quarantine(record, exc)
                 continue
             count += 1
             if not mine:
@@ -164,6 +162,7 @@ class ActorShell(LeasedHost):
             self.recent.add_caused(record.envelope.causation_id, record.envelope.ts_ns)
             if not reached:
                 reached = self.logic.digests() == target
+        skipped.end()  # the run's past signed by a key the ring no longer trusts: UnverifiableLog
         if not reached:  # the log lost events this host committed: keep what it committed
             await self._regressed()
         # serve only a state the replicas hold (a write whose WAIT failed was read: wait for it)
@@ -189,12 +188,9 @@ class ActorShell(LeasedHost):
         )
         await note_regressed(self.bus, self.signer, self.run_id, self.logic.name)
 
-    async def _quarantine(self, record: LogRecord, exc: ReplayError, refused: int = 0) -> None:
+    async def _quarantine(self, record: LogRecord, exc: ReplayError) -> None:
         """Record an event this actor's core refused to fold (once per entry and shell) on the
-        run's quarantine stream; the rebuild goes on without it. A gap past ``refused`` entries
-        refused for their key alone ends the rebuild instead (:class:`UnverifiableLog`)."""
-        if refused and isinstance(exc, SeqGap):
-            raise UnverifiableLog(self.logic.name, refused, exc) from None
+        run's quarantine stream; the rebuild goes on without it."""
         if record.entry_id in self.quarantined:
             return
         self.quarantined.add(record.entry_id)

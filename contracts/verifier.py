@@ -141,6 +141,24 @@ class Verifier:
                 )
         return env
 
+    def signed_by_refused_key(self, frame: bytes, *, stream: str) -> bool:
+        """Whether ``frame``, refused for its key (revoked, say), carries a valid MAC under that
+        key: a message its holder signed (the run's own past, or a forgery by whoever leaked
+        it), not a writer's garbage under a key id it copied."""
+        try:
+            env = unpack(frame, max_bytes=self._max_bytes)
+        except ContractError:
+            return False
+        key = self._ring.get(env.key_id)
+        if key is None or address_mismatch(env, stream):
+            return False
+        expected = _hmac_sha256(
+            key.secret,
+            mac_input(env.v, env.kind, env.id, env.sender, env.key_id, env.ts_ns,
+                      env.causation_id, env.run, env.to, env.body),
+        )  # fmt: skip
+        return _compare_digest(expected, env.sig)
+
     def speaks_for(self, env: Envelope, actor: str) -> bool:
         """Whether ``env`` (opened by this verifier) may speak for ``actor``: signed by a key
         with the ``actor`` role (the actor processes sign for each of their actors), or in
@@ -251,6 +269,11 @@ class Verifier:
             if isinstance(judged, ContractError):
                 raise judged
         return env
+
+
+def address_mismatch(env: Envelope, stream: str) -> bool:
+    """``env`` was not signed for the stream key ``stream`` (another run or destination)."""
+    return (env.run, env.to) != stream_address(stream)
 
 
 # Refusals, built off the hot path: each is called only once a check has failed.

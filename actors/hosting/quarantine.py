@@ -8,7 +8,9 @@ Three kinds of note, each a :class:`pb.Rejection` with a plain ``reason`` field 
 
 from __future__ import annotations
 
-from actors.eventlog import LogRecord
+import logging
+
+from actors.eventlog import BadEntry, LogRecord
 from actors.hosting.inbox import FRAME
 from bus import Bus
 from contracts import Reason, Signer, kinds, streams
@@ -17,6 +19,7 @@ from leyline import pb
 __all__ = [
     "KEY_REFUSALS",
     "QUARANTINE_MAXLEN",
+    "Skipped",
     "UnverifiableLog",
     "note_group_moved",
     "note_regressed",
@@ -24,22 +27,49 @@ __all__ = [
 ]
 
 QUARANTINE_MAXLEN = 10_000
+log = logging.getLogger("kasmina.actors")
 #: refusals of an entry for its key alone (the ring has it revoked, retired, or not at all): a
 #: genuine event of the run's past, not a forgery, once the ring that signed it is not at hand
 KEY_REFUSALS = frozenset({Reason.REVOKED_KEY, Reason.EXPIRED_KEY, Reason.UNKNOWN_KEY})
 
 
 class UnverifiableLog(RuntimeError):
-    """A rebuild found the actor's own events skipping ahead past entries its key ring refuses
-    (a key revoked or dropped while the run lived): its state cannot be known, so the actor does
-    not serve (it would decide on an old state and number its events again from there)."""
+    """The run's event log holds messages signed by a key the ring has revoked (a valid MAC
+    under it): the run's past, which this ring no longer trusts. A rebuild cannot know
+    the actor's state without them, so the actor does not serve (it would decide on an old state
+    and number its events again from there)."""
 
-    def __init__(self, actor: str, refused: int, gap: Exception) -> None:
+    def __init__(self, actor: str, signed: int) -> None:
         super().__init__(
-            f"{actor}: cannot rebuild: its events skip ahead ({gap}) past {refused} log entries "
-            "whose key this key ring refuses (revoked, retired or unknown); run with the key "
-            "ring that signed them, or end the run (kasmina record, with the old ring)"
+            f"{actor}: cannot rebuild: the event log holds {signed} entries signed by a key this"
+            " key ring revokes; serve with the ring from before the revocation, or end the run"
         )
+
+
+class Skipped:
+    """The entries a rebuild leaves out (tampered, foreign, or signed by a key the ring refuses):
+    the first ``shown`` logged one by one, the rest counted on one line at the end, which raises
+    :class:`UnverifiableLog` if any was signed under a key the ring revoked."""
+
+    def __init__(self, actor: str, shown: int = 3) -> None:
+        self.actor, self.shown = actor, shown
+        self.count = self.signed = 0
+
+    def add(self, record: BadEntry) -> None:
+        """One entry left out."""
+        self.count += 1
+        self.signed += record.signed
+        if self.count <= self.shown:
+            log.warning("%s: event %s skipped in rebuild: %s: %s", self.actor, record.entry_id,
+                        record.reason.value, record.detail)  # fmt: skip
+
+    def end(self) -> None:
+        """After the whole log: the rest counted; UnverifiableLog if any was signed."""
+        if self.count > self.shown:
+            log.warning("%s: %d more entries of the event log skipped in rebuild", self.actor,
+                        self.count - self.shown)  # fmt: skip
+        if self.signed:
+            raise UnverifiableLog(self.actor, self.signed)
 
 
 async def _publish(

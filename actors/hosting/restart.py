@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 from anyio.abc import TaskStatus
 
+from actors.hosting.quarantine import UnverifiableLog
 from bus import BusError, backoff_s
 
 __all__ = ["Restarts", "keep_serving", "one_line"]
@@ -78,6 +79,10 @@ class Restarts:
         now = time.monotonic()
         if reason == self.last_reason and now - self._logged_at < QUIET_S:
             log.debug("actor %s crashed again (%s); restart %d", self.name, reason, self.total)
+        elif isinstance(_innermost(exc), UnverifiableLog):  # what to do is in the message
+            self._logged_at = now
+            log.error("actor %s does not serve: %s (trying again in %.1f s)", self.name,
+                      _innermost(exc), delay)  # fmt: skip
         elif isinstance(_innermost(exc), BusError):
             self._logged_at = now
             log.warning("actor %s stopped on a Redis error (%s); restarting in %.1f s (restart %d)",

@@ -9,11 +9,11 @@ import pytest
 
 from actors.assemble import live_verifier
 from actors.client import KasminaClient, Outcome
-from actors.eventlog import read_verified
+from actors.eventlog import BadEntry, read_log, read_verified
 from actors.shell import FRAME, ActorShell
 from bus import Bus, Entry
 from bus.testing import purge_prefix
-from contracts import KeyRing, Signer, Verifier, streams
+from contracts import KeyRing, Reason, Signer, Verifier, streams
 from kasmina.commands.status import collect
 from leyline import pb
 from scenarios.cluster import Cluster, running_cluster
@@ -208,37 +208,71 @@ async def test_an_event_signed_with_a_retired_key_is_quarantined_not_folded(
         assert shell.logic.state.seq == seq + 1  # the forged number is not taken
 
 
+def _fresh_seed_shell(bus: Bus, run_id: str, ring: KeyRing, slot: str) -> ActorShell:
+    """A fresh SeedActor shell for ``slot`` verifying with ``ring``."""
+    from actors.assemble import build_shells
+    from contracts import KasminaConfig
+
+    config = KasminaConfig()
+    (shell,) = build_shells(
+        bus=bus, run=run_id, config=config, signer=Signer(ring, "seed"),
+        verifier=live_verifier(bus, run_id, ring, config), actors=["seed"], slots=[slot],
+    )  # fmt: skip
+    return shell
+
+
 async def test_a_log_whose_older_events_a_revoked_key_signed_is_not_served(
     bus: Bus, run_id: str
 ) -> None:
-    """Events signed by a key later rotated out and then revoked no longer verify: a SeedActor
-    rebuilding with that ring finds its own sequence skipping past them and refuses to serve
-    (UnverifiableLog, nothing written) instead of deciding on an old state and numbering its
-    events again from 1; with the ring before the revocation it rebuilds the whole state."""
-    from actors.assemble import build_shells
+    """Events signed by a key later rotated out and then revoked no longer verify: every
+    SeedActor rebuilding with that ring refuses to serve (UnverifiableLog, nothing written),
+    the one whose own events go on under the new key and the one that wrote nothing since the
+    rotation alike, instead of deciding on an old state and numbering its events again from 1;
+    with the ring before the revocation both rebuild their whole state."""
     from actors.hosting.quarantine import UnverifiableLog
-    from contracts import KasminaConfig
 
+    idle = "l1.s0"
     first = KeyRing.generate()
-    async with running_cluster(bus, run=run_id, slots=[SLOT], ring=first) as cl:
-        await _cull(cl)  # bootstrap + refusal: events 1-2, signed by the first key
+    async with running_cluster(bus, run=run_id, slots=[SLOT, idle], ring=first) as cl:
+        await _cull(cl)  # bootstrap + refusal of each slot, signed by the first key
+        outcome = await cl.client.command(idle, "cull", wait=True, timeout_s=20)
+        assert isinstance(outcome, Outcome)
     rotated = first.rotate(grace_s=600)
-    async with running_cluster(bus, run=run_id, slots=[SLOT], ring=rotated) as cl:
-        await _cull(cl)  # event 3, signed by the new key
+    async with running_cluster(bus, run=run_id, slots=[SLOT, idle], ring=rotated) as cl:
+        await _cull(cl)  # SLOT's next event, signed by the new key; the idle slot writes none
     revoked = rotated.revoke(first.active.id)
     events = (await bus.info(streams.events(run_id))).length
-
-    def seed_shell(ring: KeyRing) -> ActorShell:
-        config = KasminaConfig()
-        (shell,) = build_shells(
-            bus=bus, run=run_id, config=config, signer=Signer(ring, "seed"),
-            verifier=live_verifier(bus, run_id, ring, config), actors=["seed"], slots=[SLOT],
-        )  # fmt: skip
-        return shell
-
-    with pytest.raises(UnverifiableLog, match=r"skips 1..2\) past \d+ log entries whose key"):
-        await seed_shell(revoked).rebuild()
+    for slot in (SLOT, idle):
+        with pytest.raises(UnverifiableLog, match=r"entries signed by a key this key ring revokes"):
+            await _fresh_seed_shell(bus, run_id, revoked, slot).rebuild()
     assert (await bus.info(streams.events(run_id))).length == events
-    shell = seed_shell(rotated)
-    await shell.rebuild()
-    assert shell.quarantined == set()
+    for slot in (SLOT, idle):
+        shell = _fresh_seed_shell(bus, run_id, rotated, slot)
+        await shell.rebuild()
+        assert shell.quarantined == set()
+
+
+async def test_a_writers_frame_under_a_revoked_key_id_does_not_stop_an_actor(
+    bus: Bus, run_id: str
+) -> None:
+    """A Redis writer who appends a frame naming a revoked key's id (its MAC not that key's:
+    the writer has no key) cannot stop the actors: the rebuild skips it like any forgery."""
+    first = KeyRing.generate()
+    ring = first.rotate(grace_s=600)
+    revoked = ring.revoke(first.active.id)
+    async with running_cluster(bus, run=run_id, slots=[SLOT], ring=ring) as cl:
+        await _cull(cl)
+    forged = KeyRing.generate()  # the writer's own key, under the revoked key's id
+    fake = Signer(forged, "seed").seal(
+        "lifecycle.refused", pb.LifecycleRefused(slot=SLOT), stream=streams.events(run_id)
+    )
+    fake = fake.replace(forged.active.id.encode(), first.active.id.encode())
+    await bus.publish(streams.events(run_id), {FRAME: bytes(fake), "kind": b"lifecycle.refused"})
+    bad = [
+        r async for r in read_log(bus, streams.events(run_id), Verifier(revoked, replay=True))
+        if isinstance(r, BadEntry)
+    ]  # fmt: skip
+    assert [(b.reason, b.signed) for b in bad] == [(Reason.REVOKED_KEY, False)]
+    shell = _fresh_seed_shell(bus, run_id, revoked, SLOT)
+    await shell.rebuild()  # the forged entry skipped: the actor serves
+    assert shell.rebuilds == 1
