@@ -68,6 +68,25 @@ async def heartbeats(
     return latest
 
 
+async def last_step(bus: Bus, run: str, ring: KeyRing, *, before_ns: int) -> int:
+    """The highest step any trainer rank of ``run`` beat with before ``before_ns`` (-1: none),
+    from verified beats only (a trainer key beats for its own rank only)."""
+    reached = -1
+    verifier = Verifier(ring, replay=True)
+    async for record in read_log(bus, streams.heartbeats(run), verifier):
+        if isinstance(record, BadEntry) or not isinstance(record.message, pb.Heartbeat):
+            continue
+        beat, env = record.message, record.envelope
+        if (
+            beat.actor.startswith("execution:")
+            and max(beat.ts_ns, env.ts_ns) < before_ns
+            and int(beat.step) < MAX_STEP
+            and verifier.speaks_for(env, beat.actor)
+        ):
+            reached = max(reached, int(beat.step))
+    return reached
+
+
 async def trainers(
     bus: Bus, run: str, ring: KeyRing, *, now_ns: int | None = None
 ) -> list[Trainer]:

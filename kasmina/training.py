@@ -25,8 +25,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from actors.attached import last_step
 from actors.execution.confirm import StepConfirmation
 from actors.execution.stages import stage_name
+from bus import BusError
 from kasmina.attached import Attached
 from kasmina.integration import attach
 
@@ -59,6 +61,7 @@ class TrainResult:
     run: str
     rank: int
     steps: int  # steps completed
+    first_step: int  # the run's step this trainer began at (after an earlier trainer's last)
     stopped: bool  # ended by a signal before ``--steps``
     stages: dict[str, str]
     val_loss: float
@@ -150,8 +153,8 @@ def train(
     ) as kas:
         net = _data_parallel(spec.model, world_size)
         report_every = kas.runtime.config.report_every or 1
-        step = 0
-        while steps <= 0 or step < steps:
+        first = step = _first_step(kas, world_size)
+        while steps <= 0 or step < first + steps:
             if _agreed_stop(stop.is_set(), world_size):
                 stopped = True
                 break
@@ -165,7 +168,8 @@ def train(
         result = TrainResult(
             run=kas.run,
             rank=kas.rank,
-            steps=step,
+            steps=step - first,
+            first_step=first,
             stopped=stopped,
             stages=_stages(kas.runtime.slots),
             val_loss=val_loss,
@@ -173,6 +177,23 @@ def train(
             confirmed=confirmed,
         )
     return result
+
+
+def _first_step(kas: Attached, world_size: int) -> int:
+    """The step after the last one a trainer of this run reached (0 for a new run), agreed by
+    every rank: step numbers only grow, also across a restarted trainer (a count that began
+    again at 0 would find every order of the run's actors due at a step it reaches much later,
+    and its step reports ignored)."""
+    began = kas.actor.started_ns  # beats from before this trainer: an earlier one's
+    try:
+        first = 1 + kas.portal.call(lambda: last_step(kas.bus, kas.run, kas.ring, before_ns=began))
+    except BusError:  # Redis away at start: the run's actors have no later step to go on either
+        first = 0
+    if world_size > 1:
+        agreed = torch.tensor([first], dtype=torch.int64)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+        first = int(agreed.item())
+    return first
 
 
 def _data_parallel(model: nn.Module, world_size: int) -> nn.Module:

@@ -91,7 +91,7 @@ class ExecutionActor:
         self.flush_interval_s = flush_interval_s
         self.heartbeat_s = heartbeat_s
         self.process = f"{socket.gethostname()}:{os.getpid()}"
-        self._started_ns = time.time_ns()
+        self.started_ns = time.time_ns()
         self.taken = 0  # inbox entries handled
         self.inbox = streams.inbox(run, "execution", str(rank))
         self.confirmations = streams.confirmations(run)
@@ -311,7 +311,7 @@ class ExecutionActor:
         beat = pb.Heartbeat(
             actor=f"execution:{self.rank}",
             process=self.process,
-            started_ns=self._started_ns,
+            started_ns=self.started_ns,
             processed=self.taken,
             rejected=dict(self.rejected),
             ts_ns=time.time_ns(),
@@ -344,6 +344,7 @@ class ExecutionActor:
             try:
                 await self._votes_hashed()
                 await self.flush()
+                await self._beat()  # the step it reached: a trainer started next goes on after it
             except (BusClosed, BusUnavailable):
                 pass  # the final flush is best effort
             except Exception as exc:  # a refusal (or a bug) costs the last batch, not the exit

@@ -54,7 +54,12 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         help="factory(seed=, rank=, world_size=) returning a kasmina.training.TrainSpec",
     )
     parser.add_argument(
-        "--steps", type=count, default=0, metavar="N", help="stop after N steps (0: until SIGTERM)"
+        "--steps",
+        type=count,
+        default=0,
+        metavar="N",
+        help="stop after N steps (0: until SIGTERM); a run's step count goes on from its last "
+        "trainer's",
     )
     parser.add_argument("--seed", type=int, default=0, metavar="S")
     parser.add_argument(
@@ -198,6 +203,9 @@ def _report(result: TrainResult, as_json: bool) -> None:
         emit_json(dataclasses.asdict(result))
         return
     stages = ", ".join(f"{k} {v}" for k, v in result.stages.items())
-    print(f"run {result.run} rank {result.rank}: {result.steps} steps; {stages}")
+    first = (
+        f" (from step {result.first_step}, after an earlier trainer)" if result.first_step else ""
+    )
+    print(f"run {result.run} rank {result.rank}: {result.steps} steps{first}; {stages}")
     refused = sum(not c["ok"] for c in result.confirmed)
     print(f"confirmed {len(result.confirmed) - refused} orders, refused {refused}")
