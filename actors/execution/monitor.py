@@ -123,7 +123,8 @@ def _evidence(rt: ExecutionRuntime, sid: str) -> dict[str, float]:
 
 
 def report(rt: ExecutionRuntime, step: int, val_loss: float, val_accuracy: float) -> None:
-    """Queue the step report (every slot) and one telemetry record per slot holding a seed."""
+    """Queue the step report (every slot) and one telemetry record per slot holding a seed, or
+    whose stage changed since its last record (a culled or reset slot's gauges follow it)."""
     message = pb.StepReport(rank=rt.rank, step=step)
     # unmeasured values stay unset (a report never carries NaN: actors reject non-finite input)
     for name, value in (
@@ -140,7 +141,9 @@ def report(rt: ExecutionRuntime, step: int, val_loss: float, val_accuracy: float
         message.slots.add(
             slot=sid, stage=state.slot.stage, alpha=metrics.get("alpha", 0.0), metrics=metrics
         )
-        if state.slot.seed is not None:
+        sent = rt.telemetry_stage.get(sid)  # None: no record yet (a slot never seeded: none)
+        if state.slot.seed is not None or sent not in (None, state.slot.stage):
+            rt.telemetry_stage[sid] = state.slot.stage
             rt.outbox.put(
                 KIND_TELEMETRY,
                 pb.TelemetryRaw(

@@ -144,6 +144,7 @@ class ExecutionRuntime:
         self._warned_seeds: weakref.WeakSet[nn.Module] = weakref.WeakSet()
         self._optimizer_seen: tuple[object, ...] = ()  # what the last look at it saw
         self.stepped_back = 0  # on_step calls whose step was below the one before
+        self.telemetry_stage: dict[str, int] = {}  # per slot, the stage of its last telemetry
         self.upstream_bad: dict[str, torch.Tensor] = {}  # slots whose seed's output got a NaN/inf
         self.step_jumps = self.jumps_in_row = 0  # calls whose step went up by more than one
         self.jump_warned = False

@@ -169,3 +169,23 @@ def test_emergency_checkpoint_round_trip(tmp_path: pathlib.Path) -> None:
     assert s1.keys() == s2.keys() and all(
         torch.equal(s1[k]["exp_avg"], s2[k]["exp_avg"]) for k in s1
     )
+
+
+def test_a_culled_slots_telemetry_follows_it_after_its_seed_is_gone() -> None:
+    """A slot whose seed was culled sends one more telemetry record, with its new stage and α 0
+    (Prometheus gauges would otherwise keep its last seeded stage for good), then none while
+    its stage stays; a slot never seeded sends none."""
+    model, slots = tiny()
+    opt = torch.optim.SGD(host_parameters(model, slots), lr=0.1)
+    rt = runtime(model, slots, opt, report_every=2)
+    rt.submit(germinate("a", 0))
+    rt.submit(order("a", pb.SEED_STAGE_TRAINING, 1))
+    rt.submit(order("a", pb.SEED_STAGE_CULLED, 3))
+    train(model, opt, rt, data(), range(9))
+    items = kinds(rt.drain_outbox(), "telemetry.raw")
+    assert [(t.slot, t.step, t.metrics["stage"]) for t in items] == [
+        ("a", 0, pb.SEED_STAGE_GERMINATED),
+        ("a", 2, pb.SEED_STAGE_TRAINING),
+        ("a", 4, pb.SEED_STAGE_CULLED),  # the seed is gone: its last record
+    ]
+    assert items[-1].metrics.get("alpha", 0.0) == 0.0
