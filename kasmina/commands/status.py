@@ -47,7 +47,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--interval", type=positive_seconds, default=2.0, metavar="SECONDS")
     parser.add_argument(
-        "--count", type=int, default=0, metavar="N", help="with --watch: stop after N views"
+        "--count",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --watch: stop after N refreshes (a try that found Redis away counts too)",
     )
     parser.set_defaults(func=run)
 
@@ -298,15 +302,17 @@ async def _status(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _watch(args: argparse.Namespace) -> None:
-    """Collect and show the status every ``--interval`` seconds (``--count`` views, or forever)."""
+    """Collect and show the status every ``--interval`` seconds (``--count`` tries, shown or
+    not, or forever)."""
     if args.interval <= 0:
         raise CliError("--interval must be positive")
     bus = open_bus(redis_url(args))
     ring, run = load_keys(args), run_id(args)
     clear = sys.stdout.isatty() and not args.json
-    shown = 0
+    tries = 0
     try:
         while True:
+            tries += 1
             try:
                 status = await collect(bus, run, ring)
             except BusUnavailable as exc:
@@ -317,8 +323,7 @@ async def _watch(args: argparse.Namespace) -> None:
                 emit_json(status) if args.json else _print(status)
                 if not args.json:
                     print(f"(every {args.interval:g} s; Ctrl-C to stop)", flush=True)
-                shown += 1
-            if args.count and shown >= args.count:
+            if args.count and tries >= args.count:
                 return
             await anyio.sleep(args.interval)
     finally:

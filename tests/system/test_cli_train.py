@@ -398,6 +398,21 @@ def test_status_watch_redraws_until_its_count(tmp_path: Path) -> None:
     assert all({"actors", "slots", "streams", "rejected"} <= set(v) for v in views)
 
 
+def test_status_watch_ends_at_its_count_while_redis_is_away(tmp_path: Path) -> None:
+    """`--watch --count 2` against a port nobody listens on says twice that Redis is away and
+    exits 0, instead of waiting for a view that never comes."""
+    import socket
+
+    with socket.socket() as s:  # free a moment ago: nothing listens on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = _env(tmp_path, world=1) | {"KASMINA_REDIS": f"redis://127.0.0.1:{port}/0"}
+    done = kasmina("status", "--watch", "--count", "2", "--interval", "0.05", env=env, timeout=120)
+    assert done.returncode == 0 and done.stdout == "", done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 2 and all("Redis unavailable" in line for line in lines)
+
+
 FAST = ("--no-lockstep", "--json")
 FACTORY = """
 import torch
