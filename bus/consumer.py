@@ -8,6 +8,8 @@ dead-letter stream instead of the caller. The caller commits each batch (effects
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import AsyncIterator
 
 import anyio
@@ -15,6 +17,9 @@ import anyio
 from .api import Bus, Entry
 from .backoff import backoff_s
 from .errors import BusClosed, BusUnavailable
+
+log = logging.getLogger("kasmina.bus")
+DEAD_LOG_S = 60.0  # dead letters of one consumer: the first logged, then a line a minute
 
 __all__ = ["Batch", "Consumer", "contiguous"]
 
@@ -68,6 +73,7 @@ class Consumer:
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
         self.dead_lettered = 0
+        self._dead_said_at = 0.0
         self.errors = 0
         self._closed = False
         self._rewind = False
@@ -88,7 +94,17 @@ class Consumer:
                 entry, self.group, dead_stream=self.dead_stream, reason=reason
             )
             self.dead_lettered += 1
+            self._said_dead(entry, reason)
         return live
+
+    def _said_dead(self, entry: Entry, reason: str) -> None:
+        """Log a dead letter: the first, then at most one line a minute with the count."""
+        now = time.monotonic()
+        if self.dead_lettered > 1 and now - self._dead_said_at < DEAD_LOG_S:
+            return
+        self._dead_said_at = now
+        log.warning("%s: entry %s of %s moved to %s (%s); %d dead-lettered so far", self.group,
+                    entry.id, entry.stream, self.dead_stream, reason, self.dead_lettered)  # fmt: skip
 
     async def _next(self, state: dict[str, object]) -> list[Entry] | None:
         """One step of the loop; None when there was nothing to hand out this time."""

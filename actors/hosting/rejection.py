@@ -124,7 +124,10 @@ class Rejections:
         self._undo = (before, self._storm)
         if storm is None:
             return []
-        log.warning("%s", storm.detail)  # too many rejections in the window: tell the SafetyActor
+        # too many rejections in the window: tell the SafetyActor, and the operator what and where
+        window = self._storm_config.reject_storm_window_s
+        log.warning("%s: %d rejections in %g s, the last one %s; counts so far: %s", storm.detail,
+                    int(storm.value), window, code.value, dict(self.counts))  # fmt: skip
         return [self._signal(storm, cause)]
 
     def _signal(self, storm: pb.SafetySignal, cause: str) -> Append:

@@ -157,7 +157,7 @@ def test_past_the_storm_threshold_the_safety_actor_is_told_once() -> None:
 
 def test_a_storm_signal_is_caused_by_the_rejection_that_raised_it() -> None:
     """The reject-storm signal raised by a verified message's rejection names that message as
-    its cause, and the storm is logged as a warning with its detail."""
+    its cause, and the storm is logged as a warning with how many, the reason and the counts."""
     ring = KeyRing.generate()
     storm = SafetyConfig(reject_storm_count=1, reject_storm_window_s=600, reject_storm_quiet_s=600)
     rejections = Rejections(RUN, "gate", Signer(ring, "gate"), storm)
@@ -168,7 +168,10 @@ def test_a_storm_signal_is_caused_by_the_rejection_that_raised_it() -> None:
             Entry(INBOX, "1-1"), Reason.INVALID, "x", env, outcome=False
         )
     assert signal.stream == SAFETY and _open(ring, signal).causation_id == env.id
-    assert lines == ["gate: rejection storm"]
+    assert lines == [
+        "gate: rejection storm: 2 rejections in 600 s, the last one invalid; "
+        "counts so far: {'invalid': 2}"
+    ]
 
 
 def test_long_details_of_a_run_are_capped_at_500_characters() -> None:

@@ -159,8 +159,11 @@ async def test_dead_letter_after_max_deliveries_without_blocking(bus: Bus, prefi
     assert consumer.dead_lettered == 1
 
 
-async def test_consumer_dead_letters_trimmed_payload(bus: Bus, prefix: str) -> None:
-    """A pending entry whose payload was trimmed is dead-lettered as payload_trimmed."""
+async def test_consumer_dead_letters_trimmed_payload(
+    bus: Bus, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pending entry whose payload was trimmed is dead-lettered as payload_trimmed, and the
+    operator is told on one log line (entry, streams, reason, count)."""
     s, dead = prefix + "in", prefix + "dead"
     await bus.ensure_group(s, "g")
     await bus.publish_many([Append(s, f(i)) for i in range(2)])
@@ -173,6 +176,10 @@ async def test_consumer_dead_letters_trimmed_payload(bus: Bus, prefix: str) -> N
             break
     (d,) = await bus.range(dead)
     assert d.fields["dead.reason"] == b"payload_trimmed" and d.fields["dead.id"] == a.id.encode()
+    said = [r.getMessage() for r in caplog.records if r.name == "kasmina.bus"]
+    assert said == [
+        f"g: entry {a.id} of {s} moved to {dead} (payload_trimmed); 1 dead-lettered so far"
+    ]
 
 
 async def test_dedupe_commit_twice_effects_once(bus: Bus, prefix: str) -> None:
