@@ -82,7 +82,7 @@ async def _serve(args: argparse.Namespace) -> None:
     supervisor = Supervisor(shells, services=services(shells, config))
     frozen = freeze_startup_heap()
     logging.getLogger("kasmina").info(
-        "serving run %s: %s (%d start-up objects frozen)",
+        "starting on run %s: %s (each serves once it holds its lease; %d start-up objects frozen)",
         wiring.run, ", ".join(s.logic.name for s in shells), frozen,
     )  # fmt: skip
     try:
