@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,10 @@ async def publish(args: argparse.Namespace, wiring: Wiring) -> dict[str, Any]:
     order = pb.PruningOrder(order_id=uuid.uuid4().hex, apply_at_step=at, masks=masks,
                             reason=args.reason)  # fmt: skip
     inboxes = await Router(wiring.bus, wiring.run).inboxes("execution", None)
+    if not await wiring.bus.members(streams.registry(wiring.run, "execution")):
+        print(f"kasmina publish: no trainer has attached to run {wiring.run}: the order waits in "
+              "rank 0's inbox for one (start `kasmina train`, or attach your loop)",
+              file=sys.stderr)  # fmt: skip
     client = KasminaClient(wiring.bus, wiring.run, wiring.signer(args.sender), wiring.verifier())
     mark = await _mark(wiring.bus, streams.pruning(wiring.run))
     for inbox in inboxes:

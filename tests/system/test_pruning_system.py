@@ -124,3 +124,21 @@ def test_cli_prune_with_a_malformed_mask_is_refused_with_its_reason(
     (ack,) = json.loads(done.stdout)["acks"]
     assert not ack["ok"] and "has 3 flags; the module has 16" in ack["error"]
     assert rt.pruner.masks == {}
+
+
+def test_cli_prune_without_a_trainer_says_so_at_once(
+    cli_env: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """With no trainer ever attached to the run, `publish prune` says on stderr, before any
+    wait, that the order waits in rank 0's inbox for one (it used to wait out --timeout in
+    silence), then reports the wait that timed out."""
+    masks = tmp_path / "masks.json"
+    masks.write_text(json.dumps({"fc2": [1] * 16}))
+    done = kasmina("publish", "prune", "--masks", str(masks), "--at-step", "5", "--wait",
+                   "--timeout", "1", env=cli_env)  # fmt: skip
+    assert done.stderr.splitlines()[0] == (
+        f"kasmina publish: no trainer has attached to run {cli_env['KASMINA_RUN']}: the order "
+        "waits in rank 0's inbox for one (start `kasmina train`, or attach your loop)"
+    )
+    assert json.loads(done.stdout)["result"] == "timed_out"
