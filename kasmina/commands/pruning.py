@@ -91,6 +91,14 @@ async def _acks(wiring: Wiring, order_id: str, after: str, ranks: set[str]) -> l
     return sorted(found.values(), key=lambda a: a.rank)
 
 
+async def _say_if_no_trainer(wiring: Wiring) -> None:
+    """On stderr: no trainer ever attached to the run (the order waits in rank 0's inbox)."""
+    if not await wiring.bus.members(streams.registry(wiring.run, "execution")):
+        print(f"kasmina publish: no trainer has attached to run {wiring.run}: the order waits in "
+              "rank 0's inbox for one (start `kasmina train`, or attach your loop)",
+              file=sys.stderr)  # fmt: skip
+
+
 async def publish(args: argparse.Namespace, wiring: Wiring) -> dict[str, Any]:
     """Send the order; with ``--wait``, also wait for every rank's ack."""
     masks = load_masks(args.masks)
@@ -100,10 +108,7 @@ async def publish(args: argparse.Namespace, wiring: Wiring) -> dict[str, Any]:
     order = pb.PruningOrder(order_id=uuid.uuid4().hex, apply_at_step=at, masks=masks,
                             reason=args.reason)  # fmt: skip
     inboxes = await Router(wiring.bus, wiring.run).inboxes("execution", None)
-    if not await wiring.bus.members(streams.registry(wiring.run, "execution")):
-        print(f"kasmina publish: no trainer has attached to run {wiring.run}: the order waits in "
-              "rank 0's inbox for one (start `kasmina train`, or attach your loop)",
-              file=sys.stderr)  # fmt: skip
+    await _say_if_no_trainer(wiring)
     client = KasminaClient(wiring.bus, wiring.run, wiring.signer(args.sender), wiring.verifier())
     mark = await _mark(wiring.bus, streams.pruning(wiring.run))
     for inbox in inboxes:
