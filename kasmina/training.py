@@ -185,6 +185,10 @@ def _first_step(kas: Attached, world_size: int) -> int:
     again at 0 would find every order of the run's actors due at a step it reaches much later,
     and its step reports ignored)."""
     began = kas.actor.started_ns  # beats from before this trainer: an earlier one's
+    if world_size > 1:  # before every rank of this trainer started (each beats "step 0" at once)
+        first_start = torch.tensor([began], dtype=torch.int64)
+        dist.all_reduce(first_start, op=dist.ReduceOp.MIN)
+        began = int(first_start.item())
     try:
         first = 1 + kas.portal.call(lambda: last_step(kas.bus, kas.run, kas.ring, before_ns=began))
     except BusError:  # Redis away at start: the run's actors have no later step to go on either

@@ -104,7 +104,10 @@ def take_grads(slots: Mapping[str, SeedSlot], world: int = 1) -> dict[str, Tenso
         if held.bad is not None:
             upstream[sid] = held.bad
         if world > 1 and _fed_by_user(slot):
-            _average([p for p in slot.seed_parameters() if p.requires_grad], world)
+            params = [p for p in slot.seed_parameters() if p.requires_grad]
+            _average(params, world)
+            if params:  # an overflow on any rank reached every rank's average: every rank's flag
+                upstream[sid] = _any_rank(held.bad, params[0].device)
     return upstream
 
 
@@ -116,6 +119,17 @@ def _fed_by_user(slot: SeedSlot) -> bool:
     return slot.mode in (Mode.RESIDUAL, Mode.CONVEX) or (
         slot.mode is Mode.TRAINING and not slot.shadow_fed
     )
+
+
+def _any_rank(bad: Tensor | None, device: torch.device) -> Tensor:
+    """Whether ``bad`` holds on any rank (a collective every rank joins)."""
+    import torch.distributed as dist
+
+    flag = torch.zeros(1, dtype=torch.int32, device=device)
+    if bad is not None:
+        flag += bad.to(device=device, dtype=torch.int32).reshape(1)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return flag[0] > 0
 
 
 def _average(params: list[nn.Parameter], world: int) -> None:

@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import pathlib
 import threading
+import uuid
 
+import anyio
+import pytest
 import torch
 import torch.nn.functional as F
-from execution_helpers import Finish, backward, data, germinate, order, run_ranks
+from execution_helpers import Finish, backward, data, germinate, kinds, order, run_ranks
 from torch.nn.parallel import DistributedDataParallel
 
 from actors.execution import ExecutionRuntime, RuntimeConfig, host_parameters, insert_slots
@@ -144,3 +147,94 @@ def test_a_backward_through_a_seed_on_one_rank_only_neither_hangs_nor_splits_the
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD))
     assert r0["stage"] == r1["stage"] == pb.SEED_STAGE_BLENDING
     assert r0["digest"] == r1["digest"]
+
+
+def _overflow_on_rank_0(rank: int, root: str, finish: Finish) -> None:
+    """A blending seed; rank 0's backward overflows at step 6 (its local batch), the host's
+    gradients are zeroed before ``on_step`` (the Trainer order)."""
+    torch.manual_seed(0)
+    model = TinyMLP()
+    slots = insert_slots(model, {"a": "fc1"})
+    ddp = DistributedDataParallel(model)
+    opt = torch.optim.SGD(host_parameters(model, slots), lr=0.1)
+    config = RuntimeConfig(device="cpu", rank=rank, world_size=WORLD, probe_every=0,
+                           report_every=0, barrier_frequency=0, blend_steps=20)  # fmt: skip
+    rt = ExecutionRuntime(model, slots, opt, config, probe_batch=data(1, seed=99)[0])
+    for o in ORDERS[0], ORDERS[2], ORDERS[4]:
+        rt.submit(o)
+    batches = data(4, seed=10 + rank)
+    signals: list[str] = []
+    for step in range(10):
+        x, y = batches[step % len(batches)]
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(ddp(x), y) * (float("inf") if rank == 0 and step == 6 else 1.0)
+        backward(loss)
+        host = [p.grad for p in host_parameters(model, slots) if p.grad is not None]
+        if all(bool(torch.isfinite(g).all()) for g in host):  # a scaler would skip this step
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        rt.on_step(step)
+        signals += [s.detail for s in kinds(rt.drain_outbox(), "safety.signal")]
+    finish({"nonfinite": rt.states["a"].grad_nonfinite, "signals": signals})
+
+
+def test_an_overflow_on_one_rank_is_no_seeds_fault_on_any_rank(tmp_path: pathlib.Path) -> None:
+    """Rank 0's overflow reaches every rank's averaged seed gradient, and so does its flag: no
+    rank counts it against the seed or signals it (rank 1 did, with its own flag clear)."""
+    run_ranks(_overflow_on_rank_0, str(tmp_path), WORLD, timeout_s=60)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    assert results == [{"nonfinite": 0, "signals": []}] * WORLD
+
+
+def _fresh_two_rank_train(rank: int, root: str, finish: Finish) -> None:
+    """`kasmina train`'s loop on a new run, rank 0 starting a little after rank 1."""
+    import time
+
+    from bus.testing import real_redis_url
+    from contracts import KasminaConfig, KeyRing
+    from kasmina.training import task_factory, train
+
+    ring = KeyRing.load(pathlib.Path(root) / "keys.json")
+    config = KasminaConfig.load(env={}, overrides={"barrier.world_size": WORLD})
+    if rank == 0:
+        time.sleep(1.0)  # rank 1's actor beats "step 0" before rank 0's starts
+    spec = task_factory("digits")(seed=0, rank=rank, world_size=WORLD)
+    run = pathlib.Path(root, "run").read_text()
+    result = train(
+        spec,
+        steps=2,
+        stop=threading.Event(),
+        redis=real_redis_url(),
+        run=run,
+        keys=ring,
+        config=config,
+    )
+    finish({"first_step": result.first_step, "steps": result.steps})
+
+
+@pytest.mark.redis
+def test_a_new_runs_ranks_begin_at_step_0(tmp_path: pathlib.Path) -> None:
+    """A trainer's ranks go on from an earlier trainer's last step, judged by beats from before
+    the first of them started: on a new run every rank begins at 0, though one rank's actor
+    beat (at step 0) before another's started."""
+    from contracts import KeyRing
+
+    KeyRing.generate().save(tmp_path / "keys.json")
+    run = f"ranks-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "run").write_text(run)
+    try:
+        run_ranks(_fresh_two_rank_train, str(tmp_path), WORLD, timeout_s=90)
+    finally:
+        anyio.run(_purge, run)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    assert results == [{"first_step": 0, "steps": 2}] * WORLD
+
+
+async def _purge(run: str) -> None:
+    from bus import open_bus
+    from bus.testing import purge_prefix, real_redis_url
+    from contracts import streams
+
+    bus = open_bus(real_redis_url())
+    await purge_prefix(bus, streams.prefix(run))
+    await bus.close()
