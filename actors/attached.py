@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,32 +58,32 @@ async def heartbeats(
     and only stamped (beat and envelope) no later than the clock tolerance ahead of ``now_ns``:
     a beat from the future would keep an actor "alive" for as long as its stamp lies ahead."""
     latest: dict[str, pb.Heartbeat] = {}
+    tolerance = int(Verifier(ring).tolerance_s * 1e9)
+    ahead = (time.time_ns() if now_ns is None else now_ns) + tolerance
+    async for beat, stamped in _beats(bus, run, ring):
+        if stamped <= ahead:
+            latest[beat.actor] = beat
+    return latest
+
+
+async def _beats(bus: Bus, run: str, ring: KeyRing) -> AsyncIterator[tuple[pb.Heartbeat, int]]:
+    """Every verified heartbeat of ``run`` from a key that may speak for the actor it names
+    (``Verifier.speaks_for``), with the later of its two stamps (beat and envelope)."""
     verifier = Verifier(ring, replay=True)
-    ahead = (time.time_ns() if now_ns is None else now_ns) + int(verifier.tolerance_s * 1e9)
     async for record in read_log(bus, streams.heartbeats(run), verifier):
         if isinstance(record, BadEntry) or not isinstance(record.message, pb.Heartbeat):
             continue
-        message, env = record.message, record.envelope
-        if max(message.ts_ns, env.ts_ns) <= ahead and verifier.speaks_for(env, message.actor):
-            latest[message.actor] = message
-    return latest
+        beat, env = record.message, record.envelope
+        if verifier.speaks_for(env, beat.actor):
+            yield beat, max(beat.ts_ns, env.ts_ns)
 
 
 async def last_step(bus: Bus, run: str, ring: KeyRing, *, before_ns: int) -> int:
     """The highest step any trainer rank of ``run`` beat with before ``before_ns`` (-1: none),
     from verified beats only (a trainer key beats for its own rank only)."""
     reached = -1
-    verifier = Verifier(ring, replay=True)
-    async for record in read_log(bus, streams.heartbeats(run), verifier):
-        if isinstance(record, BadEntry) or not isinstance(record.message, pb.Heartbeat):
-            continue
-        beat, env = record.message, record.envelope
-        if (
-            beat.actor.startswith("execution:")
-            and max(beat.ts_ns, env.ts_ns) < before_ns
-            and int(beat.step) < MAX_STEP
-            and verifier.speaks_for(env, beat.actor)
-        ):
+    async for beat, stamped in _beats(bus, run, ring):
+        if beat.actor.startswith("execution:") and stamped < before_ns and beat.step < MAX_STEP:
             reached = max(reached, int(beat.step))
     return reached
 

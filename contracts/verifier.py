@@ -116,12 +116,7 @@ class Verifier:
         # it expires; a revoked key is valid at no time (``Key.valid_at``: before ``until``)
         if not env.ts_ns < until or (not self._replay and not now < until):
             raise _key_refusal(env, key)
-        expected = _hmac_sha256(
-            key.secret,
-            mac_input(env.v, env.kind, env.id, env.sender, env.key_id, env.ts_ns,
-                      env.causation_id, env.run, env.to, env.body),
-        )  # fmt: skip
-        if not _compare_digest(expected, env.sig):
+        if not _mac_valid(key, env):
             raise BadSignature(f"message {env.id}").claim(
                 env.id, env.kind, env.sender, verified=False
             )
@@ -150,14 +145,9 @@ class Verifier:
         except ContractError:
             return False
         key = self._ring.get(env.key_id)
-        if key is None or address_mismatch(env, stream):
+        if key is None or (env.run, env.to) != stream_address(stream):
             return False
-        expected = _hmac_sha256(
-            key.secret,
-            mac_input(env.v, env.kind, env.id, env.sender, env.key_id, env.ts_ns,
-                      env.causation_id, env.run, env.to, env.body),
-        )  # fmt: skip
-        return _compare_digest(expected, env.sig)
+        return _mac_valid(key, env)
 
     def speaks_for(self, env: Envelope, actor: str) -> bool:
         """Whether ``env`` (opened by this verifier) may speak for ``actor``: signed by a key
@@ -271,9 +261,14 @@ class Verifier:
         return env
 
 
-def address_mismatch(env: Envelope, stream: str) -> bool:
-    """``env`` was not signed for the stream key ``stream`` (another run or destination)."""
-    return (env.run, env.to) != stream_address(stream)
+def _mac_valid(key: Key, env: Envelope) -> bool:
+    """Whether ``env``'s MAC is the one ``key`` gives its fields."""
+    expected = _hmac_sha256(
+        key.secret,
+        mac_input(env.v, env.kind, env.id, env.sender, env.key_id, env.ts_ns,
+                  env.causation_id, env.run, env.to, env.body),
+    )  # fmt: skip
+    return _compare_digest(expected, env.sig)
 
 
 # Refusals, built off the hot path: each is called only once a check has failed.

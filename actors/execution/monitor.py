@@ -171,9 +171,13 @@ def step_back(rt: ExecutionRuntime, step: int) -> None:
     rt.stepped_back += 1
     if rt.stepped_back > 1:
         return
-    detail = (f"on_step({step}) after on_step({rt.step}): pass a global step count that only "
-              "grows; orders due at later steps wait for them, and the run ignores step reports "
-              "of steps it has seen")  # fmt: skip
+    _tell(rt, step, f"on_step({step}) after on_step({rt.step}): pass a global step count that "
+          "only grows; orders due at later steps wait for them, and the run ignores step "
+          "reports of steps it has seen")  # fmt: skip
+
+
+def _tell(rt: ExecutionRuntime, step: int, detail: str) -> None:
+    """A warning about the loop: a log line and a WARNING telemetry item."""
     logging.getLogger("kasmina.execution").warning(detail)
     raw = pb.TelemetryRaw(region=rt.config.region, step=max(step, 0),
                           severity=pb.SEVERITY_WARNING, message=detail)  # fmt: skip
@@ -198,11 +202,7 @@ def check_step(rt: ExecutionRuntime, step: int) -> None:
     if rt.jumps_in_row != JUMPS_TO_WARN or rt.jump_warned:
         return
     rt.jump_warned = True
-    detail = (f"on_step({step}) after on_step({rt.step}): the step goes up by more than one at "
-              "every call; stage budgets and the report and barrier cadences count steps, so "
-              "pass the optimizer's step count, one more at each on_step (with gradient "
-              "accumulation: count optimizer steps, not micro-batches)")  # fmt: skip
-    logging.getLogger("kasmina.execution").warning(detail)
-    raw = pb.TelemetryRaw(region=rt.config.region, step=max(step, 0),
-                          severity=pb.SEVERITY_WARNING, message=detail)  # fmt: skip
-    rt.outbox.put(KIND_TELEMETRY, raw)
+    _tell(rt, step, f"on_step({step}) after on_step({rt.step}): the step goes up by more than "
+          "one at every call; stage budgets and the report and barrier cadences count steps, so "
+          "pass the optimizer's step count, one more at each on_step (with gradient "
+          "accumulation: count optimizer steps, not micro-batches)")  # fmt: skip

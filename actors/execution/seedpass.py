@@ -98,14 +98,16 @@ def take_grads(slots: Mapping[str, SeedSlot], world: int = 1) -> dict[str, Tenso
     upstream: dict[str, Tensor] = {}
     for sid in sorted(slots) if world > 1 else slots:
         slot = slots[sid]
-        held, slot.held = slot.held, Held()
-        for p, g in held.grads.values():
-            p.grad = g if p.grad is None else p.grad + g
-        if held.bad is not None:
-            upstream[sid] = held.bad
+        held = slot.held
+        if held:  # (most slots, most steps: nothing held, nothing to allocate)
+            slot.held = Held()
+            for p, g in held.grads.values():
+                p.grad = g if p.grad is None else p.grad + g
+            if held.bad is not None:
+                upstream[sid] = held.bad
         if world > 1 and _fed_by_user(slot):
             params = [p for p in slot.seed_parameters() if p.requires_grad]
-            _average(params, world)
+            average_grads(params, world)
             if params:  # an overflow on any rank reached every rank's average: every rank's flag
                 upstream[sid] = _any_rank(held.bad, params[0].device)
     return upstream
@@ -132,7 +134,7 @@ def _any_rank(bad: Tensor | None, device: torch.device) -> Tensor:
     return flag[0] > 0
 
 
-def _average(params: list[nn.Parameter], world: int) -> None:
+def average_grads(params: list[nn.Parameter], world: int) -> None:
     """Average the gradients of ``params`` across ranks (absent ones count as zero)."""
     import torch.distributed as dist
 

@@ -18,7 +18,6 @@ import weakref
 from typing import TYPE_CHECKING
 
 import torch
-import torch.distributed as dist
 
 from actors.execution import stages as st
 from actors.execution.distill import kd_settings
@@ -26,6 +25,7 @@ from actors.execution.evidence import shadow_step
 from actors.execution.memory import seed_raised
 from actors.execution.pairs import per_example_loss
 from actors.execution.probing import ProbeBatch, first_tensor, probe_mode, split_batch
+from actors.execution.seedpass import average_grads
 from actors.execution.slot import SeedSlot
 
 if TYPE_CHECKING:
@@ -131,12 +131,3 @@ def _set_grads(
     for p, b in zip(params, blended, strict=True):
         if b is not None:
             p.grad = b if p.grad is None else p.grad + b
-
-
-def average_grads(params: list[torch.nn.Parameter], world: int) -> None:
-    """Average the gradients of ``params`` across ranks (absent gradients count as zero)."""
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad)
-        p.grad.div_(world)

@@ -28,8 +28,8 @@ __all__ = [
 
 QUARANTINE_MAXLEN = 10_000
 log = logging.getLogger("kasmina.actors")
-#: refusals of an entry for its key alone (the ring has it revoked, retired, or not at all): a
-#: genuine event of the run's past, not a forgery, once the ring that signed it is not at hand
+#: refusals of an entry for its key alone (the ring has it revoked, retired, or not at all):
+#: the wrong key file, a key dropped while the run lived, or a writer's frame under a key id
 KEY_REFUSALS = frozenset({Reason.REVOKED_KEY, Reason.EXPIRED_KEY, Reason.UNKNOWN_KEY})
 
 

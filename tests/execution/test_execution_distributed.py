@@ -13,9 +13,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from execution_helpers import Finish, backward, data, germinate, kinds, order, run_ranks
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from actors.execution import ExecutionRuntime, RuntimeConfig, host_parameters, insert_slots
+from actors.execution import (
+    ExecutionRuntime,
+    RuntimeConfig,
+    SeedSlot,
+    host_parameters,
+    insert_slots,
+)
 from actors.execution.mailbox import state_digest
 from actors.execution.testing import TinyMLP
 from leyline import pb
@@ -107,9 +114,11 @@ def test_two_ranks_apply_orders_at_the_same_step_and_stay_identical(tmp_path: pa
     assert r0["fossil_params"] > 0 and not r0["signals"] and not r1["signals"]
 
 
-def _uneven(rank: int, root: str, finish: Finish) -> None:
-    """A blending seed; rank 0 alone runs extra backwards through it (a train-mode diagnostic
-    loss, and an eval-mode saliency map) between steps."""
+def _blending_rank(
+    rank: int,
+) -> tuple[nn.Module, dict[str, SeedSlot], nn.Module, torch.optim.Optimizer, ExecutionRuntime]:
+    """This rank's TinyMLP with slot ``a`` (germinated at 2, TRAINING at 3, BLENDING at 5, the
+    blend over 20 steps), its DDP wrapper, host optimizer and runtime."""
     torch.manual_seed(0)
     model = TinyMLP()
     slots = insert_slots(model, {"a": "fc1"})
@@ -118,8 +127,15 @@ def _uneven(rank: int, root: str, finish: Finish) -> None:
     config = RuntimeConfig(device="cpu", rank=rank, world_size=WORLD, probe_every=0,
                            report_every=0, barrier_frequency=0, blend_steps=20)  # fmt: skip
     rt = ExecutionRuntime(model, slots, opt, config, probe_batch=data(1, seed=99)[0])
-    for o in ORDERS[0], ORDERS[2], ORDERS[4]:  # a: germinated 2, training 3, blending 5
+    for o in ORDERS[0], ORDERS[2], ORDERS[4]:
         rt.submit(o)
+    return model, slots, ddp, opt, rt
+
+
+def _uneven(rank: int, root: str, finish: Finish) -> None:
+    """A blending seed; rank 0 alone runs extra backwards through it (a train-mode diagnostic
+    loss, and an eval-mode saliency map) between steps."""
+    model, slots, ddp, opt, rt = _blending_rank(rank)
     batches = data(4, seed=10 + rank)
     for step in range(10):
         x, y = batches[step % len(batches)]
@@ -152,16 +168,7 @@ def test_a_backward_through_a_seed_on_one_rank_only_neither_hangs_nor_splits_the
 def _overflow_on_rank_0(rank: int, root: str, finish: Finish) -> None:
     """A blending seed; rank 0's backward overflows at step 6 (its local batch), the host's
     gradients are zeroed before ``on_step`` (the Trainer order)."""
-    torch.manual_seed(0)
-    model = TinyMLP()
-    slots = insert_slots(model, {"a": "fc1"})
-    ddp = DistributedDataParallel(model)
-    opt = torch.optim.SGD(host_parameters(model, slots), lr=0.1)
-    config = RuntimeConfig(device="cpu", rank=rank, world_size=WORLD, probe_every=0,
-                           report_every=0, barrier_frequency=0, blend_steps=20)  # fmt: skip
-    rt = ExecutionRuntime(model, slots, opt, config, probe_batch=data(1, seed=99)[0])
-    for o in ORDERS[0], ORDERS[2], ORDERS[4]:
-        rt.submit(o)
+    model, slots, ddp, opt, rt = _blending_rank(rank)
     batches = data(4, seed=10 + rank)
     signals: list[str] = []
     for step in range(10):
