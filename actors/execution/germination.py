@@ -78,11 +78,13 @@ def germinate(
     of memory on the way is a refusal (the slot is left empty), never an exception."""
     try:
         return _germinate(rt, state, order, step)
-    except OrderError:
+    except OrderError:  # refused here: under DDP, where other ranks took it, it leaves them too
+        rt.left.add(state.slot.slot_id)
         raise
     except Exception as exc:
         if not is_oom(exc):
             raise
+        rt.left.add(state.slot.slot_id)
         if state.slot.seed is not None:  # the slot was free: whatever it holds is this seed's
             state.release(rt.device)
         collect(rt.device)

@@ -12,6 +12,7 @@ tensors are held for ``release_ttl_steps`` still counts until it is released.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from actors.execution import ranks
 from actors.execution.blueprints import SlotShape
 from actors.execution.config import RuntimeConfig
 from actors.execution.errors import OrderError, is_oom
@@ -29,6 +31,8 @@ from leyline import pb
 if TYPE_CHECKING:
     from actors.execution.runtime import ExecutionRuntime
     from actors.execution.slotstate import SlotState
+
+log = logging.getLogger("kasmina.execution")
 
 STATE_COPIES = 4  # parameters, gradients, Adam's exp_avg and exp_avg_sq
 
@@ -229,6 +233,24 @@ def collect(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def seeds_leaving(rt: ExecutionRuntime) -> None:
+    """Take out every seed whose forward raised since the last step; in a data-parallel run,
+    also every seed that left another rank outside an agreed order (it raised or ran out of
+    memory there, or its germination failed there), so that the ranks go on with the same seeds
+    and the same collectives over their gradients. Call first thing in a step's close."""
+    if rt.distributed:
+        failing = {sid for sid, s in rt.states.items() if s.slot.failure is not None}
+        left, rt.left = rt.left | failing, set()
+        elsewhere = ranks.left_anywhere(sorted(rt.states), left, rt.rank, rt.device)
+        for sid, rank in elsewhere.items():
+            state = rt.states[sid]
+            if sid not in left and state.slot.seed is not None:
+                state.release(rt.device)
+                log.warning("slot %s: its seed left rank %d; it leaves rank %d too", sid, rank,
+                            rt.rank)  # fmt: skip
+    forward_failures(rt)
+
+
 def forward_failures(rt: ExecutionRuntime) -> None:
     """Take out every seed whose forward raised since the last step (``SeedSlot.failure``)."""
     for state in rt.states.values():
@@ -251,6 +273,7 @@ def seed_failed(rt: ExecutionRuntime, state: SlotState, where: str, error: str) 
     safety signal tells the SafetyActor, which culls it."""
     slot_id = state.slot.slot_id
     state.release(rt.device)
+    rt.left.add(slot_id)
     rt.seed_failures += 1
     rt._safety(slot_id, pb.SAFETY_SIGNAL_SEED_FAILED, 1.0, f"{where} raised {error}"[:300])
 
@@ -260,6 +283,7 @@ def out_of_memory(rt: ExecutionRuntime, state: SlotState, where: str, error: str
     TTL: the memory is wanted now) and a safety signal tells the SafetyActor, which culls it."""
     slot_id = state.slot.slot_id
     state.release(rt.device)
+    rt.left.add(slot_id)
     rt.oom_culls += 1
     detail = f"out of memory in {where}: {error}"[:300]
     rt._safety(slot_id, pb.SAFETY_SIGNAL_OUT_OF_MEMORY, 1.0, detail)

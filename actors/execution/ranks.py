@@ -38,6 +38,20 @@ def agree(ids: Sequence[str], device: torch.device, commit: int = -1) -> tuple[s
     return common, lowest
 
 
+def left_anywhere(
+    slot_ids: Sequence[str], left: set[str], rank: int, device: torch.device
+) -> dict[str, int]:
+    """The slots of ``slot_ids`` whose seed left some rank outside an agreed order (``left``:
+    those it left here), each with the highest such rank. A collective: every rank calls it at
+    the start of each step (one small all-reduce over the slots, in the same order everywhere)."""
+    if not slot_ids:
+        return {}
+    on = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    flags = torch.tensor([rank + 1 if s in left else 0 for s in slot_ids], device=on)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return {s: int(f) - 1 for s, f in zip(slot_ids, flags.tolist(), strict=True) if f}
+
+
 def grad_digest(slots: Mapping[str, SeedSlot], step: int) -> bytes:
     """sha256 over a sample of every seed parameter's gradient: ``FINGERPRINT_SAMPLES`` strided
     elements per tensor, the offset moving with ``step`` so successive barriers read other

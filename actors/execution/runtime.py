@@ -48,7 +48,7 @@ from actors.execution.errors import OrderError, is_oom
 from actors.execution.evidence import counterfactual, reset_check
 from actors.execution.kernelcache import KernelCache
 from actors.execution.mailbox import KIND_SAFETY, Inbox, Outbox
-from actors.execution.memory import SeedMemory, forward_failures
+from actors.execution.memory import SeedMemory, seeds_leaving
 from actors.execution.merge import Merged
 from actors.execution.optim import warn_seeds_held
 from actors.execution.probing import LossFn, ProbeBatch, check_batch, split_batch
@@ -111,6 +111,7 @@ class ExecutionRuntime:
         self.merged: dict[str, Merged] = {}  # slot -> a fossil merged into the host (unmerge)
         self.oom_culls = 0  # seeds taken out of the forward because they ran out of memory
         self.seed_failures = 0  # seeds taken out because they raised anything else
+        self.left: set[str] = set()  # seeds gone since the last step, outside an agreed order
         self._shadow_fed = False  # the last on_step had a batch (seeds learn from the shadow loss)
         self.hosts = {
             m.slot.slot_id: m.host for m in self.model.modules() if isinstance(m, SlottedModule)
@@ -232,9 +233,9 @@ class ExecutionRuntime:
             self.feed_shadow(batch is not None)
         if self.memory.held:
             self.memory.expire(step)
+        seeds_leaving(self)  # seeds whose forward raised leave (under DDP: those of any rank)
         # the seeds' gradients from the user's backward (and where it overflowed upstream)
         self.upstream_bad = take_grads(self.slots, self.world_size if self.distributed else 1)
-        forward_failures(self)  # seeds whose forward raised (out of memory or not) leave
         if batch is not None:
             self.shadow_backward(batch)
         if loss is not None:

@@ -245,3 +245,88 @@ async def _purge(run: str) -> None:
     bus = open_bus(real_redis_url())
     await purge_prefix(bus, streams.prefix(run))
     await bus.close()
+
+
+def _seeds_fail_on_one_rank(rank: int, root: str, finish: Finish) -> None:
+    """Slots ``a`` (blending) and ``b`` (training): ``a``'s forward raises on rank 1 at step 6,
+    ``b``'s optimizer step on rank 0 at step 8."""
+    torch.manual_seed(0)
+    model = TinyMLP()
+    slots = insert_slots(model, {"a": "fc1", "b": "fc2"})
+    ddp = DistributedDataParallel(model)
+    opt = torch.optim.SGD(host_parameters(model, slots), lr=0.1)
+    config = RuntimeConfig(device="cpu", rank=rank, world_size=WORLD, probe_every=0,
+                           report_every=0, barrier_frequency=0, blend_steps=20)  # fmt: skip
+    rt = ExecutionRuntime(model, slots, opt, config, probe_batch=data(1, seed=99)[0])
+    for o in ORDERS[:5]:
+        rt.submit(o)
+    batches = data(4, seed=10 + rank)
+    seeds: list[list[bool]] = []
+    for step in range(12):
+        if rank == 1 and step == 6:
+            slots["a"].seed.forward = _raise  # type: ignore[union-attr]
+        if rank == 0 and step == 8:
+            rt.states["b"].optimizer.step = _raise  # type: ignore[union-attr,method-assign]
+        x, y = batches[step % len(batches)]
+        opt.zero_grad(set_to_none=True)
+        backward(F.cross_entropy(ddp(x), y))
+        opt.step()
+        rt.on_step(step)
+        seeds.append([slots[k].seed is not None for k in "ab"])
+    finish({"digest": state_digest(model, slots).hex(), "seeds": seeds})
+
+
+def _raise(*args: object, **kwargs: object) -> None:
+    raise RuntimeError("this rank only")
+
+
+def test_a_seed_that_fails_on_one_rank_leaves_every_rank_at_the_same_step(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A seed whose forward (or optimizer step) raised on one rank left that rank alone, and
+    the next step's gradient average, joined by the other rank only, aborted the job (SIGABRT):
+    it now leaves every rank by the next step's close, and the ranks stay identical."""
+    run_ranks(_seeds_fail_on_one_rank, str(tmp_path), WORLD, timeout_s=60)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD))
+    # a forward's failure: gone everywhere in the same step's close; an optimizer step's (in
+    # rank 0's close of step 8): gone from rank 1 at the start of the next close
+    assert r0["seeds"][5:9] == [[True, True], [False, True], [False, True], [False, False]]
+    assert r1["seeds"][5:9] == [[True, True], [False, True], [False, True], [False, True]]
+    assert r0["seeds"][9:] == r1["seeds"][9:] == [[False, False]] * 3
+    assert r0["digest"] == r1["digest"]
+
+
+def _germination_refused_on_rank_1(rank: int, root: str, finish: Finish) -> None:
+    """Rank 1's seed memory budget refuses the germination rank 0 accepts; the seed then
+    trains on the straight-through term."""
+    torch.manual_seed(0)
+    model = TinyMLP()
+    slots = insert_slots(model, {"a": "fc1"})
+    ddp = DistributedDataParallel(model)
+    opt = torch.optim.SGD(host_parameters(model, slots), lr=0.1)
+    budget = 1 if rank == 1 else None
+    config = RuntimeConfig(device="cpu", rank=rank, world_size=WORLD, probe_every=0,
+                           report_every=0, barrier_frequency=0, seed_memory_budget=budget)  # fmt: skip
+    rt = ExecutionRuntime(model, slots, opt, config, probe_batch=data(1, seed=99)[0])
+    for o in ORDERS[0], ORDERS[2], ORDERS[4]:
+        rt.submit(o)
+    batches = data(4, seed=10 + rank)
+    for step in range(8):
+        x, y = batches[step % len(batches)]
+        opt.zero_grad(set_to_none=True)
+        backward(F.cross_entropy(ddp(x), y))
+        opt.step()
+        rt.on_step(step)
+    refused = [m.ok for m in kinds(rt.drain_outbox(), "exec.ack")][:1]
+    finish({"seed": slots["a"].seed is not None, "germinated": refused})
+
+
+def test_a_germination_refused_on_one_rank_leaves_no_seed_on_the_others(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A germination one rank refuses (its own memory budget) and another accepts leaves the
+    seed on no rank: the seed's gradient average had one rank only and aborted the job."""
+    run_ranks(_germination_refused_on_rank_1, str(tmp_path), WORLD, timeout_s=60)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD))
+    assert r0 == {"seed": False, "germinated": [True]}
+    assert r1 == {"seed": False, "germinated": [False]}
