@@ -46,8 +46,11 @@ class LogRecord:
 @dataclass(frozen=True, slots=True)
 class BadEntry:
     """An entry that failed verification or parsing, with the reason code; for a copy of a
-    message read before (``replayed``), the copy as it verified (``copy``: a rebuild sets it
-    aside on the quarantine stream, as it does an event its core refuses to fold)."""
+    message read before (``replayed``), or a genuine entry out of its sender's time order
+    (``stale``: stamped more than the clock tolerance before one of that sender's entries read
+    earlier in the stream, e.g. an event of an earlier run of the same name appended to this
+    one's log), the entry as it verified (``copy``: a rebuild sets it aside on the quarantine
+    stream, as it does an event its core refuses to fold)."""
 
     entry_id: str
     stream: str
@@ -81,8 +84,12 @@ async def read_log(
     verified with ``verifier`` (in replay mode for a recorded log: MAC checked, freshness and
     nonces not) and parsed. An entry carrying a message id already read is a copy (someone with
     write access appended a genuine frame again): a :class:`BadEntry` (``replayed``), so no
-    reader folds or counts one message twice."""
+    reader folds or counts one message twice. Each sender's entries must keep their time order
+    within the verifier's clock tolerance (a sender writes its entries in the order it stamps
+    them): one stamped earlier than that is refused as ``stale``, with the record as ``copy``."""
     seen: dict[str, str] = {}  # message id -> the entry that carried it first
+    newest: dict[str, int] = {}  # sender -> the latest stamp of its entries read so far
+    slack = int(verifier.tolerance_s * 1e9)
     async for entry in aiter_entries(source, stream, page, start=start, end=until):
         frame = entry.fields.get(FRAME)
         try:
@@ -104,7 +111,19 @@ async def read_log(
             detail = f"a copy of the message at entry {first}"
             yield BadEntry(entry.id, stream, Replayed.code, detail, record)
             continue
+        behind = newest.get(env.sender, env.ts_ns) - env.ts_ns
+        if behind > slack:  # appended long after its time: another run's entry under this name
+            yield BadEntry(entry.id, stream, Reason.STALE, _out_of_order(env, behind), record)
+            continue
+        newest[env.sender] = max(env.ts_ns, newest.get(env.sender, env.ts_ns))
         yield record
+
+
+def _out_of_order(env: Envelope, behind_ns: int) -> str:
+    return (
+        f"stamped {behind_ns / 1e9:.0f} s before an earlier entry of {env.sender} in this stream: "
+        "out of its sender's time order (an entry of an earlier run of the same name?)"
+    )
 
 
 async def read_verified(

@@ -110,7 +110,11 @@ class Attached:
         try:
             ok: bool = self.portal.call(
                 lambda: wait_quiet(
-                    self.bus, self._served, timeout_s=timeout_s, flush=self.actor.flush
+                    self.bus,
+                    self._served,
+                    timeout_s=timeout_s,
+                    flush=self.actor.flush,
+                    verifier=self.actor.verifier,
                 )
             )
         except BusError:  # only a closed bus gets here

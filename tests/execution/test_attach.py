@@ -319,3 +319,33 @@ def test_a_phantom_inbox_or_group_does_not_hold_up_a_lockstep_settle() -> None:
         kas.germinate("h", "residual_mlp")  # the lockstep command settles before it returns
         waits = [m.awaiting for _, k, m in kas.events() if k == "lifecycle.progress"]
         assert "g0_evidence" in waits  # the SeedActor took it and asked for a probe
+
+
+def test_junk_or_copies_trickled_into_inboxes_do_not_hold_up_a_lockstep_settle() -> None:
+    """A writer trickling junk into one of the run's inboxes, and copies of a genuine frame into
+    another, kept every settle waiting out its whole timeout (each entry moved the group's
+    delivered id); only entries that can have an effect count now, and the settle succeeds
+    while the trickle goes on."""
+    model, opt, x, y = _task()
+    with kasmina.attach(
+        model, {"h": "1"}, opt, config=CONFIG, device="cpu", probe_batch=(x[:64], y[:64])
+    ) as kas:
+        bus, run = kas.bus, kas.run
+        for step in range(3):
+            kas.on_step(step, _step(model, opt, x, y))
+        assert kas.settle(5.0)
+        inboxes = [streams.inbox(run, k) for k in ("telemetry", "safety", "gate", "barrier")]
+        genuine = [e for i in inboxes for e in kas.portal.call(bus.range, i)][-1]
+
+        async def trickle() -> None:
+            for n in range(100_000):
+                await bus.publish(streams.inbox(run, "telemetry"), {"m": b"junk %d" % n})
+                await bus.publish(genuine.stream, dict(genuine.fields))
+                await anyio.sleep(0.002)
+
+        future = kas.portal.start_task_soon(trickle)
+        try:
+            assert kas.settle(4.0)
+            assert kas.unsettled == 0
+        finally:
+            future.cancel()

@@ -177,6 +177,34 @@ async def test_a_genuine_event_of_another_run_is_quarantined_not_folded(
         await purge_prefix(bus, streams.prefix(other))
 
 
+async def test_an_event_of_an_earlier_run_of_the_same_name_is_quarantined_not_folded(
+    bus: Bus, run_id: str
+) -> None:
+    """A run name used again with the same key file: a genuine event of the earlier run (stamped
+    minutes before this run's events, by the same sender) appended to this run's log is out of its
+    sender's time order (``stale``): the rebuild sets it aside instead of folding it (it moved the
+    slot before), and replay and status count it."""
+    ring = KeyRing.generate()
+    async with running_cluster(bus, run=run_id, slots=[SLOT], ring=ring) as cl:
+        await _cull(cl)
+        shell = _seed_shell(cl)
+        seq, digest = shell.logic.state.seq, shell.logic.digests()
+        last = (await _events_of(bus, run_id, b"lifecycle.refused"))[-1]
+        env = Verifier(ring, replay=True).open(last.fields[FRAME], stream=last.stream)
+        earlier = pb.LifecycleRefused.FromString(env.body)
+        earlier.seq = seq + 1  # the next event of the slot, as far as its sequence goes
+        stamp = time.time_ns() - 300 * 10**9  # the earlier run, five minutes ago
+        frame = Signer(ring, env.sender).seal(env.kind, earlier, stream=last.stream, ts_ns=stamp)
+        await bus.publish(streams.events(run_id), {FRAME: frame, "kind": b"lifecycle.refused"})
+        await shell.rebuild()
+        assert (shell.logic.state.seq, shell.logic.digests()) == (seq, digest)
+        assert len(shell.quarantined) == 1 and shell.regressions == 0
+        _, bad = await read_verified(bus, streams.events(run_id), ring)
+        assert [b["reason"] for b in bad] == ["stale"]
+        assert (await _cull(cl)).kind == "lifecycle.refused"
+        assert shell.logic.state.seq == seq + 1
+
+
 async def test_an_event_signed_with_a_retired_key_is_quarantined_not_folded(
     bus: Bus, run_id: str
 ) -> None:
