@@ -14,8 +14,9 @@ bytes only if it is not there (:mod:`actors.delivery`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
+from numbers import Real
 from typing import Any, TypeVar
 
 import anyio
@@ -56,6 +57,7 @@ ACTIONS = (
 def build_command(slot: str, action: str, *, reason: str = "", **params: Any) -> pb.SeedCommand:
     """A SeedCommand for ``action`` (one of ACTIONS)."""
     streams.check_slot(slot)
+    _check_keywords(action, params)
     command = pb.SeedCommand(slot=slot, reason=reason)
     if action == "germinate":
         _fill_germinate(command.germinate, params)
@@ -69,6 +71,51 @@ def build_command(slot: str, action: str, *, reason: str = "", **params: Any) ->
     return command
 
 
+#: the keywords each action takes besides ``reason`` (none for the others)
+KEYWORDS = {
+    "germinate": ("blueprint", "artifact", "params", "blend_mode", "alpha_schedule", "blend_steps"),
+    "adjust_optimizer": ("lr_scale", "weight_decay"),
+}
+
+
+def _check_keywords(action: str, params: dict[str, Any]) -> None:
+    """Refuse a keyword ``action`` does not take (a blueprint's own parameter belongs in
+    ``params={...}``: passed as a keyword it used to be dropped, and the default seed built)."""
+    unknown = sorted(set(params) - set(KEYWORDS.get(action, ())))
+    if not unknown:
+        return
+    hint = (
+        f"; a blueprint's parameters go in params={{...}}, e.g. params={{{unknown[0]!r}: ...}}"
+        if action == "germinate"
+        else ""
+    )
+    takes = ", ".join(KEYWORDS.get(action, ())) or "nothing but reason"
+    raise TypeError(f"{action} takes no {', '.join(unknown)} (it takes {takes}){hint}")
+
+
+def _germinate_params(given: Any) -> dict[str, float]:
+    """``params`` of a germinate: a mapping of parameter names to numbers."""
+    if given is None:
+        return {}
+    if not isinstance(given, Mapping):
+        raise TypeError(f"germinate params must be a mapping of names to numbers, not {given!r}")
+    out = {}
+    for key, value in given.items():
+        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, Real):
+            raise TypeError(f"germinate param {key!r}: {value!r} is not a number")
+        out[key] = float(value)
+    return out
+
+
+def _enum(enum: Any, prefix: str, name: str, what: str) -> int:
+    """The value of ``prefix + NAME`` in ``enum``, or a ValueError listing the names."""
+    try:
+        return int(enum.Value(f"{prefix}{str(name).upper()}"))
+    except ValueError:
+        names = [n.removeprefix(prefix).lower() for n in enum.keys()]  # noqa: SIM118 (a protobuf enum wrapper)
+        raise ValueError(f"unknown {what} {name!r}; choose from {', '.join(names)}") from None
+
+
 def _fill_germinate(germ: pb.Germinate, params: dict[str, Any]) -> None:
     """A germinate action from ``build_command``'s parameters (a blueprint or an artifact id)."""
     blueprint = params.get("blueprint") or ""
@@ -77,14 +124,15 @@ def _fill_germinate(germ: pb.Germinate, params: dict[str, Any]) -> None:
         raise ValueError("germinate needs a blueprint or an artifact id")
     germ.blueprint = blueprint
     germ.artifact_id = artifact
-    for key, value in (params.get("params") or {}).items():
-        germ.params[key] = float(value)
+    for key, value in _germinate_params(params.get("params")).items():
+        germ.params[key] = value
     if params.get("blend_mode"):
-        germ.blend_mode = pb.BlendMode.Value(f"BLEND_MODE_{params['blend_mode'].upper()}")
+        mode = _enum(pb.BlendMode, "BLEND_MODE_", params["blend_mode"], "blend mode")
+        germ.blend_mode = pb.BlendMode.ValueType(mode)
     if params.get("alpha_schedule"):
-        germ.alpha_schedule = pb.AlphaSchedule.Value(
-            f"ALPHA_SCHEDULE_{params['alpha_schedule'].upper()}"
-        )
+        schedule = params["alpha_schedule"]
+        value = _enum(pb.AlphaSchedule, "ALPHA_SCHEDULE_", schedule, "schedule")
+        germ.alpha_schedule = pb.AlphaSchedule.ValueType(value)
     germ.blend_steps = int(params.get("blend_steps") or 0)
 
 

@@ -126,7 +126,8 @@ class Harness:
 
     async def _send(self, item: Command | Forge | SkewClock, signer: Signer) -> None:
         for slot in self._slots(item.slot):
-            message = build_command(slot, item.action, reason=item.reason, blueprint=item.blueprint)
+            extra = {"blueprint": item.blueprint} if item.action == "germinate" else {}
+            message = build_command(slot, item.action, reason=item.reason, **extra)
             stream = streams.inbox(self.run, "seed", slot)
             frame = signer.seal("seed.command", message, stream=stream)
             fields = {FRAME: frame, "kind": b"seed.command"}

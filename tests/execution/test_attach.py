@@ -349,3 +349,18 @@ def test_junk_or_copies_trickled_into_inboxes_do_not_hold_up_a_lockstep_settle()
             assert kas.unsettled == 0
         finally:
             future.cancel()
+
+
+def test_a_blueprint_parameter_passed_as_a_keyword_is_refused_and_nothing_sent() -> None:
+    """``kas.germinate(slot, bp, hidden=8)`` built the default seed (the keyword was dropped);
+    it is a TypeError naming ``params={...}`` now, and the slot's inbox gets nothing."""
+    model, opt, x, y = _task()
+    with kasmina.attach(
+        model, {"h": "1"}, opt, config=CONFIG, device="cpu", probe_batch=(x[:64], y[:64])
+    ) as kas:
+        inbox = streams.inbox(kas.run, "seed", "h")
+        before = len(kas.portal.call(kas.bus.range, inbox))
+        with pytest.raises(TypeError, match=r"params=\{"):
+            kas.germinate("h", "residual_mlp", hidden=8)
+        assert len(kas.portal.call(kas.bus.range, inbox)) == before
+        assert kas.stage("h") == "DORMANT"
