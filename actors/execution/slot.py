@@ -390,6 +390,7 @@ def slot_host(model: nn.Module, slot: SeedSlot) -> nn.Module | None:
 
 
 def host_parameters(model: nn.Module, slots: Mapping[str, SeedSlot]) -> list[nn.Parameter]:
-    """Every parameter of ``model`` that does not belong to a slot (i.e. to a seed)."""
-    seed_ids = {id(p) for s in slots.values() for p in s.parameters()}
+    """Every parameter of ``model`` that does not belong to a live seed: the host's own and
+    every fossil's (a fossilized seed is part of the host: optimize, clip and average it)."""
+    seed_ids = {id(p) for s in slots.values() if not s.fossil for p in s.parameters()}
     return [p for p in model.parameters() if id(p) not in seed_ids]

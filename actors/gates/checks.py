@@ -249,7 +249,21 @@ Detail = Callable[[Mapping[str, float], GateThresholds], str]
 _LATENCY_N = _n_detail(
     "best-of forward time, seed on over seed off, minus 1", ev.LATENCY_N, "timed pairs"
 )
+_GRAD_N = ("grad_steps", "seed optimizer steps")  # (evidence name, unit) behind G1's norms
 _DETAILS: dict[str, Detail] = {
+    ev.GRAD_NORM_MIN: _n_detail("smallest seed gradient norm in the stage", *_GRAD_N),
+    ev.GRAD_NORM_MAX: _n_detail("largest seed gradient norm in the stage", *_GRAD_N),
+    ev.GRAD_FINITE: _n_detail("1 if no seed gradient was non-finite", *_GRAD_N),
+    ev.ISOLATION_VIOLATIONS: _n_detail(
+        "seed writes of the host found (in place, or through a kept reference)",
+        "isolation_probes",
+        "isolation probes",
+    ),
+    ev.NONFINITE_COUNT: _n_detail(
+        "non-finite seed outputs and gradients since germination", *_GRAD_N
+    ),
+    ev.OUTPUT_FINITE: _n_detail("1 if no seed output was non-finite", *_GRAD_N),
+    ev.TRAINING_STEPS: lambda m, t: "seed optimizer steps in TRAINING",
     ev.LOSS_SPIKE_SIGMA: _n_detail(
         "rise of the training loss (mean over a quarter of the stage) over its level before "
         "the stage, in standard errors",

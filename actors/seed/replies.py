@@ -90,10 +90,16 @@ def _ack_in_stage(b: Builder, ack: pb.ExecutionAck, what: str, failed: str) -> N
         b.refuse(what, failed)
 
 
+#: G0's own checks of the attached seed that execution measures and refuses on
+_G0_FLAGS = (ev.PARAMS_FINITE, ev.SHAPE_MATCH, ev.DTYPE_MATCH)
+
+
 def _judged_by_g0(metrics: dict[str, float]) -> bool:
-    """Execution refusals G0 records itself: the slot taken, or the rank's seed memory budget
-    exceeded (its evidence holds the budget, the use and the request)."""
-    if metrics.get(ev.SLOT_FREE) == 0.0:
+    """Execution refusals G0 records itself, with the failing check's value and threshold: the
+    slot taken, a G0 check of the seed failed (parameters not finite, the wrong output shape or
+    dtype), or the rank's seed memory budget exceeded (its evidence holds the budget, the use
+    and the request)."""
+    if metrics.get(ev.SLOT_FREE) == 0.0 or any(metrics.get(k) == 0.0 for k in _G0_FLAGS):
         return True
     budget = metrics.get(ev.SEED_MEMORY_BUDGET, 0.0)
     use = metrics.get(ev.SEED_MEMORY_IN_USE, 0.0) + metrics.get(ev.SEED_MEMORY_REQUEST, 0.0)

@@ -189,3 +189,27 @@ def test_statistical_checks_state_their_components_and_sample_size() -> None:
     r1 = evaluate(pb.SEED_GATE_G1_GRADIENT_HEALTH, pb.Evidence(metrics=g1), T)
     lcb = next(c for c in r1.checks if c.name == "seed_loss_gain_lcb")
     assert lcb.detail.endswith("n 512 pairs") and lcb.value == 0.5 - 2.0 * 0.0625
+
+
+@pytest.mark.parametrize(
+    ("gate", "name", "n_key", "unit"),
+    [
+        (pb.SEED_GATE_G1_GRADIENT_HEALTH, ev.GRAD_NORM_MIN, "grad_steps", "seed optimizer steps"),
+        (pb.SEED_GATE_G1_GRADIENT_HEALTH, ev.GRAD_NORM_MAX, "grad_steps", "seed optimizer steps"),
+        (pb.SEED_GATE_G1_GRADIENT_HEALTH, ev.GRAD_FINITE, "grad_steps", "seed optimizer steps"),
+        (pb.SEED_GATE_G1_GRADIENT_HEALTH, ev.ISOLATION_VIOLATIONS, "isolation_probes", "probes"),
+        (pb.SEED_GATE_G2_STABILITY, ev.NONFINITE_COUNT, "grad_steps", "seed optimizer steps"),
+        (pb.SEED_GATE_G3_INTERFACE, ev.OUTPUT_FINITE, "grad_steps", "seed optimizer steps"),
+    ],
+)
+def test_health_checks_state_their_statistic_and_sample_size(
+    gate: int, name: str, n_key: str, unit: str
+) -> None:
+    """The gradient, isolation and finiteness checks say what they count and over how many
+    steps or probes (their detail was empty), and 'n unknown' when the evidence lacks it."""
+    metrics = {**BASE[gate], n_key: 37.0}
+    (check,) = [c for c in evaluate(gate, pb.Evidence(metrics=metrics), T).checks if c.name == name]
+    assert "n=37 " in check.detail and check.detail.endswith(unit)
+    metrics.pop(n_key)
+    (check,) = [c for c in evaluate(gate, pb.Evidence(metrics=metrics), T).checks if c.name == name]
+    assert check.detail.endswith("n unknown")

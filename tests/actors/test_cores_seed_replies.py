@@ -159,14 +159,20 @@ BUDGET = 1000.0
         ),
         ({ev.SEED_MEMORY_BUDGET: 1.0, ev.SEED_MEMORY_REQUEST: 2.0}, True),
         ({ev.SLOT_FREE: 0.0}, True),
+        ({ev.SHAPE_MATCH: 0.0, ev.PARAMS_FINITE: 1.0, ev.DTYPE_MATCH: 1.0}, True),
+        ({ev.SHAPE_MATCH: 1.0, ev.PARAMS_FINITE: 0.0, ev.DTYPE_MATCH: 1.0}, True),
+        ({ev.SHAPE_MATCH: 1.0, ev.PARAMS_FINITE: 1.0, ev.DTYPE_MATCH: 0.0}, True),
+        ({ev.SHAPE_MATCH: 1.0, ev.PARAMS_FINITE: 1.0, ev.OUTPUT_FINITE: 0.0}, False),
     ],
 )
-def test_a_refused_probe_goes_to_g0_only_for_a_taken_slot_or_a_budget_overrun(
+def test_a_refused_probe_goes_to_g0_only_when_a_g0_check_fails_on_it(
     metrics: dict[str, float], judged: bool
 ) -> None:
-    """docs/gates.md G0: execution's refusal for a taken slot, or for budget - in use - request
-    below 0, is judged by G0; any other refusal (headroom exactly 0 included, or no budget) refuses
-    the germination at once and waits for the probe to be dropped."""
+    """docs/gates.md G0: execution's refusal for a taken slot, for budget - in use - request
+    below 0, or for a G0 check of the seed it measured as failed (parameters not finite, output
+    shape or dtype) is judged by G0, which records the check; any other refusal (headroom exactly
+    0 included, no budget, an output not finite: a G3 check) refuses the germination at once and
+    waits for the probe to be dropped."""
     sim = SeedSim(auto=False)
     sim.send(germinate(sim.slot))
     decision = _probe(sim, ok=False, metrics=metrics)

@@ -148,6 +148,29 @@ def test_g0_reads_the_slot_state_execution_found() -> None:
     assert "slot_free" in refused[-1].reason
 
 
+def test_a_seed_of_the_wrong_shape_fails_g0_with_its_check_recorded() -> None:
+    """Execution refusing a germination on a G0 check of the seed (shape_match = 0) left only a
+    text refusal; G0 now judges the evidence and its result carries the failing check."""
+    sim = SeedSim(auto=False)
+    sim.report(1)
+    sim.send(germinate(sim.slot))
+    ack = sim.ack_for(sim.orders[-1], ok=False)
+    ack.error = "germination checks failed: ['shape_match']"
+    ack.evidence.metrics.update({ev.SHAPE_MATCH: 0.0, ev.PARAMS_FINITE: 1.0, ev.DTYPE_MATCH: 1.0})
+    d = sim.send(ack)
+    (request,) = [o.message for o in d.outgoing if isinstance(o.message, pb.GateRequest)]
+    assert request.gate == G.SEED_GATE_G0_SANITY
+    result = gates.evaluate(request.gate, request.evidence, sim.config.gates)
+    checks = {c.name: c for c in result.checks}
+    assert not result.passed and not checks[ev.SHAPE_MATCH].passed
+    assert checks[ev.SHAPE_MATCH].value == 0.0 and checks[ev.PARAMS_FINITE].passed
+    result.request_id, result.slot, result.step = request.request_id, request.slot, request.step
+    sim.send(result)
+    assert sim.state.stage == S.SEED_STAGE_DORMANT
+    refused = [e for e in sim.events if isinstance(e, pb.LifecycleRefused)]
+    assert "shape_match" in refused[-1].reason
+
+
 def test_g5_failure_retries_after_delay() -> None:
     """A failing G5 keeps RESETTING with a refusal, and re-orders the reset after the delay."""
     sim = _germinated(SeedSim())

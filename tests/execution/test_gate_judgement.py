@@ -262,3 +262,36 @@ def test_germination_reports_the_slot_as_it_is() -> None:
     assert first.evidence.metrics[ev.SLOT_EMBARGOED] == 0.0
     assert first.evidence.metrics[ev.HOST_PARAMS] == 8 * 4 + 4 + 4 * 2 + 2
     assert not second.ok and second.evidence.metrics[ev.SLOT_FREE] == 0.0
+
+
+class _Misshapen(nn.Module):
+    """A seed whose output has one feature too many."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The inner seed's output, one column wider."""
+        z: Tensor = self.inner(x)
+        return torch.cat([z, z[:, :1]], dim=1)
+
+
+def test_a_seed_of_the_wrong_shape_fails_g0_with_the_check_recorded() -> None:
+    """Execution refuses a seed whose output is the wrong shape; G0 records why (shape_match,
+    its value and threshold) instead of a bare text refusal, and the slot stays DORMANT."""
+    width = get_blueprint("width")
+
+    def build(shape: SlotShape, params: Any, host: nn.Module) -> nn.Module:
+        return _Misshapen(width.build(shape, params, host))
+
+    register_blueprint(Blueprint("misshapen", build, width.accepts, reads_input=True))
+    try:
+        out = run("misshapen", {"hidden": 16, "lr": 1e-2})
+    finally:
+        unregister_blueprint("misshapen")
+    assert out.path == ["DORMANT"]
+    g0 = out.gate(G.SEED_GATE_G0_SANITY)
+    assert not g0.passed and "shape_match" in g0.reason
+    check = out.check(G.SEED_GATE_G0_SANITY, ev.SHAPE_MATCH)
+    assert (check.passed, check.value, check.comparator, check.threshold) == (False, 0.0, "==", 1.0)
