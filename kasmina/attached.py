@@ -22,6 +22,7 @@ from bus import Bus, BusError
 from contracts import KasminaConfig, KeyRing, Signer
 from scenarios.cluster import Cluster, read_events
 from scenarios.pacing import run_inboxes, wait_flushed, wait_quiet
+from scenarios.quiet import Settle
 
 __all__ = ["SETTLE_TIMEOUT_S", "Attached"]
 
@@ -65,6 +66,7 @@ class Attached:
         self.settle_timeout_s = SETTLE_TIMEOUT_S  # how long a lockstep boundary waits at most
         self.unsettled = 0  # settles in a row that timed out (logged once per such episode)
         self._served = run_inboxes(run, runtime.slots, runtime.world_size)
+        self._settle = Settle(actor.verifier)  # what the settles have seen of those inboxes
 
     # -- the loop's side ----------------------------------------------------------------------
     @property
@@ -114,7 +116,7 @@ class Attached:
                     self._served,
                     timeout_s=timeout_s,
                     flush=self.actor.flush,
-                    verifier=self.actor.verifier,
+                    settle=self._settle,
                 )
             )
         except BusError:  # only a closed bus gets here

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 import anyio
 
 from bus import Bus, BusClosed, BusError, GroupInfo, StreamInfo
-from contracts import Verifier, streams
+from contracts import streams
 from scenarios import quiet
 
 __all__ = [
@@ -156,16 +156,16 @@ async def wait_quiet(
     timeout_s: float,
     flush: Callable[[], Awaitable[object]] | None = None,
     poll_s: float = 0.005,
-    verifier: Verifier | None = None,
+    settle: quiet.Settle | None = None,
 ) -> bool:
     """Wait until every inbox of ``served`` is drained by its group, twice in a row with no
     group having delivered anything in between; False if ``timeout_s`` passed first, or on bus
     trouble (as :func:`wait_drained`). Only these inboxes and groups count: a stream, a group, a
-    registry entry or an event someone else wrote cannot hold the wait up. With ``verifier``
-    (a trainer's), only entries that can have an effect count (:mod:`scenarios.quiet`): junk or
-    copies written into an inbox cannot hold it up either."""
-    if verifier is not None:
-        return await _wait_authentic(bus, served, verifier, timeout_s, flush, poll_s)
+    registry entry or an event someone else wrote cannot hold the wait up. With ``settle`` (a
+    trainer's, kept across its settles), only entries that can have an effect count
+    (:mod:`scenarios.quiet`): junk or copies written into an inbox cannot hold it up either."""
+    if settle is not None:
+        return await _wait_settle(bus, served, settle, timeout_s, flush, poll_s)
     with anyio.move_on_after(timeout_s):
         previous: tuple[str, ...] | None = None
         while True:
@@ -197,25 +197,18 @@ async def _quiet_marks(
         return None
 
 
-async def _wait_authentic(
+async def _wait_settle(
     bus: Bus,
     served: Collection[Served],
-    verifier: Verifier,
+    settle: quiet.Settle,
     timeout_s: float,
     flush: Callable[[], Awaitable[object]] | None,
     poll_s: float,
 ) -> bool:
-    judge = quiet.Authentic(verifier)
-    judge.begin()
     with anyio.move_on_after(timeout_s):
-        watches = await quiet.start_watches(bus, served)
         previous: tuple[tuple[int, int], ...] | None = None
         while True:
-            if watches is None:
-                watches = await quiet.start_watches(bus, served)
-            marks = None
-            if watches is not None:
-                marks = await quiet.settle_marks(bus, served, watches, judge, flush)
+            marks = await settle.marks(bus, served, flush)
             if marks is not None and marks == previous:
                 return True
             previous = marks
