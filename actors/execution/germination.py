@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from actors.artifacts import ArtifactError, check_id
@@ -171,8 +170,7 @@ def _keep(
     state.blend_steps = int(g.blend_steps) or rt.config.blend_steps
     state.schedule = g.alpha_schedule
     state.optimizer = seed_optimizer(list(seed.parameters()), state.params)
-    if rt.world_size > 1 and dist.is_available() and dist.is_initialized():
-        sync_grads(state.slot, rt.world_size)
+    state.slot.world = rt.world_size
 
 
 def resolve(rt: ExecutionRuntime, g: pb.Germinate) -> Blueprint:
@@ -352,15 +350,3 @@ def _attached_checks(
         if cf.get(ev.CF_GAIN_ON_LOSS) == 1.0:  # a non-class target: G4 judges on loss
             evidence[ev.BASELINE_LOSS] = cf[ev.CF_LOSS_OFF]
     return walk
-
-
-def sync_grads(slot: SeedSlot, world: int) -> None:
-    """All-reduce (average) each seed gradient across ranks as it is accumulated."""
-
-    def hook(p: Tensor) -> None:
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad.div_(world)
-
-    for p in slot.seed_parameters():
-        slot.hook_handles.append(p.register_post_accumulate_grad_hook(hook))  # type: ignore[no-untyped-call]

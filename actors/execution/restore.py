@@ -17,7 +17,6 @@ import torch
 from torch import Tensor, nn
 
 from actors.execution.blueprints import Blueprint, SlotShape, get_blueprint
-from actors.execution.germination import sync_grads
 from actors.execution.kernels import as_blueprint
 from actors.execution.optim import seed_optimizer
 from actors.execution.pruning import PruningError
@@ -281,8 +280,7 @@ def _apply_slot(rt: ExecutionRuntime, sid: str, sp: SlotPlan) -> None:
         state.artifact = str(entry.get("artifact") or "")
         slot.fossil = bool(entry["fossil"])
         state.optimizer = sp.optimizer
-        if rt.distributed:
-            sync_grads(slot, rt.world_size)
+        slot.world = rt.world_size
     rng = entry.get("rng")
     slot.rng = None if rng is None else [t.cpu() for t in rng]
     slot.draws = bool(entry.get("draws", rng is not None))  # (older checkpoints: when it has one)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from actors.execution.errors import is_oom, torch_control_flow
+from actors.execution.fossilsync import fossil_forward
 from actors.execution.seedpass import Held, SeedBackward, conformed, loaded, own_stream, seedless_ok
 from actors.execution.slotted import SlottedModule as SlottedModule
 from actors.execution.stages import DORMANT, FOSSILIZED, TERMINATED, Mode, mode_for
@@ -69,6 +70,7 @@ class SeedSlot(nn.Module):
         self.rng: list[Tensor] | None = None  # the seed's own RNG stream (cpu [, device])
         self.draws = False  # the seed was seen drawing random numbers (at germination)
         self.hook_handles: list[RemovableHandle] = []
+        self.world = 1  # data-parallel ranks a fossil's gradient is averaged over
         self._tap: list[SlotTap] | None = None
         # the seed's forward raised (eager only): (out of memory?, the error); it left the forward
         self.failure: tuple[bool, str] | None = None
@@ -109,8 +111,8 @@ class SeedSlot(nn.Module):
         if mode is Mode.IDENTITY or seed is None:
             return h
         src = self._seed_input(h, x)
-        if mode is Mode.FOSSIL:
-            return self._fossil(h, seed(src))
+        if mode is Mode.FOSSIL:  # (under DDP, its gradient averaged in DDP's backward)
+            return self._fossil(h, fossil_forward(seed, src, self.world))
         if h.is_nested:  # a TransformerEncoder's inference fast path: the seed sits it out
             return h
         if torch.compiler.is_compiling():

@@ -330,3 +330,43 @@ def test_a_germination_refused_on_one_rank_leaves_no_seed_on_the_others(
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD))
     assert r0 == {"seed": False, "germinated": [True]}
     assert r1 == {"seed": False, "germinated": [False]}
+
+
+def _fossil_uneven(rank: int, root: str, finish: Finish) -> None:
+    """Slot ``a`` fossilizes at step 10 (blend over 3 steps); from step 12 rank 0 alone runs a
+    saliency-map backward through the eager model (and so through the fossil)."""
+    torch.manual_seed(0)
+    model = TinyMLP()
+    slots = insert_slots(model, {"a": "fc1"})
+    ddp = DistributedDataParallel(model)
+    opt = torch.optim.SGD(host_parameters(model, slots), lr=0.1)
+    config = RuntimeConfig(device="cpu", rank=rank, world_size=WORLD, probe_every=0,
+                           report_every=0, barrier_frequency=0, blend_steps=3)  # fmt: skip
+    rt = ExecutionRuntime(model, slots, opt, config, probe_batch=data(1, seed=99)[0])
+    for o in ORDERS:
+        if o.slot == "a":
+            rt.submit(o)
+    batches = data(4, seed=10 + rank)  # each rank sees different data: the fossil's gradients
+    for step in range(16):  # differ, and only their average keeps the ranks' fossils equal
+        x, y = batches[step % len(batches)]
+        opt.zero_grad(set_to_none=True)
+        backward(F.cross_entropy(ddp(x), y))
+        opt.step()
+        if rank == 0 and step >= 12:
+            model.eval()
+            backward(model(x.clone().requires_grad_())[:, 0].sum())
+            model.train()
+            opt.zero_grad(set_to_none=True)
+        rt.on_step(step)
+    finish({"digest": state_digest(model, slots).hex(), "fossil": slots["a"].fossil})
+
+
+def test_a_backward_through_a_fossil_on_one_rank_only_neither_hangs_nor_splits_the_ranks(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A fossil's gradient is averaged in the backward of DDP's forwards only: a hook on its
+    parameters all-reduced in every backward, and rank 0's saliency map through the eager model
+    aborted the job (SIGABRT). Both ranks finish, with the same fossil."""
+    run_ranks(_fossil_uneven, str(tmp_path), WORLD, timeout_s=60)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD))
+    assert r0["fossil"] and r0 == r1
