@@ -147,7 +147,7 @@ def test_timeline_fields() -> None:
             "threshold": 1.0,
             "comparator": "==",
             "missing": False,
-            "detail": "",
+            "detail": "1 if no seed gradient was non-finite; n unknown",
         }
     ]
     cull = next(r for r in rows if r.get("to") == "CULLED")
