@@ -356,6 +356,10 @@ class MemoryBus:
         )
         return StreamInfo(stream, len(s.ids), format_id(s.last_id), groups)
 
+    async def pending_of(self, stream: str, group: str, ids: Sequence[str]) -> set[str]:
+        store = self._open()
+        return {i for i in ids if store.pending(stream, group, i)}
+
     async def trim(self, stream: str, *, min_id: str) -> int:
         store = self._open()
         bound = parse_id(clamp_trim_id(min_id, await safe_trim_id(self, stream)))

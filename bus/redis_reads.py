@@ -7,6 +7,7 @@ between tries until the block time is spent (never a busy spin).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -39,6 +40,17 @@ class RedisReads(RedisCore):
             )
         )  # fmt: skip
         return {_s(r["message_id"]): int(r["times_delivered"]) for r in rows}
+
+    async def pending_of(self, stream: str, group: str, ids: Sequence[str]) -> set[str]:
+        """One ``XPENDING stream group id id 1`` per id (a writer's own pending entries in
+        between, however many, are not read)."""
+        out: set[str] = set()
+        for entry_id in ids:
+            rows = await self._call(
+                lambda i=entry_id: self.client.xpending_range(stream, group, min=i, max=i, count=1)  # type: ignore[misc]
+            )
+            out.update(_s(r["message_id"]) for r in rows)
+        return out
 
     async def _xreadgroup(
         self, stream: str, group: str, consumer: str, start: str, count: int, block: int | None

@@ -347,6 +347,10 @@ class FaultyBus:
         out: StreamInfo = await self._run("info", self.inner.info(stream))
         return out
 
+    async def pending_of(self, stream: str, group: str, ids: Sequence[str]) -> set[str]:
+        out: set[str] = await self._run("pending_of", self.inner.pending_of(stream, group, ids))
+        return out
+
     async def trim(self, stream: str, *, min_id: str) -> int:
         return int(await self._run("trim", self.inner.trim(stream, min_id=min_id)))
 

@@ -8,16 +8,17 @@ verify (MAC, kind, run and destination), are fresh (stamped within the clock tol
 as an actor requires), and carry a message id this trainer has not seen in the run's inboxes
 before (a copy of a genuine frame, which the actor refuses as ``replayed``, never counts: the
 original comes first in its inbox, and every inbox is read from the clock tolerance ago on).
-An inbox is settled when every entry of effect in it is acked by its group (every entry up to
-the id the group had delivered when it last had nothing pending); the run is settled when
-every inbox is, twice in a row, with no entry of effect appended in between.
+An inbox is settled when every entry of effect in it has been delivered to its group and is no
+longer pending there (asked of those entries alone: entries a writer holds pending in the group
+under a consumer name of its own do not count), or has gone stale or been deleted; the run is
+settled when every inbox is, twice in a row, with no entry of effect appended in between.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from actors.hosting.inbox import FRAME
 from bus import Bus, BusClosed, BusError, Entry, GroupInfo, StreamInfo, parse_id
@@ -25,19 +26,19 @@ from contracts import ContractError, Verifier
 
 __all__ = ["Settle"]
 
-_PAGE = 1000  # entries read per range call while scanning an inbox
+_PAGE = 100  # entries read per range call while scanning an inbox (a bound on its memory)
 _NONE = (0, 0)
 Served = tuple[str, str]
 
 
 @dataclass
 class _Watch:
-    """One inbox: scanned up to ``scanned``; the newest entry of effect found; the id its group
-    had delivered when it last had nothing pending (everything up to it acked; None: not yet)."""
+    """One inbox: scanned up to ``scanned``; the newest entry of effect found; the entries of
+    effect not yet known to be acked (id -> (entry id, stamp))."""
 
     scanned: str
     newest: tuple[int, int] = _NONE
-    drained_at: tuple[int, int] | None = None
+    waiting: dict[tuple[int, int], tuple[str, int]] = field(default_factory=dict)
 
 
 class Settle:
@@ -72,40 +73,57 @@ class Settle:
         except BusError:
             return None
 
-    def _of_effect(self, entry: Entry) -> bool:
+    def _of_effect(self, entry: Entry) -> int | None:
+        """The stamp of an entry of effect, None for anything else."""
         frame = entry.fields.get(FRAME)
         if frame is None:
-            return False
+            return None
         try:
             env = self._verifier.open(frame, stream=entry.stream)
         except ContractError:
-            return False
+            return None
         if abs(env.ts_ns - self._now_ns) > self._slack_ns or env.id in self._seen:
-            return False
+            return None
         self._seen[env.id] = env.ts_ns
-        return True
+        return env.ts_ns
 
     async def _settled(self, bus: Bus, inbox: str, group: str) -> bool:
         """Whether every entry of effect in ``inbox`` has been read and acked by ``group``."""
         watch = self._watches.get(inbox)
         if watch is None:  # read from the clock tolerance ago on (originals before copies)
-            since_ms = max(0, (time.time_ns() - self._slack_ns) // 1_000_000)
+            since_ms = max(0, (self._now_ns - self._slack_ns) // 1_000_000)
             watch = self._watches[inbox] = _Watch(f"{since_ms}-0")
         mine = _group(await bus.info(inbox), group)
-        while True:  # the entries appended since the last look
+        await self._scan(bus, inbox, watch)
+        # an entry gone stale no actor would act on; one deleted before delivery never comes
+        old = self._now_ns - self._slack_ns
+        watch.waiting = {k: v for k, v in watch.waiting.items() if v[1] >= old}
+        if not watch.waiting:
+            return True
+        if mine is None:  # its actor has not read yet
+            return False
+        delivered = parse_id(mine.last_delivered)
+        ahead = [v[0] for k, v in watch.waiting.items() if k > delivered]
+        if ahead and any([await bus.range(inbox, start=e, end=e) for e in ahead]):
+            return False  # not yet delivered (and still there)
+        # delivered: done unless still pending (a writer's own pending entries do not count)
+        pending = await bus.pending_of(inbox, group, [v[0] for v in watch.waiting.values()])
+        watch.waiting = {k: v for k, v in watch.waiting.items() if v[0] in pending}
+        return not watch.waiting
+
+    async def _scan(self, bus: Bus, inbox: str, watch: _Watch) -> None:
+        """Read the entries appended since the last look; note those of effect."""
+        while True:
             page = await bus.range(inbox, start=f"({watch.scanned}", count=_PAGE)
             for entry in page:
-                if self._of_effect(entry):
-                    watch.newest = parse_id(entry.id)
+                stamp = self._of_effect(entry)
+                if stamp is not None:
+                    key = parse_id(entry.id)
+                    watch.newest, watch.waiting[key] = key, (entry.id, stamp)
             if page:
                 watch.scanned = page[-1].id
             if len(page) < _PAGE:
                 break
-        if mine is None:  # its actor has not read yet: settled while nothing of effect waits
-            return watch.newest == _NONE
-        if mine.pending == 0:  # everything the group was given is acked
-            watch.drained_at = parse_id(mine.last_delivered)
-        return watch.drained_at is not None and watch.newest <= watch.drained_at
 
 
 def _group(info: StreamInfo, group: str) -> GroupInfo | None:

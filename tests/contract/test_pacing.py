@@ -53,8 +53,9 @@ async def test_a_settle_waits_for_the_runs_own_inboxes_and_groups_only(bus: Bus)
 
 async def test_a_trainers_settle_waits_only_for_entries_of_effect(bus: Bus) -> None:
     """With the trainer's ``Settle``, junk in an inbox (nobody's frame), a genuine frame stamped
-    beyond the clock tolerance and a copy of a genuine frame hold nothing up, while a fresh
-    genuine frame is waited for until its actor has read and acked it."""
+    beyond the clock tolerance, a copy of a genuine frame, and entries a writer holds pending in
+    the actor's group under a consumer name of its own hold nothing up, while a fresh genuine
+    frame is waited for until its actor has read and acked it."""
     run = "pace" + uuid.uuid4().hex[:8]
     served = run_inboxes(run, ["s0"], 1)
     ring = KeyRing.generate()
@@ -78,6 +79,17 @@ async def test_a_trainers_settle_waits_only_for_entries_of_effect(bus: Bus) -> N
         await bus.commit([Handled(e, group) for e in entries])
         assert await wait_quiet(bus, served, timeout_s=5.0, settle=settle)
         await bus.publish(seed_inbox, {"m": fresh})  # a copy: its actor refuses it
+        assert await wait_quiet(bus, served, timeout_s=5.0, settle=settle)
+        await bus.publish(seed_inbox, {"m": b"junk, held pending by a writer"})
+        held = await bus.read(seed_inbox, group, "writer", count=10, block_ms=0)
+        assert len(held) == 2 and (await bus.info(seed_inbox)).groups[0].pending == 2
+        assert await wait_quiet(bus, served, timeout_s=5.0, settle=settle)
+        assert not await wait_quiet(bus, served, timeout_s=0.3)  # without: pending holds it
+        later = signer.seal("seed.command", pb.SeedCommand(slot="s0"), stream=seed_inbox)
+        await bus.publish(seed_inbox, {"m": later})  # genuine work after the held junk
+        assert not await wait_quiet(bus, served, timeout_s=0.3, settle=settle)
+        entries = await bus.read(seed_inbox, group, "c", count=10, block_ms=0)
+        await bus.commit([Handled(e, group) for e in entries])  # the junk stays pending
         assert await wait_quiet(bus, served, timeout_s=5.0, settle=settle)
     finally:
         await bus.delete(*(inbox for inbox, _ in served), streams.registry(run, "execution"))
