@@ -75,12 +75,14 @@ def counted_rank(rec: object, order_id: str, ranks: set[str], verifier: Verifier
     return rank if verifier.speaks_for(rec.envelope, rank) else None
 
 
-async def _acks(wiring: Wiring, order_id: str, after: str, ranks: set[str]) -> list[pb.PruningAck]:
+async def _acks(
+    wiring: Wiring, order_id: str, after: str, ranks: set[str], found: dict[str, pb.PruningAck]
+) -> None:
     """Poll the pruning stream until each of ``ranks`` (the ``execution:R`` actors the order
-    went to) acked the order (:func:`counted_rank`)."""
+    went to) acked the order (:func:`counted_rank`), into ``found`` (kept if the wait is cut
+    off)."""
     verifier = Verifier(wiring.ring, replay=True)
     stream = streams.pruning(wiring.run)
-    found: dict[str, pb.PruningAck] = {}
     while len(found) < len(ranks):
         async for rec in read_log(wiring.bus, stream, verifier, start=f"({after}"):
             after = rec.entry_id
@@ -88,7 +90,6 @@ async def _acks(wiring: Wiring, order_id: str, after: str, ranks: set[str]) -> l
             if rank is not None and isinstance(rec, LogRecord):
                 found[rank] = rec.message  # type: ignore[assignment]
         await anyio.sleep(0.1)
-    return sorted(found.values(), key=lambda a: a.rank)
 
 
 async def _say_if_no_trainer(wiring: Wiring) -> None:
@@ -117,17 +118,19 @@ async def publish(args: argparse.Namespace, wiring: Wiring) -> dict[str, Any]:
                            "ranks": len(inboxes), "modules": [m.module for m in masks]}  # fmt: skip
     if not args.wait:
         return out
-    acks: list[pb.PruningAck] = []
+    found: dict[str, pb.PruningAck] = {}
+    ranks = {name for name in map(streams.inbox_actor, inboxes) if name is not None}
     with anyio.move_on_after(args.timeout):
-        ranks = {name for name in map(streams.inbox_actor, inboxes) if name is not None}
-        acks = await _acks(wiring, order.order_id, mark, ranks)
+        await _acks(wiring, order.order_id, mark, ranks, found)
+    acks = sorted(found.values(), key=lambda a: a.rank)
     out["acks"] = [
         {"rank": a.rank, "ok": a.ok, "error": a.error, "applied_at_step": a.applied_at_step,
          "pruned_units": a.pruned_units, "total_units": a.total_units}
         for a in acks
     ]  # fmt: skip
-    if len(acks) < len(inboxes):
+    if len(acks) < len(inboxes):  # what did answer is kept: say which ranks did not
         out["result"] = "timed_out"
+        out["missing"] = sorted(ranks - set(found)) or sorted(inboxes)
     else:
         out["result"] = "accepted" if all(a.ok for a in acks) else "refused"
     return out

@@ -142,3 +142,30 @@ def test_cli_prune_without_a_trainer_says_so_at_once(
         "waits in rank 0's inbox for one (start `kasmina train`, or attach your loop)"
     )
     assert json.loads(done.stdout)["result"] == "timed_out"
+
+
+async def _register_phantom_rank(env: dict[str, str]) -> None:
+    bus = open_bus(env["KASMINA_REDIS"])
+    run = env["KASMINA_RUN"]
+    await bus.register(streams.registry(run, "execution"), streams.inbox(run, "execution", "7"))
+    await bus.close()
+
+
+def test_cli_prune_that_times_out_keeps_the_acks_it_has_and_names_the_missing_ranks(
+    cli_env: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A rank that never answers (here a phantom one a writer added to the registry) made the
+    wait time out with no acks at all, though rank 0 had applied the mask: the acks received are
+    kept, and the ranks that did not answer are named."""
+    anyio.run(_register_phantom_rank, cli_env)
+    rt = _runtime()
+    masks = tmp_path / "masks.json"
+    masks.write_text(json.dumps({"fc2": [1, 0] * 8}))
+    done = anyio.run(_train_while, cli_env, rt, "publish", "prune", "--masks", str(masks),
+                     "--wait", "--timeout", "6")  # fmt: skip
+    assert done.returncode == 4, done.stderr
+    out = json.loads(done.stdout)
+    assert out["result"] == "timed_out" and out["ranks"] == 2
+    assert [(a["rank"], a["ok"]) for a in out["acks"]] == [(0, True)]
+    assert out["missing"] == ["execution:7"]
