@@ -31,7 +31,7 @@ from actors.artifacts import (
     seal,
     verify,
 )
-from bus import redact_url
+from bus import BusProtocolError, redact_url
 from contracts import KeyRing
 from kasmina.common import CliError, add_keys, emit_json, load_keys, with_password
 
@@ -229,11 +229,21 @@ def publish(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _all(url: str) -> list[Sealed]:
+async def _all(url: str) -> list[Sealed | tuple[str, str]]:
+    """Every stored artifact, or ``(id, why)`` for one whose parts cannot be read (a key of
+    another type a writer put there hides no other artifact)."""
     store: DirectoryStore | BusStore = open_store(url)
+    out: list[Sealed | tuple[str, str]] = []
     try:
-        found = [await store.get(i) for i in await store.ids()]
-        return [s for s in found if s is not None]
+        for artifact_id in await store.ids():
+            try:
+                sealed = await store.get(artifact_id)
+            except BusProtocolError as exc:
+                out.append((artifact_id, f"unreadable: {exc}"[:300]))
+                continue
+            if sealed is not None:
+                out.append(sealed)
+        return out
     finally:
         if isinstance(store, BusStore):
             await store.bus.close()
@@ -253,5 +263,8 @@ def _row(sealed: Sealed, ring: KeyRing) -> dict[str, Any]:
 def list_artifacts(args: argparse.Namespace) -> int:
     ring = load_keys(args)
     for sealed in anyio.run(_all, _store_url(args)):
-        emit_json(_row(sealed, ring))
+        if isinstance(sealed, tuple):
+            emit_json({"artifact": sealed[0], "verified": False, "reason": sealed[1]})
+        else:
+            emit_json(_row(sealed, ring))
     return 0

@@ -217,3 +217,29 @@ def test_published_on_redis_germinated_by_a_trainer_loaded_once_tamper_refused(
             assert stage_name(int(kas.runtime.slots["t"].stage)) == "DORMANT"
     finally:
         anyio.run(_clean, url, run, [good, bad])
+
+
+async def _plant_wrong_type(url: str, artifact_id: str) -> None:
+    bus = open_bus(url)
+    await bus.publish(artifact_key(artifact_id, "manifest"), {"m": b"a stream, not a value"})
+    await bus.register(INDEX_KEY, artifact_id)
+    await bus.close()
+
+
+def test_list_shows_an_unreadable_artifact_and_every_other(
+    setup: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A writer's key of another type under one indexed artifact id made `blueprints list`
+    print nothing and exit 2: it now lists that id as unreadable, and every real one."""
+    url = f"fakeredis://art-{uuid.uuid4().hex[:8]}"
+    code, (good,), _ = _cli("blueprints", "publish", "lowrank", "--shape", "16", "--param",
+                            "rank=2", "--store", url, capsys=capsys)  # fmt: skip
+    assert code == 0
+    planted = "f" * 64
+    anyio.run(_plant_wrong_type, url, planted)
+    code, rows, _ = _cli("blueprints", "list", "--store", url, capsys=capsys)
+    assert code == 0
+    by_id = {r["artifact"]: r for r in rows}
+    assert by_id[good["artifact"]]["verified"] is True
+    assert by_id[planted]["verified"] is False
+    assert by_id[planted]["reason"].startswith("unreadable: WRONGTYPE")
