@@ -210,7 +210,9 @@ class ArtifactsConfig(BaseModel):
     store: str = ""
     cache_bytes: int = Field(256 * 2**20, ge=0)  # loaded kernels kept per device (LRU budget)
     cache_ttl_s: float = Field(3600.0, gt=0.0)  # a kernel unused this long is dropped
-    max_artifact_bytes: int = Field(1 << 30, ge=1)  # larger payloads are refused unread
+    # larger payloads are refused before they are hashed or loaded (fetched all the same: set
+    # it near your largest blueprint's payload)
+    max_artifact_bytes: int = Field(1 << 30, ge=1)
 
 
 class KasminaConfig(BaseModel):
