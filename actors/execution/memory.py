@@ -237,10 +237,11 @@ def seeds_leaving(rt: ExecutionRuntime) -> None:
     """Take out every seed whose forward raised since the last step; in a data-parallel run,
     also every seed that left another rank outside an agreed order (it raised or ran out of
     memory there, or its germination failed there), so that the ranks go on with the same seeds
-    and the same collectives over their gradients. Call first thing in a step's close."""
+    and the same collectives over their gradients. Called first thing in a step's close, and
+    again before its orders apply (a seed may fail in the close itself)."""
     if rt.distributed:
         failing = {sid for sid, s in rt.states.items() if s.slot.failure is not None}
-        left, rt.left = rt.left | failing, set()
+        left = rt.left | failing
         elsewhere = ranks.left_anywhere(sorted(rt.states), left, rt.rank, rt.device)
         for sid, rank in elsewhere.items():
             state = rt.states[sid]
@@ -249,6 +250,7 @@ def seeds_leaving(rt: ExecutionRuntime) -> None:
                 log.warning("slot %s: its seed left rank %d; it leaves rank %d too", sid, rank,
                             rt.rank)  # fmt: skip
     forward_failures(rt)
+    rt.left.clear()  # agreed (its own forward failures included: never announced twice)
 
 
 def forward_failures(rt: ExecutionRuntime) -> None:

@@ -249,6 +249,7 @@ class ExecutionRuntime:
         pruning_due = pruning_orders.take(self)
         agreed, commit = None, self.committed_barrier
         if self.distributed:  # every rank applies an order at the same step, or none does
+            seeds_leaving(self)  # (a seed that failed in this close leaves every rank first)
             due = [o.order_id for o in orders.due(self, step)] + recovery.ready(self)
             agreed, commit = ranks.agree(due + pruning_due, self.device, commit)
         entering = orders.apply_due(self, step, agreed, commit) if self.pending else []

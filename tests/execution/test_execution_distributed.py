@@ -3,6 +3,7 @@ stay identical, and barrier digests agree."""
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import threading
@@ -285,14 +286,13 @@ def test_a_seed_that_fails_on_one_rank_leaves_every_rank_at_the_same_step(
 ) -> None:
     """A seed whose forward (or optimizer step) raised on one rank left that rank alone, and
     the next step's gradient average, joined by the other rank only, aborted the job (SIGABRT):
-    it now leaves every rank by the next step's close, and the ranks stay identical."""
+    it now leaves every rank in the same close, and the ranks stay identical."""
     run_ranks(_seeds_fail_on_one_rank, str(tmp_path), WORLD, timeout_s=60)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD))
-    # a forward's failure: gone everywhere in the same step's close; an optimizer step's (in
-    # rank 0's close of step 8): gone from rank 1 at the start of the next close
+    # a forward's failure and an optimizer step's (in rank 0's close of step 8, before the
+    # orders of that close apply): gone from every rank in the same close
+    assert r0["seeds"] == r1["seeds"]
     assert r0["seeds"][5:9] == [[True, True], [False, True], [False, True], [False, False]]
-    assert r1["seeds"][5:9] == [[True, True], [False, True], [False, True], [False, True]]
-    assert r0["seeds"][9:] == r1["seeds"][9:] == [[False, False]] * 3
     assert r0["digest"] == r1["digest"]
 
 
@@ -370,3 +370,72 @@ def test_a_backward_through_a_fossil_on_one_rank_only_neither_hangs_nor_splits_t
     run_ranks(_fossil_uneven, str(tmp_path), WORLD, timeout_s=60)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD))
     assert r0["fossil"] and r0 == r1
+
+
+FOSSIL_AT_8 = [
+    germinate("a", 0),
+    order("a", pb.SEED_STAGE_TRAINING, 1),
+    order("a", pb.SEED_STAGE_BLENDING, 2),
+    order("a", pb.SEED_STAGE_SHADOWING, 6),
+    order("a", pb.SEED_STAGE_PROBATIONARY, 7),
+    order("a", pb.SEED_STAGE_FOSSILIZED, 8),
+]
+REGERMINATED_AT_6 = [
+    germinate("a", 0),
+    order("a", pb.SEED_STAGE_TRAINING, 1),
+    order("a", pb.SEED_STAGE_BLENDING, 2),
+    pb.ExecutionOrder(order_id="a-again", slot="a", stage=pb.SEED_STAGE_GERMINATED,
+                      apply_at_step=6, germinate=pb.Germinate(blueprint="residual_mlp")),
+    order("a", pb.SEED_STAGE_TRAINING, 8),
+]  # fmt: skip
+
+
+def _failing_rank_1(
+    orders: list[pb.ExecutionOrder], at: int, where: str, rank: int, root: str, finish: Finish
+) -> None:
+    """Slot ``a`` under ``orders``; at step ``at`` rank 1's seed raises in its ``where``
+    ("forward" or "optimizer"). Records, per step, (seed held, fossil, stage)."""
+    torch.manual_seed(0)
+    model = TinyMLP()
+    slots = insert_slots(model, {"a": "fc1"})
+    ddp = DistributedDataParallel(model)
+    opt = torch.optim.SGD(host_parameters(model, slots), lr=0.1)
+    config = RuntimeConfig(device="cpu", rank=rank, world_size=WORLD, probe_every=0,
+                           report_every=0, barrier_frequency=0, blend_steps=3)  # fmt: skip
+    rt = ExecutionRuntime(model, slots, opt, config, probe_batch=data(1, seed=99)[0])
+    for o in orders:
+        rt.submit(o)
+    batches, seen = data(4, seed=10 + rank), []
+    for step in range(12):
+        if rank == 1 and step == at:
+            if where == "forward":
+                slots["a"].seed.forward = _raise  # type: ignore[union-attr]
+            else:
+                rt.states["a"].optimizer.step = _raise  # type: ignore[union-attr,method-assign]
+        x, y = batches[step % len(batches)]
+        opt.zero_grad(set_to_none=True)
+        backward(F.cross_entropy(ddp(x), y))
+        opt.step()
+        rt.on_step(step)
+        seen.append([slots["a"].seed is not None, slots["a"].fossil, int(slots["a"].stage)])
+    finish({"seen": seen, "digest": state_digest(model, slots).hex()})
+
+
+@pytest.mark.parametrize(
+    ("orders", "at", "where"),
+    [(FOSSIL_AT_8, 8, "optimizer"), (REGERMINATED_AT_6, 6, "forward")],
+    ids=["optimizer-fails-in-the-fossilizing-close", "regerminated-after-a-forward-failure"],
+)
+def test_ranks_agree_on_a_seed_that_leaves_one_of_them_whatever_the_close_does(
+    tmp_path: pathlib.Path, orders: list[pb.ExecutionOrder], at: int, where: str
+) -> None:
+    """A seed whose optimizer step raises on one rank in the close where its FOSSILIZED order
+    applies left that rank only, the other fossilized it and the next backward aborted the job;
+    a slot germinated again right after a forward failure was announced twice by the failing
+    rank, and the other rank dropped the new seed. The ranks agree before the close's orders
+    apply, announce a failure once, and stay identical at every step."""
+    worker = functools.partial(_failing_rank_1, orders, at, where)
+    run_ranks(worker, str(tmp_path), WORLD, timeout_s=60)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD))
+    assert r0 == r1
+    assert not any(fossil for _, fossil, _ in r0["seen"])
