@@ -98,6 +98,7 @@ def take_grads(slots: Mapping[str, SeedSlot], world: int = 1) -> dict[str, Tenso
     upstream: dict[str, Tensor] = {}
     for sid in sorted(slots) if world > 1 else slots:
         slot = slots[sid]
+        slot.recomputes = 0  # (a checkpoint's pass not recomputed by now never will be)
         held = slot.held
         if held:  # (most slots, most steps: nothing held, nothing to allocate)
             slot.held = Held()

@@ -71,6 +71,7 @@ class SeedSlot(nn.Module):
         self.draws = False  # the seed was seen drawing random numbers (at germination)
         self.hook_handles: list[RemovableHandle] = []
         self.world = 1  # data-parallel ranks a fossil's gradient is averaged over
+        self.recomputes = 0  # DDP forwards' checkpointed fossil passes not yet recomputed
         self._tap: list[SlotTap] | None = None
         # the seed's forward raised (eager only): (out of memory?, the error); it left the forward
         self.failure: tuple[bool, str] | None = None
@@ -112,7 +113,7 @@ class SeedSlot(nn.Module):
             return h
         src = self._seed_input(h, x)
         if mode is Mode.FOSSIL:  # (under DDP, its gradient averaged in DDP's backward)
-            return self._fossil(h, fossil_forward(seed, src, self.world))
+            return self._fossil(h, fossil_forward(self, seed, src))
         if h.is_nested:  # a TransformerEncoder's inference fast path: the seed sits it out
             return h
         if torch.compiler.is_compiling():

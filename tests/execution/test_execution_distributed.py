@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from execution_helpers import Finish, backward, data, germinate, kinds, order, run_ranks
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.checkpoint import checkpoint
 
 from actors.execution import (
     ExecutionRuntime,
@@ -439,3 +440,57 @@ def test_ranks_agree_on_a_seed_that_leaves_one_of_them_whatever_the_close_does(
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD))
     assert r0 == r1
     assert not any(fossil for _, fossil, _ in r0["seen"])
+
+
+class _Checkpointed(nn.Module):
+    """TinyMLP's shape with its middle layer under a reentrant activation checkpoint."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits."""
+        h = torch.relu(self.fc1(x))
+        h = checkpoint(self.fc2, h, use_reentrant=True)
+        out: torch.Tensor = self.head(torch.relu(h))
+        return out
+
+
+def _checkpointed_fossil(rank: int, root: str, finish: Finish) -> None:
+    """A fossil at ``fc2`` inside a reentrant checkpoint (first pass without gradients inside
+    DDP's forward, recompute in its backward); from step 11 rank 0 alone also runs a backward
+    through the eager model, in train mode (a recompute of no DDP forward)."""
+    torch.manual_seed(0)
+    model = _Checkpointed()
+    slots = insert_slots(model, {"a": "fc2"})
+    ddp = DistributedDataParallel(model)
+    opt = torch.optim.SGD(host_parameters(model, slots), lr=0.1)
+    config = RuntimeConfig(device="cpu", rank=rank, world_size=WORLD, probe_every=0,
+                           report_every=0, barrier_frequency=0, blend_steps=3)  # fmt: skip
+    rt = ExecutionRuntime(model, slots, opt, config, probe_batch=data(1, seed=99)[0])
+    for o in FOSSIL_AT_8:
+        rt.submit(o)
+    batches = data(4, seed=10 + rank)
+    for step in range(14):
+        x, y = batches[step % len(batches)]
+        opt.zero_grad(set_to_none=True)
+        backward(F.cross_entropy(ddp(x), y))
+        opt.step()
+        if rank == 0 and step >= 11:
+            backward(model(x).pow(2).mean())
+            opt.zero_grad(set_to_none=True)
+        rt.on_step(step)
+    finish({"digest": state_digest(model, slots).hex(), "fossil": slots["a"].fossil})
+
+
+def test_a_fossil_in_a_reentrant_checkpoint_is_averaged_in_ddps_backward_only(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A reentrant checkpoint runs DDP's forward without gradients and recomputes it in the
+    backward, outside DDP's forward: the fossil's gradient is averaged in that recompute (the
+    ranks' fossils drifted apart, silently), and not in the recompute of rank 0's own backward
+    through the eager model (which would block in a collective the other rank never joins)."""
+    run_ranks(_checkpointed_fossil, str(tmp_path), WORLD, timeout_s=60)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD))
+    assert r0["fossil"] and r0 == r1
