@@ -47,8 +47,8 @@ class LogRecord:
 class BadEntry:
     """An entry that failed verification or parsing, with the reason code; for a copy of a
     message read before (``replayed``), or a genuine entry out of its sender's time order
-    (``stale``: stamped more than the clock tolerance before one of that sender's entries read
-    earlier in the stream, e.g. an event of an earlier run of the same name appended to this
+    (``stale``: stamped more than twice the clock tolerance before one of that sender's entries
+    read earlier in the stream, e.g. an event of an earlier run of the same name appended to this
     one's log), the entry as it verified (``copy``: a rebuild sets it aside on the quarantine
     stream, as it does an event its core refuses to fold)."""
 
@@ -85,11 +85,14 @@ async def read_log(
     nonces not) and parsed. An entry carrying a message id already read is a copy (someone with
     write access appended a genuine frame again): a :class:`BadEntry` (``replayed``), so no
     reader folds or counts one message twice. Each sender's entries must keep their time order
-    within the verifier's clock tolerance (a sender writes its entries in the order it stamps
-    them): one stamped earlier than that is refused as ``stale``, with the record as ``copy``."""
+    within twice the verifier's clock tolerance (a sender writes its entries in the order it
+    stamps them; several processes signing under one name may each be a tolerance off): one
+    stamped earlier than that is refused as ``stale``, with the record as ``copy``."""
     seen: dict[str, str] = {}  # message id -> the entry that carried it first
     newest: dict[str, int] = {}  # sender -> the latest stamp of its entries read so far
-    slack = int(verifier.tolerance_s * 1e9)
+    # twice the clock tolerance: processes signing under one name (a run's `kasmina run`
+    # processes, an actor's host after a failover) may each be within it of their readers
+    slack = int(2 * verifier.tolerance_s * 1e9)
     async for entry in aiter_entries(source, stream, page, start=start, end=until):
         frame = entry.fields.get(FRAME)
         try:

@@ -4,10 +4,10 @@
 delivered in between, so a writer who trickles junk into any inbox (entries the actors reject at
 once) kept every boundary of a lockstep trainer waiting for its whole timeout. A :class:`Settle`
 (one per trainer, kept across its settles) counts only entries that can have an effect: they
-verify (MAC, kind, run and destination), are fresh (stamped within the clock tolerance of now,
-as an actor requires), and carry a message id this trainer has not seen in the run's inboxes
+verify (MAC, kind, run and destination), could be fresh to their actor (stamped within twice
+the clock tolerance of the trainer's now: the actor judges by its own clock), and carry a message id this trainer has not seen in the run's inboxes
 before (a copy of a genuine frame, which the actor refuses as ``replayed``, never counts: the
-original comes first in its inbox, and every inbox is read from the clock tolerance ago on).
+original comes first in its inbox, and every inbox is read from that window's start on).
 An inbox is settled when every entry of effect in it has been delivered to its group and is no
 longer pending there (asked of those entries alone: entries a writer holds pending in the group
 under a consumer name of its own do not count), or has gone stale or been deleted; the run is
@@ -46,7 +46,8 @@ class Settle:
 
     def __init__(self, verifier: Verifier) -> None:
         self._verifier = verifier.with_replay()
-        self._slack_ns = int(verifier.tolerance_s * 1e9)
+        # an actor judges freshness by its own clock, within the tolerance of the trainer's
+        self._slack_ns = int(2 * verifier.tolerance_s * 1e9)
         self._seen: dict[str, int] = {}  # message id -> its stamp, while it could count
         self._watches: dict[str, _Watch] = {}
         self._now_ns = 0

@@ -304,3 +304,23 @@ async def test_a_writers_frame_under_a_revoked_key_id_does_not_stop_an_actor(
     shell = _fresh_seed_shell(bus, run_id, revoked, SLOT)
     await shell.rebuild()  # the forged entry skipped: the actor serves
     assert shell.rebuilds == 1
+
+
+async def test_entries_of_one_sender_from_hosts_a_tolerance_apart_are_not_stale(
+    bus: Bus, run_id: str
+) -> None:
+    """Processes signing under one name (a run's `kasmina run` processes) on hosts each within
+    the clock tolerance of their readers, 70 s apart from each other: their interleaved
+    entries all read (the order check allows twice the tolerance); one more than that behind
+    is refused as ``stale``."""
+    ring, stream = KeyRing.generate(), streams.events(run_id)
+    signer, now = Signer(ring, f"kasmina-run:{run_id}"), time.time_ns()
+    stamps = [now + 35 * 10**9, now - 35 * 10**9, now + 35 * 10**9, now - 86 * 10**9]
+    for ts in stamps:
+        frame = signer.seal("lifecycle.refused", pb.LifecycleRefused(slot=SLOT), stream=stream,
+                            ts_ns=ts)  # fmt: skip
+        await bus.publish(stream, {FRAME: frame, "kind": b"lifecycle.refused"})
+    read = [r async for r in read_log(bus, stream, Verifier(ring, replay=True))]
+    assert [isinstance(r, BadEntry) for r in read] == [False, False, False, True]
+    assert isinstance(read[3], BadEntry) and read[3].reason is Reason.STALE
+    await purge_prefix(bus, streams.prefix(run_id))
