@@ -14,6 +14,7 @@ bytes only if it is not there (:mod:`actors.delivery`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from numbers import Real
@@ -101,14 +102,23 @@ def _germinate_params(given: Any) -> dict[str, float]:
         raise TypeError(f"germinate params must be a mapping of names to numbers, not {given!r}")
     out = {}
     for key, value in given.items():
-        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, Real):
+        try:  # a number, a numeric string (YAML, argparse), a one-element tensor
+            number = float(value) if isinstance(key, str) and not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None:
             raise TypeError(f"germinate param {key!r}: {value!r} is not a number")
-        out[key] = float(value)
+        if not math.isfinite(number):
+            raise ValueError(f"germinate param {key!r}: {value!r} is not finite")
+        out[key] = number
     return out
 
 
 def _enum(enum: Any, prefix: str, name: str, what: str) -> int:
-    """The value of ``prefix + NAME`` in ``enum``, or a ValueError listing the names."""
+    """The value of ``prefix + NAME`` in ``enum`` (or the value itself, when it is one), or a
+    ValueError listing the names."""
+    if isinstance(name, int) and not isinstance(name, bool) and name in enum.values():
+        return int(name)
     try:
         return int(enum.Value(f"{prefix}{str(name).upper()}"))
     except ValueError:
@@ -133,7 +143,16 @@ def _fill_germinate(germ: pb.Germinate, params: dict[str, Any]) -> None:
         schedule = params["alpha_schedule"]
         value = _enum(pb.AlphaSchedule, "ALPHA_SCHEDULE_", schedule, "schedule")
         germ.alpha_schedule = pb.AlphaSchedule.ValueType(value)
-    germ.blend_steps = int(params.get("blend_steps") or 0)
+    germ.blend_steps = _blend_steps(params.get("blend_steps"))
+
+
+def _blend_steps(given: Any) -> int:
+    """``blend_steps``: a whole number of steps, 0 (or None) for the runtime's default."""
+    steps = 0.0 if given is None else given
+    whole = isinstance(steps, Real) and not isinstance(steps, bool) and float(steps).is_integer()
+    if not whole or float(steps) < 0:
+        raise ValueError(f"blend_steps must be a whole number >= 0, not {given!r}")
+    return int(float(steps))
 
 
 @dataclass(frozen=True, slots=True)
