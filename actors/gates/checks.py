@@ -249,21 +249,37 @@ Detail = Callable[[Mapping[str, float], GateThresholds], str]
 _LATENCY_N = _n_detail(
     "best-of forward time, seed on over seed off, minus 1", ev.LATENCY_N, "timed pairs"
 )
-_GRAD_N = ("grad_steps", "seed optimizer steps")  # (evidence name, unit) behind G1's norms
+
+
+def _steps_detail(statistic: str) -> Detail:
+    """A detail over the seed's gradient steps since germination, the finite ones
+    (``grad_steps``) and the non-finite ones (``grad_nonfinite``) together."""
+
+    def detail(m: Mapping[str, float], t: GateThresholds) -> str:
+        if "grad_steps" not in m:
+            return f"{statistic}; n unknown"
+        n = m["grad_steps"] + m.get("grad_nonfinite", 0.0)
+        return f"{statistic}; n={n:.0f} seed gradient steps"
+
+    return detail
+
+
+_GRAD_N = ("grad_steps", "finite seed gradient steps")  # (evidence name, unit) behind the norms
 _DETAILS: dict[str, Detail] = {
-    ev.GRAD_NORM_MIN: _n_detail("smallest seed gradient norm in the stage", *_GRAD_N),
-    ev.GRAD_NORM_MAX: _n_detail("largest seed gradient norm in the stage", *_GRAD_N),
-    ev.GRAD_FINITE: _n_detail("1 if no seed gradient was non-finite", *_GRAD_N),
+    ev.GRAD_NORM_MIN: _n_detail("smallest finite seed gradient norm since germination", *_GRAD_N),
+    ev.GRAD_NORM_MAX: _n_detail("largest finite seed gradient norm since germination", *_GRAD_N),
+    ev.GRAD_FINITE: _steps_detail("1 if no seed gradient was non-finite"),
     ev.ISOLATION_VIOLATIONS: _n_detail(
         "seed writes of the host found (in place, or through a kept reference)",
         "isolation_probes",
         "isolation probes",
     ),
-    ev.NONFINITE_COUNT: _n_detail(
-        "non-finite seed outputs and gradients since germination", *_GRAD_N
+    ev.NONFINITE_COUNT: _steps_detail(
+        "non-finite seed outputs (forwards) and gradients (steps) since germination"
     ),
-    ev.OUTPUT_FINITE: _n_detail("1 if no seed output was non-finite", *_GRAD_N),
+    ev.OUTPUT_FINITE: _steps_detail("1 if no seed output was non-finite since germination"),
     ev.TRAINING_STEPS: lambda m, t: "seed optimizer steps in TRAINING",
+    ev.OPEN_STRIKES: lambda m, t: "circuit-breaker strikes against this seed since germination",
     ev.LOSS_SPIKE_SIGMA: _n_detail(
         "rise of the training loss (mean over a quarter of the stage) over its level before "
         "the stage, in standard errors",

@@ -194,12 +194,22 @@ def test_statistical_checks_state_their_components_and_sample_size() -> None:
 @pytest.mark.parametrize(
     ("gate", "name", "n_key", "unit"),
     [
-        (pb.SEED_GATE_G1_GRADIENT_HEALTH, ev.GRAD_NORM_MIN, "grad_steps", "seed optimizer steps"),
-        (pb.SEED_GATE_G1_GRADIENT_HEALTH, ev.GRAD_NORM_MAX, "grad_steps", "seed optimizer steps"),
-        (pb.SEED_GATE_G1_GRADIENT_HEALTH, ev.GRAD_FINITE, "grad_steps", "seed optimizer steps"),
+        (
+            pb.SEED_GATE_G1_GRADIENT_HEALTH,
+            ev.GRAD_NORM_MIN,
+            "grad_steps",
+            "finite seed gradient steps",
+        ),
+        (
+            pb.SEED_GATE_G1_GRADIENT_HEALTH,
+            ev.GRAD_NORM_MAX,
+            "grad_steps",
+            "finite seed gradient steps",
+        ),
+        (pb.SEED_GATE_G1_GRADIENT_HEALTH, ev.GRAD_FINITE, "grad_steps", "seed gradient steps"),
         (pb.SEED_GATE_G1_GRADIENT_HEALTH, ev.ISOLATION_VIOLATIONS, "isolation_probes", "probes"),
-        (pb.SEED_GATE_G2_STABILITY, ev.NONFINITE_COUNT, "grad_steps", "seed optimizer steps"),
-        (pb.SEED_GATE_G3_INTERFACE, ev.OUTPUT_FINITE, "grad_steps", "seed optimizer steps"),
+        (pb.SEED_GATE_G2_STABILITY, ev.NONFINITE_COUNT, "grad_steps", "seed gradient steps"),
+        (pb.SEED_GATE_G3_INTERFACE, ev.OUTPUT_FINITE, "grad_steps", "seed gradient steps"),
     ],
 )
 def test_health_checks_state_their_statistic_and_sample_size(
@@ -213,3 +223,14 @@ def test_health_checks_state_their_statistic_and_sample_size(
     metrics.pop(n_key)
     (check,) = [c for c in evaluate(gate, pb.Evidence(metrics=metrics), T).checks if c.name == name]
     assert check.detail.endswith("n unknown")
+
+
+def test_a_failed_finiteness_check_counts_the_non_finite_steps_in_its_sample() -> None:
+    """``grad_steps`` counts finite gradient steps only: a seed whose every gradient was
+    non-finite read 'n=0'; the finiteness checks count both kinds."""
+    gate = pb.SEED_GATE_G1_GRADIENT_HEALTH
+    metrics = {**BASE[gate], ev.GRAD_FINITE: 0.0, "grad_steps": 0.0, "grad_nonfinite": 3.0}
+    checks = {c.name: c for c in evaluate(gate, pb.Evidence(metrics=metrics), T).checks}
+    assert not checks[ev.GRAD_FINITE].passed
+    assert checks[ev.GRAD_FINITE].detail.endswith("n=3 seed gradient steps")
+    assert checks[ev.GRAD_NORM_MIN].detail.endswith("n=0 finite seed gradient steps")
