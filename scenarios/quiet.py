@@ -103,14 +103,7 @@ class Settle:
             return True
         if mine is None:  # its actor has not read yet
             return False
-        delivered = parse_id(mine.last_delivered)
-        ahead = [v[0] for k, v in watch.waiting.items() if k > delivered]
-        if ahead and any([await bus.range(inbox, start=e, end=e) for e in ahead]):
-            return False  # not yet delivered (and still there)
-        # delivered: done unless still pending (a writer's own pending entries do not count)
-        pending = await bus.pending_of(inbox, group, [v[0] for v in watch.waiting.values()])
-        watch.waiting = {k: v for k, v in watch.waiting.items() if v[0] in pending}
-        return not watch.waiting
+        return await _acked(bus, inbox, group, watch, parse_id(mine.last_delivered))
 
     async def _scan(self, bus: Bus, inbox: str, watch: _Watch) -> None:
         """Read the entries appended since the last look; note those of effect."""
@@ -125,6 +118,20 @@ class Settle:
                 watch.scanned = page[-1].id
             if len(page) < _PAGE:
                 break
+
+
+async def _acked(
+    bus: Bus, inbox: str, group: str, watch: _Watch, delivered: tuple[int, int]
+) -> bool:
+    """Whether ``group`` has every entry ``watch`` waits for delivered and no longer pending
+    (asked of those entries alone: a writer's own pending entries do not count); the acked
+    ones leave ``watch.waiting``."""
+    ahead = [v[0] for k, v in watch.waiting.items() if k > delivered]
+    if ahead and any([await bus.range(inbox, start=e, end=e) for e in ahead]):
+        return False  # not yet delivered (and still there)
+    pending = await bus.pending_of(inbox, group, [v[0] for v in watch.waiting.values()])
+    watch.waiting = {k: v for k, v in watch.waiting.items() if v[0] in pending}
+    return not watch.waiting
 
 
 def _group(info: StreamInfo, group: str) -> GroupInfo | None:

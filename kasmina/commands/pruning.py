@@ -116,19 +116,27 @@ async def publish(args: argparse.Namespace, wiring: Wiring) -> dict[str, Any]:
         await client.publish(inbox, order)
     out: dict[str, Any] = {"order_id": order.order_id, "action": "prune", "apply_at_step": at,
                            "ranks": len(inboxes), "modules": [m.module for m in masks]}  # fmt: skip
-    if not args.wait:
-        return out
+    if args.wait:
+        out.update(await _waited(args, wiring, order.order_id, mark, inboxes))
+    return out
+
+
+async def _waited(
+    args: argparse.Namespace, wiring: Wiring, order_id: str, mark: str, inboxes: list[str]
+) -> dict[str, Any]:
+    """``acks`` and ``result`` after waiting for every rank's ack (at most ``--timeout``; the
+    acks that did arrive are kept, and ``missing`` names the ranks that did not answer)."""
     found: dict[str, pb.PruningAck] = {}
     ranks = {name for name in map(streams.inbox_actor, inboxes) if name is not None}
     with anyio.move_on_after(args.timeout):
-        await _acks(wiring, order.order_id, mark, ranks, found)
+        await _acks(wiring, order_id, mark, ranks, found)
     acks = sorted(found.values(), key=lambda a: a.rank)
-    out["acks"] = [
+    out: dict[str, Any] = {"acks": [
         {"rank": a.rank, "ok": a.ok, "error": a.error, "applied_at_step": a.applied_at_step,
          "pruned_units": a.pruned_units, "total_units": a.total_units}
         for a in acks
-    ]  # fmt: skip
-    if len(acks) < len(inboxes):  # what did answer is kept: say which ranks did not
+    ]}  # fmt: skip
+    if len(acks) < len(inboxes):
         out["result"] = "timed_out"
         out["missing"] = sorted(ranks - set(found)) or sorted(inboxes)
     else:
