@@ -25,6 +25,7 @@ from actors.execution import ranks
 from actors.execution.blueprints import SlotShape
 from actors.execution.config import RuntimeConfig
 from actors.execution.errors import OrderError, is_oom
+from actors.execution.mailbox import KIND_TELEMETRY
 from contracts import evidence as ev
 from leyline import pb
 
@@ -247,10 +248,19 @@ def seeds_leaving(rt: ExecutionRuntime) -> None:
             state = rt.states[sid]
             if sid not in left and state.slot.seed is not None:
                 state.release(rt.device)
-                log.warning("slot %s: its seed left rank %d; it leaves rank %d too", sid, rank,
-                            rt.rank)  # fmt: skip
+                _left_elsewhere(rt, sid, rank)
     forward_failures(rt)
     rt.left.clear()  # agreed (its own forward failures included: never announced twice)
+
+
+def _left_elsewhere(rt: ExecutionRuntime, sid: str, rank: int) -> None:
+    """Say that the seed at ``sid`` left this rank because it left ``rank``: a log line and a
+    WARNING telemetry item (the failing rank's safety signal culls the slot)."""
+    detail = f"slot {sid}: its seed left rank {rank}; it leaves rank {rt.rank} too"
+    log.warning(detail)
+    raw = pb.TelemetryRaw(slot=sid, region=rt.config.region, step=rt.step,
+                          severity=pb.SEVERITY_WARNING, message=detail)  # fmt: skip
+    rt.outbox.put(KIND_TELEMETRY, raw)
 
 
 def forward_failures(rt: ExecutionRuntime) -> None:

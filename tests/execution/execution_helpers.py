@@ -37,6 +37,17 @@ def germinate(slot: str, at: int, blueprint: str = "residual_mlp", **kw: Any) ->
     )
 
 
+#: slot ``a`` germinated at 0, blended from 2, fossilized at 8 (give a blend of about 3 steps)
+FOSSIL_AT_8 = [
+    germinate("a", 0),
+    order("a", pb.SEED_STAGE_TRAINING, 1),
+    order("a", pb.SEED_STAGE_BLENDING, 2),
+    order("a", pb.SEED_STAGE_SHADOWING, 6),
+    order("a", pb.SEED_STAGE_PROBATIONARY, 7),
+    order("a", pb.SEED_STAGE_FOSSILIZED, 8),
+]
+
+
 def data(
     n: int = 8, batch: int = 16, d_in: int = 8, classes: int = 4, seed: int = 0
 ) -> list[tuple[Tensor, Tensor]]:

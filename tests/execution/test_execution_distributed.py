@@ -8,12 +8,22 @@ import json
 import pathlib
 import threading
 import uuid
+from typing import Any
 
 import anyio
 import pytest
 import torch
 import torch.nn.functional as F
-from execution_helpers import Finish, backward, data, germinate, kinds, order, run_ranks
+from execution_helpers import (
+    FOSSIL_AT_8,
+    Finish,
+    backward,
+    data,
+    germinate,
+    kinds,
+    order,
+    run_ranks,
+)
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
@@ -116,6 +126,21 @@ def test_two_ranks_apply_orders_at_the_same_step_and_stay_identical(tmp_path: pa
     assert r0["fossil_params"] > 0 and not r0["signals"] and not r1["signals"]
 
 
+def _rank_runtime(
+    rank: int, model: nn.Module, points: dict[str, str], **config: Any
+) -> tuple[dict[str, SeedSlot], nn.Module, torch.optim.Optimizer, ExecutionRuntime]:
+    """``model`` with slots at ``points``, its DDP wrapper, an SGD host optimizer and a runtime
+    for ``rank`` with no periodic messages (``config``: further RuntimeConfig fields)."""
+    slots = insert_slots(model, points)
+    ddp = DistributedDataParallel(model)
+    opt = torch.optim.SGD(host_parameters(model, slots), lr=0.1)
+    settings: dict[str, Any] = {"probe_every": 0, "report_every": 0, "barrier_frequency": 0}
+    settings.update(config)
+    cfg = RuntimeConfig(device="cpu", rank=rank, world_size=WORLD, **settings)
+    rt = ExecutionRuntime(model, slots, opt, cfg, probe_batch=data(1, seed=99)[0])
+    return slots, ddp, opt, rt
+
+
 def _blending_rank(
     rank: int,
 ) -> tuple[nn.Module, dict[str, SeedSlot], nn.Module, torch.optim.Optimizer, ExecutionRuntime]:
@@ -123,12 +148,7 @@ def _blending_rank(
     blend over 20 steps), its DDP wrapper, host optimizer and runtime."""
     torch.manual_seed(0)
     model = TinyMLP()
-    slots = insert_slots(model, {"a": "fc1"})
-    ddp = DistributedDataParallel(model)
-    opt = torch.optim.SGD(host_parameters(model, slots), lr=0.1)
-    config = RuntimeConfig(device="cpu", rank=rank, world_size=WORLD, probe_every=0,
-                           report_every=0, barrier_frequency=0, blend_steps=20)  # fmt: skip
-    rt = ExecutionRuntime(model, slots, opt, config, probe_batch=data(1, seed=99)[0])
+    slots, ddp, opt, rt = _rank_runtime(rank, model, {"a": "fc1"}, blend_steps=20)
     for o in ORDERS[0], ORDERS[2], ORDERS[4]:
         rt.submit(o)
     return model, slots, ddp, opt, rt
@@ -254,12 +274,7 @@ def _seeds_fail_on_one_rank(rank: int, root: str, finish: Finish) -> None:
     ``b``'s optimizer step on rank 0 at step 8."""
     torch.manual_seed(0)
     model = TinyMLP()
-    slots = insert_slots(model, {"a": "fc1", "b": "fc2"})
-    ddp = DistributedDataParallel(model)
-    opt = torch.optim.SGD(host_parameters(model, slots), lr=0.1)
-    config = RuntimeConfig(device="cpu", rank=rank, world_size=WORLD, probe_every=0,
-                           report_every=0, barrier_frequency=0, blend_steps=20)  # fmt: skip
-    rt = ExecutionRuntime(model, slots, opt, config, probe_batch=data(1, seed=99)[0])
+    slots, ddp, opt, rt = _rank_runtime(rank, model, {"a": "fc1", "b": "fc2"}, blend_steps=20)
     for o in ORDERS[:5]:
         rt.submit(o)
     batches = data(4, seed=10 + rank)
@@ -275,7 +290,8 @@ def _seeds_fail_on_one_rank(rank: int, root: str, finish: Finish) -> None:
         opt.step()
         rt.on_step(step)
         seeds.append([slots[k].seed is not None for k in "ab"])
-    finish({"digest": state_digest(model, slots).hex(), "seeds": seeds})
+    told = [m.message for m in kinds(rt.drain_outbox(), "telemetry.raw") if "leaves" in m.message]
+    finish({"digest": state_digest(model, slots).hex(), "seeds": seeds, "told": told})
 
 
 def _raise(*args: object, **kwargs: object) -> None:
@@ -295,6 +311,9 @@ def test_a_seed_that_fails_on_one_rank_leaves_every_rank_at_the_same_step(
     assert r0["seeds"] == r1["seeds"]
     assert r0["seeds"][5:9] == [[True, True], [False, True], [False, True], [False, False]]
     assert r0["digest"] == r1["digest"]
+    # each rank that let a seed go for another's failure says so on the telemetry stream
+    assert r0["told"] == ["slot a: its seed left rank 1; it leaves rank 0 too"]
+    assert r1["told"] == ["slot b: its seed left rank 0; it leaves rank 1 too"]
 
 
 def _germination_refused_on_rank_1(rank: int, root: str, finish: Finish) -> None:
@@ -302,13 +321,8 @@ def _germination_refused_on_rank_1(rank: int, root: str, finish: Finish) -> None
     trains on the straight-through term."""
     torch.manual_seed(0)
     model = TinyMLP()
-    slots = insert_slots(model, {"a": "fc1"})
-    ddp = DistributedDataParallel(model)
-    opt = torch.optim.SGD(host_parameters(model, slots), lr=0.1)
     budget = 1 if rank == 1 else None
-    config = RuntimeConfig(device="cpu", rank=rank, world_size=WORLD, probe_every=0,
-                           report_every=0, barrier_frequency=0, seed_memory_budget=budget)  # fmt: skip
-    rt = ExecutionRuntime(model, slots, opt, config, probe_batch=data(1, seed=99)[0])
+    slots, ddp, opt, rt = _rank_runtime(rank, model, {"a": "fc1"}, seed_memory_budget=budget)
     for o in ORDERS[0], ORDERS[2], ORDERS[4]:
         rt.submit(o)
     batches = data(4, seed=10 + rank)
@@ -338,12 +352,7 @@ def _fossil_uneven(rank: int, root: str, finish: Finish) -> None:
     saliency-map backward through the eager model (and so through the fossil)."""
     torch.manual_seed(0)
     model = TinyMLP()
-    slots = insert_slots(model, {"a": "fc1"})
-    ddp = DistributedDataParallel(model)
-    opt = torch.optim.SGD(host_parameters(model, slots), lr=0.1)
-    config = RuntimeConfig(device="cpu", rank=rank, world_size=WORLD, probe_every=0,
-                           report_every=0, barrier_frequency=0, blend_steps=3)  # fmt: skip
-    rt = ExecutionRuntime(model, slots, opt, config, probe_batch=data(1, seed=99)[0])
+    slots, ddp, opt, rt = _rank_runtime(rank, model, {"a": "fc1"}, blend_steps=3)
     for o in ORDERS:
         if o.slot == "a":
             rt.submit(o)
@@ -373,14 +382,6 @@ def test_a_backward_through_a_fossil_on_one_rank_only_neither_hangs_nor_splits_t
     assert r0["fossil"] and r0 == r1
 
 
-FOSSIL_AT_8 = [
-    germinate("a", 0),
-    order("a", pb.SEED_STAGE_TRAINING, 1),
-    order("a", pb.SEED_STAGE_BLENDING, 2),
-    order("a", pb.SEED_STAGE_SHADOWING, 6),
-    order("a", pb.SEED_STAGE_PROBATIONARY, 7),
-    order("a", pb.SEED_STAGE_FOSSILIZED, 8),
-]
 REGERMINATED_AT_6 = [
     germinate("a", 0),
     order("a", pb.SEED_STAGE_TRAINING, 1),
@@ -398,12 +399,7 @@ def _failing_rank_1(
     ("forward" or "optimizer"). Records, per step, (seed held, fossil, stage)."""
     torch.manual_seed(0)
     model = TinyMLP()
-    slots = insert_slots(model, {"a": "fc1"})
-    ddp = DistributedDataParallel(model)
-    opt = torch.optim.SGD(host_parameters(model, slots), lr=0.1)
-    config = RuntimeConfig(device="cpu", rank=rank, world_size=WORLD, probe_every=0,
-                           report_every=0, barrier_frequency=0, blend_steps=3)  # fmt: skip
-    rt = ExecutionRuntime(model, slots, opt, config, probe_batch=data(1, seed=99)[0])
+    slots, ddp, opt, rt = _rank_runtime(rank, model, {"a": "fc1"}, blend_steps=3)
     for o in orders:
         rt.submit(o)
     batches, seen = data(4, seed=10 + rank), []
@@ -463,12 +459,7 @@ def _checkpointed_fossil(rank: int, root: str, finish: Finish) -> None:
     through the eager model, in train mode (a recompute of no DDP forward)."""
     torch.manual_seed(0)
     model = _Checkpointed()
-    slots = insert_slots(model, {"a": "fc2"})
-    ddp = DistributedDataParallel(model)
-    opt = torch.optim.SGD(host_parameters(model, slots), lr=0.1)
-    config = RuntimeConfig(device="cpu", rank=rank, world_size=WORLD, probe_every=0,
-                           report_every=0, barrier_frequency=0, blend_steps=3)  # fmt: skip
-    rt = ExecutionRuntime(model, slots, opt, config, probe_batch=data(1, seed=99)[0])
+    slots, ddp, opt, rt = _rank_runtime(rank, model, {"a": "fc2"}, blend_steps=3)
     for o in FOSSIL_AT_8:
         rt.submit(o)
     batches = data(4, seed=10 + rank)

@@ -5,19 +5,9 @@ fossilization trains the fossil too."""
 from __future__ import annotations
 
 import torch
-from execution_helpers import data, germinate, order, runtime, tiny, train
+from execution_helpers import FOSSIL_AT_8, data, runtime, tiny, train
 
 from actors.execution import host_parameters
-from leyline import pb
-
-ORDERS = [
-    germinate("a", 0),
-    order("a", pb.SEED_STAGE_TRAINING, 1),
-    order("a", pb.SEED_STAGE_BLENDING, 2),
-    order("a", pb.SEED_STAGE_SHADOWING, 6),
-    order("a", pb.SEED_STAGE_PROBATIONARY, 7),
-    order("a", pb.SEED_STAGE_FOSSILIZED, 8),
-]
 
 
 def test_host_parameters_hold_a_fossil_but_never_a_live_seed() -> None:
@@ -26,7 +16,7 @@ def test_host_parameters_hold_a_fossil_but_never_a_live_seed() -> None:
     model, slots = tiny(points={"a": "fc1"})
     opt = torch.optim.SGD(host_parameters(model, slots), lr=0.1)
     rt = runtime(model, slots, opt, blend_steps=3)
-    for o in ORDERS:
+    for o in FOSSIL_AT_8:
         rt.submit(o)
     batches = data(4)
     train(model, opt, rt, batches, range(3))
