@@ -12,16 +12,33 @@ from actors.hosting.admission import Claim
 from actors.hosting.inbox import FRAME
 from actors.safety import RejectStorm, note_reject, unnote_reject
 from bus import Append, Entry
-from contracts import ContractError, Envelope, Reason, Signer, kinds, streams
+from contracts import ContractError, Envelope, Reason, Signer, Verifier, kinds, streams
 from contracts.config import SafetyConfig
 from leyline import pb
 
-__all__ = ["OUTCOMES_MAXLEN", "REJECTED_MAXLEN", "Rejections"]
+__all__ = ["OUTCOMES_MAXLEN", "REJECTED_MAXLEN", "Rejections", "written_by_its_actor"]
 
 log = logging.getLogger("kasmina.actors")
 
 REJECTED_MAXLEN = 200_000
 OUTCOMES_MAXLEN = 100_000
+
+
+def written_by_its_actor(
+    record: pb.Rejection, envelope: Envelope, verifier: Verifier, run: str
+) -> bool:
+    """Whether a verified rejection record of ``run`` is its actor's own: its key may speak for
+    the actor it names (:meth:`Verifier.speaks_for`: a trainer key for its own rank only), and the
+    stream it names is an inbox of ``run`` that this actor reads. Only an actor rejects the
+    entries of its own inbox, so a record naming another inbox (a trainer key claiming rejections
+    on a SeedActor's inbox in its rank's name) is not believed."""
+    if not verifier.speaks_for(envelope, record.actor):
+        return False
+    try:
+        stream_run, _ = streams.address(record.stream)
+    except ValueError:
+        return False
+    return stream_run == run and streams.inbox_actor(record.stream) == record.actor
 
 
 class Rejections:

@@ -17,6 +17,7 @@ import anyio
 from actors.attached import ALIVE_S, confirmations, confirmed_by_rank, heartbeats, trainers
 from actors.eventlog import BadEntry, read_log, read_verified
 from actors.hosting.quarantine import KEY_REFUSALS
+from actors.hosting.rejection import written_by_its_actor
 from actors.replay import fold_events
 from actors.seed import stage_name
 from actors.seed.outcomes import awaiting_text
@@ -93,7 +94,8 @@ async def _streams(bus: Bus, run: str) -> list[dict[str, Any]]:
 
 async def _rejected(bus: Bus, run: str, ring: KeyRing) -> dict[str, int]:
     """Rejections by reason, read from the signed records (an entry that does not verify, or a
-    record whose key may not speak for the actor it names, is counted as ``unverified_record``,
+    record that is not its actor's own, :func:`written_by_its_actor`: a key that may not speak for
+    the actor it names, or an inbox that actor does not read, is counted as ``unverified_record``,
     never by a field anyone could have written). A record of entries already counted (the same
     actor, inbox and entry ids: delivered again by a rewound consumer group, and rejected again)
     is not counted twice."""
@@ -104,7 +106,7 @@ async def _rejected(bus: Bus, run: str, ring: KeyRing) -> dict[str, int]:
         if (
             isinstance(record, BadEntry)
             or not isinstance(record.message, pb.Rejection)
-            or not verifier.speaks_for(record.envelope, record.message.actor)
+            or not written_by_its_actor(record.message, record.envelope, verifier, run)
         ):
             rejected["unverified_record"] += 1
             continue

@@ -4,6 +4,7 @@ and the time from each kill to the next committed event."""
 from __future__ import annotations
 
 from actors import eventlog
+from actors.hosting.rejection import written_by_its_actor
 from bus import Bus
 from contracts import KeyRing, Verifier, streams
 from leyline import pb
@@ -28,7 +29,9 @@ async def read_rejections(bus: Bus, run: str, ring: KeyRing) -> list[pb.Rejectio
     return [
         r.message
         async for r in eventlog.read_log(bus, streams.rejected(run), verifier)
-        if isinstance(r, eventlog.LogRecord) and isinstance(r.message, pb.Rejection)
+        if isinstance(r, eventlog.LogRecord)
+        and isinstance(r.message, pb.Rejection)
+        and written_by_its_actor(r.message, r.envelope, verifier, run)
     ]
 
 

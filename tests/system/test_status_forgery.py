@@ -50,14 +50,26 @@ async def test_rejection_counts_come_only_from_records_their_signer_speaks_for(
     bus: Bus, run_id: str
 ) -> None:
     """A trainer-key record claiming four billion of the gate's rejections is counted as one
-    unverified record; a rank's record of its own rejections is counted by its reason."""
+    unverified record, and so is one in its rank's own name that claims rejections on an inbox
+    the rank does not read (a SeedActor's, another rank's, another run's, or none); a rank's
+    record of its own inbox's rejections is counted by its reason."""
     every, signs = role_rings()
     stream = streams.rejected(run_id)
     forged = pb.Rejection(reason_code="bad_signature", actor="gate", count=4_000_000_000)
     await _put(bus, stream, signs["trainer"], "execution:0", kinds.REJECTION, forged)
-    own = pb.Rejection(reason_code="invalid", actor="execution:0", count=3)
+    elsewhere = [
+        streams.inbox(run_id, "seed", "s0"),
+        streams.inbox(run_id, "execution", "1"),
+        streams.inbox(f"{run_id}-other", "execution", "0"),
+        "",
+    ]
+    for inbox in elsewhere:
+        claim = pb.Rejection(reason_code="invalid", actor="execution:0", count=1000, stream=inbox)
+        await _put(bus, stream, signs["trainer"], "execution:0", kinds.REJECTION, claim)
+    own = pb.Rejection(reason_code="invalid", actor="execution:0", count=3,
+                       stream=streams.inbox(run_id, "execution", "0"))  # fmt: skip
     await _put(bus, stream, signs["trainer"], "execution:0", kinds.REJECTION, own)
-    assert await _rejected(bus, run_id, every) == {"invalid": 3, "unverified_record": 1}
+    assert await _rejected(bus, run_id, every) == {"invalid": 3, "unverified_record": 5}
 
 
 async def test_confirmations_count_only_for_the_rank_their_signer_speaks_for(
