@@ -12,6 +12,7 @@ import argparse
 import json
 import struct
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from contracts import Key, KeyRing, Signer, mac_input, streams, unpack  # noqa: E402
 from contracts.envelope import VERSION  # noqa: E402
+from contracts.nonce import Claim  # noqa: E402
 from leyline import pb  # noqa: E402
 
 OUT = ROOT / "docs" / "wire-vectors.json"
@@ -340,7 +342,57 @@ def build() -> dict[str, Any]:
         "reencoded": reencoded,
         "invalid": invalid,
         "accepted": _accepted(valid[0]),
+        "nonces": _nonces(valid),
     }
+
+
+class _Asked:
+    """A nonce guard that admits every message and keeps what it was asked (§5.1)."""
+
+    since_ns = 0
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str, int]] = []
+
+    async def admit(self, message_id: str, token: str, deadline_ms: int) -> Claim:
+        return (await self.admit_many([(message_id, token, deadline_ms)]))[0]
+
+    async def admit_many(self, items: Sequence[tuple[str, str, int]]) -> list[Claim]:
+        self.items += items
+        return ["new"] * len(items)
+
+
+def _nonces(valid: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What a receiver's nonce store is asked for valid frames read as inbox entries (§5.1): the
+    key, TOKEN and DEADLINE the actors' own verification path computes (``verify_entries``)."""
+    import anyio
+
+    from actors.hosting.inbox import FRAME, verify_entries
+    from bus import Entry
+    from contracts import Verifier
+
+    cases = [  # (valid vector, entry id, group, tolerance_s)
+        (valid[0], "1800000000123-0", streams.group("seed:layer1.s0"), 60.0),
+        (valid[0], "1800000000124-7", streams.group("seed:layer1.s0"), 2.5),
+        (valid[2], "1800000000200-0", streams.group("gate"), 60.0),
+    ]
+    out = []
+    for vector, entry_id, group, tolerance in cases:
+        asked = _Asked()
+        verifier = Verifier(
+            _ring(K1.id), clock=lambda: TS, nonce_guard=asked, tolerance_s=tolerance
+        )
+        entry = Entry(vector["stream"], entry_id, {FRAME: bytes.fromhex(vector["frame_hex"])})
+        (env,) = anyio.run(verify_entries, verifier, [entry], group)
+        assert not isinstance(env, Exception), env
+        ((nonce, token, deadline),) = asked.items
+        out.append({
+            "of": vector["name"], "stream": vector["stream"], "entry_id": entry_id,
+            "group": group, "tolerance_s": tolerance, "ts_ns": vector["fields"]["ts_ns"],
+            "key": streams.nonce_key(vector["fields"]["run"], nonce), "token": token,
+            "deadline_ms": deadline,
+        })  # fmt: skip
+    return out
 
 
 def _key_vectors(inbox: str, command: bytes) -> list[dict[str, Any]]:

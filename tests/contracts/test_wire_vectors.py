@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from contracts import ContractError, KeyRing, Signer, Verifier, mac_input, unpack
+from contracts import ContractError, KeyRing, Signer, Verifier, mac_input, streams, unpack
+from contracts.nonce import Claim
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = json.loads((ROOT / "docs" / "wire-vectors.json").read_text(encoding="utf-8"))
@@ -98,3 +100,46 @@ def test_vectors_file_is_what_the_code_produces() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
+
+
+class _Asked:
+    """A nonce guard that admits every message and keeps what it was asked."""
+
+    since_ns = 0
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str, int]] = []
+
+    async def admit(self, message_id: str, token: str, deadline_ms: int) -> Claim:
+        return (await self.admit_many([(message_id, token, deadline_ms)]))[0]
+
+    async def admit_many(self, items: Sequence[tuple[str, str, int]]) -> list[Claim]:
+        self.items += items
+        return ["new"] * len(items)
+
+
+@pytest.mark.parametrize("vector", VECTORS["nonces"], ids=lambda v: f"{v['group']}-{v['entry_id']}")
+async def test_an_actor_asks_its_nonce_store_for_the_vectors_key_token_and_deadline(
+    vector: dict[str, Any],
+) -> None:
+    """An actor's inbox verification asks for the vector's TOKEN and DEADLINE, under the key the
+    Redis guard sets (the nonce vectors of wire.md §11)."""
+    from actors.hosting.inbox import FRAME, verify_entries
+    from bus import Entry, open_bus
+    from bus.nonce import RedisNonceGuard
+
+    of = next(v for v in VECTORS["valid"] if v["name"] == vector["of"])
+    asked = _Asked()
+    verifier = Verifier(
+        RING, clock=lambda: vector["ts_ns"], nonce_guard=asked, tolerance_s=vector["tolerance_s"]
+    )
+    entry = Entry(vector["stream"], vector["entry_id"], {FRAME: bytes.fromhex(of["frame_hex"])})
+    (env,) = await verify_entries(verifier, [entry], vector["group"])
+    assert not isinstance(env, Exception)
+    ((nonce, token, deadline),) = asked.items
+    assert (token, deadline) == (vector["token"], vector["deadline_ms"])
+    bus = open_bus("memory://vectors")
+    try:
+        assert RedisNonceGuard(bus, streams.prefix(of["fields"]["run"])).key(nonce) == vector["key"]
+    finally:
+        await bus.close()

@@ -79,6 +79,18 @@ def test_independent_receiver_refuses_invalid_vectors(vector: dict[str, Any]) ->
         )
 
 
+@pytest.mark.parametrize("vector", VECTORS["nonces"], ids=lambda v: f"{v['group']}-{v['entry_id']}")
+def test_independent_nonce_key_token_and_deadline(vector: dict[str, Any]) -> None:
+    """§5.1 from the spec: key ``kasmina:{RUN}:nonce:G|ID``, TOKEN the stream key, ``/`` and the
+    entry id, DEADLINE ``ceil((ts_ns + tolerance) / 1e6)`` in whole Unix milliseconds."""
+    of = next(v for v in VECTORS["valid"] if v["name"] == vector["of"])
+    run, mid = of["fields"]["run"], of["fields"]["id"]
+    assert vector["key"] == f"kasmina:{{{run}}}:nonce:{vector['group']}|{mid}"
+    assert vector["token"] == f"{vector['stream']}/{vector['entry_id']}"
+    tolerance_ns = round(vector["tolerance_s"] * 10**9)
+    assert vector["deadline_ms"] == -(-(vector["ts_ns"] + tolerance_ns) // 10**6)
+
+
 def test_interop_code_imports_no_project_package() -> None:
     """Nothing under tests/interop imports the project's packages: the spec alone suffices."""
     for path in HERE.glob("*.py"):
