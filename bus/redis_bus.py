@@ -10,6 +10,7 @@ The adapter is split by concern; this module composes it and holds connecting an
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from .api import GroupInfo, StreamInfo
@@ -74,6 +75,34 @@ class RedisStreamBus(RedisWrites, RedisReads):
         return sorted(_s(m) for m in await self._call(lambda: self.client.smembers(key)))
 
     async def info(self, stream: str) -> StreamInfo:
+        """The stream's length, last id and groups, without reading any entry (one script,
+        :data:`~bus._scripts.STREAM_STATE`); where the server refuses the script (out of memory,
+        a read-only replica, a key of another type), with ``XINFO``."""
+        probe = f"kasmina-info-{uuid.uuid4().hex}"
+        try:
+            raw = await self._call(lambda: self._stream_state(keys=[stream], args=[probe]))
+        except BusProtocolError:
+            return await self._xinfo(stream)
+        if not raw:
+            return StreamInfo(stream, 0, "0-0", ())
+        length, last, rows = raw
+        last_id = _s(last)
+        groups = tuple(
+            GroupInfo(
+                name=_s(name),
+                consumers=int(consumers),
+                pending=int(pending),
+                lag=group_lag(lag, _s(delivered), last_id, counted=bool(has)),
+                last_delivered=_s(delivered),
+                oldest_pending=_s(oldest) if oldest else None,
+            )
+            for name, consumers, pending, delivered, lag, has, oldest in rows
+        )
+        return StreamInfo(stream, int(length), last_id, groups)
+
+    async def _xinfo(self, stream: str) -> StreamInfo:
+        """``info`` by ``XINFO STREAM`` and ``XINFO GROUPS`` (whose reply holds the stream's first
+        and last entries)."""
         try:
             raw = await self._call(lambda: self.client.xinfo_stream(stream))
         except BusProtocolError as exc:

@@ -27,6 +27,7 @@ from ._scripts import (
     PUBLISH_MANY,
     RELEASE_KEY,
     RENEW_KEY,
+    STREAM_STATE,
 )
 from ._shed_scripts import SHED, SHED_SKIP
 from .backoff import backoff_s
@@ -94,6 +95,7 @@ class RedisCore:
         self._release = client.register_script(RELEASE_KEY)
         self._shed = client.register_script(SHED)
         self._shed_skip = client.register_script(SHED_SKIP)
+        self._stream_state = client.register_script(STREAM_STATE)
 
     def _translate(self, exc: BaseException) -> BusError:
         if self._closed:
