@@ -100,7 +100,7 @@ class ActorShell(LeasedHost):
         self.lease = OwnershipLease(
             bus, run, self.group, process=process, ttl_s=config.bus.owner_ttl_s, name=logic.name
         )
-        self.router = Router(bus, run)
+        self.router = Router(bus, run, world_size=config.barrier.world_size)
         self.rejections = Rejections(run, logic.name, signer, config.safety)
         self.admission = Admission(
             bus, inbox, self.group, config, self.rejections, shed_inside=True

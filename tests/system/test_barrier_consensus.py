@@ -86,6 +86,32 @@ async def test_a_full_barrier_commits_and_never_times_out(bus: Bus, run_id: str)
     assert kinds_seen.count(kinds.BARRIER_PROPOSE) == 1
 
 
+async def test_a_commit_reaches_the_runs_ranks_only_whatever_the_registry_holds(
+    bus: Bus, run_id: str
+) -> None:
+    """Made-up ranks a writer adds to the execution registry get no copy of the commit (each
+    would be a stream no one reads or trims, written at every barrier): ranks 0 and 1 of a world
+    of two do."""
+    ring = KeyRing.generate()
+    made_up = [streams.inbox(run_id, "execution", str(r)) for r in range(2, 60)]
+    real = [streams.inbox(run_id, "execution", str(r)) for r in (0, 1)]
+    await bus.register(streams.registry(run_id, "execution"), *real, *made_up)
+    async with running_cluster(
+        bus, run=run_id, slots=[], ring=ring, config=CONFIG, actors=["barrier"]
+    ):
+        await _vote(bus, run_id, ring, 10, 1)
+        await _vote(bus, run_id, ring, 10, 0)
+
+        async def committed() -> bool:
+            return any(
+                k == kinds.BARRIER_COMMIT for _, k, _ in await read_events(bus, run_id, ring)
+            )
+
+        await eventually(committed, timeout_s=20.0)
+    inboxes = await bus.streams(streams.inbox(run_id, "execution", "*"))
+    assert inboxes == sorted(real)
+
+
 async def test_a_runtime_vote_hashed_off_the_training_thread_commits_its_step(
     bus: Bus, run_id: str
 ) -> None:

@@ -215,3 +215,27 @@ async def test_a_serving_rank_puts_its_inbox_back_into_a_deleted_registry(
             while not await bus.members(registry):
                 await anyio.sleep(0.05)
         assert await bus.members(registry) == [_key(run_id, "inbox:execution:0")]
+
+
+async def test_an_execution_fan_out_reaches_only_ranks_below_the_world_size(
+    bus: Bus, run_id: str
+) -> None:
+    """Made-up ranks a writer adds to the execution registry (thousands of them, a rank spelt
+    with a leading zero) get no copy of a fan-out bounded by the world size: only the run's
+    ranks do."""
+    real = [_key(run_id, f"inbox:execution:{r}") for r in (0, 1)]
+    made_up = [_key(run_id, f"inbox:execution:{1000 + i}") for i in range(3000)]
+    made_up += [_key(run_id, "inbox:execution:01"), _key(run_id, "inbox:execution:2")]
+    await bus.register(_key(run_id, "registry:execution"), *real, *made_up)
+    assert await Router(bus, run_id, world_size=2).inboxes("execution", None) == real
+
+
+async def test_a_fan_out_reaches_at_most_max_routes_instances(
+    bus: Bus, run_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However many slot inboxes the seed registry holds, a fan-out reaches at most MAX_ROUTES
+    of them (in name order)."""
+    monkeypatch.setattr(routing, "MAX_ROUTES", 5)
+    names = [_key(run_id, f"inbox:seed:l0.s{i:02d}") for i in range(12)]
+    await bus.register(_key(run_id, "registry:seed"), *names)
+    assert await Router(bus, run_id).inboxes("seed", None) == names[:5]
