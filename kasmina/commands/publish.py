@@ -124,9 +124,14 @@ class _Watch:
         return label.startswith(("g0_evidence", "ack:"))
 
     async def check_trainers(self) -> None:
+        """Say (once) that no trainer is attached while the command needs one. Redis unavailable
+        here only skips a look: the command is sent, and its wait rides out the outage."""
         if not self.needs_trainer():
             return
-        seen = await trainers(self.wiring.bus, self.wiring.run, self.wiring.ring)
+        try:
+            seen = await trainers(self.wiring.bus, self.wiring.run, self.wiring.ring)
+        except BusUnavailable:
+            return
         line = "" if any(t.alive for t in seen) else _no_trainer(self.wiring.run, seen)
         if line and line != self.trainer_line:
             _say(line)
