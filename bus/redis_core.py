@@ -165,28 +165,50 @@ class RedisCore:
 
     async def _durable_on_shard(self, command: list[Any], script: Any) -> Any:
         """:meth:`_durable` on a cluster: the write and its WAIT go to the shard that owns the
-        command's first key, on one connection of that node."""
+        command's first key, on one connection of that node. A MOVED reply (the slot moved)
+        sends it again to the new owner; an ASK reply (the slot is migrating and the key is at
+        the target already) sends it to the target after ``ASKING``, as redis-py does for a
+        single command."""
+        key_at = 3 if command[0] == "EVALSHA" else 1
+        node, asking = None, False
+        reply: Any = None
+        acked: Any = None
+        for _ in range(4):
+            await self.client.initialize()  # a no-op unless the topology must be (re)discovered
+            node = node or self.client.get_node_from_key(command[key_at])
+            reply, acked = await self._on_node(node, command, asking)
+            if isinstance(reply, rex.NoScriptError) and script is not None:
+                await node.execute_command("SCRIPT", "LOAD", script.script)  # not run: send again
+                continue
+            if isinstance(reply, rex.MovedError | rex.AskError):
+                moved = isinstance(reply, rex.MovedError)
+                if moved:
+                    self.client._initialize = True  # refresh the slot map
+                node = None if moved else self.client.get_node(host=reply.host, port=reply.port)
+                asking = node is not None
+                continue
+            if isinstance(reply, rex.ClusterDownError):
+                self.client._initialize = True
+            return self._confirmed(reply, acked)
+        return self._confirmed(reply, acked)  # redirected each time: raise the last one
+
+    async def _on_node(self, node: Any, command: list[Any], asking: bool) -> tuple[Any, Any]:
+        """``command`` and its WAIT (after ``ASKING`` if ``asking``) on one connection of
+        ``node``: the replies of the two."""
         from redis.asyncio.cluster import PipelineCommand
 
-        key_at = 3 if command[0] == "EVALSHA" else 1
-        for _ in range(2):
-            await self.client.initialize()  # a no-op unless the topology must be (re)discovered
-            node = self.client.get_node_from_key(command[key_at])
-            cmds = [PipelineCommand(0, *command),
-                    PipelineCommand(1, "WAIT", self.wait_replicas, self.wait_timeout_ms)]  # fmt: skip
-            try:
-                await node.execute_pipeline(cmds)
-            except (rex.ConnectionError, rex.TimeoutError, OSError):
-                self.client._initialize = True  # rediscover the topology on the next command
-                raise
-            reply, acked = cmds[0].result, cmds[1].result
-            if isinstance(reply, rex.NoScriptError) and script is not None:
-                await node.execute_command("SCRIPT", "LOAD", script.script)
-                continue
-            if isinstance(reply, rex.AskError | rex.ClusterDownError):
-                self.client._initialize = True  # the slot moved: refresh the slot map
-            return self._confirmed(reply, acked)
-        raise BusProtocolError("script could not be loaded")  # pragma: no cover
+        head = [PipelineCommand(0, "ASKING")] if asking else []
+        n = len(head)
+        cmds = [*head, PipelineCommand(n, *command),
+                PipelineCommand(n + 1, "WAIT", self.wait_replicas, self.wait_timeout_ms)]  # fmt: skip
+        try:
+            await node.execute_pipeline(cmds)
+        except (rex.ConnectionError, rex.TimeoutError, OSError, AttributeError) as exc:
+            self.client._initialize = True  # rediscover the topology on the next command
+            if isinstance(exc, AttributeError):  # the node's connection was closed under it
+                raise rex.ConnectionError(f"connection to {node.name} closed: {exc}") from exc
+            raise
+        return cmds[-2].result, cmds[-1].result
 
     def _confirmed(self, reply: Any, acked: Any) -> Any:
         if isinstance(reply, BaseException):

@@ -293,6 +293,40 @@ async def test_wait_on_a_cluster_asks_the_shard_that_took_the_write() -> None:
             await bus.close()
 
 
+async def test_wait_on_a_cluster_follows_ask_and_moved() -> None:
+    """With ``wait=1``, a write to a run whose slot is migrating and whose stream already moved
+    follows the ASK to the target (confirmed by the target's replica) at once, and a client with
+    the old slot map follows MOVED once the migration is done."""
+    with redis_cluster(primaries=3, replicas=1) as cl:
+        stream = "kasmina:{ask}:inbox:seed:a"
+        slot = cl.keyslot(stream)
+        source = cl.owner(slot)
+        target = next(p for p in cl.primaries if p is not source)
+        bus = RedisStreamBus.from_url(cl.url + "?wait=1&wait_timeout_ms=2000", retries=0)
+        try:
+            await bus.publish(stream, {"n": b"0"})  # the slot map learnt: the source owns it
+            cl.begin_migration(slot, target)
+            client = redis.Redis(port=source.port)
+            try:
+                client.execute_command("MIGRATE", "127.0.0.1", target.port, stream, 0, 5000)
+            finally:
+                client.close()
+            await bus.publish(stream, {"n": b"1"})  # ASK, with no retry left
+            held = redis.Redis(port=target.port)
+            try:
+                pipe = held.pipeline(transaction=False)
+                pipe.execute_command("ASKING")
+                pipe.xlen(stream)
+                assert pipe.execute()[1] == 2  # both on the target
+            finally:
+                held.close()
+            cl.finish_migration(slot, target)
+            await bus.publish(stream, {"n": b"2"})  # MOVED: the map it holds names the source
+            assert [e.fields["n"] for e in await bus.range(stream)] == [b"0", b"1", b"2"]
+        finally:
+            await bus.close()
+
+
 @pytest.mark.slow
 async def test_topology_bench_reports_ratios_against_one_server() -> None:
     """The topology figures name each arm, carry the one-server rate of the same sitting as their
