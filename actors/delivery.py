@@ -37,11 +37,11 @@ def since(window_s: float) -> str:
 
 
 async def written_at(bus: Bus, stream: str, frame: bytes, start: str) -> str | None:
-    """The id of ``frame``'s entry in ``stream`` at or after id ``start`` (None: not there)."""
-    async for entry in aiter_entries(bus, stream, start=start):
-        if entry.fields.get(FRAME) == frame:
-            return entry.id
-    return None
+    """The id of ``frame``'s entry in ``stream`` at or after id ``start`` (None: not there).
+
+    With ``wait=N`` an entry found counts only once N replicas hold it (``Bus.find_entry``):
+    a primary about to be demoted may hold an append whose reply was lost, and lose it."""
+    return await bus.find_entry(stream, FRAME, frame, start)
 
 
 async def exhausted(bus: Bus, names: Iterable[str]) -> set[str]:

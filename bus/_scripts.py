@@ -12,7 +12,6 @@ __all__ = [
     "PUBLISH_MANY",
     "RELEASE_KEY",
     "RENEW_KEY",
-    "STREAM_STATE",
 ]
 
 # Shared by COMMIT and PUBLISH_MANY. An append is the arguments
@@ -352,39 +351,4 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return 1
 end
 return 0
-"""
-
-# KEYS: stream. ARGV: a group name no one uses (random). A stream's length, last generated id and
-# groups without the entries: XINFO STREAM replies with the first and last entry whole (a writer's
-# 50 MB entry travels on every call), so the last id is read as the last-delivered id of a group
-# made at '$' and destroyed in the same script (not replicated: together they change nothing).
-# Returns false for a missing key, else {length, last_id, groups}; a group is {name, consumers,
-# pending, last_delivered, lag (false: unknown), has_lag (0: the server has no lag field),
-# oldest pending id (false: none)}. A key of another type raises WRONGTYPE.
-STREAM_STATE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-if redis.set_repl then redis.set_repl(redis.REPL_NONE) end
-redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '$')
-local rows = redis.call('XINFO', 'GROUPS', KEYS[1])
-redis.call('XGROUP', 'DESTROY', KEYS[1], ARGV[1])
-local last, out = '0-0', {}
-for _, row in ipairs(rows) do
-  local g, has_lag = {}, 0
-  for i = 1, #row, 2 do
-    g[row[i]] = row[i + 1]
-    if row[i] == 'lag' then has_lag = 1 end
-  end
-  if g['name'] == ARGV[1] then
-    last = g['last-delivered-id']
-  else
-    local oldest = false
-    if tonumber(g['pending']) > 0 then
-      local first = redis.call('XPENDING', KEYS[1], g['name'], '-', '+', 1)
-      if first[1] then oldest = first[1][1] end
-    end
-    out[#out + 1] = {g['name'], g['consumers'], g['pending'], g['last-delivered-id'],
-                     g['lag'] or false, has_lag, oldest}
-  end
-end
-return {redis.call('XLEN', KEYS[1]), last, out}
 """

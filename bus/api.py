@@ -289,6 +289,13 @@ class Bus(Protocol):
         """Those of ``ids`` in ``group``'s pending entries list (delivered, not acked)."""
         ...
 
+    async def find_entry(self, stream: str, name: str, value: bytes, start: str) -> str | None:
+        """The id of the first entry of ``stream`` at or after id ``start`` whose field ``name``
+        holds ``value`` (None: none): whether an append whose reply was lost was written. With
+        ``wait=N`` a found entry is confirmed on N replicas of the server that holds it, else
+        BusUnavailable (that server may be a primary about to be demoted, losing it)."""
+        ...
+
     async def trim(self, stream: str, *, min_id: str) -> int: ...
 
     async def delete(self, *keys: str) -> None: ...

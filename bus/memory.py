@@ -360,6 +360,10 @@ class MemoryBus:
         store = self._open()
         return {i for i in ids if store.pending(stream, group, i)}
 
+    async def find_entry(self, stream: str, name: str, value: bytes, start: str) -> str | None:
+        found = (e for e in await self.range(stream, start) if e.fields.get(name) == value)
+        return next((e.id for e in found), None)
+
     async def trim(self, stream: str, *, min_id: str) -> int:
         store = self._open()
         bound = parse_id(clamp_trim_id(min_id, await safe_trim_id(self, stream)))

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as rex
 from redis.asyncio.cluster import RedisCluster
 
+from ._read_scripts import FIND_ENTRY, STREAM_STATE
 from ._scripts import (
     CLAIM_KEY,
     CLAIM_KEYS,
@@ -27,7 +28,6 @@ from ._scripts import (
     PUBLISH_MANY,
     RELEASE_KEY,
     RENEW_KEY,
-    STREAM_STATE,
 )
 from ._shed_scripts import SHED, SHED_SKIP
 from .backoff import backoff_s
@@ -96,6 +96,7 @@ class RedisCore:
         self._shed = client.register_script(SHED)
         self._shed_skip = client.register_script(SHED_SKIP)
         self._stream_state = client.register_script(STREAM_STATE)
+        self._find_entry = client.register_script(FIND_ENTRY)
 
     def _translate(self, exc: BaseException) -> BusError:
         if self._closed:

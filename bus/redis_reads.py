@@ -21,6 +21,7 @@ __all__ = ["RedisReads"]
 
 #: an exclusive start after the largest possible entry id: no entry can follow it
 _AFTER_LAST = "(18446744073709551615-18446744073709551615"
+FIND_PAGE = 200  # entries a look for a lost append's entry reads per XRANGE (inside one script)
 
 Rows = list[tuple[str, Any]]  # (entry id, fields as the reply holds them)
 
@@ -40,6 +41,13 @@ class RedisReads(RedisCore):
             )
         )  # fmt: skip
         return {_s(r["message_id"]): int(r["times_delivered"]) for r in rows}
+
+    async def find_entry(self, stream: str, name: str, value: bytes, start: str) -> str | None:
+        """One script (:data:`~bus._scripts.FIND_ENTRY`) and, with ``wait=N``, its WAIT on the
+        same connection: a found entry counts only when the replicas hold it."""
+        command = [[stream, f"{stream}:found"], [name, value, start, FIND_PAGE]]
+        found = await self._call(lambda: self._durable(command, self._find_entry))
+        return None if found is None else _s(found)
 
     async def pending_of(self, stream: str, group: str, ids: Sequence[str]) -> set[str]:
         """One ``XPENDING stream group id id 1`` per id (a writer's own pending entries in

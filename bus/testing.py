@@ -351,6 +351,12 @@ class FaultyBus:
         out: set[str] = await self._run("pending_of", self.inner.pending_of(stream, group, ids))
         return out
 
+    async def find_entry(self, stream: str, name: str, value: bytes, start: str) -> str | None:
+        found: str | None = await self._run(
+            "find_entry", self.inner.find_entry(stream, name, value, start)
+        )
+        return found
+
     async def trim(self, stream: str, *, min_id: str) -> int:
         return int(await self._run("trim", self.inner.trim(stream, min_id=min_id)))
 

@@ -182,6 +182,30 @@ async def test_a_write_no_replica_confirms_is_not_acknowledged() -> None:
             await bus.close()
 
 
+async def test_an_entry_found_after_a_lost_reply_counts_only_once_a_replica_holds_it() -> None:
+    """With ``wait=1`` and the only replica down, an entry that is on the primary alone (an
+    append whose confirmation failed) is not reported as written: BusUnavailable, so a sender
+    tries again instead of counting a write the primary may lose; once the replica is back,
+    the same look finds it."""
+    with redis_sentinel(replicas=1, aof=False) as setup:
+        bus = RedisStreamBus.from_url(setup.url + "?wait=1&wait_timeout_ms=200", retries=0)
+        stream = "kasmina:{f}:inbox"
+        try:
+            await bus.publish(stream, {"m": b"held"})
+            assert await bus.find_entry(stream, "m", b"held", "0-0") is not None
+            replica = next(s for s in setup.servers if s is not setup.primary())
+            replica.kill()
+            with pytest.raises(BusUnavailable, match="not confirmed by 1 replica"):
+                await bus.publish(stream, {"m": b"lonely"})
+            with pytest.raises(BusUnavailable, match="not confirmed by 1 replica"):
+                await bus.find_entry(stream, "m", b"lonely", "0-0")
+            await anyio.to_thread.run_sync(replica.start)
+            await eventually(lambda: _replicas(setup), timeout_s=30)
+            assert await bus.find_entry(stream, "m", b"lonely", "0-0") is not None
+        finally:
+            await bus.close()
+
+
 async def _replicas(setup: LocalSentinel) -> bool:
     return setup.replicas_of_primary() >= 1
 
