@@ -119,7 +119,8 @@ def _cluster_url(
     """A ``redis+cluster://`` URL: its seed nodes, database 0 only."""
     if "sentinel_password" in ours:
         raise ValueError("bus url: sentinel_password is for redis+sentinel:// only")
-    if path and path != ["0"]:
+    db = common["options"].get("db", "0")
+    if (path and path != ["0"]) or db != "0":
         raise ValueError(f"bus url {url!r}: a cluster has database 0 only")
     return BusUrl("cluster", url, _nodes(parts.netloc, _PORT, url), **common)
 

@@ -17,6 +17,7 @@ import anyio
 import redis.asyncio as aioredis
 import redis.exceptions as rex
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import MasterNotFoundError
 
 from ._read_scripts import FIND_ENTRY, STREAM_STATE
 from ._scripts import (
@@ -101,8 +102,14 @@ class RedisCore:
     def _translate(self, exc: BaseException) -> BusError:
         if self._closed:
             return BusClosed("the bus is closed")
+        if isinstance(exc, MasterNotFoundError):  # its text ends in the sentinel client's repr
+            service = str(exc).split(" : ", 1)[0]
+            return BusUnavailable(f"redis unavailable: {service} (no sentinel answers, or none "
+                                  "knows the service)")  # fmt: skip
         if isinstance(exc, rex.ConnectionError | rex.TimeoutError | OSError) or _not_applied(exc):
             return BusUnavailable(f"redis unavailable: {exc}")
+        if isinstance(exc, rex.RedisClusterException):  # no seed node answers: nothing was sent
+            return BusUnavailable(f"redis cluster unavailable: {exc}")
         if isinstance(exc, rex.ResponseError) and "DB index is out of range" in str(exc):
             return BusConfigError(f"the server has no database of the URL's number ({exc})")
         return BusProtocolError(str(exc))
@@ -114,7 +121,7 @@ class RedisCore:
         while True:
             try:
                 return await op()
-            except (rex.RedisError, OSError) as exc:
+            except (rex.RedisError, rex.RedisClusterException, OSError) as exc:
                 err = self._translate(exc)
                 if isinstance(err, BusUnavailable):
                     await self._drop_idle_connections()

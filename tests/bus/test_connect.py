@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bus import is_redis_url, open_bus
+from bus import RedisStreamBus, is_redis_url, open_bus
 from bus.connect import DEFAULT_WAIT_TIMEOUT_MS, parse_bus_url
 
 
@@ -44,6 +44,7 @@ def test_sentinel_url_names_the_service_and_database() -> None:
         ("redis+sentinel://s1:5000", "name the service"),
         ("redis+sentinel://s1/a/1/2", "expected /service"),
         ("redis+cluster://a:1/3", "database 0 only"),
+        ("redis+cluster://a:1?db=2", "database 0 only"),
         ("redis+cluster://a:1?sentinel_password=x", "sentinel_password"),
         ("redis://h?wait=-1", "wait must be >= 0"),
         ("redis://h?wait=one", "wait must be an integer"),
@@ -66,3 +67,27 @@ def test_open_bus_knows_every_redis_scheme() -> None:
     assert not is_redis_url("fakeredis://x") and not is_redis_url("memory://")
     with pytest.raises(ValueError, match="redis\\+cluster://"):
         open_bus("mongodb://x")
+
+
+async def test_an_unreachable_cluster_or_sentinel_is_unavailable_in_one_clear_line() -> None:
+    """No seed node of a cluster answering, or no sentinel, is BusUnavailable (what the command
+    line reports as an unreachable Redis, exit 2), and the sentinel's says so without the
+    client's repr."""
+    import socket
+
+    from bus import BusUnavailable
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for url, said in (
+        (f"redis+cluster://127.0.0.1:{port}", "redis cluster unavailable"),
+        (f"redis+sentinel://127.0.0.1:{port}/svc", "no sentinel answers, or none knows"),
+    ):
+        bus = RedisStreamBus.from_url(url, retries=0)
+        try:
+            with pytest.raises(BusUnavailable, match=said) as info:
+                await bus.members("kasmina:{x}:registry:seed")
+            assert "<redis" not in str(info.value)
+        finally:
+            await bus.close()
