@@ -110,6 +110,8 @@ class RedisCore:
             return BusUnavailable(f"redis unavailable: {exc}")
         if isinstance(exc, rex.RedisClusterException):  # no seed node answers: nothing was sent
             return BusUnavailable(f"redis cluster unavailable: {exc}")
+        if isinstance(exc, rex.ResponseError) and "unknown command 'SENTINEL'" in str(exc):
+            return BusConfigError(f"the URL's sentinel address is a plain Redis server ({exc})")
         if isinstance(exc, rex.ResponseError) and "DB index is out of range" in str(exc):
             return BusConfigError(f"the server has no database of the URL's number ({exc})")
         return BusProtocolError(str(exc))

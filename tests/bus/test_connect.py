@@ -91,3 +91,22 @@ async def test_an_unreachable_cluster_or_sentinel_is_unavailable_in_one_clear_li
             assert "<redis" not in str(info.value)
         finally:
             await bus.close()
+
+
+@pytest.mark.redis
+async def test_a_sentinel_url_naming_a_plain_server_is_a_configuration_error(
+    redis_url: str,
+) -> None:
+    """``redis+sentinel://`` at a plain Redis server (no SENTINEL command) is BusConfigError
+    saying so, not a protocol error about an unknown command."""
+    from urllib.parse import urlsplit
+
+    from bus import BusConfigError
+
+    plain = urlsplit(redis_url)
+    bus = RedisStreamBus.from_url(f"redis+sentinel://{plain.hostname}:{plain.port}/svc", retries=0)
+    try:
+        with pytest.raises(BusConfigError, match="plain Redis server"):
+            await bus.members("kasmina:{x}:registry:seed")
+    finally:
+        await bus.close()
