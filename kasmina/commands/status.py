@@ -35,6 +35,7 @@ from kasmina.common import (
 )
 from leyline import pb
 
+SHOWN_STREAMS = 200  # stream lines the text report prints (--json: all)
 T = TypeVar("T")
 
 
@@ -74,21 +75,27 @@ async def _actors(bus: Bus, run: str, ring: KeyRing) -> list[dict[str, Any]]:
 
 
 async def _streams(bus: Bus, run: str) -> list[dict[str, Any]]:
-    out = []
-    for name in await bus.streams(streams.prefix(run) + "*"):
-        info = await bus.info(name)
+    """Every stream of the run with its length, pending entries and lag, in name order (looked
+    at 16 at a time: anyone can add streams under the run's prefix, thousands of them)."""
+    names = await bus.streams(streams.prefix(run) + "*")
+    out: list[dict[str, Any]] = [{} for _ in names]
+    limit = anyio.CapacityLimiter(16)
+
+    async def look(i: int, name: str) -> None:
+        async with limit:
+            info = await bus.info(name)
         lags = [g.lag for g in info.groups]
-        out.append(
-            {
-                "name": name.removeprefix(streams.prefix(run)),
-                "length": info.length,
-                "pending": sum(g.pending for g in info.groups),
-                "lag": None
-                if any(lag is None for lag in lags)
-                else sum(lag for lag in lags if lag is not None),
-                "groups": len(info.groups),
-            }
-        )
+        out[i] = {
+            "name": name.removeprefix(streams.prefix(run)),
+            "length": info.length,
+            "pending": sum(g.pending for g in info.groups),
+            "lag": None if None in lags else sum(lag for lag in lags if lag is not None),
+            "groups": len(info.groups),
+        }
+
+    async with anyio.create_task_group() as tg:
+        for i, name in enumerate(names):
+            tg.start_soon(look, i, name)
     return out
 
 
@@ -252,10 +259,13 @@ def _print(status: dict[str, Any]) -> None:
     for broken in status["unreadable"]:
         print(f"UNREADABLE {broken['part']}: {broken['error']} (a key of another type?)")
     print("streams:")
-    for s in status["streams"]:
+    for s in status["streams"][:SHOWN_STREAMS]:
         print(
             f"  {s['name']:<32} length {s['length']:>8}  pending {s['pending']:>6}  lag {s['lag']}"
         )
+    if len(status["streams"]) > SHOWN_STREAMS:
+        more = len(status["streams"]) - SHOWN_STREAMS
+        print(f"  … and {more} more streams under the run's prefix (--json lists every one)")
 
 
 def _print_actors(actors: list[dict[str, Any]]) -> None:

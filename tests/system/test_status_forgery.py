@@ -137,3 +137,27 @@ async def test_a_rank_beat_with_an_impossible_step_is_not_a_trainer(bus: Bus, ru
     seen = await trainers(bus, run_id, every, now_ns=now)
     assert [(t.rank, t.step) for t in seen] == [("0", 40)]
     assert seen[0].as_dict(now)["last_heartbeat_s"] == 0
+
+
+async def test_thousands_of_streams_under_the_run_prefix_are_listed_in_json_and_summed_up_in_text(
+    bus: Bus, run_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A writer's 450 one-entry streams under the run's prefix: the status object lists each (in
+    name order, every figure right), the text report prints the first 200 and says how many more
+    there are."""
+    from bus import Append
+    from kasmina.commands.status import SHOWN_STREAMS, _print, collect
+
+    every, _ = role_rings()
+    names = [f"{streams.prefix(run_id)}junk:{i:04d}" for i in range(450)]
+    await bus.publish_many([Append(n, {"x": b"1"}) for n in names])
+    status = await collect(bus, run_id, every)
+    listed = [s for s in status["streams"] if s["name"].startswith("junk:")]
+    assert [s["name"] for s in listed] == [n.removeprefix(streams.prefix(run_id)) for n in names]
+    assert all((s["length"], s["pending"], s["groups"]) == (1, 0, 0) for s in listed)
+    _print(status)
+    text = capsys.readouterr().out
+    lines = [line for line in text.splitlines() if line.startswith("  junk:")]
+    assert len(lines) == SHOWN_STREAMS
+    more = len(status["streams"]) - SHOWN_STREAMS
+    assert f"… and {more} more streams under the run's prefix (--json lists every one)" in text
