@@ -40,25 +40,28 @@ end
 return {redis.call('XLEN', KEYS[1]), last, out}
 """
 
-# KEYS: stream, a key of the stream's hash slot. ARGV: field name, value, start id, page size.
-# The id of the first entry at or after start whose field holds value, read page by page, or
-# false. When found, the second key is written (expiring in a minute) so that a WAIT sent after
-# the script on the same connection counts the found entry too: replicas that acknowledge that
-# write hold everything the server had before it.
+# KEYS: stream[, a key of the stream's hash slot no stream takes]. ARGV: field name, value, start
+# id, page size, pages. Looks for the first entry at or after start whose field holds value, at
+# most pages x page size entries per call (a long inbox is read over several calls, never in one
+# long script). Returns {id, false} when found, {false, next start} when there is more to read,
+# {false, false} when there is not. With the second key, a found entry writes it (expiring in a
+# minute) so that a WAIT sent after the script on the same connection counts the entry too:
+# replicas that acknowledge that write hold everything the server had before it.
 FIND_ENTRY = """
 local start, page_size = ARGV[3], tonumber(ARGV[4])
-while true do
+for _ = 1, tonumber(ARGV[5]) do
   local page = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', page_size)
   for _, entry in ipairs(page) do
     local fields = entry[2]
     for i = 1, #fields, 2 do
       if fields[i] == ARGV[1] and fields[i + 1] == ARGV[2] then
-        redis.call('SET', KEYS[2], entry[1], 'PX', 60000)
-        return entry[1]
+        if KEYS[2] then redis.call('SET', KEYS[2], entry[1], 'PX', 60000) end
+        return {entry[1], false}
       end
     end
   end
-  if #page < page_size then return false end
+  if #page < page_size then return {false, false} end
   start = '(' .. page[#page][1]
 end
+return {false, start}
 """

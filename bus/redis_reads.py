@@ -22,6 +22,7 @@ __all__ = ["RedisReads"]
 #: an exclusive start after the largest possible entry id: no entry can follow it
 _AFTER_LAST = "(18446744073709551615-18446744073709551615"
 FIND_PAGE = 200  # entries a look for a lost append's entry reads per XRANGE (inside one script)
+FIND_PAGES = 25  # XRANGE pages per script call: 5,000 entries at most, a few ms of the server
 
 Rows = list[tuple[str, Any]]  # (entry id, fields as the reply holds them)
 
@@ -43,11 +44,19 @@ class RedisReads(RedisCore):
         return {_s(r["message_id"]): int(r["times_delivered"]) for r in rows}
 
     async def find_entry(self, stream: str, name: str, value: bytes, start: str) -> str | None:
-        """One script (:data:`~bus._scripts.FIND_ENTRY`) and, with ``wait=N``, its WAIT on the
-        same connection: a found entry counts only when the replicas hold it."""
-        command = [[stream, f"{stream}:found"], [name, value, start, FIND_PAGE]]
-        found = await self._call(lambda: self._durable(command, self._find_entry))
-        return None if found is None else _s(found)
+        """The script :data:`~bus._read_scripts.FIND_ENTRY`, :data:`FIND_PAGES` pages a call, and
+        with ``wait=N`` its WAIT on the same connection: a found entry counts only when the
+        replicas hold it (the script then writes a key beside the stream, ``STREAM|found``: no
+        stream name holds a ``|``, and the hash tag is the stream's)."""
+        keys = [stream, f"{stream}|found"] if self.wait_replicas else [stream]
+        while True:
+            command = [keys, [name, value, start, FIND_PAGE, FIND_PAGES]]
+            found, more = await self._call(lambda c=command: self._durable(c, self._find_entry))  # type: ignore[misc]
+            if found:
+                return _s(found)
+            if not more:
+                return None
+            start = _s(more)
 
     async def pending_of(self, stream: str, group: str, ids: Sequence[str]) -> set[str]:
         """One ``XPENDING stream group id id 1`` per id (a writer's own pending entries in

@@ -7,14 +7,20 @@ import uuid
 import pytest
 
 from bus import Append, Bus
+from contracts import streams
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_find_entry_finds_the_first_match_at_or_after_start(bus: Bus) -> None:
-    """The first entry from ``start`` on whose field holds the value, across several pages of
-    the search; None for a value that is absent, only before ``start``, in another field, or in
-    a missing stream."""
+async def test_find_entry_finds_the_first_match_at_or_after_start(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first entry from ``start`` on whose field holds the value, across several pages and
+    script calls of the search; None for a value that is absent, only before ``start``, in
+    another field, or in a missing stream."""
+    from bus import redis_reads
+
+    monkeypatch.setattr(redis_reads, "FIND_PAGES", 1)  # a call per 200 entries
     stream = f"kasmina:{{find-{uuid.uuid4().hex[:8]}}}:inbox:seed:s"
     try:
         ids = [await bus.publish(stream, {"m": b"early", "kind": b"k"})]
@@ -30,4 +36,21 @@ async def test_find_entry_finds_the_first_match_at_or_after_start(bus: Bus) -> N
         assert await bus.find_entry(stream, "m", b"absent", "0-0") is None
         assert await bus.find_entry(stream + ":none", "m", b"early", "0-0") is None
     finally:
-        await bus.delete(stream, f"{stream}:found")
+        await bus.delete(stream)
+
+
+async def test_find_entry_leaves_every_other_stream_as_it_was(bus: Bus) -> None:
+    """Looking in slot ``a``'s inbox leaves the inbox of a slot named ``a:found`` (slot names may
+    hold a colon) a stream with its entry and group."""
+    run = f"find-{uuid.uuid4().hex[:8]}"
+    inbox = streams.inbox(run, "seed", "a")
+    other = streams.inbox(run, "seed", "a:found")
+    try:
+        await bus.ensure_group(other, "actor:seed:a:found")
+        kept = await bus.publish(other, {"m": b"kept"})
+        await bus.publish(inbox, {"m": b"frame"})
+        assert await bus.find_entry(inbox, "m", b"frame", "0-0") is not None
+        assert [e.id for e in await bus.range(other)] == [kept]
+        assert [g.name for g in (await bus.info(other)).groups] == ["actor:seed:a:found"]
+    finally:
+        await bus.delete(inbox, other)
