@@ -13,6 +13,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import redis.exceptions as rex
+
 from .api import GroupInfo, StreamInfo
 from .connect import open_client, parse_bus_url
 from .errors import BusProtocolError, BusUnavailable
@@ -24,6 +26,9 @@ from .retention import clamp_trim_id, safe_trim_id
 __all__ = ["RedisStreamBus"]
 
 _SCAN_COUNT = 5_000
+#: replies of a server that refuses the writes of ``info``'s script (its group made and dropped)
+_WRITES_REFUSED = ("READONLY", "NOREPLICAS", "OOM", "MISCONF", "NOPERM")
+_REFUSED = object()  # ``_state``: the script's writes were refused
 
 
 class RedisStreamBus(RedisWrites, RedisReads):
@@ -76,12 +81,15 @@ class RedisStreamBus(RedisWrites, RedisReads):
 
     async def info(self, stream: str) -> StreamInfo:
         """The stream's length, last id and groups, without reading any entry (one script,
-        :data:`~bus._scripts.STREAM_STATE`); where the server refuses the script (out of memory,
-        a read-only replica, a key of another type), with ``XINFO``."""
+        :data:`~bus._read_scripts.STREAM_STATE`); where the server refuses the script's writes
+        (a read-only replica, ``NOREPLICAS``, out of memory, an ACL without ``XGROUP``) or the key
+        is of another type, with ``XINFO``."""
         probe = f"kasmina-info-{uuid.uuid4().hex}"
         try:
-            raw = await self._call(lambda: self._stream_state(keys=[stream], args=[probe]))
+            raw = await self._call(lambda: self._state(stream, probe))
         except BusProtocolError:
+            return await self._xinfo(stream)
+        if raw is _REFUSED:
             return await self._xinfo(stream)
         if not raw:
             return StreamInfo(stream, 0, "0-0", ())
@@ -99,6 +107,16 @@ class RedisStreamBus(RedisWrites, RedisReads):
             for name, consumers, pending, delivered, lag, has, oldest in rows
         )
         return StreamInfo(stream, int(length), last_id, groups)
+
+    async def _state(self, stream: str, probe: str) -> Any:
+        """The script's reply, or :data:`_REFUSED` when the server refuses its writes (before
+        the bus would take the refusal for an outage to wait out)."""
+        try:
+            return await self._stream_state(keys=[stream], args=[probe])
+        except rex.ResponseError as exc:
+            if isinstance(exc, rex.ReadOnlyError) or str(exc).startswith(_WRITES_REFUSED):
+                return _REFUSED
+            raise
 
     async def _xinfo(self, stream: str) -> StreamInfo:
         """``info`` by ``XINFO STREAM`` and ``XINFO GROUPS`` (whose reply holds the stream's first

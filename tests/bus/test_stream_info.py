@@ -93,3 +93,34 @@ async def test_info_of_a_key_of_another_type_is_a_protocol_error(
     finally:
         await bus.delete(f"{prefix}s")
         await bus.close()
+
+
+@pytest.mark.redis
+async def test_info_on_a_read_only_replica_or_without_replicas_reads_xinfo() -> None:
+    """Where the server refuses the script's writes (a read-only replica; a primary short of
+    ``min-replicas-to-write``), ``info`` gives XINFO's figures instead of an error."""
+    import anyio
+
+    with redis_server(aof=False) as primary, redis_server(aof=False) as replica:
+        writer = aioredis.Redis.from_url(primary.url)
+        follower = aioredis.Redis.from_url(replica.url)
+        try:
+            await writer.xgroup_create("kasmina:{ro}:s", "g", id="0", mkstream=True)
+            await writer.xadd("kasmina:{ro}:s", {"m": b"1"})
+            await follower.replicaof("127.0.0.1", primary.port)
+            with anyio.fail_after(20):
+                while await follower.xlen("kasmina:{ro}:s") != 1:
+                    await anyio.sleep(0.05)
+            await writer.config_set("min-replicas-to-write", 5)
+            for url in (replica.url, primary.url):
+                bus = open_bus(url)
+                assert isinstance(bus, RedisStreamBus)
+                try:
+                    info = await bus.info("kasmina:{ro}:s")
+                    assert info == await bus._xinfo("kasmina:{ro}:s")
+                    assert (info.length, [g.name for g in info.groups]) == (1, ["g"])
+                finally:
+                    await bus.close()
+        finally:
+            await writer.aclose()
+            await follower.aclose()
