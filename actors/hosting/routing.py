@@ -3,11 +3,13 @@
 A message for a keyed actor kind (``seed``, ``execution``) with no key fans out to every instance:
 the inboxes in the kind's registry (each instance registers its inbox when it starts serving),
 cached for :data:`ROUTE_TTL_S`. A registry is a plain Redis set anyone with write access can add
-to, so only names that are inboxes of this run's instances of that kind are routed to: for the
-ExecutionActors, only ranks below the run's world size (``barrier.world_size``), and for any kind
-at most :data:`MAX_ROUTES` of them (a writer's thousands of made-up names would otherwise multiply
-every barrier commit into as many uncapped streams). The ExecutionActor's outbox routes by kind
-(:data:`OUTBOX`; the kinds of :data:`STREAMS` go to a run stream, capped).
+to, so only names that are inboxes of this run's instances of that kind are routed to, and for the
+ExecutionActors only ranks below the run's world size (``barrier.world_size``: a writer's thousands
+of made-up ranks would otherwise multiply every barrier commit into as many uncapped streams;
+a rank at or above it is logged as an error once, since a host whose config lacks the run's world
+size would cut real ranks off). Slot names have no such bound (no cap either: a cap would let a
+writer's names push real slots out). The ExecutionActor's outbox routes by kind (:data:`OUTBOX`;
+the kinds of :data:`STREAMS` go to a run stream, capped).
 """
 
 from __future__ import annotations
@@ -21,13 +23,12 @@ from google.protobuf.message import Message
 from bus import Bus
 from contracts import kinds, streams
 
-__all__ = ["ALSO", "MAX_ROUTES", "OUTBOX", "ROUTE_TTL_S", "STREAMS", "Router"]
+__all__ = ["ALSO", "OUTBOX", "ROUTE_TTL_S", "STREAMS", "Router"]
 
 log = logging.getLogger("kasmina.actors")
 
 ROUTE_TTL_S = 2.0  # fan-out targets (every slot's or rank's inbox) are re-discovered this often
 KEYED = frozenset({"seed", "execution"})
-MAX_ROUTES = 4096  # fan-out targets of one kind at most (slots of a run; ranks: the world size)
 
 #: where the ExecutionActor's outbox sends each kind: (actor kind, whose key) with key "slot" for
 #: the slot the message names, "slots" for every slot of the rank, "" for a singleton's inbox
@@ -77,24 +78,27 @@ class Router:
 
     def _own(self, actor: str, names: Sequence[str]) -> list[str]:
         """The names that are inboxes of ``actor`` instances of this run; anything else (another
-        run's inbox added to the registry by someone with write access to Redis) is dropped."""
-        own = sorted(
-            n for n in names if self._instance(actor, streams.inbox_key(self.run, actor, n))
-        )
-        if len(own) > MAX_ROUTES:  # not the run's: a writer's names (the first ones kept)
-            own = own[:MAX_ROUTES]
-        foreign = set(names) - set(own)
+        run's inbox added to the registry by someone with write access to Redis) is dropped, and
+        so are ranks at or above the world size."""
+        keys = {n: streams.inbox_key(self.run, actor, n) for n in names}
+        own = sorted(n for n, key in keys.items() if key is not None and self._rank_ok(actor, key))
+        beyond = sorted(n for n, key in keys.items() if key is not None and n not in own)
+        foreign = set(names) - set(own) - set(beyond)
         if foreign - self._foreign:
             self._foreign |= foreign
-            log.warning("ignoring foreign %s routes of run %s: %s (%d in all)", actor, self.run,
-                        sorted(foreign)[:5], len(foreign))  # fmt: skip
+            log.warning("ignoring foreign %s routes of run %s: %s", actor, self.run,
+                        sorted(foreign)[:5])  # fmt: skip
+        if set(beyond) - self._foreign:
+            self._foreign |= set(beyond)
+            log.error("run %s: %d %s inboxes registered at or beyond barrier.world_size=%s are "
+                      "not routed to (%s): made up by a writer, or this process's config lacks "
+                      "the run's world size (set barrier.world_size in every process of the run)",
+                      self.run, len(beyond), actor, self.world_size, beyond[:5])  # fmt: skip
         return own
 
-    def _instance(self, actor: str, key: str | None) -> bool:
-        """Whether ``key`` (an inbox's instance key, None: no inbox of the run) can name an
-        instance of ``actor``: a rank is a decimal number below the world size."""
-        if key is None:
-            return False
+    def _rank_ok(self, actor: str, key: str) -> bool:
+        """Whether ``key`` (an inbox's instance key) can name an instance of ``actor``: a rank
+        is a decimal number below the world size."""
         if actor != "execution" or self.world_size is None:
             return True
         return key.isdigit() and str(int(key)) == key and int(key) < self.world_size

@@ -230,12 +230,19 @@ async def test_an_execution_fan_out_reaches_only_ranks_below_the_world_size(
     assert await Router(bus, run_id, world_size=2).inboxes("execution", None) == real
 
 
-async def test_a_fan_out_reaches_at_most_max_routes_instances(
-    bus: Bus, run_id: str, monkeypatch: pytest.MonkeyPatch
+async def test_a_rank_beyond_the_world_size_is_an_error_logged_once(
+    bus: Bus, run_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """However many slot inboxes the seed registry holds, a fan-out reaches at most MAX_ROUTES
-    of them (in name order)."""
-    monkeypatch.setattr(routing, "MAX_ROUTES", 5)
-    names = [_key(run_id, f"inbox:seed:l0.s{i:02d}") for i in range(12)]
-    await bus.register(_key(run_id, "registry:seed"), *names)
-    assert await Router(bus, run_id).inboxes("seed", None) == names[:5]
+    """A rank's inbox registered at or beyond the world size (made up, or a process whose config
+    lacks the run's world size) is not routed to and is logged once, as an error that names
+    ``barrier.world_size``."""
+    ranks = [_key(run_id, f"inbox:execution:{r}") for r in (0, 1, 2)]
+    await bus.register(_key(run_id, "registry:execution"), *ranks)
+    router = Router(bus, run_id, world_size=2)
+    with caplog.at_level(logging.WARNING, logger="kasmina.actors"):
+        assert await router.inboxes("execution", None) == ranks[:2]
+        router._cache.clear()
+        assert await router.inboxes("execution", None) == ranks[:2]
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "barrier.world_size=2" in errors[0].getMessage()
+    assert ranks[2] in errors[0].getMessage()
