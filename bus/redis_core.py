@@ -108,8 +108,8 @@ class RedisCore:
                                   "knows the service)")  # fmt: skip
         if isinstance(exc, rex.ConnectionError | rex.TimeoutError | OSError) or _not_applied(exc):
             return BusUnavailable(f"redis unavailable: {exc}")
-        if isinstance(exc, rex.RedisClusterException):  # no seed node answers: nothing was sent
-            return BusUnavailable(f"redis cluster unavailable: {exc}")
+        if isinstance(exc, rex.RedisClusterException):
+            return _cluster_error(exc)
         if isinstance(exc, rex.ResponseError) and "unknown command 'SENTINEL'" in str(exc):
             return BusConfigError(f"the URL's sentinel address is a plain Redis server ({exc})")
         if isinstance(exc, rex.ResponseError) and "DB index is out of range" in str(exc):
@@ -196,6 +196,8 @@ class RedisCore:
                     self.client._initialize = True  # refresh the slot map
                 node = None if moved else self.client.get_node(host=reply.host, port=reply.port)
                 asking = node is not None
+                if not moved and node is None:  # a target the slot map does not know yet
+                    self.client._initialize = True
                 continue
             if isinstance(reply, rex.ClusterDownError):
                 self.client._initialize = True
@@ -213,10 +215,13 @@ class RedisCore:
                 PipelineCommand(n + 1, "WAIT", self.wait_replicas, self.wait_timeout_ms)]  # fmt: skip
         try:
             await node.execute_pipeline(cmds)
-        except (rex.ConnectionError, rex.TimeoutError, OSError, AttributeError) as exc:
+        except AttributeError as exc:  # the node's connection was closed under it (its writer
+            if "NoneType" not in str(exc):  # is None); any other is a bug, not an outage
+                raise
+            self.client._initialize = True
+            raise rex.ConnectionError(f"connection to {node.name} closed: {exc}") from exc
+        except (rex.ConnectionError, rex.TimeoutError, OSError):
             self.client._initialize = True  # rediscover the topology on the next command
-            if isinstance(exc, AttributeError):  # the node's connection was closed under it
-                raise rex.ConnectionError(f"connection to {node.name} closed: {exc}") from exc
             raise
         return cmds[-2].result, cmds[-1].result
 
@@ -254,3 +259,15 @@ class RedisCore:
                     raise
 
         await self._call(run)
+
+
+def _cluster_error(exc: BaseException) -> BusError:
+    """A cluster client's own error: no seed node reachable is an outage, a server that is no
+    cluster node a configuration error, anything else (a command the client cannot route) a
+    protocol error."""
+    text = str(exc)
+    if "Cluster mode is not enabled" in text:
+        return BusConfigError(f"the URL's cluster nodes are not in cluster mode ({text})")
+    if "cannot be connected" in text:
+        return BusUnavailable(f"redis cluster unavailable: {text}")
+    return BusProtocolError(text)

@@ -110,3 +110,22 @@ async def test_a_sentinel_url_naming_a_plain_server_is_a_configuration_error(
             await bus.members("kasmina:{x}:registry:seed")
     finally:
         await bus.close()
+
+
+@pytest.mark.redis
+async def test_a_cluster_url_naming_a_plain_server_is_a_configuration_error(
+    redis_url: str,
+) -> None:
+    """``redis+cluster://`` at a server not in cluster mode is BusConfigError saying so, not an
+    outage to wait out."""
+    from urllib.parse import urlsplit
+
+    from bus import BusConfigError
+
+    plain = urlsplit(redis_url)
+    bus = RedisStreamBus.from_url(f"redis+cluster://{plain.hostname}:{plain.port}", retries=0)
+    try:
+        with pytest.raises(BusConfigError, match="not in cluster mode"):
+            await bus.members("kasmina:{x}:registry:seed")
+    finally:
+        await bus.close()
