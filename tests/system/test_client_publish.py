@@ -28,7 +28,7 @@ def _client(bus: Bus, run: str, *, retry_s: float = 10.0) -> KasminaClient:
 @pytest.mark.parametrize("backend", ["memory", "fakeredis"])
 @pytest.mark.parametrize(
     ("faults", "times"),
-    [({"publish:after"}, 1), ({"publish:before"}, 2), ({"publish:after", "range:before"}, 2)],
+    [({"publish:after"}, 1), ({"publish:before"}, 2), ({"publish:after", "find_entry:before"}, 2)],
 )
 async def test_a_failed_try_never_sends_the_command_twice(
     backend: str, faults: set[str], times: int
