@@ -14,6 +14,7 @@ the kinds of :data:`STREAMS` go to a run stream, capped).
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Callable, Sequence
 from time import monotonic
@@ -79,29 +80,33 @@ class Router:
     def _own(self, actor: str, names: Sequence[str]) -> list[str]:
         """The names that are inboxes of ``actor`` instances of this run; anything else (another
         run's inbox added to the registry by someone with write access to Redis) is dropped, and
-        so are ranks at or above the world size."""
+        so are ranks at or above the world size. Linear in the names (a writer may add many)."""
+        if actor == "execution" and self.world_size is not None:
+            ranks = {streams.inbox(self.run, actor, str(r)) for r in range(self.world_size)}
+            present = set(names)
+            own = sorted(ranks & present)
+            self._log_dropped(actor, present - ranks, beyond=True)
+            return own
         keys = {n: streams.inbox_key(self.run, actor, n) for n in names}
-        own = sorted(n for n, key in keys.items() if key is not None and self._rank_ok(actor, key))
-        beyond = sorted(n for n, key in keys.items() if key is not None and n not in own)
-        foreign = set(names) - set(own) - set(beyond)
-        if foreign - self._foreign:
-            self._foreign |= foreign
-            log.warning("ignoring foreign %s routes of run %s: %s", actor, self.run,
-                        sorted(foreign)[:5])  # fmt: skip
-        if set(beyond) - self._foreign:
-            self._foreign |= set(beyond)
-            log.error("run %s: %d %s inboxes registered at or beyond barrier.world_size=%s are "
-                      "not routed to (%s): made up by a writer, or this process's config lacks "
-                      "the run's world size (set barrier.world_size in every process of the run)",
-                      self.run, len(beyond), actor, self.world_size, beyond[:5])  # fmt: skip
+        own = sorted(n for n, key in keys.items() if key is not None)
+        self._log_dropped(actor, {n for n, key in keys.items() if key is None}, beyond=False)
         return own
 
-    def _rank_ok(self, actor: str, key: str) -> bool:
-        """Whether ``key`` (an inbox's instance key) can name an instance of ``actor``: a rank
-        is a decimal number below the world size."""
-        if actor != "execution" or self.world_size is None:
-            return True
-        return key.isdigit() and str(int(key)) == key and int(key) < self.world_size
+    def _log_dropped(self, actor: str, dropped: set[str], *, beyond: bool) -> None:
+        """Log registry names not routed to, once each: foreign ones as a warning, ranks a world
+        size excludes as an error (a made-up rank, or this process lacks the run's world size)."""
+        new = dropped - self._foreign
+        if not new:
+            return
+        self._foreign |= new
+        first = heapq.nsmallest(5, new)
+        if beyond:
+            log.error("run %s: %d %s routes not among the ranks below barrier.world_size=%s are "
+                      "not routed to (%s): made up by a writer, or this process's config lacks "
+                      "the run's world size (set barrier.world_size in every process of the run)",
+                      self.run, len(new), actor, self.world_size, first)  # fmt: skip
+        else:
+            log.warning("ignoring foreign %s routes of run %s: %s", actor, self.run, first)
 
     async def inboxes(self, actor: str, key: str | None) -> list[str]:
         """Inbox streams for (actor, key); key None fans out to every existing instance."""
