@@ -5,7 +5,8 @@ from __future__ import annotations
 
 __all__ = ["FIND_ENTRY", "STREAM_STATE"]
 
-# KEYS: stream. ARGV: a group name no one uses (random). A stream's length, last generated id and
+# KEYS: stream. ARGV: a group name no one uses (random), 1 to read each group's oldest pending id
+# (an XPENDING per group holding entries; 0: false for every group). A stream's length, last generated id and
 # groups without the entries: XINFO STREAM replies with the first and last entry whole (a writer's
 # 50 MB entry travels on every call), so the last id is read as the last-delivered id of a group
 # made at '$' and destroyed in the same script (not replicated: together they change nothing).
@@ -29,7 +30,7 @@ for _, row in ipairs(rows) do
     last = g['last-delivered-id']
   else
     local oldest = false
-    if tonumber(g['pending']) > 0 then
+    if ARGV[2] == '1' and tonumber(g['pending']) > 0 then
       local first = redis.call('XPENDING', KEYS[1], g['name'], '-', '+', 1)
       if first[1] then oldest = first[1][1] end
     end

@@ -283,7 +283,11 @@ class Bus(Protocol):
 
     async def members(self, key: str) -> list[str]: ...
 
-    async def info(self, stream: str) -> StreamInfo: ...
+    async def info(self, stream: str, *, oldest: bool = True) -> StreamInfo:
+        """The stream's length, last id and groups, with each group's oldest pending id (a look
+        per group holding pending entries); ``oldest=False``: without it (``oldest_pending``
+        may be None), for the frequent looks that need no more than counts and positions."""
+        ...
 
     async def pending_of(self, stream: str, group: str, ids: Sequence[str]) -> set[str]:
         """Those of ``ids`` in ``group``'s pending entries list (delivered, not acked)."""

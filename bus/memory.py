@@ -339,7 +339,7 @@ class MemoryBus:
     async def members(self, key: str) -> list[str]:
         return sorted(self._open().sets.get(key, ()))
 
-    async def info(self, stream: str) -> StreamInfo:
+    async def info(self, stream: str, *, oldest: bool = True) -> StreamInfo:
         s = self._open().streams.get(stream)
         if s is None:
             return StreamInfo(stream, 0, "0-0", ())

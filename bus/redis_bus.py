@@ -79,18 +79,18 @@ class RedisStreamBus(RedisWrites, RedisReads):
     async def members(self, key: str) -> list[str]:
         return sorted(_s(m) for m in await self._call(lambda: self.client.smembers(key)))
 
-    async def info(self, stream: str) -> StreamInfo:
+    async def info(self, stream: str, *, oldest: bool = True) -> StreamInfo:
         """The stream's length, last id and groups, without reading any entry (one script,
         :data:`~bus._read_scripts.STREAM_STATE`); where the server refuses the script's writes
         (a read-only replica, ``NOREPLICAS``, out of memory, an ACL without ``XGROUP``) or the key
         is of another type, with ``XINFO``."""
         probe = f"kasmina-info-{uuid.uuid4().hex}"
         try:
-            raw = await self._call(lambda: self._state(stream, probe))
+            raw = await self._call(lambda: self._state(stream, probe, oldest))
         except BusProtocolError:
-            return await self._xinfo(stream)
+            return await self._xinfo(stream, oldest=oldest)
         if raw is _REFUSED:
-            return await self._xinfo(stream)
+            return await self._xinfo(stream, oldest=oldest)
         if not raw:
             return StreamInfo(stream, 0, "0-0", ())
         length, last, rows = raw
@@ -102,23 +102,23 @@ class RedisStreamBus(RedisWrites, RedisReads):
                 pending=int(pending),
                 lag=group_lag(lag, _s(delivered), last_id, counted=bool(has)),
                 last_delivered=_s(delivered),
-                oldest_pending=_s(oldest) if oldest else None,
+                oldest_pending=_s(first) if first else None,
             )
-            for name, consumers, pending, delivered, lag, has, oldest in rows
+            for name, consumers, pending, delivered, lag, has, first in rows
         )
         return StreamInfo(stream, int(length), last_id, groups)
 
-    async def _state(self, stream: str, probe: str) -> Any:
+    async def _state(self, stream: str, probe: str, oldest: bool) -> Any:
         """The script's reply, or :data:`_REFUSED` when the server refuses its writes (before
         the bus would take the refusal for an outage to wait out)."""
         try:
-            return await self._stream_state(keys=[stream], args=[probe])
+            return await self._stream_state(keys=[stream], args=[probe, int(oldest)])
         except rex.ResponseError as exc:
             if isinstance(exc, rex.ReadOnlyError) or str(exc).startswith(_WRITES_REFUSED):
                 return _REFUSED
             raise
 
-    async def _xinfo(self, stream: str) -> StreamInfo:
+    async def _xinfo(self, stream: str, *, oldest: bool = True) -> StreamInfo:
         """``info`` by ``XINFO STREAM`` and ``XINFO GROUPS`` (whose reply holds the stream's first
         and last entries)."""
         try:
@@ -131,10 +131,10 @@ class RedisStreamBus(RedisWrites, RedisReads):
         groups: list[GroupInfo] = []
         for g in rows:
             name = _s(g["name"])
-            oldest: str | None = None
-            if int(g["pending"]):
+            first: str | None = None
+            if oldest and int(g["pending"]):
                 summary = await self._call(lambda n=name: self.client.xpending(stream, n))  # type: ignore[misc]
-                oldest = _s(summary["min"]) if summary.get("min") else None
+                first = _s(summary["min"]) if summary.get("min") else None
             last_id, delivered = _s(raw["last-generated-id"]), _s(g["last-delivered-id"])
             groups.append(
                 GroupInfo(
@@ -143,7 +143,7 @@ class RedisStreamBus(RedisWrites, RedisReads):
                     pending=int(g["pending"]),
                     lag=group_lag(g.get("lag"), delivered, last_id, counted="lag" in g),
                     last_delivered=delivered,
-                    oldest_pending=oldest,
+                    oldest_pending=first,
                 )
             )
         return StreamInfo(stream, int(raw["length"]), _s(raw["last-generated-id"]), tuple(groups))

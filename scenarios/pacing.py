@@ -26,7 +26,7 @@ async def backlog_of(bus: Bus, inboxes: Iterable[str]) -> int:
     """Entries of ``inboxes`` that are unread or read but not acked (0 = drained)."""
     backlog = 0
     for name in inboxes:
-        info = await bus.info(name)
+        info = await bus.info(name, oldest=False)
         if not info.groups:
             backlog += info.length  # nobody consumed this inbox yet
         backlog += sum(_unfinished(g, info) for g in info.groups)
@@ -61,7 +61,7 @@ async def _log_length(bus: Bus, run: str) -> int:
     """The event log's length, or -2 while it cannot be read (Redis down, a key of the wrong
     type)."""
     try:
-        return (await bus.info(streams.events(run))).length
+        return (await bus.info(streams.events(run), oldest=False)).length
     except BusClosed:
         raise
     except BusError:
@@ -142,7 +142,7 @@ async def _group_state(bus: Bus, inbox: str, group: str) -> tuple[int, str]:
     """``group``'s backlog on ``inbox`` and the id it last delivered; before the group exists
     (its actor has not read yet), the inbox's length. Other groups (anyone may add one) are not
     looked at."""
-    info = await bus.info(inbox)
+    info = await bus.info(inbox, oldest=False)
     for g in info.groups:
         if g.name == group:
             return _unfinished(g, info), g.last_delivered
