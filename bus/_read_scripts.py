@@ -6,7 +6,8 @@ from __future__ import annotations
 __all__ = ["FIND_ENTRY", "STREAM_STATE"]
 
 # KEYS: stream. ARGV: a group name no one uses (random), 1 to read each group's oldest pending id
-# (an XPENDING per group holding entries; 0: false for every group). A stream's length, last generated id and
+# (an XPENDING per group holding entries; 0: false for every group), the one group to report
+# ('' for every group: a writer may add thousands, and each reported costs the server and caller). A stream's length, last generated id and
 # groups without the entries: XINFO STREAM replies with the first and last entry whole (a writer's
 # 50 MB entry travels on every call), so the last id is read as the last-delivered id of a group
 # made at '$' and destroyed in the same script (not replicated: together they change nothing).
@@ -21,6 +22,8 @@ local rows = redis.call('XINFO', 'GROUPS', KEYS[1])
 redis.call('XGROUP', 'DESTROY', KEYS[1], ARGV[1])
 local last, out = '0-0', {}
 for _, row in ipairs(rows) do
+  -- row[2] is the group's name: only the probe and the groups asked for are looked at
+  if row[2] == ARGV[1] or ARGV[3] == '' or row[2] == ARGV[3] then
   local g, has_lag = {}, 0
   for i = 1, #row, 2 do
     g[row[i]] = row[i + 1]
@@ -36,6 +39,7 @@ for _, row in ipairs(rows) do
     end
     out[#out + 1] = {g['name'], g['consumers'], g['pending'], g['last-delivered-id'],
                      g['lag'] or false, has_lag, oldest}
+  end
   end
 end
 return {redis.call('XLEN', KEYS[1]), last, out}

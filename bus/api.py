@@ -283,10 +283,13 @@ class Bus(Protocol):
 
     async def members(self, key: str) -> list[str]: ...
 
-    async def info(self, stream: str, *, oldest: bool = True) -> StreamInfo:
+    async def info(
+        self, stream: str, *, oldest: bool = True, group: str | None = None
+    ) -> StreamInfo:
         """The stream's length, last id and groups, with each group's oldest pending id (a look
         per group holding pending entries); ``oldest=False``: without it (``oldest_pending``
-        may be None), for the frequent looks that need no more than counts and positions."""
+        may be None), for the frequent looks that need no more than counts and positions;
+        ``group``: that group alone (none when it does not exist)."""
         ...
 
     async def pending_of(self, stream: str, group: str, ids: Sequence[str]) -> set[str]:

@@ -1,10 +1,8 @@
 """MemoryBus: an in-process bus with the same semantics as RedisStreamBus.
 
-Groups, pending entries lists, delivery counts, idle time from an injectable clock,
-dead-lettering, dedupe markers, fenced commits and registry sets. Blocking reads wait on an anyio
-event with a timeout.
-Several MemoryBus objects may share one :class:`MemoryStore` (``memory://name``).
-"""
+Groups, pending entries lists, delivery counts, idle time from an injectable clock, dead-letters,
+dedupe markers, fenced commits and registry sets. Blocking reads wait on an anyio event with a
+timeout. Several MemoryBus objects may share one :class:`MemoryStore` (``memory://name``)."""
 
 from __future__ import annotations
 
@@ -339,7 +337,9 @@ class MemoryBus:
     async def members(self, key: str) -> list[str]:
         return sorted(self._open().sets.get(key, ()))
 
-    async def info(self, stream: str, *, oldest: bool = True) -> StreamInfo:
+    async def info(
+        self, stream: str, *, oldest: bool = True, group: str | None = None
+    ) -> StreamInfo:
         s = self._open().streams.get(stream)
         if s is None:
             return StreamInfo(stream, 0, "0-0", ())
@@ -353,6 +353,7 @@ class MemoryBus:
                 oldest_pending=format_id(min(g.pel)) if g.pel else None,
             )
             for name, g in s.groups.items()
+            if group is None or name == group
         )
         return StreamInfo(stream, len(s.ids), format_id(s.last_id), groups)
 

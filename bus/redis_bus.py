@@ -79,18 +79,20 @@ class RedisStreamBus(RedisWrites, RedisReads):
     async def members(self, key: str) -> list[str]:
         return sorted(_s(m) for m in await self._call(lambda: self.client.smembers(key)))
 
-    async def info(self, stream: str, *, oldest: bool = True) -> StreamInfo:
+    async def info(
+        self, stream: str, *, oldest: bool = True, group: str | None = None
+    ) -> StreamInfo:
         """The stream's length, last id and groups, without reading any entry (one script,
         :data:`~bus._read_scripts.STREAM_STATE`); where the server refuses the script's writes
         (a read-only replica, ``NOREPLICAS``, out of memory, an ACL without ``XGROUP``) or the key
         is of another type, with ``XINFO``."""
         probe = f"kasmina-info-{uuid.uuid4().hex}"
         try:
-            raw = await self._call(lambda: self._state(stream, probe, oldest))
+            raw = await self._call(lambda: self._state(stream, probe, oldest, group or ""))
         except BusProtocolError:
-            return await self._xinfo(stream, oldest=oldest)
+            return await self._xinfo(stream, oldest=oldest, group=group)
         if raw is _REFUSED:
-            return await self._xinfo(stream, oldest=oldest)
+            return await self._xinfo(stream, oldest=oldest, group=group)
         if not raw:
             return StreamInfo(stream, 0, "0-0", ())
         length, last, rows = raw
@@ -108,17 +110,19 @@ class RedisStreamBus(RedisWrites, RedisReads):
         )
         return StreamInfo(stream, int(length), last_id, groups)
 
-    async def _state(self, stream: str, probe: str, oldest: bool) -> Any:
+    async def _state(self, stream: str, probe: str, oldest: bool, group: str) -> Any:
         """The script's reply, or :data:`_REFUSED` when the server refuses its writes (before
         the bus would take the refusal for an outage to wait out)."""
         try:
-            return await self._stream_state(keys=[stream], args=[probe, int(oldest)])
+            return await self._stream_state(keys=[stream], args=[probe, int(oldest), group])
         except rex.ResponseError as exc:
             if isinstance(exc, rex.ReadOnlyError) or str(exc).startswith(_WRITES_REFUSED):
                 return _REFUSED
             raise
 
-    async def _xinfo(self, stream: str, *, oldest: bool = True) -> StreamInfo:
+    async def _xinfo(
+        self, stream: str, *, oldest: bool = True, group: str | None = None
+    ) -> StreamInfo:
         """``info`` by ``XINFO STREAM`` and ``XINFO GROUPS`` (whose reply holds the stream's first
         and last entries)."""
         try:
@@ -131,6 +135,8 @@ class RedisStreamBus(RedisWrites, RedisReads):
         groups: list[GroupInfo] = []
         for g in rows:
             name = _s(g["name"])
+            if group is not None and name != group:
+                continue
             first: str | None = None
             if oldest and int(g["pending"]):
                 summary = await self._call(lambda n=name: self.client.xpending(stream, n))  # type: ignore[misc]

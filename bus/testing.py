@@ -343,8 +343,12 @@ class FaultyBus:
         out: list[str] = await self._run("members", self.inner.members(key))
         return out
 
-    async def info(self, stream: str, *, oldest: bool = True) -> StreamInfo:
-        out: StreamInfo = await self._run("info", self.inner.info(stream, oldest=oldest))
+    async def info(
+        self, stream: str, *, oldest: bool = True, group: str | None = None
+    ) -> StreamInfo:
+        out: StreamInfo = await self._run(
+            "info", self.inner.info(stream, oldest=oldest, group=group)
+        )
         return out
 
     async def pending_of(self, stream: str, group: str, ids: Sequence[str]) -> set[str]:

@@ -142,7 +142,7 @@ async def _group_state(bus: Bus, inbox: str, group: str) -> tuple[int, str]:
     """``group``'s backlog on ``inbox`` and the id it last delivered; before the group exists
     (its actor has not read yet), the inbox's length. Other groups (anyone may add one) are not
     looked at."""
-    info = await bus.info(inbox, oldest=False)
+    info = await bus.info(inbox, oldest=False, group=group)
     for g in info.groups:
         if g.name == group:
             return _unfinished(g, info), g.last_delivered

@@ -94,7 +94,7 @@ class Settle:
         if watch is None:  # read from the clock tolerance ago on (originals before copies)
             since_ms = max(0, (self._now_ns - self._slack_ns) // 1_000_000)
             watch = self._watches[inbox] = _Watch(f"{since_ms}-0")
-        mine = _group(await bus.info(inbox, oldest=False), group)
+        mine = _group(await bus.info(inbox, oldest=False, group=group), group)
         await self._scan(bus, inbox, watch)
         # an entry gone stale no actor would act on; one deleted before delivery never comes
         old = self._now_ns - self._slack_ns

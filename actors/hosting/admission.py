@@ -154,7 +154,7 @@ def claims_of(entries: Sequence[Entry], frame_field: str, max_bytes: int) -> lis
 
 async def group_lag(bus: Bus, stream: str, group: str) -> int | None:
     """Entries of ``stream`` not yet delivered to ``group`` (None: unknown)."""
-    for g in (await bus.info(stream, oldest=False)).groups:
+    for g in (await bus.info(stream, oldest=False, group=group)).groups:
         if g.name == group:
             return g.lag
     return None

@@ -38,7 +38,7 @@ async def reset_if_ahead(
 
     ``decided``: the highest inbox id the actor decided since its rebuild; ``note``: the signer,
     run and actor name for the ``group_moved`` note."""
-    info = await bus.info(inbox, oldest=False)
+    info = await bus.info(inbox, oldest=False, group=group)
     found = next((g for g in info.groups if g.name == group), None)
     if (
         found is None
@@ -48,7 +48,7 @@ async def reset_if_ahead(
         return None
     # the stream and its groups are two reads: entries added and delivered in between make a
     # healthy group look ahead of the first. Only a group ahead of the stream read after it is.
-    info = await bus.info(inbox, oldest=False)
+    info = await bus.info(inbox, oldest=False, group=group)
     if parse_id(found.last_delivered) <= parse_id(info.last_id):
         return None
     if decided is not None:

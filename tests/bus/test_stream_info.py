@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 
-from bus import BusProtocolError, RedisStreamBus, open_bus
+from bus import Bus, BusProtocolError, RedisStreamBus, open_bus
 from bus.testing import redis_server
 
 pytestmark = pytest.mark.anyio
@@ -126,3 +126,34 @@ async def test_info_on_a_read_only_replica_or_without_replicas_reads_xinfo() -> 
         finally:
             await writer.aclose()
             await follower.aclose()
+
+
+@pytest.mark.parametrize(
+    "backend", ["memory", "fakeredis", pytest.param("redis", marks=pytest.mark.redis)]
+)
+async def test_info_of_one_group_reports_that_group_alone(
+    backend: str, redis_url: str, prefix: str
+) -> None:
+    """``group=`` gives the stream's figures with that group alone (a writer's other groups are
+    not reported), and no group when it does not exist."""
+    bus = open_bus(redis_url if backend == "redis" else f"{backend}://{prefix}")
+    stream = f"{prefix}shaped"
+    try:
+        await _shaped_any(bus, stream)
+        whole = await bus.info(stream)
+        mine = await bus.info(stream, group="reader")
+        assert (mine.length, mine.last_id) == (whole.length, whole.last_id)
+        assert mine.groups == tuple(g for g in whole.groups if g.name == "reader")
+        assert (await bus.info(stream, group="nobody")).groups == ()
+    finally:
+        await bus.delete(stream)
+        await bus.close()
+
+
+async def _shaped_any(bus: Bus, stream: str) -> None:
+    """Two groups on a stream of three entries, one of them read up to the second."""
+    await bus.ensure_group(stream, "reader")
+    await bus.ensure_group(stream, "other")
+    for i in range(3):
+        await bus.publish(stream, {"m": str(i).encode()})
+    await bus.read(stream, "reader", "c", count=2, block_ms=0)
