@@ -46,14 +46,14 @@ return {redis.call('XLEN', KEYS[1]), last, out}
 """
 
 # KEYS: stream[, a key of the stream's hash slot no stream takes]. ARGV: field name, value, start
-# id, page size, pages. Looks for the first entry at or after start whose field holds value, at
-# most pages x page size entries per call (a long inbox is read over several calls, never in one
-# long script). Returns {id, false} when found, {false, next start} when there is more to read,
+# id, page size, pages, bytes. Looks for the first entry at or after start whose field holds
+# value, at most pages x page size entries and about bytes of fields per call (a long inbox, or
+# one of huge entries, is read over several calls, never in one long script). Returns {id, false} when found, {false, next start} when there is more to read,
 # {false, false} when there is not. With the second key, a found entry writes it (expiring in a
 # minute) so that a WAIT sent after the script on the same connection counts the entry too:
 # replicas that acknowledge that write hold everything the server had before it.
 FIND_ENTRY = """
-local start, page_size = ARGV[3], tonumber(ARGV[4])
+local start, page_size, budget = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[6])
 for _ = 1, tonumber(ARGV[5]) do
   local page = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', page_size)
   for _, entry in ipairs(page) do
@@ -63,10 +63,12 @@ for _ = 1, tonumber(ARGV[5]) do
         if KEYS[2] then redis.call('SET', KEYS[2], entry[1], 'PX', 60000) end
         return {entry[1], false}
       end
+      budget = budget - #fields[i] - #fields[i + 1] - 16
     end
   end
   if #page < page_size then return {false, false} end
   start = '(' .. page[#page][1]
+  if budget <= 0 then return {false, start} end
 end
 return {false, start}
 """

@@ -21,8 +21,9 @@ __all__ = ["RedisReads"]
 
 #: an exclusive start after the largest possible entry id: no entry can follow it
 _AFTER_LAST = "(18446744073709551615-18446744073709551615"
-FIND_PAGE = 200  # entries a look for a lost append's entry reads per XRANGE (inside one script)
-FIND_PAGES = 25  # XRANGE pages per script call: 5,000 entries at most, a few ms of the server
+FIND_PAGE = 16  # entries a look for a lost append's entry reads per XRANGE (inside one script)
+FIND_PAGES = 300  # XRANGE pages per script call: 4,800 entries at most, a few ms of the server,
+FIND_BYTES = 4 << 20  # or fields of about 4 MiB (a page more at most): then the next call
 
 Rows = list[tuple[str, Any]]  # (entry id, fields as the reply holds them)
 
@@ -44,13 +45,13 @@ class RedisReads(RedisCore):
         return {_s(r["message_id"]): int(r["times_delivered"]) for r in rows}
 
     async def find_entry(self, stream: str, name: str, value: bytes, start: str) -> str | None:
-        """The script :data:`~bus._read_scripts.FIND_ENTRY`, :data:`FIND_PAGES` pages a call, and
+        """The script :data:`~bus._read_scripts.FIND_ENTRY`, a bounded part of the search a call, and
         with ``wait=N`` its WAIT on the same connection: a found entry counts only when the
         replicas hold it (the script then writes a key beside the stream, ``STREAM|found``: no
         stream name holds a ``|``, and the hash tag is the stream's)."""
         keys = [stream, f"{stream}|found"] if self.wait_replicas else [stream]
         while True:
-            command = [keys, [name, value, start, FIND_PAGE, FIND_PAGES]]
+            command = [keys, [name, value, start, FIND_PAGE, FIND_PAGES, FIND_BYTES]]
             found, more = await self._call(lambda c=command: self._durable(c, self._find_entry))  # type: ignore[misc]
             if found:
                 return _s(found)

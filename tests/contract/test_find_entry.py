@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,7 @@ async def test_find_entry_finds_the_first_match_at_or_after_start(
     another field, or in a missing stream."""
     from bus import redis_reads
 
-    monkeypatch.setattr(redis_reads, "FIND_PAGES", 1)  # a call per 200 entries
+    monkeypatch.setattr(redis_reads, "FIND_PAGES", 4)  # a call per 64 entries
     stream = f"kasmina:{{find-{uuid.uuid4().hex[:8]}}}:inbox:seed:s"
     try:
         ids = [await bus.publish(stream, {"m": b"early", "kind": b"k"})]
@@ -54,3 +55,38 @@ async def test_find_entry_leaves_every_other_stream_as_it_was(bus: Bus) -> None:
         assert [g.name for g in (await bus.info(other)).groups] == ["actor:seed:a:found"]
     finally:
         await bus.delete(inbox, other)
+
+
+@pytest.mark.parametrize("backend", ["fakeredis", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_a_search_through_huge_entries_takes_several_short_calls(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries far larger than a call's byte budget are read a page per call: the search still
+    finds the frame behind them, over more than one script call."""
+    from bus import open_bus, redis_reads
+    from bus.redis_bus import RedisStreamBus
+    from bus.testing import real_redis_url
+
+    monkeypatch.setattr(redis_reads, "FIND_BYTES", 1 << 20)
+    run = f"huge-{uuid.uuid4().hex[:8]}"
+    bus = open_bus(real_redis_url() if backend == "redis" else f"fakeredis://{run}")
+    assert isinstance(bus, RedisStreamBus)
+    stream = streams.inbox(run, "seed", "s")
+    calls = 0
+    script = bus._find_entry
+
+    async def counted(**kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await script(**kwargs)
+
+    monkeypatch.setattr(bus, "_find_entry", counted)
+    try:
+        for _ in range(40):
+            await bus.publish(stream, {"m": b"x" * (256 << 10)})
+        wanted = await bus.publish(stream, {"m": b"frame"})
+        assert await bus.find_entry(stream, "m", b"frame", "0-0") == wanted
+        assert calls >= 3  # 10 MiB of fields, 1 MiB (and a page) a call
+    finally:
+        await bus.delete(stream)
+        await bus.close()
