@@ -24,8 +24,8 @@ class _SecondLook:
     def __init__(self, inner: Bus, earlier: str) -> None:
         self.inner, self.earlier, self.looks, self.moved = inner, earlier, 0, False
 
-    async def info(self, stream: str) -> StreamInfo:
-        info = await self.inner.info(stream)
+    async def info(self, stream: str, **kw: bool | str | None) -> StreamInfo:
+        info = await self.inner.info(stream, **kw)  # type: ignore[arg-type]
         self.looks += 1
         return dataclasses.replace(info, last_id=self.earlier) if self.looks == 1 else info
 
