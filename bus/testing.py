@@ -21,6 +21,7 @@ import anyio
 from .api import Append, Bus, Entry, Fence, Fields, Handled, StreamInfo
 from .errors import BusError, BusUnavailable
 from .memory import MemoryBus
+from .nonce import Claim
 from .redis_bus import RedisStreamBus
 
 __all__ = [
@@ -372,3 +373,20 @@ class FaultyBus:
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+class RecordingNonceGuard:
+    """A nonce guard that admits every message and keeps what it was asked (``items``: nonce,
+    token, deadline in Unix ms): what a receiver asks its nonce store, as the wire vectors pin."""
+
+    since_ns = 0
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str, int]] = []
+
+    async def admit(self, message_id: str, token: str, deadline_ms: int) -> Claim:
+        return (await self.admit_many([(message_id, token, deadline_ms)]))[0]
+
+    async def admit_many(self, items: Sequence[tuple[str, str, int]]) -> list[Claim]:
+        self.items += items
+        return ["new"] * len(items)

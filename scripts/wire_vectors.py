@@ -12,7 +12,6 @@ import argparse
 import json
 import struct
 import sys
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ sys.path.insert(0, str(ROOT))
 
 from contracts import Key, KeyRing, Signer, mac_input, streams, unpack  # noqa: E402
 from contracts.envelope import VERSION  # noqa: E402
-from contracts.nonce import Claim  # noqa: E402
 from leyline import pb  # noqa: E402
 
 OUT = ROOT / "docs" / "wire-vectors.json"
@@ -346,22 +344,6 @@ def build() -> dict[str, Any]:
     }
 
 
-class _Asked:
-    """A nonce guard that admits every message and keeps what it was asked (§5.1)."""
-
-    since_ns = 0
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, str, int]] = []
-
-    async def admit(self, message_id: str, token: str, deadline_ms: int) -> Claim:
-        return (await self.admit_many([(message_id, token, deadline_ms)]))[0]
-
-    async def admit_many(self, items: Sequence[tuple[str, str, int]]) -> list[Claim]:
-        self.items += items
-        return ["new"] * len(items)
-
-
 def _nonces(valid: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """What a receiver's nonce store is asked for valid frames read as inbox entries (§5.1): the
     key, TOKEN and DEADLINE the actors' own verification path computes (``verify_entries``)."""
@@ -369,6 +351,7 @@ def _nonces(valid: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     from actors.hosting.inbox import FRAME, verify_entries
     from bus import Entry
+    from bus.testing import RecordingNonceGuard
     from contracts import Verifier
 
     cases = [  # (valid vector, entry id, group, tolerance_s)
@@ -378,7 +361,7 @@ def _nonces(valid: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
     out = []
     for vector, entry_id, group, tolerance in cases:
-        asked = _Asked()
+        asked = RecordingNonceGuard()
         verifier = Verifier(
             _ring(K1.id), clock=lambda: TS, nonce_guard=asked, tolerance_s=tolerance
         )

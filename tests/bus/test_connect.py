@@ -94,38 +94,26 @@ async def test_an_unreachable_cluster_or_sentinel_is_unavailable_in_one_clear_li
 
 
 @pytest.mark.redis
-async def test_a_sentinel_url_naming_a_plain_server_is_a_configuration_error(
-    redis_url: str,
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("redis+sentinel://{host}:{port}/svc", "plain Redis server"),
+        ("redis+cluster://{host}:{port}", "not in cluster mode"),
+    ],
+)
+async def test_a_topology_url_naming_a_plain_server_is_a_configuration_error(
+    url: str, said: str, redis_url: str
 ) -> None:
-    """``redis+sentinel://`` at a plain Redis server (no SENTINEL command) is BusConfigError
-    saying so, not a protocol error about an unknown command."""
+    """``redis+sentinel://`` or ``redis+cluster://`` at a plain Redis server is BusConfigError
+    saying so, not a protocol error or an outage to wait out."""
     from urllib.parse import urlsplit
 
     from bus import BusConfigError
 
     plain = urlsplit(redis_url)
-    bus = RedisStreamBus.from_url(f"redis+sentinel://{plain.hostname}:{plain.port}/svc", retries=0)
+    bus = RedisStreamBus.from_url(url.format(host=plain.hostname, port=plain.port), retries=0)
     try:
-        with pytest.raises(BusConfigError, match="plain Redis server"):
-            await bus.members("kasmina:{x}:registry:seed")
-    finally:
-        await bus.close()
-
-
-@pytest.mark.redis
-async def test_a_cluster_url_naming_a_plain_server_is_a_configuration_error(
-    redis_url: str,
-) -> None:
-    """``redis+cluster://`` at a server not in cluster mode is BusConfigError saying so, not an
-    outage to wait out."""
-    from urllib.parse import urlsplit
-
-    from bus import BusConfigError
-
-    plain = urlsplit(redis_url)
-    bus = RedisStreamBus.from_url(f"redis+cluster://{plain.hostname}:{plain.port}", retries=0)
-    try:
-        with pytest.raises(BusConfigError, match="not in cluster mode"):
+        with pytest.raises(BusConfigError, match=said):
             await bus.members("kasmina:{x}:registry:seed")
     finally:
         await bus.close()

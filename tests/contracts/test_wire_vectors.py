@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from contracts import ContractError, KeyRing, Signer, Verifier, mac_input, streams, unpack
-from contracts.nonce import Claim
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = json.loads((ROOT / "docs" / "wire-vectors.json").read_text(encoding="utf-8"))
@@ -102,22 +100,6 @@ def test_vectors_file_is_what_the_code_produces() -> None:
     assert done.returncode == 0, done.stderr
 
 
-class _Asked:
-    """A nonce guard that admits every message and keeps what it was asked."""
-
-    since_ns = 0
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, str, int]] = []
-
-    async def admit(self, message_id: str, token: str, deadline_ms: int) -> Claim:
-        return (await self.admit_many([(message_id, token, deadline_ms)]))[0]
-
-    async def admit_many(self, items: Sequence[tuple[str, str, int]]) -> list[Claim]:
-        self.items += items
-        return ["new"] * len(items)
-
-
 @pytest.mark.parametrize("vector", VECTORS["nonces"], ids=lambda v: f"{v['group']}-{v['entry_id']}")
 async def test_an_actor_asks_its_nonce_store_for_the_vectors_key_token_and_deadline(
     vector: dict[str, Any],
@@ -127,9 +109,10 @@ async def test_an_actor_asks_its_nonce_store_for_the_vectors_key_token_and_deadl
     from actors.hosting.inbox import FRAME, verify_entries
     from bus import Entry, open_bus
     from bus.nonce import RedisNonceGuard
+    from bus.testing import RecordingNonceGuard
 
     of = next(v for v in VECTORS["valid"] if v["name"] == vector["of"])
-    asked = _Asked()
+    asked = RecordingNonceGuard()
     verifier = Verifier(
         RING, clock=lambda: vector["ts_ns"], nonce_guard=asked, tolerance_s=vector["tolerance_s"]
     )

@@ -36,6 +36,15 @@ async def _vote(bus: Bus, run: str, ring: KeyRing, step: int, rank: int) -> None
     await bus.publish(inbox, {FRAME: frame, "kind": kinds.BARRIER_VOTE.encode()})
 
 
+async def _committed(bus: Bus, run: str, ring: KeyRing) -> None:
+    """Until the run's log holds a barrier commit (at most 20 s)."""
+
+    async def committed() -> bool:
+        return any(k == kinds.BARRIER_COMMIT for _, k, _ in await read_events(bus, run, ring))
+
+    await eventually(committed, timeout_s=20.0)
+
+
 async def test_a_lone_vote_times_out_by_the_clock(bus: Bus, run_id: str) -> None:
     """One rank of two votes and nothing else arrives: the BarrierActor's timer times the
     barrier out once the proposal's deadline passes, naming the missing rank."""
@@ -73,12 +82,7 @@ async def test_a_full_barrier_commits_and_never_times_out(bus: Bus, run_id: str)
         await _vote(bus, run_id, ring, 10, 1)
         await _vote(bus, run_id, ring, 10, 0)
 
-        async def committed() -> bool:
-            return any(
-                k == kinds.BARRIER_COMMIT for _, k, _ in await read_events(bus, run_id, ring)
-            )
-
-        await eventually(committed, timeout_s=20.0)
+        await _committed(bus, run_id, ring)
         (shell,) = cl.shells
         assert await shell.housekeeping.tick(time.time_ns() + int(5e9)) is False
     kinds_seen = [k for _, k, _ in await read_events(bus, run_id, ring)]
@@ -102,12 +106,7 @@ async def test_a_commit_reaches_the_runs_ranks_only_whatever_the_registry_holds(
         await _vote(bus, run_id, ring, 10, 1)
         await _vote(bus, run_id, ring, 10, 0)
 
-        async def committed() -> bool:
-            return any(
-                k == kinds.BARRIER_COMMIT for _, k, _ in await read_events(bus, run_id, ring)
-            )
-
-        await eventually(committed, timeout_s=20.0)
+        await _committed(bus, run_id, ring)
     inboxes = await bus.streams(streams.inbox(run_id, "execution", "*"))
     assert inboxes == sorted(real)
 
